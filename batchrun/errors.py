@@ -1,0 +1,132 @@
+"""One exception tree for batchrun; `exit_code` is what `batchrun` exits with when one escapes."""
+
+from __future__ import annotations
+
+
+class BatchrunError(Exception):
+    """Base of every foreseeable batchrun error; the CLI prints it without a traceback."""
+
+    exit_code = 1
+
+
+class UsageError(BatchrunError):
+    """Bad command-line usage or option value."""
+
+    exit_code = 2
+
+
+class ManifestError(BatchrunError):
+    """A manifest (or a file it reads) is invalid; carries every problem found."""
+
+    exit_code = 2
+
+    def __init__(self, problems: list[str] | str) -> None:
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        super().__init__("\n".join(self.problems))
+
+
+class ConfigError(BatchrunError):
+    """Missing or wrong configuration (no token, bad API base)."""
+
+    exit_code = 3
+
+
+class StateError(BatchrunError):
+    """The run folder's state cannot be used."""
+
+    exit_code = 2
+
+
+class RunFolderInUse(StateError):
+    """Another batchrun process holds the run folder."""
+
+
+class ApiError(BatchrunError):
+    """An error answer from the RunComfy API (or no answer at all).
+
+    Never carries the token: messages are built from the endpoint path, status and body only.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        endpoint: str = "",
+        status: int | None = None,
+        error_code: int | None = None,
+        detail: object = None,
+    ) -> None:
+        self.message = message
+        self.endpoint = endpoint
+        self.status = status
+        self.error_code = error_code
+        self.detail = detail
+        super().__init__(self._render())
+
+    def _render(self) -> str:
+        parts = []
+        if self.endpoint:
+            parts.append(self.endpoint)
+        if self.status is not None:
+            parts.append(f"HTTP {self.status}")
+        if self.error_code is not None:
+            parts.append(f"error_code {self.error_code}")
+        prefix = " ".join(parts)
+        return f"{prefix}: {self.message}" if prefix else self.message
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self._render()!r})"
+
+
+class AuthError(ApiError):
+    """401/403 or error_code 400004/403001: the token is missing, wrong or expired."""
+
+    exit_code = 3
+
+
+class InvalidInputError(ApiError):
+    """400/422: the inputs do not match the model's schema, or the model id is unknown."""
+
+
+class NotFoundError(ApiError):
+    """404/404001: the request id is unknown, deleted or expired."""
+
+
+class RateLimitedError(ApiError):
+    """429: too many requests; `retry_after` is the server's wish in seconds, if it said."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None, **kw: object) -> None:
+        self.retry_after = retry_after
+        super().__init__(message, **kw)  # type: ignore[arg-type]
+
+
+class InsufficientBalanceError(ApiError):
+    """402 or error_code 400002: the account cannot pay for the job."""
+
+    exit_code = 3
+
+
+class ServerError(ApiError):
+    """5xx or error_code 500001: retry with backoff."""
+
+
+class TransportError(ApiError):
+    """No usable HTTP answer: refused, reset, timed out, or a body that is not JSON.
+
+    `maybe_sent` is True when the request may have reached the server (a read timeout or a
+    connection dropped after sending), which makes a submit ambiguous.
+    """
+
+    def __init__(self, message: str, *, maybe_sent: bool = False, **kw: object) -> None:
+        self.maybe_sent = maybe_sent
+        super().__init__(message, **kw)  # type: ignore[arg-type]
+
+
+class DownloadError(BatchrunError):
+    """An output file could not be fetched or was refused."""
+
+
+class CompareError(BatchrunError):
+    """`compare` was given inputs it cannot use."""
+
+    exit_code = 2
