@@ -1,0 +1,375 @@
+"""Collect a job's output URLs and download them safely into files/<job_id>/.
+
+Safety rules (DESIGN.md "Downloads"): only http(s) URLs on allowed hosts, never an
+Authorization header, streamed to `<name>.part` with a size cap, sha256 while streaming,
+fsynced and renamed, names sanitised so none can leave the job's folder.
+
+Host patterns: "*.example.com" matches sub-domains of example.com only (a.example.com,
+a.b.example.com), not example.com itself; a plain name ("example.com", "127.0.0.1") matches
+exactly that host. Matching is on the hostname parsed by urllib.parse, case-insensitive,
+ignoring the port and a trailing dot.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import mimetypes
+import os
+import random
+import re
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urljoin, urlsplit
+
+import requests
+
+from batchrun.state import OutputFile
+
+CHUNK = 1024 * 1024
+MAX_REDIRECTS = 5
+BACKOFF_BASE_S = 1.0
+BACKOFF_CAP_S = 30.0
+_SKIP_KEYS = frozenset({"status_url", "result_url", "cancel_url"})
+_JOB_ID = re.compile(r"^[0-9a-f]{6,64}$")
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+_MAX_NAME = 100
+
+
+class _Retry(Exception):
+    """A download attempt failed in a way another attempt may fix."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class _Fail(Exception):
+    """A download failed for good; the message goes into OutputFile.error."""
+
+
+class _NoAuth(requests.auth.AuthBase):
+    """Strips Authorization; as an explicit auth it also stops requests reading ~/.netrc."""
+
+    def __call__(self, r: requests.PreparedRequest) -> requests.PreparedRequest:
+        r.headers.pop("Authorization", None)
+        return r
+
+
+def _walk(value: Any, key: str) -> Iterator[tuple[str, str]]:
+    if isinstance(value, str):
+        if "://" in value or value.startswith(("/", "\\")):
+            yield key, value
+    elif isinstance(value, Mapping):
+        for k, v in value.items():
+            if k not in _SKIP_KEYS:
+                yield from _walk(v, str(k))
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            yield from _walk(v, key)
+
+
+def output_keys(output: Any) -> dict[str, str]:
+    """Each collected URL -> the `output` key it was found under ("" at the top level)."""
+    keys: dict[str, str] = {}
+    for key, url in _walk(output, ""):
+        keys.setdefault(url, key)
+    return keys
+
+
+def collect_urls(output: Any) -> list[str]:
+    """Every URL-looking string in `output`, in document order, each once."""
+    return list(output_keys(output))
+
+
+def default_allow_hosts(api_base: str) -> list[str]:
+    """RunComfy's output hosts plus the API base's own host (the simulator serves files)."""
+    hosts = ["*.runcomfy.net", "*.runcomfy.com"]
+    try:
+        host = urlsplit(api_base).hostname
+    except ValueError:
+        host = None
+    if host and host not in hosts:
+        hosts.append(host)
+    return hosts
+
+
+def host_allowed(host: str, patterns: Sequence[str]) -> bool:
+    """Whether `host` matches one of the patterns (see the module docstring)."""
+    host = host.lower().rstrip(".")
+    for pattern in patterns:
+        pattern = pattern.lower().rstrip(".")
+        if pattern.startswith("*."):
+            if host.endswith(pattern[1:]) and len(host) > len(pattern) - 1:
+                return True
+        elif host == pattern:
+            return True
+    return False
+
+
+def refusal(url: str, allow_hosts: Sequence[str]) -> str:
+    """Why `url` must not be fetched ("" when it may be)."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+        parts.port  # noqa: B018 - raises ValueError on a malformed port
+    except ValueError:
+        return "refused: not a valid URL"
+    if not parts.scheme:
+        return "refused: not an absolute http(s) URL"
+    if parts.scheme not in ("http", "https"):
+        return f"refused: scheme {parts.scheme!r} not allowed (only http and https)"
+    if not host:
+        return "refused: URL has no host"
+    if parts.username is not None or parts.password is not None:
+        return "refused: URL carries credentials"
+    if not host_allowed(host, allow_hosts):
+        return f"refused: host {host} not allowed (add it to outputs.allow_hosts to trust it)"
+    return ""
+
+
+def safe_name(raw: str) -> str:
+    """`raw` reduced to [A-Za-z0-9._-], no leading dot, at most 100 chars ("" if nothing left)."""
+    name = _UNSAFE.sub("_", raw).lstrip(".")
+    if len(name) > _MAX_NAME:
+        stem, dot, ext = name.rpartition(".")
+        ext = ext if dot and stem and len(ext) <= 10 else ""
+        name = name[: _MAX_NAME - len(ext) - 1] + "." + ext if ext else name[:_MAX_NAME]
+    return "" if name.strip("._") == "" else name
+
+
+def url_name(url: str) -> str:
+    """The sanitised last path segment of `url` after percent-decoding ("" if unusable)."""
+    segment = urlsplit(url).path.rsplit("/", 1)[-1]
+    decoded = unquote(segment)
+    # %2F and %5C decode to separators: keep only what follows the last one.
+    return safe_name(re.split(r"[/\\]", decoded)[-1])
+
+
+def _with_ext(name: str, content_type: str) -> str:
+    if "." in name.strip("."):
+        return name
+    ext = mimetypes.guess_extension(content_type.split(";")[0].strip().lower()) or ""
+    return name + ext
+
+
+def _unique(name: str, taken: set[str]) -> str:
+    if name not in taken:
+        return name
+    stem, dot, ext = name.rpartition(".")
+    stem, ext = (stem, "." + ext) if dot and stem else (name, "")
+    n = 2
+    while f"{stem}-{n}{ext}" in taken:
+        n += 1
+    return f"{stem}-{n}{ext}"
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename inside `path` durable (no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+class Downloader:
+    """Fetches output URLs into a run folder; one instance per run."""
+
+    def __init__(
+        self,
+        *,
+        allow_hosts: list[str],
+        max_bytes: int = 2 * 1024**3,
+        session: requests.Session | None = None,
+        retries: int = 3,
+        timeout: float = 60.0,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.allow_hosts = list(allow_hosts)
+        self.max_bytes = max_bytes
+        # A fresh session by default, never the API client's. A given session is left as it is
+        # (it may be shared); every request strips Authorization instead (see `_open`).
+        self.session = session if session is not None else requests.Session()
+        self.retries = retries
+        self.timeout = timeout
+        self.sleep = sleep
+        self._random = random.Random()
+
+    def fetch(
+        self,
+        run_dir: Path,
+        job_id: str,
+        urls: list[str],
+        existing: Sequence[OutputFile] = (),
+        keys: Mapping[str, str] | None = None,
+    ) -> list[OutputFile]:
+        """Download each URL (in order) into run_dir/files/<job_id>/; never raises per file.
+
+        `keys` (url -> output key, from `output_keys`) names files whose URL has no usable name.
+        """
+        if not _JOB_ID.match(job_id):
+            raise ValueError(f"job id {job_id!r} is not a lowercase hex id")
+        run_dir = Path(run_dir)
+        job_dir = run_dir / "files" / job_id
+        prefix = f"files/{job_id}/"
+        previous = {
+            f.url: f
+            for f in existing
+            if f.name.startswith(prefix)
+            and safe_name(f.name[len(prefix) :]) == f.name[len(prefix) :]
+        }
+        # Names already held by other URLs' files stay theirs.
+        taken = {
+            f.name[len(prefix) :] for u, f in previous.items() if u in urls and f.name and f.sha256
+        }
+        self._remove_stale_parts(job_dir)
+        results: list[OutputFile] = []
+        for index, url in enumerate(urls, start=1):
+            why = refusal(url, self.allow_hosts)
+            if why:
+                results.append(OutputFile(url=url, error=why))
+                continue
+            old = previous.get(url)
+            if old and old.sha256 and self._intact(run_dir, old):
+                results.append(old)
+                continue
+            keep = old.name[len(prefix) :] if old else ""
+            fallback = safe_name((keys or {}).get(url, "")) or f"output-{index}"
+            result = self._download(run_dir, job_dir, url, keep, fallback, taken)
+            if result.name:
+                taken.add(result.name[len(prefix) :])
+            results.append(result)
+        return results
+
+    @staticmethod
+    def _intact(run_dir: Path, old: OutputFile) -> bool:
+        try:
+            return (run_dir / old.name).stat().st_size == old.size
+        except OSError:
+            return False
+
+    @staticmethod
+    def _remove_stale_parts(job_dir: Path) -> None:
+        # One process owns a run folder (state lock), so any .part here is from a crash.
+        with contextlib.suppress(OSError):
+            for part in job_dir.glob("*.part"):
+                part.unlink(missing_ok=True)
+
+    def _download(
+        self, run_dir: Path, job_dir: Path, url: str, keep: str, fallback: str, taken: set[str]
+    ) -> OutputFile:
+        attempt = 0
+        not_found = 0
+        while True:
+            try:
+                name, sha, size = self._attempt(job_dir, url, keep, fallback, taken)
+                rel = f"files/{job_dir.name}/{name}"
+                return OutputFile(url=url, name=rel, sha256=sha, size=size)
+            except _Fail as exc:
+                return OutputFile(url=url, error=str(exc))
+            except _Retry as exc:
+                if str(exc).startswith("expired"):
+                    not_found += 1
+                    if not_found > 1:
+                        return OutputFile(url=url, error=str(exc))
+                attempt += 1
+                if attempt > self.retries:
+                    return OutputFile(url=url, error=f"{exc} (after {attempt} attempts)")
+                delay = min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2 ** (attempt - 1))
+                delay *= self._random.uniform(0.5, 1.0)
+                if exc.retry_after is not None:
+                    delay = max(delay, min(exc.retry_after, BACKOFF_CAP_S * 2))
+                self.sleep(delay)
+
+    def _open(self, url: str) -> requests.Response:
+        """GET with redirects followed by hand, re-checking every hop's host."""
+        for _ in range(MAX_REDIRECTS + 1):
+            try:
+                resp = self.session.get(
+                    url,
+                    stream=True,
+                    allow_redirects=False,
+                    timeout=self.timeout,
+                    auth=_NoAuth(),
+                    # None drops a session-level header when requests merges the settings.
+                    headers={"Authorization": None, "Accept-Encoding": "identity"},  # type: ignore[dict-item]
+                )
+            except requests.RequestException as exc:
+                raise _Retry(f"connection error: {type(exc).__name__}") from None
+            if not resp.is_redirect:
+                return resp
+            location = urljoin(url, resp.headers.get("Location", ""))
+            resp.close()
+            why = refusal(location, self.allow_hosts)
+            if why:
+                raise _Fail(f"redirect {why}")
+            url = location
+        raise _Fail(f"more than {MAX_REDIRECTS} redirects")
+
+    def _attempt(
+        self, job_dir: Path, url: str, keep: str, fallback: str, taken: set[str]
+    ) -> tuple[str, str, int]:
+        with self._open(url) as resp:
+            status = resp.status_code
+            if status == 404 or status == 410:
+                raise _Retry(f"expired (HTTP {status})")
+            if status == 429 or status >= 500:
+                retry_after = resp.headers.get("Retry-After", "")
+                wait = float(retry_after) if retry_after.isdigit() else None
+                raise _Retry(f"HTTP {status}", wait)
+            if status != 200:
+                raise _Fail(f"HTTP {status}")
+            length_header = resp.headers.get("Content-Length", "")
+            expected = int(length_header) if length_header.isdigit() else None
+            if expected is not None and expected > self.max_bytes:
+                raise _Fail(f"larger than the {self.max_bytes}-byte cap")
+            content_type = resp.headers.get("Content-Type", "")
+            name = keep or _unique(_with_ext(url_name(url) or fallback, content_type), taken)
+            try:
+                job_dir.mkdir(parents=True, exist_ok=True)
+                final = (job_dir / name).resolve()
+                # Defence in depth: no symlinked folder or odd name may lead outside the run.
+                inside = job_dir.parent.parent.resolve() / "files" / job_dir.name
+                if final.parent != inside or job_dir.resolve() != inside:
+                    raise _Fail(f"refused: name {name!r} leaves the job folder")
+                sha, size = self._stream(resp, final, expected)
+            except OSError as exc:
+                raise _Fail(f"write failed: {exc.strerror or exc}") from None
+            return name, sha, size
+
+    def _stream(
+        self, resp: requests.Response, final: Path, expected: int | None
+    ) -> tuple[str, int]:
+        part = final.with_name(final.name + ".part")
+        digest = hashlib.sha256()
+        size = 0
+        try:
+            with open(part, "wb") as fh:
+                try:
+                    for chunk in resp.iter_content(CHUNK):
+                        size += len(chunk)
+                        if size > self.max_bytes:
+                            raise _Fail(f"larger than the {self.max_bytes}-byte cap")
+                        digest.update(chunk)
+                        fh.write(chunk)
+                except requests.RequestException as exc:
+                    raise _Retry(f"body cut short ({size} bytes): {type(exc).__name__}") from None
+                encoded = resp.headers.get("Content-Encoding", "identity") != "identity"
+                if expected is not None and not encoded and size != expected:
+                    raise _Retry(f"body cut short ({size} of {expected} bytes)")
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(part, final)
+        except BaseException:
+            part.unlink(missing_ok=True)
+            raise
+        fsync_dir(final.parent)
+        return digest.hexdigest(), size

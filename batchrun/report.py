@@ -1,0 +1,186 @@
+"""report.csv (one row per job, expansion order) and summary.json (totals) of a run folder."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import statistics
+from collections.abc import Iterable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from batchrun.download import collect_urls, fsync_dir
+from batchrun.state import JobRow, report_status
+
+REPORT_COLUMNS = [
+    "job_id",
+    "model_id",
+    "status",
+    "request_id",
+    "error",
+    "attempts",
+    "submitted_at",
+    "finished_at",
+    "queue_s",
+    "run_s",
+    "cost_usd",
+    "output_files",
+    "output_urls",
+    "output_sha256",
+]
+REPORT_STATUSES = ("succeeded", "failed", "timed_out", "cancelled", "pending", "running")
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _guard(text: str) -> str:
+    """Defuse CSV formula injection: a spreadsheet would evaluate a cell starting with = + - @."""
+    return "'" + text if text.startswith(_FORMULA_START) else text
+
+
+def _timestamp(epoch: float | None) -> str:
+    if epoch is None:
+        return ""
+    return datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _seconds(value: float | None) -> str:
+    return "" if value is None else f"{value:.3f}"
+
+
+def _cost(value: float | None) -> str:
+    return "" if value is None else f"{value:.6f}".rstrip("0").rstrip(".")
+
+
+def _value(value: Any) -> str:
+    """A user value as a cell: strings as-is (guarded), anything else as compact JSON."""
+    if isinstance(value, str):
+        return _guard(value)
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def _error_cell(row: JobRow) -> str:
+    parts = [row.error] if row.error else []
+    parts += [f"output {i}: {f.error}" for i, f in enumerate(row.files, start=1) if f.error]
+    return _guard("; ".join(parts))
+
+
+def _urls(row: JobRow) -> list[str]:
+    urls = [f.url for f in row.files] if row.files else collect_urls(row.output)
+    # `;` separates cells' values; keep it out of the URLs themselves.
+    return [u.replace(";", "%3B") for u in urls]
+
+
+def _reported(rows: Iterable[JobRow]) -> list[JobRow]:
+    return sorted((r for r in rows if r.in_manifest), key=lambda r: r.position)
+
+
+def columns(rows: list[JobRow]) -> list[str]:
+    """REPORT_COLUMNS + input.<field> and var.<name> columns in first-seen order."""
+    inputs: dict[str, None] = {}
+    var_names: dict[str, None] = {}
+    for row in rows:
+        inputs.update(dict.fromkeys(row.inputs))
+        var_names.update(dict.fromkeys(row.vars))
+    return REPORT_COLUMNS + [f"input.{k}" for k in inputs] + [f"var.{k}" for k in var_names]
+
+
+def _cells(row: JobRow) -> dict[str, str]:
+    done = [f for f in row.files if f.name and not f.error]
+    cells = {
+        "job_id": row.job_id,
+        "model_id": _guard(row.model_id),
+        "status": report_status(row.status),
+        "request_id": _guard(row.request_id or ""),
+        "error": _error_cell(row),
+        "attempts": str(row.attempts),
+        "submitted_at": _timestamp(row.submitted_at),
+        "finished_at": _timestamp(row.finished_at),
+        "queue_s": _seconds(row.queue_s),
+        "run_s": _seconds(row.run_s),
+        "cost_usd": _cost(row.cost_usd),
+        "output_files": _guard(";".join(f.name for f in done)),
+        "output_urls": _guard(";".join(_urls(row))),
+        "output_sha256": ";".join(f.sha256 for f in done),
+    }
+    cells.update({f"input.{k}": _value(v) for k, v in row.inputs.items()})
+    cells.update({f"var.{k}": _value(v) for k, v in row.vars.items()})
+    return cells
+
+
+def _stats(values: list[float]) -> dict[str, float | None]:
+    if not values:
+        return {"mean": None, "median": None, "p95": None}
+    ordered = sorted(values)
+    p95 = ordered[max(0, math.ceil(0.95 * len(ordered)) - 1)]  # nearest-rank
+    return {
+        "mean": round(statistics.fmean(ordered), 3),
+        "median": round(statistics.median(ordered), 3),
+        "p95": round(p95, 3),
+    }
+
+
+def summarise(rows: Iterable[JobRow]) -> dict[str, Any]:
+    """Totals of the reported jobs: per status, durations, cost, attempts, files."""
+    jobs = _reported(rows)
+    totals = dict.fromkeys(REPORT_STATUSES, 0)
+    for row in jobs:
+        totals[report_status(row.status)] += 1
+    submits = [r.submitted_at for r in jobs if r.submitted_at is not None]
+    finishes = [r.finished_at for r in jobs if r.finished_at is not None]
+    makespan = max(finishes) - min(submits) if submits and finishes else None
+    files = [f for r in jobs for f in r.files]
+    costs = [r.cost_usd for r in jobs if r.cost_usd is not None]
+    return {
+        "jobs": len(jobs),
+        "statuses": totals,
+        "durations": {
+            "makespan_s": None if makespan is None else round(max(0.0, makespan), 3),
+            "queue_s": _stats([r.queue_s for r in jobs if r.queue_s is not None]),
+            "run_s": _stats([r.run_s for r in jobs if r.run_s is not None]),
+        },
+        "cost_usd": round(sum(costs), 6),
+        "attempts": sum(r.attempts for r in jobs),
+        "files": {
+            "downloaded": sum(1 for f in files if f.name and not f.error),
+            "refused": sum(1 for f in files if f.error.startswith("refused")),
+            "failed": sum(1 for f in files if f.error and not f.error.startswith("refused")),
+        },
+    }
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    part = path.with_name(path.name + ".part")
+    try:
+        with open(part, "w", encoding="utf-8", newline="") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(part, path)
+    except BaseException:
+        part.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
+def write_report(run_dir: Path, rows: list[JobRow], *, extra: dict | None = None) -> None:
+    """Write report.csv and summary.json into `run_dir`, each atomically."""
+    jobs = _reported(rows)
+    buffer = io.StringIO(newline="")
+    writer = csv.DictWriter(buffer, fieldnames=columns(jobs), restval="")
+    writer.writeheader()
+    writer.writerows(_cells(row) for row in jobs)
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _write_atomic(run_dir / "report.csv", buffer.getvalue())
+    summary = summarise(jobs) | (extra or {})
+    _write_atomic(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+
+
+def read_report(path: Path) -> list[dict[str, str]]:
+    """The rows of a report.csv as dicts keyed by column name."""
+    with open(path, encoding="utf-8", newline="") as fh:
+        return list(csv.DictReader(fh))
