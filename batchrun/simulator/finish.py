@@ -1,0 +1,87 @@
+"""What a finished job produced: output URLs in its model's shape (files registered), its cost,
+or an error; in malicious mode, the job's hostile variant.
+
+Called by the scheduler thread just before the job's state becomes `completed`.
+"""
+
+from __future__ import annotations
+
+import time
+
+from batchrun.simulator import catalog, malicious
+from batchrun.simulator.jobqueue import Job
+from batchrun.simulator.outputs import FileSpec, FileStore, content_key, fraction, image_size
+from batchrun.simulator.settings import SimSettings
+from batchrun.simulator.stats import Stats
+
+_ERROR_SHAPES = (
+    {"code": "MODEL_ERROR", "message": "simulated failure: the model could not process inputs"},
+    {"message": "simulated failure: content policy violation"},
+    "simulated failure: worker crashed",  # api-facts: `error` may be a plain string
+)
+
+
+def finish_job(job: Job, s: SimSettings, files: FileStore, stats: Stats, base_url: str) -> None:
+    """Decide a finished job's result: output URLs (files registered), cost, or an error."""
+    now = time.monotonic()
+    expires = now + s.expire_after if s.expire_after is not None else None
+    if s.malicious:
+        _finish_malicious(job, s, files, stats, base_url, expires)
+        return
+    info = catalog.CATALOG[job.model_id]
+    if job.fails:
+        stats.fault("fail")
+        shape = _ERROR_SHAPES[int(fraction(s.seed, "error", job.identity) * 3)]
+        job.error = shape
+        return
+    drifted = fraction(s.seed, "drift", job.identity) < s.drift
+    if drifted:
+        stats.fault("drift")
+    width, height = image_size(job.inputs)
+    slots: list[tuple[str | None, list[str]]] = []
+    n = 0
+    for key, kind, count in info.slots:
+        urls = []
+        for _ in range(count):
+            label = "image" if kind == "png" else "video"
+            path = f"/files/{job.request_id}/{label}_{n}.{kind}"
+            spec = FileSpec(
+                kind, content_key(job.identity, n, drifted), width, height, expires_at=expires
+            )
+            files.add(path, spec)
+            urls.append(base_url + path)
+            n += 1
+        slots.append((key, urls))
+    if info.shape == catalog.STRING:
+        job.output = slots[0][1][0]
+    elif info.shape == catalog.ARRAY:
+        job.output = [u for _, urls in slots for u in urls]
+    else:
+        # plural keys ("videos") hold arrays, singular ones ("image") one URL
+        job.output = {str(k): (u if str(k).endswith("s") else u[0]) for k, u in slots}
+    job.extra["cost"] = catalog.cost(info, job.inputs)
+
+
+def _finish_malicious(
+    job: Job, s: SimSettings, files: FileStore, stats: Stats, base_url: str, expires: float | None
+) -> None:
+    name = malicious.variant(job.seq)
+    stats.fault(f"malicious_{name}")
+    job.fails = False
+    job.extra["malicious"] = name
+    job.extra["cost"] = 0.0
+    url = malicious.url_for(name, base_url, job.request_id)
+    if url is None:  # body variants: the result endpoint misbehaves instead
+        return
+    kind = {"huge": "huge", "truncated": "truncated"}.get(name, "png")
+    spec = FileSpec(
+        kind,
+        content_key(job.identity, 0, False),
+        64,
+        64,
+        size=s.huge_file_bytes,
+        expires_at=expires,
+    )
+    for path in malicious.served_paths(url, base_url):
+        files.add(path, spec)
+    job.output = [url]

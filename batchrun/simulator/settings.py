@@ -1,0 +1,192 @@
+"""Simulator settings: one dataclass, built from flags, `--sim KEY=VALUE` pairs or a YAML file."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+_RATE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*(?:/\s*(s|sec|second|m|min|minute))?\s*$")
+_SECONDS = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*(ms|s|m|min)?\s*$")
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+@dataclass
+class SimSettings:
+    """Everything the simulator can be told; the defaults make a demo feel real."""
+
+    token: str = "sim-token"
+    seed: int = 0
+    # Concurrent jobs; 0 means unlimited (every job starts at once, nothing queues).
+    workers: int = 4
+    # Mean run time in seconds, drawn uniformly within +- run_time_jitter (a fraction).
+    run_time: float = 1.0
+    run_time_jitter: float = 0.5
+    # Per-model mean run time overriding `run_time`: {model_id: seconds}.
+    run_times: dict[str, float] = field(default_factory=dict)
+    # API calls per second on /v1/ endpoints; above it 429 + Retry-After. None = unlimited.
+    rate_limit: float | None = None
+    error_rate: float = 0.0  # fraction of API calls answered 500/502/503
+    drop_rate: float = 0.0  # fraction of API calls whose connection is closed mid-response
+    slow: float = 0.0  # seconds of latency added to every API call
+    fail_rate: float = 0.0  # fraction of jobs that end `failed`
+    expire_after: float | None = None  # seconds after finishing until results/files are 404
+    drift: float = 0.0  # fraction of jobs (by input identity + seed) whose bytes differ
+    malicious: bool = False  # hostile outputs for security tests (see simulator.malicious)
+    huge_file_bytes: int = 5 * 1024 * 1024  # size of the malicious "huge" file
+
+    @property
+    def max_workers_unlimited(self) -> bool:
+        """workers == 0: every job starts at once."""
+        return self.workers == 0
+
+    def mean_run_time(self, model_id: str) -> float:
+        return self.run_times.get(model_id, self.run_time)
+
+    @classmethod
+    def from_mapping(cls, data: dict[str, Any]) -> SimSettings:
+        """Build settings from strings or numbers (`rate_limit: 10/s`, `slow: 200ms`, ...).
+
+        Keys may use `-` or `_`. Raises ValueError naming the bad key or value.
+        """
+        names = {f.name for f in dataclasses.fields(cls)}
+        kwargs: dict[str, Any] = {}
+        for raw_key, value in data.items():
+            key = str(raw_key).strip().replace("-", "_")
+            if key not in names:
+                known = ", ".join(sorted(names))
+                raise ValueError(f"unknown simulator setting {raw_key!r}; known: {known}")
+            try:
+                kwargs[key] = _PARSERS[key](value)
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"simulator setting {raw_key}={value!r}: {exc}") from None
+        return cls(**kwargs)
+
+    def replace(self, **changes: Any) -> SimSettings:
+        return dataclasses.replace(self, **changes)
+
+
+def parse_rate(value: Any) -> float | None:
+    """`10`, `10/s`, `600/min` -> calls per second; `none`/`0`/None -> unlimited."""
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none", "off")):
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        rate = float(value)
+    else:
+        m = _RATE.match(str(value))
+        if not m:
+            raise ValueError("expected a rate like 10/s or 600/min")
+        rate = float(m.group(1))
+        if m.group(2) and m.group(2).startswith("m"):
+            rate /= 60.0
+    if rate < 0 or not math.isfinite(rate):
+        raise ValueError("a rate must be a positive number")
+    return rate or None
+
+
+def parse_seconds(value: Any) -> float:
+    """`1.5`, `1.5s`, `200ms`, `2m` -> seconds (>= 0)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        seconds = float(value)
+    else:
+        m = _SECONDS.match(str(value))
+        if not m:
+            raise ValueError("expected seconds like 1.5, 1.5s or 200ms")
+        unit = m.group(2) or "s"
+        seconds = float(m.group(1)) * {"ms": 0.001, "s": 1.0, "m": 60.0, "min": 60.0}[unit]
+    if seconds < 0 or not math.isfinite(seconds):
+        raise ValueError("must be zero or more seconds")
+    return seconds
+
+
+def _optional_seconds(value: Any) -> float | None:
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "off")):
+        return None
+    return parse_seconds(value)
+
+
+def _fraction(value: Any) -> float:
+    if isinstance(value, bool):
+        raise ValueError("expected a fraction between 0 and 1")
+    text = str(value).strip()
+    number = float(text[:-1]) / 100 if text.endswith("%") else float(text)
+    if not 0.0 <= number <= 1.0:
+        raise ValueError("expected a fraction between 0 and 1 (or a percentage like 5%)")
+    return number
+
+
+def _int(value: Any, minimum: int = 0) -> int:
+    if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+        raise ValueError("expected a whole number")
+    number = int(str(value).strip()) if isinstance(value, str) else int(value)
+    if number < minimum:
+        raise ValueError(f"must be at least {minimum}")
+    return number
+
+
+def _bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise ValueError("expected true or false")
+
+
+def _token(value: Any) -> str:
+    text = str(value)
+    if not text or any(c.isspace() for c in text):
+        raise ValueError("a token must be non-empty without spaces")
+    return text
+
+
+def _run_times(value: Any) -> dict[str, float]:
+    """A mapping {model: seconds}, or `model=1.5,other=3` as one string."""
+    if isinstance(value, dict):
+        return {str(k).strip(): parse_seconds(v) for k, v in value.items()}
+    out: dict[str, float] = {}
+    for pair in (p for p in str(value).split(",") if p.strip()):
+        model, sep, seconds = pair.partition("=")
+        if not sep:
+            raise ValueError("expected model=seconds[,model=seconds...]")
+        out[model.strip()] = parse_seconds(seconds)
+    return out
+
+
+_PARSERS: dict[str, Any] = {
+    "token": _token,
+    "seed": lambda v: _int(v, minimum=-(2**63)),
+    "workers": _int,
+    "run_time": parse_seconds,
+    "run_time_jitter": _fraction,
+    "run_times": _run_times,
+    "rate_limit": parse_rate,
+    "error_rate": _fraction,
+    "drop_rate": _fraction,
+    "slow": parse_seconds,
+    "fail_rate": _fraction,
+    "expire_after": _optional_seconds,
+    "drift": _fraction,
+    "malicious": _bool,
+    "huge_file_bytes": lambda v: _int(v, minimum=1),
+}
+
+
+def load_settings(config_file: str | None, overrides: dict[str, Any]) -> SimSettings:
+    """Settings from an optional YAML file, then `overrides` (None values are ignored)."""
+    data: dict[str, Any] = {}
+    if config_file:
+        import yaml
+
+        with open(config_file, encoding="utf-8") as f:
+            loaded = yaml.safe_load(f) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError("expected a mapping of setting: value")
+        data.update(loaded.get("simulator", loaded) if "simulator" in loaded else loaded)
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    return SimSettings.from_mapping(data)

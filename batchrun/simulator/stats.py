@@ -1,0 +1,87 @@
+"""Counters behind `GET /_sim/stats`: calls, submits per input identity, throttles, peak rate.
+
+The snapshot's keys:
+- `calls`: {submit, status, result, cancel, catalog, files} -> count (every /v1/ call arriving,
+  429s and injected faults included; `files` counts files served);
+- `api_calls`: all /v1/ calls; `peak_rate_1s`: most /v1/ calls within any one second;
+- `submits`: accepted submits (a job was created); `submits_per_identity`: "model canonical-json"
+  -> accepted submits; `duplicate_submits`: identities accepted more than once;
+- `throttled`: 429 answers; `faults`: injected faults per kind (rate_limited, error_500/502/503,
+  drop_silent, drop_partial, slow, fail, drift, malicious_<variant>);
+- `jobs`: jobs per state (in_queue, in_progress, completed, cancelled; completed = succeeded +
+  failed).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter, deque
+from typing import Any
+
+ENDPOINTS = ("submit", "status", "result", "cancel", "catalog", "files")
+
+
+class Stats:
+    """Thread-safe counters; `snapshot()` is the JSON the stats endpoint returns."""
+
+    def __init__(self, clock=time.monotonic) -> None:
+        self._clock = clock
+        self._lock = threading.Lock()
+        self.reset()
+
+    def reset(self) -> None:
+        with self._lock:
+            self._calls: Counter[str] = Counter({e: 0 for e in ENDPOINTS})
+            self._identities: Counter[str] = Counter()
+            self._faults: Counter[str] = Counter()
+            self._throttled = 0
+            self._window: deque[float] = deque()
+            self._peak = 0
+            self._api_calls = 0
+
+    def api_call(self, endpoint: str) -> None:
+        """One /v1/ call arrived (counted whatever its answer, 429s included)."""
+        now = self._clock()
+        with self._lock:
+            self._calls[endpoint] += 1
+            self._api_calls += 1
+            window = self._window
+            window.append(now)
+            while now - window[0] >= 1.0:
+                window.popleft()
+            if len(window) > self._peak:
+                self._peak = len(window)
+
+    def file_call(self) -> None:
+        with self._lock:
+            self._calls["files"] += 1
+
+    def submitted(self, identity: str) -> None:
+        """A submit was accepted (a job exists, whether or not the client got the answer)."""
+        with self._lock:
+            self._identities[identity] += 1
+
+    def throttled(self) -> None:
+        with self._lock:
+            self._throttled += 1
+            self._faults["rate_limited"] += 1
+
+    def fault(self, kind: str) -> None:
+        with self._lock:
+            self._faults[kind] += 1
+
+    def snapshot(self, jobs: dict[str, int]) -> dict[str, Any]:
+        with self._lock:
+            identities = dict(self._identities)
+            return {
+                "calls": dict(self._calls),
+                "api_calls": self._api_calls,
+                "submits": sum(identities.values()),
+                "submits_per_identity": identities,
+                "duplicate_submits": sum(1 for n in identities.values() if n > 1),
+                "throttled": self._throttled,
+                "peak_rate_1s": self._peak,
+                "faults": dict(self._faults),
+                "jobs": jobs,
+            }

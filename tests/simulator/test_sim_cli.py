@@ -1,0 +1,81 @@
+"""`batchrun simulate` as a real process: prints its URL, answers like the doc's curl, stops."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+
+import requests
+
+
+def test_simulate_serves_until_sigint(tmp_path) -> None:
+    config = tmp_path / "sim.yaml"
+    config.write_text("run_time: 0.05\n")
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "batchrun",
+            "simulate",
+            "--port",
+            "0",
+            "--token",
+            "t0k",
+            "--config",
+            str(config),
+            "--workers",
+            "2",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline()
+        assert first.startswith("batchrun simulator on http://127.0.0.1:")
+        assert first.rstrip().endswith("token: t0k")
+        base = first.split(" on ", 1)[1].split()[0]
+        assert f"curl -s -X POST {base}/v1/models/" in proc.stdout.readline()
+        # The doc's curl example, pointed at the simulator.
+        r = requests.post(
+            f"{base}/v1/models/blackforestlabs/flux-1-kontext/pro/edit",
+            headers={"Authorization": "Bearer t0k", "Content-Type": "application/json"},
+            data=(
+                '{"prompt": "She is now holding an orange umbrella and smiling",'
+                ' "image_url": "https://playgrounds-storage-public.runcomfy.net/x.webp",'
+                ' "seed": 81030369, "aspect_ratio": "16:9"}'
+            ),
+            timeout=5,
+        )
+        assert r.status_code == 200 and r.json()["status_url"].startswith(base)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=10)
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err
+
+
+def test_simulate_bad_setting_is_a_usage_error() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "batchrun", "simulate", "--port", "0", "--fail-rate", "2"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("error: simulator setting fail_rate='2': expected a fraction")
+
+
+def test_simulate_on_a_busy_port_says_how_to_fix_it(sim) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "batchrun", "simulate", "--port", str(sim.port)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.startswith(f"error: cannot listen on 127.0.0.1:{sim.port} (")
+    assert "pick another --port, or 0" in proc.stderr
+    assert "Traceback" not in proc.stderr

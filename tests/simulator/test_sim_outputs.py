@@ -1,0 +1,51 @@
+"""Deterministic output bytes: valid PNGs with a visible pattern, video-like files."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+from PIL import Image
+
+from batchrun.simulator import outputs
+
+
+def _key(text: str) -> str:
+    return outputs.content_key(outputs.identity("m/x", {"prompt": text}), 0, False)
+
+
+def test_png_is_valid_and_shows_a_pattern_not_noise() -> None:
+    data = outputs.png_bytes(_key("a"), 128, 72)
+    image = Image.open(io.BytesIO(data))
+    image.load()
+    assert (image.format, image.mode, image.size) == ("PNG", "RGB", (128, 72))
+    colors = image.getcolors(maxcolors=128 * 72)
+    assert colors is not None and 2 <= len(colors) <= 2 * 72  # two colours per row at most
+    assert len(data) < 20_000  # compresses: a pattern, not noise
+
+
+def test_same_inputs_same_bytes_different_inputs_or_drift_differ() -> None:
+    assert outputs.png_bytes(_key("a"), 64, 64) == outputs.png_bytes(_key("a"), 64, 64)
+    assert outputs.png_bytes(_key("a"), 64, 64) != outputs.png_bytes(_key("b"), 64, 64)
+    ident = outputs.identity("m/x", {"prompt": "a"})
+    assert outputs.content_key(ident, 0, True) != outputs.content_key(ident, 0, False)
+    assert outputs.identity("m", {"a": 1, "b": 2}) == outputs.identity("m", {"b": 2, "a": 1})
+
+
+@pytest.mark.parametrize(
+    "ratio, size",
+    [("16:9", (128, 72)), ("9:16", (72, 128)), ("1:1", (128, 128)), ("auto", (128, 128))],
+)
+def test_image_size_follows_aspect_ratio(ratio: str, size: tuple[int, int]) -> None:
+    assert outputs.image_size({"aspect_ratio": ratio}) == size
+
+
+def test_video_bytes_start_like_mp4_and_are_a_few_kb() -> None:
+    data = outputs.video_bytes(_key("v"))
+    assert data[4:8] == b"ftyp"
+    assert 2_000 < len(data) < 7_000
+    assert data == outputs.video_bytes(_key("v")) != outputs.video_bytes(_key("w"))
+
+
+def test_huge_chunks_add_up_exactly() -> None:
+    assert sum(len(c) for c in outputs.huge_chunks(200_001, 65536)) == 200_001
