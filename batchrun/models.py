@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +38,7 @@ def known_models() -> list[str]:
     return sorted(p.stem.replace("__", "/") for p in models_dir().glob("*.json"))
 
 
-@lru_cache(maxsize=None)
+@cache
 def raw_schema(model_id: str) -> dict[str, Any] | None:
     """The schema file as stored (the catalog's dialect), or None when there is none."""
     path = models_dir() / schema_file_name(model_id)
@@ -93,14 +93,14 @@ def _normalise_node(node: Any) -> None:
         _normalise_node(value)
 
 
-@lru_cache(maxsize=None)
+@cache
 def input_schema(model_id: str) -> dict[str, Any] | None:
     """The normalised input schema of a model, or None when there is no local schema."""
     raw = raw_schema(model_id)
     return None if raw is None else normalise(raw)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _validator(model_id: str) -> Draft202012Validator | None:
     schema = input_schema(model_id)
     return None if schema is None else Draft202012Validator(schema)

@@ -1,0 +1,239 @@
+"""Manifest file -> checked `Plan`: load, expand, validate every job's inputs against its model.
+
+This is what `validate`, `plan` and `run` call. Nothing here touches the network.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from jsonschema import Draft202012Validator
+
+from batchrun import models
+from batchrun.errors import ManifestError
+from batchrun.grid import Job, expand
+from batchrun.manifest import Manifest, load_manifest
+
+_MAX_INPUT_PROBLEMS = 50
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A manifest's jobs, each with inputs its model's schema accepts."""
+
+    manifest: Manifest
+    jobs: list[Job]
+    warnings: list[str]
+
+
+def build_plan(path: str | Path, *, strict: bool = False) -> Plan:
+    """Load, expand and check a manifest; ManifestError lists every problem found."""
+    manifest = load_manifest(path)
+    expansion = expand(manifest)
+    label = str(manifest.path)
+    warnings = list(expansion.warnings)
+    problems: list[str] = []
+    for index, model in enumerate(manifest.data["models"]):
+        model_id = model["id"]
+        if models.input_schema(model_id) is None:
+            close = difflib.get_close_matches(model_id, models.known_models(), n=1, cutoff=0.8)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            message = (
+                f"{label}: $.models[{index}].id: no local input schema for {model_id!r}"
+                f"{hint}; inputs are not checked before sending"
+            )
+            (problems if strict else warnings).append(
+                message + ("" if not strict else " (--strict)")
+            )
+    problems += _input_problems(manifest, expansion.jobs)
+    if problems:
+        # Warnings often explain the errors (a typo in a model id): keep them with the errors.
+        raise ManifestError(problems + [f"warning: {w}" for w in warnings])
+    return Plan(manifest, expansion.jobs, warnings)
+
+
+def _input_problems(manifest: Manifest, jobs: list[Job]) -> list[str]:
+    """One line per distinct (model, field problem), naming the first job that has it.
+
+    Each distinct input value is checked once; a fixed input that is wrong for all 1,000 jobs
+    is one line ("and 999 more jobs"), not 1,000.
+    """
+    label = str(manifest.path)
+    checkers: dict[str, _Checker] = {}
+    first: dict[tuple[str, str], Job] = {}
+    counts: Counter[tuple[str, str]] = Counter()
+    for job in jobs:
+        checker = checkers.get(job.model_id)
+        if checker is None:
+            checker = checkers[job.model_id] = _Checker(job.model_id)
+        for problem in checker.check(job.inputs):
+            key = (job.model_id, problem)
+            first.setdefault(key, job)
+            counts[key] += 1
+    if not first:
+        return []
+    varying = varying_keys(jobs)
+    out = []
+    for key, job in list(first.items())[:_MAX_INPUT_PROBLEMS]:
+        who = describe_job(job, varying.get(job.model_id, ()))
+        more = counts[key] - 1
+        also = f" (and {more} more job{'s' if more != 1 else ''})" if more else ""
+        out.append(f"{label}: job {who}: {key[1]}{also}")
+    if len(first) > _MAX_INPUT_PROBLEMS:
+        out.append(f"{label}: ... {len(first) - _MAX_INPUT_PROBLEMS} more input problems")
+    return out
+
+
+class _Checker:
+    """Validates inputs against one model's schema, caching by field value.
+
+    Catalog schemas are flat objects (properties, required, additionalProperties), so a job is
+    valid when its set of keys is and each (field, value) is; those are few even in a 100,000
+    job grid. Anything else in the schema falls back to validating whole input dicts.
+    """
+
+    _FLAT_KEYS = {"type", "properties", "required", "additionalProperties", "title"}
+    # A `$ref` or combinator inside a property needs the whole schema: not flat then.
+
+    def __init__(self, model_id: str) -> None:
+        self.model_id = model_id
+        schema = models.input_schema(model_id)
+        self.schema = schema
+        keys = {k for k in (schema or {}) if not k.startswith("x-") and k != "description"}
+        self.flat = (
+            schema is not None and keys <= self._FLAT_KEYS and "$ref" not in json.dumps(schema)
+        )
+        self._keysets: dict[frozenset, bool] = {}
+        self._values: dict[tuple, bool] = {}
+        self._whole: dict[str, list[str]] = {}
+        self._prop_validators: dict[str, Draft202012Validator] = {}
+
+    def check(self, inputs: dict) -> list[str]:
+        if self.schema is None:
+            return []
+        if self.flat and self._flat_ok(inputs):
+            return []
+        key = json.dumps(inputs, sort_keys=True, default=str)
+        if key not in self._whole:
+            self._whole[key] = models.validate_inputs(self.model_id, inputs) or []
+        return self._whole[key]
+
+    def _flat_ok(self, inputs: dict) -> bool:
+        keyset = frozenset(inputs)
+        ok = self._keysets.get(keyset)
+        if ok is None:
+            ok = self._keysets[keyset] = not models.validate_inputs(
+                self.model_id, {k: _placeholder(self.schema, k) for k in keyset}
+            )
+        if not ok:
+            return False
+        values = self._values
+        for name, value in inputs.items():
+            kind = type(value)
+            # The type is part of the key: True == 1, but only one is an integer.
+            cache_key = (name, kind, value if kind in _SCALARS else _hashable(value))
+            good = values.get(cache_key)
+            if good is None:
+                good = self._values[cache_key] = self._value_ok(name, value)
+            if not good:
+                return False
+        return True
+
+    def _value_ok(self, name: str, value: Any) -> bool:
+        prop = (self.schema or {}).get("properties", {}).get(name)
+        if prop is None:
+            return True  # the key set check covered unknown fields
+        simple = _SIMPLE_TYPES.get(prop.get("type")) if isinstance(prop, dict) else None
+        if simple is not None and set(prop) <= _ANNOTATIONS:
+            return isinstance(value, simple) and not (
+                isinstance(value, bool) and bool not in simple
+            )
+        validator = self._prop_validators.get(name)
+        if validator is None:
+            validator = self._prop_validators[name] = Draft202012Validator(prop)
+        return bool(validator.is_valid(value))
+
+
+# Property schemas that only say a JSON type are checked with isinstance (bool is not a number).
+_SIMPLE_TYPES: dict[Any, tuple[type, ...]] = {
+    "string": (str,),
+    "integer": (int,),
+    "number": (int, float),
+    "boolean": (bool,),
+}
+_SCALARS = (str, int, float, bool, type(None))
+_ANNOTATIONS = {"type", "description", "title", "default", "examples"}
+
+
+def _placeholder(schema: Any, name: str) -> Any:
+    """Some value the schema accepts for `name` (used only to isolate one field's check)."""
+    prop = (schema or {}).get("properties", {}).get(name, {})
+    if "default" in prop:
+        return prop["default"]
+    if "enum" in prop:
+        return prop["enum"][0]
+    kinds = prop.get("type")
+    kind = kinds[0] if isinstance(kinds, list) and kinds else kinds
+    if kind == "array":
+        item = prop.get("items", {})
+        return [_sample(item)] * max(1, prop.get("minItems", 1))
+    return _sample(prop)
+
+
+def _sample(prop: dict) -> Any:
+    kind = prop.get("type")
+    kind = kind[0] if isinstance(kind, list) and kind else kind
+    if "enum" in prop:
+        return prop["enum"][0]
+    if kind in ("integer", "number"):
+        return prop.get("minimum", prop.get("exclusiveMinimum", 0) + 1)
+    if kind == "boolean":
+        return False
+    if prop.get("pattern") == r"^(https?://|data:)":
+        return "https://example.invalid/x.png"
+    return "x"
+
+
+def _hashable(value: Any) -> Any:
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, sort_keys=True, default=str)
+    return value
+
+
+def varying_keys(jobs: list[Job]) -> dict[str, tuple[str, ...]]:
+    """Per model, the var and input names whose values differ between its jobs ('var.' first)."""
+    seen: dict[str, dict[str, set]] = {}
+    for job in jobs:
+        per = seen.setdefault(job.model_id, {})
+        for k, v in job.vars.items():
+            per.setdefault(f"var.{k}", set()).add(_hashable(v))
+        for k, v in job.inputs.items():
+            per.setdefault(k, set()).add(_hashable(v))
+    counts = Counter(j.model_id for j in jobs)
+    out = {}
+    for model_id, per in seen.items():
+        keys = [k for k, vals in per.items() if len(vals) > 1]
+        if any(j.repeat for j in jobs if j.model_id == model_id) and counts[model_id] > 1:
+            keys.append("repeat")
+        out[model_id] = tuple(keys)
+    return out
+
+
+def cell(job: Job, key: str) -> Any:
+    """The value of a varying key of a job (see `varying_keys`)."""
+    if key == "repeat":
+        return job.repeat
+    if key.startswith("var."):
+        return job.vars.get(key[4:], "")
+    return job.inputs.get(key, "")
+
+
+def describe_job(job: Job, keys: tuple[str, ...] | list[str]) -> str:
+    """`model (k=v, ...)`: how a job is named in messages."""
+    values = ", ".join(f"{k.removeprefix('var.')}={cell(job, k)!r}" for k in keys)
+    return f"{job.model_id} ({values})" if values else job.model_id

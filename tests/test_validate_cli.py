@@ -1,0 +1,280 @@
+"""`batchrun validate` / `batchrun plan` through the CLI: exit codes, messages, no tracebacks."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from batchrun.cli import main
+
+KONTEXT = "blackforestlabs/flux-1-kontext/pro/edit"
+MODEL = f"""
+models:
+  - id: {KONTEXT}
+    inputs: {{prompt: p, image_url: "https://x.runcomfy.net/a.png"}}
+"""
+GOOD = "version: 1\n" + MODEL
+
+# "billion laughs": 10**7 values once the aliases are expanded
+BOMB = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"{n}: &{n} [{', '.join([f'*{p}'] * 10)}]\n" for p, n in zip("abcdef", "bcdefg", strict=True)
+)
+
+# (id, manifest text, extra files, text the error must contain)
+BAD: list[tuple[str, str, dict[str, str], str]] = [
+    ("empty", "", {}, "$: the manifest must be a mapping"),
+    ("top-level-list", "- 1\n- 2\n", {}, "$: the manifest must be a mapping"),
+    ("yaml-syntax", "version: 1\nmodels: [\n", {}, "invalid YAML"),
+    ("python-tag", GOOD + "name: !!python/object:os.system x\n", {}, "invalid YAML"),
+    ("duplicate-key", GOOD + "version: 1\n", {}, "$.version: duplicate key"),
+    ("no-version", MODEL, {}, "$: 'version' is a required property"),
+    ("version-2", "version: 2\n" + MODEL, {}, "$.version: 2: only version 1 is known"),
+    ("no-models", "version: 1\n", {}, "$: 'models' is a required property"),
+    ("models-empty", "version: 1\nmodels: []\n", {}, "$.models: [] should be non-empty"),
+    ("model-no-id", "version: 1\nmodels: [{inputs: {}}]\n", {}, "$.models[0]: 'id' is a"),
+    ("model-id-shape", "version: 1\nmodels: [{id: kontext}]\n", {}, "$.models[0].id: 'kontext'"),
+    ("unknown-top-key", GOOD + "modles: []\n", {}, "$.modles: unknown key 'modles'; did you"),
+    (
+        "unknown-model-key",
+        GOOD + "    input: {}\n",
+        {},
+        "$.models[0].input: unknown key 'input'; did you mean 'inputs'?",
+    ),
+    ("unknown-run-key", GOOD + "run: {rate: 5}\n", {}, "$.run.rate: unknown key 'rate'"),
+    ("bad-rate", GOOD + "run: {rate_limit: 10 per second}\n", {}, "$.run.rate_limit: '10 per"),
+    ("bad-duration", GOOD + "run: {poll_interval: fast}\n", {}, "$.run.poll_interval: 'fast'"),
+    ("zero-timeout", GOOD + "run: {job_timeout: 0s}\n", {}, "$.run.job_timeout: '0s': a dur"),
+    ("max-jobs-zero", GOOD + "run: {max_jobs: 0}\n", {}, "$.run.max_jobs: 0 is less than"),
+    ("bad-name", GOOD + "name: my run!\n", {}, "$.name: 'my run!': use letters"),
+    (
+        "dir-placeholder",
+        GOOD + "outputs: {dir: 'out/{nam}'}\n",
+        {},
+        "$.outputs.dir: unknown placeholder '{nam}'",
+    ),
+    ("bad-size", GOOD + "outputs: {max_file_size: lots}\n", {}, "$.outputs.max_file_size: 'lots'"),
+    ("matrix-scalar", GOOD + "matrix: {seed: 5}\n", {}, "$.matrix.seed: 5 must be a non-empty"),
+    ("matrix-empty", GOOD + "matrix: {seed: []}\n", {}, "$.matrix.seed: [] must be a non-empty"),
+    ("matrix-key-name", GOOD + "matrix: {my-field: [1]}\n", {}, "$.matrix: 'my-field' does not"),
+    (
+        "file-missing",
+        GOOD + "matrix: {prompt: {file: nope.txt}}\n",
+        {},
+        "$.matrix.prompt.file: file not found",
+    ),
+    ("file-empty", GOOD + "matrix: {prompt: {file: e.txt}}\n", {"e.txt": "\n\n"}, "has no values"),
+    (
+        "csv-column-missing",
+        GOOD + "matrix: {prompt: {csv: c.csv, column: promt}}\n",
+        {"c.csv": "prompt\na\n"},
+        "$.matrix.prompt.column: no column 'promt' in c.csv; columns: prompt",
+    ),
+    ("cases-csv-missing", GOOD + "cases: {csv: nope.csv}\n", {}, "$.cases.csv: file not found"),
+    (
+        "cases-csv-bad-header",
+        GOOD + "cases: {csv: c.csv}\n",
+        {"c.csv": "my field\nx\n"},
+        "$.cases.csv: c.csv: column names must be",
+    ),
+    ("cases-scalar", GOOD + "cases: 3\n", {}, "$.cases: 3 must be a non-empty list"),
+    ("exclude-dict", GOOD + "exclude: {seed: 1}\n", {}, "$.exclude: {'seed': 1} is not of type"),
+    ("repeat-zero", GOOD + "repeat: 0\n", {}, "$.repeat: 0 is less than the minimum of 1"),
+    (
+        "unknown-placeholder",
+        "version: 1\nvars: {color: [red]}\n" + MODEL.replace("prompt: p", "prompt: '{colr}'"),
+        {},
+        "$.models[0].inputs.prompt: unknown placeholder {colr}; known names: color,",
+    ),
+    (
+        "lone-brace",
+        GOOD.replace("prompt: p", "prompt: 'a { b'"),
+        {},
+        "$.models[0].inputs.prompt: lone '{'",
+    ),
+    (
+        "var-field-clash",
+        GOOD + "vars: {prompt: [x]}\n",
+        {},
+        "$.vars.prompt: 'prompt' is both a var and an input field",
+    ),
+    (
+        "input-wrong-type",
+        GOOD + "matrix: {seed: [1, x]}\n",
+        {},
+        f"job {KONTEXT} (seed='x'): $.seed: 'x' is not of type 'integer'",
+    ),
+    (
+        "input-missing-required",
+        f"version: 1\nmodels: [{{id: {KONTEXT}, inputs: {{prompt: p}}}}]\n",
+        {},
+        f"job {KONTEXT}: $: 'image_url' is a required property",
+    ),
+    (
+        "input-unknown-field",
+        GOOD.replace("prompt: p", "promt: p, prompt: p"),
+        {},
+        "Additional properties are not allowed ('promt' was unexpected); known fields:",
+    ),
+    (
+        "input-not-url",
+        GOOD.replace("https://x.runcomfy.net/a.png", "a.png"),
+        {},
+        "$.image_url: 'a.png' does not match",
+    ),
+    (
+        "alias-bomb",
+        GOOD + BOMB,
+        {},
+        "$: more than 1,000,000 values once YAML aliases are expanded",
+    ),
+    ("deep-nesting", "version: 1\nmodels: " + "[" * 1500 + "]" * 1500, {}, "nested too deeply"),
+    (
+        "too-many-jobs",
+        GOOD + "run: {max_jobs: 2}\nmatrix: {seed: [1, 2, 3]}\n",
+        {},
+        "$.run.max_jobs: the manifest expands to more than 2 jobs (the full grid is 3)",
+    ),
+]
+
+
+def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    code = main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.parametrize(
+    ("text", "files", "expected"), [b[1:] for b in BAD], ids=[b[0] for b in BAD]
+)
+def test_malformed_manifest_exits_2_naming_file_and_path(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, files: dict, expected: str
+) -> None:
+    for name, content in files.items():
+        (tmp_path / name).write_text(content, encoding="utf-8")
+    path = tmp_path / "bad.yaml"
+    path.write_text(text, encoding="utf-8")
+    code, out, err = run(["validate", str(path)], capsys)
+    assert code == 2
+    assert out == ""
+    assert f"{path}: " in err
+    assert expected in err
+    assert "Traceback" not in out + err
+
+
+def test_enough_malformed_cases() -> None:
+    assert len(BAD) >= 25
+
+
+def test_unreadable_and_non_utf8(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    binary = tmp_path / "b.yaml"
+    binary.write_bytes(b"version: 1\nname: \xff\xfe\n")
+    code, _, err = run(["validate", str(tmp_path / "missing.yaml"), str(binary)], capsys)
+    assert code == 2
+    assert f"{tmp_path / 'missing.yaml'}: cannot read the manifest" in err
+    assert f"{binary}: not UTF-8 text" in err
+
+
+def test_validate_examples(repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    paths = sorted(str(p) for p in (repo / "manifests").glob("*.yaml"))
+    assert len(paths) >= 3
+    code, out, err = run(["validate", *paths], capsys)
+    assert code == 0, err
+    assert f"{repo / 'manifests' / 'quickstart.yaml'}: ok (6 jobs)\n" in out
+
+
+def test_examples_start_with_schema_comment(repo: Path) -> None:
+    for path in (repo / "manifests").glob("*.yaml"):
+        first = path.read_text(encoding="utf-8").splitlines()[0]
+        assert first == "# yaml-language-server: $schema=../schemas/manifest.schema.json"
+
+
+def test_validate_reports_each_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    good = tmp_path / "good.yaml"
+    good.write_text(GOOD, encoding="utf-8")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("version: 3\n" + MODEL, encoding="utf-8")
+    code, out, err = run(["validate", str(bad), str(good)], capsys)
+    assert code == 2
+    assert out == f"{good}: ok (1 job)\n"
+    assert err == f"{bad}: $.version: 3: only version 1 is known (line 1)\n"
+
+
+def test_unknown_model_warns_or_fails_with_strict(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "m.yaml"
+    path.write_text("version: 1\nmodels: [{id: acme/new-model, inputs: {x: 1}}]\n")
+    code, out, err = run(["validate", str(path)], capsys)
+    assert (code, out) == (0, f"{path}: ok (1 job)\n")
+    assert "warning: " in err and "$.models[0].id: no local input schema for" in err
+    code, out, err = run(["validate", "--strict", str(path)], capsys)
+    assert code == 2 and out == ""
+    assert "no local input schema for 'acme/new-model'" in err
+
+
+def test_plan_table(repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(["plan", str(repo / "manifests" / "quickstart.yaml")], capsys)
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0] == "quickstart: 6 jobs -> outputs/quickstart"
+    assert lines[1].split() == [KONTEXT, "6"]
+    assert lines[4].split() == ["#", "job_id", "var.color", "prompt", "seed"]
+    assert lines[5].split()[2] == "orange"
+    assert len(lines) == 4 + 1 + 6
+
+
+def test_plan_json(repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(["plan", "--json", str(repo / "manifests" / "quickstart.yaml")], capsys)
+    assert code == 0
+    jobs = [json.loads(line) for line in out.splitlines()]
+    assert len(jobs) == 6
+    assert set(jobs[0]) == {"job_id", "model_id", "inputs", "vars", "repeat"}
+    assert jobs[0]["inputs"]["prompt"] == "She is now holding an orange umbrella and smiling"
+    assert jobs[0]["vars"] == {"color": "orange"}
+    assert len({j["job_id"] for j in jobs}) == 6
+
+
+def test_plan_bad_manifest_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "m.yaml"
+    path.write_text(GOOD + "matrix: {seed: [x]}\n")
+    code, out, err = run(["plan", str(path)], capsys)
+    assert code == 2 and out == ""
+    assert "$.seed: 'x' is not of type 'integer'" in err and "Traceback" not in err
+
+
+def test_python_m_batchrun_validate(repo: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "batchrun", "validate", "manifests/quickstart.yaml"],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (proc.returncode, proc.stdout) == (0, "manifests/quickstart.yaml: ok (6 jobs)\n")
+
+
+def test_help_has_an_example(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(["validate", "--help"], capsys)
+    assert code == 0 and "batchrun validate manifests/*.yaml" in out
+    textwrap.dedent(out)
+
+
+@pytest.mark.slow
+def test_plan_json_100k_jobs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "seeds.txt").write_text("\n".join(str(i) for i in range(1000)))
+    path = tmp_path / "big.yaml"
+    path.write_text(
+        GOOD.replace("prompt: p", "prompt: '{color} {seed}'")
+        + "run: {max_jobs: 100000}\nvars: {color: [a, b, c, d, e, f, g, h, i, j]}\n"
+        + "matrix: {seed: {file: seeds.txt}, aspect_ratio: [a, b, c, d, e, f, g, h, i, j]}\n"
+    )
+    code, out, err = run(["plan", "--json", str(path)], capsys)
+    assert code == 0, err
+    lines = out.splitlines()
+    assert len(lines) == 100_000
+    assert len({json.loads(line)["job_id"] for line in lines[:1000]}) == 1000
