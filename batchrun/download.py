@@ -26,6 +26,7 @@ from urllib.parse import unquote, urljoin, urlsplit
 
 import requests
 
+from batchrun.atomic import fsync_dir
 from batchrun.state import OutputFile
 
 CHUNK = 1024 * 1024
@@ -164,20 +165,6 @@ def _unique(name: str, taken: set[str]) -> str:
     while f"{stem}-{n}{ext}" in taken:
         n += 1
     return f"{stem}-{n}{ext}"
-
-
-def fsync_dir(path: Path) -> None:
-    """Make a rename inside `path` durable (no-op where directories cannot be opened)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 class Downloader:

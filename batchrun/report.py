@@ -6,14 +6,14 @@ import csv
 import io
 import json
 import math
-import os
 import statistics
 from collections.abc import Iterable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from batchrun.download import collect_urls, fsync_dir
+from batchrun.atomic import write_text
+from batchrun.download import collect_urls
 from batchrun.state import JobRow, report_status
 
 REPORT_COLUMNS = [
@@ -152,22 +152,21 @@ def summarise(rows: Iterable[JobRow]) -> dict[str, Any]:
     }
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    part = path.with_name(path.name + ".part")
-    try:
-        with open(part, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(part, path)
-    except BaseException:
-        part.unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
+def write_report(
+    run_dir: Path,
+    rows: list[JobRow],
+    *,
+    extra: dict | None = None,
+    rows_key: str | None = None,
+    cols_key: str | None = None,
+) -> None:
+    """Write report.csv, summary.json and report.html into `run_dir`, each atomically.
 
+    `rows_key`/`cols_key` choose the swept fields of report.html's grid (default: the two
+    that vary most).
+    """
+    from batchrun.html_report import write_html
 
-def write_report(run_dir: Path, rows: list[JobRow], *, extra: dict | None = None) -> None:
-    """Write report.csv and summary.json into `run_dir`, each atomically."""
     jobs = _reported(rows)
     buffer = io.StringIO(newline="")
     writer = csv.DictWriter(buffer, fieldnames=columns(jobs), restval="")
@@ -175,9 +174,10 @@ def write_report(run_dir: Path, rows: list[JobRow], *, extra: dict | None = None
     writer.writerows(_cells(row) for row in jobs)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    _write_atomic(run_dir / "report.csv", buffer.getvalue())
+    write_text(run_dir / "report.csv", buffer.getvalue())
     summary = summarise(jobs) | (extra or {})
-    _write_atomic(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    write_html(run_dir, jobs, rows_key=rows_key, cols_key=cols_key)
 
 
 def read_report(path: Path) -> list[dict[str, str]]:

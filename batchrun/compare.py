@@ -1,0 +1,294 @@
+"""The regression gate: match two runs' report.csv by job id and classify every job."""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from batchrun.errors import CompareError
+from batchrun.report import read_report
+
+# Outcome classes, in the order totals are shown. Every job has exactly one of the first six;
+# `slower` is an extra mark on top of it (a job can be changed *and* slower).
+OUTCOMES = ("unchanged", "changed", "regressed", "fixed", "new", "missing")
+CLASSES = (*OUTCOMES, "slower")
+DEFAULT_FAIL_ON = ("regressed", "missing", "changed")
+
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp"})
+PILLOW_MISSING = "image tolerance needs Pillow: pip install 'batchrun[images]'"
+_FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+
+
+@dataclass
+class Run:
+    """One side of a comparison: its report rows by job id, and where its files live."""
+
+    label: str  # the path the user gave
+    report: Path
+    root: Path  # the run folder; output_files paths are relative to it
+    rows: dict[str, dict[str, str]]
+
+    def file(self, rel: str) -> Path | None:
+        """The local path of an output file, or None when it is not at hand."""
+        path = self.root / rel
+        return path if rel and path.is_file() else None
+
+
+@dataclass
+class JobDiff:
+    """What happened to one job between the baseline and the current run."""
+
+    job_id: str
+    model_id: str
+    outcome: str  # one of OUTCOMES
+    reason: str
+    slower: bool = False
+    baseline: dict[str, str] | None = None
+    current: dict[str, str] | None = None
+    varying: dict[str, str] = field(default_factory=dict)
+    failing: bool = False
+
+    @property
+    def classes(self) -> list[str]:
+        return [self.outcome, "slower"] if self.slower else [self.outcome]
+
+
+@dataclass
+class Comparison:
+    """The whole result: every job's diff, the totals and whether the gate passed."""
+
+    baseline: Run
+    current: Run
+    jobs: list[JobDiff]
+    fail_on: tuple[str, ...]
+
+    @property
+    def totals(self) -> dict[str, int]:
+        counts = dict.fromkeys(CLASSES, 0)
+        for job in self.jobs:
+            for cls in job.classes:
+                counts[cls] += 1
+        return counts
+
+    @property
+    def failing(self) -> list[JobDiff]:
+        return [job for job in self.jobs if job.failing]
+
+    @property
+    def passed(self) -> bool:
+        return not self.failing
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.passed else 1
+
+
+def unquote(value: str) -> str:
+    """Undo the report's formula-injection guard: a leading ' before = + - @."""
+    if value.startswith("'") and value[1:2] in _FORMULA_PREFIXES:
+        return value[1:]
+    return value
+
+
+def split_cell(value: str | None) -> list[str]:
+    """A `;`-joined report cell as a list (empty cell, empty list)."""
+    return [part for part in (value or "").split(";") if part]
+
+
+def load_run(path_arg: str | os.PathLike[str]) -> Run:
+    """Open one side of a comparison: a run folder or a report.csv path."""
+    path = Path(path_arg)
+    if not path.exists():
+        raise CompareError(f"{path}: no such file or folder; give a run folder or its report.csv")
+    report = path / "report.csv" if path.is_dir() else path
+    if not report.is_file():
+        raise CompareError(f"{path}: no report.csv in this folder; is it a batchrun run folder?")
+    try:
+        with report.open(newline="", encoding="utf-8") as fh:
+            header = next(csv.reader(fh), None)
+        table = read_report(report)
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise CompareError(f"{report}: not a readable report.csv ({exc})") from exc
+    if not header:
+        raise CompareError(f"{report}: empty file, not a batchrun report.csv")
+    if "job_id" not in header:
+        raise CompareError(f"{report}: not a batchrun report: no job_id column in the header")
+    rows: dict[str, dict[str, str]] = {}
+    # Numbered as a spreadsheet shows them: the header is row 1.
+    for number, row in enumerate(table, start=2):
+        job_id = row.get("job_id") or ""
+        if not job_id:
+            raise CompareError(f"{report}: row {number}: empty job_id")
+        if job_id in rows:
+            raise CompareError(f"{report}: row {number}: job_id {job_id} appears twice")
+        rows[job_id] = {k: v or "" for k, v in row.items() if k is not None}
+    return Run(label=str(path), report=report, root=report.parent, rows=rows)
+
+
+def swept_values(rows: list[dict[str, str]]) -> list[str]:
+    """The input./var. columns whose value differs between jobs, in header order."""
+    keys: dict[str, set[str]] = {}
+    for row in rows:
+        for key, value in row.items():
+            if key.startswith(("input.", "var.")):
+                keys.setdefault(key, set()).add(value)
+    return [key for key, values in keys.items() if len(values) > 1]
+
+
+def _float(value: str | None) -> float | None:
+    try:
+        return float(value) if value else None
+    except ValueError:
+        return None
+
+
+def image_distance(a: Path, b: Path) -> float:
+    """Perceptual distance of two images, 0 (same) .. 1: mean absolute difference of 64x64
+    grayscale thumbnails. Raises CompareError when Pillow is missing."""
+    try:
+        from PIL import Image
+    except ImportError as exc:
+        raise CompareError(PILLOW_MISSING) from exc
+
+    def thumb(path: Path) -> bytes:
+        with Image.open(path) as img:  # mode L: one byte per pixel
+            return img.convert("L").resize((64, 64), Image.Resampling.BILINEAR).tobytes()
+
+    pa, pb = thumb(a), thumb(b)
+    return sum(abs(x - y) for x, y in zip(pa, pb, strict=True)) / (255 * len(pa))
+
+
+def _within_tolerance(
+    base: Run, cur: Run, brow: dict[str, str], crow: dict[str, str], tolerance: float
+) -> tuple[bool, str]:
+    """Whether every differing output is an image at hand on both sides within tolerance."""
+    bfiles, cfiles = split_cell(brow.get("output_files")), split_cell(crow.get("output_files"))
+    bsha, csha = split_cell(brow.get("output_sha256")), split_cell(crow.get("output_sha256"))
+    if len(bfiles) != len(cfiles) or len(bsha) != len(csha) or len(bfiles) != len(bsha):
+        return False, ""
+    worst = 0.0
+    for bname, cname, bs, cs in zip(bfiles, cfiles, bsha, csha, strict=True):
+        if bs == cs:
+            continue
+        bpath, cpath = base.file(bname), cur.file(cname)
+        if bpath is None or cpath is None:
+            return False, ""
+        if bpath.suffix.lower() not in IMAGE_SUFFIXES or cpath.suffix.lower() not in IMAGE_SUFFIXES:
+            return False, ""
+        try:
+            dist = image_distance(bpath, cpath)
+        except (OSError, ValueError):  # not decodable: judge by bytes
+            return False, ""
+        if dist > tolerance:
+            return False, f" (image distance {dist:.4f} > {tolerance:g})"
+        worst = max(worst, dist)
+    return True, f"bytes differ, images within tolerance (distance {worst:.4f})"
+
+
+def _changed_names(brow: dict[str, str], crow: dict[str, str]) -> str:
+    bsha, csha = split_cell(brow.get("output_sha256")), split_cell(crow.get("output_sha256"))
+    names = split_cell(crow.get("output_files")) or split_cell(brow.get("output_files"))
+    if len(bsha) != len(csha):
+        return f"{len(bsha)} output(s) then, {len(csha)} now"
+    diff = [i for i, (b, c) in enumerate(zip(bsha, csha, strict=True)) if b != c]
+    shown = [os.path.basename(names[i]) if i < len(names) else f"#{i + 1}" for i in diff]
+    return ", ".join(shown)
+
+
+def _classify(
+    base: Run, cur: Run, brow: dict[str, str], crow: dict[str, str], tolerance: float | None
+) -> tuple[str, str]:
+    bstat, cstat = brow.get("status", ""), crow.get("status", "")
+    if bstat == "succeeded" and cstat != "succeeded":
+        error = unquote(crow.get("error", ""))
+        return "regressed", f"succeeded then, {cstat or 'no status'} now" + (
+            f": {error}" if error else ""
+        )
+    if bstat != "succeeded" and cstat == "succeeded":
+        return "fixed", f"{bstat or 'no status'} then, succeeded now"
+    if bstat != "succeeded":
+        return "unchanged", f"{bstat} then, {cstat} now"
+    bsha, csha = split_cell(brow.get("output_sha256")), split_cell(crow.get("output_sha256"))
+    if bsha == csha:
+        # Without downloads there are no hashes: say so rather than claim the bytes match.
+        return "unchanged", "same outputs" if bsha else "no output hashes to compare"
+    detail = ""
+    if tolerance is not None:
+        same, detail = _within_tolerance(base, cur, brow, crow, tolerance)
+        if same:
+            return "unchanged", detail
+    return "changed", f"output sha256 differs: {_changed_names(brow, crow)}{detail}"
+
+
+def compare_runs(
+    baseline: Run,
+    current: Run,
+    *,
+    fail_on: tuple[str, ...] = DEFAULT_FAIL_ON,
+    max_slowdown: float | None = None,
+    image_tolerance: float | None = None,
+) -> Comparison:
+    """Classify every job of both runs; baseline order first, then jobs new in current."""
+    unknown = [cls for cls in fail_on if cls not in CLASSES]
+    if unknown:
+        raise CompareError(
+            f"--fail-on: unknown class {', '.join(unknown)}; choose from {', '.join(CLASSES)}"
+        )
+    if image_tolerance is not None:
+        try:
+            import PIL  # noqa: F401  (fail early, before any job is compared)
+        except ImportError as exc:
+            raise CompareError(PILLOW_MISSING) from exc
+    all_rows = [*baseline.rows.values(), *current.rows.values()]
+    varying_keys = swept_values(all_rows)
+    order = list(baseline.rows) + [j for j in current.rows if j not in baseline.rows]
+    jobs: list[JobDiff] = []
+    for job_id in order:
+        brow, crow = baseline.rows.get(job_id), current.rows.get(job_id)
+        if brow is None:
+            outcome, reason = "new", "not in the baseline"
+        elif crow is None:
+            outcome, reason = "missing", "in the baseline, not in the current run"
+        else:
+            outcome, reason = _classify(baseline, current, brow, crow, image_tolerance)
+        row = crow or brow or {}
+        slower = False
+        if max_slowdown is not None and brow and crow:
+            then, now = _float(brow.get("run_s")), _float(crow.get("run_s"))
+            if then is not None and now is not None and now > then * max_slowdown:
+                slower = True
+                reason += f"; run {now:.3f} s vs {then:.3f} s (> x{max_slowdown:g})"
+        diff = JobDiff(
+            job_id=job_id,
+            model_id=row.get("model_id", ""),
+            outcome=outcome,
+            reason=reason,
+            slower=slower,
+            baseline=brow,
+            current=crow,
+            varying={key.split(".", 1)[1]: unquote(row.get(key, "")) for key in varying_keys},
+        )
+        diff.failing = any(cls in fail_on for cls in diff.classes)
+        jobs.append(diff)
+    return Comparison(baseline=baseline, current=current, jobs=jobs, fail_on=fail_on)
+
+
+def update_baseline(current: Run, dest: Path) -> Path:
+    """Copy the current report.csv and files/ into DEST (a committed baseline folder)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    if (dest / "report.csv").resolve() == current.report.resolve():
+        raise CompareError(f"{dest}: is the current run itself; choose another folder")
+    part = dest / "report.csv.part"
+    shutil.copyfile(current.report, part)
+    os.replace(part, dest / "report.csv")
+    src_files = current.root / "files"
+    dest_files = dest / "files"
+    # Replace files/ wholesale so outputs of jobs that no longer exist do not linger.
+    if dest_files.exists():
+        shutil.rmtree(dest_files)
+    if src_files.is_dir():
+        shutil.copytree(src_files, dest_files)
+    return dest

@@ -1,0 +1,281 @@
+"""report.html: a self-contained contact sheet of a run, laid out by its two main swept values."""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from batchrun.atomic import write_text
+from batchrun.errors import UsageError
+from batchrun.state import JobRow, OutputFile, report_status
+
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".svg"})
+VIDEO_SUFFIXES = frozenset({".mp4", ".webm", ".mov", ".m4v", ".ogv"})
+
+CSS = """
+body{font:14px/1.4 system-ui,sans-serif;margin:1em;color:#222;background:#fafafa}
+h1{font-size:1.3em}h2{font-size:1.1em;margin-top:1.5em}
+table.grid{border-collapse:collapse}
+.grid th,.grid td{border:1px solid #ddd;padding:4px;vertical-align:top;background:#fff}
+.grid thead th,.grid tbody th{background:#f0f0f0;font-weight:600;text-align:left}
+.job{display:inline-block;margin:2px;max-width:220px;vertical-align:top}
+.job img,.job video{display:block;max-width:200px;max-height:200px;margin:2px 0}
+.badge{display:inline-block;padding:0 6px;border-radius:8px;font-size:12px;color:#fff}
+.s-succeeded{background:#2e7d32}.s-failed,.s-timed_out{background:#c62828}
+.s-cancelled{background:#757575}.s-pending,.s-running{background:#1565c0}
+.s-changed,.s-regressed{background:#c62828}.s-unchanged,.s-fixed{background:#2e7d32}
+.err{color:#b71c1c;white-space:pre-wrap;font-size:12px;margin:2px 0}
+details{font-size:12px}dl{margin:0}dt{font-weight:600}dd{margin:0 0 0 1em}
+.counts span{margin-right:1em}
+.pair{display:flex;gap:1em}.pair>div{flex:1}
+"""
+
+
+def esc(value: object) -> str:
+    """HTML-escape any value (inputs are user text, errors are server text)."""
+    return html.escape(str(value), quote=True)
+
+
+def show(value: Any) -> str:
+    """One swept value as text: strings as they are, the rest as JSON."""
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+
+
+def page(title: str, body: str) -> str:
+    """A complete HTML document with the inline stylesheet."""
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width,initial-scale=1">'
+        f"<title>{esc(title)}</title><style>{CSS}</style></head>\n<body>\n{body}\n</body></html>\n"
+    )
+
+
+def media(files: list[OutputFile], href: Callable[[str], str | None]) -> str:
+    """Thumbnails, video players or links for a job's outputs; `href` maps a run-relative
+    path to a link (None when the file is not at hand)."""
+    parts = []
+    for f in files:
+        base = os.path.basename(f.name or f.url) or "output"
+        if f.error:
+            parts.append(f'<div class="err">{esc(base)}: {esc(f.error)}</div>')
+            continue
+        link = href(f.name) if f.name else None
+        suffix = Path(f.name).suffix.lower()
+        if link is None:
+            if f.url.startswith(("http://", "https://")):
+                parts.append(f'<a href="{esc(f.url)}" rel="noopener">{esc(base)} (remote)</a>')
+            else:
+                parts.append(f"<div>{esc(base)} (not at hand)</div>")
+        elif suffix in IMAGE_SUFFIXES:
+            img = f'<img src="{esc(link)}" alt="{esc(base)}" loading="lazy">'
+            parts.append(f'<a href="{esc(link)}">{img}</a>')
+        elif suffix in VIDEO_SUFFIXES:
+            parts.append(
+                f'<video src="{esc(link)}" controls muted preload="metadata"></video>'
+                f'<a href="{esc(link)}">{esc(base)}</a>'
+            )
+        else:
+            parts.append(f'<a href="{esc(link)}">{esc(base)}</a>')
+    return "".join(parts)
+
+
+def inputs_text(job: JobRow) -> str:
+    """The job's inputs and vars, one `key: value` a line (for the hover title)."""
+    lines = [f"model: {job.model_id}"]
+    lines += [f"{k}: {show(v)}" for k, v in job.inputs.items()]
+    lines += [f"{{{k}}}: {show(v)}" for k, v in job.vars.items()]
+    return "\n".join(lines)
+
+
+def job_card(job: JobRow, href: Callable[[str], str | None], *, anchor: bool = True) -> str:
+    """One job: status badge, outputs, error, and its inputs on hover and on click."""
+    badge = report_status(job.status)
+    details = "".join(
+        f"<dt>{esc(k)}</dt><dd>{esc(show(v))}</dd>"
+        for k, v in [("model", job.model_id), *job.inputs.items()]
+        + [(f"{{{k}}}", v) for k, v in job.vars.items()]
+    )
+    error = f'<div class="err">{esc(job.error)}</div>' if job.error else ""
+    id_attr = f' id="{esc(job.job_id)}"' if anchor else ""
+    return (
+        f'<div class="job"{id_attr} title="{esc(inputs_text(job))}">'
+        f'<span class="badge s-{esc(badge)}">{esc(badge)}</span> '
+        f"{media(job.files, href)}{error}"
+        f"<details><summary>{esc(job.job_id)}</summary><dl>{details}</dl></details></div>"
+    )
+
+
+@dataclass
+class Dimension:
+    """A swept value: its key (model, input.<f>, var.<n>) and distinct values in order."""
+
+    key: str
+    values: list[str]
+    aliases: list[str] = field(default_factory=list)  # keys that vary in lockstep with it
+
+
+def dimension_value(job: JobRow, key: str) -> str:
+    if key == "model":
+        return job.model_id
+    kind, _, name = key.partition(".")
+    source = job.inputs if kind == "input" else job.vars
+    return show(source[name]) if name in source else ""
+
+
+def dimensions(jobs: list[JobRow]) -> list[Dimension]:
+    """Every swept key with its distinct values, those that vary most first."""
+    keys = ["model"]
+    for job in jobs:
+        keys += [f"input.{k}" for k in job.inputs if f"input.{k}" not in keys]
+        keys += [f"var.{k}" for k in job.vars if f"var.{k}" not in keys]
+    # Keys that move in lockstep (a prompt templated from {color} and color itself) split the
+    # jobs the same way: keep one of them, a var first, else the one with the shortest values.
+    groups: dict[tuple[int, ...], list[Dimension]] = {}
+    for key in keys:
+        column = [dimension_value(job, key) for job in jobs]
+        values = list(dict.fromkeys(column))
+        partition = tuple(values.index(v) for v in column)
+        groups.setdefault(partition, []).append(Dimension(key, values))
+    dims = []
+    for group in groups.values():
+        best = min(
+            group, key=lambda d: (not d.key.startswith("var."), max(map(len, d.values), default=0))
+        )
+        best.aliases = [d.key for d in group]
+        dims.append(best)
+    # Stable sort: ties keep manifest order (model, then inputs, then vars).
+    return sorted(dims, key=lambda d: -len(d.values))
+
+
+def resolve_key(name: str, dims: list[Dimension]) -> str:
+    """Map a user's --rows/--cols name (seed, input.seed, color, var.color, model) to a key."""
+    keys = [key for d in dims for key in d.aliases]
+    for candidate in (name, f"input.{name}", f"var.{name}"):
+        if candidate in keys:
+            return candidate
+    raise UsageError(f"--rows/--cols: no swept field {name!r}; choose from {', '.join(keys)}")
+
+
+def layout(
+    jobs: list[JobRow], rows_key: str | None, cols_key: str | None
+) -> tuple[str | None, str | None, list[str]]:
+    """Pick the grid's row key, column key and the extra keys that become sections."""
+    dims = dimensions(jobs)
+    rk = resolve_key(rows_key, dims) if rows_key else None
+    ck = resolve_key(cols_key, dims) if cols_key else None
+    free = [d.key for d in dims if len(d.values) > 1 and not {rk, ck} & set(d.aliases)]
+    if rk is None and free:
+        rk = free.pop(0)
+    if ck is None and free:
+        ck = free.pop(0)
+    return rk, ck, free
+
+
+def _grid(jobs: list[JobRow], rk: str | None, ck: str | None, href: Callable) -> str:
+    row_vals = list(dict.fromkeys(dimension_value(j, rk) for j in jobs)) if rk else [""]
+    col_vals = list(dict.fromkeys(dimension_value(j, ck) for j in jobs)) if ck else [""]
+    cells: dict[tuple[str, str], list[JobRow]] = {}
+    for job in jobs:
+        r = dimension_value(job, rk) if rk else ""
+        c = dimension_value(job, ck) if ck else ""
+        cells.setdefault((r, c), []).append(job)
+    corner = " \\ ".join(k for k in (rk, ck) if k)
+    head = "".join(f"<th>{esc(c)}</th>" for c in col_vals)
+    body = []
+    for r in row_vals:
+        tds = "".join(
+            "<td>" + "".join(job_card(j, href) for j in cells.get((r, c), [])) + "</td>"
+            for c in col_vals
+        )
+        body.append(f"<tr><th>{esc(r)}</th>{tds}</tr>")
+    return (
+        f'<table class="grid"><thead><tr><th>{esc(corner)}</th>{head}</tr></thead>'
+        f"<tbody>{''.join(body)}</tbody></table>"
+    )
+
+
+def render(
+    title: str, jobs: list[JobRow], *, rows_key: str | None = None, cols_key: str | None = None
+) -> str:
+    """The contact sheet as an HTML string (links relative to the run folder)."""
+    rk, ck, extra = layout(jobs, rows_key, cols_key)
+
+    def href(name: str) -> str:
+        return quote(name.replace(os.sep, "/"))
+
+    counts: dict[str, int] = {}
+    for job in jobs:
+        status = report_status(job.status)
+        counts[status] = counts.get(status, 0) + 1
+    out = [
+        f"<h1>{esc(title)}</h1>",
+        '<p class="counts">'
+        + "".join(
+            f'<span><span class="badge s-{esc(s)}">{esc(s)}</span> {n}</span>'
+            for s, n in counts.items()
+        )
+        + f"<span>{len(jobs)} jobs</span></p>",
+        f"<p>rows: <b>{esc(rk or '-')}</b>, columns: <b>{esc(ck or '-')}</b>"
+        + (f", sections: <b>{esc(', '.join(extra))}</b>" if extra else "")
+        + "</p>",
+    ]
+    sections: dict[tuple[str, ...], list[JobRow]] = {}
+    for job in jobs:
+        sections.setdefault(tuple(dimension_value(job, k) for k in extra), []).append(job)
+    for values, members in sections.items():
+        if extra:
+            label = ", ".join(f"{k}={v}" for k, v in zip(extra, values, strict=True))
+            out.append(f"<h2>{esc(label)}</h2>")
+        out.append(_grid(members, rk, ck, href))
+    return page(title, "\n".join(out))
+
+
+def write_html(
+    run_dir: Path, rows: list[JobRow], *, rows_key: str | None = None, cols_key: str | None = None
+) -> Path:
+    """Write RUN_DIR/report.html and return its path."""
+    run_dir = Path(run_dir)
+    text = render(f"batchrun: {run_dir.name}", rows, rows_key=rows_key, cols_key=cols_key)
+    return write_text(run_dir / "report.html", text)
+
+
+def job_from_row(row: dict[str, str], position: int = 0) -> JobRow:
+    """A JobRow rebuilt from one report.csv row (statuses there are already report statuses)."""
+    from batchrun.compare import split_cell, unquote
+
+    names = split_cell(row.get("output_files"))
+    urls = split_cell(row.get("output_urls"))
+    shas = split_cell(row.get("output_sha256"))
+    files = [
+        OutputFile(
+            url=urls[i] if i < len(urls) else "",
+            name=names[i] if i < len(names) else "",
+            sha256=shas[i] if i < len(shas) else "",
+        )
+        for i in range(max(len(names), len(urls)))
+    ]
+    # An empty cell means the job's model has no such field (multi-model sweeps).
+    return JobRow(
+        job_id=row["job_id"],
+        position=position,
+        model_id=row.get("model_id", ""),
+        inputs={k[6:]: unquote(v) for k, v in row.items() if k.startswith("input.") and v},
+        vars={k[4:]: unquote(v) for k, v in row.items() if k.startswith("var.") and v},
+        status=row.get("status", ""),
+        error=unquote(row.get("error", "")),
+        files=files,
+    )
+
+
+def rows_from_report(report_csv: Path) -> list[JobRow]:
+    """JobRows rebuilt from a report.csv, for when the state store is not at hand."""
+    from batchrun.compare import load_run
+
+    run = load_run(report_csv)
+    return [job_from_row(row, i) for i, row in enumerate(run.rows.values())]
