@@ -52,13 +52,467 @@ def main(argv: list[str] | None = None) -> int:
 # ---- validate / plan (manifest + grid) -------------------------------------------------------
 
 
+@cli.command()
+@click.argument("manifests", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--strict", is_flag=True, help="A model without a local input schema is an error.")
+def validate(manifests: tuple[str, ...], strict: bool) -> int:
+    """Check manifests and every expanded job's inputs; no network.
+
+    Prints "FILE: ok (N jobs)" per valid manifest; every problem otherwise, as
+    FILE: $.json.path: message (line N). Exit 0 when all are valid, 2 otherwise.
+
+    \b
+    Example:
+      batchrun validate manifests/*.yaml
+    """
+    from batchrun.errors import ManifestError
+    from batchrun.plan import build_plan
+
+    failed = False
+    for path in manifests:
+        try:
+            plan = build_plan(path, strict=strict)
+        except ManifestError as exc:
+            failed = True
+            for problem in exc.problems:
+                click.echo(problem, err=True)
+            continue
+        for warning in plan.warnings:
+            click.echo(f"warning: {warning}", err=True)
+        click.echo(f"{path}: ok ({len(plan.jobs)} job{'s' if len(plan.jobs) != 1 else ''})")
+    return 2 if failed else 0
+
+
+@cli.command()
+@click.argument("manifest", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per job, one a line.")
+@click.option("--strict", is_flag=True, help="A model without a local input schema is an error.")
+def plan(manifest: str, as_json: bool, strict: bool) -> int:
+    """Show the jobs a manifest expands to, without running anything.
+
+    Prints the job count per model and a table of jobs with the values that vary
+    between them. With --json, prints one object per job a line: job_id,
+    model_id, inputs, vars, repeat.
+
+    \b
+    Examples:
+      batchrun plan manifests/quickstart.yaml
+      batchrun plan manifests/quickstart.yaml --json | jq .inputs.prompt
+    """
+    from batchrun.plan import build_plan
+    from batchrun.plan_view import json_lines, table_lines
+
+    built = build_plan(manifest, strict=strict)
+    for warning in built.warnings:
+        click.echo(f"warning: {warning}", err=True)
+    lines = json_lines(built) if as_json else table_lines(built)
+    out = click.get_text_stream("stdout")
+    out.write("".join(line + "\n" for line in lines))
+    out.flush()
+    return 0
+
+
 # ---- run / status / cancel / report (engine) -------------------------------------------------
+
+NO_TOKEN = (
+    "RUNCOMFY_TOKEN is not set: export RUNCOMFY_TOKEN=<your token>, "
+    "or try the local simulator with --simulate"
+)
+
+
+def _api_base(option: str | None, recorded: str | None = None) -> str:
+    import os
+
+    from batchrun.client import DEFAULT_API_BASE
+
+    return option or recorded or os.environ.get("RUNCOMFY_MODEL_API_BASE") or DEFAULT_API_BASE
+
+
+def _token() -> str:
+    import os
+
+    from batchrun.errors import ConfigError
+
+    token = os.environ.get("RUNCOMFY_TOKEN", "").strip()
+    if not token:
+        raise ConfigError(NO_TOKEN)
+    return token
+
+
+def _sim_pairs(pairs: tuple[str, ...]) -> dict[str, str]:
+    from batchrun.errors import UsageError
+
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"--sim {pair!r}: expected KEY=VALUE, e.g. --sim rate_limit=5/s")
+        out[key.strip()] = value.strip()
+    return out
+
+
+@cli.command()
+@click.argument("manifest", type=click.Path(dir_okay=False))
+@click.option("--simulate", is_flag=True, help="Run against the built-in simulator (no token).")
+@click.option(
+    "--sim",
+    "sim",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="A simulator setting for --simulate, e.g. --sim fail_rate=0.1 (repeatable).",
+)
+@click.option(
+    "--run-dir", type=click.Path(file_okay=False), help="Run folder [default: outputs.dir]."
+)
+@click.option("--api-base", help="API base URL [default: $RUNCOMFY_MODEL_API_BASE or RunComfy].")
+@click.option("--retry-failed", is_flag=True, help="Submit failed and timed-out jobs again.")
+@click.option(
+    "--resubmit-unknown",
+    is_flag=True,
+    help="Submit again jobs whose submit may have reached the server (may pay twice).",
+)
+@click.option(
+    "--cancel-on-interrupt", is_flag=True, help="On Ctrl-C, cancel requests still queued."
+)
+@click.option("--strict", is_flag=True, help="A model without a local input schema is an error.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar or log lines.")
+def run(
+    manifest: str,
+    simulate: bool,
+    sim: tuple[str, ...],
+    run_dir: str | None,
+    api_base: str | None,
+    retry_failed: bool,
+    resubmit_unknown: bool,
+    cancel_on_interrupt: bool,
+    strict: bool,
+    quiet: bool,
+) -> int:
+    """Run the whole batch of MANIFEST; running it again on the same run folder resumes.
+
+    \b
+    Example (offline, on the built-in simulator):
+      batchrun run manifests/quickstart.yaml --simulate
+    Against RunComfy:
+      export RUNCOMFY_TOKEN=...; batchrun run manifests/quickstart.yaml
+
+    Exit codes: 0 all succeeded, 1 some failed, timed out or were cancelled, 2 invalid
+    manifest or usage, 3 no token or refused token, 130 interrupted (state saved).
+    """
+    import shlex
+    from pathlib import Path
+
+    from batchrun.engine import RunOptions, run_batch
+    from batchrun.errors import UsageError
+    from batchrun.plan import build_plan
+
+    if sim and not simulate:
+        raise UsageError("--sim KEY=VALUE only applies with --simulate")
+    pairs = _sim_pairs(sim)
+    plan = build_plan(manifest, strict=strict)
+    for warning in plan.warnings:
+        click.echo(f"warning: {warning}", err=True)
+    folder = Path(run_dir or plan.manifest.outputs.dir)
+    resume = ["batchrun", "run", manifest, "--run-dir", str(folder)]
+    simulator = None
+    if simulate:
+        from batchrun.simulator import SimSettings, Simulator
+
+        try:
+            settings = SimSettings.from_mapping(pairs)
+        except ValueError as exc:
+            raise UsageError(f"--sim: {exc}") from None
+        simulator = Simulator(settings).start()
+        base, token = simulator.base_url, simulator.token
+        resume += ["--simulate", *(f"--sim={p}" for p in sim)]
+        if not quiet:
+            click.echo(f"simulator: {base} (in-process)", err=True)
+    else:
+        token = _token()
+        base = _api_base(api_base)
+        if api_base:
+            resume += ["--api-base", api_base]
+    options = RunOptions(
+        api_base=base,
+        token=token,
+        run_dir=folder,
+        retry_failed=retry_failed,
+        resubmit_unknown=resubmit_unknown,
+        cancel_on_interrupt=cancel_on_interrupt,
+        quiet=quiet,
+        resume_command=shlex.join(resume),
+    )
+    try:
+        return run_batch(plan, options)
+    finally:
+        if simulator is not None:
+            simulator.stop()
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def status(run_dir: str, as_json: bool) -> int:
+    """Counts per state, failing jobs with their errors, what is still on the server.
+
+    Reads the run folder without locking it, so it works while a run is active.
+
+    \b
+    Example:
+      batchrun status outputs/quickstart
+    """
+    import json
+    from pathlib import Path
+
+    from batchrun.runfolder import render_status, status_data
+
+    data = status_data(Path(run_dir))
+    click.echo(json.dumps(data, indent=2) if as_json else render_status(data))
+    return 0
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--api-base", help="API base URL [default: the one the run used].")
+def cancel(run_dir: str, api_base: str | None) -> int:
+    """Cancel every request of RUN_DIR still queued on the server (needs RUNCOMFY_TOKEN).
+
+    Running requests cannot be cancelled; they finish and are billed.
+
+    \b
+    Example:
+      batchrun cancel outputs/quickstart
+    """
+    from pathlib import Path
+
+    from batchrun.client import Client
+    from batchrun.ratelimit import RateLimiter
+    from batchrun.runfolder import cancel_queued
+    from batchrun.state import StateStore
+
+    with StateStore.open(Path(run_dir), create=False, lock=False) as store:
+        recorded = store.meta().get("api_base")
+    client = Client(_api_base(api_base, recorded), _token())
+    limiter = RateLimiter(5.0)
+    failed = cancel_queued(
+        Path(run_dir), client, acquire=limiter.acquire, echo=lambda t: click.echo(t, err=True)
+    )
+    return 1 if failed else 0
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option(
+    "--rows",
+    "rows_key",
+    metavar="FIELD",
+    help="Swept field for the rows of report.html, e.g. seed or var.color [default: the one "
+    "with the most values].",
+)
+@click.option(
+    "--cols", "cols_key", metavar="FIELD", help="Swept field for the columns of report.html."
+)
+def report(run_dir: str, rows_key: str | None = None, cols_key: str | None = None) -> int:
+    """Rewrite report.csv, summary.json and report.html of RUN_DIR from its state.db.
+
+    \b
+    Example:
+      batchrun report outputs/quickstart
+    """
+    from pathlib import Path
+
+    from batchrun.runfolder import rewrite_report
+
+    path = rewrite_report(Path(run_dir), rows_key=rows_key, cols_key=cols_key)
+    names = ", ".join(str(path.with_name(n)) for n in ("summary.json", "report.html"))
+    click.echo(f"wrote {path}, {names}", err=True)
+    return 0
 
 
 # ---- compare ---------------------------------------------------------------------------------
 
 
+@cli.command("compare")
+@click.argument("baseline")
+@click.argument("current")
+@click.option(
+    "--fail-on",
+    default="regressed,missing,changed",
+    show_default=True,
+    help="Comma list of classes that fail the gate: unchanged, changed, regressed, fixed, "
+    "new, missing, slower.",
+)
+@click.option(
+    "--max-slowdown",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    metavar="X",
+    help="Mark a job slower when its run_s exceeds the baseline's times X (off by default).",
+)
+@click.option(
+    "--image-tolerance",
+    type=click.FloatRange(0, 1),
+    default=None,
+    metavar="D",
+    help="Images whose bytes differ but whose perceptual distance (0..1) is at most D count "
+    "as unchanged. Needs Pillow: pip install 'batchrun[images]'.",
+)
+@click.option(
+    "--markdown",
+    "markdown_file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Write a markdown summary (fits $GITHUB_STEP_SUMMARY).",
+)
+@click.option(
+    "--junit",
+    "junit_file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Write JUnit XML: one testcase per job.",
+)
+@click.option(
+    "--json",
+    "json_file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Write the full result as JSON.",
+)
+@click.option(
+    "--html",
+    "html_file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Write an HTML page: baseline and current side by side for changed jobs.",
+)
+@click.option(
+    "--update-baseline",
+    "baseline_dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    metavar="DIR",
+    help="Copy the current report.csv and files/ into DIR.",
+)
+@click.option("-q", "--quiet", is_flag=True, help="Print only the verdict line.")
+def compare_cmd(
+    baseline: str,
+    current: str,
+    fail_on: str,
+    max_slowdown: float | None,
+    image_tolerance: float | None,
+    markdown_file: str | None,
+    junit_file: str | None,
+    json_file: str | None,
+    html_file: str | None,
+    baseline_dir: str | None,
+    quiet: bool,
+) -> int:
+    """Compare two runs (run folders or report.csv files) and gate on regressions.
+
+    Jobs are matched by job id and classed unchanged, changed (output sha256
+    differs), regressed, fixed, new, missing, and slower. Exit 0 when no job is
+    in a --fail-on class, 1 when one is, 2 when an input is unusable.
+
+    \b
+    Example:
+      batchrun compare baselines/umbrella runs/umbrella \\
+          --markdown "$GITHUB_STEP_SUMMARY" --junit compare.xml --image-tolerance 0.02
+    """
+    from pathlib import Path
+
+    from batchrun import compare, compare_output
+    from batchrun.atomic import write_text
+
+    classes = tuple(c.strip() for c in fail_on.split(",") if c.strip())
+    result = compare.compare_runs(
+        compare.load_run(baseline),
+        compare.load_run(current),
+        fail_on=classes,
+        max_slowdown=max_slowdown,
+        image_tolerance=image_tolerance,
+    )
+    table = compare_output.terminal_table(result)
+    click.echo(table.splitlines()[-1] if quiet else table.rstrip("\n"))
+    if markdown_file:
+        write_text(Path(markdown_file), compare_output.markdown(result))
+    if junit_file:
+        write_text(Path(junit_file), compare_output.junit(result))
+    if json_file:
+        write_text(Path(json_file), compare_output.to_json(result))
+    if html_file:
+        from batchrun.compare_html import write_compare_html
+
+        write_compare_html(result, Path(html_file))
+    if baseline_dir:
+        dest = compare.update_baseline(result.current, Path(baseline_dir))
+        click.echo(f"baseline updated: {dest}")
+    return result.exit_code
+
+
 # ---- simulate --------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--port", type=int, default=8787, show_default=True, help="0 picks a free port.")
+@click.option("--token", help="Bearer token the simulator accepts [default: sim-token].")
+@click.option("--seed", type=int, help="Seed for every random draw (faults, run times).")
+@click.option("--workers", type=int, help="Jobs running at once; 0 = unlimited [default: 4].")
+@click.option("--run-time", help="Mean job run time, e.g. 1.5 or 500ms [default: 1s].")
+@click.option("--rate-limit", help="API calls allowed, e.g. 10/s or 600/min; above: 429.")
+@click.option("--error-rate", help="Fraction of API calls answered 500/502/503.")
+@click.option("--drop-rate", help="Fraction of API calls whose connection drops mid-answer.")
+@click.option("--slow", help="Latency added to every API call, e.g. 0.2 or 200ms.")
+@click.option("--fail-rate", help="Fraction of jobs that end failed.")
+@click.option("--expire-after", help="Seconds after finishing until results and files are 404.")
+@click.option("--drift", help="Fraction of jobs whose output bytes differ (for compare demos).")
+@click.option("--malicious", is_flag=True, default=None, help="Hostile outputs (security tests).")
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False),
+    help="YAML file of settings (same names, e.g. rate_limit: 5/s); flags win.",
+)
+def simulate(port: int, config_file: str | None, **flags: object) -> int:
+    """Serve the local RunComfy Model API simulator until Ctrl-C.
+
+    \b
+    Example:
+      batchrun simulate --port 8787 --rate-limit 20/s --fail-rate 0.1
+      export RUNCOMFY_MODEL_API_BASE=http://127.0.0.1:8787 RUNCOMFY_TOKEN=sim-token
+      batchrun run manifests/quickstart.yaml
+    """
+    from batchrun.errors import ConfigError, UsageError
+    from batchrun.simulator import SimSettings, Simulator
+    from batchrun.simulator.settings import load_settings
+
+    try:
+        settings: SimSettings = load_settings(config_file, flags)
+    except ValueError as exc:
+        where = f"{config_file}: " if config_file else ""
+        raise UsageError(f"{where}{exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"{config_file}: cannot read the simulator settings: {exc}") from None
+    try:
+        sim = Simulator(settings, port=port).start()
+    except OSError as exc:
+        raise UsageError(
+            f"cannot listen on 127.0.0.1:{port} ({exc.strerror}); pick another --port, or 0"
+        ) from None
+    click.echo(f"batchrun simulator on {sim.base_url}  token: {sim.token}")
+    click.echo(
+        f"try: curl -s -X POST {sim.base_url}/v1/models/google/nano-banana-2-lite/text-to-image"
+        f' -H "Authorization: Bearer {sim.token}" -H "Content-Type: application/json"'
+        ' -d \'{"prompt": "an orange umbrella"}\''
+    )
+    click.echo(f"stats: curl -s {sim.base_url}/_sim/stats    (Ctrl-C to stop)")
+    sys.stdout.flush()
+    try:
+        sim.serve_forever()
+    except KeyboardInterrupt:
+        click.echo("simulator stopped")
+    finally:
+        sim.stop()
+    return 0
 
 
 if __name__ == "__main__":

@@ -2,8 +2,24 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+import fcntl
+import json
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from batchrun import __version__
+from batchrun.errors import RunFolderInUse, StateError
+
+SCHEMA_VERSION = 1
+STATE_FILE = "state.db"
+LOCK_FILE = ".lock"
 
 # Internal job states. Report statuses (DESIGN.md) are derived by `report_status`.
 PENDING = "pending"  # not yet submitted (or to be resubmitted)
@@ -75,3 +91,372 @@ def report_status(status: str) -> str:
     if status in (QUEUED, RUNNING):
         return "running"
     return "pending"
+
+
+class JobLike(Protocol):
+    """What add_jobs needs of a job (batchrun.grid.Job)."""
+
+    @property
+    def job_id(self) -> str: ...
+    @property
+    def model_id(self) -> str: ...
+    @property
+    def inputs(self) -> dict: ...
+    @property
+    def vars(self) -> dict: ...
+    @property
+    def repeat(self) -> int: ...
+    @property
+    def position(self) -> int: ...
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS jobs (
+    job_id TEXT PRIMARY KEY,
+    position INTEGER NOT NULL,
+    model_id TEXT NOT NULL,
+    inputs TEXT NOT NULL,
+    vars TEXT NOT NULL DEFAULT '{}',
+    repeat INTEGER NOT NULL DEFAULT 0,
+    status TEXT NOT NULL DEFAULT 'pending',
+    request_id TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    error TEXT NOT NULL DEFAULT '',
+    submitted_at REAL,
+    started_at REAL,
+    finished_at REAL,
+    cost_usd REAL,
+    output TEXT,
+    files TEXT NOT NULL DEFAULT '[]',
+    in_manifest INTEGER NOT NULL DEFAULT 1,
+    updated_at REAL
+);
+CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status);
+"""
+
+_COLUMNS = (
+    "job_id, position, model_id, inputs, vars, repeat, status, request_id, attempts, error, "
+    "submitted_at, started_at, finished_at, cost_usd, output, files, in_manifest"
+)
+
+
+class StateStore:
+    """state.db of one run folder. Each method is one transaction; open() takes the run lock.
+
+    Durability: WAL with synchronous=NORMAL, so a committed transition survives a crash of the
+    process (kill -9 included: the WAL is in the OS page cache). The transitions whose loss
+    could make a job be paid for twice (SUBMITTING and the request id) are committed with
+    synchronous=FULL, so they also survive a power cut; the rest would at worst be re-polled.
+    """
+
+    def __init__(self, run_dir: Path, conn: sqlite3.Connection, lock_fd: int | None) -> None:
+        self.run_dir = run_dir
+        self._conn = conn
+        self._lock_fd = lock_fd
+        self._mutex = threading.Lock()
+
+    # ---- opening ------------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, run_dir: str | Path, *, create: bool = True, lock: bool = True) -> StateStore:
+        """Open (or create) RUN_DIR/state.db; with `lock`, fail if another process holds it."""
+        run_dir = Path(run_dir)
+        path = run_dir / STATE_FILE
+        if not path.exists() and not create:
+            raise StateError(
+                f"{run_dir}: no {STATE_FILE} here; is it a run folder? "
+                "`batchrun run MANIFEST` makes one"
+            )
+        if create:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        lock_fd = _take_lock(run_dir) if lock else None
+        try:
+            conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+            conn.execute("PRAGMA busy_timeout=10000")
+            if lock:
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=NORMAL")
+            store = cls(run_dir, conn, lock_fd)
+            store._migrate(writable=lock or create)
+        except sqlite3.DatabaseError as exc:
+            _release_lock(lock_fd)
+            raise StateError(f"{path}: not a usable state file ({exc})") from None
+        except BaseException:
+            _release_lock(lock_fd)
+            raise
+        return store
+
+    def _migrate(self, *, writable: bool) -> None:
+        tables = {r[0] for r in self._conn.execute("SELECT name FROM sqlite_master")}
+        if "meta" not in tables:
+            if not writable:
+                raise StateError(f"{self.run_dir}: {STATE_FILE} is empty")
+            with self._tx():
+                for stmt in _SCHEMA.split(";"):
+                    if stmt.strip():
+                        self._conn.execute(stmt)
+                self._set_meta(
+                    schema_version=str(SCHEMA_VERSION),
+                    batchrun_version=__version__,
+                    created=str(time.time()),
+                )
+        version = int(self.meta().get("schema_version", "0"))
+        if version > SCHEMA_VERSION:
+            raise StateError(
+                f"{self.run_dir}: {STATE_FILE} has schema version {version}, made by a newer "
+                f"batchrun; this one ({__version__}) reads version {SCHEMA_VERSION}: upgrade"
+            )
+
+    def close(self) -> None:
+        with self._mutex:
+            self._conn.close()
+        _release_lock(self._lock_fd)
+        self._lock_fd = None
+
+    def __enter__(self) -> StateStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def _tx(self, *, durable: bool = False) -> Iterator[sqlite3.Connection]:
+        with self._mutex:
+            if durable:
+                self._conn.execute("PRAGMA synchronous=FULL")
+            try:
+                self._conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._conn
+                except BaseException:
+                    self._conn.execute("ROLLBACK")
+                    raise
+                self._conn.execute("COMMIT")
+            finally:
+                if durable:
+                    self._conn.execute("PRAGMA synchronous=NORMAL")
+
+    # ---- meta ---------------------------------------------------------------------------
+
+    def meta(self) -> dict[str, str]:
+        with self._mutex:
+            return dict(self._conn.execute("SELECT key, value FROM meta").fetchall())
+
+    def set_meta(self, **values: str) -> None:
+        with self._tx():
+            self._set_meta(**values)
+
+    def _set_meta(self, **values: str) -> None:
+        self._conn.executemany(
+            "INSERT INTO meta (key, value) VALUES (?, ?) "
+            "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            [(k, str(v)) for k, v in values.items()],
+        )
+
+    # ---- jobs ---------------------------------------------------------------------------
+
+    def add_jobs(self, jobs: Iterable[JobLike]) -> tuple[int, int]:
+        """Make the manifest's jobs the reported ones: insert new ones, keep known ones as they
+        are (finished stay finished), mark the others in_manifest=0. Returns (added, removed)."""
+        now = time.time()
+        rows = [
+            (
+                j.job_id,
+                j.position,
+                j.model_id,
+                _dumps(j.inputs),
+                _dumps(j.vars),
+                j.repeat,
+                now,
+            )
+            for j in jobs
+        ]
+        with self._tx() as conn:
+            before = conn.execute("SELECT COUNT(*) FROM jobs").fetchone()[0]
+            conn.execute("UPDATE jobs SET in_manifest = 0 WHERE in_manifest = 1")
+            conn.executemany(
+                "INSERT INTO jobs (job_id, position, model_id, inputs, vars, repeat, "
+                "updated_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(job_id) DO UPDATE SET "
+                "position = excluded.position, in_manifest = 1",
+                rows,
+            )
+            after = conn.execute("SELECT COUNT(*) FROM jobs").fetchone()[0]
+            removed = conn.execute("SELECT COUNT(*) FROM jobs WHERE in_manifest = 0").fetchone()
+        return after - before, removed[0]
+
+    def rows(self, *, in_manifest_only: bool = False) -> list[JobRow]:
+        """Every job, in expansion order."""
+        where = "WHERE in_manifest = 1 " if in_manifest_only else ""
+        with self._mutex:
+            cur = self._conn.execute(f"SELECT {_COLUMNS} FROM jobs {where}ORDER BY position")
+            return [_row(r) for r in cur.fetchall()]
+
+    def get(self, job_id: str) -> JobRow:
+        with self._mutex:
+            r = self._conn.execute(
+                f"SELECT {_COLUMNS} FROM jobs WHERE job_id = ?", (job_id,)
+            ).fetchone()
+        if r is None:
+            raise StateError(f"{self.run_dir}: no job {job_id} in {STATE_FILE}")
+        return _row(r)
+
+    def counts(self) -> dict[str, int]:
+        """Jobs per internal state (jobs still in the manifest)."""
+        with self._mutex:
+            cur = self._conn.execute(
+                "SELECT status, COUNT(*) FROM jobs WHERE in_manifest = 1 GROUP BY status"
+            )
+            return dict(cur.fetchall())
+
+    # ---- transitions (one transaction each) ---------------------------------------------
+
+    def _update(self, job_id: str, sql: str, params: tuple, *, durable: bool = False) -> None:
+        with self._tx(durable=durable) as conn:
+            cur = conn.execute(
+                f"UPDATE jobs SET {sql}, updated_at = ? WHERE job_id = ?",
+                (*params, time.time(), job_id),
+            )
+            if cur.rowcount != 1:
+                raise StateError(f"{self.run_dir}: no job {job_id} in {STATE_FILE}")
+
+    def mark_submitting(self, job_id: str) -> None:
+        """Committed before the submit is sent: a crash from here on leaves it ambiguous."""
+        self._update(job_id, "status = ?", (SUBMITTING,), durable=True)
+
+    def record_request_id(self, job_id: str, request_id: str, submitted_at: float) -> None:
+        self._update(
+            job_id,
+            "status = ?, request_id = ?, attempts = attempts + 1, submitted_at = ?, "
+            "started_at = NULL, finished_at = NULL, error = '', output = NULL, cost_usd = NULL, "
+            "files = '[]'",
+            (QUEUED, request_id, submitted_at),
+            durable=True,
+        )
+
+    def mark_unknown(self, job_id: str, error: str, *, count_attempt: bool = True) -> None:
+        """The submit may have reached the server: never resubmitted without being asked."""
+        self._update(
+            job_id,
+            "status = ?, error = ?, attempts = attempts + ?",
+            (UNKNOWN, error, 1 if count_attempt else 0),
+        )
+
+    def mark_pending(self, job_id: str, error: str = "") -> None:
+        """Back to the submit queue (a refused submit, a retry, a requested resubmission)."""
+        self._update(
+            job_id,
+            "status = ?, error = ?, request_id = NULL, finished_at = NULL, output = NULL",
+            (PENDING, error),
+        )
+
+    def record_status(self, job_id: str, status: str, *, started_at: float | None = None) -> None:
+        """QUEUED or RUNNING as last seen on the server."""
+        self._update(
+            job_id,
+            "status = ?, started_at = COALESCE(started_at, ?)",
+            (status, started_at),
+        )
+
+    def record_result(
+        self,
+        job_id: str,
+        status: str,
+        *,
+        finished_at: float,
+        output: Any = None,
+        error: str = "",
+        cost_usd: float | None = None,
+    ) -> None:
+        """A terminal state: SUCCEEDED, FAILED, TIMED_OUT or CANCELLED."""
+        self._update(
+            job_id,
+            "status = ?, finished_at = ?, output = ?, error = ?, cost_usd = ?",
+            (status, finished_at, None if output is None else _dumps(output), error, cost_usd),
+        )
+
+    def record_error(self, job_id: str, error: str) -> None:
+        """A note on a job that keeps its state (e.g. the server unreachable while polling)."""
+        self._update(job_id, "error = ?", (error,))
+
+    def record_files(self, job_id: str, files: list[OutputFile]) -> None:
+        self._update(job_id, "files = ?", (_dumps([asdict(f) for f in files]),))
+
+    def requeue(self, statuses: Iterable[str], error: str = "") -> int:
+        """Every job (in the manifest) in one of `statuses` back to PENDING; returns how many."""
+        statuses = list(statuses)
+        marks = ", ".join("?" for _ in statuses)
+        with self._tx() as conn:
+            cur = conn.execute(
+                f"UPDATE jobs SET status = ?, error = ?, request_id = NULL, finished_at = NULL, "
+                f"output = NULL, files = '[]', updated_at = ? "
+                f"WHERE in_manifest = 1 AND status IN ({marks})",
+                (PENDING, error, time.time(), *statuses),
+            )
+            return cur.rowcount
+
+    def submitting_to_unknown(self, error: str) -> int:
+        """On resume: a SUBMITTING row means a crash around the submit, which is ambiguous."""
+        with self._tx() as conn:
+            cur = conn.execute(
+                "UPDATE jobs SET status = ?, error = ?, attempts = attempts + 1, updated_at = ? "
+                "WHERE status = ?",
+                (UNKNOWN, error, time.time(), SUBMITTING),
+            )
+            return cur.rowcount
+
+
+def _take_lock(run_dir: Path) -> int:
+    path = run_dir / LOCK_FILE
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        try:
+            pid = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        finally:
+            os.close(fd)
+        raise RunFolderInUse(
+            f"run folder {run_dir} in use by pid {pid}; wait for that run to finish "
+            "(or stop it) and try again"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+def _release_lock(fd: int | None) -> None:
+    if fd is not None:
+        try:
+            os.ftruncate(fd, 0)  # no pid: `status` can tell that no run is active
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+
+
+def _dumps(value: Any) -> str:
+    # key order kept: the report's input.<field> columns follow the manifest's order
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def _row(r: tuple) -> JobRow:
+    files = [OutputFile(**f) for f in json.loads(r[15] or "[]")]
+    return JobRow(
+        job_id=r[0],
+        position=r[1],
+        model_id=r[2],
+        inputs=json.loads(r[3]),
+        vars=json.loads(r[4]),
+        repeat=r[5],
+        status=r[6],
+        request_id=r[7],
+        attempts=r[8],
+        error=r[9],
+        submitted_at=r[10],
+        started_at=r[11],
+        finished_at=r[12],
+        cost_usd=r[13],
+        output=None if r[14] is None else json.loads(r[14]),
+        files=files,
+        in_manifest=bool(r[16]),
+    )

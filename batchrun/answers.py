@@ -1,0 +1,102 @@
+"""What an API answer means for a job: submit errors sorted by risk, result bodies read."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from batchrun import state as st
+from batchrun.errors import (
+    ApiError,
+    AuthError,
+    InsufficientBalanceError,
+    RateLimitedError,
+    ServerError,
+    TransportError,
+)
+
+AMBIGUOUS_SUBMIT = (
+    "submit may have reached the server ({why}); rerun with --resubmit-unknown to submit again"
+)
+
+# What to do after a submit failed
+THROTTLED = "throttled"  # 429: pause everyone, send it again
+RETRY = "retry"  # certainly not accepted: send it again after a backoff
+STOP = "stop"  # the account cannot submit (auth, balance): stop submitting
+FAILED = "failed"  # the API refused this job (inputs, model): the job failed
+AMBIGUOUS = "ambiguous"  # it may have been accepted: never send it again blindly
+
+_SUCCESS = frozenset({"succeeded", "completed", "success"})
+_CANCELLED = frozenset({"cancelled", "canceled"})
+
+
+def submit_verdict(exc: BaseException) -> str:
+    """Sort a submit's error by whether sending it again could pay twice."""
+    if isinstance(exc, RateLimitedError):
+        return THROTTLED
+    if isinstance(exc, TransportError):
+        return AMBIGUOUS if exc.maybe_sent else RETRY
+    if isinstance(exc, ServerError):
+        # 503 = not taken in; an API error body (error_code) = the API itself refused it.
+        # A bare 500/502/504 from a proxy may hide an accepted request.
+        return RETRY if exc.status == 503 or exc.error_code is not None else AMBIGUOUS
+    if isinstance(exc, (AuthError, InsufficientBalanceError)):
+        return STOP
+    if isinstance(exc, ApiError):
+        return FAILED
+    return AMBIGUOUS  # a bug of ours after sending: assume the worst
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A /result (or /status) body, read: `state` is an internal job state."""
+
+    state: str  # SUCCEEDED, FAILED, CANCELLED (terminal) or QUEUED, RUNNING
+    output: Any = None
+    cost_usd: float | None = None
+    error: str = ""
+    queue_position: int | None = None
+
+    @property
+    def terminal(self) -> bool:
+        return self.state in st.TERMINAL
+
+
+def read_answer(body: dict[str, Any]) -> Answer:
+    """Terminal on completed/succeeded/failed/cancelled/canceled; otherwise still working."""
+    status = str(body.get("status", "")).lower()
+    if status == "failed" or (status in _SUCCESS and "output" not in body and "error" in body):
+        return Answer(st.FAILED, error=_error_text(body))
+    if status in _SUCCESS:
+        return Answer(st.SUCCEEDED, output=body.get("output"), cost_usd=_number(body.get("cost")))
+    if status in _CANCELLED:
+        return Answer(st.CANCELLED, error="cancelled on the server")
+    if status == "in_queue":
+        position = body.get("queue_position")
+        return Answer(st.QUEUED, queue_position=position if isinstance(position, int) else None)
+    return Answer(st.RUNNING)  # in_progress, or a state this client does not know yet
+
+
+def _error_text(body: dict[str, Any]) -> str:
+    error = body.get("error")
+    if isinstance(error, dict):
+        message = error.get("message") or error.get("error_message") or ""
+        code = error.get("code") or error.get("error_code")
+        text = f"{code}: {message}" if code and message else str(message or error)
+    else:
+        text = str(error or body.get("error_message") or body.get("message") or "")
+    return text or "the job failed (no error message from the API)"
+
+
+def _number(value: Any) -> float | None:
+    try:
+        return None if value is None else float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def secs(seconds: float) -> str:
+    """30m, 90s, 0.6s: a duration as the manifest would write it."""
+    if seconds >= 60 and seconds % 60 == 0:
+        return f"{int(seconds // 60)}m"
+    return f"{seconds:g}s"

@@ -1,0 +1,276 @@
+"""The RunComfy Model API client: one requests.Session, timeouts on every call, error mapping."""
+
+from __future__ import annotations
+
+import email.utils
+import re
+import threading
+import time
+from collections import Counter
+from typing import Any
+from urllib.parse import quote
+
+import requests
+
+from batchrun import __version__
+from batchrun.errors import (
+    ApiError,
+    AuthError,
+    InsufficientBalanceError,
+    InvalidInputError,
+    NotFoundError,
+    RateLimitedError,
+    ServerError,
+    TransportError,
+)
+
+DEFAULT_API_BASE = "https://model-api.runcomfy.net"
+
+# error_code values documented in reference/api-facts.md
+AUTH_CODES = frozenset({400004, 403001})
+BALANCE_CODES = frozenset({400002})
+NOT_FOUND_CODES = frozenset({404001})
+SERVER_CODES = frozenset({500001})
+INPUT_CODES = frozenset({400001, 422})
+
+
+class Client:
+    """Submit, poll, fetch and cancel RunComfy requests; counts calls per endpoint."""
+
+    def __init__(
+        self,
+        base_url: str,
+        token: str,
+        *,
+        session: requests.Session | None = None,
+        timeout: float | tuple[float, float] = (5, 60),
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._token = token
+        self._session = session or requests.Session()
+        self._session.headers.setdefault("User-Agent", f"batchrun/{__version__}")
+        self.timeout = timeout
+        self.calls: Counter[str] = Counter()
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"Client({self.base_url!r})"
+
+    # ---- endpoints ----------------------------------------------------------------------
+
+    def submit(self, model_id: str, inputs: dict[str, Any]) -> str:
+        """POST /v1/models/{model_id}: the new request id."""
+        body = self._call("submit", "POST", f"/v1/models/{_path(model_id)}", json=inputs)
+        request_id = body.get("request_id")
+        if not isinstance(request_id, str) or not request_id:
+            # The server accepted something but gave no id: we cannot track it, nor retry it.
+            raise TransportError(
+                "submit answer has no request_id",
+                endpoint=f"POST /v1/models/{model_id}",
+                status=200,
+                maybe_sent=True,
+            )
+        return request_id
+
+    def status(self, request_id: str) -> dict[str, Any]:
+        """GET /v1/requests/{id}/status."""
+        return self._call("status", "GET", f"/v1/requests/{_path(request_id)}/status")
+
+    def result(self, request_id: str) -> dict[str, Any]:
+        """GET /v1/requests/{id}/result?include_cost=true (also answers while not finished)."""
+        return self._call(
+            "result",
+            "GET",
+            f"/v1/requests/{_path(request_id)}/result",
+            params={"include_cost": "true"},
+        )
+
+    def cancel(self, request_id: str) -> dict[str, Any]:
+        """POST /v1/requests/{id}/cancel: `outcome` is cancelled or not_cancellable."""
+        return self._call("cancel", "POST", f"/v1/requests/{_path(request_id)}/cancel")
+
+    def model(self, model_id: str) -> dict[str, Any]:
+        """GET /v1/models/{model_id}: the catalog entry with its input_schema."""
+        return self._call("catalog", "GET", f"/v1/models/{_path(model_id)}")
+
+    def models(self, *, search: str = "", limit: int = 100, offset: int = 0) -> dict[str, Any]:
+        """GET /v1/models: `{models, total}`."""
+        params = {"search": search, "limit": str(limit), "offset": str(offset)}
+        return self._call("catalog", "GET", "/v1/models", params=params)
+
+    def close(self) -> None:
+        self._session.close()
+
+    # ---- plumbing -----------------------------------------------------------------------
+
+    def _call(
+        self,
+        kind: str,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        params: dict[str, str] | None = None,
+    ) -> dict[str, Any]:
+        endpoint = f"{method} {path}"
+        with self._lock:
+            self.calls[kind] += 1
+        headers = {"Authorization": f"Bearer {self._token}", "Accept": "application/json"}
+        try:
+            resp = self._session.request(
+                method,
+                self.base_url + path,
+                json=json,
+                params=params,
+                headers=headers,
+                timeout=self.timeout,
+                allow_redirects=False,
+            )
+        except requests.RequestException as exc:
+            raise self._transport_error(exc, endpoint) from None
+        return self._decode(resp, endpoint)
+
+    def _decode(self, resp: requests.Response, endpoint: str) -> dict[str, Any]:
+        try:
+            body = resp.json()
+        except ValueError:
+            body = None
+        if resp.status_code >= 400 or (isinstance(body, dict) and "error_code" in body):
+            raise self._api_error(resp, body, endpoint)
+        if not isinstance(body, dict):
+            raise TransportError(
+                f"answer is not a JSON object: {_snippet(resp.text)}",
+                endpoint=endpoint,
+                status=resp.status_code,
+                # the server did answer; for a submit it may have created the request
+                maybe_sent=True,
+            )
+        return body
+
+    def _api_error(self, resp: requests.Response, body: Any, endpoint: str) -> ApiError:
+        status = resp.status_code
+        body = body if isinstance(body, dict) else {}
+        code = _int_or_none(body.get("error_code"))
+        message = self._scrub(_message(body) or _describe_body(resp) or "error")
+        detail = body.get("detail")
+        if detail:
+            message = f"{message}: {self._scrub(_render_detail(detail))}"
+        kw: dict[str, Any] = {
+            "endpoint": endpoint,
+            "status": status,
+            "error_code": code,
+            "detail": detail,
+        }
+        if status in (401, 403) or code in AUTH_CODES:
+            return AuthError(message, **kw)
+        if status == 402 or code in BALANCE_CODES:
+            return InsufficientBalanceError(message, **kw)
+        if status == 429 or code == 429:
+            retry_after = parse_retry_after(resp.headers.get("Retry-After"))
+            return RateLimitedError(message, retry_after=retry_after, **kw)
+        if status == 404 or code in NOT_FOUND_CODES:
+            return NotFoundError(message, **kw)
+        if status >= 500 or code in SERVER_CODES:
+            return ServerError(message, **kw)
+        if status in (400, 422) or code in INPUT_CODES:
+            return InvalidInputError(message, **kw)
+        return ApiError(message, **kw)
+
+    def _transport_error(self, exc: requests.RequestException, endpoint: str) -> TransportError:
+        maybe_sent = not _never_sent(exc)
+        what = "read timed out" if isinstance(exc, requests.ReadTimeout) else type(exc).__name__
+        reason = self._scrub(str(exc))
+        # requests' messages repeat the host; the path is in the endpoint already.
+        message = f"{what}: {_snippet(reason, 200)}"
+        return TransportError(message, endpoint=endpoint, maybe_sent=maybe_sent)
+
+    def _scrub(self, text: str) -> str:
+        """Never let the token reach a message, even if a server echoes it back."""
+        return text.replace(self._token, "***") if self._token else text
+
+
+def _never_sent(exc: requests.RequestException) -> bool:
+    """True when the request certainly did not reach the server (refused, connect timeout)."""
+    if isinstance(exc, requests.ConnectTimeout):
+        return True
+    if isinstance(exc, requests.ConnectionError) and not isinstance(exc, requests.ReadTimeout):
+        reason = exc.args[0] if exc.args else None
+        inner = getattr(reason, "reason", reason)  # urllib3 MaxRetryError wraps the cause
+        name = type(inner).__name__
+        if name in ("NewConnectionError", "ConnectTimeoutError", "NameResolutionError"):
+            return True
+        if isinstance(inner, ConnectionRefusedError) or "refused" in str(inner).lower():
+            return True
+    return isinstance(exc, (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema))
+
+
+def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
+    """Seconds to wait from a Retry-After header (delta seconds or an HTTP date)."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when is None:
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def _message(body: dict[str, Any]) -> str:
+    for key in ("error_message", "message", "error"):
+        value = body.get(key)
+        if isinstance(value, str) and value:
+            return value
+        if isinstance(value, dict):
+            inner = value.get("message") or value.get("error_message")
+            if isinstance(inner, str) and inner:
+                return inner
+    return ""
+
+
+def _render_detail(detail: Any) -> str:
+    if isinstance(detail, list):
+        parts = []
+        for item in detail:
+            if isinstance(item, dict):
+                loc = item.get("loc")
+                where = ".".join(str(p) for p in loc) if isinstance(loc, list) else ""
+                msg = str(item.get("msg") or item.get("message") or item)
+                parts.append(f"{where}: {msg}" if where else msg)
+            else:
+                parts.append(str(item))
+        return "; ".join(parts)
+    return str(detail)
+
+
+def _describe_body(resp: requests.Response) -> str:
+    text = resp.text.strip()
+    if text.startswith("<"):
+        # an HTML error page from a proxy: its title says enough
+        title = re.search(r"<title>(.*?)</title>", text, re.I | re.S)
+        what = f"HTML page: {_snippet(title.group(1))}" if title else "HTML page"
+        return f"{resp.reason or 'error'} ({what})"
+    return _snippet(text) or resp.reason or ""
+
+
+def _int_or_none(value: Any) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _snippet(text: str, limit: int = 120) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _path(segment: str) -> str:
+    # model ids contain slashes that are part of the path; keep them, escape the rest
+    return quote(segment, safe="/-_.~")

@@ -1,0 +1,170 @@
+"""The token bucket with a fake clock: rate, Retry-After pause, adaptive slow-down, priority."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from batchrun.ratelimit import POLL, SUBMIT, RateLimiter
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def limiter(rate: float | None, **kw) -> tuple[RateLimiter, FakeClock]:
+    clock = FakeClock()
+    return RateLimiter(rate, clock=clock, sleep=clock.sleep, **kw), clock
+
+
+def calls_in(lim: RateLimiter, clock: FakeClock, seconds: float, step: float = 0.001) -> int:
+    """How many tokens a greedy caller gets in `seconds` of fake time."""
+    end = clock.now + seconds
+    n = 0
+    while clock.now < end:
+        if lim.try_acquire():
+            n += 1
+        else:
+            clock.sleep(step)
+    return n
+
+
+@pytest.mark.parametrize("rate", [0.5, 2.0, 10.0, 50.0])
+def test_rate_is_honoured(rate):
+    lim, clock = limiter(rate)
+    n = calls_in(lim, clock, 20.0)
+    # burst of 1 at the start, then `rate` per second
+    assert abs(n - (1 + rate * 20)) <= 1
+
+
+def test_no_window_of_one_second_exceeds_rate_plus_burst():
+    lim, clock = limiter(5.0)
+    times = []
+    end = clock.now + 10
+    while clock.now < end:
+        if lim.try_acquire():
+            times.append(clock.now)
+        clock.sleep(0.003)
+    worst = max(sum(1 for t in times if s <= t < s + 1.0) for s in times)
+    assert worst <= 5 + 1
+
+
+def test_wait_time_says_when_the_next_token_comes():
+    lim, clock = limiter(4.0)
+    assert lim.wait_time() == 0.0
+    assert lim.try_acquire()
+    assert lim.wait_time() == pytest.approx(0.25)
+    assert not lim.try_acquire()
+    clock.sleep(0.25)
+    assert lim.try_acquire()
+
+
+def test_unlimited_never_waits():
+    lim, clock = limiter(None)
+    assert all(lim.try_acquire() for _ in range(1000))
+    assert lim.current_rate() is None
+
+
+def test_retry_after_pauses_everyone_then_resumes():
+    lim, clock = limiter(10.0, recovery_delay=1000)
+    lim.throttled(3.0)
+    assert lim.wait_time() == pytest.approx(3.0)
+    assert lim.paused_for() == pytest.approx(3.0)
+    clock.sleep(2.9)
+    assert not lim.try_acquire()
+    clock.sleep(0.1)
+    # no burst saved up during the pause: the first token comes at the lowered rate
+    assert lim.wait_time() == pytest.approx(1 / 7.0)
+    clock.sleep(1 / 7.0)
+    assert lim.try_acquire()
+
+
+def test_missing_retry_after_uses_default_pause():
+    lim, clock = limiter(10.0, default_pause=1.5)
+    lim.throttled(None)
+    assert lim.paused_for() == pytest.approx(1.5)
+
+
+def test_adaptive_decrease_once_per_burst_of_429s_and_slow_recovery():
+    lim, clock = limiter(10.0, recovery_delay=10.0, recovery_per_s=0.02)
+    lim.throttled(1.0)
+    lim.throttled(1.0)  # the other in-flight calls answered 429 too: one signal
+    assert lim.current_rate() == pytest.approx(7.0)
+    clock.sleep(5)
+    lim.throttled(1.0)  # a new 429 later: lower again
+    assert lim.current_rate() == pytest.approx(4.9)
+    clock.sleep(10)
+    assert lim.current_rate() == pytest.approx(4.9)  # holds for recovery_delay
+    clock.sleep(10)
+    assert lim.current_rate() == pytest.approx(4.9 + 10 * 0.02 * 10)
+    clock.sleep(1000)
+    assert lim.current_rate() == pytest.approx(10.0)  # never above the configured rate
+
+
+def test_floor():
+    lim, clock = limiter(1.0, floor=0.5)
+    for _ in range(10):
+        lim.throttled(0.0)
+        clock.sleep(2)
+    assert lim.current_rate() == pytest.approx(0.5)
+
+
+def test_unlimited_learns_a_ceiling_from_the_first_429():
+    lim, clock = limiter(None, recovery_delay=0, recovery_per_s=1.0)
+    for _ in range(40):  # 20 calls/s for 2 s
+        assert lim.try_acquire()
+        clock.sleep(0.05)
+    lim.throttled(0.0)
+    assert lim.current_rate() == pytest.approx(20 * 0.7, rel=0.1)
+    clock.sleep(100)
+    assert lim.current_rate() == pytest.approx(20, rel=0.1)
+
+
+def test_blocking_acquire_uses_injected_sleep():
+    lim, clock = limiter(2.0)
+    start = clock.now
+    for _ in range(5):
+        lim.acquire(SUBMIT)
+    assert clock.now - start == pytest.approx(2.0, abs=0.06)
+
+
+def _until(condition, seconds: float = 5.0) -> None:
+    import time
+
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.001)
+
+
+def test_polls_wait_while_a_submit_waits():
+    """A poll never takes the token a waiting submit needs (real threads, real clock)."""
+    lim = RateLimiter(20.0)
+    order: list[str] = []
+
+    def take(priority: int, name: str) -> None:
+        for _ in range(3):
+            lim.acquire(priority)
+            order.append(name)
+
+    with lim._lock:
+        lim._waiting[SUBMIT] += 1  # a submit is already waiting when the poller arrives
+    poller = threading.Thread(target=take, args=(POLL, "poll"))
+    poller.start()
+    _until(lambda: lim._waiting[POLL] == 1)
+    submitter = threading.Thread(target=take, args=(SUBMIT, "submit"))
+    submitter.start()
+    _until(lambda: lim._waiting[SUBMIT] == 2)
+    with lim._lock:
+        lim._waiting[SUBMIT] -= 1
+    poller.join(5)
+    submitter.join(5)
+    assert order == ["submit"] * 3 + ["poll"] * 3
