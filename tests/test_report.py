@@ -196,5 +196,9 @@ def test_rewrite_is_atomic_and_leaves_no_part(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     write_report(run_dir, [job(0)])
     write_report(run_dir, [job(0), job(1)])
-    assert sorted(p.name for p in run_dir.iterdir()) == ["report.csv", "report.html", "summary.json"]
+    assert sorted(p.name for p in run_dir.iterdir()) == [
+        "report.csv",
+        "report.html",
+        "summary.json",
+    ]
     assert len(read_report(run_dir / "report.csv")) == 2
