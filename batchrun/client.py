@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import email.utils
+import json
 import re
 import threading
 import time
@@ -131,15 +132,18 @@ class Client:
         return self._decode(resp, endpoint)
 
     def _decode(self, resp: requests.Response, endpoint: str) -> dict[str, Any]:
+        # A server may echo the token back: scrub the whole body before anything reads it,
+        # so no message, detail or snippet derived from it can carry the token.
+        text = self._scrub(resp.text)
         try:
-            body = resp.json()
+            body = json.loads(text)
         except ValueError:
             body = None
         if resp.status_code >= 400 or (isinstance(body, dict) and "error_code" in body):
-            raise self._api_error(resp, body, endpoint)
+            raise self._api_error(resp, text, body, endpoint)
         if not isinstance(body, dict):
             raise TransportError(
-                f"answer is not a JSON object: {_snippet(resp.text)}",
+                f"answer is not a JSON object: {_snippet(text)}",
                 endpoint=endpoint,
                 status=resp.status_code,
                 # the server did answer; for a submit it may have created the request
@@ -147,14 +151,14 @@ class Client:
             )
         return body
 
-    def _api_error(self, resp: requests.Response, body: Any, endpoint: str) -> ApiError:
+    def _api_error(self, resp: requests.Response, text: str, body: Any, endpoint: str) -> ApiError:
         status = resp.status_code
         body = body if isinstance(body, dict) else {}
         code = _int_or_none(body.get("error_code"))
-        message = self._scrub(_message(body) or _describe_body(resp) or "error")
+        message = _message(body) or _describe_body(resp, text) or "error"
         detail = body.get("detail")
         if detail:
-            message = f"{message}: {self._scrub(_render_detail(detail))}"
+            message = f"{message}: {_render_detail(detail)}"
         kw: dict[str, Any] = {
             "endpoint": endpoint,
             "status": status,
@@ -249,8 +253,8 @@ def _render_detail(detail: Any) -> str:
     return str(detail)
 
 
-def _describe_body(resp: requests.Response) -> str:
-    text = resp.text.strip()
+def _describe_body(resp: requests.Response, text: str) -> str:
+    text = text.strip()
     if text.startswith("<"):
         # an HTML error page from a proxy: its title says enough
         title = re.search(r"<title>(.*?)</title>", text, re.I | re.S)

@@ -70,13 +70,15 @@ class JobRow:
 
     @property
     def queue_s(self) -> float | None:
-        if self.submitted_at is None:
+        """Submit to first seen in_progress; None when the job was never seen running (it
+        finished between two reads), since the split is then unknown."""
+        if self.submitted_at is None or self.started_at is None:
             return None
-        end = self.started_at or self.finished_at
-        return None if end is None else max(0.0, end - self.submitted_at)
+        return max(0.0, self.started_at - self.submitted_at)
 
     @property
     def run_s(self) -> float | None:
+        """First seen in_progress (else submit) to finish."""
         if self.finished_at is None:
             return None
         start = self.started_at or self.submitted_at
@@ -169,7 +171,13 @@ class StateStore:
                 "`batchrun run MANIFEST` makes one"
             )
         if create:
-            run_dir.mkdir(parents=True, exist_ok=True)
+            try:
+                run_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StateError(
+                    f"{run_dir}: cannot make the run folder ({exc.strerror}); "
+                    "choose another --run-dir or outputs.dir"
+                ) from None
         lock_fd = _take_lock(run_dir) if lock else None
         try:
             conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
