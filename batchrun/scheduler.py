@@ -53,6 +53,7 @@ class Flight:
     status: str  # QUEUED or RUNNING
     errors: int = 0  # consecutive failed calls
     cancelling: bool = False
+    last_error: str = ""  # of the latest failed call, so a give-up can say why
 
 
 @dataclass
@@ -103,6 +104,7 @@ class Scheduler:
         self.submit_refusals = 0
         self.fatal: BaseException | None = None
         self.abandoned: set[str] = set()  # still on the server, no longer polled this run
+        self.refreshing: dict[str, str] = {}  # job id -> request id whose /result is re-read
         self._heap: list[tuple[float, int, str, str, str]] = []
         self._seq = itertools.count()
         self._results: queue.Queue[_Outcome | None] = queue.Queue()
@@ -124,7 +126,17 @@ class Scheduler:
         self._schedule(0.0, "poll", row.job_id)
 
     def add_download(self, job_id: str) -> None:
-        self._start_download(job_id)
+        """A succeeded job of an earlier run with files missing: download them.
+
+        Its stored URLs may have gone stale since (expired, or served by a restarted server on
+        another port), so one /result call first fetches the current ones.
+        """
+        request_id = self.book.rows[job_id].request_id
+        if not request_id:
+            self._start_download(job_id)
+            return
+        self.refreshing[job_id] = request_id
+        heapq.heappush(self._heap, (self.clock(), next(self._seq), "refresh", job_id, request_id))
 
     def request_stop(self) -> None:
         """Ctrl-C: stop submitting and polling; calls already sent are still recorded.
@@ -152,7 +164,7 @@ class Scheduler:
         if isinstance(self.fatal, AuthError):
             return self.busy == 0 and self.downloading == 0
         can_submit = self.submit_open and bool(self.pending)
-        return not (can_submit or self.flights or self.busy or self.downloading)
+        return not (can_submit or self.flights or self.refreshing or self.busy or self.downloading)
 
     def _dispatch_what_we_can(self) -> float:
         """Start every call allowed now; return how long to wait before trying again."""
@@ -228,8 +240,13 @@ class Scheduler:
     def _drop_stale(self) -> None:
         """Forget heap entries of jobs that finished (or were resubmitted) since."""
         while self._heap:
-            flight = self.flights.get(self._heap[0][3])
-            if flight is not None and flight.request_id == self._heap[0][4]:
+            _, _, kind, job_id, request_id = self._heap[0]
+            if kind == "refresh":
+                live = self.refreshing.get(job_id)
+            else:
+                flight = self.flights.get(job_id)
+                live = flight.request_id if flight is not None else None
+            if live == request_id:
                 return
             heapq.heappop(self._heap)
 
@@ -243,10 +260,13 @@ class Scheduler:
         self._pool.submit(self._work, "submit", job_id, submit, row.model_id, row.inputs)
 
     def _start_call(self, kind: str, job_id: str) -> None:
-        flight = self.flights[job_id]
-        call = self.client.result if kind == "poll" else self.client.cancel
+        if kind == "refresh":
+            request_id = self.refreshing[job_id]
+        else:
+            request_id = self.flights[job_id].request_id
+        call = self.client.cancel if kind == "cancel" else self.client.result
         self.busy += 1
-        self._pool.submit(self._work, kind, job_id, call, flight.request_id)
+        self._pool.submit(self._work, kind, job_id, call, request_id)
 
     def _work(self, kind: str, job_id: str, call: Callable[..., Any], *args: Any) -> None:
         sent = self.wall()
@@ -276,6 +296,8 @@ class Scheduler:
             self._submitted(o)
         elif o.kind == "poll":
             self._polled(o)
+        elif o.kind == "refresh":
+            self._refreshed(o)
         else:
             self._cancelled(o)
 
@@ -324,6 +346,7 @@ class Scheduler:
             self._call_failed(flight, "poll", o.error)
             return
         flight.errors = 0
+        flight.last_error = ""
         answer = answers.read_answer(o.value)
         if answer.terminal:
             self._finish(flight, answer, o.value)
@@ -373,6 +396,8 @@ class Scheduler:
         return True
 
     def _give_up(self, flight: Flight, error: str) -> None:
+        if flight.last_error:
+            error = f"{error}; last error: {flight.last_error}"
         del self.flights[flight.job_id]
         self.book.finished(flight.job_id, st.TIMED_OUT, at=self.wall(), error=error)
 
@@ -406,6 +431,7 @@ class Scheduler:
             self.book.finished(flight.job_id, st.FAILED, at=self.wall(), error=error)
             return
         flight.errors += 1
+        flight.last_error = str(exc)
         if isinstance(exc, RateLimitedError):
             self.limiter.throttled(exc.retry_after)
             delay = 0.0  # the limiter's pause holds every call
@@ -423,6 +449,28 @@ class Scheduler:
         self.flights.pop(flight.job_id, None)
         self.abandoned.add(flight.job_id)
         self.book.note(flight.job_id, error)
+
+    def _refreshed(self, o: _Outcome) -> None:
+        request_id = self.refreshing.pop(o.job_id, None)
+        if request_id is None:
+            return
+        if isinstance(o.error, RateLimitedError):
+            self.limiter.throttled(o.error.retry_after)
+            self.refreshing[o.job_id] = request_id
+            heapq.heappush(
+                self._heap, (self.clock(), next(self._seq), "refresh", o.job_id, request_id)
+            )
+            return
+        row = self.book.rows[o.job_id]
+        answer = answers.read_answer(o.value) if o.error is None else None
+        if answer and answer.state == st.SUCCEEDED and answer.output not in (None, row.output):
+            cost = row.cost_usd if row.cost_usd is not None else answer.cost_usd
+            at = row.finished_at or o.at
+            self.book.finished(
+                o.job_id, st.SUCCEEDED, at=at, output=answer.output, error=row.error, cost_usd=cost
+            )
+        # Any other answer (expired, an error): the stored URLs are all there is to try.
+        self._start_download(o.job_id)
 
     def _downloaded(self, o: _Outcome) -> None:
         if o.error is not None:

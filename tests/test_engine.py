@@ -285,3 +285,18 @@ def test_describe_orders_states():
     assert describe({"pending": 1, "failed": 2, "succeeded": 3}) == (
         "succeeded 3, failed 2, pending 1"
     )
+
+
+def test_give_up_at_job_timeout_names_the_last_error(tmp_path):
+    # A result endpoint that keeps answering HTTP 200 with an error_code: the job gives up at
+    # job_timeout, and the report says why, not only that time ran out.
+    manifest(tmp_path, job_timeout="300ms")
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
+        rsps.post(SUBMIT, json={"request_id": "r1"})
+        rsps.get(RESULT, json={"error_code": 500001, "error_message": "backend on fire"})
+        rsps.post(f"{BASE}/v1/requests/r1/cancel", status=202, json={"outcome": "not_cancellable"})
+        code, _ = go(tmp_path)
+    assert code == 1
+    row = job(tmp_path)
+    assert row.status == st.TIMED_OUT
+    assert "job_timeout" in row.error and "backend on fire" in row.error
