@@ -106,9 +106,8 @@ def plan(manifest: str, as_json: bool, strict: bool) -> int:
     for warning in built.warnings:
         click.echo(f"warning: {warning}", err=True)
     lines = json_lines(built) if as_json else table_lines(built)
-    out = click.get_text_stream("stdout")
-    out.write("".join(line + "\n" for line in lines))
-    out.flush()
+    sys.stdout.write("".join(line + "\n" for line in lines))
+    sys.stdout.flush()
     return 0
 
 
@@ -218,11 +217,23 @@ def run(
     if simulate:
         from batchrun.simulator import SimSettings, Simulator
 
+        # The simulator's jobs live in the run folder, so a rerun (resume) still knows them.
+        pairs = {"state_dir": str(folder / ".simulator"), **pairs}
         try:
             settings = SimSettings.from_mapping(pairs)
         except ValueError as exc:
             raise UsageError(f"--sim: {exc}") from None
-        simulator = Simulator(settings).start()
+        from batchrun.simulator.persist import StateDirInUse
+
+        try:
+            simulator = Simulator(settings).start()
+        except StateDirInUse as exc:
+            from batchrun.errors import RunFolderInUse
+
+            raise RunFolderInUse(
+                f"run folder {folder} in use by another run ({exc}); wait for that run to "
+                "finish (or stop it) and try again"
+            ) from None
         base, token = simulator.base_url, simulator.token
         resume += ["--simulate", *(f"--sim={p}" for p in sim)]
         if not quiet:
@@ -467,6 +478,11 @@ def compare_cmd(
 @click.option("--drift", help="Fraction of jobs whose output bytes differ (for compare demos).")
 @click.option("--malicious", is_flag=True, default=None, help="Hostile outputs (security tests).")
 @click.option(
+    "--state-dir",
+    type=click.Path(file_okay=False),
+    help="Keep accepted jobs in DIR; a restart with the same DIR still knows them.",
+)
+@click.option(
     "--config",
     "config_file",
     type=click.Path(dir_okay=False),
@@ -492,8 +508,12 @@ def simulate(port: int, config_file: str | None, **flags: object) -> int:
         raise UsageError(f"{where}{exc}") from None
     except OSError as exc:
         raise ConfigError(f"{config_file}: cannot read the simulator settings: {exc}") from None
+    from batchrun.simulator.persist import StateDirInUse
+
     try:
         sim = Simulator(settings, port=port).start()
+    except StateDirInUse as exc:
+        raise UsageError(f"{exc}; stop it, or pick another --state-dir") from None
     except OSError as exc:
         raise UsageError(
             f"cannot listen on 127.0.0.1:{port} ({exc.strerror}); pick another --port, or 0"

@@ -30,9 +30,9 @@ from urllib.parse import parse_qs, unquote
 from jsonschema import Draft202012Validator
 
 from batchrun import models
-from batchrun.simulator import catalog
+from batchrun.simulator import catalog, persist
 from batchrun.simulator.faults import Faults
-from batchrun.simulator.finish import finish_job
+from batchrun.simulator.finish import drift_draw, finish_job
 from batchrun.simulator.jobqueue import CANCELLED, COMPLETED, IN_QUEUE, Job, JobQueue
 from batchrun.simulator.outputs import FileStore, huge_chunks, identity
 from batchrun.simulator.settings import SimSettings
@@ -99,12 +99,39 @@ class SimApp:
         self.files = FileStore()
         self.queue = JobQueue(settings, self._finish)
         self._auth = f"Bearer {settings.token}".encode()
+        self.port: int | None = None
+        self.journal = persist.Journal(settings.state_dir) if settings.state_dir else None
+        self.restored = persist.restore(self.journal.records()) if self.journal else None
+
+    def reload(self) -> int:
+        """Take back the journal's jobs (call once base_url is final); returns how many."""
+        if self.restored is None:
+            return 0
+        now = time.time()
+        jobs, self.restored = self.restored.jobs, None
+        for job in jobs:
+            self.queue.adopt(job, now)
+            self.stats.submitted(job.identity)
+        return len(jobs)
+
+    def served_on(self, port: int) -> None:
+        self.port = port
+        if self.journal is not None:
+            self.journal.append({"type": "port", "port": port})
+
+    def close(self) -> None:
+        if self.journal is not None:
+            self.journal.close()
 
     def reset(self) -> None:
         self.queue.reset()
         self.files.clear()
         self.stats.reset()
         self.faults.reset()
+        if self.journal is not None:
+            self.journal.clear()
+            if self.port is not None:
+                self.served_on(self.port)
 
     def snapshot(self) -> dict[str, Any]:
         return self.stats.snapshot(self.queue.counts())
@@ -206,6 +233,11 @@ class SimApp:
             return api_error(422, 422, "inputs do not match the model's schema", detail=detail)
         ident = identity(model_id, inputs)
         job = self.queue.submit(model_id, inputs, ident)
+        if self.journal is not None:
+            # On disk before the 200 leaves: an acknowledged job survives a restart.
+            drifted = drift_draw(self.settings, ident)
+            job.extra.setdefault("drifted", drifted)
+            self.journal.append(persist.submit_record(job, drifted))
         self.stats.submitted(ident)
         urls = self._urls(job.request_id)
         return json_response(200, {"request_id": job.request_id, **urls})
@@ -263,6 +295,8 @@ class SimApp:
         if job is None:
             return self._unknown(request_id)
         outcome = self.queue.cancel(job)
+        if outcome == "cancelled" and self.journal is not None:
+            self.journal.append(persist.cancel_record(job))
         return json_response(
             202, {"request_id": request_id, "status": job.state, "outcome": outcome}
         )

@@ -21,10 +21,16 @@ _ERROR_SHAPES = (
 )
 
 
+def drift_draw(s: SimSettings, identity: str) -> bool:
+    """Whether this input identity's outputs drift (fixed at submit, persisted with the job)."""
+    return fraction(s.seed, "drift", identity) < s.drift
+
+
 def finish_job(job: Job, s: SimSettings, files: FileStore, stats: Stats, base_url: str) -> None:
     """Decide a finished job's result: output URLs (files registered), cost, or an error."""
-    now = time.monotonic()
-    expires = now + s.expire_after if s.expire_after is not None else None
+    # From its end time, which lies in the past for a job reloaded after a restart.
+    ended = min(job.ends_at, time.monotonic()) if job.ends_at else time.monotonic()
+    expires = ended + s.expire_after if s.expire_after is not None else None
     if s.malicious:
         _finish_malicious(job, s, files, stats, base_url, expires)
         return
@@ -34,7 +40,9 @@ def finish_job(job: Job, s: SimSettings, files: FileStore, stats: Stats, base_ur
         shape = _ERROR_SHAPES[int(fraction(s.seed, "error", job.identity) * 3)]
         job.error = shape
         return
-    drifted = fraction(s.seed, "drift", job.identity) < s.drift
+    drifted = job.extra.get("drifted")
+    if drifted is None:
+        drifted = drift_draw(s, job.identity)
     if drifted:
         stats.fault("drift")
     width, height = image_size(job.inputs)

@@ -119,6 +119,25 @@ class JobQueue:
             self._cond.notify_all()
         return job
 
+    def adopt(self, job: Job, now_wall: float) -> None:
+        """A job reloaded from the state_dir journal, in the state it would have reached had it
+        kept running while the simulator was down: started at its submit, no worker limit."""
+        now = self._clock()
+        with self._cond:
+            self._seq = max(self._seq, job.seq + 1)
+            self._occurrences[job.identity] = max(
+                self._occurrences[job.identity], job.occurrence + 1
+            )
+            self._jobs[job.request_id] = job
+            if job.state == CANCELLED:
+                job.finished_mono = now - max(0.0, now_wall - (job.finished_at or now_wall))
+                return
+            job.state = IN_PROGRESS
+            job.started_at = now - max(0.0, now_wall - job.created_at)
+            job.ends_at = now + (job.created_at + job.run_time - now_wall)
+            heapq.heappush(self._running, (job.ends_at, job.seq, job))
+            self._cond.notify_all()
+
     def get(self, request_id: str) -> Job | None:
         """The job, or None when unknown or expired (`expire_after` past its finish)."""
         job = self._jobs.get(request_id)
@@ -184,7 +203,9 @@ class JobQueue:
             self._on_finish(job)
         finally:
             # The state flips last, so a client never sees `completed` without its output.
+            # It finished at its end time: a job reloaded after a restart may end in the past.
             job.succeeded = not job.fails
-            job.finished_at = time.time()
-            job.finished_mono = now
+            ended = min(job.ends_at, now)
+            job.finished_at = time.time() - (now - ended)
+            job.finished_mono = ended
             job.state = COMPLETED

@@ -144,12 +144,24 @@ class Simulator:
         return self.settings.token
 
     def start(self) -> Simulator:
-        """Bind 127.0.0.1 (a free port unless one was given) and serve in a daemon thread."""
+        """Bind 127.0.0.1 (a free port unless one was given) and serve in a daemon thread.
+
+        With a `state_dir` that holds jobs, their port is tried first when none was given
+        (so stored output URLs keep working), a free one if it is taken; the jobs are reloaded.
+        """
         if self._server is not None:
             return self
-        self._server = _Server(("127.0.0.1", self.port), self.app)
+        saved = self.app.restored.port if self.app.restored and not self.port else None
+        try:
+            self._server = _Server(("127.0.0.1", saved or self.port), self.app)
+        except OSError:
+            if not saved:
+                raise
+            self._server = _Server(("127.0.0.1", self.port), self.app)
         self.port = self._server.server_address[1]
         self.app.base_url = f"http://127.0.0.1:{self.port}"
+        self.app.reload()
+        self.app.served_on(self.port)
         self.app.queue.start()
         self._thread = threading.Thread(
             target=self._server.serve_forever,
@@ -183,6 +195,7 @@ class Simulator:
         self.app.queue.stop()
         if self._thread is not None:
             self._thread.join(timeout=5)
+        self.app.close()
         self._server = None
 
     def stats(self) -> dict[str, Any]:

@@ -37,6 +37,8 @@ class SimSettings:
     drift: float = 0.0  # fraction of jobs (by input identity + seed) whose bytes differ
     malicious: bool = False  # hostile outputs for security tests (see simulator.malicious)
     huge_file_bytes: int = 5 * 1024 * 1024  # size of the malicious "huge" file
+    # Folder to persist jobs in (simulator.persist); a restart with it reloads them. None: memory.
+    state_dir: str | None = None
 
     @property
     def max_workers_unlimited(self) -> bool:
@@ -174,6 +176,7 @@ _PARSERS: dict[str, Any] = {
     "drift": _fraction,
     "malicious": _bool,
     "huge_file_bytes": lambda v: _int(v, minimum=1),
+    "state_dir": lambda v: None if v is None or not str(v).strip() else str(v),
 }
 
 
