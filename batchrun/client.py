@@ -9,11 +9,12 @@ import threading
 import time
 from collections import Counter
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import requests
+from requests.structures import CaseInsensitiveDict
 
-from batchrun import __version__
+from batchrun import __version__, netenv
 from batchrun.errors import (
     ApiError,
     AuthError,
@@ -48,9 +49,19 @@ class Client:
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self._token = token
-        self._session = session or requests.Session()
+        if session is None:
+            # Proxies and CA bundle read once here, not on every call (see netenv).
+            session = netenv.session()
+            session.proxies.update(netenv.env_proxies(self.base_url))
+        self._session = session
         self._session.headers.setdefault("User-Agent", f"batchrun/{__version__}")
         self.timeout = timeout
+        # What requests would work out from the environment on every call, once: the base URL
+        # is fixed, so its proxies (NO_PROXY is per host) and CA bundle are too.
+        self._send_settings = session.merge_environment_settings(
+            self.base_url, {}, False, None, None
+        )
+        self._url_as_is = False  # see _prepare
         self.calls: Counter[str] = Counter()
         self._lock = threading.Lock()
 
@@ -116,20 +127,39 @@ class Client:
         endpoint = f"{method} {path}"
         with self._lock:
             self.calls[kind] += 1
-        headers = {"Authorization": f"Bearer {self._token}", "Accept": "application/json"}
+        url = self.base_url + path + ("?" + urlencode(params) if params else "")
         try:
-            resp = self._session.request(
-                method,
-                self.base_url + path,
-                json=json,
-                params=params,
-                headers=headers,
-                timeout=self.timeout,
-                allow_redirects=False,
+            prepared = self._prepare(method, url, json)
+            resp = self._session.send(
+                prepared, timeout=self.timeout, allow_redirects=False, **self._send_settings
             )
         except requests.RequestException as exc:
             raise self._transport_error(exc, endpoint) from None
         return self._decode(resp, endpoint)
+
+    def _prepare(self, method: str, url: str, json: Any) -> requests.PreparedRequest:
+        """What Session.request prepares, without re-merging the settings on every call.
+
+        The session's headers, cookies and hooks still apply. The URL is the base URL plus
+        quoted path parts: once requests' own check (scheme, host, IDNA, quoting) leaves one
+        unchanged, it leaves them all unchanged, so it runs until it has done so once.
+        """
+        session = self._session
+        p = requests.PreparedRequest()
+        p.method = method
+        if self._url_as_is:
+            p.url = url
+        else:
+            p.prepare_url(url, None)  # raises InvalidURL / MissingSchema for a bad base URL
+            self._url_as_is = p.url == url
+        headers = CaseInsensitiveDict(session.headers)
+        headers["Authorization"] = f"Bearer {self._token}"
+        headers["Accept"] = "application/json"
+        p.headers = headers
+        p.prepare_cookies(session.cookies)
+        p.prepare_body(None, None, json)
+        p.hooks = session.hooks
+        return p
 
     def _decode(self, resp: requests.Response, endpoint: str) -> dict[str, Any]:
         # A server may echo the token back: scrub the whole body before anything reads it,

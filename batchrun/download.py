@@ -18,6 +18,8 @@ import mimetypes
 import os
 import random
 import re
+import stat
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -25,7 +27,9 @@ from typing import Any
 from urllib.parse import unquote, urljoin, urlsplit
 
 import requests
+from requests.structures import CaseInsensitiveDict
 
+from batchrun import netenv
 from batchrun.atomic import fsync_dir
 from batchrun.state import OutputFile
 
@@ -37,6 +41,8 @@ _SKIP_KEYS = frozenset({"status_url", "result_url", "cancel_url"})
 _JOB_ID = re.compile(r"^[0-9a-f]{6,64}$")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _MAX_NAME = 100
+# Never follow a symlink planted where a .part file goes.
+_PART_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0)
 
 
 class _Retry(Exception):
@@ -49,14 +55,6 @@ class _Retry(Exception):
 
 class _Fail(Exception):
     """A download failed for good; the message goes into OutputFile.error."""
-
-
-class _NoAuth(requests.auth.AuthBase):
-    """Strips Authorization; as an explicit auth it also stops requests reading ~/.netrc."""
-
-    def __call__(self, r: requests.PreparedRequest) -> requests.PreparedRequest:
-        r.headers.pop("Authorization", None)
-        return r
 
 
 def _walk(value: Any, key: str) -> Iterator[tuple[str, str]]:
@@ -184,7 +182,12 @@ class Downloader:
         self.max_bytes = max_bytes
         # A fresh session by default, never the API client's. A given session is left as it is
         # (it may be shared); every request strips Authorization instead (see `_open`).
-        self.session = session if session is not None else requests.Session()
+        # Ours reads proxies and the CA bundle once (netenv), and so never reads ~/.netrc.
+        self._own_session = session is None
+        self.session = session if session is not None else netenv.session()
+        self._settings: dict[str, dict[str, Any]] = {}  # origin -> proxies/verify/... for send
+        self._roots: dict[Path, Path] = {}  # run_dir -> its resolved files/ folder
+        self._roots_lock = threading.Lock()
         self.retries = retries
         self.timeout = timeout
         self.sleep = sleep
@@ -205,7 +208,7 @@ class Downloader:
         if not _JOB_ID.match(job_id):
             raise ValueError(f"job id {job_id!r} is not a lowercase hex id")
         run_dir = Path(run_dir)
-        job_dir = run_dir / "files" / job_id
+        job = _JobDir(self._files_root(run_dir), job_id)
         prefix = f"files/{job_id}/"
         previous = {
             f.url: f
@@ -217,7 +220,7 @@ class Downloader:
         taken = {
             f.name[len(prefix) :] for u, f in previous.items() if u in urls and f.name and f.sha256
         }
-        self._remove_stale_parts(job_dir)
+        job.remove_stale_parts()
         results: list[OutputFile] = []
         for index, url in enumerate(urls, start=1):
             why = refusal(url, self.allow_hosts)
@@ -230,11 +233,22 @@ class Downloader:
                 continue
             keep = old.name[len(prefix) :] if old else ""
             fallback = safe_name((keys or {}).get(url, "")) or f"output-{index}"
-            result = self._download(run_dir, job_dir, url, keep, fallback, taken)
+            result = self._download(job, url, keep, fallback, taken)
             if result.name:
                 taken.add(result.name[len(prefix) :])
             results.append(result)
+        # Each file was fsynced before its rename; one folder fsync makes the renames durable.
+        if job.written:
+            fsync_dir(job.path)
         return results
+
+    def _files_root(self, run_dir: Path) -> Path:
+        """run_dir/files with every symlink above it resolved, worked out once per run folder."""
+        with self._roots_lock:
+            root = self._roots.get(run_dir)
+            if root is None:
+                root = self._roots[run_dir] = run_dir.resolve() / "files"
+            return root
 
     @staticmethod
     def _intact(run_dir: Path, old: OutputFile) -> bool:
@@ -243,22 +257,15 @@ class Downloader:
         except OSError:
             return False
 
-    @staticmethod
-    def _remove_stale_parts(job_dir: Path) -> None:
-        # One process owns a run folder (state lock), so any .part here is from a crash.
-        with contextlib.suppress(OSError):
-            for part in job_dir.glob("*.part"):
-                part.unlink(missing_ok=True)
-
     def _download(
-        self, run_dir: Path, job_dir: Path, url: str, keep: str, fallback: str, taken: set[str]
+        self, job: _JobDir, url: str, keep: str, fallback: str, taken: set[str]
     ) -> OutputFile:
         attempt = 0
         not_found = 0
         while True:
             try:
-                name, sha, size = self._attempt(job_dir, url, keep, fallback, taken)
-                rel = f"files/{job_dir.name}/{name}"
+                name, sha, size = self._attempt(job, url, keep, fallback, taken)
+                rel = f"files/{job.job_id}/{name}"
                 return OutputFile(url=url, name=rel, sha256=sha, size=size)
             except _Fail as exc:
                 return OutputFile(url=url, error=str(exc))
@@ -280,14 +287,12 @@ class Downloader:
         """GET with redirects followed by hand, re-checking every hop's host."""
         for _ in range(MAX_REDIRECTS + 1):
             try:
-                resp = self.session.get(
-                    url,
-                    stream=True,
+                prepared = self._prepare(url)
+                resp = self.session.send(
+                    prepared,
                     allow_redirects=False,
                     timeout=self.timeout,
-                    auth=_NoAuth(),
-                    # None drops a session-level header when requests merges the settings.
-                    headers={"Authorization": None, "Accept-Encoding": "identity"},  # type: ignore[dict-item]
+                    **self._send_settings(url),
                 )
             except requests.RequestException as exc:
                 raise _Retry(f"connection error: {type(exc).__name__}") from None
@@ -301,8 +306,41 @@ class Downloader:
             url = location
         raise _Fail(f"more than {MAX_REDIRECTS} redirects")
 
+    def _prepare(self, url: str) -> requests.PreparedRequest:
+        """A GET as Session.request prepares it, minus Authorization and the per-call merging.
+
+        No auth is ever prepared (so neither ~/.netrc nor a session's auth applies), and an
+        Authorization header a given session carries is dropped.
+        """
+        p = requests.PreparedRequest()
+        p.method = "GET"
+        p.prepare_url(url, None)  # a server's URL: requests' checks and quoting apply
+        headers = CaseInsensitiveDict(self.session.headers)
+        headers.pop("Authorization", None)  # never, even when a given session carries one
+        headers["Accept-Encoding"] = "identity"
+        p.headers = headers
+        p.prepare_cookies(self.session.cookies)
+        p.prepare_body(None, None)
+        p.hooks = self.session.hooks
+        return p
+
+    def _send_settings(self, url: str) -> dict[str, Any]:
+        """Proxies, CA bundle, stream: what requests works out per call, once per origin."""
+        try:
+            parts = urlsplit(url)
+            origin = f"{parts.scheme}://{parts.netloc}"
+        except ValueError:
+            origin = url
+        found = self._settings.get(origin)
+        if found is None:
+            found = self.session.merge_environment_settings(url, {}, True, None, None)
+            if self._own_session:  # trust_env is off on ours: the environment's proxies here
+                found["proxies"] = {**netenv.env_proxies(url), **found["proxies"]}
+            self._settings[origin] = found
+        return found
+
     def _attempt(
-        self, job_dir: Path, url: str, keep: str, fallback: str, taken: set[str]
+        self, job: _JobDir, url: str, keep: str, fallback: str, taken: set[str]
     ) -> tuple[str, str, int]:
         with self._open(url) as resp:
             status = resp.status_code
@@ -321,15 +359,13 @@ class Downloader:
             content_type = resp.headers.get("Content-Type", "")
             name = keep or _unique(_with_ext(url_name(url) or fallback, content_type), taken)
             try:
-                job_dir.mkdir(parents=True, exist_ok=True)
-                final = (job_dir / name).resolve()
                 # Defence in depth: no symlinked folder or odd name may lead outside the run.
-                inside = job_dir.parent.parent.resolve() / "files" / job_dir.name
-                if final.parent != inside or job_dir.resolve() != inside:
+                if safe_name(name) != name or not job.ready():
                     raise _Fail(f"refused: name {name!r} leaves the job folder")
-                sha, size = self._stream(resp, final, expected)
+                sha, size = self._stream(resp, job.path / name, expected)
             except OSError as exc:
                 raise _Fail(f"write failed: {exc.strerror or exc}") from None
+            job.written = True
             return name, sha, size
 
     def _stream(
@@ -339,7 +375,7 @@ class Downloader:
         digest = hashlib.sha256()
         size = 0
         try:
-            with open(part, "wb") as fh:
+            with open(part, "wb", opener=_open_part) as fh:
                 try:
                     for chunk in resp.iter_content(CHUNK):
                         size += len(chunk)
@@ -358,5 +394,43 @@ class Downloader:
         except BaseException:
             part.unlink(missing_ok=True)
             raise
-        fsync_dir(final.parent)
         return digest.hexdigest(), size
+
+
+def _open_part(path: str, flags: int) -> int:
+    return os.open(path, flags | _PART_FLAGS, 0o666)
+
+
+class _JobDir:
+    """files/<job_id>/ under a resolved files root: created and checked once per fetch."""
+
+    def __init__(self, files_root: Path, job_id: str) -> None:
+        self.job_id = job_id
+        self.path = files_root / job_id
+        self.written = False  # a file was renamed into it: fsync the folder at the end
+        self._checked: bool | None = None
+
+    def remove_stale_parts(self) -> None:
+        # One process owns a run folder (state lock), so any .part here is from a crash.
+        with contextlib.suppress(OSError), os.scandir(self.path) as entries:
+            for entry in entries:
+                if entry.name.endswith(".part"):
+                    os.unlink(entry.path)
+
+    def ready(self) -> bool:
+        """Create the folder; False when files/ or files/<job_id> is not a real folder.
+
+        The root was resolved once, so a real (non-symlink) files/ and job folder under it
+        are the folders the names are meant to land in.
+        """
+        if self._checked is None:
+            self.path.mkdir(parents=True, exist_ok=True)
+            self._checked = _real_dir(self.path.parent) and _real_dir(self.path)
+        return self._checked
+
+
+def _real_dir(path: Path) -> bool:
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except OSError:
+        return False

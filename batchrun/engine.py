@@ -76,7 +76,10 @@ class _Run:
     def execute(self) -> int:
         manifest = self.plan.manifest
         self._prepare()
-        rows = self.store.rows(in_manifest_only=True)
+        # Read once, JSON decoded on use: the scheduler touches few of a resumed run's jobs.
+        mark = self.store.change_mark()  # before the read: a write during it shows too
+        every = self.store.rows(lazy=True)
+        rows = [r for r in every if r.in_manifest]
         client = Client(self.opts.api_base, self.opts.token, session=self.opts.session)
         rate = manifest.run.rate_limit
         limiter = RateLimiter(
@@ -116,7 +119,9 @@ class _Run:
             progress.close()
         if sched.stopped and self.opts.cancel_on_interrupt:
             self._cancel_queued(sched, client, limiter)
-        final = self.store.rows()
+        # Nothing written since the read (nothing to do, say): the rows read are the state.
+        unchanged = self.store.change_mark() == mark
+        final = st.decoded(every) if unchanged else self.store.rows()
         self._write_report(final, client, limiter, interrupted=sched.stopped)
         client.close()
         if sched.stopped:
@@ -153,11 +158,8 @@ class _Run:
                 )
                 self.store.set_meta(manifest_sha256=manifest.sha256)
             if meta.get("api_base") != self.opts.api_base:
-                in_flight = sum(
-                    1
-                    for r in self.store.rows(in_manifest_only=True)
-                    if r.status in (st.QUEUED, st.RUNNING)
-                )
+                counts = self.store.counts()
+                in_flight = counts.get(st.QUEUED, 0) + counts.get(st.RUNNING, 0)
                 if in_flight:
                     self.echo(
                         f"note: {in_flight} request(s) in flight were made against "

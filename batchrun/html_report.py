@@ -17,6 +17,9 @@ from batchrun.state import JobRow, OutputFile, report_status
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".svg"})
 VIDEO_SUFFIXES = frozenset({".mp4", ".webm", ".mov", ".m4v", ".ogv"})
+# Job cards on the sheet, the first ones in expansion order: a browser cannot show 100,000
+# thumbnails usefully; report.csv lists every job.
+MAX_CARDS = 2000
 
 CSS = """
 body{font:14px/1.4 system-ui,sans-serif;margin:1em;color:#222;background:#fafafa}
@@ -44,7 +47,11 @@ def esc(value: object) -> str:
 
 def show(value: Any) -> str:
     """One swept value as text: strings as they are, the rest as JSON."""
-    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    if isinstance(value, str):
+        return value
+    if type(value) is int:  # the common swept seed: json.dumps would say the same, slower
+        return str(value)
+    return json.dumps(value, ensure_ascii=False)
 
 
 def page(title: str, body: str) -> str:
@@ -130,18 +137,30 @@ def dimension_value(job: JobRow, key: str) -> str:
 
 def dimensions(jobs: list[JobRow]) -> list[Dimension]:
     """Every swept key with its distinct values, those that vary most first."""
-    keys = ["model"]
+    return _dimensions(jobs, _keys(jobs))[0]
+
+
+def _keys(jobs: list[JobRow]) -> list[str]:
+    """model, then every input field and var name, in first-seen order."""
+    found: dict[str, None] = {"model": None}
     for job in jobs:
-        keys += [f"input.{k}" for k in job.inputs if f"input.{k}" not in keys]
-        keys += [f"var.{k}" for k in job.vars if f"var.{k}" not in keys]
+        for k in job.inputs:
+            found[f"input.{k}"] = None
+        for k in job.vars:
+            found[f"var.{k}"] = None
+    return list(found)
+
+
+def _dimensions(jobs: list[JobRow], keys: list[str]) -> tuple[list[Dimension], int]:
+    """dimensions() over `keys` and the number of distinct settings (combinations of every
+    key's value)."""
     # Keys that move in lockstep (a prompt templated from {color} and color itself) split the
     # jobs the same way: keep one of them, a var first, else the one with the shortest values.
     groups: dict[tuple[int, ...], list[Dimension]] = {}
     for key in keys:
-        column = [dimension_value(job, key) for job in jobs]
-        values = list(dict.fromkeys(column))
-        partition = tuple(values.index(v) for v in column)
-        groups.setdefault(partition, []).append(Dimension(key, values))
+        index: dict[str, int] = {}  # value -> first-seen rank: O(1) per job
+        partition = tuple(index.setdefault(dimension_value(job, key), len(index)) for job in jobs)
+        groups.setdefault(partition, []).append(Dimension(key, list(index)))
     dims = []
     for group in groups.values():
         best = min(
@@ -149,8 +168,9 @@ def dimensions(jobs: list[JobRow]) -> list[Dimension]:
         )
         best.aliases = [d.key for d in group]
         dims.append(best)
+    settings = len(set(zip(*groups, strict=True))) if jobs else 0
     # Stable sort: ties keep manifest order (model, then inputs, then vars).
-    return sorted(dims, key=lambda d: -len(d.values))
+    return sorted(dims, key=lambda d: -len(d.values)), settings
 
 
 def resolve_key(name: str, dims: list[Dimension]) -> str:
@@ -165,11 +185,22 @@ def resolve_key(name: str, dims: list[Dimension]) -> str:
 def layout(
     jobs: list[JobRow], rows_key: str | None, cols_key: str | None
 ) -> tuple[str | None, str | None, list[str]]:
-    """Pick the grid's row key, column key and the extra keys that become sections."""
-    dims = dimensions(jobs)
+    """Pick the grid's row key, column key and the extra keys that become sections.
+
+    The sheet shows the first MAX_CARDS jobs: they are what the grid lays out (any key of
+    the whole run may still be chosen).
+    """
+    dims, settings = _dimensions(jobs[:MAX_CARDS], _keys(jobs))
     rk = resolve_key(rows_key, dims) if rows_key else None
     ck = resolve_key(cols_key, dims) if cols_key else None
-    free = [d.key for d in dims if len(d.values) > 1 and not {rk, ck} & set(d.aliases)]
+    swept = [d for d in dims if len(d.values) > 1]
+    # A field with a value for (nearly) every setting, such as a prompt templated from two
+    # swept vars, would make a grid of mostly empty cells or a section per job: leave it out
+    # when fields with fewer values can lay the jobs out (a cell may hold several jobs).
+    spread = {d.key for d in swept if 2 * len(d.values) <= settings}
+    if spread:
+        swept = [d for d in swept if d.key in spread or {rk, ck} & set(d.aliases)]
+    free = [d.key for d in swept if not {rk, ck} & set(d.aliases)]
     if rk is None and free:
         rk = free.pop(0)
     if ck is None and free:
@@ -178,26 +209,39 @@ def layout(
 
 
 def _grid(jobs: list[JobRow], rk: str | None, ck: str | None, href: Callable) -> str:
-    row_vals = list(dict.fromkeys(dimension_value(j, rk) for j in jobs)) if rk else [""]
-    col_vals = list(dict.fromkeys(dimension_value(j, ck) for j in jobs)) if ck else [""]
-    cells: dict[tuple[str, str], list[JobRow]] = {}
+    rows: dict[str, dict[str, list[JobRow]]] = {}
+    col_vals: dict[str, None] = {}
     for job in jobs:
-        r = dimension_value(job, rk) if rk else ""
         c = dimension_value(job, ck) if ck else ""
-        cells.setdefault((r, c), []).append(job)
+        col_vals[c] = None
+        rows.setdefault(dimension_value(job, rk) if rk else "", {}).setdefault(c, []).append(job)
     corner = " \\ ".join(k for k in (rk, ck) if k)
     head = "".join(f"<th>{esc(c)}</th>" for c in col_vals)
     body = []
-    for r in row_vals:
-        tds = "".join(
-            "<td>" + "".join(job_card(j, href) for j in cells.get((r, c), [])) + "</td>"
-            for c in col_vals
-        )
-        body.append(f"<tr><th>{esc(r)}</th>{tds}</tr>")
+    for r, cells in rows.items():
+        # Only occupied cells are rendered; a run of empty ones is one spanning cell, so a
+        # sparse grid costs its jobs, not rows x columns.
+        tds, empty = [], 0
+        for c in col_vals:
+            members = cells.get(c)
+            if members is None:
+                empty += 1
+                continue
+            if empty:
+                tds.append(_empty(empty))
+                empty = 0
+            tds.append("<td>" + "".join(job_card(j, href) for j in members) + "</td>")
+        if empty:
+            tds.append(_empty(empty))
+        body.append(f"<tr><th>{esc(r)}</th>{''.join(tds)}</tr>")
     return (
         f'<table class="grid"><thead><tr><th>{esc(corner)}</th>{head}</tr></thead>'
         f"<tbody>{''.join(body)}</tbody></table>"
     )
+
+
+def _empty(span: int) -> str:
+    return "<td></td>" if span == 1 else f'<td colspan="{span}"></td>'
 
 
 def render(
@@ -205,6 +249,7 @@ def render(
 ) -> str:
     """The contact sheet as an HTML string (links relative to the run folder)."""
     rk, ck, extra = layout(jobs, rows_key, cols_key)
+    shown = jobs[:MAX_CARDS]
 
     def href(name: str) -> str:
         return quote(name.replace(os.sep, "/"))
@@ -225,8 +270,12 @@ def render(
         + (f", sections: <b>{esc(', '.join(extra))}</b>" if extra else "")
         + "</p>",
     ]
+    if len(shown) < len(jobs):
+        out.append(
+            f'<p class="cap">showing {len(shown):,} of {len(jobs):,} jobs; see report.csv</p>'
+        )
     sections: dict[tuple[str, ...], list[JobRow]] = {}
-    for job in jobs:
+    for job in shown:
         sections.setdefault(tuple(dimension_value(job, k) for k in extra), []).append(job)
     for values, members in sections.items():
         if extra:

@@ -3,10 +3,18 @@
 The engine's scheduler asks `wait_time()` / `try_acquire()` and decides itself which call gets
 a token (a submit before a poll); `acquire(priority)` is the blocking form for other callers and
 threads, where a poll waits while a submit is waiting.
+
+A burst (`burst_s` seconds' worth of calls) lets a caller that woke late catch up instead of
+losing the tokens it slept through. Tokens handed out together leave together, and on a busy
+machine worker threads bunch them further; so a sender calls `gate()` right before each call,
+which holds it until the last second's sends number fewer than floor(rate) + 1, what a burst
+of one allows. No second then holds more than the server's limit plus one (the engine runs
+2% under the limit, which leaves a margin for the server's own jitter).
 """
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections import deque
@@ -27,6 +35,7 @@ class RateLimiter:
         rate: float | None,
         *,
         burst: float = 1.0,
+        burst_s: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
         decrease: float = 0.7,
@@ -39,6 +48,7 @@ class RateLimiter:
             raise ValueError("rate must be positive")
         self.configured = rate
         self.burst = max(1.0, burst)
+        self.burst_s = burst_s  # seconds of calls that may be saved up (see the docstring)
         self.clock = clock
         self.sleep = sleep
         self.decrease = decrease
@@ -56,6 +66,7 @@ class RateLimiter:
         self._lowered: float | None = None  # rate right after the last 429
         self._throttled_at: float | None = None
         self._recent: deque[float] = deque()  # acquisition times, to size an unknown rate
+        self._sent: deque[float] = deque()  # gate() times in the last second
         self._waiting = [0, 0]  # blocked acquire() callers per priority
 
     # ---- the rate ----------------------------------------------------------------------
@@ -81,8 +92,11 @@ class RateLimiter:
             if rate is None:
                 self._tokens = self.burst
             else:
-                self._tokens = min(self.burst, self._tokens + (now - start) * rate)
+                self._tokens = min(self._burst(rate), self._tokens + (now - start) * rate)
             self._refilled = now
+
+    def _burst(self, rate: float) -> float:
+        return max(self.burst, self.burst_s * rate)
 
     # ---- taking tokens ------------------------------------------------------------------
 
@@ -95,10 +109,11 @@ class RateLimiter:
         if now < self._paused_until:
             return self._paused_until - now
         self._refill(now)
-        if self._tokens >= 1.0 - EPSILON:
-            return 0.0
         rate = self._rate(now)
-        return 0.0 if rate is None else max(EPSILON, (1.0 - self._tokens) / rate)
+        if rate is None:
+            return 0.0
+        wait = 0.0 if self._tokens >= 1.0 - EPSILON else (1.0 - self._tokens) / rate
+        return 0.0 if wait <= 0.0 else max(EPSILON, wait)
 
     def try_acquire(self) -> bool:
         """Take a token if one is available now."""
@@ -133,6 +148,27 @@ class RateLimiter:
         finally:
             with self._lock:
                 self._waiting[priority] -= 1
+
+    def gate(self) -> None:
+        """Hold a call that has its token until sending it keeps every second within the cap.
+
+        A no-op without a burst (the bucket alone keeps any second within rate + 1) or without
+        a rate.
+        """
+        while True:
+            with self._lock:
+                now = self.clock()
+                rate = self._rate(now)
+                if rate is None or self.burst_s * rate <= 1.0:
+                    return
+                sent = self._sent
+                while sent and now - sent[0] >= 1.0:
+                    sent.popleft()
+                if len(sent) < math.floor(rate + EPSILON) + 1:
+                    sent.append(now)
+                    return
+                wait = max(EPSILON, sent[0] + 1.0 - now)
+            self.sleep(wait)
 
     # ---- feedback from the server -------------------------------------------------------
 

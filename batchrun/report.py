@@ -14,7 +14,7 @@ from typing import Any
 
 from batchrun.atomic import write_text
 from batchrun.download import collect_urls
-from batchrun.state import JobRow, report_status
+from batchrun.state import JobRow, gc_paused, report_status
 
 REPORT_COLUMNS = [
     "job_id",
@@ -34,16 +34,33 @@ REPORT_COLUMNS = [
 ]
 REPORT_STATUSES = ("succeeded", "failed", "timed_out", "cancelled", "pending", "running")
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+_FORMULA_CHARS = frozenset(_FORMULA_START)
 
 
 def _guard(text: str) -> str:
     """Defuse CSV formula injection: a spreadsheet would evaluate a cell starting with = + - @."""
-    return "'" + text if text.startswith(_FORMULA_START) else text
+    return "'" + text if text and text[0] in _FORMULA_CHARS else text
+
+
+_SECONDS: dict[int, str] = {}  # whole second -> its text: a run's jobs share few seconds
 
 
 def _timestamp(epoch: float | None) -> str:
     if epoch is None:
         return ""
+    second = math.floor(epoch)
+    # Near the next second, rounding to microseconds may carry into it: format directly.
+    if epoch - second > 0.999:
+        return _format_time(epoch)
+    text = _SECONDS.get(second)
+    if text is None:
+        if len(_SECONDS) > 100_000:
+            _SECONDS.clear()
+        text = _SECONDS[second] = _format_time(second)
+    return text
+
+
+def _format_time(epoch: float) -> str:
     return datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
@@ -51,14 +68,26 @@ def _seconds(value: float | None) -> str:
     return "" if value is None else f"{value:.3f}"
 
 
+_COSTS: dict[float, str] = {}  # a model's price repeats from job to job
+
+
 def _cost(value: float | None) -> str:
-    return "" if value is None else f"{value:.6f}".rstrip("0").rstrip(".")
+    if value is None:
+        return ""
+    text = _COSTS.get(value) if value else None  # 0.0 == -0.0, yet they print apart
+    if text is None:
+        if len(_COSTS) > 10_000:
+            _COSTS.clear()
+        text = _COSTS[value] = f"{value:.6f}".rstrip("0").rstrip(".")
+    return text
 
 
 def _value(value: Any) -> str:
     """A user value as a cell: strings as-is (guarded), anything else as compact JSON."""
     if isinstance(value, str):
         return _guard(value)
+    if type(value) is int:  # a swept seed: what json.dumps would say, faster
+        return str(value)
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
@@ -78,36 +107,46 @@ def _reported(rows: Iterable[JobRow]) -> list[JobRow]:
     return sorted((r for r in rows if r.in_manifest), key=lambda r: r.position)
 
 
-def columns(rows: list[JobRow]) -> list[str]:
-    """REPORT_COLUMNS + input.<field> and var.<name> columns in first-seen order."""
+def _fields(rows: list[JobRow]) -> tuple[list[str], list[str]]:
+    """Input fields and var names in first-seen order."""
     inputs: dict[str, None] = {}
     var_names: dict[str, None] = {}
     for row in rows:
         inputs.update(dict.fromkeys(row.inputs))
         var_names.update(dict.fromkeys(row.vars))
+    return list(inputs), list(var_names)
+
+
+def columns(rows: list[JobRow]) -> list[str]:
+    """REPORT_COLUMNS + input.<field> and var.<name> columns in first-seen order."""
+    inputs, var_names = _fields(rows)
     return REPORT_COLUMNS + [f"input.{k}" for k in inputs] + [f"var.{k}" for k in var_names]
 
 
-def _cells(row: JobRow) -> dict[str, str]:
-    done = [f for f in row.files if f.name and not f.error]
-    cells = {
-        "job_id": row.job_id,
-        "model_id": _guard(row.model_id),
-        "status": report_status(row.status),
-        "request_id": _guard(row.request_id or ""),
-        "error": _error_cell(row),
-        "attempts": str(row.attempts),
-        "submitted_at": _timestamp(row.submitted_at),
-        "finished_at": _timestamp(row.finished_at),
-        "queue_s": _seconds(row.queue_s),
-        "run_s": _seconds(row.run_s),
-        "cost_usd": _cost(row.cost_usd),
-        "output_files": _guard(";".join(f.name for f in done)),
-        "output_urls": _guard(";".join(_urls(row))),
-        "output_sha256": ";".join(f.sha256 for f in done),
-    }
-    cells.update({f"input.{k}": _value(v) for k, v in row.inputs.items()})
-    cells.update({f"var.{k}": _value(v) for k, v in row.vars.items()})
+def _line(row: JobRow, inputs: list[str], var_names: list[str]) -> list[str]:
+    """The row's cells in columns() order (empty where the job has no such field)."""
+    files = row.files
+    done = [f for f in files if f.name and not f.error] if files else []
+    queue_s, run_s = row.queue_s, row.run_s
+    cells = [
+        row.job_id,
+        _guard(row.model_id),
+        report_status(row.status),
+        _guard(row.request_id or ""),
+        _error_cell(row) if row.error or files else "",
+        str(row.attempts),
+        _timestamp(row.submitted_at),
+        _timestamp(row.finished_at),
+        _seconds(queue_s),
+        _seconds(run_s),
+        _cost(row.cost_usd),
+        _guard(";".join(f.name for f in done)),
+        _guard(";".join(_urls(row))),
+        ";".join(f.sha256 for f in done),
+    ]
+    given, var_values = row.inputs, row.vars
+    cells += [_value(given[k]) if k in given else "" for k in inputs]
+    cells += [_value(var_values[k]) if k in var_values else "" for k in var_names]
     return cells
 
 
@@ -139,8 +178,8 @@ def summarise(rows: Iterable[JobRow]) -> dict[str, Any]:
         "statuses": totals,
         "durations": {
             "makespan_s": None if makespan is None else round(max(0.0, makespan), 3),
-            "queue_s": _stats([r.queue_s for r in jobs if r.queue_s is not None]),
-            "run_s": _stats([r.run_s for r in jobs if r.run_s is not None]),
+            "queue_s": _stats([q for q in (r.queue_s for r in jobs) if q is not None]),
+            "run_s": _stats([t for t in (r.run_s for r in jobs) if t is not None]),
         },
         "cost_usd": round(sum(costs), 6),
         "attempts": sum(r.attempts for r in jobs),
@@ -167,17 +206,19 @@ def write_report(
     """
     from batchrun.html_report import write_html
 
-    jobs = _reported(rows)
-    buffer = io.StringIO(newline="")
-    writer = csv.DictWriter(buffer, fieldnames=columns(jobs), restval="")
-    writer.writeheader()
-    writer.writerows(_cells(row) for row in jobs)
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_text(run_dir / "report.csv", buffer.getvalue())
-    summary = summarise(jobs) | (extra or {})
-    write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
-    write_html(run_dir, jobs, rows_key=rows_key, cols_key=cols_key)
+    with gc_paused():
+        jobs = _reported(rows)
+        buffer = io.StringIO(newline="")
+        inputs, var_names = _fields(jobs)
+        writer = csv.writer(buffer)
+        writer.writerow(columns(jobs))
+        writer.writerows(_line(row, inputs, var_names) for row in jobs)
+        run_dir = Path(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_text(run_dir / "report.csv", buffer.getvalue())
+        summary = summarise(jobs) | (extra or {})
+        write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+        write_html(run_dir, jobs, rows_key=rows_key, cols_key=cols_key)
 
 
 def read_report(path: Path) -> list[dict[str, str]]:

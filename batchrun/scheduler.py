@@ -39,6 +39,9 @@ from batchrun.state import JobRow, OutputFile, StateStore
 MAX_SUBMIT_REFUSALS = 6  # consecutive refused submits (about 30 s) before giving up on the server
 STOP_CHECK = 0.2  # seconds; the loop never sleeps longer, so Ctrl-C is noticed at once
 MAX_POLL_ERRORS = 40  # consecutive failed reads of one job before we stop polling it
+# This one thread hands out every token; when it wakes late (a busy machine), the tokens due
+# meanwhile are kept, up to this many seconds' worth (the limiter caps any second at rate+1).
+CATCH_UP_S = 0.1
 
 Fetch = Callable[[str, Any, list[OutputFile]], list[OutputFile]]
 
@@ -85,6 +88,7 @@ class Scheduler:
     ) -> None:
         self.client = client
         self.limiter = limiter
+        limiter.burst_s = max(limiter.burst_s, CATCH_UP_S)
         self.run_settings = run
         self.fetch = fetch
         self.progress = progress
@@ -269,6 +273,8 @@ class Scheduler:
         self._pool.submit(self._work, kind, job_id, call, request_id)
 
     def _work(self, kind: str, job_id: str, call: Callable[..., Any], *args: Any) -> None:
+        if kind != "download":
+            self.limiter.gate()  # the 1-second cap, on the moment the call really leaves
         sent = self.wall()
         try:
             self._results.put(_Outcome(kind, job_id, call(*args), at=sent))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import gc
 import json
 import os
 import sqlite3
@@ -267,20 +268,27 @@ class StateStore:
     def add_jobs(self, jobs: Iterable[JobLike]) -> tuple[int, int]:
         """Make the manifest's jobs the reported ones: insert new ones, keep known ones as they
         are (finished stay finished), mark the others in_manifest=0. Returns (added, removed)."""
-        now = time.time()
-        rows = [
-            (
-                j.job_id,
-                j.position,
-                j.model_id,
-                _dumps(j.inputs),
-                _dumps(j.vars),
-                j.repeat,
-                now,
-            )
-            for j in jobs
-        ]
+        jobs = list(jobs)
         with self._tx() as conn:
+            # A resume of an unchanged manifest: the same jobs at the same places. Nothing to
+            # write then, and re-encoding and upserting every job costs seconds at 100,000.
+            known = dict(conn.execute("SELECT job_id, position FROM jobs WHERE in_manifest = 1"))
+            if known == {j.job_id: j.position for j in jobs}:
+                removed = conn.execute("SELECT COUNT(*) FROM jobs WHERE in_manifest = 0")
+                return 0, removed.fetchone()[0]
+            now = time.time()
+            rows = [
+                (
+                    j.job_id,
+                    j.position,
+                    j.model_id,
+                    _dumps(j.inputs),
+                    _dumps(j.vars),
+                    j.repeat,
+                    now,
+                )
+                for j in jobs
+            ]
             before = conn.execute("SELECT COUNT(*) FROM jobs").fetchone()[0]
             conn.execute("UPDATE jobs SET in_manifest = 0 WHERE in_manifest = 1")
             conn.executemany(
@@ -293,12 +301,22 @@ class StateStore:
             removed = conn.execute("SELECT COUNT(*) FROM jobs WHERE in_manifest = 0").fetchone()
         return after - before, removed[0]
 
-    def rows(self, *, in_manifest_only: bool = False) -> list[JobRow]:
-        """Every job, in expansion order."""
+    def rows(self, *, in_manifest_only: bool = False, lazy: bool = False) -> list[JobRow]:
+        """Every job, in expansion order. With `lazy`, each row's JSON columns (inputs, vars,
+        output, files) are decoded when first read: a resume holds every job but reads the
+        inputs of only those it submits."""
         where = "WHERE in_manifest = 1 " if in_manifest_only else ""
-        with self._mutex:
+        make = _StoredRow.make if lazy else _row
+        with self._mutex, gc_paused():
             cur = self._conn.execute(f"SELECT {_COLUMNS} FROM jobs {where}ORDER BY position")
-            return [_row(r) for r in cur.fetchall()]
+            return [make(r) for r in cur.fetchall()]
+
+    def change_mark(self) -> tuple[int, int]:
+        """Equal at two moments only if no job or meta was written in between, by this
+        connection (total_changes) or another (data_version)."""
+        with self._mutex:
+            version = self._conn.execute("PRAGMA data_version").fetchone()[0]
+            return self._conn.total_changes, version
 
     def get(self, job_id: str) -> JobRow:
         with self._mutex:
@@ -447,14 +465,30 @@ def _dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
+_scan = json.JSONDecoder().scan_once
+
+
+def _loads(text: str) -> Any:
+    """json.loads of text this module wrote (compact, no surrounding space), about twice as
+    fast: rows() decodes four documents per job, 400,000 for a large run."""
+    if text == "{}":
+        return {}
+    if text == "[]":
+        return []
+    try:
+        value, end = _scan(text, 0)
+    except StopIteration:
+        end = -1
+    return value if end == len(text) else json.loads(text)  # the general path, and its errors
+
+
 def _row(r: tuple) -> JobRow:
-    files = [OutputFile(**f) for f in json.loads(r[15] or "[]")]
     return JobRow(
         job_id=r[0],
         position=r[1],
         model_id=r[2],
-        inputs=json.loads(r[3]),
-        vars=json.loads(r[4]),
+        inputs=_loads(r[3]),
+        vars=_loads(r[4]),
         repeat=r[5],
         status=r[6],
         request_id=r[7],
@@ -464,7 +498,115 @@ def _row(r: tuple) -> JobRow:
         started_at=r[11],
         finished_at=r[12],
         cost_usd=r[13],
-        output=None if r[14] is None else json.loads(r[14]),
-        files=files,
+        output=None if r[14] is None else _loads(r[14]),
+        files=_decode("files", r[15]),
         in_manifest=bool(r[16]),
     )
+
+
+def decoded(rows: list[JobRow]) -> list[JobRow]:
+    """Rows of rows(lazy=True) as plain, fully decoded JobRows (others as they are)."""
+    with gc_paused():
+        return [r.plain() if isinstance(r, _StoredRow) else r for r in rows]
+
+
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """No cyclic garbage collection while making or reporting many rows: they hold no
+    reference cycles, and the collector would otherwise walk every live row again each time
+    a few hundred new objects appear (a quarter of the time at 100,000 jobs)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+_DECODE = threading.Lock()
+_JSON_FIELDS = ("inputs", "vars", "output", "files")
+
+
+def _decode(name: str, text: str | None) -> Any:
+    if name == "files":
+        return [OutputFile(**f) for f in _loads(text)] if text and text != "[]" else []
+    if name == "output":
+        return None if text is None else _loads(text)
+    return _loads(text)
+
+
+def _lazy(name: str) -> property:
+    raw, value = f"_raw_{name}", f"_val_{name}"
+
+    def get(self: JobRow) -> Any:
+        d = self.__dict__
+        if value not in d:
+            with _DECODE:  # one decoded object per row, even if two threads ask at once
+                if value not in d:
+                    d[value] = _decode(name, d.pop(raw))
+        return d[value]
+
+    def put(self: JobRow, new: Any) -> None:
+        self.__dict__.pop(raw, None)
+        self.__dict__[value] = new
+
+    return property(get, put)
+
+
+class _StoredRow(JobRow):
+    """A JobRow from rows(lazy=True): the same fields, JSON ones decoded on first access."""
+
+    inputs = _lazy("inputs")
+    vars = _lazy("vars")
+    output = _lazy("output")
+    files = _lazy("files")
+
+    def plain(self) -> JobRow:
+        """This row as a plain JobRow, every field decoded (attribute reads are then cheap)."""
+        d = self.__dict__
+        return JobRow(
+            job_id=d["job_id"],
+            position=d["position"],
+            model_id=d["model_id"],
+            inputs=d["_val_inputs"] if "_raw_inputs" not in d else _loads(d["_raw_inputs"]),
+            vars=d["_val_vars"] if "_raw_vars" not in d else _loads(d["_raw_vars"]),
+            repeat=d["repeat"],
+            status=d["status"],
+            request_id=d["request_id"],
+            attempts=d["attempts"],
+            error=d["error"],
+            submitted_at=d["submitted_at"],
+            started_at=d["started_at"],
+            finished_at=d["finished_at"],
+            cost_usd=d["cost_usd"],
+            output=d["_val_output"]
+            if "_raw_output" not in d
+            else _decode("output", d["_raw_output"]),
+            files=d["_val_files"] if "_raw_files" not in d else _decode("files", d["_raw_files"]),
+            in_manifest=d["in_manifest"],
+        )
+
+    @classmethod
+    def make(cls, r: tuple) -> JobRow:
+        row = cls.__new__(cls)
+        row.__dict__.update(
+            job_id=r[0],
+            position=r[1],
+            model_id=r[2],
+            _raw_inputs=r[3],
+            _raw_vars=r[4],
+            repeat=r[5],
+            status=r[6],
+            request_id=r[7],
+            attempts=r[8],
+            error=r[9],
+            submitted_at=r[10],
+            started_at=r[11],
+            finished_at=r[12],
+            cost_usd=r[13],
+            _raw_output=r[14],
+            _raw_files=r[15],
+            in_manifest=bool(r[16]),
+        )
+        return row

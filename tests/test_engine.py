@@ -300,3 +300,30 @@ def test_give_up_at_job_timeout_names_the_last_error(tmp_path):
     row = job(tmp_path)
     assert row.status == st.TIMED_OUT
     assert "job_timeout" in row.error and "backend on fire" in row.error
+
+
+def test_resume_of_a_finished_run_calls_nothing_and_reports_the_same(tmp_path):
+    manifest(tmp_path)
+    with responses.RequestsMock() as rsps:
+        rsps.post(SUBMIT, json={"request_id": "r1"})
+        rsps.get(RESULT, json={**DONE, "cost": 0.04})
+        assert go(tmp_path)[0] == 0
+    first = (tmp_path / "run" / "report.csv").read_text()
+    assert ",succeeded,r1," in first
+    with responses.RequestsMock():  # any call would fail: nothing is left to do
+        assert go(tmp_path)[0] == 0
+    assert (tmp_path / "run" / "report.csv").read_text() == first
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["api_calls_this_run"]["total"] == 0 and summary["cost_usd"] == 0.04
+
+
+def test_a_resume_that_changes_jobs_reports_the_stored_state(tmp_path):
+    manifest(tmp_path)
+    with StateStore.open(tmp_path / "run") as s:
+        s.add_jobs(build_plan(tmp_path / "m.yaml").jobs)
+        s.record_request_id(s.rows()[0].job_id, "r1", 1.0)
+    with responses.RequestsMock() as rsps:
+        rsps.get(RESULT, json={**DONE, "cost": 0.04})
+        assert go(tmp_path)[0] == 0
+    report = (tmp_path / "run" / "report.csv").read_text()
+    assert ",succeeded,r1," in report and DONE["output"] in report

@@ -248,3 +248,63 @@ def test_rows_from_report(tmp_path: Path) -> None:
     assert (b.status, b.error, b.vars, b.files) == ("failed", "-boom", {}, [])
     page = Page(html_report.write_html(tmp_path, [a, b]).read_text())
     assert page.imgs["a"] == ["files/a/out.png"] and "-boom" in page.job_text["b"]
+
+
+def plain_jobs(n: int, inputs=lambda i: {"seed": i}, variables=lambda i: {}) -> list[JobRow]:
+    """`n` succeeded jobs without files (what the layout and the cap need)."""
+    return [
+        JobRow(
+            job_id=f"j{i}",
+            position=i,
+            model_id=MODEL,
+            inputs=inputs(i),
+            vars=variables(i),
+            status=SUCCEEDED,
+        )
+        for i in range(n)
+    ]
+
+
+def test_a_large_run_shows_the_first_jobs_and_says_so(tmp_path: Path) -> None:
+    n = html_report.MAX_CARDS + 1
+    raw = html_report.write_html(tmp_path, plain_jobs(n)).read_text()
+    page = Page(raw)
+    assert list(page.job_text) == [f"j{i}" for i in range(html_report.MAX_CARDS)]
+    assert f"showing {html_report.MAX_CARDS:,} of {n:,} jobs; see report.csv" in raw
+    assert f"{n} jobs</span>" in raw  # the counts are of every job
+
+
+def test_a_small_run_has_no_cap_notice(tmp_path: Path) -> None:
+    raw = html_report.write_html(tmp_path, make_jobs(tmp_path)).read_text()
+    assert "showing" not in raw
+
+
+def test_a_field_with_a_value_per_job_is_not_an_axis_when_others_can_be(tmp_path: Path) -> None:
+    # prompt is templated from seed and color: 6 values for 6 jobs, all distinct
+    def inputs(i: int) -> dict:
+        return {"prompt": f"a {('red', 'blue')[i % 2]} cat, take {i // 2}", "seed": i // 2}
+
+    jobs = plain_jobs(6, inputs, lambda i: {"color": ("red", "blue")[i % 2]})
+    page = Page(html_report.write_html(tmp_path, jobs).read_text())
+    assert page.headers == ["input.seed \\ var.color", "red", "blue", "0", "1", "2"]
+    assert page.sections == []
+    # still a valid choice when asked for
+    path = html_report.write_html(tmp_path, jobs, rows_key="prompt")
+    assert Page(path.read_text()).headers[0] == "input.prompt \\ input.seed"
+
+
+def test_a_field_with_a_value_per_job_is_the_axis_when_alone(tmp_path: Path) -> None:
+    page = Page(html_report.write_html(tmp_path, plain_jobs(4)).read_text())
+    assert page.headers == ["input.seed", "", "0", "1", "2", "3"]
+
+
+def test_empty_cells_of_a_sparse_grid_are_spanned(tmp_path: Path) -> None:
+    # every prompt row holds one job: 6 rows x 3 seed columns, 12 empty cells
+    jobs = plain_jobs(6, lambda i: {"prompt": f"take {i}", "seed": i // 2})
+    raw = html_report.write_html(tmp_path, jobs, rows_key="prompt", cols_key="seed").read_text()
+    grid = raw.split("<tbody>", 1)[1]
+    # seeds 0 and 2: the job's cell and one spanning the other two; seed 1: empty, job, empty
+    assert grid.count("<td") == 4 * 2 + 2 * 3 < 6 * 3
+    assert grid.count('<td colspan="2"></td>') == 4
+    assert grid.count("<td></td>") == 4 and 'colspan="1"' not in grid
+    assert Page(raw).headers[:4] == ["input.prompt \\ input.seed", "0", "1", "2"]

@@ -57,6 +57,53 @@ def test_no_window_of_one_second_exceeds_rate_plus_burst():
     assert worst <= 5 + 1
 
 
+def _late_caller(
+    lim: RateLimiter, clock: FakeClock, seconds: float, lateness: float
+) -> list[float]:
+    """Wakes `lateness` s after each token is due, takes all it can, sends each via gate()."""
+    times: list[float] = []
+    end = clock.now + seconds
+    while clock.now < end:
+        while lim.try_acquire():
+            lim.gate()
+            times.append(clock.now)
+        clock.sleep(lim.wait_time() + lateness)
+    return times
+
+
+def test_burst_lets_a_late_caller_keep_the_rate():
+    lim, clock = limiter(100.0)
+    assert len(_late_caller(lim, clock, 10.0, 0.005)) < 700  # burst 1: lateness costs tokens
+    for lateness, at_least in [(0.0, 995), (0.005, 995), (0.05, 950)]:
+        lim, clock = limiter(100.0, burst_s=0.1)
+        assert len(_late_caller(lim, clock, 10.0, lateness)) >= at_least
+
+
+@pytest.mark.parametrize("rate", [4.9, 9.8, 49.0, 98.0])
+def test_a_burst_never_puts_more_than_rate_plus_one_into_a_second(rate):
+    """Idle (the bucket fills), then greedy, late, or idle again: every 1-s window <= rate+1."""
+    lim, clock = limiter(rate, burst_s=0.1)
+    times: list[float] = []
+    for idle, lateness in [(2.0, 0.0), (0.0, 0.03), (0.3, 0.0), (0.05, 0.08), (1.0, 0.001)]:
+        clock.sleep(idle)
+        times += _late_caller(lim, clock, 3.0, lateness)
+    worst = max(sum(1 for t in times if s <= t < s + 1.0) for s in times)
+    assert worst <= int(rate) + 1
+    assert worst <= rate / 0.98 + 1  # the engine's headroom: within the server's limit + 1
+
+
+def test_gate_holds_bunched_sends_to_the_cap():
+    """Tokens taken over time but sent all at once (a busy machine) still leave <= cap/s."""
+    lim, clock = limiter(98.0, burst_s=0.1)
+    for _ in range(150):
+        lim.gate()  # 150 calls reach the gate at once
+    assert clock.now - 1000.0 >= 1.0  # the cap (99 here) made the rest wait a second
+    lim, clock = limiter(98.0)  # no burst: the gate never holds a call
+    for _ in range(150):
+        lim.gate()
+    assert clock.now == 1000.0
+
+
 def test_wait_time_says_when_the_next_token_comes():
     lim, clock = limiter(4.0)
     assert lim.wait_time() == 0.0

@@ -232,3 +232,52 @@ def test_100k_jobs_add_and_transition_speed(tmp_path, capsys):
             f"rows() {t_rows:.2f} s"
         )
     assert t_add < 10 and t_tx < 0.05  # O(1) per transition, whatever the table size
+
+
+def test_add_jobs_again_unchanged_writes_nothing(store):
+    store.add_jobs(jobs(3))
+    store.add_jobs([J("j0", position=0), J("j1", position=1)])  # j2 leaves the manifest
+    mark = store.change_mark()
+    assert store.add_jobs([J("j0", position=0), J("j1", position=1)]) == (0, 1)
+    assert store.change_mark() == mark
+    # the same ids at other places is a change: positions follow the manifest
+    assert store.add_jobs([J("j1", position=0), J("j0", position=1)]) == (0, 1)
+    assert [r.job_id for r in store.rows(in_manifest_only=True)] == ["j1", "j0"]
+    assert store.change_mark() != mark
+    # a job back in the manifest is one too
+    assert store.add_jobs(jobs(3)) == (0, 0)
+    assert store.rows()[2].in_manifest
+
+
+def test_lazy_rows_equal_plain_rows_and_decode_on_use(store):
+    store.add_jobs([J("a", inputs={"z": [1, {"b": None}], "p": "é"}, vars={"c": 2})])
+    store.record_request_id("a", "r", 1.0)
+    store.record_result("a", st.SUCCEEDED, finished_at=2.0, output={"images": ["http://h/x"]})
+    store.record_files("a", [OutputFile(url="http://h/x", name="files/a/x", size=3)])
+    store.add_jobs([J("b", position=1)])  # "a" leaves the manifest
+    plain = store.rows()
+    (lazy_a, lazy_b) = store.rows(lazy=True)
+    assert "inputs" not in vars(lazy_a) and "_raw_inputs" in vars(lazy_a)  # not decoded yet
+    assert st.decoded([lazy_a, lazy_b]) == plain
+    assert [type(r) for r in st.decoded([lazy_a, lazy_b])] == [st.JobRow, st.JobRow]
+    assert lazy_a.inputs == {"z": [1, {"b": None}], "p": "é"}
+    assert lazy_a.inputs is lazy_a.inputs  # decoded once, then the same object
+    lazy_a.files = []
+    lazy_a.vars["c"] = 3
+    assert (lazy_a.files, lazy_a.vars, lazy_a.output) == ([], {"c": 3}, {"images": ["http://h/x"]})
+    again = st.decoded([lazy_a])[0]
+    assert (again.files, again.vars, again.in_manifest) == ([], {"c": 3}, False)
+
+
+def test_change_mark_sees_writes_of_this_and_other_connections(store, tmp_path):
+    store.add_jobs(jobs(2))
+    mark = store.change_mark()
+    assert store.change_mark() == mark
+    store.record_error("j0", "note")
+    assert store.change_mark() != mark
+    mark = store.change_mark()
+    other = sqlite3.connect(tmp_path / "run" / "state.db")
+    with other:
+        other.execute("UPDATE jobs SET error = 'x' WHERE job_id = 'j1'")
+    other.close()
+    assert store.change_mark() != mark

@@ -1,0 +1,32 @@
+"""Proxy and CA settings are read from the environment once, and still honoured."""
+
+from __future__ import annotations
+
+import pytest
+
+from batchrun.client import Client
+from batchrun.download import Downloader
+
+
+@pytest.fixture
+def proxy_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
+    monkeypatch.setenv("NO_PROXY", "direct.example")
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/etc/my-ca.pem")
+
+
+def test_client_takes_the_environment_once(proxy_env: None) -> None:
+    client = Client("https://api.example", "t")
+    assert client._session.trust_env is False  # no per-call scan, no ~/.netrc
+    assert client._send_settings["proxies"]["https"] == "http://proxy.example:3128"
+    assert client._send_settings["verify"] == "/etc/my-ca.pem"
+    assert Client("https://direct.example", "t")._send_settings["proxies"] == {}
+
+
+def test_downloader_honours_no_proxy_per_host(proxy_env: None) -> None:
+    dl = Downloader(allow_hosts=["*"])
+    assert dl.session.trust_env is False
+    via = dl._send_settings("https://cdn.example/a.png")
+    assert via["proxies"]["https"] == "http://proxy.example:3128"
+    assert via["verify"] == "/etc/my-ca.pem" and via["stream"] is True
+    assert "https" not in dl._send_settings("https://direct.example/a.png")["proxies"]
