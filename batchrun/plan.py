@@ -15,6 +15,7 @@ from typing import Any
 from jsonschema import Draft202012Validator
 
 from batchrun import models
+from batchrun.bulk import gc_paused
 from batchrun.errors import ManifestError
 from batchrun.grid import Job, expand
 from batchrun.manifest import Manifest, load_manifest
@@ -34,7 +35,8 @@ class Plan:
 def build_plan(path: str | Path, *, strict: bool = False) -> Plan:
     """Load, expand and check a manifest; ManifestError lists every problem found."""
     manifest = load_manifest(path)
-    expansion = expand(manifest)
+    with gc_paused():
+        expansion = expand(manifest)
     label = str(manifest.path)
     warnings = list(expansion.warnings)
     problems: list[str] = []

@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from batchrun.atomic import write_text
+from batchrun.bulk import gc_paused
 from batchrun.download import collect_urls
-from batchrun.state import JobRow, gc_paused, report_status
+from batchrun.state import JobRow, report_status
 
 REPORT_COLUMNS = [
     "job_id",
