@@ -106,6 +106,10 @@ class Scheduler:
         self.submit_open = True
         self.submit_not_before = 0.0
         self.submit_refusals = 0
+        # Until the server has accepted one submit this run, submits go one at a time: a bad
+        # token, an empty balance or a schema the server disagrees with costs one refused
+        # request, not one per worker.
+        self.submit_accepted = False
         self.fatal: BaseException | None = None
         self.abandoned: set[str] = set()  # still on the server, no longer polled this run
         self.refreshing: dict[str, str] = {}  # job id -> request id whose /result is re-read
@@ -181,6 +185,7 @@ class Scheduler:
                 self.submit_open
                 and self.pending
                 and len(self.flights) + self.submitting < self.run_settings.max_in_flight
+                and (self.submit_accepted or self.submitting == 0)
             )
             waits = [STOP_CHECK]
             if submit_ready and now < self.submit_not_before:
@@ -311,6 +316,7 @@ class Scheduler:
         job_id, exc = o.job_id, o.error
         if exc is None:
             self.submit_refusals = 0
+            self.submit_accepted = True
             self.book.requested(job_id, o.value, o.at)
             self.submits_this_run[job_id] += 1
             self.flights[job_id] = Flight(job_id, o.value, o.at, st.QUEUED)

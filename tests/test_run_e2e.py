@@ -271,7 +271,7 @@ def test_bad_token_stops_the_run_with_exit_3(tmp_path, start_sim):
     with pytest.raises(AuthError) as info:
         run_batch(build_plan(manifest(tmp_path, jobs=5)), options)
     assert info.value.exit_code == 3
-    assert sim.stats()["calls"]["submit"] <= 2  # stopped at the first refusal (plus one in flight)
+    assert sim.stats()["calls"]["submit"] == 1  # submits go one at a time until one is accepted
     assert [r["status"] for r in report(tmp_path / "run")] == ["pending"] * 5
 
 
@@ -375,8 +375,8 @@ def test_second_ctrl_c_exits_at_once_and_state_stays_consistent(tmp_path, start_
     assert "interrupted again: exiting now" in err
     with StateStore.open(run_dir, create=False) as s:  # opens: the lock died with the process
         statuses = sorted(r.status for r in s.rows())
-    # the two submits in the air stay marked; nothing else changed
-    assert statuses == ["pending", "pending", "submitting", "submitting"]
+    # the first submit was accepted alone; the second, in the air, stays marked
+    assert statuses == ["pending", "pending", "queued", "submitting"]
 
 
 def test_cancel_on_interrupt_cancels_queued_requests(tmp_path, start_sim):
