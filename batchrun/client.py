@@ -152,7 +152,7 @@ class Client:
         else:
             p.prepare_url(url, None)  # raises InvalidURL / MissingSchema for a bad base URL
             self._url_as_is = p.url == url
-        headers = CaseInsensitiveDict(session.headers)
+        headers: CaseInsensitiveDict[str | bytes] = CaseInsensitiveDict(session.headers)
         headers["Authorization"] = f"Bearer {self._token}"
         headers["Accept"] = "application/json"
         p.headers = headers

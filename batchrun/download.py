@@ -315,7 +315,7 @@ class Downloader:
         p = requests.PreparedRequest()
         p.method = "GET"
         p.prepare_url(url, None)  # a server's URL: requests' checks and quoting apply
-        headers = CaseInsensitiveDict(self.session.headers)
+        headers: CaseInsensitiveDict[str | bytes] = CaseInsensitiveDict(self.session.headers)
         headers.pop("Authorization", None)  # never, even when a given session carries one
         headers["Accept-Encoding"] = "identity"
         p.headers = headers

@@ -76,9 +76,8 @@ class _Run:
     def execute(self) -> int:
         manifest = self.plan.manifest
         self._prepare()
-        # Read once, JSON decoded on use: the scheduler touches few of a resumed run's jobs.
         mark = self.store.change_mark()  # before the read: a write during it shows too
-        every = self.store.rows(lazy=True)
+        every = self.store.rows()
         rows = [r for r in every if r.in_manifest]
         client = Client(self.opts.api_base, self.opts.token, session=self.opts.session)
         rate = manifest.run.rate_limit
@@ -121,7 +120,7 @@ class _Run:
             self._cancel_queued(sched, client, limiter)
         # Nothing written since the read (nothing to do, say): the rows read are the state.
         unchanged = self.store.change_mark() == mark
-        final = st.decoded(every) if unchanged else self.store.rows()
+        final = every if unchanged else self.store.rows()
         self._write_report(final, client, limiter, interrupted=sched.stopped)
         client.close()
         if sched.stopped:

@@ -301,15 +301,12 @@ class StateStore:
             removed = conn.execute("SELECT COUNT(*) FROM jobs WHERE in_manifest = 0").fetchone()
         return after - before, removed[0]
 
-    def rows(self, *, in_manifest_only: bool = False, lazy: bool = False) -> list[JobRow]:
-        """Every job, in expansion order. With `lazy`, each row's JSON columns (inputs, vars,
-        output, files) are decoded when first read: a resume holds every job but reads the
-        inputs of only those it submits."""
+    def rows(self, *, in_manifest_only: bool = False) -> list[JobRow]:
+        """Every job, in expansion order."""
         where = "WHERE in_manifest = 1 " if in_manifest_only else ""
-        make = _StoredRow.make if lazy else _row
         with self._mutex, gc_paused():
             cur = self._conn.execute(f"SELECT {_COLUMNS} FROM jobs {where}ORDER BY position")
-            return [make(r) for r in cur.fetchall()]
+            return [_row(r) for r in cur.fetchall()]
 
     def change_mark(self) -> tuple[int, int]:
         """Equal at two moments only if no job or meta was written in between, by this
@@ -465,7 +462,7 @@ def _dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
-_scan = json.JSONDecoder().scan_once
+_scan = json.JSONDecoder().scan_once  # type: ignore[attr-defined]  # the C scanner json.loads uses
 
 
 def _loads(text: str) -> Any:
@@ -499,100 +496,6 @@ def _row(r: tuple) -> JobRow:
         finished_at=r[12],
         cost_usd=r[13],
         output=None if r[14] is None else _loads(r[14]),
-        files=_decode("files", r[15]),
+        files=[OutputFile(**f) for f in _loads(r[15])] if r[15] else [],
         in_manifest=bool(r[16]),
     )
-
-
-def decoded(rows: list[JobRow]) -> list[JobRow]:
-    """Rows of rows(lazy=True) as plain, fully decoded JobRows (others as they are)."""
-    with gc_paused():
-        return [r.plain() if isinstance(r, _StoredRow) else r for r in rows]
-
-
-_DECODE = threading.Lock()
-_JSON_FIELDS = ("inputs", "vars", "output", "files")
-
-
-def _decode(name: str, text: str | None) -> Any:
-    if name == "files":
-        return [OutputFile(**f) for f in _loads(text)] if text and text != "[]" else []
-    if name == "output":
-        return None if text is None else _loads(text)
-    return _loads(text)
-
-
-def _lazy(name: str) -> property:
-    raw, value = f"_raw_{name}", f"_val_{name}"
-
-    def get(self: JobRow) -> Any:
-        d = self.__dict__
-        if value not in d:
-            with _DECODE:  # one decoded object per row, even if two threads ask at once
-                if value not in d:
-                    d[value] = _decode(name, d.pop(raw))
-        return d[value]
-
-    def put(self: JobRow, new: Any) -> None:
-        self.__dict__.pop(raw, None)
-        self.__dict__[value] = new
-
-    return property(get, put)
-
-
-class _StoredRow(JobRow):
-    """A JobRow from rows(lazy=True): the same fields, JSON ones decoded on first access."""
-
-    inputs = _lazy("inputs")
-    vars = _lazy("vars")
-    output = _lazy("output")
-    files = _lazy("files")
-
-    def plain(self) -> JobRow:
-        """This row as a plain JobRow, every field decoded (attribute reads are then cheap)."""
-        d = self.__dict__
-        return JobRow(
-            job_id=d["job_id"],
-            position=d["position"],
-            model_id=d["model_id"],
-            inputs=d["_val_inputs"] if "_raw_inputs" not in d else _loads(d["_raw_inputs"]),
-            vars=d["_val_vars"] if "_raw_vars" not in d else _loads(d["_raw_vars"]),
-            repeat=d["repeat"],
-            status=d["status"],
-            request_id=d["request_id"],
-            attempts=d["attempts"],
-            error=d["error"],
-            submitted_at=d["submitted_at"],
-            started_at=d["started_at"],
-            finished_at=d["finished_at"],
-            cost_usd=d["cost_usd"],
-            output=d["_val_output"]
-            if "_raw_output" not in d
-            else _decode("output", d["_raw_output"]),
-            files=d["_val_files"] if "_raw_files" not in d else _decode("files", d["_raw_files"]),
-            in_manifest=d["in_manifest"],
-        )
-
-    @classmethod
-    def make(cls, r: tuple) -> JobRow:
-        row = cls.__new__(cls)
-        row.__dict__.update(
-            job_id=r[0],
-            position=r[1],
-            model_id=r[2],
-            _raw_inputs=r[3],
-            _raw_vars=r[4],
-            repeat=r[5],
-            status=r[6],
-            request_id=r[7],
-            attempts=r[8],
-            error=r[9],
-            submitted_at=r[10],
-            started_at=r[11],
-            finished_at=r[12],
-            cost_usd=r[13],
-            _raw_output=r[14],
-            _raw_files=r[15],
-            in_manifest=bool(r[16]),
-        )
-        return row
