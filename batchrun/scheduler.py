@@ -20,8 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from batchrun import answers
-from batchrun import state as st
+from batchrun import answers, state as st
 from batchrun.client import Client
 from batchrun.errors import (
     ApiError,
