@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable
+from contextlib import AbstractContextManager
 from typing import Any
 
 from batchrun import state as st
@@ -17,6 +18,10 @@ class JobBook:
         self.store = store
         self.rows: dict[str, JobRow] = {r.job_id: r for r in rows}
         self.counts: Counter[str] = Counter(r.status for r in self.rows.values())
+
+    def batch(self, *, durable: bool = False) -> AbstractContextManager[None]:
+        """The transitions made inside share one commit (see StateStore.batch)."""
+        return self.store.batch(durable=durable)
 
     def submitting(self, job_id: str) -> None:
         self.store.mark_submitting(job_id)

@@ -114,7 +114,8 @@ class Scheduler:
         self.refreshing: dict[str, str] = {}  # job id -> request id whose /result is re-read
         self._heap: list[tuple[float, int, str, str, str]] = []
         self._seq = itertools.count()
-        self._results: queue.Queue[_Outcome | None] = queue.Queue()
+        self._results: queue.Queue[_Outcome] = queue.Queue()
+        self._downloads: list[str] = []  # job ids to download once their state is committed
         self._stop = threading.Event()
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="batchrun-api")
         self._dl_pool = ThreadPoolExecutor(download_workers, thread_name_prefix="batchrun-dl")
@@ -161,6 +162,7 @@ class Scheduler:
 
     def run(self) -> None:
         try:
+            self._send_downloads()
             while not self._stop.is_set() and not self._finished():
                 wait = self._dispatch_what_we_can()
                 self._apply_next(wait)
@@ -175,6 +177,22 @@ class Scheduler:
 
     def _dispatch_what_we_can(self) -> float:
         """Start every call allowed now; return how long to wait before trying again."""
+        submits: list[str] = []
+        wait = self._take_calls(submits)
+        if submits:
+            # Committed (one fsync for all) before any leaves: from here on, a crash leaves
+            # each of them an ambiguous submit, never a silent second one.
+            with self.book.batch(durable=True):
+                for job_id in submits:
+                    self.book.submitting(job_id)
+            for job_id in submits:
+                row = self.book.rows[job_id]
+                submit = self.client.submit
+                self._pool.submit(self._work, "submit", job_id, submit, row.model_id, row.inputs)
+        return wait
+
+    def _take_calls(self, submits: list[str]) -> float:
+        """Hand out the calls the limiter allows now; submits are only collected in `submits`."""
         while True:
             if self.busy >= self.workers or isinstance(self.fatal, AuthError):
                 return STOP_CHECK  # a worker's outcome wakes us sooner
@@ -199,45 +217,49 @@ class Scheduler:
             if token_wait > 0 or not self.limiter.try_acquire():
                 return max(token_wait, 0.001)
             if submit_ready:
-                self._start_submit(self.pending.popleft())
+                submits.append(self.pending.popleft())
+                self.submitting += 1
+                self.busy += 1
             else:
                 _, _, kind, job_id, _ = heapq.heappop(self._heap)
                 self._start_call(kind, job_id)
 
     def _apply_next(self, wait: float) -> None:
+        """Wait up to `wait` for an outcome, then apply it and every other one already back."""
+        outcomes: list[_Outcome] = []
         try:
             wait = min(wait, STOP_CHECK)
-            outcome = self._results.get(timeout=wait) if wait > 0 else None
+            if wait > 0:
+                outcomes.append(self._results.get(timeout=wait))
         except queue.Empty:
-            outcome = None
+            pass
+        self._apply_all(outcomes)
+        self._send_downloads()
+        self._show()
+
+    def _apply_all(self, outcomes: list[_Outcome]) -> None:
+        """Apply these and whatever else is back, with one commit for all their transitions."""
         while True:
-            if outcome is not None:
-                self._apply(outcome)
             try:
-                outcome = self._results.get_nowait()
+                outcomes.append(self._results.get_nowait())
             except queue.Empty:
                 break
-        self._show()
+        if not outcomes:
+            return
+        with self.book.batch(durable=any(o.kind == "submit" for o in outcomes)):
+            for outcome in outcomes:
+                self._apply(outcome)
 
     def _wind_down(self) -> None:
         """Wait for calls already sent (their request ids must be recorded), then stop."""
         self._dl_pool.shutdown(wait=False, cancel_futures=True)
         # no cancel_futures: a submit handed to a worker is already marked SUBMITTING
         self._pool.shutdown(wait=True)
-        self._drain()
+        self._apply_all([])
         self._dl_pool.shutdown(wait=True)
-        self._drain()
+        self._apply_all([])
         if self.progress:
             self._show(force=True)
-
-    def _drain(self) -> None:
-        while True:
-            try:
-                outcome = self._results.get_nowait()
-            except queue.Empty:
-                return
-            if outcome is not None:
-                self._apply(outcome)
 
     # ---- starting calls -----------------------------------------------------------------
 
@@ -258,15 +280,6 @@ class Scheduler:
                 return
             heapq.heappop(self._heap)
 
-    def _start_submit(self, job_id: str) -> None:
-        # Committed before the request leaves: a crash from here on is an ambiguous submit.
-        self.book.submitting(job_id)
-        self.submitting += 1
-        self.busy += 1
-        row = self.book.rows[job_id]
-        submit = self.client.submit
-        self._pool.submit(self._work, "submit", job_id, submit, row.model_id, row.inputs)
-
     def _start_call(self, kind: str, job_id: str) -> None:
         if kind == "refresh":
             request_id = self.refreshing[job_id]
@@ -286,12 +299,20 @@ class Scheduler:
             self._results.put(_Outcome(kind, job_id, error=exc, at=sent))
 
     def _start_download(self, job_id: str) -> None:
+        """Queued: it starts once the transitions applied with it are committed."""
         if self.fetch is None or self._stop.is_set():
             return
-        row = self.book.rows[job_id]
         self.downloading += 1
-        args = (job_id, row.output, row.files)
-        self._dl_pool.submit(self._work, "download", job_id, self.fetch, *args)
+        self._downloads.append(job_id)
+
+    def _send_downloads(self) -> None:
+        if self.fetch is None or self._stop.is_set():
+            return
+        for job_id in self._downloads:
+            row = self.book.rows[job_id]
+            args = (job_id, row.output, row.files)
+            self._dl_pool.submit(self._work, "download", job_id, self.fetch, *args)
+        self._downloads.clear()
 
     # ---- applying outcomes --------------------------------------------------------------
 

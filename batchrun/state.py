@@ -95,13 +95,17 @@ class StateStore:
     process (kill -9 included: the WAL is in the OS page cache). The transitions whose loss
     could make a job be paid for twice (SUBMITTING and the request id) are committed with
     synchronous=FULL, so they also survive a power cut; the rest would at worst be re-polled.
+
+    `batch()` commits many transitions at once (the run loop's group commit: one fsync for
+    every request id that arrived together, not one per job); each stays atomic on its own.
     """
 
     def __init__(self, run_dir: Path, conn: sqlite3.Connection, lock_fd: int | None) -> None:
         self.run_dir = run_dir
         self._conn = conn
         self._lock_fd = lock_fd
-        self._mutex = threading.Lock()
+        self._mutex = threading.RLock()
+        self._batch: bool | None = None  # the open batch's durability; None: no batch open
 
     # ---- opening ------------------------------------------------------------------------
 
@@ -174,21 +178,57 @@ class StateStore:
         self.close()
 
     @contextmanager
+    def batch(self, *, durable: bool = False) -> Iterator[None]:
+        """One transaction for every transition made inside, committed at the end, also when
+        the block raises: each transition is atomic on its own (a savepoint), so what completed
+        stays, as it would have unbatched.
+
+        Nothing outside the process may depend on a transition before the block has ended
+        (a submit marked SUBMITTING inside is sent after it). `durable` must be set when any
+        transition inside needs it (SUBMITTING, a request id).
+        """
+        with self._mutex, self._synchronous(durable):
+            if self._batch is not None:
+                raise StateError("internal: batches do not nest")
+            self._conn.execute("BEGIN IMMEDIATE")
+            self._batch = durable
+            try:
+                yield
+            finally:
+                self._batch = None
+                self._conn.execute("COMMIT")
+
+    @contextmanager
     def _tx(self, *, durable: bool = False) -> Iterator[sqlite3.Connection]:
         with self._mutex:
-            if durable:
-                self._conn.execute("PRAGMA synchronous=FULL")
-            try:
-                self._conn.execute("BEGIN IMMEDIATE")
+            if self._batch is not None:
+                if durable and not self._batch:
+                    raise StateError("internal: a durable transition in a batch that is not")
+                begin, undo, end = "SAVEPOINT tx", "ROLLBACK TO tx", "RELEASE tx"
+            else:
+                begin, undo, end = "BEGIN IMMEDIATE", "ROLLBACK", "COMMIT"
+            with self._synchronous(durable and self._batch is None):
+                self._conn.execute(begin)
                 try:
                     yield self._conn
                 except BaseException:
-                    self._conn.execute("ROLLBACK")
+                    self._conn.execute(undo)
+                    if self._batch is not None:
+                        self._conn.execute(end)
                     raise
-                self._conn.execute("COMMIT")
-            finally:
-                if durable:
-                    self._conn.execute("PRAGMA synchronous=NORMAL")
+                self._conn.execute(end)
+
+    @contextmanager
+    def _synchronous(self, durable: bool) -> Iterator[None]:
+        """synchronous=FULL for one transaction: its commit is fsynced (it can't change inside)."""
+        if not durable:
+            yield
+            return
+        self._conn.execute("PRAGMA synchronous=FULL")
+        try:
+            yield
+        finally:
+            self._conn.execute("PRAGMA synchronous=NORMAL")
 
     # ---- meta ---------------------------------------------------------------------------
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import io
 import json
+import re
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -125,6 +127,31 @@ def test_gateway_502_on_submit_is_ambiguous(tmp_path):
     row = job(tmp_path)
     assert row.status == st.UNKNOWN
     assert "502 Bad Gateway" in row.error
+
+
+def test_every_submit_is_committed_before_it_is_sent(tmp_path):
+    """What the server has been sent is never ahead of what state.db holds (group commit)."""
+    path = manifest(tmp_path)
+    data = json.loads(path.read_text())
+    data["models"][0]["matrix"] = {"seed": list(range(12))}
+    path.write_text(json.dumps(data))
+    seen: list[tuple[int, int]] = []  # (submits sent so far, jobs committed as submitted)
+
+    def on_submit(request):
+        conn = sqlite3.connect(tmp_path / "run" / "state.db")
+        (marked,) = conn.execute("SELECT count(*) FROM jobs WHERE status != 'pending'").fetchone()
+        conn.close()
+        seen.append((len(seen) + 1, marked))
+        return 200, {}, json.dumps({"request_id": f"r{len(seen)}"})
+
+    with responses.RequestsMock() as rsps:
+        rsps.add_callback(responses.POST, SUBMIT, callback=on_submit)
+        rsps.get(re.compile(rf"{BASE}/v1/requests/r\d+/result"), json=DONE)
+        assert go(tmp_path, workers=4)[0] == 0
+    assert len(seen) == 12
+    assert all(marked >= sent for sent, marked in seen), seen
+    with StateStore.open(tmp_path / "run", create=False, lock=False) as s:
+        assert {r.status for r in s.rows()} == {st.SUCCEEDED}
 
 
 def test_insufficient_balance_stops_submitting_with_exit_3(tmp_path):

@@ -194,6 +194,45 @@ def test_newer_schema_is_refused(tmp_path):
         StateStore.open(tmp_path)
 
 
+def committed(run_dir: Path) -> dict[str, str]:
+    """Job statuses as another process sees them: only what is committed."""
+    conn = sqlite3.connect(run_dir / "state.db")
+    try:
+        return dict(conn.execute("SELECT job_id, status FROM jobs").fetchall())
+    finally:
+        conn.close()
+
+
+def test_a_batch_commits_its_transitions_together(store, tmp_path):
+    store.add_jobs(jobs(3))
+    with store.batch(durable=True):
+        store.mark_submitting("j0")
+        store.record_request_id("j1", "req-1", 5.0)
+        assert committed(tmp_path / "run") == {"j0": "pending", "j1": "pending", "j2": "pending"}
+        assert store.get("j0").status == st.SUBMITTING  # the store itself sees its own writes
+    assert committed(tmp_path / "run") == {"j0": "submitting", "j1": "queued", "j2": "pending"}
+
+
+def test_a_batch_keeps_what_completed_when_a_transition_fails(store, tmp_path):
+    store.add_jobs(jobs(2))
+    with pytest.raises(StateError, match="no job nope"):
+        with store.batch():
+            store.mark_pending("j0", "first")
+            store.mark_pending("nope", "second")
+    assert committed(tmp_path / "run") == {"j0": "pending", "j1": "pending"}
+    assert store.get("j0").error == "first"
+    store.mark_unknown("j1", "after")  # the store is usable again: no transaction left open
+    assert committed(tmp_path / "run")["j1"] == "unknown"
+
+
+def test_a_durable_transition_needs_a_durable_batch(store, tmp_path):
+    store.add_jobs(jobs(1))
+    with pytest.raises(StateError, match="durable"):
+        with store.batch(durable=False):
+            store.mark_submitting("j0")
+    assert committed(tmp_path / "run") == {"j0": "pending"}
+
+
 def test_kill_after_commit_keeps_the_transition(tmp_path):
     """A SIGKILL right after a commit loses nothing (WAL, synchronous=NORMAL)."""
     code = (
