@@ -1,4 +1,4 @@
-"""The SQLite state store of a run folder: one row per job, every transition one transaction."""
+"""The SQLite state store of a run folder: one row per job, every transition atomic on its own."""
 
 from __future__ import annotations
 

@@ -189,7 +189,7 @@ class Simulator:
             socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
         except OSError:
             pass
-        stopper.join()
+        stopper.join(timeout=5)  # bounded: Ctrl-C must end the process even if serving hangs
         self._server.close_connections()
         self._server.server_close()
         self.app.queue.stop()

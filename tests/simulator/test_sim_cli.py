@@ -15,6 +15,8 @@ def test_simulate_serves_until_sigint(tmp_path) -> None:
     proc = subprocess.Popen(
         [
             sys.executable,
+            "-X",
+            "faulthandler",
             "-m",
             "batchrun",
             "simulate",
@@ -52,7 +54,12 @@ def test_simulate_serves_until_sigint(tmp_path) -> None:
         assert r.status_code == 200 and r.json()["status_url"].startswith(base)
     finally:
         proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=10)
+        try:
+            out, err = proc.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGABRT)  # -X faulthandler: every thread's stack to stderr
+            out, err = proc.communicate(timeout=10)
+            raise AssertionError(f"still serving 10 s after SIGINT:\n{out}\n{err}") from None
     assert proc.returncode == 0, err
     assert "Traceback" not in err
 
