@@ -187,16 +187,17 @@ class StateStore:
         (a submit marked SUBMITTING inside is sent after it). `durable` must be set when any
         transition inside needs it (SUBMITTING, a request id).
         """
-        with self._mutex, self._synchronous(durable):
+        with self._mutex:
             if self._batch is not None:
                 raise StateError("internal: batches do not nest")
-            self._conn.execute("BEGIN IMMEDIATE")
-            self._batch = durable
-            try:
-                yield
-            finally:
-                self._batch = None
-                self._conn.execute("COMMIT")
+            with self._synchronous(durable):
+                self._conn.execute("BEGIN IMMEDIATE")
+                self._batch = durable
+                try:
+                    yield
+                finally:
+                    self._batch = None
+                    self._conn.execute("COMMIT")
 
     @contextmanager
     def _tx(self, *, durable: bool = False) -> Iterator[sqlite3.Connection]:

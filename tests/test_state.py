@@ -233,6 +233,16 @@ def test_a_durable_transition_needs_a_durable_batch(store, tmp_path):
     assert committed(tmp_path / "run") == {"j0": "pending"}
 
 
+def test_batches_do_not_nest(store, tmp_path):
+    store.add_jobs(jobs(2))
+    with pytest.raises(StateError, match="do not nest"):
+        with store.batch(durable=True):
+            store.mark_submitting("j0")
+            with store.batch(durable=True):
+                store.mark_submitting("j1")
+    assert committed(tmp_path / "run") == {"j0": "submitting", "j1": "pending"}
+
+
 def test_kill_after_commit_keeps_the_transition(tmp_path):
     """A SIGKILL right after a commit loses nothing (WAL, synchronous=NORMAL)."""
     code = (
