@@ -6,6 +6,7 @@ exit code and printed without a traceback in `main`.
 
 from __future__ import annotations
 
+import signal
 import sys
 
 import click
@@ -518,15 +519,19 @@ def simulate(port: int, config_file: str | None, **flags: object) -> int:
         raise UsageError(
             f"cannot listen on 127.0.0.1:{port} ({exc.strerror}); pick another --port, or 0"
         ) from None
-    click.echo(f"batchrun simulator on {sim.base_url}  token: {sim.token}")
-    click.echo(
-        f"try: curl -s -X POST {sim.base_url}/v1/models/google/nano-banana-2-lite/text-to-image"
-        f' -H "Authorization: Bearer {sim.token}" -H "Content-Type: application/json"'
-        ' -d \'{"prompt": "an orange umbrella"}\''
-    )
-    click.echo(f"stats: curl -s {sim.base_url}/_sim/stats    (Ctrl-C to stop)")
-    sys.stdout.flush()
+    # Ctrl-C, `kill -INT` and `kill` all stop it cleanly, also when a script started it in
+    # the background (which leaves SIGINT ignored); set before the banner says it is ready.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.default_int_handler)
     try:
+        click.echo(f"batchrun simulator on {sim.base_url}  token: {sim.token}")
+        click.echo(
+            f"try: curl -s -X POST {sim.base_url}/v1/models/google/nano-banana-2-lite/text-to-image"
+            f' -H "Authorization: Bearer {sim.token}" -H "Content-Type: application/json"'
+            ' -d \'{"prompt": "an orange umbrella"}\''
+        )
+        click.echo(f"stats: curl -s {sim.base_url}/_sim/stats    (Ctrl-C to stop)")
+        sys.stdout.flush()
         sim.serve_forever()
     except KeyboardInterrupt:
         click.echo("simulator stopped")

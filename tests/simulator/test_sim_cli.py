@@ -5,34 +5,33 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+from pathlib import Path
+from typing import Any
 
+import pytest
 import requests
+
+
+def _start(config: Path, **popen: Any) -> subprocess.Popen[str]:
+    cmd = [sys.executable, "-X", "faulthandler", "-m", "batchrun", "simulate", "--port", "0"]
+    cmd += ["--token", "t0k", "--config", str(config), "--workers", "2"]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
+
+
+def _stop(proc: subprocess.Popen[str], sig: int) -> tuple[str, str]:
+    proc.send_signal(sig)
+    try:
+        return proc.communicate(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGABRT)  # -X faulthandler: every thread's stack to stderr
+        out, err = proc.communicate(timeout=10)
+        raise AssertionError(f"still serving 10 s after signal {sig}:\n{out}\n{err}") from None
 
 
 def test_simulate_serves_until_sigint(tmp_path) -> None:
     config = tmp_path / "sim.yaml"
     config.write_text("run_time: 0.05\n")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-X",
-            "faulthandler",
-            "-m",
-            "batchrun",
-            "simulate",
-            "--port",
-            "0",
-            "--token",
-            "t0k",
-            "--config",
-            str(config),
-            "--workers",
-            "2",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = _start(config)
     try:
         assert proc.stdout is not None
         first = proc.stdout.readline()
@@ -53,15 +52,30 @@ def test_simulate_serves_until_sigint(tmp_path) -> None:
         )
         assert r.status_code == 200 and r.json()["status_url"].startswith(base)
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            out, err = proc.communicate(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.send_signal(signal.SIGABRT)  # -X faulthandler: every thread's stack to stderr
-            out, err = proc.communicate(timeout=10)
-            raise AssertionError(f"still serving 10 s after SIGINT:\n{out}\n{err}") from None
+        out, err = _stop(proc, signal.SIGINT)
     assert proc.returncode == 0, err
     assert "Traceback" not in err
+
+
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+@pytest.mark.parametrize(
+    ("sig", "preexec"),
+    [(signal.SIGINT, _ignore_sigint), (signal.SIGTERM, None)],
+    ids=["sigint-started-in-the-background", "sigterm"],
+)
+def test_simulate_stops_cleanly_when_a_script_stops_it(tmp_path, sig, preexec) -> None:
+    """A script's background job inherits SIGINT ignored; `kill -INT` or `kill` still stop it."""
+    config = tmp_path / "sim.yaml"
+    config.write_text("run_time: 0.05\n")
+    proc = _start(config, preexec_fn=preexec)
+    assert proc.stdout is not None
+    assert proc.stdout.readline().startswith("batchrun simulator on http://127.0.0.1:")
+    out, err = _stop(proc, sig)
+    assert proc.returncode == 0, err
+    assert "simulator stopped" in out and "Traceback" not in err
 
 
 def test_simulate_bad_setting_is_a_usage_error() -> None:
