@@ -185,9 +185,9 @@ class Scheduler:
             with self.book.batch(durable=True):
                 for job_id in submits:
                     self.book.submitting(job_id)
+            submit = self.client.submit
             for job_id in submits:
                 row = self.book.rows[job_id]
-                submit = self.client.submit
                 self._pool.submit(self._work, "submit", job_id, submit, row.model_id, row.inputs)
         return wait
 

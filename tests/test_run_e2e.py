@@ -98,6 +98,12 @@ def assert_token_absent(run_dir: Path, *texts: str) -> None:
         assert TOKEN not in text
 
 
+def run_cmd(path: Path, run_dir: Path, api_base: str, *extra: str) -> list[str]:
+    """`batchrun run` as a user types it, for a child process."""
+    run = [sys.executable, "-m", "batchrun", "run", str(path), "--run-dir", str(run_dir)]
+    return [*run, "--api-base", api_base, *extra]
+
+
 def test_output_shapes_downloads_and_report(tmp_path, start_sim):
     sim = start_sim()
     models = [
@@ -234,17 +240,7 @@ def test_second_run_on_the_same_folder_is_refused(tmp_path, start_sim):
     # through the CLI, from another process: exit 2, one clear line, nothing sent
     with StateStore.open(run_dir):
         proc = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "batchrun",
-                "run",
-                str(path),
-                "--run-dir",
-                str(run_dir),
-                "--api-base",
-                sim.base_url,
-            ],
+            run_cmd(path, run_dir, sim.base_url),
             env={**os.environ, "RUNCOMFY_TOKEN": TOKEN},
             capture_output=True,
             text=True,
@@ -314,17 +310,7 @@ def test_ctrl_c_saves_state_prints_resume_command_and_resume_finishes(tmp_path, 
     sim = start_sim(workers=2, run_time=0.3)
     run_dir = tmp_path / "run"
     path = manifest(tmp_path, jobs=12, run={"max_in_flight": 4, "rate_limit": "20/s"})
-    cmd = [
-        sys.executable,
-        "-m",
-        "batchrun",
-        "run",
-        str(path),
-        "--run-dir",
-        str(run_dir),
-        "--api-base",
-        sim.base_url,
-    ]
+    cmd = run_cmd(path, run_dir, sim.base_url)
     proc = subprocess.Popen(
         cmd, env=_cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path
     )
@@ -349,17 +335,7 @@ def test_second_ctrl_c_exits_at_once_and_state_stays_consistent(tmp_path, start_
     sim = start_sim(slow=3.0)  # every API call takes 3 s: the first Ctrl-C has to wait
     run_dir = tmp_path / "run"
     path = manifest(tmp_path, jobs=4, run={"max_in_flight": 2})
-    cmd = [
-        sys.executable,
-        "-m",
-        "batchrun",
-        "run",
-        str(path),
-        "--run-dir",
-        str(run_dir),
-        "--api-base",
-        sim.base_url,
-    ]
+    cmd = run_cmd(path, run_dir, sim.base_url)
     proc = subprocess.Popen(cmd, env=_cli_env(), stderr=subprocess.PIPE, text=True)
     until(lambda: sim.stats()["api_calls"] >= 2, what="2 submits sent")
     proc.send_signal(signal.SIGINT)
@@ -383,18 +359,7 @@ def test_cancel_on_interrupt_cancels_queued_requests(tmp_path, start_sim):
     sim = start_sim(workers=1, run_time=30)
     run_dir = tmp_path / "run"
     path = manifest(tmp_path, jobs=3, run={"poll_interval": "100ms"})
-    cmd = [
-        sys.executable,
-        "-m",
-        "batchrun",
-        "run",
-        str(path),
-        "--run-dir",
-        str(run_dir),
-        "--api-base",
-        sim.base_url,
-        "--cancel-on-interrupt",
-    ]
+    cmd = run_cmd(path, run_dir, sim.base_url, "--cancel-on-interrupt")
     proc = subprocess.Popen(cmd, env=_cli_env(), stderr=subprocess.PIPE, text=True)
     until(lambda: sim.stats()["jobs"].get("in_queue") == 2, what="2 queued on the server")
     proc.send_signal(signal.SIGINT)
