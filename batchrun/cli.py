@@ -1,17 +1,16 @@
-"""The `batchrun` command line: parse options, call one library function, echo, exit code.
+"""The `batchrun` command line: click declarations only; each command calls commands.<name>.
 
 Library modules never import click; every foreseeable error is a BatchrunError, mapped to its
-exit code and printed without a traceback in `main`.
+exit code and printed without a traceback in `main`, the one place that does so.
 """
 
 from __future__ import annotations
 
-import signal
 import sys
 
 import click
 
-from batchrun import __version__
+from batchrun import __version__, commands
 from batchrun.errors import BatchrunError
 
 
@@ -66,22 +65,7 @@ def validate(manifests: tuple[str, ...], strict: bool) -> int:
     Example:
       batchrun validate manifests/*.yaml
     """
-    from batchrun.errors import ManifestError
-    from batchrun.plan import build_plan
-
-    failed = False
-    for path in manifests:
-        try:
-            plan = build_plan(path, strict=strict)
-        except ManifestError as exc:
-            failed = True
-            for problem in exc.problems:
-                click.echo(problem, err=True)
-            continue
-        for warning in plan.warnings:
-            click.echo(f"warning: {warning}", err=True)
-        click.echo(f"{path}: ok ({len(plan.jobs)} job{'s' if len(plan.jobs) != 1 else ''})")
-    return 2 if failed else 0
+    return commands.validate.validate(manifests, strict=strict)
 
 
 @cli.command()
@@ -100,55 +84,10 @@ def plan(manifest: str, as_json: bool, strict: bool) -> int:
       batchrun plan manifests/quickstart.yaml
       batchrun plan manifests/quickstart.yaml --json | jq .inputs.prompt
     """
-    from batchrun.plan import build_plan
-    from batchrun.plan_view import json_lines, table_lines
-
-    built = build_plan(manifest, strict=strict)
-    for warning in built.warnings:
-        click.echo(f"warning: {warning}", err=True)
-    lines = json_lines(built) if as_json else table_lines(built)
-    sys.stdout.write("".join(line + "\n" for line in lines))
-    sys.stdout.flush()
-    return 0
+    return commands.plan.plan(manifest, as_json=as_json, strict=strict)
 
 
 # ---- run / status / cancel / report (engine) -------------------------------------------------
-
-NO_TOKEN = (
-    "RUNCOMFY_TOKEN is not set: export RUNCOMFY_TOKEN=<your token>, "
-    "or try the local simulator with --simulate"
-)
-
-
-def _api_base(option: str | None, recorded: str | None = None) -> str:
-    import os
-
-    from batchrun.client import DEFAULT_API_BASE
-
-    return option or recorded or os.environ.get("RUNCOMFY_MODEL_API_BASE") or DEFAULT_API_BASE
-
-
-def _token() -> str:
-    import os
-
-    from batchrun.errors import ConfigError
-
-    token = os.environ.get("RUNCOMFY_TOKEN", "").strip()
-    if not token:
-        raise ConfigError(NO_TOKEN)
-    return token
-
-
-def _sim_pairs(pairs: tuple[str, ...]) -> dict[str, str]:
-    from batchrun.errors import UsageError
-
-    out = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise UsageError(f"--sim {pair!r}: expected KEY=VALUE, e.g. --sim rate_limit=5/s")
-        out[key.strip()] = value.strip()
-    return out
 
 
 @cli.command()
@@ -199,66 +138,18 @@ def run(
     Exit codes: 0 all succeeded, 1 some failed, timed out or were cancelled, 2 invalid
     manifest or usage, 3 no token or refused token, 130 interrupted (state saved).
     """
-    import shlex
-    from pathlib import Path
-
-    from batchrun.engine import RunOptions, run_batch
-    from batchrun.errors import UsageError
-    from batchrun.plan import build_plan
-
-    if sim and not simulate:
-        raise UsageError("--sim KEY=VALUE only applies with --simulate")
-    pairs = _sim_pairs(sim)
-    plan = build_plan(manifest, strict=strict)
-    for warning in plan.warnings:
-        click.echo(f"warning: {warning}", err=True)
-    folder = Path(run_dir or plan.manifest.outputs.dir)
-    resume = ["batchrun", "run", manifest, "--run-dir", str(folder)]
-    simulator = None
-    if simulate:
-        from batchrun.simulator import SimSettings, Simulator
-
-        # The simulator's jobs live in the run folder, so a rerun (resume) still knows them.
-        pairs = {"state_dir": str(folder / ".simulator"), **pairs}
-        try:
-            settings = SimSettings.from_mapping(pairs)
-        except ValueError as exc:
-            raise UsageError(f"--sim: {exc}") from None
-        from batchrun.simulator.persist import StateDirInUse
-
-        try:
-            simulator = Simulator(settings).start()
-        except StateDirInUse as exc:
-            from batchrun.errors import RunFolderInUse
-
-            raise RunFolderInUse(
-                f"run folder {folder} in use by another run ({exc}); wait for that run to "
-                "finish (or stop it) and try again"
-            ) from None
-        base, token = simulator.base_url, simulator.token
-        resume += ["--simulate", *(f"--sim={p}" for p in sim)]
-        if not quiet:
-            click.echo(f"simulator: {base} (in-process)", err=True)
-    else:
-        token = _token()
-        base = _api_base(api_base)
-        if api_base:
-            resume += ["--api-base", api_base]
-    options = RunOptions(
-        api_base=base,
-        token=token,
-        run_dir=folder,
+    return commands.run.run(
+        manifest,
+        simulate_api=simulate,
+        sim=sim,
+        run_dir=run_dir,
+        api_base_option=api_base,
         retry_failed=retry_failed,
         resubmit_unknown=resubmit_unknown,
         cancel_on_interrupt=cancel_on_interrupt,
+        strict=strict,
         quiet=quiet,
-        resume_command=shlex.join(resume),
     )
-    try:
-        return run_batch(plan, options)
-    finally:
-        if simulator is not None:
-            simulator.stop()
 
 
 @cli.command()
@@ -273,14 +164,7 @@ def status(run_dir: str, as_json: bool) -> int:
     Example:
       batchrun status outputs/quickstart
     """
-    import json
-    from pathlib import Path
-
-    from batchrun.runfolder import render_status, status_data
-
-    data = status_data(Path(run_dir))
-    click.echo(json.dumps(data, indent=2) if as_json else render_status(data))
-    return 0
+    return commands.status.status(run_dir, as_json=as_json)
 
 
 @cli.command()
@@ -295,21 +179,7 @@ def cancel(run_dir: str, api_base: str | None) -> int:
     Example:
       batchrun cancel outputs/quickstart
     """
-    from pathlib import Path
-
-    from batchrun.client import Client
-    from batchrun.ratelimit import RateLimiter
-    from batchrun.runfolder import cancel_queued
-    from batchrun.state import StateStore
-
-    with StateStore.open(Path(run_dir), create=False, lock=False) as store:
-        recorded = store.meta().get("api_base")
-    client = Client(_api_base(api_base, recorded), _token())
-    limiter = RateLimiter(5.0)
-    failed = cancel_queued(
-        Path(run_dir), client, acquire=limiter.acquire, echo=lambda t: click.echo(t, err=True)
-    )
-    return 1 if failed else 0
+    return commands.cancel.cancel(run_dir, api_base_option=api_base)
 
 
 @cli.command()
@@ -331,14 +201,7 @@ def report(run_dir: str, rows_key: str | None = None, cols_key: str | None = Non
     Example:
       batchrun report outputs/quickstart
     """
-    from pathlib import Path
-
-    from batchrun.runfolder import rewrite_report
-
-    path = rewrite_report(Path(run_dir), rows_key=rows_key, cols_key=cols_key)
-    names = ", ".join(str(path.with_name(n)) for n in ("summary.json", "report.html"))
-    click.echo(f"wrote {path}, {names}", err=True)
-    return 0
+    return commands.report.report(run_dir, rows_key=rows_key, cols_key=cols_key)
 
 
 # ---- compare ---------------------------------------------------------------------------------
@@ -430,35 +293,19 @@ def compare_cmd(
       batchrun compare baselines/umbrella runs/umbrella \\
           --markdown "$GITHUB_STEP_SUMMARY" --junit compare.xml --image-tolerance 0.02
     """
-    from pathlib import Path
-
-    from batchrun import compare, compare_output
-    from batchrun.atomic import write_text
-
-    classes = tuple(c.strip() for c in fail_on.split(",") if c.strip())
-    result = compare.compare_runs(
-        compare.load_run(baseline),
-        compare.load_run(current),
-        fail_on=classes,
+    return commands.compare.compare(
+        baseline,
+        current,
+        fail_on=fail_on,
         max_slowdown=max_slowdown,
         image_tolerance=image_tolerance,
+        markdown_file=markdown_file,
+        junit_file=junit_file,
+        json_file=json_file,
+        html_file=html_file,
+        baseline_dir=baseline_dir,
+        quiet=quiet,
     )
-    table = compare_output.terminal_table(result)
-    click.echo(table.splitlines()[-1] if quiet else table.rstrip("\n"))
-    if markdown_file:
-        write_text(Path(markdown_file), compare_output.markdown(result))
-    if junit_file:
-        write_text(Path(junit_file), compare_output.junit(result))
-    if json_file:
-        write_text(Path(json_file), compare_output.to_json(result))
-    if html_file:
-        from batchrun.compare_html import write_compare_html
-
-        write_compare_html(result, Path(html_file))
-    if baseline_dir:
-        dest = compare.update_baseline(result.current, Path(baseline_dir))
-        click.echo(f"baseline updated: {dest}")
-    return result.exit_code
 
 
 # ---- simulate --------------------------------------------------------------------------------
@@ -498,46 +345,7 @@ def simulate(port: int, config_file: str | None, **flags: object) -> int:
       export RUNCOMFY_MODEL_API_BASE=http://127.0.0.1:8787 RUNCOMFY_TOKEN=sim-token
       batchrun run manifests/quickstart.yaml
     """
-    from batchrun.errors import ConfigError, UsageError
-    from batchrun.simulator import SimSettings, Simulator
-    from batchrun.simulator.settings import load_settings
-
-    try:
-        settings: SimSettings = load_settings(config_file, flags)
-    except ValueError as exc:
-        where = f"{config_file}: " if config_file else ""
-        raise UsageError(f"{where}{exc}") from None
-    except OSError as exc:
-        raise ConfigError(f"{config_file}: cannot read the simulator settings: {exc}") from None
-    from batchrun.simulator.persist import StateDirInUse
-
-    try:
-        sim = Simulator(settings, port=port).start()
-    except StateDirInUse as exc:
-        raise UsageError(f"{exc}; stop it, or pick another --state-dir") from None
-    except OSError as exc:
-        raise UsageError(
-            f"cannot listen on 127.0.0.1:{port} ({exc.strerror}); pick another --port, or 0"
-        ) from None
-    # Ctrl-C, `kill -INT` and `kill` all stop it cleanly, also when a script started it in
-    # the background (which leaves SIGINT ignored); set before the banner says it is ready.
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, signal.default_int_handler)
-    try:
-        click.echo(f"batchrun simulator on {sim.base_url}  token: {sim.token}")
-        click.echo(
-            f"try: curl -s -X POST {sim.base_url}/v1/models/google/nano-banana-2-lite/text-to-image"
-            f' -H "Authorization: Bearer {sim.token}" -H "Content-Type: application/json"'
-            ' -d \'{"prompt": "an orange umbrella"}\''
-        )
-        click.echo(f"stats: curl -s {sim.base_url}/_sim/stats    (Ctrl-C to stop)")
-        sys.stdout.flush()
-        sim.serve_forever()
-    except KeyboardInterrupt:
-        click.echo("simulator stopped")
-    finally:
-        sim.stop()
-    return 0
+    return commands.simulate.simulate(port, config_file, flags)
 
 
 if __name__ == "__main__":

@@ -1,15 +1,27 @@
-"""How `batchrun plan` shows a plan: a readable table, or JSON lines for scripts."""
+"""`batchrun plan`: the jobs a manifest expands to, as a readable table or JSON lines."""
 
 from __future__ import annotations
 
 import json
+import sys
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
-from batchrun.plan import Plan, cell, varying_keys
+from batchrun.commands.common import warn
+from batchrun.plan import Plan, build_plan, cell, varying_keys
 
 _MAX_CELL = 40
+
+
+def plan(manifest: str, *, as_json: bool, strict: bool) -> int:
+    """Print the plan (a table, or one JSON object per job a line); 0."""
+    built = build_plan(manifest, strict=strict)
+    warn(built.warnings)
+    lines = json_lines(built) if as_json else table_lines(built)
+    sys.stdout.write("".join(line + "\n" for line in lines))
+    sys.stdout.flush()
+    return 0
 
 
 def json_lines(plan: Plan) -> Iterator[str]:

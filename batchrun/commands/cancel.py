@@ -1,0 +1,75 @@
+"""`batchrun cancel`: cancel every request of a run folder still queued on the server."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from batchrun import state as st
+from batchrun.client import Client
+from batchrun.commands.common import api_base, token
+from batchrun.errors import ApiError, RunFolderInUse
+from batchrun.ratelimit import RateLimiter
+from batchrun.state import StateStore
+
+CANCEL_RATE = 5.0  # calls per second: cancelling is never urgent enough to risk a 429
+
+
+def cancel(run_dir: str, *, api_base_option: str | None) -> int:
+    """Cancel the queued requests; 1 when a cancel call failed, else 0."""
+    with StateStore.open(Path(run_dir), create=False, lock=False) as store:
+        recorded = store.meta().get("api_base")
+    client = Client(api_base(api_base_option, recorded), token())
+    limiter = RateLimiter(CANCEL_RATE)
+    failed = cancel_queued(
+        Path(run_dir), client, acquire=limiter.acquire, echo=lambda t: click.echo(t, err=True)
+    )
+    return 1 if failed else 0
+
+
+def cancel_queued(
+    run_dir: Path,
+    client: Any,
+    *,
+    acquire: Callable[[], None] = lambda: None,
+    echo: Callable[[str], None] = print,
+) -> int:
+    """Cancel every request the state says is queued; returns how many could not be cancelled.
+
+    With a run active in the folder, only the requests are cancelled; that run records it.
+    """
+    try:
+        store = StateStore.open(run_dir, create=False)
+        owner = True
+    except RunFolderInUse:
+        store = StateStore.open(run_dir, create=False, lock=False)
+        owner = False
+    cancelled = refused = failed = 0
+    with store:
+        for row in store.rows(in_manifest_only=True):
+            if row.status != st.QUEUED or not row.request_id:
+                continue
+            acquire()
+            try:
+                outcome = client.cancel(row.request_id).get("outcome")
+            except ApiError as exc:
+                echo(f"{row.job_id}: could not cancel: {exc}")
+                failed += 1
+                continue
+            if outcome == "cancelled":
+                cancelled += 1
+                if owner:
+                    store.record_result(
+                        row.job_id, st.CANCELLED, finished_at=time.time(), error="cancelled"
+                    )
+            else:
+                refused += 1
+    echo(
+        f"cancelled {cancelled} queued request(s); {refused} already running or done "
+        "(not cancellable)" + (f"; {failed} failed" if failed else "")
+    )
+    return failed

@@ -1,0 +1,34 @@
+"""What several commands share: the token and API base from the environment, warnings."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+
+import click
+
+from batchrun.client import DEFAULT_API_BASE
+from batchrun.errors import ConfigError
+
+NO_TOKEN = (
+    "RUNCOMFY_TOKEN is not set: export RUNCOMFY_TOKEN=<your token>, "
+    "or try the local simulator with --simulate"
+)
+
+
+def api_base(option: str | None, recorded: str | None = None) -> str:
+    """The API base: the --api-base option, else the run folder's, else the environment's."""
+    return option or recorded or os.environ.get("RUNCOMFY_MODEL_API_BASE") or DEFAULT_API_BASE
+
+
+def token() -> str:
+    """The token from RUNCOMFY_TOKEN; ConfigError (exit 3) when it is not set."""
+    value = os.environ.get("RUNCOMFY_TOKEN", "").strip()
+    if not value:
+        raise ConfigError(NO_TOKEN)
+    return value
+
+
+def warn(warnings: Iterable[str]) -> None:
+    for warning in warnings:
+        click.echo(f"warning: {warning}", err=True)

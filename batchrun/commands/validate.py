@@ -1,0 +1,25 @@
+"""`batchrun validate`: check manifests and every expanded job's inputs; no network."""
+
+from __future__ import annotations
+
+import click
+
+from batchrun.commands.common import warn
+from batchrun.errors import ManifestError
+from batchrun.plan import build_plan
+
+
+def validate(manifests: tuple[str, ...], *, strict: bool) -> int:
+    """ "FILE: ok (N jobs)" per valid manifest, every problem of the others; 0 or 2."""
+    failed = False
+    for path in manifests:
+        try:
+            plan = build_plan(path, strict=strict)
+        except ManifestError as exc:
+            failed = True
+            for problem in exc.problems:
+                click.echo(problem, err=True)
+            continue
+        warn(plan.warnings)
+        click.echo(f"{path}: ok ({len(plan.jobs)} job{'s' if len(plan.jobs) != 1 else ''})")
+    return 2 if failed else 0
