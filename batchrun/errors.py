@@ -1,4 +1,23 @@
-"""One exception tree for batchrun; `exit_code` is what `batchrun` exits with when one escapes."""
+"""One exception tree for batchrun; `exit_code` is what `batchrun` exits with when one escapes.
+
+    BatchrunError (1)
+    ├── UsageError (2)               a bad option or option value
+    ├── ManifestError (2)            a manifest or a file it reads is invalid; every problem
+    ├── ConfigError (3)              no token, a bad API base
+    ├── StateError (2)               the run folder's state cannot be used
+    │   └── RunFolderInUse (2)       another process holds the folder
+    ├── CompareError (2)             compare was given inputs it cannot use
+    └── ApiError (1)                 an error answer from the API, or none at all
+        ├── AuthError (3)            401/403, 400004, 403001
+        ├── InvalidInputError        400/422, 400001
+        ├── NotFoundError            404, 404001
+        ├── RateLimitedError         429 (+ retry_after)
+        ├── InsufficientBalanceError (3)  402, 400002
+        ├── ServerError              5xx, 500001
+        └── TransportError           no usable answer (+ maybe_sent)
+
+cli.main is the one place that turns these into exit codes and messages.
+"""
 
 from __future__ import annotations
 
@@ -120,10 +139,6 @@ class TransportError(ApiError):
     def __init__(self, message: str, *, maybe_sent: bool = False, **kw: object) -> None:
         self.maybe_sent = maybe_sent
         super().__init__(message, **kw)  # type: ignore[arg-type]
-
-
-class DownloadError(BatchrunError):
-    """An output file could not be fetched or was refused."""
 
 
 class CompareError(BatchrunError):
