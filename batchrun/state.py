@@ -12,11 +12,11 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from batchrun import __version__, lock as folder_lock
-from batchrun.bulk import gc_paused
 from batchrun.errors import StateError
+from batchrun.gcpause import gc_paused
+from batchrun.lock import LOCK_FILE as LOCK_FILE  # runfolder reads it
 
 # The records are re-exported: callers speak of `state.JobRow`, `state.SUCCEEDED`...
-from batchrun.lock import LOCK_FILE as LOCK_FILE  # runfolder reads it
 from batchrun.records import (
     CANCELLED as CANCELLED,
     COLUMNS,
