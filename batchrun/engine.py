@@ -230,8 +230,11 @@ class _Run:
                 self.echo(f"could not cancel job {flight.job_id}: {exc}")
                 continue
             if outcome == "cancelled":
-                sched.book.finished(
-                    flight.job_id, st.CANCELLED, at=self.opts.wall(), error="cancelled on interrupt"
+                sched.jobs.record_result(
+                    flight.job_id,
+                    st.CANCELLED,
+                    finished_at=self.opts.wall(),
+                    error="cancelled on interrupt",
                 )
                 del sched.flights[flight.job_id]
 

@@ -28,7 +28,7 @@ from batchrun.errors import (
     NotFoundError,
     RateLimitedError,
 )
-from batchrun.jobbook import JobBook
+from batchrun.jobtable import JobTable
 from batchrun.manifest import RunSettings
 from batchrun.polling import PollPlanner
 from batchrun.progress import Progress
@@ -95,7 +95,7 @@ class Scheduler:
         self.clock = clock
         self.wall = wall
         self.planner = PollPlanner(run.poll_interval)
-        self.book = JobBook(store, jobs)
+        self.jobs = JobTable(store, jobs)
         self.pending: deque[str] = deque()
         self.flights: dict[str, Flight] = {}
         self.submits_this_run: Counter[str] = Counter()
@@ -139,7 +139,7 @@ class Scheduler:
         Its stored URLs may have gone stale since (expired, or served by a restarted server on
         another port), so one /result call first fetches the current ones.
         """
-        request_id = self.book.rows[job_id].request_id
+        request_id = self.jobs.rows[job_id].request_id
         if not request_id:
             self._start_download(job_id)
             return
@@ -182,12 +182,12 @@ class Scheduler:
         if submits:
             # Committed (one fsync for all) before any leaves: from here on, a crash leaves
             # each of them an ambiguous submit, never a silent second one.
-            with self.book.batch(durable=True):
+            with self.jobs.batch(durable=True):
                 for job_id in submits:
-                    self.book.submitting(job_id)
+                    self.jobs.mark_submitting(job_id)
             submit = self.client.submit
             for job_id in submits:
-                row = self.book.rows[job_id]
+                row = self.jobs.rows[job_id]
                 self._pool.submit(self._work, "submit", job_id, submit, row.model_id, row.inputs)
         return wait
 
@@ -246,7 +246,7 @@ class Scheduler:
                 break
         if not outcomes:
             return
-        with self.book.batch(durable=any(o.kind == "submit" for o in outcomes)):
+        with self.jobs.batch(durable=any(o.kind == "submit" for o in outcomes)):
             for outcome in outcomes:
                 self._apply(outcome)
 
@@ -309,7 +309,7 @@ class Scheduler:
         if self.fetch is None or self._stop.is_set():
             return
         for job_id in self._downloads:
-            row = self.book.rows[job_id]
+            row = self.jobs.rows[job_id]
             args = (job_id, row.output, row.files)
             self._dl_pool.submit(self._work, "download", job_id, self.fetch, *args)
         self._downloads.clear()
@@ -337,7 +337,7 @@ class Scheduler:
         if exc is None:
             self.submit_refusals = 0
             self.submit_accepted = True
-            self.book.requested(job_id, o.value, o.at)
+            self.jobs.record_request_id(job_id, o.value, o.at)
             self.submits_this_run[job_id] += 1
             self.flights[job_id] = Flight(job_id, o.value, o.at, st.QUEUED)
             self._schedule(self.planner.first_delay(), "poll", job_id)
@@ -360,14 +360,14 @@ class Scheduler:
             self.submit_open = False
             self._back_to_pending(job_id, str(exc))
         elif verdict == answers.FAILED:
-            self.book.finished(job_id, st.FAILED, at=o.at, error=str(exc))
+            self.jobs.record_result(job_id, st.FAILED, finished_at=o.at, error=str(exc))
         else:
             why = str(exc) if isinstance(exc, ApiError) else f"{type(exc).__name__}: {exc}"
             error = answers.AMBIGUOUS_SUBMIT.format(why=why)
-            self.book.unknown(job_id, error)
+            self.jobs.mark_unknown(job_id, error)
 
     def _back_to_pending(self, job_id: str, error: str) -> None:
-        self.book.pending(job_id, error)
+        self.jobs.mark_pending(job_id, error)
         self.pending.appendleft(job_id)
 
     def _polled(self, o: _Outcome) -> None:
@@ -386,9 +386,9 @@ class Scheduler:
         now = self.wall()
         new = answer.state
         if new != flight.status or (
-            new == st.RUNNING and self.book.rows[o.job_id].started_at is None
+            new == st.RUNNING and self.jobs.rows[o.job_id].started_at is None
         ):
-            self.book.seen(o.job_id, new, started_at=now if new == st.RUNNING else None)
+            self.jobs.record_status(o.job_id, new, started_at=now if new == st.RUNNING else None)
             flight.status = new
         if self._timed_out(flight, now):
             return
@@ -404,10 +404,10 @@ class Scheduler:
         if answer.state == st.FAILED and self.submits_this_run[job_id] <= self.run_settings.retries:
             self._back_to_pending(job_id, f"attempt failed: {answer.error}; retrying")
             return
-        self.book.finished(
+        self.jobs.record_result(
             job_id,
             answer.state,
-            at=now,
+            finished_at=now,
             output=answer.output,
             error=answer.error,
             cost_usd=answer.cost_usd,
@@ -431,7 +431,7 @@ class Scheduler:
         if flight.last_error:
             error = f"{error}; last error: {flight.last_error}"
         del self.flights[flight.job_id]
-        self.book.finished(flight.job_id, st.TIMED_OUT, at=self.wall(), error=error)
+        self.jobs.record_result(flight.job_id, st.TIMED_OUT, finished_at=self.wall(), error=error)
 
     def _cancelled(self, o: _Outcome) -> None:
         flight = self.flights.get(o.job_id)
@@ -460,7 +460,7 @@ class Scheduler:
         if isinstance(exc, NotFoundError):
             del self.flights[flight.job_id]
             error = f"request unknown or expired on the server: {exc}"
-            self.book.finished(flight.job_id, st.FAILED, at=self.wall(), error=error)
+            self.jobs.record_result(flight.job_id, st.FAILED, finished_at=self.wall(), error=error)
             return
         flight.errors += 1
         flight.last_error = str(exc)
@@ -480,7 +480,7 @@ class Scheduler:
         """Leave a job on the server (its request id stays; the next run polls it again)."""
         self.flights.pop(flight.job_id, None)
         self.abandoned.add(flight.job_id)
-        self.book.note(flight.job_id, error)
+        self.jobs.record_error(flight.job_id, error)
 
     def _refreshed(self, o: _Outcome) -> None:
         request_id = self.refreshing.pop(o.job_id, None)
@@ -493,13 +493,18 @@ class Scheduler:
                 self._heap, (self.clock(), next(self._seq), "refresh", o.job_id, request_id)
             )
             return
-        row = self.book.rows[o.job_id]
+        row = self.jobs.rows[o.job_id]
         answer = answers.read_answer(o.value) if o.error is None else None
         if answer and answer.state == st.SUCCEEDED and answer.output not in (None, row.output):
             cost = row.cost_usd if row.cost_usd is not None else answer.cost_usd
             at = row.finished_at or o.at
-            self.book.finished(
-                o.job_id, st.SUCCEEDED, at=at, output=answer.output, error=row.error, cost_usd=cost
+            self.jobs.record_result(
+                o.job_id,
+                st.SUCCEEDED,
+                finished_at=at,
+                output=answer.output,
+                error=row.error,
+                cost_usd=cost,
             )
         # Any other answer (expired, an error): the stored URLs are all there is to try.
         self._start_download(o.job_id)
@@ -509,7 +514,7 @@ class Scheduler:
             files = [OutputFile(url="", error=f"download failed: {o.error}")]
         else:
             files = o.value
-        self.book.files(o.job_id, files)
+        self.jobs.record_files(o.job_id, files)
 
     # ---- helpers ------------------------------------------------------------------------
 
@@ -526,4 +531,4 @@ class Scheduler:
     def _show(self, force: bool = False) -> None:
         if self.progress is not None:
             calls = sum(self.client.calls.values())
-            self.progress.update(+self.book.counts, self.book.done(), calls, force=force)
+            self.progress.update(+self.jobs.counts, self.jobs.done(), calls, force=force)
