@@ -15,7 +15,7 @@ from typing import Any
 import requests
 
 from batchrun import state as st
-from batchrun.answers import AMBIGUOUS_SUBMIT
+from batchrun.api_answers import AMBIGUOUS_SUBMIT
 from batchrun.client import Client
 from batchrun.download import Downloader, collect_urls, default_allow_hosts, output_keys
 from batchrun.errors import ApiError

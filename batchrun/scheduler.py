@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from batchrun import answers, state as st
+from batchrun import api_answers, state as st
 from batchrun.client import Client
 from batchrun.errors import (
     ApiError,
@@ -31,7 +31,7 @@ from batchrun.errors import (
 from batchrun.jobtable import JobTable
 from batchrun.manifest import RunSettings
 from batchrun.polling import PollPlanner
-from batchrun.progress import Progress
+from batchrun.progress import Progress, secs
 from batchrun.ratelimit import RateLimiter
 from batchrun.state import JobRow, OutputFile, StateStore
 
@@ -342,28 +342,28 @@ class Scheduler:
             self.flights[job_id] = Flight(job_id, o.value, o.at, st.QUEUED)
             self._schedule(self.planner.first_delay(), "poll", job_id)
             return
-        verdict = answers.submit_verdict(exc)
-        if verdict == answers.THROTTLED:
+        verdict = api_answers.submit_verdict(exc)
+        if verdict == api_answers.THROTTLED:
             assert isinstance(exc, RateLimitedError)
             self.limiter.throttled(exc.retry_after)
             self._back_to_pending(job_id, str(exc))
-        elif verdict == answers.RETRY:
+        elif verdict == api_answers.RETRY:
             self.submit_refusals += 1
             if self.submit_refusals > MAX_SUBMIT_REFUSALS:
                 self.fatal = exc
                 self.submit_open = False
             self.submit_not_before = self.clock() + self._backoff(self.submit_refusals)
             self._back_to_pending(job_id, str(exc))
-        elif verdict == answers.STOP:
+        elif verdict == api_answers.STOP:
             # Nothing was accepted; stop submitting (auth: stop everything).
             self.fatal = exc
             self.submit_open = False
             self._back_to_pending(job_id, str(exc))
-        elif verdict == answers.FAILED:
+        elif verdict == api_answers.FAILED:
             self.jobs.record_result(job_id, st.FAILED, finished_at=o.at, error=str(exc))
         else:
             why = str(exc) if isinstance(exc, ApiError) else f"{type(exc).__name__}: {exc}"
-            error = answers.AMBIGUOUS_SUBMIT.format(why=why)
+            error = api_answers.AMBIGUOUS_SUBMIT.format(why=why)
             self.jobs.mark_unknown(job_id, error)
 
     def _back_to_pending(self, job_id: str, error: str) -> None:
@@ -379,7 +379,7 @@ class Scheduler:
             return
         flight.errors = 0
         flight.last_error = ""
-        answer = answers.read_answer(o.value)
+        answer = api_answers.read_answer(o.value)
         if answer.terminal:
             self._finish(flight, answer, o.value)
             return
@@ -396,7 +396,7 @@ class Scheduler:
         delay = self.planner.next_delay(age=age, queue_position=answer.queue_position)
         self._schedule(self._until_deadline(flight, now, delay), "poll", o.job_id)
 
-    def _finish(self, flight: Flight, answer: answers.Answer, body: dict) -> None:
+    def _finish(self, flight: Flight, answer: api_answers.Answer, body: dict) -> None:
         job_id = flight.job_id
         now = self.wall()
         self.planner.learn(body, self.clock())
@@ -424,7 +424,7 @@ class Scheduler:
             flight.cancelling = True
             self._schedule(0.0, "cancel", flight.job_id)
             return True
-        self._give_up(flight, f"gave up after job_timeout ({answers.secs(limit)}): still running")
+        self._give_up(flight, f"gave up after job_timeout ({secs(limit)}): still running")
         return True
 
     def _give_up(self, flight: Flight, error: str) -> None:
@@ -437,7 +437,7 @@ class Scheduler:
         flight = self.flights.get(o.job_id)
         if flight is None:
             return
-        limit = answers.secs(self.run_settings.job_timeout or 0)
+        limit = secs(self.run_settings.job_timeout or 0)
         if o.error is not None and not isinstance(o.error, NotFoundError):
             self._call_failed(flight, "cancel", o.error)
             return
@@ -494,7 +494,7 @@ class Scheduler:
             )
             return
         row = self.jobs.rows[o.job_id]
-        answer = answers.read_answer(o.value) if o.error is None else None
+        answer = api_answers.read_answer(o.value) if o.error is None else None
         if answer and answer.state == st.SUCCEEDED and answer.output not in (None, row.output):
             cost = row.cost_usd if row.cost_usd is not None else answer.cost_usd
             at = row.finished_at or o.at
