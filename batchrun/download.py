@@ -31,6 +31,7 @@ from requests.structures import CaseInsensitiveDict
 
 from batchrun import netenv
 from batchrun.atomic import fsync_dir
+from batchrun.ratelimit import backoff
 from batchrun.state import OutputFile
 
 CHUNK = 1024 * 1024
@@ -277,8 +278,7 @@ class Downloader:
                 attempt += 1
                 if attempt > self.retries:
                     return OutputFile(url=url, error=f"{exc} (after {attempt} attempts)")
-                delay = min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2 ** (attempt - 1))
-                delay *= self._random.uniform(0.5, 1.0)
+                delay = backoff(attempt, base=BACKOFF_BASE_S, cap=BACKOFF_CAP_S, rng=self._random)
                 if exc.retry_after is not None:
                     delay = max(delay, min(exc.retry_after, BACKOFF_CAP_S * 2))
                 self.sleep(delay)

@@ -32,7 +32,7 @@ from batchrun.jobtable import JobTable
 from batchrun.manifest import RunSettings
 from batchrun.polling import PollPlanner
 from batchrun.progress import Progress, secs
-from batchrun.ratelimit import RateLimiter
+from batchrun.ratelimit import RateLimiter, backoff
 from batchrun.state import JobRow, OutputFile, StateStore
 
 MAX_SUBMIT_REFUSALS = 6  # consecutive refused submits (about 30 s) before giving up on the server
@@ -41,6 +41,8 @@ MAX_POLL_ERRORS = 40  # consecutive failed reads of one job before we stop polli
 # This one thread hands out every token; when it wakes late (a busy machine), the tokens due
 # meanwhile are kept, up to this many seconds' worth (the limiter caps any second at rate+1).
 CATCH_UP_S = 0.1
+BACKOFF_BASE_S = 0.5  # a refused submit or a failed read: 0.5 s, 1 s, 2 s... (with jitter)
+BACKOFF_CAP_S = 30.0
 
 Fetch = Callable[[str, Any, list[OutputFile]], list[OutputFile]]
 
@@ -525,8 +527,7 @@ class Scheduler:
         return max(0.0, min(delay, flight.submitted_at + limit - now))
 
     def _backoff(self, errors: int) -> float:
-        """Capped exponential backoff with jitter."""
-        return min(30.0, 0.25 * 2 ** min(errors, 8)) * self._random.uniform(0.5, 1.0)
+        return backoff(errors, base=BACKOFF_BASE_S, cap=BACKOFF_CAP_S, rng=self._random)
 
     def _show(self, force: bool = False) -> None:
         if self.progress is not None:
