@@ -27,7 +27,6 @@ from typing import Any
 from urllib.parse import unquote, urljoin, urlsplit
 
 import requests
-from requests.structures import CaseInsensitiveDict
 
 from batchrun import netenv
 from batchrun.atomic import fsync_dir
@@ -315,7 +314,7 @@ class Downloader:
         p = requests.PreparedRequest()
         p.method = "GET"
         p.prepare_url(url, None)  # a server's URL: requests' checks and quoting apply
-        headers: CaseInsensitiveDict[str | bytes] = CaseInsensitiveDict(self.session.headers)
+        headers = netenv.str_headers(self.session.headers)
         headers.pop("Authorization", None)  # never, even when a given session carries one
         headers["Accept-Encoding"] = "identity"
         p.headers = headers
@@ -333,9 +332,11 @@ class Downloader:
             origin = url
         found = self._settings.get(origin)
         if found is None:
-            found = self.session.merge_environment_settings(url, {}, True, None, None)
+            merged = self.session.merge_environment_settings(url, {}, True, None, None)
+            proxies = dict(merged["proxies"])
             if self._own_session:  # trust_env is off on ours: the environment's proxies here
-                found["proxies"] = {**netenv.env_proxies(url), **found["proxies"]}
+                proxies = {**netenv.env_proxies(url), **proxies}
+            found = {**merged, "proxies": proxies}
             self._settings[origin] = found
         return found
 
