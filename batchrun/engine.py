@@ -17,8 +17,9 @@ import requests
 from batchrun import state as st
 from batchrun.api_answers import AMBIGUOUS_SUBMIT
 from batchrun.client import Client
-from batchrun.download import Downloader, collect_urls, default_allow_hosts, output_keys
+from batchrun.download import Downloader
 from batchrun.errors import ApiError
+from batchrun.output_urls import collect_urls, default_allow_hosts, output_keys
 from batchrun.plan import Plan
 from batchrun.progress import Progress, describe
 from batchrun.ratelimit import RateLimiter
@@ -181,7 +182,7 @@ class _Run:
     def _fetcher(self) -> Callable[[str, Any, list[OutputFile]], list[OutputFile]]:
         outputs = self.plan.manifest.outputs
         hosts = default_allow_hosts(self.opts.api_base) + list(outputs.allow_hosts)
-        downloader = Downloader(allow_hosts=hosts, max_bytes=outputs.max_file_bytes)
+        downloader = Downloader(allow_hosts=hosts, max_file_bytes=outputs.max_file_bytes)
 
         def fetch(job_id: str, output: Any, existing: list[OutputFile]) -> list[OutputFile]:
             urls = collect_urls(output)
