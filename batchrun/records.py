@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 # Internal job states. Report statuses (DESIGN.md) are derived by `report_status`.
 PENDING = "pending"  # not yet submitted (or to be resubmitted)
@@ -69,6 +69,23 @@ class JobRow:
             return None
         start = self.started_at or self.submitted_at
         return None if start is None else max(0.0, self.finished_at - start)
+
+
+class JobLike(Protocol):
+    """What add_jobs needs of a job (batchrun.grid.Job)."""
+
+    @property
+    def job_id(self) -> str: ...
+    @property
+    def model_id(self) -> str: ...
+    @property
+    def inputs(self) -> dict: ...
+    @property
+    def vars(self) -> dict: ...
+    @property
+    def repeat(self) -> int: ...
+    @property
+    def position(self) -> int: ...
 
 
 def report_status(status: str) -> str:

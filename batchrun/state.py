@@ -9,7 +9,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from batchrun import __version__, lock as folder_lock
 from batchrun.errors import StateError
@@ -29,6 +29,7 @@ from batchrun.records import (
     TERMINAL as TERMINAL,
     TIMED_OUT as TIMED_OUT,
     UNKNOWN as UNKNOWN,
+    JobLike,
     JobRow as JobRow,
     OutputFile as OutputFile,
     decode_row,
@@ -38,23 +39,6 @@ from batchrun.records import (
 
 SCHEMA_VERSION = 1
 STATE_FILE = "state.db"
-
-
-class JobLike(Protocol):
-    """What add_jobs needs of a job (batchrun.grid.Job)."""
-
-    @property
-    def job_id(self) -> str: ...
-    @property
-    def model_id(self) -> str: ...
-    @property
-    def inputs(self) -> dict: ...
-    @property
-    def vars(self) -> dict: ...
-    @property
-    def repeat(self) -> int: ...
-    @property
-    def position(self) -> int: ...
 
 
 _SCHEMA = """
