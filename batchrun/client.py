@@ -12,7 +12,6 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 import requests
-from requests.structures import CaseInsensitiveDict
 
 from batchrun import __version__, netenv
 from batchrun.errors import (
@@ -152,7 +151,7 @@ class Client:
         else:
             p.prepare_url(url, None)  # raises InvalidURL / MissingSchema for a bad base URL
             self._url_as_is = p.url == url
-        headers: CaseInsensitiveDict[str | bytes] = CaseInsensitiveDict(session.headers)
+        headers = netenv.str_headers(session.headers)
         headers["Authorization"] = f"Bearer {self._token}"
         headers["Accept"] = "application/json"
         p.headers = headers

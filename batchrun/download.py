@@ -1,20 +1,14 @@
-"""Collect a job's output URLs and download them safely into files/<job_id>/.
+"""Download a job's output files safely into files/<job_id>/.
 
-Safety rules (DESIGN.md "Downloads"): only http(s) URLs on allowed hosts, never an
-Authorization header, streamed to `<name>.part` with a size cap, sha256 while streaming,
+Safety rules (DESIGN.md "Downloads"): only http(s) URLs on allowed hosts (output_urls), never
+an Authorization header, streamed to `<name>.part` with a size cap, sha256 while streaming,
 fsynced and renamed, names sanitised so none can leave the job's folder.
-
-Host patterns: "*.example.com" matches sub-domains of example.com only (a.example.com,
-a.b.example.com), not example.com itself; a plain name ("example.com", "127.0.0.1") matches
-exactly that host. Matching is on the hostname parsed by urllib.parse, case-insensitive,
-ignoring the port and a trailing dot.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import mimetypes
 import os
 import random
 import re
@@ -23,24 +17,22 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
-from urllib.parse import unquote, urljoin, urlsplit
+from typing import Any, BinaryIO
+from urllib.parse import urljoin, urlsplit
 
 import requests
-from requests.structures import CaseInsensitiveDict
 
 from batchrun import netenv
 from batchrun.atomic import fsync_dir
+from batchrun.output_urls import refusal, safe_name, unique_name, url_name, with_ext
+from batchrun.ratelimit import backoff
 from batchrun.state import OutputFile
 
 CHUNK = 1024 * 1024
 MAX_REDIRECTS = 5
 BACKOFF_BASE_S = 1.0
 BACKOFF_CAP_S = 30.0
-_SKIP_KEYS = frozenset({"status_url", "result_url", "cancel_url"})
 _JOB_ID = re.compile(r"^[0-9a-f]{6,64}$")
-_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
-_MAX_NAME = 100
 # Never follow a symlink planted where a .part file goes.
 _PART_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0)
 
@@ -57,114 +49,6 @@ class _Fail(Exception):
     """A download failed for good; the message goes into OutputFile.error."""
 
 
-def _walk(value: Any, key: str) -> Iterator[tuple[str, str]]:
-    if isinstance(value, str):
-        if "://" in value or value.startswith(("/", "\\")):
-            yield key, value
-    elif isinstance(value, Mapping):
-        for k, v in value.items():
-            if k not in _SKIP_KEYS:
-                yield from _walk(v, str(k))
-    elif isinstance(value, (list, tuple)):
-        for v in value:
-            yield from _walk(v, key)
-
-
-def output_keys(output: Any) -> dict[str, str]:
-    """Each collected URL -> the `output` key it was found under ("" at the top level)."""
-    keys: dict[str, str] = {}
-    for key, url in _walk(output, ""):
-        keys.setdefault(url, key)
-    return keys
-
-
-def collect_urls(output: Any) -> list[str]:
-    """Every URL-looking string in `output`, in document order, each once."""
-    return list(output_keys(output))
-
-
-def default_allow_hosts(api_base: str) -> list[str]:
-    """RunComfy's output hosts plus the API base's own host (the simulator serves files)."""
-    hosts = ["*.runcomfy.net", "*.runcomfy.com"]
-    try:
-        host = urlsplit(api_base).hostname
-    except ValueError:
-        host = None
-    if host and host not in hosts:
-        hosts.append(host)
-    return hosts
-
-
-def host_allowed(host: str, patterns: Sequence[str]) -> bool:
-    """Whether `host` matches one of the patterns (see the module docstring)."""
-    host = host.lower().rstrip(".")
-    for pattern in patterns:
-        pattern = pattern.lower().rstrip(".")
-        if pattern.startswith("*."):
-            if host.endswith(pattern[1:]) and len(host) > len(pattern) - 1:
-                return True
-        elif host == pattern:
-            return True
-    return False
-
-
-def refusal(url: str, allow_hosts: Sequence[str]) -> str:
-    """Why `url` must not be fetched ("" when it may be)."""
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname
-        parts.port  # noqa: B018 - raises ValueError on a malformed port
-    except ValueError:
-        return "refused: not a valid URL"
-    if not parts.scheme:
-        return "refused: not an absolute http(s) URL"
-    if parts.scheme not in ("http", "https"):
-        return f"refused: scheme {parts.scheme!r} not allowed (only http and https)"
-    if not host:
-        return "refused: URL has no host"
-    if parts.username is not None or parts.password is not None:
-        return "refused: URL carries credentials"
-    if not host_allowed(host, allow_hosts):
-        return f"refused: host {host} not allowed (add it to outputs.allow_hosts to trust it)"
-    return ""
-
-
-def safe_name(raw: str) -> str:
-    """`raw` reduced to [A-Za-z0-9._-], no leading dot, at most 100 chars ("" if nothing left)."""
-    name = _UNSAFE.sub("_", raw).lstrip(".")
-    if len(name) > _MAX_NAME:
-        stem, dot, ext = name.rpartition(".")
-        ext = ext if dot and stem and len(ext) <= 10 else ""
-        name = name[: _MAX_NAME - len(ext) - 1] + "." + ext if ext else name[:_MAX_NAME]
-    return "" if name.strip("._") == "" else name
-
-
-def url_name(url: str) -> str:
-    """The sanitised last path segment of `url` after percent-decoding ("" if unusable)."""
-    segment = urlsplit(url).path.rsplit("/", 1)[-1]
-    decoded = unquote(segment)
-    # %2F and %5C decode to separators: keep only what follows the last one.
-    return safe_name(re.split(r"[/\\]", decoded)[-1])
-
-
-def _with_ext(name: str, content_type: str) -> str:
-    if "." in name.strip("."):
-        return name
-    ext = mimetypes.guess_extension(content_type.split(";")[0].strip().lower()) or ""
-    return name + ext
-
-
-def _unique(name: str, taken: set[str]) -> str:
-    if name not in taken:
-        return name
-    stem, dot, ext = name.rpartition(".")
-    stem, ext = (stem, "." + ext) if dot and stem else (name, "")
-    n = 2
-    while f"{stem}-{n}{ext}" in taken:
-        n += 1
-    return f"{stem}-{n}{ext}"
-
-
 class Downloader:
     """Fetches output URLs into a run folder; one instance per run."""
 
@@ -172,14 +56,14 @@ class Downloader:
         self,
         *,
         allow_hosts: list[str],
-        max_bytes: int = 2 * 1024**3,
+        max_file_bytes: int = 2 * 1024**3,
         session: requests.Session | None = None,
         retries: int = 3,
         timeout: float = 60.0,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.allow_hosts = list(allow_hosts)
-        self.max_bytes = max_bytes
+        self.max_file_bytes = max_file_bytes
         # A fresh session by default, never the API client's. A given session is left as it is
         # (it may be shared); every request strips Authorization instead (see `_open`).
         # Ours reads proxies and the CA bundle once (netenv), and so never reads ~/.netrc.
@@ -277,8 +161,7 @@ class Downloader:
                 attempt += 1
                 if attempt > self.retries:
                     return OutputFile(url=url, error=f"{exc} (after {attempt} attempts)")
-                delay = min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2 ** (attempt - 1))
-                delay *= self._random.uniform(0.5, 1.0)
+                delay = backoff(attempt, base=BACKOFF_BASE_S, cap=BACKOFF_CAP_S, rng=self._random)
                 if exc.retry_after is not None:
                     delay = max(delay, min(exc.retry_after, BACKOFF_CAP_S * 2))
                 self.sleep(delay)
@@ -315,7 +198,7 @@ class Downloader:
         p = requests.PreparedRequest()
         p.method = "GET"
         p.prepare_url(url, None)  # a server's URL: requests' checks and quoting apply
-        headers: CaseInsensitiveDict[str | bytes] = CaseInsensitiveDict(self.session.headers)
+        headers = netenv.str_headers(self.session.headers)
         headers.pop("Authorization", None)  # never, even when a given session carries one
         headers["Accept-Encoding"] = "identity"
         p.headers = headers
@@ -333,9 +216,11 @@ class Downloader:
             origin = url
         found = self._settings.get(origin)
         if found is None:
-            found = self.session.merge_environment_settings(url, {}, True, None, None)
+            merged = self.session.merge_environment_settings(url, {}, True, None, None)
+            proxies = dict(merged["proxies"])
             if self._own_session:  # trust_env is off on ours: the environment's proxies here
-                found["proxies"] = {**netenv.env_proxies(url), **found["proxies"]}
+                proxies = {**netenv.env_proxies(url), **proxies}
+            found = {**merged, "proxies": proxies}
             self._settings[origin] = found
         return found
 
@@ -354,10 +239,10 @@ class Downloader:
                 raise _Fail(f"HTTP {status}")
             length_header = resp.headers.get("Content-Length", "")
             expected = int(length_header) if length_header.isdigit() else None
-            if expected is not None and expected > self.max_bytes:
-                raise _Fail(f"larger than the {self.max_bytes}-byte cap")
+            if expected is not None and expected > self.max_file_bytes:
+                raise _Fail(f"larger than the {self.max_file_bytes}-byte cap")
             content_type = resp.headers.get("Content-Type", "")
-            name = keep or _unique(_with_ext(url_name(url) or fallback, content_type), taken)
+            name = keep or unique_name(with_ext(url_name(url) or fallback, content_type), taken)
             try:
                 # Defence in depth: no symlinked folder or odd name may lead outside the run.
                 if safe_name(name) != name or not job.ready():
@@ -371,30 +256,41 @@ class Downloader:
     def _stream(
         self, resp: requests.Response, final: Path, expected: int | None
     ) -> tuple[str, int]:
-        part = final.with_name(final.name + ".part")
         digest = hashlib.sha256()
         size = 0
-        try:
-            with open(part, "wb", opener=_open_part) as fh:
-                try:
-                    for chunk in resp.iter_content(CHUNK):
-                        size += len(chunk)
-                        if size > self.max_bytes:
-                            raise _Fail(f"larger than the {self.max_bytes}-byte cap")
-                        digest.update(chunk)
-                        fh.write(chunk)
-                except requests.RequestException as exc:
-                    raise _Retry(f"body cut short ({size} bytes): {type(exc).__name__}") from None
-                encoded = resp.headers.get("Content-Encoding", "identity") != "identity"
-                if expected is not None and not encoded and size != expected:
-                    raise _Retry(f"body cut short ({size} of {expected} bytes)")
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(part, final)
-        except BaseException:
-            part.unlink(missing_ok=True)
-            raise
+        with _atomic_file(final) as fh:
+            try:
+                for chunk in resp.iter_content(CHUNK):
+                    size += len(chunk)
+                    if size > self.max_file_bytes:
+                        raise _Fail(f"larger than the {self.max_file_bytes}-byte cap")
+                    digest.update(chunk)
+                    fh.write(chunk)
+            except requests.RequestException as exc:
+                raise _Retry(f"body cut short ({size} bytes): {type(exc).__name__}") from None
+            encoded = resp.headers.get("Content-Encoding", "identity") != "identity"
+            if expected is not None and not encoded and size != expected:
+                raise _Retry(f"body cut short ({size} of {expected} bytes)")
         return digest.hexdigest(), size
+
+
+@contextlib.contextmanager
+def _atomic_file(path: Path) -> Iterator[BinaryIO]:
+    """`path.part` to write: fsynced and renamed to `path` on a clean exit, removed on an error.
+
+    atomic.write_text's steps, but the .part is never opened through a symlink, and the folder
+    is not fsynced here: `fetch` does that once per job, after all its files.
+    """
+    part = path.with_name(path.name + ".part")
+    try:
+        with open(part, "wb", opener=_open_part) as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(part, path)
+    except BaseException:
+        part.unlink(missing_ok=True)
+        raise
 
 
 def _open_part(path: str, flags: int) -> int:

@@ -15,10 +15,11 @@ from typing import Any
 import requests
 
 from batchrun import state as st
-from batchrun.answers import AMBIGUOUS_SUBMIT
+from batchrun.api_answers import AMBIGUOUS_SUBMIT
 from batchrun.client import Client
-from batchrun.download import Downloader, collect_urls, default_allow_hosts, output_keys
+from batchrun.download import Downloader
 from batchrun.errors import ApiError
+from batchrun.output_urls import collect_urls, default_allow_hosts, output_keys
 from batchrun.plan import Plan
 from batchrun.progress import Progress, describe
 from batchrun.ratelimit import RateLimiter
@@ -181,7 +182,7 @@ class _Run:
     def _fetcher(self) -> Callable[[str, Any, list[OutputFile]], list[OutputFile]]:
         outputs = self.plan.manifest.outputs
         hosts = default_allow_hosts(self.opts.api_base) + list(outputs.allow_hosts)
-        downloader = Downloader(allow_hosts=hosts, max_bytes=outputs.max_file_bytes)
+        downloader = Downloader(allow_hosts=hosts, max_file_bytes=outputs.max_file_bytes)
 
         def fetch(job_id: str, output: Any, existing: list[OutputFile]) -> list[OutputFile]:
             urls = collect_urls(output)
@@ -230,8 +231,11 @@ class _Run:
                 self.echo(f"could not cancel job {flight.job_id}: {exc}")
                 continue
             if outcome == "cancelled":
-                sched.book.finished(
-                    flight.job_id, st.CANCELLED, at=self.opts.wall(), error="cancelled on interrupt"
+                sched.jobs.record_result(
+                    flight.job_id,
+                    st.CANCELLED,
+                    finished_at=self.opts.wall(),
+                    error="cancelled on interrupt",
                 )
                 del sched.flights[flight.job_id]
 

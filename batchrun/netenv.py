@@ -11,8 +11,10 @@ so no credentials from it ride along.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 
 import requests
+from requests.structures import CaseInsensitiveDict
 from requests.utils import get_environ_proxies
 
 
@@ -30,3 +32,11 @@ def session() -> requests.Session:
 def env_proxies(url: str) -> dict[str, str]:
     """The proxies the environment gives `url` ({} when NO_PROXY covers its host)."""
     return dict(get_environ_proxies(url))
+
+
+def str_headers(headers: Mapping[str, str | bytes]) -> CaseInsensitiveDict[str]:
+    """A copy of `headers` with bytes values decoded as latin-1, which http.client encodes a
+    str value with: the same bytes go out, and the copy is what PreparedRequest.headers holds."""
+    return CaseInsensitiveDict(
+        {k: v if isinstance(v, str) else v.decode("latin-1") for k, v in headers.items()}
+    )

@@ -15,8 +15,8 @@ from typing import Any
 from jsonschema import Draft202012Validator
 
 from batchrun import models
-from batchrun.bulk import gc_paused
 from batchrun.errors import ManifestError
+from batchrun.gcpause import gc_paused
 from batchrun.grid import Job, expand
 from batchrun.manifest import Manifest, load_manifest
 

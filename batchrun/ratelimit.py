@@ -15,6 +15,7 @@ of one allows. No second then holds more than the server's limit plus one (the e
 from __future__ import annotations
 
 import math
+import random
 import threading
 import time
 from collections import deque
@@ -25,6 +26,12 @@ POLL = 1
 
 MAX_PAUSE = 3600.0  # a Retry-After beyond an hour is a server bug, not a wish
 EPSILON = 1e-6  # float slack, so a token due "now" is not missed by a rounding error
+
+
+def backoff(attempt: int, *, base: float, cap: float, rng: random.Random) -> float:
+    """Seconds to wait before try `attempt` + 1 (attempt >= 1 failed): base * 2**(attempt-1),
+    at most `cap`, times a random 0.5-1 so callers that failed together do not retry together."""
+    return min(cap, base * 2.0 ** min(max(attempt, 1) - 1, 64)) * rng.uniform(0.5, 1.0)
 
 
 class RateLimiter:

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from batchrun.atomic import write_text
-from batchrun.bulk import gc_paused
-from batchrun.download import collect_urls
+from batchrun.gcpause import gc_paused
+from batchrun.output_urls import collect_urls
 from batchrun.state import JobRow, report_status
 
 REPORT_COLUMNS = [

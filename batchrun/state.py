@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import fcntl
-import json
-import os
 import sqlite3
 import threading
 import time
@@ -12,15 +9,16 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-from batchrun import __version__
-from batchrun.bulk import gc_paused
-from batchrun.errors import RunFolderInUse, StateError
+from batchrun import __version__, lock as folder_lock
+from batchrun.errors import StateError
+from batchrun.gcpause import gc_paused
 
 # The records are re-exported: callers speak of `state.JobRow`, `state.SUCCEEDED`...
 from batchrun.records import (
     CANCELLED as CANCELLED,
+    COLUMNS,
     FAILED as FAILED,
     PENDING as PENDING,
     QUEUED as QUEUED,
@@ -30,31 +28,16 @@ from batchrun.records import (
     TERMINAL as TERMINAL,
     TIMED_OUT as TIMED_OUT,
     UNKNOWN as UNKNOWN,
+    JobLike,
     JobRow as JobRow,
     OutputFile as OutputFile,
+    decode_row,
+    dumps,
     report_status as report_status,
 )
 
 SCHEMA_VERSION = 1
 STATE_FILE = "state.db"
-LOCK_FILE = ".lock"
-
-
-class JobLike(Protocol):
-    """What add_jobs needs of a job (batchrun.grid.Job)."""
-
-    @property
-    def job_id(self) -> str: ...
-    @property
-    def model_id(self) -> str: ...
-    @property
-    def inputs(self) -> dict: ...
-    @property
-    def vars(self) -> dict: ...
-    @property
-    def repeat(self) -> int: ...
-    @property
-    def position(self) -> int: ...
 
 
 _SCHEMA = """
@@ -81,11 +64,6 @@ CREATE TABLE IF NOT EXISTS jobs (
 );
 CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status);
 """
-
-_COLUMNS = (
-    "job_id, position, model_id, inputs, vars, repeat, status, request_id, attempts, error, "
-    "submitted_at, started_at, finished_at, cost_usd, output, files, in_manifest"
-)
 
 
 class StateStore:
@@ -127,7 +105,7 @@ class StateStore:
                     f"{run_dir}: cannot make the run folder ({exc.strerror}); "
                     "choose another --run-dir or outputs.dir"
                 ) from None
-        lock_fd = _take_lock(run_dir) if lock else None
+        lock_fd = folder_lock.take(run_dir) if lock else None
         try:
             conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
             conn.execute("PRAGMA busy_timeout=10000")
@@ -137,10 +115,10 @@ class StateStore:
             store = cls(run_dir, conn, lock_fd)
             store._migrate(writable=lock or create)
         except sqlite3.DatabaseError as exc:
-            _release_lock(lock_fd)
+            folder_lock.release(lock_fd)
             raise StateError(f"{path}: not a usable state file ({exc})") from None
         except BaseException:
-            _release_lock(lock_fd)
+            folder_lock.release(lock_fd)
             raise
         return store
 
@@ -168,7 +146,7 @@ class StateStore:
     def close(self) -> None:
         with self._mutex:
             self._conn.close()
-        _release_lock(self._lock_fd)
+        folder_lock.release(self._lock_fd)
         self._lock_fd = None
 
     def __enter__(self) -> StateStore:
@@ -267,8 +245,8 @@ class StateStore:
                     j.job_id,
                     j.position,
                     j.model_id,
-                    _dumps(j.inputs),
-                    _dumps(j.vars),
+                    dumps(j.inputs),
+                    dumps(j.vars),
                     j.repeat,
                     now,
                 )
@@ -290,8 +268,8 @@ class StateStore:
         """Every job, in expansion order."""
         where = "WHERE in_manifest = 1 " if in_manifest_only else ""
         with self._mutex, gc_paused():
-            cur = self._conn.execute(f"SELECT {_COLUMNS} FROM jobs {where}ORDER BY position")
-            return [_row(r) for r in cur.fetchall()]
+            cur = self._conn.execute(f"SELECT {COLUMNS} FROM jobs {where}ORDER BY position")
+            return [decode_row(r) for r in cur.fetchall()]
 
     def change_mark(self) -> tuple[int, int]:
         """Equal at two moments only if no job or meta was written in between, by this
@@ -303,11 +281,11 @@ class StateStore:
     def get(self, job_id: str) -> JobRow:
         with self._mutex:
             r = self._conn.execute(
-                f"SELECT {_COLUMNS} FROM jobs WHERE job_id = ?", (job_id,)
+                f"SELECT {COLUMNS} FROM jobs WHERE job_id = ?", (job_id,)
             ).fetchone()
         if r is None:
             raise StateError(f"{self.run_dir}: no job {job_id} in {STATE_FILE}")
-        return _row(r)
+        return decode_row(r)
 
     def counts(self) -> dict[str, int]:
         """Jobs per internal state (jobs still in the manifest)."""
@@ -380,7 +358,7 @@ class StateStore:
         self._update(
             job_id,
             "status = ?, finished_at = ?, output = ?, error = ?, cost_usd = ?",
-            (status, finished_at, None if output is None else _dumps(output), error, cost_usd),
+            (status, finished_at, None if output is None else dumps(output), error, cost_usd),
         )
 
     def record_error(self, job_id: str, error: str) -> None:
@@ -388,7 +366,7 @@ class StateStore:
         self._update(job_id, "error = ?", (error,))
 
     def record_files(self, job_id: str, files: list[OutputFile]) -> None:
-        self._update(job_id, "files = ?", (_dumps([asdict(f) for f in files]),))
+        self._update(job_id, "files = ?", (dumps([asdict(f) for f in files]),))
 
     def requeue(self, statuses: Iterable[str], error: str = "") -> int:
         """Every job (in the manifest) in one of `statuses` back to PENDING; returns how many."""
@@ -412,75 +390,3 @@ class StateStore:
                 (UNKNOWN, error, time.time(), SUBMITTING),
             )
             return cur.rowcount
-
-
-def _take_lock(run_dir: Path) -> int:
-    path = run_dir / LOCK_FILE
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        try:
-            pid = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-        finally:
-            os.close(fd)
-        raise RunFolderInUse(
-            f"run folder {run_dir} in use by pid {pid}; wait for that run to finish "
-            "(or stop it) and try again"
-        ) from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    return fd
-
-
-def _release_lock(fd: int | None) -> None:
-    if fd is not None:
-        try:
-            os.ftruncate(fd, 0)  # no pid: `status` can tell that no run is active
-            fcntl.flock(fd, fcntl.LOCK_UN)
-        finally:
-            os.close(fd)
-
-
-def _dumps(value: Any) -> str:
-    # key order kept: the report's input.<field> columns follow the manifest's order
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-
-
-_scan = json.JSONDecoder().scan_once  # type: ignore[attr-defined]  # the C scanner json.loads uses
-
-
-def _loads(text: str) -> Any:
-    """json.loads of text this module wrote (compact, no surrounding space), about twice as
-    fast: rows() decodes four documents per job, 400,000 for a large run."""
-    if text == "{}":
-        return {}
-    if text == "[]":
-        return []
-    try:
-        value, end = _scan(text, 0)
-    except StopIteration:
-        end = -1
-    return value if end == len(text) else json.loads(text)  # the general path, and its errors
-
-
-def _row(r: tuple) -> JobRow:
-    return JobRow(
-        job_id=r[0],
-        position=r[1],
-        model_id=r[2],
-        inputs=_loads(r[3]),
-        vars=_loads(r[4]),
-        repeat=r[5],
-        status=r[6],
-        request_id=r[7],
-        attempts=r[8],
-        error=r[9],
-        submitted_at=r[10],
-        started_at=r[11],
-        finished_at=r[12],
-        cost_usd=r[13],
-        output=None if r[14] is None else _loads(r[14]),
-        files=[OutputFile(**f) for f in _loads(r[15])] if r[15] else [],
-        in_manifest=bool(r[16]),
-    )

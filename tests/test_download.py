@@ -13,8 +13,8 @@ import requests
 import responses
 
 from batchrun import download
-from batchrun.download import (
-    Downloader,
+from batchrun.download import Downloader
+from batchrun.output_urls import (
     collect_urls,
     default_allow_hosts,
     host_allowed,
@@ -42,7 +42,7 @@ def sleeps() -> list[float]:
 
 @pytest.fixture
 def dl(sleeps: list[float]) -> Downloader:
-    return Downloader(allow_hosts=HOSTS, sleep=sleeps.append, max_bytes=1000)
+    return Downloader(allow_hosts=HOSTS, sleep=sleeps.append, max_file_bytes=1000)
 
 
 def files_under(root: Path) -> list[str]:
@@ -291,7 +291,7 @@ def test_cap_exceeded_with_content_length(
 def test_cap_exceeded_without_content_length(
     tmp_path: Path, sleeps: list[float], mocked: responses.RequestsMock
 ) -> None:
-    dl = Downloader(allow_hosts=HOSTS, sleep=sleeps.append, max_bytes=3 * download.CHUNK)
+    dl = Downloader(allow_hosts=HOSTS, sleep=sleeps.append, max_file_bytes=3 * download.CHUNK)
     mocked.get(f"{CDN}/big.bin", body=b"x" * (3 * download.CHUNK + 1))
     [result] = dl.fetch(tmp_path, JOB, [f"{CDN}/big.bin"])
     assert "Content-Length" not in mocked.calls[0].response.headers
@@ -562,7 +562,7 @@ def test_hostile_simulator_outputs(tmp_path: Path, sleeps: list[float]) -> None:
         api.headers["Authorization"] = f"Bearer {sim.token}"
         dl = Downloader(
             allow_hosts=default_allow_hosts(sim.base_url),
-            max_bytes=download.CHUNK,
+            max_file_bytes=download.CHUNK,
             sleep=sleeps.append,
             timeout=10,
         )

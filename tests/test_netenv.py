@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from batchrun import netenv
 from batchrun.client import Client
 from batchrun.download import Downloader
 
@@ -30,3 +31,9 @@ def test_downloader_honours_no_proxy_per_host(proxy_env: None) -> None:
     assert via["proxies"]["https"] == "http://proxy.example:3128"
     assert via["verify"] == "/etc/my-ca.pem" and via["stream"] is True
     assert "https" not in dl._send_settings("https://direct.example/a.png")["proxies"]
+
+
+def test_str_headers_decodes_bytes_values_to_the_same_wire_bytes():
+    headers = netenv.str_headers({"X-Str": "café", "X-Bytes": "café".encode("latin-1")})
+    assert headers["x-bytes"] == headers["X-STR"] == "café"
+    assert headers["X-Bytes"].encode("latin-1") == b"caf\xe9"  # what http.client sends

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import random
 import threading
 
 import pytest
 
-from batchrun.ratelimit import POLL, SUBMIT, RateLimiter
+from batchrun.ratelimit import POLL, SUBMIT, RateLimiter, backoff
 
 
 class FakeClock:
@@ -215,3 +216,36 @@ def test_polls_wait_while_a_submit_waits():
     poller.join(5)
     submitter.join(5)
     assert order == ["submit"] * 3 + ["poll"] * 3
+
+
+class _Rng(random.Random):
+    """A Random whose uniform() gives one end of the range."""
+
+    def __init__(self, end: str) -> None:
+        super().__init__()
+        self.end = end
+
+    def uniform(self, a: float, b: float) -> float:
+        return a if self.end == "low" else b
+
+
+@pytest.mark.parametrize(
+    ("attempt", "high", "low"),
+    [
+        (1, 1.0, 0.5),
+        (2, 2.0, 1.0),
+        (3, 4.0, 2.0),
+        (5, 16.0, 8.0),
+        (6, 30.0, 15.0),
+        (500, 30.0, 15.0),
+    ],
+)
+def test_backoff_doubles_from_base_up_to_cap_with_jitter(attempt, high, low):
+    assert backoff(attempt, base=1.0, cap=30.0, rng=_Rng("high")) == high
+    assert backoff(attempt, base=1.0, cap=30.0, rng=_Rng("low")) == low
+
+
+def test_backoff_jitter_comes_from_the_given_rng():
+    delays = [backoff(4, base=0.5, cap=30.0, rng=random.Random(7)) for _ in range(3)]
+    assert delays == [delays[0]] * 3
+    assert 2.0 <= delays[0] <= 4.0

@@ -1,4 +1,5 @@
-"""What an API answer means for a job: submit errors sorted by risk, result bodies read."""
+"""What the API's answers mean for a job: a failed submit sorted by whether sending it again
+could pay twice, a /result (or /status) body read into a job state."""
 
 from __future__ import annotations
 
@@ -93,10 +94,3 @@ def _number(value: Any) -> float | None:
         return None if value is None else float(value)
     except (TypeError, ValueError):
         return None
-
-
-def secs(seconds: float) -> str:
-    """30m, 90s, 0.6s: a duration as the manifest would write it."""
-    if seconds >= 60 and seconds % 60 == 0:
-        return f"{int(seconds // 60)}m"
-    return f"{seconds:g}s"

@@ -1,4 +1,5 @@
-"""Work over many objects at once (100,000-job plans, state reads, reports)."""
+"""A pause of cyclic garbage collection for work over many objects at once (100,000-job
+plans, state reads, reports)."""
 
 from __future__ import annotations
 
