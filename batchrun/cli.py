@@ -288,6 +288,31 @@ def report(run_dir: str, rows_key: str | None = None, cols_key: str | None = Non
     return commands.report.report(run_dir, rows_key=rows_key, cols_key=cols_key)
 
 
+@cli.command()
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(file_okay=False))
+@click.option(
+    "--into",
+    required=True,
+    type=click.Path(file_okay=False),
+    metavar="DIR",
+    help="The merged run folder to make (new or empty).",
+)
+def merge(run_dirs: tuple[str, ...], into: str) -> int:
+    """Merge shard run folders into one: state.db, files/, report.csv, summary.json
+    and report.html, as if one run had done every job.
+
+    A job found in two folders with different results (status, request id or
+    output sha256) is refused, naming the job and both folders (exit 2). Files are
+    hard-linked when on one filesystem, else copied, and checked by sha256.
+
+    \b
+    Example (after `batchrun run M --shard K/2 --run-dir runs/shard-K`):
+      batchrun merge runs/shard-1 runs/shard-2 --into runs/all
+      batchrun compare baselines/sweep runs/all
+    """
+    return commands.merge.merge(run_dirs, into=into)
+
+
 # ---- compare ---------------------------------------------------------------------------------
 
 
