@@ -162,7 +162,9 @@ def _meta(sources: list[_Source]) -> dict[str, str]:
                 calls[kind] = calls.get(kind, 0) + int(n)
     calls["total"] = sum(calls.values())
     first = sources[0].meta
-    meta = {k: first[k] for k in ("name", "manifest", "manifest_sha256", "api_base") if k in first}
+    meta: dict[str, str] = {
+        k: first[k] for k in ("name", "manifest", "manifest_sha256", "api_base") if k in first
+    }
     meta["api_calls"] = json.dumps(calls)
     meta["merged_from"] = json.dumps([str(s.folder) for s in sources])
     return meta
