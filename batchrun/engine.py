@@ -200,9 +200,20 @@ class _Run:
                 "left as unknown (rerun with --resubmit-unknown to submit them again)"
             )
         if self.opts.resubmit_unknown:
-            self.store.requeue([st.UNKNOWN])
+            self._requeue([st.UNKNOWN])
         if self.opts.retry_failed:
-            self.store.requeue([st.FAILED, st.TIMED_OUT])
+            self._requeue([st.FAILED, st.TIMED_OUT])
+
+    def _requeue(self, statuses: list[str]) -> None:
+        only = self.opts.only
+        if only is None:
+            self.store.requeue(statuses)
+            return
+        # A subset requeues its own jobs only (StateStore.requeue takes every job).
+        with self.store.batch():
+            for row in self.store.rows(in_manifest_only=True):
+                if row.job_id in only and row.status in statuses:
+                    self.store.mark_pending(row.job_id)
 
     def _fetcher(self) -> Callable[[str, Any, list[OutputFile]], list[OutputFile]]:
         outputs = self.plan.manifest.outputs

@@ -206,6 +206,19 @@ def test_subsets_in_one_folder_leave_the_other_jobs_alone(tmp_path: Path) -> Non
     assert len(rows) == 10 and {r["status"] for r in rows} == {"succeeded"}
 
 
+def test_a_subset_retries_only_its_own_failed_jobs(tmp_path: Path) -> None:
+    path = manifest(tmp_path, jobs=4)
+    folder = tmp_path / "run"
+    assert simulate(path, folder, "--sim", "fail_rate=1").returncode == 1
+    target = report(folder)[1]["job_id"]
+    again = simulate(path, folder, "--only", f"job={target}", "--retry-failed")
+    assert again.returncode == 0, again.stderr
+    assert "1 jobs (3 left out by the filter): succeeded 1." in again.stderr
+    statuses = {r["job_id"]: r["status"] for r in report(folder)}
+    assert statuses.pop(target) == "succeeded"
+    assert set(statuses.values()) == {"failed"}
+
+
 def test_a_shard_takes_its_share_of_rate_and_flights(tmp_path: Path) -> None:
     plan = build_plan(manifest(tmp_path))
 
