@@ -7,10 +7,13 @@ exit code and printed without a traceback in `main`, the one place that does so.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
+from typing import Any
 
 import click
 
 from batchrun import __version__, commands
+from batchrun.commands.selection import Options as SubsetOptions
 from batchrun.errors import BatchrunError
 
 
@@ -49,6 +52,47 @@ def main(argv: list[str] | None = None) -> int:
     return code if isinstance(code, int) else 0
 
 
+def subset_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """--only, --first, --sample, --seed and --shard, shared by `plan` and `run`."""
+    options = [
+        click.option(
+            "--only",
+            multiple=True,
+            metavar="EXPR",
+            help="Only jobs matching EXPR: model=ID, input.FIELD=VALUE, var.NAME=VALUE or "
+            "job=ID_PREFIX (repeatable; all must match).",
+        ),
+        click.option(
+            "--first", type=click.IntRange(min=1), metavar="N", help="The first N jobs per model."
+        ),
+        click.option(
+            "--sample",
+            type=click.IntRange(min=1),
+            metavar="N",
+            help="N jobs drawn at random; the same --seed draws the same jobs.",
+        ),
+        click.option("--seed", type=int, metavar="S", help="Seed of --sample [default: 0]."),
+        click.option(
+            "--shard",
+            metavar="K/N",
+            help="The K-th of N shards (by job id; every job in exactly one), e.g. 1/4.",
+        ),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _subset(
+    only: tuple[str, ...],
+    first: int | None,
+    sample: int | None,
+    seed: int | None,
+    shard: str | None,
+) -> SubsetOptions:
+    return SubsetOptions(only=only, first=first, sample=sample, seed=seed, shard=shard)
+
+
 # ---- validate / plan (manifest + grid) -------------------------------------------------------
 
 
@@ -72,19 +116,38 @@ def validate(manifests: tuple[str, ...], strict: bool) -> int:
 @click.argument("manifest", type=click.Path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per job, one a line.")
 @click.option("--strict", is_flag=True, help="A model without a local input schema is an error.")
-def plan(manifest: str, as_json: bool, strict: bool) -> int:
+@subset_options
+def plan(
+    manifest: str,
+    as_json: bool,
+    strict: bool,
+    only: tuple[str, ...],
+    first: int | None,
+    sample: int | None,
+    seed: int | None,
+    shard: str | None,
+) -> int:
     """Show the jobs a manifest expands to, without running anything.
 
     Prints the job count per model and a table of jobs with the values that vary
     between them. With --json, prints one object per job a line: job_id,
     model_id, inputs, vars, repeat.
 
+    --only, --first, --sample and --shard show part of the sweep, as `run` would
+    run it (how many jobs were left out goes to stderr).
+
     \b
     Examples:
       batchrun plan manifests/quickstart.yaml
       batchrun plan manifests/quickstart.yaml --json | jq .inputs.prompt
+      batchrun plan manifests/quickstart.yaml --only var.color=indigo --shard 1/2
     """
-    return commands.plan.plan(manifest, as_json=as_json, strict=strict)
+    return commands.plan.plan(
+        manifest,
+        as_json=as_json,
+        strict=strict,
+        subset=_subset(only, first, sample, seed, shard),
+    )
 
 
 # ---- run / status / cancel / report (engine) -------------------------------------------------
@@ -115,6 +178,13 @@ def plan(manifest: str, as_json: bool, strict: bool) -> int:
 )
 @click.option("--strict", is_flag=True, help="A model without a local input schema is an error.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or log lines.")
+@subset_options
+@click.option(
+    "--shard-full-rate",
+    is_flag=True,
+    help="With --shard K/N: keep the full rate_limit and max_in_flight (shards on separate "
+    "accounts) instead of 1/N of each.",
+)
 def run(
     manifest: str,
     simulate: bool,
@@ -126,14 +196,26 @@ def run(
     cancel_on_interrupt: bool,
     strict: bool,
     quiet: bool,
+    only: tuple[str, ...],
+    first: int | None,
+    sample: int | None,
+    seed: int | None,
+    shard: str | None,
+    shard_full_rate: bool,
 ) -> int:
     """Run the whole batch of MANIFEST; running it again on the same run folder resumes.
+
+    --only, --first, --sample and --shard run part of it; the folder's other jobs
+    stay as they are. A shard uses 1/N of rate_limit and max_in_flight (the shards
+    of a CI matrix usually share one account); `batchrun merge` joins the shards.
 
     \b
     Example (offline, on the built-in simulator):
       batchrun run manifests/quickstart.yaml --simulate
     Against RunComfy:
       export RUNCOMFY_TOKEN=...; batchrun run manifests/quickstart.yaml
+    One shard of four (e.g. in a CI matrix):
+      batchrun run manifests/quickstart.yaml --shard 1/4 --run-dir runs/shard-1
 
     Exit codes: 0 all succeeded, 1 some failed, timed out or were cancelled, 2 invalid
     manifest or usage, 3 no token or refused token, 130 interrupted (state saved).
@@ -149,6 +231,8 @@ def run(
         cancel_on_interrupt=cancel_on_interrupt,
         strict=strict,
         quiet=quiet,
+        subset=_subset(only, first, sample, seed, shard),
+        shard_full_rate=shard_full_rate,
     )
 
 
@@ -202,6 +286,31 @@ def report(run_dir: str, rows_key: str | None = None, cols_key: str | None = Non
       batchrun report outputs/quickstart
     """
     return commands.report.report(run_dir, rows_key=rows_key, cols_key=cols_key)
+
+
+@cli.command()
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(file_okay=False))
+@click.option(
+    "--into",
+    required=True,
+    type=click.Path(file_okay=False),
+    metavar="DIR",
+    help="The merged run folder to make (new or empty).",
+)
+def merge(run_dirs: tuple[str, ...], into: str) -> int:
+    """Merge shard run folders into one: state.db, files/, report.csv, summary.json
+    and report.html, as if one run had done every job.
+
+    A job found in two folders with different results (status, request id or
+    output sha256) is refused, naming the job and both folders (exit 2). Files are
+    hard-linked when on one filesystem, else copied, and checked by sha256.
+
+    \b
+    Example (after `batchrun run M --shard K/2 --run-dir runs/shard-K`):
+      batchrun merge runs/shard-1 runs/shard-2 --into runs/all
+      batchrun compare baselines/sweep runs/all
+    """
+    return commands.merge.merge(run_dirs, into=into)
 
 
 # ---- compare ---------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ from batchrun.api_answers import AMBIGUOUS_SUBMIT
 from batchrun.client import Client
 from batchrun.download import Downloader
 from batchrun.errors import ApiError
+from batchrun.manifest import RunSettings
 from batchrun.output_urls import collect_urls, default_allow_hosts, output_keys
 from batchrun.plan import Plan
 from batchrun.progress import Progress, describe
@@ -44,6 +45,10 @@ class RunOptions:
     cancel_on_interrupt: bool = False
     quiet: bool = False
     resume_command: str = ""  # printed on Ctrl-C; the CLI fills it in
+    # Part of the plan: run only these job ids; the run folder's other jobs stay as they are.
+    only: frozenset[str] | None = None
+    left_out: int = 0  # how many of the plan's jobs `only` leaves out (for the messages)
+    share: int = 1  # rate_limit and max_in_flight are divided by this (a shard of N: N)
     workers: int = 16
     download_workers: int = 4
     session: requests.Session | None = None
@@ -79,9 +84,10 @@ class _Run:
         self._prepare()
         mark = self.store.change_mark()  # before the read: a write during it shows too
         every = self.store.rows()
-        rows = [r for r in every if r.in_manifest]
+        rows = [r for r in every if r.in_manifest and self._chosen(r.job_id)]
         client = Client(self.opts.api_base, self.opts.token, session=self.opts.session)
-        rate = manifest.run.rate_limit
+        settings = self._run_settings()
+        rate = settings.rate_limit
         limiter = RateLimiter(
             None if rate is None else rate * RATE_HEADROOM,
             clock=self.opts.clock,
@@ -92,7 +98,7 @@ class _Run:
             store=self.store,
             client=client,
             limiter=limiter,
-            run=manifest.run,
+            run=settings,
             jobs=rows,
             fetch=self._fetcher() if manifest.outputs.download else None,
             progress=progress,
@@ -133,7 +139,27 @@ class _Run:
             return EXIT_INTERRUPTED
         if sched.fatal is not None and getattr(sched.fatal, "exit_code", 1) != 1:
             raise sched.fatal
-        return self._conclude([r for r in final if r.in_manifest], sched)
+        return self._conclude([r for r in final if r.in_manifest and self._chosen(r.job_id)], sched)
+
+    def _chosen(self, job_id: str) -> bool:
+        return self.opts.only is None or job_id in self.opts.only
+
+    def _run_settings(self) -> RunSettings:
+        """The manifest's run settings, with this process's share of the rate and flights."""
+        run, share = self.plan.manifest.run, max(1, self.opts.share)
+        if share == 1:
+            return run
+        rate = None if run.rate_limit is None else run.rate_limit / share
+        return replace(run, rate_limit=rate, max_in_flight=max(1, run.max_in_flight // share))
+
+    def _jobs_to_add(self) -> list[Any]:
+        """The plan's jobs the run folder should know: all of them, or for a subset the chosen
+        ones and those it knows already (so the others are neither added nor dropped)."""
+        only = self.opts.only
+        if only is None:
+            return self.plan.jobs
+        known = {r.job_id for r in self.store.rows(in_manifest_only=True)}
+        return [j for j in self.plan.jobs if j.job_id in only or j.job_id in known]
 
     # ---- before the loop ----------------------------------------------------------------
 
@@ -141,7 +167,7 @@ class _Run:
         manifest = self.plan.manifest
         meta = self.store.meta()
         fresh = "manifest_sha256" not in meta
-        added, removed = self.store.add_jobs(self.plan.jobs)
+        added, removed = self.store.add_jobs(self._jobs_to_add())
         if fresh:
             self.store.set_meta(
                 name=manifest.name,
@@ -175,9 +201,20 @@ class _Run:
                 "left as unknown (rerun with --resubmit-unknown to submit them again)"
             )
         if self.opts.resubmit_unknown:
-            self.store.requeue([st.UNKNOWN])
+            self._requeue([st.UNKNOWN])
         if self.opts.retry_failed:
-            self.store.requeue([st.FAILED, st.TIMED_OUT])
+            self._requeue([st.FAILED, st.TIMED_OUT])
+
+    def _requeue(self, statuses: list[str]) -> None:
+        only = self.opts.only
+        if only is None:
+            self.store.requeue(statuses)
+            return
+        # A subset requeues its own jobs only (StateStore.requeue takes every job).
+        with self.store.batch():
+            for row in self.store.rows(in_manifest_only=True):
+                if row.job_id in only and row.status in statuses:
+                    self.store.mark_pending(row.job_id)
 
     def _fetcher(self) -> Callable[[str, Any, list[OutputFile]], list[OutputFile]]:
         outputs = self.plan.manifest.outputs
@@ -263,6 +300,9 @@ class _Run:
             "elapsed_s": round(self.opts.clock() - self.started, 3),
             "interrupted": interrupted,
         }
+        if self.opts.only is not None:
+            extra["selected"] = len(self.opts.only)
+            extra["left_out"] = self.opts.left_out
         write_report(self.run_dir, rows, extra=extra)
 
     def _conclude(self, rows: list[JobRow], sched: Scheduler) -> int:
@@ -271,8 +311,9 @@ class _Run:
             counts[row.status] = counts.get(row.status, 0) + 1
         file_errors = sum(1 for r in rows for f in r.files if f.error)
         if not self.opts.quiet:
+            left = f" ({self.opts.left_out} left out by the filter)" if self.opts.only else ""
             self.echo(
-                f"{len(rows)} jobs: {describe(counts)}. Report: {self.run_dir / 'report.csv'}"
+                f"{len(rows)} jobs{left}: {describe(counts)}. Report: {self.run_dir / 'report.csv'}"
             )
         if file_errors:
             self.echo(f"{file_errors} output file(s) not downloaded; see the error column")

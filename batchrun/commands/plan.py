@@ -8,16 +8,29 @@ from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
+import click
+
+from batchrun.commands import selection
 from batchrun.commands.common import warn
 from batchrun.plan import Plan, build_plan, cell, varying_keys
 
 _MAX_CELL = 40
 
 
-def plan(manifest: str, *, as_json: bool, strict: bool) -> int:
+def plan(
+    manifest: str,
+    *,
+    as_json: bool,
+    strict: bool,
+    subset: selection.Options | None = None,
+) -> int:
     """Print the plan (a table, or one JSON object per job a line); 0."""
+    chosen = selection.parse(subset or selection.Options())
     built = build_plan(manifest, strict=strict)
     warn(built.warnings)
+    if chosen.active:
+        built, picked = selection.choose(built, chosen)
+        click.echo(selection.left_out_line(picked, chosen), err=True)
     lines = json_lines(built) if as_json else table_lines(built)
     sys.stdout.write("".join(line + "\n" for line in lines))
     sys.stdout.flush()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from batchrun.commands import simulate
+from batchrun.commands import selection, simulate
 from batchrun.commands.common import api_base, token, warn
 from batchrun.engine import RunOptions, run_batch
 from batchrun.errors import UsageError
@@ -26,15 +26,33 @@ def run(
     cancel_on_interrupt: bool,
     strict: bool,
     quiet: bool,
+    subset: selection.Options | None = None,
+    shard_full_rate: bool = False,
 ) -> int:
     """Run (or resume) the batch; the engine's exit code (0, 1 or 130)."""
     if sim and not simulate_api:
         raise UsageError("--sim KEY=VALUE only applies with --simulate")
+    subset = subset or selection.Options()
+    chosen = selection.parse(subset)
+    if shard_full_rate and chosen.shard is None:
+        raise UsageError("--shard-full-rate only applies with --shard K/N")
     pairs = _sim_pairs(sim)
     plan = build_plan(manifest, strict=strict)
     warn(plan.warnings)
+    only: frozenset[str] | None = None
+    left_out = 0
+    if chosen.active:
+        # The plan keeps every job: the engine must know the manifest's jobs to leave the
+        # others in the run folder as they are.
+        picked = selection.choose(plan, chosen)[1]
+        only, left_out = frozenset(j.job_id for j in picked.jobs), picked.left_out
+        if not quiet:
+            click.echo(selection.left_out_line(picked, chosen), err=True)
+    share = chosen.shard[1] if chosen.shard and not shard_full_rate else 1
     folder = Path(run_dir or plan.manifest.outputs.dir)
-    resume = ["batchrun", "run", manifest, "--run-dir", str(folder)]
+    resume = ["batchrun", "run", manifest, "--run-dir", str(folder), *subset.argv()]
+    if shard_full_rate:
+        resume.append("--shard-full-rate")
     simulator = None
     if simulate_api:
         # The simulator's jobs live in the run folder, so a rerun (resume) still knows them.
@@ -62,6 +80,9 @@ def run(
         cancel_on_interrupt=cancel_on_interrupt,
         quiet=quiet,
         resume_command=shlex.join(resume),
+        only=only,
+        left_out=left_out,
+        share=share,
     )
     try:
         return run_batch(plan, options)
