@@ -130,3 +130,27 @@ class CompareError(BatchrunError):
     """`compare` was given inputs it cannot use."""
 
     exit_code = 2
+
+
+class ChoiceError(UsageError):
+    """A setting names something outside its choices: `setting`, `values` and `choices` say
+    which (the command layer names the option)."""
+
+    def __init__(
+        self, message: str, *, setting: str, values: list[str], choices: list[str]
+    ) -> None:
+        self.setting = setting
+        self.values = values
+        self.choices = choices
+        super().__init__(message)
+
+
+class MissingDependencyError(UsageError):
+    """A feature needs an optional package that is not installed; `extra` is the
+    batchrun extra that brings it."""
+
+    def __init__(self, feature: str, *, package: str, extra: str) -> None:
+        self.feature = feature
+        self.package = package
+        self.extra = extra
+        super().__init__(f"{feature} needs {package}")
