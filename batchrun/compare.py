@@ -20,7 +20,7 @@ DEFAULT_FAIL_ON = ("regressed", "missing", "changed")
 
 
 def _pillow_missing() -> MissingDependencyError:
-    return MissingDependencyError("image tolerance", package="Pillow", extra="images")
+    return MissingDependencyError("image tolerance needs Pillow", package="Pillow", extra="images")
 
 
 @dataclass

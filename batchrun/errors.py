@@ -137,20 +137,24 @@ class ChoiceError(UsageError):
     which (the command layer names the option)."""
 
     def __init__(
-        self, message: str, *, setting: str, values: list[str], choices: list[str]
+        self,
+        message: str,
+        *,
+        setting: str = "",
+        values: list[str] | None = None,
+        choices: list[str] | None = None,
     ) -> None:
         self.setting = setting
-        self.values = values
-        self.choices = choices
+        self.values = values or []
+        self.choices = choices or []
         super().__init__(message)
 
 
 class MissingDependencyError(UsageError):
-    """A feature needs an optional package that is not installed; `extra` is the
-    batchrun extra that brings it."""
+    """A feature needs an optional package that is not installed; `extra` is the batchrun
+    extra that brings it (the command layer says how to install it)."""
 
-    def __init__(self, feature: str, *, package: str, extra: str) -> None:
-        self.feature = feature
+    def __init__(self, message: str, *, package: str = "", extra: str = "") -> None:
         self.package = package
         self.extra = extra
-        super().__init__(f"{feature} needs {package}")
+        super().__init__(message)
