@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
+
+# Never follow a symlink planted where a .part file goes.
+_PART_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0)
 
 
 def fsync_dir(path: Path) -> None:
@@ -20,19 +26,37 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_text(path: Path, text: str) -> Path:
-    """Write `text` to `path` so a reader (or a crash) never sees half of it."""
+@contextmanager
+def open_atomic(path: str | os.PathLike[str], *, sync_dir: bool = True) -> Iterator[BinaryIO]:
+    """A binary file whose bytes appear at `path` whole or not at all.
+
+    Written to `path.part`; on a clean exit fsynced and renamed over `path`, on an error
+    removed. `sync_dir=False` leaves the folder's fsync to a caller that writes many files.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     part = path.with_name(path.name + ".part")
     try:
-        with open(part, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
+        with os.fdopen(os.open(part, _PART_FLAGS, 0o666), "wb") as fh:
+            yield fh
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(part, path)
     except BaseException:
         part.unlink(missing_ok=True)
         raise
-    fsync_dir(path.parent)
+    if sync_dir:
+        fsync_dir(path.parent)
+
+
+def write_bytes(path: Path, data: bytes) -> Path:
+    """Write `data` to `path` (creating its folder) so a reader never sees half of it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open_atomic(path) as fh:
+        fh.write(data)
     return path
+
+
+def write_text(path: Path, text: str) -> Path:
+    """Write `text` (UTF-8, newlines as given) to `path` so a reader never sees half of it."""
+    return write_bytes(path, text.encode("utf-8"))

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import csv
 import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from batchrun.errors import CompareError
-from batchrun.report import read_report
+from batchrun.atomic import fsync_dir, open_atomic
+from batchrun.errors import ChoiceError, CompareError, MissingDependencyError
+from batchrun.media import RASTER_SUFFIXES
+from batchrun.reportcsv import INPUT_PREFIX, VAR_PREFIX, read_jobs, split_cell, unguard
 
 # Outcome classes, in the order totals are shown. Every job has exactly one of the first six;
 # `slower` is an extra mark on top of it (a job can be changed *and* slower).
@@ -17,9 +18,9 @@ OUTCOMES = ("unchanged", "changed", "regressed", "fixed", "new", "missing")
 CLASSES = (*OUTCOMES, "slower")
 DEFAULT_FAIL_ON = ("regressed", "missing", "changed")
 
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp"})
-PILLOW_MISSING = "image tolerance needs Pillow: pip install 'batchrun[images]'"
-_FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+
+def _pillow_missing() -> MissingDependencyError:
+    return MissingDependencyError("image tolerance needs Pillow", package="Pillow", extra="images")
 
 
 @dataclass
@@ -86,18 +87,6 @@ class Comparison:
         return 0 if self.passed else 1
 
 
-def unquote(value: str) -> str:
-    """Undo the report's formula-injection guard: a leading ' before = + - @."""
-    if value.startswith("'") and value[1:2] in _FORMULA_PREFIXES:
-        return value[1:]
-    return value
-
-
-def split_cell(value: str | None) -> list[str]:
-    """A `;`-joined report cell as a list (empty cell, empty list)."""
-    return [part for part in (value or "").split(";") if part]
-
-
 def load_run(path_arg: str | os.PathLike[str]) -> Run:
     """Open one side of a comparison: a run folder or a report.csv path."""
     path = Path(path_arg)
@@ -106,25 +95,7 @@ def load_run(path_arg: str | os.PathLike[str]) -> Run:
     report = path / "report.csv" if path.is_dir() else path
     if not report.is_file():
         raise CompareError(f"{path}: no report.csv in this folder; is it a batchrun run folder?")
-    try:
-        with report.open(newline="", encoding="utf-8") as fh:
-            header = next(csv.reader(fh), None)
-        table = read_report(report)
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise CompareError(f"{report}: not a readable report.csv ({exc})") from exc
-    if not header:
-        raise CompareError(f"{report}: empty file, not a batchrun report.csv")
-    if "job_id" not in header:
-        raise CompareError(f"{report}: not a batchrun report: no job_id column in the header")
-    rows: dict[str, dict[str, str]] = {}
-    # Numbered as a spreadsheet shows them: the header is row 1.
-    for number, row in enumerate(table, start=2):
-        job_id = row.get("job_id") or ""
-        if not job_id:
-            raise CompareError(f"{report}: row {number}: empty job_id")
-        if job_id in rows:
-            raise CompareError(f"{report}: row {number}: job_id {job_id} appears twice")
-        rows[job_id] = {k: v or "" for k, v in row.items() if k is not None}
+    rows = read_jobs(report)
     return Run(label=str(path), report=report, root=report.parent, rows=rows)
 
 
@@ -133,7 +104,7 @@ def swept_values(rows: list[dict[str, str]]) -> list[str]:
     keys: dict[str, set[str]] = {}
     for row in rows:
         for key, value in row.items():
-            if key.startswith(("input.", "var.")):
+            if key.startswith((INPUT_PREFIX, VAR_PREFIX)):
                 keys.setdefault(key, set()).add(value)
     return [key for key, values in keys.items() if len(values) > 1]
 
@@ -147,11 +118,11 @@ def _float(value: str | None) -> float | None:
 
 def image_distance(a: Path, b: Path) -> float:
     """Perceptual distance of two images, 0 (same) .. 1: mean absolute difference of 64x64
-    grayscale thumbnails. Raises CompareError when Pillow is missing."""
+    grayscale thumbnails. Raises MissingDependencyError when Pillow is missing."""
     try:
-        from PIL import Image
+        from PIL import Image  # optional: the `images` extra
     except ImportError as exc:
-        raise CompareError(PILLOW_MISSING) from exc
+        raise _pillow_missing() from exc
 
     def thumb(path: Path) -> bytes:
         with Image.open(path) as img:  # mode L: one byte per pixel
@@ -176,7 +147,7 @@ def _within_tolerance(
         bpath, cpath = base.file(bname), cur.file(cname)
         if bpath is None or cpath is None:
             return False, ""
-        if bpath.suffix.lower() not in IMAGE_SUFFIXES or cpath.suffix.lower() not in IMAGE_SUFFIXES:
+        if not {bpath.suffix.lower(), cpath.suffix.lower()} <= RASTER_SUFFIXES:
             return False, ""
         try:
             dist = image_distance(bpath, cpath)
@@ -203,7 +174,7 @@ def _classify(
 ) -> tuple[str, str]:
     bstat, cstat = brow.get("status", ""), crow.get("status", "")
     if bstat == "succeeded" and cstat != "succeeded":
-        error = unquote(crow.get("error", ""))
+        error = unguard(crow.get("error", ""))
         return "regressed", f"succeeded then, {cstat or 'no status'} now" + (
             f": {error}" if error else ""
         )
@@ -234,14 +205,17 @@ def compare_runs(
     """Classify every job of both runs; baseline order first, then jobs new in current."""
     unknown = [cls for cls in fail_on if cls not in CLASSES]
     if unknown:
-        raise CompareError(
-            f"--fail-on: unknown class {', '.join(unknown)}; choose from {', '.join(CLASSES)}"
+        raise ChoiceError(
+            f"unknown class {', '.join(unknown)}; choose from {', '.join(CLASSES)}",
+            setting="fail_on",
+            values=unknown,
+            choices=list(CLASSES),
         )
     if image_tolerance is not None:
         try:
-            import PIL  # noqa: F401  (fail early, before any job is compared)
+            import PIL  # noqa: F401  (optional; fail early, before any job is compared)
         except ImportError as exc:
-            raise CompareError(PILLOW_MISSING) from exc
+            raise _pillow_missing() from exc
     all_rows = [*baseline.rows.values(), *current.rows.values()]
     varying_keys = swept_values(all_rows)
     order = list(baseline.rows) + [j for j in current.rows if j not in baseline.rows]
@@ -269,7 +243,7 @@ def compare_runs(
             slower=slower,
             baseline=brow,
             current=crow,
-            varying={key.split(".", 1)[1]: unquote(row.get(key, "")) for key in varying_keys},
+            varying={key.split(".", 1)[1]: unguard(row.get(key, "")) for key in varying_keys},
         )
         diff.failing = any(cls in fail_on for cls in diff.classes)
         jobs.append(diff)
@@ -277,18 +251,30 @@ def compare_runs(
 
 
 def update_baseline(current: Run, dest: Path) -> Path:
-    """Copy the current report.csv and files/ into DEST (a committed baseline folder)."""
+    """Copy the current report.csv and files/ into DEST (a committed baseline folder).
+
+    Every file is written atomically; report.csv goes last, so an interrupted update leaves
+    the old report rather than one naming files that are not there.
+    """
     dest.mkdir(parents=True, exist_ok=True)
     if (dest / "report.csv").resolve() == current.report.resolve():
         raise CompareError(f"{dest}: is the current run itself; choose another folder")
-    part = dest / "report.csv.part"
-    shutil.copyfile(current.report, part)
-    os.replace(part, dest / "report.csv")
     src_files = current.root / "files"
     dest_files = dest / "files"
     # Replace files/ wholesale so outputs of jobs that no longer exist do not linger.
     if dest_files.exists():
         shutil.rmtree(dest_files)
     if src_files.is_dir():
-        shutil.copytree(src_files, dest_files)
+        shutil.copytree(src_files, dest_files, copy_function=_copy_file)
+        for folder, _dirs, _names in os.walk(dest_files):
+            fsync_dir(Path(folder))
+    _copy_file(current.report, dest / "report.csv")
+    fsync_dir(dest)
     return dest
+
+
+def _copy_file(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
+    """Copy bytes and times atomically; the caller fsyncs the folder."""
+    with open(src, "rb") as fin, open_atomic(dst, sync_dir=False) as fout:
+        shutil.copyfileobj(fin, fout)
+    shutil.copystat(src, dst)

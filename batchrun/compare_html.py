@@ -1,4 +1,4 @@
-"""`compare --html`: baseline and current side by side for the jobs that changed or regressed."""
+"""A comparison as an HTML page: baseline and current side by side for changed or regressed jobs."""
 
 from __future__ import annotations
 

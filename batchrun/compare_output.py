@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import xml.etree.ElementTree as ET
 
-from batchrun.compare import Comparison, JobDiff, split_cell, unquote
+from batchrun.compare import Comparison, JobDiff
+from batchrun.reportcsv import split_cell, unguard
 
 
 def _varying(job: JobDiff, sep: str = ", ") -> str:
@@ -46,7 +47,7 @@ def _side_md(label: str, row: dict[str, str] | None) -> str:
     if files:
         parts.append("files " + ", ".join(f"`{f}`" for f in files))
     if row.get("error"):
-        parts.append(f"error: {_md_escape(unquote(row['error']))}")
+        parts.append(f"error: {_md_escape(unguard(row['error']))}")
     return f"- {label}: " + "; ".join(parts)
 
 
@@ -146,7 +147,7 @@ def _side_json(row: dict[str, str] | None) -> dict[str, object] | None:
     return {
         "status": row.get("status", ""),
         "run_s": row.get("run_s", ""),
-        "error": unquote(row.get("error", "")),
+        "error": unguard(row.get("error", "")),
         "output_files": split_cell(row.get("output_files")),
         "output_sha256": split_cell(row.get("output_sha256")),
     }

@@ -2,6 +2,8 @@
 
     BatchrunError (1)
     ├── UsageError (2)               a bad option or option value
+    │   ├── ChoiceError (2)          a setting outside its choices (+ setting, choices)
+    │   └── MissingDependencyError (2)  an optional package is missing (+ extra)
     ├── ManifestError (2)            a manifest or a file it reads is invalid; every problem
     ├── ConfigError (3)              no token, a bad API base
     ├── StateError (2)               the run folder's state cannot be used
@@ -145,3 +147,31 @@ class CompareError(BatchrunError):
     """`compare` was given inputs it cannot use."""
 
     exit_code = 2
+
+
+class ChoiceError(UsageError):
+    """A setting names something outside its choices: `setting`, `values` and `choices` say
+    which (the command layer names the option)."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        setting: str = "",
+        values: list[str] | None = None,
+        choices: list[str] | None = None,
+    ) -> None:
+        self.setting = setting
+        self.values = values or []
+        self.choices = choices or []
+        super().__init__(message)
+
+
+class MissingDependencyError(UsageError):
+    """A feature needs an optional package that is not installed; `extra` is the batchrun
+    extra that brings it (the command layer says how to install it)."""
+
+    def __init__(self, message: str, *, package: str = "", extra: str = "") -> None:
+        self.package = package
+        self.extra = extra
+        super().__init__(message)

@@ -12,11 +12,11 @@ from typing import Any
 from urllib.parse import quote
 
 from batchrun.atomic import write_text
-from batchrun.errors import UsageError
-from batchrun.state import JobRow, OutputFile, report_status
+from batchrun.errors import ChoiceError
+from batchrun.media import IMAGE_SUFFIXES, VIDEO_SUFFIXES
+from batchrun.records import JobRow, OutputFile, report_status
+from batchrun.reportcsv import INPUT_PREFIX, VAR_PREFIX, prefixed, read_jobs, split_cell, unguard
 
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".svg"})
-VIDEO_SUFFIXES = frozenset({".mp4", ".webm", ".mov", ".m4v", ".ogv"})
 # Job cards on the sheet, the first ones in expansion order: a browser cannot show 100,000
 # thumbnails usefully; report.csv lists every job.
 MAX_CARDS = 2000
@@ -145,9 +145,9 @@ def _keys(jobs: list[JobRow]) -> list[str]:
     found: dict[str, None] = {"model": None}
     for job in jobs:
         for k in job.inputs:
-            found[f"input.{k}"] = None
+            found[INPUT_PREFIX + k] = None
         for k in job.vars:
-            found[f"var.{k}"] = None
+            found[VAR_PREFIX + k] = None
     return list(found)
 
 
@@ -173,13 +173,19 @@ def _dimensions(jobs: list[JobRow], keys: list[str]) -> tuple[list[Dimension], i
     return sorted(dims, key=lambda d: -len(d.values)), settings
 
 
-def resolve_key(name: str, dims: list[Dimension]) -> str:
-    """Map a user's --rows/--cols name (seed, input.seed, color, var.color, model) to a key."""
+def resolve_key(name: str, dims: list[Dimension], *, setting: str = "rows_key") -> str:
+    """Map a user's name for a grid axis (seed, input.seed, color, var.color, model) to a key;
+    ChoiceError naming `setting` (rows_key, cols_key) when no swept field has that name."""
     keys = [key for d in dims for key in d.aliases]
-    for candidate in (name, f"input.{name}", f"var.{name}"):
+    for candidate in (name, f"{INPUT_PREFIX}{name}", f"{VAR_PREFIX}{name}"):
         if candidate in keys:
             return candidate
-    raise UsageError(f"--rows/--cols: no swept field {name!r}; choose from {', '.join(keys)}")
+    raise ChoiceError(
+        f"no swept field {name!r}; choose from {', '.join(keys)}",
+        setting=setting,
+        values=[name],
+        choices=keys,
+    )
 
 
 def layout(
@@ -191,8 +197,8 @@ def layout(
     the whole run may still be chosen).
     """
     dims, settings = _dimensions(jobs[:MAX_CARDS], _keys(jobs))
-    rk = resolve_key(rows_key, dims) if rows_key else None
-    ck = resolve_key(cols_key, dims) if cols_key else None
+    rk = resolve_key(rows_key, dims, setting="rows_key") if rows_key else None
+    ck = resolve_key(cols_key, dims, setting="cols_key") if cols_key else None
     swept = [d for d in dims if len(d.values) > 1]
     # A field with a value for (nearly) every setting, such as a prompt templated from two
     # swept vars, would make a grid of mostly empty cells or a section per job: leave it out
@@ -296,8 +302,6 @@ def write_html(
 
 def job_from_row(row: dict[str, str], position: int = 0) -> JobRow:
     """A JobRow rebuilt from one report.csv row (statuses there are already report statuses)."""
-    from batchrun.compare import split_cell, unquote
-
     names = split_cell(row.get("output_files"))
     urls = split_cell(row.get("output_urls"))
     shas = split_cell(row.get("output_sha256"))
@@ -309,22 +313,19 @@ def job_from_row(row: dict[str, str], position: int = 0) -> JobRow:
         )
         for i in range(max(len(names), len(urls)))
     ]
-    # An empty cell means the job's model has no such field (multi-model sweeps).
     return JobRow(
         job_id=row["job_id"],
         position=position,
         model_id=row.get("model_id", ""),
-        inputs={k[6:]: unquote(v) for k, v in row.items() if k.startswith("input.") and v},
-        vars={k[4:]: unquote(v) for k, v in row.items() if k.startswith("var.") and v},
+        inputs=prefixed(row, INPUT_PREFIX),
+        vars=prefixed(row, VAR_PREFIX),
         status=row.get("status", ""),
-        error=unquote(row.get("error", "")),
+        error=unguard(row.get("error", "")),
         files=files,
     )
 
 
 def rows_from_report(report_csv: Path) -> list[JobRow]:
     """JobRows rebuilt from a report.csv, for when the state store is not at hand."""
-    from batchrun.compare import load_run
-
-    run = load_run(report_csv)
-    return [job_from_row(row, i) for i, row in enumerate(run.rows.values())]
+    jobs = read_jobs(Path(report_csv))
+    return [job_from_row(row, i) for i, row in enumerate(jobs.values())]

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 import statistics
@@ -12,35 +10,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from batchrun import reportcsv
 from batchrun.atomic import write_text
 from batchrun.gcpause import gc_paused
+from batchrun.html_report import write_html
 from batchrun.output_urls import collect_urls
-from batchrun.state import JobRow, report_status
+from batchrun.records import JobRow, report_status
+from batchrun.reportcsv import guard, join_cell, value_cell
 
-REPORT_COLUMNS = [
-    "job_id",
-    "model_id",
-    "status",
-    "request_id",
-    "error",
-    "attempts",
-    "submitted_at",
-    "finished_at",
-    "queue_s",
-    "run_s",
-    "cost_usd",
-    "output_files",
-    "output_urls",
-    "output_sha256",
-]
 REPORT_STATUSES = ("succeeded", "failed", "timed_out", "cancelled", "pending", "running")
-_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
-_FORMULA_CHARS = frozenset(_FORMULA_START)
-
-
-def _guard(text: str) -> str:
-    """Defuse CSV formula injection: a spreadsheet would evaluate a cell starting with = + - @."""
-    return "'" + text if text and text[0] in _FORMULA_CHARS else text
 
 
 _SECONDS: dict[int, str] = {}  # whole second -> its text: a run's jobs share few seconds
@@ -83,25 +61,16 @@ def _cost(value: float | None) -> str:
     return text
 
 
-def _value(value: Any) -> str:
-    """A user value as a cell: strings as-is (guarded), anything else as compact JSON."""
-    if isinstance(value, str):
-        return _guard(value)
-    if type(value) is int:  # a swept seed: what json.dumps would say, faster
-        return str(value)
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-
-
 def _error_cell(row: JobRow) -> str:
     parts = [row.error] if row.error else []
     parts += [f"output {i}: {f.error}" for i, f in enumerate(row.files, start=1) if f.error]
-    return _guard("; ".join(parts))
+    return guard("; ".join(parts))
 
 
 def _urls(row: JobRow) -> list[str]:
     urls = [f.url for f in row.files] if row.files else collect_urls(row.output)
-    # `;` separates cells' values; keep it out of the URLs themselves.
-    return [u.replace(";", "%3B") for u in urls]
+    # SEPARATOR joins a cell's values; keep it out of the URLs themselves.
+    return [u.replace(reportcsv.SEPARATOR, "%3B") for u in urls]
 
 
 def _reported(rows: Iterable[JobRow]) -> list[JobRow]:
@@ -119,9 +88,8 @@ def _fields(rows: list[JobRow]) -> tuple[list[str], list[str]]:
 
 
 def columns(rows: list[JobRow]) -> list[str]:
-    """REPORT_COLUMNS + input.<field> and var.<name> columns in first-seen order."""
-    inputs, var_names = _fields(rows)
-    return REPORT_COLUMNS + [f"input.{k}" for k in inputs] + [f"var.{k}" for k in var_names]
+    """reportcsv.COLUMNS + input.<field> and var.<name> columns in first-seen order."""
+    return reportcsv.header(*_fields(rows))
 
 
 def _line(row: JobRow, inputs: list[str], var_names: list[str]) -> list[str]:
@@ -131,9 +99,9 @@ def _line(row: JobRow, inputs: list[str], var_names: list[str]) -> list[str]:
     queue_s, run_s = row.queue_s, row.run_s
     cells = [
         row.job_id,
-        _guard(row.model_id),
+        guard(row.model_id),
         report_status(row.status),
-        _guard(row.request_id or ""),
+        guard(row.request_id or ""),
         _error_cell(row) if row.error or files else "",
         str(row.attempts),
         _timestamp(row.submitted_at),
@@ -141,13 +109,13 @@ def _line(row: JobRow, inputs: list[str], var_names: list[str]) -> list[str]:
         _seconds(queue_s),
         _seconds(run_s),
         _cost(row.cost_usd),
-        _guard(";".join(f.name for f in done)),
-        _guard(";".join(_urls(row))),
-        ";".join(f.sha256 for f in done),
+        guard(join_cell(f.name for f in done)),
+        guard(join_cell(_urls(row))),
+        join_cell(f.sha256 for f in done),
     ]
     given, var_values = row.inputs, row.vars
-    cells += [_value(given[k]) if k in given else "" for k in inputs]
-    cells += [_value(var_values[k]) if k in var_values else "" for k in var_names]
+    cells += [value_cell(given[k]) if k in given else "" for k in inputs]
+    cells += [value_cell(var_values[k]) if k in var_values else "" for k in var_names]
     return cells
 
 
@@ -205,24 +173,16 @@ def write_report(
     `rows_key`/`cols_key` choose the swept fields of report.html's grid (default: the two
     that vary most).
     """
-    from batchrun.html_report import write_html
-
     with gc_paused():
         jobs = _reported(rows)
-        buffer = io.StringIO(newline="")
         inputs, var_names = _fields(jobs)
-        writer = csv.writer(buffer)
-        writer.writerow(columns(jobs))
-        writer.writerows(_line(row, inputs, var_names) for row in jobs)
         run_dir = Path(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
-        write_text(run_dir / "report.csv", buffer.getvalue())
+        reportcsv.write(
+            run_dir / "report.csv",
+            reportcsv.header(inputs, var_names),
+            (_line(row, inputs, var_names) for row in jobs),
+        )
         summary = summarise(jobs) | (extra or {})
         write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
         write_html(run_dir, jobs, rows_key=rows_key, cols_key=cols_key)
-
-
-def read_report(path: Path) -> list[dict[str, str]]:
-    """The rows of a report.csv as dicts keyed by column name."""
-    with open(path, encoding="utf-8", newline="") as fh:
-        return list(csv.DictReader(fh))

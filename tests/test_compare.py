@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import shutil
 import sys
 import xml.etree.ElementTree as ET
 from html.parser import HTMLParser
@@ -18,6 +19,7 @@ import pytest
 
 from batchrun import compare
 from batchrun.cli import main
+from batchrun.errors import ChoiceError, MissingDependencyError
 
 COLUMNS = [
     "job_id",
@@ -175,6 +177,22 @@ def test_unknown_fail_on_class_is_a_usage_error(runs, capsys) -> None:
         "error: --fail-on: unknown class broken; choose from unchanged, changed, regressed, "
         "fixed, new, missing, slower\n"
     )
+
+
+def test_unknown_fail_on_class_carries_the_facts_without_option_text(runs) -> None:
+    with pytest.raises(ChoiceError) as info:
+        compare.compare_runs(*map(compare.load_run, runs), fail_on=("broken", "changed", "x"))
+    exc = info.value
+    assert (exc.setting, exc.values, exc.choices) == (
+        "fail_on",
+        ["broken", "x"],
+        list(compare.CLASSES),
+    )
+    assert str(exc) == (
+        "unknown class broken, x; choose from unchanged, changed, regressed, fixed, new, "
+        "missing, slower"
+    )
+    assert exc.exit_code == 2
 
 
 def test_identical_runs_pass(tmp_path: Path, monkeypatch, capsys) -> None:
@@ -460,6 +478,16 @@ def test_missing_pillow_is_a_clear_error(runs, monkeypatch, capsys) -> None:
     )
 
 
+def test_missing_pillow_carries_the_extra_without_install_text(runs, monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "PIL", None)
+    with pytest.raises(MissingDependencyError) as info:
+        compare.compare_runs(*map(compare.load_run, runs), image_tolerance=0.01)
+    exc = info.value
+    assert (exc.package, exc.extra) == ("Pillow", "images")
+    assert str(exc) == "image tolerance needs Pillow"
+    assert exc.exit_code == 2
+
+
 def _picture(path: Path, *, compress_level: int, mark: bool = False) -> bytes:
     from PIL import Image, ImageDraw
 
@@ -513,6 +541,26 @@ def test_update_baseline_copies_report_and_files(runs, tmp_path: Path, capsys) -
     assert (dest / "files/j6/image.png").read_text() == "six"
     assert not stale.exists()
     assert main(["compare", "baselines/demo", "cur"]) == 0
+
+
+def test_update_baseline_interrupted_keeps_the_old_report(runs, tmp_path, monkeypatch) -> None:
+    dest = tmp_path / "baselines/demo"
+    dest.mkdir(parents=True)
+    (dest / "report.csv").write_text("old report")
+    real_copy = shutil.copyfileobj
+
+    def disk_full_on_report(src, dst, *args) -> None:
+        if src.name.endswith("report.csv"):
+            dst.write(b"half a rep")
+            raise OSError(28, "No space left on device")
+        real_copy(src, dst, *args)
+
+    monkeypatch.setattr(shutil, "copyfileobj", disk_full_on_report)
+    with pytest.raises(OSError, match="No space left"):
+        compare.update_baseline(compare.load_run("cur"), dest)
+    assert (dest / "report.csv").read_text() == "old report"
+    assert (dest / "files/j6/image.png").read_text() == "six"  # files go first, whole
+    assert sorted(p.name for p in dest.rglob("*.part")) == []
 
 
 class _Links(HTMLParser):

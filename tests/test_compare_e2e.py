@@ -15,7 +15,8 @@ import pytest
 import yaml
 
 from batchrun.cli import cli
-from batchrun.compare import load_run, split_cell
+from batchrun.compare import load_run
+from batchrun.reportcsv import split_cell
 
 pytestmark = pytest.mark.skipif(
     "run" not in cli.commands, reason="the run engine (`batchrun run`) is not in this tree yet"

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from batchrun import html_report
-from batchrun.errors import UsageError
+from batchrun.errors import ChoiceError, UsageError
 from batchrun.state import FAILED, QUEUED, SUCCEEDED, JobRow, OutputFile
 
 MODEL = "acme/painter"
@@ -161,6 +161,16 @@ def test_rows_and_cols_can_be_chosen(tmp_path: Path) -> None:
 def test_unknown_rows_key_is_a_usage_error(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match=r"no swept field 'size'; choose from .*input\.seed"):
         html_report.write_html(tmp_path, make_jobs(tmp_path), rows_key="size")
+
+
+@pytest.mark.parametrize("setting", ["rows_key", "cols_key"])
+def test_unknown_grid_key_names_its_setting_and_choices(tmp_path: Path, setting: str) -> None:
+    with pytest.raises(ChoiceError) as info:
+        html_report.write_html(tmp_path, make_jobs(tmp_path), **{setting: "size"})
+    exc = info.value
+    assert (exc.setting, exc.values) == (setting, ["size"])
+    assert "input.seed" in exc.choices and "model" in exc.choices
+    assert str(exc) == f"no swept field 'size'; choose from {', '.join(exc.choices)}"
 
 
 def test_extra_dimensions_become_sections(tmp_path: Path) -> None:

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from batchrun import state
-from batchrun.report import REPORT_COLUMNS, read_report, summarise, write_report
+from batchrun.report import summarise, write_report
+from batchrun.reportcsv import COLUMNS as REPORT_COLUMNS, read_rows as read_report
 from batchrun.state import JobRow, OutputFile
 
 T0 = 1795935716.0  # 2026-11-29T07:01:56Z

@@ -10,6 +10,8 @@ import click
 from batchrun.client import DEFAULT_API_BASE
 from batchrun.errors import ConfigError
 
+DISTRIBUTION = "batchrun"  # the name to pip install
+
 NO_TOKEN = (
     "RUNCOMFY_TOKEN is not set: export RUNCOMFY_TOKEN=<your token>, "
     "or try the local simulator with --simulate"

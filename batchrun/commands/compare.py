@@ -8,7 +8,9 @@ import click
 
 from batchrun import compare as comparing, compare_output
 from batchrun.atomic import write_text
+from batchrun.commands.common import DISTRIBUTION
 from batchrun.compare_html import write_compare_html
+from batchrun.errors import ChoiceError, MissingDependencyError, UsageError
 
 
 def compare(
@@ -27,13 +29,18 @@ def compare(
 ) -> int:
     """Print the comparison, write the asked-for files; 0 pass, 1 regression."""
     classes = tuple(c.strip() for c in fail_on.split(",") if c.strip())
-    result = comparing.compare_runs(
-        comparing.load_run(baseline),
-        comparing.load_run(current),
-        fail_on=classes,
-        max_slowdown=max_slowdown,
-        image_tolerance=image_tolerance,
-    )
+    try:
+        result = comparing.compare_runs(
+            comparing.load_run(baseline),
+            comparing.load_run(current),
+            fail_on=classes,
+            max_slowdown=max_slowdown,
+            image_tolerance=image_tolerance,
+        )
+    except ChoiceError as exc:
+        raise UsageError(f"--fail-on: {exc}") from None
+    except MissingDependencyError as exc:
+        raise UsageError(f"{exc}: pip install '{DISTRIBUTION}[{exc.extra}]'") from None
     table = compare_output.terminal_table(result)
     click.echo(table.splitlines()[-1] if quiet else table.rstrip("\n"))
     if markdown_file:

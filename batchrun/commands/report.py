@@ -8,13 +8,17 @@ from typing import Any
 
 import click
 
+from batchrun.errors import ChoiceError, UsageError
 from batchrun.report import summarise, write_report
 from batchrun.state import StateStore
 
 
 def report(run_dir: str, *, rows_key: str | None, cols_key: str | None) -> int:
     """Rewrite the report files and say where they are; 0."""
-    path = rewrite_report(Path(run_dir), rows_key=rows_key, cols_key=cols_key)
+    try:
+        path = rewrite_report(Path(run_dir), rows_key=rows_key, cols_key=cols_key)
+    except ChoiceError as exc:
+        raise UsageError(f"--rows/--cols: {exc}") from None
     names = ", ".join(str(path.with_name(n)) for n in ("summary.json", "report.html"))
     click.echo(f"wrote {path}, {names}", err=True)
     return 0
