@@ -134,10 +134,15 @@ class Estimator:
     def __init__(self, price: Price | None, schema: Mapping[str, Any] | None) -> None:
         self.price = price
         self.schema = schema
-        self._fields = (DURATION_FIELD, *COUNT_FIELDS)
+        kind = price.unit_kind if price is not None and price.priced else None
+        # Only the inputs the unit counts matter; an unpriced model needs none.
+        self._fields = {PER_SECOND: (DURATION_FIELD,), PER_ITEM: COUNT_FIELDS}.get(kind or "", ())
+        self._priced = kind is not None
         self._memo: dict[tuple, Decimal | None] = {}
 
     def __call__(self, inputs: Mapping[str, Any]) -> Decimal | None:
+        if not self._priced:
+            return None
         key = tuple(
             (type(v), v) if isinstance(v, (str, int, float)) else repr(v)
             for v in (inputs.get(f, _ABSENT) for f in self._fields)
