@@ -136,16 +136,18 @@ class Estimator:
         self.schema = schema
         kind = price.unit_kind if price is not None and price.priced else None
         # Only the inputs the unit counts matter; an unpriced model needs none.
-        self._fields = {PER_SECOND: (DURATION_FIELD,), PER_ITEM: COUNT_FIELDS}.get(kind or "", ())
+        fields = {PER_SECOND: (DURATION_FIELD,), PER_ITEM: COUNT_FIELDS}.get(kind or "", ())
+        self._fields = frozenset(fields)
         self._priced = kind is not None
         self._memo: dict[tuple, Decimal | None] = {}
 
     def __call__(self, inputs: Mapping[str, Any]) -> Decimal | None:
         if not self._priced:
             return None
+        present = inputs.keys() & self._fields  # usually none: then one answer for all
         key = tuple(
-            (type(v), v) if isinstance(v, (str, int, float)) else repr(v)
-            for v in (inputs.get(f, _ABSENT) for f in self._fields)
+            (f, type(v), v if isinstance(v, (str, int, float)) else repr(v))
+            for f, v in sorted((f, inputs[f]) for f in present)
         )
         if key not in self._memo:
             self._memo[key] = estimate(self.price, inputs, self.schema)
