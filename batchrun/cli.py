@@ -99,7 +99,14 @@ def _subset(
 @cli.command()
 @click.argument("manifests", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @click.option("--strict", is_flag=True, help="A model without a local input schema is an error.")
-def validate(manifests: tuple[str, ...], strict: bool) -> int:
+@click.option(
+    "--schemas",
+    type=click.Path(file_okay=False),
+    metavar="DIR",
+    help="Model schema folder searched first [default: $BATCHRUN_SCHEMA_DIR], then "
+    "schemas/models/ beside the manifest, then the packaged schemas.",
+)
+def validate(manifests: tuple[str, ...], strict: bool, schemas: str | None) -> int:
     """Check manifests and every expanded job's inputs; no network.
 
     Prints "FILE: ok (N jobs)" per valid manifest; every problem otherwise, as
@@ -109,29 +116,39 @@ def validate(manifests: tuple[str, ...], strict: bool) -> int:
     Example:
       batchrun validate manifests/*.yaml
     """
-    return commands.validate.validate(manifests, strict=strict)
+    return commands.validate.validate(manifests, strict=strict, schemas=schemas)
 
 
 @cli.command()
 @click.argument("manifest", type=click.Path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per job, one a line.")
 @click.option("--strict", is_flag=True, help="A model without a local input schema is an error.")
+@click.option(
+    "--schemas",
+    type=click.Path(file_okay=False),
+    metavar="DIR",
+    help="Model schema folder searched first [default: $BATCHRUN_SCHEMA_DIR], then "
+    "schemas/models/ beside the manifest, then the packaged schemas.",
+)
 @subset_options
 def plan(
     manifest: str,
     as_json: bool,
     strict: bool,
+    schemas: str | None,
     only: tuple[str, ...],
     first: int | None,
     sample: int | None,
     seed: int | None,
     shard: str | None,
 ) -> int:
-    """Show the jobs a manifest expands to, without running anything.
+    """Show the jobs a manifest expands to and what they will cost, without running anything.
 
-    Prints the job count per model and a table of jobs with the values that vary
-    between them. With --json, prints one object per job a line: job_id,
-    model_id, inputs, vars, repeat.
+    Prints the job count and estimated cost per model, the total (and how many
+    jobs have no price), and a table of jobs with the values that vary between
+    them. With --json, prints one object per job a line: job_id, model_id,
+    inputs, vars, repeat, est_cost_usd (null when unpriced). Prices come from
+    the model schema files (see `batchrun models pull`).
 
     --only, --first, --sample and --shard show part of the sweep, as `run` would
     run it (how many jobs were left out goes to stderr).
@@ -146,6 +163,7 @@ def plan(
         manifest,
         as_json=as_json,
         strict=strict,
+        schemas=schemas,
         subset=_subset(only, first, sample, seed, shard),
     )
 
@@ -177,6 +195,18 @@ def plan(
     "--cancel-on-interrupt", is_flag=True, help="On Ctrl-C, cancel requests still queued."
 )
 @click.option("--strict", is_flag=True, help="A model without a local input schema is an error.")
+@click.option(
+    "--schemas",
+    type=click.Path(file_okay=False),
+    metavar="DIR",
+    help="Model schema folder searched first [default: $BATCHRUN_SCHEMA_DIR], then "
+    "schemas/models/ beside the manifest, then the packaged schemas.",
+)
+@click.option(
+    "--max-cost",
+    metavar="USD",
+    help="Budget in USD, e.g. 25 or 2.50 [default: the manifest's run.max_cost_usd].",
+)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or log lines.")
 @subset_options
 @click.option(
@@ -195,6 +225,8 @@ def run(
     resubmit_unknown: bool,
     cancel_on_interrupt: bool,
     strict: bool,
+    schemas: str | None,
+    max_cost: str | None,
     quiet: bool,
     only: tuple[str, ...],
     first: int | None,
@@ -230,6 +262,8 @@ def run(
         resubmit_unknown=resubmit_unknown,
         cancel_on_interrupt=cancel_on_interrupt,
         strict=strict,
+        schemas=schemas,
+        max_cost=max_cost,
         quiet=quiet,
         subset=_subset(only, first, sample, seed, shard),
         shard_full_rate=shard_full_rate,
@@ -415,6 +449,50 @@ def compare_cmd(
         baseline_dir=baseline_dir,
         quiet=quiet,
     )
+
+
+# ---- models (the catalog) -------------------------------------------------------------------
+
+
+@cli.group()
+def models() -> None:
+    """The RunComfy model catalog: input schemas and prices (needs RUNCOMFY_TOKEN)."""
+
+
+@models.command("pull")
+@click.argument("model_ids", nargs=-1, required=True, metavar="MODEL_ID...")
+@click.option(
+    "--dir",
+    "dest",
+    type=click.Path(file_okay=False),
+    help="Schema folder to write to [default: schemas/models].",
+)
+@click.option("--api-base", help="API base URL [default: $RUNCOMFY_MODEL_API_BASE or RunComfy].")
+def models_pull(model_ids: tuple[str, ...], dest: str | None, api_base: str | None) -> int:
+    """Store each model's catalog entry (input schema, price, when fetched) as a schema file.
+
+    The file is DIR/<id with / as __>.json; validate, plan and run find it there
+    (schemas/models/ beside the manifest, or --schemas DIR). Pull again to refresh.
+
+    \b
+    Example:
+      batchrun models pull google/nano-banana-2-lite/text-to-image
+      batchrun plan manifests/quickstart.yaml
+    """
+    return commands.models.pull(model_ids, dest=dest, api_base_option=api_base)
+
+
+@models.command("list")
+@click.option("--search", default="", metavar="TEXT", help="Only models whose id or name has TEXT.")
+@click.option("--api-base", help="API base URL [default: $RUNCOMFY_MODEL_API_BASE or RunComfy].")
+def models_list(search: str, api_base: str | None) -> int:
+    """List the catalog's models: id, name and price (e.g. $0.044/output).
+
+    \b
+    Example:
+      batchrun models list --search seedance
+    """
+    return commands.models.list_models(search, api_base_option=api_base)
 
 
 # ---- simulate --------------------------------------------------------------------------------

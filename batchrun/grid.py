@@ -69,8 +69,10 @@ def _hash_id(identity: str, repeat: int) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
 
 
-def expand(manifest: Manifest) -> Expansion:
-    """Every job of the manifest; raises ManifestError on template errors or too many jobs."""
+def expand(manifest: Manifest, schemas: models.Schemas | None = None) -> Expansion:
+    """Every job of the manifest; raises ManifestError on template errors or too many jobs.
+
+    `schemas` (default: the packaged ones) say which fields are numbers or booleans."""
     data = manifest.data
     label = str(manifest.path)
     problems: list[str] = []
@@ -82,7 +84,7 @@ def expand(manifest: Manifest) -> Expansion:
     exclude_paths: list[str] = []
     matched_excludes: set[str] = set()  # top-level entries count when any model matched
     for index, model in enumerate(data["models"]):
-        spec = _ModelSpec(data, index, model)
+        spec = _ModelSpec(data, index, model, schemas or models.packaged())
         problems += [f"{label}: {w}: {m}{manifest.line_suffix(w)}" for w, m in spec.problems]
         if spec.problems:
             continue
@@ -150,7 +152,7 @@ class _ComboError(Exception):
 class _ModelSpec:
     """One model's axes, rows, excludes and field types, resolved once."""
 
-    def __init__(self, data: dict, index: int, model: dict) -> None:
+    def __init__(self, data: dict, index: int, model: dict, schemas: models.Schemas) -> None:
         self.model_id: str = model["id"]
         self.index = index
         self.problems: list[tuple[str, str]] = []
@@ -199,7 +201,7 @@ class _ModelSpec:
             self.excludes.append(e)
             self.exclude_paths.append(f"{here}.exclude[{i}]")
         self.repeat: int = model.get("repeat", data.get("repeat", 1))
-        self.coerce = _coercions(self.model_id)
+        self.coerce = _coercions(self.model_id, schemas)
         self._rendered: dict[tuple, str] = {}
         self._coerced: dict[tuple[str, str], Any] = {}
 
@@ -302,9 +304,9 @@ def _maybe_template(value: Any) -> bool:
     return isinstance(value, (list, dict))
 
 
-def _coercions(model_id: str) -> dict[str, str]:
+def _coercions(model_id: str, schemas: models.Schemas) -> dict[str, str]:
     """Fields whose schema wants a number or boolean (and never a string): name -> kind."""
-    schema = models.input_schema(model_id) or {}
+    schema = schemas.input_schema(model_id) or {}
     out = {}
     for name, prop in (schema.get("properties") or {}).items():
         kinds = prop.get("type") if isinstance(prop, dict) else None

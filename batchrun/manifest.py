@@ -11,6 +11,7 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass, field
+from decimal import Decimal
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,7 @@ class RunSettings:
     job_timeout: float | None = 1800.0  # seconds; None = never
     retries: int = 1
     max_jobs: int = 10000
+    max_cost_usd: Decimal | None = None  # budget; None = none (exact: 0.1 stays 0.1)
 
 
 @dataclass(frozen=True)
@@ -362,6 +364,9 @@ def _run_settings(run: dict) -> tuple[RunSettings, list[tuple[str, str]]]:
     for key in ("max_in_flight", "retries", "max_jobs"):
         if key in run:
             kw[key] = run[key]
+    if "max_cost_usd" in run:
+        # A float by its shortest repr: 0.1 in YAML is 0.1 dollars, not 0.1000000000000000055.
+        kw["max_cost_usd"] = Decimal(repr(run["max_cost_usd"]))
     return RunSettings(**kw), problems
 
 

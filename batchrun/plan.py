@@ -5,10 +5,13 @@ This is what `validate`, `plan` and `run` call. Nothing here touches the network
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import json
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +22,7 @@ from batchrun.errors import ManifestError
 from batchrun.gcpause import gc_paused
 from batchrun.grid import Job, expand
 from batchrun.manifest import Manifest, load_manifest
+from batchrun.pricing import Estimator
 
 _MAX_INPUT_PROBLEMS = 50
 
@@ -30,20 +34,68 @@ class Plan:
     manifest: Manifest
     jobs: list[Job]
     warnings: list[str]
+    schemas: models.Schemas = dataclasses.field(default_factory=models.packaged)
+
+    def estimators(self) -> dict[str, Estimator]:
+        """Per model of the plan, what one of its jobs costs (see pricing.estimate)."""
+        out: dict[str, Estimator] = {}
+        for job in self.jobs:
+            if job.model_id not in out:
+                out[job.model_id] = Estimator(
+                    self.schemas.price(job.model_id), self.schemas.input_schema(job.model_id)
+                )
+        return out
+
+    def costs(self) -> dict[str, ModelCost]:
+        """Per model (in plan order), the estimated cost of its jobs."""
+        estimators = self.estimators()
+        out: dict[str, ModelCost] = {}
+        for job in self.jobs:
+            cost = out.get(job.model_id) or out.setdefault(job.model_id, ModelCost())
+            amount = estimators[job.model_id](job.inputs)
+            if amount is None:
+                cost.unpriced += 1
+            else:
+                cost.priced += 1
+                cost.usd += amount
+        return out
+
+    def with_max_cost(self, max_cost_usd: Decimal | None) -> Plan:
+        """This plan with its run's budget set (None keeps the manifest's)."""
+        if max_cost_usd is None:
+            return self
+        run = dataclasses.replace(self.manifest.run, max_cost_usd=max_cost_usd)
+        return dataclasses.replace(self, manifest=dataclasses.replace(self.manifest, run=run))
 
 
-def build_plan(path: str | Path, *, strict: bool = False) -> Plan:
+@dataclass
+class ModelCost:
+    """The estimate of one model's jobs: the exact sum over those that have a price."""
+
+    priced: int = 0
+    unpriced: int = 0
+    usd: Decimal = dataclasses.field(default_factory=Decimal)
+
+
+def schema_search_path(manifest_path: str | Path, schema_dirs: Iterable[Path] = ()) -> list[Path]:
+    """Where model schemas are looked up: the given folders, then `schemas/models/` beside
+    the manifest (the packaged ones come last, see Schemas.along)."""
+    return [*schema_dirs, Path(manifest_path).parent / "schemas" / "models"]
+
+
+def build_plan(path: str | Path, *, strict: bool = False, schema_dirs: Iterable[Path] = ()) -> Plan:
     """Load, expand and check a manifest; ManifestError lists every problem found."""
     manifest = load_manifest(path)
+    schemas = models.Schemas.along(schema_search_path(path, schema_dirs))
     with gc_paused():
-        expansion = expand(manifest)
+        expansion = expand(manifest, schemas)
     label = str(manifest.path)
     warnings = list(expansion.warnings)
     problems: list[str] = []
     for index, model in enumerate(manifest.data["models"]):
         model_id = model["id"]
-        if models.input_schema(model_id) is None:
-            close = difflib.get_close_matches(model_id, models.known_models(), n=1, cutoff=0.8)
+        if schemas.input_schema(model_id) is None:
+            close = difflib.get_close_matches(model_id, schemas.known_models(), n=1, cutoff=0.8)
             hint = f"; did you mean {close[0]!r}?" if close else ""
             message = (
                 f"{label}: $.models[{index}].id: no local input schema for {model_id!r}"
@@ -52,14 +104,14 @@ def build_plan(path: str | Path, *, strict: bool = False) -> Plan:
             (problems if strict else warnings).append(
                 message + ("" if not strict else " (--strict)")
             )
-    problems += _input_problems(manifest, expansion.jobs)
+    problems += _input_problems(manifest, expansion.jobs, schemas)
     if problems:
         # Warnings often explain the errors (a typo in a model id): keep them with the errors.
         raise ManifestError(problems + [f"warning: {w}" for w in warnings])
-    return Plan(manifest, expansion.jobs, warnings)
+    return Plan(manifest, expansion.jobs, warnings, schemas)
 
 
-def _input_problems(manifest: Manifest, jobs: list[Job]) -> list[str]:
+def _input_problems(manifest: Manifest, jobs: list[Job], schemas: models.Schemas) -> list[str]:
     """One line per distinct (model, field problem), naming the first job that has it.
 
     Each distinct input value is checked once; a fixed input that is wrong for all 1,000 jobs
@@ -72,7 +124,7 @@ def _input_problems(manifest: Manifest, jobs: list[Job]) -> list[str]:
     for job in jobs:
         checker = checkers.get(job.model_id)
         if checker is None:
-            checker = checkers[job.model_id] = _Checker(job.model_id)
+            checker = checkers[job.model_id] = _Checker(job.model_id, schemas)
         for problem in checker.check(job.inputs):
             key = (job.model_id, problem)
             first.setdefault(key, job)
@@ -102,9 +154,10 @@ class _Checker:
     _FLAT_KEYS = {"type", "properties", "required", "additionalProperties", "title"}
     # A `$ref` or combinator inside a property needs the whole schema: not flat then.
 
-    def __init__(self, model_id: str) -> None:
+    def __init__(self, model_id: str, schemas: models.Schemas | None = None) -> None:
         self.model_id = model_id
-        schema = models.input_schema(model_id)
+        self.schemas = schemas = schemas or models.packaged()
+        schema = schemas.input_schema(model_id)
         self.schema = schema
         keys = {k for k in (schema or {}) if not k.startswith("x-") and k != "description"}
         self.flat = (
@@ -122,14 +175,14 @@ class _Checker:
             return []
         key = json.dumps(inputs, sort_keys=True, default=str)
         if key not in self._whole:
-            self._whole[key] = models.validate_inputs(self.model_id, inputs) or []
+            self._whole[key] = self.schemas.validate_inputs(self.model_id, inputs) or []
         return self._whole[key]
 
     def _flat_ok(self, inputs: dict) -> bool:
         keyset = frozenset(inputs)
         ok = self._keysets.get(keyset)
         if ok is None:
-            ok = self._keysets[keyset] = not models.validate_inputs(
+            ok = self._keysets[keyset] = not self.schemas.validate_inputs(
                 self.model_id, {k: _placeholder(self.schema, k) for k in keyset}
             )
         if not ok:

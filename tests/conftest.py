@@ -16,6 +16,7 @@ def _isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.delenv("RUNCOMFY_TOKEN", raising=False)
     monkeypatch.delenv("RUNCOMFY_MODEL_API_BASE", raising=False)
+    monkeypatch.delenv("BATCHRUN_SCHEMA_DIR", raising=False)
 
 
 @pytest.fixture

@@ -222,10 +222,11 @@ def test_plan_table(repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert code == 0, err
     lines = out.splitlines()
     assert lines[0] == "quickstart: 6 jobs -> outputs/quickstart"
-    assert lines[1].split() == [KONTEXT, "6"]
-    assert lines[4].split() == ["#", "job_id", "var.color", "prompt", "seed"]
-    assert lines[5].split()[2] == "orange"
-    assert len(lines) == 4 + 1 + 6
+    assert lines[1].split() == [KONTEXT, "6", "unpriced"]
+    assert lines[2].split() == ["total", "6", "unpriced"]
+    assert lines[5].split() == ["#", "job_id", "var.color", "prompt", "seed"]
+    assert lines[6].split()[2] == "orange"
+    assert len(lines) == 5 + 1 + 6
 
 
 def test_plan_json(repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -233,7 +234,8 @@ def test_plan_json(repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert code == 0
     jobs = [json.loads(line) for line in out.splitlines()]
     assert len(jobs) == 6
-    assert set(jobs[0]) == {"job_id", "model_id", "inputs", "vars", "repeat"}
+    assert set(jobs[0]) == {"job_id", "model_id", "inputs", "vars", "repeat", "est_cost_usd"}
+    assert jobs[0]["est_cost_usd"] is None  # the packaged Kontext schema has no price
     assert jobs[0]["inputs"]["prompt"] == "She is now holding an orange umbrella and smiling"
     assert jobs[0]["vars"] == {"color": "orange"}
     assert len({j["job_id"] for j in jobs}) == 6

@@ -8,6 +8,7 @@ from batchrun.commands import (
     cancel,
     compare,
     merge,
+    models,
     plan,
     report,
     run,
@@ -16,4 +17,15 @@ from batchrun.commands import (
     validate,
 )
 
-__all__ = ["cancel", "compare", "merge", "plan", "report", "run", "simulate", "status", "validate"]
+__all__ = [
+    "cancel",
+    "compare",
+    "merge",
+    "models",
+    "plan",
+    "report",
+    "run",
+    "simulate",
+    "status",
+    "validate",
+]

@@ -1,14 +1,18 @@
-"""What several commands share: the token and API base from the environment, warnings."""
+"""What several commands share: the token and API base from the environment, the schema
+folder, warnings."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterable
+from pathlib import Path
 
 import click
 
 from batchrun.client import DEFAULT_API_BASE
-from batchrun.errors import ConfigError
+from batchrun.errors import ConfigError, UsageError
+
+SCHEMA_DIR_ENV = "BATCHRUN_SCHEMA_DIR"
 
 DISTRIBUTION = "batchrun"  # the name to pip install
 
@@ -29,6 +33,26 @@ def token() -> str:
     if not value:
         raise ConfigError(NO_TOKEN)
     return value
+
+
+def schema_dirs(option: str | None) -> list[Path]:
+    """The schema folder searched first: --schemas DIR, else $BATCHRUN_SCHEMA_DIR, else none.
+
+    A folder that does not exist is a UsageError: a typo would silently fall back to the
+    packaged schemas (and their prices) otherwise.
+    """
+    where, value = "--schemas", option
+    if not value:
+        where, value = SCHEMA_DIR_ENV, os.environ.get(SCHEMA_DIR_ENV, "").strip()
+    if not value:
+        return []
+    path = Path(value)
+    if not path.is_dir():
+        raise UsageError(
+            f"{where} {value}: no such folder; pull schemas into it first: "
+            f"batchrun models pull MODEL_ID --dir {value}"
+        )
+    return [path]
 
 
 def warn(warnings: Iterable[str]) -> None:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import shlex
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
 import click
 
 from batchrun.commands import selection, simulate
-from batchrun.commands.common import api_base, token, warn
+from batchrun.commands.common import api_base, schema_dirs, token, warn
 from batchrun.engine import RunOptions, run_batch
 from batchrun.errors import UsageError
 from batchrun.plan import build_plan
@@ -26,6 +27,8 @@ def run(
     cancel_on_interrupt: bool,
     strict: bool,
     quiet: bool,
+    schemas: str | None = None,
+    max_cost: str | None = None,
     subset: selection.Options | None = None,
     shard_full_rate: bool = False,
 ) -> int:
@@ -37,7 +40,9 @@ def run(
     if shard_full_rate and chosen.shard is None:
         raise UsageError("--shard-full-rate only applies with --shard K/N")
     pairs = _sim_pairs(sim)
-    plan = build_plan(manifest, strict=strict)
+    cap = parse_max_cost(max_cost)
+    # The budget in force (--max-cost, else run.max_cost_usd) is plan.manifest.run.max_cost_usd.
+    plan = build_plan(manifest, strict=strict, schema_dirs=schema_dirs(schemas)).with_max_cost(cap)
     warn(plan.warnings)
     only: frozenset[str] | None = None
     left_out = 0
@@ -71,6 +76,10 @@ def run(
         base = api_base(api_base_option)
         if api_base_option:
             resume += ["--api-base", api_base_option]
+    if schemas:
+        resume += ["--schemas", schemas]
+    if max_cost is not None:
+        resume += ["--max-cost", max_cost]
     options = RunOptions(
         api_base=base,
         token=secret,
@@ -89,6 +98,22 @@ def run(
     finally:
         if simulator is not None:
             simulator.stop()
+
+
+def parse_max_cost(text: str | None) -> Decimal | None:
+    """--max-cost USD as an exact amount (a leading `$` allowed); UsageError unless >= 0."""
+    if text is None:
+        return None
+    try:
+        amount = Decimal(text.strip().removeprefix("$").replace(",", ""))
+    except InvalidOperation:
+        amount = None
+    if amount is None or not amount.is_finite() or amount < 0:
+        raise UsageError(
+            f"--max-cost {text!r}: expected an amount in USD, a number >= 0, "
+            "e.g. --max-cost 25 or --max-cost 2.50"
+        )
+    return amount
 
 
 def _sim_pairs(pairs: tuple[str, ...]) -> dict[str, str]:

@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import click
 
-from batchrun.commands.common import warn
+from batchrun.commands.common import schema_dirs, warn
 from batchrun.errors import ManifestError
 from batchrun.plan import build_plan
 
 
-def validate(manifests: tuple[str, ...], *, strict: bool) -> int:
+def validate(manifests: tuple[str, ...], *, strict: bool, schemas: str | None = None) -> int:
     """ "FILE: ok (N jobs)" per valid manifest, every problem of the others; 0 or 2."""
+    dirs = schema_dirs(schemas)
     failed = False
     for path in manifests:
         try:
-            plan = build_plan(path, strict=strict)
+            plan = build_plan(path, strict=strict, schema_dirs=dirs)
         except ManifestError as exc:
             failed = True
             for problem in exc.problems:

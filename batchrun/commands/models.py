@@ -1,0 +1,113 @@
+"""`batchrun models`: store catalog entries (input schema + price) as schema files; list the
+catalog with prices."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import click
+
+from batchrun.atomic import write_text
+from batchrun.client import Client
+from batchrun.commands.common import api_base, token
+from batchrun.errors import ApiError, InvalidInputError, NotFoundError
+from batchrun.models import normalise, schema_file_name
+from batchrun.pricing import parse_price, price_label
+
+DEFAULT_DIR = Path("schemas") / "models"
+_PAGE = 100
+_ENTRY_KEYS = ("model_id", "display_name", "categories", "output_type")
+_PRICE_KEYS = ("base_price_usd", "price_unit", "pricing_note")
+
+
+def pull(
+    model_ids: tuple[str, ...],
+    *,
+    dest: str | None,
+    api_base_option: str | None = None,
+    client: Client | None = None,
+    now: datetime | None = None,
+) -> int:
+    """Fetch each model's catalog entry and write it to DIR/<id with / as __>.json; 0, or 1
+    when some model could not be pulled (the others are written)."""
+    folder = Path(dest) if dest else DEFAULT_DIR
+    client = client or Client(api_base(api_base_option), token())
+    fetched_at = (now or datetime.now(timezone.utc)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    failed = 0
+    for model_id in model_ids:
+        try:
+            entry = catalog_entry(client.model(model_id), model_id, fetched_at)
+        except (NotFoundError, InvalidInputError) as exc:
+            failed += 1
+            click.echo(f"error: {model_id}: not in the catalog ({exc})", err=True)
+            continue
+        path = write_text(folder / schema_file_name(model_id), json.dumps(entry, indent=2) + "\n")
+        click.echo(f"{path}  {price_label(parse_price(entry))}")
+    return 1 if failed else 0
+
+
+def catalog_entry(body: dict[str, Any], model_id: str, fetched_at: str) -> dict[str, Any]:
+    """What a schema file holds: the entry's names and price, when it was fetched, and its
+    input schema normalised to standard JSON Schema."""
+    endpoint = f"GET /v1/models/{model_id}"
+    schema = body.get("input_schema")
+    if not isinstance(schema, dict):
+        raise ApiError("the catalog entry has no input_schema object", endpoint=endpoint)
+    try:
+        parse_price(body)
+    except ValueError as exc:
+        raise ApiError(f"the catalog entry's price is unusable: {exc}", endpoint=endpoint) from None
+    entry: dict[str, Any] = {
+        "$comment": f"Catalog entry of {model_id} (GET /v1/models/{model_id}) as pulled by "
+        "`batchrun models pull`; pull again to refresh the price.",
+        "model_id": model_id,
+    }
+    entry.update({k: body[k] for k in _ENTRY_KEYS[1:] if k in body})
+    entry.update({k: body.get(k) for k in _PRICE_KEYS})
+    entry["fetched_at"] = fetched_at
+    entry["input_schema"] = normalise(schema)
+    return entry
+
+
+def list_models(
+    search: str, *, api_base_option: str | None = None, client: Client | None = None
+) -> int:
+    """Print id, name and price of every catalog model matching `search`; 0."""
+    client = client or Client(api_base(api_base_option), token())
+    rows = [
+        (str(m.get("model_id", "")), str(m.get("display_name") or ""), _price(m))
+        for m in catalog(client, search)
+    ]
+    if not rows:
+        click.echo(f"no models match {search!r}" if search else "the catalog is empty", err=True)
+        return 0
+    widths = [max(len(r[i]) for r in rows) for i in range(2)]
+    for model_id, name, price in rows:
+        click.echo(f"{model_id:<{widths[0]}}  {name:<{widths[1]}}  {price}".rstrip())
+    return 0
+
+
+def catalog(client: Client, search: str = "") -> Iterator[dict[str, Any]]:
+    """Every model of `GET /v1/models?search=`, page by page."""
+    offset = 0
+    while True:
+        body = client.models(search=search, limit=_PAGE, offset=offset)
+        page = body.get("models")
+        if not isinstance(page, list) or not page:
+            return
+        yield from (m for m in page if isinstance(m, dict))
+        offset += len(page)
+        total = body.get("total")
+        if not isinstance(total, int) or offset >= total:
+            return
+
+
+def _price(model: dict[str, Any]) -> str:
+    try:
+        return price_label(parse_price(model))
+    except ValueError:
+        return "unpriced"
