@@ -230,7 +230,7 @@ def report(run_dir: str, rows_key: str | None = None, cols_key: str | None = Non
     default=None,
     metavar="D",
     help="Images whose bytes differ but whose perceptual distance (0..1) is at most D count "
-    "as unchanged. Needs Pillow: pip install 'batchrun[images]'.",
+    "as unchanged. Needs Pillow: pip install 'runcomfy-batchrun[images]'.",
 )
 @click.option(
     "--markdown",

@@ -14,7 +14,7 @@ from typing import Any
 
 import requests
 
-from batchrun import state as st
+from batchrun import origin as og, state as st
 from batchrun.answers import AMBIGUOUS_SUBMIT
 from batchrun.client import Client
 from batchrun.download import Downloader, collect_urls, default_allow_hosts, output_keys
@@ -37,6 +37,7 @@ class RunOptions:
 
     api_base: str
     token: str
+    origin: str = ""  # where results come from: origin.SIMULATOR or (default) api_base
     run_dir: Path | None = None  # default: the manifest's outputs.dir
     retry_failed: bool = False
     resubmit_unknown: bool = False
@@ -140,6 +141,12 @@ class _Run:
         manifest = self.plan.manifest
         meta = self.store.meta()
         fresh = "manifest_sha256" not in meta
+        origin = self.opts.origin or self.opts.api_base
+        held = og.recorded(meta, self.run_dir)
+        if held not in (None, origin) and any(r.request_id for r in self.store.rows()):
+            raise og.mismatch(self.run_dir, held, origin)  # before anything is changed or sent
+        if meta.get("origin") != origin:
+            self.store.set_meta(origin=origin)
         added, removed = self.store.add_jobs(self.plan.jobs)
         if fresh:
             self.store.set_meta(
@@ -253,6 +260,7 @@ class _Run:
         extra = {
             "name": self.plan.manifest.name,
             "manifest": str(self.plan.manifest.path),
+            "origin": self.opts.origin or self.opts.api_base,
             "api_calls": total,
             "api_calls_this_run": {**calls, "total": sum(calls.values())},
             "throttled": limiter.throttled_count,
