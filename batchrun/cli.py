@@ -21,7 +21,8 @@ def cli() -> None:
 
     \b
     Try it without a token on the built-in simulator:
-      batchrun run manifests/quickstart.yaml --simulate
+      batchrun init                        # writes sweep.yaml + prompts.txt here
+      batchrun run sweep.yaml --simulate
     """
 
 
@@ -49,7 +50,34 @@ def main(argv: list[str] | None = None) -> int:
     return code if isinstance(code, int) else 0
 
 
-# ---- validate / plan (manifest + grid) -------------------------------------------------------
+# ---- init / schema / validate / plan (manifest + grid) ---------------------------------------
+
+
+@cli.command()
+@click.argument("directory", default=".", type=click.Path(file_okay=False))
+def init(directory: str) -> int:
+    """Write a starter manifest (sweep.yaml) and its prompts.txt into DIRECTORY [default: .].
+
+    The starter validates and runs on the built-in simulator from any folder; its
+    `$schema` line points at the installed manifest schema. Existing files are never
+    overwritten (exit 2).
+
+    \b
+    Example:
+      batchrun init my-sweep && cd my-sweep && batchrun run sweep.yaml --simulate
+    """
+    return commands.init.init(directory)
+
+
+@cli.command()
+def schema() -> int:
+    """Print the path of the installed manifest JSON Schema (for an editor's $schema).
+
+    \b
+    Example:
+      batchrun schema    # then, atop a manifest: # yaml-language-server: $schema=PATH
+    """
+    return commands.init.schema()
 
 
 @cli.command()

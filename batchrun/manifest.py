@@ -123,10 +123,15 @@ def parse_size(value: object) -> int:
     return size
 
 
+def manifest_schema_path() -> Path:
+    """The absolute path of the manifest's JSON Schema, installed or in the checkout."""
+    return schemas_root() / "manifest.schema.json"
+
+
 @lru_cache(maxsize=1)
 def manifest_schema() -> dict[str, Any]:
     """The manifest's JSON Schema (schemas/manifest.schema.json)."""
-    with (schemas_root() / "manifest.schema.json").open(encoding="utf-8") as f:
+    with manifest_schema_path().open(encoding="utf-8") as f:
         schema: dict[str, Any] = json.load(f)
     return schema
 

@@ -7,6 +7,7 @@ BatchrunError subclasses, which cli.main maps to exit codes in one place.
 from batchrun.commands import (
     cancel,
     compare,
+    init,
     plan,
     report,
     run,
@@ -15,4 +16,4 @@ from batchrun.commands import (
     validate,
 )
 
-__all__ = ["cancel", "compare", "plan", "report", "run", "simulate", "status", "validate"]
+__all__ = ["cancel", "compare", "init", "plan", "report", "run", "simulate", "status", "validate"]
