@@ -118,7 +118,8 @@ BAD: list[tuple[str, str, dict[str, str], str]] = [
         "input-unknown-field",
         GOOD.replace("prompt: p", "promt: p, prompt: p"),
         {},
-        "Additional properties are not allowed ('promt' was unexpected); known fields:",
+        "$.models[0].inputs.promt: job blackforestlabs/flux-1-kontext/pro/edit: $.promt: "
+        "unknown field 'promt'; did you mean 'prompt'? (line 5)",
     ),
     (
         "input-not-url",
