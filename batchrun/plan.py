@@ -101,7 +101,10 @@ def _input_problems(manifest: Manifest, jobs: list[Job]) -> list[str]:
         who = describe_job(job, varying.get(job.model_id, ()))
         more = counts[key] - 1
         also = f" (and {more} more job{'s' if more != 1 else ''})" if more else ""
-        where = source_path(manifest.data, job, _field_of(key[1]))
+        field = _field_of(key[1])
+        # An unknown field is wrong in all its values: point at the key, not one value.
+        whole_key = key[1].startswith(f"$.{field}: unknown field")
+        where = source_path(manifest.data, job, field, item=not whole_key)
         out.append(f"{label}: {where}: job {who}: {key[1]}{also}{manifest.line_suffix(where)}")
     if len(first) > _MAX_INPUT_PROBLEMS:
         out.append(f"{label}: ... {len(first) - _MAX_INPUT_PROBLEMS} more input problems")
@@ -114,9 +117,10 @@ def _field_of(problem: str) -> str | None:
     return m.group(1) if m else None
 
 
-def source_path(data: dict, job: Job, field: str | None) -> str:
+def source_path(data: dict, job: Job, field: str | None, *, item: bool = True) -> str:
     """The JSON path of the manifest key that gave `job` its `field` (see grid's precedence:
-    a row's value over the model's matrix over the top-level matrix over fixed inputs)."""
+    a row's value over the model's matrix over the top-level matrix over fixed inputs); with
+    `item`, of the very list item that holds the job's value, where one does."""
     indexes = [i for i, m in enumerate(data["models"]) if m["id"] == job.model_id] or [0]
     value = job.inputs.get(field, _MISSING) if field else _MISSING
     fallback = None
@@ -138,7 +142,7 @@ def source_path(data: dict, job: Job, field: str | None) -> str:
             values = (scope.get("matrix") or {}).get(field)
             if values is not None:
                 same = [i for i, v in enumerate(values) if _same(v, value)]
-                return f"{prefix}.matrix.{field}" + (f"[{same[0]}]" if same else "")
+                return f"{prefix}.matrix.{field}" + (f"[{same[0]}]" if same and item else "")
         if field in (model.get("inputs") or {}):
             return f"{here}.inputs.{field}"
     return fallback or "$.models"
