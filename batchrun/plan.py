@@ -129,12 +129,9 @@ def source_path(data: dict, job: Job, field: str | None, *, item: bool = True) -
         fallback = fallback or (f"{here}.inputs" if "inputs" in model else here)
         if field is None:
             continue
-        rows, rows_path = (
-            (model["cases"], f"{here}.cases")
-            if "cases" in model
-            else (data.get("cases"), "$.cases")
-        )
-        given = [i for i, row in enumerate(rows or []) if field in row]
+        rows_path = f"{here}.cases" if "cases" in model else "$.cases"
+        rows: list[dict] = (model["cases"] if "cases" in model else data.get("cases")) or []
+        given = [i for i, row in enumerate(rows) if field in row]
         if given:
             same = [i for i in given if _same(rows[i][field], value)]
             return f"{rows_path}[{(same or given)[0]}].{field}"
