@@ -88,7 +88,6 @@ def test_pillow_hint_names_the_distribution() -> None:
 @pytest.mark.parametrize(
     "given",
     [
-        "https://model-api.runcomfy.net",
         "https://model-api.runcomfy.net/",
         "https://model-api.runcomfy.net/v1",
         "https://model-api.runcomfy.net/v1/",
