@@ -24,7 +24,8 @@ def cli() -> None:
 
     \b
     Try it without a token on the built-in simulator:
-      batchrun run manifests/quickstart.yaml --simulate
+      batchrun init                        # writes sweep.yaml + prompts.txt here
+      batchrun run sweep.yaml --simulate
     """
 
 
@@ -93,7 +94,34 @@ def _subset(
     return SubsetOptions(only=only, first=first, sample=sample, seed=seed, shard=shard)
 
 
-# ---- validate / plan (manifest + grid) -------------------------------------------------------
+# ---- init / schema / validate / plan (manifest + grid) ---------------------------------------
+
+
+@cli.command()
+@click.argument("directory", default=".", type=click.Path(file_okay=False))
+def init(directory: str) -> int:
+    """Write a starter manifest (sweep.yaml) and its prompts.txt into DIRECTORY [default: .].
+
+    The starter validates and runs on the built-in simulator from any folder; its
+    `$schema` line points at the installed manifest schema. Existing files are never
+    overwritten (exit 2).
+
+    \b
+    Example:
+      batchrun init my-sweep && cd my-sweep && batchrun run sweep.yaml --simulate
+    """
+    return commands.init.init(directory)
+
+
+@cli.command()
+def schema() -> int:
+    """Print the path of the installed manifest JSON Schema (for an editor's $schema).
+
+    \b
+    Example:
+      batchrun schema    # then, atop a manifest: # yaml-language-server: $schema=PATH
+    """
+    return commands.init.schema()
 
 
 @cli.command()
@@ -373,7 +401,7 @@ def merge(run_dirs: tuple[str, ...], into: str) -> int:
     default=None,
     metavar="D",
     help="Images whose bytes differ but whose perceptual distance (0..1) is at most D count "
-    "as unchanged. Needs Pillow: pip install 'batchrun[images]'.",
+    "as unchanged. Needs Pillow: pip install 'runcomfy-batchrun[images]'.",
 )
 @click.option(
     "--markdown",

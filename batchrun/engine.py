@@ -14,7 +14,7 @@ from typing import Any
 
 import requests
 
-from batchrun import state as st
+from batchrun import origin as og, state as st
 from batchrun.api_answers import AMBIGUOUS_SUBMIT
 from batchrun.client import Client
 from batchrun.download import Downloader
@@ -39,6 +39,10 @@ class RunOptions:
 
     api_base: str
     token: str
+    # Where results come from (origin.SIMULATOR or the API base), recorded in the folder and
+    # checked against what it holds; empty leaves both to the caller (tests that restart a
+    # simulator on another port).
+    origin: str = ""
     run_dir: Path | None = None  # default: the manifest's outputs.dir
     retry_failed: bool = False
     resubmit_unknown: bool = False
@@ -167,6 +171,12 @@ class _Run:
         manifest = self.plan.manifest
         meta = self.store.meta()
         fresh = "manifest_sha256" not in meta
+        origin = self.opts.origin
+        held = og.recorded(meta, self.run_dir)
+        if origin and held not in (None, origin) and any(r.request_id for r in self.store.rows()):
+            raise og.mismatch(self.run_dir, held, origin)  # before anything is changed or sent
+        if origin and meta.get("origin") != origin:
+            self.store.set_meta(origin=origin)
         added, removed = self.store.add_jobs(self._jobs_to_add())
         if fresh:
             self.store.set_meta(
@@ -285,7 +295,8 @@ class _Run:
 
         calls = dict(sorted(client.calls.items()))
         # API calls add up over every run (resume) of the folder
-        total: dict[str, int] = json.loads(self.store.meta().get("api_calls", "{}"))
+        meta = self.store.meta()
+        total: dict[str, int] = json.loads(meta.get("api_calls", "{}"))
         for kind, n in calls.items():
             total[kind] = total.get(kind, 0) + n
         total.pop("total", None)
@@ -294,6 +305,7 @@ class _Run:
         extra = {
             "name": self.plan.manifest.name,
             "manifest": str(self.plan.manifest.path),
+            "origin": og.recorded(meta, self.run_dir) or self.opts.api_base,
             "api_calls": total,
             "api_calls_this_run": {**calls, "total": sum(calls.values())},
             "throttled": limiter.throttled_count,

@@ -7,7 +7,8 @@
     ├── ManifestError (2)            a manifest or a file it reads is invalid; every problem
     ├── ConfigError (3)              no token, a bad API base
     ├── StateError (2)               the run folder's state cannot be used
-    │   └── RunFolderInUse (2)       another process holds the folder
+    │   ├── RunFolderInUse (2)       another process holds the folder
+    │   └── OriginMismatch (2)       the folder holds results from another API (or the simulator)
     ├── CompareError (2)             compare was given inputs it cannot use
     └── ApiError (1)                 an error answer from the API, or none at all
         ├── AuthError (3)            401/403, 400004, 403001
@@ -60,6 +61,10 @@ class StateError(BatchrunError):
 
 class RunFolderInUse(StateError):
     """Another batchrun process holds the run folder."""
+
+
+class OriginMismatch(StateError):
+    """The run folder holds results from another origin (an API base, or the simulator)."""
 
 
 class ApiError(BatchrunError):

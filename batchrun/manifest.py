@@ -6,6 +6,7 @@ This is the only module that touches the raw YAML. Values read from files (`{fil
 
 from __future__ import annotations
 
+import copy
 import difflib
 import hashlib
 import json
@@ -125,10 +126,15 @@ def parse_size(value: object) -> int:
     return size
 
 
+def manifest_schema_path() -> Path:
+    """The absolute path of the manifest's JSON Schema, installed or in the checkout."""
+    return schemas_root() / "manifest.schema.json"
+
+
 @lru_cache(maxsize=1)
 def manifest_schema() -> dict[str, Any]:
     """The manifest's JSON Schema (schemas/manifest.schema.json)."""
-    with (schemas_root() / "manifest.schema.json").open(encoding="utf-8") as f:
+    with manifest_schema_path().open(encoding="utf-8") as f:
         schema: dict[str, Any] = json.load(f)
     return schema
 
@@ -140,6 +146,20 @@ def json_path(parts: Any) -> str:
 
 def load_manifest(path: str | Path) -> Manifest:
     """Read, parse and validate a manifest; raise ManifestError listing every problem."""
+    manifest, problems = check_manifest(path)
+    if problems or manifest is None:
+        raise ManifestError(problems)
+    return manifest
+
+
+def check_manifest(path: str | Path) -> tuple[Manifest | None, list[str]]:
+    """Every problem of a manifest, and the manifest as far as it can be used.
+
+    With problems, the manifest returned (if any) leaves out the keys that have them, so its
+    jobs' inputs can still be checked in the same pass; it is None when what is left cannot
+    be expanded (a required key is wrong, a `{file:}` is missing). Unreadable files and YAML
+    syntax errors raise ManifestError.
+    """
     path = Path(path)
     label = str(path)
     try:
@@ -153,11 +173,15 @@ def load_manifest(path: str | Path) -> Manifest:
     node, data = _parse_yaml(text, label)
     lines = _LineMap(node)
 
-    problems = [
-        f"{label}: {json_path(p)}: {msg}{lines.suffix(p)}" for p, msg in _schema_problems(data)
-    ]
-    if problems:
-        raise ManifestError(problems)
+    found = _schema_problems(data)
+    problems = [f"{label}: {json_path(p)}: {msg}{lines.suffix(p)}" for p, msg in found]
+    if found:
+        usable = _without(data, [p for p, _ in found])
+        if usable is not None:
+            usable.setdefault("version", 1)  # reported above; not needed to expand the rest
+        if usable is None or _schema_problems(usable):
+            return None, problems
+        data = usable
 
     data, source_problems = resolve_sources(data, path.parent)
     problems += [f"{label}: {json_path(p)}: {msg}{lines.suffix(p)}" for p, msg in source_problems]
@@ -168,9 +192,7 @@ def load_manifest(path: str | Path) -> Manifest:
     problems += [
         f"{label}: $.outputs.{k}: {msg}{lines.suffix(['outputs', k])}" for k, msg in out_problems
     ]
-    if problems:
-        raise ManifestError(problems)
-    return Manifest(
+    manifest = Manifest(
         path=path,
         name=name,
         run=run,
@@ -179,6 +201,36 @@ def load_manifest(path: str | Path) -> Manifest:
         sha256=hashlib.sha256(raw).hexdigest(),
         lines=lines,
     )
+    # A missing file's values are placeholders: the jobs they make are not worth checking.
+    return (None if source_problems else manifest), problems
+
+
+def _without(data: dict, paths: list[tuple]) -> dict | None:
+    """A copy of `data` without the mapping keys that hold the problems at `paths`.
+
+    Each problem drops the deepest mapping key on its path (a list item takes its list with
+    it, so the indexes of the rest, and their lines, stay right); None when a problem is
+    at the top.
+    """
+    data = copy.deepcopy(data)
+    cuts: list[tuple[dict, Any]] = []
+    for path in paths:
+        node: Any = data
+        cut = None
+        for part in path:
+            if isinstance(node, dict) and part in node:
+                cut = (node, part)
+                node = node[part]
+            elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+                node = node[part]
+            else:
+                break
+        if cut is None:
+            return None
+        cuts.append(cut)
+    for container, key in cuts:
+        container.pop(key, None)
+    return data
 
 
 def _default_name(path: Path) -> str:

@@ -8,6 +8,7 @@ fields and when it was fetched. `Schemas` looks files up along a search path of 
 from __future__ import annotations
 
 import copy
+import difflib
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -178,12 +179,27 @@ class Schemas:
         problems = []
         for err in sorted(validator.iter_errors(inputs), key=lambda e: list(map(str, e.path))):
             path = "$" + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err.path)
-            message = err.message
-            if err.validator == "additionalProperties":
-                known = ", ".join(sorted((self.input_schema(model_id) or {}).get("properties", {})))
-                message = f"{message}; known fields: {known}"
-            problems.append(f"{path}: {message}")
+            if err.validator == "additionalProperties" and not err.path:
+                for key in sorted(map(str, inputs)):
+                    message = self.unknown_field(model_id, key)
+                    if message:
+                        problems.append(f"$.{key}: {message}")
+                continue
+            problems.append(f"{path}: {err.message}")
         return problems
+
+    def unknown_field(self, model_id: str, key: str) -> str:
+        """'unknown field ...; did you mean ...?' (or the known fields), for a field not in
+        the model's schema; empty when the schema knows the field."""
+        known = list((self.input_schema(model_id) or {}).get("properties", {}))
+        if key in known:
+            return ""
+        close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+        if close:
+            hint = f"did you mean {close[0]!r}?"
+        else:
+            hint = f"known fields: {', '.join(sorted(known))}"
+        return f"unknown field {key!r}; {hint}"
 
 
 @cache

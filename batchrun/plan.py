@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import re
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from batchrun import models
 from batchrun.errors import ManifestError
 from batchrun.gcpause import gc_paused
 from batchrun.grid import Job, expand
-from batchrun.manifest import Manifest, load_manifest
+from batchrun.manifest import Manifest, check_manifest
 from batchrun.pricing import Estimator
 
 _MAX_INPUT_PROBLEMS = 50
@@ -84,14 +85,23 @@ def schema_search_path(manifest_path: str | Path, schema_dirs: Iterable[Path] = 
 
 
 def build_plan(path: str | Path, *, strict: bool = False, schema_dirs: Iterable[Path] = ()) -> Plan:
-    """Load, expand and check a manifest; ManifestError lists every problem found."""
-    manifest = load_manifest(path)
+    """Load, expand and check a manifest; ManifestError lists every problem found.
+
+    Manifest problems and the jobs' input problems come in one pass: the keys with manifest
+    problems are left out and the rest is expanded and checked, where it can be.
+    """
+    manifest, problems = check_manifest(path)
+    label = str(path)
+    if manifest is None:
+        raise ManifestError([*problems, _not_checked(label)])
     schemas = models.Schemas.along(schema_search_path(path, schema_dirs))
-    with gc_paused():
-        expansion = expand(manifest, schemas)
-    label = str(manifest.path)
+    try:
+        with gc_paused():
+            expansion = expand(manifest, schemas)
+    except ManifestError as exc:
+        unchecked = [_not_checked(label)] if problems else []
+        raise ManifestError([*problems, *exc.problems, *unchecked]) from None
     warnings = list(expansion.warnings)
-    problems: list[str] = []
     for index, model in enumerate(manifest.data["models"]):
         model_id = model["id"]
         if schemas.input_schema(model_id) is None:
@@ -99,7 +109,8 @@ def build_plan(path: str | Path, *, strict: bool = False, schema_dirs: Iterable[
             hint = f"; did you mean {close[0]!r}?" if close else ""
             message = (
                 f"{label}: $.models[{index}].id: no local input schema for {model_id!r}"
-                f"{hint}; inputs are not checked before sending"
+                f"{hint}; inputs are not checked before sending (get its schema: "
+                f"batchrun models pull {model_id})"
             )
             (problems if strict else warnings).append(
                 message + ("" if not strict else " (--strict)")
@@ -111,11 +122,17 @@ def build_plan(path: str | Path, *, strict: bool = False, schema_dirs: Iterable[
     return Plan(manifest, expansion.jobs, warnings, schemas)
 
 
+def _not_checked(label: str) -> str:
+    # Said, not silent: a user fixing the lines above should expect more to come.
+    return f"{label}: jobs' input fields not checked yet: fix the problems above first"
+
+
 def _input_problems(manifest: Manifest, jobs: list[Job], schemas: models.Schemas) -> list[str]:
     """One line per distinct (model, field problem), naming the first job that has it.
 
     Each distinct input value is checked once; a fixed input that is wrong for all 1,000 jobs
-    is one line ("and 999 more jobs"), not 1,000.
+    is one line ("and 999 more jobs"), not 1,000. Each line starts at the manifest key that
+    gave the value (with its YAML line).
     """
     label = str(manifest.path)
     checkers: dict[str, _Checker] = {}
@@ -137,10 +154,55 @@ def _input_problems(manifest: Manifest, jobs: list[Job], schemas: models.Schemas
         who = describe_job(job, varying.get(job.model_id, ()))
         more = counts[key] - 1
         also = f" (and {more} more job{'s' if more != 1 else ''})" if more else ""
-        out.append(f"{label}: job {who}: {key[1]}{also}")
+        field = _field_of(key[1])
+        # An unknown field is wrong in all its values: point at the key, not one value.
+        whole_key = key[1].startswith(f"$.{field}: unknown field")
+        where = source_path(manifest.data, job, field, item=not whole_key)
+        out.append(f"{label}: {where}: job {who}: {key[1]}{also}{manifest.line_suffix(where)}")
     if len(first) > _MAX_INPUT_PROBLEMS:
         out.append(f"{label}: ... {len(first) - _MAX_INPUT_PROBLEMS} more input problems")
     return out
+
+
+def _field_of(problem: str) -> str | None:
+    """The input field a `$.field...: message` problem is about; None for the whole inputs."""
+    m = re.match(r"\$\.([^.\[:]+)", problem)
+    return m.group(1) if m else None
+
+
+def source_path(data: dict, job: Job, field: str | None, *, item: bool = True) -> str:
+    """The JSON path of the manifest key that gave `job` its `field` (see grid's precedence:
+    a row's value over the model's matrix over the top-level matrix over fixed inputs); with
+    `item`, of the very list item that holds the job's value, where one does."""
+    indexes = [i for i, m in enumerate(data["models"]) if m["id"] == job.model_id] or [0]
+    value = job.inputs.get(field, _MISSING) if field else _MISSING
+    fallback = None
+    for index in indexes:
+        model, here = data["models"][index], f"$.models[{index}]"
+        fallback = fallback or (f"{here}.inputs" if "inputs" in model else here)
+        if field is None:
+            continue
+        rows_path = f"{here}.cases" if "cases" in model else "$.cases"
+        rows: list[dict] = (model["cases"] if "cases" in model else data.get("cases")) or []
+        given = [i for i, row in enumerate(rows) if field in row]
+        if given:
+            same = [i for i in given if _same(rows[i][field], value)]
+            return f"{rows_path}[{(same or given)[0]}].{field}"
+        for scope, prefix in ((model, here), (data, "$")):
+            values = (scope.get("matrix") or {}).get(field)
+            if values is not None:
+                same = [i for i, v in enumerate(values) if _same(v, value)]
+                return f"{prefix}.matrix.{field}" + (f"[{same[0]}]" if same and item else "")
+        if field in (model.get("inputs") or {}):
+            return f"{here}.inputs.{field}"
+    return fallback or "$.models"
+
+
+def _same(a: Any, b: Any) -> bool:
+    return type(a) is type(b) and a == b
+
+
+_MISSING = object()
 
 
 class _Checker:

@@ -474,7 +474,7 @@ def test_missing_pillow_is_a_clear_error(runs, monkeypatch, capsys) -> None:
     monkeypatch.setitem(sys.modules, "PIL", None)  # makes `import PIL` raise ImportError
     assert main(["compare", *runs, "--image-tolerance", "0.01"]) == 2
     assert capsys.readouterr().err == (
-        "error: image tolerance needs Pillow: pip install 'batchrun[images]'\n"
+        "error: image tolerance needs Pillow: pip install 'runcomfy-batchrun[images]'\n"
     )
 
 

@@ -81,10 +81,11 @@ def test_errors_name_job_and_field_once_per_problem(tmp_path: Path) -> None:
         build_plan(path)
     label = str(path)
     assert info.value.problems == [
-        f"{label}: job {KONTEXT} (color='red', prompt='red', seed=1): $.image_url: 'nope.png' "
-        "does not match '^(https?://|data:)' (and 3 more jobs)",
-        f"{label}: job {KONTEXT} (color='red', prompt='red', seed='x'): $.seed: 'x' is not of "
-        "type 'integer' (and 1 more job)",
+        f"{label}: $.models[0].inputs.image_url: job {KONTEXT} (color='red', prompt='red', "
+        "seed=1): $.image_url: 'nope.png' does not match '^(https?://|data:)' (and 3 more jobs) "
+        "(line 7)",
+        f"{label}: $.matrix.seed[1]: job {KONTEXT} (color='red', prompt='red', seed='x'): "
+        "$.seed: 'x' is not of type 'integer' (and 1 more job) (line 4)",
     ]
 
 
@@ -94,7 +95,7 @@ def test_unknown_model_warning_and_strict(tmp_path: Path) -> None:
     assert len(plan.jobs) == 1
     assert plan.warnings == [
         f"{path}: $.models[0].id: no local input schema for 'acme/x'; "
-        "inputs are not checked before sending"
+        "inputs are not checked before sending (get its schema: batchrun models pull acme/x)"
     ]
     with pytest.raises(ManifestError, match=r"no local input schema .*\(--strict\)"):
         build_plan(path, strict=True)

@@ -7,6 +7,7 @@ BatchrunError subclasses, which cli.main maps to exit codes in one place.
 from batchrun.commands import (
     cancel,
     compare,
+    init,
     merge,
     models,
     plan,
@@ -20,6 +21,7 @@ from batchrun.commands import (
 __all__ = [
     "cancel",
     "compare",
+    "init",
     "merge",
     "models",
     "plan",

@@ -14,7 +14,7 @@ from batchrun.errors import ConfigError, UsageError
 
 SCHEMA_DIR_ENV = "BATCHRUN_SCHEMA_DIR"
 
-DISTRIBUTION = "batchrun"  # the name to pip install
+DISTRIBUTION = "runcomfy-batchrun"  # the name to pip install (`batchrun` on the index is not us)
 
 NO_TOKEN = (
     "RUNCOMFY_TOKEN is not set: export RUNCOMFY_TOKEN=<your token>, "
@@ -24,7 +24,17 @@ NO_TOKEN = (
 
 def api_base(option: str | None, recorded: str | None = None) -> str:
     """The API base: the --api-base option, else the run folder's, else the environment's."""
-    return option or recorded or os.environ.get("RUNCOMFY_MODEL_API_BASE") or DEFAULT_API_BASE
+    chosen = option or recorded or os.environ.get("RUNCOMFY_MODEL_API_BASE") or DEFAULT_API_BASE
+    return normalise_api_base(chosen)
+
+
+def normalise_api_base(url: str) -> str:
+    """`https://host/v1/` -> `https://host`: RunComfy's CLI documents the base with `/v1`,
+    batchrun adds `/v1/...` itself, so both forms name the same API."""
+    base = url.strip().rstrip("/")
+    if base.endswith("/v1"):
+        base = base[: -len("/v1")].rstrip("/")
+    return base
 
 
 def token() -> str:

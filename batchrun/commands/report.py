@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 
+from batchrun import origin as og
 from batchrun.errors import ChoiceError, UsageError
 from batchrun.report import summarise, write_report
 from batchrun.state import StateStore
@@ -31,6 +32,7 @@ def rewrite_report(
     figures); `rows_key`/`cols_key` choose report.html's grid."""
     with StateStore.open(run_dir, create=False, lock=False) as store:
         rows = store.rows()
+        held = og.recorded(store.meta(), run_dir)
     extra: dict[str, Any] = {}
     summary = Path(run_dir) / "summary.json"
     try:
@@ -39,5 +41,7 @@ def rewrite_report(
         extra = {k: v for k, v in previous.items() if k not in fresh}
     except (OSError, ValueError, AttributeError):
         pass
+    if held:
+        extra["origin"] = held
     write_report(Path(run_dir), rows, extra=extra, rows_key=rows_key, cols_key=cols_key)
     return Path(run_dir) / "report.csv"

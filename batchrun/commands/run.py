@@ -8,10 +8,11 @@ from pathlib import Path
 
 import click
 
+from batchrun import origin as og
 from batchrun.commands import selection, simulate
 from batchrun.commands.common import api_base, schema_dirs, token, warn
 from batchrun.engine import RunOptions, run_batch
-from batchrun.errors import UsageError
+from batchrun.errors import OriginMismatch, UsageError
 from batchrun.plan import build_plan
 
 
@@ -67,13 +68,13 @@ def run(
             when_busy=f"run folder {folder} in use by another run ({{why}}); wait for that run "
             "to finish (or stop it) and try again",
         )
-        base, secret = simulator.base_url, simulator.token
+        base, secret, origin = simulator.base_url, simulator.token, og.SIMULATOR
         resume += ["--simulate", *(f"--sim={p}" for p in sim)]
         if not quiet:
             click.echo(f"simulator: {base} (in-process)", err=True)
     else:
         secret = token()
-        base = api_base(api_base_option)
+        base = origin = api_base(api_base_option)
         if api_base_option:
             resume += ["--api-base", api_base_option]
     if schemas:
@@ -83,6 +84,7 @@ def run(
     options = RunOptions(
         api_base=base,
         token=secret,
+        origin=origin,
         run_dir=folder,
         retry_failed=retry_failed,
         resubmit_unknown=resubmit_unknown,
@@ -95,6 +97,10 @@ def run(
     )
     try:
         return run_batch(plan, options)
+    except OriginMismatch as exc:
+        raise OriginMismatch(
+            f"{exc}; use another --run-dir for this run, or delete {folder} to start over"
+        ) from None
     finally:
         if simulator is not None:
             simulator.stop()

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from batchrun import lock, state as st
+from batchrun import lock, origin as og, state as st
 from batchrun.progress import describe
 from batchrun.state import StateStore
 
@@ -33,6 +33,7 @@ def status_data(run_dir: Path) -> dict[str, Any]:
         "name": meta.get("name", ""),
         "manifest": meta.get("manifest", ""),
         "api_base": meta.get("api_base", ""),
+        "origin": og.recorded(meta, run_dir) or "",
         "active_pid": lock.holder(run_dir),
         "total": len(rows),
         "counts": counts,
@@ -51,6 +52,8 @@ def status_data(run_dir: Path) -> dict[str, Any]:
 
 def render_status(data: dict[str, Any]) -> str:
     lines = [f"{data['run_dir']}: {data['name'] or '(unnamed)'} ({data['manifest']})"]
+    if data["origin"]:
+        lines.append(f"results from {og.label(data['origin'])}")
     if data["active_pid"]:
         lines.append(f"a run is active (pid {data['active_pid']})")
     lines.append(f"{data['total']} jobs: {describe(data['counts']) or 'none'}")
