@@ -5,8 +5,9 @@
 Sections: rate (batchrun against the rate limit), baseline (the hand-written thread-pool
 script, 16 and 64 threads), overhead (no rate limit: jobs/s, CPU per job), plan, state
 (state.db of 100,000 jobs, resume, report) and transitions (cost of one state change at
-1,000 vs 100,000 jobs). `--profile DIR` runs each batchrun under a per-thread CPU profiler
-and leaves one pstats file per step in DIR (`python -m pstats DIR/overhead-full-1.prof`).
+1,000 vs 100,000 jobs); regimes (the matrix of regimes.py, only when named). `--profile DIR`
+runs each batchrun under a per-thread CPU profiler and leaves one pstats file per step in DIR
+(`python -m pstats DIR/overhead-full-1.prof`).
 
 Starts the simulator (`batchrun simulate`) in its own process on 127.0.0.1 for each scenario,
 runs `batchrun` (and the hand-written baseline, benchmarks/baseline.py) as child processes, and
@@ -38,6 +39,7 @@ from harness import HERE, REPO, Bench, Params, has_command, log
 from overhead import bench_overhead
 from profiling import worker_profile
 from rate import bench_baseline, bench_rate
+from regimes import bench_regimes, print_regimes
 from scale import bench_plan, bench_state, bench_transitions, worker_state_build, worker_transitions
 from targets import print_table, targets
 
@@ -77,7 +79,9 @@ SECTIONS: dict[str, tuple[str, Callable[[Bench], dict[str, Any]]]] = {
     "plan": ("plan", bench_plan),
     "state": ("run", bench_state),
     "transitions": ("run", bench_transitions),
+    "regimes": ("run", bench_regimes),  # about 6 minutes (2 with --quick): only when named
 }
+DEFAULT = [name for name in SECTIONS if name != "regimes"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -94,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     params = Params.make(args.quick)
-    chosen = [s for s in args.only.split(",") if s] or list(SECTIONS)
+    chosen = [s for s in args.only.split(",") if s] or DEFAULT
     unknown = [s for s in chosen if s not in SECTIONS]
     if unknown:
         ap.error(f"unknown section(s) {unknown}; choose from {', '.join(SECTIONS)}")
@@ -132,6 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     judged = targets(results)
     results["targets"] = [vars(t) for t in judged]
     print_table(results, judged)
+    if results.get("regimes"):
+        print_regimes(results["regimes"])
     Path(args.out).write_text(json.dumps(results, indent=2, default=str) + "\n")
     log(f"done in {results['elapsed_s']} s; results in {args.out}")
     return 0

@@ -12,8 +12,9 @@ The snapshot's keys:
   failed);
 - `run_times`: the finished jobs' runs as the server timed them (`jobs`, `total_s`, `max_s`)
   and when the first submit arrived and the first and last job finished (epoch seconds);
-  `last_result_at` / `last_file_at`: the last /result answered with a finished job and the
-  last file served (epoch seconds), so a client's makespan can be read off the server.
+  `first_result_at` / `last_result_at` / `last_file_at`: the first and last /result answered
+  with a finished job and the last file served (epoch seconds), so a client's makespan can
+  be read off the server.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ class Stats:
             self._window: deque[float] = deque()
             self._peak = 0
             self._api_calls = 0
+            self._first_result_at: float | None = None
             self._last_result_at: float | None = None
             self._last_file_at: float | None = None
 
@@ -68,6 +70,8 @@ class Stats:
         """A /result call was answered with a finished job's result."""
         with self._lock:
             self._last_result_at = time.time()
+            if self._first_result_at is None:
+                self._first_result_at = self._last_result_at
 
     def submitted(self, identity: str) -> None:
         """A submit was accepted (a job exists, whether or not the client got the answer)."""
@@ -99,6 +103,7 @@ class Stats:
                 "faults": dict(self._faults),
                 "jobs": jobs,
                 "run_times": run_times or {},
+                "first_result_at": self._first_result_at,
                 "last_result_at": self._last_result_at,
                 "last_file_at": self._last_file_at,
             }
