@@ -113,7 +113,8 @@ def simulator(
     """`batchrun simulate` in its own process (one per measurement, so counters start at 0).
 
     Every job takes exactly `run_time` (no jitter) unless `settings` say otherwise."""
-    base = {"workers": 0, "token": TOKEN, "seed": 1, "run_time": run_time, "run_time_jitter": 0}
+    base = {"concurrency": 0, "token": TOKEN, "seed": 1, "run_time": run_time}
+    base["run_time_jitter"] = 0
     base["rate_limit"] = f"{rate_limit:g}/s" if rate_limit else None
     return start_simulator(token=TOKEN, settings={**base, **settings}, log=log_path)
 

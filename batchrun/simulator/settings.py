@@ -76,7 +76,11 @@ class SimSettings:
         kwargs: dict[str, Any] = {}
         for raw_key, value in data.items():
             key = str(raw_key).strip().replace("-", "_")
-            key = _ALIASES.get(key, key)
+            if key in _ALIASES:
+                if _ALIASES[key] in data or _ALIASES[key].replace("_", "-") in data:
+                    both = f"give {_ALIASES[key]!r} or its old name {raw_key!r}, not both"
+                    raise ValueError(both)
+                key = _ALIASES[key]
             if key not in names:
                 known = ", ".join(sorted(names))
                 raise ValueError(f"unknown simulator setting {raw_key!r}; known: {known}")
@@ -287,5 +291,10 @@ def load_settings(config_file: str | None, overrides: dict[str, Any]) -> SimSett
         if not isinstance(loaded, dict):
             raise ValueError("expected a mapping of setting: value")
         data.update(loaded.get("simulator", loaded) if "simulator" in loaded else loaded)
-    data.update({k: v for k, v in overrides.items() if v is not None})
+    given = {k: v for k, v in overrides.items() if v is not None}
+    for alias, name in _ALIASES.items():  # a flag wins over the file, by either name
+        if name in given or alias in given:
+            data.pop(alias, None)
+            data.pop(name, None)
+    data.update(given)
     return SimSettings.from_mapping(data)

@@ -108,3 +108,15 @@ def test_stats_report_the_runs_as_the_server_timed_them(make_sim) -> None:
     assert 0.1 <= runs["max_s"] <= 0.25
     assert runs["first_submit_at"] <= runs["first_finished_at"] <= runs["last_finished_at"]
     assert stats["last_result_at"] >= runs["last_finished_at"]
+
+
+def test_concurrency_and_its_old_name_together_are_refused() -> None:
+    with pytest.raises(ValueError, match="give 'concurrency' or its old name 'workers', not both"):
+        SimSettings.from_mapping({"concurrency": 10, "workers": 0})
+
+
+def test_a_concurrency_flag_wins_over_workers_in_the_file(tmp_path) -> None:
+    config = tmp_path / "sim.yaml"
+    config.write_text("workers: 2\n")
+    assert load_settings(str(config), {"concurrency": 7}).concurrency == 7
+    assert load_settings(str(config), {"concurrency": None}).concurrency == 2
