@@ -69,6 +69,9 @@ class Manifest:
     data: dict
     sha256: str
     lines: _LineMap | None = field(default=None, compare=False, repr=False)
+    # Models whose entry had a problem (a key left out): their jobs' inputs are incomplete,
+    # so checking them would only echo that problem.
+    unchecked_models: frozenset[str] = frozenset()
 
     def line_suffix(self, where: str) -> str:
         """` (line N)` for a JSON path like `$.models[0].inputs.prompt`, when known."""
@@ -175,6 +178,7 @@ def check_manifest(path: str | Path) -> tuple[Manifest | None, list[str]]:
 
     found = _schema_problems(data)
     problems = [f"{label}: {json_path(p)}: {msg}{lines.suffix(p)}" for p, msg in found]
+    unchecked = _models_at(data, [p for p, _ in found])
     if found:
         usable = _without(data, [p for p, _ in found])
         if usable is not None:
@@ -200,9 +204,22 @@ def check_manifest(path: str | Path) -> tuple[Manifest | None, list[str]]:
         data=data,
         sha256=hashlib.sha256(raw).hexdigest(),
         lines=lines,
+        unchecked_models=unchecked,
     )
     # A missing file's values are placeholders: the jobs they make are not worth checking.
     return (None if source_problems else manifest), problems
+
+
+def _models_at(data: dict, paths: list) -> frozenset[str]:
+    """The ids of the models whose entry holds one of `paths`."""
+    models = data.get("models") if isinstance(data, dict) else None
+    ids = set()
+    for path in paths:
+        if len(path) > 2 and path[0] == "models" and isinstance(models, list):
+            entry = models[path[1]] if isinstance(path[1], int) and path[1] < len(models) else None
+            if isinstance(entry, dict) and isinstance(entry.get("id"), str):
+                ids.add(entry["id"])
+    return frozenset(ids)
 
 
 def _without(data: dict, paths: list[tuple]) -> dict | None:

@@ -115,7 +115,10 @@ def build_plan(path: str | Path, *, strict: bool = False, schema_dirs: Iterable[
             (problems if strict else warnings).append(
                 message + ("" if not strict else " (--strict)")
             )
-    problems += _input_problems(manifest, expansion.jobs, schemas)
+    checked = [j for j in expansion.jobs if j.model_id not in manifest.unchecked_models]
+    problems += _input_problems(manifest, checked, schemas)
+    if len(checked) < len(expansion.jobs):
+        problems.append(_not_checked(label))
     if problems:
         # Warnings often explain the errors (a typo in a model id): keep them with the errors.
         raise ManifestError(problems + [f"warning: {w}" for w in warnings])

@@ -51,6 +51,7 @@ def test_validate_prints_a_typo_as_file_path_message_and_line(work: Path) -> Non
     assert (got.code, got.stdout) == (2, "")
     assert got.stderr == (
         "m.yaml: $.models[0].input: unknown key 'input'; did you mean 'inputs'? (line 6)\n"
+        "m.yaml: jobs' input fields not checked yet: fix the problems above first\n"
     )
 
 
@@ -58,7 +59,10 @@ def test_validate_prints_an_expanded_job_failing_its_model_schema_by_job(work: P
     (work / "m.yaml").write_text(GOOD + "matrix:\n  seed: [1, x]\n")
     got = invoke("validate", "m.yaml")
     assert (got.code, got.stdout) == (2, "")
-    assert got.stderr == (f"m.yaml: job {FLUX} (seed='x'): $.seed: 'x' is not of type 'integer'\n")
+    assert got.stderr == (
+        f"m.yaml: $.matrix.seed[1]: job {FLUX} (seed='x'): $.seed: 'x' is not of type 'integer'"
+        " (line 8)\n"
+    )
 
 
 def test_run_refuses_a_typo_before_any_request(work: Path) -> None:
@@ -67,6 +71,7 @@ def test_run_refuses_a_typo_before_any_request(work: Path) -> None:
     assert (got.code, got.stdout) == (2, "")
     assert got.stderr == (
         "error: m.yaml: $.models[0].input: unknown key 'input'; did you mean 'inputs'? (line 6)\n"
+        "m.yaml: jobs' input fields not checked yet: fix the problems above first\n"
     )
 
 
