@@ -9,8 +9,8 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import requests
@@ -163,7 +163,9 @@ class _Run:
             )
         return code
 
-    def _no_balance(self, exc: InsufficientBalanceError, rows: list[JobRow]) -> InsufficientBalanceError:
+    def _no_balance(
+        self, exc: InsufficientBalanceError, rows: list[JobRow]
+    ) -> InsufficientBalanceError:
         """The API's refusal, said plainly: what did not run and how to go on."""
         not_run = sum(1 for r in rows if r.status == st.PENDING)
         again = self.opts.resume_command or "the same command"
