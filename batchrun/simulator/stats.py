@@ -9,7 +9,9 @@ The snapshot's keys:
 - `throttled`: 429 answers; `faults`: injected faults per kind (rate_limited, error_500/502/503,
   drop_silent, drop_partial, slow, fail, drift, malicious_<variant>);
 - `jobs`: jobs per state (in_queue, in_progress, completed, cancelled; completed = succeeded +
-  failed).
+  failed);
+- `billed_usd`: what the succeeded jobs were billed, in USD; `billed`: request id -> USD (a job
+  is billed once, when it succeeds; failed and cancelled jobs cost nothing).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter, deque
+from decimal import Decimal
 from typing import Any
 
 ENDPOINTS = ("submit", "status", "result", "cancel", "catalog", "files")
@@ -39,6 +42,7 @@ class Stats:
             self._window: deque[float] = deque()
             self._peak = 0
             self._api_calls = 0
+            self._billed: dict[str, float] = {}
 
     def api_call(self, endpoint: str) -> None:
         """One /v1/ call arrived (counted whatever its answer, 429s included)."""
@@ -71,7 +75,17 @@ class Stats:
         with self._lock:
             self._faults[kind] += 1
 
+    def billed(self, request_id: str, usd: float) -> None:
+        """A job succeeded and was billed `usd` (once per request id)."""
+        with self._lock:
+            self._billed[request_id] = usd
+
+    def billed_usd(self) -> float:
+        with self._lock:
+            return float(sum((Decimal(repr(v)) for v in self._billed.values()), Decimal(0)))
+
     def snapshot(self, jobs: dict[str, int]) -> dict[str, Any]:
+        total = self.billed_usd()
         with self._lock:
             identities = dict(self._identities)
             return {
@@ -84,4 +98,6 @@ class Stats:
                 "peak_rate_1s": self._peak,
                 "faults": dict(self._faults),
                 "jobs": jobs,
+                "billed_usd": total,
+                "billed": dict(self._billed),
             }
