@@ -67,7 +67,8 @@ def read_answer(body: dict[str, Any]) -> Answer:
     """Terminal on completed/succeeded/failed/cancelled/canceled; otherwise still working."""
     status = str(body.get("status", "")).lower()
     if status == "failed" or (status in _SUCCESS and "output" not in body and "error" in body):
-        return Answer(st.FAILED, error=_error_text(body))
+        # A failed job may be billed too: keep its cost when the API gives one.
+        return Answer(st.FAILED, error=_error_text(body), cost_usd=_number(body.get("cost")))
     if status in _SUCCESS:
         return Answer(st.SUCCEEDED, output=body.get("output"), cost_usd=_number(body.get("cost")))
     if status in _CANCELLED:

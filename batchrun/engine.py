@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -16,12 +17,14 @@ import requests
 
 from batchrun import origin as og, state as st
 from batchrun.api_answers import AMBIGUOUS_SUBMIT
+from batchrun.budget import Budget, Estimate, amount
 from batchrun.client import Client
 from batchrun.download import Downloader
-from batchrun.errors import ApiError
+from batchrun.errors import ApiError, BudgetReached, InsufficientBalanceError
 from batchrun.manifest import RunSettings
 from batchrun.output_urls import collect_urls, default_allow_hosts, output_keys
 from batchrun.plan import Plan
+from batchrun.pricing import Estimator, plain, usd
 from batchrun.progress import Progress, describe
 from batchrun.ratelimit import RateLimiter
 from batchrun.scheduler import Scheduler
@@ -66,8 +69,9 @@ class RunOptions:
 def run_batch(plan: Plan, options: RunOptions) -> int:
     """Run (or resume) the plan's batch; returns the exit code (0, 1 or 130).
 
-    Raises RunFolderInUse when another run holds the folder, and AuthError (exit 3) after
-    saving state and the report when the API refuses the token.
+    Raises RunFolderInUse when another run holds the folder; after saving state and the
+    report, AuthError or InsufficientBalanceError (exit 3) when the API refuses the token or
+    the balance cannot pay, and BudgetReached (exit 4) when the cost cap stopped the run.
     """
     run_dir = Path(options.run_dir or plan.manifest.outputs.dir)
     with StateStore.open(run_dir) as store:
@@ -97,7 +101,11 @@ class _Run:
             clock=self.opts.clock,
             sleep=self.opts.sleep,
         )
-        progress = Progress(len(rows), quiet=self.opts.quiet, clock=self.opts.clock)
+        budget = Budget.for_folder(manifest.run.max_cost_usd, _estimator(self.plan), every, rows)
+        self._record_budget(budget)
+        progress = Progress(
+            len(rows), quiet=self.opts.quiet, clock=self.opts.clock, cost=budget.line
+        )
         sched = Scheduler(
             store=self.store,
             client=client,
@@ -106,6 +114,7 @@ class _Run:
             jobs=rows,
             fetch=self._fetcher() if manifest.outputs.download else None,
             progress=progress,
+            budget=budget,
             workers=self.opts.workers,
             download_workers=self.opts.download_workers,
             clock=self.opts.clock,
@@ -132,7 +141,7 @@ class _Run:
         # Nothing written since the read (nothing to do, say): the rows read are the state.
         unchanged = self.store.change_mark() == mark
         final = every if unchanged else self.store.rows()
-        self._write_report(final, client, limiter, interrupted=sched.stopped)
+        self._write_report(final, client, limiter, budget, interrupted=sched.stopped)
         client.close()
         if sched.stopped:
             still = len(sched.flights)
@@ -141,9 +150,46 @@ class _Run:
                 f"resume with: {self.opts.resume_command or 'batchrun run MANIFEST'}"
             )
             return EXIT_INTERRUPTED
+        mine = [r for r in final if r.in_manifest and self._chosen(r.job_id)]
+        if isinstance(sched.fatal, InsufficientBalanceError):
+            raise self._no_balance(sched.fatal, mine)
         if sched.fatal is not None and getattr(sched.fatal, "exit_code", 1) != 1:
             raise sched.fatal
-        return self._conclude([r for r in final if r.in_manifest and self._chosen(r.job_id)], sched)
+        code = self._conclude(mine, sched, budget)
+        not_run = sum(1 for r in mine if r.status == st.PENDING)
+        if budget.reached and not_run:
+            assert budget.cap is not None
+            raise BudgetReached(
+                f"stopped at the cost budget: spent {usd(budget.spent)} of the "
+                f"{usd(budget.cap)} cap; {not_run} job{'s' if not_run != 1 else ''} not run. "
+                "Rerun with a higher cap (--max-cost or run.max_cost_usd) to continue; "
+                "jobs already paid are not paid again"
+            )
+        return code
+
+    def _no_balance(
+        self, exc: InsufficientBalanceError, rows: list[JobRow]
+    ) -> InsufficientBalanceError:
+        """The API's refusal, said plainly: what did not run and how to go on."""
+        not_run = sum(1 for r in rows if r.status == st.PENDING)
+        again = self.opts.resume_command or "the same command"
+        return InsufficientBalanceError(
+            f"{exc.message}: insufficient balance, the account cannot pay for more jobs; "
+            f"stopped submitting, {not_run} job{'s' if not_run != 1 else ''} not run. "
+            f"Top up the RunComfy balance, then rerun: {again}",
+            endpoint=exc.endpoint,
+            status=exc.status,
+            error_code=exc.error_code,
+        )
+
+    def _record_budget(self, budget: Budget) -> None:
+        """The estimate and the cap, for `status` (which reads only the run folder)."""
+        cap = "" if budget.cap is None else plain(budget.cap)
+        self.store.set_meta(
+            est_cost_usd=plain(budget.est_total),
+            unpriced_jobs=str(budget.unpriced),
+            max_cost_usd=cap,
+        )
 
     def _chosen(self, job_id: str) -> bool:
         return self.opts.only is None or job_id in self.opts.only
@@ -287,7 +333,13 @@ class _Run:
                 del sched.flights[flight.job_id]
 
     def _write_report(
-        self, rows: list[JobRow], client: Client, limiter: RateLimiter, *, interrupted: bool
+        self,
+        rows: list[JobRow],
+        client: Client,
+        limiter: RateLimiter,
+        budget: Budget,
+        *,
+        interrupted: bool,
     ) -> None:
         import json
 
@@ -311,13 +363,17 @@ class _Run:
             "throttled": limiter.throttled_count,
             "elapsed_s": round(self.opts.clock() - self.started, 3),
             "interrupted": interrupted,
+            "est_cost_usd": float(budget.est_total),
+            "unpriced_jobs": budget.unpriced,
+            "max_cost_usd": None if budget.cap is None else float(budget.cap),
+            "stopped_at_budget": budget.reached,
         }
         if self.opts.only is not None:
             extra["selected"] = len(self.opts.only)
             extra["left_out"] = self.opts.left_out
         write_report(self.run_dir, rows, extra=extra)
 
-    def _conclude(self, rows: list[JobRow], sched: Scheduler) -> int:
+    def _conclude(self, rows: list[JobRow], sched: Scheduler, budget: Budget) -> int:
         counts: dict[str, int] = {}
         for row in rows:
             counts[row.status] = counts.get(row.status, 0) + 1
@@ -325,7 +381,8 @@ class _Run:
         if not self.opts.quiet:
             left = f" ({self.opts.left_out} left out by the filter)" if self.opts.only else ""
             self.echo(
-                f"{len(rows)} jobs{left}: {describe(counts)}. Report: {self.run_dir / 'report.csv'}"
+                f"{len(rows)} jobs{left}: {describe(counts)}. {_cost_text(rows, budget)}. "
+                f"Report: {self.run_dir / 'report.csv'}"
             )
         if file_errors:
             self.echo(f"{file_errors} output file(s) not downloaded; see the error column")
@@ -342,6 +399,33 @@ class _Run:
             self.echo(f"stopped submitting: {sched.fatal}")
         ok = all(r.status == st.SUCCEEDED for r in rows) and not file_errors
         return EXIT_OK if ok and sched.fatal is None else EXIT_FAILED
+
+
+def _estimator(plan: Plan) -> Estimate:
+    """What a job of any model of the run folder costs (its schema found the plan's way)."""
+    estimators = plan.estimators()
+
+    def estimate(model_id: str, inputs: Any) -> Decimal | None:
+        found = estimators.get(model_id)
+        if found is None:
+            schemas = plan.schemas
+            found = estimators[model_id] = Estimator(
+                schemas.price(model_id), schemas.input_schema(model_id)
+            )
+        return found(inputs)
+
+    return estimate
+
+
+def _cost_text(rows: list[JobRow], budget: Budget) -> str:
+    """`cost $0.80 (est. $1.00, cap $1.00)`: what the results cost, beside the plan's quote."""
+    actual = sum((amount(r.cost_usd) or Decimal(0) for r in rows), Decimal(0))
+    est = f"est. {usd(budget.est_total)}"
+    if budget.unpriced:
+        est += f" + {budget.unpriced} unpriced"
+    if budget.cap is not None:
+        est += f", cap {usd(budget.cap)}"
+    return f"Cost {usd(actual)} ({est})"
 
 
 def _say(text: str) -> None:

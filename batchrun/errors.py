@@ -10,6 +10,7 @@
     │   ├── RunFolderInUse (2)       another process holds the folder
     │   └── OriginMismatch (2)       the folder holds results from another API (or the simulator)
     ├── CompareError (2)             compare was given inputs it cannot use
+    ├── BudgetReached (4)            the run stopped at its cost cap (max_cost_usd)
     └── ApiError (1)                 an error answer from the API, or none at all
         ├── AuthError (3)            401/403, 400004, 403001
         ├── InvalidInputError        400/422, 400001
@@ -152,6 +153,12 @@ class CompareError(BatchrunError):
     """`compare` was given inputs it cannot use."""
 
     exit_code = 2
+
+
+class BudgetReached(BatchrunError):
+    """The run stopped submitting at its cost cap; a rerun with a higher cap continues."""
+
+    exit_code = 4
 
 
 class ChoiceError(UsageError):

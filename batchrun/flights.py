@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from batchrun import api_answers, state as st
+from batchrun.budget import Budget
 from batchrun.errors import AuthError, NotFoundError, RateLimitedError
 from batchrun.jobtable import JobTable
 from batchrun.manifest import RunSettings
@@ -68,6 +69,7 @@ class Flights:
         download: Callable[[str], None],
         fatal: Callable[[BaseException], None],
         rng: random.Random | None = None,
+        budget: Budget | None = None,
     ) -> None:
         self.jobs = jobs
         self.limiter = limiter
@@ -78,6 +80,7 @@ class Flights:
         self._download = download  # a succeeded job's files to fetch
         self._fatal = fatal  # the account cannot go on (auth)
         self._random = rng or random.Random()
+        self.budget = budget or Budget.unlimited()  # told what each attempt cost
         self.planner = PollPlanner(run.poll_interval)
         self.flights: dict[str, Flight] = {}
         self.refreshing: dict[str, str] = {}  # job id -> request id whose /result is re-read
@@ -172,6 +175,7 @@ class Flights:
         now = self.wall()
         self.planner.learn(body, self.clock())
         del self.flights[job_id]
+        self.budget.settle(job_id, answer.state, answer.cost_usd)  # every attempt may be billed
         if answer.state == st.FAILED and self.submits[job_id] <= self.run_settings.retries:
             self._retry(job_id, f"attempt failed: {answer.error}; retrying")
             return
@@ -202,6 +206,7 @@ class Flights:
         if flight.last_error:
             error = f"{error}; last error: {flight.last_error}"
         del self.flights[flight.job_id]
+        self.budget.keep(flight.job_id)  # may still run and be billed
         self.jobs.record_result(flight.job_id, st.TIMED_OUT, finished_at=self.wall(), error=error)
 
     def cancelled(self, o: Outcome) -> None:
@@ -214,6 +219,7 @@ class Flights:
             return
         outcome = "" if o.error else str(o.value.get("outcome", ""))
         if outcome == "cancelled":
+            self.budget.release(o.job_id)
             self._give_up(flight, f"cancelled: still queued after job_timeout ({limit})")
         else:
             self._give_up(
@@ -229,6 +235,7 @@ class Flights:
             return
         if isinstance(exc, NotFoundError):
             del self.flights[flight.job_id]
+            self.budget.keep(flight.job_id)
             error = f"request unknown or expired on the server: {exc}"
             self.jobs.record_result(flight.job_id, st.FAILED, finished_at=self.wall(), error=error)
             return
@@ -249,6 +256,7 @@ class Flights:
     def _stop_polling(self, flight: Flight, error: str) -> None:
         """Leave a job on the server (its request id stays; the next run polls it again)."""
         self.flights.pop(flight.job_id, None)
+        self.budget.keep(flight.job_id)
         self.abandoned.add(flight.job_id)
         self.jobs.record_error(flight.job_id, error)
 

@@ -21,7 +21,8 @@ def describe(counts: Mapping[str, int]) -> str:
 
 
 class Progress:
-    """Shows done/total and per-state counts; silent with `quiet`."""
+    """Shows done/total, per-state counts and, given `cost`, the spend so far against the
+    estimate (Budget.line); silent with `quiet`."""
 
     def __init__(
         self,
@@ -31,12 +32,14 @@ class Progress:
         stream: TextIO | None = None,
         interval: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
+        cost: Callable[[], str] | None = None,
     ) -> None:
         self.stream = stream if stream is not None else sys.stderr
         self.total = total
         self.quiet = quiet
         self.interval = interval
         self.clock = clock
+        self.cost = cost
         self._last_line = clock()
         self._last_bar = 0.0
         self._bar = None
@@ -56,7 +59,8 @@ class Progress:
                 return  # a redraw per event would cost more than the calls it reports
             self._last_bar = now
             self._bar.n = done
-            self._bar.set_postfix_str(describe(counts), refresh=False)
+            postfix = describe(counts) + (f"; {self.cost()}" if self.cost else "")
+            self._bar.set_postfix_str(postfix, refresh=False)
             self._bar.refresh()
             return
         if now - self._last_line >= self.interval:
@@ -64,8 +68,9 @@ class Progress:
             self.line(counts, done, api_calls)
 
     def line(self, counts: Mapping[str, int], done: int, api_calls: int) -> None:
+        cost = f"; {self.cost()}" if self.cost else ""
         print(
-            f"batchrun: {done}/{self.total} done ({describe(counts)}); {api_calls} API calls",
+            f"batchrun: {done}/{self.total} done ({describe(counts)}); {api_calls} API calls{cost}",
             file=self.stream,
             flush=True,
         )

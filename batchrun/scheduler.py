@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from batchrun import api_answers, state as st
+from batchrun.budget import Budget
 from batchrun.client import Client
 from batchrun.errors import ApiError, AuthError, RateLimitedError
 from batchrun.flights import BACKOFF_BASE_S, BACKOFF_CAP_S, Flight, Flights, Outcome
@@ -51,6 +52,7 @@ class Scheduler:
         jobs: Iterable[JobRow],
         fetch: Fetch | None = None,
         progress: Progress | None = None,
+        budget: Budget | None = None,
         workers: int = 16,
         download_workers: int = 4,
         clock: Callable[[], float] = time.monotonic,
@@ -62,6 +64,7 @@ class Scheduler:
         self.run_settings = run
         self.fetch = fetch
         self.progress = progress
+        self.budget = budget or Budget.unlimited()  # budget hook: see _budget_admits
         self.workers = workers
         self.clock = clock
         self.wall = wall
@@ -93,6 +96,7 @@ class Scheduler:
             retry=self._back_to_pending,
             download=self._start_download,
             fatal=self._stop_submitting,
+            budget=self.budget,
         )
 
     @property
@@ -183,6 +187,7 @@ class Scheduler:
                 and self.pending
                 and len(self.flights) + self.submitting < self.run_settings.max_in_flight
                 and (self.submit_accepted or self.submitting == 0)
+                and self._budget_admits()
             )
             waits = [STOP_CHECK]
             if submit_ready and now < self.submit_not_before:
@@ -197,6 +202,7 @@ class Scheduler:
             if token_wait > 0 or not self.limiter.try_acquire():
                 return max(token_wait, 0.001)
             if submit_ready:
+                self.budget.reserve(self.pending[0])  # budget hook
                 submits.append(self.pending.popleft())
                 self.submitting += 1
                 self.busy += 1
@@ -299,6 +305,7 @@ class Scheduler:
             self.server.submitted(job_id, o.value, o.at)
             return
         verdict = api_answers.submit_verdict(exc)
+        self.budget.submit_failed(job_id, verdict)  # budget hook
         if verdict == api_answers.THROTTLED:
             assert isinstance(exc, RateLimitedError)
             self.limiter.throttled(exc.retry_after)
@@ -320,6 +327,17 @@ class Scheduler:
             why = str(exc) if isinstance(exc, ApiError) else f"{type(exc).__name__}: {exc}"
             error = api_answers.AMBIGUOUS_SUBMIT.format(why=why)
             self.jobs.mark_unknown(job_id, error)
+
+    # ---- budget hook (batchrun/budget.py) ----------------------------------------------
+
+    def _budget_admits(self) -> bool:
+        """Whether the next job's submit fits under the cost cap; at the cap, stop submitting
+        (jobs in flight still finish)."""
+        if self.budget.admits(self.pending[0]):
+            return True
+        if self.budget.reached:
+            self.submit_open = False
+        return False
 
     def _stop_submitting(self, exc: BaseException) -> None:
         self.fatal = exc

@@ -13,7 +13,8 @@ from batchrun.commands import selection, simulate
 from batchrun.commands.common import api_base, schema_dirs, token, warn
 from batchrun.engine import RunOptions, run_batch
 from batchrun.errors import OriginMismatch, UsageError
-from batchrun.plan import build_plan
+from batchrun.plan import Plan, build_plan
+from batchrun.pricing import usd
 
 
 def run(
@@ -45,6 +46,7 @@ def run(
     # The budget in force (--max-cost, else run.max_cost_usd) is plan.manifest.run.max_cost_usd.
     plan = build_plan(manifest, strict=strict, schema_dirs=schema_dirs(schemas)).with_max_cost(cap)
     warn(plan.warnings)
+    warn(budget_warnings(plan, "--max-cost" if cap is not None else "run.max_cost_usd"))
     only: frozenset[str] | None = None
     left_out = 0
     if chosen.active:
@@ -120,6 +122,42 @@ def parse_max_cost(text: str | None) -> Decimal | None:
             "e.g. --max-cost 25 or --max-cost 2.50"
         )
     return amount
+
+
+def budget_warnings(plan: Plan, setting: str) -> list[str]:
+    """What the cap will do to this plan: stop it early, or (with retries) maybe stop it.
+
+    A cap is never exceeded, retries included (each attempt is reserved before its submit):
+    these are warnings, not errors, since a cap below the plan's total is a legitimate way to
+    spend a fixed amount.
+    """
+    cap = plan.manifest.run.max_cost_usd
+    if cap is None:
+        return []
+    costs = plan.costs().values()
+    total = sum((c.usd for c in costs), Decimal(0))
+    unpriced = sum(c.unpriced for c in costs)
+    retries = plan.manifest.run.retries
+    out = []
+    if total > cap:
+        out.append(
+            f"the plan's estimate {usd(total)} is over the {setting} cap of {usd(cap)}: "
+            "the run will stop at the cap with jobs not run (exit 4)"
+        )
+    elif retries and total * (1 + retries) > cap:
+        out.append(
+            f"run.retries is {retries} and a failed attempt may be billed: if jobs fail, their "
+            f"retries count against the {setting} cap of {usd(cap)} (estimate {usd(total)}, "
+            f"{usd(total * (1 + retries))} if every attempt failed), so the run may stop at "
+            "the cap with jobs not run (exit 4)"
+        )
+    if unpriced:
+        out.append(
+            f"{unpriced} job(s) have no price: under the {setting} cap their model runs one job "
+            "at a time until the first one's actual cost is known (pull the price with "
+            "`batchrun models pull MODEL_ID`)"
+        )
+    return out
 
 
 def _sim_pairs(pairs: tuple[str, ...]) -> dict[str, str]:

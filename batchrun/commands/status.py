@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import click
 
 from batchrun import lock, origin as og, state as st
+from batchrun.budget import amount
+from batchrun.pricing import usd
 from batchrun.progress import describe
 from batchrun.state import StateStore
 
@@ -26,8 +29,11 @@ def status_data(run_dir: Path) -> dict[str, Any]:
         meta = store.meta()
         rows = store.rows(in_manifest_only=True)
     counts: dict[str, int] = {}
+    spent = Decimal(0)
     for r in rows:
         counts[r.status] = counts.get(r.status, 0) + 1
+        spent += amount(r.cost_usd) or 0
+    est, cap = meta.get("est_cost_usd"), meta.get("max_cost_usd")
     return {
         "run_dir": str(run_dir),
         "name": meta.get("name", ""),
@@ -37,6 +43,10 @@ def status_data(run_dir: Path) -> dict[str, Any]:
         "active_pid": lock.holder(run_dir),
         "total": len(rows),
         "counts": counts,
+        "cost_usd": float(spent),  # what the finished jobs cost (include_cost)
+        "est_cost_usd": float(est) if est else None,  # the plan's estimate at the last run
+        "unpriced_jobs": int(meta.get("unpriced_jobs") or 0),
+        "max_cost_usd": float(cap) if cap else None,
         "on_server": [
             {"job_id": r.job_id, "request_id": r.request_id, "status": r.status}
             for r in rows
@@ -57,6 +67,7 @@ def render_status(data: dict[str, Any]) -> str:
     if data["active_pid"]:
         lines.append(f"a run is active (pid {data['active_pid']})")
     lines.append(f"{data['total']} jobs: {describe(data['counts']) or 'none'}")
+    lines.append(cost_line(data))
     on_server = data["on_server"]
     queued = sum(1 for j in on_server if j["status"] == st.QUEUED)
     running = len(on_server) - queued
@@ -66,3 +77,16 @@ def render_status(data: dict[str, Any]) -> str:
         for p in data["problems"]:
             lines.append(f"  {p['job_id']}  {p['status']:<9}  {p['model_id']}: {p['error']}")
     return "\n".join(lines)
+
+
+def cost_line(data: dict[str, Any]) -> str:
+    """`cost: $0.80 spent (est. $1.00, cap $1.00)`."""
+    spent = usd(Decimal(repr(data["cost_usd"])))
+    notes = []
+    if data["est_cost_usd"] is not None:
+        unpriced = data["unpriced_jobs"]
+        more = f" + {unpriced} unpriced job{'s' if unpriced != 1 else ''}" if unpriced else ""
+        notes.append(f"est. {usd(Decimal(repr(data['est_cost_usd'])))}{more}")
+    if data["max_cost_usd"] is not None:
+        notes.append(f"cap {usd(Decimal(repr(data['max_cost_usd'])))}")
+    return f"cost: {spent} spent" + (f" ({', '.join(notes)})" if notes else "")

@@ -18,6 +18,7 @@ created its job, exactly the case where a client cannot know whether it was acce
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -102,6 +103,10 @@ class SimApp:
         self.port: int | None = None
         self.journal = persist.Journal(settings.state_dir) if settings.state_dir else None
         self.restored = persist.restore(self.journal.records()) if self.journal else None
+        # Accepted jobs that will be billed (not failing, not cancelled): request id -> USD,
+        # what `balance` is measured against.
+        self._committed: dict[str, float] = {}
+        self._billing = threading.Lock()
 
     def reload(self) -> int:
         """Take back the journal's jobs (call once base_url is final); returns how many."""
@@ -112,6 +117,10 @@ class SimApp:
         for job in jobs:
             self.queue.adopt(job, now)
             self.stats.submitted(job.identity)
+            if not job.fails and job.state != CANCELLED:
+                self._committed[job.request_id] = catalog.cost(
+                    catalog.CATALOG[job.model_id], job.inputs
+                )
         return len(jobs)
 
     def served_on(self, port: int) -> None:
@@ -128,6 +137,8 @@ class SimApp:
         self.files.clear()
         self.stats.reset()
         self.faults.reset()
+        with self._billing:
+            self._committed.clear()
         if self.journal is not None:
             self.journal.clear()
             if self.port is not None:
@@ -232,7 +243,14 @@ class SimApp:
         if detail:
             return api_error(422, 422, "inputs do not match the model's schema", detail=detail)
         ident = identity(model_id, inputs)
-        job = self.queue.submit(model_id, inputs, ident)
+        price = catalog.cost(catalog.CATALOG[model_id], inputs)
+        with self._billing:
+            balance = self.settings.balance
+            if balance is not None and sum(self._committed.values()) + price > balance + 1e-9:
+                return api_error(402, 400002, "insufficient balance: top up your account")
+            job = self.queue.submit(model_id, inputs, ident)
+            if not job.fails:
+                self._committed[job.request_id] = price
         if self.journal is not None:
             # On disk before the 200 leaves: an acknowledged job survives a restart.
             drifted = drift_draw(self.settings, ident)
@@ -296,6 +314,9 @@ class SimApp:
         if job is None:
             return self._unknown(request_id)
         outcome = self.queue.cancel(job)
+        if outcome == "cancelled":
+            with self._billing:
+                self._committed.pop(request_id, None)
         if outcome == "cancelled" and self.journal is not None:
             self.journal.append(persist.cancel_record(job))
         return json_response(

@@ -3,11 +3,17 @@
 Input schemas come from schemas/models (batchrun.models); prices and output shapes are
 simulator settings chosen so the eight models cover every documented output shape:
 a single URL string, an object (of strings and/or arrays) and a top-level array.
+
+A job costs its price times the units its catalog entry names, by the rules batchrun estimates
+with: per second, the job's `duration` or the schema's default (a duration of "auto" is billed
+as AUTO_SECONDS, which a client cannot know before the result); per image or per request, 1
+times a count input (`num_images`, ...) where the schema has one.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from batchrun import models
@@ -26,7 +32,7 @@ class ModelInfo:
     display_name: str
     categories: tuple[str, ...]
     base_price_usd: float
-    price_unit: str  # "image" (per file) or "second" (per second of video)
+    price_unit: str  # "image" or "request" (per job), "second" (per second of video)
     shape: str
     # (object key or None for string/array shapes, file kind, how many files)
     slots: tuple[tuple[str | None, str, int], ...]
@@ -68,8 +74,8 @@ _MODELS = [
         "bytedance/seedream-5.0-pro/image-to-image",
         "Seedream 5.0 Pro Image to Image",
         ("image-to-image",),
-        0.03,
-        "image",
+        0.06,
+        "request",  # two images a request, no count input: priced by the request
         ARRAY,
         ((None, "png", 2),),
     ),
@@ -125,22 +131,51 @@ def known() -> list[str]:
     return sorted(m for m in CATALOG if models.raw_schema(m) is not None)
 
 
+AUTO_SECONDS = 5  # what a duration of "auto" comes to
+_COUNT_FIELDS = ("num_images", "num_outputs", "num_videos")
+_UNIT_NOTES = {
+    "second": "per second of video",
+    "image": "per output image",
+    "request": "per request",
+}
+
+
 def cost(info: ModelInfo, inputs: dict[str, Any]) -> float:
-    """What a succeeded job costs in USD: per image, or per second of video."""
+    """What a succeeded job costs in USD: price x units (see the module's docstring)."""
+    units = _units(info, inputs)
+    return float(Decimal(repr(info.base_price_usd)) * units)
+
+
+def _units(info: ModelInfo, inputs: dict[str, Any]) -> Decimal:
+    props = (models.raw_schema(info.model_id) or {}).get("properties") or {}
+
+    def given(name: str) -> Any:
+        if name in inputs:
+            return inputs[name]
+        prop = props.get(name)
+        return prop.get("default") if isinstance(prop, dict) else None
+
     if info.price_unit == "second":
-        duration = inputs.get("duration", 5)
-        try:
-            seconds = float(duration)
-        except (TypeError, ValueError):
-            seconds = 5.0  # "auto"
-        return round(info.base_price_usd * seconds, 6)
-    images = sum(count for _, _, count in info.slots)
-    return round(info.base_price_usd * images, 6)
+        return _decimal(given("duration")) or Decimal(AUTO_SECONDS)
+    for name in _COUNT_FIELDS:
+        if name in inputs or name in props:
+            return _decimal(given(name)) or Decimal(1)
+    return Decimal(1)
+
+
+def _decimal(value: Any) -> Decimal | None:
+    if isinstance(value, bool) or value is None:
+        return None
+    try:
+        number = Decimal(str(value).strip())
+    except InvalidOperation:
+        return None  # "auto"
+    return number if number.is_finite() and number >= 0 else None
 
 
 def entry(info: ModelInfo, with_schema: bool = True) -> dict[str, Any]:
     """The catalog's JSON for one model (`GET /v1/models/{id}`)."""
-    unit = "per second of video" if info.price_unit == "second" else "per output image"
+    unit = _UNIT_NOTES[info.price_unit]
     out: dict[str, Any] = {
         "model_id": info.model_id,
         "display_name": info.display_name,

@@ -41,6 +41,9 @@ class SimSettings:
     drift: float = 0.0  # fraction of jobs (by input identity + seed) whose bytes differ
     malicious: bool = False  # hostile outputs for security tests (see simulator.malicious)
     huge_file_bytes: int = 5 * 1024 * 1024  # size of the malicious "huge" file
+    # USD the account can pay; a submit that the jobs accepted so far (not failed or cancelled)
+    # plus its own cost would take past it is refused: HTTP 402, error_code 400002. None: no limit.
+    balance: float | None = None
     # Folder to persist jobs in (simulator.persist); a restart with it reloads them. None: memory.
     state_dir: str | None = None
 
@@ -225,6 +228,13 @@ def _int(value: Any, minimum: int = 0) -> int:
     return number
 
 
+def _usd(value: Any) -> float:
+    number = float(str(value).strip().removeprefix("$"))
+    if number < 0 or not math.isfinite(number):
+        raise ValueError("expected an amount in USD >= 0")
+    return number
+
+
 def _bool(value: Any) -> bool:
     if isinstance(value, bool):
         return value
@@ -272,6 +282,7 @@ _PARSERS: dict[str, Any] = {
     "drift": _fraction,
     "malicious": _bool,
     "huge_file_bytes": lambda v: _int(v, minimum=1),
+    "balance": lambda v: None if v is None or str(v).strip().lower() in ("", "none") else _usd(v),
     "state_dir": lambda v: None if v is None or not str(v).strip() else str(v),
 }
 

@@ -15,6 +15,8 @@ The snapshot's keys:
   `first_result_at` / `last_result_at` / `last_file_at`: the first and last /result answered
   with a finished job and the last file served (epoch seconds), so a client's makespan can
   be read off the server.
+- `billed_usd`: what the succeeded jobs were billed, in USD; `billed`: request id -> USD (a job
+  is billed once, when it succeeds; failed and cancelled jobs cost nothing).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter, deque
+from decimal import Decimal
 from typing import Any
 
 ENDPOINTS = ("submit", "status", "result", "cancel", "catalog", "files")
@@ -47,6 +50,7 @@ class Stats:
             self._first_result_at: float | None = None
             self._last_result_at: float | None = None
             self._last_file_at: float | None = None
+            self._billed: dict[str, float] = {}
 
     def api_call(self, endpoint: str) -> None:
         """One /v1/ call arrived (counted whatever its answer, 429s included)."""
@@ -87,9 +91,19 @@ class Stats:
         with self._lock:
             self._faults[kind] += 1
 
+    def billed(self, request_id: str, usd: float) -> None:
+        """A job succeeded and was billed `usd` (once per request id)."""
+        with self._lock:
+            self._billed[request_id] = usd
+
+    def billed_usd(self) -> float:
+        with self._lock:
+            return float(sum((Decimal(repr(v)) for v in self._billed.values()), Decimal(0)))
+
     def snapshot(
         self, jobs: dict[str, int], run_times: dict[str, Any] | None = None
     ) -> dict[str, Any]:
+        total = self.billed_usd()
         with self._lock:
             identities = dict(self._identities)
             return {
@@ -106,4 +120,6 @@ class Stats:
                 "first_result_at": self._first_result_at,
                 "last_result_at": self._last_result_at,
                 "last_file_at": self._last_file_at,
+                "billed_usd": total,
+                "billed": dict(self._billed),
             }
