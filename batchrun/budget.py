@@ -84,6 +84,8 @@ class Budget:
                 budget._learn(row.model_id, amount(row.cost_usd))
         polled = []
         for row in run:
+            if row.cached:  # taken from the cache: costs nothing
+                continue
             est = budget._job(row.job_id).estimate
             if est is None:
                 budget.unpriced += 1

@@ -235,6 +235,12 @@ def plan(
     metavar="USD",
     help="Budget in USD, e.g. 25 or 2.50 [default: the manifest's run.max_cost_usd].",
 )
+@click.option(
+    "--cache",
+    metavar="DIR",
+    help="Take jobs already done from this cross-run cache folder, add new results to it "
+    "[default: the manifest's run.cache; none].",
+)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or log lines.")
 @subset_options
 @click.option(
@@ -255,6 +261,7 @@ def run(
     strict: bool,
     schemas: str | None,
     max_cost: str | None,
+    cache: str | None,
     quiet: bool,
     only: tuple[str, ...],
     first: int | None,
@@ -276,6 +283,8 @@ def run(
       export RUNCOMFY_TOKEN=...; batchrun run manifests/quickstart.yaml
     One shard of four (e.g. in a CI matrix):
       batchrun run manifests/quickstart.yaml --shard 1/4 --run-dir runs/shard-1
+    Reuse results of earlier runs (no API call, nothing paid for those):
+      batchrun run manifests/quickstart.yaml --cache ~/.cache/batchrun
 
     Exit codes: 0 all succeeded, 1 some failed, timed out or were cancelled, 2 invalid
     manifest or usage, 3 no token or refused token, 130 interrupted (state saved).
@@ -292,6 +301,7 @@ def run(
         strict=strict,
         schemas=schemas,
         max_cost=max_cost,
+        cache=cache,
         quiet=quiet,
         subset=_subset(only, first, sample, seed, shard),
         shard_full_rate=shard_full_rate,

@@ -18,9 +18,11 @@ import requests
 from batchrun import origin as og, state as st
 from batchrun.api_answers import AMBIGUOUS_SUBMIT
 from batchrun.budget import Budget, Estimate, amount
+from batchrun.cache import Cache, CacheError, Restored, schema_hashes
 from batchrun.client import Client
 from batchrun.download import Downloader
 from batchrun.errors import ApiError, BudgetReached, InsufficientBalanceError
+from batchrun.halt import SweepGate
 from batchrun.manifest import RunSettings
 from batchrun.output_urls import collect_urls, default_allow_hosts, output_keys
 from batchrun.plan import Plan
@@ -56,6 +58,7 @@ class RunOptions:
     only: frozenset[str] | None = None
     left_out: int = 0  # how many of the plan's jobs `only` leaves out (for the messages)
     share: int = 1  # rate_limit and max_in_flight are divided by this (a shard of N: N)
+    cache: Path | None = None  # the cross-run cache folder; default: the manifest's run.cache
     workers: int = 16
     download_workers: int = 4
     session: requests.Session | None = None
@@ -86,6 +89,9 @@ class _Run:
         self.store = store
         self.echo = options.echo
         self.started = options.clock()
+        self.cache = self._open_cache()
+        self.restored = Restored()
+        self.gate: SweepGate | None = None
 
     def execute(self) -> int:
         manifest = self.plan.manifest
@@ -93,6 +99,8 @@ class _Run:
         mark = self.store.change_mark()  # before the read: a write during it shows too
         every = self.store.rows()
         rows = [r for r in every if r.in_manifest and self._chosen(r.job_id)]
+        if self.cache is not None:
+            rows = self._from_cache(rows)
         client = Client(self.opts.api_base, self.opts.token, session=self.opts.session)
         settings = self._run_settings()
         rate = settings.rate_limit
@@ -106,6 +114,8 @@ class _Run:
         progress = Progress(
             len(rows), quiet=self.opts.quiet, clock=self.opts.clock, cost=budget.line
         )
+        if settings.halt is not None or settings.canary:
+            self.gate = SweepGate(halt=settings.halt, canary=settings.canary, rows=rows)
         sched = Scheduler(
             store=self.store,
             client=client,
@@ -119,6 +129,7 @@ class _Run:
             download_workers=self.opts.download_workers,
             clock=self.opts.clock,
             wall=self.opts.wall,
+            gate=self.gate,
         )
         sched.add_pending(r.job_id for r in rows if r.status == st.PENDING)
         for row in rows:
@@ -126,6 +137,7 @@ class _Run:
                 sched.add_flight(row)
             elif (
                 row.status == st.SUCCEEDED
+                and not row.cached  # its files come from the cache, not a URL
                 and manifest.outputs.download
                 and _needs_files(self.run_dir, row)
             ):
@@ -141,6 +153,8 @@ class _Run:
         # Nothing written since the read (nothing to do, say): the rows read are the state.
         unchanged = self.store.change_mark() == mark
         final = every if unchanged else self.store.rows()
+        if self.cache is not None and not sched.stopped:
+            self._to_cache([r for r in final if r.in_manifest and self._chosen(r.job_id)])
         self._write_report(final, client, limiter, budget, interrupted=sched.stopped)
         client.close()
         if sched.stopped:
@@ -190,6 +204,65 @@ class _Run:
             unpriced_jobs=str(budget.unpriced),
             max_cost_usd=cap,
         )
+
+    # ---- the cross-run cache ------------------------------------------------------------
+
+    def _open_cache(self) -> Cache | None:
+        folder = self.opts.cache or self.plan.manifest.run.cache
+        if folder is None:
+            return None
+        models = {j.model_id for j in self.plan.jobs}
+        paths = {}
+        for model in models:
+            entry = self.plan.schemas.entry(model)
+            paths[model] = None if entry is None else entry.path
+        return Cache.open(Path(folder), schema_hashes(paths))
+
+    def _from_cache(self, rows: list[JobRow]) -> list[JobRow]:
+        """Pending jobs found in the cache become succeeded (cached), files in place."""
+        assert self.cache is not None
+        cache, restored = self.cache, self.restored
+        out = []
+        with self.store.batch():
+            for row in rows:
+                if row.status != st.PENDING:
+                    out.append(row)
+                    continue
+                try:
+                    hit = cache.lookup(row)
+                    files = None if hit is None else cache.place(self.run_dir, row.job_id, hit)
+                except CacheError as exc:
+                    cache.damaged.add(cache.key(row))
+                    restored.damaged.append(f"job {row.job_id}: {exc}")
+                    hit = files = None
+                if hit is None or files is None:
+                    out.append(row)
+                    continue
+                self.store.record_cached(
+                    row.job_id,
+                    finished_at=self.opts.wall(),
+                    output=hit.output,
+                    saved_usd=hit.cost_usd,
+                    files=files,
+                )
+                restored.jobs += 1
+                restored.saved_usd += hit.cost_usd or 0.0
+                out.append(self.store.get(row.job_id))
+        for line in restored.damaged[:5]:
+            self.echo(f"cache: damaged entry ignored ({line}); the job runs")
+        if len(restored.damaged) > 5:
+            self.echo(f"cache: {len(restored.damaged) - 5} more damaged entries ignored")
+        return out
+
+    def _to_cache(self, rows: list[JobRow]) -> None:
+        """Every succeeded job whose files all verified goes into the cache (once)."""
+        assert self.cache is not None
+        unverified = 0
+        for row in rows:
+            if self.cache.storable(self.run_dir, row) and not self.cache.store(self.run_dir, row):
+                unverified += 1
+        if unverified:
+            self.echo(f"cache: {unverified} job(s) not cached: their files did not verify")
 
     def _chosen(self, job_id: str) -> bool:
         return self.opts.only is None or job_id in self.opts.only
@@ -368,6 +441,12 @@ class _Run:
             "max_cost_usd": None if budget.cap is None else float(budget.cap),
             "stopped_at_budget": budget.reached,
         }
+        if self.cache is not None:
+            extra["cache"] = {
+                "folder": str(self.cache.root),
+                "taken_this_run": self.restored.jobs,
+                "damaged_entries": len(self.restored.damaged),
+            }
         if self.opts.only is not None:
             extra["selected"] = len(self.opts.only)
             extra["left_out"] = self.opts.left_out
@@ -378,10 +457,12 @@ class _Run:
         for row in rows:
             counts[row.status] = counts.get(row.status, 0) + 1
         file_errors = sum(1 for r in rows for f in r.files if f.error)
+        held = self.gate.problems(counts.get(st.PENDING, 0)) if self.gate is not None else []
         if not self.opts.quiet:
             left = f" ({self.opts.left_out} left out by the filter)" if self.opts.only else ""
             self.echo(
-                f"{len(rows)} jobs{left}: {describe(counts)}. {_cost_text(rows, budget)}. "
+                f"{len(rows)} jobs{left}: {describe(counts)}{_cached_note(rows)}. "
+                f"{_cost_text(rows, budget)}. "
                 f"Report: {self.run_dir / 'report.csv'}"
             )
         if file_errors:
@@ -397,8 +478,10 @@ class _Run:
             self.echo(f"{len(sched.abandoned)} job(s) still on the server; rerun to poll again")
         if sched.fatal is not None:
             self.echo(f"stopped submitting: {sched.fatal}")
+        for line in held:  # last: the line that says why the run stopped short
+            self.echo(line)
         ok = all(r.status == st.SUCCEEDED for r in rows) and not file_errors
-        return EXIT_OK if ok and sched.fatal is None else EXIT_FAILED
+        return EXIT_OK if ok and sched.fatal is None and not held else EXIT_FAILED
 
 
 def _estimator(plan: Plan) -> Estimate:
@@ -433,6 +516,15 @@ def _say(text: str) -> None:
         os.write(2, text.encode())
     except OSError:
         pass
+
+
+def _cached_note(rows: list[JobRow]) -> str:
+    """' (12 from the cache, saved $0.48)' for the final line; '' when none came from it."""
+    cached = [r for r in rows if r.cached]
+    if not cached:
+        return ""
+    saved = sum(r.saved_usd or 0.0 for r in cached)
+    return f" ({len(cached)} from the cache, saved ${saved:.2f})"
 
 
 def _needs_files(run_dir: Path, row: JobRow) -> bool:

@@ -36,6 +36,15 @@ _SIZE_UNITS.update({"KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40})
 
 
 @dataclass(frozen=True)
+class HaltRule:
+    """`run.halt`: stop submitting once `min_finished` jobs finished and more than
+    `failure_rate` of them failed or timed out."""
+
+    failure_rate: float
+    min_finished: int = 10
+
+
+@dataclass(frozen=True)
 class RunSettings:
     """How the batch is run (the manifest's `run:` block, parsed)."""
 
@@ -46,6 +55,9 @@ class RunSettings:
     retries: int = 1
     max_jobs: int = 10000
     max_cost_usd: Decimal | None = None  # budget; None = none (exact: 0.1 stays 0.1)
+    halt: HaltRule | None = None
+    canary: int = 0  # jobs per model that must succeed before its others are sent; 0 = off
+    cache: str | None = None  # the cross-run cache folder; None = off
 
 
 @dataclass(frozen=True)
@@ -436,6 +448,13 @@ def _run_settings(run: dict) -> tuple[RunSettings, list[tuple[str, str]]]:
     if "max_cost_usd" in run:
         # A float by its shortest repr: 0.1 in YAML is 0.1 dollars, not 0.1000000000000000055.
         kw["max_cost_usd"] = Decimal(repr(run["max_cost_usd"]))
+    if "halt" in run:  # the schema checked 0 <= failure_rate <= 1 and min_finished >= 1
+        halt = run["halt"]
+        kw["halt"] = HaltRule(float(halt["failure_rate"]), halt.get("min_finished", 10))
+    if "canary" in run:
+        kw["canary"] = run["canary"]
+    if "cache" in run:
+        kw["cache"] = run["cache"]
     return RunSettings(**kw), problems
 
 

@@ -181,6 +181,15 @@ def _replay(store: StateStore, row: JobRow) -> None:
         store.record_request_id(job_id, row.request_id, submitted)
     if row.started_at is not None:
         store.record_status(job_id, st.RUNNING, started_at=row.started_at)
+    if row.cached:
+        store.record_cached(
+            job_id,
+            finished_at=row.finished_at if row.finished_at is not None else 0.0,
+            output=row.output,
+            saved_usd=row.saved_usd,
+            files=row.files,
+        )
+        return
     if row.status in st.TERMINAL:
         store.record_result(
             job_id,

@@ -53,6 +53,8 @@ class JobRow:
     output: Any = None  # the API's `output` as returned
     files: list[OutputFile] = field(default_factory=list)
     in_manifest: bool = True
+    cached: bool = False  # taken from the cross-run cache: no API call, nothing paid
+    saved_usd: float | None = None  # for a cached job: what its result cost when it was made
 
     @property
     def queue_s(self) -> float | None:
@@ -104,8 +106,11 @@ def report_status(status: str) -> str:
 # The jobs table's columns in the order decode_row reads them.
 COLUMNS = (
     "job_id, position, model_id, inputs, vars, repeat, status, request_id, attempts, error, "
-    "submitted_at, started_at, finished_at, cost_usd, output, files, in_manifest"
+    "submitted_at, started_at, finished_at, cost_usd, output, files, in_manifest, cached, "
+    "saved_usd"
 )
+# The same for a state.db of schema version 1 (before `cached`), read without migrating it.
+COLUMNS_V1 = COLUMNS.replace("cached, saved_usd", "0 AS cached, NULL AS saved_usd")
 
 
 def dumps(value: Any) -> str:
@@ -151,4 +156,6 @@ def decode_row(r: tuple) -> JobRow:
         output=None if r[14] is None else _loads(r[14]),
         files=[OutputFile(**f) for f in _loads(r[15])] if r[15] else [],
         in_manifest=bool(r[16]),
+        cached=bool(r[17]),
+        saved_usd=r[18],
     )

@@ -112,6 +112,8 @@ def _line(row: JobRow, inputs: list[str], var_names: list[str]) -> list[str]:
         guard(join_cell(f.name for f in done)),
         guard(join_cell(_urls(row))),
         join_cell(f.sha256 for f in done),
+        "true" if row.cached else "",
+        _cost(row.saved_usd),
     ]
     given, var_values = row.inputs, row.vars
     cells += [value_cell(given[k]) if k in given else "" for k in inputs]
@@ -142,6 +144,7 @@ def summarise(rows: Iterable[JobRow]) -> dict[str, Any]:
     makespan = max(finishes) - min(submits) if submits and finishes else None
     files = [f for r in jobs for f in r.files]
     costs = [r.cost_usd for r in jobs if r.cost_usd is not None]
+    cached = [r for r in jobs if r.cached]
     return {
         "jobs": len(jobs),
         "statuses": totals,
@@ -151,6 +154,8 @@ def summarise(rows: Iterable[JobRow]) -> dict[str, Any]:
             "run_s": _stats([t for t in (r.run_s for r in jobs) if t is not None]),
         },
         "cost_usd": round(sum(costs), 6),
+        "cached": len(cached),
+        "saved_usd": round(sum(r.saved_usd or 0.0 for r in cached), 6),
         "attempts": sum(r.attempts for r in jobs),
         "files": {
             "downloaded": sum(1 for f in files if f.name and not f.error),

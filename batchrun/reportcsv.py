@@ -27,6 +27,8 @@ COLUMNS = [
     "output_files",
     "output_urls",
     "output_sha256",
+    "cached",  # "true" when the result came from the cross-run cache (cost_usd is then 0)
+    "saved_usd",  # for a cached job: what its result cost when it was made
 ]
 # After COLUMNS: one column per input field and per var name, in first-seen order.
 INPUT_PREFIX = "input."

@@ -24,6 +24,7 @@ from batchrun.budget import Budget
 from batchrun.client import Client
 from batchrun.errors import ApiError, AuthError, RateLimitedError
 from batchrun.flights import BACKOFF_BASE_S, BACKOFF_CAP_S, Flight, Flights, Outcome
+from batchrun.halt import Gate
 from batchrun.jobtable import JobTable
 from batchrun.manifest import RunSettings
 from batchrun.progress import Progress
@@ -57,8 +58,10 @@ class Scheduler:
         download_workers: int = 4,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
+        gate: Gate | None = None,
     ) -> None:
         self.client = client
+        self.gate = gate or Gate()  # sweep control (halt.py): which pending job may go
         self.limiter = limiter
         limiter.burst_s = max(limiter.burst_s, CATCH_UP_S)
         self.run_settings = run
@@ -153,6 +156,13 @@ class Scheduler:
         finally:
             self._wind_down()
 
+    def _gated_pending(self) -> bool:
+        """Hook for sweep control (halt.py): set aside the pending jobs the gate holds back
+        (halted, or waiting for their model's canaries); is any job left to submit?"""
+        while self.pending and not self.gate.admit(self.pending[0], self.jobs):
+            self.pending.popleft()
+        return bool(self.pending)
+
     def _finished(self) -> bool:
         if isinstance(self.fatal, AuthError):
             return self.busy == 0 and self.downloading == 0
@@ -184,7 +194,7 @@ class Scheduler:
             due = self.server.due_in(now)
             submit_ready = (
                 self.submit_open
-                and self.pending
+                and self._gated_pending()
                 and len(self.flights) + self.submitting < self.run_settings.max_in_flight
                 and (self.submit_accepted or self.submitting == 0)
                 and self._budget_admits()
@@ -219,6 +229,7 @@ class Scheduler:
         except queue.Empty:
             pass
         self._apply_all(outcomes)
+        self.pending.extend(self.gate.released(self.jobs))  # hook: canaries passed (halt.py)
         self._send_downloads()
         self._show()
 

@@ -19,6 +19,7 @@ from batchrun.gcpause import gc_paused
 from batchrun.records import (
     CANCELLED as CANCELLED,
     COLUMNS,
+    COLUMNS_V1,
     FAILED as FAILED,
     PENDING as PENDING,
     QUEUED as QUEUED,
@@ -36,9 +37,18 @@ from batchrun.records import (
     report_status as report_status,
 )
 
-SCHEMA_VERSION = 1
+# 1: the first; 2: jobs.cached and jobs.saved_usd (the cross-run cache)
+SCHEMA_VERSION = 2
 STATE_FILE = "state.db"
 
+
+# Version N-1 -> N, in order; each runs in one transaction with the version's update.
+_MIGRATIONS = {
+    2: (
+        "ALTER TABLE jobs ADD COLUMN cached INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE jobs ADD COLUMN saved_usd REAL",
+    ),
+}
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -60,7 +70,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     output TEXT,
     files TEXT NOT NULL DEFAULT '[]',
     in_manifest INTEGER NOT NULL DEFAULT 1,
-    updated_at REAL
+    updated_at REAL,
+    cached INTEGER NOT NULL DEFAULT 0,
+    saved_usd REAL
 );
 CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status);
 """
@@ -84,6 +96,7 @@ class StateStore:
         self._lock_fd = lock_fd
         self._mutex = threading.RLock()
         self._batch: bool | None = None  # the open batch's durability; None: no batch open
+        self._columns = COLUMNS  # COLUMNS_V1 for a version 1 file opened read-only
 
     # ---- opening ------------------------------------------------------------------------
 
@@ -142,6 +155,16 @@ class StateStore:
                 f"{self.run_dir}: {STATE_FILE} has schema version {version}, made by a newer "
                 f"batchrun; this one ({__version__}) reads version {SCHEMA_VERSION}: upgrade"
             )
+        if version < SCHEMA_VERSION and not writable:
+            # Read as it is (status, merge's sources): the missing columns read as defaults.
+            self._columns = COLUMNS_V1
+            return
+        while version < SCHEMA_VERSION:
+            version += 1
+            with self._tx():
+                for stmt in _MIGRATIONS[version]:
+                    self._conn.execute(stmt)
+                self._set_meta(schema_version=str(version))
 
     def close(self) -> None:
         with self._mutex:
@@ -268,7 +291,7 @@ class StateStore:
         """Every job, in expansion order."""
         where = "WHERE in_manifest = 1 " if in_manifest_only else ""
         with self._mutex, gc_paused():
-            cur = self._conn.execute(f"SELECT {COLUMNS} FROM jobs {where}ORDER BY position")
+            cur = self._conn.execute(f"SELECT {self._columns} FROM jobs {where}ORDER BY position")
             return [decode_row(r) for r in cur.fetchall()]
 
     def change_mark(self) -> tuple[int, int]:
@@ -281,7 +304,7 @@ class StateStore:
     def get(self, job_id: str) -> JobRow:
         with self._mutex:
             r = self._conn.execute(
-                f"SELECT {COLUMNS} FROM jobs WHERE job_id = ?", (job_id,)
+                f"SELECT {self._columns} FROM jobs WHERE job_id = ?", (job_id,)
             ).fetchone()
         if r is None:
             raise StateError(f"{self.run_dir}: no job {job_id} in {STATE_FILE}")
@@ -315,7 +338,7 @@ class StateStore:
             job_id,
             "status = ?, request_id = ?, attempts = attempts + 1, submitted_at = ?, "
             "started_at = NULL, finished_at = NULL, error = '', output = NULL, cost_usd = NULL, "
-            "files = '[]'",
+            "files = '[]', cached = 0, saved_usd = NULL",
             (QUEUED, request_id, submitted_at),
             durable=True,
         )
@@ -359,6 +382,30 @@ class StateStore:
             job_id,
             "status = ?, finished_at = ?, output = ?, error = ?, cost_usd = ?",
             (status, finished_at, None if output is None else dumps(output), error, cost_usd),
+        )
+
+    def record_cached(
+        self,
+        job_id: str,
+        *,
+        finished_at: float,
+        output: Any,
+        saved_usd: float | None,
+        files: list[OutputFile],
+    ) -> None:
+        """SUCCEEDED from the cross-run cache: nothing sent, nothing paid (cost 0), `saved_usd`
+        what the result cost when it was made."""
+        self._update(
+            job_id,
+            "status = ?, request_id = NULL, error = '', submitted_at = NULL, started_at = NULL, "
+            "finished_at = ?, output = ?, cost_usd = 0, cached = 1, saved_usd = ?, files = ?",
+            (
+                SUCCEEDED,
+                finished_at,
+                dumps(output),
+                saved_usd,
+                dumps([asdict(f) for f in files]),
+            ),
         )
 
     def record_error(self, job_id: str, error: str) -> None:

@@ -82,6 +82,8 @@ def test_columns_order_and_cells(tmp_path: Path) -> None:
         "output_urls": "https://a.runcomfy.net/1.png;https://evil.example.com/2.png"
         ";https://a.runcomfy.net/3.png",
         "output_sha256": "aa;cc",
+        "cached": "",  # not from the cross-run cache
+        "saved_usd": "",
         "input.prompt": "a",
         "input.image_size": '{"w":1,"h":2}',
         "input.seed": "",

@@ -33,6 +33,7 @@ def run(
     max_cost: str | None = None,
     subset: selection.Options | None = None,
     shard_full_rate: bool = False,
+    cache: str | None = None,
 ) -> int:
     """Run (or resume) the batch; the engine's exit code (0, 1 or 130)."""
     if sim and not simulate_api:
@@ -47,6 +48,7 @@ def run(
     plan = build_plan(manifest, strict=strict, schema_dirs=schema_dirs(schemas)).with_max_cost(cap)
     warn(plan.warnings)
     warn(budget_warnings(plan, "--max-cost" if cap is not None else "run.max_cost_usd"))
+    cache_dir = _cache_folder(cache, plan.manifest.run.cache)
     only: frozenset[str] | None = None
     left_out = 0
     if chosen.active:
@@ -83,6 +85,8 @@ def run(
         resume += ["--schemas", schemas]
     if max_cost is not None:
         resume += ["--max-cost", max_cost]
+    if cache is not None:
+        resume += ["--cache", cache]
     options = RunOptions(
         api_base=base,
         token=secret,
@@ -96,6 +100,7 @@ def run(
         only=only,
         left_out=left_out,
         share=share,
+        cache=cache_dir,
     )
     try:
         return run_batch(plan, options)
@@ -106,6 +111,21 @@ def run(
     finally:
         if simulator is not None:
             simulator.stop()
+
+
+def _cache_folder(option: str | None, manifest_setting: str | None) -> Path | None:
+    """--cache DIR, else run.cache; UsageError (nothing sent) when it names a file."""
+    chosen = option if option is not None else manifest_setting
+    if chosen is None:
+        return None
+    folder = Path(chosen).expanduser()
+    if folder.exists() and not folder.is_dir():
+        where = f"--cache {option}" if option is not None else f"run.cache: {manifest_setting}"
+        raise UsageError(
+            f"{where}: {folder} is a file, not a folder; give a folder path "
+            "(made if missing), e.g. --cache .batchrun-cache"
+        )
+    return folder
 
 
 def parse_max_cost(text: str | None) -> Decimal | None:
