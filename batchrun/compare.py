@@ -99,6 +99,12 @@ def load_run(path_arg: str | os.PathLike[str]) -> Run:
     return Run(label=str(path), report=report, root=report.parent, rows=rows)
 
 
+def empty_run(path_arg: str | os.PathLike[str]) -> Run:
+    """A baseline that does not exist yet (`--update-baseline` is about to make it): no jobs."""
+    path = Path(path_arg)
+    return Run(label=str(path), report=path / "report.csv", root=path, rows={})
+
+
 def swept_values(rows: list[dict[str, str]]) -> list[str]:
     """The input./var. columns whose value differs between jobs, in header order."""
     keys: dict[str, set[str]] = {}
@@ -216,6 +222,12 @@ def compare_runs(
             import PIL  # noqa: F401  (optional; fail early, before any job is compared)
         except ImportError as exc:
             raise _pillow_missing() from exc
+    if baseline.rows and current.rows and baseline.rows.keys().isdisjoint(current.rows):
+        raise CompareError(
+            f"{baseline.label} ({len(baseline.rows)} jobs) and {current.label} "
+            f"({len(current.rows)} jobs) have no job in common: job ids come from the model "
+            "and the inputs, so these runs are of different sweeps"
+        )
     all_rows = [*baseline.rows.values(), *current.rows.values()]
     varying_keys = swept_values(all_rows)
     order = list(baseline.rows) + [j for j in current.rows if j not in baseline.rows]
