@@ -16,7 +16,8 @@
         ├── RateLimitedError         429 (+ retry_after)
         ├── InsufficientBalanceError (3)  402, 400002
         ├── ServerError              5xx, 500001
-        └── TransportError           no usable answer (+ maybe_sent)
+        ├── TransportError           no usable answer (+ maybe_sent, unreachable)
+        └── UnreachableError (3)     no call reaches the API (refused, DNS, TLS)
 
 cli.main is the one place that turns these into exit codes and messages.
 """
@@ -138,9 +139,25 @@ class TransportError(ApiError):
     connection dropped after sending), which makes a submit ambiguous.
     """
 
-    def __init__(self, message: str, *, maybe_sent: bool = False, **kw: object) -> None:
+    def __init__(
+        self, message: str, *, maybe_sent: bool = False, unreachable: str = "", **kw: object
+    ) -> None:
         self.maybe_sent = maybe_sent
+        # Why no connection could be made (refused, DNS, TLS); empty when one was.
+        self.unreachable = unreachable
         super().__init__(message, **kw)  # type: ignore[arg-type]
+
+
+class UnreachableError(ApiError):
+    """No call has reached the API for a while: connections refused, host name unknown, TLS
+    failing. Nothing was sent, so nothing was billed; the same command resumes."""
+
+    exit_code = 3
+
+    def __init__(self, base_url: str, cause: str) -> None:
+        self.base_url = base_url
+        self.cause = cause
+        super().__init__(f"cannot reach the API at {base_url}: {cause}")
 
 
 class CompareError(BatchrunError):
