@@ -31,7 +31,8 @@ table.grid{border-collapse:collapse}
 .job img,.job video{display:block;max-width:200px;max-height:200px;margin:2px 0}
 .badge{display:inline-block;padding:0 6px;border-radius:8px;font-size:12px;color:#fff}
 .s-succeeded{background:#2e7d32}.s-failed,.s-timed_out{background:#c62828}
-.s-cancelled{background:#757575}.s-pending,.s-running{background:#1565c0}
+.s-cancelled{background:#757575}.s-pending,.s-queued,.s-running{background:#1565c0}
+.s-unknown{background:#ef6c00}
 .s-changed,.s-regressed{background:#c62828}.s-unchanged,.s-fixed{background:#2e7d32}
 .err{color:#b71c1c;white-space:pre-wrap;font-size:12px;margin:2px 0}
 details{font-size:12px}dl{margin:0}dt{font-weight:600}dd{margin:0 0 0 1em}

@@ -7,17 +7,21 @@ import time
 from collections.abc import Callable, Mapping
 from typing import TextIO
 
-_ORDER = ("succeeded", "failed", "timed_out", "cancelled", "unknown", "running", "queued")
+from batchrun.records import REPORT_STATUSES, report_status
+
+def report_counts(counts: Mapping[str, int]) -> dict[str, int]:
+    """Counts per internal state as counts per reported status (submitting reads unknown),
+    in REPORT_STATUSES order, zero counts left out."""
+    merged: dict[str, int] = {}
+    for state, n in counts.items():
+        key = report_status(state)
+        merged[key] = merged.get(key, 0) + n
+    return {k: merged[k] for k in REPORT_STATUSES if merged.get(k)}
 
 
 def describe(counts: Mapping[str, int]) -> str:
-    """'succeeded 10, failed 1, running 3' (zero counts left out)."""
-    keys = [k for k in _ORDER if counts.get(k)] + sorted(
-        k for k in counts if k not in _ORDER and k != "pending" and counts[k]
-    )
-    if counts.get("pending"):
-        keys.append("pending")
-    return ", ".join(f"{k} {counts[k]}" for k in keys)
+    """'succeeded 10, failed 1, running 3' (zero counts left out), in the report's words."""
+    return ", ".join(f"{k} {n}" for k, n in report_counts(counts).items())
 
 
 class Progress:

@@ -15,10 +15,9 @@ from batchrun.atomic import write_text
 from batchrun.gcpause import gc_paused
 from batchrun.html_report import write_html
 from batchrun.output_urls import collect_urls
-from batchrun.records import JobRow, report_status
+from batchrun.records import REPORT_STATUSES, JobRow, report_status
 from batchrun.reportcsv import guard, join_cell, value_cell
 
-REPORT_STATUSES = ("succeeded", "failed", "timed_out", "cancelled", "pending", "running")
 
 
 _SECONDS: dict[int, str] = {}  # whole second -> its text: a run's jobs share few seconds

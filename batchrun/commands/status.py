@@ -9,7 +9,9 @@ from typing import Any
 import click
 
 from batchrun import lock, state as st
-from batchrun.progress import describe
+from batchrun.api_answers import AMBIGUOUS_SUBMIT
+from batchrun.progress import describe, report_counts
+from batchrun.records import report_status
 from batchrun.state import StateStore
 
 
@@ -35,16 +37,21 @@ def status_data(run_dir: Path) -> dict[str, Any]:
         "api_base": meta.get("api_base", ""),
         "active_pid": lock.holder(run_dir),
         "total": len(rows),
-        "counts": counts,
+        "counts": report_counts(counts),
         "on_server": [
             {"job_id": r.job_id, "request_id": r.request_id, "status": r.status}
             for r in rows
             if r.status in (st.QUEUED, st.RUNNING)
         ],
         "problems": [
-            {"job_id": r.job_id, "model_id": r.model_id, "status": r.status, "error": r.error}
+            {
+                "job_id": r.job_id,
+                "model_id": r.model_id,
+                "status": report_status(r.status),
+                "error": r.error or AMBIGUOUS_SUBMIT.format(why="sent; no answer recorded yet"),
+            }
             for r in rows
-            if r.status in (st.FAILED, st.TIMED_OUT, st.CANCELLED, st.UNKNOWN)
+            if r.status in (st.FAILED, st.TIMED_OUT, st.CANCELLED, st.UNKNOWN, st.SUBMITTING)
         ],
     }
 
