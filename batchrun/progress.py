@@ -9,6 +9,7 @@ from typing import TextIO
 
 from batchrun.records import REPORT_STATUSES, report_status
 
+
 def report_counts(counts: Mapping[str, int]) -> dict[str, int]:
     """Counts per internal state as counts per reported status (submitting reads unknown),
     in REPORT_STATUSES order, zero counts left out."""

@@ -18,8 +18,6 @@ from batchrun.output_urls import collect_urls
 from batchrun.records import REPORT_STATUSES, JobRow, report_status
 from batchrun.reportcsv import guard, join_cell, value_cell
 
-
-
 _SECONDS: dict[int, str] = {}  # whole second -> its text: a run's jobs share few seconds
 
 
