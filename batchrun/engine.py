@@ -22,7 +22,7 @@ from batchrun.errors import ApiError
 from batchrun.manifest import RunSettings
 from batchrun.output_urls import collect_urls, default_allow_hosts, output_keys
 from batchrun.plan import Plan
-from batchrun.progress import Progress, describe
+from batchrun.progress import Progress, describe, duration
 from batchrun.ratelimit import RateLimiter
 from batchrun.scheduler import Scheduler
 from batchrun.state import JobRow, OutputFile, StateStore
@@ -312,8 +312,10 @@ class _Run:
         file_errors = sum(1 for r in rows for f in r.files if f.error)
         if not self.opts.quiet:
             left = f" ({self.opts.left_out} left out by the filter)" if self.opts.only else ""
+            took = duration(self.opts.clock() - self.started)
             self.echo(
-                f"{len(rows)} jobs{left}: {describe(counts)}. Report: {self.run_dir / 'report.csv'}"
+                f"{len(rows)} jobs{left}: {describe(counts)}; elapsed {took}. "
+                f"Report: {self.run_dir / 'report.csv'}"
             )
         if file_errors:
             self.echo(f"{file_errors} output file(s) not downloaded; see the error column")
