@@ -18,7 +18,7 @@ from batchrun import state as st
 from batchrun.api_answers import AMBIGUOUS_SUBMIT
 from batchrun.client import Client
 from batchrun.download import Downloader
-from batchrun.errors import ApiError
+from batchrun.errors import ApiError, ChoiceError
 from batchrun.manifest import RunSettings
 from batchrun.output_urls import collect_urls, default_allow_hosts, output_keys
 from batchrun.plan import Plan
@@ -281,7 +281,7 @@ class _Run:
     ) -> None:
         import json
 
-        from batchrun.report import write_report
+        from batchrun.report import grid_choice, write_report
 
         calls = dict(sorted(client.calls.items()))
         # API calls add up over every run (resume) of the folder
@@ -303,7 +303,13 @@ class _Run:
         if self.opts.only is not None:
             extra["selected"] = len(self.opts.only)
             extra["left_out"] = self.opts.left_out
-        write_report(self.run_dir, rows, extra=extra)
+        grid = self.plan.manifest.report
+        rows_key, cols_key = grid_choice(self.store.meta(), grid.rows, grid.cols)
+        try:
+            write_report(self.run_dir, rows, extra=extra, rows_key=rows_key, cols_key=cols_key)
+        except ChoiceError as exc:
+            self.echo(f"warning: report.html grid: {exc}; laid out automatically")
+            write_report(self.run_dir, rows, extra=extra)
 
     def _conclude(self, rows: list[JobRow], sched: Scheduler) -> int:
         counts: dict[str, int] = {}

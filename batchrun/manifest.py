@@ -58,6 +58,14 @@ class OutputSettings:
 
 
 @dataclass(frozen=True)
+class ReportSettings:
+    """The contact sheet's grid (the manifest's `report:` block): swept field names."""
+
+    rows: str | None = None
+    cols: str | None = None
+
+
+@dataclass(frozen=True)
 class Manifest:
     """A validated manifest. `data` is the YAML with file-sourced values resolved to lists."""
 
@@ -68,6 +76,7 @@ class Manifest:
     data: dict
     sha256: str
     lines: _LineMap | None = field(default=None, compare=False, repr=False)
+    report: ReportSettings = ReportSettings()
 
     def line_suffix(self, where: str) -> str:
         """` (line N)` for a JSON path like `$.models[0].inputs.prompt`, when known."""
@@ -178,6 +187,7 @@ def load_manifest(path: str | Path) -> Manifest:
         data=data,
         sha256=hashlib.sha256(raw).hexdigest(),
         lines=lines,
+        report=ReportSettings(**data.get("report", {})),
     )
 
 

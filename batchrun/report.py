@@ -183,3 +183,15 @@ def write_report(
         summary = summarise(jobs) | (extra or {})
         write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
         write_html(run_dir, jobs, rows_key=rows_key, cols_key=cols_key)
+
+
+# state.db meta keys of the grid chosen with `batchrun report --rows/--cols`: later runs keep it.
+GRID_META = {"rows": "report_rows", "cols": "report_cols"}
+
+
+def grid_choice(
+    meta: dict[str, str], rows: str | None, cols: str | None
+) -> tuple[str | None, str | None]:
+    """report.html's grid: the one chosen with `report --rows/--cols` (kept in state.db's
+    meta), else ROWS/COLS (the manifest's `report:`), else None (automatic)."""
+    return meta.get(GRID_META["rows"]) or rows, meta.get(GRID_META["cols"]) or cols
