@@ -6,6 +6,7 @@
     │   └── MissingDependencyError (2)  an optional package is missing (+ extra)
     ├── ManifestError (2)            a manifest or a file it reads is invalid; every problem
     ├── ConfigError (3)              no token, a bad API base
+    │   └── UnreachableError (3)     no call reaches the API (refused, DNS, TLS)
     ├── StateError (2)               the run folder's state cannot be used
     │   └── RunFolderInUse (2)       another process holds the folder
     ├── CompareError (2)             compare was given inputs it cannot use
@@ -16,8 +17,7 @@
         ├── RateLimitedError         429 (+ retry_after)
         ├── InsufficientBalanceError (3)  402, 400002
         ├── ServerError              5xx, 500001
-        ├── TransportError           no usable answer (+ maybe_sent, unreachable)
-        └── UnreachableError (3)     no call reaches the API (refused, DNS, TLS)
+        └── TransportError           no usable answer (+ maybe_sent, unreachable)
 
 cli.main is the one place that turns these into exit codes and messages.
 """
@@ -51,6 +51,18 @@ class ConfigError(BatchrunError):
     """Missing or wrong configuration (no token, bad API base)."""
 
     exit_code = 3
+
+
+class UnreachableError(ConfigError):
+    """No call has reached the API for a while: connections refused, host name unknown, TLS
+    failing. Nothing was sent, so nothing was billed; the same command resumes."""
+
+    exit_code = 3
+
+    def __init__(self, base_url: str, cause: str) -> None:
+        self.base_url = base_url
+        self.cause = cause
+        super().__init__(f"cannot reach the API at {base_url}: {cause}")
 
 
 class StateError(BatchrunError):
@@ -146,18 +158,6 @@ class TransportError(ApiError):
         # Why no connection could be made (refused, DNS, TLS); empty when one was.
         self.unreachable = unreachable
         super().__init__(message, **kw)  # type: ignore[arg-type]
-
-
-class UnreachableError(ApiError):
-    """No call has reached the API for a while: connections refused, host name unknown, TLS
-    failing. Nothing was sent, so nothing was billed; the same command resumes."""
-
-    exit_code = 3
-
-    def __init__(self, base_url: str, cause: str) -> None:
-        self.base_url = base_url
-        self.cause = cause
-        super().__init__(f"cannot reach the API at {base_url}: {cause}")
 
 
 class CompareError(BatchrunError):
