@@ -59,10 +59,15 @@ class UnreachableError(ConfigError):
 
     exit_code = 3
 
-    def __init__(self, base_url: str, cause: str) -> None:
+    def __init__(self, message: str, *, base_url: str = "", cause: str = "") -> None:
         self.base_url = base_url
         self.cause = cause
-        super().__init__(f"cannot reach the API at {base_url}: {cause}")
+        super().__init__(message)
+
+    @classmethod
+    def at(cls, base_url: str, cause: str) -> UnreachableError:
+        """`cannot reach the API at BASE: CAUSE`."""
+        return cls(f"cannot reach the API at {base_url}: {cause}", base_url=base_url, cause=cause)
 
 
 class StateError(BatchrunError):

@@ -340,7 +340,7 @@ class Scheduler:
         self._unreachable = (tries + 1, since)
         if tries + 1 >= UNREACHABLE_TRIES and self.clock() - since >= UNREACHABLE_MIN_S:
             if not isinstance(self.fatal, STOP_ALL):
-                self._stop_submitting(UnreachableError(self.client.base_url, cause))
+                self._stop_submitting(UnreachableError.at(self.client.base_url, cause))
 
     def _stop_submitting(self, exc: BaseException) -> None:
         self.fatal = exc
