@@ -320,7 +320,7 @@ class _Run:
             left = f" ({self.opts.left_out} left out by the filter)" if self.opts.only else ""
             took = duration(self.opts.clock() - self.started)
             self.echo(
-                f"{len(rows)} jobs{left}: {describe(counts)}; elapsed {took}. "
+                f"{len(rows)} jobs{left}: {describe(counts)}. Elapsed {took}. "
                 f"Report: {self.run_dir / 'report.csv'}"
             )
         if file_errors:

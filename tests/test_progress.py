@@ -114,6 +114,6 @@ def test_run_under_script_prints_lines_and_a_final_line_with_elapsed(tmp_path: P
     assert proc.returncode == 0, proc.stdout
     lines = proc.stdout.replace("\r\n", "\n").splitlines()
     last = [line for line in lines if line.startswith("2 jobs: ")]
-    assert last and last[0].startswith("2 jobs: succeeded 2; elapsed ")
+    assert last and last[0].startswith("2 jobs: succeeded 2. Elapsed ")
     assert last[0].endswith(f"s. Report: {tmp_path / 'r' / 'report.csv'}")
     assert "\r" not in proc.stdout.replace("\r\n", "\n")  # no bar redrawn in place
