@@ -12,7 +12,7 @@ import click
 from batchrun import lock, state as st
 from batchrun.client import Client
 from batchrun.commands.common import api_base, token
-from batchrun.errors import ApiError, RunFolderInUse
+from batchrun.errors import ApiError, RunFolderInUse, UnreachableError
 from batchrun.ratelimit import RateLimiter
 from batchrun.state import StateStore
 
@@ -72,6 +72,9 @@ def cancel_queued(
             try:
                 outcome = client.cancel(row.request_id).get("outcome")
             except ApiError as exc:
+                cause = getattr(exc, "unreachable", "")
+                if cause:  # every other cancel would fail the same way: say it once
+                    raise UnreachableError.at(client.base_url, cause) from None
                 echo(f"{row.job_id}: could not cancel: {exc}")
                 failed += 1
                 continue
