@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -60,3 +62,32 @@ def write_bytes(path: Path, data: bytes) -> Path:
 def write_text(path: Path, text: str) -> Path:
     """Write `text` (UTF-8, newlines as given) to `path` so a reader never sees half of it."""
     return write_bytes(path, text.encode("utf-8"))
+
+
+def write_output(target: str | os.PathLike[str], text: str, *, append: bool = False) -> str:
+    """Write a report a user asked for: `-` is stdout; an existing symlink, device or FIFO
+    (`/dev/stdout`, a pipe) is written through, never replaced; a regular file is written
+    atomically, or appended to with `append` (GitHub's step summary convention). Returns
+    where it went, for messages."""
+    if str(target) == "-":
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        return "stdout"
+    path = Path(target)
+    if path.is_symlink() or (path.exists() and not path.is_file()):
+        if path.is_dir():
+            raise IsADirectoryError(errno.EISDIR, "is a folder", str(path))
+        # Opened without O_TRUNC: a device or FIFO has nothing to truncate, and a symlink's
+        # target is the user's to keep (appended to, or rewritten when it is a regular file).
+        mode = "a" if append or not path.resolve().is_file() else "w"
+        with open(path, mode, encoding="utf-8", newline="") as fh:
+            fh.write(text)
+        return str(path)
+    if append and path.is_file():
+        with open(path, "a", encoding="utf-8", newline="") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        return str(path)
+    write_text(path, text)
+    return str(path)

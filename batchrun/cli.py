@@ -344,11 +344,15 @@ def cancel(run_dir: str, api_base: str | None) -> int:
     "--rows",
     "rows_key",
     metavar="FIELD",
-    help="Swept field for the rows of report.html, e.g. seed or var.color [default: the one "
-    "with the most values].",
+    help="Swept field for the rows of report.html, e.g. seed, var.color or model [default: "
+    "the manifest's report.rows, else the one with the most values]; kept for later runs.",
 )
 @click.option(
-    "--cols", "cols_key", metavar="FIELD", help="Swept field for the columns of report.html."
+    "--cols",
+    "cols_key",
+    metavar="FIELD",
+    help="Swept field for the columns of report.html (model: models side by side); kept for "
+    "later runs.",
 )
 def report(run_dir: str, rows_key: str | None = None, cols_key: str | None = None) -> int:
     """Rewrite report.csv, summary.json and report.html of RUN_DIR from its state.db.
@@ -410,36 +414,37 @@ def merge(run_dirs: tuple[str, ...], into: str) -> int:
     type=click.FloatRange(0, 1),
     default=None,
     metavar="D",
-    help="Images whose bytes differ but whose perceptual distance (0..1) is at most D count "
-    "as unchanged. Needs Pillow: pip install 'runcomfy-batchrun[images]'.",
+    help="Images whose bytes differ but whose distance (1 - SSIM: a re-encode ~0, a small "
+    "edit ~0.02-0.07, unrelated ~0.9) is at most D count as unchanged. Needs Pillow: "
+    "pip install 'runcomfy-batchrun[images]'.",
 )
 @click.option(
     "--markdown",
     "markdown_file",
     type=click.Path(dir_okay=False),
     default=None,
-    help="Write a markdown summary (fits $GITHUB_STEP_SUMMARY).",
+    help="Append a markdown summary to FILE (fits $GITHUB_STEP_SUMMARY); - is stdout.",
 )
 @click.option(
     "--junit",
     "junit_file",
     type=click.Path(dir_okay=False),
     default=None,
-    help="Write JUnit XML: one testcase per job.",
+    help="Write JUnit XML: one testcase per job; - is stdout.",
 )
 @click.option(
     "--json",
     "json_file",
     type=click.Path(dir_okay=False),
     default=None,
-    help="Write the full result as JSON.",
+    help="Write the full result as JSON; - is stdout.",
 )
 @click.option(
     "--html",
     "html_file",
     type=click.Path(dir_okay=False),
     default=None,
-    help="Write an HTML page: baseline and current side by side for changed jobs.",
+    help="Write an HTML page: baseline and current side by side for changed jobs; - is stdout.",
 )
 @click.option(
     "--update-baseline",
@@ -447,7 +452,8 @@ def merge(run_dirs: tuple[str, ...], into: str) -> int:
     type=click.Path(file_okay=False),
     default=None,
     metavar="DIR",
-    help="Copy the current report.csv and files/ into DIR.",
+    help="Copy the current report.csv and files/ into DIR (created if missing; BASELINE may "
+    "be DIR and not exist yet).",
 )
 @click.option("-q", "--quiet", is_flag=True, help="Print only the verdict line.")
 def compare_cmd(

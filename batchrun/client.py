@@ -215,7 +215,10 @@ class Client:
         reason = self._scrub(str(exc))
         # requests' messages repeat the host; the path is in the endpoint already.
         message = f"{what}: {_snippet(reason, 200)}"
-        return TransportError(message, endpoint=endpoint, maybe_sent=maybe_sent)
+        unreachable = "" if maybe_sent else unreachable_cause(exc)
+        return TransportError(
+            message, endpoint=endpoint, maybe_sent=maybe_sent, unreachable=unreachable
+        )
 
     def _scrub(self, text: str) -> str:
         """Never let the token reach a message, even if a server echoes it back."""
@@ -223,8 +226,9 @@ class Client:
 
 
 def _never_sent(exc: requests.RequestException) -> bool:
-    """True when the request certainly did not reach the server (refused, connect timeout)."""
-    if isinstance(exc, requests.ConnectTimeout):
+    """True when the request certainly did not reach the server (refused, connect timeout,
+    a TLS handshake that failed)."""
+    if isinstance(exc, requests.ConnectTimeout) or _tls_handshake_failure(exc):
         return True
     if isinstance(exc, requests.ConnectionError) and not isinstance(exc, requests.ReadTimeout):
         reason = exc.args[0] if exc.args else None
@@ -235,6 +239,43 @@ def _never_sent(exc: requests.RequestException) -> bool:
         if isinstance(inner, ConnectionRefusedError) or "refused" in str(inner).lower():
             return True
     return isinstance(exc, (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema))
+
+
+def _tls_handshake_failure(exc: requests.RequestException) -> str:
+    """What failed in a TLS handshake (before anything was sent), or ''."""
+    if not isinstance(exc, requests.exceptions.SSLError):
+        return ""
+    text = str(exc)
+    if "CERTIFICATE_VERIFY_FAILED" in text or "certificate verify failed" in text:
+        return "TLS certificate verify failed"
+    if "WRONG_VERSION_NUMBER" in text or "wrong version number" in text:
+        return "TLS handshake failed (is it an http:// server?)"
+    if "handshake" in text.lower():
+        return "TLS handshake failed"
+    return ""
+
+
+def unreachable_cause(exc: requests.RequestException) -> str:
+    """Why no connection reached the server, as a user reads it ('connection refused'), or ''
+    when this error does not say the API is unreachable."""
+    tls = _tls_handshake_failure(exc)
+    if tls:
+        return tls
+    if isinstance(exc, requests.ConnectTimeout):
+        return "connection timed out"
+    if not isinstance(exc, requests.ConnectionError):
+        return ""
+    reason = exc.args[0] if exc.args else None
+    inner = getattr(reason, "reason", reason)  # urllib3 MaxRetryError wraps the cause
+    text = str(inner).lower()
+    if type(inner).__name__ == "NameResolutionError" or "name or service not known" in text:
+        return "host name not found (DNS)"
+    if isinstance(inner, ConnectionRefusedError) or "refused" in text:
+        return "connection refused"
+    if type(inner).__name__ == "NewConnectionError":
+        errno_text = re.search(r"\[Errno -?\d+\] ([^'\")]+)", str(inner))
+        return errno_text.group(1).strip().lower() if errno_text else "no connection"
+    return ""
 
 
 def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:

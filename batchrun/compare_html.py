@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import quote
 
-from batchrun.atomic import write_text
+from batchrun.atomic import write_output
 from batchrun.compare import Comparison, JobDiff, Run
 from batchrun.html_report import esc, job_card, job_from_row, page
 
@@ -67,8 +67,10 @@ def render(comp: Comparison, html_dir: Path) -> str:
     return page(f"batchrun compare: {verdict}", "\n".join(body))
 
 
-def write_compare_html(comp: Comparison, path: Path) -> Path:
-    """Write the side-by-side page to PATH."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return write_text(path, render(comp, path.parent))
+def write_compare_html(comp: Comparison, target: str | Path) -> str:
+    """Write the side-by-side page to TARGET (`-` is stdout, links then relative to the
+    current folder); returns where it went."""
+    html_dir = Path.cwd() if str(target) == "-" else Path(target).parent
+    if str(target) != "-":
+        html_dir.mkdir(parents=True, exist_ok=True)
+    return write_output(target, render(comp, html_dir))

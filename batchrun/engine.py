@@ -21,13 +21,13 @@ from batchrun.budget import Budget, Estimate, amount
 from batchrun.cache import Cache, CacheError, Restored, schema_hashes
 from batchrun.client import Client
 from batchrun.download import Downloader
-from batchrun.errors import ApiError, BudgetReached, InsufficientBalanceError
+from batchrun.errors import ApiError, BudgetReached, ChoiceError, InsufficientBalanceError
 from batchrun.halt import SweepGate
 from batchrun.manifest import RunSettings
 from batchrun.output_urls import collect_urls, default_allow_hosts, output_keys
 from batchrun.plan import Plan
 from batchrun.pricing import Estimator, plain, usd
-from batchrun.progress import Progress, describe
+from batchrun.progress import Progress, describe, duration
 from batchrun.ratelimit import RateLimiter
 from batchrun.scheduler import Scheduler
 from batchrun.state import JobRow, OutputFile, StateStore
@@ -416,7 +416,7 @@ class _Run:
     ) -> None:
         import json
 
-        from batchrun.report import write_report
+        from batchrun.report import grid_choice, write_report
 
         calls = dict(sorted(client.calls.items()))
         # API calls add up over every run (resume) of the folder
@@ -450,7 +450,13 @@ class _Run:
         if self.opts.only is not None:
             extra["selected"] = len(self.opts.only)
             extra["left_out"] = self.opts.left_out
-        write_report(self.run_dir, rows, extra=extra)
+        grid = self.plan.manifest.report
+        rows_key, cols_key = grid_choice(self.store.meta(), grid.rows, grid.cols)
+        try:
+            write_report(self.run_dir, rows, extra=extra, rows_key=rows_key, cols_key=cols_key)
+        except ChoiceError as exc:
+            self.echo(f"warning: report.html grid: {exc}; laid out automatically")
+            write_report(self.run_dir, rows, extra=extra)
 
     def _conclude(self, rows: list[JobRow], sched: Scheduler, budget: Budget) -> int:
         counts: dict[str, int] = {}
@@ -460,9 +466,10 @@ class _Run:
         held = self.gate.problems(counts.get(st.PENDING, 0)) if self.gate is not None else []
         if not self.opts.quiet:
             left = f" ({self.opts.left_out} left out by the filter)" if self.opts.only else ""
+            took = duration(self.opts.clock() - self.started)
             self.echo(
                 f"{len(rows)} jobs{left}: {describe(counts)}{_cached_note(rows)}. "
-                f"{_cost_text(rows, budget)}. "
+                f"{_cost_text(rows, budget)}. Elapsed {took}. "
                 f"Report: {self.run_dir / 'report.csv'}"
             )
         if file_errors:

@@ -6,6 +6,7 @@
     │   └── MissingDependencyError (2)  an optional package is missing (+ extra)
     ├── ManifestError (2)            a manifest or a file it reads is invalid; every problem
     ├── ConfigError (3)              no token, a bad API base
+    │   └── UnreachableError (3)     no call reaches the API (refused, DNS, TLS)
     ├── StateError (2)               the run folder's state cannot be used
     │   ├── RunFolderInUse (2)       another process holds the folder
     │   └── OriginMismatch (2)       the folder holds results from another API (or the simulator)
@@ -18,7 +19,7 @@
         ├── RateLimitedError         429 (+ retry_after)
         ├── InsufficientBalanceError (3)  402, 400002
         ├── ServerError              5xx, 500001
-        └── TransportError           no usable answer (+ maybe_sent)
+        └── TransportError           no usable answer (+ maybe_sent, unreachable)
 
 cli.main is the one place that turns these into exit codes and messages.
 """
@@ -52,6 +53,23 @@ class ConfigError(BatchrunError):
     """Missing or wrong configuration (no token, bad API base)."""
 
     exit_code = 3
+
+
+class UnreachableError(ConfigError):
+    """No call has reached the API for a while: connections refused, host name unknown, TLS
+    failing. Nothing was sent, so nothing was billed; the same command resumes."""
+
+    exit_code = 3
+
+    def __init__(self, message: str, *, base_url: str = "", cause: str = "") -> None:
+        self.base_url = base_url
+        self.cause = cause
+        super().__init__(message)
+
+    @classmethod
+    def at(cls, base_url: str, cause: str) -> UnreachableError:
+        """`cannot reach the API at BASE: CAUSE`."""
+        return cls(f"cannot reach the API at {base_url}: {cause}", base_url=base_url, cause=cause)
 
 
 class StateError(BatchrunError):
@@ -144,8 +162,12 @@ class TransportError(ApiError):
     connection dropped after sending), which makes a submit ambiguous.
     """
 
-    def __init__(self, message: str, *, maybe_sent: bool = False, **kw: object) -> None:
+    def __init__(
+        self, message: str, *, maybe_sent: bool = False, unreachable: str = "", **kw: object
+    ) -> None:
         self.maybe_sent = maybe_sent
+        # Why no connection could be made (refused, DNS, TLS); empty when one was.
+        self.unreachable = unreachable
         super().__init__(message, **kw)  # type: ignore[arg-type]
 
 

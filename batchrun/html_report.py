@@ -20,6 +20,7 @@ from batchrun.reportcsv import INPUT_PREFIX, VAR_PREFIX, prefixed, read_jobs, sp
 # Job cards on the sheet, the first ones in expansion order: a browser cannot show 100,000
 # thumbnails usefully; report.csv lists every job.
 MAX_CARDS = 2000
+NOT_SET = "(not set)"  # a grid header for jobs without the field (another model's field)
 
 CSS = """
 body{font:14px/1.4 system-ui,sans-serif;margin:1em;color:#222;background:#fafafa}
@@ -31,7 +32,8 @@ table.grid{border-collapse:collapse}
 .job img,.job video{display:block;max-width:200px;max-height:200px;margin:2px 0}
 .badge{display:inline-block;padding:0 6px;border-radius:8px;font-size:12px;color:#fff}
 .s-succeeded{background:#2e7d32}.s-failed,.s-timed_out{background:#c62828}
-.s-cancelled{background:#757575}.s-pending,.s-running{background:#1565c0}
+.s-cancelled{background:#757575}.s-pending,.s-queued,.s-running{background:#1565c0}
+.s-unknown{background:#ef6c00}
 .s-changed,.s-regressed{background:#c62828}.s-unchanged,.s-fixed{background:#2e7d32}
 .err{color:#b71c1c;white-space:pre-wrap;font-size:12px;margin:2px 0}
 details{font-size:12px}dl{margin:0}dt{font-weight:600}dd{margin:0 0 0 1em}
@@ -163,8 +165,15 @@ def _dimensions(jobs: list[JobRow], keys: list[str]) -> tuple[list[Dimension], i
         groups.setdefault(partition, []).append(Dimension(key, list(index)))
     dims = []
     for group in groups.values():
+        # The model names a group best (a field only one model has moves with it); then a
+        # var; then the field with the shortest values.
         best = min(
-            group, key=lambda d: (not d.key.startswith("var."), max(map(len, d.values), default=0))
+            group,
+            key=lambda d: (
+                d.key != "model",
+                not d.key.startswith("var."),
+                max(map(len, d.values), default=0),
+            ),
         )
         best.aliases = [d.key for d in group]
         dims.append(best)
@@ -222,7 +231,7 @@ def _grid(jobs: list[JobRow], rk: str | None, ck: str | None, href: Callable) ->
         col_vals[c] = None
         rows.setdefault(dimension_value(job, rk) if rk else "", {}).setdefault(c, []).append(job)
     corner = " \\ ".join(k for k in (rk, ck) if k)
-    head = "".join(f"<th>{esc(c)}</th>" for c in col_vals)
+    head = "".join(f"<th>{esc(c or (NOT_SET if ck else ''))}</th>" for c in col_vals)
     body = []
     for r, cells in rows.items():
         # Only occupied cells are rendered; a run of empty ones is one spanning cell, so a
@@ -239,7 +248,7 @@ def _grid(jobs: list[JobRow], rk: str | None, ck: str | None, href: Callable) ->
             tds.append("<td>" + "".join(job_card(j, href) for j in members) + "</td>")
         if empty:
             tds.append(_empty(empty))
-        body.append(f"<tr><th>{esc(r)}</th>{''.join(tds)}</tr>")
+        body.append(f"<tr><th>{esc(r or (NOT_SET if rk else ''))}</th>{''.join(tds)}</tr>")
     return (
         f'<table class="grid"><thead><tr><th>{esc(corner)}</th>{head}</tr></thead>'
         f"<tbody>{''.join(body)}</tbody></table>"
@@ -272,23 +281,79 @@ def render(
             for s, n in counts.items()
         )
         + f"<span>{len(jobs)} jobs</span></p>",
-        f"<p>rows: <b>{esc(rk or '-')}</b>, columns: <b>{esc(ck or '-')}</b>"
-        + (f", sections: <b>{esc(', '.join(extra))}</b>" if extra else "")
-        + "</p>",
     ]
     if len(shown) < len(jobs):
         out.append(
             f'<p class="cap">showing {len(shown):,} of {len(jobs):,} jobs; see report.csv</p>'
         )
-    sections: dict[tuple[str, ...], list[JobRow]] = {}
-    for job in shown:
-        sections.setdefault(tuple(dimension_value(job, k) for k in extra), []).append(job)
-    for values, members in sections.items():
-        if extra:
-            label = ", ".join(f"{k}={v}" for k, v in zip(extra, values, strict=True))
-            out.append(f"<h2>{esc(label)}</h2>")
-        out.append(_grid(members, rk, ck, href))
+    models = list(dict.fromkeys(job.model_id for job in shown))
+    if len(models) > 1 and "model" not in (rk, ck):
+        # Models not side by side: a section per model, each laid out by its own fields (a
+        # field of one model is no axis for another). `--cols model` puts them side by side.
+        out.append("<p>a section per model (<b>--cols model</b> puts them side by side)</p>")
+        for model in models:
+            members = [job for job in shown if job.model_id == model]
+            mrk, mck, mextra = layout(
+                members, _swept_in(rows_key, members), _swept_in(cols_key, members)
+            )
+            out.append(f"<h2>{esc(model)}</h2>")
+            out.append(_axes(mrk, mck, mextra))
+            out += _sections(members, mrk, mck, mextra, href, heading="h3")
+        return page(title, "\n".join(out))
+    if len(models) > 1:
+        # Models side by side: a field some model lacks would split them into sections of
+        # their own; it stays inside the cells instead.
+        extra = [k for k in extra if all(_has(shown, model, k) for model in models)]
+    out.append(_axes(rk, ck, extra))
+    out += _sections(shown, rk, ck, extra, href, heading="h2")
     return page(title, "\n".join(out))
+
+
+def _axes(rk: str | None, ck: str | None, extra: list[str]) -> str:
+    return (
+        f"<p>rows: <b>{esc(rk or '-')}</b>, columns: <b>{esc(ck or '-')}</b>"
+        + (f", sections: <b>{esc(', '.join(extra))}</b>" if extra else "")
+        + "</p>"
+    )
+
+
+def _has(jobs: list[JobRow], model: str, key: str) -> bool:
+    """Whether some job of `model` has a value for `key`."""
+    return any(job.model_id == model and dimension_value(job, key) != "" for job in jobs)
+
+
+def _swept_in(name: str | None, jobs: list[JobRow]) -> str | None:
+    """NAME when it is a swept field of these jobs (one model's), else None."""
+    if not name:
+        return None
+    try:
+        resolve_key(name, dimensions(jobs))
+    except ChoiceError:
+        return None
+    return name
+
+
+def _sections(
+    jobs: list[JobRow],
+    rk: str | None,
+    ck: str | None,
+    extra: list[str],
+    href: Callable,
+    *,
+    heading: str,
+) -> list[str]:
+    """A grid per combination of the extra keys, titled by their values (empty ones left
+    out: a field a job does not have is no label)."""
+    sections: dict[tuple[str, ...], list[JobRow]] = {}
+    for job in jobs:
+        sections.setdefault(tuple(dimension_value(job, k) for k in extra), []).append(job)
+    out = []
+    for values, members in sections.items():
+        label = ", ".join(f"{k}={v}" for k, v in zip(extra, values, strict=True) if v != "")
+        if label:
+            out.append(f"<{heading}>{esc(label)}</{heading}>")
+        out.append(_grid(members, rk, ck, href))
+    return out
 
 
 def write_html(

@@ -71,6 +71,14 @@ class OutputSettings:
 
 
 @dataclass(frozen=True)
+class ReportSettings:
+    """The contact sheet's grid (the manifest's `report:` block): swept field names."""
+
+    rows: str | None = None
+    cols: str | None = None
+
+
+@dataclass(frozen=True)
 class Manifest:
     """A validated manifest. `data` is the YAML with file-sourced values resolved to lists."""
 
@@ -84,6 +92,7 @@ class Manifest:
     # Models whose entry had a problem (a key left out): their jobs' inputs are incomplete,
     # so checking them would only echo that problem.
     unchecked_models: frozenset[str] = frozenset()
+    report: ReportSettings = ReportSettings()
 
     def line_suffix(self, where: str) -> str:
         """` (line N)` for a JSON path like `$.models[0].inputs.prompt`, when known."""
@@ -217,6 +226,7 @@ def check_manifest(path: str | Path) -> tuple[Manifest | None, list[str]]:
         sha256=hashlib.sha256(raw).hexdigest(),
         lines=lines,
         unchecked_models=unchecked,
+        report=ReportSettings(**data.get("report", {})),
     )
     # A missing file's values are placeholders: the jobs they make are not worth checking.
     return (None if source_problems else manifest), problems

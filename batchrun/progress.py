@@ -2,22 +2,28 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections.abc import Callable, Mapping
 from typing import TextIO
 
-_ORDER = ("succeeded", "failed", "timed_out", "cancelled", "unknown", "running", "queued")
+from batchrun.records import REPORT_STATUSES, report_status
+
+
+def report_counts(counts: Mapping[str, int]) -> dict[str, int]:
+    """Counts per internal state as counts per reported status (submitting reads unknown),
+    in REPORT_STATUSES order, zero counts left out."""
+    merged: dict[str, int] = {}
+    for state, n in counts.items():
+        key = report_status(state)
+        merged[key] = merged.get(key, 0) + n
+    return {k: merged[k] for k in REPORT_STATUSES if merged.get(k)}
 
 
 def describe(counts: Mapping[str, int]) -> str:
-    """'succeeded 10, failed 1, running 3' (zero counts left out)."""
-    keys = [k for k in _ORDER if counts.get(k)] + sorted(
-        k for k in counts if k not in _ORDER and k != "pending" and counts[k]
-    )
-    if counts.get("pending"):
-        keys.append("pending")
-    return ", ".join(f"{k} {counts[k]}" for k in keys)
+    """'succeeded 10, failed 1, running 3' (zero counts left out), in the report's words."""
+    return ", ".join(f"{k} {n}" for k, n in report_counts(counts).items())
 
 
 class Progress:
@@ -40,10 +46,12 @@ class Progress:
         self.interval = interval
         self.clock = clock
         self.cost = cost
-        self._last_line = clock()
+        self.started = clock()
+        self._last_line = self.started
         self._last_bar = 0.0
+        self._done_at_start: int | None = None  # jobs finished by earlier runs (resume)
         self._bar = None
-        if not quiet and _isatty(self.stream):
+        if not quiet and is_terminal(self.stream):
             from tqdm import tqdm
 
             self._bar = tqdm(total=total, unit="job", file=self.stream, leave=True)
@@ -54,26 +62,49 @@ class Progress:
         if self.quiet:
             return
         now = self.clock()
+        if self._done_at_start is None:
+            self._done_at_start = done
         if self._bar is not None:
             if not force and now - self._last_bar < 0.1:
                 return  # a redraw per event would cost more than the calls it reports
             self._last_bar = now
+            if self._bar.n == 0 and done:
+                self._bar.initial = self._done_at_start  # tqdm's rate and ETA: this run's jobs
             self._bar.n = done
-            postfix = describe(counts) + (f"; {self.cost()}" if self.cost else "")
-            self._bar.set_postfix_str(postfix, refresh=False)
+            self._bar.set_postfix_str(", ".join(self.parts(counts, api_calls)), refresh=False)
             self._bar.refresh()
             return
         if now - self._last_line >= self.interval:
             self._last_line = now
             self.line(counts, done, api_calls)
 
+    def parts(self, counts: Mapping[str, int], api_calls: int) -> list[str]:
+        """What the bar shows after its own done/total, elapsed and ETA."""
+        parts = [describe(counts), f"{api_calls} API calls"]
+        return parts + [self.cost()] if self.cost else parts
+
+    def timing(self, done: int) -> str:
+        """'elapsed 1m05s, ETA 2m10s' (the ETA from this run's jobs per second so far)."""
+        elapsed = self.clock() - self.started
+        text = f"elapsed {duration(elapsed)}"
+        finished = done - (self._done_at_start or 0)
+        left = self.total - done
+        if left <= 0:
+            return text
+        if finished <= 0 or elapsed <= 0:
+            return f"{text}, ETA ?"
+        return f"{text}, ETA {duration(left * elapsed / finished)}"
+
     def line(self, counts: Mapping[str, int], done: int, api_calls: int) -> None:
-        cost = f"; {self.cost()}" if self.cost else ""
-        print(
-            f"batchrun: {done}/{self.total} done ({describe(counts)}); {api_calls} API calls{cost}",
-            file=self.stream,
-            flush=True,
-        )
+        """A log line: `batchrun: 12/40 done (succeeded 12, running 8); 30 API calls;
+        elapsed 15s, ETA 35s`."""
+        if self._done_at_start is None:
+            self._done_at_start = done
+        head = f"{done}/{self.total} done ({describe(counts)})"
+        parts = [head, f"{api_calls} API calls", self.timing(done)]
+        if self.cost:
+            parts.append(self.cost())
+        print("batchrun: " + "; ".join(parts), file=self.stream, flush=True)
 
     def close(self) -> None:
         if self._bar is not None:
@@ -81,11 +112,29 @@ class Progress:
             self._bar = None
 
 
-def _isatty(stream: TextIO) -> bool:
+def is_terminal(stream: TextIO) -> bool:
+    """A terminal a person watches: a tty with a size and a TERM that can redraw a line. A
+    pseudo-terminal with no real one behind it (`script -qc` in CI: 0 columns) or TERM=dumb
+    gets log lines, which show up in a CI log as they come; a redrawn bar would not."""
     try:
-        return stream.isatty()
-    except (AttributeError, ValueError):
+        if not stream.isatty():
+            return False
+        columns = os.get_terminal_size(stream.fileno()).columns
+    except (AttributeError, ValueError, OSError):
         return False
+    return columns > 0 and os.environ.get("TERM", "") not in ("", "dumb")
+
+
+def duration(seconds: float) -> str:
+    """45s, 3m05s, 1h02m: a duration to read at a glance."""
+    whole = int(round(max(0.0, seconds)))
+    if whole < 60:
+        return f"{whole}s"
+    minutes, sec = divmod(whole, 60)
+    if minutes < 60:
+        return f"{minutes}m{sec:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"
 
 
 def secs(seconds: float) -> str:

@@ -90,14 +90,23 @@ class JobLike(Protocol):
     def position(self) -> int: ...
 
 
+# The one vocabulary of report.csv, summary.json, `status` and the progress line, in order.
+REPORT_STATUSES = (
+    SUCCEEDED,
+    FAILED,
+    TIMED_OUT,
+    CANCELLED,
+    UNKNOWN,
+    QUEUED,
+    RUNNING,
+    PENDING,
+)
+
+
 def report_status(status: str) -> str:
-    """The DESIGN.md status of an internal state: succeeded, failed, timed_out, cancelled,
-    pending or running."""
-    if status in TERMINAL:
-        return status
-    if status in (QUEUED, RUNNING):
-        return "running"
-    return "pending"
+    """What users see of an internal state: the state itself, except that a submit in the
+    air (SUBMITTING) may have been billed as much as an UNKNOWN one, so it reads `unknown`."""
+    return status if status in REPORT_STATUSES else UNKNOWN
 
 
 # ---- state.db encoding ------------------------------------------------------------------

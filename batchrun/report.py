@@ -15,11 +15,8 @@ from batchrun.atomic import write_text
 from batchrun.gcpause import gc_paused
 from batchrun.html_report import write_html
 from batchrun.output_urls import collect_urls
-from batchrun.records import JobRow, report_status
+from batchrun.records import REPORT_STATUSES, JobRow, report_status
 from batchrun.reportcsv import guard, join_cell, value_cell
-
-REPORT_STATUSES = ("succeeded", "failed", "timed_out", "cancelled", "pending", "running")
-
 
 _SECONDS: dict[int, str] = {}  # whole second -> its text: a run's jobs share few seconds
 
@@ -191,3 +188,15 @@ def write_report(
         summary = summarise(jobs) | (extra or {})
         write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
         write_html(run_dir, jobs, rows_key=rows_key, cols_key=cols_key)
+
+
+# state.db meta keys of the grid chosen with `batchrun report --rows/--cols`: later runs keep it.
+GRID_META = {"rows": "report_rows", "cols": "report_cols"}
+
+
+def grid_choice(
+    meta: dict[str, str], rows: str | None, cols: str | None
+) -> tuple[str | None, str | None]:
+    """report.html's grid: the one chosen with `report --rows/--cols` (kept in state.db's
+    meta), else ROWS/COLS (the manifest's `report:`), else None (automatic)."""
+    return meta.get(GRID_META["rows"]) or rows, meta.get(GRID_META["cols"]) or cols

@@ -22,7 +22,7 @@ from typing import Any
 from batchrun import api_answers, state as st
 from batchrun.budget import Budget
 from batchrun.client import Client
-from batchrun.errors import ApiError, AuthError, RateLimitedError
+from batchrun.errors import ApiError, AuthError, RateLimitedError, UnreachableError
 from batchrun.flights import BACKOFF_BASE_S, BACKOFF_CAP_S, Flight, Flights, Outcome
 from batchrun.halt import Gate
 from batchrun.jobtable import JobTable
@@ -31,6 +31,10 @@ from batchrun.progress import Progress
 from batchrun.ratelimit import RateLimiter, backoff
 from batchrun.state import JobRow, OutputFile, StateStore
 
+# The API is unreachable (every call refused, DNS or TLS failing) after this many failed calls
+# in a row spanning at least this long: with the submit backoff, 8-16 s after the first.
+UNREACHABLE_TRIES = 6
+UNREACHABLE_MIN_S = 7.0
 MAX_SUBMIT_REFUSALS = 6  # consecutive refused submits (about 30 s) before giving up on the server
 STOP_CHECK = 0.2  # seconds; the loop never sleeps longer, so Ctrl-C is noticed at once
 # This one thread hands out every token; when it wakes late (a busy machine), the tokens due
@@ -38,6 +42,8 @@ STOP_CHECK = 0.2  # seconds; the loop never sleeps longer, so Ctrl-C is noticed 
 CATCH_UP_S = 0.1
 
 Fetch = Callable[[str, Any, list[OutputFile]], list[OutputFile]]
+# Fatal errors that stop every call, not only submits.
+STOP_ALL = (AuthError, UnreachableError)
 
 
 class Scheduler:
@@ -84,6 +90,7 @@ class Scheduler:
         # request, not one per worker.
         self.submit_accepted = False
         self.fatal: BaseException | None = None
+        self._unreachable: tuple[int, float] | None = None  # failed calls in a row, since when
         self._results: queue.Queue[Outcome] = queue.Queue()
         self._downloads: list[str] = []  # job ids to download once their state is committed
         self._stop = threading.Event()
@@ -164,7 +171,7 @@ class Scheduler:
         return bool(self.pending)
 
     def _finished(self) -> bool:
-        if isinstance(self.fatal, AuthError):
+        if isinstance(self.fatal, STOP_ALL):
             return self.busy == 0 and self.downloading == 0
         can_submit = self.submit_open and bool(self.pending)
         return not (can_submit or self.server or self.busy or self.downloading)
@@ -188,7 +195,7 @@ class Scheduler:
     def _take_calls(self, submits: list[str]) -> float:
         """Hand out the calls the limiter allows now; submits are only collected in `submits`."""
         while True:
-            if self.busy >= self.workers or isinstance(self.fatal, AuthError):
+            if self.busy >= self.workers or isinstance(self.fatal, STOP_ALL):
                 return STOP_CHECK  # a worker's outcome wakes us sooner
             now = self.clock()
             due = self.server.due_in(now)
@@ -297,6 +304,7 @@ class Scheduler:
             self._downloaded(o)
             return
         self.busy -= 1
+        self._note_reach(o)
         if o.kind == "submit":
             self.submitting -= 1
             self._submitted(o)
@@ -349,6 +357,19 @@ class Scheduler:
         if self.budget.reached:
             self.submit_open = False
         return False
+
+    def _note_reach(self, o: Outcome) -> None:
+        """Reachability (issue: a dead base URL is not failed jobs): calls that could not
+        connect, in a row, for long enough stop the run with UnreachableError."""
+        cause = getattr(o.error, "unreachable", "")
+        if not cause:
+            self._unreachable = None  # an answer, even an error, means the API is there
+            return
+        tries, since = self._unreachable or (0, self.clock())
+        self._unreachable = (tries + 1, since)
+        if tries + 1 >= UNREACHABLE_TRIES and self.clock() - since >= UNREACHABLE_MIN_S:
+            if not isinstance(self.fatal, STOP_ALL):
+                self._stop_submitting(UnreachableError.at(self.client.base_url, cause))
 
     def _stop_submitting(self, exc: BaseException) -> None:
         self.fatal = exc

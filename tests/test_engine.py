@@ -301,7 +301,7 @@ def test_progress_without_tty_logs_every_few_seconds():
     now[0] = 5.0
     prog.update(counts, 2, 7)
     assert out.getvalue() == (
-        "batchrun: 2/10 done (succeeded 2, running 3, pending 5); 7 API calls\n"
+        "batchrun: 2/10 done (succeeded 2, running 3, pending 5); 7 API calls; elapsed 5s, ETA ?\n"
     )
     quiet = io.StringIO()
     Progress(10, stream=quiet, quiet=True, clock=lambda: 99.0).update(counts, 2, 7)

@@ -91,7 +91,7 @@ def test_columns_order_and_cells(tmp_path: Path) -> None:
         "var.color": "",
     }
     assert (second["status"], second["input.seed"], second["input.flag"]) == (
-        "running",
+        "queued",
         "3",
         "true",
     )
@@ -103,9 +103,9 @@ def test_columns_order_and_cells(tmp_path: Path) -> None:
     ("internal", "reported"),
     [
         (state.PENDING, "pending"),
-        (state.SUBMITTING, "pending"),
-        (state.UNKNOWN, "pending"),
-        (state.QUEUED, "running"),
+        (state.SUBMITTING, "unknown"),
+        (state.UNKNOWN, "unknown"),
+        (state.QUEUED, "queued"),
         (state.RUNNING, "running"),
         (state.SUCCEEDED, "succeeded"),
         (state.FAILED, "failed"),
@@ -175,8 +175,10 @@ def test_summary_figures(tmp_path: Path) -> None:
         "failed": 1,
         "timed_out": 0,
         "cancelled": 0,
+        "unknown": 0,
+        "queued": 1,
+        "running": 0,
         "pending": 0,
-        "running": 1,
     }
     # Last finish: job 19 submitted at T0+19, queued 20 s, ran 29 s -> T0+68.
     assert summary["durations"]["makespan_s"] == 68.0

@@ -357,7 +357,8 @@ def test_cancel_on_interrupt_cancels_queued_requests(tmp_path, start_sim):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert "1 request still on the server" in err
-    assert sorted(r["status"] for r in report(run_dir)) == ["cancelled", "cancelled", "running"]
+    statuses = sorted(r["status"] for r in report(run_dir))
+    assert statuses[:2] == ["cancelled", "cancelled"] and statuses[2] in ("queued", "running")
     assert sim.stats()["jobs"].get("cancelled") == 2
 
 

@@ -9,10 +9,10 @@ from typing import Any
 
 import click
 
-from batchrun import state as st
+from batchrun import lock, state as st
 from batchrun.client import Client
 from batchrun.commands.common import api_base, token
-from batchrun.errors import ApiError, RunFolderInUse
+from batchrun.errors import ApiError, RunFolderInUse, UnreachableError
 from batchrun.ratelimit import RateLimiter
 from batchrun.state import StateStore
 
@@ -23,12 +23,27 @@ def cancel(run_dir: str, *, api_base_option: str | None) -> int:
     """Cancel the queued requests; 1 when a cancel call failed, else 0."""
     with StateStore.open(Path(run_dir), create=False, lock=False) as store:
         recorded = store.meta().get("api_base")
+    # A simulated run's server lived in the run's own process (`run --simulate`): with no run
+    # active, there is no server holding its requests.
+    if not api_base_option and simulated(Path(run_dir)) and not lock.holder(Path(run_dir)):
+        click.echo(
+            f"{run_dir} is a simulated run (run --simulate) and no run is active in it: its "
+            "simulator is not running, so there is nothing to cancel",
+            err=True,
+        )
+        return 0
     client = Client(api_base(api_base_option, recorded), token())
     limiter = RateLimiter(CANCEL_RATE)
     failed = cancel_queued(
         Path(run_dir), client, acquire=limiter.acquire, echo=lambda t: click.echo(t, err=True)
     )
     return 1 if failed else 0
+
+
+def simulated(run_dir: Path) -> bool:
+    """Whether the folder's runs were against `run --simulate` (its simulator keeps its
+    memory in .simulator/)."""
+    return (run_dir / ".simulator").is_dir()
 
 
 def cancel_queued(
@@ -57,6 +72,9 @@ def cancel_queued(
             try:
                 outcome = client.cancel(row.request_id).get("outcome")
             except ApiError as exc:
+                cause = getattr(exc, "unreachable", "")
+                if cause:  # every other cancel would fail the same way: say it once
+                    raise UnreachableError.at(client.base_url, cause) from None
                 echo(f"{row.job_id}: could not cancel: {exc}")
                 failed += 1
                 continue

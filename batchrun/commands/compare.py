@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from batchrun import compare as comparing, compare_output
-from batchrun.atomic import write_text
+from batchrun.atomic import write_output
 from batchrun.commands.common import DISTRIBUTION
 from batchrun.compare_html import write_compare_html
 from batchrun.errors import ChoiceError, MissingDependencyError, UsageError
@@ -29,9 +29,15 @@ def compare(
 ) -> int:
     """Print the comparison, write the asked-for files; 0 pass, 1 regression."""
     classes = tuple(c.strip() for c in fail_on.split(",") if c.strip())
+    # A baseline to be made by this very command may not exist yet: every job is then new.
+    creating = bool(baseline_dir) and not Path(baseline_dir or "").exists()
+    if creating and not Path(baseline).exists():
+        base_run = comparing.empty_run(baseline)
+    else:
+        base_run = comparing.load_run(baseline)
     try:
         result = comparing.compare_runs(
-            comparing.load_run(baseline),
+            base_run,
             comparing.load_run(current),
             fail_on=classes,
             max_slowdown=max_slowdown,
@@ -42,16 +48,23 @@ def compare(
     except MissingDependencyError as exc:
         raise UsageError(f"{exc}: pip install '{DISTRIBUTION}[{exc.extra}]'") from None
     table = compare_output.terminal_table(result)
-    click.echo(table.splitlines()[-1] if quiet else table.rstrip("\n"))
-    if markdown_file:
-        write_text(Path(markdown_file), compare_output.markdown(result))
-    if junit_file:
-        write_text(Path(junit_file), compare_output.junit(result))
-    if json_file:
-        write_text(Path(json_file), compare_output.to_json(result))
-    if html_file:
-        write_compare_html(result, Path(html_file))
+    # When a report goes to stdout (`-`), the table moves to stderr so stdout stays parseable.
+    to_stdout = "-" in (markdown_file, junit_file, json_file, html_file)
+    click.echo(table.splitlines()[-1] if quiet else table.rstrip("\n"), err=to_stdout)
+    try:
+        if markdown_file:
+            # Appended: $GITHUB_STEP_SUMMARY holds what earlier steps wrote.
+            write_output(markdown_file, compare_output.markdown(result), append=True)
+        if junit_file:
+            write_output(junit_file, compare_output.junit(result))
+        if json_file:
+            write_output(json_file, compare_output.to_json(result))
+        if html_file:
+            write_compare_html(result, html_file)
+    except OSError as exc:
+        raise UsageError(f"cannot write {exc.filename}: {exc.strerror}") from None
     if baseline_dir:
         dest = comparing.update_baseline(result.current, Path(baseline_dir))
-        click.echo(f"baseline updated: {dest}")
+        said = "created" if creating else "updated"
+        click.echo(f"baseline {said}: {dest}", err=to_stdout)
     return result.exit_code

@@ -9,8 +9,9 @@ from typing import Any
 import click
 
 from batchrun import origin as og
-from batchrun.errors import ChoiceError, UsageError
-from batchrun.report import summarise, write_report
+from batchrun.errors import BatchrunError, ChoiceError, UsageError
+from batchrun.manifest import load_manifest
+from batchrun.report import GRID_META, grid_choice, summarise, write_report
 from batchrun.state import StateStore
 
 
@@ -32,7 +33,8 @@ def rewrite_report(
     figures); `rows_key`/`cols_key` choose report.html's grid."""
     with StateStore.open(run_dir, create=False, lock=False) as store:
         rows = store.rows()
-        held = og.recorded(store.meta(), run_dir)
+        meta = store.meta()
+        held = og.recorded(meta, run_dir)
     extra: dict[str, Any] = {}
     summary = Path(run_dir) / "summary.json"
     try:
@@ -43,5 +45,22 @@ def rewrite_report(
         pass
     if held:
         extra["origin"] = held
+    chosen = {"rows": rows_key, "cols": cols_key}
+    # Unchosen: the grid an earlier `report --rows/--cols` chose, else the manifest's.
+    kept_rows, kept_cols = grid_choice(meta, *_manifest_grid(meta.get("manifest", "")))
+    rows_key, cols_key = rows_key or kept_rows, cols_key or kept_cols
     write_report(Path(run_dir), rows, extra=extra, rows_key=rows_key, cols_key=cols_key)
+    new = {GRID_META[axis]: name for axis, name in chosen.items() if name}
+    if new:  # kept: the next `run` lays report.html out the same way
+        with StateStore.open(run_dir, create=False, lock=False) as store:
+            store.set_meta(**new)
     return Path(run_dir) / "report.csv"
+
+
+def _manifest_grid(manifest: str) -> tuple[str | None, str | None]:
+    """The `report:` grid of the run's manifest, when it is still there and valid."""
+    try:
+        grid = load_manifest(manifest).report if manifest else None
+    except (BatchrunError, OSError):
+        grid = None
+    return (grid.rows, grid.cols) if grid else (None, None)

@@ -10,9 +10,11 @@ from typing import Any
 import click
 
 from batchrun import lock, origin as og, state as st
+from batchrun.api_answers import AMBIGUOUS_SUBMIT
 from batchrun.budget import amount
 from batchrun.pricing import usd
-from batchrun.progress import describe
+from batchrun.progress import describe, report_counts
+from batchrun.records import report_status
 from batchrun.state import StateStore
 
 
@@ -42,7 +44,7 @@ def status_data(run_dir: Path) -> dict[str, Any]:
         "origin": og.recorded(meta, run_dir) or "",
         "active_pid": lock.holder(run_dir),
         "total": len(rows),
-        "counts": counts,
+        "counts": report_counts(counts),
         "cost_usd": float(spent),  # what the finished jobs cost (include_cost)
         "est_cost_usd": float(est) if est else None,  # the plan's estimate at the last run
         "unpriced_jobs": int(meta.get("unpriced_jobs") or 0),
@@ -53,9 +55,14 @@ def status_data(run_dir: Path) -> dict[str, Any]:
             if r.status in (st.QUEUED, st.RUNNING)
         ],
         "problems": [
-            {"job_id": r.job_id, "model_id": r.model_id, "status": r.status, "error": r.error}
+            {
+                "job_id": r.job_id,
+                "model_id": r.model_id,
+                "status": report_status(r.status),
+                "error": r.error or AMBIGUOUS_SUBMIT.format(why="sent; no answer recorded yet"),
+            }
             for r in rows
-            if r.status in (st.FAILED, st.TIMED_OUT, st.CANCELLED, st.UNKNOWN)
+            if r.status in (st.FAILED, st.TIMED_OUT, st.CANCELLED, st.UNKNOWN, st.SUBMITTING)
         ],
     }
 

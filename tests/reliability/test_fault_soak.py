@@ -93,7 +93,7 @@ def test_fault_soak_completes_with_every_failure_explained(
     # Every job ends succeeded or failed, except ambiguous submits, which the report explains.
     for job_id, r in rows.items():
         if job_id in ambiguous:
-            assert r["status"] == "pending" and r["error"], r
+            assert r["status"] == "unknown" and r["error"], r
         else:
             assert r["status"] in ("succeeded", "failed"), r
     # What the simulator ran and what the report says agree (nothing lost).
