@@ -6,14 +6,12 @@ exit code and printed without a traceback in `main`, the one place that does so.
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Callable
 from typing import Any
 
 import click
 
 from batchrun import __version__, commands
-from batchrun.commands.selection import Options as SubsetOptions
+from batchrun.commands import options as opt
 from batchrun.errors import BatchrunError
 
 
@@ -29,9 +27,8 @@ def cli() -> None:
     """
 
 
-# Each command returns its exit code (an int); `main` maps errors to exit codes.
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the console script: returns the process exit code."""
+    """Entry point of the console script: runs a command, maps errors to exit codes."""
     try:
         code = cli.main(args=argv, prog_name="batchrun", standalone_mode=False)
     except click.exceptions.Abort:
@@ -51,50 +48,6 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:
         return 0
     return code if isinstance(code, int) else 0
-
-
-def subset_options(command: Callable[..., Any]) -> Callable[..., Any]:
-    """--only, --first, --sample, --seed and --shard, shared by `plan` and `run`."""
-    options = [
-        click.option(
-            "--only",
-            multiple=True,
-            metavar="EXPR",
-            help="Only jobs matching EXPR: model=ID, input.FIELD=VALUE, var.NAME=VALUE or "
-            "job=ID_PREFIX (repeatable; all must match).",
-        ),
-        click.option(
-            "--first", type=click.IntRange(min=1), metavar="N", help="The first N jobs per model."
-        ),
-        click.option(
-            "--sample",
-            type=click.IntRange(min=1),
-            metavar="N",
-            help="N jobs drawn at random; the same --seed draws the same jobs.",
-        ),
-        click.option("--seed", type=int, metavar="S", help="Seed of --sample [default: 0]."),
-        click.option(
-            "--shard",
-            metavar="K/N",
-            help="The K-th of N shards (by job id; every job in exactly one), e.g. 1/4.",
-        ),
-    ]
-    for option in reversed(options):
-        command = option(command)
-    return command
-
-
-def _subset(
-    only: tuple[str, ...],
-    first: int | None,
-    sample: int | None,
-    seed: int | None,
-    shard: str | None,
-) -> SubsetOptions:
-    return SubsetOptions(only=only, first=first, sample=sample, seed=seed, shard=shard)
-
-
-# ---- init / schema / validate / plan (manifest + grid) ---------------------------------------
 
 
 @cli.command()
@@ -126,15 +79,9 @@ def schema() -> int:
 
 @cli.command()
 @click.argument("manifests", nargs=-1, required=True, type=click.Path(dir_okay=False))
-@click.option("--strict", is_flag=True, help="A model without a local input schema is an error.")
-@click.option(
-    "--schemas",
-    type=click.Path(file_okay=False),
-    metavar="DIR",
-    help="Model schema folder searched first [default: $BATCHRUN_SCHEMA_DIR], then "
-    "schemas/models/ beside the manifest, then the packaged schemas.",
-)
-def validate(manifests: tuple[str, ...], strict: bool, schemas: str | None) -> int:
+@opt.strict
+@opt.schemas
+def validate(manifests: tuple[str, ...], **options: Any) -> int:
     """Check manifests and every expanded job's inputs; no network.
 
     Prints "FILE: ok (N jobs)" per valid manifest; every problem otherwise, as
@@ -144,42 +91,22 @@ def validate(manifests: tuple[str, ...], strict: bool, schemas: str | None) -> i
     Example:
       batchrun validate manifests/*.yaml
     """
-    return commands.validate.validate(manifests, strict=strict, schemas=schemas)
+    return commands.validate.validate(manifests, **options)
 
 
 @cli.command()
 @click.argument("manifest", type=click.Path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per job, one a line.")
-@click.option("--strict", is_flag=True, help="A model without a local input schema is an error.")
-@click.option(
-    "--schemas",
-    type=click.Path(file_okay=False),
-    metavar="DIR",
-    help="Model schema folder searched first [default: $BATCHRUN_SCHEMA_DIR], then "
-    "schemas/models/ beside the manifest, then the packaged schemas.",
-)
-@subset_options
-def plan(
-    manifest: str,
-    as_json: bool,
-    strict: bool,
-    schemas: str | None,
-    only: tuple[str, ...],
-    first: int | None,
-    sample: int | None,
-    seed: int | None,
-    shard: str | None,
-) -> int:
+@opt.strict
+@opt.schemas
+@opt.subset
+def plan(manifest: str, **options: Any) -> int:
     """Show the jobs a manifest expands to and what they will cost, without running anything.
 
-    Prints the job count and estimated cost per model, the total (and how many
-    jobs have no price), and a table of jobs with the values that vary between
-    them. With --json, prints one object per job a line: job_id, model_id,
-    inputs, vars, repeat, est_cost_usd (null when unpriced). Prices come from
-    the model schema files (see `batchrun models pull`).
-
-    --only, --first, --sample and --shard show part of the sweep, as `run` would
-    run it (how many jobs were left out goes to stderr).
+    Prints the job count and estimated cost per model, the total, and a table of
+    the values that vary between jobs. With --json, one object per job a line:
+    job_id, model_id, inputs, vars, repeat, est_cost_usd (null when unpriced).
+    Prices come from the model schema files (see `batchrun models pull`).
 
     \b
     Examples:
@@ -187,24 +114,19 @@ def plan(
       batchrun plan manifests/quickstart.yaml --json | jq .inputs.prompt
       batchrun plan manifests/quickstart.yaml --only var.color=indigo --shard 1/2
     """
-    return commands.plan.plan(
-        manifest,
-        as_json=as_json,
-        strict=strict,
-        schemas=schemas,
-        subset=_subset(only, first, sample, seed, shard),
-    )
-
-
-# ---- run / status / cancel / report (engine) -------------------------------------------------
+    return commands.plan.plan(manifest, **options)
 
 
 @cli.command()
 @click.argument("manifest", type=click.Path(dir_okay=False))
-@click.option("--simulate", is_flag=True, help="Run against the built-in simulator (no token).")
+@click.option(
+    "--simulate",
+    "simulate_api",
+    is_flag=True,
+    help="Run against the built-in simulator (no token).",
+)
 @click.option(
     "--sim",
-    "sim",
     multiple=True,
     metavar="KEY=VALUE",
     help="A simulator setting for --simulate, e.g. --sim fail_rate=0.1 (repeatable).",
@@ -212,7 +134,7 @@ def plan(
 @click.option(
     "--run-dir", type=click.Path(file_okay=False), help="Run folder [default: outputs.dir]."
 )
-@click.option("--api-base", help="API base URL [default: $RUNCOMFY_MODEL_API_BASE or RunComfy].")
+@opt.api_base
 @click.option("--retry-failed", is_flag=True, help="Submit failed and timed-out jobs again.")
 @click.option(
     "--resubmit-unknown",
@@ -222,14 +144,8 @@ def plan(
 @click.option(
     "--cancel-on-interrupt", is_flag=True, help="On Ctrl-C, cancel requests still queued."
 )
-@click.option("--strict", is_flag=True, help="A model without a local input schema is an error.")
-@click.option(
-    "--schemas",
-    type=click.Path(file_okay=False),
-    metavar="DIR",
-    help="Model schema folder searched first [default: $BATCHRUN_SCHEMA_DIR], then "
-    "schemas/models/ beside the manifest, then the packaged schemas.",
-)
+@opt.strict
+@opt.schemas
 @click.option(
     "--max-cost",
     metavar="USD",
@@ -242,76 +158,36 @@ def plan(
     "[default: the manifest's run.cache; none].",
 )
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or log lines.")
-@subset_options
+@opt.subset
 @click.option(
     "--shard-full-rate",
     is_flag=True,
     help="With --shard K/N: keep the full rate_limit and max_in_flight (shards on separate "
     "accounts) instead of 1/N of each.",
 )
-def run(
-    manifest: str,
-    simulate: bool,
-    sim: tuple[str, ...],
-    run_dir: str | None,
-    api_base: str | None,
-    retry_failed: bool,
-    resubmit_unknown: bool,
-    cancel_on_interrupt: bool,
-    strict: bool,
-    schemas: str | None,
-    max_cost: str | None,
-    cache: str | None,
-    quiet: bool,
-    only: tuple[str, ...],
-    first: int | None,
-    sample: int | None,
-    seed: int | None,
-    shard: str | None,
-    shard_full_rate: bool,
-) -> int:
+def run(manifest: str, **options: Any) -> int:
     """Run the whole batch of MANIFEST; running it again on the same run folder resumes.
 
-    --only, --first, --sample and --shard run part of it; the folder's other jobs
-    stay as they are. A shard uses 1/N of rate_limit and max_in_flight (the shards
-    of a CI matrix usually share one account); `batchrun merge` joins the shards.
+    A shard (--shard K/N) uses 1/N of rate_limit and max_in_flight; `batchrun
+    merge` joins the shards' folders.
 
     \b
-    Example (offline, on the built-in simulator):
-      batchrun run manifests/quickstart.yaml --simulate
-    Against RunComfy:
-      export RUNCOMFY_TOKEN=...; batchrun run manifests/quickstart.yaml
-    One shard of four (e.g. in a CI matrix):
+    Examples:
+      batchrun run manifests/quickstart.yaml --simulate      # offline
+      batchrun run manifests/quickstart.yaml                 # with RUNCOMFY_TOKEN
       batchrun run manifests/quickstart.yaml --shard 1/4 --run-dir runs/shard-1
-    Reuse results of earlier runs (no API call, nothing paid for those):
-      batchrun run manifests/quickstart.yaml --cache ~/.cache/batchrun
 
-    Exit codes: 0 all succeeded, 1 some failed, timed out or were cancelled, 2 invalid
-    manifest or usage, 3 no token or refused token, 130 interrupted (state saved).
+    Exit codes: 0 all succeeded; 1 some failed or the run halted; 2 invalid manifest
+    or usage; 3 token, balance or unreachable API; 4 at the cost budget; 130
+    interrupted (state saved).
     """
-    return commands.run.run(
-        manifest,
-        simulate_api=simulate,
-        sim=sim,
-        run_dir=run_dir,
-        api_base_option=api_base,
-        retry_failed=retry_failed,
-        resubmit_unknown=resubmit_unknown,
-        cancel_on_interrupt=cancel_on_interrupt,
-        strict=strict,
-        schemas=schemas,
-        max_cost=max_cost,
-        cache=cache,
-        quiet=quiet,
-        subset=_subset(only, first, sample, seed, shard),
-        shard_full_rate=shard_full_rate,
-    )
+    return commands.run.run(manifest, **options)
 
 
 @cli.command()
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def status(run_dir: str, as_json: bool) -> int:
+def status(run_dir: str, **options: Any) -> int:
     """Counts per state, failing jobs with their errors, what is still on the server.
 
     Reads the run folder without locking it, so it works while a run is active.
@@ -320,13 +196,17 @@ def status(run_dir: str, as_json: bool) -> int:
     Example:
       batchrun status outputs/quickstart
     """
-    return commands.status.status(run_dir, as_json=as_json)
+    return commands.status.status(run_dir, **options)
 
 
 @cli.command()
 @click.argument("run_dir", type=click.Path(file_okay=False))
-@click.option("--api-base", help="API base URL [default: the one the run used].")
-def cancel(run_dir: str, api_base: str | None) -> int:
+@click.option(
+    "--api-base",
+    "api_base_option",
+    help="API base URL [default: $RUNCOMFY_MODEL_API_BASE, else the one the run used].",
+)
+def cancel(run_dir: str, **options: Any) -> int:
     """Cancel every request of RUN_DIR still queued on the server (needs RUNCOMFY_TOKEN).
 
     Running requests cannot be cancelled; they finish and are billed.
@@ -335,7 +215,7 @@ def cancel(run_dir: str, api_base: str | None) -> int:
     Example:
       batchrun cancel outputs/quickstart
     """
-    return commands.cancel.cancel(run_dir, api_base_option=api_base)
+    return commands.cancel.cancel(run_dir, **options)
 
 
 @cli.command()
@@ -354,14 +234,14 @@ def cancel(run_dir: str, api_base: str | None) -> int:
     help="Swept field for the columns of report.html (model: models side by side); kept for "
     "later runs.",
 )
-def report(run_dir: str, rows_key: str | None = None, cols_key: str | None = None) -> int:
+def report(run_dir: str, **options: Any) -> int:
     """Rewrite report.csv, summary.json and report.html of RUN_DIR from its state.db.
 
     \b
     Example:
       batchrun report outputs/quickstart
     """
-    return commands.report.report(run_dir, rows_key=rows_key, cols_key=cols_key)
+    return commands.report.report(run_dir, **options)
 
 
 @cli.command()
@@ -373,23 +253,18 @@ def report(run_dir: str, rows_key: str | None = None, cols_key: str | None = Non
     metavar="DIR",
     help="The merged run folder to make (new or empty).",
 )
-def merge(run_dirs: tuple[str, ...], into: str) -> int:
-    """Merge shard run folders into one: state.db, files/, report.csv, summary.json
-    and report.html, as if one run had done every job.
+def merge(run_dirs: tuple[str, ...], **options: Any) -> int:
+    """Merge shard run folders into one, as if one run had done every job.
 
-    A job found in two folders with different results (status, request id or
-    output sha256) is refused, naming the job and both folders (exit 2). Files are
-    hard-linked when on one filesystem, else copied, and checked by sha256.
+    A job with different results in two folders is refused (exit 2). Files are
+    hard-linked (or copied) and checked by sha256.
 
     \b
     Example (after `batchrun run M --shard K/2 --run-dir runs/shard-K`):
       batchrun merge runs/shard-1 runs/shard-2 --into runs/all
       batchrun compare baselines/sweep runs/all
     """
-    return commands.merge.merge(run_dirs, into=into)
-
-
-# ---- compare ---------------------------------------------------------------------------------
+    return commands.merge.merge(run_dirs, **options)
 
 
 @cli.command("compare")
@@ -405,70 +280,31 @@ def merge(run_dirs: tuple[str, ...], into: str) -> int:
 @click.option(
     "--max-slowdown",
     type=click.FloatRange(min=0, min_open=True),
-    default=None,
     metavar="X",
     help="Mark a job slower when its run_s exceeds the baseline's times X (off by default).",
 )
 @click.option(
     "--image-tolerance",
     type=click.FloatRange(0, 1),
-    default=None,
     metavar="D",
     help="Images whose bytes differ but whose distance (1 - SSIM: a re-encode ~0, a small "
     "edit ~0.02-0.07, unrelated ~0.9) is at most D count as unchanged. Needs Pillow: "
     "pip install 'runcomfy-batchrun[images]'.",
 )
-@click.option(
-    "--markdown",
-    "markdown_file",
-    type=click.Path(dir_okay=False),
-    default=None,
-    help="Append a markdown summary to FILE (fits $GITHUB_STEP_SUMMARY); - is stdout.",
-)
-@click.option(
-    "--junit",
-    "junit_file",
-    type=click.Path(dir_okay=False),
-    default=None,
-    help="Write JUnit XML: one testcase per job; - is stdout.",
-)
-@click.option(
-    "--json",
-    "json_file",
-    type=click.Path(dir_okay=False),
-    default=None,
-    help="Write the full result as JSON; - is stdout.",
-)
-@click.option(
-    "--html",
-    "html_file",
-    type=click.Path(dir_okay=False),
-    default=None,
-    help="Write an HTML page: baseline and current side by side for changed jobs; - is stdout.",
-)
+@opt.output("--markdown", "Append a markdown summary (fits $GITHUB_STEP_SUMMARY).")
+@opt.output("--junit", "Write JUnit XML: one testcase per job.")
+@opt.output("--json", "Write the full result as JSON.")
+@opt.output("--html", "Write an HTML page: baseline and current side by side for changes.")
 @click.option(
     "--update-baseline",
     "baseline_dir",
     type=click.Path(file_okay=False),
-    default=None,
     metavar="DIR",
     help="Copy the current report.csv and files/ into DIR (created if missing; BASELINE may "
     "be DIR and not exist yet).",
 )
 @click.option("-q", "--quiet", is_flag=True, help="Print only the verdict line.")
-def compare_cmd(
-    baseline: str,
-    current: str,
-    fail_on: str,
-    max_slowdown: float | None,
-    image_tolerance: float | None,
-    markdown_file: str | None,
-    junit_file: str | None,
-    json_file: str | None,
-    html_file: str | None,
-    baseline_dir: str | None,
-    quiet: bool,
-) -> int:
+def compare_cmd(baseline: str, current: str, **options: Any) -> int:
     """Compare two runs (run folders or report.csv files) and gate on regressions.
 
     Jobs are matched by job id and classed unchanged, changed (output sha256
@@ -480,22 +316,7 @@ def compare_cmd(
       batchrun compare baselines/umbrella runs/umbrella \\
           --markdown "$GITHUB_STEP_SUMMARY" --junit compare.xml --image-tolerance 0.02
     """
-    return commands.compare.compare(
-        baseline,
-        current,
-        fail_on=fail_on,
-        max_slowdown=max_slowdown,
-        image_tolerance=image_tolerance,
-        markdown_file=markdown_file,
-        junit_file=junit_file,
-        json_file=json_file,
-        html_file=html_file,
-        baseline_dir=baseline_dir,
-        quiet=quiet,
-    )
-
-
-# ---- models (the catalog) -------------------------------------------------------------------
+    return commands.compare.compare(baseline, current, **options)
 
 
 @cli.group()
@@ -505,41 +326,32 @@ def models() -> None:
 
 @models.command("pull")
 @click.argument("model_ids", nargs=-1, required=True, metavar="MODEL_ID...")
-@click.option(
-    "--dir",
-    "dest",
-    type=click.Path(file_okay=False),
-    help="Schema folder to write to [default: schemas/models].",
-)
-@click.option("--api-base", help="API base URL [default: $RUNCOMFY_MODEL_API_BASE or RunComfy].")
-def models_pull(model_ids: tuple[str, ...], dest: str | None, api_base: str | None) -> int:
+@click.option("--dir", "dest", type=click.Path(file_okay=False), help="[default: schemas/models]")
+@opt.api_base
+def models_pull(model_ids: tuple[str, ...], **options: Any) -> int:
     """Store each model's catalog entry (input schema, price, when fetched) as a schema file.
 
-    The file is DIR/<id with / as __>.json; validate, plan and run find it there
-    (schemas/models/ beside the manifest, or --schemas DIR). Pull again to refresh.
+    The file is DIR/<id with / as __>.json, where validate, plan and run find it.
 
     \b
     Example:
       batchrun models pull google/nano-banana-2-lite/text-to-image
       batchrun plan manifests/quickstart.yaml
     """
-    return commands.models.pull(model_ids, dest=dest, api_base_option=api_base)
+    return commands.models.pull(model_ids, **options)
 
 
 @models.command("list")
 @click.option("--search", default="", metavar="TEXT", help="Only models whose id or name has TEXT.")
-@click.option("--api-base", help="API base URL [default: $RUNCOMFY_MODEL_API_BASE or RunComfy].")
-def models_list(search: str, api_base: str | None) -> int:
+@opt.api_base
+def models_list(**options: Any) -> int:
     """List the catalog's models: id, name and price (e.g. $0.044/output).
 
     \b
     Example:
       batchrun models list --search seedance
     """
-    return commands.models.list_models(search, api_base_option=api_base)
-
-
-# ---- simulate --------------------------------------------------------------------------------
+    return commands.models.list_models(**options)
 
 
 @cli.command()
@@ -583,7 +395,3 @@ def simulate(port: int, config_file: str | None, **flags: object) -> int:
       batchrun run manifests/quickstart.yaml
     """
     return commands.simulate.simulate(port, config_file, flags)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -29,10 +29,14 @@ def plan(
     as_json: bool,
     strict: bool,
     schemas: str | None = None,
-    subset: selection.Options | None = None,
+    only: tuple[str, ...] = (),
+    first: int | None = None,
+    sample: int | None = None,
+    seed: int | None = None,
+    shard: str | None = None,
 ) -> int:
     """Print the plan (a table, or one JSON object per job a line); 0."""
-    chosen = selection.parse(subset or selection.Options())
+    chosen = selection.parse(selection.Options(only, first, sample, seed, shard))
     built = build_plan(manifest, strict=strict, schema_dirs=schema_dirs(schemas))
     warn(built.warnings)
     if chosen.active:

@@ -31,14 +31,18 @@ def run(
     quiet: bool,
     schemas: str | None = None,
     max_cost: str | None = None,
-    subset: selection.Options | None = None,
+    only: tuple[str, ...] = (),
+    first: int | None = None,
+    sample: int | None = None,
+    seed: int | None = None,
+    shard: str | None = None,
     shard_full_rate: bool = False,
     cache: str | None = None,
 ) -> int:
     """Run (or resume) the batch; the engine's exit code (0, 1 or 130)."""
     if sim and not simulate_api:
         raise UsageError("--sim KEY=VALUE only applies with --simulate")
-    subset = subset or selection.Options()
+    subset = selection.Options(only, first, sample, seed, shard)
     chosen = selection.parse(subset)
     if shard_full_rate and chosen.shard is None:
         raise UsageError("--shard-full-rate only applies with --shard K/N")
@@ -49,13 +53,13 @@ def run(
     warn(plan.warnings)
     warn(budget_warnings(plan, "--max-cost" if cap is not None else "run.max_cost_usd"))
     cache_dir = _cache_folder(cache, plan.manifest.run.cache)
-    only: frozenset[str] | None = None
+    only_ids: frozenset[str] | None = None
     left_out = 0
     if chosen.active:
         # The plan keeps every job: the engine must know the manifest's jobs to leave the
         # others in the run folder as they are.
         picked = selection.choose(plan, chosen)[1]
-        only, left_out = frozenset(j.job_id for j in picked.jobs), picked.left_out
+        only_ids, left_out = frozenset(j.job_id for j in picked.jobs), picked.left_out
         if not quiet:
             click.echo(selection.left_out_line(picked, chosen), err=True)
     share = chosen.shard[1] if chosen.shard and not shard_full_rate else 1
@@ -97,7 +101,7 @@ def run(
         cancel_on_interrupt=cancel_on_interrupt,
         quiet=quiet,
         resume_command=shlex.join(resume),
-        only=only,
+        only=only_ids,
         left_out=left_out,
         share=share,
         cache=cache_dir,
