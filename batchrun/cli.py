@@ -315,8 +315,14 @@ def compare_cmd(
 @click.option("--port", type=int, default=8787, show_default=True, help="0 picks a free port.")
 @click.option("--token", help="Bearer token the simulator accepts [default: sim-token].")
 @click.option("--seed", type=int, help="Seed for every random draw (faults, run times).")
-@click.option("--workers", type=int, help="Jobs running at once; 0 = unlimited [default: 4].")
-@click.option("--run-time", help="Mean job run time, e.g. 1.5 or 500ms [default: 1s].")
+@click.option(
+    "--concurrency",
+    "--workers",
+    "concurrency",
+    type=int,
+    help="Jobs the account runs at once, the rest queued; 0 = unlimited [default: 4].",
+)
+@click.option("--run-time", help="Job run time: 1.5 or 500ms (mean), 0.5-1.5, lognormal:1s:0.8:20s")
 @click.option("--rate-limit", help="API calls allowed, e.g. 10/s or 600/min; above: 429.")
 @click.option("--error-rate", help="Fraction of API calls answered 500/502/503.")
 @click.option("--drop-rate", help="Fraction of API calls whose connection drops mid-answer.")

@@ -13,12 +13,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import requests
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repo's testing/ helpers
+from testing.simproc import SimProcess, start_simulator  # noqa: E402
 
 MODEL = "google/nano-banana-2-lite/text-to-image"
 
@@ -44,27 +47,6 @@ def worker(base: str, token: str, stop_at: float, counts: list[int], errors: lis
         n += 1
 
 
-def start_child(workers: int) -> tuple[subprocess.Popen, str, str]:
-    cmd = [
-        sys.executable,
-        "-m",
-        "batchrun",
-        "simulate",
-        "--port",
-        "0",
-        "--run-time",
-        "0.2",
-        "--workers",
-        str(workers),
-    ]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
-    assert proc.stdout is not None
-    first = proc.stdout.readline()  # "batchrun simulator on URL  token: T"
-    base = first.split(" on ", 1)[1].split()[0]
-    token = first.rsplit("token: ", 1)[1].strip()
-    return proc, base, token
-
-
 def cpu_seconds(pid: int) -> float | None:
     """User + system CPU time of a process (Linux /proc), None elsewhere."""
     try:
@@ -83,10 +65,12 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=8)
     ap.add_argument("--workers", type=int, default=0, help="simulator workers (child only)")
     args = ap.parse_args()
-    proc = None
+    sim: SimProcess | None = None
     base, token = args.base_url, args.token
     if not base:
-        proc, base, token = start_child(args.workers)
+        sim = start_simulator("--run-time", "0.2", "--workers", str(args.workers), token=token)
+        base = sim.base_url
+    pid = sim.proc.pid if sim else None
     try:
         counts = [0] * args.threads
         errors = [0] * args.threads
@@ -95,14 +79,14 @@ def main() -> int:
             threading.Thread(target=worker, args=(base, token, stop_at, counts, errors, i))
             for i in range(args.threads)
         ]
-        cpu_before = cpu_seconds(proc.pid) if proc else None
+        cpu_before = cpu_seconds(pid) if pid else None
         started = time.monotonic()
         for t in threads:
             t.start()
         for t in threads:
             t.join()
         elapsed = time.monotonic() - started
-        cpu_after = cpu_seconds(proc.pid) if proc else None
+        cpu_after = cpu_seconds(pid) if pid else None
         stats = requests.get(f"{base}/_sim/stats", timeout=10).json()
         total = sum(counts)
         print(
@@ -117,9 +101,8 @@ def main() -> int:
             )
         print("server counted:", json.dumps(stats["calls"]), "peak_rate_1s:", stats["peak_rate_1s"])
     finally:
-        if proc is not None:
-            proc.terminate()
-            proc.wait(timeout=10)
+        if sim is not None:
+            sim.stop()
     return 0
 
 

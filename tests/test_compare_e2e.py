@@ -7,8 +7,6 @@ fraction of jobs; compare must name exactly those (derived from the two report.c
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,22 +14,13 @@ import yaml
 
 from batchrun.cli import cli
 from batchrun.compare import load_run, split_cell
+from testing.cli import run_cli
 
 pytestmark = pytest.mark.skipif(
     "run" not in cli.commands, reason="the run engine (`batchrun run`) is not in this tree yet"
 )
 
 FAST = ["--sim", "run_time=0.05", "--sim", "run_time_jitter=0", "--sim", "workers=0"]
-
-
-def batchrun(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "batchrun", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +35,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     manifest["matrix"] = {"seed": list(range(1, 11))}  # 2 x 10 = 20 jobs
     (root / "sweep.yaml").write_text(yaml.safe_dump(manifest))
     for name, extra in [("base", []), ("same", []), ("drift", ["--sim", "drift=0.2"])]:
-        done = batchrun(
+        done = run_cli(
             "run", "sweep.yaml", "--simulate", "--run-dir", name, "--quiet", *FAST, *extra, cwd=root
         )
         assert done.returncode == 0, f"run {name}: {done.returncode}\n{done.stdout}\n{done.stderr}"
@@ -59,7 +48,7 @@ def _shas(run: Path) -> dict[str, list[str]]:
 
 def test_identical_runs_pass(runs: Path) -> None:
     assert _shas(runs / "base") == _shas(runs / "same")  # the simulator is deterministic
-    done = batchrun("compare", "base", "same", "--json", "same.json", cwd=runs)
+    done = run_cli("compare", "base", "same", "--json", "same.json", cwd=runs)
     assert done.returncode == 0, done.stdout + done.stderr
     doc = json.loads((runs / "same.json").read_text())
     assert doc["passed"] is True
@@ -72,7 +61,7 @@ def test_drift_fails_naming_exactly_the_drifted_jobs(runs: Path) -> None:
     drifted = {job for job in base if base[job] != drift[job]}
     assert 0 < len(drifted) < len(base)
 
-    done = batchrun(
+    done = run_cli(
         "compare",
         "base",
         "drift",
@@ -98,7 +87,7 @@ def test_drift_fails_naming_exactly_the_drifted_jobs(runs: Path) -> None:
 
 def test_drifted_images_are_visibly_different(runs: Path) -> None:
     # drift changes pixels, not just bytes: a small tolerance must not hide it
-    done = batchrun("compare", "base", "drift", "--image-tolerance", "0.001", cwd=runs)
+    done = run_cli("compare", "base", "drift", "--image-tolerance", "0.001", cwd=runs)
     assert done.returncode == 1, done.stdout + done.stderr
 
 
@@ -123,7 +112,7 @@ def test_report_html_of_a_simulated_run(runs: Path) -> None:
 
 
 def test_report_command_lays_out_report_html(runs: Path) -> None:
-    done = batchrun("report", "same", "--rows", "color", "--cols", "input.seed", cwd=runs)
+    done = run_cli("report", "same", "--rows", "color", "--cols", "input.seed", cwd=runs)
     assert done.returncode == 0, done.stderr
     page = (runs / "same" / "report.html").read_text()
     corner = "<th>var.color \\ input.seed</th>"
@@ -131,6 +120,6 @@ def test_report_command_lays_out_report_html(runs: Path) -> None:
     headers = page.split(corner, 1)[1].split("</tr>", 1)[0]
     assert headers == "".join(f"<th>{seed}</th>" for seed in range(1, 11))
 
-    done = batchrun("report", "same", "--rows", "size", cwd=runs)
+    done = run_cli("report", "same", "--rows", "size", cwd=runs)
     assert done.returncode == 2
     assert "error: --rows/--cols: no swept field 'size'; choose from " in done.stderr

@@ -554,7 +554,7 @@ def test_hostile_simulator_outputs(tmp_path: Path, sleeps: list[float]) -> None:
     from batchrun.simulator.server import Simulator
     from batchrun.simulator.settings import SimSettings
 
-    settings = SimSettings(malicious=True, workers=0, run_time=0.0, run_time_jitter=0.0)
+    settings = SimSettings(malicious=True, concurrency=0, run_time=0.0, run_time_jitter=0.0)
     run_dir = tmp_path / "run"
     outcomes: dict[str, str] = {}
     with Simulator(settings) as sim:

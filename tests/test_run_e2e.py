@@ -8,7 +8,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -20,8 +19,11 @@ from batchrun.cli import cli
 from batchrun.engine import RunOptions, run_batch
 from batchrun.errors import AuthError, RunFolderInUse, StateError
 from batchrun.plan import build_plan
-from batchrun.simulator import SimSettings, Simulator
+from batchrun.simulator import Simulator
 from batchrun.state import StateStore
+from testing.cli import batchrun_cmd, clean_env
+from testing.simproc import start_simulator
+from testing.simulators import simulators
 
 TOKEN = "tok-e2e-SECRET-5b1f9c"
 IMAGE = (
@@ -33,18 +35,8 @@ REPO = Path(__file__).resolve().parent.parent
 
 @pytest.fixture
 def start_sim():
-    sims: list[Simulator] = []
-
-    def start(**settings) -> Simulator:
-        settings.setdefault("run_time", 0.1)
-        settings.setdefault("workers", 0)
-        sim = Simulator(SimSettings.from_mapping({"token": TOKEN, **settings})).start()
-        sims.append(sim)
-        return sim
-
-    yield start
-    for sim in sims:
-        sim.stop()
+    with simulators(token=TOKEN, run_time=0.1, workers=0) as start:
+        yield start
 
 
 def manifest(tmp_path: Path, *, jobs: int = 4, run: dict | None = None, models=None) -> Path:
@@ -100,8 +92,7 @@ def assert_token_absent(run_dir: Path, *texts: str) -> None:
 
 def run_cmd(path: Path, run_dir: Path, api_base: str, *extra: str) -> list[str]:
     """`batchrun run` as a user types it, for a child process."""
-    run = [sys.executable, "-m", "batchrun", "run", str(path), "--run-dir", str(run_dir)]
-    return [*run, "--api-base", api_base, *extra]
+    return batchrun_cmd("run", str(path), "--run-dir", str(run_dir), "--api-base", api_base, *extra)
 
 
 def test_output_shapes_downloads_and_report(tmp_path, start_sim):
@@ -301,18 +292,18 @@ def test_cancel_command_while_a_run_is_active(tmp_path, start_sim):
     assert sim.stats()["jobs"].get("cancelled") == 2
 
 
-def _cli_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RUNCOMFY_")}
-    return {**env, "RUNCOMFY_TOKEN": TOKEN, "PYTHONUNBUFFERED": "1"}
-
-
 def test_ctrl_c_saves_state_prints_resume_command_and_resume_finishes(tmp_path, start_sim):
     sim = start_sim(workers=2, run_time=0.3)
     run_dir = tmp_path / "run"
     path = manifest(tmp_path, jobs=12, run={"max_in_flight": 4, "rate_limit": "20/s"})
     cmd = run_cmd(path, run_dir, sim.base_url)
     proc = subprocess.Popen(
-        cmd, env=_cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path
+        cmd,
+        env=clean_env(TOKEN),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
     )
     until(lambda: sim.stats()["submits"] >= 4, what="4 submits")
     proc.send_signal(signal.SIGINT)
@@ -323,7 +314,7 @@ def test_ctrl_c_saves_state_prints_resume_command_and_resume_finishes(tmp_path, 
     assert (run_dir / "report.csv").exists()
     before = sim.stats()["submits"]
     assert before < 12
-    proc2 = subprocess.run(cmd, env=_cli_env(), capture_output=True, text=True, timeout=60)
+    proc2 = subprocess.run(cmd, env=clean_env(TOKEN), capture_output=True, text=True, timeout=60)
     assert proc2.returncode == 0, proc2.stderr
     stats = sim.stats()
     assert stats["duplicate_submits"] == 0 and stats["submits"] == 12
@@ -336,7 +327,7 @@ def test_second_ctrl_c_exits_at_once_and_state_stays_consistent(tmp_path, start_
     run_dir = tmp_path / "run"
     path = manifest(tmp_path, jobs=4, run={"max_in_flight": 2})
     cmd = run_cmd(path, run_dir, sim.base_url)
-    proc = subprocess.Popen(cmd, env=_cli_env(), stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, env=clean_env(TOKEN), stderr=subprocess.PIPE, text=True)
     until(lambda: sim.stats()["api_calls"] >= 2, what="2 submits sent")
     proc.send_signal(signal.SIGINT)
     first = ""
@@ -360,7 +351,7 @@ def test_cancel_on_interrupt_cancels_queued_requests(tmp_path, start_sim):
     run_dir = tmp_path / "run"
     path = manifest(tmp_path, jobs=3, run={"poll_interval": "100ms"})
     cmd = run_cmd(path, run_dir, sim.base_url, "--cancel-on-interrupt")
-    proc = subprocess.Popen(cmd, env=_cli_env(), stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, env=clean_env(TOKEN), stderr=subprocess.PIPE, text=True)
     until(lambda: sim.stats()["jobs"].get("in_queue") == 2, what="2 queued on the server")
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
@@ -392,69 +383,40 @@ def test_manifest_change_adds_new_jobs_and_hides_removed(tmp_path, start_sim):
 @pytest.mark.slow
 def test_sigkill_at_several_points_then_resume_loses_and_duplicates_nothing(tmp_path):
     """A real `batchrun run` is SIGKILLed repeatedly on a 200-job run and restarted each time."""
-    sim_proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "batchrun",
-            "simulate",
-            "--port",
-            "0",
-            "--token",
-            TOKEN,
-            "--workers",
-            "8",
-            "--run-time",
-            "0.15",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    try:
-        base = _first_url(sim_proc)
+    with start_simulator("--workers", "8", "--run-time", "0.15", token=TOKEN) as sim_proc:
+        base = sim_proc.base_url
         run_dir = tmp_path / "run"
         path = manifest(tmp_path, jobs=200, run={"rate_limit": "200/s", "max_in_flight": 40})
-        cmd = [
-            sys.executable,
-            "-m",
-            "batchrun",
-            "run",
-            str(path),
-            "--run-dir",
-            str(run_dir),
-            "--api-base",
-            base,
-            "--quiet",
-        ]
-        import requests
+        cmd = run_cmd(path, run_dir, base, "--quiet")
 
         def submits() -> int:
-            return requests.get(f"{base}/_sim/stats", timeout=5).json()["submits"]
+            return int(sim_proc.stats()["submits"])
 
         for target in (20, 60, 110, 160):
-            proc = subprocess.Popen(cmd, env=_cli_env(), stderr=subprocess.DEVNULL)
+            proc = subprocess.Popen(cmd, env=clean_env(TOKEN), stderr=subprocess.DEVNULL)
             until(lambda t=target, p=proc: submits() >= t or p.poll() is not None, 30, "submits")
             assert proc.poll() is None, "the run finished before it could be killed"
             proc.send_signal(signal.SIGKILL)
             proc.wait(10)
-        final = subprocess.run(cmd, env=_cli_env(), capture_output=True, text=True, timeout=120)
+        final = subprocess.run(
+            cmd, env=clean_env(TOKEN), capture_output=True, text=True, timeout=120
+        )
         with StateStore.open(run_dir, create=False, lock=False) as s:
             unknown = [r for r in s.rows() if r.status == "unknown"]
         if unknown:  # killed between a committed SUBMITTING and the recorded request id
             final = subprocess.run(
                 cmd + ["--resubmit-unknown"],
-                env=_cli_env(),
+                env=clean_env(TOKEN),
                 capture_output=True,
                 text=True,
                 timeout=120,
             )
         assert final.returncode == 0, final.stderr
-        stats = requests.get(f"{base}/_sim/stats", timeout=5).json()
+        stats = sim_proc.stats()
         assert stats["duplicate_submits"] <= len(unknown)  # only inside the marked window
         rows = report(run_dir)
         assert len(rows) == 200 and {r["status"] for r in rows} == {"succeeded"}
-        served = requests.get(f"{base}/_sim/files", timeout=5).json()
+        served = sim_proc.files()
         for row in rows:
             for name, digest, url in zip(
                 row["output_files"].split(";"),
@@ -464,14 +426,3 @@ def test_sigkill_at_several_points_then_resume_loses_and_duplicates_nothing(tmp_
             ):
                 assert hashlib.sha256((run_dir / name).read_bytes()).hexdigest() == digest
                 assert served[url] == digest
-    finally:
-        sim_proc.terminate()
-        sim_proc.wait(10)
-
-
-def _first_url(proc: subprocess.Popen) -> str:
-    line = proc.stdout.readline()
-    for word in line.split():
-        if word.startswith("http://"):
-            return word.rstrip("/")
-    raise AssertionError(f"no URL in the simulator's first line: {line!r}")

@@ -10,11 +10,9 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -27,6 +25,7 @@ from batchrun.plan import build_plan
 from batchrun.simulator import SimSettings, Simulator
 from batchrun.simulator.persist import JOURNAL
 from batchrun.state import StateStore
+from testing.cli import batchrun_cmd, clean_env
 
 FLUX = "blackforestlabs/flux-1-kontext/pro/edit"
 IMAGE = "https://playgrounds-storage-public.runcomfy.net/tools/7063/media-files/in.webp"
@@ -53,15 +52,10 @@ def _manifest(tmp_path: Path, jobs: int = JOBS) -> Path:
 
 
 def _cmd(manifest: Path, run_dir: Path, *extra: str) -> list[str]:
-    return [
-        sys.executable,
-        *("-m", "batchrun", "run", str(manifest), "--simulate", "--run-dir", str(run_dir)),
+    return batchrun_cmd(
+        *("run", str(manifest), "--simulate", "--run-dir", str(run_dir)),
         *("--sim", "run_time=0.3", "--quiet", *extra),
-    ]
-
-
-def _env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith("RUNCOMFY_")}
+    )
 
 
 def _until(condition: Callable[[], object], timeout: float, what: str) -> None:
@@ -127,7 +121,7 @@ def test_ctrl_c_then_rerun_resumes_on_the_simulator(tmp_path: Path) -> None:
     manifest, run_dir = _manifest(tmp_path), tmp_path / "run"
     cmd = _cmd(manifest, run_dir)
     started = time.monotonic()
-    proc = subprocess.Popen(cmd, env=_env(), stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    proc = subprocess.Popen(cmd, env=clean_env(), stderr=subprocess.PIPE, text=True, cwd=tmp_path)
     _until(lambda: sum(_submits(run_dir).values()) >= 12, 10, "12 submits")
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=10)
@@ -138,7 +132,7 @@ def test_ctrl_c_then_rerun_resumes_on_the_simulator(tmp_path: Path) -> None:
     interrupted_at = time.monotonic()
     first_s = interrupted_at - started
 
-    again = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=30)
+    again = subprocess.run(cmd, env=clean_env(), capture_output=True, text=True, timeout=30)
     assert again.returncode == 0, again.stderr
     assert "request unknown" not in again.stderr
     _assert_complete(run_dir)
@@ -152,12 +146,12 @@ def test_ctrl_c_then_rerun_resumes_on_the_simulator(tmp_path: Path) -> None:
 def test_sigkill_then_rerun_resumes_on_the_simulator(tmp_path: Path) -> None:
     manifest, run_dir = _manifest(tmp_path), tmp_path / "run"
     cmd = _cmd(manifest, run_dir)
-    proc = subprocess.Popen(cmd, env=_env(), stderr=subprocess.DEVNULL, cwd=tmp_path)
+    proc = subprocess.Popen(cmd, env=clean_env(), stderr=subprocess.DEVNULL, cwd=tmp_path)
     _until(lambda: sum(_submits(run_dir).values()) >= 12, 10, "12 submits")
     proc.send_signal(signal.SIGKILL)
     proc.wait(10)
 
-    again = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=30)
+    again = subprocess.run(cmd, env=clean_env(), capture_output=True, text=True, timeout=30)
     with StateStore.open(run_dir, create=False, lock=False) as store:
         unknown = [r for r in store.rows() if r.status == "unknown"]
     if unknown:
@@ -165,7 +159,11 @@ def test_sigkill_then_rerun_resumes_on_the_simulator(tmp_path: Path) -> None:
         # the server took it. The simulator's journal can: only those may be submitted twice.
         assert again.returncode == 1, again.stderr
         again = subprocess.run(
-            [*cmd, "--resubmit-unknown"], env=_env(), capture_output=True, text=True, timeout=30
+            [*cmd, "--resubmit-unknown"],
+            env=clean_env(),
+            capture_output=True,
+            text=True,
+            timeout=30,
         )
         submits = _submits(run_dir)
         assert sum(n - 1 for n in submits.values()) <= len(unknown)
@@ -179,10 +177,10 @@ def test_sigkill_then_rerun_resumes_on_the_simulator(tmp_path: Path) -> None:
 def test_second_simulate_run_on_a_busy_folder_fails_clearly(tmp_path: Path) -> None:
     manifest, run_dir = _manifest(tmp_path, jobs=20), tmp_path / "run"
     cmd = _cmd(manifest, run_dir)
-    proc = subprocess.Popen(cmd, env=_env(), stderr=subprocess.DEVNULL, cwd=tmp_path)
+    proc = subprocess.Popen(cmd, env=clean_env(), stderr=subprocess.DEVNULL, cwd=tmp_path)
     try:
         _until(lambda: sum(_submits(run_dir).values()) >= 1, 10, "a submit")
-        second = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=30)
+        second = subprocess.run(cmd, env=clean_env(), capture_output=True, text=True, timeout=30)
         assert second.returncode != 0 and "in use" in second.stderr, second.stderr
         assert "Traceback" not in second.stderr
         ports = [r["port"] for r in _journal(run_dir) if r["type"] == "port"]

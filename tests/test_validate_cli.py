@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 
 from batchrun.cli import main
+from testing.cli import run_cli
 
 KONTEXT = "blackforestlabs/flux-1-kontext/pro/edit"
 MODEL = f"""
@@ -248,13 +247,7 @@ def test_plan_bad_manifest_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[
 
 
 def test_python_m_batchrun_validate(repo: Path) -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "batchrun", "validate", "manifests/quickstart.yaml"],
-        cwd=repo,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    proc = run_cli("validate", "manifests/quickstart.yaml", cwd=repo, timeout=60)
     assert (proc.returncode, proc.stdout) == (0, "manifests/quickstart.yaml: ok (6 jobs)\n")
 
 

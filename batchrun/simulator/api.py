@@ -134,7 +134,7 @@ class SimApp:
                 self.served_on(self.port)
 
     def snapshot(self) -> dict[str, Any]:
-        return self.stats.snapshot(self.queue.counts())
+        return self.stats.snapshot(self.queue.counts(), self.queue.run_times())
 
     def file_hashes(self) -> dict[str, str]:
         """url -> sha256 of every file currently served (expired ones left out)."""
@@ -280,6 +280,7 @@ class SimApp:
             body = {"error_code": 500001, "error_message": "internal error (simulated, HTTP 200)"}
             return json_response(200, body, **headers)
         data["status"] = "succeeded" if job.succeeded else "failed"
+        self.stats.result_read()
         if job.succeeded:
             data["output"] = job.output
         else:

@@ -12,6 +12,7 @@ import math
 import random
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 
 from batchrun.simulator.settings import SimSettings
@@ -37,27 +38,33 @@ class InjectedError:
     retry_after: int | None = None
 
 
-class TokenBucket:
-    """Allows `rate` calls per second with a burst of one second's worth (at least 1)."""
+class RollingWindow:
+    """At most `rate` calls in any one second, counted as the server receives them.
+
+    A call is let through when fewer than `limit` calls were let through in the `window`
+    seconds before it (limit = rate, window = 1 s for a whole rate of at least 1; a rate below
+    1/s or with a fraction keeps its average: limit = max(1, floor(rate)), window = limit/rate).
+    Refused calls do not count: they did no work."""
 
     def __init__(self, rate: float, clock=time.monotonic) -> None:
         self.rate = rate
-        self.capacity = max(1.0, rate)
-        self._tokens = self.capacity
+        self.limit = max(1, math.floor(rate))
+        self.window = self.limit / rate
         self._clock = clock
-        self._last = clock()
+        self._times: deque[float] = deque()
         self._lock = threading.Lock()
 
     def take(self) -> float:
-        """0.0 when the call may proceed, else the seconds until a token is available."""
+        """0.0 when the call may proceed, else the seconds until it would."""
         with self._lock:
             now = self._clock()
-            self._tokens = min(self.capacity, self._tokens + (now - self._last) * self.rate)
-            self._last = now
-            if self._tokens >= 1.0:
-                self._tokens -= 1.0
+            times = self._times
+            while times and times[0] <= now - self.window:
+                times.popleft()
+            if len(times) < self.limit:
+                times.append(now)
                 return 0.0
-            return (1.0 - self._tokens) / self.rate
+            return times[0] + self.window - now
 
 
 class Faults:
@@ -74,13 +81,13 @@ class Faults:
             self._error_rng = random.Random(f"{seed}:error")
             self._drop_rng = random.Random(f"{seed}:drop")
             rate = self.settings.rate_limit
-            self.bucket = TokenBucket(rate) if rate else None
+            self.limiter = RollingWindow(rate) if rate else None
 
     def throttle(self) -> int | None:
         """Retry-After seconds (an integer >= 1) when the call is over the rate, else None."""
-        if self.bucket is None:
+        if self.limiter is None:
             return None
-        wait = self.bucket.take()
+        wait = self.limiter.take()
         return max(1, math.ceil(wait)) if wait > 0 else None
 
     def error(self) -> InjectedError | None:

@@ -1,6 +1,7 @@
-"""The job queue: FIFO behind N workers, run times from the seed, cancel only while queued.
+"""The job queue: FIFO behind the account's concurrency, run times from the seed, cancel only
+while queued.
 
-One scheduler thread moves jobs in_queue -> in_progress -> completed; `workers == 0` starts
+One scheduler thread moves jobs in_queue -> in_progress -> completed; `concurrency == 0` starts
 every job at once. Per-job draws (run time, failure) hash the input identity, the seed and the
 job's occurrence (n-th submit of the same identity), so they do not depend on thread timing and
 a resubmitted job gets a fresh draw.
@@ -49,9 +50,8 @@ class Job:
 
 
 def draw_run_time(settings: SimSettings, model_id: str, identity: str, occurrence: int) -> float:
-    mean = settings.mean_run_time(model_id)
     u = fraction(settings.seed, "run_time", identity, occurrence)
-    return max(0.0, mean * (1.0 + settings.run_time_jitter * (2.0 * u - 1.0)))
+    return settings.run_time_of(model_id).draw(u, settings.run_time_jitter)
 
 
 def draws_failure(settings: SimSettings, identity: str, occurrence: int) -> bool:
@@ -121,7 +121,7 @@ class JobQueue:
 
     def adopt(self, job: Job, now_wall: float) -> None:
         """A job reloaded from the state_dir journal, in the state it would have reached had it
-        kept running while the simulator was down: started at its submit, no worker limit."""
+        kept running while the simulator was down: started at its submit, no concurrency limit."""
         now = self._clock()
         with self._cond:
             self._seq = max(self._seq, job.seq + 1)
@@ -179,6 +179,24 @@ class JobQueue:
         out["succeeded"] = out[COMPLETED] - failed
         return out
 
+    def run_times(self) -> dict[str, Any]:
+        """What the finished jobs took, as the server ran them: how many, the sum and the longest
+        run (start to finish), and the wall-clock times of the first submit and first and last
+        finish (epoch seconds; None before any)."""
+        with self._cond:
+            jobs = list(self._jobs.values())
+        done = [j for j in jobs if j.state == COMPLETED and j.started_at is not None]
+        runs = [(j.finished_mono or 0.0) - (j.started_at or 0.0) for j in done]
+        finished = [j.finished_at for j in done if j.finished_at is not None]
+        return {
+            "jobs": len(done),
+            "total_s": round(sum(runs), 6),
+            "max_s": round(max(runs), 6) if runs else 0.0,
+            "first_submit_at": min((j.created_at for j in jobs), default=None),
+            "first_finished_at": min(finished, default=None),
+            "last_finished_at": max(finished, default=None),
+        }
+
     def _loop(self) -> None:
         with self._cond:
             while not self._stopping:
@@ -186,8 +204,8 @@ class JobQueue:
                 while self._running and self._running[0][0] <= now:
                     _, _, job = heapq.heappop(self._running)
                     self._finish(job, now)
-                workers = self.settings.workers
-                while self._queued and (workers == 0 or len(self._running) < workers):
+                limit = self.settings.concurrency
+                while self._queued and (limit == 0 or len(self._running) < limit):
                     job = self._by_seq.pop(self._queued.pop(0))
                     job.state = IN_PROGRESS
                     job.started_at = now

@@ -6,6 +6,7 @@ import dataclasses
 import math
 import re
 from dataclasses import dataclass, field
+from statistics import NormalDist
 from typing import Any
 
 _RATE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*(?:/\s*(s|sec|second|m|min|minute))?\s*$")
@@ -20,14 +21,17 @@ class SimSettings:
 
     token: str = "sim-token"
     seed: int = 0
-    # Concurrent jobs; 0 means unlimited (every job starts at once, nothing queues).
-    workers: int = 4
-    # Mean run time in seconds, drawn uniformly within +- run_time_jitter (a fraction).
-    run_time: float = 1.0
+    # Jobs the account runs at once (alias: workers); the rest wait in a FIFO queue with a
+    # queue_position. 0 means unlimited (every job starts at once, nothing queues).
+    concurrency: int = 4
+    # Run time: seconds (the mean, drawn uniformly within +- run_time_jitter, a fraction),
+    # or a distribution: "0.5-1.5" (uniform), "lognormal:MEDIAN:SIGMA[:CAP]" (long-tailed).
+    run_time: RunTime = field(default_factory=lambda: RunTime(1.0))
     run_time_jitter: float = 0.5
-    # Per-model mean run time overriding `run_time`: {model_id: seconds}.
-    run_times: dict[str, float] = field(default_factory=dict)
-    # API calls per second on /v1/ endpoints; above it 429 + Retry-After. None = unlimited.
+    # Per-model run time overriding `run_time`: {model_id: seconds or a distribution}.
+    run_times: dict[str, RunTime] = field(default_factory=dict)
+    # API calls per rolling second on /v1/ endpoints; a call that would make more than this
+    # many in any one second is answered 429 + Retry-After. None = unlimited.
     rate_limit: float | None = None
     error_rate: float = 0.0  # fraction of API calls answered 500/502/503
     drop_rate: float = 0.0  # fraction of API calls whose connection is closed mid-response
@@ -40,13 +44,27 @@ class SimSettings:
     # Folder to persist jobs in (simulator.persist); a restart with it reloads them. None: memory.
     state_dir: str | None = None
 
+    def __post_init__(self) -> None:
+        # Numbers given in code (SimSettings(run_time=0.05)) mean a fixed mean run time.
+        self.run_time = _run_time(self.run_time)
+        self.run_times = {k: _run_time(v) for k, v in self.run_times.items()}
+
+    @property
+    def workers(self) -> int:
+        """The old name of `concurrency`."""
+        return self.concurrency
+
     @property
     def max_workers_unlimited(self) -> bool:
-        """workers == 0: every job starts at once."""
-        return self.workers == 0
+        """concurrency == 0: every job starts at once."""
+        return self.concurrency == 0
+
+    def run_time_of(self, model_id: str) -> RunTime:
+        """The run-time distribution of a model's jobs."""
+        return self.run_times.get(model_id, self.run_time)
 
     def mean_run_time(self, model_id: str) -> float:
-        return self.run_times.get(model_id, self.run_time)
+        return self.run_time_of(model_id).mean
 
     @classmethod
     def from_mapping(cls, data: dict[str, Any]) -> SimSettings:
@@ -58,6 +76,7 @@ class SimSettings:
         kwargs: dict[str, Any] = {}
         for raw_key, value in data.items():
             key = str(raw_key).strip().replace("-", "_")
+            key = _ALIASES.get(key, key)
             if key not in names:
                 known = ", ".join(sorted(names))
                 raise ValueError(f"unknown simulator setting {raw_key!r}; known: {known}")
@@ -69,6 +88,79 @@ class SimSettings:
 
     def replace(self, **changes: Any) -> SimSettings:
         return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True, eq=False)
+class RunTime:
+    """How long a job runs: `fixed` (mean +- run_time_jitter), `uniform` (low..high) or
+    `lognormal` (median, sigma, capped at `cap`), drawn from one seeded fraction per job."""
+
+    low: float  # fixed: the mean; uniform: the low end; lognormal: the median
+    high: float | None = None  # uniform: the high end
+    kind: str = "fixed"
+    sigma: float = 0.0  # lognormal: the spread of log(run time)
+    cap: float | None = None  # lognormal: no job runs longer
+
+    def _key(self) -> tuple[Any, ...]:
+        return (self.low, self.high, self.kind, self.sigma, self.cap)
+
+    def __eq__(self, other: object) -> bool:
+        # A fixed run time is its seconds: settings built from `run_time: 1.5` equal 1.5.
+        if isinstance(other, (int, float)) and not isinstance(other, bool):
+            return self.kind == "fixed" and self.low == other
+        if isinstance(other, RunTime):
+            return self._key() == other._key()
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self.low) if self.kind == "fixed" else hash(self._key())
+
+    @property
+    def mean(self) -> float:
+        if self.kind == "uniform":
+            return (self.low + (self.high or self.low)) / 2
+        if self.kind == "lognormal":
+            mean = self.low * math.exp(self.sigma**2 / 2)
+            return min(mean, self.cap) if self.cap is not None else mean
+        return self.low
+
+    def draw(self, u: float, jitter: float) -> float:
+        """The run time for a job whose seeded fraction is `u` (0 <= u < 1)."""
+        if self.kind == "uniform":
+            return self.low + ((self.high or self.low) - self.low) * u
+        if self.kind == "lognormal":
+            z = NormalDist().inv_cdf(min(max(u, 1e-12), 1 - 1e-12))
+            value = self.low * math.exp(self.sigma * z)
+            return min(value, self.cap) if self.cap is not None else value
+        return max(0.0, self.low * (1.0 + jitter * (2.0 * u - 1.0)))
+
+
+def parse_run_time(value: Any) -> RunTime:
+    """`1.5` / `200ms` (mean, jittered), `0.5-1.5` (uniform, seconds), or
+    `lognormal:MEDIAN:SIGMA[:CAP]` (e.g. `lognormal:1s:0.8:20s`)."""
+    if isinstance(value, RunTime):
+        return value
+    text = str(value).strip()
+    if text.lower().startswith("lognormal:"):
+        parts = text.split(":")[1:]
+        if len(parts) not in (2, 3):
+            raise ValueError("expected lognormal:MEDIAN:SIGMA[:CAP], e.g. lognormal:1s:0.8:20s")
+        sigma = float(parts[1])
+        if sigma < 0 or not math.isfinite(sigma):
+            raise ValueError("a lognormal sigma must be zero or more")
+        cap = parse_seconds(parts[2]) if len(parts) == 3 else None
+        return RunTime(parse_seconds(parts[0]), kind="lognormal", sigma=sigma, cap=cap)
+    low, sep, high = text.partition("-")
+    if sep and low.strip():
+        lo, hi = parse_seconds(low), parse_seconds(high)
+        if hi < lo:
+            raise ValueError("a run-time range goes from low to high, e.g. 0.5-1.5")
+        return RunTime(lo, hi, kind="uniform")
+    return RunTime(parse_seconds(value))
+
+
+def _run_time(value: Any) -> RunTime:
+    return value if isinstance(value, RunTime) else parse_run_time(value)
 
 
 def parse_rate(value: Any) -> float | None:
@@ -147,24 +239,24 @@ def _token(value: Any) -> str:
     return text
 
 
-def _run_times(value: Any) -> dict[str, float]:
-    """A mapping {model: seconds}, or `model=1.5,other=3` as one string."""
+def _run_times(value: Any) -> dict[str, RunTime]:
+    """A mapping {model: run time}, or `model=1.5,other=2-4` as one string."""
     if isinstance(value, dict):
-        return {str(k).strip(): parse_seconds(v) for k, v in value.items()}
-    out: dict[str, float] = {}
+        return {str(k).strip(): parse_run_time(v) for k, v in value.items()}
+    out: dict[str, RunTime] = {}
     for pair in (p for p in str(value).split(",") if p.strip()):
         model, sep, seconds = pair.partition("=")
         if not sep:
             raise ValueError("expected model=seconds[,model=seconds...]")
-        out[model.strip()] = parse_seconds(seconds)
+        out[model.strip()] = parse_run_time(seconds)
     return out
 
 
 _PARSERS: dict[str, Any] = {
     "token": _token,
     "seed": lambda v: _int(v, minimum=-(2**63)),
-    "workers": _int,
-    "run_time": parse_seconds,
+    "concurrency": _int,
+    "run_time": parse_run_time,
     "run_time_jitter": _fraction,
     "run_times": _run_times,
     "rate_limit": parse_rate,
@@ -178,6 +270,10 @@ _PARSERS: dict[str, Any] = {
     "huge_file_bytes": lambda v: _int(v, minimum=1),
     "state_dir": lambda v: None if v is None or not str(v).strip() else str(v),
 }
+
+
+# Other names a setting is known by: {alias: setting}.
+_ALIASES = {"workers": "concurrency"}
 
 
 def load_settings(config_file: str | None, overrides: dict[str, Any]) -> SimSettings:

@@ -9,7 +9,12 @@ The snapshot's keys:
 - `throttled`: 429 answers; `faults`: injected faults per kind (rate_limited, error_500/502/503,
   drop_silent, drop_partial, slow, fail, drift, malicious_<variant>);
 - `jobs`: jobs per state (in_queue, in_progress, completed, cancelled; completed = succeeded +
-  failed).
+  failed);
+- `run_times`: the finished jobs' runs as the server timed them (`jobs`, `total_s`, `max_s`)
+  and when the first submit arrived and the first and last job finished (epoch seconds);
+  `first_result_at` / `last_result_at` / `last_file_at`: the first and last /result answered
+  with a finished job and the last file served (epoch seconds), so a client's makespan can
+  be read off the server.
 """
 
 from __future__ import annotations
@@ -39,6 +44,9 @@ class Stats:
             self._window: deque[float] = deque()
             self._peak = 0
             self._api_calls = 0
+            self._first_result_at: float | None = None
+            self._last_result_at: float | None = None
+            self._last_file_at: float | None = None
 
     def api_call(self, endpoint: str) -> None:
         """One /v1/ call arrived (counted whatever its answer, 429s included)."""
@@ -56,6 +64,14 @@ class Stats:
     def file_call(self) -> None:
         with self._lock:
             self._calls["files"] += 1
+            self._last_file_at = time.time()
+
+    def result_read(self) -> None:
+        """A /result call was answered with a finished job's result."""
+        with self._lock:
+            self._last_result_at = time.time()
+            if self._first_result_at is None:
+                self._first_result_at = self._last_result_at
 
     def submitted(self, identity: str) -> None:
         """A submit was accepted (a job exists, whether or not the client got the answer)."""
@@ -71,7 +87,9 @@ class Stats:
         with self._lock:
             self._faults[kind] += 1
 
-    def snapshot(self, jobs: dict[str, int]) -> dict[str, Any]:
+    def snapshot(
+        self, jobs: dict[str, int], run_times: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
         with self._lock:
             identities = dict(self._identities)
             return {
@@ -84,4 +102,8 @@ class Stats:
                 "peak_rate_1s": self._peak,
                 "faults": dict(self._faults),
                 "jobs": jobs,
+                "run_times": run_times or {},
+                "first_result_at": self._first_result_at,
+                "last_result_at": self._last_result_at,
+                "last_file_at": self._last_file_at,
             }

@@ -6,11 +6,8 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import os
 import sqlite3
 import subprocess
-import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -18,8 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import requests
 import yaml
+
+from testing import cli, simproc
+from testing.simproc import SimProcess
 
 # Distinctive, so a grep for it cannot match anything by accident.
 TOKEN = "tok-SECRET-7f3a9c"
@@ -31,92 +30,12 @@ IMAGE_URL = (
 
 def clean_env(token: str | None = TOKEN, **extra: str) -> dict[str, str]:
     """The environment for a child process: no inherited RunComfy settings, our token."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RUNCOMFY_")}
-    env["PYTHONUNBUFFERED"] = "1"
-    if token is not None:
-        env["RUNCOMFY_TOKEN"] = token
-    env.update(extra)
-    return env
-
-
-@dataclass
-class SimProcess:
-    """A `batchrun simulate` subprocess; its output is drained by a thread into `lines`."""
-
-    proc: subprocess.Popen[str]
-    base_url: str
-    token: str
-    lines: list[str] = field(default_factory=list)
-
-    def stats(self) -> dict[str, Any]:
-        r = requests.get(
-            f"{self.base_url}/_sim/stats",
-            headers={"Authorization": f"Bearer {self.token}"},
-            timeout=10,
-        )
-        r.raise_for_status()
-        data: dict[str, Any] = r.json()
-        return data
-
-    def files(self) -> dict[str, str]:
-        """url -> sha256 of every output file the simulator serves (GET /_sim/files)."""
-        r = requests.get(f"{self.base_url}/_sim/files", timeout=10)
-        r.raise_for_status()
-        data: dict[str, str] = r.json()
-        return data
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
+    return cli.clean_env(token, **extra)
 
 
 def start_simulator(*flags: str, token: str = TOKEN, timeout: float = 30.0) -> SimProcess:
-    """Start `batchrun simulate --port 0 --token TOKEN FLAGS...`; its first stdout line holds
-    the base URL."""
-    cmd = [sys.executable, "-m", "batchrun", "simulate", "--port", "0", "--token", token, *flags]
-    proc = subprocess.Popen(
-        cmd,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=clean_env(token=None),
-    )
-    assert proc.stdout is not None
-    first: list[str] = []
-    got_first = threading.Event()
-    lines: list[str] = []
-
-    def drain() -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            lines.append(line)
-            if not first and "http://" in line:
-                first.append(line)
-                got_first.set()
-        got_first.set()
-
-    threading.Thread(target=drain, daemon=True).start()
-    if not got_first.wait(timeout) or not first:
-        proc.kill()
-        raise RuntimeError(f"simulator did not start: {cmd}\n{''.join(lines)}")
-    url = next(w for w in first[0].split() if w.startswith("http://")).rstrip("/.,;")
-    sim = SimProcess(proc=proc, base_url=url, token=token, lines=lines)
-    # Wait (with a deadline) until it answers, rather than sleeping.
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            sim.stats()
-            return sim
-        except (requests.RequestException, ValueError):
-            if time.monotonic() > deadline or proc.poll() is not None:
-                sim.stop()
-                raise RuntimeError(f"simulator not answering: {''.join(lines)}") from None
-            time.sleep(0.05)
+    """A standalone simulator process that accepts our token (testing.simproc)."""
+    return simproc.start_simulator(*flags, token=token, timeout=timeout)
 
 
 SimFactory = Callable[..., SimProcess]
@@ -143,25 +62,14 @@ def total_calls(stats: dict[str, Any]) -> int:
     return sum(int(v) for k, v in calls.items() if not str(k).startswith("/_sim"))
 
 
-def batchrun_cmd(*args: str) -> list[str]:
-    return [sys.executable, "-m", "batchrun", *args]
-
-
 def run_cli(
     *args: str,
     token: str | None = TOKEN,
     timeout: float = 120.0,
     cwd: Path | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """Run `python -m batchrun ARGS` to completion, capturing stdout/stderr."""
-    return subprocess.run(
-        batchrun_cmd(*args),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=cwd,
-        env=clean_env(token),
-    )
+    """Run `python -m batchrun ARGS` to completion with our token, capturing its output."""
+    return cli.run_cli(*args, token=token, timeout=timeout, cwd=cwd)
 
 
 def write_manifest(path: Path, data: dict[str, Any] | str) -> Path:

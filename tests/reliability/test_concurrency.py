@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from testing.cli import batchrun_cmd
+
 from .conftest import (
     SimFactory,
-    batchrun_cmd,
     check_run_folder,
     clean_env,
     plan_jobs,

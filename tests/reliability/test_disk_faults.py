@@ -154,7 +154,7 @@ def test_run_with_a_failed_write_keeps_no_partial_and_next_run_fetches_it(
     n_jobs = 3
     manifest = write_manifest(tmp_path / "disk.yaml", sweep(n_jobs))
     run_dir = tmp_path / "run"
-    with Simulator(SimSettings(token=TOKEN, run_time=0.05, workers=0)) as sim:
+    with Simulator(SimSettings(token=TOKEN, run_time=0.05, concurrency=0)) as sim:
         args = ["run", str(manifest), "--api-base", sim.base_url, "--run-dir", str(run_dir), "-q"]
         first_code = main(args)
         assert _FullDisk.failures_left == 0, "the fault was never injected"

@@ -13,11 +13,12 @@ from typing import Any
 import pytest
 import requests
 
+from testing.cli import batchrun_cmd
+
 from .conftest import (
     TOKEN,
     SimFactory,
     ambiguous_jobs,
-    batchrun_cmd,
     check_run_folder,
     clean_env,
     plan_jobs,

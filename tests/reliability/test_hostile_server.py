@@ -15,10 +15,11 @@ from urllib.parse import quote, unquote
 import pytest
 import requests
 
+from testing.cli import batchrun_cmd
+
 from .conftest import (
     TOKEN,
     SimFactory,
-    batchrun_cmd,
     clean_env,
     part_files,
     read_report,

@@ -13,11 +13,12 @@ from typing import Any
 
 import pytest
 
+from testing.cli import batchrun_cmd
+
 from .conftest import (
     TOKEN,
     SimFactory,
     ambiguous_jobs,
-    batchrun_cmd,
     canonical_identity,
     check_run_folder,
     clean_env,

@@ -19,13 +19,13 @@ import pytest
 from batchrun import errors
 from batchrun.client import Client
 from batchrun.errors import ApiError, BatchrunError
+from testing.cli import batchrun_cmd
 
 from .conftest import (
     IMAGE_URL,
     MODEL,
     TOKEN,
     SimFactory,
-    batchrun_cmd,
     clean_env,
     read_report,
     run_cli,

@@ -3,28 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any
 
 import pytest
 from simhelpers import SimClient
 
-from batchrun.simulator import SimSettings, Simulator
+from batchrun.simulator import Simulator
+from testing.simulators import simulators
 
 
 @pytest.fixture
 def make_sim() -> Iterator[Callable[..., Simulator]]:
     """Start simulators with fast defaults (50 ms jobs, no jitter); all stopped afterwards."""
-    started: list[Simulator] = []
-
-    def make(**settings: Any) -> Simulator:
-        merged = {"run_time": 0.05, "run_time_jitter": 0.0, **settings}
-        sim = Simulator(SimSettings(**merged)).start()
-        started.append(sim)
-        return sim
-
-    yield make
-    for sim in started:
-        sim.stop()
+    with simulators(run_time=0.05, run_time_jitter=0.0) as start:
+        yield start
 
 
 @pytest.fixture

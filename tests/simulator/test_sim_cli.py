@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
 
+from testing.cli import batchrun_cmd, run_cli
+
 
 def _start(config: Path, **popen: Any) -> subprocess.Popen[str]:
-    cmd = [sys.executable, "-X", "faulthandler", "-m", "batchrun", "simulate", "--port", "0"]
-    cmd += ["--token", "t0k", "--config", str(config), "--workers", "2"]
+    cmd = batchrun_cmd(
+        *("simulate", "--port", "0", "--token", "t0k", "--config", str(config), "--workers", "2"),
+        python_flags=("-X", "faulthandler"),
+    )
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
 
 
@@ -79,23 +82,13 @@ def test_simulate_stops_cleanly_when_a_script_stops_it(tmp_path, sig, preexec) -
 
 
 def test_simulate_bad_setting_is_a_usage_error() -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "batchrun", "simulate", "--port", "0", "--fail-rate", "2"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    proc = run_cli("simulate", "--port", "0", "--fail-rate", "2", timeout=30)
     assert proc.returncode == 2
     assert proc.stderr.startswith("error: simulator setting fail_rate='2': expected a fraction")
 
 
 def test_simulate_on_a_busy_port_says_how_to_fix_it(sim) -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "batchrun", "simulate", "--port", str(sim.port)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    proc = run_cli("simulate", "--port", str(sim.port), timeout=30)
     assert proc.returncode == 2
     assert proc.stderr.startswith(f"error: cannot listen on 127.0.0.1:{sim.port} (")
     assert "pick another --port, or 0" in proc.stderr

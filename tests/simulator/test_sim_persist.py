@@ -8,26 +8,10 @@ import socket
 from pathlib import Path
 from typing import Any
 
-import pytest
 from simhelpers import T2I, SimClient, wait_for
 
 from batchrun.simulator import SimSettings, Simulator
 from batchrun.simulator.persist import JOURNAL
-
-
-@pytest.fixture
-def sims() -> Any:
-    started: list[Simulator] = []
-
-    def make(state_dir: Path, **settings: Any) -> Simulator:
-        merged = {"run_time_jitter": 0.0, "state_dir": str(state_dir), **settings}
-        sim = Simulator(SimSettings(**merged)).start()
-        started.append(sim)
-        return sim
-
-    yield make
-    for sim in started:
-        sim.stop()
 
 
 def _prompts(n: int) -> list[dict[str, str]]:
@@ -42,10 +26,10 @@ def _file_sha(client: SimClient, url: str) -> str:
 
 
 def test_restart_mid_batch_answers_old_ids_serves_files_and_counts_submits(
-    sims: Any, tmp_path: Path
+    make_sim: Any, tmp_path: Path
 ) -> None:
     state = tmp_path / "sim"
-    first = sims(state, run_time=0.3, workers=2)
+    first = make_sim(state_dir=state, run_time=0.3, workers=2)
     client = SimClient(first)
     ids = [client.submit_ok(T2I, inputs) for inputs in _prompts(6)]
     done = client.wait_status(ids[0], "completed")
@@ -54,7 +38,7 @@ def test_restart_mid_batch_answers_old_ids_serves_files_and_counts_submits(
     first_result = client.result(ids[0])
     first.stop()
 
-    second = sims(state, run_time=0.3, workers=2)
+    second = make_sim(state_dir=state, run_time=0.3, workers=2)
     assert second.port == port  # the port is taken back, stored URLs keep working
     client = SimClient(second)
     assert done["status"] == "completed"
@@ -82,16 +66,16 @@ def test_restart_mid_batch_answers_old_ids_serves_files_and_counts_submits(
 
 
 def test_reloaded_jobs_keep_state_from_wall_clock_and_cancellations(
-    sims: Any, tmp_path: Path
+    make_sim: Any, tmp_path: Path
 ) -> None:
     state = tmp_path / "sim"
-    first = sims(state, run_time=30.0, workers=1)
+    first = make_sim(state_dir=state, run_time=30.0, workers=1)
     client = SimClient(first)
     running, queued, cancelled = (client.submit_ok(T2I, p) for p in _prompts(3))
     assert client.post(f"/v1/requests/{cancelled}/cancel").json()["outcome"] == "cancelled"
     first.stop()
 
-    second = sims(state, run_time=30.0, workers=1)
+    second = make_sim(state_dir=state, run_time=30.0, workers=1)
     client = SimClient(second)
     assert client.status(running)["status"] == "in_progress"
     # worker limits do not apply to reloaded jobs: it has been "running" since its submit
@@ -108,9 +92,9 @@ def test_reloaded_jobs_keep_state_from_wall_clock_and_cancellations(
     }
 
 
-def test_port_taken_falls_back_and_urls_use_the_new_base(sims: Any, tmp_path: Path) -> None:
+def test_port_taken_falls_back_and_urls_use_the_new_base(make_sim: Any, tmp_path: Path) -> None:
     state = tmp_path / "sim"
-    first = sims(state, run_time=0.0)
+    first = make_sim(state_dir=state, run_time=0.0)
     client = SimClient(first)
     rid = client.submit_ok()
     client.wait_status(rid, "completed")
@@ -121,7 +105,7 @@ def test_port_taken_falls_back_and_urls_use_the_new_base(sims: Any, tmp_path: Pa
         squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # past TIME_WAIT
         squatter.bind(("127.0.0.1", port))
         squatter.listen()
-        second = sims(state, run_time=0.0)
+        second = make_sim(state_dir=state, run_time=0.0)
         assert second.port != port
         client = SimClient(second)
         url = client.result(rid)["output"]["image"]
@@ -129,9 +113,9 @@ def test_port_taken_falls_back_and_urls_use_the_new_base(sims: Any, tmp_path: Pa
         assert _file_sha(client, url)
 
 
-def test_journal_holds_no_token_and_survives_a_torn_tail(sims: Any, tmp_path: Path) -> None:
+def test_journal_holds_no_token_and_survives_a_torn_tail(make_sim: Any, tmp_path: Path) -> None:
     state = tmp_path / "sim"
-    first = sims(state, token="tok-not-state-1234", run_time=0.0)
+    first = make_sim(state_dir=state, token="tok-not-state-1234", run_time=0.0)
     client = SimClient(first)
     rid = client.submit_ok()
     first.stop()
@@ -140,7 +124,7 @@ def test_journal_holds_no_token_and_survives_a_torn_tail(sims: Any, tmp_path: Pa
     with open(journal, "a") as fh:  # a kill -9 in the middle of an append
         fh.write('{"type":"submit","request_id":"to')
 
-    second = sims(state, token="tok-not-state-1234", run_time=0.0)
+    second = make_sim(state_dir=state, token="tok-not-state-1234", run_time=0.0)
     client = SimClient(second)
     assert client.wait_status(rid, "completed")
     other = client.submit_ok(T2I, {"prompt": "after the tear"})
@@ -150,14 +134,14 @@ def test_journal_holds_no_token_and_survives_a_torn_tail(sims: Any, tmp_path: Pa
     assert [r["request_id"] for r in records if r["type"] == "submit"] == [rid, other]
 
 
-def test_reset_forgets_the_journal_too(sims: Any, tmp_path: Path) -> None:
+def test_reset_forgets_the_journal_too(make_sim: Any, tmp_path: Path) -> None:
     state = tmp_path / "sim"
-    first = sims(state, run_time=0.0)
+    first = make_sim(state_dir=state, run_time=0.0)
     client = SimClient(first)
     rid = client.submit_ok()
     assert client.post("/_sim/reset").status_code == 200
     first.stop()
-    second = sims(state, run_time=0.0)
+    second = make_sim(state_dir=state, run_time=0.0)
     assert SimClient(second).get(f"/v1/requests/{rid}/status").status_code == 404
     assert second.stats()["submits"] == 0
 

@@ -13,7 +13,7 @@ from batchrun.simulator.settings import load_settings
 def test_defaults_feel_like_a_demo() -> None:
     s = SimSettings()
     assert (s.token, s.seed, s.workers, s.run_time, s.rate_limit) == ("sim-token", 0, 4, 1.0, None)
-    assert not s.max_workers_unlimited and SimSettings(workers=0).max_workers_unlimited
+    assert not s.max_workers_unlimited and SimSettings(concurrency=0).max_workers_unlimited
 
 
 def test_from_mapping_parses_strings() -> None:

@@ -1,0 +1,217 @@
+"""The scale sections: plan of a big sweep, a state.db of 100,000 jobs (build, resume,
+report), and the cost of one state transition at 1,000 vs 100,000 jobs. The workers run in a
+child process (`run.py --worker ...`) so their time and memory are their own."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+from harness import (
+    MODEL,
+    RUN_PY,
+    Bench,
+    batchrun_cmd,
+    log,
+    run_measured,
+    sim_delta,
+    simulator,
+    token_env,
+)
+
+
+def write_scale_manifest(path: Path, *, jobs: int, out_dir: Path) -> Path:
+    """`jobs` jobs as the product of two template vars: a small file that expands big."""
+    a = 250
+    b = jobs // a
+    doc = {
+        "version": 1,
+        "name": "scale",
+        "run": {"max_jobs": jobs * 2},
+        "outputs": {"dir": str(out_dir), "download": False},
+        "vars": {"a": list(range(a)), "b": list(range(b))},
+        "models": [{"id": MODEL, "inputs": {"prompt": "scale prompt {a}-{b}"}}],
+    }
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+def bench_plan(b: Bench) -> dict[str, Any]:
+    """`batchrun plan --json` of a sweep of `scale_jobs` jobs: wall time and peak RSS."""
+    n = b.params.scale_jobs
+    manifest = write_scale_manifest(b.tmp / "scale.yaml", jobs=n, out_dir=b.tmp / "scale-run")
+    log(f"scale: plan --json of {n} jobs")
+    m = run_measured(batchrun_cmd("plan", str(manifest), "--json"), timeout=b.params.cap_s)
+    text = m.stdout.strip()
+    try:
+        parsed = json.loads(text)
+        listed = len(parsed) if isinstance(parsed, list) else len(parsed.get("jobs", []))
+    except ValueError:
+        listed = sum(1 for line in text.splitlines() if line.startswith("{"))
+    out = {
+        "jobs": n,
+        "rc": m.rc,
+        "jobs_listed": listed,
+        "wall_s": round(m.wall_s, 3),
+        "cpu_s": round(m.cpu_s, 3),
+        "maxrss_mb": round(m.maxrss_mb, 1),
+    }
+    if m.rc != 0:
+        out["stderr_tail"] = m.stderr[-2000:]
+    log(f"  {m.wall_s:.2f} s, {m.maxrss_mb:.0f} MB RSS, {listed} jobs listed, rc {m.rc}")
+    return out
+
+
+def bench_state(b: Bench) -> dict[str, Any]:
+    """state.db of `scale_jobs` jobs: creation; then a resume where every job succeeded."""
+    n = b.params.scale_jobs
+    run_dir = b.tmp / "scale-run"
+    manifest = b.tmp / "scale.yaml"
+    if not manifest.exists():
+        write_scale_manifest(manifest, jobs=n, out_dir=run_dir)
+    log(f"scale: state.db of {n} jobs, built with StateStore.add_jobs, all marked succeeded")
+    with simulator(run_time=1.0, rate_limit=None, log_path=b.tmp / "sim-scale.log") as sim:
+        cmd = [
+            sys.executable, str(RUN_PY), "--worker", "state-build", str(manifest), str(run_dir),
+            sim.url,
+        ]  # fmt: skip
+        m = run_measured(cmd, timeout=600)
+        if m.rc != 0:
+            raise RuntimeError(f"state-build worker failed:\n{m.stderr[-3000:]}")
+        built = json.loads(m.stdout.strip().splitlines()[-1])
+        log(f"  add_jobs {built['add_jobs_s']} s, {built['db_mb']} MB; resume with `batchrun run`")
+        before = sim.stats()
+        cmd = batchrun_cmd(
+            "run", str(manifest), "--api-base", sim.url, "--run-dir", str(run_dir), "--quiet",
+            profile=b.profile("resume"),
+        )  # fmt: skip
+        resume = run_measured(cmd, timeout=b.params.cap_s, env=token_env())
+        counts = sim_delta(before, sim.stats())
+    log(f"  resume {resume.wall_s:.2f} s (rc {resume.rc}); `batchrun report`")
+    report = run_measured(batchrun_cmd("report", str(run_dir)), timeout=b.params.cap_s)
+    out = {
+        "jobs": n,
+        # A step killed at the cap still gives a figure (at least the cap): not an error.
+        "rc": max((m.rc for m in (resume, report) if not m.timed_out), default=0),
+        "resume_timed_out": resume.timed_out,
+        "report_timed_out": report.timed_out,
+        **built,
+        "resume_wall_s": round(resume.wall_s, 3),
+        "resume_cpu_s": round(resume.cpu_s, 3),
+        "resume_maxrss_mb": round(resume.maxrss_mb, 1),
+        "resume_api_calls": counts.api_calls,
+        "report_wall_s": round(report.wall_s, 3),
+        "report_maxrss_mb": round(report.maxrss_mb, 1),
+    }
+    for name, proc in (("resume", resume), ("report", report)):
+        if proc.rc != 0 and not proc.timed_out:
+            out[f"{name}_stderr_tail"] = proc.stderr[-2000:]
+    log(f"  report {report.wall_s:.2f} s (rc {report.rc})")
+    return out
+
+
+def bench_transitions(b: Bench) -> dict[str, Any]:
+    """One job's state transitions on a 1,000-job vs a 100,000-job state.db: O(1) or not."""
+    p = b.params
+    out: dict[str, Any] = {"transitions_per_size": p.transitions * 4}
+    for size in p.transition_sizes:
+        log(f"scale: {p.transitions} jobs x 4 transitions on a state.db of {size:,} jobs")
+        folder = b.tmp / f"transitions-{size}"
+        cmd = [
+            sys.executable, str(RUN_PY), "--worker", "transitions", str(folder), str(size),
+            str(p.transitions),
+        ]  # fmt: skip
+        m = run_measured(cmd, timeout=600)
+        if m.rc != 0:
+            raise RuntimeError(f"transitions worker failed:\n{m.stderr[-3000:]}")
+        timing = json.loads(m.stdout.strip().splitlines()[-1])
+        out[f"at_{size}"] = timing
+        log(f"  median {timing['median_us']} us, mean {timing['mean_us']} us per transition")
+    small, big = (out[f"at_{s}"] for s in p.transition_sizes[:2])
+    out["ratio"] = round(big["median_us"] / small["median_us"], 3)
+    out["ratio_mean"] = round(big["mean_us"] / small["mean_us"], 3)
+    out["rc"] = 0
+    return out
+
+
+def worker_state_build(manifest: str, run_dir: str, api_base: str) -> dict[str, Any]:
+    """Expand the manifest, add its jobs to a new state.db, mark every job succeeded, and set
+    the meta a finished `batchrun run` leaves (so the resume sees an unchanged manifest)."""
+    from batchrun.plan import build_plan
+    from batchrun.state import StateStore
+
+    t0 = time.perf_counter()
+    plan = build_plan(manifest)
+    t1 = time.perf_counter()
+    with StateStore.open(run_dir) as store:
+        store.add_jobs(plan.jobs)
+        t2 = time.perf_counter()
+        # A finished run, made in one transaction (100,000 single transitions would measure
+        # the transitions, which bench_transitions does): the columns a real run fills in.
+        now = time.time()
+        with store._tx() as conn:  # noqa: SLF001 - a benchmark fixture, not engine code
+            conn.execute(
+                "UPDATE jobs SET status = 'succeeded', request_id = 'req-' || job_id, "
+                "attempts = 1, submitted_at = ?, started_at = ?, finished_at = ?, "
+                "cost_usd = 0.01, output = ?",
+                (now - 3, now - 2, now, json.dumps("http://127.0.0.1/files/x.png")),
+            )
+        t3 = time.perf_counter()
+        m = plan.manifest
+        store.set_meta(
+            name=m.name, manifest=str(m.path), manifest_sha256=m.sha256, api_base=api_base
+        )
+    db = Path(run_dir) / "state.db"
+    size = sum(f.stat().st_size for f in db.parent.glob("state.db*"))
+    return {
+        "jobs_added": len(plan.jobs),
+        "expand_s": round(t1 - t0, 3),
+        "add_jobs_s": round(t2 - t1, 3),
+        "mark_succeeded_s": round(t3 - t2, 3),
+        "db_mb": round(size / 2**20, 2),
+        "db_file_mb": round(db.stat().st_size / 2**20, 2),
+    }
+
+
+def worker_transitions(folder: str, size: int, count: int) -> dict[str, Any]:
+    """Time `count` jobs through submitting -> queued -> running -> succeeded, one by one."""
+    import statistics
+
+    from batchrun import state as st
+    from batchrun.grid import Job
+
+    jobs = [
+        Job(f"{i:012x}", MODEL, {"prompt": f"transition prompt {i}"}, {}, 0, i) for i in range(size)
+    ]
+    timings: list[float] = []
+    cpu: list[float] = []
+    with st.StateStore.open(folder) as store:
+        store.add_jobs(jobs)
+        step = max(1, size // count)  # spread over the whole table
+        for job in jobs[::step][:count]:
+            jid = job.job_id
+            now = time.time()
+            steps: list[tuple[Callable[..., None], tuple, dict]] = [
+                (store.mark_submitting, (jid,), {}),
+                (store.record_request_id, (jid, f"req-{jid}", now), {}),
+                (store.record_status, (jid, st.RUNNING), {"started_at": now}),
+                (store.record_result, (jid, st.SUCCEEDED), {"finished_at": now, "output": "x"}),
+            ]
+            for fn, fn_args, fn_kwargs in steps:
+                t, c = time.perf_counter(), time.thread_time()
+                fn(*fn_args, **fn_kwargs)
+                timings.append(time.perf_counter() - t)
+                cpu.append(time.thread_time() - c)
+    return {
+        "db_jobs": size,
+        "transitions": len(timings),
+        "median_us": round(1e6 * statistics.median(timings), 1),
+        "mean_us": round(1e6 * statistics.fmean(timings), 1),
+        "p95_us": round(1e6 * sorted(timings)[int(0.95 * len(timings))], 1),
+        "cpu_mean_us": round(1e6 * statistics.fmean(cpu), 1),
+    }

@@ -1,0 +1,107 @@
+"""The targets every figure is judged against, and the printed tables."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass
+class Target:
+    name: str
+    value: Any
+    goal: str
+    ok: bool | None  # None: not measured
+
+
+def _get(results: dict[str, Any], *keys: str) -> Any:
+    node: Any = results
+    for key in keys:
+        if not isinstance(node, dict) or key not in node:
+            return None
+        node = node[key]
+    return node
+
+
+def targets(results: dict[str, Any]) -> list[Target]:
+    """Every target of issue 7, judged on what was measured (None where not measured)."""
+    r = results
+
+    def val(section: str, key: str) -> Any:
+        data = r.get(section) or {}
+        return data.get(key) if data.get("rc", 0) == 0 else None
+
+    def judge(name: str, value: Any, goal: str, test: Callable[[Any], bool]) -> Target:
+        return Target(name, value, goal, None if value is None else bool(test(value)))
+
+    size = f"{val('plan', 'jobs') or r['params']['scale_jobs']:,}"
+    simple = [  # name, section, key, goal, test
+        ("rate-bound efficiency (wall)", "rate", "efficiency", ">= 0.90", lambda v: v >= 0.9),
+        ("rate-bound API calls/job", "rate", "calls_per_job", "<= 2.2", lambda v: v <= 2.2),
+        ("rate-bound 429s (limits agree)", "rate", "throttled_429", "== 0", lambda v: v == 0),
+        ("overhead CPU ms/job", "overhead", "cpu_ms_per_job", "<= 3 ms", lambda v: v <= 3),
+        (f"plan {size} jobs: wall s", "plan", "wall_s", "< 5 s", lambda v: v < 5),
+        (f"plan {size} jobs: peak RSS MB", "plan", "maxrss_mb", "< 300 MB", lambda v: v < 300),
+        (f"resume {size} finished: wall s", "state", "resume_wall_s", "< 5 s", lambda v: v < 5),
+        ("transition cost 100k/1k", "transitions", "ratio", "<= 1.5", lambda v: v <= 1.5),
+    ]
+    out = [judge(name, val(sec, key), goal, test) for name, sec, key, goal, test in simple]
+    ours = r.get("rate") if val("rate", "wall_s") else None
+    for i, (threads, row) in enumerate((r.get("baseline") or {}).items()):
+        value = None
+        if ours and row.get("rc") == 0:
+            value = {
+                "speedup": row.get("batchrun_speedup"),
+                "calls/job": f"{ours['calls_per_job']} vs {row['calls_per_job']}",
+                "429s": f"{ours['throttled_429']} vs {row['throttled_429']}",
+            }
+
+        def beats(v: dict, row: dict = row) -> bool:
+            return (
+                v["speedup"] > 1
+                and ours["calls_per_job"] < row["calls_per_job"]
+                and ours["throttled_429"] == 0
+            )
+
+        goal = "faster, fewer calls, 0 429s"
+        out.insert(3 + i, judge(f"beats baseline {threads} threads", value, goal, beats))
+    return out
+
+
+def print_table(results: dict[str, Any], judged: list[Target]) -> None:
+    rows: list[tuple[str, str]] = []
+
+    def add(label: str, value: Any) -> None:
+        if value is not None:
+            rows.append(
+                (label, json.dumps(value) if isinstance(value, (dict, list)) else str(value))
+            )
+
+    for section in ("rate", "baseline", "overhead", "plan", "state", "transitions"):
+        data = results.get(section)
+        if not data:
+            continue
+        if section == "baseline":
+            for threads, row in data.items():
+                for key, value in row.items():
+                    add(f"baseline-{threads}.{key}", value)
+            continue
+        for key, value in data.items():
+            if key != "stderr_tail":
+                add(f"{section}.{key}", value)
+    width = max((len(k) for k, _ in rows), default=10)
+    print(f"\n| {'figure'.ljust(width)} | value")
+    print(f"|-{'-' * width}-|------")
+    for key, value in rows:
+        print(f"| {key.ljust(width)} | {value}")
+    tw = max(len(t.name) for t in judged)
+    print(f"\n| {'target'.ljust(tw)} | {'goal'.ljust(28)} | {'result':6} | measured")
+    print(f"|-{'-' * tw}-|-{'-' * 28}-|--------|---------")
+    for t in judged:
+        verdict = "n/a" if t.ok is None else ("PASS" if t.ok else "FAIL")
+        value = json.dumps(t.value) if isinstance(t.value, dict) else t.value
+        print(f"| {t.name.ljust(tw)} | {t.goal.ljust(28)} | {verdict:6} | {value}")
+    for section, err in (results.get("errors") or {}).items():
+        print(f"! {section}: {err.splitlines()[-1] if err else ''}")
