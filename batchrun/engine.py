@@ -27,9 +27,9 @@ from batchrun.scheduler import Scheduler
 from batchrun.state import JobRow, OutputFile, StateStore
 
 EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
-# Calls leave at the configured rate but arrive with network jitter; 2% below it keeps every
-# 1-second window the server sees within rate + 1.
-RATE_HEADROOM = 0.98
+# Calls arrive at the server with network jitter: the limiter's window is this much longer
+# than a second, so no rolling second the server counts holds more than rate_limit calls.
+RATE_HEADROOM = 0.03
 
 
 @dataclass
@@ -83,7 +83,8 @@ class _Run:
         client = Client(self.opts.api_base, self.opts.token, session=self.opts.session)
         rate = manifest.run.rate_limit
         limiter = RateLimiter(
-            None if rate is None else rate * RATE_HEADROOM,
+            rate,
+            margin=RATE_HEADROOM,
             clock=self.opts.clock,
             sleep=self.opts.sleep,
         )

@@ -32,7 +32,8 @@ from batchrun.state import JobRow, OutputFile, StateStore
 MAX_SUBMIT_REFUSALS = 6  # consecutive refused submits (about 30 s) before giving up on the server
 STOP_CHECK = 0.2  # seconds; the loop never sleeps longer, so Ctrl-C is noticed at once
 # This one thread hands out every token; when it wakes late (a busy machine), the tokens due
-# meanwhile are kept, up to this many seconds' worth (the limiter caps any second at rate+1).
+# meanwhile are kept, up to this many seconds' worth (the limiter's gate still caps every
+# rolling second at the rate).
 CATCH_UP_S = 0.1
 
 Fetch = Callable[[str, Any, list[OutputFile]], list[OutputFile]]
@@ -249,7 +250,7 @@ class Scheduler:
 
     def _work(self, kind: str, job_id: str, call: Callable[..., Any], *args: Any) -> None:
         if kind != "download":
-            self.limiter.gate()  # the 1-second cap, on the moment the call really leaves
+            self.limiter.gate()  # the rolling-window cap, on the moment the call really leaves
         sent = self.wall()
         try:
             self._results.put(Outcome(kind, job_id, call(*args), at=sent))
