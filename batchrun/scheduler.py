@@ -2,10 +2,13 @@
 
 The scheduler owns every state transition (so they happen in a known order, each committed
 before anything depends on it) and hands each API call to a worker only once the shared rate
-limiter gave it a token: a submit first when a job waits and the in-flight cap allows, else the
-poll that is due soonest. Workers only talk HTTP and put their outcome on a queue. What a
-submit's outcome means is decided here; the jobs at the server (reads, cancels, job_timeout)
-are kept by flights.Flights.
+limiter gave it a token: a submit first when a job waits and the in-flight cap allows, else a
+call due on the minimal schedule (about one read per job, when it is most likely done), else a
+spare read: a token no submit can use now is lost a moment later, so it goes to the job most
+likely finished since its last read, freeing its slot sooner. When the rate binds, submits take
+every token and reads keep to the minimal schedule. Workers only talk HTTP and put their
+outcome on a queue. What a submit's outcome means is decided here; the jobs at the server
+(reads, cancels, job_timeout) are kept by flights.Flights.
 """
 
 from __future__ import annotations
@@ -31,6 +34,9 @@ from batchrun.state import JobRow, OutputFile, StateStore
 
 MAX_SUBMIT_REFUSALS = 6  # consecutive refused submits (about 30 s) before giving up on the server
 STOP_CHECK = 0.2  # seconds; the loop never sleeps longer, so Ctrl-C is noticed at once
+# With jobs in flight and no spare read worth a token yet, look again this soon: the odds of
+# each grow with its age.
+SPARE_RECHECK = 0.02
 # This one thread hands out every token; when it wakes late (a busy machine), the tokens due
 # meanwhile are kept, up to this many seconds' worth (the limiter's gate still caps every
 # rolling second at the rate).
@@ -179,12 +185,7 @@ class Scheduler:
                 return STOP_CHECK  # a worker's outcome wakes us sooner
             now = self.clock()
             due = self.server.due_in(now)
-            submit_ready = (
-                self.submit_open
-                and self.pending
-                and len(self.flights) + self.submitting < self.run_settings.max_in_flight
-                and (self.submit_accepted or self.submitting == 0)
-            )
+            submit_ready = self._submit_ready()
             waits = [STOP_CHECK]
             if submit_ready and now < self.submit_not_before:
                 waits.append(self.submit_not_before - now)
@@ -192,17 +193,43 @@ class Scheduler:
             poll_ready = due is not None and due <= 0
             if due is not None and not poll_ready:
                 waits.append(due)
-            if not (submit_ready or poll_ready):
-                return max(0.0, min(waits))
             token_wait = self.limiter.wait_time()
-            if token_wait > 0 or not self.limiter.try_acquire():
-                return max(token_wait, 0.001)
+            if token_wait > 0:
+                if submit_ready or poll_ready or self.flights:
+                    return max(token_wait, 0.001)
+                return max(0.0, min(waits))
             if submit_ready:
+                if not self.limiter.try_acquire():
+                    return 0.001
                 submits.append(self.pending.popleft())
                 self.submitting += 1
                 self.busy += 1
-            else:
+            elif poll_ready:
+                if not self.limiter.try_acquire():
+                    return 0.001
                 self._start_call(*self.server.pop_due())
+            else:
+                spare = self.server.spare_read(self.wall())
+                if spare is None:
+                    if self.flights:
+                        waits.append(SPARE_RECHECK)
+                    return max(0.0, min(waits))
+                if not self.limiter.try_acquire():
+                    self.server.unread(spare[1])
+                    return 0.001
+                self._start_call(*spare)
+
+    def _submit_ready(self) -> bool:
+        """A job waits, the in-flight cap allows one more, and nothing holds submits back."""
+        return bool(
+            self.submit_open
+            and self.pending
+            and len(self.flights) + self.submitting < self.max_in_flight()
+            and (self.submit_accepted or self.submitting == 0)
+        )
+
+    def max_in_flight(self) -> int:
+        return self.run_settings.max_in_flight
 
     def _apply_next(self, wait: float) -> None:
         """Wait up to `wait` for an outcome, then apply it and every other one already back."""
