@@ -97,6 +97,7 @@ class _Run:
             jobs=rows,
             fetch=self._fetcher() if manifest.outputs.download else None,
             progress=progress,
+            echo=self.echo,
             workers=self.opts.workers,
             download_workers=self.opts.download_workers,
             clock=self.opts.clock,

@@ -30,8 +30,10 @@ class RunTimes:
     def __init__(self) -> None:
         self._seen: dict[str | None, deque[float]] = {None: deque(maxlen=_WINDOW)}
         self._sorted: dict[str | None, list[float]] = {}
+        self.learned = 0  # run times learned so far (a cheap "has anything changed")
 
     def learn(self, model: str | None, seconds: float) -> None:
+        self.learned += 1
         for key in {None, model}:
             self._seen.setdefault(key, deque(maxlen=_WINDOW)).append(seconds)
             self._sorted.pop(key, None)
@@ -52,6 +54,10 @@ class RunTimes:
         if not runs:
             return prior
         return (1.0 - TAIL) * _empirical_cdf(runs, seconds) + TAIL * prior
+
+    def mean(self, model: str | None = None) -> float | None:
+        runs = self.samples(model)
+        return statistics.fmean(runs) if runs else None
 
     def quantile(self, model: str | None, q: float) -> float | None:
         runs = self.samples(model)

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from batchrun import api_answers, state as st
+from batchrun import api_answers, inflight, state as st
 from batchrun.client import Client
 from batchrun.errors import ApiError, AuthError, RateLimitedError
 from batchrun.flights import BACKOFF_BASE_S, BACKOFF_CAP_S, Flight, Flights, Outcome
@@ -32,6 +32,7 @@ from batchrun.progress import Progress
 from batchrun.ratelimit import RateLimiter, backoff
 from batchrun.state import JobRow, OutputFile, StateStore
 
+SLOT_CHECK_AFTER = 10  # finished jobs before an explicit max_in_flight is judged
 MAX_SUBMIT_REFUSALS = 6  # consecutive refused submits (about 30 s) before giving up on the server
 STOP_CHECK = 0.2  # seconds; the loop never sleeps longer, so Ctrl-C is noticed at once
 # With jobs in flight and no spare read worth a token yet, look again this soon: the odds of
@@ -58,6 +59,7 @@ class Scheduler:
         jobs: Iterable[JobRow],
         fetch: Fetch | None = None,
         progress: Progress | None = None,
+        echo: Callable[[str], None] | None = None,
         workers: int = 16,
         download_workers: int = 4,
         clock: Callable[[], float] = time.monotonic,
@@ -69,7 +71,10 @@ class Scheduler:
         self.run_settings = run
         self.fetch = fetch
         self.progress = progress
+        self.echo = echo
         self.workers = workers
+        self._in_flight_cap: tuple[int, int] = (-1, 0)  # (run times learned, derived cap)
+        self._warned_slots = False
         self.clock = clock
         self.wall = wall
         self.jobs = JobTable(store, jobs)
@@ -229,7 +234,27 @@ class Scheduler:
         )
 
     def max_in_flight(self) -> int:
-        return self.run_settings.max_in_flight
+        """The manifest's max_in_flight, else one derived from the rate and the run times seen
+        (recomputed as they are learned)."""
+        explicit = self.run_settings.max_in_flight
+        if explicit is not None:
+            return explicit
+        runs = self.server.planner.runs
+        learned, cap = self._in_flight_cap
+        if learned != runs.learned:
+            cap = inflight.needed_in_flight(self.run_settings.rate_limit, runs.mean())
+            self._in_flight_cap = (runs.learned, cap)
+        return cap
+
+    def _check_slots(self) -> None:
+        """Once: say so when the manifest's max_in_flight makes the run slot-bound."""
+        self._warned_slots = True
+        explicit, mean = self.run_settings.max_in_flight, self.server.planner.runs.mean()
+        if explicit is None or mean is None or self.echo is None:
+            return
+        note = inflight.slot_warning(explicit, self.run_settings.rate_limit, mean)
+        if note:
+            self.echo(note)
 
     def _apply_next(self, wait: float) -> None:
         """Wait up to `wait` for an outcome, then apply it and every other one already back."""
@@ -256,6 +281,8 @@ class Scheduler:
         with self.jobs.batch(durable=any(o.kind == "submit" for o in outcomes)):
             for outcome in outcomes:
                 self._apply(outcome)
+        if not self._warned_slots and self.server.planner.runs.learned >= SLOT_CHECK_AFTER:
+            self._check_slots()
 
     def _wind_down(self) -> None:
         """Wait for calls already sent (their request ids must be recorded), then stop."""

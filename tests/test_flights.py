@@ -281,3 +281,58 @@ def test_a_job_still_running_is_read_again_at_the_odds_not_at_poll_interval(stor
     finally:
         sched._pool.shutdown()
         sched._dl_pool.shutdown()
+
+
+def test_max_in_flight_left_out_is_derived_and_follows_the_run_times(store):
+    clock = Clock()
+    store.add_jobs(_jobs(1))
+    sched = Scheduler(
+        store=store,
+        client=_Client(),  # type: ignore[arg-type]
+        limiter=RateLimiter(40.0, clock=clock),
+        run=RunSettings(rate_limit=40.0),
+        jobs=store.rows(),
+        clock=clock,
+        wall=clock,
+    )
+    try:
+        assert sched.max_in_flight() == 60  # 20 jobs/s x 2 s (a first guess) x 1.5
+        _learn_uniform(sched.server.planner, MODEL, 0.5, 1.5)
+        assert sched.max_in_flight() == 33  # 20 jobs/s x 1.1 s x 1.5
+        _learn_uniform(sched.server.planner, MODEL, 4.0, 6.0, n=200)
+        assert sched.max_in_flight() == 153
+    finally:
+        sched._pool.shutdown()
+        sched._dl_pool.shutdown()
+
+
+def test_a_slot_bound_max_in_flight_is_noted_once(store):
+    clock = Clock()
+    store.add_jobs(_jobs(1))
+    notes: list[str] = []
+    sched = Scheduler(
+        store=store,
+        client=_Client(),  # type: ignore[arg-type]
+        limiter=RateLimiter(100.0, clock=clock),
+        run=RunSettings(rate_limit=100.0, max_in_flight=20),
+        jobs=store.rows(),
+        echo=notes.append,
+        clock=clock,
+        wall=clock,
+    )
+    try:
+        unknown = Outcome("poll", "job000", value={"status": "in_progress"})
+        _learn_uniform(sched.server.planner, MODEL, 0.5, 1.5, n=5)
+        sched._apply_all([unknown])
+        assert notes == []  # not judged on the first few jobs
+        _learn_uniform(sched.server.planner, MODEL, 0.5, 1.5, n=10)
+        sched._apply_all([unknown])
+        sched._apply_all([unknown])
+        assert notes == [
+            "note: max_in_flight 20 allows about 18 jobs/s (jobs take about 1.1 s); "
+            "rate_limit 100/s allows 50. max_in_flight: 83 would not bind"
+        ]
+        assert sched.max_in_flight() == 20  # the manifest's value stands
+    finally:
+        sched._pool.shutdown()
+        sched._dl_pool.shutdown()
