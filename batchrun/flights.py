@@ -138,14 +138,18 @@ class Flights:
             flight.reading = True
         return kind, job_id, request_id
 
-    def spare_read(self, now: float) -> tuple[str, str, str] | None:
+    def spare_read(self, now: float, *, for_a_slot: bool) -> tuple[str, str, str] | None:
         """A read for a call no submit can use: the job most likely finished since its last
         read (at least MIN_ODDS), none read within its model's minimum gap, none twice at once.
-        `now` is epoch seconds."""
+        `now` is epoch seconds; `for_a_slot`: submits wait for a free slot. None when no read
+        is worth the call, or when a freed slot would only queue one more job at the server
+        (it holds some of ours in its queue: its concurrency binds, not our slots)."""
         best: Flight | None = None
         best_odds = MIN_ODDS
         runs = self.planner.runs
         for flight in self.flights.values():
+            if for_a_slot and flight.status == st.QUEUED and flight.queue_position:
+                return None
             if flight.reading or flight.cancelling or flight.errors:
                 continue  # a failed read waits for its backoff, on the schedule
             if flight.read_at is not None and now - flight.read_at < runs.min_gap(flight.model):

@@ -38,6 +38,10 @@ class RunTimes:
             self._seen.setdefault(key, deque(maxlen=_WINDOW)).append(seconds)
             self._sorted.pop(key, None)
 
+    def known(self, model: str | None) -> bool:
+        """Enough of `model`'s own run times are known to go by."""
+        return len(self._seen.get(model, ())) >= MIN_SAMPLES
+
     def samples(self, model: str | None = None) -> list[float]:
         """The run times to go by, sorted: the model's own once known, else every model's."""
         key = model if len(self._seen.get(model, ())) >= MIN_SAMPLES else None

@@ -17,7 +17,6 @@ import queue
 import random
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -28,6 +27,7 @@ from batchrun.errors import ApiError, AuthError, RateLimitedError
 from batchrun.flights import BACKOFF_BASE_S, BACKOFF_CAP_S, Flight, Flights, Outcome
 from batchrun.jobtable import JobTable
 from batchrun.manifest import RunSettings
+from batchrun.pending import PendingJobs
 from batchrun.progress import Progress
 from batchrun.ratelimit import RateLimiter, backoff
 from batchrun.state import JobRow, OutputFile, StateStore
@@ -78,7 +78,9 @@ class Scheduler:
         self.clock = clock
         self.wall = wall
         self.jobs = JobTable(store, jobs)
-        self.pending: deque[str] = deque()
+        self.pending = PendingJobs(
+            lambda job_id: self.jobs.rows[job_id].model_id, self._expected_run
+        )
         self.submitting = 0
         self.busy = 0
         self.downloading = 0
@@ -214,7 +216,7 @@ class Scheduler:
                     return 0.001
                 self._start_call(*self.server.pop_due())
             else:
-                spare = self.server.spare_read(self.wall())
+                spare = self.server.spare_read(self.wall(), for_a_slot=bool(self.pending))
                 if spare is None:
                     if self.flights:
                         waits.append(SPARE_RECHECK)
@@ -232,6 +234,11 @@ class Scheduler:
             and len(self.flights) + self.submitting < self.max_in_flight()
             and (self.submit_accepted or self.submitting == 0)
         )
+
+    def _expected_run(self, model: str) -> float | None:
+        """Mean run time of `model`'s jobs, once some of its own have finished."""
+        runs = self.server.planner.runs
+        return runs.mean(model) if runs.known(model) else None
 
     def max_in_flight(self) -> int:
         """The manifest's max_in_flight, else one derived from the rate and the run times seen

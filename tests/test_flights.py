@@ -13,6 +13,7 @@ from batchrun.flights import Flights, Outcome
 from batchrun.grid import Job
 from batchrun.jobtable import JobTable
 from batchrun.manifest import RunSettings
+from batchrun.pending import PendingJobs
 from batchrun.polling import PollPlanner, RunTimes, finished_odds
 from batchrun.ratelimit import RateLimiter
 from batchrun.scheduler import Scheduler
@@ -86,9 +87,11 @@ def test_a_spare_call_reads_the_job_most_likely_finished_not_the_latest(store):
     _submit(flights, "job001", T0 + 0.9)  # newest: 0.3 s, shorter than any run seen
     _submit(flights, "job002", T0 + 0.3)  # 0.9 s
     clock.now = T0 + 1.2
-    assert flights.spare_read(clock.now) == ("poll", "job000", "r-job000")
-    assert flights.spare_read(clock.now) == ("poll", "job002", "r-job002")
-    assert flights.spare_read(clock.now) is None  # job001 cannot be done yet: no wasted read
+    assert flights.spare_read(clock.now, for_a_slot=True) == ("poll", "job000", "r-job000")
+    assert flights.spare_read(clock.now, for_a_slot=True) == ("poll", "job002", "r-job002")
+    assert (
+        flights.spare_read(clock.now, for_a_slot=True) is None
+    )  # job001 cannot be done yet: no wasted read
 
 
 def test_never_two_reads_of_one_job_at_once_and_a_gap_between_reads(store):
@@ -97,15 +100,15 @@ def test_never_two_reads_of_one_job_at_once_and_a_gap_between_reads(store):
     _learn_uniform(flights.planner, MODEL, 0.5, 1.5)
     _submit(flights, "job000", T0)
     clock.now = T0 + 1.0
-    assert flights.spare_read(clock.now) is not None
-    assert flights.spare_read(clock.now) is None  # its read is still on the way
+    assert flights.spare_read(clock.now, for_a_slot=True) is not None
+    assert flights.spare_read(clock.now, for_a_slot=True) is None  # its read is still on the way
     _answer(flights, "job000", clock.now, {"status": "in_progress"})
     gap = flights.planner.runs.min_gap(MODEL)
     assert gap == pytest.approx(0.05)  # 5% of a 1 s median
     clock.now += gap / 2
-    assert flights.spare_read(clock.now) is None
+    assert flights.spare_read(clock.now, for_a_slot=True) is None
     clock.now += gap
-    assert flights.spare_read(clock.now) is not None
+    assert flights.spare_read(clock.now, for_a_slot=True) is not None
 
 
 def test_a_queued_job_is_not_read_before_its_expected_start(store):
@@ -118,9 +121,12 @@ def test_a_queued_job_is_not_read_before_its_expected_start(store):
     # 30 ahead at 5/s: it starts about 6 s later, and runs at least 1 s
     assert flights.planner.queue_wait(30) == pytest.approx(6.0)
     for now in (2.0, 4.0, 7.0, 7.9):
-        assert flights.spare_read(T0 + now) is None, now
+        assert flights.spare_read(T0 + now, for_a_slot=False) is None, now
     clock.now = T0 + 8.5
-    assert flights.spare_read(clock.now) == ("poll", "job000", "r-job000")
+    # While the server queues our jobs its concurrency binds, not our slots: a read that
+    # frees a slot for a waiting submit would only queue one more. With none waiting, read.
+    assert flights.spare_read(clock.now, for_a_slot=True) is None
+    assert flights.spare_read(clock.now, for_a_slot=False) == ("poll", "job000", "r-job000")
     # and the minimal schedule waits for the queue too
     assert flights.planner.next_delay(age=1.0, queue_position=30) == pytest.approx(6.0)
 
@@ -150,8 +156,8 @@ def test_each_model_is_timed_by_its_own_run_times(store):
     _submit(flights, "video", T0)  # older, but a video is nowhere near done at 5 s
     _submit(flights, "job000", T0 + 3.8)
     clock.now = T0 + 5.0
-    assert flights.spare_read(clock.now) == ("poll", "job000", "r-job000")
-    assert flights.spare_read(clock.now) is None
+    assert flights.spare_read(clock.now, for_a_slot=True) == ("poll", "job000", "r-job000")
+    assert flights.spare_read(clock.now, for_a_slot=True) is None
     assert flights.planner.runs.min_gap(VIDEO) == pytest.approx(2.0)  # 5% of 40 s, capped
 
 
@@ -336,3 +342,24 @@ def test_a_slot_bound_max_in_flight_is_noted_once(store):
     finally:
         sched._pool.shutdown()
         sched._dl_pool.shutdown()
+
+
+def test_pending_jobs_go_longest_model_first_once_known():
+    models = {"a1": "img", "a2": "img", "a3": "img", "b1": "vid", "b2": "vid", "c1": "edit"}
+    expected: dict[str, float] = {}
+    pending = PendingJobs(models.__getitem__, expected.get)
+    pending.extend(models)
+    # nothing known: the models take turns, so each is learned soon
+    assert [pending.popleft(), pending.popleft(), pending.popleft()] == ["a1", "b1", "c1"]
+    expected.update(img=1.0, vid=40.0, edit=3.0)
+    assert pending.popleft() == "b2"  # the longest first
+    pending.appendleft("c1")  # a refused submit goes next among its model's
+    assert [pending.popleft() for _ in range(3)] == ["c1", "a2", "a3"]
+    assert not pending
+
+
+def test_one_model_is_first_in_first_out():
+    pending = PendingJobs(lambda job_id: "m", lambda model: 1.0)
+    pending.extend(["j1", "j2", "j3"])
+    pending.appendleft("j0")
+    assert [pending.popleft() for _ in range(len(pending))] == ["j0", "j1", "j2", "j3"]
