@@ -363,3 +363,19 @@ def test_one_model_is_first_in_first_out():
     pending.extend(["j1", "j2", "j3"])
     pending.appendleft("j0")
     assert [pending.popleft() for _ in range(len(pending))] == ["j0", "j1", "j2", "j3"]
+
+
+def test_the_last_long_jobs_are_read_more_often_than_their_models_gap(store):
+    """20 videos in flight: 2 s between reads of each; the last one: its odds decide."""
+    clock = Clock()
+    videos = [Job(f"v{i:02d}", VIDEO, {"prompt": str(i)}, {}, 0, i) for i in range(20)]
+    flights = _flights(store, videos, clock)
+    _learn_uniform(flights.planner, VIDEO, 20.0, 60.0)
+    for job in videos:
+        _submit(flights, job.job_id, T0)
+        _answer(flights, job.job_id, T0 + 50.0, {"status": "in_progress"})
+    clock.now = T0 + 50.3
+    assert flights.spare_read(clock.now, for_a_slot=False) is None  # 2 s apart while 20 run
+    for job in videos[1:]:
+        del flights.flights[job.job_id]
+    assert flights.spare_read(clock.now, for_a_slot=False) == ("poll", "v00", "r-v00")
