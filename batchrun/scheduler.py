@@ -216,7 +216,10 @@ class Scheduler:
                     return 0.001
                 self._start_call(*self.server.pop_due())
             else:
-                spare = self.server.spare_read(self.wall(), for_a_slot=bool(self.pending))
+                # Without a rate limit no token is spare: reads keep to the minimal schedule.
+                spare = None
+                if self.limiter.configured is not None:
+                    spare = self.server.spare_read(self.wall(), for_a_slot=bool(self.pending))
                 if spare is None:
                     if self.flights:
                         waits.append(SPARE_RECHECK)

@@ -379,3 +379,32 @@ def test_the_last_long_jobs_are_read_more_often_than_their_models_gap(store):
     for job in videos[1:]:
         del flights.flights[job.job_id]
     assert flights.spare_read(clock.now, for_a_slot=False) == ("poll", "v00", "r-v00")
+
+
+def test_without_a_rate_limit_no_token_is_spare(store):
+    """Unlimited: reads keep to the minimal schedule (no rate says how many are welcome)."""
+    clock = Clock()
+    store.add_jobs(_jobs(1))
+    sched = Scheduler(
+        store=store,
+        client=_Client(),  # type: ignore[arg-type]
+        limiter=RateLimiter(None, clock=clock),
+        run=RunSettings(rate_limit=None),
+        jobs=store.rows(),
+        clock=clock,
+        wall=clock,
+    )
+    started: list[str] = []
+    sched._start_call = lambda kind, job_id, rid: started.append(job_id)  # type: ignore[method-assign]
+    _learn_uniform(sched.server.planner, MODEL, 0.5, 1.5)
+    try:
+        _in_flight(sched, "job000", T0)
+        clock.now = T0 + 1.2  # likely done, but its first read is due at 2 s (poll_interval)
+        sched._take_calls([])
+        assert started == []
+        clock.now = T0 + 2.0
+        sched._take_calls([])
+        assert started == ["job000"]
+    finally:
+        sched._pool.shutdown()
+        sched._dl_pool.shutdown()
