@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import math
 import random
 from collections import Counter
 from collections.abc import Callable
@@ -27,9 +28,9 @@ from batchrun.state import JobRow
 # A spare call reads a job only when the odds it finished since its last read are at least
 # this: below, the read would almost surely be wasted.
 MIN_ODDS = 0.02
-# A long job's reads are spaced by its model's gap (up to 2 s) while many are in flight; with
-# few left (the batch's end, where the last read ends the run) they may come this often each
-# times the number in flight: 10 spare reads a second for all of them, at most.
+# At the batch's end (nothing left to submit) the last job's read ends the run, and the odds
+# of a job that outlived every run seen are small however long it runs. So there each job is
+# also read once this many seconds times the jobs in flight: 10 such reads a second for all.
 GAP_PER_FLIGHT_S = 0.1
 MAX_POLL_ERRORS = 40  # consecutive failed reads of one job before we stop polling it
 BACKOFF_BASE_S = 0.5  # a refused submit or a failed read: 0.5 s, 1 s, 2 s... (with jitter)
@@ -151,17 +152,18 @@ class Flights:
         best: Flight | None = None
         best_odds = MIN_ODDS
         runs = self.planner.runs
-        widest = GAP_PER_FLIGHT_S * len(self.flights)
+        every = math.inf if for_a_slot else GAP_PER_FLIGHT_S * len(self.flights)
         for flight in self.flights.values():
             if for_a_slot and flight.status == st.QUEUED and flight.queue_position:
                 return None
             if flight.reading or flight.cancelling or flight.errors:
                 continue  # a failed read waits for its backoff, on the schedule
-            if flight.read_at is not None and now - flight.read_at < min(
-                widest, runs.min_gap(flight.model)
-            ):
+            since = math.inf if flight.read_at is None else now - flight.read_at
+            if since < min(every, runs.min_gap(flight.model)):
                 continue
             odds = self.odds(flight, now)
+            if not for_a_slot and since >= every and odds > 0.0:
+                odds = max(odds, MIN_ODDS * (1.0 + odds))  # due at the batch's end
             if odds > best_odds:
                 best, best_odds = flight, odds
         if best is None:
