@@ -28,8 +28,10 @@ from batchrun.state import JobRow, OutputFile, StateStore
 
 EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
 # Calls arrive at the server with network jitter: the limiter's window is this much longer
-# than a second, so no rolling second the server counts holds more than rate_limit calls.
-RATE_HEADROOM = 0.03
+# than a second, so no rolling second the server counts holds more than rate_limit calls; a
+# 429 says the jitter was larger, and widens it by RATE_HEADROOM_STEP.
+RATE_HEADROOM = 0.04
+RATE_HEADROOM_STEP = 0.02
 
 
 @dataclass
@@ -85,6 +87,7 @@ class _Run:
         limiter = RateLimiter(
             rate,
             margin=RATE_HEADROOM,
+            margin_step=RATE_HEADROOM_STEP,
             clock=self.opts.clock,
             sleep=self.opts.sleep,
         )

@@ -13,8 +13,9 @@ sees at most `rate` of them as long as the network delays no call by `margin` se
 than another. The bucket paces at k / W, so calls do not pile up at the gate.
 
 A 429 pauses every caller for its Retry-After (the 429s of calls already in flight with it are
-one episode). Only a second episode within `repeat_window` seconds lowers the rate, by
-`decrease`; it climbs back to the configured rate within seconds.
+one episode) and widens the margin by `margin_step` (up to MAX_MARGIN): the server saw more
+jitter than the margin allowed for. Only a second episode within `repeat_window` seconds lowers
+the rate, by `decrease`; it climbs back to the configured rate within seconds.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from collections.abc import Callable
 SUBMIT = 0  # higher priority (smaller number)
 POLL = 1
 
+MAX_MARGIN = 0.1
 MAX_PAUSE = 3600.0  # a Retry-After beyond an hour is a server bug, not a wish
 EPSILON = 1e-6  # float slack, so a token due "now" is not missed by a rounding error
 
@@ -51,6 +53,7 @@ class RateLimiter:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
         margin: float = 0.0,
+        margin_step: float = 0.0,
         decrease: float = 0.85,
         floor: float = 0.2,
         repeat_window: float = 30.0,
@@ -66,6 +69,7 @@ class RateLimiter:
         self.clock = clock
         self.sleep = sleep
         self.margin = margin  # of the window, for the network's jitter (see the docstring)
+        self.margin_step = margin_step
         self.decrease = decrease
         self.repeat_window = repeat_window  # a second 429 episode this soon lowers the rate
         self.floor = floor
@@ -217,6 +221,7 @@ class RateLimiter:
                 self._episode_end = max(self._episode_end, now + 1.0)
                 return
             previous, self._episode_at = self._episode_at, now
+            self.margin = max(self.margin, min(MAX_MARGIN, self.margin + self.margin_step))
             self._episode_end = max(now + pause, now + 1.0)
             rate = self._rate(now)
             if rate is None:

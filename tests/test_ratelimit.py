@@ -327,3 +327,19 @@ def test_backoff_jitter_comes_from_the_given_rng():
     delays = [backoff(4, base=0.5, cap=30.0, rng=random.Random(7)) for _ in range(3)]
     assert delays == [delays[0]] * 3
     assert 2.0 <= delays[0] <= 4.0
+
+
+def test_a_429_episode_widens_the_margin_up_to_a_cap():
+    """The server saw more jitter than the margin allowed for: the window grows a little."""
+    lim, clock = limiter(10.0, margin=0.04, margin_step=0.02)
+    lim.throttled(0.0)
+    lim.throttled(0.0)  # the same episode: once
+    assert lim.margin == pytest.approx(0.06)
+    for _ in range(5):
+        clock.sleep(60)
+        lim.throttled(0.0)
+    assert lim.margin == pytest.approx(0.1)
+    start = clock.now
+    for _ in range(11):
+        lim.gate()
+    assert clock.now - start == pytest.approx(1.1)  # 10 per 1.1 s now
