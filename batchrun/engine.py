@@ -33,9 +33,11 @@ from batchrun.scheduler import Scheduler
 from batchrun.state import JobRow, OutputFile, StateStore
 
 EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
-# Calls leave at the configured rate but arrive with network jitter; 2% below it keeps every
-# 1-second window the server sees within rate + 1.
-RATE_HEADROOM = 0.98
+# Calls arrive at the server with network jitter: the limiter's window is this much longer
+# than a second, so no rolling second the server counts holds more than rate_limit calls; a
+# 429 says the jitter was larger, and widens it by RATE_HEADROOM_STEP.
+RATE_HEADROOM = 0.04
+RATE_HEADROOM_STEP = 0.02
 
 
 @dataclass
@@ -105,7 +107,9 @@ class _Run:
         settings = self._run_settings()
         rate = settings.rate_limit
         limiter = RateLimiter(
-            None if rate is None else rate * RATE_HEADROOM,
+            rate,
+            margin=RATE_HEADROOM,
+            margin_step=RATE_HEADROOM_STEP,
             clock=self.opts.clock,
             sleep=self.opts.sleep,
         )
@@ -125,6 +129,7 @@ class _Run:
             fetch=self._fetcher() if manifest.outputs.download else None,
             progress=progress,
             budget=budget,
+            echo=self.echo,
             workers=self.opts.workers,
             download_workers=self.opts.download_workers,
             clock=self.opts.clock,
@@ -273,7 +278,9 @@ class _Run:
         if share == 1:
             return run
         rate = None if run.rate_limit is None else run.rate_limit / share
-        return replace(run, rate_limit=rate, max_in_flight=max(1, run.max_in_flight // share))
+        flights = run.max_in_flight  # None: derived from the (shared) rate, see inflight.py
+        flights = None if flights is None else max(1, flights // share)
+        return replace(run, rate_limit=rate, max_in_flight=flights)
 
     def _jobs_to_add(self) -> list[Any]:
         """The plan's jobs the run folder should know: all of them, or for a subset the chosen

@@ -1,13 +1,15 @@
 """The jobs at the server: when each is read next, what its answers do, and its job_timeout.
 
-The scheduler hands out the calls (`due_in` / `pop_due`) and brings their outcomes back here;
-every transition goes through the job table, so it is committed before anything depends on it.
+The scheduler hands out the calls (`due_in` / `pop_due` on the minimal schedule, `spare_read`
+for a call the rate allows but no submit can use) and brings their outcomes back here; every
+transition goes through the job table, so it is committed before anything depends on it.
 """
 
 from __future__ import annotations
 
 import heapq
 import itertools
+import math
 import random
 from collections import Counter
 from collections.abc import Callable
@@ -19,11 +21,18 @@ from batchrun.budget import Budget
 from batchrun.errors import AuthError, NotFoundError, RateLimitedError
 from batchrun.jobtable import JobTable
 from batchrun.manifest import RunSettings
-from batchrun.polling import PollPlanner
+from batchrun.polling import PollPlanner, finished_odds
 from batchrun.progress import secs
 from batchrun.ratelimit import RateLimiter, backoff
 from batchrun.state import JobRow
 
+# A spare call reads a job only when the odds it finished since its last read are at least
+# this: below, the read would almost surely be wasted.
+MIN_ODDS = 0.02
+# At the batch's end (nothing left to submit) the last job's read ends the run, and the odds
+# of a job that outlived every run seen are small however long it runs. So there each job is
+# also read once this many seconds times the jobs in flight: 10 such reads a second for all.
+GAP_PER_FLIGHT_S = 0.1
 MAX_POLL_ERRORS = 40  # consecutive failed reads of one job before we stop polling it
 BACKOFF_BASE_S = 0.5  # a refused submit or a failed read: 0.5 s, 1 s, 2 s... (with jitter)
 BACKOFF_CAP_S = 30.0
@@ -40,6 +49,13 @@ class Flight:
     errors: int = 0  # consecutive failed calls
     cancelling: bool = False
     last_error: str = ""  # of the latest failed call, so a give-up can say why
+    model: str | None = None
+    reading: bool = False  # a read (or cancel) of it is on its way
+    read_at: float | None = None  # epoch seconds the latest answered read was sent
+    started_by: float | None = None  # it was running by then (an estimate when queued first)
+    queued_at: float | None = None  # last read that found it in the server's queue
+    queue_position: int | None = None  # ... and where
+    due_seq: int = -1  # its live entry in the schedule (older ones are stale)
 
 
 @dataclass
@@ -98,15 +114,17 @@ class Flights:
     def resume(self, row: JobRow) -> None:
         """A job submitted by an earlier run: read it again now."""
         assert row.request_id
-        flight = Flight(row.job_id, row.request_id, row.submitted_at or self.wall(), row.status)
+        submitted = row.submitted_at or self.wall()
+        flight = Flight(row.job_id, row.request_id, submitted, row.status, model=row.model_id)
         self.flights[row.job_id] = flight
         self._schedule(0.0, "poll", row.job_id)
 
     def submitted(self, job_id: str, request_id: str, at: float) -> None:
         """A submit the server accepted (its request id already recorded)."""
         self.submits[job_id] += 1
-        self.flights[job_id] = Flight(job_id, request_id, at, st.QUEUED)
-        self._schedule(self.planner.first_delay(), "poll", job_id)
+        model = self.jobs.rows[job_id].model_id
+        self.flights[job_id] = Flight(job_id, request_id, at, st.QUEUED, model=model)
+        self._schedule(self.planner.first_delay(model), "poll", job_id)
 
     def refresh(self, job_id: str, request_id: str) -> None:
         """Read a finished job's /result again (for current output URLs), then download."""
@@ -123,23 +141,84 @@ class Flights:
     def pop_due(self) -> tuple[str, str, str]:
         """The next call: (kind, job id, request id). Call `due_in` first."""
         _, _, kind, job_id, request_id = heapq.heappop(self._heap)
+        flight = self.flights.get(job_id)
+        if flight is not None and kind != "refresh":
+            flight.reading = True
         return kind, job_id, request_id
 
+    def spare_read(self, now: float, *, for_a_slot: bool) -> tuple[str, str, str] | None:
+        """A read for a call no submit can use: the job most likely finished since its last
+        read (at least MIN_ODDS), none read within its model's minimum gap, none twice at once.
+        `now` is epoch seconds; `for_a_slot`: submits wait for a free slot. None when no read
+        is worth the call, or when a freed slot would only queue one more job at the server
+        (it holds some of ours in its queue: its concurrency binds, not our slots)."""
+        best: Flight | None = None
+        best_odds = MIN_ODDS
+        runs = self.planner.runs
+        every = math.inf if for_a_slot else GAP_PER_FLIGHT_S * len(self.flights)
+        for flight in self.flights.values():
+            if for_a_slot and flight.status == st.QUEUED and flight.queue_position:
+                return None
+            if flight.reading or flight.cancelling or flight.errors:
+                continue  # a failed read waits for its backoff, on the schedule
+            since = math.inf if flight.read_at is None else now - flight.read_at
+            if since < min(every, runs.min_gap(flight.model)):
+                continue
+            odds = self.odds(flight, now)
+            if not for_a_slot and since >= every and odds > 0.0:
+                odds = max(odds, MIN_ODDS * (1.0 + odds))  # due at the batch's end
+            if odds > best_odds:
+                best, best_odds = flight, odds
+        if best is None:
+            return None
+        best.reading = True
+        return "poll", best.job_id, best.request_id
+
+    def unread(self, job_id: str) -> None:
+        """A spare read handed out but not sent after all."""
+        flight = self.flights.get(job_id)
+        if flight is not None:
+            flight.reading = False
+
+    def odds(self, flight: Flight, now: float) -> float:
+        """Probability `flight` finished since its last read, at `now` (epoch seconds)."""
+        start = self._start(flight)
+        last = flight.read_at if flight.read_at is not None else start
+        ran_before = max(0.0, last - start)
+        return finished_odds(
+            self.planner.runs, flight.model, ran=now - start, ran_at_last_read=ran_before
+        )
+
+    def _start(self, flight: Flight) -> float:
+        """When the job started running (or will, when last seen queued), as best we know."""
+        if flight.started_by is not None:
+            return flight.started_by
+        if flight.status == st.QUEUED and flight.queued_at is not None:
+            return flight.queued_at + self.planner.queue_wait(flight.queue_position or 1)
+        return flight.submitted_at
+
     def _schedule(self, delay: float, kind: str, job_id: str) -> None:
-        rid = self.flights[job_id].request_id
-        heapq.heappush(self._heap, (self.clock() + delay, next(self._seq), kind, job_id, rid))
+        flight = self.flights[job_id]
+        flight.due_seq = seq = next(self._seq)
+        heapq.heappush(self._heap, (self.clock() + delay, seq, kind, job_id, flight.request_id))
 
     def _drop_stale(self) -> None:
-        """Forget heap entries of jobs that finished (or were resubmitted) since."""
+        """Forget entries of jobs that finished, were resubmitted or rescheduled since, or are
+        being read now (the read's answer schedules the next one)."""
         while self._heap:
-            _, _, kind, job_id, request_id = self._heap[0]
+            _, seq, kind, job_id, request_id = self._heap[0]
             if kind == "refresh":
-                live = self.refreshing.get(job_id)
+                if self.refreshing.get(job_id) == request_id:
+                    return
             else:
                 flight = self.flights.get(job_id)
-                live = flight.request_id if flight is not None else None
-            if live == request_id:
-                return
+                if (
+                    flight is not None
+                    and flight.request_id == request_id
+                    and flight.due_seq == seq
+                    and not flight.reading
+                ):
+                    return
             heapq.heappop(self._heap)
 
     # ---- applying outcomes ----------------------------------------------------------
@@ -148,6 +227,7 @@ class Flights:
         flight = self.flights.get(o.job_id)
         if flight is None:
             return
+        flight.reading = False
         if o.error is not None:
             self._call_failed(flight, "poll", o.error)
             return
@@ -157,6 +237,7 @@ class Flights:
         if answer.terminal:
             self._finish(flight, answer, o.value)
             return
+        self._seen(flight, answer, o.at)
         now = self.wall()
         new = answer.state
         if new != flight.status or (
@@ -167,13 +248,30 @@ class Flights:
         if self._timed_out(flight, now):
             return
         age = now - flight.submitted_at
-        delay = self.planner.next_delay(age=age, queue_position=answer.queue_position)
+        delay = self.planner.next_delay(
+            age=age, queue_position=answer.queue_position, model=flight.model
+        )
         self._schedule(self._until_deadline(flight, now, delay), "poll", o.job_id)
+
+    def _seen(self, flight: Flight, answer: api_answers.Answer, at: float) -> None:
+        """What a read sent at `at` says about when the job started."""
+        flight.read_at = at
+        if answer.state == st.QUEUED:
+            flight.queued_at = at
+            flight.queue_position = answer.queue_position
+        elif flight.started_by is None:
+            # Running by `at`: since the last read that found it queued, else (never seen
+            # queued) taken as since it was submitted.
+            queued = flight.queued_at
+            flight.started_by = flight.submitted_at if queued is None else (queued + at) / 2
 
     def _finish(self, flight: Flight, answer: api_answers.Answer, body: dict) -> None:
         job_id = flight.job_id
         now = self.wall()
-        self.planner.learn(body, self.clock())
+        # Its time in the server's queue, as far as our reads saw it, is no part of its run.
+        start = flight.started_by or flight.queued_at or flight.submitted_at
+        queued_s = max(0.0, start - flight.submitted_at)
+        self.planner.learn(body, self.clock(), model=flight.model, queued_s=queued_s)
         del self.flights[job_id]
         self.budget.settle(job_id, answer.state, answer.cost_usd)  # every attempt may be billed
         if answer.state == st.FAILED and self.submits[job_id] <= self.run_settings.retries:
@@ -213,6 +311,7 @@ class Flights:
         flight = self.flights.get(o.job_id)
         if flight is None:
             return
+        flight.reading = False
         limit = secs(self.run_settings.job_timeout or 0)
         if o.error is not None and not isinstance(o.error, NotFoundError):
             self._call_failed(flight, "cancel", o.error)

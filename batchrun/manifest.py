@@ -49,7 +49,7 @@ class RunSettings:
     """How the batch is run (the manifest's `run:` block, parsed)."""
 
     rate_limit: float | None = 10.0  # API calls per second; None = unlimited
-    max_in_flight: int = 20
+    max_in_flight: int | None = None  # None: derived from the rate and the run times seen
     poll_interval: float = 2.0  # seconds
     job_timeout: float | None = 1800.0  # seconds; None = never
     retries: int = 1

@@ -1,4 +1,4 @@
-"""One token bucket for every API call, with a global pause on 429 and adaptive slow-down.
+"""One token bucket for every API call, a rolling-window cap on sends, a pause on 429.
 
 The engine's scheduler asks `wait_time()` / `try_acquire()` and decides itself which call gets
 a token (a submit before a poll); `acquire(priority)` is the blocking form for other callers and
@@ -6,10 +6,16 @@ threads, where a poll waits while a submit is waiting.
 
 A burst (`burst_s` seconds' worth of calls) lets a caller that woke late catch up instead of
 losing the tokens it slept through. Tokens handed out together leave together, and on a busy
-machine worker threads bunch them further; so a sender calls `gate()` right before each call,
-which holds it until the last second's sends number fewer than floor(rate) + 1, what a burst
-of one allows. No second then holds more than the server's limit plus one (the engine runs
-2% under the limit, which leaves a margin for the server's own jitter).
+machine worker threads bunch them further; so a sender calls `gate()` right before each call.
+The gate is the guarantee: with k = max(1, floor(rate)), at most k calls leave in any window of
+W = max(1, k / rate) * (1 + margin) seconds. A server counting calls per rolling second then
+sees at most `rate` of them as long as the network delays no call by `margin` seconds more
+than another. The bucket paces at k / W, so calls do not pile up at the gate.
+
+A 429 pauses every caller for its Retry-After (the 429s of calls already in flight with it are
+one episode) and widens the margin by `margin_step` (up to MAX_MARGIN): the server saw more
+jitter than the margin allowed for. Only a second episode within `repeat_window` seconds lowers
+the rate, by `decrease`; it climbs back to the configured rate within seconds.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from collections.abc import Callable
 SUBMIT = 0  # higher priority (smaller number)
 POLL = 1
 
+MAX_MARGIN = 0.1
 MAX_PAUSE = 3600.0  # a Retry-After beyond an hour is a server bug, not a wish
 EPSILON = 1e-6  # float slack, so a token due "now" is not missed by a rounding error
 
@@ -45,10 +52,13 @@ class RateLimiter:
         burst_s: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
-        decrease: float = 0.7,
+        margin: float = 0.0,
+        margin_step: float = 0.0,
+        decrease: float = 0.85,
         floor: float = 0.2,
-        recovery_delay: float = 10.0,
-        recovery_per_s: float = 0.02,
+        repeat_window: float = 30.0,
+        recovery_delay: float = 3.0,
+        recovery_per_s: float = 0.05,
         default_pause: float = 1.0,
     ) -> None:
         if rate is not None and rate <= 0:
@@ -58,7 +68,10 @@ class RateLimiter:
         self.burst_s = burst_s  # seconds of calls that may be saved up (see the docstring)
         self.clock = clock
         self.sleep = sleep
+        self.margin = margin  # of the window, for the network's jitter (see the docstring)
+        self.margin_step = margin_step
         self.decrease = decrease
+        self.repeat_window = repeat_window  # a second 429 episode this soon lowers the rate
         self.floor = floor
         self.recovery_delay = recovery_delay
         self.recovery_per_s = recovery_per_s  # fraction of the ceiling regained per second
@@ -70,10 +83,12 @@ class RateLimiter:
         self._refilled = now
         self._paused_until = now
         self._ceiling = rate  # where recovery stops
-        self._lowered: float | None = None  # rate right after the last 429
-        self._throttled_at: float | None = None
+        self._lowered: float | None = None  # rate right after the last lowering
+        self._throttled_at: float | None = None  # when the rate was last lowered
+        self._episode_at: float | None = None  # when the latest 429 episode began
+        self._episode_end = now  # 429s until then belong to that episode
         self._recent: deque[float] = deque()  # acquisition times, to size an unknown rate
-        self._sent: deque[float] = deque()  # gate() times in the last second
+        self._sent: deque[float] = deque()  # gate() times within the last window
         self._waiting = [0, 0]  # blocked acquire() callers per priority
 
     # ---- the rate ----------------------------------------------------------------------
@@ -92,10 +107,23 @@ class RateLimiter:
             return self._lowered
         return min(ceiling, self._lowered + ceiling * self.recovery_per_s * regained)
 
+    def _window(self, rate: float) -> tuple[int, float]:
+        """(k, W): at most k sends in any W seconds keeps every rolling second within `rate`."""
+        k = max(1, math.floor(rate + EPSILON))
+        return k, max(1.0, k / rate) * (1.0 + self.margin)
+
+    def _pace(self, now: float) -> float | None:
+        """Tokens per second: the rate the gate lets through, k / W."""
+        rate = self._rate(now)
+        if rate is None:
+            return None
+        k, window = self._window(rate)
+        return k / window
+
     def _refill(self, now: float) -> None:
         start = max(self._refilled, self._paused_until)
         if now > start:
-            rate = self._rate(now)
+            rate = self._pace(now)
             if rate is None:
                 self._tokens = self.burst
             else:
@@ -116,7 +144,7 @@ class RateLimiter:
         if now < self._paused_until:
             return self._paused_until - now
         self._refill(now)
-        rate = self._rate(now)
+        rate = self._pace(now)
         if rate is None:
             return 0.0
         wait = 0.0 if self._tokens >= 1.0 - EPSILON else (1.0 - self._tokens) / rate
@@ -157,30 +185,30 @@ class RateLimiter:
                 self._waiting[priority] -= 1
 
     def gate(self) -> None:
-        """Hold a call that has its token until sending it keeps every second within the cap.
+        """Hold a call that has its token until sending it keeps any window of W s within k.
 
-        A no-op without a burst (the bucket alone keeps any second within rate + 1) or without
-        a rate.
+        A no-op without a rate. The send is counted the moment this returns.
         """
         while True:
             with self._lock:
                 now = self.clock()
                 rate = self._rate(now)
-                if rate is None or self.burst_s * rate <= 1.0:
+                if rate is None:
                     return
+                k, window = self._window(rate)
                 sent = self._sent
-                while sent and now - sent[0] >= 1.0:
+                while sent and now - sent[0] >= window:
                     sent.popleft()
-                if len(sent) < math.floor(rate + EPSILON) + 1:
+                if len(sent) < k:
                     sent.append(now)
                     return
-                wait = max(EPSILON, sent[0] + 1.0 - now)
+                wait = max(EPSILON, sent[-k] + window - now)
             self.sleep(wait)
 
     # ---- feedback from the server -------------------------------------------------------
 
     def throttled(self, retry_after: float | None) -> None:
-        """A 429: pause every caller for Retry-After and lower the rate (once per burst of 429s)."""
+        """A 429: pause every caller for Retry-After; lower the rate only when 429s repeat."""
         with self._lock:
             now = self.clock()
             self.throttled_count += 1
@@ -188,15 +216,21 @@ class RateLimiter:
             self._paused_until = max(self._paused_until, now + pause)
             self._tokens = 0.0
             self._refilled = max(self._refilled, now)
-            # Calls already in flight answer 429 together: that is one signal, not several.
-            if self._throttled_at is not None and now - self._throttled_at < max(pause, 1.0):
+            # Calls already in flight answer 429 together: one episode, not several.
+            if now < self._episode_end:
+                self._episode_end = max(self._episode_end, now + 1.0)
                 return
+            previous, self._episode_at = self._episode_at, now
+            self.margin = max(self.margin, min(MAX_MARGIN, self.margin + self.margin_step))
+            self._episode_end = max(now + pause, now + 1.0)
             rate = self._rate(now)
             if rate is None:
                 # Unlimited so far: the rate that drew the 429 is the ceiling from now on.
                 observed = len([t for t in self._recent if t >= now - 2.0]) / 2.0
                 self._ceiling = max(self.floor, observed)
                 rate = self._ceiling
+            elif previous is None or now - previous > self.repeat_window:
+                return  # a first episode: the pause is the answer
             self._lowered = max(self.floor, rate * self.decrease)
             self._throttled_at = now
 

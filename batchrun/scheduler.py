@@ -2,10 +2,13 @@
 
 The scheduler owns every state transition (so they happen in a known order, each committed
 before anything depends on it) and hands each API call to a worker only once the shared rate
-limiter gave it a token: a submit first when a job waits and the in-flight cap allows, else the
-poll that is due soonest. Workers only talk HTTP and put their outcome on a queue. What a
-submit's outcome means is decided here; the jobs at the server (reads, cancels, job_timeout)
-are kept by flights.Flights.
+limiter gave it a token: a submit first when a job waits and the in-flight cap allows, else a
+call due on the minimal schedule (about one read per job, when it is most likely done), else a
+spare read: a token no submit can use now is lost a moment later, so it goes to the job most
+likely finished since its last read, freeing its slot sooner. When the rate binds, submits take
+every token and reads keep to the minimal schedule. Workers only talk HTTP and put their
+outcome on a queue. What a submit's outcome means is decided here; the jobs at the server
+(reads, cancels, job_timeout) are kept by flights.Flights.
 """
 
 from __future__ import annotations
@@ -14,12 +17,11 @@ import queue
 import random
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from batchrun import api_answers, state as st
+from batchrun import api_answers, inflight, state as st
 from batchrun.budget import Budget
 from batchrun.client import Client
 from batchrun.errors import ApiError, AuthError, RateLimitedError, UnreachableError
@@ -27,6 +29,7 @@ from batchrun.flights import BACKOFF_BASE_S, BACKOFF_CAP_S, Flight, Flights, Out
 from batchrun.halt import Gate
 from batchrun.jobtable import JobTable
 from batchrun.manifest import RunSettings
+from batchrun.pending import PendingJobs
 from batchrun.progress import Progress
 from batchrun.ratelimit import RateLimiter, backoff
 from batchrun.state import JobRow, OutputFile, StateStore
@@ -35,10 +38,15 @@ from batchrun.state import JobRow, OutputFile, StateStore
 # in a row spanning at least this long: with the submit backoff, 8-16 s after the first.
 UNREACHABLE_TRIES = 6
 UNREACHABLE_MIN_S = 7.0
+SLOT_CHECK_AFTER = 10  # finished jobs before an explicit max_in_flight is judged
 MAX_SUBMIT_REFUSALS = 6  # consecutive refused submits (about 30 s) before giving up on the server
 STOP_CHECK = 0.2  # seconds; the loop never sleeps longer, so Ctrl-C is noticed at once
+# With jobs in flight and no spare read worth a token yet, look again this soon: the odds of
+# each grow with its age.
+SPARE_RECHECK = 0.02
 # This one thread hands out every token; when it wakes late (a busy machine), the tokens due
-# meanwhile are kept, up to this many seconds' worth (the limiter caps any second at rate+1).
+# meanwhile are kept, up to this many seconds' worth (the limiter's gate still caps every
+# rolling second at the rate).
 CATCH_UP_S = 0.1
 
 Fetch = Callable[[str, Any, list[OutputFile]], list[OutputFile]]
@@ -60,6 +68,7 @@ class Scheduler:
         fetch: Fetch | None = None,
         progress: Progress | None = None,
         budget: Budget | None = None,
+        echo: Callable[[str], None] | None = None,
         workers: int = 16,
         download_workers: int = 4,
         clock: Callable[[], float] = time.monotonic,
@@ -74,11 +83,16 @@ class Scheduler:
         self.fetch = fetch
         self.progress = progress
         self.budget = budget or Budget.unlimited()  # budget hook: see _budget_admits
+        self.echo = echo
         self.workers = workers
+        self._in_flight_cap: tuple[int, int] = (-1, 0)  # (run times learned, derived cap)
+        self._warned_slots = False
         self.clock = clock
         self.wall = wall
         self.jobs = JobTable(store, jobs)
-        self.pending: deque[str] = deque()
+        self.pending = PendingJobs(
+            lambda job_id: self.jobs.rows[job_id].model_id, self._expected_run
+        )
         self.submitting = 0
         self.busy = 0
         self.downloading = 0
@@ -199,13 +213,7 @@ class Scheduler:
                 return STOP_CHECK  # a worker's outcome wakes us sooner
             now = self.clock()
             due = self.server.due_in(now)
-            submit_ready = (
-                self.submit_open
-                and self._gated_pending()
-                and len(self.flights) + self.submitting < self.run_settings.max_in_flight
-                and (self.submit_accepted or self.submitting == 0)
-                and self._budget_admits()
-            )
+            submit_ready = self._submit_ready()
             waits = [STOP_CHECK]
             if submit_ready and now < self.submit_not_before:
                 waits.append(self.submit_not_before - now)
@@ -213,18 +221,74 @@ class Scheduler:
             poll_ready = due is not None and due <= 0
             if due is not None and not poll_ready:
                 waits.append(due)
-            if not (submit_ready or poll_ready):
-                return max(0.0, min(waits))
             token_wait = self.limiter.wait_time()
-            if token_wait > 0 or not self.limiter.try_acquire():
-                return max(token_wait, 0.001)
+            if token_wait > 0:
+                if submit_ready or poll_ready or self.flights:
+                    return max(token_wait, 0.001)
+                return max(0.0, min(waits))
             if submit_ready:
+                if not self.limiter.try_acquire():
+                    return 0.001
                 self.budget.reserve(self.pending[0])  # budget hook
                 submits.append(self.pending.popleft())
                 self.submitting += 1
                 self.busy += 1
-            else:
+            elif poll_ready:
+                if not self.limiter.try_acquire():
+                    return 0.001
                 self._start_call(*self.server.pop_due())
+            else:
+                # Without a rate limit no token is spare: reads keep to the minimal schedule.
+                spare = None
+                if self.limiter.configured is not None:
+                    spare = self.server.spare_read(self.wall(), for_a_slot=bool(self.pending))
+                if spare is None:
+                    if self.flights:
+                        waits.append(SPARE_RECHECK)
+                    return max(0.0, min(waits))
+                if not self.limiter.try_acquire():
+                    self.server.unread(spare[1])
+                    return 0.001
+                self._start_call(*spare)
+
+    def _submit_ready(self) -> bool:
+        """A job waits, the in-flight cap allows one more, and nothing holds submits back
+        (the sweep gate, the budget)."""
+        return bool(
+            self.submit_open
+            and self._gated_pending()
+            and len(self.flights) + self.submitting < self.max_in_flight()
+            and (self.submit_accepted or self.submitting == 0)
+            and self._budget_admits()
+        )
+
+    def _expected_run(self, model: str) -> float | None:
+        """Mean run time of `model`'s jobs, once some of its own have finished."""
+        runs = self.server.planner.runs
+        return runs.mean(model) if runs.known(model) else None
+
+    def max_in_flight(self) -> int:
+        """The manifest's max_in_flight, else one derived from the rate and the run times seen
+        (recomputed as they are learned)."""
+        explicit = self.run_settings.max_in_flight
+        if explicit is not None:
+            return explicit
+        runs = self.server.planner.runs
+        learned, cap = self._in_flight_cap
+        if learned != runs.learned:
+            cap = inflight.needed_in_flight(self.run_settings.rate_limit, runs.mean())
+            self._in_flight_cap = (runs.learned, cap)
+        return cap
+
+    def _check_slots(self) -> None:
+        """Once: say so when the manifest's max_in_flight makes the run slot-bound."""
+        self._warned_slots = True
+        explicit, mean = self.run_settings.max_in_flight, self.server.planner.runs.mean()
+        if explicit is None or mean is None or self.echo is None:
+            return
+        note = inflight.slot_warning(explicit, self.run_settings.rate_limit, mean)
+        if note:
+            self.echo(note)
 
     def _apply_next(self, wait: float) -> None:
         """Wait up to `wait` for an outcome, then apply it and every other one already back."""
@@ -252,6 +316,8 @@ class Scheduler:
         with self.jobs.batch(durable=any(o.kind == "submit" for o in outcomes)):
             for outcome in outcomes:
                 self._apply(outcome)
+        if not self._warned_slots and self.server.planner.runs.learned >= SLOT_CHECK_AFTER:
+            self._check_slots()
 
     def _wind_down(self) -> None:
         """Wait for calls already sent (their request ids must be recorded), then stop."""
@@ -273,7 +339,7 @@ class Scheduler:
 
     def _work(self, kind: str, job_id: str, call: Callable[..., Any], *args: Any) -> None:
         if kind != "download":
-            self.limiter.gate()  # the 1-second cap, on the moment the call really leaves
+            self.limiter.gate()  # the rolling-window cap, on the moment the call really leaves
         sent = self.wall()
         try:
             self._results.put(Outcome(kind, job_id, call(*args), at=sent))

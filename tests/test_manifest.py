@@ -77,7 +77,7 @@ def test_defaults(tmp_path: Path) -> None:
     path = write(tmp_path, MINIMAL, "my sweep.yaml")
     m = load_manifest(path)
     assert m.name == "my-sweep"
-    assert m.run == RunSettings(10.0, 20, 2.0, 1800.0, 1, 10000)
+    assert m.run == RunSettings(10.0, None, 2.0, 1800.0, 1, 10000)  # max_in_flight: derived
     assert m.outputs == OutputSettings("outputs/my-sweep", True, (), 2 * GIB)
     assert m.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
     assert m.data["version"] == 1
