@@ -24,6 +24,12 @@ from batchrun.ratelimit import RateLimiter, backoff
 from batchrun.state import JobRow
 
 MAX_POLL_ERRORS = 40  # consecutive failed reads of one job before we stop polling it
+# A request we submitted and recorded that the server says it does not know (404) may just not
+# be visible yet (a replica behind): read again with backoff until it has been missing for
+# NOT_FOUND_READS reads and NOT_FOUND_GRACE_S since its submit, then leave it for
+# --resubmit-unknown (it may have run and been billed).
+NOT_FOUND_READS = 3
+NOT_FOUND_GRACE_S = 180.0
 BACKOFF_BASE_S = 0.5  # a refused submit or a failed read: 0.5 s, 1 s, 2 s... (with jitter)
 BACKOFF_CAP_S = 30.0
 
@@ -39,6 +45,7 @@ class Flight:
     errors: int = 0  # consecutive failed calls
     cancelling: bool = False
     last_error: str = ""  # of the latest failed call, so a give-up can say why
+    not_found: int = 0  # reads answered 404 (request unknown) since the last good one
 
 
 @dataclass
@@ -149,6 +156,7 @@ class Flights:
             self._call_failed(flight, "poll", o.error)
             return
         flight.errors = 0
+        flight.not_found = 0
         flight.last_error = ""
         answer = api_answers.read_answer(o.value)
         if answer.terminal:
@@ -227,13 +235,22 @@ class Flights:
             self._fatal(exc)
             self._stop_polling(flight, str(exc))
             return
-        if isinstance(exc, NotFoundError):
-            del self.flights[flight.job_id]
-            error = f"request unknown or expired on the server: {exc}"
-            self.jobs.record_result(flight.job_id, st.FAILED, finished_at=self.wall(), error=error)
-            return
         flight.errors += 1
         flight.last_error = str(exc)
+        if isinstance(exc, NotFoundError):
+            flight.not_found += 1
+            age = self.wall() - flight.submitted_at
+            if flight.not_found >= NOT_FOUND_READS and age >= NOT_FOUND_GRACE_S:
+                del self.flights[flight.job_id]
+                error = st.not_found_error(f"{exc}; {flight.not_found} reads over {age:.0f}s")
+                self.jobs.record_result(
+                    flight.job_id, st.FAILED, finished_at=self.wall(), error=error
+                )
+                return
+            # job_timeout does not apply: a cancel of a request the server does not know
+            # is pointless, and the reads above end within NOT_FOUND_GRACE_S anyway.
+            self._schedule(self._backoff(flight.not_found), kind, flight.job_id)
+            return
         if isinstance(exc, RateLimitedError):
             self.limiter.throttled(exc.retry_after)
             delay = 0.0  # the limiter's pause holds every call

@@ -20,6 +20,7 @@ from batchrun.records import (
     CANCELLED as CANCELLED,
     COLUMNS,
     FAILED as FAILED,
+    NOT_FOUND,
     PENDING as PENDING,
     QUEUED as QUEUED,
     RUNNING as RUNNING,
@@ -33,6 +34,8 @@ from batchrun.records import (
     OutputFile as OutputFile,
     decode_row,
     dumps,
+    finite_cost,
+    not_found_error as not_found_error,
     report_status as report_status,
 )
 
@@ -358,7 +361,13 @@ class StateStore:
         self._update(
             job_id,
             "status = ?, finished_at = ?, output = ?, error = ?, cost_usd = ?",
-            (status, finished_at, None if output is None else dumps(output), error, cost_usd),
+            (
+                status,
+                finished_at,
+                None if output is None else dumps(output),
+                error,
+                finite_cost(cost_usd),
+            ),
         )
 
     def record_error(self, job_id: str, error: str) -> None:
@@ -369,15 +378,26 @@ class StateStore:
         self._update(job_id, "files = ?", (dumps([asdict(f) for f in files]),))
 
     def requeue(self, statuses: Iterable[str], error: str = "") -> int:
-        """Every job (in the manifest) in one of `statuses` back to PENDING; returns how many."""
+        """Every job (in the manifest) in one of `statuses` back to PENDING; returns how many.
+
+        A FAILED job whose request the server stopped knowing before its result was read (its
+        error starts with NOT_FOUND) may have been billed: it counts as UNKNOWN here, never as
+        FAILED, so --retry-failed does not replace its request id.
+        """
         statuses = list(statuses)
         marks = ", ".join("?" for _ in statuses)
+        unread = "(status = ? AND substr(error, 1, ?) = ?)"
+        unread_args = (FAILED, len(NOT_FOUND), NOT_FOUND)
+        if UNKNOWN in statuses:
+            which, args = f"(status IN ({marks}) OR {unread})", (*statuses, *unread_args)
+        else:
+            which, args = f"(status IN ({marks}) AND NOT {unread})", (*statuses, *unread_args)
         with self._tx() as conn:
             cur = conn.execute(
                 f"UPDATE jobs SET status = ?, error = ?, request_id = NULL, finished_at = NULL, "
                 f"output = NULL, files = '[]', updated_at = ? "
-                f"WHERE in_manifest = 1 AND status IN ({marks})",
-                (PENDING, error, time.time(), *statuses),
+                f"WHERE in_manifest = 1 AND {which}",
+                (PENDING, error, time.time(), *args),
             )
             return cur.rowcount
 
