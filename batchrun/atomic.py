@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from batchrun.errors import StateError
+
 
 def fsync_dir(path: Path) -> None:
     """Make a rename inside `path` durable (no-op where directories cannot be opened)."""
@@ -26,13 +28,24 @@ def write_text(path: Path, text: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     part = path.with_name(path.name + ".part")
     try:
-        with open(part, "w", encoding="utf-8", newline="") as fh:
+        if part.is_symlink():
+            part.unlink()  # a planted link: remove it, never write through it
+        with open(part, "w", encoding="utf-8", newline="", opener=_no_follow) as fh:
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(part, path)
-    except BaseException:
+        os.replace(part, path)  # a link at `path` is replaced, not followed
+    except BaseException as exc:
         part.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise StateError(
+                f"{path}: cannot write it ({exc.strerror or exc}); free some space or fix the "
+                "folder's permissions, then try again"
+            ) from None
         raise
     fsync_dir(path.parent)
     return path
+
+
+def _no_follow(path: str, flags: int) -> int:
+    return os.open(path, flags | getattr(os, "O_NOFOLLOW", 0), 0o666)

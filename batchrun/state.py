@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
 import time
@@ -108,6 +109,8 @@ class StateStore:
                     f"{run_dir}: cannot make the run folder ({exc.strerror}); "
                     "choose another --run-dir or outputs.dir"
                 ) from None
+        if lock:
+            _refuse_links(run_dir)
         lock_fd = folder_lock.take(run_dir) if lock else None
         try:
             conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
@@ -119,7 +122,13 @@ class StateStore:
             store._migrate(writable=lock or create)
         except sqlite3.DatabaseError as exc:
             folder_lock.release(lock_fd)
-            raise StateError(f"{path}: not a usable state file ({exc})") from None
+            low = str(exc).lower()
+            if "readonly" in low or "full" in low or "i/o" in low:
+                raise StateError(_write_problem(path, exc)) from None
+            raise StateError(
+                f"{path}: not a usable state file ({exc}); move {run_dir} aside (or choose "
+                "another --run-dir) and run again"
+            ) from None
         except BaseException:
             folder_lock.release(lock_fd)
             raise
@@ -139,11 +148,27 @@ class StateStore:
                     batchrun_version=__version__,
                     created=str(time.time()),
                 )
-        version = int(self.meta().get("schema_version", "0"))
+        path = self.run_dir / STATE_FILE
+        text = self.meta().get("schema_version", "0")
+        try:
+            version = int(text)
+        except ValueError:
+            raise StateError(
+                f"{path}: its schema_version {text[:40]!r} is not a number (was it edited?); "
+                f"set it back to {SCHEMA_VERSION} in its meta table, or move {self.run_dir} "
+                "aside and run again"
+            ) from None
         if version > SCHEMA_VERSION:
             raise StateError(
                 f"{self.run_dir}: {STATE_FILE} has schema version {version}, made by a newer "
                 f"batchrun; this one ({__version__}) reads version {SCHEMA_VERSION}: upgrade"
+            )
+        have = {r[1] for r in self._conn.execute("PRAGMA table_info(jobs)")}
+        missing = [c.strip() for c in COLUMNS.split(",") if c.strip() not in have]
+        if missing:
+            raise StateError(
+                f"{path}: its jobs table has no column {', '.join(missing)} (was it edited?); "
+                f"restore the file from a copy, or move {self.run_dir} aside and run again"
             )
 
     def close(self) -> None:
@@ -171,14 +196,14 @@ class StateStore:
         with self._mutex:
             if self._batch is not None:
                 raise StateError("internal: batches do not nest")
-            with self._synchronous(durable):
+            with self._synchronous(durable), self._sqlite_errors():
                 self._conn.execute("BEGIN IMMEDIATE")
                 self._batch = durable
                 try:
                     yield
                 finally:
                     self._batch = None
-                    self._conn.execute("COMMIT")
+                    self._commit()
 
     @contextmanager
     def _tx(self, *, durable: bool = False) -> Iterator[sqlite3.Connection]:
@@ -189,16 +214,43 @@ class StateStore:
                 begin, undo, end = "SAVEPOINT tx", "ROLLBACK TO tx", "RELEASE tx"
             else:
                 begin, undo, end = "BEGIN IMMEDIATE", "ROLLBACK", "COMMIT"
-            with self._synchronous(durable and self._batch is None):
+            outer = self._batch is None
+            with self._synchronous(durable and outer), self._sqlite_errors():
                 self._conn.execute(begin)
                 try:
                     yield self._conn
                 except BaseException:
-                    self._conn.execute(undo)
-                    if self._batch is not None:
-                        self._conn.execute(end)
+                    # SQLite may have rolled the whole transaction back itself (disk full)
+                    if self._conn.in_transaction:
+                        self._conn.execute(undo)
+                        if not outer:
+                            self._conn.execute(end)
                     raise
-                self._conn.execute(end)
+                if outer:
+                    self._commit()
+                else:
+                    self._conn.execute(end)
+
+    def _commit(self) -> None:
+        """COMMIT; when it fails (disk full), roll back so the connection stays usable."""
+        if not self._conn.in_transaction:
+            return  # SQLite rolled it back itself after an error, which is on its way up
+        try:
+            self._conn.execute("COMMIT")
+        except sqlite3.Error:
+            if self._conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    self._conn.execute("ROLLBACK")
+            raise
+
+    @contextmanager
+    def _sqlite_errors(self) -> Iterator[None]:
+        """A write state.db refuses (disk full, read-only, I/O error) as a StateError saying
+        which file and what to do; what was committed before stays, so a rerun resumes."""
+        try:
+            yield
+        except sqlite3.Error as exc:
+            raise StateError(_write_problem(self.run_dir / STATE_FILE, exc)) from None
 
     @contextmanager
     def _synchronous(self, durable: bool) -> Iterator[None]:
@@ -272,7 +324,17 @@ class StateStore:
         where = "WHERE in_manifest = 1 " if in_manifest_only else ""
         with self._mutex, gc_paused():
             cur = self._conn.execute(f"SELECT {COLUMNS} FROM jobs {where}ORDER BY position")
-            return [decode_row(r) for r in cur.fetchall()]
+            return [self._decode(r) for r in cur.fetchall()]
+
+    def _decode(self, r: tuple) -> JobRow:
+        try:
+            return decode_row(r)
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            raise StateError(
+                f"{self.run_dir / STATE_FILE}: the row of job {r[0]} is damaged ({exc}); "
+                "restore the file from a copy, or delete that row (the job is then submitted "
+                "again) and rerun"
+            ) from None
 
     def change_mark(self) -> tuple[int, int]:
         """Equal at two moments only if no job or meta was written in between, by this
@@ -288,7 +350,7 @@ class StateStore:
             ).fetchone()
         if r is None:
             raise StateError(f"{self.run_dir}: no job {job_id} in {STATE_FILE}")
-        return decode_row(r)
+        return self._decode(r)
 
     def counts(self) -> dict[str, int]:
         """Jobs per internal state (jobs still in the manifest)."""
@@ -410,3 +472,39 @@ class StateStore:
                 (UNKNOWN, error, time.time(), SUBMITTING),
             )
             return cur.rowcount
+
+
+# What batchrun writes in a run folder; none may be a symlink (a write would land elsewhere).
+_OWN_NAMES = [STATE_FILE, f"{STATE_FILE}-wal", f"{STATE_FILE}-shm", folder_lock.LOCK_FILE, "files"]
+_OWN_NAMES += ["report.csv", "summary.json", "report.html"]
+
+
+def _refuse_links(run_dir: Path) -> None:
+    links = [n for n in _OWN_NAMES if (run_dir / n).is_symlink()]
+    if links:
+        raise StateError(
+            f"{run_dir}: symbolic link in the run folder: {', '.join(links)}; batchrun never "
+            "writes through links in a run folder. Remove them (or choose another --run-dir) "
+            "and run again"
+        )
+
+
+def _write_problem(path: Path, exc: sqlite3.Error) -> str:
+    text = str(exc)
+    low = text.lower()
+    if "full" in low:
+        what = "the disk is full"
+        fix = f"free some space on the disk of {path.parent}"
+    elif "readonly" in low or "read-only" in low:
+        what = "it cannot be written (read-only file or folder)"
+        fix = f"make {path} and its folder writable (chmod, chattr -i, remount)"
+    elif "i/o" in low or "disk" in low:
+        what = "the disk reported an I/O error"
+        fix = "check the disk"
+    else:
+        what = "it cannot be used"
+        fix = f"if the file is damaged, move {path.parent} aside and run again"
+    return (
+        f"{path}: {what} ({text}); the changes saved before this one are kept. "
+        f"{fix}, then rerun the same command to resume"
+    )

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from batchrun.engine import RunOptions, run_batch
+from batchrun.errors import StateError
 from batchrun.plan import build_plan
 from batchrun.state import JobRow, StateStore
 
@@ -187,8 +188,11 @@ def run_here(tmp_path: Path, api: HostileApi, **opts: Any) -> tuple[int, list[st
 def state_of(tmp_path: Path) -> list[JobRow]:
     if not (tmp_path / "run" / "state.db").exists():
         return []
-    with StateStore.open(tmp_path / "run", create=False, lock=False) as s:
-        return s.rows()
+    try:
+        with StateStore.open(tmp_path / "run", create=False, lock=False) as s:
+            return s.rows()
+    except StateError:
+        return []  # the run's own error says why
 
 
 class Jumps:
