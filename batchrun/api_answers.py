@@ -3,6 +3,7 @@ could pay twice, a /result (or /status) body read into a job state."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,10 +68,11 @@ def read_answer(body: dict[str, Any]) -> Answer:
     """Terminal on completed/succeeded/failed/cancelled/canceled; otherwise still working."""
     status = str(body.get("status", "")).lower()
     if status == "failed" or (status in _SUCCESS and "output" not in body and "error" in body):
-        # A failed job may be billed too: keep its cost when the API gives one.
-        return Answer(st.FAILED, error=_error_text(body), cost_usd=_number(body.get("cost")))
+        # A failed job may be billed too: keep its cost when the API gives a valid one.
+        return Answer(st.FAILED, error=_error_text(body), cost_usd=read_cost(body.get("cost"))[0])
     if status in _SUCCESS:
-        return Answer(st.SUCCEEDED, output=body.get("output"), cost_usd=_number(body.get("cost")))
+        cost, why = read_cost(body.get("cost"))
+        return Answer(st.SUCCEEDED, output=body.get("output"), cost_usd=cost, error=why)
     if status in _CANCELLED:
         return Answer(st.CANCELLED, error="cancelled on the server")
     if status == "in_queue":
@@ -90,8 +92,18 @@ def _error_text(body: dict[str, Any]) -> str:
     return text or "the job failed (no error message from the API)"
 
 
-def _number(value: Any) -> float | None:
+def read_cost(value: Any) -> tuple[float | None, str]:
+    """A cost the API gave: a finite non-negative number, else None and why it was left out
+    (Infinity, NaN or a negative cost would make every sum and summary.json wrong)."""
+    if value is None:
+        return None, ""
     try:
-        return None if value is None else float(value)
-    except (TypeError, ValueError):
-        return None
+        cost = float(value)
+    except (TypeError, ValueError, OverflowError):
+        if isinstance(value, str):
+            return None, ""  # "n/a" and the like: the API's way of giving none
+        cost = math.nan
+    if isinstance(value, bool) or not math.isfinite(cost) or cost < 0:
+        shown = repr(value) if not isinstance(value, float) else str(value)
+        return None, f"cost not recorded: the API gave {shown[:40]}, not a finite amount >= 0"
+    return cost, ""

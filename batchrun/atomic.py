@@ -10,6 +10,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
+from batchrun.errors import StateError
+
 # Never follow a symlink planted where a .part file goes.
 _PART_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0)
 
@@ -38,13 +40,20 @@ def open_atomic(path: str | os.PathLike[str], *, sync_dir: bool = True) -> Itera
     path = Path(path)
     part = path.with_name(path.name + ".part")
     try:
+        if part.is_symlink():
+            part.unlink()  # a planted link: remove it, never write through it
         with os.fdopen(os.open(part, _PART_FLAGS, 0o666), "wb") as fh:
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(part, path)
-    except BaseException:
+        os.replace(part, path)  # a link at `path` is replaced, not followed
+    except BaseException as exc:
         part.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise StateError(
+                f"{path}: cannot write it ({exc.strerror or exc}); free some space or fix the "
+                "folder's permissions, then try again"
+            ) from None
         raise
     if sync_dir:
         fsync_dir(path.parent)

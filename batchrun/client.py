@@ -17,6 +17,7 @@ from batchrun import __version__, netenv
 from batchrun.errors import (
     ApiError,
     AuthError,
+    ConfigError,
     InsufficientBalanceError,
     InvalidInputError,
     NotFoundError,
@@ -47,7 +48,14 @@ class Client:
         timeout: float | tuple[float, float] = (5, 60),
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        if any(c.isspace() or not c.isprintable() for c in token):
+            # http.client would refuse it with a message quoting the header, token included
+            raise ConfigError(
+                "RUNCOMFY_TOKEN contains whitespace or a control character (a stray newline "
+                "from a file?); set it to the token alone"
+            )
         self._token = token
+        self._secrets = _secret_forms(token)
         if session is None:
             # Proxies and CA bundle read once here, not on every call (see netenv).
             session = netenv.session()
@@ -163,11 +171,13 @@ class Client:
     def _decode(self, resp: requests.Response, endpoint: str) -> dict[str, Any]:
         # A server may echo the token back: scrub the whole body before anything reads it,
         # so no message, detail or snippet derived from it can carry the token.
-        text = self._scrub(resp.text)
+        raw = resp.text
         try:
-            body = json.loads(text)
+            # decoded first, then scrubbed: \u0074... or \/ escapes cannot hide the token
+            body = self._scrub_all(json.loads(raw))
         except ValueError:
             body = None
+        text = self._scrub(raw)
         if resp.status_code >= 400 or (isinstance(body, dict) and "error_code" in body):
             raise self._api_error(resp, text, body, endpoint)
         if not isinstance(body, dict):
@@ -188,6 +198,7 @@ class Client:
         detail = body.get("detail")
         if detail:
             message = f"{message}: {_render_detail(detail)}"
+        message = self._scrub(message)
         kw: dict[str, Any] = {
             "endpoint": endpoint,
             "status": status,
@@ -221,8 +232,47 @@ class Client:
         )
 
     def _scrub(self, text: str) -> str:
-        """Never let the token reach a message, even if a server echoes it back."""
-        return text.replace(self._token, "***") if self._token else text
+        """Never let the token reach a message, even if a server echoes it back: as it is,
+        percent-encoded, or in JSON escapes (which are decoded where one could hide it)."""
+        if not self._token:
+            return text
+        if "\\" in text:
+            decoded = _unescape_json(text)
+            if self._token in decoded:
+                text = decoded
+        for form in self._secrets:
+            text = text.replace(form, "***")
+        return text
+
+    def _scrub_all(self, value: Any) -> Any:
+        """A decoded JSON value with the token scrubbed from every string, keys included."""
+        if isinstance(value, str):
+            return self._scrub(value)
+        if isinstance(value, list):
+            return [self._scrub_all(v) for v in value]
+        if isinstance(value, dict):
+            return {self._scrub(str(k)): self._scrub_all(v) for k, v in value.items()}
+        return value
+
+
+def _secret_forms(token: str) -> list[str]:
+    """The token as a server might echo it: as is, JSON-escaped, percent-encoded."""
+    if not token:
+        return []
+    forms = {token, json.dumps(token)[1:-1], token.replace("/", "\\/"), quote(token, safe="")}
+    return sorted(forms, key=len, reverse=True)
+
+
+_JSON_ESCAPE = re.compile(r"\\(u[0-9a-fA-F]{4}|[\\/\"bfnrt])")
+_SIMPLE = {"/": "/", "\\": "\\", '"': '"', "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t"}
+
+
+def _unescape_json(text: str) -> str:
+    def one(m: re.Match[str]) -> str:
+        e = m.group(1)
+        return chr(int(e[1:], 16)) if e[0] == "u" else _SIMPLE[e]
+
+    return _JSON_ESCAPE.sub(one, text)
 
 
 def _never_sent(exc: requests.RequestException) -> bool:
@@ -330,7 +380,7 @@ def _describe_body(resp: requests.Response, text: str) -> str:
         title = re.search(r"<title>(.*?)</title>", text, re.I | re.S)
         what = f"HTML page: {_snippet(title.group(1))}" if title else "HTML page"
         return f"{resp.reason or 'error'} ({what})"
-    return _snippet(text) or resp.reason or ""
+    return _snippet(text) or resp.reason or ""  # the caller scrubs the message built from it
 
 
 def _int_or_none(value: Any) -> int | None:

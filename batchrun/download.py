@@ -15,7 +15,7 @@ import re
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import urljoin, urlsplit
@@ -32,6 +32,9 @@ CHUNK = 1024 * 1024
 MAX_REDIRECTS = 5
 BACKOFF_BASE_S = 1.0
 BACKOFF_CAP_S = 30.0
+# Downloads stop while less than this is free on the run folder's disk, so state.db can still
+# record every request id and result: we stop downloading, never recording.
+MIN_FREE_BYTES = 50 * 1024**2
 _JOB_ID = re.compile(r"^[0-9a-f]{6,64}$")
 # Never follow a symlink planted where a .part file goes.
 _PART_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0)
@@ -61,8 +64,10 @@ class Downloader:
         retries: int = 3,
         timeout: float = 60.0,
         sleep: Callable[[float], None] = time.sleep,
+        min_free_bytes: int = MIN_FREE_BYTES,
     ) -> None:
         self.allow_hosts = list(allow_hosts)
+        self.min_free_bytes = min_free_bytes
         self.max_file_bytes = max_file_bytes
         # A fresh session by default, never the API client's. A given session is left as it is
         # (it may be shared); every request strips Authorization instead (see `_open`).
@@ -104,7 +109,7 @@ class Downloader:
         taken = {
             f.name[len(prefix) :] for u, f in previous.items() if u in urls and f.name and f.sha256
         }
-        job.remove_stale_parts()
+        job.remove_stale_parts(keep={f.name[len(prefix) :] for f in previous.values()})
         results: list[OutputFile] = []
         for index, url in enumerate(urls, start=1):
             why = refusal(url, self.allow_hosts)
@@ -114,6 +119,10 @@ class Downloader:
             old = previous.get(url)
             if old and old.sha256 and self._intact(run_dir, old):
                 results.append(old)
+                continue
+            full = self._disk_nearly_full(run_dir)
+            if full:
+                results.append(OutputFile(url=url, error=full))
                 continue
             keep = old.name[len(prefix) :] if old else ""
             fallback = safe_name((keys or {}).get(url, "")) or f"output-{index}"
@@ -133,6 +142,17 @@ class Downloader:
             if root is None:
                 root = self._roots[run_dir] = run_dir.resolve() / "files"
             return root
+
+    def _disk_nearly_full(self, path: Path) -> str:
+        """Why not to write another byte under `path` ('' when there is room)."""
+        free = free_bytes(path)
+        if free is None or free >= self.min_free_bytes:
+            return ""
+        return (
+            f"not downloaded: the disk is nearly full ({free // 1024**2} MB free; batchrun keeps "
+            f"{self.min_free_bytes // 1024**2} MB for its state); free some space and rerun "
+            "to fetch it"
+        )
 
     @staticmethod
     def _intact(run_dir: Path, old: OutputFile) -> bool:
@@ -264,6 +284,9 @@ class Downloader:
                     size += len(chunk)
                     if size > self.max_file_bytes:
                         raise _Fail(f"larger than the {self.max_file_bytes}-byte cap")
+                    full = self._disk_nearly_full(final.parent)
+                    if full:
+                        raise _Fail(full)
                     digest.update(chunk)
                     fh.write(chunk)
             except requests.RequestException as exc:
@@ -274,14 +297,24 @@ class Downloader:
         return digest.hexdigest(), size
 
 
+def free_bytes(path: Path) -> int | None:
+    """Bytes an unprivileged writer may still use on `path`'s file system (None: unknown)."""
+    try:
+        st = os.statvfs(path)
+    except (OSError, AttributeError):
+        return None
+    return st.f_bavail * st.f_frsize
+
+
 @contextlib.contextmanager
 def _atomic_file(path: Path) -> Iterator[BinaryIO]:
     """`path.part` to write: fsynced and renamed to `path` on a clean exit, removed on an error.
 
     atomic.write_text's steps, but the .part is never opened through a symlink, and the folder
-    is not fsynced here: `fetch` does that once per job, after all its files.
+    is not fsynced here: `fetch` does that once per job, after all its files. Its name starts
+    with a dot, which no output name does (safe_name), so it is never another output's name.
     """
-    part = path.with_name(path.name + ".part")
+    part = part_name(path)
     try:
         with open(part, "wb", opener=_open_part) as fh:
             yield fh
@@ -291,6 +324,11 @@ def _atomic_file(path: Path) -> Iterator[BinaryIO]:
     except BaseException:
         part.unlink(missing_ok=True)
         raise
+
+
+def part_name(path: Path) -> Path:
+    """The temporary name `path` is written under: `.NAME.part`."""
+    return path.with_name(f".{path.name}.part")
 
 
 def _open_part(path: str, flags: int) -> int:
@@ -306,11 +344,15 @@ class _JobDir:
         self.written = False  # a file was renamed into it: fsync the folder at the end
         self._checked: bool | None = None
 
-    def remove_stale_parts(self) -> None:
-        # One process owns a run folder (state lock), so any .part here is from a crash.
+    def remove_stale_parts(self, keep: Collection[str] = ()) -> None:
+        """One process owns a run folder (state lock), so a .part here is from a crash, unless
+        it is an output of that name (`keep`). Only inside a real folder: never through a
+        link planted as files/ or files/<job_id>."""
+        if not (_real_dir(self.path.parent) and _real_dir(self.path)):
+            return
         with contextlib.suppress(OSError), os.scandir(self.path) as entries:
             for entry in entries:
-                if entry.name.endswith(".part"):
+                if entry.name.endswith(".part") and entry.name not in keep:
                     os.unlink(entry.path)
 
     def ready(self) -> bool:

@@ -34,6 +34,12 @@ MIN_ODDS = 0.02
 # also read once this many seconds times the jobs in flight: 10 such reads a second for all.
 GAP_PER_FLIGHT_S = 0.1
 MAX_POLL_ERRORS = 40  # consecutive failed reads of one job before we stop polling it
+# A request we submitted and recorded that the server says it does not know (404) may just not
+# be visible yet (a replica behind): read again with backoff until it has been missing for
+# NOT_FOUND_READS reads and NOT_FOUND_GRACE_S since its submit, then leave it for
+# --resubmit-unknown (it may have run and been billed).
+NOT_FOUND_READS = 3
+NOT_FOUND_GRACE_S = 180.0
 BACKOFF_BASE_S = 0.5  # a refused submit or a failed read: 0.5 s, 1 s, 2 s... (with jitter)
 BACKOFF_CAP_S = 30.0
 
@@ -56,6 +62,7 @@ class Flight:
     queued_at: float | None = None  # last read that found it in the server's queue
     queue_position: int | None = None  # ... and where
     due_seq: int = -1  # its live entry in the schedule (older ones are stale)
+    not_found: int = 0  # reads answered 404 (request unknown) since the last good one
 
 
 @dataclass
@@ -232,6 +239,7 @@ class Flights:
             self._call_failed(flight, "poll", o.error)
             return
         flight.errors = 0
+        flight.not_found = 0
         flight.last_error = ""
         answer = api_answers.read_answer(o.value)
         if answer.terminal:
@@ -332,14 +340,23 @@ class Flights:
             self._fatal(exc)
             self._stop_polling(flight, str(exc))
             return
-        if isinstance(exc, NotFoundError):
-            del self.flights[flight.job_id]
-            self.budget.keep(flight.job_id)
-            error = f"request unknown or expired on the server: {exc}"
-            self.jobs.record_result(flight.job_id, st.FAILED, finished_at=self.wall(), error=error)
-            return
         flight.errors += 1
         flight.last_error = str(exc)
+        if isinstance(exc, NotFoundError):
+            flight.not_found += 1
+            age = self.wall() - flight.submitted_at
+            if flight.not_found >= NOT_FOUND_READS and age >= NOT_FOUND_GRACE_S:
+                del self.flights[flight.job_id]
+                self.budget.keep(flight.job_id)
+                error = st.not_found_error(f"{exc}; {flight.not_found} reads over {age:.0f}s")
+                self.jobs.record_result(
+                    flight.job_id, st.FAILED, finished_at=self.wall(), error=error
+                )
+                return
+            # job_timeout does not apply: a cancel of a request the server does not know
+            # is pointless, and the reads above end within NOT_FOUND_GRACE_S anyway.
+            self._schedule(self._backoff(flight.not_found), kind, flight.job_id)
+            return
         if isinstance(exc, RateLimitedError):
             self.limiter.throttled(exc.retry_after)
             delay = 0.0  # the limiter's pause holds every call

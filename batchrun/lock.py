@@ -6,18 +6,28 @@ release), so a reader can tell who holds it without taking it.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
+import stat
 from pathlib import Path
 
-from batchrun.errors import RunFolderInUse
+from batchrun.errors import RunFolderInUse, StateError
 
 LOCK_FILE = ".lock"
 
 
 def take(run_dir: Path) -> int:
     """Lock `run_dir` for this process; returns the fd to `release`. RunFolderInUse if held."""
-    fd = os.open(Path(run_dir) / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    path = Path(run_dir) / LOCK_FILE
+    try:
+        # O_NOFOLLOW: a .lock planted as a symlink must not truncate the file it points at
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    except OSError as exc:
+        raise _lock_problem(path, exc) from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise StateError(f"{path}: not a regular file; remove it and run again")
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
@@ -29,9 +39,30 @@ def take(run_dir: Path) -> int:
             f"run folder {run_dir} in use by pid {pid}; wait for that run to finish "
             "(or stop it) and try again"
         ) from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    except OSError as exc:
+        try:
+            release(fd)
+        except OSError:
+            pass
+        raise _lock_problem(path, exc) from None
     return fd
+
+
+def _lock_problem(path: Path, exc: OSError) -> StateError:
+    if exc.errno == errno.ELOOP:
+        what = "it is a symbolic link, which batchrun never writes through; remove it"
+    elif exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+        what = "the disk is full; free some space"
+    elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        what = "no permission to write it; make the folder writable"
+    else:
+        what = "check the folder"
+    return StateError(
+        f"{path}: cannot take the run folder's lock ({exc.strerror}); {what}, then run again"
+    )
 
 
 def release(fd: int | None) -> None:

@@ -4,6 +4,7 @@ record is encoded in (and decoded from) a state.db row."""
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -19,6 +20,17 @@ TIMED_OUT = "timed_out"
 CANCELLED = "cancelled"
 
 TERMINAL = frozenset({SUCCEEDED, FAILED, TIMED_OUT, CANCELLED})
+
+# The error of a FAILED job whose request the server stopped knowing before we read its result:
+# it may have run and been billed, so --retry-failed leaves it; --resubmit-unknown sends it.
+NOT_FOUND = "request unknown or expired on the server"
+
+
+def not_found_error(why: str) -> str:
+    return (
+        f"{NOT_FOUND} ({why}); it may have run and been billed, so --retry-failed leaves it: "
+        "rerun with --resubmit-unknown to submit it again"
+    )
 
 
 @dataclass
@@ -145,6 +157,13 @@ def _loads(text: str) -> Any:
     return value if end == len(text) else json.loads(text)  # the general path, and its errors
 
 
+def finite_cost(value: float | None) -> float | None:
+    """A cost as stored: a finite number >= 0, else none (Infinity breaks summary.json)."""
+    if isinstance(value, (int, float)) and math.isfinite(value) and value >= 0:
+        return float(value)
+    return None
+
+
 def decode_row(r: tuple) -> JobRow:
     """A JobRow from a state.db row of COLUMNS, in that order."""
     return JobRow(
@@ -161,7 +180,7 @@ def decode_row(r: tuple) -> JobRow:
         submitted_at=r[10],
         started_at=r[11],
         finished_at=r[12],
-        cost_usd=r[13],
+        cost_usd=finite_cost(r[13]),
         output=None if r[14] is None else _loads(r[14]),
         files=[OutputFile(**f) for f in _loads(r[15])] if r[15] else [],
         in_manifest=bool(r[16]),

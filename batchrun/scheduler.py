@@ -39,6 +39,9 @@ from batchrun.state import JobRow, OutputFile, StateStore
 UNREACHABLE_TRIES = 6
 UNREACHABLE_MIN_S = 7.0
 SLOT_CHECK_AFTER = 10  # finished jobs before an explicit max_in_flight is judged
+# Consecutive submits that may have reached the server without an answer we could read (a
+# gateway's 502, a captive portal's page) before we stop submitting: each may have been billed.
+MAX_AMBIGUOUS_SUBMITS = 3
 MAX_SUBMIT_REFUSALS = 6  # consecutive refused submits (about 30 s) before giving up on the server
 STOP_CHECK = 0.2  # seconds; the loop never sleeps longer, so Ctrl-C is noticed at once
 # With jobs in flight and no spare read worth a token yet, look again this soon: the odds of
@@ -99,6 +102,7 @@ class Scheduler:
         self.submit_open = True
         self.submit_not_before = 0.0
         self.submit_refusals = 0
+        self.submit_ambiguous = 0  # consecutive ambiguous submits (the circuit breaker)
         # Until the server has accepted one submit this run, submits go one at a time: a bad
         # token, an empty balance or a schema the server disagrees with costs one refused
         # request, not one per worker.
@@ -385,6 +389,7 @@ class Scheduler:
         job_id, exc = o.job_id, o.error
         if exc is None:
             self.submit_refusals = 0
+            self.submit_ambiguous = 0
             self.submit_accepted = True
             self.jobs.record_request_id(job_id, o.value, o.at)
             self.server.submitted(job_id, o.value, o.at)
@@ -412,6 +417,18 @@ class Scheduler:
             why = str(exc) if isinstance(exc, ApiError) else f"{type(exc).__name__}: {exc}"
             error = api_answers.AMBIGUOUS_SUBMIT.format(why=why)
             self.jobs.mark_unknown(job_id, error)
+            # One at a time again until a submit is accepted; a few in a row: stop submitting.
+            self.submit_accepted = False
+            self.submit_ambiguous += 1
+            if self.submit_ambiguous >= MAX_AMBIGUOUS_SUBMITS and self.submit_open:
+                self._stop_submitting(
+                    ApiError(
+                        f"{self.submit_ambiguous} submits in a row got no answer we could read "
+                        f"(last: {why}); each may have been billed, so no more are sent. Check "
+                        "the API base, proxy and network, then rerun (jobs not yet sent are "
+                        "submitted then; --resubmit-unknown sends the ambiguous ones again)"
+                    )
+                )
 
     # ---- budget hook (batchrun/budget.py) ----------------------------------------------
 

@@ -1,7 +1,9 @@
 """Manifest values read from files: `{file: x.txt}`, `{csv: f.csv, column: c}`, `cases: {csv:}`.
 
-Paths are relative to the manifest's folder. Values read from files are strings; `grid` turns
-them into numbers or booleans where the model's schema asks for one.
+Paths are relative to the manifest's folder, and must stay inside it once every symlink is
+resolved (a manifest from elsewhere must not read /proc/self/environ or ~/.ssh into prompts),
+unless BATCHRUN_ALLOW_OUTSIDE_SOURCES=1 says otherwise. Values read from files are strings;
+`grid` turns them into numbers or booleans where the model's schema asks for one.
 """
 
 from __future__ import annotations
@@ -9,7 +11,10 @@ from __future__ import annotations
 import copy
 import csv
 import io
+import os
 from pathlib import Path
+
+ALLOW_OUTSIDE = "BATCHRUN_ALLOW_OUTSIDE_SOURCES"
 
 Problem = tuple[list, str]
 
@@ -41,6 +46,11 @@ class _Reader:
     def _text(self, name: str, where: list) -> str | None:
         if name not in self._texts:
             path = self.base / name
+            outside = _outside(path, self.base)
+            if outside:
+                self.problems.append((where, outside))
+                self._texts[name] = None
+                return None
             try:
                 self._texts[name] = path.read_text(encoding="utf-8-sig")
             except FileNotFoundError:
@@ -116,6 +126,23 @@ class _Reader:
                 return None
             rows.append({k: (v or "").strip() for k, v in row.items()})
         return header, rows
+
+
+def _outside(path: Path, base: Path) -> str:
+    """Why `path` may not be read: it resolves outside `base` ('' when it may)."""
+    if os.environ.get(ALLOW_OUTSIDE, "") == "1":
+        return ""
+    folder = base.resolve()
+    try:
+        real = path.resolve()
+    except (OSError, RuntimeError) as exc:  # a symlink loop
+        return f"cannot resolve {path}: {exc}"
+    if real == folder or folder in real.parents:
+        return ""
+    return (
+        f"{path} resolves to {real}, outside the manifest's folder {folder}; move or copy it "
+        f"into that folder (or set {ALLOW_OUTSIDE}=1 to read files anywhere)"
+    )
 
 
 def _is_key(name: str) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
 import time
@@ -21,6 +22,7 @@ from batchrun.records import (
     COLUMNS,
     COLUMNS_V1,
     FAILED as FAILED,
+    NOT_FOUND,
     PENDING as PENDING,
     QUEUED as QUEUED,
     RUNNING as RUNNING,
@@ -34,6 +36,8 @@ from batchrun.records import (
     OutputFile as OutputFile,
     decode_row,
     dumps,
+    finite_cost,
+    not_found_error as not_found_error,
     report_status as report_status,
 )
 
@@ -118,6 +122,8 @@ class StateStore:
                     f"{run_dir}: cannot make the run folder ({exc.strerror}); "
                     "choose another --run-dir or outputs.dir"
                 ) from None
+        if lock:
+            _refuse_links(run_dir)
         lock_fd = folder_lock.take(run_dir) if lock else None
         try:
             conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
@@ -129,7 +135,13 @@ class StateStore:
             store._migrate(writable=lock or create)
         except sqlite3.DatabaseError as exc:
             folder_lock.release(lock_fd)
-            raise StateError(f"{path}: not a usable state file ({exc})") from None
+            low = str(exc).lower()
+            if "readonly" in low or "full" in low or "i/o" in low:
+                raise StateError(_write_problem(path, exc)) from None
+            raise StateError(
+                f"{path}: not a usable state file ({exc}); move {run_dir} aside (or choose "
+                "another --run-dir) and run again"
+            ) from None
         except BaseException:
             folder_lock.release(lock_fd)
             raise
@@ -149,7 +161,16 @@ class StateStore:
                     batchrun_version=__version__,
                     created=str(time.time()),
                 )
-        version = int(self.meta().get("schema_version", "0"))
+        path = self.run_dir / STATE_FILE
+        text = self.meta().get("schema_version", "0")
+        try:
+            version = int(text)
+        except ValueError:
+            raise StateError(
+                f"{path}: its schema_version {text[:40]!r} is not a number (was it edited?); "
+                f"set it back to {SCHEMA_VERSION} in its meta table, or move {self.run_dir} "
+                "aside and run again"
+            ) from None
         if version > SCHEMA_VERSION:
             raise StateError(
                 f"{self.run_dir}: {STATE_FILE} has schema version {version}, made by a newer "
@@ -165,6 +186,13 @@ class StateStore:
                 for stmt in _MIGRATIONS[version]:
                     self._conn.execute(stmt)
                 self._set_meta(schema_version=str(version))
+        have = {r[1] for r in self._conn.execute("PRAGMA table_info(jobs)")}
+        missing = [c.strip() for c in COLUMNS.split(",") if c.strip() not in have]
+        if missing:
+            raise StateError(
+                f"{path}: its jobs table has no column {', '.join(missing)} (was it edited?); "
+                f"restore the file from a copy, or move {self.run_dir} aside and run again"
+            )
 
     def close(self) -> None:
         with self._mutex:
@@ -191,14 +219,14 @@ class StateStore:
         with self._mutex:
             if self._batch is not None:
                 raise StateError("internal: batches do not nest")
-            with self._synchronous(durable):
+            with self._synchronous(durable), self._sqlite_errors():
                 self._conn.execute("BEGIN IMMEDIATE")
                 self._batch = durable
                 try:
                     yield
                 finally:
                     self._batch = None
-                    self._conn.execute("COMMIT")
+                    self._commit()
 
     @contextmanager
     def _tx(self, *, durable: bool = False) -> Iterator[sqlite3.Connection]:
@@ -209,16 +237,43 @@ class StateStore:
                 begin, undo, end = "SAVEPOINT tx", "ROLLBACK TO tx", "RELEASE tx"
             else:
                 begin, undo, end = "BEGIN IMMEDIATE", "ROLLBACK", "COMMIT"
-            with self._synchronous(durable and self._batch is None):
+            outer = self._batch is None
+            with self._synchronous(durable and outer), self._sqlite_errors():
                 self._conn.execute(begin)
                 try:
                     yield self._conn
                 except BaseException:
-                    self._conn.execute(undo)
-                    if self._batch is not None:
-                        self._conn.execute(end)
+                    # SQLite may have rolled the whole transaction back itself (disk full)
+                    if self._conn.in_transaction:
+                        self._conn.execute(undo)
+                        if not outer:
+                            self._conn.execute(end)
                     raise
-                self._conn.execute(end)
+                if outer:
+                    self._commit()
+                else:
+                    self._conn.execute(end)
+
+    def _commit(self) -> None:
+        """COMMIT; when it fails (disk full), roll back so the connection stays usable."""
+        if not self._conn.in_transaction:
+            return  # SQLite rolled it back itself after an error, which is on its way up
+        try:
+            self._conn.execute("COMMIT")
+        except sqlite3.Error:
+            if self._conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    self._conn.execute("ROLLBACK")
+            raise
+
+    @contextmanager
+    def _sqlite_errors(self) -> Iterator[None]:
+        """A write state.db refuses (disk full, read-only, I/O error) as a StateError saying
+        which file and what to do; what was committed before stays, so a rerun resumes."""
+        try:
+            yield
+        except sqlite3.Error as exc:
+            raise StateError(_write_problem(self.run_dir / STATE_FILE, exc)) from None
 
     @contextmanager
     def _synchronous(self, durable: bool) -> Iterator[None]:
@@ -292,7 +347,17 @@ class StateStore:
         where = "WHERE in_manifest = 1 " if in_manifest_only else ""
         with self._mutex, gc_paused():
             cur = self._conn.execute(f"SELECT {self._columns} FROM jobs {where}ORDER BY position")
-            return [decode_row(r) for r in cur.fetchall()]
+            return [self._decode(r) for r in cur.fetchall()]
+
+    def _decode(self, r: tuple) -> JobRow:
+        try:
+            return decode_row(r)
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            raise StateError(
+                f"{self.run_dir / STATE_FILE}: the row of job {r[0]} is damaged ({exc}); "
+                "restore the file from a copy, or delete that row (the job is then submitted "
+                "again) and rerun"
+            ) from None
 
     def change_mark(self) -> tuple[int, int]:
         """Equal at two moments only if no job or meta was written in between, by this
@@ -308,7 +373,7 @@ class StateStore:
             ).fetchone()
         if r is None:
             raise StateError(f"{self.run_dir}: no job {job_id} in {STATE_FILE}")
-        return decode_row(r)
+        return self._decode(r)
 
     def counts(self) -> dict[str, int]:
         """Jobs per internal state (jobs still in the manifest)."""
@@ -381,7 +446,13 @@ class StateStore:
         self._update(
             job_id,
             "status = ?, finished_at = ?, output = ?, error = ?, cost_usd = ?",
-            (status, finished_at, None if output is None else dumps(output), error, cost_usd),
+            (
+                status,
+                finished_at,
+                None if output is None else dumps(output),
+                error,
+                finite_cost(cost_usd),
+            ),
         )
 
     def record_cached(
@@ -416,15 +487,26 @@ class StateStore:
         self._update(job_id, "files = ?", (dumps([asdict(f) for f in files]),))
 
     def requeue(self, statuses: Iterable[str], error: str = "") -> int:
-        """Every job (in the manifest) in one of `statuses` back to PENDING; returns how many."""
+        """Every job (in the manifest) in one of `statuses` back to PENDING; returns how many.
+
+        A FAILED job whose request the server stopped knowing before its result was read (its
+        error starts with NOT_FOUND) may have been billed: it counts as UNKNOWN here, never as
+        FAILED, so --retry-failed does not replace its request id.
+        """
         statuses = list(statuses)
         marks = ", ".join("?" for _ in statuses)
+        unread = "(status = ? AND substr(error, 1, ?) = ?)"
+        unread_args = (FAILED, len(NOT_FOUND), NOT_FOUND)
+        if UNKNOWN in statuses:
+            which, args = f"(status IN ({marks}) OR {unread})", (*statuses, *unread_args)
+        else:
+            which, args = f"(status IN ({marks}) AND NOT {unread})", (*statuses, *unread_args)
         with self._tx() as conn:
             cur = conn.execute(
                 f"UPDATE jobs SET status = ?, error = ?, request_id = NULL, finished_at = NULL, "
                 f"output = NULL, files = '[]', updated_at = ? "
-                f"WHERE in_manifest = 1 AND status IN ({marks})",
-                (PENDING, error, time.time(), *statuses),
+                f"WHERE in_manifest = 1 AND {which}",
+                (PENDING, error, time.time(), *args),
             )
             return cur.rowcount
 
@@ -437,3 +519,39 @@ class StateStore:
                 (UNKNOWN, error, time.time(), SUBMITTING),
             )
             return cur.rowcount
+
+
+# What batchrun writes in a run folder; none may be a symlink (a write would land elsewhere).
+_OWN_NAMES = [STATE_FILE, f"{STATE_FILE}-wal", f"{STATE_FILE}-shm", folder_lock.LOCK_FILE, "files"]
+_OWN_NAMES += ["report.csv", "summary.json", "report.html"]
+
+
+def _refuse_links(run_dir: Path) -> None:
+    links = [n for n in _OWN_NAMES if (run_dir / n).is_symlink()]
+    if links:
+        raise StateError(
+            f"{run_dir}: symbolic link in the run folder: {', '.join(links)}; batchrun never "
+            "writes through links in a run folder. Remove them (or choose another --run-dir) "
+            "and run again"
+        )
+
+
+def _write_problem(path: Path, exc: sqlite3.Error) -> str:
+    text = str(exc)
+    low = text.lower()
+    if "full" in low:
+        what = "the disk is full"
+        fix = f"free some space on the disk of {path.parent}"
+    elif "readonly" in low or "read-only" in low:
+        what = "it cannot be written (read-only file or folder)"
+        fix = f"make {path} and its folder writable (chmod, chattr -i, remount)"
+    elif "i/o" in low or "disk" in low:
+        what = "the disk reported an I/O error"
+        fix = "check the disk"
+    else:
+        what = "it cannot be used"
+        fix = f"if the file is damaged, move {path.parent} aside and run again"
+    return (
+        f"{path}: {what} ({text}); the changes saved before this one are kept. "
+        f"{fix}, then rerun the same command to resume"
+    )

@@ -19,7 +19,7 @@ import pytest
 
 from batchrun import compare
 from batchrun.cli import main
-from batchrun.errors import ChoiceError, MissingDependencyError
+from batchrun.errors import ChoiceError, MissingDependencyError, StateError
 
 COLUMNS = [
     "job_id",
@@ -556,7 +556,7 @@ def test_update_baseline_interrupted_keeps_the_old_report(runs, tmp_path, monkey
         real_copy(src, dst, *args)
 
     monkeypatch.setattr(shutil, "copyfileobj", disk_full_on_report)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(StateError, match="No space left"):  # a clean exit 2, no traceback
         compare.update_baseline(compare.load_run("cur"), dest)
     assert (dest / "report.csv").read_text() == "old report"
     assert (dest / "files/j6/image.png").read_text() == "six"  # files go first, whole
