@@ -41,7 +41,7 @@ UNREACHABLE_MIN_S = 7.0
 SLOT_CHECK_AFTER = 10  # finished jobs before an explicit max_in_flight is judged
 # Consecutive submits that may have reached the server without an answer we could read (a
 # gateway's 502, a captive portal's page) before we stop submitting: each may have been billed.
-MAX_AMBIGUOUS_SUBMITS = 3
+MAX_AMBIGUOUS_SUBMITS = 6  # a dead gateway costs 6 maybe-billed jobs; a 12% flaky one trips ~0.1%
 MAX_SUBMIT_REFUSALS = 6  # consecutive refused submits (about 30 s) before giving up on the server
 STOP_CHECK = 0.2  # seconds; the loop never sleeps longer, so Ctrl-C is noticed at once
 # With jobs in flight and no spare read worth a token yet, look again this soon: the odds of

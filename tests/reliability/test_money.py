@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from batchrun import state as st
+from batchrun.scheduler import MAX_AMBIGUOUS_SUBMITS
 
 from .hostile_api import Call, HostileApi, Jumps, Reply, manifest_for, run_here
 
@@ -68,6 +69,8 @@ def test_a_request_missing_for_long_is_not_resubmitted_by_retry_failed(tmp_path:
         assert api.calls["submit"] == 4  # asked for: sent again
 
 
+TRIP = MAX_AMBIGUOUS_SUBMITS
+
 AMBIGUOUS_SUBMITS = {
     "502-html": Reply(502, "<html><title>502 Bad Gateway</title></html>", {"Content-Type": "x"}),
     "504-empty": Reply(504, b""),
@@ -89,17 +92,17 @@ def test_ambiguous_submits_trip_a_circuit_breaker(tmp_path: Path, variant: str) 
     with HostileApi(answer) as api:
         code, messages, rows = run_here(tmp_path, api, workers=4)
         assert code != 0
-        assert api.calls["submit"] == 3, f"{api.calls['submit']} submits sent"
+        assert api.calls["submit"] == TRIP, f"{api.calls['submit']} submits sent"
         said = "\n".join(messages)
         assert "stopped submitting" in said and "in a row" in said, said
         counts = {s: sum(r.status == s for r in rows) for s in (st.UNKNOWN, st.PENDING)}
-        assert counts == {st.UNKNOWN: 3, st.PENDING: 9}
+        assert counts == {st.UNKNOWN: TRIP, st.PENDING: 12 - TRIP}
 
         # The resume path is unchanged: a rerun submits the jobs never sent, not the others.
         api.answer = lambda call: None
         code, _, rows = run_here(tmp_path, api)
-    assert api.calls["submit"] == 3 + 9
-    assert sum(r.status == st.UNKNOWN for r in rows) == 3
+    assert api.calls["submit"] == 12
+    assert sum(r.status == st.UNKNOWN for r in rows) == TRIP
 
 
 def test_an_ambiguous_submit_between_accepted_ones_does_not_trip_it(tmp_path: Path) -> None:
