@@ -25,11 +25,15 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from batchrun import api_answers, state as st
-from batchrun.pricing import usd
+from batchrun.errors import InsufficientBalanceError
+from batchrun.pricing import Estimator, usd
 from batchrun.state import JobRow
+
+if TYPE_CHECKING:
+    from batchrun.plan import Plan
 
 Estimate = Callable[[str, Mapping[str, Any]], "Decimal | None"]  # (model id, inputs)
 
@@ -226,3 +230,45 @@ class Budget:
             cost = self._reservation(row.job_id) or _ZERO
             self.spent += cost
             self.maybe += cost
+
+
+def plan_estimator(plan: Plan) -> Estimate:
+    """What a job of any model of the run folder costs (its schema found the plan's way)."""
+    estimators = plan.estimators()
+
+    def estimate(model_id: str, inputs: Any) -> Decimal | None:
+        found = estimators.get(model_id)
+        if found is None:
+            schemas = plan.schemas
+            found = estimators[model_id] = Estimator(
+                schemas.price(model_id), schemas.input_schema(model_id)
+            )
+        return found(inputs)
+
+    return estimate
+
+
+def cost_text(rows: list[JobRow], budget: Budget) -> str:
+    """`Cost $0.80 (est. $1.00, cap $1.00)`: what the results cost, beside the plan's quote."""
+    actual = sum((amount(r.cost_usd) or Decimal(0) for r in rows), Decimal(0))
+    est = f"est. {usd(budget.est_total)}"
+    if budget.unpriced:
+        est += f" + {budget.unpriced} unpriced"
+    if budget.cap is not None:
+        est += f", cap {usd(budget.cap)}"
+    return f"Cost {usd(actual)} ({est})"
+
+
+def no_balance(
+    exc: InsufficientBalanceError, rows: list[JobRow], again: str
+) -> InsufficientBalanceError:
+    """The API's refusal, said plainly: what did not run and how to go on (rerun `again`)."""
+    not_run = sum(1 for r in rows if r.status == st.PENDING)
+    return InsufficientBalanceError(
+        f"{exc.message}: insufficient balance, the account cannot pay for more jobs; "
+        f"stopped submitting, {not_run} job{'s' if not_run != 1 else ''} not run. "
+        f"Top up the RunComfy balance, then rerun: {again or 'the same command'}",
+        endpoint=exc.endpoint,
+        status=exc.status,
+        error_code=exc.error_code,
+    )

@@ -16,15 +16,20 @@ import os
 import shutil
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from batchrun import __version__
 from batchrun.atomic import fsync_dir, open_atomic, write_bytes
 from batchrun.errors import UsageError
 from batchrun.output_urls import collect_urls
-from batchrun.records import SUCCEEDED, JobRow, OutputFile
+from batchrun.records import PENDING, SUCCEEDED, JobRow, OutputFile
+from batchrun.state import StateStore
+
+if TYPE_CHECKING:
+    from batchrun.plan import Plan
 
 ENTRY = "entry.json"
 FORMAT = 1
@@ -290,3 +295,76 @@ def schema_hashes(paths: dict[str, Path | None]) -> dict[str, str]:
     for model, path in paths.items():
         out[model] = "" if path is None else hashlib.sha256(path.read_bytes()).hexdigest()
     return out
+
+
+# ---- a run's use of the cache --------------------------------------------------------------
+
+
+def open_for_plan(folder: str | Path | None, plan: Plan) -> Cache | None:
+    """The cache at `folder` (None: no cache), keyed with the plan's schema files."""
+    if folder is None:
+        return None
+    paths = {}
+    for model in {j.model_id for j in plan.jobs}:
+        entry = plan.schemas.entry(model)
+        paths[model] = None if entry is None else entry.path
+    return Cache.open(Path(folder), schema_hashes(paths))
+
+
+def restore_pending(
+    cache: Cache,
+    store: StateStore,
+    run_dir: Path,
+    rows: list[JobRow],
+    restored: Restored,
+    *,
+    wall: Callable[[], float],
+    echo: Callable[[str], None],
+) -> list[JobRow]:
+    """Pending jobs found in the cache become succeeded (cached), files in place."""
+    out = []
+    with store.batch():
+        for row in rows:
+            if row.status != PENDING:
+                out.append(row)
+                continue
+            try:
+                hit = cache.lookup(row)
+                files = None if hit is None else cache.place(run_dir, row.job_id, hit)
+            except CacheError as exc:
+                cache.damaged.add(cache.key(row))
+                restored.damaged.append(f"job {row.job_id}: {exc}")
+                hit = files = None
+            if hit is None or files is None:
+                out.append(row)
+                continue
+            store.record_cached(
+                row.job_id, finished_at=wall(), output=hit.output, saved_usd=hit.cost_usd,
+                files=files,
+            )  # fmt: skip
+            restored.jobs += 1
+            restored.saved_usd += hit.cost_usd or 0.0
+            out.append(store.get(row.job_id))
+    for line in restored.damaged[:5]:
+        echo(f"cache: damaged entry ignored ({line}); the job runs")
+    if len(restored.damaged) > 5:
+        echo(f"cache: {len(restored.damaged) - 5} more damaged entries ignored")
+    return out
+
+
+def fill(cache: Cache, run_dir: Path, rows: list[JobRow], *, echo: Callable[[str], None]) -> None:
+    """Every succeeded job whose files all verified goes into the cache (once)."""
+    unverified = sum(
+        1 for row in rows if cache.storable(run_dir, row) and not cache.store(run_dir, row)
+    )
+    if unverified:
+        echo(f"cache: {unverified} job(s) not cached: their files did not verify")
+
+
+def cached_note(rows: list[JobRow]) -> str:
+    """' (12 from the cache, saved $0.48)' for the final line; '' when none came from it."""
+    cached = [r for r in rows if r.cached]
+    if not cached:
+        return ""
+    saved = sum(r.saved_usd or 0.0 for r in cached)
+    return f" ({len(cached)} from the cache, saved ${saved:.2f})"

@@ -9,7 +9,6 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -17,19 +16,19 @@ import requests
 
 from batchrun import origin as og, state as st
 from batchrun.api_answers import AMBIGUOUS_SUBMIT
-from batchrun.budget import Budget, Estimate, amount
-from batchrun.cache import Cache, CacheError, Restored, schema_hashes
+from batchrun.budget import Budget, cost_text, no_balance, plan_estimator
+from batchrun.cache import Restored, cached_note, fill, open_for_plan, restore_pending
 from batchrun.client import Client
 from batchrun.download import Downloader
 from batchrun.errors import ApiError, BudgetReached, ChoiceError, InsufficientBalanceError
 from batchrun.halt import SweepGate
-from batchrun.manifest import RunSettings
-from batchrun.output_urls import collect_urls, default_allow_hosts, output_keys
+from batchrun.output_urls import collect_urls, default_allow_hosts, needs_files, output_keys
 from batchrun.plan import Plan
-from batchrun.pricing import Estimator, plain, usd
+from batchrun.pricing import plain, usd
 from batchrun.progress import Progress, describe, duration
 from batchrun.ratelimit import RateLimiter
 from batchrun.scheduler import Scheduler
+from batchrun.settings import RunSettings
 from batchrun.state import JobRow, OutputFile, StateStore
 
 EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
@@ -91,7 +90,7 @@ class _Run:
         self.store = store
         self.echo = options.echo
         self.started = options.clock()
-        self.cache = self._open_cache()
+        self.cache = open_for_plan(self.opts.cache or self.plan.manifest.run.cache, self.plan)
         self.restored = Restored()
         self.gate: SweepGate | None = None
 
@@ -102,7 +101,10 @@ class _Run:
         every = self.store.rows()
         rows = [r for r in every if r.in_manifest and self._chosen(r.job_id)]
         if self.cache is not None:
-            rows = self._from_cache(rows)
+            rows = restore_pending(
+                self.cache, self.store, self.run_dir, rows, self.restored,
+                wall=self.opts.wall, echo=self.echo,
+            )  # fmt: skip
         client = Client(self.opts.api_base, self.opts.token, session=self.opts.session)
         settings = self._run_settings()
         rate = settings.rate_limit
@@ -113,7 +115,9 @@ class _Run:
             clock=self.opts.clock,
             sleep=self.opts.sleep,
         )
-        budget = Budget.for_folder(manifest.run.max_cost_usd, _estimator(self.plan), every, rows)
+        budget = Budget.for_folder(
+            manifest.run.max_cost_usd, plan_estimator(self.plan), every, rows
+        )
         self._record_budget(budget)
         progress = Progress(
             len(rows), quiet=self.opts.quiet, clock=self.opts.clock, cost=budget.line
@@ -144,7 +148,7 @@ class _Run:
                 row.status == st.SUCCEEDED
                 and not row.cached  # its files come from the cache, not a URL
                 and manifest.outputs.download
-                and _needs_files(self.run_dir, row)
+                and needs_files(self.run_dir, row)
             ):
                 sched.add_download(row.job_id)
         restore = self._install_interrupt(sched)
@@ -159,7 +163,8 @@ class _Run:
         unchanged = self.store.change_mark() == mark
         final = every if unchanged else self.store.rows()
         if self.cache is not None and not sched.stopped:
-            self._to_cache([r for r in final if r.in_manifest and self._chosen(r.job_id)])
+            mine = [r for r in final if r.in_manifest and self._chosen(r.job_id)]
+            fill(self.cache, self.run_dir, mine, echo=self.echo)
         self._write_report(final, client, limiter, budget, interrupted=sched.stopped)
         client.close()
         if sched.stopped:
@@ -171,7 +176,7 @@ class _Run:
             return EXIT_INTERRUPTED
         mine = [r for r in final if r.in_manifest and self._chosen(r.job_id)]
         if isinstance(sched.fatal, InsufficientBalanceError):
-            raise self._no_balance(sched.fatal, mine)
+            raise no_balance(sched.fatal, mine, self.opts.resume_command)
         if sched.fatal is not None and getattr(sched.fatal, "exit_code", 1) != 1:
             raise sched.fatal
         code = self._conclude(mine, sched, budget)
@@ -186,21 +191,6 @@ class _Run:
             )
         return code
 
-    def _no_balance(
-        self, exc: InsufficientBalanceError, rows: list[JobRow]
-    ) -> InsufficientBalanceError:
-        """The API's refusal, said plainly: what did not run and how to go on."""
-        not_run = sum(1 for r in rows if r.status == st.PENDING)
-        again = self.opts.resume_command or "the same command"
-        return InsufficientBalanceError(
-            f"{exc.message}: insufficient balance, the account cannot pay for more jobs; "
-            f"stopped submitting, {not_run} job{'s' if not_run != 1 else ''} not run. "
-            f"Top up the RunComfy balance, then rerun: {again}",
-            endpoint=exc.endpoint,
-            status=exc.status,
-            error_code=exc.error_code,
-        )
-
     def _record_budget(self, budget: Budget) -> None:
         """The estimate and the cap, for `status` (which reads only the run folder)."""
         cap = "" if budget.cap is None else plain(budget.cap)
@@ -209,65 +199,6 @@ class _Run:
             unpriced_jobs=str(budget.unpriced),
             max_cost_usd=cap,
         )
-
-    # ---- the cross-run cache ------------------------------------------------------------
-
-    def _open_cache(self) -> Cache | None:
-        folder = self.opts.cache or self.plan.manifest.run.cache
-        if folder is None:
-            return None
-        models = {j.model_id for j in self.plan.jobs}
-        paths = {}
-        for model in models:
-            entry = self.plan.schemas.entry(model)
-            paths[model] = None if entry is None else entry.path
-        return Cache.open(Path(folder), schema_hashes(paths))
-
-    def _from_cache(self, rows: list[JobRow]) -> list[JobRow]:
-        """Pending jobs found in the cache become succeeded (cached), files in place."""
-        assert self.cache is not None
-        cache, restored = self.cache, self.restored
-        out = []
-        with self.store.batch():
-            for row in rows:
-                if row.status != st.PENDING:
-                    out.append(row)
-                    continue
-                try:
-                    hit = cache.lookup(row)
-                    files = None if hit is None else cache.place(self.run_dir, row.job_id, hit)
-                except CacheError as exc:
-                    cache.damaged.add(cache.key(row))
-                    restored.damaged.append(f"job {row.job_id}: {exc}")
-                    hit = files = None
-                if hit is None or files is None:
-                    out.append(row)
-                    continue
-                self.store.record_cached(
-                    row.job_id,
-                    finished_at=self.opts.wall(),
-                    output=hit.output,
-                    saved_usd=hit.cost_usd,
-                    files=files,
-                )
-                restored.jobs += 1
-                restored.saved_usd += hit.cost_usd or 0.0
-                out.append(self.store.get(row.job_id))
-        for line in restored.damaged[:5]:
-            self.echo(f"cache: damaged entry ignored ({line}); the job runs")
-        if len(restored.damaged) > 5:
-            self.echo(f"cache: {len(restored.damaged) - 5} more damaged entries ignored")
-        return out
-
-    def _to_cache(self, rows: list[JobRow]) -> None:
-        """Every succeeded job whose files all verified goes into the cache (once)."""
-        assert self.cache is not None
-        unverified = 0
-        for row in rows:
-            if self.cache.storable(self.run_dir, row) and not self.cache.store(self.run_dir, row):
-                unverified += 1
-        if unverified:
-            self.echo(f"cache: {unverified} job(s) not cached: their files did not verify")
 
     def _chosen(self, job_id: str) -> bool:
         return self.opts.only is None or job_id in self.opts.only
@@ -475,8 +406,8 @@ class _Run:
             left = f" ({self.opts.left_out} left out by the filter)" if self.opts.only else ""
             took = duration(self.opts.clock() - self.started)
             self.echo(
-                f"{len(rows)} jobs{left}: {describe(counts)}{_cached_note(rows)}. "
-                f"{_cost_text(rows, budget)}. Elapsed {took}. "
+                f"{len(rows)} jobs{left}: {describe(counts)}{cached_note(rows)}. "
+                f"{cost_text(rows, budget)}. Elapsed {took}. "
                 f"Report: {self.run_dir / 'report.csv'}"
             )
         if file_errors:
@@ -498,62 +429,8 @@ class _Run:
         return EXIT_OK if ok and sched.fatal is None and not held else EXIT_FAILED
 
 
-def _estimator(plan: Plan) -> Estimate:
-    """What a job of any model of the run folder costs (its schema found the plan's way)."""
-    estimators = plan.estimators()
-
-    def estimate(model_id: str, inputs: Any) -> Decimal | None:
-        found = estimators.get(model_id)
-        if found is None:
-            schemas = plan.schemas
-            found = estimators[model_id] = Estimator(
-                schemas.price(model_id), schemas.input_schema(model_id)
-            )
-        return found(inputs)
-
-    return estimate
-
-
-def _cost_text(rows: list[JobRow], budget: Budget) -> str:
-    """`cost $0.80 (est. $1.00, cap $1.00)`: what the results cost, beside the plan's quote."""
-    actual = sum((amount(r.cost_usd) or Decimal(0) for r in rows), Decimal(0))
-    est = f"est. {usd(budget.est_total)}"
-    if budget.unpriced:
-        est += f" + {budget.unpriced} unpriced"
-    if budget.cap is not None:
-        est += f", cap {usd(budget.cap)}"
-    return f"Cost {usd(actual)} ({est})"
-
-
 def _say(text: str) -> None:
     try:
         os.write(2, text.encode())
     except OSError:
         pass
-
-
-def _cached_note(rows: list[JobRow]) -> str:
-    """' (12 from the cache, saved $0.48)' for the final line; '' when none came from it."""
-    cached = [r for r in rows if r.cached]
-    if not cached:
-        return ""
-    saved = sum(r.saved_usd or 0.0 for r in cached)
-    return f" ({len(cached)} from the cache, saved ${saved:.2f})"
-
-
-def _needs_files(run_dir: Path, row: JobRow) -> bool:
-    """A succeeded job whose outputs are not all on disk, complete (killed mid-download)."""
-    urls = collect_urls(row.output)
-    if not urls:
-        return False
-    if len(row.files) != len(urls):
-        return True
-    for f in row.files:
-        if f.error or not f.name:
-            return True
-        try:
-            if (run_dir / f.name).stat().st_size != f.size:
-                return True
-        except OSError:
-            return True
-    return False

@@ -20,10 +20,10 @@ from batchrun import api_answers, state as st
 from batchrun.budget import Budget
 from batchrun.errors import AuthError, NotFoundError, RateLimitedError
 from batchrun.jobtable import JobTable
-from batchrun.manifest import RunSettings
 from batchrun.polling import PollPlanner, finished_odds
 from batchrun.progress import secs
 from batchrun.ratelimit import RateLimiter, backoff
+from batchrun.settings import RunSettings
 from batchrun.state import JobRow
 
 # A spare call reads a job only when the odds it finished since its last read are at least

@@ -13,8 +13,8 @@ from collections.abc import Iterable
 from typing import Protocol
 
 from batchrun import state as st
-from batchrun.manifest import HaltRule
 from batchrun.records import JobRow
+from batchrun.settings import HaltRule
 
 _BAD = (st.FAILED, st.TIMED_OUT)
 _FINISHED = (st.SUCCEEDED, st.FAILED, st.TIMED_OUT, st.CANCELLED)

@@ -12,8 +12,11 @@ from __future__ import annotations
 import mimetypes
 import re
 from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
+
+from batchrun.records import JobRow
 
 _SKIP_KEYS = frozenset({"status_url", "result_url", "cancel_url"})
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -128,3 +131,21 @@ def unique_name(name: str, taken: set[str]) -> str:
     while f"{stem}-{n}{ext}" in taken:
         n += 1
     return f"{stem}-{n}{ext}"
+
+
+def needs_files(run_dir: Path, row: JobRow) -> bool:
+    """A succeeded job whose outputs are not all on disk, complete (killed mid-download)."""
+    urls = collect_urls(row.output)
+    if not urls:
+        return False
+    if len(row.files) != len(urls):
+        return True
+    for f in row.files:
+        if f.error or not f.name:
+            return True
+        try:
+            if (run_dir / f.name).stat().st_size != f.size:
+                return True
+        except OSError:
+            return True
+    return False

@@ -28,10 +28,10 @@ from batchrun.errors import ApiError, AuthError, RateLimitedError, UnreachableEr
 from batchrun.flights import BACKOFF_BASE_S, BACKOFF_CAP_S, Flight, Flights, Outcome
 from batchrun.halt import Gate
 from batchrun.jobtable import JobTable
-from batchrun.manifest import RunSettings
 from batchrun.pending import PendingJobs
 from batchrun.progress import Progress
 from batchrun.ratelimit import RateLimiter, backoff
+from batchrun.settings import RunSettings
 from batchrun.state import JobRow, OutputFile, StateStore
 
 # The API is unreachable (every call refused, DNS or TLS failing) after this many failed calls

@@ -17,8 +17,9 @@ import responses
 from responses import matchers, registries
 
 from batchrun import state as st
-from batchrun.engine import RunOptions, _needs_files, run_batch
+from batchrun.engine import RunOptions, run_batch
 from batchrun.errors import InsufficientBalanceError
+from batchrun.output_urls import needs_files
 from batchrun.plan import build_plan
 from batchrun.polling import PollPlanner
 from batchrun.progress import Progress, describe
@@ -278,17 +279,17 @@ def test_poll_planner_learns_from_server_timestamps():
     assert p.next_delay(age=1.0, queue_position=6) == pytest.approx(6 / 1.0)
 
 
-def test_needs_files(tmp_path):
+def testneeds_files(tmp_path):
     row = st.JobRow("ab12", 0, FLUX, {}, status=st.SUCCEEDED, output={"i": "https://h/a.png"})
-    assert _needs_files(tmp_path, row)
+    assert needs_files(tmp_path, row)
     (tmp_path / "files").mkdir()
     (tmp_path / "files" / "a.png").write_bytes(b"1234")
     row.files = [OutputFile("https://h/a.png", "files/a.png", "x", 4)]
-    assert not _needs_files(tmp_path, row)
+    assert not needs_files(tmp_path, row)
     row.files = [OutputFile("https://h/a.png", "files/a.png", "x", 9)]  # partial
-    assert _needs_files(tmp_path, row)
+    assert needs_files(tmp_path, row)
     row.output = None
-    assert not _needs_files(tmp_path, row)
+    assert not needs_files(tmp_path, row)
 
 
 def test_progress_without_tty_logs_every_few_seconds():

@@ -12,11 +12,11 @@ import pytest
 from batchrun.flights import Flights, Outcome
 from batchrun.grid import Job
 from batchrun.jobtable import JobTable
-from batchrun.manifest import RunSettings
 from batchrun.pending import PendingJobs
 from batchrun.polling import PollPlanner, RunTimes, finished_odds
 from batchrun.ratelimit import RateLimiter
 from batchrun.scheduler import Scheduler
+from batchrun.settings import RunSettings
 from batchrun.state import StateStore
 
 MODEL = "google/nano-banana-2-lite/text-to-image"

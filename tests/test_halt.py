@@ -13,9 +13,10 @@ from batchrun import state as st
 from batchrun.engine import RunOptions, run_batch
 from batchrun.errors import ManifestError
 from batchrun.halt import SweepGate
-from batchrun.manifest import HaltRule, load_manifest
+from batchrun.manifest import load_manifest
 from batchrun.plan import build_plan
 from batchrun.records import JobRow
+from batchrun.settings import HaltRule
 from batchrun.simulator import SimSettings, Simulator
 
 TOKEN = "tok-halt-3c9e"

@@ -11,12 +11,11 @@ import pytest
 from jsonschema import Draft202012Validator
 
 from batchrun.errors import ManifestError
-from batchrun.manifest import (
+from batchrun.manifest import load_manifest, manifest_schema
+from batchrun.settings import (
     GIB,
     OutputSettings,
     RunSettings,
-    load_manifest,
-    manifest_schema,
     parse_duration,
     parse_rate,
     parse_size,
