@@ -4,6 +4,7 @@ could pay twice, a /result (or /status) body read into a job state."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +31,11 @@ AMBIGUOUS = "ambiguous"  # it may have been accepted: never send it again blindl
 
 _SUCCESS = frozenset({"succeeded", "completed", "success"})
 _CANCELLED = frozenset({"cancelled", "canceled"})
+
+# The API is unreachable (every call refused, DNS or TLS failing) after this many failed calls
+# in a row spanning at least this long.
+UNREACHABLE_TRIES = 6
+UNREACHABLE_MIN_S = 7.0
 
 
 def submit_verdict(exc: BaseException) -> str:
@@ -107,3 +113,22 @@ def read_cost(value: Any) -> tuple[float | None, str]:
         shown = repr(value) if not isinstance(value, float) else str(value)
         return None, f"cost not recorded: the API gave {shown[:40]}, not a finite amount >= 0"
     return cost, ""
+
+
+class Reachability:
+    """Whether the API is there: `note(cause)` per call outcome (cause: why it could not
+    connect, "" for any answer); returns the cause once UNREACHABLE_TRIES calls in a row
+    spanning UNREACHABLE_MIN_S could not connect (with the submit backoff, 8-16 s)."""
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self.clock = clock
+        self._failing: tuple[int, float] | None = None  # calls in a row, since when
+
+    def note(self, cause: str) -> str:
+        if not cause:
+            self._failing = None  # an answer, even an error, means the API is there
+            return ""
+        tries, since = self._failing or (0, self.clock())
+        self._failing = (tries + 1, since)
+        gone = tries + 1 >= UNREACHABLE_TRIES and self.clock() - since >= UNREACHABLE_MIN_S
+        return cause if gone else ""

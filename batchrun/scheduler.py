@@ -21,12 +21,13 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from batchrun import api_answers, inflight, state as st
+from batchrun import api_answers, state as st
 from batchrun.budget import Budget
 from batchrun.client import Client
 from batchrun.errors import ApiError, AuthError, RateLimitedError, UnreachableError
 from batchrun.flights import BACKOFF_BASE_S, BACKOFF_CAP_S, Flight, Flights, Outcome
 from batchrun.halt import Gate
+from batchrun.inflight import InFlightCap
 from batchrun.jobtable import JobTable
 from batchrun.pending import PendingJobs
 from batchrun.progress import Progress
@@ -34,11 +35,6 @@ from batchrun.ratelimit import RateLimiter, backoff
 from batchrun.settings import RunSettings
 from batchrun.state import JobRow, OutputFile, StateStore
 
-# The API is unreachable (every call refused, DNS or TLS failing) after this many failed calls
-# in a row spanning at least this long: with the submit backoff, 8-16 s after the first.
-UNREACHABLE_TRIES = 6
-UNREACHABLE_MIN_S = 7.0
-SLOT_CHECK_AFTER = 10  # finished jobs before an explicit max_in_flight is judged
 # Consecutive submits that may have reached the server without an answer we could read (a
 # gateway's 502, a captive portal's page) before we stop submitting: each may have been billed.
 MAX_AMBIGUOUS_SUBMITS = 6  # a dead gateway costs 6 maybe-billed jobs; a 12% flaky one trips ~0.1%
@@ -88,8 +84,6 @@ class Scheduler:
         self.budget = budget or Budget.unlimited()  # budget hook: see _budget_admits
         self.echo = echo
         self.workers = workers
-        self._in_flight_cap: tuple[int, int] = (-1, 0)  # (run times learned, derived cap)
-        self._warned_slots = False
         self.clock = clock
         self.wall = wall
         self.jobs = JobTable(store, jobs)
@@ -108,7 +102,7 @@ class Scheduler:
         # request, not one per worker.
         self.submit_accepted = False
         self.fatal: BaseException | None = None
-        self._unreachable: tuple[int, float] | None = None  # failed calls in a row, since when
+        self.reach = api_answers.Reachability(clock)
         self._results: queue.Queue[Outcome] = queue.Queue()
         self._downloads: list[str] = []  # job ids to download once their state is committed
         self._stop = threading.Event()
@@ -126,6 +120,8 @@ class Scheduler:
             fatal=self._stop_submitting,
             budget=self.budget,
         )
+        runs = self.server.planner.runs
+        self.max_in_flight = InFlightCap(run.max_in_flight, run.rate_limit, runs, echo)
 
     @property
     def flights(self) -> dict[str, Flight]:
@@ -271,29 +267,6 @@ class Scheduler:
         runs = self.server.planner.runs
         return runs.mean(model) if runs.known(model) else None
 
-    def max_in_flight(self) -> int:
-        """The manifest's max_in_flight, else one derived from the rate and the run times seen
-        (recomputed as they are learned)."""
-        explicit = self.run_settings.max_in_flight
-        if explicit is not None:
-            return explicit
-        runs = self.server.planner.runs
-        learned, cap = self._in_flight_cap
-        if learned != runs.learned:
-            cap = inflight.needed_in_flight(self.run_settings.rate_limit, runs.mean())
-            self._in_flight_cap = (runs.learned, cap)
-        return cap
-
-    def _check_slots(self) -> None:
-        """Once: say so when the manifest's max_in_flight makes the run slot-bound."""
-        self._warned_slots = True
-        explicit, mean = self.run_settings.max_in_flight, self.server.planner.runs.mean()
-        if explicit is None or mean is None or self.echo is None:
-            return
-        note = inflight.slot_warning(explicit, self.run_settings.rate_limit, mean)
-        if note:
-            self.echo(note)
-
     def _apply_next(self, wait: float) -> None:
         """Wait up to `wait` for an outcome, then apply it and every other one already back."""
         outcomes: list[Outcome] = []
@@ -320,8 +293,7 @@ class Scheduler:
         with self.jobs.batch(durable=any(o.kind == "submit" for o in outcomes)):
             for outcome in outcomes:
                 self._apply(outcome)
-        if not self._warned_slots and self.server.planner.runs.learned >= SLOT_CHECK_AFTER:
-            self._check_slots()
+        self.max_in_flight.check()
 
     def _wind_down(self) -> None:
         """Wait for calls already sent (their request ids must be recorded), then stop."""
@@ -442,17 +414,11 @@ class Scheduler:
         return False
 
     def _note_reach(self, o: Outcome) -> None:
-        """Reachability (issue: a dead base URL is not failed jobs): calls that could not
-        connect, in a row, for long enough stop the run with UnreachableError."""
-        cause = getattr(o.error, "unreachable", "")
-        if not cause:
-            self._unreachable = None  # an answer, even an error, means the API is there
-            return
-        tries, since = self._unreachable or (0, self.clock())
-        self._unreachable = (tries + 1, since)
-        if tries + 1 >= UNREACHABLE_TRIES and self.clock() - since >= UNREACHABLE_MIN_S:
-            if not isinstance(self.fatal, STOP_ALL):
-                self._stop_submitting(UnreachableError.at(self.client.base_url, cause))
+        """A dead base URL is not failed jobs: calls that could not connect, in a row, for
+        long enough stop the run with UnreachableError."""
+        cause = self.reach.note(getattr(o.error, "unreachable", ""))
+        if cause and not isinstance(self.fatal, STOP_ALL):
+            self._stop_submitting(UnreachableError.at(self.client.base_url, cause))
 
     def _stop_submitting(self, exc: BaseException) -> None:
         self.fatal = exc

@@ -14,7 +14,7 @@ import pytest
 import requests
 import urllib3
 
-from batchrun import scheduler
+from batchrun import api_answers
 from batchrun.cli import main
 from batchrun.client import Client, unreachable_cause
 from batchrun.errors import TransportError
@@ -44,8 +44,8 @@ def write_manifest(tmp_path: Path, jobs: int = 3) -> Path:
 
 
 def test_a_dead_base_exits_3_with_one_line_and_resumes(tmp_path, monkeypatch, capsys) -> None:
-    monkeypatch.setattr(scheduler, "UNREACHABLE_MIN_S", 0.3)
-    monkeypatch.setattr(scheduler, "UNREACHABLE_TRIES", 3)
+    monkeypatch.setattr(api_answers, "UNREACHABLE_MIN_S", 0.3)
+    monkeypatch.setattr(api_answers, "UNREACHABLE_TRIES", 3)
     monkeypatch.setenv("RUNCOMFY_TOKEN", TOKEN)
     port = closed_port()
     base = f"http://127.0.0.1:{port}"
