@@ -8,10 +8,12 @@ import re
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote, urlencode
 
 import requests
+import urllib3
 
 from batchrun import __version__, netenv
 from batchrun.errors import (
@@ -35,6 +37,12 @@ NOT_FOUND_CODES = frozenset({404001})
 SERVER_CODES = frozenset({500001})
 INPUT_CODES = frozenset({400001, 422})
 
+# Every answer is read in full within DEADLINE_S of sending (a server trickling its body a byte
+# at a time must not outlast job_timeout), and at most MAX_ANSWER_BYTES once decoded (gzip).
+DEADLINE_S = 90.0
+MAX_ANSWER_BYTES = 8 * 1024 * 1024
+READ_SIZE = 64 * 1024
+
 
 class Client:
     """Submit, poll, fetch and cancel RunComfy requests; counts calls per endpoint."""
@@ -46,6 +54,9 @@ class Client:
         *,
         session: requests.Session | None = None,
         timeout: float | tuple[float, float] = (5, 60),
+        deadline: float = DEADLINE_S,
+        max_answer_bytes: int = MAX_ANSWER_BYTES,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         if any(c.isspace() or not c.isprintable() for c in token):
@@ -63,11 +74,15 @@ class Client:
         self._session = session
         self._session.headers.setdefault("User-Agent", f"batchrun/{__version__}")
         self.timeout = timeout
+        self.deadline = deadline
+        self.max_answer_bytes = max_answer_bytes
+        self._clock = clock
         # What requests would work out from the environment on every call, once: the base URL
         # is fixed, so its proxies (NO_PROXY is per host) and CA bundle are too.
         self._send_settings = session.merge_environment_settings(
             self.base_url, {}, False, None, None
         )
+        self._send_settings["stream"] = True  # the body is read by _read, within limits
         self._url_as_is = False  # see _prepare
         self.calls: Counter[str] = Counter()
         self._lock = threading.Lock()
@@ -135,14 +150,50 @@ class Client:
         with self._lock:
             self.calls[kind] += 1
         url = self.base_url + path + ("?" + urlencode(params) if params else "")
+        deadline = self._clock() + self.deadline
         try:
             prepared = self._prepare(method, url, json)
             resp = self._session.send(
                 prepared, timeout=self.timeout, allow_redirects=False, **self._send_settings
             )
+            try:
+                self._read(resp, endpoint, deadline)
+            finally:
+                resp.close()
         except requests.RequestException as exc:
             raise self._transport_error(exc, endpoint) from None
         return self._decode(resp, endpoint)
+
+    def _read(self, resp: requests.Response, endpoint: str, deadline: float) -> None:
+        """The whole body into resp.content, within the deadline and the size cap (decoded)."""
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            if netenv.interrupted() or self._clock() > deadline:
+                why = "interrupted" if netenv.interrupted() else f"not in {self.deadline:g}s"
+                raise TransportError(
+                    f"answer {why}: {size} bytes read",
+                    endpoint=endpoint,
+                    status=resp.status_code,
+                    maybe_sent=True,
+                )
+            try:
+                data = resp.raw.read1(READ_SIZE, decode_content=True)
+            except (OSError, ValueError, urllib3.exceptions.HTTPError) as exc:
+                raise requests.ConnectionError(f"answer cut short: {type(exc).__name__}") from None
+            if not data:
+                break
+            size += len(data)
+            if size > self.max_answer_bytes:
+                raise TransportError(
+                    f"answer larger than {self.max_answer_bytes // 1024**2} MB decoded; not read",
+                    endpoint=endpoint,
+                    status=resp.status_code,
+                    maybe_sent=True,
+                )
+            chunks.append(data)
+        resp._content = b"".join(chunks)
+        setattr(resp, "_content_consumed", True)  # noqa: B010 - requests' own flag
 
     def _prepare(self, method: str, url: str, json: Any) -> requests.PreparedRequest:
         """What Session.request prepares, without re-merging the settings on every call.
@@ -288,21 +339,26 @@ def _never_sent(exc: requests.RequestException) -> bool:
 
 
 def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
-    """Seconds to wait from a Retry-After header (delta seconds or an HTTP date)."""
+    """Seconds to wait from a Retry-After header (delta seconds or an HTTP date), at most
+    MAX_RETRY_AFTER_S: a server asking for an hour, or for 2099, gets a few minutes. Strict:
+    `inf`, `1e9` or `²` are no number of seconds (None)."""
     if not value:
         return None
     value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
+    seconds = netenv.strict_seconds(value)
+    if seconds is not None:
+        return min(seconds, netenv.MAX_RETRY_AFTER_S)
     try:
         when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
     if when is None:
         return None
-    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+    try:
+        delta = when.timestamp() - (time.time() if now is None else now)
+    except (OverflowError, OSError, ValueError):
+        return None
+    return min(max(0.0, delta), netenv.MAX_RETRY_AFTER_S)
 
 
 def _message(body: dict[str, Any]) -> str:

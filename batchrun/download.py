@@ -21,6 +21,7 @@ from typing import Any, BinaryIO
 from urllib.parse import urljoin, urlsplit
 
 import requests
+import urllib3
 
 from batchrun import netenv
 from batchrun.atomic import fsync_dir
@@ -29,6 +30,7 @@ from batchrun.ratelimit import backoff
 from batchrun.state import OutputFile
 
 CHUNK = 1024 * 1024
+DEADLINE_S = 900.0  # one file, headers to last byte: a trickle cannot hold a run for ever
 MAX_REDIRECTS = 5
 BACKOFF_BASE_S = 1.0
 BACKOFF_CAP_S = 30.0
@@ -63,6 +65,7 @@ class Downloader:
         session: requests.Session | None = None,
         retries: int = 3,
         timeout: float = 60.0,
+        deadline: float = DEADLINE_S,
         sleep: Callable[[float], None] = time.sleep,
         min_free_bytes: int = MIN_FREE_BYTES,
     ) -> None:
@@ -79,6 +82,7 @@ class Downloader:
         self._roots_lock = threading.Lock()
         self.retries = retries
         self.timeout = timeout
+        self.deadline = deadline
         self.sleep = sleep
         self._random = random.Random()
 
@@ -252,13 +256,11 @@ class Downloader:
             if status == 404 or status == 410:
                 raise _Retry(f"expired (HTTP {status})")
             if status == 429 or status >= 500:
-                retry_after = resp.headers.get("Retry-After", "")
-                wait = float(retry_after) if retry_after.isdigit() else None
+                wait = netenv.strict_seconds(resp.headers.get("Retry-After"))
                 raise _Retry(f"HTTP {status}", wait)
             if status != 200:
                 raise _Fail(f"HTTP {status}")
-            length_header = resp.headers.get("Content-Length", "")
-            expected = int(length_header) if length_header.isdigit() else None
+            expected = netenv.strict_int(resp.headers.get("Content-Length"))
             if expected is not None and expected > self.max_file_bytes:
                 raise _Fail(f"larger than the {self.max_file_bytes}-byte cap")
             content_type = resp.headers.get("Content-Type", "")
@@ -273,14 +275,31 @@ class Downloader:
             job.written = True
             return name, sha, size
 
+    def _chunks(self, resp: requests.Response, deadline: float) -> Iterator[bytes]:
+        """The body as it arrives (one socket read each, so a trickle cannot stall a chunk),
+        until the deadline or a stop signal."""
+        while True:
+            if netenv.interrupted():
+                raise _Fail("not downloaded: the run was interrupted; rerun to fetch it")
+            if time.monotonic() > deadline:
+                raise _Retry(f"not complete within {self.deadline:g}s")
+            try:
+                chunk = resp.raw.read1(CHUNK, decode_content=True)
+            except (urllib3.exceptions.HTTPError, OSError) as exc:  # the socket, not the disk
+                raise _Retry(f"body cut short: {type(exc).__name__}") from None
+            if not chunk:
+                return
+            yield chunk
+
     def _stream(
         self, resp: requests.Response, final: Path, expected: int | None
     ) -> tuple[str, int]:
         digest = hashlib.sha256()
         size = 0
         with _atomic_file(final) as fh:
+            deadline = time.monotonic() + self.deadline
             try:
-                for chunk in resp.iter_content(CHUNK):
+                for chunk in self._chunks(resp, deadline):
                     size += len(chunk)
                     if size > self.max_file_bytes:
                         raise _Fail(f"larger than the {self.max_file_bytes}-byte cap")
