@@ -33,6 +33,7 @@ from batchrun.records import (
     JobLike,
     JobRow as JobRow,
     OutputFile as OutputFile,
+    cap_error,
     decode_row,
     dumps,
     finite_cost,
@@ -390,7 +391,7 @@ class StateStore:
         self._update(
             job_id,
             "status = ?, error = ?, attempts = attempts + ?",
-            (UNKNOWN, error, 1 if count_attempt else 0),
+            (UNKNOWN, cap_error(error), 1 if count_attempt else 0),
         )
 
     def mark_pending(self, job_id: str, error: str = "") -> None:
@@ -398,7 +399,7 @@ class StateStore:
         self._update(
             job_id,
             "status = ?, error = ?, request_id = NULL, finished_at = NULL, output = NULL",
-            (PENDING, error),
+            (PENDING, cap_error(error)),
         )
 
     def record_status(self, job_id: str, status: str, *, started_at: float | None = None) -> None:
@@ -427,14 +428,14 @@ class StateStore:
                 status,
                 finished_at,
                 None if output is None else dumps(output),
-                error,
+                cap_error(error),
                 finite_cost(cost_usd),
             ),
         )
 
     def record_error(self, job_id: str, error: str) -> None:
         """A note on a job that keeps its state (e.g. the server unreachable while polling)."""
-        self._update(job_id, "error = ?", (error,))
+        self._update(job_id, "error = ?", (cap_error(error),))
 
     def record_files(self, job_id: str, files: list[OutputFile]) -> None:
         self._update(job_id, "files = ?", (dumps([asdict(f) for f in files]),))
