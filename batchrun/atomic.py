@@ -31,40 +31,50 @@ def fsync_dir(path: Path) -> None:
 
 
 @contextmanager
-def open_atomic(path: str | os.PathLike[str], *, sync_dir: bool = True) -> Iterator[BinaryIO]:
+def open_atomic(
+    path: str | os.PathLike[str], *, sync_dir: bool = True, hidden: bool = False
+) -> Iterator[BinaryIO]:
     """A binary file whose bytes appear at `path` whole or not at all.
 
-    Written to `path.part`; on a clean exit fsynced and renamed over `path`, on an error
-    removed. `sync_dir=False` leaves the folder's fsync to a caller that writes many files.
+    Written to `part_name(path)`; on a clean exit fsynced and renamed over `path`, on an error
+    removed. A link planted where the .part goes is removed, never written through.
+    `sync_dir=False` leaves the folder's fsync to a caller that writes many files; `hidden`
+    names the .part `.NAME.part`, which no downloaded output's name can be.
     """
     path = Path(path)
-    part = path.with_name(path.name + ".part")
+    part = part_name(path, hidden=hidden)
+    if part.is_symlink():
+        part.unlink()
     try:
-        if part.is_symlink():
-            part.unlink()  # a planted link: remove it, never write through it
         with os.fdopen(os.open(part, _PART_FLAGS, 0o666), "wb") as fh:
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(part, path)  # a link at `path` is replaced, not followed
-    except BaseException as exc:
+    except BaseException:
         part.unlink(missing_ok=True)
-        if isinstance(exc, OSError):
-            raise StateError(
-                f"{path}: cannot write it ({exc.strerror or exc}); free some space or fix the "
-                "folder's permissions, then try again"
-            ) from None
         raise
     if sync_dir:
         fsync_dir(path.parent)
 
 
+def part_name(path: Path, *, hidden: bool = False) -> Path:
+    """The temporary name `path` is written under: `NAME.part`, or `.NAME.part` if hidden."""
+    return path.with_name(f".{path.name}.part" if hidden else f"{path.name}.part")
+
+
 def write_bytes(path: Path, data: bytes) -> Path:
     """Write `data` to `path` (creating its folder) so a reader never sees half of it."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open_atomic(path) as fh:
-        fh.write(data)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open_atomic(path) as fh:
+            fh.write(data)
+    except OSError as exc:
+        raise StateError(
+            f"{path}: cannot write it ({exc.strerror or exc}); free some space or fix the "
+            "folder's permissions, then try again"
+        ) from None
     return path
 
 

@@ -8,12 +8,15 @@ import re
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote, urlencode
 
 import requests
+import urllib3
 
 from batchrun import __version__, netenv
+from batchrun.connfail import never_sent, unreachable_cause
 from batchrun.errors import (
     ApiError,
     AuthError,
@@ -35,6 +38,12 @@ NOT_FOUND_CODES = frozenset({404001})
 SERVER_CODES = frozenset({500001})
 INPUT_CODES = frozenset({400001, 422})
 
+# Every answer is read in full within DEADLINE_S of sending (a server trickling its body a byte
+# at a time must not outlast job_timeout), and at most MAX_ANSWER_BYTES once decoded (gzip).
+DEADLINE_S = 90.0
+MAX_ANSWER_BYTES = 8 * 1024 * 1024
+READ_SIZE = 64 * 1024
+
 
 class Client:
     """Submit, poll, fetch and cancel RunComfy requests; counts calls per endpoint."""
@@ -46,6 +55,9 @@ class Client:
         *,
         session: requests.Session | None = None,
         timeout: float | tuple[float, float] = (5, 60),
+        deadline: float = DEADLINE_S,
+        max_answer_bytes: int = MAX_ANSWER_BYTES,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         if any(c.isspace() or not c.isprintable() for c in token):
@@ -63,11 +75,15 @@ class Client:
         self._session = session
         self._session.headers.setdefault("User-Agent", f"batchrun/{__version__}")
         self.timeout = timeout
+        self.deadline = deadline
+        self.max_answer_bytes = max_answer_bytes
+        self._clock = clock
         # What requests would work out from the environment on every call, once: the base URL
         # is fixed, so its proxies (NO_PROXY is per host) and CA bundle are too.
         self._send_settings = session.merge_environment_settings(
             self.base_url, {}, False, None, None
         )
+        self._send_settings["stream"] = True  # the body is read by _read, within limits
         self._url_as_is = False  # see _prepare
         self.calls: Counter[str] = Counter()
         self._lock = threading.Lock()
@@ -135,14 +151,50 @@ class Client:
         with self._lock:
             self.calls[kind] += 1
         url = self.base_url + path + ("?" + urlencode(params) if params else "")
+        deadline = self._clock() + self.deadline
         try:
             prepared = self._prepare(method, url, json)
             resp = self._session.send(
                 prepared, timeout=self.timeout, allow_redirects=False, **self._send_settings
             )
+            try:
+                self._read(resp, endpoint, deadline)
+            finally:
+                resp.close()
         except requests.RequestException as exc:
             raise self._transport_error(exc, endpoint) from None
         return self._decode(resp, endpoint)
+
+    def _read(self, resp: requests.Response, endpoint: str, deadline: float) -> None:
+        """The whole body into resp.content, within the deadline and the size cap (decoded)."""
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            if netenv.interrupted() or self._clock() > deadline:
+                why = "interrupted" if netenv.interrupted() else f"not in {self.deadline:g}s"
+                raise TransportError(
+                    f"answer {why}: {size} bytes read",
+                    endpoint=endpoint,
+                    status=resp.status_code,
+                    maybe_sent=True,
+                )
+            try:
+                data = resp.raw.read1(READ_SIZE, decode_content=True)
+            except (OSError, ValueError, urllib3.exceptions.HTTPError) as exc:
+                raise requests.ConnectionError(f"answer cut short: {type(exc).__name__}") from None
+            if not data:
+                break
+            size += len(data)
+            if size > self.max_answer_bytes:
+                raise TransportError(
+                    f"answer larger than {self.max_answer_bytes // 1024**2} MB decoded; not read",
+                    endpoint=endpoint,
+                    status=resp.status_code,
+                    maybe_sent=True,
+                )
+            chunks.append(data)
+        resp._content = b"".join(chunks)
+        setattr(resp, "_content_consumed", True)  # noqa: B010 - requests' own flag
 
     def _prepare(self, method: str, url: str, json: Any) -> requests.PreparedRequest:
         """What Session.request prepares, without re-merging the settings on every call.
@@ -221,7 +273,7 @@ class Client:
         return ApiError(message, **kw)
 
     def _transport_error(self, exc: requests.RequestException, endpoint: str) -> TransportError:
-        maybe_sent = not _never_sent(exc)
+        maybe_sent = not never_sent(exc)
         what = "read timed out" if isinstance(exc, requests.ReadTimeout) else type(exc).__name__
         reason = self._scrub(str(exc))
         # requests' messages repeat the host; the path is in the endpoint already.
@@ -275,75 +327,27 @@ def _unescape_json(text: str) -> str:
     return _JSON_ESCAPE.sub(one, text)
 
 
-def _never_sent(exc: requests.RequestException) -> bool:
-    """True when the request certainly did not reach the server (refused, connect timeout,
-    a TLS handshake that failed)."""
-    if isinstance(exc, requests.ConnectTimeout) or _tls_handshake_failure(exc):
-        return True
-    if isinstance(exc, requests.ConnectionError) and not isinstance(exc, requests.ReadTimeout):
-        reason = exc.args[0] if exc.args else None
-        inner = getattr(reason, "reason", reason)  # urllib3 MaxRetryError wraps the cause
-        name = type(inner).__name__
-        if name in ("NewConnectionError", "ConnectTimeoutError", "NameResolutionError"):
-            return True
-        if isinstance(inner, ConnectionRefusedError) or "refused" in str(inner).lower():
-            return True
-    return isinstance(exc, (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema))
-
-
-def _tls_handshake_failure(exc: requests.RequestException) -> str:
-    """What failed in a TLS handshake (before anything was sent), or ''."""
-    if not isinstance(exc, requests.exceptions.SSLError):
-        return ""
-    text = str(exc)
-    if "CERTIFICATE_VERIFY_FAILED" in text or "certificate verify failed" in text:
-        return "TLS certificate verify failed"
-    if "WRONG_VERSION_NUMBER" in text or "wrong version number" in text:
-        return "TLS handshake failed (is it an http:// server?)"
-    if "handshake" in text.lower():
-        return "TLS handshake failed"
-    return ""
-
-
-def unreachable_cause(exc: requests.RequestException) -> str:
-    """Why no connection reached the server, as a user reads it ('connection refused'), or ''
-    when this error does not say the API is unreachable."""
-    tls = _tls_handshake_failure(exc)
-    if tls:
-        return tls
-    if isinstance(exc, requests.ConnectTimeout):
-        return "connection timed out"
-    if not isinstance(exc, requests.ConnectionError):
-        return ""
-    reason = exc.args[0] if exc.args else None
-    inner = getattr(reason, "reason", reason)  # urllib3 MaxRetryError wraps the cause
-    text = str(inner).lower()
-    if type(inner).__name__ == "NameResolutionError" or "name or service not known" in text:
-        return "host name not found (DNS)"
-    if isinstance(inner, ConnectionRefusedError) or "refused" in text:
-        return "connection refused"
-    if type(inner).__name__ == "NewConnectionError":
-        errno_text = re.search(r"\[Errno -?\d+\] ([^'\")]+)", str(inner))
-        return errno_text.group(1).strip().lower() if errno_text else "no connection"
-    return ""
-
-
 def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
-    """Seconds to wait from a Retry-After header (delta seconds or an HTTP date)."""
+    """Seconds to wait from a Retry-After header (delta seconds or an HTTP date), at most
+    MAX_RETRY_AFTER_S: a server asking for an hour, or for 2099, gets a few minutes. Strict:
+    `inf`, `1e9` or `²` are no number of seconds (None)."""
     if not value:
         return None
     value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
+    seconds = netenv.strict_seconds(value)
+    if seconds is not None:
+        return min(seconds, netenv.MAX_RETRY_AFTER_S)
     try:
         when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
     if when is None:
         return None
-    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+    try:
+        delta = when.timestamp() - (time.time() if now is None else now)
+    except (OverflowError, OSError, ValueError):
+        return None
+    return min(max(0.0, delta), netenv.MAX_RETRY_AFTER_S)
 
 
 def _message(body: dict[str, Any]) -> str:

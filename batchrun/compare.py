@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from batchrun.atomic import fsync_dir, open_atomic
-from batchrun.errors import ChoiceError, CompareError, MissingDependencyError
+from batchrun.errors import ChoiceError, CompareError, MissingDependencyError, StateError
 from batchrun.media import RASTER_SUFFIXES
 from batchrun.reportcsv import INPUT_PREFIX, VAR_PREFIX, read_jobs, split_cell, unguard
 
@@ -299,14 +299,20 @@ def update_baseline(current: Run, dest: Path) -> Path:
         raise CompareError(f"{dest}: is the current run itself; choose another folder")
     src_files = current.root / "files"
     dest_files = dest / "files"
-    # Replace files/ wholesale so outputs of jobs that no longer exist do not linger.
-    if dest_files.exists():
-        shutil.rmtree(dest_files)
-    if src_files.is_dir():
-        shutil.copytree(src_files, dest_files, copy_function=_copy_file)
-        for folder, _dirs, _names in os.walk(dest_files):
-            fsync_dir(Path(folder))
-    _copy_file(current.report, dest / "report.csv")
+    try:
+        # Replace files/ wholesale so outputs of jobs that no longer exist do not linger.
+        if dest_files.exists():
+            shutil.rmtree(dest_files)
+        if src_files.is_dir():
+            shutil.copytree(src_files, dest_files, copy_function=_copy_file)
+            for folder, _dirs, _names in os.walk(dest_files):
+                fsync_dir(Path(folder))
+        _copy_file(current.report, dest / "report.csv")
+    except OSError as exc:
+        raise StateError(
+            f"{dest}: cannot update the baseline ({exc.strerror or exc}); its report.csv is "
+            "the old one. Free some space or fix the folder's permissions, then try again"
+        ) from None
     fsync_dir(dest)
     return dest
 

@@ -17,18 +17,20 @@ import threading
 import time
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 import requests
+import urllib3
 
 from batchrun import netenv
-from batchrun.atomic import fsync_dir
+from batchrun.atomic import fsync_dir, open_atomic
 from batchrun.output_urls import refusal, safe_name, unique_name, url_name, with_ext
 from batchrun.ratelimit import backoff
 from batchrun.state import OutputFile
 
 CHUNK = 1024 * 1024
+DEADLINE_S = 900.0  # one file, headers to last byte: a trickle cannot hold a run for ever
 MAX_REDIRECTS = 5
 BACKOFF_BASE_S = 1.0
 BACKOFF_CAP_S = 30.0
@@ -36,8 +38,6 @@ BACKOFF_CAP_S = 30.0
 # record every request id and result: we stop downloading, never recording.
 MIN_FREE_BYTES = 50 * 1024**2
 _JOB_ID = re.compile(r"^[0-9a-f]{6,64}$")
-# Never follow a symlink planted where a .part file goes.
-_PART_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0)
 
 
 class _Retry(Exception):
@@ -63,6 +63,7 @@ class Downloader:
         session: requests.Session | None = None,
         retries: int = 3,
         timeout: float = 60.0,
+        deadline: float = DEADLINE_S,
         sleep: Callable[[float], None] = time.sleep,
         min_free_bytes: int = MIN_FREE_BYTES,
     ) -> None:
@@ -79,6 +80,7 @@ class Downloader:
         self._roots_lock = threading.Lock()
         self.retries = retries
         self.timeout = timeout
+        self.deadline = deadline
         self.sleep = sleep
         self._random = random.Random()
 
@@ -252,13 +254,11 @@ class Downloader:
             if status == 404 or status == 410:
                 raise _Retry(f"expired (HTTP {status})")
             if status == 429 or status >= 500:
-                retry_after = resp.headers.get("Retry-After", "")
-                wait = float(retry_after) if retry_after.isdigit() else None
+                wait = netenv.strict_seconds(resp.headers.get("Retry-After"))
                 raise _Retry(f"HTTP {status}", wait)
             if status != 200:
                 raise _Fail(f"HTTP {status}")
-            length_header = resp.headers.get("Content-Length", "")
-            expected = int(length_header) if length_header.isdigit() else None
+            expected = netenv.strict_int(resp.headers.get("Content-Length"))
             if expected is not None and expected > self.max_file_bytes:
                 raise _Fail(f"larger than the {self.max_file_bytes}-byte cap")
             content_type = resp.headers.get("Content-Type", "")
@@ -273,14 +273,32 @@ class Downloader:
             job.written = True
             return name, sha, size
 
+    def _chunks(self, resp: requests.Response, deadline: float) -> Iterator[bytes]:
+        """The body as it arrives (one socket read each, so a trickle cannot stall a chunk),
+        until the deadline or a stop signal."""
+        while True:
+            if netenv.interrupted():
+                raise _Fail("not downloaded: the run was interrupted; rerun to fetch it")
+            if time.monotonic() > deadline:
+                raise _Retry(f"not complete within {self.deadline:g}s")
+            try:
+                chunk = resp.raw.read1(CHUNK, decode_content=True)
+            except (urllib3.exceptions.HTTPError, OSError) as exc:  # the socket, not the disk
+                raise _Retry(f"body cut short: {type(exc).__name__}") from None
+            if not chunk:
+                return
+            yield chunk
+
     def _stream(
         self, resp: requests.Response, final: Path, expected: int | None
     ) -> tuple[str, int]:
         digest = hashlib.sha256()
         size = 0
-        with _atomic_file(final) as fh:
+        # Not the folder: `fetch` fsyncs it once per job, after all its files.
+        with open_atomic(final, sync_dir=False, hidden=True) as fh:
+            deadline = time.monotonic() + self.deadline
             try:
-                for chunk in resp.iter_content(CHUNK):
+                for chunk in self._chunks(resp, deadline):
                     size += len(chunk)
                     if size > self.max_file_bytes:
                         raise _Fail(f"larger than the {self.max_file_bytes}-byte cap")
@@ -304,35 +322,6 @@ def free_bytes(path: Path) -> int | None:
     except (OSError, AttributeError):
         return None
     return st.f_bavail * st.f_frsize
-
-
-@contextlib.contextmanager
-def _atomic_file(path: Path) -> Iterator[BinaryIO]:
-    """`path.part` to write: fsynced and renamed to `path` on a clean exit, removed on an error.
-
-    atomic.write_text's steps, but the .part is never opened through a symlink, and the folder
-    is not fsynced here: `fetch` does that once per job, after all its files. Its name starts
-    with a dot, which no output name does (safe_name), so it is never another output's name.
-    """
-    part = part_name(path)
-    try:
-        with open(part, "wb", opener=_open_part) as fh:
-            yield fh
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(part, path)
-    except BaseException:
-        part.unlink(missing_ok=True)
-        raise
-
-
-def part_name(path: Path) -> Path:
-    """The temporary name `path` is written under: `.NAME.part`."""
-    return path.with_name(f".{path.name}.part")
-
-
-def _open_part(path: str, flags: int) -> int:
-    return os.open(path, flags | _PART_FLAGS, 0o666)
 
 
 class _JobDir:

@@ -14,7 +14,7 @@ from typing import Any
 
 import requests
 
-from batchrun import origin as og, state as st
+from batchrun import netenv, origin as og, state as st
 from batchrun.api_answers import AMBIGUOUS_SUBMIT
 from batchrun.budget import Budget, cost_text, no_balance, plan_estimator
 from batchrun.cache import Restored, cached_note, fill, open_for_plan, restore_pending
@@ -308,16 +308,24 @@ class _Run:
                 _say("\ninterrupted again: exiting now (state is saved)\n")
                 os._exit(EXIT_INTERRUPTED)
             sched.request_stop()
+            # Answers and files still arriving stop being read (a trickling server must not
+            # hold the run); a submit cut off so is left unknown, never sent again blindly.
+            netenv.interrupt()
             _say(
-                "\ninterrupting: no new submits; waiting for calls already sent "
+                "\ninterrupting: no new submits; saving what came back "
                 "(Ctrl-C again to quit at once)\n"
             )
 
-        previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+        # SIGTERM (kill, a service manager) and SIGHUP (a closed terminal, a dropped ssh
+        # session) end a run as Ctrl-C does: state saved, report written, exit 130.
+        signals = [signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)]
+        netenv.interrupt(False)
+        previous = {sig: signal.signal(sig, on_signal) for sig in signals if sig is not None}
 
         def restore() -> None:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+            netenv.interrupt(False)
 
         return restore
 

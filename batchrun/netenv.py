@@ -11,6 +11,7 @@ so no credentials from it ride along.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 
 import requests
@@ -40,3 +41,41 @@ def str_headers(headers: Mapping[str, str | bytes]) -> CaseInsensitiveDict[str]:
     return CaseInsensitiveDict(
         {k: v if isinstance(v, str) else v.decode("latin-1") for k, v in headers.items()}
     )
+
+
+# A Retry-After is obeyed up to this many seconds (a server asking for an hour gets 5 minutes).
+MAX_RETRY_AFTER_S = 300.0
+_DIGITS = re.compile(r"[0-9]{1,18}")
+_DECIMAL = re.compile(r"[0-9]{1,18}(\.[0-9]{1,9})?")
+
+
+def strict_int(text: str | None) -> int | None:
+    """A header's whole number (Content-Length, Retry-After): ASCII digits only, else None
+    ('²' passes str.isdigit and then breaks int(); '1e3', ' 5 5', '-1' are no numbers)."""
+    if text is None:
+        return None
+    text = text.strip()
+    return int(text) if _DIGITS.fullmatch(text) else None
+
+
+def strict_seconds(text: str | None) -> float | None:
+    """Seconds as a header gives them: ASCII digits with an optional fraction ('0.5'), else
+    None (no 'inf', 'nan', '1e9', '²')."""
+    if text is None:
+        return None
+    text = text.strip()
+    return float(text) if _DECIMAL.fullmatch(text) else None
+
+
+# Set by the run's signal handler (SIGINT, SIGTERM, SIGHUP): body reads stop at once. A plain
+# flag: a signal handler may set it while the flagged thread holds any lock.
+_interrupted = False
+
+
+def interrupt(on: bool = True) -> None:
+    global _interrupted
+    _interrupted = on
+
+
+def interrupted() -> bool:
+    return _interrupted

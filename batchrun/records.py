@@ -26,6 +26,17 @@ TERMINAL = frozenset({SUCCEEDED, FAILED, TIMED_OUT, CANCELLED})
 NOT_FOUND = "request unknown or expired on the server"
 
 
+MAX_ERROR_CHARS = 4000  # stored per job: a 20 MB error must not make every report 100 MB
+
+
+def cap_error(text: str) -> str:
+    """`text` at most MAX_ERROR_CHARS long, keeping its start and its end."""
+    if len(text) <= MAX_ERROR_CHARS:
+        return text
+    half = MAX_ERROR_CHARS // 2 - 40
+    return f"{text[:half]} [... {len(text) - 2 * half} characters cut ...] {text[-half:]}"
+
+
 def not_found_error(why: str) -> str:
     return (
         f"{NOT_FOUND} ({why}); it may have run and been billed, so --retry-failed leaves it: "

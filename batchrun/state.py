@@ -33,6 +33,7 @@ from batchrun.records import (
     JobLike,
     JobRow as JobRow,
     OutputFile as OutputFile,
+    cap_error,
     decode_row,
     dumps,
     finite_cost,
@@ -332,7 +333,7 @@ class StateStore:
         self._update(
             job_id,
             "status = ?, error = ?, attempts = attempts + ?",
-            (UNKNOWN, error, 1 if count_attempt else 0),
+            (UNKNOWN, cap_error(error), 1 if count_attempt else 0),
         )
 
     def mark_pending(self, job_id: str, error: str = "") -> None:
@@ -340,7 +341,7 @@ class StateStore:
         self._update(
             job_id,
             "status = ?, error = ?, request_id = NULL, finished_at = NULL, output = NULL",
-            (PENDING, error),
+            (PENDING, cap_error(error)),
         )
 
     def record_status(self, job_id: str, status: str, *, started_at: float | None = None) -> None:
@@ -369,7 +370,7 @@ class StateStore:
                 status,
                 finished_at,
                 None if output is None else dumps(output),
-                error,
+                cap_error(error),
                 finite_cost(cost_usd),
             ),
         )
@@ -400,7 +401,7 @@ class StateStore:
 
     def record_error(self, job_id: str, error: str) -> None:
         """A note on a job that keeps its state (e.g. the server unreachable while polling)."""
-        self._update(job_id, "error = ?", (error,))
+        self._update(job_id, "error = ?", (cap_error(error),))
 
     def record_files(self, job_id: str, files: list[OutputFile]) -> None:
         self._update(job_id, "files = ?", (dumps([asdict(f) for f in files]),))

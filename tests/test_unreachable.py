@@ -16,7 +16,8 @@ import urllib3
 
 from batchrun import api_answers
 from batchrun.cli import main
-from batchrun.client import Client, unreachable_cause
+from batchrun.client import Client
+from batchrun.connfail import unreachable_cause
 from batchrun.errors import TransportError
 from batchrun.simulator import SimSettings, Simulator
 from batchrun.state import StateStore

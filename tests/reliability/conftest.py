@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from testing import cli, simproc
+from testing.cli import batchrun_cmd as batchrun_cmd  # re-exported for the suites here
 from testing.simproc import SimProcess
 
 # Distinctive, so a grep for it cannot match anything by accident.

@@ -140,6 +140,10 @@ class HostileApi:
             body = json.dumps(body).encode()
         headers = {"Content-Type": "application/json", **reply.headers}
         headers.setdefault("Content-Length", str(len(body)))
+        if not headers["Content-Length"].isascii() or not headers["Content-Length"].isdigit():
+            # no usable length: the body ends where the connection does
+            headers["Connection"] = "close"
+            h.close_connection = True
         h.send_response_only(reply.status, reply.reason)
         for k, v in headers.items():
             h.send_header(k, v)

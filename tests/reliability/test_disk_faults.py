@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import os
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -13,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from batchrun import download
+from batchrun import atomic, download
 from batchrun.download import Downloader
 
 from .conftest import TOKEN, part_files, read_report, sha256_file, split_cell, sweep, write_manifest
@@ -78,26 +79,26 @@ class _FullDisk:
 def test_write_error_midway_leaves_nothing_and_next_fetch_completes(
     file_server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real_open = open
+    real_fdopen = os.fdopen
     opened: list[str] = []
 
-    def full_disk_open(file: Any, mode: str = "r", *args: Any, **kw: Any) -> Any:
-        fh = real_open(file, mode, *args, **kw)
+    def full_disk_fdopen(fd: int, mode: str = "r", *args: Any, **kw: Any) -> Any:
+        fh = real_fdopen(fd, mode, *args, **kw)
         if "w" in mode:
-            opened.append(str(file))
+            opened.append(str(fd))
             return _FullDisk(fh)
         return fh
 
     _FullDisk.failures_left = 1
-    # download.py opens its .part file with the builtin open, found through module globals.
-    monkeypatch.setattr(download, "open", full_disk_open, raising=False)
+    # Downloads write through the one atomic writer, which opens its .part with os.fdopen.
+    monkeypatch.setattr(atomic.os, "fdopen", full_disk_fdopen)
     run_dir = tmp_path / "run"
     url = f"{file_server}/files/out/image.png"
     dl = Downloader(allow_hosts=["127.0.0.1"], retries=2, sleep=lambda s: None)
 
     first = dl.fetch(run_dir, JOB_ID, [url])
     job_dir = run_dir / "files" / JOB_ID
-    assert opened, "the fault was never injected: download.py no longer writes through open()"
+    assert opened, "the fault was never injected: the atomic writer no longer uses os.fdopen"
     assert _FullDisk.failures_left == 0
     assert len(first) == 1
     assert first[0].error, f"a failed write was reported as success: {first[0]}"

@@ -156,3 +156,26 @@ def test_a_good_cost_is_kept(tmp_path: Path) -> None:
         _, _, rows = run_here(tmp_path, api)
     assert rows[0].cost_usd is not None and math.isclose(rows[0].cost_usd, 0.04)
     assert rows[0].error == ""
+
+
+@pytest.mark.parametrize("where", ["failed-result", "submit-refused"])
+def test_a_huge_error_is_stored_capped_with_its_start_and_end(tmp_path: Path, where: str) -> None:
+    huge = "START" + "x" * 5_000_000 + "END"
+
+    def answer(call: Call) -> Reply | None:
+        if where == "failed-result" and call.kind == "result":
+            return Reply(body={"status": "failed", "error": {"message": huge}})
+        if where == "submit-refused" and call.kind == "submit":
+            return Reply(422, {"error_message": huge})
+        return None
+
+    manifest_for(tmp_path, 2)
+    with HostileApi(answer) as api:
+        code, _, rows = run_here(tmp_path, api)
+    assert code == 1
+    for r in rows:
+        assert len(r.error) <= 4000
+        assert "START" in r.error[:200] and "END" in r.error[-200:]
+    run_dir = tmp_path / "run"
+    for name in ("state.db", "report.csv", "report.html"):
+        assert (run_dir / name).stat().st_size < 1_000_000, name
