@@ -97,6 +97,7 @@ class Scheduler:
         self.submit_not_before = 0.0
         self.submit_refusals = 0
         self.submit_ambiguous = 0  # consecutive ambiguous submits (the circuit breaker)
+        self._ambiguous_at = 0.0  # when the last one counted came back
         # Until the server has accepted one submit this run, submits go one at a time: a bad
         # token, an empty balance or a schema the server disagrees with costs one refused
         # request, not one per worker.
@@ -390,8 +391,12 @@ class Scheduler:
             error = api_answers.AMBIGUOUS_SUBMIT.format(why=why)
             self.jobs.mark_unknown(job_id, error)
             # One at a time again until a submit is accepted; a few in a row: stop submitting.
+            # Only submits sent after the previous ambiguous answer count (those already in
+            # flight with it are one sample of the server, not several).
             self.submit_accepted = False
-            self.submit_ambiguous += 1
+            if o.at >= self._ambiguous_at:
+                self.submit_ambiguous += 1
+                self._ambiguous_at = self.wall()
             if self.submit_ambiguous >= MAX_AMBIGUOUS_SUBMITS and self.submit_open:
                 self._stop_submitting(
                     ApiError(

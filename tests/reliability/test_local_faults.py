@@ -12,7 +12,7 @@ import pytest
 
 from batchrun import download, state as st
 from batchrun.errors import StateError
-from batchrun.state import StateStore
+from batchrun.state import OutputFile, StateStore
 
 from .conftest import run_cli
 from .hostile_api import Call, HostileApi, Reply, manifest_for, run_here
@@ -93,14 +93,14 @@ def test_a_full_state_db_is_a_state_error_and_keeps_what_was_saved(
     with pytest.raises(StateError) as info:
         if batched:
             with store.batch(durable=True):
-                store.record_error(job_id, "x" * 200_000)
+                store.record_files(job_id, [OutputFile(url="x" * 200_000)])
         else:
-            store.record_error(job_id, "x" * 200_000)
+            store.record_files(job_id, [OutputFile(url="x" * 200_000)])
     message = str(info.value)
     assert "state.db" in message and "disk is full" in message and "rerun" in message
     # Consistent and still usable: the request id is there, the failed change is not.
     row = store.get(job_id)
-    assert row.request_id == "r-saved" and row.error == ""
+    assert row.request_id == "r-saved" and row.files == []
     store.record_error(job_id, "short")
     assert store.get(job_id).error == "short"
     store.close()
