@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import http.server
+import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,7 +13,7 @@ import pytest
 import requests
 import responses
 
-from batchrun import download
+from batchrun import atomic, download
 from batchrun.download import Downloader
 from batchrun.output_urls import (
     collect_urls,
@@ -461,7 +462,7 @@ def test_write_error_midway_leaves_nothing_then_next_fetch_works(
     dl = Downloader(allow_hosts=HOSTS, sleep=sleeps.append)
     body = b"y" * (2 * download.CHUNK + 5)
     mocked.get(f"{CDN}/a.png", body=body)
-    real_open = open
+    real_fdopen = os.fdopen
 
     class FailingFile:
         def __init__(self, fh):
@@ -482,9 +483,8 @@ def test_write_error_midway_leaves_nothing_then_next_fetch_works(
         def __getattr__(self, name):
             return getattr(self.fh, name)
 
-    monkeypatch.setattr(
-        download, "open", lambda *a, **k: FailingFile(real_open(*a, **k)), raising=False
-    )
+    # Downloads write through the one atomic writer, which opens its .part with os.fdopen.
+    monkeypatch.setattr(atomic.os, "fdopen", lambda *a, **k: FailingFile(real_fdopen(*a, **k)))
     [result] = dl.fetch(tmp_path, JOB, [f"{CDN}/a.png"])
     assert result.error == "write failed: No space left on device"
     assert files_under(tmp_path) == []

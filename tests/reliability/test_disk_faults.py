@@ -3,6 +3,7 @@ its final name nor a `.part`, and the next fetch gets the whole file."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import os
@@ -141,16 +142,18 @@ def test_run_with_a_failed_write_keeps_no_partial_and_next_run_fetches_it(
     from batchrun.cli import main
     from batchrun.simulator import SimSettings, Simulator
 
-    real_open = open
+    real_open_atomic = download.open_atomic
 
-    def full_disk_open(file: Any, mode: str = "r", *args: Any, **kw: Any) -> Any:
-        fh = real_open(file, mode, *args, **kw)
-        return _FullDisk(fh) if "w" in mode else fh
+    @contextlib.contextmanager
+    def full_disk_open_atomic(*args: Any, **kw: Any) -> Any:
+        with real_open_atomic(*args, **kw) as fh:
+            yield _FullDisk(fh)
 
     # PNGs of the simulator are small (one chunk): fail on the first write instead.
     monkeypatch.setattr(_FullDisk, "write", _fail_first_write)
     _FullDisk.failures_left = 1
-    monkeypatch.setattr(download, "open", full_disk_open, raising=False)
+    # The downloader's writer only: the run's other files (reports) are written as usual.
+    monkeypatch.setattr(download, "open_atomic", full_disk_open_atomic)
     monkeypatch.setenv("RUNCOMFY_TOKEN", TOKEN)
     n_jobs = 3
     manifest = write_manifest(tmp_path / "disk.yaml", sweep(n_jobs))
