@@ -35,14 +35,12 @@ from batchrun.ratelimit import RateLimiter, backoff
 from batchrun.settings import RunSettings
 from batchrun.state import JobRow, OutputFile, StateStore
 
-# Consecutive submits that may have reached the server without an answer we could read (a
-# gateway's 502, a captive portal's page) before we stop submitting: each may have been billed.
-MAX_AMBIGUOUS_SUBMITS = 6  # a dead gateway costs 6 maybe-billed jobs; a 12% flaky one trips ~0.1%
+# Submits in a row with no answer we could read (a gateway's 502, a captive portal's page)
+# before we stop submitting: each may have been billed. A flaky server trips it ~0.1% of runs.
+MAX_AMBIGUOUS_SUBMITS = 6
 MAX_SUBMIT_REFUSALS = 6  # consecutive refused submits (about 30 s) before giving up on the server
 STOP_CHECK = 0.2  # seconds; the loop never sleeps longer, so Ctrl-C is noticed at once
-# With jobs in flight and no spare read worth a token yet, look again this soon: the odds of
-# each grow with its age.
-SPARE_RECHECK = 0.02
+SPARE_RECHECK = 0.02  # no spare read worth a token yet: look again soon (the odds grow)
 # This one thread hands out every token; when it wakes late (a busy machine), the tokens due
 # meanwhile are kept, up to this many seconds' worth (the limiter's gate still caps every
 # rolling second at the rate).

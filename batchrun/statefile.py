@@ -6,14 +6,11 @@ from __future__ import annotations
 import sqlite3
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 from batchrun import __version__, lock as folder_lock
 from batchrun.errors import StateError
 from batchrun.records import COLUMNS, COLUMNS_V1
-
-if TYPE_CHECKING:
-    from batchrun.state import StateStore
 
 # 1: the first; 2: jobs.cached and jobs.saved_usd (the cross-run cache)
 SCHEMA_VERSION = 2
@@ -56,9 +53,9 @@ CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status);
 """
 
 
-def migrate(store: StateStore, writable: bool) -> None:
-    """Create the tables of a new state.db, or bring an older one to SCHEMA_VERSION; refuse
-    one that is newer, edited or damaged (StateError naming the file and the fix)."""
+def migrate(store: Any, writable: bool) -> None:
+    """Create the tables of a new state.db (`store`, a StateStore), or bring an older one to
+    SCHEMA_VERSION; refuse one that is newer, edited or damaged (StateError with the fix)."""
     tables = {r[0] for r in store._conn.execute("SELECT name FROM sqlite_master")}
     if "meta" not in tables:
         if not writable:
