@@ -61,7 +61,7 @@ def test_distribution_name_is_runcomfy_batchrun() -> None:
 
 def test_ci_example_installs_this_project_not_the_index_batchrun() -> None:
     workflow = yaml.safe_load((REPO / "examples" / "ci-workflow.yml").read_text())
-    steps = workflow["jobs"]["sweep"]["steps"]
+    steps = [step for job in workflow["jobs"].values() for step in job["steps"]]
     installs = [
         shlex.split(line)
         for step in steps
