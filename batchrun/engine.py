@@ -27,6 +27,7 @@ from batchrun.plan import Plan
 from batchrun.pricing import plain, usd
 from batchrun.progress import Progress, describe, duration
 from batchrun.ratelimit import RateLimiter
+from batchrun.safetext import printable
 from batchrun.scheduler import Scheduler
 from batchrun.settings import RunSettings
 from batchrun.state import JobRow, OutputFile, StateStore
@@ -88,7 +89,8 @@ class _Run:
         self.opts = options
         self.run_dir = run_dir
         self.store = store
-        self.echo = options.echo
+        # Lines carry server text (errors, request ids): shown escaped, never executed.
+        self.echo: Callable[[str], None] = lambda text: options.echo(printable(text, lines=True))
         self.started = options.clock()
         self.cache = open_for_plan(self.opts.cache or self.plan.manifest.run.cache, self.plan)
         self.restored = Restored()

@@ -1,4 +1,8 @@
-"""report.csv (one row per job, expansion order) and summary.json (totals) of a run folder."""
+"""report.csv (one row per job, expansion order) and summary.json (totals) of a run folder.
+
+report.csv is read in terminals (`cat`, `less`) as much as in spreadsheets: the server's text in
+it (errors, request ids, URLs, file names) shows control characters escaped (safetext), while
+state.db keeps them as they came."""
 
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ from batchrun.html_report import write_html
 from batchrun.output_urls import collect_urls
 from batchrun.records import REPORT_STATUSES, JobRow, report_status
 from batchrun.reportcsv import guard, join_cell, value_cell
+from batchrun.safetext import printable
 
 _SECONDS: dict[int, str] = {}  # whole second -> its text: a run's jobs share few seconds
 
@@ -61,13 +66,13 @@ def _cost(value: float | None) -> str:
 def _error_cell(row: JobRow) -> str:
     parts = [row.error] if row.error else []
     parts += [f"output {i}: {f.error}" for i, f in enumerate(row.files, start=1) if f.error]
-    return guard("; ".join(parts))
+    return guard(printable("; ".join(parts), lines=True))
 
 
 def _urls(row: JobRow) -> list[str]:
     urls = [f.url for f in row.files] if row.files else collect_urls(row.output)
     # SEPARATOR joins a cell's values; keep it out of the URLs themselves.
-    return [u.replace(reportcsv.SEPARATOR, "%3B") for u in urls]
+    return [printable(u).replace(reportcsv.SEPARATOR, "%3B") for u in urls]
 
 
 def _reported(rows: Iterable[JobRow]) -> list[JobRow]:
@@ -98,7 +103,7 @@ def _line(row: JobRow, inputs: list[str], var_names: list[str]) -> list[str]:
         row.job_id,
         guard(row.model_id),
         report_status(row.status),
-        guard(row.request_id or ""),
+        guard(printable(row.request_id or "")),
         _error_cell(row) if row.error or files else "",
         str(row.attempts),
         _timestamp(row.submitted_at),
@@ -106,7 +111,7 @@ def _line(row: JobRow, inputs: list[str], var_names: list[str]) -> list[str]:
         _seconds(queue_s),
         _seconds(run_s),
         _cost(row.cost_usd),
-        guard(join_cell(f.name for f in done)),
+        guard(join_cell(printable(f.name) for f in done)),
         guard(join_cell(_urls(row))),
         join_cell(f.sha256 for f in done),
         "true" if row.cached else "",

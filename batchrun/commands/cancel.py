@@ -14,6 +14,7 @@ from batchrun.client import Client
 from batchrun.commands.common import api_base, token
 from batchrun.errors import ApiError, RunFolderInUse, UnreachableError
 from batchrun.ratelimit import RateLimiter
+from batchrun.safetext import printable
 from batchrun.state import StateStore
 
 CANCEL_RATE = 5.0  # calls per second: cancelling is never urgent enough to risk a 429
@@ -35,7 +36,10 @@ def cancel(run_dir: str, *, api_base_option: str | None) -> int:
     client = Client(api_base(api_base_option, recorded), token())
     limiter = RateLimiter(CANCEL_RATE)
     failed = cancel_queued(
-        Path(run_dir), client, acquire=limiter.acquire, echo=lambda t: click.echo(t, err=True)
+        Path(run_dir),
+        client,
+        acquire=limiter.acquire,
+        echo=lambda t: click.echo(printable(t, lines=True), err=True),
     )
     return 1 if failed else 0
 
