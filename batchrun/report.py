@@ -19,7 +19,7 @@ from batchrun.atomic import write_text
 from batchrun.gcpause import gc_paused
 from batchrun.html_report import write_html
 from batchrun.output_urls import collect_urls
-from batchrun.records import REPORT_STATUSES, JobRow, report_status
+from batchrun.records import REPORT_STATUSES, SUCCEEDED, JobRow, report_status
 from batchrun.reportcsv import guard, join_cell, value_cell
 from batchrun.safetext import printable
 
@@ -63,8 +63,19 @@ def _cost(value: float | None) -> str:
     return text
 
 
+# The error column of a job that succeeded with nothing to fetch: worth a look, not a failure.
+NO_OUTPUT = "succeeded without output: the result holds no output URL, so no file to download"
+
+
+def without_output(row: JobRow) -> bool:
+    """A succeeded job whose result holds no output URL (missing, null, empty, no URL in it)."""
+    return row.status == SUCCEEDED and not row.files and not collect_urls(row.output)
+
+
 def _error_cell(row: JobRow) -> str:
     parts = [row.error] if row.error else []
+    if without_output(row):
+        parts.insert(0, NO_OUTPUT)
     parts += [f"output {i}: {f.error}" for i, f in enumerate(row.files, start=1) if f.error]
     return guard(printable("; ".join(parts), lines=True))
 
@@ -104,7 +115,7 @@ def _line(row: JobRow, inputs: list[str], var_names: list[str]) -> list[str]:
         guard(row.model_id),
         report_status(row.status),
         guard(printable(row.request_id or "")),
-        _error_cell(row) if row.error or files else "",
+        _error_cell(row) if row.error or files or row.status == SUCCEEDED else "",
         str(row.attempts),
         _timestamp(row.submitted_at),
         _timestamp(row.finished_at),
@@ -150,6 +161,7 @@ def summarise(rows: Iterable[JobRow]) -> dict[str, Any]:
     return {
         "jobs": len(jobs),
         "statuses": totals,
+        "succeeded_without_output": sum(1 for r in jobs if without_output(r)),
         "durations": {
             "makespan_s": None if makespan is None else round(max(0.0, makespan), 3),
             "queue_s": _stats([q for q in (r.queue_s for r in jobs) if q is not None]),
