@@ -26,7 +26,7 @@ from batchrun.halt import SweepGate
 from batchrun.output_urls import collect_urls, default_allow_hosts, needs_files, output_keys
 from batchrun.plan import Plan
 from batchrun.pricing import plain, usd
-from batchrun.progress import Progress
+from batchrun.progress import Progress, server_wait
 from batchrun.ratelimit import RateLimiter
 from batchrun.safetext import printable
 from batchrun.scheduler import Scheduler
@@ -123,7 +123,11 @@ class _Run:
         )
         self._record_budget(budget)
         progress = Progress(
-            len(rows), quiet=self.opts.quiet, clock=self.opts.clock, cost=budget.line
+            len(rows),
+            quiet=self.opts.quiet,
+            clock=self.opts.clock,
+            cost=budget.line,
+            waiting=server_wait(limiter.paused_for),
         )
         if settings.halt is not None or settings.canary:
             self.gate = SweepGate(halt=settings.halt, canary=settings.canary, rows=rows)
