@@ -13,6 +13,7 @@ import click
 from batchrun import __version__, commands
 from batchrun.commands import options as opt
 from batchrun.errors import BatchrunError
+from batchrun.safetext import printable
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -40,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     except click.exceptions.Exit as exc:
         return exc.exit_code
     except BatchrunError as exc:
-        click.echo(f"error: {exc}", err=True)
+        click.echo(f"error: {printable(str(exc), lines=True)}", err=True)
         return exc.exit_code
     except KeyboardInterrupt:
         click.echo("interrupted; state saved; rerun to resume", err=True)

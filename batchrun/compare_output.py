@@ -1,4 +1,8 @@
-"""Renderings of a Comparison: terminal table, markdown summary, JUnit XML and JSON."""
+"""Renderings of a Comparison: terminal table, markdown summary, JUnit XML and JSON.
+
+The reports compared may hold any text (a server's errors, a hand-edited CSV): the table, the
+markdown and the XML show control characters escaped (safetext), so nothing reaches a terminal
+raw and the XML stays well-formed; the JSON is data and escapes them itself."""
 
 from __future__ import annotations
 
@@ -7,10 +11,11 @@ import xml.etree.ElementTree as ET
 
 from batchrun.compare import Comparison, JobDiff
 from batchrun.reportcsv import split_cell, unguard
+from batchrun.safetext import printable
 
 
 def _varying(job: JobDiff, sep: str = ", ") -> str:
-    return sep.join(f"{key}={value}" for key, value in job.varying.items())
+    return printable(sep.join(f"{key}={value}" for key, value in job.varying.items()))
 
 
 def _verdict(comp: Comparison) -> str:
@@ -29,10 +34,10 @@ def terminal_table(comp: Comparison) -> str:
         for job in failing:
             varying = _varying(job, " ")
             lines.append(
-                f"  {','.join(job.classes):<10} {job.job_id}  {job.model_id}"
+                f"  {','.join(job.classes):<10} {printable(job.job_id)}  {printable(job.model_id)}"
                 + (f"  {varying}" if varying else "")
             )
-            lines.append(f"    {job.reason}")
+            lines.append(f"    {printable(job.reason)}")
     lines += ["", f"{_verdict(comp)}: {len(failing)} failing job(s) of {len(comp.jobs)}"]
     return "\n".join(lines) + "\n"
 
@@ -40,12 +45,12 @@ def terminal_table(comp: Comparison) -> str:
 def _side_md(label: str, row: dict[str, str] | None) -> str:
     if row is None:
         return f"- {label}: absent"
-    parts = [row.get("status", "")]
+    parts = [_md_escape(row.get("status", ""))]
     if row.get("run_s"):
         parts.append(f"run {row['run_s']} s")
     files = split_cell(row.get("output_files"))
     if files:
-        parts.append("files " + ", ".join(f"`{f}`" for f in files))
+        parts.append("files " + ", ".join(f"`{_md_escape(f)}`" for f in files))
     if row.get("error"):
         parts.append(f"error: {_md_escape(unguard(row['error']))}")
     return f"- {label}: " + "; ".join(parts)
@@ -53,6 +58,7 @@ def _side_md(label: str, row: dict[str, str] | None) -> str:
 
 def _md_escape(text: str) -> str:
     # Keep user text from opening tags or breaking table cells in the step summary.
+    text = printable(text)
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("|", "\\|")
 
 
@@ -119,6 +125,7 @@ def junit(comp: Comparison) -> str:
         "skipped": "0",
         "time": f"{total_time:.3f}",
     }
+    x = printable  # XML 1.0 refuses most control characters, even written as &#...;
     suites = ET.Element("testsuites", {"name": "batchrun compare", **counts})
     suite = ET.SubElement(suites, "testsuite", {"name": "batchrun compare", **counts})
     for job in comp.jobs:
@@ -127,16 +134,16 @@ def junit(comp: Comparison) -> str:
             suite,
             "testcase",
             {
-                "classname": job.model_id or "unknown-model",
-                "name": job.job_id + (f" [{varying}]" if varying else ""),
+                "classname": x(job.model_id) or "unknown-model",
+                "name": x(job.job_id) + (f" [{varying}]" if varying else ""),
                 "time": _seconds(job.current),
             },
         )
         if job.failing:
             failure = ET.SubElement(
-                case, "failure", {"message": job.reason, "type": ",".join(job.classes)}
+                case, "failure", {"message": x(job.reason), "type": ",".join(job.classes)}
             )
-            failure.text = f"{job.job_id}: {', '.join(job.classes)}: {job.reason}"
+            failure.text = f"{x(job.job_id)}: {', '.join(job.classes)}: {x(job.reason)}"
     ET.indent(suites)
     return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(suites, "unicode") + "\n"
 

@@ -16,22 +16,24 @@ import requests
 
 from batchrun import netenv, origin as og, state as st
 from batchrun.api_answers import AMBIGUOUS_SUBMIT
-from batchrun.budget import Budget, cost_text, no_balance, plan_estimator
-from batchrun.cache import Restored, cached_note, fill, open_for_plan, restore_pending
+from batchrun.budget import Budget, no_balance, plan_estimator
+from batchrun.cache import Restored, fill, open_for_plan, restore_pending
 from batchrun.client import Client
+from batchrun.closing import conclude
 from batchrun.download import Downloader
 from batchrun.errors import ApiError, BudgetReached, ChoiceError, InsufficientBalanceError
 from batchrun.halt import SweepGate
 from batchrun.output_urls import collect_urls, default_allow_hosts, needs_files, output_keys
 from batchrun.plan import Plan
 from batchrun.pricing import plain, usd
-from batchrun.progress import Progress, describe, duration
+from batchrun.progress import Progress, server_wait
 from batchrun.ratelimit import RateLimiter
+from batchrun.safetext import printable
 from batchrun.scheduler import Scheduler
 from batchrun.settings import RunSettings
 from batchrun.state import JobRow, OutputFile, StateStore
 
-EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
+EXIT_INTERRUPTED = 130  # 0 and 1: closing.conclude
 # Calls arrive at the server with network jitter: the limiter's window is this much longer
 # than a second, so no rolling second the server counts holds more than rate_limit calls; a
 # 429 says the jitter was larger, and widens it by RATE_HEADROOM_STEP.
@@ -88,7 +90,8 @@ class _Run:
         self.opts = options
         self.run_dir = run_dir
         self.store = store
-        self.echo = options.echo
+        # Lines carry server text (errors, request ids): shown escaped, never executed.
+        self.echo: Callable[[str], None] = lambda text: options.echo(printable(text, lines=True))
         self.started = options.clock()
         self.cache = open_for_plan(self.opts.cache or self.plan.manifest.run.cache, self.plan)
         self.restored = Restored()
@@ -120,7 +123,11 @@ class _Run:
         )
         self._record_budget(budget)
         progress = Progress(
-            len(rows), quiet=self.opts.quiet, clock=self.opts.clock, cost=budget.line
+            len(rows),
+            quiet=self.opts.quiet,
+            clock=self.opts.clock,
+            cost=budget.line,
+            waiting=server_wait(limiter.paused_for),
         )
         if settings.halt is not None or settings.canary:
             self.gate = SweepGate(halt=settings.halt, canary=settings.canary, rows=rows)
@@ -179,7 +186,12 @@ class _Run:
             raise no_balance(sched.fatal, mine, self.opts.resume_command)
         if sched.fatal is not None and getattr(sched.fatal, "exit_code", 1) != 1:
             raise sched.fatal
-        code = self._conclude(mine, sched, budget)
+        code = conclude(
+            mine, sched, budget,
+            gate=self.gate, run_dir=self.run_dir, elapsed=self.opts.clock() - self.started,
+            left_out=self.opts.left_out if self.opts.only else None,
+            quiet=self.opts.quiet, echo=self.echo,
+        )  # fmt: skip
         not_run = sum(1 for r in mine if r.status == st.PENDING)
         if budget.reached and not_run:
             assert budget.cap is not None
@@ -403,38 +415,6 @@ class _Run:
         except ChoiceError as exc:
             self.echo(f"warning: report.html grid: {exc}; laid out automatically")
             write_report(self.run_dir, rows, extra=extra)
-
-    def _conclude(self, rows: list[JobRow], sched: Scheduler, budget: Budget) -> int:
-        counts: dict[str, int] = {}
-        for row in rows:
-            counts[row.status] = counts.get(row.status, 0) + 1
-        file_errors = sum(1 for r in rows for f in r.files if f.error)
-        held = self.gate.problems(counts.get(st.PENDING, 0)) if self.gate is not None else []
-        if not self.opts.quiet:
-            left = f" ({self.opts.left_out} left out by the filter)" if self.opts.only else ""
-            took = duration(self.opts.clock() - self.started)
-            self.echo(
-                f"{len(rows)} jobs{left}: {describe(counts)}{cached_note(rows)}. "
-                f"{cost_text(rows, budget)}. Elapsed {took}. "
-                f"Report: {self.run_dir / 'report.csv'}"
-            )
-        if file_errors:
-            self.echo(f"{file_errors} output file(s) not downloaded; see the error column")
-        if counts.get(st.FAILED) or counts.get(st.TIMED_OUT):
-            self.echo("rerun with --retry-failed to submit failed and timed-out jobs again")
-        if counts.get(st.UNKNOWN):
-            self.echo(
-                f"{counts[st.UNKNOWN]} submit(s) may have reached the server; rerun with "
-                "--resubmit-unknown to submit them again (may pay twice)"
-            )
-        if sched.abandoned:
-            self.echo(f"{len(sched.abandoned)} job(s) still on the server; rerun to poll again")
-        if sched.fatal is not None:
-            self.echo(f"stopped submitting: {sched.fatal}")
-        for line in held:  # last: the line that says why the run stopped short
-            self.echo(line)
-        ok = all(r.status == st.SUCCEEDED for r in rows) and not file_errors
-        return EXIT_OK if ok and sched.fatal is None and not held else EXIT_FAILED
 
 
 def _say(text: str) -> None:

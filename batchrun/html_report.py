@@ -16,6 +16,7 @@ from batchrun.errors import ChoiceError
 from batchrun.media import IMAGE_SUFFIXES, VIDEO_SUFFIXES
 from batchrun.records import JobRow, OutputFile, report_status
 from batchrun.reportcsv import INPUT_PREFIX, VAR_PREFIX, prefixed, read_jobs, split_cell, unguard
+from batchrun.safetext import printable
 
 # Job cards on the sheet, the first ones in expansion order: a browser cannot show 100,000
 # thumbnails usefully; report.csv lists every job.
@@ -44,7 +45,7 @@ details{font-size:12px}dl{margin:0}dt{font-weight:600}dd{margin:0 0 0 1em}
 
 def esc(value: object) -> str:
     """HTML-escape any value (inputs are user text, errors are server text)."""
-    return html.escape(str(value), quote=True)
+    return html.escape(printable(str(value), lines=True), quote=True)
 
 
 def show(value: Any) -> str:

@@ -15,6 +15,8 @@ from pathlib import Path
 from batchrun.errors import RunFolderInUse, StateError
 
 LOCK_FILE = ".lock"
+# What flock says when another process holds the lock; any other error is the disk's.
+HELD = frozenset({errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES})
 
 
 def take(run_dir: Path) -> int:
@@ -30,7 +32,10 @@ def take(run_dir: Path) -> int:
         raise StateError(f"{path}: not a regular file; remove it and run again")
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
+    except OSError as exc:
+        if exc.errno not in HELD:  # no holder: a file system without locks, a failing disk
+            os.close(fd)
+            raise _lock_problem(path, exc) from None
         try:
             pid = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
         finally:
@@ -52,17 +57,28 @@ def take(run_dir: Path) -> int:
 
 
 def _lock_problem(path: Path, exc: OSError) -> StateError:
-    if exc.errno == errno.ELOOP:
-        what = "it is a symbolic link, which batchrun never writes through; remove it"
-    elif exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
-        what = "the disk is full; free some space"
-    elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        what = "no permission to write it; make the folder writable"
-    else:
-        what = "check the folder"
+    what = (
+        "it is a symbolic link, which batchrun never writes through; remove it"
+        if exc.errno == errno.ELOOP
+        else advice(exc)
+    )
     return StateError(
         f"{path}: cannot take the run folder's lock ({exc.strerror}); {what}, then run again"
     )
+
+
+def advice(exc: OSError) -> str:
+    """What to do when the disk refuses a run folder's file: 'the disk is full; free some
+    space' and the like."""
+    if exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+        return "the disk is full; free some space"
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return "no permission to write it; make the folder writable"
+    if exc.errno == errno.ENOLCK:
+        return "the file system gives no locks (a network mount?); use a folder on a local disk"
+    if exc.errno == errno.EIO:
+        return "the disk reports an input/output error; check it"
+    return "check the folder"
 
 
 def release(fd: int | None) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import time
@@ -26,9 +27,28 @@ def describe(counts: Mapping[str, int]) -> str:
     return ", ".join(f"{k} {n}" for k, n in report_counts(counts).items())
 
 
+# A pause shorter than this passes before anyone reads the line. The limiter's own pause after
+# a 429 without Retry-After is 1 s: a longer one is the server's Retry-After.
+WAIT_SHOWN_S = 2.0
+
+
+def server_wait(paused_for: Callable[[], float]) -> Callable[[], str]:
+    """What the run waits for, from the rate limiter's `paused_for`: 'waiting 300 s: server
+    rate limit (Retry-After)' during a pause of WAIT_SHOWN_S or more, else ''."""
+
+    def text() -> str:
+        left = paused_for()
+        if left < WAIT_SHOWN_S:
+            return ""
+        return f"waiting {math.ceil(left)} s: server rate limit (Retry-After)"
+
+    return text
+
+
 class Progress:
-    """Shows done/total, per-state counts and, given `cost`, the spend so far against the
-    estimate (Budget.line); silent with `quiet`."""
+    """Shows done/total, per-state counts, given `cost` the spend so far against the estimate
+    (Budget.line), and given `waiting` what the run waits for (server_wait); silent with
+    `quiet`. A wait shows at once in a log line, not only at the next interval."""
 
     def __init__(
         self,
@@ -39,6 +59,7 @@ class Progress:
         interval: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
         cost: Callable[[], str] | None = None,
+        waiting: Callable[[], str] | None = None,
     ) -> None:
         self.stream = stream if stream is not None else sys.stderr
         self.total = total
@@ -46,6 +67,8 @@ class Progress:
         self.interval = interval
         self.clock = clock
         self.cost = cost
+        self.waiting = waiting
+        self._was_waiting = False
         self.started = clock()
         self._last_line = self.started
         self._last_bar = 0.0
@@ -74,14 +97,22 @@ class Progress:
             self._bar.set_postfix_str(", ".join(self.parts(counts, api_calls)), refresh=False)
             self._bar.refresh()
             return
-        if now - self._last_line >= self.interval:
+        wait = self.waiting() if self.waiting else ""
+        starts = bool(wait) and not self._was_waiting
+        self._was_waiting = bool(wait)
+        if starts or now - self._last_line >= self.interval:
             self._last_line = now
             self.line(counts, done, api_calls)
 
     def parts(self, counts: Mapping[str, int], api_calls: int) -> list[str]:
         """What the bar shows after its own done/total, elapsed and ETA."""
         parts = [describe(counts), f"{api_calls} API calls"]
-        return parts + [self.cost()] if self.cost else parts
+        parts += [self.cost()] if self.cost else []
+        return parts + self._wait()
+
+    def _wait(self) -> list[str]:
+        wait = self.waiting() if self.waiting else ""
+        return [wait] if wait else []
 
     def timing(self, done: int) -> str:
         """'elapsed 1m05s, ETA 2m10s' (the ETA from this run's jobs per second so far)."""
@@ -104,6 +135,7 @@ class Progress:
         parts = [head, f"{api_calls} API calls", self.timing(done)]
         if self.cost:
             parts.append(self.cost())
+        parts += self._wait()
         print("batchrun: " + "; ".join(parts), file=self.stream, flush=True)
 
     def close(self) -> None:

@@ -1,4 +1,8 @@
-"""report.csv (one row per job, expansion order) and summary.json (totals) of a run folder."""
+"""report.csv (one row per job, expansion order) and summary.json (totals) of a run folder.
+
+report.csv is read in terminals (`cat`, `less`) as much as in spreadsheets: the server's text in
+it (errors, request ids, URLs, file names) shows control characters escaped (safetext), while
+state.db keeps them as they came."""
 
 from __future__ import annotations
 
@@ -15,8 +19,9 @@ from batchrun.atomic import write_text
 from batchrun.gcpause import gc_paused
 from batchrun.html_report import write_html
 from batchrun.output_urls import collect_urls
-from batchrun.records import REPORT_STATUSES, JobRow, report_status
+from batchrun.records import REPORT_STATUSES, SUCCEEDED, JobRow, report_status
 from batchrun.reportcsv import guard, join_cell, value_cell
+from batchrun.safetext import printable
 
 _SECONDS: dict[int, str] = {}  # whole second -> its text: a run's jobs share few seconds
 
@@ -58,16 +63,27 @@ def _cost(value: float | None) -> str:
     return text
 
 
+# The error column of a job that succeeded with nothing to fetch: worth a look, not a failure.
+NO_OUTPUT = "succeeded without output: the result holds no output URL, so no file to download"
+
+
+def without_output(row: JobRow) -> bool:
+    """A succeeded job whose result holds no output URL (missing, null, empty, no URL in it)."""
+    return row.status == SUCCEEDED and not row.files and not collect_urls(row.output)
+
+
 def _error_cell(row: JobRow) -> str:
     parts = [row.error] if row.error else []
+    if without_output(row):
+        parts.insert(0, NO_OUTPUT)
     parts += [f"output {i}: {f.error}" for i, f in enumerate(row.files, start=1) if f.error]
-    return guard("; ".join(parts))
+    return guard(printable("; ".join(parts), lines=True))
 
 
 def _urls(row: JobRow) -> list[str]:
     urls = [f.url for f in row.files] if row.files else collect_urls(row.output)
     # SEPARATOR joins a cell's values; keep it out of the URLs themselves.
-    return [u.replace(reportcsv.SEPARATOR, "%3B") for u in urls]
+    return [printable(u).replace(reportcsv.SEPARATOR, "%3B") for u in urls]
 
 
 def _reported(rows: Iterable[JobRow]) -> list[JobRow]:
@@ -98,15 +114,15 @@ def _line(row: JobRow, inputs: list[str], var_names: list[str]) -> list[str]:
         row.job_id,
         guard(row.model_id),
         report_status(row.status),
-        guard(row.request_id or ""),
-        _error_cell(row) if row.error or files else "",
+        guard(printable(row.request_id or "")),
+        _error_cell(row) if row.error or files or row.status == SUCCEEDED else "",
         str(row.attempts),
         _timestamp(row.submitted_at),
         _timestamp(row.finished_at),
         _seconds(queue_s),
         _seconds(run_s),
         _cost(row.cost_usd),
-        guard(join_cell(f.name for f in done)),
+        guard(join_cell(printable(f.name) for f in done)),
         guard(join_cell(_urls(row))),
         join_cell(f.sha256 for f in done),
         "true" if row.cached else "",
@@ -145,6 +161,7 @@ def summarise(rows: Iterable[JobRow]) -> dict[str, Any]:
     return {
         "jobs": len(jobs),
         "statuses": totals,
+        "succeeded_without_output": sum(1 for r in jobs if without_output(r)),
         "durations": {
             "makespan_s": None if makespan is None else round(max(0.0, makespan), 3),
             "queue_s": _stats([q for q in (r.queue_s for r in jobs) if q is not None]),

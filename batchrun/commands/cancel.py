@@ -1,4 +1,8 @@
-"""`batchrun cancel`: cancel every request of a run folder still queued on the server."""
+"""`batchrun cancel`: cancel every request of a run folder still queued on the server.
+
+The API asked is --api-base, else $RUNCOMFY_MODEL_API_BASE, else the one the run folder
+recorded (commands.common.choose_api_base); the first line on stdout says which and why.
+"""
 
 from __future__ import annotations
 
@@ -11,9 +15,10 @@ import click
 
 from batchrun import lock, state as st
 from batchrun.client import Client
-from batchrun.commands.common import api_base, token
+from batchrun.commands.common import RECORDED, choose_api_base, normalise_api_base, token
 from batchrun.errors import ApiError, RunFolderInUse, UnreachableError
 from batchrun.ratelimit import RateLimiter
+from batchrun.safetext import printable
 from batchrun.state import StateStore
 
 CANCEL_RATE = 5.0  # calls per second: cancelling is never urgent enough to risk a 429
@@ -32,12 +37,28 @@ def cancel(run_dir: str, *, api_base_option: str | None) -> int:
             err=True,
         )
         return 0
-    client = Client(api_base(api_base_option, recorded), token())
+    secret = token()
+    base, source = choose_api_base(api_base_option, recorded)
+    click.echo(printable(base_line(base, source, recorded)))
+    client = Client(base, secret)
     limiter = RateLimiter(CANCEL_RATE)
     failed = cancel_queued(
-        Path(run_dir), client, acquire=limiter.acquire, echo=lambda t: click.echo(t, err=True)
+        Path(run_dir),
+        client,
+        acquire=limiter.acquire,
+        echo=lambda t: click.echo(printable(t, lines=True), err=True),
     )
     return 1 if failed else 0
+
+
+def base_line(base: str, source: str, recorded: str | None) -> str:
+    """Which API the cancels go to, where that came from, and whether the run used another."""
+    if source == RECORDED:
+        return f"cancelling on {base} (recorded in the run folder)"
+    note = ""
+    if recorded and normalise_api_base(recorded) != base:
+        note = f"; the run folder recorded {normalise_api_base(recorded)}"
+    return f"cancelling on {base} (from {source}{note})"
 
 
 def simulated(run_dir: Path) -> bool:

@@ -22,10 +22,24 @@ NO_TOKEN = (
 )
 
 
+API_BASE_ENV = "RUNCOMFY_MODEL_API_BASE"
+RECORDED = "the run folder"  # where a recorded API base comes from (state.db)
+
+
 def api_base(option: str | None, recorded: str | None = None) -> str:
-    """The API base: the --api-base option, else the run folder's, else the environment's."""
-    chosen = option or recorded or os.environ.get("RUNCOMFY_MODEL_API_BASE") or DEFAULT_API_BASE
-    return normalise_api_base(chosen)
+    """The API base, by `choose_api_base`'s precedence."""
+    return choose_api_base(option, recorded)[0]
+
+
+def choose_api_base(option: str | None, recorded: str | None = None) -> tuple[str, str]:
+    """The API base and where it came from: the --api-base option, else the environment's
+    RUNCOMFY_MODEL_API_BASE, else the one `recorded` in the run folder, else the default.
+    What the user says now wins over what a run folder says (the token goes where they say)."""
+    env = os.environ.get(API_BASE_ENV, "").strip()
+    for chosen, source in ((option, "--api-base"), (env, API_BASE_ENV), (recorded, RECORDED)):
+        if chosen and chosen.strip():
+            return normalise_api_base(chosen), source
+    return DEFAULT_API_BASE, "the default"
 
 
 def normalise_api_base(url: str) -> str:

@@ -12,7 +12,8 @@ from typing import Any
 
 import click
 
-from batchrun.errors import ConfigError, RunFolderInUse, UsageError
+from batchrun import lock
+from batchrun.errors import ConfigError, RunFolderInUse, StateError, UsageError
 from batchrun.simulator import SimSettings, Simulator
 from batchrun.simulator.persist import StateDirInUse
 from batchrun.simulator.settings import load_settings
@@ -39,6 +40,11 @@ def start(sim_settings: SimSettings, *, port: int = 0, when_busy: str) -> Simula
     except StateDirInUse as exc:
         raise RunFolderInUse(when_busy.format(why=exc)) from None
     except OSError as exc:
+        if exc.filename:  # its state folder (in the run folder for `run --simulate`), no port
+            raise StateError(
+                f"{exc.filename}: cannot make the simulator's state folder ({exc.strerror}); "
+                f"{lock.advice(exc)}, then run again"
+            ) from None
         raise UsageError(
             f"cannot listen on 127.0.0.1:{port} ({exc.strerror}); pick another --port, or 0"
         ) from None

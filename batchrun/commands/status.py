@@ -15,13 +15,17 @@ from batchrun.budget import amount
 from batchrun.pricing import usd
 from batchrun.progress import describe, report_counts
 from batchrun.records import report_status
+from batchrun.safetext import printable
 from batchrun.state import StateStore
 
 
 def status(run_dir: str, *, as_json: bool) -> int:
     """Print the run folder's status (read without locking, so a run may be active); 0."""
     data = status_data(Path(run_dir))
-    click.echo(json.dumps(data, indent=2) if as_json else render_status(data))
+    # JSON escapes control characters itself; the text is for a terminal.
+    click.echo(
+        json.dumps(data, indent=2) if as_json else printable(render_status(data), lines=True)
+    )
     return 0
 
 
@@ -82,7 +86,8 @@ def render_status(data: dict[str, Any]) -> str:
     if data["problems"]:
         lines.append("jobs that did not succeed:")
         for p in data["problems"]:
-            lines.append(f"  {p['job_id']}  {p['status']:<9}  {p['model_id']}: {p['error']}")
+            error = printable(p["error"])  # one line per job, whatever the error holds
+            lines.append(f"  {p['job_id']}  {p['status']:<9}  {p['model_id']}: {error}")
     return "\n".join(lines)
 
 
