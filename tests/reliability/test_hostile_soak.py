@@ -414,7 +414,6 @@ def test_hostile_soak(tmp_path: Path) -> None:
             print(f"\n{signal.Signals(sig).name}: exit after {run.signal_to_exit_s:.2f}s")
 
         # Run again until every job ended or is left unknown; then send the unknown ones.
-        phase = 3
         for phase in range(3, 7):
             mix.phase = phase
             unknown_at_start[phase] = unknown_now()
