@@ -113,10 +113,13 @@ class SimApp:
         if self.restored is None:
             return 0
         now = time.time()
-        jobs, self.restored = self.restored.jobs, None
+        restored, self.restored = self.restored, None
+        jobs = restored.jobs
         for job in jobs:
             self.queue.adopt(job, now)
-            self.stats.submitted(job.identity)
+            self.stats.submitted(job.identity, job.request_id)
+            if job.request_id in restored.asked:
+                self.stats.asked(job.request_id)
             if not job.fails and job.state != CANCELLED:
                 self._committed[job.request_id] = catalog.cost(
                     catalog.CATALOG[job.model_id], job.inputs
@@ -256,7 +259,7 @@ class SimApp:
             drifted = drift_draw(self.settings, ident)
             job.extra.setdefault("drifted", drifted)
             self.journal.append(persist.submit_record(job, drifted))
-        self.stats.submitted(ident)
+        self.stats.submitted(ident, job.request_id)
         urls = self._urls(job.request_id)
         return json_response(200, {"request_id": job.request_id, **urls})
 
@@ -264,6 +267,7 @@ class SimApp:
         job = self.queue.get(request_id)
         if job is None:
             return self._unknown(request_id)
+        self._asked(request_id)
         data: dict[str, Any] = {"request_id": request_id, "status": job.state}
         if job.state == IN_QUEUE:
             position = self.queue.position(job)
@@ -279,6 +283,7 @@ class SimApp:
         job = self.queue.get(request_id)
         if job is None:
             return self._unknown(request_id)
+        self._asked(request_id)
         data: dict[str, Any] = {"request_id": request_id, "status": job.state}
         data["created_at"] = _iso(job.created_at)
         if job.state == IN_QUEUE:
@@ -313,6 +318,7 @@ class SimApp:
         job = self.queue.get(request_id)
         if job is None:
             return self._unknown(request_id)
+        self._asked(request_id)
         outcome = self.queue.cancel(job)
         if outcome == "cancelled":
             with self._billing:
@@ -322,6 +328,12 @@ class SimApp:
         return json_response(
             202, {"request_id": request_id, "status": job.state, "outcome": outcome}
         )
+
+    def _asked(self, request_id: str) -> None:
+        """The client knows this request (stats: not a lost submit); kept across a restart."""
+        if self.stats.asked(request_id) and self.journal is not None:
+            # Not fsynced: a mark lost to a crash only makes a tracked job look untracked.
+            self.journal.append({"type": "asked", "request_id": request_id}, durable=False)
 
     def catalog_list(self, query: str) -> Response:
         q = parse_qs(query)

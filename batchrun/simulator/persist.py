@@ -6,6 +6,8 @@ An append-only JSON-lines journal, `<state_dir>/journal.jsonl`, one record a lin
   "run_time", "fails", "drifted"}`: an accepted submit with its per-job draws. It is fsynced
   before the 200 answer leaves, as a real server has stored a job it acknowledged;
 - `{"type": "cancel", "request_id", "at"}`: a job cancelled while queued;
+- `{"type": "asked", "request_id"}`: the client first asked about a job by its id (for the
+  stats' `untracked_submits`; not fsynced);
 - `{"type": "port", "port"}`: the port served on (the last one wins on restart).
 
 Settings, the token included, are never written: they are configuration, not state. Outputs are
@@ -35,14 +37,17 @@ class StateDirInUse(RuntimeError):
 
 @dataclass
 class Restored:
-    """What a journal holds: the jobs (cancelled ones already marked) and the last port."""
+    """What a journal holds: the jobs (cancelled ones already marked), the last port and the
+    request ids the client asked about."""
 
     jobs: list[Job] = field(default_factory=list)
     port: int | None = None
+    asked: set[str] = field(default_factory=set)  # request ids the client asked about
 
 
 class Journal:
-    """The append-only record file; `append()` returns once the record is on disk."""
+    """The append-only record file; `append()` returns once the record is on disk (unless
+    `durable=False`: written, not fsynced)."""
 
     def __init__(self, state_dir: str | os.PathLike[str]) -> None:
         self.dir = Path(state_dir)
@@ -61,12 +66,13 @@ class Journal:
         self._drop_torn_tail()
         self._fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - held open for appends
 
-    def append(self, record: dict[str, Any]) -> None:
+    def append(self, record: dict[str, Any], *, durable: bool = True) -> None:
         line = json.dumps(record, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
         with self._lock:
             self._fh.write(line + "\n")
             self._fh.flush()
-            os.fsync(self._fh.fileno())
+            if durable:
+                os.fsync(self._fh.fileno())
 
     def records(self) -> list[dict[str, Any]]:
         out = []
@@ -148,6 +154,8 @@ def restore(records: list[dict[str, Any]]) -> Restored:
             )
             job.extra["drifted"] = bool(r.get("drifted", False))
             jobs[job.request_id] = job
+        elif kind == "asked" and isinstance(r.get("request_id"), str):
+            out.asked.add(r["request_id"])
         elif kind == "cancel" and r.get("request_id") in jobs:
             job = jobs[r["request_id"]]
             job.state = CANCELLED

@@ -5,7 +5,12 @@ The snapshot's keys:
   429s and injected faults included; `files` counts files served);
 - `api_calls`: all /v1/ calls; `peak_rate_1s`: most /v1/ calls within any one second;
 - `submits`: accepted submits (a job was created); `submits_per_identity`: "model canonical-json"
-  -> accepted submits; `duplicate_submits`: identities accepted more than once;
+  -> accepted submits; `untracked_submits`: accepted submits whose request id the client never
+  asked about (status, result or cancel): the client lost the answer, or has not polled yet;
+  `duplicate_submits`: identities accepted more than once of which at least one is untracked,
+  i.e. one input paid again after its answer was lost. Identical bodies are not enough: the
+  manifest's `repeat:` sends N jobs with one body, each tracked by its own request id, and
+  those are not duplicates. Read it once the client has finished;
 - `throttled`: 429 answers; `faults`: injected faults per kind (rate_limited, error_500/502/503,
   drop_silent, drop_partial, slow, fail, drift, malicious_<variant>);
 - `jobs`: jobs per state (in_queue, in_progress, completed, cancelled; completed = succeeded +
@@ -42,6 +47,8 @@ class Stats:
         with self._lock:
             self._calls: Counter[str] = Counter({e: 0 for e in ENDPOINTS})
             self._identities: Counter[str] = Counter()
+            self._requests: dict[str, str] = {}  # request id -> identity (accepted submits)
+            self._asked: set[str] = set()  # request ids the client asked about
             self._faults: Counter[str] = Counter()
             self._throttled = 0
             self._window: deque[float] = deque()
@@ -77,10 +84,19 @@ class Stats:
             if self._first_result_at is None:
                 self._first_result_at = self._last_result_at
 
-    def submitted(self, identity: str) -> None:
+    def submitted(self, identity: str, request_id: str) -> None:
         """A submit was accepted (a job exists, whether or not the client got the answer)."""
         with self._lock:
             self._identities[identity] += 1
+            self._requests[request_id] = identity
+
+    def asked(self, request_id: str) -> bool:
+        """The client asked about an accepted request by its id; True the first time."""
+        with self._lock:
+            if request_id in self._asked or request_id not in self._requests:
+                return False
+            self._asked.add(request_id)
+            return True
 
     def throttled(self) -> None:
         with self._lock:
@@ -106,12 +122,15 @@ class Stats:
         total = self.billed_usd()
         with self._lock:
             identities = dict(self._identities)
+            untracked = [i for r, i in self._requests.items() if r not in self._asked]
+            lost = set(untracked)
             return {
                 "calls": dict(self._calls),
                 "api_calls": self._api_calls,
                 "submits": sum(identities.values()),
                 "submits_per_identity": identities,
-                "duplicate_submits": sum(1 for n in identities.values() if n > 1),
+                "untracked_submits": len(untracked),
+                "duplicate_submits": sum(1 for i, n in identities.items() if n > 1 and i in lost),
                 "throttled": self._throttled,
                 "peak_rate_1s": self._peak,
                 "faults": dict(self._faults),

@@ -4,7 +4,8 @@ against it in this process (clocks injectable) or as a subprocess (exit codes, s
 `HostileApi(answer)` calls `answer(call)` for every request; `call.kind` is submit, result,
 cancel or file, `call.n` counts the calls of that kind from 1. `answer` returns a `Reply`, or
 None for the well-behaved answer (`honest`): every submit accepted, every result succeeded with
-one small PNG served by the same server.
+one small PNG served by the same server. `call.body` is the request's body (a submit's inputs).
+`nodelay=True` sends each answer without Nagle's delay (for runs fetching thousands of files).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ class Call:
     path: str
     request_id: str = ""
     headers: dict[str, str] = field(default_factory=dict)
+    body: bytes = b""  # the request's body (a submit's JSON inputs)
 
 
 @dataclass
@@ -53,7 +55,7 @@ Answer = Callable[[Call], Reply | None]
 
 
 class HostileApi:
-    def __init__(self, answer: Answer | None = None) -> None:
+    def __init__(self, answer: Answer | None = None, *, nodelay: bool = False) -> None:
         self.answer = answer or (lambda call: None)
         self.calls: Counter[str] = Counter()
         self.log: list[Call] = []
@@ -63,6 +65,9 @@ class HostileApi:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # Headers and body leave in two writes: with Nagle on, each answer on a kept-alive
+            # connection waits ~40 ms for the client's delayed ACK (`nodelay` for many files).
+            disable_nagle_algorithm = nodelay
 
             def do_GET(self) -> None:  # noqa: N802 - http.server's naming
                 api._handle(self)
@@ -111,8 +116,7 @@ class HostileApi:
 
     def _handle(self, h: BaseHTTPRequestHandler) -> None:
         length = int(h.headers.get("Content-Length") or 0)
-        if length:
-            h.rfile.read(length)
+        sent = h.rfile.read(length) if length else b""
         path = h.path.split("?")[0]
         parts = path.strip("/").split("/")
         request_id = ""
@@ -127,7 +131,9 @@ class HostileApi:
             kind = "other"
         with self._lock:
             self.calls[kind] += 1
-            call = Call(kind, self.calls[kind], h.command, h.path, request_id, dict(h.headers))
+            call = Call(
+                kind, self.calls[kind], h.command, h.path, request_id, dict(h.headers), sent
+            )
             self.log.append(call)
         reply = self.answer(call) or self.honest(call)
         if reply.drop:
