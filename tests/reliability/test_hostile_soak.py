@@ -18,6 +18,7 @@ each signal honoured within 5 s with exit 130, and peak RSS of batchrun under 30
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import tempfile
@@ -46,6 +47,9 @@ from .hostile_mix import AMBIGUOUS, MANY, N_JOBS, OTHERS, TOKEN_FORMS, Mix
 
 SIGNAL_BUDGET_S = 5.0
 RSS_BUDGET_MB = 300.0
+# What a person reads: no control character a server sent may reach them raw (tab, newline ok).
+READABLE = ("report.csv", "report.html", "summary.json")
+CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 SENTINELS = {"sentinel.txt": b"outside, must survive\n", "pwn1.png": b"not yours\n"}
 
 
@@ -253,6 +257,14 @@ def test_hostile_soak(tmp_path: Path) -> None:
     [many] = [r for r in rows if mix.faults.get(seed_of[r["job_id"]]) == "many"]
     assert many["status"] == "succeeded" and len(many["output_files"].split(";")) == MANY
     assert not _open_jobs(run_dir) and states["unknown"] == 0, dict(states)
+    # Control characters from the server reach no output or report file; the succeeded job
+    # without output is counted and said.
+    shown = [*outs, *((run_dir / n).read_text(errors="replace") for n in READABLE)]
+    raw = sorted({repr(c) for text in shown for c in CONTROL.findall(text)})
+    assert raw == [], raw
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["succeeded_without_output"] == OTHERS["noout"]
+    assert "without output" in runs[-1].out
 
 
 def _not_json(word: str) -> None:
