@@ -43,6 +43,9 @@ INPUT_CODES = frozenset({400001, 422})
 DEADLINE_S = 90.0
 MAX_ANSWER_BYTES = 8 * 1024 * 1024
 READ_SIZE = 64 * 1024
+# After a signal, an answer already arriving is read on for this long: a submit's answer that
+# came back with the signal keeps its request id instead of leaving the job unknown.
+INTERRUPT_GRACE_S = 1.0
 
 
 class Client:
@@ -170,8 +173,9 @@ class Client:
         chunks: list[bytes] = []
         size = 0
         while True:
-            if netenv.interrupted() or self._clock() > deadline:
-                why = "interrupted" if netenv.interrupted() else f"not in {self.deadline:g}s"
+            stop = netenv.interrupted(grace=INTERRUPT_GRACE_S)
+            if stop or self._clock() > deadline:
+                why = "interrupted" if stop else f"not in {self.deadline:g}s"
                 raise TransportError(
                     f"answer {why}: {size} bytes read",
                     endpoint=endpoint,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from collections.abc import Mapping
 
 import requests
@@ -67,15 +68,18 @@ def strict_seconds(text: str | None) -> float | None:
     return float(text) if _DECIMAL.fullmatch(text) else None
 
 
-# Set by the run's signal handler (SIGINT, SIGTERM, SIGHUP): body reads stop at once. A plain
-# flag: a signal handler may set it while the flagged thread holds any lock.
+# Set by the run's signal handler (SIGINT, SIGTERM, SIGHUP): body reads stop soon after. Plain
+# globals: a signal handler may set them while the flagged thread holds any lock.
 _interrupted = False
+_interrupted_at = 0.0
 
 
 def interrupt(on: bool = True) -> None:
-    global _interrupted
+    global _interrupted, _interrupted_at
+    _interrupted_at = time.monotonic()
     _interrupted = on
 
 
-def interrupted() -> bool:
-    return _interrupted
+def interrupted(grace: float = 0.0) -> bool:
+    """A signal came, at least `grace` seconds ago (an answer already arriving may finish)."""
+    return _interrupted and time.monotonic() - _interrupted_at >= grace

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from batchrun.client import Client, parse_retry_after
+from batchrun import netenv
+from batchrun.client import INTERRUPT_GRACE_S, Client, parse_retry_after
 from batchrun.download import Downloader
 from batchrun.errors import TransportError
 
@@ -185,3 +186,36 @@ def test_a_signal_ends_a_run_promptly_while_an_answer_trickles(tmp_path: Path, s
     assert "Traceback" not in err
     assert len(read_report(run_dir)) == 3  # report written
     assert all(r["request_id"] for r in state_rows(run_dir))  # every request id kept
+
+
+# ---- a signal while an answer arrives: a short one is read, a trickle is not waited for ---
+
+
+@pytest.fixture
+def signal_with_the_answer():
+    """The answer function calls netenv.interrupt(): the signal lands as the answer starts."""
+    yield lambda: netenv.interrupt()
+    netenv.interrupt(False)
+
+
+@pytest.mark.parametrize(("trickle_s", "kept"), [(0.002, True), (0.05, False)])
+def test_a_signal_lets_an_arriving_submit_answer_finish_but_not_a_trickle(
+    signal_with_the_answer, trickle_s: float, kept: bool
+) -> None:
+    body = b'{"request_id": "r1", "status": "in_queue", "pad": "' + b"x" * 200 + b'"}'
+
+    def answer(call: Call) -> Reply | None:
+        signal_with_the_answer()
+        return Reply(body=body, trickle_s=trickle_s)
+
+    with HostileApi(answer) as api:
+        client = Client(api.base_url, TOKEN)
+        started = time.monotonic()
+        if kept:  # ~0.5 s of body: read to its end, the request id is kept
+            assert client.submit(MODEL, {"prompt": "x"}) == "r1"
+        else:  # ~12 s of body: cut off after the grace, left ambiguous
+            with pytest.raises(TransportError, match="interrupted") as info:
+                client.submit(MODEL, {"prompt": "x"})
+            assert info.value.maybe_sent
+        took = time.monotonic() - started
+    assert took < INTERRUPT_GRACE_S + 1.0, took
