@@ -37,8 +37,10 @@ class ManyOutputs:
     """Answers every /result with N_FILES output URLs on the same server; counts the file
     answers being made at once (each takes a moment, as a real server's does)."""
 
-    def __init__(self, *, slow_after: int | None = None) -> None:
-        self.slow_after = slow_after  # file calls after this many trickle their bodies
+    def __init__(self, *, slow_after: int | None = None, slow: str = "trickled") -> None:
+        self.slow_after = slow_after  # file calls after this many are slow:
+        self.slow = slow  # "trickled" bodies, or "stalled" before their headers
+        self.release = threading.Event()  # a stalled answer goes on
         self.active = 0
         self.peak = 0
         self.lock = threading.Lock()
@@ -62,7 +64,10 @@ class ManyOutputs:
             return None
         body = PNG + call.path.encode()  # a different sha256 per file
         if self.slow_after is not None and call.n > self.slow_after:
-            return Reply(body=body, headers={"Content-Type": "image/png"}, trickle_s=0.05)
+            if self.slow == "stalled":
+                self.release.wait(60)
+            else:
+                return Reply(body=body, headers={"Content-Type": "image/png"}, trickle_s=0.05)
         with self.lock:
             self.active += 1
             self.peak = max(self.peak, self.active)
@@ -141,13 +146,17 @@ def test_ten_thousand_outputs_download_in_parallel_and_all_are_recorded(tmp_path
 
 
 @pytest.mark.slow
-def test_sigterm_half_way_keeps_what_landed_and_a_rerun_fetches_the_rest(
-    tmp_path: Path,
+@pytest.mark.parametrize(
+    ("sig", "slow"),
+    [(signal.SIGTERM, "trickled"), (signal.SIGTERM, "stalled"), (signal.SIGKILL, "trickled")],
+)
+def test_a_signal_half_way_keeps_what_landed_and_a_rerun_fetches_the_rest(
+    tmp_path: Path, sig: int, slow: str
 ) -> None:
     half = N_FILES // 2
     manifest_for(tmp_path, 1, download=True)
     run_dir = tmp_path / "run"
-    server = ManyOutputs(slow_after=half)
+    server = ManyOutputs(slow_after=half, slow=slow)
     with server.api as api:
         proc = start_run(tmp_path, api)
         try:
@@ -155,7 +164,7 @@ def test_sigterm_half_way_keeps_what_landed_and_a_rerun_fetches_the_rest(
             assert wait_until(lambda: len(landed(recorded(run_dir))) >= half, 240, interval=0.25)
             assert wait_until(lambda: api.calls["file"] >= half + DOWNLOAD_WORKERS, timeout=30)
             sent = time.monotonic()
-            proc.send_signal(signal.SIGTERM)
+            proc.send_signal(sig)
             code, err, rss_mb = finish(proc, timeout=60)
             took = time.monotonic() - sent
         finally:
@@ -165,20 +174,24 @@ def test_sigterm_half_way_keeps_what_landed_and_a_rerun_fetches_the_rest(
         kept = landed(recorded(run_dir))
         leftover_parts = part_files(run_dir)
         server.slow_after = None
+        server.release.set()
         code2, err2, _ = finish(start_run(tmp_path, api), timeout=300)
         second_gets = api.calls["file"] - first_gets
     print(
-        f"\nSIGTERM with {len(kept)} of 10,000 files landed: exit {code} in {took:.2f}s "
-        f"(peak RSS {rss_mb:.0f} MB); the rerun made {second_gets} file requests"
+        f"\n{signal.Signals(sig).name}, file answers {slow}, {len(kept)} of 10,000 files "
+        f"landed: exit {code} in {took:.2f}s (peak RSS {rss_mb:.0f} MB); the rerun made "
+        f"{second_gets} file requests"
     )
-    assert code == 130, err[-2000:]
-    assert took < 5.0
-    assert "Traceback" not in err
-    assert len(kept) == half  # every file served whole is recorded; none trickling is
-    assert leftover_parts == []  # transfers abandoned, their temporary files removed
+    if sig != signal.SIGKILL:
+        assert code == 130, err[-2000:]
+        assert took < 5.0
+        assert "Traceback" not in err
+        assert leftover_parts == []  # transfers abandoned, their temporary files removed
+    assert len(kept) == half  # every file served whole is recorded; none cut off is
     assert code2 == 0, err2[-2000:]
     assert second_gets == N_FILES - half
     files = recorded(run_dir)
     assert len(landed(files)) == N_FILES
     kept_names = {f["url"]: f["name"] for f in kept}
     assert all(kept_names.get(f["url"], f["name"]) == f["name"] for f in files)
+    assert part_files(run_dir) == []
