@@ -18,6 +18,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from batchrun.flights import Outcome
@@ -145,31 +146,28 @@ class Downloads:
 
     # ---- the workers' side --------------------------------------------------------------
 
-    def _next(self) -> tuple[str, Any, list[OutputFile]] | tuple[JobFiles, int] | None:
+    def _next(self) -> Callable[[], None] | None:
         """The next plan to make or file to fetch (None: stop); taken under _cv."""
         while not self.stopped():
             if self._plans:
-                return self._plans.popleft()
+                return partial(self._plan, *self._plans.popleft())
             if self._turns:
                 files, index = self._turns.popleft()
                 if index + 1 < len(files.todo):
-                    self._turns.append((files, index + 1))
-                return files, index
+                    self._turns.append((files, index + 1))  # the next job's turn first
+                return partial(self._transfer, files, index)
             self._cv.wait(WAKE_S)
         return None
 
     def _work(self) -> None:
         while True:
             with self._cv:
-                item = self._next()
-                if item is None:
+                step = self._next()
+                if step is None:
                     return
                 self._running += 1
             try:
-                if isinstance(item[0], JobFiles):
-                    self._transfer(*item)  # type: ignore[arg-type]
-                else:
-                    self._plan(*item)  # type: ignore[arg-type]
+                step()
             finally:
                 with self._cv:
                     self._running -= 1
