@@ -7,15 +7,13 @@ fsynced and renamed, names sanitised so none can leave the job's folder.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import random
 import re
-import stat
 import threading
 import time
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urljoin, urlsplit
@@ -24,8 +22,9 @@ import requests
 import urllib3
 
 from batchrun import netenv
-from batchrun.atomic import fsync_dir, open_atomic
-from batchrun.output_urls import refusal, safe_name, unique_name, url_name, with_ext
+from batchrun.atomic import open_atomic
+from batchrun.jobfiles import FileTask, JobDir, JobFiles, Stopped, plan
+from batchrun.output_urls import refusal, safe_name, with_ext
 from batchrun.ratelimit import backoff
 from batchrun.state import OutputFile
 
@@ -50,6 +49,9 @@ class _Retry(Exception):
 
 class _Fail(Exception):
     """A download failed for good; the message goes into OutputFile.error."""
+
+
+INTERRUPTED = "not downloaded: the run was interrupted; rerun to fetch it"
 
 
 class Downloader:
@@ -92,50 +94,39 @@ class Downloader:
         existing: Sequence[OutputFile] = (),
         keys: Mapping[str, str] | None = None,
     ) -> list[OutputFile]:
-        """Download each URL (in order) into run_dir/files/<job_id>/; never raises per file.
+        """Download each URL (one after another) into run_dir/files/<job_id>/; never raises
+        per file. `plan` and `JobFiles.transfer` do the same a file at a time.
 
         `keys` (url -> output key, from `output_keys`) names files whose URL has no usable name.
         """
+        files = self.plan(run_dir, job_id, urls, existing, keys)
+        for task in files.todo:
+            files.results[task.index] = files.transfer(task)
+        files.sync()
+        return files.landed()
+
+    def plan(
+        self,
+        run_dir: Path,
+        job_id: str,
+        urls: list[str],
+        existing: Sequence[OutputFile] = (),
+        keys: Mapping[str, str] | None = None,
+    ) -> JobFiles:
+        """A job's files (jobfiles.plan): what needs no request, and the transfers to make,
+        each named already; `JobFiles.transfer` makes one, from any thread."""
         if not _JOB_ID.match(job_id):
             raise ValueError(f"job id {job_id!r} is not a lowercase hex id")
-        run_dir = Path(run_dir)
-        job = _JobDir(self._files_root(run_dir), job_id)
-        prefix = f"files/{job_id}/"
-        previous = {
-            f.url: f
-            for f in existing
-            if f.name.startswith(prefix)
-            and safe_name(f.name[len(prefix) :]) == f.name[len(prefix) :]
-        }
-        # Names already held by other URLs' files stay theirs.
-        taken = {
-            f.name[len(prefix) :] for u, f in previous.items() if u in urls and f.name and f.sha256
-        }
-        job.remove_stale_parts(keep={f.name[len(prefix) :] for f in previous.values()})
-        results: list[OutputFile] = []
-        for index, url in enumerate(urls, start=1):
-            why = refusal(url, self.allow_hosts)
-            if why:
-                results.append(OutputFile(url=url, error=why))
-                continue
-            old = previous.get(url)
-            if old and old.sha256 and self._intact(run_dir, old):
-                results.append(old)
-                continue
-            full = self._disk_nearly_full(run_dir)
-            if full:
-                results.append(OutputFile(url=url, error=full))
-                continue
-            keep = old.name[len(prefix) :] if old else ""
-            fallback = safe_name((keys or {}).get(url, "")) or f"output-{index}"
-            result = self._download(job, url, keep, fallback, taken)
-            if result.name:
-                taken.add(result.name[len(prefix) :])
-            results.append(result)
-        # Each file was fsynced before its rename; one folder fsync makes the renames durable.
-        if job.written:
-            fsync_dir(job.path)
-        return results
+        job = JobDir(self._files_root(Path(run_dir)), job_id)
+        return plan(job, Path(run_dir), urls, existing, keys, self.allow_hosts, self._transfer)
+
+    def _transfer(self, files: JobFiles, task: FileTask, stopped: Stopped) -> OutputFile:
+        if stopped() or netenv.interrupted():
+            return OutputFile(url=task.url, error=INTERRUPTED)
+        full = self._disk_nearly_full(files.run_dir)
+        if full:
+            return OutputFile(url=task.url, error=full)
+        return self._download(files.job, task, stopped)
 
     def _files_root(self, run_dir: Path) -> Path:
         """run_dir/files with every symlink above it resolved, worked out once per run folder."""
@@ -156,21 +147,13 @@ class Downloader:
             "to fetch it"
         )
 
-    @staticmethod
-    def _intact(run_dir: Path, old: OutputFile) -> bool:
-        try:
-            return (run_dir / old.name).stat().st_size == old.size
-        except OSError:
-            return False
-
-    def _download(
-        self, job: _JobDir, url: str, keep: str, fallback: str, taken: set[str]
-    ) -> OutputFile:
+    def _download(self, job: JobDir, task: FileTask, stopped: Stopped) -> OutputFile:
+        url = task.url
         attempt = 0
         not_found = 0
         while True:
             try:
-                name, sha, size = self._attempt(job, url, keep, fallback, taken)
+                name, sha, size = self._attempt(job, task, stopped)
                 rel = f"files/{job.job_id}/{name}"
                 return OutputFile(url=url, name=rel, sha256=sha, size=size)
             except _Fail as exc:
@@ -246,10 +229,8 @@ class Downloader:
             self._settings[origin] = found
         return found
 
-    def _attempt(
-        self, job: _JobDir, url: str, keep: str, fallback: str, taken: set[str]
-    ) -> tuple[str, str, int]:
-        with self._open(url) as resp:
+    def _attempt(self, job: JobDir, task: FileTask, stopped: Stopped) -> tuple[str, str, int]:
+        with self._open(task.url) as resp:
             status = resp.status_code
             if status == 404 or status == 410:
                 raise _Retry(f"expired (HTTP {status})")
@@ -262,23 +243,25 @@ class Downloader:
             if expected is not None and expected > self.max_file_bytes:
                 raise _Fail(f"larger than the {self.max_file_bytes}-byte cap")
             content_type = resp.headers.get("Content-Type", "")
-            name = keep or unique_name(with_ext(url_name(url) or fallback, content_type), taken)
+            name = with_ext(task.name, content_type) if task.bare else task.name
             try:
                 # Defence in depth: no symlinked folder or odd name may lead outside the run.
                 if safe_name(name) != name or not job.ready():
                     raise _Fail(f"refused: name {name!r} leaves the job folder")
-                sha, size = self._stream(resp, job.path / name, expected)
+                sha, size = self._stream(resp, job.path / name, expected, stopped)
             except OSError as exc:
                 raise _Fail(f"write failed: {exc.strerror or exc}") from None
             job.written = True
             return name, sha, size
 
-    def _chunks(self, resp: requests.Response, deadline: float) -> Iterator[bytes]:
+    def _chunks(
+        self, resp: requests.Response, deadline: float, stopped: Stopped
+    ) -> Iterator[bytes]:
         """The body as it arrives (one socket read each, so a trickle cannot stall a chunk),
         until the deadline or a stop signal."""
         while True:
-            if netenv.interrupted():
-                raise _Fail("not downloaded: the run was interrupted; rerun to fetch it")
+            if netenv.interrupted() or stopped():
+                raise _Fail(INTERRUPTED)
             if time.monotonic() > deadline:
                 raise _Retry(f"not complete within {self.deadline:g}s")
             try:
@@ -290,15 +273,19 @@ class Downloader:
             yield chunk
 
     def _stream(
-        self, resp: requests.Response, final: Path, expected: int | None
+        self,
+        resp: requests.Response,
+        final: Path,
+        expected: int | None,
+        stopped: Stopped,
     ) -> tuple[str, int]:
         digest = hashlib.sha256()
         size = 0
-        # Not the folder: `fetch` fsyncs it once per job, after all its files.
+        # Not the folder: JobFiles.sync fsyncs it once for many files.
         with open_atomic(final, sync_dir=False, hidden=True) as fh:
             deadline = time.monotonic() + self.deadline
             try:
-                for chunk in self._chunks(resp, deadline):
+                for chunk in self._chunks(resp, deadline, stopped):
                     size += len(chunk)
                     if size > self.max_file_bytes:
                         raise _Fail(f"larger than the {self.max_file_bytes}-byte cap")
@@ -322,42 +309,3 @@ def free_bytes(path: Path) -> int | None:
     except (OSError, AttributeError):
         return None
     return st.f_bavail * st.f_frsize
-
-
-class _JobDir:
-    """files/<job_id>/ under a resolved files root: created and checked once per fetch."""
-
-    def __init__(self, files_root: Path, job_id: str) -> None:
-        self.job_id = job_id
-        self.path = files_root / job_id
-        self.written = False  # a file was renamed into it: fsync the folder at the end
-        self._checked: bool | None = None
-
-    def remove_stale_parts(self, keep: Collection[str] = ()) -> None:
-        """One process owns a run folder (state lock), so a .part here is from a crash, unless
-        it is an output of that name (`keep`). Only inside a real folder: never through a
-        link planted as files/ or files/<job_id>."""
-        if not (_real_dir(self.path.parent) and _real_dir(self.path)):
-            return
-        with contextlib.suppress(OSError), os.scandir(self.path) as entries:
-            for entry in entries:
-                if entry.name.endswith(".part") and entry.name not in keep:
-                    os.unlink(entry.path)
-
-    def ready(self) -> bool:
-        """Create the folder; False when files/ or files/<job_id> is not a real folder.
-
-        The root was resolved once, so a real (non-symlink) files/ and job folder under it
-        are the folders the names are meant to land in.
-        """
-        if self._checked is None:
-            self.path.mkdir(parents=True, exist_ok=True)
-            self._checked = _real_dir(self.path.parent) and _real_dir(self.path)
-        return self._checked
-
-
-def _real_dir(path: Path) -> bool:
-    try:
-        return stat.S_ISDIR(os.lstat(path).st_mode)
-    except OSError:
-        return False

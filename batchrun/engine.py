@@ -21,9 +21,11 @@ from batchrun.cache import Restored, fill, open_for_plan, restore_pending
 from batchrun.client import Client
 from batchrun.closing import conclude
 from batchrun.download import Downloader
+from batchrun.downloads import PlanFiles
 from batchrun.errors import ApiError, BudgetReached, ChoiceError, InsufficientBalanceError
 from batchrun.halt import SweepGate
-from batchrun.output_urls import collect_urls, default_allow_hosts, needs_files, output_keys
+from batchrun.jobfiles import JobFiles
+from batchrun.output_urls import default_allow_hosts, needs_files, output_keys
 from batchrun.plan import Plan
 from batchrun.pricing import plain, usd
 from batchrun.progress import Progress, server_wait
@@ -295,18 +297,16 @@ class _Run:
                 if row.job_id in only and row.status in statuses:
                     self.store.mark_pending(row.job_id)
 
-    def _fetcher(self) -> Callable[[str, Any, list[OutputFile]], list[OutputFile]]:
+    def _fetcher(self) -> PlanFiles:
         outputs = self.plan.manifest.outputs
         hosts = default_allow_hosts(self.opts.api_base) + list(outputs.allow_hosts)
         downloader = Downloader(allow_hosts=hosts, max_file_bytes=outputs.max_file_bytes)
 
-        def fetch(job_id: str, output: Any, existing: list[OutputFile]) -> list[OutputFile]:
-            urls = collect_urls(output)
-            return downloader.fetch(
-                self.run_dir, job_id, urls, existing=existing, keys=output_keys(output)
-            )
+        def plan(job_id: str, output: Any, existing: list[OutputFile]) -> JobFiles:
+            keys = output_keys(output)
+            return downloader.plan(self.run_dir, job_id, list(keys), existing, keys)
 
-        return fetch
+        return plan
 
     def _install_interrupt(self, sched: Scheduler) -> Callable[[], None]:
         main = threading.current_thread() is threading.main_thread()

@@ -69,7 +69,7 @@ class Flight:
 class Outcome:
     """What a worker brings back from one call."""
 
-    kind: str  # submit | poll | cancel | refresh | download
+    kind: str  # submit | poll | cancel | refresh | plan | file (downloads.py)
     job_id: str
     value: Any = None
     error: BaseException | None = None

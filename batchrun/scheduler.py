@@ -24,6 +24,7 @@ from typing import Any
 from batchrun import api_answers, state as st
 from batchrun.budget import Budget
 from batchrun.client import Client
+from batchrun.downloads import Downloads, PlanFiles
 from batchrun.errors import ApiError, AuthError, RateLimitedError, UnreachableError
 from batchrun.flights import BACKOFF_BASE_S, BACKOFF_CAP_S, Flight, Flights, Outcome
 from batchrun.halt import Gate
@@ -33,7 +34,7 @@ from batchrun.pending import PendingJobs
 from batchrun.progress import Progress
 from batchrun.ratelimit import RateLimiter, backoff
 from batchrun.settings import RunSettings
-from batchrun.state import JobRow, OutputFile, StateStore
+from batchrun.state import JobRow, StateStore
 
 # Submits in a row with no answer we could read (a gateway's 502, a captive portal's page)
 # before we stop submitting: each may have been billed. A flaky server trips it ~0.1% of runs.
@@ -46,7 +47,6 @@ SPARE_RECHECK = 0.02  # no spare read worth a token yet: look again soon (the od
 # rolling second at the rate).
 CATCH_UP_S = 0.1
 
-Fetch = Callable[[str, Any, list[OutputFile]], list[OutputFile]]
 # Fatal errors that stop every call, not only submits.
 STOP_ALL = (AuthError, UnreachableError)
 
@@ -62,7 +62,7 @@ class Scheduler:
         limiter: RateLimiter,
         run: RunSettings,
         jobs: Iterable[JobRow],
-        fetch: Fetch | None = None,
+        fetch: PlanFiles | None = None,
         progress: Progress | None = None,
         budget: Budget | None = None,
         echo: Callable[[str], None] | None = None,
@@ -77,7 +77,6 @@ class Scheduler:
         self.limiter = limiter
         limiter.burst_s = max(limiter.burst_s, CATCH_UP_S)
         self.run_settings = run
-        self.fetch = fetch
         self.progress = progress
         self.budget = budget or Budget.unlimited()  # budget hook: see _budget_admits
         self.echo = echo
@@ -90,7 +89,6 @@ class Scheduler:
         )
         self.submitting = 0
         self.busy = 0
-        self.downloading = 0
         self.submit_open = True
         self.submit_not_before = 0.0
         self.submit_refusals = 0
@@ -103,10 +101,11 @@ class Scheduler:
         self.fatal: BaseException | None = None
         self.reach = api_answers.Reachability(clock)
         self._results: queue.Queue[Outcome] = queue.Queue()
-        self._downloads: list[str] = []  # job ids to download once their state is committed
         self._stop = threading.Event()
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="batchrun-api")
-        self._dl_pool = ThreadPoolExecutor(download_workers, thread_name_prefix="batchrun-dl")
+        self.downloads = Downloads(
+            fetch, self.jobs, self._results, workers=download_workers, stop=self._stop, clock=clock
+        )
         self._random = random.Random()
         self.server = Flights(
             jobs=self.jobs,
@@ -115,7 +114,7 @@ class Scheduler:
             clock=clock,
             wall=wall,
             retry=self._back_to_pending,
-            download=self._start_download,
+            download=self.downloads.start,
             fatal=self._stop_submitting,
             budget=self.budget,
         )
@@ -149,7 +148,7 @@ class Scheduler:
         """
         request_id = self.jobs.rows[job_id].request_id
         if not request_id:
-            self._start_download(job_id)
+            self.downloads.start(job_id)
             return
         self.server.refresh(job_id, request_id)
 
@@ -169,7 +168,7 @@ class Scheduler:
 
     def run(self) -> None:
         try:
-            self._send_downloads()
+            self.downloads.send()
             while not self._stop.is_set() and not self._finished():
                 wait = self._dispatch_what_we_can()
                 self._apply_next(wait)
@@ -185,9 +184,9 @@ class Scheduler:
 
     def _finished(self) -> bool:
         if isinstance(self.fatal, STOP_ALL):
-            return self.busy == 0 and self.downloading == 0
+            return self.busy == 0 and not self.downloads.busy
         can_submit = self.submit_open and bool(self.pending)
-        return not (can_submit or self.server or self.busy or self.downloading)
+        return not (can_submit or self.server or self.busy or self.downloads.busy)
 
     def _dispatch_what_we_can(self) -> float:
         """Start every call allowed now; return how long to wait before trying again."""
@@ -277,31 +276,35 @@ class Scheduler:
             pass
         self._apply_all(outcomes)
         self.pending.extend(self.gate.released(self.jobs))  # hook: canaries passed (halt.py)
-        self._send_downloads()
+        self.downloads.send()
         self._show()
 
-    def _apply_all(self, outcomes: list[Outcome]) -> None:
-        """Apply these and whatever else is back, with one commit for all their transitions."""
+    def _apply_all(self, outcomes: list[Outcome], *, flush: bool = False) -> None:
+        """Apply these and whatever else is back, with one commit for all their transitions
+        (and for the files landed since the last time they were recorded, when due)."""
         while True:
             try:
                 outcomes.append(self._results.get_nowait())
             except queue.Empty:
                 break
-        if not outcomes:
+        flush = flush or self.downloads.flush_due()
+        if not (outcomes or flush):
             return
         with self.jobs.batch(durable=any(o.kind == "submit" for o in outcomes)):
             for outcome in outcomes:
                 self._apply(outcome)
+            if flush:
+                self.downloads.flush()
         self.max_in_flight.check()
 
     def _wind_down(self) -> None:
-        """Wait for calls already sent (their request ids must be recorded), then stop."""
-        self._dl_pool.shutdown(wait=False, cancel_futures=True)
+        """Wait for calls already sent (their request ids must be recorded), then stop;
+        record the files that landed."""
         # no cancel_futures: a submit handed to a worker is already marked SUBMITTING
         self._pool.shutdown(wait=True)
         self._apply_all([])
-        self._dl_pool.shutdown(wait=True)
-        self._apply_all([])
+        self.downloads.close()
+        self._apply_all([], flush=True)
         if self.progress:
             self._show(force=True)
 
@@ -313,36 +316,18 @@ class Scheduler:
         self._pool.submit(self._work, kind, job_id, call, request_id)
 
     def _work(self, kind: str, job_id: str, call: Callable[..., Any], *args: Any) -> None:
-        if kind != "download":
-            self.limiter.gate()  # the rolling-window cap, on the moment the call really leaves
+        self.limiter.gate()  # the rolling-window cap, on the moment the call really leaves
         sent = self.wall()
         try:
             self._results.put(Outcome(kind, job_id, call(*args), at=sent))
         except BaseException as exc:  # noqa: BLE001 - every outcome goes back to the scheduler
             self._results.put(Outcome(kind, job_id, error=exc, at=sent))
 
-    def _start_download(self, job_id: str) -> None:
-        """Queued: it starts once the transitions applied with it are committed."""
-        if self.fetch is None or self._stop.is_set():
-            return
-        self.downloading += 1
-        self._downloads.append(job_id)
-
-    def _send_downloads(self) -> None:
-        if self.fetch is None or self._stop.is_set():
-            return
-        for job_id in self._downloads:
-            row = self.jobs.rows[job_id]
-            args = (job_id, row.output, row.files)
-            self._dl_pool.submit(self._work, "download", job_id, self.fetch, *args)
-        self._downloads.clear()
-
     # ---- applying outcomes --------------------------------------------------------------
 
     def _apply(self, o: Outcome) -> None:
-        if o.kind == "download":
-            self.downloading -= 1
-            self._downloaded(o)
+        if o.kind in ("plan", "file"):
+            self.downloads.apply(o)
             return
         self.busy -= 1
         self._note_reach(o)
@@ -430,13 +415,6 @@ class Scheduler:
     def _back_to_pending(self, job_id: str, error: str) -> None:
         self.jobs.mark_pending(job_id, error)
         self.pending.appendleft(job_id)
-
-    def _downloaded(self, o: Outcome) -> None:
-        if o.error is not None:
-            files = [OutputFile(url="", error=f"download failed: {o.error}")]
-        else:
-            files = o.value
-        self.jobs.record_files(o.job_id, files)
 
     # ---- helpers ------------------------------------------------------------------------
 

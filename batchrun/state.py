@@ -404,7 +404,8 @@ class StateStore:
         self._update(job_id, "error = ?", (cap_error(error),))
 
     def record_files(self, job_id: str, files: list[OutputFile]) -> None:
-        self._update(job_id, "files = ?", (dumps([asdict(f) for f in files]),))
+        """A job's files so far (rewritten as more land: vars, not asdict, which costs 5x)."""
+        self._update(job_id, "files = ?", (dumps([vars(f) for f in files]),))
 
     def requeue(self, statuses: Iterable[str], error: str = "") -> int:
         """Every job (in the manifest) in one of `statuses` back to PENDING; returns how many.

@@ -597,3 +597,64 @@ def test_hostile_simulator_outputs(tmp_path: Path, sleeps: list[float]) -> None:
     escaped = [p for p in tmp_path.rglob("*") if p.is_file() and run_dir not in p.parents]
     assert escaped == []
     assert not list(run_dir.rglob("*.part"))
+
+
+# --- a job's files one at a time: plan, then transfers in any order ----------------------
+
+
+def test_plan_names_every_file_before_any_transfer(
+    tmp_path: Path, dl: Downloader, mocked: responses.RequestsMock
+) -> None:
+    urls = [f"{CDN}/1/out.png", f"{CDN}/2/out.png", f"{CDN}/a/out", f"{CDN}/b/out"]
+    for url in urls:
+        mocked.get(url, body=url.encode(), content_type="image/png")
+    files = dl.plan(tmp_path, JOB, urls)
+    assert [t.name for t in files.todo] == ["out.png", "out-2.png", "out-3", "out-4"]
+    for task in reversed(files.todo):  # the last file lands first: the names stay
+        files.results[task.index] = files.transfer(task)
+    names = [f.name for f in files.landed()]
+    assert names == [f"files/{JOB}/{n}" for n in ("out.png", "out-2.png", "out-3.png", "out-4.png")]
+    assert (tmp_path / names[2]).read_bytes() == urls[2].encode()
+
+
+def test_plan_settles_refused_and_intact_files_without_a_request(
+    tmp_path: Path, dl: Downloader, mocked: responses.RequestsMock
+) -> None:
+    mocked.get(f"{CDN}/a.png", body=b"aaa")
+    first = dl.fetch(tmp_path, JOB, [f"{CDN}/a.png"])
+    urls = ["ftp://x/y.png", f"{CDN}/a.png", f"{CDN}/b.png"]
+    files = dl.plan(tmp_path, JOB, urls, first)
+    assert files.results[0] is not None and files.results[0].error.startswith("refused")
+    assert files.results[1] == first[0]
+    assert [(t.index, t.url) for t in files.todo] == [(2, f"{CDN}/b.png")]
+    assert len(mocked.calls) == 1
+
+
+def test_a_transfer_after_a_stop_sends_nothing(
+    tmp_path: Path, dl: Downloader, mocked: responses.RequestsMock
+) -> None:
+    mocked.get(f"{CDN}/a.png", body=b"aaa")
+    files = dl.plan(tmp_path, JOB, [f"{CDN}/a.png"])
+    result = files.transfer(files.todo[0], lambda: True)
+    assert result == OutputFile(url=f"{CDN}/a.png", error=download.INTERRUPTED)
+    assert len(mocked.calls) == 0
+
+
+def test_a_stop_mid_body_abandons_the_transfer_and_its_part_file(
+    tmp_path: Path, dl: Downloader, mocked: responses.RequestsMock
+) -> None:
+    dl.max_file_bytes = 10 * download.CHUNK
+    mocked.get(f"{CDN}/a.png", body=b"z" * (3 * download.CHUNK))
+    asked: list[bool] = []
+    parts: list[list[str]] = []
+
+    def stopped() -> bool:
+        parts.append(files_under(tmp_path))
+        asked.append(len(asked) >= 2)  # before the request, then once per chunk
+        return asked[-1]
+
+    files = dl.plan(tmp_path, JOB, [f"{CDN}/a.png"])
+    result = files.transfer(files.todo[0], stopped)
+    assert result.error == download.INTERRUPTED and not result.name
+    assert parts[-1] == [f"files/{JOB}/.a.png.part"]  # a chunk was written, then the stop
+    assert files_under(tmp_path) == []

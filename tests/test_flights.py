@@ -234,7 +234,7 @@ def test_when_submits_wait_for_tokens_no_spare_read_takes_one(store):
         assert sched.started and sched.started[0][0] == "poll"
     finally:
         sched._pool.shutdown()
-        sched._dl_pool.shutdown()
+        sched.downloads.close()
 
 
 def test_submits_first_then_spare_tokens_read_the_likely_finished(store):
@@ -262,7 +262,7 @@ def test_submits_first_then_spare_tokens_read_the_likely_finished(store):
         assert "job002" in read
     finally:
         sched._pool.shutdown()
-        sched._dl_pool.shutdown()
+        sched.downloads.close()
 
 
 def test_a_job_still_running_is_read_again_at_the_odds_not_at_poll_interval(store):
@@ -286,7 +286,7 @@ def test_a_job_still_running_is_read_again_at_the_odds_not_at_poll_interval(stor
         assert sched.started == [("poll", "job000")]
     finally:
         sched._pool.shutdown()
-        sched._dl_pool.shutdown()
+        sched.downloads.close()
 
 
 def test_max_in_flight_left_out_is_derived_and_follows_the_run_times(store):
@@ -309,7 +309,7 @@ def test_max_in_flight_left_out_is_derived_and_follows_the_run_times(store):
         assert sched.max_in_flight() == 153
     finally:
         sched._pool.shutdown()
-        sched._dl_pool.shutdown()
+        sched.downloads.close()
 
 
 def test_a_slot_bound_max_in_flight_is_noted_once(store):
@@ -341,7 +341,7 @@ def test_a_slot_bound_max_in_flight_is_noted_once(store):
         assert sched.max_in_flight() == 20  # the manifest's value stands
     finally:
         sched._pool.shutdown()
-        sched._dl_pool.shutdown()
+        sched.downloads.close()
 
 
 def test_pending_jobs_go_longest_model_first_once_known():
@@ -407,4 +407,4 @@ def test_without_a_rate_limit_no_token_is_spare(store):
         assert started == ["job000"]
     finally:
         sched._pool.shutdown()
-        sched._dl_pool.shutdown()
+        sched.downloads.close()
