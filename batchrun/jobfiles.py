@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from batchrun.atomic import fsync_dir
-from batchrun.output_urls import refusal, safe_name, unique_name, url_name
+from batchrun.output_urls import Names, refusal, safe_name, url_name
 from batchrun.state import OutputFile
 
 Stopped = Callable[[], bool]  # asked between reads: True abandons a transfer
@@ -88,9 +88,9 @@ def plan(
     }
     # Names already held by other URLs' files stay theirs.
     wanted = set(urls)
-    taken = {
+    taken = Names(
         f.name[len(prefix) :] for u, f in previous.items() if u in wanted and f.name and f.sha256
-    }
+    )
     job.remove_stale_parts(keep={f.name[len(prefix) :] for f in previous.values()})
     files = JobFiles(job, run_dir, [None] * len(urls), fetch_one)
     bare: list[FileTask] = []
@@ -109,15 +109,13 @@ def plan(
             if task.bare:
                 bare.append(task)  # its extension comes with the answer's Content-Type
             else:
-                task.name = unique_name(name, taken)
-                taken.add(task.name)
+                task.name = taken.claim(name)
             files.todo.append(task)
     # A bare name gets a stem no other name has before its extension, so whatever extension
     # its answer brings, it collides with no other file's name.
-    stems = {n.rpartition(".")[0] or n for n in taken}
+    stems = Names(n.rpartition(".")[0] or n for n in taken.taken)
     for task in bare:
-        task.name = unique_name(task.name, stems)
-        stems.add(task.name)
+        task.name = stems.claim(task.name)
     return files
 
 

@@ -16,6 +16,7 @@ import responses
 from batchrun import atomic, download
 from batchrun.download import Downloader
 from batchrun.output_urls import (
+    Names,
     collect_urls,
     default_allow_hosts,
     host_allowed,
@@ -658,3 +659,13 @@ def test_a_stop_mid_body_abandons_the_transfer_and_its_part_file(
     assert result.error == download.INTERRUPTED and not result.name
     assert parts[-1] == [f"files/{JOB}/.a.png.part"]  # a chunk was written, then the stop
     assert files_under(tmp_path) == []
+
+
+def test_names_hand_out_suffixes_in_turn() -> None:
+    names = Names({"a.png", "a-3.png"})
+    assert [names.claim("a.png") for _ in range(3)] == ["a-2.png", "a-4.png", "a-5.png"]
+    assert names.claim("a-6.png") == "a-6.png" and names.claim("a.png") == "a-7.png"
+    assert [names.claim("bare") for _ in range(2)] == ["bare", "bare-2"]
+    many = Names({"x"})
+    got = [many.claim("x") for _ in range(999)]
+    assert len(set(got)) == 999 and got[0] == "x-2" and got[-1] == "x-1000"
