@@ -186,9 +186,7 @@ class Budget:
 
     def line(self) -> str:
         """`$0.48 spent, est. $1.20 (cap $1.00)`, for the progress line."""
-        text = f"{usd(self.spent)} spent, est. {usd(self.est_total)}"
-        if self.unpriced:
-            text += f" + {self.unpriced} unpriced"
+        text = f"{usd(self.spent)} spent, {estimate_text(self.est_total, self.unpriced)}"
         if self.cap is not None:
             text += f" (cap {usd(self.cap)})"
         return text
@@ -248,12 +246,18 @@ def plan_estimator(plan: Plan) -> Estimate:
     return estimate
 
 
+def estimate_text(est_total: Decimal, unpriced: int) -> str:
+    """`est. $1.00`, `est. $1.00 + 3 unpriced`, or, when no job has a price, `no estimate: 3
+    jobs unpriced` (never a bare `est. $0.00` beside jobs that will cost money)."""
+    if unpriced and not est_total:
+        return f"no estimate: {unpriced} job{'s' if unpriced != 1 else ''} unpriced"
+    return f"est. {usd(est_total)}" + (f" + {unpriced} unpriced" if unpriced else "")
+
+
 def cost_text(rows: list[JobRow], budget: Budget) -> str:
     """`Cost $0.80 (est. $1.00, cap $1.00)`: what the results cost, beside the plan's quote."""
     actual = sum((amount(r.cost_usd) or Decimal(0) for r in rows), Decimal(0))
-    est = f"est. {usd(budget.est_total)}"
-    if budget.unpriced:
-        est += f" + {budget.unpriced} unpriced"
+    est = estimate_text(budget.est_total, budget.unpriced)
     if budget.cap is not None:
         est += f", cap {usd(budget.cap)}"
     return f"Cost {usd(actual)} ({est})"

@@ -7,7 +7,7 @@ from decimal import Decimal
 import pytest
 
 from batchrun import api_answers, state as st
-from batchrun.budget import Budget
+from batchrun.budget import Budget, estimate_text
 from batchrun.state import JobRow
 
 PRICED, UNPRICED = "m/priced", "m/unpriced"
@@ -159,3 +159,11 @@ def test_the_progress_line_shows_spend_estimate_and_cap():
     send(b, "j0")
     b.settle("j0", st.SUCCEEDED, 0.04)
     assert b.line() == "$0.04 spent, est. $0.04 + 1 unpriced (cap $0.30)"
+
+
+def test_the_estimate_says_so_when_no_job_has_a_price():
+    assert estimate_text(Decimal("1.5"), 0) == "est. $1.50"
+    assert estimate_text(Decimal("1.5"), 2) == "est. $1.50 + 2 unpriced"
+    assert estimate_text(Decimal(0), 6) == "no estimate: 6 jobs unpriced"
+    assert estimate_text(Decimal(0), 1) == "no estimate: 1 job unpriced"
+    assert estimate_text(Decimal(0), 0) == "est. $0.00"  # every job from the cache

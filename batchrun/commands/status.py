@@ -11,7 +11,7 @@ import click
 
 from batchrun import lock, origin as og, state as st
 from batchrun.api_answers import AMBIGUOUS_SUBMIT
-from batchrun.budget import amount
+from batchrun.budget import amount, estimate_text
 from batchrun.pricing import usd
 from batchrun.progress import describe, report_counts
 from batchrun.records import report_status
@@ -96,9 +96,8 @@ def cost_line(data: dict[str, Any]) -> str:
     spent = usd(Decimal(repr(data["cost_usd"])))
     notes = []
     if data["est_cost_usd"] is not None:
-        unpriced = data["unpriced_jobs"]
-        more = f" + {unpriced} unpriced job{'s' if unpriced != 1 else ''}" if unpriced else ""
-        notes.append(f"est. {usd(Decimal(repr(data['est_cost_usd'])))}{more}")
+        est = Decimal(repr(data["est_cost_usd"]))
+        notes.append(estimate_text(est, data["unpriced_jobs"]))
     if data["max_cost_usd"] is not None:
         notes.append(f"cap {usd(Decimal(repr(data['max_cost_usd'])))}")
     return f"cost: {spent} spent" + (f" ({', '.join(notes)})" if notes else "")
