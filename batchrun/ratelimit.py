@@ -167,7 +167,9 @@ class RateLimiter:
             self._recent.popleft()
 
     def acquire(self, priority: int = POLL) -> None:
-        """Block (through the injected sleep) until a token is ours; polls yield to submits."""
+        """Block (through the injected sleep) until a token is ours and sending now keeps every
+        window within the cap (gate); polls yield to submits. For callers that send at once
+        (cancels), where the scheduler's own calls use try_acquire() and gate()."""
         with self._lock:
             self._waiting[priority] += 1
         try:
@@ -178,11 +180,12 @@ class RateLimiter:
                     outranked = any(self._waiting[p] for p in range(priority))
                     if wait <= 0 and not outranked:
                         self._take(now)
-                        return
+                        break
                 self.sleep(min(wait, 0.05) if wait > 0 else 0.005)
         finally:
             with self._lock:
                 self._waiting[priority] -= 1
+        self.gate()
 
     def gate(self) -> None:
         """Hold a call that has its token until sending it keeps any window of W s within k.

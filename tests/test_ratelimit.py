@@ -343,3 +343,15 @@ def test_a_429_episode_widens_the_margin_up_to_a_cap():
     for _ in range(11):
         lim.gate()
     assert clock.now - start == pytest.approx(1.1)  # 10 per 1.1 s now
+
+
+def test_acquire_keeps_every_rolling_window_within_the_cap():
+    """Cancels go through acquire(): a full bucket's burst must not overfill a window."""
+    lim, clock = limiter(10.0, burst_s=0.5, margin=0.0)
+    clock.sleep(5)  # the bucket fills
+    sent = []
+    for _ in range(40):
+        lim.acquire()
+        sent.append(clock.now)
+    busiest = max(sum(1 for t in sent if s <= t < s + 1.0) for s in sent)
+    assert busiest <= 10, busiest
