@@ -23,7 +23,7 @@ import urllib3
 
 from batchrun import netenv
 from batchrun.atomic import open_atomic
-from batchrun.jobfiles import FileTask, JobDir, JobFiles, Stopped, plan
+from batchrun.jobfiles import INTERRUPTED, FileTask, JobDir, JobFiles, Stopped, plan
 from batchrun.output_urls import refusal, safe_name, with_ext
 from batchrun.ratelimit import backoff
 from batchrun.state import OutputFile
@@ -33,6 +33,7 @@ DEADLINE_S = 900.0  # one file, headers to last byte: a trickle cannot hold a ru
 MAX_REDIRECTS = 5
 BACKOFF_BASE_S = 1.0
 BACKOFF_CAP_S = 30.0
+PAUSE_SLICE_S = 0.2  # a wait before a retry looks for a stop this often
 # Downloads stop while less than this is free on the run folder's disk, so state.db can still
 # record every request id and result: we stop downloading, never recording.
 MIN_FREE_BYTES = 50 * 1024**2
@@ -51,9 +52,6 @@ class _Fail(Exception):
     """A download failed for good; the message goes into OutputFile.error."""
 
 
-INTERRUPTED = "not downloaded: the run was interrupted; rerun to fetch it"
-
-
 class Downloader:
     """Fetches output URLs into a run folder; one instance per run."""
 
@@ -66,7 +64,7 @@ class Downloader:
         retries: int = 3,
         timeout: float = 60.0,
         deadline: float = DEADLINE_S,
-        sleep: Callable[[float], None] = time.sleep,
+        sleep: Callable[[float], None] | None = None,
         min_free_bytes: int = MIN_FREE_BYTES,
     ) -> None:
         self.allow_hosts = list(allow_hosts)
@@ -83,6 +81,8 @@ class Downloader:
         self.retries = retries
         self.timeout = timeout
         self.deadline = deadline
+        # A given `sleep` (tests) takes each wait whole; by default a wait is real time, cut
+        # short by a stop.
         self.sleep = sleep
         self._random = random.Random()
 
@@ -152,6 +152,8 @@ class Downloader:
         attempt = 0
         not_found = 0
         while True:
+            if attempt and (stopped() or netenv.interrupted()):  # no new request after a stop
+                return OutputFile(url=url, error=INTERRUPTED)
             try:
                 name, sha, size = self._attempt(job, task, stopped)
                 rel = f"files/{job.job_id}/{name}"
@@ -169,7 +171,19 @@ class Downloader:
                 delay = backoff(attempt, base=BACKOFF_BASE_S, cap=BACKOFF_CAP_S, rng=self._random)
                 if exc.retry_after is not None:
                     delay = max(delay, min(exc.retry_after, BACKOFF_CAP_S * 2))
-                self.sleep(delay)
+                self._pause(delay, stopped)
+
+    def _pause(self, seconds: float, stopped: Stopped) -> None:
+        """Wait before a retry; a stop ends the wait (and the retry then sees it)."""
+        if self.sleep is not None:
+            self.sleep(seconds)
+            return
+        end = time.monotonic() + seconds
+        while not (stopped() or netenv.interrupted()):
+            left = end - time.monotonic()
+            if left <= 0:
+                return
+            time.sleep(min(left, PAUSE_SLICE_S))
 
     def _open(self, url: str) -> requests.Response:
         """GET with redirects followed by hand, re-checking every hop's host."""

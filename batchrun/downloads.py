@@ -7,8 +7,8 @@ for one thread nor holds back the job after it. Workers only talk HTTP and write
 came back is applied on the scheduler's thread, which owns the StateStore: each job's settled
 files are rewritten at most every FLUSH_S seconds (and once when its last file is back), so a
 killed run keeps what landed up to a second before. After a stop no transfer starts, the ones
-in progress are abandoned (their temporary files removed), and the run waits at most GRACE_S
-for them.
+in progress are abandoned, the run waits at most GRACE_S for them, then records every file not
+fetched as interrupted and removes the jobs' temporary files (even one a stuck read holds).
 """
 
 from __future__ import annotations
@@ -34,8 +34,9 @@ WAKE_S = 0.2  # an idle worker looks at the stop event this often (a signal cann
 
 
 class Downloads:
-    """Jobs whose files are being fetched. Every method but `_work` runs on the scheduler's
-    thread; workers reach the scheduler only through its `results` queue."""
+    """Jobs whose files are being fetched. The public methods run on the scheduler's thread;
+    the workers (`_work` and what it calls) reach the scheduler only through its `results`
+    queue."""
 
     def __init__(
         self,
@@ -105,6 +106,8 @@ class Downloads:
                 return
             files = self._jobs[o.job_id] = o.value
             self._left[o.job_id] = len(files.todo)
+            if self._closing.is_set():  # planned as the run closed: cut short with the rest
+                files.abandon()
         else:
             files = self._jobs[o.job_id]
             assert files is not None
@@ -135,6 +138,12 @@ class Downloads:
             self._cv.notify_all()
             while self._running and time.monotonic() < deadline:
                 self._cv.wait(max(0.0, min(WAKE_S, deadline - time.monotonic())))
+        # Jobs still here were cut short: each of their URLs gets a record (the files not
+        # fetched say so) once flushed, and no temporary file of theirs is left.
+        for job_id, files in self._jobs.items():
+            if files is not None:
+                files.abandon()
+                self._dirty.add(job_id)
 
     def _record(self, job_id: str) -> None:
         files = self._jobs[job_id]

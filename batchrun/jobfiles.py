@@ -19,6 +19,7 @@ from batchrun.output_urls import Names, refusal, safe_name, url_name
 from batchrun.state import OutputFile
 
 Stopped = Callable[[], bool]  # asked between reads: True abandons a transfer
+INTERRUPTED = "not downloaded: the run was interrupted; rerun to fetch it"
 
 
 def _never() -> bool:
@@ -67,6 +68,15 @@ class JobFiles:
     def landed(self) -> list[OutputFile]:
         """The files settled so far, in URL order."""
         return [f for f in self.results if f is not None]
+
+    def abandon(self) -> None:
+        """A stop: every file not settled is one the run was interrupted before fetching (its
+        record says so, and the next run fetches it); no temporary file of this job is left,
+        even one a transfer stuck in a read still holds open."""
+        for task in self.todo:
+            if self.results[task.index] is None:
+                self.results[task.index] = OutputFile(url=task.url, error=INTERRUPTED)
+        self.job.remove_temporaries()
 
 
 def plan(
@@ -145,6 +155,17 @@ class JobDir:
             for entry in entries:
                 if entry.name.endswith(".part") and entry.name not in keep:
                     os.unlink(entry.path)
+
+    def remove_temporaries(self) -> None:
+        """Remove the hidden `.NAME.part` files downloads write to (no output name starts with
+        a dot: output_urls.safe_name). Only inside a real folder, as remove_stale_parts."""
+        if not (_real_dir(self.path.parent) and _real_dir(self.path)):
+            return
+        with contextlib.suppress(OSError), os.scandir(self.path) as entries:
+            for entry in entries:
+                if entry.name.startswith(".") and entry.name.endswith(".part"):
+                    with contextlib.suppress(OSError):
+                        os.unlink(entry.path)
 
     def ready(self) -> bool:
         """Create the folder; False when files/ or files/<job_id> is not a real folder.

@@ -3,6 +3,8 @@ stop on a stop, and are recorded at most FLUSH_S seconds after they land."""
 
 from __future__ import annotations
 
+import http.server
+import os
 import queue
 import threading
 import time
@@ -12,9 +14,10 @@ from typing import Any
 
 import pytest
 
+from batchrun.download import Downloader
 from batchrun.downloads import FLUSH_S, Downloads
 from batchrun.flights import Outcome
-from batchrun.jobfiles import FileTask, JobDir, JobFiles, Stopped
+from batchrun.jobfiles import INTERRUPTED, FileTask, JobDir, JobFiles, Stopped
 from batchrun.state import OutputFile
 
 
@@ -153,7 +156,9 @@ def test_after_a_stop_no_transfer_starts(tmp_path: Path) -> None:
     downloads.flush()
     assert len(transfers.started) == 2
     [(job_id, files)] = jobs.recorded
-    assert len(files) == 2 and downloads.busy == 1  # what landed is kept; the job is not done
+    # what landed is kept, every other URL is recorded as not fetched; the job is not done
+    assert [bool(f.name) for f in files] == [True] * 2 + [False] * 48
+    assert {f.error for f in files[2:]} == {INTERRUPTED} and downloads.busy == 1
     downloads.start("eeeeee")  # stopped: nothing new is queued
     assert downloads.busy == 1
 
@@ -181,3 +186,101 @@ def test_close_without_downloads_returns_at_once(workers: int) -> None:
     started = time.monotonic()
     downloads.close()
     assert downloads.busy == 0 and time.monotonic() - started < 1.0
+
+
+# ---- a stop with a real Downloader: a body stalled mid-way, a retry's long wait -----------
+
+
+class StallingFiles:
+    """A file server on 127.0.0.1: each answer sends its headers and 100 of 1,000 bytes, then
+    stalls until `release` (or, with `busy`, answers 503 Retry-After: 60)."""
+
+    def __init__(self, busy: bool = False) -> None:
+        self.release = threading.Event()
+        self.gets = 0
+        owner = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+                owner.gets += 1
+                if busy:
+                    self.send_response(503)
+                    self.send_header("Retry-After", "60")
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                self.send_response(200)
+                self.send_header("Content-Type", "image/png")
+                self.send_header("Content-Length", "1000")
+                self.end_headers()
+                self.wfile.write(b"x" * 100)
+                self.wfile.flush()
+                owner.release.wait(30)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.base = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def close(self) -> None:
+        self.release.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_a_stop_during_a_stalled_body_leaves_no_part_and_records_every_url(
+    tmp_path: Path,
+) -> None:
+    server = StallingFiles()
+    job_id = "abababababababab"
+    urls = [f"{server.base}/a{i}.png" for i in range(6)]
+    downloader = Downloader(allow_hosts=["127.0.0.1"])
+    jobs = FakeJobs(job_id)
+    results: queue.Queue[Outcome] = queue.Queue()
+    stop = threading.Event()
+    downloads = Downloads(
+        lambda j, output, existing: downloader.plan(tmp_path, j, urls, existing),
+        jobs,  # type: ignore[arg-type]
+        results,
+        workers=4,
+        stop=stop,
+    )
+    try:
+        downloads.start(job_id)
+        downloads.send()
+        folder = tmp_path / "files" / job_id
+        assert wait_for(lambda: folder.is_dir() and len(os.listdir(folder)) == 4)
+        while not results.empty():  # the scheduler applies the plan as it comes
+            downloads.apply(results.get_nowait())
+        stop.set()
+        started = time.monotonic()
+        downloads.close(grace=0.5)  # every transfer is stuck in a read: none returns
+        took = time.monotonic() - started
+        while not results.empty():
+            downloads.apply(results.get_nowait())
+        downloads.flush()
+    finally:
+        server.close()
+    assert took < 1.5, took
+    assert os.listdir(folder) == []  # the four stalled transfers' .part files are gone
+    [(_, files)] = jobs.recorded
+    assert [f.url for f in files] == urls and {f.error for f in files} == {INTERRUPTED}
+    assert server.gets == 4  # no transfer started after the stop
+
+
+def test_a_stop_ends_a_retrys_wait_and_sends_nothing_more(tmp_path: Path) -> None:
+    server = StallingFiles(busy=True)
+    downloader = Downloader(allow_hosts=["127.0.0.1"], retries=3)
+    files = downloader.plan(tmp_path, "cdcdcdcdcdcdcdcd", [f"{server.base}/b.png"])
+    stop = threading.Event()
+    threading.Timer(0.3, stop.set).start()
+    started = time.monotonic()
+    try:
+        result = files.transfer(files.todo[0], stop.is_set)  # 503, then 60 s to wait
+    finally:
+        server.close()
+    assert time.monotonic() - started < 1.5
+    assert result.error == INTERRUPTED and server.gets == 1
