@@ -15,7 +15,7 @@ import click
 
 from batchrun import lock, state as st
 from batchrun.client import Client
-from batchrun.commands.common import RECORDED, choose_api_base, normalise_api_base, token
+from batchrun.commands.common import DEFAULT, RECORDED, choose_api_base, normalise_api_base, token
 from batchrun.errors import ApiError, RunFolderInUse, UnreachableError
 from batchrun.ratelimit import RateLimiter
 from batchrun.safetext import printable
@@ -28,9 +28,11 @@ def cancel(run_dir: str, *, api_base_option: str | None) -> int:
     """Cancel the queued requests; 1 when a cancel call failed, else 0."""
     with StateStore.open(Path(run_dir), create=False, lock=False) as store:
         recorded = store.meta().get("api_base")
+    base, source = choose_api_base(api_base_option, recorded)
     # A simulated run's server lived in the run's own process (`run --simulate`): with no run
-    # active, there is no server holding its requests.
-    if not api_base_option and simulated(Path(run_dir)) and not lock.holder(Path(run_dir)):
+    # active, there is no server holding its requests, unless the user names one now.
+    named = source not in (RECORDED, DEFAULT)
+    if not named and simulated(Path(run_dir)) and not lock.holder(Path(run_dir)):
         click.echo(
             f"{run_dir} is a simulated run (run --simulate) and no run is active in it: its "
             "simulator is not running, so there is nothing to cancel",
@@ -38,7 +40,6 @@ def cancel(run_dir: str, *, api_base_option: str | None) -> int:
         )
         return 0
     secret = token()
-    base, source = choose_api_base(api_base_option, recorded)
     click.echo(printable(base_line(base, source, recorded)))
     client = Client(base, secret)
     limiter = RateLimiter(CANCEL_RATE)

@@ -24,6 +24,7 @@ NO_TOKEN = (
 
 API_BASE_ENV = "RUNCOMFY_MODEL_API_BASE"
 RECORDED = "the run folder"  # where a recorded API base comes from (state.db)
+DEFAULT = "the default"  # no base given anywhere: the real API
 
 
 def api_base(option: str | None, recorded: str | None = None) -> str:
@@ -39,7 +40,7 @@ def choose_api_base(option: str | None, recorded: str | None = None) -> tuple[st
     for chosen, source in ((option, "--api-base"), (env, API_BASE_ENV), (recorded, RECORDED)):
         if chosen and chosen.strip():
             return normalise_api_base(chosen), source
-    return DEFAULT_API_BASE, "the default"
+    return DEFAULT_API_BASE, DEFAULT
 
 
 def normalise_api_base(url: str) -> str:

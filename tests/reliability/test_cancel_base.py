@@ -85,3 +85,22 @@ def test_a_base_equal_to_the_recorded_one_is_not_called_different(tmp_path: Path
     assert res.returncode == 0, res.stderr
     assert res.stdout == f"cancelling on {api.base_url} (from RUNCOMFY_MODEL_API_BASE)\n"
     assert api.calls["cancel"] == 2
+
+
+@pytest.mark.parametrize("named_by", ["env", "option", "none"])
+def test_a_simulated_folder_cancels_on_a_base_named_now(tmp_path: Path, named_by: str) -> None:
+    """`run --simulate` folders have no server once the run ends, unless the user names one:
+    the environment counts as naming it, as --api-base does."""
+    run_dir = tmp_path / "run"
+    with HostileApi(_cancelled) as api:
+        _queued_folder(run_dir, "http://127.0.0.1:9")
+        (run_dir / ".simulator").mkdir()
+        extra = {"RUNCOMFY_MODEL_API_BASE": api.base_url} if named_by == "env" else {}
+        option = ["--api-base", api.base_url] if named_by == "option" else []
+        res = run_cli("cancel", str(run_dir), *option, env=clean_env(TOKEN, **extra), timeout=60)
+    assert res.returncode == 0, res.stderr
+    if named_by == "none":
+        assert "simulated run" in res.stderr and api.calls["cancel"] == 0
+    else:
+        assert res.stdout.startswith(f"cancelling on {api.base_url} (from ")
+        assert api.calls["cancel"] == 2
