@@ -9,7 +9,7 @@ from batchrun import state as st
 from batchrun.budget import Budget, cost_text
 from batchrun.cache import cached_note
 from batchrun.halt import SweepGate
-from batchrun.progress import describe, duration
+from batchrun.progress import duration, report_counts
 from batchrun.records import JobRow
 from batchrun.report import without_output
 from batchrun.scheduler import Scheduler
@@ -66,9 +66,6 @@ def conclude(
 def tally(counts: dict[str, int], rows: list[JobRow]) -> str:
     """'succeeded 10 (2 without output), failed 1': the counts, and the successes that
     brought no output (a server answer worth a look, not a failure)."""
-    text = describe(counts)
     empty = sum(1 for r in rows if without_output(r))
-    if not empty:
-        return text
-    head = f"succeeded {counts.get(st.SUCCEEDED, 0)}"  # describe() starts with it
-    return f"{head} ({empty} without output){text[len(head) :]}"
+    notes = {"succeeded": f" ({empty} without output)"} if empty else {}
+    return ", ".join(f"{k} {n}{notes.get(k, '')}" for k, n in report_counts(counts).items())

@@ -320,8 +320,9 @@ class _Run:
                 _say("\ninterrupted again: exiting now (state is saved)\n")
                 os._exit(EXIT_INTERRUPTED)
             sched.request_stop()
-            # Answers and files still arriving stop being read (a trickling server must not
-            # hold the run); a submit cut off so is left unknown, never sent again blindly.
+            # Answers still arriving are read for at most client.INTERRUPT_GRACE_S more, files
+            # stop at once (a trickling server must not hold the run); a submit cut off so is
+            # left unknown, never sent again blindly.
             netenv.interrupt()
             _say(
                 "\ninterrupting: no new submits; saving what came back "
