@@ -30,6 +30,7 @@ from batchrun.state import OutputFile
 PlanFiles = Callable[[str, Any, list[OutputFile]], JobFiles]
 FLUSH_S = 1.0  # settled files wait at most this long to be recorded (about 20 ms per 10,000)
 GRACE_S = 2.0  # after a stop, how long the run waits for transfers being abandoned
+FILES_SHOWN = 10  # fewer files to fetch go unmentioned on the progress line
 WAKE_S = 0.2  # an idle worker looks at the stop event this often (a signal cannot notify)
 
 
@@ -71,6 +72,11 @@ class Downloads:
     def busy(self) -> int:
         """Jobs whose files are not all settled."""
         return len(self._jobs)
+
+    def note(self) -> str:
+        """'9,588 files to download' for the progress line, while FILES_SHOWN or more are."""
+        left = sum(f.results.count(None) for f in self._jobs.values() if f is not None)
+        return f"{left:,} files to download" if left >= FILES_SHOWN else ""
 
     def stopped(self) -> bool:
         return self._stop.is_set() or self._closing.is_set()

@@ -149,6 +149,7 @@ class _Run:
             wall=self.opts.wall,
             gate=self.gate,
         )
+        progress.notes.append(sched.downloads.note)  # a result of many files: what is left
         sched.add_pending(r.job_id for r in rows if r.status == st.PENDING)
         for row in rows:
             if row.status in (st.QUEUED, st.RUNNING) and row.request_id:

@@ -68,6 +68,7 @@ class Progress:
         self.clock = clock
         self.cost = cost
         self.waiting = waiting
+        self.notes: list[Callable[[], str]] = []  # more to show when not '' (files to fetch)
         self._was_waiting = False
         self.started = clock()
         self._last_line = self.started
@@ -111,8 +112,10 @@ class Progress:
         return parts + self._wait()
 
     def _wait(self) -> list[str]:
+        """The notes, then what the run waits for; each only when it has something to say."""
+        said = [note() for note in self.notes]
         wait = self.waiting() if self.waiting else ""
-        return [wait] if wait else []
+        return [text for text in (*said, wait) if text]
 
     def timing(self, done: int) -> str:
         """'elapsed 1m05s, ETA 2m10s' (the ETA from this run's jobs per second so far)."""

@@ -284,3 +284,17 @@ def test_a_stop_ends_a_retrys_wait_and_sends_nothing_more(tmp_path: Path) -> Non
         server.close()
     assert time.monotonic() - started < 1.5
     assert result.error == INTERRUPTED and server.gets == 1
+
+
+def test_the_note_counts_the_files_still_to_fetch(tmp_path: Path) -> None:
+    jobs = FakeJobs("aaaaaa", "bbbbbb")
+    plan = planner(tmp_path, {"aaaaaa": 12, "bbbbbb": 3}, Transfers())
+    downloads = Downloads(plan, jobs, queue.Queue(), workers=1, stop=threading.Event())  # type: ignore[arg-type]
+    assert downloads.note() == ""
+    for job_id in ("aaaaaa", "bbbbbb"):
+        downloads._jobs[job_id] = None  # as start() leaves it
+        downloads.apply(Outcome("plan", job_id, plan(job_id, None, [])))
+    assert downloads.note() == "15 files to download"
+    for i in range(6):
+        downloads.apply(Outcome("file", "aaaaaa", (i, OutputFile(url="u", name="n", sha256="s"))))
+    assert downloads.note() == ""  # 9 left: under FILES_SHOWN

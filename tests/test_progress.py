@@ -51,6 +51,22 @@ def test_the_eta_counts_only_this_runs_jobs_on_resume() -> None:
     assert out.getvalue().endswith("; elapsed 1m05s, ETA 1m05s\n")
 
 
+def test_notes_show_when_they_have_something_to_say() -> None:
+    clock, out = Clock(), io.StringIO()
+    bar = Progress(1, stream=out, interval=1.0, clock=clock)
+    left = ["9,990 files to download"]
+    bar.notes.append(lambda: left[0])
+    clock.now += 1
+    bar.update({"succeeded": 1}, 1, 2)
+    left[0] = ""
+    clock.now += 1
+    bar.update({"succeeded": 1}, 1, 2)
+    assert [line.rsplit("; ", 1)[-1] for line in out.getvalue().splitlines()] == [
+        "9,990 files to download",
+        "elapsed 2s",
+    ]
+
+
 def test_no_eta_before_the_first_job_finishes() -> None:
     clock, out = Clock(), io.StringIO()
     bar = Progress(3, stream=out, interval=1.0, clock=clock)
