@@ -15,6 +15,7 @@ from batchrun.budget import amount, estimate_text
 from batchrun.pricing import usd
 from batchrun.progress import describe, report_counts
 from batchrun.records import report_status
+from batchrun.report import without_output
 from batchrun.safetext import printable
 from batchrun.state import StateStore
 
@@ -68,7 +69,11 @@ def status_data(run_dir: Path) -> dict[str, Any]:
             for r in rows
             if r.status in (st.FAILED, st.TIMED_OUT, st.CANCELLED, st.UNKNOWN, st.SUBMITTING)
         ],
+        "without_output": [r.job_id for r in rows if without_output(r)],
     }
+
+
+SHOWN_IDS = 10  # job ids listed on a line before it says "..."
 
 
 def render_status(data: dict[str, Any]) -> str:
@@ -88,6 +93,10 @@ def render_status(data: dict[str, Any]) -> str:
         for p in data["problems"]:
             error = printable(p["error"])  # one line per job, whatever the error holds
             lines.append(f"  {p['job_id']}  {p['status']:<9}  {p['model_id']}: {error}")
+    empty = data["without_output"]
+    if empty:
+        shown = ", ".join(empty[:SHOWN_IDS]) + (", ..." if len(empty) > SHOWN_IDS else "")
+        lines.append(f"succeeded without output (no file to fetch): {len(empty)}: {shown}")
     return "\n".join(lines)
 
 

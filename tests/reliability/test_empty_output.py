@@ -13,6 +13,7 @@ import pytest
 from batchrun.engine import RunOptions, run_batch
 from batchrun.plan import build_plan
 from batchrun.state import JobRow
+from testing.cli import run_cli
 
 from .conftest import TOKEN, read_report
 from .hostile_api import Answer, Call, HostileApi, Reply, manifest_for, state_of
@@ -76,6 +77,11 @@ def test_a_success_without_output_is_said(tmp_path: Path, variant: str, download
     final = [m for m in messages if m.startswith("2 jobs: ")]
     assert len(final) == 1 and "succeeded 2 (1 without output)" in final[0], messages
 
+    status = run_cli("status", str(tmp_path / "run"), "--json", token=None)
+    assert json.loads(status.stdout)["without_output"] == [rows[0].job_id]
+    text = run_cli("status", str(tmp_path / "run"), token=None).stdout
+    assert f"succeeded without output (no file to fetch): 1: {rows[0].job_id}" in text, text
+
 
 def test_every_success_with_output_counts_none(tmp_path: Path) -> None:
     manifest_for(tmp_path, 2)
@@ -85,4 +91,5 @@ def test_every_success_with_output_counts_none(tmp_path: Path) -> None:
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["succeeded_without_output"] == 0
     assert not any("without output" in m for m in messages), messages
+    assert "without output" not in run_cli("status", str(tmp_path / "run"), token=None).stdout
     assert all(r["error"] == "" for r in read_report(tmp_path / "run"))
