@@ -294,8 +294,10 @@ def test_token_absent_from_run_folders_and_output_after_every_error_path(
     # 5xx, dropped connections, failed jobs, 429s and slow answers in one run.
     faulty = simulator(
         "--seed", "9", "--workers", "0", "--run-time", "0.1", "--error-rate", "0.2",
-        "--drop-rate", "0.1", "--fail-rate", "0.3", "--rate-limit", "30/s", "--slow", "0.01",
+        "--drop-rate", "0.1", "--fail-rate", "0.5", "--rate-limit", "30/s", "--slow", "0.01",
     )  # fmt: skip
+    # fail-rate 0.5 with one retry: a job fails for good with p 0.25, so some of 30 do
+    # (p of none 0.75^30 < 2e-4; at 0.3 it was 0.91^30, about 6%)
     run("faults", faulty, 30, (1,), rate_limit="60/s", retries=1)
     # Hostile outputs.
     hostile = simulator("--malicious", "--seed", "3", "--workers", "0", "--run-time", "0.05")
