@@ -139,7 +139,7 @@ class _Run:
             limiter=limiter,
             run=settings,
             jobs=rows,
-            fetch=self._fetcher() if manifest.outputs.download else None,
+            plan_files=self._file_planner() if manifest.outputs.download else None,
             progress=progress,
             budget=budget,
             echo=self.echo,
@@ -298,7 +298,7 @@ class _Run:
                 if row.job_id in only and row.status in statuses:
                     self.store.mark_pending(row.job_id)
 
-    def _fetcher(self) -> PlanFiles:
+    def _file_planner(self) -> PlanFiles:
         outputs = self.plan.manifest.outputs
         hosts = default_allow_hosts(self.opts.api_base) + list(outputs.allow_hosts)
         downloader = Downloader(allow_hosts=hosts, max_file_bytes=outputs.max_file_bytes)

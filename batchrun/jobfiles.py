@@ -147,23 +147,22 @@ class JobDir:
 
     def remove_stale_parts(self, keep: Collection[str] = ()) -> None:
         """One process owns a run folder (state lock), so a .part here is from a crash, unless
-        it is an output of that name (`keep`). Only inside a real folder: never through a
-        link planted as files/ or files/<job_id>."""
-        if not (_real_dir(self.path.parent) and _real_dir(self.path)):
-            return
-        with contextlib.suppress(OSError), os.scandir(self.path) as entries:
-            for entry in entries:
-                if entry.name.endswith(".part") and entry.name not in keep:
-                    os.unlink(entry.path)
+        it is an output of that name (`keep`)."""
+        self._remove(lambda name: name.endswith(".part") and name not in keep)
 
     def remove_temporaries(self) -> None:
         """Remove the hidden `.NAME.part` files downloads write to (no output name starts with
-        a dot: output_urls.safe_name). Only inside a real folder, as remove_stale_parts."""
+        a dot: output_urls.safe_name)."""
+        self._remove(lambda name: name.startswith(".") and name.endswith(".part"))
+
+    def _remove(self, which: Callable[[str], bool]) -> None:
+        """Unlink the entries `which` names; only inside a real folder, never through a link
+        planted as files/ or files/<job_id>."""
         if not (_real_dir(self.path.parent) and _real_dir(self.path)):
             return
         with contextlib.suppress(OSError), os.scandir(self.path) as entries:
             for entry in entries:
-                if entry.name.startswith(".") and entry.name.endswith(".part"):
+                if which(entry.name):
                     with contextlib.suppress(OSError):
                         os.unlink(entry.path)
 

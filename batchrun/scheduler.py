@@ -62,7 +62,7 @@ class Scheduler:
         limiter: RateLimiter,
         run: RunSettings,
         jobs: Iterable[JobRow],
-        fetch: PlanFiles | None = None,
+        plan_files: PlanFiles | None = None,
         progress: Progress | None = None,
         budget: Budget | None = None,
         echo: Callable[[str], None] | None = None,
@@ -104,7 +104,12 @@ class Scheduler:
         self._stop = threading.Event()
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="batchrun-api")
         self.downloads = Downloads(
-            fetch, self.jobs, self._results, workers=download_workers, stop=self._stop, clock=clock
+            plan_files,
+            self.jobs,
+            self._results,
+            workers=download_workers,
+            stop=self._stop,
+            clock=clock,
         )
         self._random = random.Random()
         self.server = Flights(

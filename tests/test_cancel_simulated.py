@@ -9,6 +9,7 @@ from pathlib import Path
 from batchrun import state as st
 from batchrun.cli import main
 from batchrun.state import StateStore
+from testing.folders import queued_run_folder
 
 
 def test_cancel_on_a_simulated_folder_says_there_is_nothing_to_cancel(
@@ -41,24 +42,12 @@ def test_cancel_on_a_simulated_folder_says_there_is_nothing_to_cancel(
 def test_cancel_against_a_dead_api_says_so_once(tmp_path: Path, monkeypatch, capsys) -> None:
     import socket
 
-    from batchrun.grid import Job
-
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     base = f"http://127.0.0.1:{port}"
     run_dir = tmp_path / "run"
-    with StateStore.open(run_dir) as store:
-        store.add_jobs(
-            [
-                Job(job_id=f"j{i}", model_id="m", inputs={"n": i}, vars={}, repeat=0, position=i)
-                for i in range(3)
-            ]
-        )
-        store.set_meta(api_base=base)
-        for i in range(3):
-            store.mark_submitting(f"j{i}")
-            store.record_request_id(f"j{i}", f"req-{i}", 1.0)
+    queued_run_folder(run_dir, base, jobs=3)
     monkeypatch.setenv("RUNCOMFY_TOKEN", "tok-x")
     assert main(["cancel", str(run_dir)]) == 3
     assert capsys.readouterr().err == f"error: cannot reach the API at {base}: connection refused\n"

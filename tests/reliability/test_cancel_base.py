@@ -8,10 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from batchrun import state as st
-from batchrun.grid import Job
-from batchrun.state import StateStore
 from testing.cli import clean_env, run_cli
+from testing.folders import queued_run_folder
 
 from .conftest import TOKEN
 from .hostile_api import Call, HostileApi, Reply
@@ -19,22 +17,6 @@ from .hostile_api import Call, HostileApi, Reply
 
 def _cancelled(call: Call) -> Reply | None:
     return Reply(body={"outcome": "cancelled"}) if call.kind == "cancel" else None
-
-
-def _queued_folder(run_dir: Path, recorded: str) -> None:
-    """A run folder whose run (against `recorded`) left two requests queued."""
-    with StateStore.open(run_dir) as store:
-        store.add_jobs(
-            [
-                Job(job_id=f"j{i}", model_id="m", inputs={"n": i}, vars={}, repeat=0, position=i)
-                for i in range(2)
-            ]
-        )
-        store.set_meta(api_base=recorded)
-        for i in range(2):
-            store.mark_submitting(f"j{i}")
-            store.record_request_id(f"j{i}", f"req-{i}", 1.0)
-            store.record_status(f"j{i}", st.QUEUED)
 
 
 @pytest.mark.parametrize("chooser", ["recorded", "env", "env-v1", "option", "option-over-env"])
@@ -45,7 +27,7 @@ def test_the_token_goes_only_to_the_chosen_base(tmp_path: Path, chooser: str) ->
         HostileApi(_cancelled) as env_api,
         HostileApi(_cancelled) as option_api,
     ):
-        _queued_folder(run_dir, recorded.base_url)
+        queued_run_folder(run_dir, recorded.base_url)
         extra: dict[str, str] = {}
         args = ["cancel", str(run_dir)]
         if chooser in ("env", "option-over-env"):
@@ -79,7 +61,7 @@ def test_the_token_goes_only_to_the_chosen_base(tmp_path: Path, chooser: str) ->
 def test_a_base_equal_to_the_recorded_one_is_not_called_different(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     with HostileApi(_cancelled) as api:
-        _queued_folder(run_dir, api.base_url + "/v1")
+        queued_run_folder(run_dir, api.base_url + "/v1")
         env = clean_env(TOKEN, RUNCOMFY_MODEL_API_BASE=api.base_url)
         res = run_cli("cancel", str(run_dir), env=env, timeout=60)
     assert res.returncode == 0, res.stderr
@@ -93,7 +75,7 @@ def test_a_simulated_folder_cancels_on_a_base_named_now(tmp_path: Path, named_by
     the environment counts as naming it, as --api-base does."""
     run_dir = tmp_path / "run"
     with HostileApi(_cancelled) as api:
-        _queued_folder(run_dir, "http://127.0.0.1:9")
+        queued_run_folder(run_dir, "http://127.0.0.1:9")
         (run_dir / ".simulator").mkdir()
         extra = {"RUNCOMFY_MODEL_API_BASE": api.base_url} if named_by == "env" else {}
         option = ["--api-base", api.base_url] if named_by == "option" else []
