@@ -166,6 +166,8 @@ class SimApp:
         path, _, query = target.partition("?")
         if path.startswith("/v1/") or path == "/v1":
             return self._api(method, path, query, headers, body)
+        if path in ("/balance", "/prod/v2/balance") and method == "GET":
+            return self._balance(headers)
         if path == "/_sim/stats" and method == "GET":
             return json_response(200, self.snapshot())
         if path == "/_sim/files" and method == "GET":
@@ -252,8 +254,10 @@ class SimApp:
             if balance is not None and sum(self._committed.values()) + price > balance + 1e-9:
                 return api_error(402, 400002, "insufficient balance: top up your account")
             job = self.queue.submit(model_id, inputs, ident)
-            if not job.fails:
+            if not job.fails or self.settings.bill_on == "accept":
                 self._committed[job.request_id] = price
+        if self.settings.bill_on == "accept":
+            self.stats.billed(job.request_id, price)
         if self.journal is not None:
             # On disk before the 200 leaves: an acknowledged job survives a restart.
             drifted = drift_draw(self.settings, ident)
@@ -310,8 +314,9 @@ class SimApp:
             data["error"] = job.error
         data["model_id"] = job.model_id
         data["finished_at"] = _iso(job.finished_at)
-        if parse_qs(query).get("include_cost", [""])[-1].lower() in ("true", "1"):
-            data["cost"] = job.extra.get("cost", 0.0) if job.succeeded else 0.0
+        asked = parse_qs(query).get("include_cost", [""])[-1].lower() in ("true", "1")
+        if asked and self.settings.result_costs:
+            data["cost"] = self.stats.billed_for(request_id)
         return json_response(200, data, **headers)
 
     def cancel(self, request_id: str) -> Response:
@@ -323,6 +328,7 @@ class SimApp:
         if outcome == "cancelled":
             with self._billing:
                 self._committed.pop(request_id, None)
+            self.stats.unbill(request_id)  # billed at the door: a cancelled job is refunded
         if outcome == "cancelled" and self.journal is not None:
             self.journal.append(persist.cancel_record(job))
         return json_response(
@@ -354,6 +360,15 @@ class SimApp:
         if info is None:
             return api_error(400, 400001, f"invalid model id: {model_id!r}")
         return json_response(200, catalog.entry(info))
+
+    def _balance(self, headers: Any) -> Response:
+        """The serverless API's account balance: what is left of `balance` after the bills."""
+        if not compare_digest(str(headers.get("Authorization", "")).encode(), self._auth):
+            return api_error(401, 400004, "missing or invalid token")
+        if self.settings.balance is None:
+            return json_response(200, {"balance_usd": 1000000.0, "currency": "USD"})
+        left = max(0.0, self.settings.balance - self.stats.billed_usd())
+        return json_response(200, {"balance_usd": round(left, 6), "currency": "USD"})
 
     def _unknown(self, request_id: str) -> Response:
         return api_error(404, 404001, f"request {request_id!r} not found (unknown or expired)")

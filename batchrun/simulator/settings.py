@@ -44,6 +44,11 @@ class SimSettings:
     # USD the account can pay; a submit that the jobs accepted so far (not failed or cancelled)
     # plus its own cost would take past it is refused: HTTP 402, error_code 400002. None: no limit.
     balance: float | None = None
+    # When a job is billed: "success" (when it succeeds; failed and cancelled jobs cost
+    # nothing) or "accept" (every submit the API accepts, as a server that bills at the door).
+    bill_on: str = "success"
+    # Whether /result answers `include_cost=true` with a `cost`; off, results carry none.
+    result_costs: bool = True
     # Folder to persist jobs in (simulator.persist); a restart with it reloads them. None: memory.
     state_dir: str | None = None
 
@@ -283,8 +288,17 @@ _PARSERS: dict[str, Any] = {
     "malicious": _bool,
     "huge_file_bytes": lambda v: _int(v, minimum=1),
     "balance": lambda v: None if v is None or str(v).strip().lower() in ("", "none") else _usd(v),
+    "bill_on": lambda v: _choice(v, ("success", "accept")),
+    "result_costs": _bool,
     "state_dir": lambda v: None if v is None or not str(v).strip() else str(v),
 }
+
+
+def _choice(value: Any, choices: tuple[str, ...]) -> str:
+    text = str(value).strip().lower()
+    if text not in choices:
+        raise ValueError(f"{value!r} is not one of {', '.join(choices)}")
+    return text
 
 
 # Other names a setting is known by: {alias: setting}.

@@ -20,8 +20,10 @@ The snapshot's keys:
   `first_result_at` / `last_result_at` / `last_file_at`: the first and last /result answered
   with a finished job and the last file served (epoch seconds), so a client's makespan can
   be read off the server.
-- `billed_usd`: what the succeeded jobs were billed, in USD; `billed`: request id -> USD (a job
-  is billed once, when it succeeds; failed and cancelled jobs cost nothing).
+- `billed_usd`: what the jobs were billed, in USD; `billed`: request id -> USD. With `bill_on:
+  success` (the default) a job is billed once, when it succeeds; failed and cancelled jobs cost
+  nothing. With `bill_on: accept` every accepted submit is billed as it is accepted, failed or
+  not; a job cancelled while queued is refunded.
 """
 
 from __future__ import annotations
@@ -108,9 +110,19 @@ class Stats:
             self._faults[kind] += 1
 
     def billed(self, request_id: str, usd: float) -> None:
-        """A job succeeded and was billed `usd` (once per request id)."""
+        """A job was billed `usd` (once per request id)."""
         with self._lock:
             self._billed[request_id] = usd
+
+    def unbill(self, request_id: str) -> None:
+        """A job cancelled while queued: whatever it was billed is refunded."""
+        with self._lock:
+            self._billed.pop(request_id, None)
+
+    def billed_for(self, request_id: str) -> float:
+        """What one request was billed (0 when it was not)."""
+        with self._lock:
+            return self._billed.get(request_id, 0.0)
 
     def billed_usd(self) -> float:
         with self._lock:
