@@ -13,7 +13,7 @@ import click
 from batchrun import __version__, commands
 from batchrun.commands import options as opt
 from batchrun.errors import BatchrunError
-from batchrun.safetext import printable
+from batchrun.util.safetext import printable
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -142,8 +142,8 @@ def bench_transitions(b: Bench) -> dict[str, Any]:
 def worker_state_build(manifest: str, run_dir: str, api_base: str) -> dict[str, Any]:
     """Expand the manifest, add its jobs to a new state.db, mark every job succeeded, and set
     the meta a finished `batchrun run` leaves (so the resume sees an unchanged manifest)."""
-    from batchrun.plan import build_plan
-    from batchrun.state import StateStore
+    from batchrun.plan.build import build_plan
+    from batchrun.store.state import StateStore
 
     t0 = time.perf_counter()
     plan = build_plan(manifest)
@@ -182,8 +182,8 @@ def worker_transitions(folder: str, size: int, count: int) -> dict[str, Any]:
     """Time `count` jobs through submitting -> queued -> running -> succeeded, one by one."""
     import statistics
 
-    from batchrun import state as st
-    from batchrun.grid import Job
+    from batchrun.plan.grid import Job
+    from batchrun.store import state as st
 
     jobs = [
         Job(f"{i:012x}", MODEL, {"prompt": f"transition prompt {i}"}, {}, 0, i) for i in range(size)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from batchrun import state as st
-from batchrun.grid import Job
-from batchrun.state import StateStore
+from batchrun.plan.grid import Job
+from batchrun.store import state as st
+from batchrun.store.state import StateStore
 
 
 def queued_run_folder(run_dir: Path, api_base: str, jobs: int = 2) -> None:

@@ -13,13 +13,13 @@ from typing import Any
 
 import click
 
-from batchrun import lock, state as st
-from batchrun.client import Client
+from batchrun.api.client import Client
+from batchrun.api.ratelimit import RateLimiter
 from batchrun.commands.common import DEFAULT, RECORDED, choose_api_base, normalise_api_base, token
 from batchrun.errors import ApiError, RunFolderInUse, UnreachableError
-from batchrun.ratelimit import RateLimiter
-from batchrun.safetext import printable
-from batchrun.state import StateStore
+from batchrun.store import lock, state as st
+from batchrun.store.state import StateStore
+from batchrun.util.safetext import printable
 
 CANCEL_RATE = 5.0  # calls per second: cancelling is never urgent enough to risk a 429
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from batchrun.client import DEFAULT_API_BASE
+from batchrun.api.client import DEFAULT_API_BASE
 from batchrun.errors import ConfigError, UsageError
 
 SCHEMA_DIR_ENV = "BATCHRUN_SCHEMA_DIR"

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import click
 
-from batchrun import compare as comparing, compare_output
-from batchrun.atomic import write_output
 from batchrun.commands.common import DISTRIBUTION
-from batchrun.compare_html import write_compare_html
 from batchrun.errors import ChoiceError, MissingDependencyError, UsageError
+from batchrun.results import compare as comparing, compare_output
+from batchrun.results.compare_html import write_compare_html
+from batchrun.store.atomic import write_output
 
 
 def compare(

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from batchrun.errors import UsageError
-from batchrun.manifest import manifest_schema_path
+from batchrun.plan.manifest import manifest_schema_path
 
 MANIFEST_NAME = "sweep.yaml"
 PROMPTS_NAME = "prompts.txt"

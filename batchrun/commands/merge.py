@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from batchrun.commands.common import warn
-from batchrun.merge import merge_runs
+from batchrun.results.merge import merge_runs
 
 
 def merge(run_dirs: tuple[str, ...], *, into: str) -> int:

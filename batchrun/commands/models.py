@@ -11,12 +11,12 @@ from typing import Any
 
 import click
 
-from batchrun.atomic import write_text
-from batchrun.client import Client
+from batchrun.api.client import Client
+from batchrun.catalog.models import normalise, schema_file_name
+from batchrun.catalog.pricing import parse_price, price_label
 from batchrun.commands.common import api_base, token
 from batchrun.errors import ApiError, InvalidInputError, NotFoundError
-from batchrun.models import normalise, schema_file_name
-from batchrun.pricing import parse_price, price_label
+from batchrun.store.atomic import write_text
 
 DEFAULT_DIR = Path("schemas") / "models"
 _PAGE = 100

@@ -11,10 +11,10 @@ from typing import Any
 
 import click
 
+from batchrun.catalog.pricing import plain, price_label, usd
 from batchrun.commands import selection
 from batchrun.commands.common import schema_dirs, warn
-from batchrun.plan import ModelCost, Plan, build_plan, cell, varying_keys
-from batchrun.pricing import plain, price_label, usd
+from batchrun.plan.build import ModelCost, Plan, build_plan, cell, varying_keys
 
 _MAX_CELL = 40
 UNPRICED_NOTE = (

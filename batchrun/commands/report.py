@@ -8,11 +8,11 @@ from typing import Any
 
 import click
 
-from batchrun import origin as og
 from batchrun.errors import BatchrunError, ChoiceError, UsageError
-from batchrun.manifest import load_manifest
-from batchrun.report import GRID_META, grid_choice, summarise, write_report
-from batchrun.state import StateStore
+from batchrun.plan.manifest import load_manifest
+from batchrun.results.report import GRID_META, grid_choice, summarise, write_report
+from batchrun.store import origin as og
+from batchrun.store.state import StateStore
 
 
 def report(run_dir: str, *, rows_key: str | None, cols_key: str | None) -> int:

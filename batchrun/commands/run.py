@@ -8,13 +8,13 @@ from pathlib import Path
 
 import click
 
-from batchrun import origin as og
+from batchrun.catalog.pricing import usd
 from batchrun.commands import selection, simulate
 from batchrun.commands.common import api_base, schema_dirs, token, warn
-from batchrun.engine import RunOptions, run_batch
 from batchrun.errors import OriginMismatch, UsageError
-from batchrun.plan import Plan, build_plan
-from batchrun.pricing import usd
+from batchrun.plan.build import Plan, build_plan
+from batchrun.run.engine import RunOptions, run_batch
+from batchrun.store import origin as og
 
 
 def run(

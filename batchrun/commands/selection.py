@@ -5,8 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from batchrun.errors import UsageError
-from batchrun.plan import Plan
-from batchrun.subset import Selection, SelectionError, Subset, parse_filter, parse_shard, select
+from batchrun.plan.build import Plan
+from batchrun.plan.subset import (
+    Selection,
+    SelectionError,
+    Subset,
+    parse_filter,
+    parse_shard,
+    select,
+)
 
 
 @dataclass(frozen=True)

@@ -12,11 +12,11 @@ from typing import Any
 
 import click
 
-from batchrun import lock
 from batchrun.errors import ConfigError, RunFolderInUse, StateError, UsageError
 from batchrun.simulator import SimSettings, Simulator
 from batchrun.simulator.persist import StateDirInUse
 from batchrun.simulator.settings import load_settings
+from batchrun.store import lock
 
 
 def settings(

@@ -9,15 +9,15 @@ from typing import Any
 
 import click
 
-from batchrun import lock, origin as og, state as st
-from batchrun.api_answers import AMBIGUOUS_SUBMIT
-from batchrun.budget import amount, estimate_text
-from batchrun.pricing import usd
-from batchrun.progress import describe, report_counts
-from batchrun.records import report_status
-from batchrun.report import without_output
-from batchrun.safetext import printable
-from batchrun.state import StateStore
+from batchrun.api.answers import AMBIGUOUS_SUBMIT
+from batchrun.catalog.pricing import usd
+from batchrun.results.report import without_output
+from batchrun.run.budget import amount, estimate_text
+from batchrun.run.progress import describe, report_counts
+from batchrun.store import lock, origin as og, state as st
+from batchrun.store.records import report_status
+from batchrun.store.state import StateStore
+from batchrun.util.safetext import printable
 
 
 def status(run_dir: str, *, as_json: bool) -> int:

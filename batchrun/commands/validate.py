@@ -6,7 +6,7 @@ import click
 
 from batchrun.commands.common import schema_dirs, warn
 from batchrun.errors import ManifestError
-from batchrun.plan import build_plan
+from batchrun.plan.build import build_plan
 
 
 def validate(manifests: tuple[str, ...], *, strict: bool, schemas: str | None = None) -> int:

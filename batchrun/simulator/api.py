@@ -30,7 +30,7 @@ from urllib.parse import parse_qs, unquote
 
 from jsonschema import Draft202012Validator
 
-from batchrun import models
+from batchrun.catalog import models
 from batchrun.simulator import catalog, persist
 from batchrun.simulator.faults import Faults
 from batchrun.simulator.finish import drift_draw, finish_job

@@ -1,6 +1,6 @@
 """The simulated catalog: prices, output shapes and catalog entries of the local models.
 
-Input schemas come from schemas/models (batchrun.models); prices and output shapes are
+Input schemas come from schemas/models (batchrun.catalog.models); prices and output shapes are
 simulator settings chosen so the eight models cover every documented output shape:
 a single URL string, an object (of strings and/or arrays) and a top-level array.
 
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from batchrun import models
+from batchrun.catalog import models
 
 # Output shapes. Each slot is (key or None, "png" | "mp4", count).
 STRING = "string"  # "https://.../image_0.png"

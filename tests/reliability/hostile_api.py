@@ -20,10 +20,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from batchrun.engine import RunOptions, run_batch
 from batchrun.errors import StateError
-from batchrun.plan import build_plan
-from batchrun.state import JobRow, StateStore
+from batchrun.plan.build import build_plan
+from batchrun.run.engine import RunOptions, run_batch
+from batchrun.store.state import JobRow, StateStore
 
 from .conftest import TOKEN, sweep, write_manifest
 

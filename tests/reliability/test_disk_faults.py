@@ -15,8 +15,9 @@ from typing import Any
 
 import pytest
 
-from batchrun import atomic, download
-from batchrun.download import Downloader
+from batchrun.fetch import download
+from batchrun.fetch.download import Downloader
+from batchrun.store import atomic
 
 from .conftest import TOKEN, part_files, read_report, sha256_file, split_cell, sweep, write_manifest
 

@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from batchrun.engine import RunOptions, run_batch
-from batchrun.plan import build_plan
-from batchrun.state import JobRow
+from batchrun.plan.build import build_plan
+from batchrun.run.engine import RunOptions, run_batch
+from batchrun.store.state import JobRow
 from testing.cli import run_cli
 
 from .conftest import TOKEN, read_report

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from batchrun import netenv
-from batchrun.client import INTERRUPT_GRACE_S, Client, parse_retry_after
-from batchrun.download import Downloader
+from batchrun.api import proxies as netenv
+from batchrun.api.client import INTERRUPT_GRACE_S, Client, parse_retry_after
 from batchrun.errors import TransportError
+from batchrun.fetch.download import Downloader
 
 from .conftest import TOKEN, batchrun_cmd, clean_env, read_report, state_rows, wait_until
 from .hostile_api import Call, HostileApi, Reply, manifest_for

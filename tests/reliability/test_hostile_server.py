@@ -174,7 +174,7 @@ class _Redirector(BaseHTTPRequestHandler):
     ],
 )
 def test_redirect_to_a_refused_url_is_refused(location: str, tmp_path: Path) -> None:
-    from batchrun.download import Downloader
+    from batchrun.fetch.download import Downloader
 
     _Redirector.hits = []
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Redirector)

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from batchrun import state as st
 from batchrun.errors import StateError
+from batchrun.store import state as st
 
 from .hostile_api import Call, HostileApi, Reply, manifest_for, run_here
 

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from batchrun import download, state as st
 from batchrun.errors import StateError
-from batchrun.state import OutputFile, StateStore
+from batchrun.fetch import download
+from batchrun.store import state as st
+from batchrun.store.state import OutputFile, StateStore
 
 from .conftest import run_cli
 from .hostile_api import Call, HostileApi, Reply, manifest_for, run_here
@@ -72,7 +73,7 @@ def test_the_disk_filling_during_a_download_stops_it(
 def _full_store(tmp_path: Path) -> tuple[StateStore, str]:
     """A store whose file cannot grow (SQLite's max_page_count: SQLITE_FULL, as a full disk)."""
     manifest_for(tmp_path, 3)
-    from batchrun.plan import build_plan
+    from batchrun.plan.build import build_plan
 
     store = StateStore.open(tmp_path / "run")
     store.add_jobs(build_plan(tmp_path / "m.yaml").jobs)
@@ -128,7 +129,7 @@ def test_damaged_state_is_exit_2_with_the_file(tmp_path: Path, what: str, comman
     manifest = manifest_for(tmp_path, 2)
     run_dir = tmp_path / "run"
     with StateStore.open(run_dir) as store:
-        from batchrun.plan import build_plan
+        from batchrun.plan.build import build_plan
 
         store.add_jobs(build_plan(manifest).jobs)
     _damage(run_dir, DAMAGE[what])
@@ -148,7 +149,7 @@ def test_a_read_only_state_db_is_exit_2(tmp_path: Path) -> None:
     manifest = manifest_for(tmp_path, 1)
     run_dir = tmp_path / "run"
     with StateStore.open(run_dir) as store:
-        from batchrun.plan import build_plan
+        from batchrun.plan.build import build_plan
 
         store.add_jobs(build_plan(manifest).jobs)
     # What an immutable file or a read-only mount does to SQLite (root ignores chmod).

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from batchrun import state as st
-from batchrun.scheduler import MAX_AMBIGUOUS_SUBMITS
+from batchrun.run.scheduler import MAX_AMBIGUOUS_SUBMITS
+from batchrun.store import state as st
 
 from .hostile_api import Call, HostileApi, Jumps, Reply, manifest_for, run_here
 

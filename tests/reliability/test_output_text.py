@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from batchrun.safetext import printable
+from batchrun.util.safetext import printable
 
 from .conftest import run_cli
 from .hostile_api import HostileApi, Reply, manifest_for, run_here

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from batchrun import errors
-from batchrun.client import Client
+from batchrun.api.client import Client
 from batchrun.errors import ApiError, BatchrunError
 from testing.cli import batchrun_cmd
 
@@ -381,7 +381,7 @@ def test_downloads_send_no_authorization_even_with_a_netrc(tmp_path: Path) -> No
 
     import requests
 
-    from batchrun.download import Downloader
+    from batchrun.fetch.download import Downloader
 
     netrc = Path(os.environ["HOME"]) / ".netrc"
     netrc.write_text(f"machine 127.0.0.1 login someone password {TOKEN}\n")

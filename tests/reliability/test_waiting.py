@@ -11,11 +11,11 @@ from typing import Any
 
 import pytest
 
-from batchrun import progress
-from batchrun.engine import RunOptions, run_batch
-from batchrun.plan import build_plan
-from batchrun.progress import Progress, server_wait
-from batchrun.ratelimit import RateLimiter
+from batchrun.api.ratelimit import RateLimiter
+from batchrun.plan.build import build_plan
+from batchrun.run import progress
+from batchrun.run.engine import RunOptions, run_batch
+from batchrun.run.progress import Progress, server_wait
 
 from .conftest import TOKEN
 from .hostile_api import Call, HostileApi, Jumps, Reply, manifest_for

@@ -10,7 +10,7 @@ import pytest
 import requests
 from simhelpers import IMG, T2I, VALID_INPUTS, SimClient, wait_for
 
-from batchrun import models
+from batchrun.catalog import models
 
 
 def test_submit_answers_request_id_and_urls_on_its_own_base(client: SimClient) -> None:

@@ -1,0 +1,353 @@
+"""Manifest -> jobs: the cartesian product, cases, exclude, templates, repeat; stable job ids.
+
+Per model, in this order:
+- axes: `vars` and `matrix` (top-level, then the model's; a model's key replaces a top-level one
+  of the same name). vars are template-only and never sent; matrix keys are input fields.
+- rows: the model's `cases`, else the top-level `cases`, else one empty row. Each row is crossed
+  with the product of the axes it does not set itself (a row without a matrix is one job).
+  A row key is a var when a var of that name is declared or it is written `var.NAME`.
+- inputs = fixed `inputs` < matrix values < row values; then `{name}` templates are filled from
+  the combination's vars and inputs; strings from files become numbers/booleans where the
+  model's schema wants one.
+- `exclude` entries (top-level + the model's) drop combinations whose vars/inputs equal every
+  key of the entry; `repeat` makes N jobs of each remaining combination.
+Job id = 12 hex of sha256(model id, canonical JSON of the final inputs, and the repeat index
+when it is above 0): reordering the manifest keeps ids, raising `repeat` keeps existing jobs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from batchrun.catalog import models
+from batchrun.errors import ManifestError
+from batchrun.plan.manifest import Manifest, json_path
+from batchrun.plan.template import Renderer, TemplateError, as_text, compile_template
+
+_MAX_PROBLEMS = 50
+_INT = re.compile(r"^[+-]?\d+$")
+_FLOAT = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$")
+
+
+@dataclass(frozen=True)
+class Job:
+    """One job: a model and the exact inputs sent to it."""
+
+    job_id: str
+    model_id: str
+    inputs: dict
+    vars: dict
+    repeat: int  # repeat index, 0-based; never sent
+    position: int  # expansion order, 0-based
+    # Canonical JSON of `inputs` (sorted keys, compact), the text the id is hashed from.
+    inputs_json: str = field(default="", repr=False, compare=False)
+
+
+@dataclass(frozen=True)
+class Expansion:
+    """The jobs of a manifest, in expansion order, and what looked wrong but is allowed."""
+
+    jobs: list[Job]
+    warnings: list[str]
+
+
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":")).encode
+
+
+def job_id(model_id: str, inputs: dict, repeat: int = 0) -> str:
+    """The stable id of a job."""
+    return _hash_id(f"{model_id}\n{_CANONICAL(inputs)}", repeat)
+
+
+def _hash_id(identity: str, repeat: int) -> str:
+    text = f"{identity}\n#{repeat}" if repeat else identity
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
+
+
+def expand(manifest: Manifest, schemas: models.Schemas | None = None) -> Expansion:
+    """Every job of the manifest; raises ManifestError on template errors or too many jobs.
+
+    `schemas` (default: the packaged ones) say which fields are numbers or booleans."""
+    data = manifest.data
+    label = str(manifest.path)
+    problems: list[str] = []
+    warnings: list[str] = []
+    jobs: list[Job] = []
+    first_seen: dict[str, int] = {}
+    duplicates = 0
+    limit = manifest.run.max_jobs
+    exclude_paths: list[str] = []
+    matched_excludes: set[str] = set()  # top-level entries count when any model matched
+    for index, model in enumerate(data["models"]):
+        spec = _ModelSpec(data, index, model, schemas or models.packaged())
+        problems += [f"{label}: {w}: {m}{manifest.line_suffix(w)}" for w, m in spec.problems]
+        if spec.problems:
+            continue
+        model_problems: dict[str, None] = {}
+        for combo_vars, inputs in spec.combinations():
+            try:
+                combo_vars, inputs = spec.render(combo_vars, inputs)
+            except _ComboError as exc:
+                where, message = exc.args
+                model_problems.setdefault(
+                    f"{label}: {where}: {message}{manifest.line_suffix(where)}"
+                )
+                if len(model_problems) >= _MAX_PROBLEMS:
+                    break
+                continue
+            hits = spec.excluded(combo_vars, inputs) if spec.excludes else None
+            if hits:
+                matched_excludes.update(spec.exclude_paths[i] for i in hits)
+                continue
+            canonical = _CANONICAL(inputs)
+            identity = f"{spec.model_id}\n{canonical}"
+            for r in range(spec.repeat):
+                jid = _hash_id(identity, r)
+                if jid in first_seen:
+                    duplicates += 1
+                    if duplicates <= 5:
+                        warnings.append(
+                            f"{label}: $.models[{index}]: {spec.model_id} {_describe(combo_vars)}"
+                            f"gives the same inputs as job #{first_seen[jid] + 1} ({jid}); "
+                            "kept once"
+                        )
+                    continue
+                first_seen[jid] = len(jobs)
+                # Repeats get their own dicts: a caller changing one job never changes another.
+                job_inputs = inputs if r == 0 else dict(inputs)
+                jobs.append(
+                    Job(jid, spec.model_id, job_inputs, combo_vars, r, len(jobs), canonical)
+                )
+                if len(jobs) > limit:
+                    raise ManifestError(
+                        f"{label}: $.run.max_jobs: the manifest expands to more than "
+                        f"{limit:,} jobs (the full grid is {_grid_size(data):,}); narrow the "
+                        f"sweep, or raise run.max_jobs if you mean it"
+                    )
+        problems += list(model_problems)
+        exclude_paths.extend(p for p in spec.exclude_paths if p not in exclude_paths)
+    for where in exclude_paths:
+        if where not in matched_excludes:
+            warnings.append(f"{label}: {where}: matched no combination; nothing excluded")
+    if duplicates > 5:
+        warnings.append(f"{label}: {duplicates} duplicate combinations in all, each kept once")
+    if problems:
+        raise ManifestError(problems)
+    return Expansion(jobs, warnings)
+
+
+def _describe(combo_vars: dict) -> str:
+    return "".join(f"{k}={v!r} " for k, v in combo_vars.items())
+
+
+class _ComboError(Exception):
+    pass
+
+
+class _ModelSpec:
+    """One model's axes, rows, excludes and field types, resolved once."""
+
+    def __init__(self, data: dict, index: int, model: dict, schemas: models.Schemas) -> None:
+        self.model_id: str = model["id"]
+        self.index = index
+        self.problems: list[tuple[str, str]] = []
+        here = f"$.models[{index}]"
+        self.fixed: dict = model.get("inputs") or {}
+        self.origin: dict[str, str] = {k: f"{here}.inputs.{k}" for k in self.fixed}
+        var_axes: dict[str, list] = {}
+        field_axes: dict[str, list] = {}
+        for scope, prefix in ((data, "$"), (model, here)):
+            for k, v in (scope.get("vars") or {}).items():
+                var_axes[k] = v
+                self.origin[k] = f"{prefix}.vars.{k}"
+            for k, v in (scope.get("matrix") or {}).items():
+                field_axes[k] = v
+                self.origin[k] = f"{prefix}.matrix.{k}"
+        for name in var_axes:
+            if name in field_axes or name in self.fixed:
+                self.problems.append(
+                    (
+                        self.origin[name],
+                        f"{name!r} is both a var and an input field of {self.model_id}; "
+                        "rename the var",
+                    )
+                )
+        self.var_names = set(var_axes)
+        self.axes = [(k, v, True) for k, v in var_axes.items()]
+        self.axes += [(k, v, False) for k, v in field_axes.items()]
+        if "cases" in model:
+            rows, rows_path = model["cases"], f"{here}.cases"
+        else:
+            rows, rows_path = data.get("cases") or [{}], "$.cases"
+        self.rows: list[tuple[dict, dict, str]] = []
+        for i, row in enumerate(rows):
+            row_vars, row_inputs = {}, {}
+            for k, v in row.items():
+                if k.startswith("var."):
+                    row_vars[k[4:]] = v
+                elif k in self.var_names:
+                    row_vars[k] = v
+                else:
+                    row_inputs[k] = v
+            self.rows.append((row_vars, row_inputs, f"{rows_path}[{i}]"))
+        self.excludes = [e for e in data.get("exclude") or []]
+        self.exclude_paths = [f"$.exclude[{i}]" for i in range(len(self.excludes))]
+        for i, e in enumerate(model.get("exclude") or []):
+            self.excludes.append(e)
+            self.exclude_paths.append(f"{here}.exclude[{i}]")
+        self.repeat: int = model.get("repeat", data.get("repeat", 1))
+        self.coerce = _coercions(self.model_id, schemas)
+        self._rendered: dict[tuple, str] = {}
+        self._coerced: dict[tuple[str, str], Any] = {}
+
+    def combinations(self):
+        """(vars, raw inputs) per combination, rows outermost, the last axis fastest."""
+        templated_axes = {k for k, v, _ in self.axes if any(_maybe_template(x) for x in v)}
+        templated_fixed = {k for k, v in self.fixed.items() if _maybe_template(v)}
+        for row_vars, row_inputs, row_path in self.rows:
+            self._row_path = row_path
+            free = [(k, v, is_var) for k, v, is_var in self.axes if k not in row_vars]
+            free = [a for a in free if a[0] not in row_inputs]
+            # Only these names can hold a template in this row's combinations: render just them.
+            maybe = templated_axes | templated_fixed
+            maybe |= {k for k, v in {**row_vars, **row_inputs}.items() if _maybe_template(v)}
+            var_names = set(row_vars) | {k for k, _, is_var in free if is_var}
+            self._todo_vars = [k for k in maybe if k in var_names]
+            self._todo_inputs = [k for k in maybe if k not in var_names]
+            names = [(k, is_var) for k, _, is_var in free]
+            for values in itertools.product(*(v for _, v, _ in free)):
+                combo_vars = dict(row_vars)
+                inputs = dict(self.fixed)
+                for (k, is_var), value in zip(names, values, strict=True):
+                    (combo_vars if is_var else inputs)[k] = value
+                inputs.update(row_inputs)
+                yield combo_vars, inputs
+
+    def render(self, combo_vars: dict, inputs: dict) -> tuple[dict, dict]:
+        todo_vars, todo_inputs = self._todo_vars, self._todo_inputs
+        name = ""
+        try:
+            if todo_vars or todo_inputs:
+                context = {**inputs, **combo_vars}
+                renderer = None
+                for target, todo in ((combo_vars, todo_vars), (inputs, todo_inputs)):
+                    for name in todo:
+                        if name not in target:
+                            continue
+                        value = self._render_plain(context[name], context)
+                        if value is _MISSING:
+                            renderer = renderer or Renderer(context)
+                            value = renderer.lookup(name)
+                        target[name] = value
+        except TemplateError as exc:
+            where = self.origin.get(name, self._row_path)
+            raise _ComboError(where, str(exc)) from None
+        for name, kind in self.coerce.items():
+            value = inputs.get(name)
+            if type(value) is str:
+                done = self._coerced.get((kind, value), _MISSING)
+                if done is _MISSING:
+                    done = self._coerced[(kind, value)] = _coerce(value, kind)
+                inputs[name] = done
+        return combo_vars, inputs
+
+    def _render_plain(self, value: Any, context: dict) -> Any:
+        """Fast path: a string template over plain values, memoised; else _MISSING."""
+        if type(value) is not str:
+            return _MISSING
+        tpl = compile_template(value)
+        if tpl is None or tpl.exact is not None:
+            return _MISSING
+        try:
+            args = tuple([context[n] for n in tpl.names])
+        except KeyError:
+            return _MISSING
+        # Types in the key: True == 1, but "{x}" renders them differently.
+        key = (value, args, tuple([type(a) for a in args]))
+        try:
+            done = self._rendered.get(key)
+        except TypeError:  # a list or dict value: not hashable, take the general path
+            return _MISSING
+        if done is None:
+            if any(_maybe_template(a) for a in args):
+                return _MISSING
+            lookup = dict(zip(tpl.names, args, strict=True))
+            done = "".join(p if type(p) is str else as_text(lookup[p[0]]) for p in tpl.parts)
+            if len(self._rendered) < 200_000:
+                self._rendered[key] = done
+        return done
+
+    def excluded(self, combo_vars: dict, inputs: dict) -> list[int]:
+        """Indexes of the exclude entries matching this combination (all, for the warning)."""
+        hits = []
+        for i, entry in enumerate(self.excludes):
+            for k, want in entry.items():
+                have = combo_vars[k] if k in combo_vars else inputs.get(k, _MISSING)
+                if have != want:
+                    break
+            else:
+                hits.append(i)
+        return hits
+
+
+_MISSING = object()
+
+
+def _maybe_template(value: Any) -> bool:
+    if type(value) is str:
+        return "{" in value or "}" in value
+    return isinstance(value, (list, dict))
+
+
+def _coercions(model_id: str, schemas: models.Schemas) -> dict[str, str]:
+    """Fields whose schema wants a number or boolean (and never a string): name -> kind."""
+    schema = schemas.input_schema(model_id) or {}
+    out = {}
+    for name, prop in (schema.get("properties") or {}).items():
+        kinds = prop.get("type") if isinstance(prop, dict) else None
+        kinds = [kinds] if isinstance(kinds, str) else list(kinds or [])
+        if "string" in kinds:
+            continue
+        for kind in ("integer", "number", "boolean"):
+            if kind in kinds:
+                out[name] = kind
+                break
+    return out
+
+
+def _coerce(value: str, kind: str) -> Any:
+    """ "5" -> 5 for an integer field (values from files are text); unparsable text stays."""
+    text = value.strip()
+    if kind == "boolean":
+        return {"true": True, "false": False}.get(text.lower(), value)
+    if _INT.match(text):
+        return int(text)
+    if kind == "number" and _FLOAT.match(text):
+        return float(text)
+    return value
+
+
+def _grid_size(data: dict) -> int:
+    """Jobs before exclude and de-duplication: the figure a user can check by hand."""
+    total = 0
+    for model in data["models"]:
+        axes = {**(data.get("vars") or {}), **(model.get("vars") or {})}
+        axes.update({**(data.get("matrix") or {}), **(model.get("matrix") or {})})
+        rows = model.get("cases") if "cases" in model else data.get("cases") or [{}]
+        repeat = model.get("repeat", data.get("repeat", 1))
+        for row in rows:
+            keys = {k[4:] if k.startswith("var.") else k for k in row}
+            size = 1
+            for k, values in axes.items():
+                if k not in keys:
+                    size *= len(values)
+            total += size * repeat
+    return total
+
+
+__all__ = ["Expansion", "Job", "expand", "job_id", "json_path"]

@@ -1,0 +1,324 @@
+"""The regression gate: match two runs' report.csv by job id and classify every job."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from batchrun.errors import ChoiceError, CompareError, MissingDependencyError, StateError
+from batchrun.results.reportcsv import INPUT_PREFIX, VAR_PREFIX, read_jobs, split_cell, unguard
+from batchrun.store.atomic import fsync_dir, open_atomic
+from batchrun.util.media import RASTER_SUFFIXES
+
+# Outcome classes, in the order totals are shown. Every job has exactly one of the first six;
+# `slower` is an extra mark on top of it (a job can be changed *and* slower).
+OUTCOMES = ("unchanged", "changed", "regressed", "fixed", "new", "missing")
+CLASSES = (*OUTCOMES, "slower")
+DEFAULT_FAIL_ON = ("regressed", "missing", "changed")
+
+
+def _pillow_missing() -> MissingDependencyError:
+    return MissingDependencyError("image tolerance needs Pillow", package="Pillow", extra="images")
+
+
+@dataclass
+class Run:
+    """One side of a comparison: its report rows by job id, and where its files live."""
+
+    label: str  # the path the user gave
+    report: Path
+    root: Path  # the run folder; output_files paths are relative to it
+    rows: dict[str, dict[str, str]]
+
+    def file(self, rel: str) -> Path | None:
+        """The local path of an output file, or None when it is not at hand."""
+        path = self.root / rel
+        return path if rel and path.is_file() else None
+
+
+@dataclass
+class JobDiff:
+    """What happened to one job between the baseline and the current run."""
+
+    job_id: str
+    model_id: str
+    outcome: str  # one of OUTCOMES
+    reason: str
+    slower: bool = False
+    baseline: dict[str, str] | None = None
+    current: dict[str, str] | None = None
+    varying: dict[str, str] = field(default_factory=dict)
+    failing: bool = False
+
+    @property
+    def classes(self) -> list[str]:
+        return [self.outcome, "slower"] if self.slower else [self.outcome]
+
+
+@dataclass
+class Comparison:
+    """The whole result: every job's diff, the totals and whether the gate passed."""
+
+    baseline: Run
+    current: Run
+    jobs: list[JobDiff]
+    fail_on: tuple[str, ...]
+
+    @property
+    def totals(self) -> dict[str, int]:
+        counts = dict.fromkeys(CLASSES, 0)
+        for job in self.jobs:
+            for cls in job.classes:
+                counts[cls] += 1
+        return counts
+
+    @property
+    def failing(self) -> list[JobDiff]:
+        return [job for job in self.jobs if job.failing]
+
+    @property
+    def passed(self) -> bool:
+        return not self.failing
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.passed else 1
+
+
+def load_run(path_arg: str | os.PathLike[str]) -> Run:
+    """Open one side of a comparison: a run folder or a report.csv path."""
+    path = Path(path_arg)
+    if not path.exists():
+        raise CompareError(f"{path}: no such file or folder; give a run folder or its report.csv")
+    report = path / "report.csv" if path.is_dir() else path
+    if not report.is_file():
+        raise CompareError(f"{path}: no report.csv in this folder; is it a batchrun run folder?")
+    rows = read_jobs(report)
+    return Run(label=str(path), report=report, root=report.parent, rows=rows)
+
+
+def empty_run(path_arg: str | os.PathLike[str]) -> Run:
+    """A baseline that does not exist yet (`--update-baseline` is about to make it): no jobs."""
+    path = Path(path_arg)
+    return Run(label=str(path), report=path / "report.csv", root=path, rows={})
+
+
+def swept_values(rows: list[dict[str, str]]) -> list[str]:
+    """The input./var. columns whose value differs between jobs, in header order."""
+    keys: dict[str, set[str]] = {}
+    for row in rows:
+        for key, value in row.items():
+            if key.startswith((INPUT_PREFIX, VAR_PREFIX)):
+                keys.setdefault(key, set()).add(value)
+    return [key for key, values in keys.items() if len(values) > 1]
+
+
+def _float(value: str | None) -> float | None:
+    try:
+        return float(value) if value else None
+    except ValueError:
+        return None
+
+
+# 1 - SSIM (structural similarity) of 64x64 grayscale thumbnails, over 8x8 windows every
+# 4 pixels: a re-encode scores near 0, a small edit a few hundredths, unrelated images near 1
+# (measured examples in the README). The mean absolute pixel difference it replaces scored
+# unrelated images 0.19-0.23: a tolerance of 0.3 passed anything.
+_SIDE, _WINDOW, _STEP = 64, 8, 4
+_C1, _C2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+
+
+def image_distance(a: Path, b: Path) -> float:
+    """Perceptual distance of two images, 0 (same) .. 1 (unrelated): 1 - SSIM of 64x64
+    grayscale thumbnails, at most 1. Raises MissingDependencyError when Pillow is missing."""
+    try:
+        from PIL import Image  # optional: the `images` extra
+    except ImportError as exc:
+        raise _pillow_missing() from exc
+
+    def thumb(path: Path) -> bytes:
+        with Image.open(path) as img:  # mode L: one byte per pixel
+            return img.convert("L").resize((_SIDE, _SIDE), Image.Resampling.BOX).tobytes()
+
+    return max(0.0, min(1.0, 1.0 - ssim(thumb(a), thumb(b), _SIDE)))
+
+
+def ssim(pa: bytes, pb: bytes, side: int) -> float:
+    """Mean SSIM of two side x side grayscale images over _WINDOW-pixel windows."""
+    n = _WINDOW * _WINDOW
+    scores = []
+    for top in range(0, side - _WINDOW + 1, _STEP):
+        for left in range(0, side - _WINDOW + 1, _STEP):
+            xs = [pa[(top + r) * side + left + c] for r in range(_WINDOW) for c in range(_WINDOW)]
+            ys = [pb[(top + r) * side + left + c] for r in range(_WINDOW) for c in range(_WINDOW)]
+            mx, my = sum(xs) / n, sum(ys) / n
+            vx = sum((x - mx) ** 2 for x in xs) / (n - 1)
+            vy = sum((y - my) ** 2 for y in ys) / (n - 1)
+            cov = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / (n - 1)
+            scores.append(
+                ((2 * mx * my + _C1) * (2 * cov + _C2))
+                / ((mx * mx + my * my + _C1) * (vx + vy + _C2))
+            )
+    return sum(scores) / len(scores)
+
+
+def _within_tolerance(
+    base: Run, cur: Run, brow: dict[str, str], crow: dict[str, str], tolerance: float
+) -> tuple[bool, str]:
+    """Whether every differing output is an image at hand on both sides within tolerance."""
+    bfiles, cfiles = split_cell(brow.get("output_files")), split_cell(crow.get("output_files"))
+    bsha, csha = split_cell(brow.get("output_sha256")), split_cell(crow.get("output_sha256"))
+    if len(bfiles) != len(cfiles) or len(bsha) != len(csha) or len(bfiles) != len(bsha):
+        return False, ""
+    worst = 0.0
+    for bname, cname, bs, cs in zip(bfiles, cfiles, bsha, csha, strict=True):
+        if bs == cs:
+            continue
+        bpath, cpath = base.file(bname), cur.file(cname)
+        if bpath is None or cpath is None:
+            return False, ""
+        if not {bpath.suffix.lower(), cpath.suffix.lower()} <= RASTER_SUFFIXES:
+            return False, ""
+        try:
+            dist = image_distance(bpath, cpath)
+        except (OSError, ValueError):  # not decodable: judge by bytes
+            return False, ""
+        if dist > tolerance:
+            return False, f" (image distance {dist:.4f} > {tolerance:g})"
+        worst = max(worst, dist)
+    return True, f"bytes differ, images within tolerance (distance {worst:.4f})"
+
+
+def _changed_names(brow: dict[str, str], crow: dict[str, str]) -> str:
+    bsha, csha = split_cell(brow.get("output_sha256")), split_cell(crow.get("output_sha256"))
+    names = split_cell(crow.get("output_files")) or split_cell(brow.get("output_files"))
+    if len(bsha) != len(csha):
+        return f"{len(bsha)} output(s) then, {len(csha)} now"
+    diff = [i for i, (b, c) in enumerate(zip(bsha, csha, strict=True)) if b != c]
+    shown = [os.path.basename(names[i]) if i < len(names) else f"#{i + 1}" for i in diff]
+    return ", ".join(shown)
+
+
+def _classify(
+    base: Run, cur: Run, brow: dict[str, str], crow: dict[str, str], tolerance: float | None
+) -> tuple[str, str]:
+    bstat, cstat = brow.get("status", ""), crow.get("status", "")
+    if bstat == "succeeded" and cstat != "succeeded":
+        error = unguard(crow.get("error", ""))
+        return "regressed", f"succeeded then, {cstat or 'no status'} now" + (
+            f": {error}" if error else ""
+        )
+    if bstat != "succeeded" and cstat == "succeeded":
+        return "fixed", f"{bstat or 'no status'} then, succeeded now"
+    if bstat != "succeeded":
+        return "unchanged", f"{bstat} then, {cstat} now"
+    bsha, csha = split_cell(brow.get("output_sha256")), split_cell(crow.get("output_sha256"))
+    if bsha == csha:
+        # Without downloads there are no hashes: say so rather than claim the bytes match.
+        return "unchanged", "same outputs" if bsha else "no output hashes to compare"
+    detail = ""
+    if tolerance is not None:
+        same, detail = _within_tolerance(base, cur, brow, crow, tolerance)
+        if same:
+            return "unchanged", detail
+    return "changed", f"output sha256 differs: {_changed_names(brow, crow)}{detail}"
+
+
+def compare_runs(
+    baseline: Run,
+    current: Run,
+    *,
+    fail_on: tuple[str, ...] = DEFAULT_FAIL_ON,
+    max_slowdown: float | None = None,
+    image_tolerance: float | None = None,
+) -> Comparison:
+    """Classify every job of both runs; baseline order first, then jobs new in current."""
+    unknown = [cls for cls in fail_on if cls not in CLASSES]
+    if unknown:
+        raise ChoiceError(
+            f"unknown class {', '.join(unknown)}; choose from {', '.join(CLASSES)}",
+            setting="fail_on",
+            values=unknown,
+            choices=list(CLASSES),
+        )
+    if image_tolerance is not None:
+        try:
+            import PIL  # noqa: F401  (optional; fail early, before any job is compared)
+        except ImportError as exc:
+            raise _pillow_missing() from exc
+    if baseline.rows and current.rows and baseline.rows.keys().isdisjoint(current.rows):
+        raise CompareError(
+            f"{baseline.label} ({len(baseline.rows)} jobs) and {current.label} "
+            f"({len(current.rows)} jobs) have no job in common: job ids come from the model "
+            "and the inputs, so these runs are of different sweeps"
+        )
+    all_rows = [*baseline.rows.values(), *current.rows.values()]
+    varying_keys = swept_values(all_rows)
+    order = list(baseline.rows) + [j for j in current.rows if j not in baseline.rows]
+    jobs: list[JobDiff] = []
+    for job_id in order:
+        brow, crow = baseline.rows.get(job_id), current.rows.get(job_id)
+        if brow is None:
+            outcome, reason = "new", "not in the baseline"
+        elif crow is None:
+            outcome, reason = "missing", "in the baseline, not in the current run"
+        else:
+            outcome, reason = _classify(baseline, current, brow, crow, image_tolerance)
+        row = crow or brow or {}
+        slower = False
+        if max_slowdown is not None and brow and crow:
+            then, now = _float(brow.get("run_s")), _float(crow.get("run_s"))
+            if then is not None and now is not None and now > then * max_slowdown:
+                slower = True
+                reason += f"; run {now:.3f} s vs {then:.3f} s (> x{max_slowdown:g})"
+        diff = JobDiff(
+            job_id=job_id,
+            model_id=row.get("model_id", ""),
+            outcome=outcome,
+            reason=reason,
+            slower=slower,
+            baseline=brow,
+            current=crow,
+            varying={key.split(".", 1)[1]: unguard(row.get(key, "")) for key in varying_keys},
+        )
+        diff.failing = any(cls in fail_on for cls in diff.classes)
+        jobs.append(diff)
+    return Comparison(baseline=baseline, current=current, jobs=jobs, fail_on=fail_on)
+
+
+def update_baseline(current: Run, dest: Path) -> Path:
+    """Copy the current report.csv and files/ into DEST (a committed baseline folder).
+
+    Every file is written atomically; report.csv goes last, so an interrupted update leaves
+    the old report rather than one naming files that are not there.
+    """
+    dest.mkdir(parents=True, exist_ok=True)
+    if (dest / "report.csv").resolve() == current.report.resolve():
+        raise CompareError(f"{dest}: is the current run itself; choose another folder")
+    src_files = current.root / "files"
+    dest_files = dest / "files"
+    try:
+        # Replace files/ wholesale so outputs of jobs that no longer exist do not linger.
+        if dest_files.exists():
+            shutil.rmtree(dest_files)
+        if src_files.is_dir():
+            shutil.copytree(src_files, dest_files, copy_function=_copy_file)
+            for folder, _dirs, _names in os.walk(dest_files):
+                fsync_dir(Path(folder))
+        _copy_file(current.report, dest / "report.csv")
+    except OSError as exc:
+        raise StateError(
+            f"{dest}: cannot update the baseline ({exc.strerror or exc}); its report.csv is "
+            "the old one. Free some space or fix the folder's permissions, then try again"
+        ) from None
+    fsync_dir(dest)
+    return dest
+
+
+def _copy_file(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
+    """Copy bytes and times atomically; the caller fsyncs the folder."""
+    with open(src, "rb") as fin, open_atomic(dst, sync_dir=False) as fout:
+        shutil.copyfileobj(fin, fout)
+    shutil.copystat(src, dst)

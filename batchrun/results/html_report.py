@@ -1,0 +1,404 @@
+"""report.html: a self-contained contact sheet of a run, laid out by its two main swept values."""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from batchrun.errors import ChoiceError
+from batchrun.results.reportcsv import (
+    INPUT_PREFIX,
+    VAR_PREFIX,
+    prefixed,
+    read_jobs,
+    split_cell,
+    unguard,
+)
+from batchrun.store.atomic import write_text
+from batchrun.store.records import JobRow, OutputFile, report_status
+from batchrun.util.media import IMAGE_SUFFIXES, VIDEO_SUFFIXES
+from batchrun.util.safetext import printable
+
+# Job cards on the sheet, the first ones in expansion order: a browser cannot show 100,000
+# thumbnails usefully; report.csv lists every job.
+MAX_CARDS = 2000
+NOT_SET = "(not set)"  # a grid header for jobs without the field (another model's field)
+
+CSS = """
+body{font:14px/1.4 system-ui,sans-serif;margin:1em;color:#222;background:#fafafa}
+h1{font-size:1.3em}h2{font-size:1.1em;margin-top:1.5em}
+table.grid{border-collapse:collapse}
+.grid th,.grid td{border:1px solid #ddd;padding:4px;vertical-align:top;background:#fff}
+.grid thead th,.grid tbody th{background:#f0f0f0;font-weight:600;text-align:left}
+.job{display:inline-block;margin:2px;max-width:220px;vertical-align:top}
+.job img,.job video{display:block;max-width:200px;max-height:200px;margin:2px 0}
+.badge{display:inline-block;padding:0 6px;border-radius:8px;font-size:12px;color:#fff}
+.s-succeeded{background:#2e7d32}.s-failed,.s-timed_out{background:#c62828}
+.s-cancelled{background:#757575}.s-pending,.s-queued,.s-running{background:#1565c0}
+.s-unknown{background:#ef6c00}
+.s-changed,.s-regressed{background:#c62828}.s-unchanged,.s-fixed{background:#2e7d32}
+.err{color:#b71c1c;white-space:pre-wrap;font-size:12px;margin:2px 0}
+details{font-size:12px}dl{margin:0}dt{font-weight:600}dd{margin:0 0 0 1em}
+.counts span{margin-right:1em}
+.pair{display:flex;gap:1em}.pair>div{flex:1}
+"""
+
+
+def esc(value: object) -> str:
+    """HTML-escape any value (inputs are user text, errors are server text)."""
+    return html.escape(printable(str(value), lines=True), quote=True)
+
+
+def show(value: Any) -> str:
+    """One swept value as text: strings as they are, the rest as JSON."""
+    if isinstance(value, str):
+        return value
+    if type(value) is int:  # the common swept seed: json.dumps would say the same, slower
+        return str(value)
+    return json.dumps(value, ensure_ascii=False)
+
+
+def page(title: str, body: str) -> str:
+    """A complete HTML document with the inline stylesheet."""
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width,initial-scale=1">'
+        f"<title>{esc(title)}</title><style>{CSS}</style></head>\n<body>\n{body}\n</body></html>\n"
+    )
+
+
+def media(files: list[OutputFile], href: Callable[[str], str | None]) -> str:
+    """Thumbnails, video players or links for a job's outputs; `href` maps a run-relative
+    path to a link (None when the file is not at hand)."""
+    parts = []
+    for f in files:
+        base = os.path.basename(f.name or f.url) or "output"
+        if f.error:
+            parts.append(f'<div class="err">{esc(base)}: {esc(f.error)}</div>')
+            continue
+        link = href(f.name) if f.name else None
+        suffix = Path(f.name).suffix.lower()
+        if link is None:
+            if f.url.startswith(("http://", "https://")):
+                parts.append(f'<a href="{esc(f.url)}" rel="noopener">{esc(base)} (remote)</a>')
+            else:
+                parts.append(f"<div>{esc(base)} (not at hand)</div>")
+        elif suffix in IMAGE_SUFFIXES:
+            img = f'<img src="{esc(link)}" alt="{esc(base)}" loading="lazy">'
+            parts.append(f'<a href="{esc(link)}">{img}</a>')
+        elif suffix in VIDEO_SUFFIXES:
+            parts.append(
+                f'<video src="{esc(link)}" controls muted preload="metadata"></video>'
+                f'<a href="{esc(link)}">{esc(base)}</a>'
+            )
+        else:
+            parts.append(f'<a href="{esc(link)}">{esc(base)}</a>')
+    return "".join(parts)
+
+
+def inputs_text(job: JobRow) -> str:
+    """The job's inputs and vars, one `key: value` a line (for the hover title)."""
+    lines = [f"model: {job.model_id}"]
+    lines += [f"{k}: {show(v)}" for k, v in job.inputs.items()]
+    lines += [f"{{{k}}}: {show(v)}" for k, v in job.vars.items()]
+    return "\n".join(lines)
+
+
+def job_card(job: JobRow, href: Callable[[str], str | None], *, anchor: bool = True) -> str:
+    """One job: status badge, outputs, error, and its inputs on hover and on click."""
+    badge = report_status(job.status)
+    details = "".join(
+        f"<dt>{esc(k)}</dt><dd>{esc(show(v))}</dd>"
+        for k, v in [("model", job.model_id), *job.inputs.items()]
+        + [(f"{{{k}}}", v) for k, v in job.vars.items()]
+    )
+    error = f'<div class="err">{esc(job.error)}</div>' if job.error else ""
+    id_attr = f' id="{esc(job.job_id)}"' if anchor else ""
+    return (
+        f'<div class="job"{id_attr} title="{esc(inputs_text(job))}">'
+        f'<span class="badge s-{esc(badge)}">{esc(badge)}</span> '
+        f"{media(job.files, href)}{error}"
+        f"<details><summary>{esc(job.job_id)}</summary><dl>{details}</dl></details></div>"
+    )
+
+
+@dataclass
+class Dimension:
+    """A swept value: its key (model, input.<f>, var.<n>) and distinct values in order."""
+
+    key: str
+    values: list[str]
+    aliases: list[str] = field(default_factory=list)  # keys that vary in lockstep with it
+
+
+def dimension_value(job: JobRow, key: str) -> str:
+    if key == "model":
+        return job.model_id
+    kind, _, name = key.partition(".")
+    source = job.inputs if kind == "input" else job.vars
+    return show(source[name]) if name in source else ""
+
+
+def dimensions(jobs: list[JobRow]) -> list[Dimension]:
+    """Every swept key with its distinct values, those that vary most first."""
+    return _dimensions(jobs, _keys(jobs))[0]
+
+
+def _keys(jobs: list[JobRow]) -> list[str]:
+    """model, then every input field and var name, in first-seen order."""
+    found: dict[str, None] = {"model": None}
+    for job in jobs:
+        for k in job.inputs:
+            found[INPUT_PREFIX + k] = None
+        for k in job.vars:
+            found[VAR_PREFIX + k] = None
+    return list(found)
+
+
+def _dimensions(jobs: list[JobRow], keys: list[str]) -> tuple[list[Dimension], int]:
+    """dimensions() over `keys` and the number of distinct settings (combinations of every
+    key's value)."""
+    # Keys that move in lockstep (a prompt templated from {color} and color itself) split the
+    # jobs the same way: keep one of them, a var first, else the one with the shortest values.
+    groups: dict[tuple[int, ...], list[Dimension]] = {}
+    for key in keys:
+        index: dict[str, int] = {}  # value -> first-seen rank: O(1) per job
+        partition = tuple(index.setdefault(dimension_value(job, key), len(index)) for job in jobs)
+        groups.setdefault(partition, []).append(Dimension(key, list(index)))
+    dims = []
+    for group in groups.values():
+        # The model names a group best (a field only one model has moves with it); then a
+        # var; then the field with the shortest values.
+        best = min(
+            group,
+            key=lambda d: (
+                d.key != "model",
+                not d.key.startswith("var."),
+                max(map(len, d.values), default=0),
+            ),
+        )
+        best.aliases = [d.key for d in group]
+        dims.append(best)
+    settings = len(set(zip(*groups, strict=True))) if jobs else 0
+    # Stable sort: ties keep manifest order (model, then inputs, then vars).
+    return sorted(dims, key=lambda d: -len(d.values)), settings
+
+
+def resolve_key(name: str, dims: list[Dimension], *, setting: str = "rows_key") -> str:
+    """Map a user's name for a grid axis (seed, input.seed, color, var.color, model) to a key;
+    ChoiceError naming `setting` (rows_key, cols_key) when no swept field has that name."""
+    keys = [key for d in dims for key in d.aliases]
+    for candidate in (name, f"{INPUT_PREFIX}{name}", f"{VAR_PREFIX}{name}"):
+        if candidate in keys:
+            return candidate
+    raise ChoiceError(
+        f"no swept field {name!r}; choose from {', '.join(keys)}",
+        setting=setting,
+        values=[name],
+        choices=keys,
+    )
+
+
+def layout(
+    jobs: list[JobRow], rows_key: str | None, cols_key: str | None
+) -> tuple[str | None, str | None, list[str]]:
+    """Pick the grid's row key, column key and the extra keys that become sections.
+
+    The sheet shows the first MAX_CARDS jobs: they are what the grid lays out (any key of
+    the whole run may still be chosen).
+    """
+    dims, settings = _dimensions(jobs[:MAX_CARDS], _keys(jobs))
+    rk = resolve_key(rows_key, dims, setting="rows_key") if rows_key else None
+    ck = resolve_key(cols_key, dims, setting="cols_key") if cols_key else None
+    swept = [d for d in dims if len(d.values) > 1]
+    # A field with a value for (nearly) every setting, such as a prompt templated from two
+    # swept vars, would make a grid of mostly empty cells or a section per job: leave it out
+    # when fields with fewer values can lay the jobs out (a cell may hold several jobs).
+    spread = {d.key for d in swept if 2 * len(d.values) <= settings}
+    if spread:
+        swept = [d for d in swept if d.key in spread or {rk, ck} & set(d.aliases)]
+    free = [d.key for d in swept if not {rk, ck} & set(d.aliases)]
+    if rk is None and free:
+        rk = free.pop(0)
+    if ck is None and free:
+        ck = free.pop(0)
+    return rk, ck, free
+
+
+def _grid(jobs: list[JobRow], rk: str | None, ck: str | None, href: Callable) -> str:
+    rows: dict[str, dict[str, list[JobRow]]] = {}
+    col_vals: dict[str, None] = {}
+    for job in jobs:
+        c = dimension_value(job, ck) if ck else ""
+        col_vals[c] = None
+        rows.setdefault(dimension_value(job, rk) if rk else "", {}).setdefault(c, []).append(job)
+    corner = " \\ ".join(k for k in (rk, ck) if k)
+    head = "".join(f"<th>{esc(c or (NOT_SET if ck else ''))}</th>" for c in col_vals)
+    body = []
+    for r, cells in rows.items():
+        # Only occupied cells are rendered; a run of empty ones is one spanning cell, so a
+        # sparse grid costs its jobs, not rows x columns.
+        tds, empty = [], 0
+        for c in col_vals:
+            members = cells.get(c)
+            if members is None:
+                empty += 1
+                continue
+            if empty:
+                tds.append(_empty(empty))
+                empty = 0
+            tds.append("<td>" + "".join(job_card(j, href) for j in members) + "</td>")
+        if empty:
+            tds.append(_empty(empty))
+        body.append(f"<tr><th>{esc(r or (NOT_SET if rk else ''))}</th>{''.join(tds)}</tr>")
+    return (
+        f'<table class="grid"><thead><tr><th>{esc(corner)}</th>{head}</tr></thead>'
+        f"<tbody>{''.join(body)}</tbody></table>"
+    )
+
+
+def _empty(span: int) -> str:
+    return "<td></td>" if span == 1 else f'<td colspan="{span}"></td>'
+
+
+def render(
+    title: str, jobs: list[JobRow], *, rows_key: str | None = None, cols_key: str | None = None
+) -> str:
+    """The contact sheet as an HTML string (links relative to the run folder)."""
+    rk, ck, extra = layout(jobs, rows_key, cols_key)
+    shown = jobs[:MAX_CARDS]
+
+    def href(name: str) -> str:
+        return quote(name.replace(os.sep, "/"))
+
+    counts: dict[str, int] = {}
+    for job in jobs:
+        status = report_status(job.status)
+        counts[status] = counts.get(status, 0) + 1
+    out = [
+        f"<h1>{esc(title)}</h1>",
+        '<p class="counts">'
+        + "".join(
+            f'<span><span class="badge s-{esc(s)}">{esc(s)}</span> {n}</span>'
+            for s, n in counts.items()
+        )
+        + f"<span>{len(jobs)} jobs</span></p>",
+    ]
+    if len(shown) < len(jobs):
+        out.append(
+            f'<p class="cap">showing {len(shown):,} of {len(jobs):,} jobs; see report.csv</p>'
+        )
+    models = list(dict.fromkeys(job.model_id for job in shown))
+    if len(models) > 1 and "model" not in (rk, ck):
+        # Models not side by side: a section per model, each laid out by its own fields (a
+        # field of one model is no axis for another). `--cols model` puts them side by side.
+        out.append("<p>a section per model (<b>--cols model</b> puts them side by side)</p>")
+        for model in models:
+            members = [job for job in shown if job.model_id == model]
+            mrk, mck, mextra = layout(
+                members, _swept_in(rows_key, members), _swept_in(cols_key, members)
+            )
+            out.append(f"<h2>{esc(model)}</h2>")
+            out.append(_axes(mrk, mck, mextra))
+            out += _sections(members, mrk, mck, mextra, href, heading="h3")
+        return page(title, "\n".join(out))
+    if len(models) > 1:
+        # Models side by side: a field some model lacks would split them into sections of
+        # their own; it stays inside the cells instead.
+        extra = [k for k in extra if all(_has(shown, model, k) for model in models)]
+    out.append(_axes(rk, ck, extra))
+    out += _sections(shown, rk, ck, extra, href, heading="h2")
+    return page(title, "\n".join(out))
+
+
+def _axes(rk: str | None, ck: str | None, extra: list[str]) -> str:
+    return (
+        f"<p>rows: <b>{esc(rk or '-')}</b>, columns: <b>{esc(ck or '-')}</b>"
+        + (f", sections: <b>{esc(', '.join(extra))}</b>" if extra else "")
+        + "</p>"
+    )
+
+
+def _has(jobs: list[JobRow], model: str, key: str) -> bool:
+    """Whether some job of `model` has a value for `key`."""
+    return any(job.model_id == model and dimension_value(job, key) != "" for job in jobs)
+
+
+def _swept_in(name: str | None, jobs: list[JobRow]) -> str | None:
+    """NAME when it is a swept field of these jobs (one model's), else None."""
+    if not name:
+        return None
+    try:
+        resolve_key(name, dimensions(jobs))
+    except ChoiceError:
+        return None
+    return name
+
+
+def _sections(
+    jobs: list[JobRow],
+    rk: str | None,
+    ck: str | None,
+    extra: list[str],
+    href: Callable,
+    *,
+    heading: str,
+) -> list[str]:
+    """A grid per combination of the extra keys, titled by their values (empty ones left
+    out: a field a job does not have is no label)."""
+    sections: dict[tuple[str, ...], list[JobRow]] = {}
+    for job in jobs:
+        sections.setdefault(tuple(dimension_value(job, k) for k in extra), []).append(job)
+    out = []
+    for values, members in sections.items():
+        label = ", ".join(f"{k}={v}" for k, v in zip(extra, values, strict=True) if v != "")
+        if label:
+            out.append(f"<{heading}>{esc(label)}</{heading}>")
+        out.append(_grid(members, rk, ck, href))
+    return out
+
+
+def write_html(
+    run_dir: Path, rows: list[JobRow], *, rows_key: str | None = None, cols_key: str | None = None
+) -> Path:
+    """Write RUN_DIR/report.html and return its path."""
+    run_dir = Path(run_dir)
+    text = render(f"batchrun: {run_dir.name}", rows, rows_key=rows_key, cols_key=cols_key)
+    return write_text(run_dir / "report.html", text)
+
+
+def job_from_row(row: dict[str, str], position: int = 0) -> JobRow:
+    """A JobRow rebuilt from one report.csv row (statuses there are already report statuses)."""
+    names = split_cell(row.get("output_files"))
+    urls = split_cell(row.get("output_urls"))
+    shas = split_cell(row.get("output_sha256"))
+    files = [
+        OutputFile(
+            url=urls[i] if i < len(urls) else "",
+            name=names[i] if i < len(names) else "",
+            sha256=shas[i] if i < len(shas) else "",
+        )
+        for i in range(max(len(names), len(urls)))
+    ]
+    return JobRow(
+        job_id=row["job_id"],
+        position=position,
+        model_id=row.get("model_id", ""),
+        inputs=prefixed(row, INPUT_PREFIX),
+        vars=prefixed(row, VAR_PREFIX),
+        status=row.get("status", ""),
+        error=unguard(row.get("error", "")),
+        files=files,
+    )
+
+
+def rows_from_report(report_csv: Path) -> list[JobRow]:
+    """JobRows rebuilt from a report.csv, for when the state store is not at hand."""
+    jobs = read_jobs(Path(report_csv))
+    return [job_from_row(row, i) for i, row in enumerate(jobs.values())]

@@ -1,0 +1,131 @@
+"""The report.csv format both ways: columns, the formula guard, multi-value cells, reading."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from batchrun.errors import CompareError
+from batchrun.store.atomic import write_text
+
+COLUMNS = [
+    "job_id",
+    "model_id",
+    "status",
+    "request_id",
+    "error",
+    "attempts",
+    "submitted_at",
+    "finished_at",
+    "queue_s",
+    "run_s",
+    "cost_usd",
+    "output_files",
+    "output_urls",
+    "output_sha256",
+    "cached",  # "true" when the result came from the cross-run cache (cost_usd is then 0)
+    "saved_usd",  # for a cached job: what its result cost when it was made
+]
+# After COLUMNS: one column per input field and per var name, in first-seen order.
+INPUT_PREFIX = "input."
+VAR_PREFIX = "var."
+# A spreadsheet evaluates a cell starting with one of these; the guard puts a ' before it.
+FORMULA_START = frozenset({"=", "+", "-", "@", "\t", "\r"})
+# Joins the values of a multi-value cell (output files, URLs, hashes).
+SEPARATOR = ";"
+
+
+def header(inputs: Iterable[str], var_names: Iterable[str]) -> list[str]:
+    """COLUMNS, then input.<field> and var.<name> columns in the order given."""
+    return COLUMNS + [INPUT_PREFIX + k for k in inputs] + [VAR_PREFIX + k for k in var_names]
+
+
+def guard(text: str) -> str:
+    """Defuse CSV formula injection: a spreadsheet would evaluate a cell starting with = + - @."""
+    return "'" + text if text and text[0] in FORMULA_START else text
+
+
+def unguard(cell: str) -> str:
+    """Undo `guard`: drop a leading ' before = + - @ (tab, CR)."""
+    if cell[:1] == "'" and cell[1:2] in FORMULA_START:
+        return cell[1:]
+    return cell
+
+
+def value_cell(value: Any) -> str:
+    """A user value as a cell: strings as-is (guarded), anything else as compact JSON."""
+    if isinstance(value, str):
+        return guard(value)
+    if type(value) is int:  # a swept seed: what json.dumps would say, faster
+        return str(value)
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def join_cell(values: Iterable[str]) -> str:
+    """Several values as one cell; the values must not contain SEPARATOR."""
+    return SEPARATOR.join(values)
+
+
+def split_cell(cell: str | None) -> list[str]:
+    """A multi-value cell as a list (empty cell, empty list)."""
+    return [part for part in (cell or "").split(SEPARATOR) if part]
+
+
+def prefixed(row: dict[str, str], prefix: str) -> dict[str, str]:
+    """The row's non-empty PREFIX<name> cells by name, unguarded (INPUT_PREFIX, VAR_PREFIX)."""
+    # An empty cell means the job has no such field (multi-model sweeps).
+    start = len(prefix)
+    return {k[start:]: unguard(v) for k, v in row.items() if k.startswith(prefix) and v}
+
+
+def render(columns: list[str], rows: Iterable[list[str]]) -> str:
+    """The CSV text of a header and rows of cells (cells already formatted and guarded)."""
+    buffer = io.StringIO(newline="")
+    writer = csv.writer(buffer)
+    writer.writerow(columns)
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def write(path: Path, columns: list[str], rows: Iterable[list[str]]) -> Path:
+    """Write a report.csv atomically."""
+    return write_text(path, render(columns, rows))
+
+
+def read(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    """The header and the rows (dicts by column name; a short row's missing cells empty)."""
+    with open(path, encoding="utf-8", newline="") as fh:
+        reader = csv.DictReader(fh)
+        rows = [{k: v or "" for k, v in row.items() if k is not None} for row in reader]
+        return list(reader.fieldnames or []), rows
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    """The rows of a report.csv as dicts keyed by column name."""
+    return read(path)[1]
+
+
+def read_jobs(report: Path) -> dict[str, dict[str, str]]:
+    """A batchrun report.csv's rows by job id; CompareError when it is not one."""
+    try:
+        columns, table = read(report)
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise CompareError(f"{report}: not a readable report.csv ({exc})") from exc
+    if not columns:
+        raise CompareError(f"{report}: empty file, not a batchrun report.csv")
+    if "job_id" not in columns:
+        raise CompareError(f"{report}: not a batchrun report: no job_id column in the header")
+    rows: dict[str, dict[str, str]] = {}
+    # Numbered as a spreadsheet shows them: the header is row 1.
+    for number, row in enumerate(table, start=2):
+        job_id = row.get("job_id", "")
+        if not job_id:
+            raise CompareError(f"{report}: row {number}: empty job_id")
+        if job_id in rows:
+            raise CompareError(f"{report}: row {number}: job_id {job_id} appears twice")
+        rows[job_id] = row
+    return rows

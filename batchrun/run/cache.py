@@ -1,0 +1,370 @@
+"""The cross-run cache (`--cache DIR` / `run.cache`): a succeeded job's output and files, keyed
+by model id + canonical inputs (+ repeat index) + the sha256 of the model's schema file.
+
+Layout: DIR/entries/<key[:2]>/<key>/ holds entry.json and the job's files. An entry is made in
+DIR/tmp/ (files copied and hashed, entry.json last, all fsynced) and renamed into place, so a
+reader sees an entry whole or not at all, whatever runs share the folder and however they die.
+A reader trusts nothing: entry.json must parse and match the key, and every file must have the
+size and sha256 entry.json gives; otherwise the entry is damaged, reported and not used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from batchrun import __version__
+from batchrun.errors import UsageError
+from batchrun.store.atomic import fsync_dir, open_atomic, write_bytes
+from batchrun.store.output_urls import collect_urls
+from batchrun.store.records import PENDING, SUCCEEDED, JobRow, OutputFile
+from batchrun.store.state import StateStore
+
+if TYPE_CHECKING:
+    from batchrun.plan.build import Plan
+
+ENTRY = "entry.json"
+FORMAT = 1
+_CHUNK = 1 << 20
+_STALE_TMP_S = 24 * 3600  # a temp entry older than this was left by a killed run
+
+
+class CacheError(Exception):
+    """An entry is damaged (why)."""
+
+
+@dataclass(frozen=True)
+class Hit:
+    """A cache entry read and checked: what the job's row becomes."""
+
+    key: str
+    folder: Path
+    output: Any
+    cost_usd: float | None
+    files: list[dict[str, Any]]  # name (a plain file name), url, sha256, size
+
+
+@dataclass
+class Restored:
+    """What `Cache.restore` did: jobs taken, money saved, entries found damaged."""
+
+    jobs: int = 0
+    saved_usd: float = 0.0
+    damaged: list[str] = field(default_factory=list)
+
+
+def entry_key(model_id: str, inputs_json: str, schema_sha256: str, repeat: int = 0) -> str:
+    """The cache key of a job (repeats of one combination are distinct results)."""
+    text = f"batchrun-cache/{FORMAT}\n{model_id}\n{inputs_json}\n{schema_sha256}\n#{repeat}"
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def canonical_inputs(inputs: dict[str, Any]) -> str:
+    """The grid's canonical JSON of a job's inputs (sorted keys, compact)."""
+    return json.dumps(inputs, sort_keys=True, separators=(",", ":"))
+
+
+class Cache:
+    """One cache folder. `schema_sha256` maps a model id to its schema file's hash ("" if none)."""
+
+    def __init__(self, root: Path, schema_sha256: dict[str, str]) -> None:
+        self.root = Path(root)
+        self.schema_sha256 = schema_sha256
+        self.entries = self.root / "entries"
+        self.tmp = self.root / "tmp"
+        self.damaged: set[str] = set()  # keys found damaged this run: replaced when stored
+
+    @classmethod
+    def open(cls, root: str | Path, schema_sha256: dict[str, str]) -> Cache:
+        """Make the folder if needed; UsageError (exit 2) when it cannot be a cache folder."""
+        root = Path(root)
+        if root.exists() and not root.is_dir():
+            raise UsageError(f"cache {root}: is a file, not a folder; give the cache a folder path")
+        try:
+            (root / "entries").mkdir(parents=True, exist_ok=True)
+            (root / "tmp").mkdir(exist_ok=True)
+        except OSError as exc:
+            raise UsageError(
+                f"cache {root}: cannot make the folder ({exc.strerror or exc}); give the cache "
+                "a folder you can write"
+            ) from None
+        cache = cls(root, schema_sha256)
+        cache._sweep_tmp()
+        return cache
+
+    def key(self, row: JobRow) -> str:
+        inputs_json = canonical_inputs(row.inputs)
+        schema = self.schema_sha256.get(row.model_id, "")
+        return entry_key(row.model_id, inputs_json, schema, row.repeat)
+
+    def folder(self, key: str) -> Path:
+        return self.entries / key[:2] / key
+
+    # ---- reading ------------------------------------------------------------------------
+
+    def lookup(self, row: JobRow) -> Hit | None:
+        """The job's entry, checked; None when absent. CacheError when it is damaged."""
+        key = self.key(row)
+        folder = self.folder(key)
+        if not folder.is_dir():
+            return None
+        try:
+            data = json.loads((folder / ENTRY).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise CacheError(f"no {ENTRY}") from None
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            raise CacheError(f"{ENTRY} unreadable ({exc})") from None
+        if not isinstance(data, dict) or data.get("key") != key or data.get("format") != FORMAT:
+            raise CacheError(f"{ENTRY} is not this job's entry")
+        files = data.get("files")
+        if not isinstance(files, list) or not all(_file_ok(f) for f in files):
+            raise CacheError(f"{ENTRY} has a bad file list")
+        for f in files:
+            path = folder / f["name"]
+            try:
+                size, digest = _hash_file(path)
+            except OSError:
+                raise CacheError(f"{f['name']} missing") from None
+            if size != f["size"] or digest != f["sha256"]:
+                raise CacheError(f"{f['name']}: sha256 or size differs from {ENTRY}")
+        cost = data.get("cost_usd")
+        if cost is not None and not isinstance(cost, (int, float)):
+            raise CacheError(f"{ENTRY} has a bad cost_usd")
+        return Hit(key, folder, data.get("output"), cost, files)
+
+    def place(self, run_dir: Path, job_id: str, hit: Hit) -> list[OutputFile]:
+        """Hard-link (else copy) the entry's files into files/<job_id>/, each checked against
+        its sha256 once in place; CacheError when one differs (changed since lookup)."""
+        out = []
+        target = run_dir / "files" / job_id
+        target.mkdir(parents=True, exist_ok=True)
+        for f in hit.files:
+            src, dst = hit.folder / f["name"], target / f["name"]
+            part = dst.with_name(dst.name + ".part")
+            part.unlink(missing_ok=True)
+            try:
+                try:
+                    os.link(src, part)
+                except OSError:  # another filesystem, or links not allowed: copy
+                    with open(src, "rb") as fin, open_atomic(part, sync_dir=False) as fout:
+                        shutil.copyfileobj(fin, fout, _CHUNK)
+                size, digest = _hash_file(part)
+            except OSError as exc:
+                part.unlink(missing_ok=True)
+                raise CacheError(f"{f['name']}: cannot copy ({exc.strerror or exc})") from None
+            if (size, digest) != (f["size"], f["sha256"]):
+                part.unlink(missing_ok=True)
+                raise CacheError(f"{f['name']}: sha256 differs from {ENTRY}")
+            os.replace(part, dst)
+            name = f"files/{job_id}/{f['name']}"
+            out.append(OutputFile(url=f["url"], name=name, sha256=digest, size=size))
+        fsync_dir(target)
+        return out
+
+    # ---- writing ------------------------------------------------------------------------
+
+    def storable(self, run_dir: Path, row: JobRow) -> bool:
+        """A succeeded job (not itself from the cache) whose every output file is on disk."""
+        if row.status != SUCCEEDED or row.cached:
+            return False
+        if len(row.files) != len(collect_urls(row.output)):
+            return False
+        return all(f.name and not f.error and (run_dir / f.name).is_file() for f in row.files)
+
+    def store(self, run_dir: Path, row: JobRow) -> bool:
+        """Write the job's entry unless a good one is there; False when a file did not verify
+        (nothing is written then)."""
+        key = self.key(row)
+        final = self.folder(key)
+        if final.is_dir() and key not in self.damaged:
+            return True  # there already (checked in full when it is read)
+        work = self.tmp / f"{key}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
+        work.mkdir(parents=True)
+        try:
+            files = []
+            for f in row.files:
+                base = Path(f.name).name
+                size, digest = _copy_hashed(run_dir / f.name, work / base)
+                if (size, digest) != (f.size, f.sha256):
+                    return False
+                files.append({"name": base, "url": f.url, "sha256": digest, "size": size})
+            entry = {
+                "format": FORMAT,
+                "key": key,
+                "model_id": row.model_id,
+                "inputs": row.inputs,
+                "repeat": row.repeat,
+                "schema_sha256": self.schema_sha256.get(row.model_id, ""),
+                "output": row.output,
+                "cost_usd": row.cost_usd,
+                "files": files,
+                "job_id": row.job_id,
+                "made": time.time(),
+                "batchrun_version": __version__,
+            }
+            write_bytes(work / ENTRY, json.dumps(entry, indent=1).encode("utf-8"))
+            fsync_dir(work)
+            final.parent.mkdir(parents=True, exist_ok=True)
+            self._replace(work, final)
+            fsync_dir(final.parent)
+            return True
+        except OSError:
+            return False
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+    def _replace(self, work: Path, final: Path) -> None:
+        """Rename `work` to `final`; a damaged entry there is moved aside first. Another run
+        that put a good entry there first wins (both are the same job's result)."""
+        try:
+            os.rename(work, final)
+            return
+        except OSError:
+            if not final.exists():
+                raise
+        aside = self.tmp / f"{final.name}.old.{uuid.uuid4().hex[:8]}"
+        try:
+            os.rename(final, aside)
+        except OSError:
+            return  # gone or replaced meanwhile by another run
+        try:
+            os.rename(work, final)
+        except OSError:
+            pass
+        shutil.rmtree(aside, ignore_errors=True)
+
+    def _sweep_tmp(self) -> None:
+        """Remove temp entries a killed run left (old enough that no live run is writing)."""
+        now = time.time()
+        for path in self.tmp.iterdir():
+            try:
+                if now - path.stat().st_mtime > _STALE_TMP_S:
+                    shutil.rmtree(path, ignore_errors=True)
+            except OSError:
+                pass
+
+
+def _file_ok(f: Any) -> bool:
+    if not isinstance(f, dict):
+        return False
+    name = f.get("name")
+    return (
+        isinstance(name, str)
+        and name not in ("", ".", "..", ENTRY)
+        and "/" not in name
+        and "\\" not in name
+        and isinstance(f.get("sha256"), str)
+        and isinstance(f.get("size"), int)
+        and isinstance(f.get("url"), str)
+    )
+
+
+def _hash_file(path: Path) -> tuple[int, str]:
+    digest = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as fh:
+        while chunk := fh.read(_CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+    return size, digest.hexdigest()
+
+
+def _copy_hashed(src: Path, dst: Path) -> tuple[int, str]:
+    """Copy src to dst (fsynced), hashing what was written."""
+    digest = hashlib.sha256()
+    size = 0
+    with open(src, "rb") as fin, open_atomic(dst, sync_dir=False) as fout:
+        while chunk := fin.read(_CHUNK):
+            digest.update(chunk)
+            fout.write(chunk)
+            size += len(chunk)
+    return size, digest.hexdigest()
+
+
+def schema_hashes(paths: dict[str, Path | None]) -> dict[str, str]:
+    """model id -> sha256 of its schema file's bytes ("" when it has none)."""
+    out = {}
+    for model, path in paths.items():
+        out[model] = "" if path is None else hashlib.sha256(path.read_bytes()).hexdigest()
+    return out
+
+
+# ---- a run's use of the cache --------------------------------------------------------------
+
+
+def open_for_plan(folder: str | Path | None, plan: Plan) -> Cache | None:
+    """The cache at `folder` (None: no cache), keyed with the plan's schema files."""
+    if folder is None:
+        return None
+    paths = {}
+    for model in {j.model_id for j in plan.jobs}:
+        entry = plan.schemas.entry(model)
+        paths[model] = None if entry is None else entry.path
+    return Cache.open(Path(folder), schema_hashes(paths))
+
+
+def restore_pending(
+    cache: Cache,
+    store: StateStore,
+    run_dir: Path,
+    rows: list[JobRow],
+    restored: Restored,
+    *,
+    wall: Callable[[], float],
+    echo: Callable[[str], None],
+) -> list[JobRow]:
+    """Pending jobs found in the cache become succeeded (cached), files in place."""
+    out = []
+    with store.batch():
+        for row in rows:
+            if row.status != PENDING:
+                out.append(row)
+                continue
+            try:
+                hit = cache.lookup(row)
+                files = None if hit is None else cache.place(run_dir, row.job_id, hit)
+            except CacheError as exc:
+                cache.damaged.add(cache.key(row))
+                restored.damaged.append(f"job {row.job_id}: {exc}")
+                hit = files = None
+            if hit is None or files is None:
+                out.append(row)
+                continue
+            store.record_cached(
+                row.job_id, finished_at=wall(), output=hit.output, saved_usd=hit.cost_usd,
+                files=files,
+            )  # fmt: skip
+            restored.jobs += 1
+            restored.saved_usd += hit.cost_usd or 0.0
+            out.append(store.get(row.job_id))
+    for line in restored.damaged[:5]:
+        echo(f"cache: damaged entry ignored ({line}); the job runs")
+    if len(restored.damaged) > 5:
+        echo(f"cache: {len(restored.damaged) - 5} more damaged entries ignored")
+    return out
+
+
+def fill(cache: Cache, run_dir: Path, rows: list[JobRow], *, echo: Callable[[str], None]) -> None:
+    """Every succeeded job whose files all verified goes into the cache (once)."""
+    unverified = sum(
+        1 for row in rows if cache.storable(run_dir, row) and not cache.store(run_dir, row)
+    )
+    if unverified:
+        echo(f"cache: {unverified} job(s) not cached: their files did not verify")
+
+
+def cached_note(rows: list[JobRow]) -> str:
+    """' (12 from the cache, saved $0.48)' for the final line; '' when none came from it."""
+    cached = [r for r in rows if r.cached]
+    if not cached:
+        return ""
+    saved = sum(r.saved_usd or 0.0 for r in cached)
+    return f" ({len(cached)} from the cache, saved ${saved:.2f})"

@@ -1,0 +1,427 @@
+"""`batchrun run`: open the run folder, resume what is there, run the batch, write the report."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from batchrun.api import proxies as netenv
+from batchrun.api.answers import AMBIGUOUS_SUBMIT
+from batchrun.api.client import Client
+from batchrun.api.ratelimit import RateLimiter
+from batchrun.catalog.pricing import plain, usd
+from batchrun.errors import ApiError, BudgetReached, ChoiceError, InsufficientBalanceError
+from batchrun.fetch.download import Downloader
+from batchrun.fetch.jobfiles import JobFiles
+from batchrun.plan.build import Plan
+from batchrun.plan.settings import RunSettings
+from batchrun.run.budget import Budget, no_balance, plan_estimator
+from batchrun.run.cache import Restored, fill, open_for_plan, restore_pending
+from batchrun.run.closing import conclude
+from batchrun.run.downloads import PlanFiles
+from batchrun.run.halt import SweepGate
+from batchrun.run.progress import Progress, server_wait
+from batchrun.run.scheduler import Scheduler
+from batchrun.store import origin as og, state as st
+from batchrun.store.output_urls import default_allow_hosts, needs_files, output_keys
+from batchrun.store.state import JobRow, OutputFile, StateStore
+from batchrun.util.safetext import printable
+
+EXIT_INTERRUPTED = 130  # 0 and 1: closing.conclude
+# Calls arrive at the server with network jitter: the limiter's window is this much longer
+# than a second, so no rolling second the server counts holds more than rate_limit calls; a
+# 429 says the jitter was larger, and widens it by RATE_HEADROOM_STEP.
+RATE_HEADROOM = 0.04
+RATE_HEADROOM_STEP = 0.02
+
+
+@dataclass
+class RunOptions:
+    """How to run a plan: where, against which API, and what to do with earlier attempts."""
+
+    api_base: str
+    token: str
+    # Where results come from (origin.SIMULATOR or the API base), recorded in the folder and
+    # checked against what it holds; empty leaves both to the caller (tests that restart a
+    # simulator on another port).
+    origin: str = ""
+    run_dir: Path | None = None  # default: the manifest's outputs.dir
+    retry_failed: bool = False
+    resubmit_unknown: bool = False
+    cancel_on_interrupt: bool = False
+    quiet: bool = False
+    resume_command: str = ""  # printed on Ctrl-C; the CLI fills it in
+    # Part of the plan: run only these job ids; the run folder's other jobs stay as they are.
+    only: frozenset[str] | None = None
+    left_out: int = 0  # how many of the plan's jobs `only` leaves out (for the messages)
+    share: int = 1  # rate_limit and max_in_flight are divided by this (a shard of N: N)
+    cache: Path | None = None  # the cross-run cache folder; default: the manifest's run.cache
+    workers: int = 16
+    download_workers: int = 4
+    session: requests.Session | None = None
+    handle_signals: bool = True  # install the Ctrl-C handler (main thread only)
+    echo: Callable[[str], None] = field(default=lambda text: print(text, file=sys.stderr))
+    clock: Callable[[], float] = time.monotonic
+    wall: Callable[[], float] = time.time
+    sleep: Callable[[float], None] = time.sleep
+
+
+def run_batch(plan: Plan, options: RunOptions) -> int:
+    """Run (or resume) the plan's batch; returns the exit code (0, 1 or 130).
+
+    Raises RunFolderInUse when another run holds the folder; after saving state and the
+    report, AuthError or InsufficientBalanceError (exit 3) when the API refuses the token or
+    the balance cannot pay, and BudgetReached (exit 4) when the cost cap stopped the run.
+    """
+    run_dir = Path(options.run_dir or plan.manifest.outputs.dir)
+    with StateStore.open(run_dir) as store:
+        return _Run(plan, options, run_dir, store).execute()
+
+
+class _Run:
+    def __init__(self, plan: Plan, options: RunOptions, run_dir: Path, store: StateStore):
+        self.plan = plan
+        self.opts = options
+        self.run_dir = run_dir
+        self.store = store
+        # Lines carry server text (errors, request ids): shown escaped, never executed.
+        self.echo: Callable[[str], None] = lambda text: options.echo(printable(text, lines=True))
+        self.started = options.clock()
+        self.cache = open_for_plan(self.opts.cache or self.plan.manifest.run.cache, self.plan)
+        self.restored = Restored()
+        self.gate: SweepGate | None = None
+
+    def execute(self) -> int:
+        manifest = self.plan.manifest
+        self._prepare()
+        mark = self.store.change_mark()  # before the read: a write during it shows too
+        every = self.store.rows()
+        rows = [r for r in every if r.in_manifest and self._chosen(r.job_id)]
+        if self.cache is not None:
+            rows = restore_pending(
+                self.cache, self.store, self.run_dir, rows, self.restored,
+                wall=self.opts.wall, echo=self.echo,
+            )  # fmt: skip
+        client = Client(self.opts.api_base, self.opts.token, session=self.opts.session)
+        settings = self._run_settings()
+        rate = settings.rate_limit
+        limiter = RateLimiter(
+            rate,
+            margin=RATE_HEADROOM,
+            margin_step=RATE_HEADROOM_STEP,
+            clock=self.opts.clock,
+            sleep=self.opts.sleep,
+        )
+        budget = Budget.for_folder(
+            manifest.run.max_cost_usd, plan_estimator(self.plan), every, rows
+        )
+        self._record_budget(budget)
+        progress = Progress(
+            len(rows),
+            quiet=self.opts.quiet,
+            clock=self.opts.clock,
+            cost=budget.line,
+            waiting=server_wait(limiter.paused_for),
+        )
+        if settings.halt is not None or settings.canary:
+            self.gate = SweepGate(halt=settings.halt, canary=settings.canary, rows=rows)
+        sched = Scheduler(
+            store=self.store,
+            client=client,
+            limiter=limiter,
+            run=settings,
+            jobs=rows,
+            plan_files=self._file_planner() if manifest.outputs.download else None,
+            progress=progress,
+            budget=budget,
+            echo=self.echo,
+            workers=self.opts.workers,
+            download_workers=self.opts.download_workers,
+            clock=self.opts.clock,
+            wall=self.opts.wall,
+            gate=self.gate,
+        )
+        progress.notes.append(sched.downloads.note)  # a result of many files: what is left
+        sched.add_pending(r.job_id for r in rows if r.status == st.PENDING)
+        for row in rows:
+            if row.status in (st.QUEUED, st.RUNNING) and row.request_id:
+                sched.add_flight(row)
+            elif (
+                row.status == st.SUCCEEDED
+                and not row.cached  # its files come from the cache, not a URL
+                and manifest.outputs.download
+                and needs_files(self.run_dir, row)
+            ):
+                sched.add_download(row.job_id)
+        restore = self._install_interrupt(sched)
+        try:
+            sched.run()
+        finally:
+            restore()
+            progress.close()
+        if sched.stopped and self.opts.cancel_on_interrupt:
+            self._cancel_queued(sched, client, limiter)
+        # Nothing written since the read (nothing to do, say): the rows read are the state.
+        unchanged = self.store.change_mark() == mark
+        final = every if unchanged else self.store.rows()
+        if self.cache is not None and not sched.stopped:
+            mine = [r for r in final if r.in_manifest and self._chosen(r.job_id)]
+            fill(self.cache, self.run_dir, mine, echo=self.echo)
+        self._write_report(final, client, limiter, budget, interrupted=sched.stopped)
+        client.close()
+        if sched.stopped:
+            still = len(sched.flights)
+            self.echo(
+                f"interrupted: {still} request{'s' if still != 1 else ''} still on the server; "
+                f"resume with: {self.opts.resume_command or 'batchrun run MANIFEST'}"
+            )
+            return EXIT_INTERRUPTED
+        mine = [r for r in final if r.in_manifest and self._chosen(r.job_id)]
+        if isinstance(sched.fatal, InsufficientBalanceError):
+            raise no_balance(sched.fatal, mine, self.opts.resume_command)
+        if sched.fatal is not None and getattr(sched.fatal, "exit_code", 1) != 1:
+            raise sched.fatal
+        code = conclude(
+            mine, sched, budget,
+            gate=self.gate, run_dir=self.run_dir, elapsed=self.opts.clock() - self.started,
+            left_out=self.opts.left_out if self.opts.only else None,
+            quiet=self.opts.quiet, echo=self.echo,
+        )  # fmt: skip
+        not_run = sum(1 for r in mine if r.status == st.PENDING)
+        if budget.reached and not_run:
+            assert budget.cap is not None
+            raise BudgetReached(
+                f"stopped at the cost budget: spent {usd(budget.spent)} of the "
+                f"{usd(budget.cap)} cap; {not_run} job{'s' if not_run != 1 else ''} not run. "
+                "Rerun with a higher cap (--max-cost or run.max_cost_usd) to continue; "
+                "jobs already paid are not paid again"
+            )
+        return code
+
+    def _record_budget(self, budget: Budget) -> None:
+        """The estimate and the cap, for `status` (which reads only the run folder)."""
+        cap = "" if budget.cap is None else plain(budget.cap)
+        self.store.set_meta(
+            est_cost_usd=plain(budget.est_total),
+            unpriced_jobs=str(budget.unpriced),
+            max_cost_usd=cap,
+        )
+
+    def _chosen(self, job_id: str) -> bool:
+        return self.opts.only is None or job_id in self.opts.only
+
+    def _run_settings(self) -> RunSettings:
+        """The manifest's run settings, with this process's share of the rate and flights."""
+        run, share = self.plan.manifest.run, max(1, self.opts.share)
+        if share == 1:
+            return run
+        rate = None if run.rate_limit is None else run.rate_limit / share
+        flights = run.max_in_flight  # None: derived from the (shared) rate, see inflight.py
+        flights = None if flights is None else max(1, flights // share)
+        return replace(run, rate_limit=rate, max_in_flight=flights)
+
+    def _jobs_to_add(self) -> list[Any]:
+        """The plan's jobs the run folder should know: all of them, or for a subset the chosen
+        ones and those it knows already (so the others are neither added nor dropped)."""
+        only = self.opts.only
+        if only is None:
+            return self.plan.jobs
+        known = {r.job_id for r in self.store.rows(in_manifest_only=True)}
+        return [j for j in self.plan.jobs if j.job_id in only or j.job_id in known]
+
+    # ---- before the loop ----------------------------------------------------------------
+
+    def _prepare(self) -> None:
+        manifest = self.plan.manifest
+        meta = self.store.meta()
+        fresh = "manifest_sha256" not in meta
+        origin = self.opts.origin
+        held = og.recorded(meta, self.run_dir)
+        if origin and held not in (None, origin) and any(r.request_id for r in self.store.rows()):
+            raise og.mismatch(self.run_dir, held, origin)  # before anything is changed or sent
+        if origin and meta.get("origin") != origin:
+            self.store.set_meta(origin=origin)
+        added, removed = self.store.add_jobs(self._jobs_to_add())
+        if fresh:
+            self.store.set_meta(
+                name=manifest.name,
+                manifest=str(manifest.path),
+                manifest_sha256=manifest.sha256,
+                api_base=self.opts.api_base,
+            )
+        else:
+            if meta["manifest_sha256"] != manifest.sha256:
+                self.echo(
+                    f"manifest changed since {self.run_dir} was made: {added} new job(s) added, "
+                    f"finished jobs kept, {removed} job(s) no longer in the manifest are left "
+                    "out of the report"
+                )
+                self.store.set_meta(manifest_sha256=manifest.sha256)
+            if meta.get("api_base") != self.opts.api_base:
+                counts = self.store.counts()
+                in_flight = counts.get(st.QUEUED, 0) + counts.get(st.RUNNING, 0)
+                if in_flight:
+                    self.echo(
+                        f"note: {in_flight} request(s) in flight were made against "
+                        f"{meta.get('api_base')}; now asking {self.opts.api_base}"
+                    )
+                self.store.set_meta(api_base=self.opts.api_base)
+        ambiguous = self.store.submitting_to_unknown(
+            AMBIGUOUS_SUBMIT.format(why="the previous run stopped while submitting")
+        )
+        if ambiguous:
+            self.echo(
+                f"{ambiguous} job(s) were being submitted when the last run stopped; "
+                "left as unknown (rerun with --resubmit-unknown to submit them again)"
+            )
+        if self.opts.resubmit_unknown:
+            self._requeue([st.UNKNOWN])
+        if self.opts.retry_failed:
+            self._requeue([st.FAILED, st.TIMED_OUT])
+
+    def _requeue(self, statuses: list[str]) -> None:
+        only = self.opts.only
+        if only is None:
+            self.store.requeue(statuses)
+            return
+        # A subset requeues its own jobs only (StateStore.requeue takes every job).
+        with self.store.batch():
+            for row in self.store.rows(in_manifest_only=True):
+                if row.job_id in only and row.status in statuses:
+                    self.store.mark_pending(row.job_id)
+
+    def _file_planner(self) -> PlanFiles:
+        outputs = self.plan.manifest.outputs
+        hosts = default_allow_hosts(self.opts.api_base) + list(outputs.allow_hosts)
+        downloader = Downloader(allow_hosts=hosts, max_file_bytes=outputs.max_file_bytes)
+
+        def plan(job_id: str, output: Any, existing: list[OutputFile]) -> JobFiles:
+            keys = output_keys(output)
+            return downloader.plan(self.run_dir, job_id, list(keys), existing, keys)
+
+        return plan
+
+    def _install_interrupt(self, sched: Scheduler) -> Callable[[], None]:
+        main = threading.current_thread() is threading.main_thread()
+        if not (self.opts.handle_signals and main):
+            return lambda: None
+
+        def on_signal(signum: int, frame: object) -> None:
+            # Runs between two bytecodes of the scheduler: only set a flag and write to the fd
+            # (print() or a queue here could deadlock on a lock the interrupted code holds).
+            if sched.stopped:
+                _say("\ninterrupted again: exiting now (state is saved)\n")
+                os._exit(EXIT_INTERRUPTED)
+            sched.request_stop()
+            # Answers still arriving are read for at most client.INTERRUPT_GRACE_S more, files
+            # stop at once (a trickling server must not hold the run); a submit cut off so is
+            # left unknown, never sent again blindly.
+            netenv.interrupt()
+            _say(
+                "\ninterrupting: no new submits; saving what came back "
+                "(Ctrl-C again to quit at once)\n"
+            )
+
+        # SIGTERM (kill, a service manager) and SIGHUP (a closed terminal, a dropped ssh
+        # session) end a run as Ctrl-C does: state saved, report written, exit 130.
+        signals = [signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)]
+        netenv.interrupt(False)
+        previous = {sig: signal.signal(sig, on_signal) for sig in signals if sig is not None}
+
+        def restore() -> None:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            netenv.interrupt(False)
+
+        return restore
+
+    # ---- after the loop -----------------------------------------------------------------
+
+    def _cancel_queued(self, sched: Scheduler, client: Client, limiter: RateLimiter) -> None:
+        """--cancel-on-interrupt: cancel what is still queued (running jobs cannot be)."""
+        for flight in list(sched.flights.values()):
+            if flight.status != st.QUEUED:
+                continue
+            limiter.acquire()
+            try:
+                outcome = client.cancel(flight.request_id).get("outcome")
+            except ApiError as exc:
+                self.echo(f"could not cancel job {flight.job_id}: {exc}")
+                continue
+            if outcome == "cancelled":
+                sched.jobs.record_result(
+                    flight.job_id,
+                    st.CANCELLED,
+                    finished_at=self.opts.wall(),
+                    error="cancelled on interrupt",
+                )
+                del sched.flights[flight.job_id]
+
+    def _write_report(
+        self,
+        rows: list[JobRow],
+        client: Client,
+        limiter: RateLimiter,
+        budget: Budget,
+        *,
+        interrupted: bool,
+    ) -> None:
+        import json
+
+        from batchrun.results.report import grid_choice, write_report
+
+        calls = dict(sorted(client.calls.items()))
+        # API calls add up over every run (resume) of the folder
+        meta = self.store.meta()
+        total: dict[str, int] = json.loads(meta.get("api_calls", "{}"))
+        for kind, n in calls.items():
+            total[kind] = total.get(kind, 0) + n
+        total.pop("total", None)
+        total["total"] = sum(total.values())
+        self.store.set_meta(api_calls=json.dumps(total))
+        extra = {
+            "name": self.plan.manifest.name,
+            "manifest": str(self.plan.manifest.path),
+            "origin": og.recorded(meta, self.run_dir) or self.opts.api_base,
+            "api_calls": total,
+            "api_calls_this_run": {**calls, "total": sum(calls.values())},
+            "throttled": limiter.throttled_count,
+            "elapsed_s": round(self.opts.clock() - self.started, 3),
+            "interrupted": interrupted,
+            "est_cost_usd": float(budget.est_total),
+            "unpriced_jobs": budget.unpriced,
+            "max_cost_usd": None if budget.cap is None else float(budget.cap),
+            "stopped_at_budget": budget.reached,
+        }
+        if self.cache is not None:
+            extra["cache"] = {
+                "folder": str(self.cache.root),
+                "taken_this_run": self.restored.jobs,
+                "damaged_entries": len(self.restored.damaged),
+            }
+        if self.opts.only is not None:
+            extra["selected"] = len(self.opts.only)
+            extra["left_out"] = self.opts.left_out
+        grid = self.plan.manifest.report
+        rows_key, cols_key = grid_choice(self.store.meta(), grid.rows, grid.cols)
+        try:
+            write_report(self.run_dir, rows, extra=extra, rows_key=rows_key, cols_key=cols_key)
+        except ChoiceError as exc:
+            self.echo(f"warning: report.html grid: {exc}; laid out automatically")
+            write_report(self.run_dir, rows, extra=extra)
+
+
+def _say(text: str) -> None:
+    try:
+        os.write(2, text.encode())
+    except OSError:
+        pass

@@ -1,0 +1,140 @@
+"""state.db as a file: its tables and their versions, migrations, and what makes it unusable
+(a planted link, a full disk, a read-only file) said with the fix."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+from batchrun import __version__
+from batchrun.errors import StateError
+from batchrun.store import lock as folder_lock
+from batchrun.store.records import COLUMNS, COLUMNS_V1
+
+# 1: the first; 2: jobs.cached and jobs.saved_usd (the cross-run cache)
+SCHEMA_VERSION = 2
+STATE_FILE = "state.db"
+
+
+# Version N-1 -> N, in order; each runs in one transaction with the version's update.
+_MIGRATIONS = {
+    2: (
+        "ALTER TABLE jobs ADD COLUMN cached INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE jobs ADD COLUMN saved_usd REAL",
+    ),
+}
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS jobs (
+    job_id TEXT PRIMARY KEY,
+    position INTEGER NOT NULL,
+    model_id TEXT NOT NULL,
+    inputs TEXT NOT NULL,
+    vars TEXT NOT NULL DEFAULT '{}',
+    repeat INTEGER NOT NULL DEFAULT 0,
+    status TEXT NOT NULL DEFAULT 'pending',
+    request_id TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    error TEXT NOT NULL DEFAULT '',
+    submitted_at REAL,
+    started_at REAL,
+    finished_at REAL,
+    cost_usd REAL,
+    output TEXT,
+    files TEXT NOT NULL DEFAULT '[]',
+    in_manifest INTEGER NOT NULL DEFAULT 1,
+    updated_at REAL,
+    cached INTEGER NOT NULL DEFAULT 0,
+    saved_usd REAL
+);
+CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status);
+"""
+
+
+def migrate(store: Any, writable: bool) -> None:
+    """Create the tables of a new state.db (`store`, a StateStore), or bring an older one to
+    SCHEMA_VERSION; refuse one that is newer, edited or damaged (StateError with the fix)."""
+    tables = {r[0] for r in store._conn.execute("SELECT name FROM sqlite_master")}
+    if "meta" not in tables:
+        if not writable:
+            raise StateError(f"{store.run_dir}: {STATE_FILE} is empty")
+        with store._tx():
+            for stmt in _SCHEMA.split(";"):
+                if stmt.strip():
+                    store._conn.execute(stmt)
+            store._set_meta(
+                schema_version=str(SCHEMA_VERSION),
+                batchrun_version=__version__,
+                created=str(time.time()),
+            )
+    path = store.run_dir / STATE_FILE
+    text = store.meta().get("schema_version", "0")
+    try:
+        version = int(text)
+    except ValueError:
+        raise StateError(
+            f"{path}: its schema_version {text[:40]!r} is not a number (was it edited?); "
+            f"set it back to {SCHEMA_VERSION} in its meta table, or move {store.run_dir} "
+            "aside and run again"
+        ) from None
+    if version > SCHEMA_VERSION:
+        raise StateError(
+            f"{store.run_dir}: {STATE_FILE} has schema version {version}, made by a newer "
+            f"batchrun; this one ({__version__}) reads version {SCHEMA_VERSION}: upgrade"
+        )
+    if version < SCHEMA_VERSION and not writable:
+        # Read as it is (status, merge's sources): the missing columns read as defaults.
+        store._columns = COLUMNS_V1
+        return
+    while version < SCHEMA_VERSION:
+        version += 1
+        with store._tx():
+            for stmt in _MIGRATIONS[version]:
+                store._conn.execute(stmt)
+            store._set_meta(schema_version=str(version))
+    have = {r[1] for r in store._conn.execute("PRAGMA table_info(jobs)")}
+    missing = [c.strip() for c in COLUMNS.split(",") if c.strip() not in have]
+    if missing:
+        raise StateError(
+            f"{path}: its jobs table has no column {', '.join(missing)} (was it edited?); "
+            f"restore the file from a copy, or move {store.run_dir} aside and run again"
+        )
+
+
+# What batchrun writes in a run folder; none may be a symlink (a write would land elsewhere).
+_OWN_NAMES = [STATE_FILE, f"{STATE_FILE}-wal", f"{STATE_FILE}-shm", folder_lock.LOCK_FILE, "files"]
+_OWN_NAMES += ["report.csv", "summary.json", "report.html"]
+
+
+def refuse_links(run_dir: Path) -> None:
+    links = [n for n in _OWN_NAMES if (run_dir / n).is_symlink()]
+    if links:
+        raise StateError(
+            f"{run_dir}: symbolic link in the run folder: {', '.join(links)}; batchrun never "
+            "writes through links in a run folder. Remove them (or choose another --run-dir) "
+            "and run again"
+        )
+
+
+def write_problem(path: Path, exc: sqlite3.Error) -> str:
+    text = str(exc)
+    low = text.lower()
+    if "full" in low:
+        what = "the disk is full"
+        fix = f"free some space on the disk of {path.parent}"
+    elif "readonly" in low or "read-only" in low:
+        what = "it cannot be written (read-only file or folder)"
+        fix = f"make {path} and its folder writable (chmod, chattr -i, remount)"
+    elif "i/o" in low or "disk" in low:
+        what = "the disk reported an I/O error"
+        fix = "check the disk"
+    else:
+        what = "it cannot be used"
+        fix = f"if the file is damaged, move {path.parent} aside and run again"
+    return (
+        f"{path}: {what} ({text}); the changes saved before this one are kept. "
+        f"{fix}, then rerun the same command to resume"
+    )

@@ -1,0 +1,442 @@
+"""The SQLite state store of a run folder: one row per job, every transition atomic on its own."""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from batchrun.errors import StateError
+from batchrun.store import lock as folder_lock
+from batchrun.store.migrations import (
+    SCHEMA_VERSION as SCHEMA_VERSION,
+    STATE_FILE as STATE_FILE,
+    migrate,
+    refuse_links,
+    write_problem,
+)
+
+# The records are re-exported: callers speak of `state.JobRow`, `state.SUCCEEDED`...
+from batchrun.store.records import (
+    CANCELLED as CANCELLED,
+    COLUMNS,
+    FAILED as FAILED,
+    NOT_FOUND,
+    PENDING as PENDING,
+    QUEUED as QUEUED,
+    RUNNING as RUNNING,
+    SUBMITTING as SUBMITTING,
+    SUCCEEDED as SUCCEEDED,
+    TERMINAL as TERMINAL,
+    TIMED_OUT as TIMED_OUT,
+    UNKNOWN as UNKNOWN,
+    JobLike,
+    JobRow as JobRow,
+    OutputFile as OutputFile,
+    cap_error,
+    decode_row,
+    dumps,
+    finite_cost,
+    not_found_error as not_found_error,
+    report_status as report_status,
+)
+from batchrun.util.gcpause import gc_paused
+
+
+class StateStore:
+    """state.db of one run folder. Each method is one transaction; open() takes the run lock.
+
+    Durability: WAL with synchronous=NORMAL, so a committed transition survives a crash of the
+    process (kill -9 included: the WAL is in the OS page cache). The transitions whose loss
+    could make a job be paid for twice (SUBMITTING and the request id) are committed with
+    synchronous=FULL, so they also survive a power cut; the rest would at worst be re-polled.
+
+    `batch()` commits many transitions at once (the run loop's group commit: one fsync for
+    every request id that arrived together, not one per job); each stays atomic on its own.
+    """
+
+    def __init__(self, run_dir: Path, conn: sqlite3.Connection, lock_fd: int | None) -> None:
+        self.run_dir = run_dir
+        self._conn = conn
+        self._lock_fd = lock_fd
+        self._mutex = threading.RLock()
+        self._batch: bool | None = None  # the open batch's durability; None: no batch open
+        self._columns = COLUMNS  # COLUMNS_V1 for a version 1 file opened read-only
+
+    # ---- opening ------------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, run_dir: str | Path, *, create: bool = True, lock: bool = True) -> StateStore:
+        """Open (or create) RUN_DIR/state.db; with `lock`, fail if another process holds it."""
+        run_dir = Path(run_dir)
+        path = run_dir / STATE_FILE
+        if not path.exists() and not create:
+            raise StateError(
+                f"{run_dir}: no {STATE_FILE} here; is it a run folder? "
+                "`batchrun run MANIFEST` makes one"
+            )
+        if create:
+            try:
+                run_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StateError(
+                    f"{run_dir}: cannot make the run folder ({exc.strerror}); "
+                    "choose another --run-dir or outputs.dir"
+                ) from None
+        if lock:
+            refuse_links(run_dir)
+        lock_fd = folder_lock.take(run_dir) if lock else None
+        try:
+            conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+            conn.execute("PRAGMA busy_timeout=10000")
+            if lock:
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=NORMAL")
+            store = cls(run_dir, conn, lock_fd)
+            migrate(store, writable=lock or create)
+        except sqlite3.DatabaseError as exc:
+            folder_lock.release(lock_fd)
+            low = str(exc).lower()
+            if "readonly" in low or "full" in low or "i/o" in low:
+                raise StateError(write_problem(path, exc)) from None
+            raise StateError(
+                f"{path}: not a usable state file ({exc}); move {run_dir} aside (or choose "
+                "another --run-dir) and run again"
+            ) from None
+        except BaseException:
+            folder_lock.release(lock_fd)
+            raise
+        return store
+
+    def close(self) -> None:
+        with self._mutex:
+            self._conn.close()
+        folder_lock.release(self._lock_fd)
+        self._lock_fd = None
+
+    def __enter__(self) -> StateStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def batch(self, *, durable: bool = False) -> Iterator[None]:
+        """One transaction for every transition made inside, committed at the end, also when
+        the block raises: each transition is atomic on its own (a savepoint), so what completed
+        stays, as it would have unbatched.
+
+        Nothing outside the process may depend on a transition before the block has ended
+        (a submit marked SUBMITTING inside is sent after it). `durable` must be set when any
+        transition inside needs it (SUBMITTING, a request id).
+        """
+        with self._mutex:
+            if self._batch is not None:
+                raise StateError("internal: batches do not nest")
+            with self._synchronous(durable), self._sqlite_errors():
+                self._conn.execute("BEGIN IMMEDIATE")
+                self._batch = durable
+                try:
+                    yield
+                finally:
+                    self._batch = None
+                    self._commit()
+
+    @contextmanager
+    def _tx(self, *, durable: bool = False) -> Iterator[sqlite3.Connection]:
+        with self._mutex:
+            if self._batch is not None:
+                if durable and not self._batch:
+                    raise StateError("internal: a durable transition in a batch that is not")
+                begin, undo, end = "SAVEPOINT tx", "ROLLBACK TO tx", "RELEASE tx"
+            else:
+                begin, undo, end = "BEGIN IMMEDIATE", "ROLLBACK", "COMMIT"
+            outer = self._batch is None
+            with self._synchronous(durable and outer), self._sqlite_errors():
+                self._conn.execute(begin)
+                try:
+                    yield self._conn
+                except BaseException:
+                    # SQLite may have rolled the whole transaction back itself (disk full)
+                    if self._conn.in_transaction:
+                        self._conn.execute(undo)
+                        if not outer:
+                            self._conn.execute(end)
+                    raise
+                if outer:
+                    self._commit()
+                else:
+                    self._conn.execute(end)
+
+    def _commit(self) -> None:
+        """COMMIT; when it fails (disk full), roll back so the connection stays usable."""
+        if not self._conn.in_transaction:
+            return  # SQLite rolled it back itself after an error, which is on its way up
+        try:
+            self._conn.execute("COMMIT")
+        except sqlite3.Error:
+            if self._conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    self._conn.execute("ROLLBACK")
+            raise
+
+    @contextmanager
+    def _sqlite_errors(self) -> Iterator[None]:
+        """A write state.db refuses (disk full, read-only, I/O error) as a StateError saying
+        which file and what to do; what was committed before stays, so a rerun resumes."""
+        try:
+            yield
+        except sqlite3.Error as exc:
+            raise StateError(write_problem(self.run_dir / STATE_FILE, exc)) from None
+
+    @contextmanager
+    def _synchronous(self, durable: bool) -> Iterator[None]:
+        """synchronous=FULL for one transaction: its commit is fsynced (it can't change inside)."""
+        if not durable:
+            yield
+            return
+        self._conn.execute("PRAGMA synchronous=FULL")
+        try:
+            yield
+        finally:
+            self._conn.execute("PRAGMA synchronous=NORMAL")
+
+    # ---- meta ---------------------------------------------------------------------------
+
+    def meta(self) -> dict[str, str]:
+        with self._mutex:
+            return dict(self._conn.execute("SELECT key, value FROM meta").fetchall())
+
+    def set_meta(self, **values: str) -> None:
+        with self._tx():
+            self._set_meta(**values)
+
+    def _set_meta(self, **values: str) -> None:
+        self._conn.executemany(
+            "INSERT INTO meta (key, value) VALUES (?, ?) "
+            "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            [(k, str(v)) for k, v in values.items()],
+        )
+
+    # ---- jobs ---------------------------------------------------------------------------
+
+    def add_jobs(self, jobs: Iterable[JobLike]) -> tuple[int, int]:
+        """Make the manifest's jobs the reported ones: insert new ones, keep known ones as they
+        are (finished stay finished), mark the others in_manifest=0. Returns (added, removed)."""
+        jobs = list(jobs)
+        with self._tx() as conn:
+            # A resume of an unchanged manifest: the same jobs at the same places. Nothing to
+            # write then, and re-encoding and upserting every job costs seconds at 100,000.
+            known = dict(conn.execute("SELECT job_id, position FROM jobs WHERE in_manifest = 1"))
+            if known == {j.job_id: j.position for j in jobs}:
+                removed = conn.execute("SELECT COUNT(*) FROM jobs WHERE in_manifest = 0")
+                return 0, removed.fetchone()[0]
+            now = time.time()
+            rows = [
+                (
+                    j.job_id,
+                    j.position,
+                    j.model_id,
+                    dumps(j.inputs),
+                    dumps(j.vars),
+                    j.repeat,
+                    now,
+                )
+                for j in jobs
+            ]
+            before = conn.execute("SELECT COUNT(*) FROM jobs").fetchone()[0]
+            conn.execute("UPDATE jobs SET in_manifest = 0 WHERE in_manifest = 1")
+            conn.executemany(
+                "INSERT INTO jobs (job_id, position, model_id, inputs, vars, repeat, "
+                "updated_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(job_id) DO UPDATE SET "
+                "position = excluded.position, in_manifest = 1",
+                rows,
+            )
+            after = conn.execute("SELECT COUNT(*) FROM jobs").fetchone()[0]
+            removed = conn.execute("SELECT COUNT(*) FROM jobs WHERE in_manifest = 0").fetchone()
+        return after - before, removed[0]
+
+    def rows(self, *, in_manifest_only: bool = False) -> list[JobRow]:
+        """Every job, in expansion order."""
+        where = "WHERE in_manifest = 1 " if in_manifest_only else ""
+        with self._mutex, gc_paused():
+            cur = self._conn.execute(f"SELECT {self._columns} FROM jobs {where}ORDER BY position")
+            return [self._decode(r) for r in cur.fetchall()]
+
+    def _decode(self, r: tuple) -> JobRow:
+        try:
+            return decode_row(r)
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            raise StateError(
+                f"{self.run_dir / STATE_FILE}: the row of job {r[0]} is damaged ({exc}); "
+                "restore the file from a copy, or delete that row (the job is then submitted "
+                "again) and rerun"
+            ) from None
+
+    def change_mark(self) -> tuple[int, int]:
+        """Equal at two moments only if no job or meta was written in between, by this
+        connection (total_changes) or another (data_version)."""
+        with self._mutex:
+            version = self._conn.execute("PRAGMA data_version").fetchone()[0]
+            return self._conn.total_changes, version
+
+    def get(self, job_id: str) -> JobRow:
+        with self._mutex:
+            r = self._conn.execute(
+                f"SELECT {self._columns} FROM jobs WHERE job_id = ?", (job_id,)
+            ).fetchone()
+        if r is None:
+            raise StateError(f"{self.run_dir}: no job {job_id} in {STATE_FILE}")
+        return self._decode(r)
+
+    def counts(self) -> dict[str, int]:
+        """Jobs per internal state (jobs still in the manifest)."""
+        with self._mutex:
+            cur = self._conn.execute(
+                "SELECT status, COUNT(*) FROM jobs WHERE in_manifest = 1 GROUP BY status"
+            )
+            return dict(cur.fetchall())
+
+    # ---- transitions (one transaction each) ---------------------------------------------
+
+    def _update(self, job_id: str, sql: str, params: tuple, *, durable: bool = False) -> None:
+        with self._tx(durable=durable) as conn:
+            cur = conn.execute(
+                f"UPDATE jobs SET {sql}, updated_at = ? WHERE job_id = ?",
+                (*params, time.time(), job_id),
+            )
+            if cur.rowcount != 1:
+                raise StateError(f"{self.run_dir}: no job {job_id} in {STATE_FILE}")
+
+    def mark_submitting(self, job_id: str) -> None:
+        """Committed before the submit is sent: a crash from here on leaves it ambiguous."""
+        self._update(job_id, "status = ?", (SUBMITTING,), durable=True)
+
+    def record_request_id(self, job_id: str, request_id: str, submitted_at: float) -> None:
+        self._update(
+            job_id,
+            "status = ?, request_id = ?, attempts = attempts + 1, submitted_at = ?, "
+            "started_at = NULL, finished_at = NULL, error = '', output = NULL, cost_usd = NULL, "
+            "files = '[]', cached = 0, saved_usd = NULL",
+            (QUEUED, request_id, submitted_at),
+            durable=True,
+        )
+
+    def mark_unknown(self, job_id: str, error: str, *, count_attempt: bool = True) -> None:
+        """The submit may have reached the server: never resubmitted without being asked."""
+        self._update(
+            job_id,
+            "status = ?, error = ?, attempts = attempts + ?",
+            (UNKNOWN, cap_error(error), 1 if count_attempt else 0),
+        )
+
+    def mark_pending(self, job_id: str, error: str = "") -> None:
+        """Back to the submit queue (a refused submit, a retry, a requested resubmission)."""
+        self._update(
+            job_id,
+            "status = ?, error = ?, request_id = NULL, finished_at = NULL, output = NULL",
+            (PENDING, cap_error(error)),
+        )
+
+    def record_status(self, job_id: str, status: str, *, started_at: float | None = None) -> None:
+        """QUEUED or RUNNING as last seen on the server."""
+        self._update(
+            job_id,
+            "status = ?, started_at = COALESCE(started_at, ?)",
+            (status, started_at),
+        )
+
+    def record_result(
+        self,
+        job_id: str,
+        status: str,
+        *,
+        finished_at: float,
+        output: Any = None,
+        error: str = "",
+        cost_usd: float | None = None,
+    ) -> None:
+        """A terminal state: SUCCEEDED, FAILED, TIMED_OUT or CANCELLED."""
+        self._update(
+            job_id,
+            "status = ?, finished_at = ?, output = ?, error = ?, cost_usd = ?",
+            (
+                status,
+                finished_at,
+                None if output is None else dumps(output),
+                cap_error(error),
+                finite_cost(cost_usd),
+            ),
+        )
+
+    def record_cached(
+        self,
+        job_id: str,
+        *,
+        finished_at: float,
+        output: Any,
+        saved_usd: float | None,
+        files: list[OutputFile],
+    ) -> None:
+        """SUCCEEDED from the cross-run cache: nothing sent, nothing paid (cost 0), `saved_usd`
+        what the result cost when it was made."""
+        self._update(
+            job_id,
+            "status = ?, request_id = NULL, error = '', submitted_at = NULL, started_at = NULL, "
+            "finished_at = ?, output = ?, cost_usd = 0, cached = 1, saved_usd = ?, files = ?",
+            (
+                SUCCEEDED,
+                finished_at,
+                dumps(output),
+                saved_usd,
+                dumps([asdict(f) for f in files]),
+            ),
+        )
+
+    def record_error(self, job_id: str, error: str) -> None:
+        """A note on a job that keeps its state (e.g. the server unreachable while polling)."""
+        self._update(job_id, "error = ?", (cap_error(error),))
+
+    def record_files(self, job_id: str, files: list[OutputFile]) -> None:
+        """A job's files so far (rewritten as more land: vars, not asdict, which costs 5x)."""
+        self._update(job_id, "files = ?", (dumps([vars(f) for f in files]),))
+
+    def requeue(self, statuses: Iterable[str], error: str = "") -> int:
+        """Every job (in the manifest) in one of `statuses` back to PENDING; returns how many.
+
+        A FAILED job whose request the server stopped knowing before its result was read (its
+        error starts with NOT_FOUND) may have been billed: it counts as UNKNOWN here, never as
+        FAILED, so --retry-failed does not replace its request id.
+        """
+        statuses = list(statuses)
+        marks = ", ".join("?" for _ in statuses)
+        unread = "(status = ? AND substr(error, 1, ?) = ?)"
+        unread_args = (FAILED, len(NOT_FOUND), NOT_FOUND)
+        if UNKNOWN in statuses:
+            which, args = f"(status IN ({marks}) OR {unread})", (*statuses, *unread_args)
+        else:
+            which, args = f"(status IN ({marks}) AND NOT {unread})", (*statuses, *unread_args)
+        with self._tx() as conn:
+            cur = conn.execute(
+                f"UPDATE jobs SET status = ?, error = ?, request_id = NULL, finished_at = NULL, "
+                f"output = NULL, files = '[]', updated_at = ? "
+                f"WHERE in_manifest = 1 AND {which}",
+                (PENDING, error, time.time(), *args),
+            )
+            return cur.rowcount
+
+    def submitting_to_unknown(self, error: str) -> int:
+        """On resume: a SUBMITTING row means a crash around the submit, which is ambiguous."""
+        with self._tx() as conn:
+            cur = conn.execute(
+                "UPDATE jobs SET status = ?, error = ?, attempts = attempts + 1, updated_at = ? "
+                "WHERE status = ?",
+                (UNKNOWN, error, time.time(), SUBMITTING),
+            )
+            return cur.rowcount

@@ -1,0 +1,5 @@
+"""Small helpers with no knowledge of batchrun's records: printable server text, pausing the GC,
+media suffixes.
+
+May import: nothing of batchrun but errors.
+"""

@@ -1,0 +1,320 @@
+"""report.html: the contact sheet, parsed back with html.parser."""
+
+from __future__ import annotations
+
+import csv
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+from batchrun.errors import ChoiceError, UsageError
+from batchrun.results import html_report
+from batchrun.store.state import FAILED, QUEUED, SUCCEEDED, JobRow, OutputFile
+
+MODEL = "acme/painter"
+
+
+class Page(HTMLParser):
+    """Collects what the tests check: images, videos, links, per-job text, grid headers."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.imgs: dict[str, list[str]] = {}  # job id -> img srcs
+        self.job_text: dict[str, str] = {}
+        self.titles: dict[str, str] = {}
+        self.videos: list[str] = []
+        self.urls: list[str] = []  # every src/href
+        self.headers: list[str] = []
+        self.sections: list[str] = []
+        self.tags: set[str] = set()
+        self._job: str | None = None
+        self._depth = 0
+        self._capture: str | None = None
+        self.feed(text)
+
+    def handle_starttag(self, tag, attrs) -> None:
+        a = dict(attrs)
+        self.tags.add(tag)
+        self.urls += [a[k] for k in ("src", "href") if k in a]
+        if tag == "div" and "job" in (a.get("class") or "").split():
+            self._job, self._depth = a["id"], 0
+            assert self._job not in self.titles, f"duplicate id {self._job}"
+            self.titles[self._job] = a["title"]
+            self.imgs.setdefault(self._job, [])
+            self.job_text.setdefault(self._job, "")
+        if self._job and tag == "div":
+            self._depth += 1
+        if tag == "img" and self._job:
+            self.imgs[self._job].append(a["src"])
+        if tag == "video":
+            self.videos.append(a["src"])
+        if tag in ("th", "h2"):
+            self._capture = tag
+            (self.headers if tag == "th" else self.sections).append("")
+
+    def handle_endtag(self, tag) -> None:
+        if tag in ("th", "h2"):
+            self._capture = None
+        if self._job and tag == "div":
+            self._depth -= 1
+            if self._depth == 0:
+                self._job = None
+
+    def handle_data(self, data) -> None:
+        if self._job:
+            self.job_text[self._job] += data
+        if self._capture == "th":
+            self.headers[-1] += data
+        elif self._capture == "h2":
+            self.sections[-1] += data
+
+
+def png(path: Path, shade: int) -> OutputFile:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (16, 16), (shade, 0, 0)).save(path)
+    return OutputFile(url=f"https://cdn.example.invalid/{path.name}", name="", size=1)
+
+
+def make_jobs(run_dir: Path, *, models: tuple[str, ...] = (MODEL,)) -> list[JobRow]:
+    """3 seeds x 2 colors per model; seed 3 + blue fails with an HTML-looking error."""
+    jobs = []
+    for model in models:
+        for seed in (1, 2, 3):
+            for color in ("red", "blue"):
+                job_id = f"{model.split('/')[-1]}-{seed}-{color}"
+                job = JobRow(
+                    job_id=job_id,
+                    position=len(jobs),
+                    model_id=model,
+                    inputs={"prompt": f"a {color} cat <&>", "seed": seed},
+                    vars={"color": color},
+                    status=SUCCEEDED,
+                )
+                if seed == 3 and color == "blue":
+                    job.status = FAILED
+                    job.error = f"{job_id}: <script>alert(1)</script> NSFW & co"
+                else:
+                    rel = f"files/{job_id}/image 1.png"
+                    out = png(run_dir / rel, seed * 40)
+                    out.name = rel
+                    job.files = [out]
+                jobs.append(job)
+    return jobs
+
+
+def test_every_succeeded_job_has_its_image_and_every_failed_job_its_error(tmp_path: Path) -> None:
+    jobs = make_jobs(tmp_path)
+    path = html_report.write_html(tmp_path, jobs)
+    assert path == tmp_path / "report.html"
+    page = Page(path.read_text())
+    assert set(page.job_text) == {job.job_id for job in jobs}
+    for job in jobs:
+        if job.status == SUCCEEDED:
+            (src,) = page.imgs[job.job_id]
+            assert not src.startswith(("/", "http:", "https:", "file:"))
+            assert src == "files/" + job.job_id + "/image%201.png"
+            assert (tmp_path / src.replace("%20", " ")).is_file()
+        else:
+            assert page.imgs[job.job_id] == []
+            assert job.error in page.job_text[job.job_id]
+            assert "failed" in page.job_text[job.job_id]
+        # inputs on hover (title) and on click (<details>)
+        assert f"seed: {job.inputs['seed']}" in page.titles[job.job_id]
+        assert job.inputs["prompt"] in page.job_text[job.job_id]
+    raw = path.read_text()
+    assert "<script>" not in raw and "&lt;script&gt;" in raw
+
+
+def test_self_contained(tmp_path: Path) -> None:
+    page = Page(html_report.write_html(tmp_path, make_jobs(tmp_path)).read_text())
+    assert "style" in page.tags
+    assert not {"link", "script", "iframe"} & page.tags
+    assert all(not u.startswith(("http:", "https:", "//")) for u in page.urls)
+
+
+def test_grid_uses_the_two_values_that_vary_most(tmp_path: Path) -> None:
+    page = Page(html_report.write_html(tmp_path, make_jobs(tmp_path)).read_text())
+    # seed has 3 values (rows), color 2 (columns); the single model is not a dimension
+    assert page.headers == ["input.seed \\ var.color", "red", "blue", "1", "2", "3"]
+    assert page.sections == []
+
+
+def test_rows_and_cols_can_be_chosen(tmp_path: Path) -> None:
+    jobs = make_jobs(tmp_path)
+    path = html_report.write_html(tmp_path, jobs, rows_key="color", cols_key="input.seed")
+    assert Page(path.read_text()).headers == [
+        "var.color \\ input.seed",
+        "1",
+        "2",
+        "3",
+        "red",
+        "blue",
+    ]
+    # a field that moves in lockstep with color (the templated prompt) can be chosen too
+    path = html_report.write_html(tmp_path, jobs, rows_key="prompt")
+    assert Page(path.read_text()).headers[0] == "input.prompt \\ input.seed"
+
+
+def test_unknown_rows_key_is_a_usage_error(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match=r"no swept field 'size'; choose from .*input\.seed"):
+        html_report.write_html(tmp_path, make_jobs(tmp_path), rows_key="size")
+
+
+@pytest.mark.parametrize("setting", ["rows_key", "cols_key"])
+def test_unknown_grid_key_names_its_setting_and_choices(tmp_path: Path, setting: str) -> None:
+    with pytest.raises(ChoiceError) as info:
+        html_report.write_html(tmp_path, make_jobs(tmp_path), **{setting: "size"})
+    exc = info.value
+    assert (exc.setting, exc.values) == (setting, ["size"])
+    assert "input.seed" in exc.choices and "model" in exc.choices
+    assert str(exc) == f"no swept field 'size'; choose from {', '.join(exc.choices)}"
+
+
+def test_extra_dimensions_become_sections(tmp_path: Path) -> None:
+    jobs = make_jobs(tmp_path, models=("acme/painter", "acme/sketcher"))
+    page = Page(html_report.write_html(tmp_path, jobs).read_text())
+    # seed (3 values) rows; model and color tie at 2: model (first in manifest order) columns
+    assert page.headers[:3] == ["input.seed \\ model", "acme/painter", "acme/sketcher"]
+    assert page.sections == ["var.color=red", "var.color=blue"]
+    assert len(page.job_text) == 12
+
+
+def test_a_cell_may_hold_several_jobs(tmp_path: Path) -> None:
+    jobs = make_jobs(tmp_path)
+    twin = JobRow(
+        job_id="again",
+        position=99,
+        model_id=MODEL,
+        inputs=dict(jobs[0].inputs),
+        vars=dict(jobs[0].vars),
+        repeat=1,
+        status=QUEUED,
+    )
+    page = Page(html_report.write_html(tmp_path, [*jobs, twin]).read_text())
+    assert "queued" in page.job_text["again"]
+    assert page.headers[:3] == ["input.seed \\ var.color", "red", "blue"]
+
+
+def test_videos_and_refused_files(tmp_path: Path) -> None:
+    video = tmp_path / "files/v/clip.mp4"
+    video.parent.mkdir(parents=True)
+    video.write_bytes(b"\x00")
+    job = JobRow(
+        job_id="v",
+        position=0,
+        model_id=MODEL,
+        inputs={"seed": 1},
+        status=SUCCEEDED,
+        files=[
+            OutputFile(url="https://x.invalid/clip.mp4", name="files/v/clip.mp4"),
+            OutputFile(url="ftp://x.invalid/evil", error="refused: not http(s)"),
+        ],
+    )
+    page = Page(html_report.write_html(tmp_path, [job]).read_text())
+    assert page.videos == ["files/v/clip.mp4"]
+    assert "refused: not http(s)" in page.job_text["v"]
+
+
+def test_rows_from_report(tmp_path: Path) -> None:
+    (tmp_path / "files/a").mkdir(parents=True)
+    (tmp_path / "files/a/out.png").write_bytes(b"png")
+    with (tmp_path / "report.csv").open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(
+            [
+                "job_id",
+                "model_id",
+                "status",
+                "error",
+                "output_files",
+                "output_urls",
+                "output_sha256",
+                "input.prompt",
+                "input.seed",
+                "var.color",
+            ]
+        )
+        w.writerow(
+            [
+                "a",
+                MODEL,
+                "succeeded",
+                "",
+                "files/a/out.png",
+                "https://u/a.png",
+                "ab",
+                "'=SUM(1)",
+                "1",
+                "red",
+            ]
+        )
+        w.writerow(["b", MODEL, "failed", "'-boom", "", "", "", "x", "2", ""])
+    a, b = html_report.rows_from_report(tmp_path / "report.csv")
+    assert a.inputs == {"prompt": "=SUM(1)", "seed": "1"} and a.vars == {"color": "red"}
+    assert a.files == [OutputFile(url="https://u/a.png", name="files/a/out.png", sha256="ab")]
+    assert (b.status, b.error, b.vars, b.files) == ("failed", "-boom", {}, [])
+    page = Page(html_report.write_html(tmp_path, [a, b]).read_text())
+    assert page.imgs["a"] == ["files/a/out.png"] and "-boom" in page.job_text["b"]
+
+
+def plain_jobs(n: int, inputs=lambda i: {"seed": i}, variables=lambda i: {}) -> list[JobRow]:
+    """`n` succeeded jobs without files (what the layout and the cap need)."""
+    return [
+        JobRow(
+            job_id=f"j{i}",
+            position=i,
+            model_id=MODEL,
+            inputs=inputs(i),
+            vars=variables(i),
+            status=SUCCEEDED,
+        )
+        for i in range(n)
+    ]
+
+
+def test_a_large_run_shows_the_first_jobs_and_says_so(tmp_path: Path) -> None:
+    n = html_report.MAX_CARDS + 1
+    raw = html_report.write_html(tmp_path, plain_jobs(n)).read_text()
+    page = Page(raw)
+    assert list(page.job_text) == [f"j{i}" for i in range(html_report.MAX_CARDS)]
+    assert f"showing {html_report.MAX_CARDS:,} of {n:,} jobs; see report.csv" in raw
+    assert f"{n} jobs</span>" in raw  # the counts are of every job
+
+
+def test_a_small_run_has_no_cap_notice(tmp_path: Path) -> None:
+    raw = html_report.write_html(tmp_path, make_jobs(tmp_path)).read_text()
+    assert "showing" not in raw
+
+
+def test_a_field_with_a_value_per_job_is_not_an_axis_when_others_can_be(tmp_path: Path) -> None:
+    # prompt is templated from seed and color: 6 values for 6 jobs, all distinct
+    def inputs(i: int) -> dict:
+        return {"prompt": f"a {('red', 'blue')[i % 2]} cat, take {i // 2}", "seed": i // 2}
+
+    jobs = plain_jobs(6, inputs, lambda i: {"color": ("red", "blue")[i % 2]})
+    page = Page(html_report.write_html(tmp_path, jobs).read_text())
+    assert page.headers == ["input.seed \\ var.color", "red", "blue", "0", "1", "2"]
+    assert page.sections == []
+    # still a valid choice when asked for
+    path = html_report.write_html(tmp_path, jobs, rows_key="prompt")
+    assert Page(path.read_text()).headers[0] == "input.prompt \\ input.seed"
+
+
+def test_a_field_with_a_value_per_job_is_the_axis_when_alone(tmp_path: Path) -> None:
+    page = Page(html_report.write_html(tmp_path, plain_jobs(4)).read_text())
+    assert page.headers == ["input.seed", "", "0", "1", "2", "3"]
+
+
+def test_empty_cells_of_a_sparse_grid_are_spanned(tmp_path: Path) -> None:
+    # every prompt row holds one job: 6 rows x 3 seed columns, 12 empty cells
+    jobs = plain_jobs(6, lambda i: {"prompt": f"take {i}", "seed": i // 2})
+    raw = html_report.write_html(tmp_path, jobs, rows_key="prompt", cols_key="seed").read_text()
+    grid = raw.split("<tbody>", 1)[1]
+    # seeds 0 and 2: the job's cell and one spanning the other two; seed 1: empty, job, empty
+    assert grid.count("<td") == 4 * 2 + 2 * 3 < 6 * 3
+    assert grid.count('<td colspan="2"></td>') == 4
+    assert grid.count("<td></td>") == 4 and 'colspan="1"' not in grid
+    assert Page(raw).headers[:4] == ["input.prompt \\ input.seed", "0", "1", "2"]

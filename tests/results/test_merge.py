@@ -1,0 +1,231 @@
+"""Shards run on the simulator, merged, compared with a whole run; conflicts refused; subsets
+in an existing run folder leave its other jobs as they are."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from batchrun.plan.build import build_plan
+from batchrun.run.engine import RunOptions, _Run
+from batchrun.store import state as st
+from batchrun.store.state import StateStore
+
+FLUX = "blackforestlabs/flux-1-kontext/pro/edit"
+IMAGE = (
+    "https://playgrounds-storage-public.runcomfy.net/tools/7063/media-files/usecase1-1-input.webp"
+)
+
+
+def manifest(tmp_path: Path, jobs: int = 10) -> Path:
+    data = {
+        "version": 1,
+        "name": "shards",
+        "run": {"rate_limit": "100/s", "poll_interval": "50ms", "max_in_flight": 20},
+        "vars": {"color": ["red", "blue"]},
+        "models": [
+            {
+                "id": FLUX,
+                "inputs": {"prompt": "a {color} cat", "image_url": IMAGE},
+                "matrix": {"seed": list(range(1, jobs // 2 + 1))},
+            }
+        ],
+    }
+    path = tmp_path / "m.yaml"
+    path.write_text(json.dumps(data))
+    return path
+
+
+def batchrun(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "batchrun", *map(str, args)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=120)
+
+
+def simulate(path: Path, run_dir: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    sim = ["--simulate", "--sim", "run_time=0.05", "--sim", "workers=0"]
+    return batchrun("run", path, "--run-dir", run_dir, *sim, *extra)
+
+
+def report(run_dir: Path) -> list[dict[str, str]]:
+    with open(run_dir / "report.csv", newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path, Path]:
+    """A manifest, a whole run of it, and its two shards run into their own folders."""
+    root = tmp_path_factory.mktemp("shards")
+    path = manifest(root)
+    whole, one, two = root / "whole", root / "one", root / "two"
+    for folder, extra in ((whole, ()), (one, ("--shard", "1/2")), (two, ("--shard", "2/2"))):
+        done = simulate(path, folder, *extra)
+        assert done.returncode == 0, done.stderr
+    return path, whole, one, two
+
+
+def test_shards_merged_compare_unchanged_with_a_whole_run(shards, tmp_path: Path) -> None:
+    _, whole, one, two = shards
+    sizes = [len(report(one)), len(report(two))]
+    assert sum(sizes) == 10 and min(sizes) > 0
+    into = tmp_path / "merged"
+    done = batchrun("merge", one, two, "--into", into)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.startswith(f"merged 10 jobs from 2 folders into {into}; 10 files ")
+    for name in ("state.db", "report.csv", "summary.json", "report.html"):
+        assert (into / name).is_file(), name
+    compared = batchrun("compare", whole, into, "--json", tmp_path / "c.json")
+    assert compared.returncode == 0, compared.stdout + compared.stderr
+    totals = json.loads((tmp_path / "c.json").read_text())["totals"]
+    assert totals["unchanged"] == 10
+    rows = report(into)
+    assert [r["job_id"] for r in rows] == [r["job_id"] for r in report(whole)]  # same order
+    for row in rows:
+        names, shas = row["output_files"].split(";"), row["output_sha256"].split(";")
+        assert names and names[0]
+        for name, sha in zip(names, shas, strict=True):
+            data = (into / name).read_bytes()
+            assert hashlib.sha256(data).hexdigest() == sha
+    summary = json.loads((into / "summary.json").read_text())
+    assert summary["statuses"]["succeeded"] == 10
+    assert summary["merged_from"] == [str(one), str(two)]
+
+
+def test_merged_state_matches_the_shards_job_for_job(shards, tmp_path: Path) -> None:
+    _, _, one, two = shards
+    into = tmp_path / "merged"
+    assert batchrun("merge", one, two, "--into", into).returncode == 0
+    with StateStore.open(into, create=False, lock=False) as store:
+        merged = {r.job_id: r for r in store.rows()}
+    for folder in (one, two):
+        with StateStore.open(folder, create=False, lock=False) as store:
+            for row in store.rows():
+                assert merged[row.job_id] == row
+
+
+def test_identical_duplicates_merge(shards, tmp_path: Path) -> None:
+    _, _, one, two = shards
+    copy = tmp_path / "one-again"
+    shutil.copytree(one, copy)
+    done = batchrun("merge", one, copy, two, "--into", tmp_path / "m")
+    assert done.returncode == 0, done.stderr
+    assert "found twice with the same result" in done.stderr
+    assert len(report(tmp_path / "m")) == 10
+
+
+def test_a_job_with_two_results_is_refused(shards, tmp_path: Path) -> None:
+    _, _, one, two = shards
+    copy = tmp_path / "one-failed"
+    shutil.copytree(one, copy)
+    with StateStore.open(copy) as store:
+        job = store.rows()[0]
+        store.record_result(job.job_id, st.FAILED, finished_at=1.0, error="boom")
+    into = tmp_path / "m"
+    done = batchrun("merge", one, two, copy, "--into", into)
+    assert done.returncode == 2
+    lines = done.stderr.splitlines()
+    assert lines[0] == (
+        "error: 1 job(s) have different results in two folders; refusing to merge (leave one "
+        "of the two folders out, or run that job again in one):"
+    )
+    assert lines[1].startswith(f"  job {job.job_id}: {one}: succeeded, request {job.request_id}")
+    assert f" | {copy}: failed, request {job.request_id}, sha256 " in lines[1]
+    assert not into.exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".m.")] == []
+
+
+def test_a_damaged_file_is_refused(shards, tmp_path: Path) -> None:
+    _, _, one, two = shards
+    copy = tmp_path / "one-damaged"
+    shutil.copytree(one, copy)
+    name = report(copy)[0]["output_files"]
+    (copy / name).write_bytes(b"not the output")
+    done = batchrun("merge", copy, two, "--into", tmp_path / "m")
+    assert done.returncode == 2
+    assert done.stderr == (
+        f"error: {copy}: {name}: its sha256 is not the one state.db recorded (damaged or "
+        "changed); run that shard again in its folder\n"
+    )
+    assert not (tmp_path / "m").exists()
+
+
+@pytest.mark.parametrize(
+    ("setup", "message"),
+    [
+        (
+            "no-state",
+            "error: {src}: no state.db here, so not a run folder; give the folders the "
+            "shards ran in (their --run-dir), e.g. the downloaded artifacts",
+        ),
+        ("into-full", "error: {into}: already exists and is not empty; choose a new folder"),
+        ("into-source", "error: {into}: is one of the folders to merge; choose a new folder"),
+    ],
+)
+def test_bad_merge_input(shards, tmp_path: Path, setup: str, message: str) -> None:
+    _, _, one, _ = shards
+    src, into = one, tmp_path / "into"
+    if setup == "no-state":
+        src = tmp_path / "empty"
+        src.mkdir()
+    elif setup == "into-full":
+        into.mkdir()
+        (into / "x").write_text("x")
+    else:
+        into = one
+    done = batchrun("merge", src, "--into", into)
+    assert done.returncode == 2
+    assert done.stderr == message.format(src=src, into=into) + "\n"
+
+
+def test_subsets_in_one_folder_leave_the_other_jobs_alone(tmp_path: Path) -> None:
+    path = manifest(tmp_path)
+    folder = tmp_path / "run"
+    first = simulate(path, folder, "--only", "var.color=red", "--first", "2")
+    assert first.returncode == 0, first.stderr
+    assert "2 jobs (8 left out by the filter): succeeded 2." in first.stderr
+    assert len(report(folder)) == 2
+    with StateStore.open(folder, create=False, lock=False) as store:
+        before = {r.job_id: r for r in store.rows()}
+    shard = simulate(path, folder, "--shard", "1/2")
+    assert shard.returncode == 0, shard.stderr
+    assert "no longer in the manifest" not in shard.stderr
+    with StateStore.open(folder, create=False, lock=False) as store:
+        after = {r.job_id: r for r in store.rows()}
+    assert all(r.in_manifest for r in after.values())
+    for job_id, row in before.items():
+        assert after[job_id] == row  # a job of both subsets is not run again
+    whole = simulate(path, folder)
+    assert whole.returncode == 0, whole.stderr
+    rows = report(folder)
+    assert len(rows) == 10 and {r["status"] for r in rows} == {"succeeded"}
+
+
+def test_a_subset_retries_only_its_own_failed_jobs(tmp_path: Path) -> None:
+    path = manifest(tmp_path, jobs=4)
+    folder = tmp_path / "run"
+    assert simulate(path, folder, "--sim", "fail_rate=1").returncode == 1
+    target = report(folder)[1]["job_id"]
+    again = simulate(path, folder, "--only", f"job={target}", "--retry-failed")
+    assert again.returncode == 0, again.stderr
+    assert "1 jobs (3 left out by the filter): succeeded 1." in again.stderr
+    statuses = {r["job_id"]: r["status"] for r in report(folder)}
+    assert statuses.pop(target) == "succeeded"
+    assert set(statuses.values()) == {"failed"}
+
+
+def test_a_shard_takes_its_share_of_rate_and_flights(tmp_path: Path) -> None:
+    plan = build_plan(manifest(tmp_path))
+
+    def settings(share: int):
+        options = RunOptions(api_base="http://127.0.0.1:9", token="t", share=share)
+        return _Run(plan, options, tmp_path, None)._run_settings()  # type: ignore[arg-type]
+
+    assert (settings(1).rate_limit, settings(1).max_in_flight) == (100.0, 20)
+    assert (settings(4).rate_limit, settings(4).max_in_flight) == (25.0, 5)
+    assert (settings(40).rate_limit, settings(40).max_in_flight) == (2.5, 1)

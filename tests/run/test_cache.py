@@ -1,0 +1,262 @@
+"""cache: a second run folder with the same --cache sends nothing; damaged entries are ignored;
+a run killed while writing entries leaves none half-written; a cache path that is a file."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import re
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from batchrun.cli import main
+from batchrun.plan.build import build_plan
+from batchrun.plan.grid import Job
+from batchrun.run.cache import ENTRY, Cache
+from batchrun.run.engine import RunOptions, run_batch
+from batchrun.simulator import SimSettings, Simulator
+from batchrun.store.state import SCHEMA_VERSION, StateStore
+
+TOKEN = "tok-cache-81d2"
+T2I = "google/nano-banana-2-lite/text-to-image"
+
+
+@pytest.fixture
+def server():
+    sim = Simulator(
+        SimSettings.from_mapping({"token": TOKEN, "run_time": 0.02, "workers": 0})
+    ).start()
+    yield sim
+    sim.stop()
+
+
+def manifest(tmp_path: Path, jobs: int = 12, run: dict | None = None) -> Path:
+    settings = {"rate_limit": "200/s", "poll_interval": "20ms", **(run or {})}
+    models = [{"id": T2I, "matrix": {"prompt": [f"p{i}" for i in range(jobs)]}}]
+    path = tmp_path / "m.yaml"
+    path.write_text(json.dumps({"version": 1, "name": "c", "run": settings, "models": models}))
+    return path
+
+
+def run(path: Path, sim: Simulator, run_dir: Path, cache: Path | None) -> tuple[int, list[str]]:
+    messages: list[str] = []
+    options = RunOptions(
+        api_base=sim.base_url,
+        token=TOKEN,
+        run_dir=run_dir,
+        handle_signals=False,
+        echo=messages.append,
+        cache=cache,
+    )
+    return run_batch(build_plan(path), options), messages
+
+
+def report(run_dir: Path) -> list[dict[str, str]]:
+    with open(run_dir / "report.csv", newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def assert_files_verified(run_dir: Path, rows: list[dict[str, str]]) -> None:
+    for row in rows:
+        assert row["status"] == "succeeded"
+        names, digests = row["output_files"].split(";"), row["output_sha256"].split(";")
+        assert names and len(names) == len(digests)
+        for name, digest in zip(names, digests, strict=True):
+            assert hashlib.sha256((run_dir / name).read_bytes()).hexdigest() == digest
+
+
+def submits(sim: Simulator) -> int:
+    return sim.stats()["calls"].get("submit", 0)
+
+
+def entries(cache: Path) -> list[Path]:
+    return sorted(p for p in (cache / "entries").glob("*/*") if p.is_dir())
+
+
+def test_a_second_run_folder_takes_every_job_from_the_cache(tmp_path, server) -> None:
+    path, cache = manifest(tmp_path), tmp_path / "cache"
+    code, _ = run(path, server, tmp_path / "one", cache)
+    assert code == 0 and submits(server) == 12
+    first = report(tmp_path / "one")
+    paid = sum(float(r["cost_usd"]) for r in first)
+    assert paid > 0 and len(entries(cache)) == 12
+
+    calls = sum(server.stats()["calls"].values())
+    code, messages = run(path, server, tmp_path / "two", cache)
+    assert code == 0
+    assert sum(server.stats()["calls"].values()) == calls  # no API call at all
+    second = report(tmp_path / "two")
+    assert_files_verified(tmp_path / "two", second)
+    assert [r["output_sha256"] for r in second] == [r["output_sha256"] for r in first]
+    assert {r["cached"] for r in second} == {"true"} and {r["cost_usd"] for r in second} == {"0"}
+    assert sum(float(r["saved_usd"]) for r in second) == pytest.approx(paid)
+    summary = json.loads((tmp_path / "two" / "summary.json").read_text())
+    assert (summary["cached"], summary["cost_usd"]) == (12, 0)
+    assert summary["saved_usd"] == pytest.approx(paid)
+    assert summary["api_calls"]["total"] == 0
+    head, elapsed, tail = re.fullmatch(r"(.*)( Elapsed \d+s\.)( Report: .*)", messages[-1]).groups()
+    assert head + tail == (
+        f"12 jobs: succeeded 12 (12 from the cache, saved ${paid:.2f}). Cost $0.00 (est. $0.00). "
+        f"Report: {tmp_path / 'two' / 'report.csv'}"
+    )
+    # The first folder's report has no cached job
+    assert {r["cached"] for r in first} == {""}
+
+
+def test_a_changed_schema_misses(tmp_path, server) -> None:
+    path, cache = manifest(tmp_path, jobs=2), tmp_path / "cache"
+    assert run(path, server, tmp_path / "one", cache)[0] == 0
+    folder = tmp_path / "schemas" / "models"  # beside the manifest: searched first
+    folder.mkdir(parents=True)
+    packaged = Path(__file__).resolve().parents[2] / "schemas" / "models"
+    name = T2I.replace("/", "__") + ".json"
+    (folder / name).write_bytes((packaged / name).read_bytes() + b"\n")
+    assert run(path, server, tmp_path / "two", cache)[0] == 0
+    assert submits(server) == 4
+    assert {r["cached"] for r in report(tmp_path / "two")} == {""}
+
+
+@pytest.mark.parametrize("damage", ["missing file", "changed file", "bad json", "no entry.json"])
+def test_a_damaged_entry_is_reported_and_not_used(tmp_path, server, damage) -> None:
+    path, cache = manifest(tmp_path, jobs=3), tmp_path / "cache"
+    assert run(path, server, tmp_path / "one", cache)[0] == 0
+    bad = entries(cache)[0]
+    image = next(p for p in bad.iterdir() if p.name != ENTRY)
+    if damage == "missing file":
+        image.unlink()
+    elif damage == "changed file":
+        image.write_bytes(image.read_bytes() + b"x")
+    elif damage == "bad json":
+        (bad / ENTRY).write_text('{"format": 1, "key": ')
+    else:
+        (bad / ENTRY).unlink()
+    code, messages = run(path, server, tmp_path / "two", cache)
+    assert code == 0
+    assert submits(server) == 3 + 1  # the damaged one ran again; the others came from the cache
+    damaged = [m for m in messages if m.startswith("cache: damaged entry ignored (job ")]
+    assert len(damaged) == 1 and damaged[0].endswith("; the job runs")
+    rows = report(tmp_path / "two")
+    assert sorted(r["cached"] for r in rows) == ["", "true", "true"]
+    assert_files_verified(tmp_path / "two", rows)
+    # The run replaced the damaged entry with a good one: a third folder sends nothing.
+    assert run(path, server, tmp_path / "three", cache)[0] == 0
+    assert submits(server) == 4
+    assert {r["cached"] for r in report(tmp_path / "three")} == {"true"}
+
+
+def test_a_cache_path_that_is_a_file_exits_2_before_sending(tmp_path, capsys) -> None:
+    path = manifest(tmp_path, jobs=2)
+    (tmp_path / "cachefile").write_text("x")
+    code = main(
+        ["run", str(path), "--simulate", "--run-dir", str(tmp_path / "r"), "--cache",
+         str(tmp_path / "cachefile")]
+    )  # fmt: skip
+    assert code == 2
+    assert capsys.readouterr().err == (
+        f"error: --cache {tmp_path / 'cachefile'}: {tmp_path / 'cachefile'} is a file, not a "
+        "folder; give a folder path (made if missing), e.g. --cache .batchrun-cache\n"
+    )
+    assert not (tmp_path / "r").exists()
+
+
+def test_run_cache_in_the_manifest(tmp_path, server) -> None:
+    path = manifest(tmp_path, jobs=2, run={"cache": str(tmp_path / "c")})
+    assert run(path, server, tmp_path / "one", None)[0] == 0
+    assert len(entries(tmp_path / "c")) == 2
+    assert run(path, server, tmp_path / "two", None)[0] == 0
+    assert submits(server) == 2
+
+
+def test_a_version_1_state_db_is_read_as_is_and_migrated_by_a_run(tmp_path) -> None:
+    folder = tmp_path / "old"
+    with StateStore.open(folder) as store:
+        store.add_jobs([Job("j1", T2I, {"prompt": "x"}, {}, 0, 0)])
+    conn = sqlite3.connect(folder / "state.db")
+    with conn:  # what batchrun made before the cache: no cached / saved_usd columns
+        conn.execute("ALTER TABLE jobs DROP COLUMN cached")
+        conn.execute("ALTER TABLE jobs DROP COLUMN saved_usd")
+        conn.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    conn.close()
+    with StateStore.open(folder, create=False, lock=False) as store:  # status, report
+        assert [(r.job_id, r.cached, r.saved_usd) for r in store.rows()] == [("j1", False, None)]
+        assert store.meta()["schema_version"] == "1"  # read, not changed
+    with StateStore.open(folder) as store:  # a run
+        assert store.meta()["schema_version"] == str(SCHEMA_VERSION) == "2"
+        assert store.get("j1").cached is False
+
+
+# ---- a run killed while it writes entries ----------------------------------------------
+
+_KILLER = """
+import os, signal, sys
+from batchrun.run import cache
+from batchrun.cli import main
+
+WHEN, N = sys.argv[1], int(sys.argv[2])
+calls = 0
+
+def counted(real):
+    def wrapper(*args, **kw):
+        global calls
+        calls += 1
+        if calls == N:
+            if WHEN == "mid_file":  # half the bytes written, then gone
+                src, dst = args
+                with open(dst, "wb") as fh:
+                    data = open(src, "rb").read()
+                    fh.write(data[: len(data) // 2])
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real(*args, **kw)
+    return wrapper
+
+if WHEN == "mid_file":
+    cache._copy_hashed = counted(cache._copy_hashed)
+else:
+    cache.Cache._replace = counted(cache.Cache._replace)
+sys.exit(main(sys.argv[3:]))
+"""
+
+
+@pytest.mark.parametrize("when", ["mid_file", "before_rename"])
+def test_a_kill_while_writing_entries_leaves_no_half_entry(tmp_path, server, when) -> None:
+    path, cache = manifest(tmp_path, jobs=10), tmp_path / "cache"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RUNCOMFY_")}
+    args = ["run", str(path), "--run-dir", str(tmp_path / "one"), "--cache", str(cache)]
+    args += ["--api-base", server.base_url, "-q"]
+    killed = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(_KILLER), when, "6", *args],
+        env={**env, "RUNCOMFY_TOKEN": TOKEN},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert killed.returncode == -9, killed.stderr
+    assert submits(server) == 10
+    whole = entries(cache)
+    assert len(whole) == 5  # the five written before the kill; the sixth never appeared
+    assert list((cache / "tmp").iterdir())  # its leftovers, never looked at
+    reader = Cache(cache, {})
+    for folder in whole:
+        data = json.loads((folder / ENTRY).read_text())
+        for f in data["files"]:
+            assert hashlib.sha256((folder / f["name"]).read_bytes()).hexdigest() == f["sha256"]
+    assert reader.folder(json.loads((whole[0] / ENTRY).read_text())["key"]) == whole[0]
+
+    # Another folder with the same cache: five from it, five run; nothing damaged.
+    code, messages = run(path, server, tmp_path / "two", cache)
+    assert code == 0 and submits(server) == 15
+    assert not [m for m in messages if "damaged" in m]
+    rows = report(tmp_path / "two")
+    assert sorted(r["cached"] for r in rows) == [""] * 5 + ["true"] * 5
+    assert_files_verified(tmp_path / "two", rows)
+    # The killed run resumes: nothing to submit, its report written, the cache filled up.
+    assert run(path, server, tmp_path / "one", cache)[0] == 0
+    assert submits(server) == 15 and len(entries(cache)) == 10
+    assert_files_verified(tmp_path / "one", report(tmp_path / "one"))
