@@ -396,7 +396,7 @@ class Scheduler:
                     )
                 )
 
-    # ---- budget hook (batchrun/budget.py) ----------------------------------------------
+    # ---- budget hook (batchrun/run/budget.py) -------------------------------------------
 
     def _budget_admits(self) -> bool:
         """Whether the next job's submit fits under the cost cap; at the cap, stop submitting
