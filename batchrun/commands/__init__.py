@@ -2,21 +2,16 @@
 
 cli.py declares the options and calls these; the functions print with click and raise
 BatchrunError subclasses, which cli.main maps to exit codes in one place.
+
+A command's module is imported when the command runs (`commands.run` on first use), so
+`batchrun --help` and a quick `batchrun status` do not load requests, jsonschema and the run
+machinery they never use.
 """
 
-from batchrun.commands import (
-    cancel,
-    compare,
-    init,
-    merge,
-    models,
-    plan,
-    report,
-    run,
-    simulate,
-    status,
-    validate,
-)
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
 
 __all__ = [
     "cancel",
@@ -31,3 +26,9 @@ __all__ = [
     "status",
     "validate",
 ]
+
+
+def __getattr__(name: str) -> ModuleType:
+    if name in __all__:
+        return importlib.import_module(f"batchrun.commands.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
