@@ -33,6 +33,7 @@ def rewrite_report(
     figures); `rows_key`/`cols_key` choose report.html's grid."""
     with StateStore.open(run_dir, create=False, lock=False) as store:
         rows = store.rows()
+        attempts = store.attempts()
         meta = store.meta()
         held = og.recorded(meta, run_dir)
     extra: dict[str, Any] = {}
@@ -49,7 +50,7 @@ def rewrite_report(
     # Unchosen: the grid an earlier `report --rows/--cols` chose, else the manifest's.
     kept_rows, kept_cols = grid_choice(meta, *_manifest_grid(meta.get("manifest", "")))
     rows_key, cols_key = rows_key or kept_rows, cols_key or kept_cols
-    write_report(Path(run_dir), rows, extra=extra, rows_key=rows_key, cols_key=cols_key)
+    write_report(Path(run_dir), rows, attempts, extra=extra, rows_key=rows_key, cols_key=cols_key)
     new = {GRID_META[axis]: name for axis, name in chosen.items() if name}
     if new:  # kept: the next `run` lays report.html out the same way
         with StateStore.open(run_dir, create=False, lock=False) as store:

@@ -11,10 +11,10 @@ import click
 
 from batchrun.api.answers import AMBIGUOUS_SUBMIT
 from batchrun.catalog.pricing import usd
-from batchrun.results.report import without_output
-from batchrun.run.budget import amount, estimate_text
+from batchrun.results.report import job_costs, without_output
+from batchrun.run.budget import estimate_text, spent_text
 from batchrun.run.progress import describe, report_counts
-from batchrun.store import lock, origin as og, state as st
+from batchrun.store import ledger, lock, origin as og, state as st
 from batchrun.store.records import report_status
 from batchrun.store.state import StateStore
 from batchrun.util.safetext import printable
@@ -35,12 +35,14 @@ def status_data(run_dir: Path) -> dict[str, Any]:
     with StateStore.open(run_dir, create=False, lock=False) as store:
         meta = store.meta()
         rows = store.rows(in_manifest_only=True)
+        attempts = store.attempts()
     counts: dict[str, int] = {}
-    spent = Decimal(0)
     for r in rows:
         counts[r.status] = counts.get(r.status, 0) + 1
-        spent += amount(r.cost_usd) or 0
+    costs = job_costs(rows, attempts)
+    cost = sum((costs[r.job_id] for r in rows if r.job_id in costs), Decimal(0))
     est, cap = meta.get("est_cost_usd"), meta.get("max_cost_usd")
+    unpriced = int(meta.get("unpriced_jobs") or 0)
     return {
         "run_dir": str(run_dir),
         "name": meta.get("name", ""),
@@ -50,9 +52,12 @@ def status_data(run_dir: Path) -> dict[str, Any]:
         "active_pid": lock.holder(run_dir),
         "total": len(rows),
         "counts": report_counts(counts),
-        "cost_usd": float(spent),  # what the finished jobs cost (include_cost)
-        "est_cost_usd": float(est) if est else None,  # the plan's estimate at the last run
-        "unpriced_jobs": int(meta.get("unpriced_jobs") or 0),
+        "cost_usd": float(round(cost, 6)),  # what the reported jobs' results said they cost
+        # the ledger: what every attempt of the folder may have cost (store/ledger.py)
+        **ledger.summary(attempts, {r.job_id for r in rows}),
+        # the plan's estimate at the last run; none when no job of it was priced
+        "est_cost_usd": float(est) if est and (Decimal(est) or not unpriced) else None,
+        "unpriced_jobs": unpriced,
         "max_cost_usd": float(cap) if cap else None,
         "on_server": [
             {"job_id": r.job_id, "request_id": r.request_id, "status": r.status}
@@ -101,12 +106,22 @@ def render_status(data: dict[str, Any]) -> str:
 
 
 def cost_line(data: dict[str, Any]) -> str:
-    """`cost: $0.80 spent (est. $1.00, cap $1.00)`."""
-    spent = usd(Decimal(repr(data["cost_usd"])))
+    """`cost: $0.80 spent (est. $1.00, cap $1.00)`: the ledger's spent, with what part of it is
+    estimated and what jobs no longer in the manifest account for."""
+    spent = spent_text(Decimal(repr(data["spent_usd"])), data["unknown_cost_attempts"])
     notes = []
-    if data["est_cost_usd"] is not None:
-        est = Decimal(repr(data["est_cost_usd"]))
+    if data["spent_estimated_usd"]:
+        guessed = usd(Decimal(repr(data["spent_estimated_usd"])))
+        notes.append(f"{guessed} of it estimated: attempts that may have been billed")
+    gone = data["not_in_manifest"]
+    if gone["jobs"]:
+        notes.append(
+            f"{usd(Decimal(repr(gone['spent_usd'])))} on {gone['jobs']} "
+            f"job{'s' if gone['jobs'] != 1 else ''} no longer in the manifest"
+        )
+    if data["est_cost_usd"] is not None or data["unpriced_jobs"]:
+        est = Decimal(repr(data["est_cost_usd"] or 0.0))
         notes.append(estimate_text(est, data["unpriced_jobs"]))
     if data["max_cost_usd"] is not None:
         notes.append(f"cap {usd(Decimal(repr(data['max_cost_usd'])))}")
-    return f"cost: {spent} spent" + (f" ({', '.join(notes)})" if notes else "")
+    return f"cost: {spent}" + (f" ({', '.join(notes)})" if notes else "")

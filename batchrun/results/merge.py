@@ -2,8 +2,10 @@
 report.csv, summary.json and report.html, as if one run had done every shard's jobs.
 
 The merged folder is built beside its destination and renamed into place at the end, so it is
-either whole or absent. Every job's state is replayed through StateStore's transitions: the
-run folder's format keeps its one home in state.py.
+either whole or absent. Every job's row and every attempt of the folders' ledgers is copied
+through StateStore (the run folder's format keeps its one home in state.py): the merged
+ledger is the sum of the shards', so it shows what the whole sweep spent against the whole
+cap (the sum of the shards' caps).
 """
 
 from __future__ import annotations
@@ -14,11 +16,14 @@ import os
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 
+from batchrun.catalog.pricing import plain
 from batchrun.errors import StateError
 from batchrun.results.report import write_report
 from batchrun.store import state as st
+from batchrun.store.ledger import Attempt
 from batchrun.store.state import STATE_FILE, JobRow, StateStore
 
 _MAX_CONFLICTS = 10
@@ -42,6 +47,7 @@ class _Source:
     folder: Path
     meta: dict[str, str]
     rows: list[JobRow]
+    attempts: list[Attempt]
 
 
 def merge_runs(
@@ -66,7 +72,8 @@ def merge_runs(
             with store.batch(durable=True):
                 store.add_jobs(rows)
                 for row in rows:
-                    _replay(store, row)
+                    store.import_job(row)
+                store.append_attempts(_ledger(sources, chosen))
                 store.set_meta(**_meta(sources))
             for row, source in chosen.values():
                 for out in row.files:
@@ -75,13 +82,16 @@ def merge_runs(
                         result.linked += linked
                         result.copied += not linked
             merged = store.rows()
+            attempts = store.attempts()
+        meta = _meta(sources)
         extra = {
             "name": sources[0].meta.get("name", ""),
             "manifest": sources[0].meta.get("manifest", ""),
-            "api_calls": json.loads(_meta(sources)["api_calls"]),
+            "api_calls": json.loads(meta["api_calls"]),
             "merged_from": [str(s.folder) for s in sources],
+            **_money(meta),
         }
-        write_report(work, merged, extra=extra)
+        write_report(work, merged, attempts, extra=extra)
         if dest.is_dir():
             dest.rmdir()  # empty (checked): os.replace cannot put a folder over it otherwise
         os.replace(work, dest)
@@ -98,7 +108,7 @@ def _read(folder: Path) -> _Source:
             "ran in (their --run-dir), e.g. the downloaded artifacts"
         )
     with StateStore.open(folder, create=False, lock=False) as store:
-        return _Source(folder, store.meta(), store.rows(in_manifest_only=True))
+        return _Source(folder, store.meta(), store.rows(in_manifest_only=True), store.attempts())
 
 
 def _check_destination(dest: Path, folders: list[Path]) -> None:
@@ -163,54 +173,45 @@ def _meta(sources: list[_Source]) -> dict[str, str]:
     calls["total"] = sum(calls.values())
     first = sources[0].meta
     meta: dict[str, str] = {
-        k: first[k] for k in ("name", "manifest", "manifest_sha256", "api_base") if k in first
+        k: first[k]
+        for k in ("name", "manifest", "manifest_sha256", "api_base", "origin")
+        if k in first
     }
     meta["api_calls"] = json.dumps(calls)
     meta["merged_from"] = json.dumps([str(s.folder) for s in sources])
+    # Each shard ran on its share of the cap and estimated its own jobs: the sweep's are sums.
+    for key in ("max_cost_usd", "est_cost_usd"):
+        values = [s.meta.get(key, "") for s in sources]
+        if all(values):
+            meta[key] = plain(sum((Decimal(v) for v in values), Decimal(0)))
+    meta["unpriced_jobs"] = str(sum(int(s.meta.get("unpriced_jobs") or 0) for s in sources))
     return meta
 
 
-def _replay(store: StateStore, row: JobRow) -> None:
-    """Bring a freshly added (pending) job to the state `row` records, transition by
-    transition: the attempts, the request, first seen running, the result and its files."""
-    job_id = row.job_id
-    for _ in range(row.attempts - (1 if row.request_id else 0)):
-        store.mark_unknown(job_id, "", count_attempt=True)
-    if row.request_id:
-        submitted = row.submitted_at if row.submitted_at is not None else 0.0
-        store.record_request_id(job_id, row.request_id, submitted)
-    if row.started_at is not None:
-        store.record_status(job_id, st.RUNNING, started_at=row.started_at)
-    if row.cached:
-        store.record_cached(
-            job_id,
-            finished_at=row.finished_at if row.finished_at is not None else 0.0,
-            output=row.output,
-            saved_usd=row.saved_usd,
-            files=row.files,
-        )
-        return
-    if row.status in st.TERMINAL:
-        store.record_result(
-            job_id,
-            row.status,
-            finished_at=row.finished_at if row.finished_at is not None else 0.0,
-            output=row.output,
-            error=row.error,
-            cost_usd=row.cost_usd,
-        )
-    elif row.status in (st.QUEUED, st.RUNNING):
-        store.record_status(job_id, row.status)
-        if row.error:
-            store.record_error(job_id, row.error)
-    elif row.status == st.UNKNOWN:
-        store.mark_unknown(job_id, row.error, count_attempt=False)
-    elif row.status == st.SUBMITTING:
-        store.mark_submitting(job_id)
-    else:
-        store.mark_pending(job_id, row.error)
-    if row.files:
-        store.record_files(job_id, row.files)
+def _ledger(sources: list[_Source], chosen: dict[str, tuple[JobRow, _Source]]) -> list[Attempt]:
+    """Every attempt of every folder, except a duplicate job's in the folders it was not taken
+    from (the same attempts twice); jobs a folder no longer reports still count."""
+    out = []
+    for source in sources:
+        for attempt in source.attempts:
+            owner = chosen.get(attempt.job_id)
+            if owner is None or owner[1] is source:
+                out.append(attempt)
+    return out
+
+
+def _money(meta: dict[str, str]) -> dict[str, float | int | None]:
+    """The plan's estimate, unpriced jobs and the cap, for summary.json, as `_meta` summed
+    them."""
+
+    def number(key: str) -> float | None:
+        return float(meta[key]) if meta.get(key) else None
+
+    return {
+        "est_cost_usd": number("est_cost_usd"),
+        "unpriced_jobs": int(meta.get("unpriced_jobs") or 0),
+        "max_cost_usd": number("max_cost_usd"),
+    }
 
 
 def _place(src_root: Path, dest_root: Path, name: str, sha256: str) -> bool:

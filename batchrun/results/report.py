@@ -11,13 +11,16 @@ import math
 import statistics
 from collections.abc import Iterable
 from datetime import datetime, timezone
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 from batchrun.results import reportcsv
 from batchrun.results.html_report import write_html
 from batchrun.results.reportcsv import guard, join_cell, value_cell
+from batchrun.store import ledger
 from batchrun.store.atomic import write_text
+from batchrun.store.ledger import Attempt
 from batchrun.store.output_urls import collect_urls
 from batchrun.store.records import REPORT_STATUSES, SUCCEEDED, JobRow, report_status
 from batchrun.util.gcpause import gc_paused
@@ -105,8 +108,9 @@ def columns(rows: list[JobRow]) -> list[str]:
     return reportcsv.header(*_fields(rows))
 
 
-def _line(row: JobRow, inputs: list[str], var_names: list[str]) -> list[str]:
-    """The row's cells in columns() order (empty where the job has no such field)."""
+def _line(row: JobRow, inputs: list[str], var_names: list[str], cost: Decimal | None) -> list[str]:
+    """The row's cells in columns() order (empty where the job has no such field); `cost`
+    is what the job's attempts cost, from the ledger."""
     files = row.files
     done = [f for f in files if f.name and not f.error] if files else []
     queue_s, run_s = row.queue_s, row.run_s
@@ -121,11 +125,11 @@ def _line(row: JobRow, inputs: list[str], var_names: list[str]) -> list[str]:
         _timestamp(row.finished_at),
         _seconds(queue_s),
         _seconds(run_s),
-        _cost(row.cost_usd),
+        _cost(None if cost is None else float(cost)),
         guard(join_cell(printable(f.name) for f in done)),
         guard(join_cell(_urls(row))),
         join_cell(f.sha256 for f in done),
-        "true" if row.cached else "",
+        "true" if row.cached else "false",
         _cost(row.saved_usd),
     ]
     given, var_values = row.inputs, row.vars
@@ -146,9 +150,18 @@ def _stats(values: list[float]) -> dict[str, float | None]:
     }
 
 
-def summarise(rows: Iterable[JobRow]) -> dict[str, Any]:
-    """Totals of the reported jobs: per status, durations, cost, attempts, files."""
+def job_costs(rows: Iterable[JobRow], attempts: Iterable[Attempt]) -> dict[str, Decimal]:
+    """Each reported job's cost (report.csv's cost_usd): its attempts' actual costs from the
+    ledger, 0 for a job taken from the cache."""
+    costs = ledger.per_job(attempts)
+    return costs | {r.job_id: Decimal(0) for r in rows if r.cached and r.job_id not in costs}
+
+
+def summarise(rows: Iterable[JobRow], attempts: Iterable[Attempt] = ()) -> dict[str, Any]:
+    """Totals of the reported jobs: per status, durations, attempts, files; money from the
+    ledger's `attempts` (store/ledger.py)."""
     jobs = _reported(rows)
+    attempts = list(attempts)
     totals = dict.fromkeys(REPORT_STATUSES, 0)
     for row in jobs:
         totals[report_status(row.status)] += 1
@@ -156,7 +169,8 @@ def summarise(rows: Iterable[JobRow]) -> dict[str, Any]:
     finishes = [r.finished_at for r in jobs if r.finished_at is not None]
     makespan = max(finishes) - min(submits) if submits and finishes else None
     files = [f for r in jobs for f in r.files]
-    costs = [r.cost_usd for r in jobs if r.cost_usd is not None]
+    costs = job_costs(jobs, attempts)
+    reported = {r.job_id for r in jobs}
     cached = [r for r in jobs if r.cached]
     return {
         "jobs": len(jobs),
@@ -167,7 +181,9 @@ def summarise(rows: Iterable[JobRow]) -> dict[str, Any]:
             "queue_s": _stats([q for q in (r.queue_s for r in jobs) if q is not None]),
             "run_s": _stats([t for t in (r.run_s for r in jobs) if t is not None]),
         },
-        "cost_usd": round(sum(costs), 6),
+        # what the reported jobs' results said they cost: the sum of report.csv's cost_usd
+        "cost_usd": float(round(sum((costs[j] for j in reported if j in costs), Decimal(0)), 6)),
+        **ledger.summary(attempts, reported),
         "cached": len(cached),
         "saved_usd": round(sum(r.saved_usd or 0.0 for r in cached), 6),
         "attempts": sum(r.attempts for r in jobs),
@@ -182,6 +198,7 @@ def summarise(rows: Iterable[JobRow]) -> dict[str, Any]:
 def write_report(
     run_dir: Path,
     rows: list[JobRow],
+    attempts: list[Attempt],
     *,
     extra: dict | None = None,
     rows_key: str | None = None,
@@ -194,15 +211,16 @@ def write_report(
     """
     with gc_paused():
         jobs = _reported(rows)
+        costs = job_costs(jobs, attempts)
         inputs, var_names = _fields(jobs)
         run_dir = Path(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         reportcsv.write(
             run_dir / "report.csv",
             reportcsv.header(inputs, var_names),
-            (_line(row, inputs, var_names) for row in jobs),
+            (_line(row, inputs, var_names, costs.get(row.job_id)) for row in jobs),
         )
-        summary = summarise(jobs) | (extra or {})
+        summary = summarise(jobs, attempts) | (extra or {})
         write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
         write_html(run_dir, jobs, rows_key=rows_key, cols_key=cols_key)
 

@@ -1,23 +1,27 @@
 """The run's budget (`--max-cost` / `run.max_cost_usd`): what the run folder has spent, what its
 jobs in flight may still cost, and whether the next submit fits under the cap.
 
-Before a job's submit its estimate is reserved; a submit that would take spent + reserved past
-the cap is not sent. A job's result settles its reservation to the actual cost the API gives
-(`include_cost=true`). Amounts are exact decimals.
+Money comes from the ledger (store/ledger.py) and only from it: the budget starts from the
+folder's attempts (every run's, every retry's, jobs no longer in the manifest too), and is the
+one place the scheduler and the jobs at the server report an attempt's outcome, which it writes
+to the ledger as it counts it. Before a job's submit its reservation is held; a submit that
+would take spent + reserved past the cap is not sent. Amounts are exact decimals.
 
 What each outcome of an attempt does to its reservation (the table `test_budget.py` checks):
 
-    submit certainly not accepted (429, 503, refused, no balance)  released
+    submit certainly not accepted (429, 503, refused, no balance)  released (ledger: refused)
     submit ambiguous (the job becomes `unknown`)                    kept, as spent-maybe
     result succeeded or failed                                      settled to its cost
-    cancelled while queued                                          released
+    cancelled while queued                                          released (ledger: cancelled)
     given up on (job_timeout, request gone, left on the server)     kept, as spent-maybe
 
-A model without a price (or a duration "auto") is learnt: its jobs run one at a time, each
-holding all the room left under the cap, until the first actual cost arrives; then each
-reserves the highest actual cost seen for that model. On resume, whatever earlier runs of the
-folder paid counts as spent: a recorded cost, else the estimate of a job the server took
-(succeeded, failed, timed out or unknown).
+A reservation is the higher of the job's catalog estimate and the highest actual cost seen for
+its model in the folder (a stale low price never under-reserves). A model with no price (or a
+duration "auto") is learnt: its jobs run one at a time, each holding all the room left under
+the cap, until the first actual cost arrives. An attempt of such a model that may have been
+billed and that no cost tells about (lost, or results without a cost) keeps holding all the
+room: under a cap nothing more is sent, so the server bills at most one job past the cap.
+Cache hits cost nothing and teach nothing about a model's price.
 """
 
 from __future__ import annotations
@@ -25,12 +29,12 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from batchrun.api import answers as api_answers
 from batchrun.catalog.pricing import Estimator, usd
 from batchrun.errors import InsufficientBalanceError
-from batchrun.store import state as st
+from batchrun.store import ledger, state as st
 from batchrun.store.state import JobRow
 
 if TYPE_CHECKING:
@@ -39,8 +43,14 @@ if TYPE_CHECKING:
 Estimate = Callable[[str, Mapping[str, Any]], "Decimal | None"]  # (model id, inputs)
 
 _ZERO = Decimal(0)
-# Jobs an earlier run had the server take and that have no recorded cost: they may have paid.
-_MAYBE_PAID = frozenset({st.SUCCEEDED, st.FAILED, st.TIMED_OUT})
+
+
+class LedgerWriter(Protocol):
+    """Where the budget writes what became of an attempt (a StateStore)."""
+
+    def close_attempt(
+        self, job_id: str, *, answer: str | None = None, actual: Decimal | None = None
+    ) -> None: ...
 
 
 def amount(cost: float | None) -> Decimal | None:
@@ -57,18 +67,29 @@ class _Job:
 class Budget:
     """Spent, reserved and the cap (None: no cap, only counting) of one run folder."""
 
-    def __init__(self, cap: Decimal | None, estimate: Estimate) -> None:
+    def __init__(
+        self,
+        cap: Decimal | None,
+        estimate: Estimate,
+        books: ledger.Books | None = None,
+        writer: LedgerWriter | None = None,
+    ) -> None:
         self.cap = cap
         self._estimate = estimate
-        self.spent = _ZERO  # actual costs, plus `maybe`
-        self.maybe = _ZERO  # part of `spent` that may or may not have been billed
+        self.books = books or ledger.Books()
+        self.writer = writer
+        self.spent = self.books.spent  # what the ledger counts, plus this run's settled attempts
+        self.maybe = self.books.estimated  # part of `spent` that may or may not have been billed
+        # Attempts that may have been billed and that nothing tells the cost of (an unpriced
+        # model's, lost or without a cost): under a cap each holds all the room left.
+        self.unknown_cost = len(self.books.unknown_cost)
         self.reserved = _ZERO
         self.reached = False  # a job did not fit even with nothing in flight
         self.est_total = _ZERO  # the estimate of the run's jobs that have one
         self.unpriced = 0  # how many of the run's jobs have none
         self._held: dict[str, Decimal] = {}
         self._jobs: dict[str, _Job] = {}
-        self._highest: dict[str, Decimal] = {}  # model id -> highest actual cost seen
+        self._highest = self.books.highest  # model id -> highest actual cost seen
         self._learning: dict[str, str] = {}  # unpriced model id -> its job in flight
 
     @classmethod
@@ -76,18 +97,30 @@ class Budget:
         cls,
         cap: Decimal | None,
         estimate: Estimate,
+        attempts: Iterable[ledger.Attempt],
         every: Iterable[JobRow],
         run: Iterable[JobRow],
+        writer: LedgerWriter | None = None,
     ) -> Budget:
-        """The budget of a folder holding `every` row, about to run the jobs `run` (whose
-        QUEUED/RUNNING ones it polls again: their reservations are held until they finish)."""
-        budget = cls(cap, estimate)
-        every = list(every)
+        """The budget of a folder whose ledger holds `attempts` and that holds `every` row,
+        about to run the jobs `run` (whose QUEUED/RUNNING ones it polls again: their
+        reservations are held until they finish)."""
+        run = list(run)
+        polled = {
+            (r.job_id, r.request_id)
+            for r in run
+            if r.status in (st.QUEUED, st.RUNNING) and r.request_id and not r.cached
+        }
+        attempts = list(attempts)
+        held = [a for a in attempts if a.in_flight and (a.job_id, a.request_id) in polled]
+        rest = [a for a in attempts if not (a.in_flight and (a.job_id, a.request_id) in polled)]
+        books = ledger.books(rest)
+        for a in held:  # what they teach of prices counts; their cost is held, not spent
+            if a.actual is not None and a.actual > books.highest.get(a.model_id, Decimal(-1)):
+                books.highest[a.model_id] = a.actual
+        budget = cls(cap, estimate, books, writer)
         for row in every:
             budget._know(row)
-            if row.cost_usd is not None and row.status in (st.SUCCEEDED, st.FAILED):
-                budget._learn(row.model_id, amount(row.cost_usd))
-        polled = []
         for row in run:
             if row.cached:  # taken from the cache: costs nothing
                 continue
@@ -96,20 +129,18 @@ class Budget:
                 budget.unpriced += 1
             else:
                 budget.est_total += est
-            if row.status in (st.QUEUED, st.RUNNING) and row.request_id:
-                polled.append(row.job_id)
-        ids = set(polled)
-        for row in every:
-            if row.job_id not in ids:
-                budget._count_earlier(row)
-        for job_id in polled:  # once all that was spent is known (the room of a learnt model)
-            budget.reserve(job_id)
+        for a in held:  # once all that was spent is known (the room of a learnt model)
+            budget.reserve(a.job_id)
         return budget
 
     @classmethod
     def unlimited(cls) -> Budget:
         """No cap and no estimates: only counts what the results cost."""
         return cls(None, lambda model_id, inputs: None)
+
+    def bind(self, writer: LedgerWriter) -> None:
+        """Write each attempt's outcome to this ledger (the run folder's state)."""
+        self.writer = writer
 
     # ---- asked before a submit ----------------------------------------------------------
 
@@ -118,6 +149,9 @@ class Budget:
         it will never fit this run."""
         if self.cap is None or job_id in self._held:
             return True
+        if self.unknown_cost:
+            self.reached = True  # an attempt of unknown cost holds all the room
+            return False
         room = self.cap - self.spent - self.reserved
         cost = self._reservation(job_id)
         if cost is None:  # a model still being learnt
@@ -144,55 +178,94 @@ class Budget:
         self._held[job_id] = cost
         self.reserved += cost
 
-    # ---- told after an outcome ----------------------------------------------------------
+    def estimate(self, job_id: str) -> Decimal | None:
+        """The job's catalog estimate, recorded with its attempt in the ledger."""
+        return self._job(job_id).estimate
+
+    # ---- told after an outcome (each written to the ledger) -----------------------------
 
     def submit_failed(self, job_id: str, verdict: str) -> None:
-        """A submit came back with an error sorted by api_answers.submit_verdict."""
+        """A submit came back with an error sorted by api_answers.submit_verdict (an ambiguous
+        one is recorded `unknown` with the job's own transition)."""
         if verdict == api_answers.AMBIGUOUS:
-            self.keep(job_id)
+            self._keep(job_id)
         else:
-            self.release(job_id)
+            self._write(job_id, answer=ledger.REFUSED)
+            self._drop(job_id)
 
     def settle(self, job_id: str, state: str, cost: float | None) -> None:
         """An attempt finished (SUCCEEDED, FAILED or CANCELLED) with the API's cost, if any."""
+        actual = amount(cost)
         if state == st.CANCELLED:
             self.release(job_id)
             return
-        held = self._drop(job_id)
-        actual = amount(cost)
+        self._write(job_id, actual=actual)
+        self._drop(job_id)
         if actual is None:
-            # Billed, but for how much we were not told: the estimate (else what was held).
-            actual = self._reservation(job_id)
-            actual = held if actual is None else actual
-            self.maybe += actual
-        else:
-            self._learn(self._job(job_id).model_id, actual)
+            # Billed, but for how much we were not told: the best estimate, else (a model
+            # nothing priced) what was held, and it keeps holding the room.
+            best = self._reservation(job_id)
+            if best is None:
+                self.unknown_cost += 1
+                return
+            self.maybe += best
+            self.spent += best
+            return
+        self._learn(self._job(job_id).model_id, actual)
         self.spent += actual
 
     def release(self, job_id: str) -> None:
-        """The attempt was certainly not billed."""
+        """The attempt was cancelled while queued: certainly not billed."""
+        self._write(job_id, answer=ledger.CANCELLED)
         self._drop(job_id)
 
-    def keep(self, job_id: str) -> None:
-        """The attempt may have been billed and no cost will come: count it as spent-maybe."""
-        if job_id not in self._held:
-            return
-        held = self._drop(job_id)
-        cost = self._reservation(job_id)
-        cost = held if cost is None else cost
-        self.spent += cost
-        self.maybe += cost
+    def keep(self, job_id: str, *, given_up: bool = True) -> None:
+        """The attempt may have been billed and no cost will come this run: count it as
+        spent-maybe (`given_up`: nothing more will be learnt of it; else it is left on the
+        server, for the next run to read)."""
+        if given_up:
+            self._write(job_id)
+        self._keep(job_id)
 
     # ---- read -------------------------------------------------------------------------
 
     def line(self) -> str:
         """`$0.48 spent, est. $1.20 (cap $1.00)`, for the progress line."""
-        text = f"{usd(self.spent)} spent, {estimate_text(self.est_total, self.unpriced)}"
+        text = f"{spent_text(self.spent, self.unknown_cost)}, "
+        text += estimate_text(self.est_total, self.unpriced)
         if self.cap is not None:
             text += f" (cap {usd(self.cap)})"
         return text
 
+    def unknown_cost_note(self) -> str:
+        """Why an unpriced model's lost attempt stops the run under a cap ('' if none)."""
+        if not self.unknown_cost:
+            return ""
+        models = sorted({a.model_id for a in self.books.unknown_cost}) or sorted(self._learning)
+        return (
+            f"{self.unknown_cost} attempt{'s' if self.unknown_cost != 1 else ''} of "
+            f"{', '.join(models) or 'an unpriced model'} may have been billed and nothing tells "
+            "what it cost (the model has no price and no result gave a cost), so under a cap "
+            "nothing more is sent: give the model a price (batchrun models pull MODEL_ID) or "
+            "run without a cap"
+        )
+
     # ---- inside -----------------------------------------------------------------------
+
+    def _write(self, job_id: str, **outcome: Any) -> None:
+        if self.writer is not None:
+            self.writer.close_attempt(job_id, **outcome)
+
+    def _keep(self, job_id: str) -> None:
+        if job_id not in self._held:
+            return
+        self._drop(job_id)
+        cost = self._reservation(job_id)
+        if cost is None:
+            self.unknown_cost += 1  # it keeps holding the room
+            return
+        self.spent += cost
+        self.maybe += cost
 
     def _know(self, row: JobRow) -> None:
         self._jobs[row.job_id] = _Job(row.model_id, self._estimate(row.model_id, row.inputs))
@@ -201,11 +274,13 @@ class Budget:
         return self._jobs.get(job_id) or _Job("", None)
 
     def _reservation(self, job_id: str) -> Decimal | None:
-        """The job's estimate, else the highest actual cost seen for its model, else None."""
+        """The higher of the job's estimate and the highest actual cost seen for its model;
+        None when neither is known."""
         job = self._job(job_id)
-        if job.estimate is not None:
-            return job.estimate
-        return self._highest.get(job.model_id)
+        seen = self._highest.get(job.model_id)
+        if job.estimate is None or (seen is not None and seen > job.estimate):
+            return seen
+        return job.estimate
 
     def _learn(self, model_id: str, actual: Decimal | None) -> None:
         if actual is not None and actual > self._highest.get(model_id, Decimal(-1)):
@@ -218,17 +293,6 @@ class Budget:
         if self._learning.get(model) == job_id:
             del self._learning[model]
         return held
-
-    def _count_earlier(self, row: JobRow) -> None:
-        """What an earlier run of the folder spent on this job (one this run does not poll)."""
-        if row.cost_usd is not None and row.status not in (st.QUEUED, st.RUNNING):
-            self.spent += amount(row.cost_usd) or _ZERO
-            return
-        in_flight = row.status in (st.QUEUED, st.RUNNING) and bool(row.request_id)
-        if in_flight or row.status == st.UNKNOWN or (row.status in _MAYBE_PAID and row.request_id):
-            cost = self._reservation(row.job_id) or _ZERO
-            self.spent += cost
-            self.maybe += cost
 
 
 def plan_estimator(plan: Plan) -> Estimate:
@@ -255,13 +319,22 @@ def estimate_text(est_total: Decimal, unpriced: int) -> str:
     return f"est. {usd(est_total)}" + (f" + {unpriced} unpriced" if unpriced else "")
 
 
-def cost_text(rows: list[JobRow], budget: Budget) -> str:
-    """`Cost $0.80 (est. $1.00, cap $1.00)`: what the results cost, beside the plan's quote."""
-    actual = sum((amount(r.cost_usd) or Decimal(0) for r in rows), Decimal(0))
+def spent_text(spent: Decimal, unknown_cost: int = 0) -> str:
+    """`$0.48 spent`, or `$0.48 spent + 1 attempt of unknown cost`."""
+    text = f"{usd(spent)} spent"
+    if unknown_cost:
+        text += f" + {unknown_cost} attempt{'s' if unknown_cost != 1 else ''} of unknown cost"
+    return text
+
+
+def cost_text(budget: Budget) -> str:
+    """`Cost $0.80 (est. $1.00, cap $1.00)`: what the folder's attempts cost (the ledger's
+    spent), beside the plan's quote."""
     est = estimate_text(budget.est_total, budget.unpriced)
     if budget.cap is not None:
         est += f", cap {usd(budget.cap)}"
-    return f"Cost {usd(actual)} ({est})"
+    unknown = f" + {budget.unknown_cost} of unknown cost" if budget.unknown_cost else ""
+    return f"Cost {usd(budget.spent)}{unknown} ({est})"
 
 
 def no_balance(

@@ -41,7 +41,7 @@ def conclude(
         left = f" ({left_out} left out by the filter)" if left_out is not None else ""
         echo(
             f"{len(rows)} jobs{left}: {tally(counts, rows)}{cached_note(rows)}. "
-            f"{cost_text(rows, budget)}. Elapsed {duration(elapsed)}. "
+            f"{cost_text(budget)}. Elapsed {duration(elapsed)}. "
             f"Report: {run_dir / 'report.csv'}"
         )
     if file_errors:

@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -122,7 +123,7 @@ class _Run:
             sleep=self.opts.sleep,
         )
         budget = Budget.for_folder(
-            manifest.run.max_cost_usd, plan_estimator(self.plan), every, rows
+            self._cap(), plan_estimator(self.plan), self.store.attempts(), every, rows, self.store
         )
         self._record_budget(budget)
         progress = Progress(
@@ -199,10 +200,16 @@ class _Run:
         not_run = sum(1 for r in mine if r.status == st.PENDING)
         if budget.reached and not_run:
             assert budget.cap is not None
+            share = max(1, self.opts.share)
+            cap = f"{usd(budget.cap)} cap" + (f" (this shard's 1/{share})" if share > 1 else "")
+            why = budget.unknown_cost_note()
+            n = budget.unknown_cost
+            unknown = f" + {n} attempt{'s' if n != 1 else ''} of unknown cost" if n else ""
             raise BudgetReached(
-                f"stopped at the cost budget: spent {usd(budget.spent)} of the "
-                f"{usd(budget.cap)} cap; {not_run} job{'s' if not_run != 1 else ''} not run. "
-                "Rerun with a higher cap (--max-cost or run.max_cost_usd) to continue; "
+                f"stopped at the cost budget: spent {usd(budget.spent)}{unknown} of the {cap}; "
+                f"{not_run} job{'s' if not_run != 1 else ''} not run. "
+                + (f"{why}. " if why else "")
+                + "Rerun with a higher cap (--max-cost or run.max_cost_usd) to continue; "
                 "jobs already paid are not paid again"
             )
         return code
@@ -215,6 +222,13 @@ class _Run:
             unpriced_jobs=str(budget.unpriced),
             max_cost_usd=cap,
         )
+
+    def _cap(self) -> Decimal | None:
+        """The cost cap of this run folder: the manifest's (or --max-cost), split like the
+        rate among the shards of a CI matrix (a shard of N gets cap / N)."""
+        cap = self.plan.manifest.run.max_cost_usd
+        share = max(1, self.opts.share)
+        return cap if cap is None or share == 1 else cap / share
 
     def _chosen(self, job_id: str) -> bool:
         return self.opts.only is None or job_id in self.opts.only
@@ -380,6 +394,7 @@ class _Run:
         from batchrun.results.report import grid_choice, write_report
 
         calls = dict(sorted(client.calls.items()))
+        attempts = self.store.attempts()
         # API calls add up over every run (resume) of the folder
         meta = self.store.meta()
         total: dict[str, int] = json.loads(meta.get("api_calls", "{}"))
@@ -414,10 +429,12 @@ class _Run:
         grid = self.plan.manifest.report
         rows_key, cols_key = grid_choice(self.store.meta(), grid.rows, grid.cols)
         try:
-            write_report(self.run_dir, rows, extra=extra, rows_key=rows_key, cols_key=cols_key)
+            write_report(
+                self.run_dir, rows, attempts, extra=extra, rows_key=rows_key, cols_key=cols_key
+            )
         except ChoiceError as exc:
             self.echo(f"warning: report.html grid: {exc}; laid out automatically")
-            write_report(self.run_dir, rows, extra=extra)
+            write_report(self.run_dir, rows, attempts, extra=extra)
 
 
 def _say(text: str) -> None:

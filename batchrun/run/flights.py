@@ -105,6 +105,7 @@ class Flights:
         self._fatal = fatal  # the account cannot go on (auth)
         self._random = rng or random.Random()
         self.budget = budget or Budget.unlimited()  # told what each attempt cost
+        self.budget.bind(jobs.store)  # and writes it to the ledger
         self.planner = PollPlanner(run.poll_interval)
         self.flights: dict[str, Flight] = {}
         self.refreshing: dict[str, str] = {}  # job id -> request id whose /result is re-read
@@ -373,7 +374,7 @@ class Flights:
     def _stop_polling(self, flight: Flight, error: str) -> None:
         """Leave a job on the server (its request id stays; the next run polls it again)."""
         self.flights.pop(flight.job_id, None)
-        self.budget.keep(flight.job_id)
+        self.budget.keep(flight.job_id, given_up=False)
         self.abandoned.add(flight.job_id)
         self.jobs.record_error(flight.job_id, error)
 

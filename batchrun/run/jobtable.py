@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable
 from contextlib import AbstractContextManager
+from decimal import Decimal
 from typing import Any
 
 from batchrun.store import state as st
@@ -25,8 +26,8 @@ class JobTable:
         """The transitions made inside share one commit (see StateStore.batch)."""
         return self.store.batch(durable=durable)
 
-    def mark_submitting(self, job_id: str) -> None:
-        self.store.mark_submitting(job_id)
+    def mark_submitting(self, job_id: str, estimate: Decimal | None = None) -> None:
+        self.store.mark_submitting(job_id, estimate)
         self._set(job_id, st.SUBMITTING)
 
     def record_request_id(self, job_id: str, request_id: str, submitted_at: float) -> None:

@@ -80,6 +80,7 @@ class Scheduler:
         self.run_settings = run
         self.progress = progress
         self.budget = budget or Budget.unlimited()  # budget hook: see _budget_admits
+        self.budget.bind(store)  # it writes each attempt's outcome to the ledger
         self.echo = echo
         self.workers = workers
         self.clock = clock
@@ -203,7 +204,7 @@ class Scheduler:
             # each of them an ambiguous submit, never a silent second one.
             with self.jobs.batch(durable=True):
                 for job_id in submits:
-                    self.jobs.mark_submitting(job_id)
+                    self.jobs.mark_submitting(job_id, self.budget.estimate(job_id))
             submit = self.client.submit
             for job_id in submits:
                 row = self.jobs.rows[job_id]

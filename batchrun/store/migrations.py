@@ -13,20 +13,56 @@ from batchrun.errors import StateError
 from batchrun.store import lock as folder_lock
 from batchrun.store.records import COLUMNS, COLUMNS_V1
 
-# 1: the first; 2: jobs.cached and jobs.saved_usd (the cross-run cache)
-SCHEMA_VERSION = 2
+# 1: the first; 2: jobs.cached and jobs.saved_usd (the cross-run cache); 3: the attempts
+# table (the ledger: one row per submit attempt, appended, never rewritten away)
+SCHEMA_VERSION = 3
 STATE_FILE = "state.db"
 
 
-# Version N-1 -> N, in order; each runs in one transaction with the version's update.
-_MIGRATIONS = {
-    2: (
-        "ALTER TABLE jobs ADD COLUMN cached INTEGER NOT NULL DEFAULT 0",
-        "ALTER TABLE jobs ADD COLUMN saved_usd REAL",
-    ),
-}
+_ATTEMPTS = """
+CREATE TABLE IF NOT EXISTS attempts (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    job_id TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    model_id TEXT NOT NULL,
+    origin TEXT NOT NULL DEFAULT '',
+    sent_at REAL,
+    answer TEXT NOT NULL,
+    request_id TEXT,
+    estimate_usd TEXT,
+    actual_usd TEXT,
+    saved_usd TEXT,
+    finished_at REAL
+);
+CREATE INDEX IF NOT EXISTS attempts_job ON attempts (job_id);
+"""
 
-_SCHEMA = """
+# A folder made before the ledger: one attempt for what each job's row shows (its request, an
+# unknown submit, a cache hit), and one unknown attempt for each earlier attempt it counted
+# (those may have been billed, and nothing else is known of them).
+_BACKFILL = (
+    "INSERT INTO attempts (job_id, attempt, model_id, origin, sent_at, answer, request_id, "
+    "actual_usd, saved_usd, finished_at) "
+    "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < "
+    "(SELECT MAX(attempts) FROM jobs)) "
+    "SELECT j.job_id, n.i, j.model_id, COALESCE((SELECT value FROM meta WHERE key = 'origin'), "
+    "''), j.submitted_at, 'unknown', NULL, NULL, NULL, NULL FROM jobs j JOIN n "
+    "ON n.i <= j.attempts - (CASE WHEN j.request_id IS NOT NULL OR j.status IN "
+    "('unknown', 'submitting') THEN 1 ELSE 0 END)",
+    "INSERT INTO attempts (job_id, attempt, model_id, origin, sent_at, answer, request_id, "
+    "actual_usd, saved_usd, finished_at) "
+    "SELECT job_id, MAX(attempts, 1), model_id, COALESCE((SELECT value FROM meta WHERE key = "
+    "'origin'), ''), submitted_at, CASE WHEN cached = 1 THEN 'cached' WHEN request_id IS NULL "
+    "THEN 'unknown' WHEN status = 'cancelled' THEN 'cancelled' ELSE 'accepted' END, "
+    "request_id, CASE WHEN cached = 1 THEN '0' WHEN cost_usd IS NOT NULL THEN "
+    "CAST(cost_usd AS TEXT) END, CASE WHEN cached = 1 AND saved_usd IS NOT NULL THEN "
+    "CAST(saved_usd AS TEXT) END, CASE WHEN status IN ('succeeded', 'failed', 'timed_out', "
+    "'cancelled') THEN finished_at END FROM jobs WHERE cached = 1 OR request_id IS NOT NULL "
+    "OR status IN ('unknown', 'submitting')",
+)
+
+_SCHEMA = (
+    """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS jobs (
     job_id TEXT PRIMARY KEY,
@@ -52,6 +88,18 @@ CREATE TABLE IF NOT EXISTS jobs (
 );
 CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status);
 """
+    + _ATTEMPTS
+)
+
+
+# Version N-1 -> N, in order; each runs in one transaction with the version's update.
+_MIGRATIONS = {
+    2: (
+        "ALTER TABLE jobs ADD COLUMN cached INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE jobs ADD COLUMN saved_usd REAL",
+    ),
+    3: (*[stmt for stmt in _ATTEMPTS.split(";") if stmt.strip()], *_BACKFILL),
+}
 
 
 def migrate(store: Any, writable: bool) -> None:
@@ -86,8 +134,17 @@ def migrate(store: Any, writable: bool) -> None:
             f"batchrun; this one ({__version__}) reads version {SCHEMA_VERSION}: upgrade"
         )
     if version < SCHEMA_VERSION and not writable:
-        # Read as it is (status, merge's sources): the missing columns read as defaults.
-        store._columns = COLUMNS_V1
+        # Read as it is (status, merge's sources): the missing columns read as defaults, and
+        # the ledger of a folder made before it is built in a temporary table, as the
+        # migration would build it.
+        if version < 2:
+            store._columns = COLUMNS_V1
+        store._conn.execute(_ATTEMPTS.split(";")[0].replace("TABLE IF NOT EXISTS", "TEMP TABLE"))
+        for stmt in _BACKFILL:
+            if version < 2:
+                for column in ("cached = 1", "saved_usd IS NOT NULL", "CAST(saved_usd AS TEXT)"):
+                    stmt = stmt.replace(column, "NULL")
+            store._conn.execute(stmt)
         return
     while version < SCHEMA_VERSION:
         version += 1

@@ -9,11 +9,12 @@ import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 from batchrun.errors import StateError
-from batchrun.store import lock as folder_lock
+from batchrun.store import ledger, lock as folder_lock
 from batchrun.store.migrations import (
     SCHEMA_VERSION as SCHEMA_VERSION,
     STATE_FILE as STATE_FILE,
@@ -67,6 +68,7 @@ class StateStore:
         self._lock_fd = lock_fd
         self._mutex = threading.RLock()
         self._batch: bool | None = None  # the open batch's durability; None: no batch open
+        self._depth = 0  # transactions open inside one another (the outer one commits)
         self._columns = COLUMNS  # COLUMNS_V1 for a version 1 file opened read-only
 
     # ---- opening ------------------------------------------------------------------------
@@ -151,14 +153,14 @@ class StateStore:
     @contextmanager
     def _tx(self, *, durable: bool = False) -> Iterator[sqlite3.Connection]:
         with self._mutex:
-            if self._batch is not None:
-                if durable and not self._batch:
-                    raise StateError("internal: a durable transition in a batch that is not")
-                begin, undo, end = "SAVEPOINT tx", "ROLLBACK TO tx", "RELEASE tx"
-            else:
+            if self._batch is not None and durable and not self._batch:
+                raise StateError("internal: a durable transition in a batch that is not")
+            outer = self._batch is None and self._depth == 0
+            if outer:
                 begin, undo, end = "BEGIN IMMEDIATE", "ROLLBACK", "COMMIT"
-            outer = self._batch is None
-            with self._synchronous(durable and outer), self._sqlite_errors():
+            else:  # in a batch, or a transition made of others (a job's and its attempt's)
+                begin, undo, end = "SAVEPOINT tx", "ROLLBACK TO tx", "RELEASE tx"
+            with self._synchronous(durable and outer), self._sqlite_errors(), self._nested():
                 self._conn.execute(begin)
                 try:
                     yield self._conn
@@ -173,6 +175,14 @@ class StateStore:
                     self._commit()
                 else:
                     self._conn.execute(end)
+
+    @contextmanager
+    def _nested(self) -> Iterator[None]:
+        self._depth += 1
+        try:
+            yield
+        finally:
+            self._depth -= 1
 
     def _commit(self) -> None:
         """COMMIT; when it fails (disk full), roll back so the connection stays usable."""
@@ -314,27 +324,137 @@ class StateStore:
             if cur.rowcount != 1:
                 raise StateError(f"{self.run_dir}: no job {job_id} in {STATE_FILE}")
 
-    def mark_submitting(self, job_id: str) -> None:
-        """Committed before the submit is sent: a crash from here on leaves it ambiguous."""
-        self._update(job_id, "status = ?", (SUBMITTING,), durable=True)
+    def mark_submitting(self, job_id: str, estimate: Decimal | None = None) -> None:
+        """Committed before the submit is sent: a crash from here on leaves it ambiguous. The
+        ledger gets the attempt (`sending`, with the job's estimate) in the same transaction."""
+        with self._tx(durable=True):
+            self._update(job_id, "status = ?", (SUBMITTING,), durable=True)
+            self._add_attempt(job_id, ledger.SENDING, estimate=estimate)
 
     def record_request_id(self, job_id: str, request_id: str, submitted_at: float) -> None:
-        self._update(
-            job_id,
-            "status = ?, request_id = ?, attempts = attempts + 1, submitted_at = ?, "
-            "started_at = NULL, finished_at = NULL, error = '', output = NULL, cost_usd = NULL, "
-            "files = '[]', cached = 0, saved_usd = NULL",
-            (QUEUED, request_id, submitted_at),
-            durable=True,
-        )
+        with self._tx(durable=True):
+            self._update(
+                job_id,
+                "status = ?, request_id = ?, attempts = attempts + 1, submitted_at = ?, "
+                "started_at = NULL, finished_at = NULL, error = '', output = NULL, "
+                "cost_usd = NULL, files = '[]', cached = 0, saved_usd = NULL",
+                (QUEUED, request_id, submitted_at),
+                durable=True,
+            )
+            if not self._answer(job_id, ledger.ACCEPTED, request_id=request_id):
+                self._add_attempt(job_id, ledger.ACCEPTED, request_id=request_id)
 
     def mark_unknown(self, job_id: str, error: str, *, count_attempt: bool = True) -> None:
         """The submit may have reached the server: never resubmitted without being asked."""
+        with self._tx():
+            self._update(
+                job_id,
+                "status = ?, error = ?, attempts = attempts + ?",
+                (UNKNOWN, cap_error(error), 1 if count_attempt else 0),
+            )
+            if not self._answer(job_id, ledger.UNKNOWN) and count_attempt:
+                self._add_attempt(job_id, ledger.UNKNOWN)
+
+    def import_job(self, row: JobRow) -> None:
+        """A job's row as another folder holds it (merge): its state, request, times, result
+        and files, written as they are. Its attempts come with `append_attempts`."""
         self._update(
-            job_id,
-            "status = ?, error = ?, attempts = attempts + ?",
-            (UNKNOWN, cap_error(error), 1 if count_attempt else 0),
+            row.job_id,
+            "status = ?, request_id = ?, attempts = ?, error = ?, submitted_at = ?, "
+            "started_at = ?, finished_at = ?, cost_usd = ?, output = ?, files = ?, cached = ?, "
+            "saved_usd = ?",
+            (
+                row.status,
+                row.request_id,
+                row.attempts,
+                cap_error(row.error),
+                row.submitted_at,
+                row.started_at,
+                row.finished_at,
+                finite_cost(row.cost_usd),
+                None if row.output is None else dumps(row.output),
+                dumps([vars(f) for f in row.files]),
+                int(row.cached),
+                finite_cost(row.saved_usd),
+            ),
         )
+
+    # ---- the ledger (store/ledger.py): attempts are appended, never removed --------------
+
+    def attempts(self) -> list[ledger.Attempt]:
+        """Every submit attempt of the folder, in the order they were made."""
+        with self._mutex:
+            cur = self._conn.execute(f"SELECT {ledger.COLUMNS} FROM attempts ORDER BY seq")
+            return [ledger.Attempt.from_row(r) for r in cur.fetchall()]
+
+    def close_attempt(
+        self, job_id: str, *, answer: str | None = None, actual: Decimal | None = None
+    ) -> None:
+        """What became of the job's latest attempt: `answer` REFUSED or CANCELLED (it was not
+        billed), its actual cost, or only that nothing more will be learnt of it."""
+        with self._tx() as conn:
+            conn.execute(
+                "UPDATE attempts SET answer = COALESCE(?, answer), "
+                "actual_usd = COALESCE(actual_usd, ?), finished_at = COALESCE(finished_at, ?) "
+                "WHERE seq = (SELECT MAX(seq) FROM attempts WHERE job_id = ?)",
+                (answer, None if actual is None else str(actual), time.time(), job_id),
+            )
+
+    def append_attempts(self, attempts: Iterable[ledger.Attempt]) -> None:
+        """Copy attempts made elsewhere (a merged shard's), as they are."""
+        with self._tx() as conn:
+            conn.executemany(
+                f"INSERT INTO attempts ({ledger.COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        a.job_id, a.attempt, a.model_id, a.origin, a.sent_at, a.answer,
+                        a.request_id, _text(a.estimate), _text(a.actual), _text(a.saved),
+                        a.finished_at,
+                    )
+                    for a in attempts
+                ],
+            )  # fmt: skip
+
+    def _add_attempt(
+        self,
+        job_id: str,
+        answer: str,
+        *,
+        request_id: str | None = None,
+        estimate: Decimal | None = None,
+        actual: Decimal | None = None,
+        saved: Decimal | None = None,
+        finished: bool = False,
+    ) -> None:
+        now = time.time()
+        self._conn.execute(
+            "INSERT INTO attempts (job_id, attempt, model_id, origin, sent_at, answer, "
+            "request_id, estimate_usd, actual_usd, saved_usd, finished_at) "
+            "SELECT job_id, (SELECT COALESCE(MAX(attempt), 0) + 1 FROM attempts WHERE job_id = "
+            "?), model_id, COALESCE((SELECT value FROM meta WHERE key = 'origin'), ''), ?, ?, ?, "
+            "?, ?, ?, ? FROM jobs WHERE job_id = ?",
+            (
+                job_id,
+                None if answer == ledger.CACHED else now,
+                answer,
+                request_id,
+                _text(estimate),
+                _text(actual),
+                _text(saved),
+                now if finished else None,
+                job_id,
+            ),
+        )
+
+    def _answer(self, job_id: str, answer: str, *, request_id: str | None = None) -> bool:
+        """The answer to the job's submit in the air (its latest attempt, `sending` or
+        `unknown`); False when it has none."""
+        cur = self._conn.execute(
+            "UPDATE attempts SET answer = ?, request_id = COALESCE(?, request_id) WHERE seq = "
+            "(SELECT MAX(seq) FROM attempts WHERE job_id = ?) AND answer IN (?, ?)",
+            (answer, request_id, job_id, ledger.SENDING, ledger.UNKNOWN),
+        )
+        return cur.rowcount == 1
 
     def mark_pending(self, job_id: str, error: str = "") -> None:
         """Back to the submit queue (a refused submit, a retry, a requested resubmission)."""
@@ -385,7 +505,25 @@ class StateStore:
         files: list[OutputFile],
     ) -> None:
         """SUCCEEDED from the cross-run cache: nothing sent, nothing paid (cost 0), `saved_usd`
-        what the result cost when it was made."""
+        what the result cost when it was made; a `cached` attempt in the ledger."""
+        with self._tx():
+            self._add_attempt(
+                job_id,
+                ledger.CACHED,
+                actual=Decimal(0),
+                saved=None if saved_usd is None else Decimal(repr(saved_usd)),
+                finished=True,
+            )
+            self._cached(job_id, finished_at, output, saved_usd, files)
+
+    def _cached(
+        self,
+        job_id: str,
+        finished_at: float,
+        output: Any,
+        saved_usd: float | None,
+        files: list[OutputFile],
+    ) -> None:
         self._update(
             job_id,
             "status = ?, request_id = NULL, error = '', submitted_at = NULL, started_at = NULL, "
@@ -434,9 +572,16 @@ class StateStore:
     def submitting_to_unknown(self, error: str) -> int:
         """On resume: a SUBMITTING row means a crash around the submit, which is ambiguous."""
         with self._tx() as conn:
+            conn.execute(
+                "UPDATE attempts SET answer = ? WHERE answer = ?", (ledger.UNKNOWN, ledger.SENDING)
+            )
             cur = conn.execute(
                 "UPDATE jobs SET status = ?, error = ?, attempts = attempts + 1, updated_at = ? "
                 "WHERE status = ?",
                 (UNKNOWN, error, time.time(), SUBMITTING),
             )
             return cur.rowcount
+
+
+def _text(value: Decimal | None) -> str | None:
+    return None if value is None else str(value)

@@ -31,7 +31,7 @@ def make_folder(run_dir: Path) -> None:
         store.mark_submitting("j3")
         store.record_request_id("j3", "req-3", 1.0)
         store.record_status("j3", st.RUNNING, started_at=2.0)
-        write_report(run_dir, store.rows())
+        write_report(run_dir, store.rows(), store.attempts())
 
 
 def test_every_view_uses_the_same_words(tmp_path: Path, capsys) -> None:

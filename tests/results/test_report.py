@@ -12,6 +12,7 @@ from batchrun.results.report import summarise, write_report
 from batchrun.results.reportcsv import COLUMNS as REPORT_COLUMNS, read_rows as read_report
 from batchrun.store import state
 from batchrun.store.state import JobRow, OutputFile
+from testing.ledgers import attempts_for
 
 T0 = 1795935716.0  # 2026-11-29T07:01:56Z
 
@@ -53,7 +54,7 @@ def test_columns_order_and_cells(tmp_path: Path) -> None:
         job(1, status=state.QUEUED, request_id="req-1", inputs={"seed": 3, "flag": True}),
         job(3, in_manifest=False),
     ]
-    write_report(tmp_path, rows)
+    write_report(tmp_path, rows, attempts_for(rows))
     with open(tmp_path / "report.csv", encoding="utf-8", newline="") as fh:
         header = next(csv.reader(fh))
     assert header == REPORT_COLUMNS + [
@@ -82,7 +83,7 @@ def test_columns_order_and_cells(tmp_path: Path) -> None:
         "output_urls": "https://a.runcomfy.net/1.png;https://evil.example.com/2.png"
         ";https://a.runcomfy.net/3.png",
         "output_sha256": "aa;cc",
-        "cached": "",  # not from the cross-run cache
+        "cached": "false",  # not from the cross-run cache
         "saved_usd": "",
         "input.prompt": "a",
         "input.image_size": '{"w":1,"h":2}',
@@ -114,14 +115,14 @@ def test_columns_order_and_cells(tmp_path: Path) -> None:
     ],
 )
 def test_status_column(tmp_path: Path, internal: str, reported: str) -> None:
-    write_report(tmp_path, [job(0, status=internal)])
+    write_report(tmp_path, [job(0, status=internal)], attempts_for([job(0, status=internal)]))
     assert read_report(tmp_path / "report.csv")[0]["status"] == reported
 
 
 def test_awkward_cells_round_trip(tmp_path: Path) -> None:
     prompt = 'a "quoted", comma\nnew line; semicolon — ünïcode'
     rows = [job(0, status=state.FAILED, inputs={"prompt": prompt}, error='bad "x",\nline 2')]
-    write_report(tmp_path, rows)
+    write_report(tmp_path, rows, attempts_for(rows))
     [row] = read_report(tmp_path / "report.csv")
     assert row["input.prompt"] == prompt
     assert row["error"] == 'bad "x",\nline 2'
@@ -139,7 +140,7 @@ def test_formula_injection_is_defused(tmp_path: Path, text: str) -> None:
             error=text,
         )
     ]
-    write_report(tmp_path, rows)
+    write_report(tmp_path, rows, attempts_for(rows))
     [row] = read_report(tmp_path / "report.csv")
     for column in ("model_id", "input.prompt", "var.v", "error"):
         assert row[column] == "'" + text
@@ -148,7 +149,9 @@ def test_formula_injection_is_defused(tmp_path: Path, text: str) -> None:
 
 def test_urls_from_output_when_nothing_downloaded(tmp_path: Path) -> None:
     output = {"images": ["https://a.runcomfy.net/1.png", "https://a.runcomfy.net/x;y.png"]}
-    write_report(tmp_path, [done(0, 1, 1, output=output)])
+    write_report(
+        tmp_path, [done(0, 1, 1, output=output)], attempts_for([done(0, 1, 1, output=output)])
+    )
     [row] = read_report(tmp_path / "report.csv")
     assert row["output_urls"] == "https://a.runcomfy.net/1.png;https://a.runcomfy.net/x%3By.png"
     assert row["output_files"] == ""
@@ -166,9 +169,9 @@ def test_summary_figures(tmp_path: Path) -> None:
     rows.append(job(20, status=state.FAILED, attempts=2, error="boom"))
     rows.append(job(21, status=state.QUEUED, submitted_at=T0 + 100))
     rows.append(job(22, status=state.FAILED, in_manifest=False, attempts=9, cost_usd=5.0))
-    write_report(tmp_path, rows, extra={"api_calls": {"submit": 22}})
+    write_report(tmp_path, rows, attempts_for(rows), extra={"api_calls": {"submit": 22}})
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert summary == summarise(rows) | {"api_calls": {"submit": 22}}
+    assert summary == summarise(rows, attempts_for(rows)) | {"api_calls": {"submit": 22}}
     assert summary["jobs"] == 22
     assert summary["statuses"] == {
         "succeeded": 20,
@@ -190,7 +193,7 @@ def test_summary_figures(tmp_path: Path) -> None:
 
 
 def test_summary_of_nothing(tmp_path: Path) -> None:
-    write_report(tmp_path, [])
+    write_report(tmp_path, [], attempts_for([]))
     assert read_report(tmp_path / "report.csv") == []
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["jobs"] == 0 and summary["durations"]["makespan_s"] is None
@@ -199,8 +202,8 @@ def test_summary_of_nothing(tmp_path: Path) -> None:
 
 def test_rewrite_is_atomic_and_leaves_no_part(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    write_report(run_dir, [job(0)])
-    write_report(run_dir, [job(0), job(1)])
+    write_report(run_dir, [job(0)], attempts_for([job(0)]))
+    write_report(run_dir, [job(0), job(1)], attempts_for([job(0), job(1)]))
     assert sorted(p.name for p in run_dir.iterdir()) == [
         "report.csv",
         "report.html",

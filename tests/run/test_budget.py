@@ -9,6 +9,7 @@ import pytest
 from batchrun.api import answers as api_answers
 from batchrun.run.budget import Budget, estimate_text
 from batchrun.store import state as st
+from batchrun.store.ledger import ACCEPTED, CACHED, CANCELLED, REFUSED, UNKNOWN, Attempt
 from batchrun.store.state import JobRow
 
 PRICED, UNPRICED = "m/priced", "m/unpriced"
@@ -22,9 +23,15 @@ def row(job_id: str, model: str = PRICED, status: str = st.PENDING, **kw: object
     return JobRow(job_id, 0, model, {}, status=status, **kw)  # type: ignore[arg-type]
 
 
-def budget(cap: str | None, *rows: JobRow) -> Budget:
+def budget(cap: str | None, *rows: JobRow, ledger: tuple[Attempt, ...] = ()) -> Budget:
+    """The budget of a folder holding `rows`, whose ledger holds `ledger`, running them all."""
     rows = rows or tuple(row(f"j{i}") for i in range(10))
-    return Budget.for_folder(None if cap is None else Decimal(cap), estimate, rows, rows)
+    return Budget.for_folder(None if cap is None else Decimal(cap), estimate, ledger, rows, rows)
+
+
+def attempt(job_id: str, answer: str, model: str = PRICED, **kw: object) -> Attempt:
+    est = Decimal("0.04") if model == PRICED else None
+    return Attempt(job_id, 1, model, answer, estimate=est, **kw)  # type: ignore[arg-type]
 
 
 def send(b: Budget, job_id: str) -> bool:
@@ -137,22 +144,77 @@ def test_no_cap_admits_everything_and_counts_the_spend():
 
 def test_what_earlier_runs_paid_counts_as_spent_on_resume():
     rows = [
-        row("paid", status=st.SUCCEEDED, request_id="r1", cost_usd=0.05),
+        row("paid", status=st.SUCCEEDED, request_id="r1"),
         row("no-cost", status=st.FAILED, request_id="r2"),  # taken by the server: maybe paid
         row("unknown", status=st.UNKNOWN),
         row("refused", status=st.FAILED),  # refused at submit: no request id, not paid
         row("cancelled", status=st.CANCELLED, request_id="r3"),
         row("flying", status=st.RUNNING, request_id="r4"),  # polled again: held
         row("todo"),
-        row("u-done", UNPRICED, status=st.SUCCEEDED, request_id="r5", cost_usd=0.25),
+        row("u-done", UNPRICED, status=st.SUCCEEDED, request_id="r5"),
         row("u-todo", UNPRICED),
     ]
-    b = budget("1", *rows)
-    assert b.spent == Decimal("0.05") + Decimal("0.04") * 2 + Decimal("0.25")
-    assert b.maybe == Decimal("0.08") and b.reserved == Decimal("0.04")
+    books = (
+        attempt("paid", ACCEPTED, request_id="r1", actual=Decimal("0.05"), finished_at=1.0),
+        attempt("no-cost", ACCEPTED, request_id="r2", finished_at=1.0),
+        attempt("unknown", UNKNOWN),
+        attempt("refused", REFUSED),
+        attempt("cancelled", CANCELLED, request_id="r3", finished_at=1.0),
+        attempt("flying", ACCEPTED, request_id="r4"),
+        attempt("u-done", ACCEPTED, UNPRICED, request_id="r5", actual=Decimal("0.25")),
+    )
+    b = budget("1", *rows, ledger=books)
+    # no-cost and unknown count at the best estimate: the higher of the price (0.04) and the
+    # highest actual cost seen for the model (0.05); the flying one is held at it
+    assert b.spent == Decimal("0.05") + Decimal("0.05") * 2 + Decimal("0.25")
+    assert b.maybe == Decimal("0.10") and b.reserved == Decimal("0.05")
     assert b.unpriced == 2 and b.est_total == Decimal("0.04") * 7
     b.reserve("u-todo")
-    assert b.reserved == Decimal("0.29")  # an unpriced model learnt in an earlier run
+    assert b.reserved == Decimal("0.30")  # an unpriced model learnt in an earlier run
+
+
+def test_an_earlier_attempt_of_a_retried_job_still_counts():
+    # The job's row shows its second request only; the ledger has both attempts.
+    rows = [row("j0", status=st.SUCCEEDED, request_id="r2"), row("j1")]
+    books = (
+        attempt("j0", ACCEPTED, request_id="r1", actual=Decimal("0.04"), finished_at=1.0),
+        Attempt("j0", 2, PRICED, ACCEPTED, request_id="r2", actual=Decimal("0.04")),
+    )
+    b = budget("0.10", *rows, ledger=books)
+    assert b.spent == Decimal("0.08")
+    assert not send(b, "j1") and b.reached  # 0.08 + 0.04 > 0.10
+
+
+def test_a_lost_attempt_of_an_unpriced_model_holds_all_the_room_on_resume():
+    rows = [row("u0", UNPRICED, status=st.UNKNOWN), row("u1", UNPRICED), row("p0")]
+    b = budget("1.00", *rows, ledger=(attempt("u0", UNKNOWN, UNPRICED),))
+    assert b.unknown_cost == 1
+    assert not b.admits("u1") and not b.admits("p0") and b.reached
+    assert "u/unpriced" not in b.unknown_cost_note()  # names the model as the ledger has it
+    assert UNPRICED in b.unknown_cost_note()
+
+
+def test_a_result_without_a_cost_of_an_unpriced_model_keeps_holding_the_room():
+    rows = [row(f"u{i}", UNPRICED) for i in range(3)]
+    b = budget("1.00", *rows)
+    assert send(b, "u0")
+    b.settle("u0", st.SUCCEEDED, None)  # billed, nothing says for how much
+    assert not b.admits("u1") and b.reached and b.unknown_cost == 1
+
+
+def test_cache_hits_teach_nothing_about_a_models_price():
+    rows = [row("u0", UNPRICED, status=st.SUCCEEDED, cached=True), row("u1", UNPRICED)]
+    books = (attempt("u0", CACHED, UNPRICED, actual=Decimal(0), saved=Decimal("0.30")),)
+    b = budget("1.00", *rows, ledger=books)
+    assert send(b, "u1")
+    assert b.reserved == Decimal("1.00")  # still learning: it holds all the room, not $0
+
+
+def test_a_stale_low_price_reserves_the_highest_actual_cost_seen():
+    rows = [row("j0", status=st.SUCCEEDED, request_id="r1"), row("j1"), row("j2")]
+    books = (attempt("j0", ACCEPTED, request_id="r1", actual=Decimal("0.10"), finished_at=1.0),)
+    b = budget("1.00", *rows, ledger=books)
+    assert send(b, "j1") and b.reserved == Decimal("0.10")  # not the catalog's 0.04
 
 
 def test_the_progress_line_shows_spend_estimate_and_cap():

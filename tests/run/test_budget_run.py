@@ -115,7 +115,9 @@ def test_status_shows_the_cost_spent_the_estimate_and_the_cap(tmp_path):
         options.handle_signals = False
         assert run_batch(build_plan(path), options) == 0
     data = status_data(tmp_path / "run")
-    assert (data["cost_usd"], data["est_cost_usd"], data["max_cost_usd"]) == (0.12, 0.0, 0.5)
+    # nothing priced: no estimate (null), never a bare 0.0 beside jobs that cost money
+    assert (data["cost_usd"], data["est_cost_usd"], data["max_cost_usd"]) == (0.12, None, 0.5)
+    assert data["spent_usd"] == 0.12
     assert data["unpriced_jobs"] == 3  # the packaged Kontext schema has no price
     assert "cost: $0.12 spent (no estimate: 3 jobs unpriced, cap $0.50)" in (
         render_status(data).splitlines()

@@ -107,7 +107,7 @@ def test_a_second_run_folder_takes_every_job_from_the_cache(tmp_path, server) ->
         f"Report: {tmp_path / 'two' / 'report.csv'}"
     )
     # The first folder's report has no cached job
-    assert {r["cached"] for r in first} == {""}
+    assert {r["cached"] for r in first} == {"false"}
 
 
 def test_a_changed_schema_misses(tmp_path, server) -> None:
@@ -120,7 +120,7 @@ def test_a_changed_schema_misses(tmp_path, server) -> None:
     (folder / name).write_bytes((packaged / name).read_bytes() + b"\n")
     assert run(path, server, tmp_path / "two", cache)[0] == 0
     assert submits(server) == 4
-    assert {r["cached"] for r in report(tmp_path / "two")} == {""}
+    assert {r["cached"] for r in report(tmp_path / "two")} == {"false"}
 
 
 @pytest.mark.parametrize("damage", ["missing file", "changed file", "bad json", "no entry.json"])
@@ -143,7 +143,7 @@ def test_a_damaged_entry_is_reported_and_not_used(tmp_path, server, damage) -> N
     damaged = [m for m in messages if m.startswith("cache: damaged entry ignored (job ")]
     assert len(damaged) == 1 and damaged[0].endswith("; the job runs")
     rows = report(tmp_path / "two")
-    assert sorted(r["cached"] for r in rows) == ["", "true", "true"]
+    assert sorted(r["cached"] for r in rows) == ["false", "true", "true"]
     assert_files_verified(tmp_path / "two", rows)
     # The run replaced the damaged entry with a good one: a third folder sends nothing.
     assert run(path, server, tmp_path / "three", cache)[0] == 0
@@ -182,14 +182,15 @@ def test_a_version_1_state_db_is_read_as_is_and_migrated_by_a_run(tmp_path) -> N
     with conn:  # what batchrun made before the cache: no cached / saved_usd columns
         conn.execute("ALTER TABLE jobs DROP COLUMN cached")
         conn.execute("ALTER TABLE jobs DROP COLUMN saved_usd")
+        conn.execute("DROP TABLE attempts")
         conn.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
     conn.close()
     with StateStore.open(folder, create=False, lock=False) as store:  # status, report
         assert [(r.job_id, r.cached, r.saved_usd) for r in store.rows()] == [("j1", False, None)]
         assert store.meta()["schema_version"] == "1"  # read, not changed
     with StateStore.open(folder) as store:  # a run
-        assert store.meta()["schema_version"] == str(SCHEMA_VERSION) == "2"
-        assert store.get("j1").cached is False
+        assert store.meta()["schema_version"] == str(SCHEMA_VERSION) == "3"
+        assert store.get("j1").cached is False and store.attempts() == []
 
 
 # ---- a run killed while it writes entries ----------------------------------------------
@@ -254,7 +255,7 @@ def test_a_kill_while_writing_entries_leaves_no_half_entry(tmp_path, server, whe
     assert code == 0 and submits(server) == 15
     assert not [m for m in messages if "damaged" in m]
     rows = report(tmp_path / "two")
-    assert sorted(r["cached"] for r in rows) == [""] * 5 + ["true"] * 5
+    assert sorted(r["cached"] for r in rows) == ["false"] * 5 + ["true"] * 5
     assert_files_verified(tmp_path / "two", rows)
     # The killed run resumes: nothing to submit, its report written, the cache filled up.
     assert run(path, server, tmp_path / "one", cache)[0] == 0
