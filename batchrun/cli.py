@@ -376,6 +376,17 @@ def models_list(**options: Any) -> int:
 @click.option("--drift", help="Fraction of jobs whose output bytes differ (for compare demos).")
 @click.option("--malicious", is_flag=True, default=None, help="Hostile outputs (security tests).")
 @click.option(
+    "--bill-on",
+    type=click.Choice(["success", "accept"]),
+    help="Bill a job when it succeeds, or every submit as it is accepted [default: success].",
+)
+@click.option(
+    "--result-costs/--no-result-costs",
+    default=None,
+    help="Answer include_cost=true with the job's cost [default: yes].",
+)
+@click.option("--balance", help="USD the account can pay; past it a submit is refused (402).")
+@click.option(
     "--state-dir",
     type=click.Path(file_okay=False),
     help="Keep accepted jobs in DIR; a restart with the same DIR still knows them.",

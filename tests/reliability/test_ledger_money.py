@@ -1,0 +1,239 @@
+"""The cap holds where features meet, judged by what the simulator billed: a server that bills
+every submit it accepts (`--bill-on accept`), results with and without a cost, kills
+mid-submit, retries, the cache, shards and merge, a stale price, a manifest edit. The promise:
+billed <= cap, plus at most one job of an unpriced model whose price nothing told us; and
+`status`, summary.json and report.csv say what the ledger says."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from testing.cli import batchrun_cmd
+
+from .conftest import (
+    MODEL,
+    SimFactory,
+    SimProcess,
+    clean_env,
+    read_report,
+    run_cli,
+    sweep,
+    write_manifest,
+)
+
+PRICE = Decimal("0.04")  # what the simulator bills for one MODEL job
+
+
+def _manifest(tmp_path: Path, jobs: int, *, priced: bool, sim: SimProcess, **run: object) -> Path:
+    """A sweep of MODEL; `priced`: its catalog entry (price included) pulled beside it, else
+    the packaged schema, which has no price."""
+    manifest = write_manifest(
+        tmp_path / "sweep.yaml", sweep(jobs, run=dict(run), outputs={"download": False})
+    )
+    if priced:
+        pulled = run_cli(
+            *("models", "pull", MODEL, "--dir", str(tmp_path / "schemas" / "models")),
+            *("--api-base", sim.base_url),
+        )
+        assert pulled.returncode == 0, pulled.stderr
+    return manifest
+
+
+def _run(manifest: Path, sim: SimProcess, run_dir: Path, *extra: str):
+    return run_cli(
+        *("run", str(manifest), "--api-base", sim.base_url, "--run-dir", str(run_dir)),
+        *("--quiet", *extra),
+    )
+
+
+def _billed(sim: SimProcess) -> Decimal:
+    """What the simulator billed once every job it accepted has finished."""
+    deadline = time.monotonic() + 30
+    while True:
+        stats = sim.stats()
+        if not (stats["jobs"].get("in_queue") or stats["jobs"].get("in_progress")):
+            return Decimal(repr(stats["billed_usd"]))
+        assert time.monotonic() < deadline, f"simulator jobs still running: {stats['jobs']}"
+        time.sleep(0.05)
+
+
+def _status(run_dir: Path) -> dict:
+    result = run_cli("status", str(run_dir), "--json")
+    assert result.returncode == 0, result.stderr
+    return dict(json.loads(result.stdout))
+
+
+def _agree(run_dir: Path) -> dict:
+    """status --json and summary.json give the same money; report.csv's costs add up to it."""
+    status = _status(run_dir)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    for key in ("spent_usd", "spent_known_usd", "spent_estimated_usd", "cost_usd"):
+        assert status[key] == summary[key], key
+    column = sum((Decimal(r["cost_usd"] or "0") for r in read_report(run_dir)), Decimal(0))
+    assert column == Decimal(repr(summary["cost_usd"]))
+    return status
+
+
+def _kill_mid_submit(manifest: Path, sim: SimProcess, run_dir: Path, submits: int) -> None:
+    """Start a run, SIGKILL it while its submit is in the air (the simulator answers every
+    call 1.5 s late), then wait until the simulator has taken that submit."""
+    cmd = batchrun_cmd(
+        *("run", str(manifest), "--api-base", sim.base_url, "--run-dir", str(run_dir)),
+        *("--max-cost", "0.10", "--quiet"),
+    )
+    proc = subprocess.Popen(cmd, env=clean_env(), stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 20
+    while sim.stats()["calls"].get("submit", 0) < submits:  # counted as it arrives
+        assert time.monotonic() < deadline and proc.poll() is None, "no submit sent"
+        time.sleep(0.02)
+    proc.kill()
+    proc.wait(10)
+    while sim.stats()["submits"] < submits:  # accepted (and billed) after the delay
+        assert time.monotonic() < deadline, "the submit was never accepted"
+        time.sleep(0.02)
+
+
+def test_kills_mid_submit_of_an_unpriced_model_never_pay_past_the_cap(
+    tmp_path: Path, simulator: SimFactory
+) -> None:
+    # Item 1: each lost submit may have been billed; with no price known it holds all the room.
+    sim = simulator("--run-time", "0.05", "--workers", "0", "--bill-on", "accept", "--slow", "1.5")
+    manifest = _manifest(tmp_path, 10, priced=False, sim=sim)
+    run_dir = tmp_path / "run"
+    _kill_mid_submit(manifest, sim, run_dir, submits=1)
+    reruns = [_run(manifest, sim, run_dir, "--max-cost", "0.10") for _ in range(4)]
+    assert sim.stats()["submits"] == 1  # each rerun with the same cap sends nothing more
+    assert _billed(sim) <= Decimal("0.10") + PRICE
+    for again in reruns:
+        assert again.returncode == 4, again.stderr
+        assert "1 attempt of unknown cost" in again.stderr
+        assert "give the model a price (batchrun models pull MODEL_ID)" in again.stderr
+    status = _agree(run_dir)
+    assert status["unknown_cost_attempts"] == 1
+
+
+def test_results_without_a_cost_do_not_let_each_rerun_pay_one_more_job(
+    tmp_path: Path, simulator: SimFactory
+) -> None:
+    # Item 1, second half: nothing tells what an unpriced job cost, so it keeps the room.
+    sim = simulator("--run-time", "0.05", "--workers", "0", "--bill-on", "accept",
+                    "--no-result-costs")  # fmt: skip
+    manifest = _manifest(tmp_path, 10, priced=False, sim=sim)
+    run_dir = tmp_path / "run"
+    codes = [_run(manifest, sim, run_dir, "--max-cost", "0.10").returncode for _ in range(5)]
+    assert codes == [4] * 5
+    assert sim.stats()["submits"] == 1
+    assert _billed(sim) <= Decimal("0.10") + PRICE
+
+
+def test_cache_hits_do_not_teach_an_unpriced_model_to_cost_nothing(
+    tmp_path: Path, simulator: SimFactory
+) -> None:
+    # Item 2: three jobs come from the cache (cost 0); the others must not reserve $0.
+    sim = simulator("--run-time", "0.05", "--workers", "0", "--bill-on", "accept")
+    cache = tmp_path / "cache"
+    few = write_manifest(tmp_path / "few" / "sweep.yaml", sweep(3, outputs={"download": True}))
+    assert _run(few, sim, tmp_path / "filled", "--cache", str(cache)).returncode == 0
+    before = _billed(sim)
+    many = write_manifest(tmp_path / "many" / "sweep.yaml", sweep(15, outputs={"download": True}))
+    run_dir = tmp_path / "run"
+    taken = _run(many, sim, run_dir, "--cache", str(cache), "--first", "3")  # all 3 from the cache
+    assert taken.returncode == 0, taken.stderr
+    assert _billed(sim) == before
+    result = _run(many, sim, run_dir, "--cache", str(cache), "--max-cost", "0.20")
+    assert _billed(sim) - before <= Decimal("0.20") + PRICE
+    assert result.returncode == 4, result.stderr
+    assert _status(run_dir)["spent_usd"] <= 0.20 + 0.04
+
+
+def test_retried_failures_keep_counting_over_reruns(tmp_path: Path, simulator: SimFactory) -> None:
+    # Item 4: a failed attempt the server billed is not forgotten when the job is sent again.
+    sim = simulator("--run-time", "0.05", "--workers", "0", "--bill-on", "accept",
+                    "--fail-rate", "0.5", "--seed", "11")  # fmt: skip
+    manifest = _manifest(tmp_path, 20, priced=True, sim=sim, retries=1)
+    run_dir = tmp_path / "run"
+    for extra in ((), ("--retry-failed",), ("--retry-failed",)):
+        result = _run(manifest, sim, run_dir, "--max-cost", "0.20", *extra)
+        assert result.returncode in (1, 4), result.stderr
+        assert _billed(sim) <= Decimal("0.20")
+    status = _agree(run_dir)
+    assert Decimal(repr(status["spent_usd"])) == _billed(sim)
+    assert status["billable_attempts"] == sim.stats()["submits"]
+
+
+def test_four_shards_share_one_cap_and_the_merged_folder_shows_it(
+    tmp_path: Path, simulator: SimFactory
+) -> None:
+    # Item 5: a shard of N gets cap / N, as it gets rate / N.
+    sim = simulator("--run-time", "0.05", "--workers", "0", "--bill-on", "accept")
+    manifest = _manifest(tmp_path, 40, priced=True, sim=sim)
+    shards = [tmp_path / f"shard-{k}" for k in range(1, 5)]
+    for k, folder in enumerate(shards, 1):
+        result = _run(manifest, sim, folder, "--shard", f"{k}/4", "--max-cost", "0.20")
+        assert result.returncode in (0, 4), result.stderr
+        assert "this shard's 1/4" in result.stderr or result.returncode == 0
+    billed = _billed(sim)
+    assert billed <= Decimal("0.20")
+    merged = run_cli("merge", *map(str, shards), "--into", str(tmp_path / "all"))
+    assert merged.returncode == 0, merged.stderr
+    status = _agree(tmp_path / "all")
+    assert status["max_cost_usd"] == 0.2
+    assert Decimal(repr(status["spent_usd"])) == billed
+
+
+def test_a_stale_low_price_is_not_reserved_once_results_say_more(
+    tmp_path: Path, simulator: SimFactory
+) -> None:
+    # Item 7: the catalog says $0.01, the results $0.04: waves after the first reserve $0.04.
+    sim = simulator("--run-time", "0.05", "--workers", "0", "--bill-on", "accept")
+    manifest = _manifest(tmp_path, 20, priced=True, sim=sim, max_in_flight=2)
+    schema = next((tmp_path / "schemas" / "models").glob("*.json"))
+    entry = json.loads(schema.read_text())
+    entry["base_price_usd"] = 0.01
+    schema.write_text(json.dumps(entry))
+    result = _run(manifest, sim, tmp_path / "run", "--max-cost", "0.20")
+    assert result.returncode == 4, result.stderr
+    assert _billed(sim) <= Decimal("0.20")
+
+
+def test_status_counts_lost_attempts_and_jobs_no_longer_in_the_manifest(
+    tmp_path: Path, simulator: SimFactory
+) -> None:
+    # Item 8: spent = what the server may have billed, whatever the jobs' states are now.
+    sim = simulator("--run-time", "0.05", "--workers", "0", "--bill-on", "accept", "--slow", "1.5")
+    manifest = _manifest(tmp_path, 4, priced=True, sim=sim)
+    run_dir = tmp_path / "run"
+    _kill_mid_submit(manifest, sim, run_dir, submits=1)  # one unknown job, billed
+    status = _status(run_dir)
+    assert status["counts"]["unknown"] == 1
+    assert Decimal(repr(status["spent_usd"])) == _billed(sim) == PRICE
+    assert status["spent_estimated_usd"] == 0.04
+    smaller = write_manifest(manifest, sweep(2, outputs={"download": False}))  # drops 2 jobs
+    result = _run(smaller, sim, run_dir, "--max-cost", "0.10")
+    assert result.returncode in (1, 4), result.stderr
+    status = _agree(run_dir)
+    assert Decimal(repr(status["spent_usd"])) == _billed(sim)
+    assert status["spent_usd"] <= 0.10
+
+
+@pytest.mark.parametrize("spent", ["status", "summary"])
+def test_text_status_says_what_part_of_spent_is_estimated(
+    tmp_path: Path, simulator: SimFactory, spent: str
+) -> None:
+    sim = simulator("--run-time", "0.05", "--workers", "0", "--bill-on", "accept", "--slow", "1.5")
+    manifest = _manifest(tmp_path, 2, priced=True, sim=sim)
+    run_dir = tmp_path / "run"
+    _kill_mid_submit(manifest, sim, run_dir, submits=1)
+    if spent == "summary":
+        assert run_cli("report", str(run_dir)).returncode == 0
+        summary = json.loads((run_dir / "summary.json").read_text())
+        assert (summary["spent_usd"], summary["spent_estimated_usd"]) == (0.04, 0.04)
+        return
+    text = run_cli("status", str(run_dir)).stdout
+    assert "cost: $0.04 spent ($0.04 of it estimated: attempts that may have been billed" in text
