@@ -13,6 +13,7 @@
     ├── CompareError (2)             compare was given inputs it cannot use
     ├── BudgetReached (4)            the run stopped at its cost cap (max_cost_usd)
     └── ApiError (1)                 an error answer from the API, or none at all
+        ├── AcceptedWithError        a submit's 200 with a request id and an error_code
         ├── AuthError (3)            401/403, 400004, 403001
         ├── InvalidInputError        400/422, 400001
         ├── NotFoundError            404, 404001
@@ -100,12 +101,14 @@ class ApiError(BatchrunError):
         status: int | None = None,
         error_code: int | None = None,
         detail: object = None,
+        request_id: str | None = None,
     ) -> None:
         self.message = message
         self.endpoint = endpoint
         self.status = status
         self.error_code = error_code
         self.detail = detail
+        self.request_id = request_id  # a request id the error answer carried, if any
         super().__init__(self._render())
 
     def _render(self) -> str:
@@ -127,6 +130,11 @@ class AuthError(ApiError):
     """401/403 or error_code 400004/403001: the token is missing, wrong or expired."""
 
     exit_code = 3
+
+
+class AcceptedWithError(ApiError):
+    """A submit answered 200 with a request id and a non-zero error_code: it may run and be
+    billed, so its request id is kept and read like any other."""
 
 
 class InvalidInputError(ApiError):

@@ -9,9 +9,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from batchrun.errors import (
+    AcceptedWithError,
     ApiError,
     AuthError,
     InsufficientBalanceError,
+    InvalidInputError,
+    NotFoundError,
     RateLimitedError,
     ServerError,
     TransportError,
@@ -28,6 +31,7 @@ RETRY = "retry"  # certainly not accepted: send it again after a backoff
 STOP = "stop"  # the account cannot submit (auth, balance): stop submitting
 FAILED = "failed"  # the API refused this job (inputs, model): the job failed
 AMBIGUOUS = "ambiguous"  # it may have been accepted: never send it again blindly
+KEPT = "kept"  # a request id came back with an error: it may run and be billed, so it is read
 
 _SUCCESS = frozenset({"succeeded", "completed", "success"})
 _CANCELLED = frozenset({"cancelled", "canceled"})
@@ -40,6 +44,8 @@ UNREACHABLE_MIN_S = 7.0
 
 def submit_verdict(exc: BaseException) -> str:
     """Sort a submit's error by whether sending it again could pay twice."""
+    if isinstance(exc, AcceptedWithError):
+        return KEPT
     if isinstance(exc, RateLimitedError):
         return THROTTLED
     if isinstance(exc, TransportError):
@@ -53,6 +59,25 @@ def submit_verdict(exc: BaseException) -> str:
     if isinstance(exc, ApiError):
         return FAILED
     return AMBIGUOUS  # a bug of ours after sending: assume the worst
+
+
+def model_refusal_fix(exc: BaseException, model_id: str) -> str:
+    """The fix for a submit refusal that will repeat for every job of the model ('' when the
+    refusal is about this job only): an unknown model id (400001, or a 404 on the model's
+    path), or inputs the API's schema of the model rejects (422)."""
+    if isinstance(exc, NotFoundError) or (
+        isinstance(exc, InvalidInputError) and exc.error_code == 400001
+    ):
+        return (
+            f"Check the model id in the manifest (batchrun models list --search "
+            f"{model_id.split('/')[0]} lists the catalog's)"
+        )
+    if isinstance(exc, InvalidInputError) and (exc.status == 422 or exc.error_code == 422):
+        return (
+            f"The API's input schema of {model_id} differs from the local one: run batchrun "
+            f"models pull {model_id}, then batchrun validate to see which jobs need changes"
+        )
+    return ""
 
 
 @dataclass(frozen=True)

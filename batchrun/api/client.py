@@ -18,7 +18,9 @@ import urllib3
 from batchrun import __version__
 from batchrun.api import proxies as netenv
 from batchrun.api.connection import never_sent, unreachable_cause
+from batchrun.catalog import model_ids
 from batchrun.errors import (
+    AcceptedWithError,
     ApiError,
     AuthError,
     ConfigError,
@@ -44,6 +46,8 @@ INPUT_CODES = frozenset({400001, 422})
 DEADLINE_S = 90.0
 MAX_ANSWER_BYTES = 8 * 1024 * 1024
 READ_SIZE = 64 * 1024
+# Once the deadline has passed, what has already arrived is still read for this long.
+LATE_GRACE_S = 0.2
 # After a signal, an answer already arriving is read on for this long: a submit's answer that
 # came back with the signal keeps its request id instead of leaving the job unknown.
 INTERRUPT_GRACE_S = 1.0
@@ -98,8 +102,25 @@ class Client:
     # ---- endpoints ----------------------------------------------------------------------
 
     def submit(self, model_id: str, inputs: dict[str, Any]) -> str:
-        """POST /v1/models/{model_id}: the new request id."""
-        body = self._call("submit", "POST", f"/v1/models/{_path(model_id)}", json=inputs)
+        """POST /v1/models/{model_id}: the new request id.
+
+        A 200 that carries a request id and a non-zero `error_code` raises AcceptedWithError
+        (with the request id): the request may run and be billed, so it is kept and read.
+        """
+        _check_model_id(model_id)
+        try:
+            body = self._call("submit", "POST", f"/v1/models/{_path(model_id)}", json=inputs)
+        except ApiError as exc:
+            if exc.status is not None and exc.status < 400 and exc.request_id:
+                raise AcceptedWithError(
+                    f"submit answered 200 with a request id and error_code {exc.error_code} "
+                    f"({exc}); kept and read, as it may run and be billed",
+                    request_id=exc.request_id,
+                    endpoint=exc.endpoint,
+                    status=exc.status,
+                    error_code=exc.error_code,
+                ) from None
+            raise
         request_id = body.get("request_id")
         if not isinstance(request_id, str) or not request_id:
             # The server accepted something but gave no id: we cannot track it, nor retry it.
@@ -130,6 +151,7 @@ class Client:
 
     def model(self, model_id: str) -> dict[str, Any]:
         """GET /v1/models/{model_id}: the catalog entry with its input_schema."""
+        _check_model_id(model_id)
         return self._call("catalog", "GET", f"/v1/models/{_path(model_id)}")
 
     def models(self, *, search: str = "", limit: int = 100, offset: int = 0) -> dict[str, Any]:
@@ -173,9 +195,16 @@ class Client:
         """The whole body into resp.content, within the deadline and the size cap (decoded)."""
         chunks: list[bytes] = []
         size = 0
+        late: float | None = None  # when the deadline was first seen passed
         while True:
             stop = netenv.interrupted(grace=INTERRUPT_GRACE_S)
-            if stop or self._clock() > deadline:
+            now = self._clock()
+            if now > deadline and late is None:
+                # A deadline can pass while the process is stopped (Ctrl-Z, a paused
+                # container) with the answer waiting in the socket: read on for a moment,
+                # which takes what already arrived and still cuts off a trickle.
+                late = now
+            if stop or (late is not None and now - late > LATE_GRACE_S):
                 why = "interrupted" if stop else f"not in {self.deadline:g}s"
                 raise TransportError(
                     f"answer {why}: {size} bytes read",
@@ -235,7 +264,7 @@ class Client:
         except ValueError:
             body = None
         text = self._scrub(raw)
-        if resp.status_code >= 400 or (isinstance(body, dict) and "error_code" in body):
+        if resp.status_code >= 400 or (isinstance(body, dict) and _error_code_set(body)):
             raise self._api_error(resp, text, body, endpoint)
         if not isinstance(body, dict):
             raise TransportError(
@@ -256,11 +285,13 @@ class Client:
         if detail:
             message = f"{message}: {_render_detail(detail)}"
         message = self._scrub(message)
+        request_id = body.get("request_id")
         kw: dict[str, Any] = {
             "endpoint": endpoint,
             "status": status,
             "error_code": code,
             "detail": detail,
+            "request_id": request_id if isinstance(request_id, str) and request_id else None,
         }
         if status in (401, 403) or code in AUTH_CODES:
             return AuthError(message, **kw)
@@ -402,6 +433,20 @@ def _int_or_none(value: Any) -> int | None:
 def _snippet(text: str, limit: int = 120) -> str:
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _check_model_id(model_id: str) -> None:
+    """The last guard: no URL is built from a model id that could reach another endpoint."""
+    bad = model_ids.problem(model_id)
+    if bad:
+        raise InvalidInputError(f"not sent: {bad}", endpoint=f"model {model_id!r}")
+
+
+def _error_code_set(body: dict[str, Any]) -> bool:
+    """An `error_code` that says something went wrong: absent, null, 0 and "" do not (some
+    answers carry `"error_code": null` beside a request id)."""
+    code = body.get("error_code")
+    return code not in (None, 0, "", "0", False)
 
 
 def _path(segment: str) -> str:

@@ -18,7 +18,7 @@ from typing import Any
 
 from jsonschema import Draft202012Validator
 
-from batchrun.catalog import models
+from batchrun.catalog import model_ids, models
 from batchrun.catalog.pricing import Estimator
 from batchrun.errors import ManifestError
 from batchrun.plan.grid import Job, expand
@@ -104,13 +104,23 @@ def build_plan(path: str | Path, *, strict: bool = False, schema_dirs: Iterable[
     warnings = list(expansion.warnings)
     for index, model in enumerate(manifest.data["models"]):
         model_id = model["id"]
+        where = f"$.models[{index}].id"
+        at = f"{label}: {where}{manifest.line_suffix(where)}"
+        bad = model_ids.problem(model_id)
+        if bad:
+            problems.append(f"{at}: {bad}")
+            continue
         if schemas.input_schema(model_id) is None:
             close = difflib.get_close_matches(model_id, schemas.known_models(), n=1, cutoff=0.8)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
+            if close:  # a typo: every job of it would be refused, and may be paid for
+                problems.append(
+                    f"{at}: no model {model_id!r} here; did you mean {close[0]!r}? (fix the id; "
+                    f"if {model_id!r} is right, get its schema: batchrun models pull {model_id})"
+                )
+                continue
             message = (
-                f"{label}: $.models[{index}].id: no local input schema for {model_id!r}"
-                f"{hint}; inputs are not checked before sending (get its schema: "
-                f"batchrun models pull {model_id})"
+                f"{label}: {where}: no local input schema for {model_id!r}; inputs are not "
+                f"checked before sending (get its schema: batchrun models pull {model_id})"
             )
             (problems if strict else warnings).append(
                 message + ("" if not strict else " (--strict)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -46,7 +47,10 @@ def conclude(
         )
     if file_errors:
         echo(f"{file_errors} output file(s) not downloaded; see the error column")
-    if counts.get(st.FAILED) or counts.get(st.TIMED_OUT):
+    refused = sched.refusals.refused
+    retriable = sum(1 for r in rows if r.status in (st.FAILED, st.TIMED_OUT)
+                    and r.model_id not in refused)  # fmt: skip
+    if retriable:  # a refused model's failure is fixed in the manifest, not by a retry
         echo("rerun with --retry-failed to submit failed and timed-out jobs again")
     if counts.get(st.UNKNOWN):
         echo(
@@ -57,7 +61,9 @@ def conclude(
         echo(f"{len(sched.abandoned)} job(s) still on the server; rerun to poll again")
     if sched.fatal is not None:
         echo(f"stopped submitting: {sched.fatal}")
-    for line in held:  # last: the line that says why the run stopped short
+    not_sent = Counter(r.model_id for r in rows if r.status == st.PENDING)
+    held = sched.refusals.lines(not_sent) + held
+    for line in held:  # last: the lines that say why the run stopped short
         echo(line)
     ok = all(r.status == st.SUCCEEDED for r in rows) and not file_errors
     return EXIT_OK if ok and sched.fatal is None and not held else EXIT_FAILED

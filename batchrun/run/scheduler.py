@@ -34,6 +34,7 @@ from batchrun.run.inflight import InFlightCap
 from batchrun.run.jobtable import JobTable
 from batchrun.run.pending import PendingJobs
 from batchrun.run.progress import Progress
+from batchrun.run.refusals import ModelRefusals
 from batchrun.store import state as st
 from batchrun.store.state import JobRow, StateStore
 
@@ -75,6 +76,7 @@ class Scheduler:
     ) -> None:
         self.client = client
         self.gate = gate or Gate()  # sweep control (halt.py): which pending job may go
+        self.refusals = ModelRefusals()  # models the API refused for every job (refusals.py)
         self.limiter = limiter
         limiter.burst_s = max(limiter.burst_s, CATCH_UP_S)
         self.run_settings = run
@@ -185,7 +187,10 @@ class Scheduler:
     def _gated_pending(self) -> bool:
         """Hook for sweep control (halt.py): set aside the pending jobs the gate holds back
         (halted, or waiting for their model's canaries); is any job left to submit?"""
-        while self.pending and not self.gate.admit(self.pending[0], self.jobs):
+        while self.pending and (
+            self.refusals.holds(self.jobs.rows[self.pending[0]].model_id)
+            or not self.gate.admit(self.pending[0], self.jobs)
+        ):
             self.pending.popleft()
         return bool(self.pending)
 
@@ -350,14 +355,18 @@ class Scheduler:
 
     def _submitted(self, o: Outcome) -> None:
         job_id, exc = o.job_id, o.error
-        if exc is None:
+        verdict = None if exc is None else api_answers.submit_verdict(exc)
+        if exc is None or verdict == api_answers.KEPT:
+            request_id = str(o.value if not isinstance(exc, ApiError) else exc.request_id)
             self.submit_refusals = 0
             self.submit_ambiguous = 0
             self.submit_accepted = True
-            self.jobs.record_request_id(job_id, o.value, o.at)
-            self.server.submitted(job_id, o.value, o.at)
+            self.jobs.record_request_id(job_id, request_id, o.at)
+            if exc is not None:
+                self.jobs.record_error(job_id, str(exc))
+            self.server.submitted(job_id, request_id, o.at)
             return
-        verdict = api_answers.submit_verdict(exc)
+        assert verdict is not None
         self.budget.submit_failed(job_id, verdict)  # budget hook
         if verdict == api_answers.THROTTLED:
             assert isinstance(exc, RateLimitedError)
@@ -376,6 +385,7 @@ class Scheduler:
             self._back_to_pending(job_id, str(exc))
         elif verdict == api_answers.FAILED:
             self.jobs.record_result(job_id, st.FAILED, finished_at=o.at, error=str(exc))
+            self.refusals.note(self.jobs.rows[job_id].model_id, exc)  # hook: refusals.py
         else:
             why = str(exc) if isinstance(exc, ApiError) else f"{type(exc).__name__}: {exc}"
             error = api_answers.AMBIGUOUS_SUBMIT.format(why=why)

@@ -11,6 +11,7 @@ from responses import matchers, registries
 
 from batchrun.api.client import Client, parse_retry_after
 from batchrun.errors import (
+    AcceptedWithError,
     ApiError,
     AuthError,
     InsufficientBalanceError,
@@ -239,3 +240,30 @@ def test_token_never_in_repr_or_echoed_messages(mocked_responses, client):
         client.status(RID)
     assert TOKEN not in str(info.value) and TOKEN not in repr(info.value)
     assert "***" in str(info.value)
+
+
+@pytest.mark.parametrize("model_id", ["acme/model/../../requests/RID/cancel", "acme/m?x", "a//b"])
+def test_no_url_is_built_from_a_model_id_that_could_reach_another_endpoint(
+    mocked_responses, client, model_id
+):
+    with pytest.raises(InvalidInputError, match="not sent"):
+        client.submit(model_id, {"prompt": "x"})
+    with pytest.raises(InvalidInputError, match="not sent"):
+        client.model(model_id)
+    assert len(mocked_responses.calls) == 0
+
+
+@pytest.mark.parametrize("code", [None, 0, ""])
+def test_a_200_with_a_request_id_and_a_null_error_code_is_accepted(mocked_responses, client, code):
+    mocked_responses.post(f"{BASE}/v1/models/acme/m", json={"request_id": "r1", "error_code": code})
+    assert client.submit("acme/m", {}) == "r1"
+
+
+def test_a_200_with_a_request_id_and_an_error_code_keeps_the_request_id(mocked_responses, client):
+    mocked_responses.post(
+        f"{BASE}/v1/models/acme/m",
+        json={"request_id": "r1", "error_code": 500001, "error_message": "odd"},
+    )
+    with pytest.raises(AcceptedWithError) as caught:
+        client.submit("acme/m", {})
+    assert caught.value.request_id == "r1" and caught.value.error_code == 500001

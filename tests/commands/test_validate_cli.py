@@ -352,3 +352,44 @@ def test_unknown_model_says_how_to_get_its_schema(
         f"warning: {path}: $.models[0].id: no local input schema for 'acme/new-model'; inputs "
         "are not checked before sending (get its schema: batchrun models pull acme/new-model)\n"
     )
+
+
+def test_a_near_miss_of_a_known_model_is_an_error_with_its_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "m.yaml"
+    typo = KONTEXT.replace("kontext", "kontxt")
+    path.write_text(f"version: 1\nmodels:\n  - id: {typo}\n    inputs: {{prompt: a}}\n")
+    code, out, err = run(["validate", str(path)], capsys)
+    assert (code, out) == (2, "")
+    assert err == (
+        f"{path}: $.models[0].id (line 3): no model '{typo}' here; did you mean "
+        f"'{KONTEXT}'? (fix the id; if '{typo}' is right, get its schema: batchrun models pull "
+        f"{typo})\n"
+    )
+
+
+@pytest.mark.parametrize(
+    "model_id",
+    [
+        "acme/model/../../requests/RID/cancel",
+        "acme//model",
+        "acme/./model",
+        "acme/model?x=1",
+        "acme/model#frag",
+        "acme/mo%2e%2edel",
+        "acme\\model",
+        "acme/mo del",
+    ],
+)
+def test_a_model_id_that_could_reach_another_endpoint_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], model_id: str
+) -> None:
+    path = tmp_path / "m.yaml"
+    path.write_text(
+        "version: 1\nmodels:\n  - id: " + json.dumps(model_id) + "\n    inputs: {x: 1}\n"
+    )
+    code, out, err = run(["validate", str(path)], capsys)
+    assert (code, out) == (2, "")
+    assert err.startswith(f"{path}: $.models[0].id")  # the manifest's pattern, else the id rule
+    assert "Traceback" not in err

@@ -82,6 +82,7 @@ def _echo_answer(kind: str, auth: str) -> tuple[int, dict[str, str], bytes]:
         "list": js(200, [echo]),  # type: ignore[arg-type]
         "redirect": (302, {"Location": f"http://127.0.0.1:1/{TOKEN}"}, echo.encode()),
         "noid": js(200, {"status_url": echo}),
+        "accepted": js(200, {"request_id": "r1", "error_code": 500001, "error_message": echo}),
     }[kind]
 
 
@@ -146,8 +147,21 @@ def _api_error_classes() -> set[type]:
     }
 
 
+# Errors only a submit raises: kind -> class.
+SUBMIT_ECHO_KINDS = {"accepted": errors.AcceptedWithError}
+
+
 def test_echo_kinds_cover_every_api_error_class() -> None:
-    assert _api_error_classes() <= set(ECHO_KINDS.values())
+    assert _api_error_classes() <= set(ECHO_KINDS.values()) | set(SUBMIT_ECHO_KINDS.values())
+
+
+@pytest.mark.parametrize("kind", sorted(SUBMIT_ECHO_KINDS))
+def test_submit_errors_never_show_the_token_even_when_echoed(echo_server: str, kind: str) -> None:
+    client = Client(f"{echo_server}/v1/requests/{kind}/x", TOKEN, timeout=(2, 5))
+    with pytest.raises(ApiError) as info:
+        client.submit(MODEL, INPUTS)
+    assert type(info.value) is SUBMIT_ECHO_KINDS[kind]
+    assert leaks(info.value) == [], repr(info.value)
 
 
 ECHO_PARAMS = sorted(ECHO_KINDS)
