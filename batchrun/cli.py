@@ -305,6 +305,12 @@ def merge(run_dirs: tuple[str, ...], **options: Any) -> int:
     "be DIR and not exist yet).",
 )
 @click.option("-q", "--quiet", is_flag=True, help="Print only the verdict line.")
+@click.option(
+    "--allow-mixed-origins",
+    is_flag=True,
+    help="Compare runs whose results come from different origins (the simulator and an API); "
+    "every output then says so.",
+)
 def compare_cmd(baseline: str, current: str, **options: Any) -> int:
     """Compare two runs (run folders or report.csv files) and gate on regressions.
 

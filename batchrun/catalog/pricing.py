@@ -40,6 +40,11 @@ COUNT_FIELDS = (
 )
 DURATION_FIELD = "duration"
 _NUMBER = re.compile(r"^\s*\d+(\.\d+)?\s*$")
+# No model costs more than this per unit: a larger price (or cost) is a catalog's mistake or
+# an attack ("1e400"), refused before any sum or rounding could overflow.
+MAX_PRICE_USD = Decimal(10_000)
+# Nor asks for more units than this of one job (seconds, images).
+MAX_UNITS = Decimal(1_000_000)
 _CENT = Decimal("0.01")
 
 
@@ -70,9 +75,12 @@ def parse_price(data: Mapping[str, Any]) -> Price:
     unit = data.get("price_unit")
     note = data.get("pricing_note")
     if amount is not None:
-        parsed = _decimal(amount)
+        parsed = _decimal(amount, MAX_PRICE_USD)
         if parsed is None:
-            raise ValueError(f"$.base_price_usd: {amount!r} is not an amount in USD (>= 0)")
+            raise ValueError(
+                f"$.base_price_usd: {repr(amount)[:40]} is not an amount in USD "
+                f"(a finite number from 0 to {plain(MAX_PRICE_USD)})"
+            )
         amount = parsed
     if unit is not None and not isinstance(unit, str):
         raise ValueError(f"$.price_unit: {unit!r} is not a string")
@@ -192,18 +200,21 @@ def _number(value: Any) -> Decimal | None:
     if isinstance(value, bool) or value is _ABSENT:
         return None
     if isinstance(value, str):
-        return Decimal(value.strip()) if _NUMBER.match(value) else None
-    return _decimal(value)
+        value = value.strip() if _NUMBER.match(value) else None
+        if value is None:
+            return None
+    return _decimal(value, MAX_UNITS)
 
 
-def _decimal(value: Any) -> Decimal | None:
-    """An int, float or numeric string as a finite Decimal >= 0 (a float by its repr)."""
+def _decimal(value: Any, ceiling: Decimal) -> Decimal | None:
+    """An int, float or numeric string as a finite Decimal from 0 to `ceiling` (a float by its
+    repr); None for anything else."""
     if isinstance(value, bool):
         return None
     try:
         amount = Decimal(str(value).strip()) if isinstance(value, (int, float, str)) else None
-    except InvalidOperation:
+    except (InvalidOperation, ValueError):
         return None
-    if amount is None or not amount.is_finite() or amount < 0:
+    if amount is None or not amount.is_finite() or not 0 <= amount <= ceiling:
         return None
     return amount

@@ -11,6 +11,7 @@ import click
 
 from batchrun.api.client import DEFAULT_API_BASE
 from batchrun.errors import ConfigError, UsageError
+from batchrun.store import origin as og
 
 SCHEMA_DIR_ENV = "BATCHRUN_SCHEMA_DIR"
 
@@ -44,12 +45,8 @@ def choose_api_base(option: str | None, recorded: str | None = None) -> tuple[st
 
 
 def normalise_api_base(url: str) -> str:
-    """`https://host/v1/` -> `https://host`: RunComfy's CLI documents the base with `/v1`,
-    batchrun adds `/v1/...` itself, so both forms name the same API."""
-    base = url.strip().rstrip("/")
-    if base.endswith("/v1"):
-        base = base[: -len("/v1")].rstrip("/")
-    return base
+    """`https://host/v1/` -> `https://host` (store/origin.normalise)."""
+    return og.normalise(url)
 
 
 def token() -> str:

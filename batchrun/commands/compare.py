@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from batchrun.commands.common import DISTRIBUTION
-from batchrun.errors import ChoiceError, MissingDependencyError, UsageError
+from batchrun.errors import ChoiceError, CompareError, MissingDependencyError, UsageError
 from batchrun.results import compare as comparing, compare_output
 from batchrun.results.compare_html import write_compare_html
 from batchrun.store.atomic import write_output
@@ -26,6 +26,7 @@ def compare(
     html_file: str | None,
     baseline_dir: str | None,
     quiet: bool,
+    allow_mixed_origins: bool = False,
 ) -> int:
     """Print the comparison, write the asked-for files; 0 pass, 1 regression."""
     classes = tuple(c.strip() for c in fail_on.split(",") if c.strip())
@@ -35,10 +36,18 @@ def compare(
         base_run = comparing.empty_run(baseline)
     else:
         base_run = comparing.load_run(baseline)
+    cur_run = comparing.load_run(current)
+    mixed = comparing.mixed_origins(base_run, cur_run)
+    if mixed and not allow_mixed_origins:
+        raise CompareError(
+            f"{mixed}; a simulated result must not pass for a real one (or the other way "
+            "round): compare runs of one origin, or give --allow-mixed-origins to compare them "
+            "all the same"
+        )
     try:
         result = comparing.compare_runs(
             base_run,
-            comparing.load_run(current),
+            cur_run,
             fail_on=classes,
             max_slowdown=max_slowdown,
             image_tolerance=image_tolerance,
@@ -47,6 +56,8 @@ def compare(
         raise UsageError(f"--fail-on: {exc}") from None
     except MissingDependencyError as exc:
         raise UsageError(f"{exc}: pip install '{DISTRIBUTION}[{exc.extra}]'") from None
+    if mixed:
+        result.warnings.append(f"mixed origins (--allow-mixed-origins): {mixed}")
     table = compare_output.terminal_table(result)
     # When a report goes to stdout (`-`), the table moves to stderr so stdout stays parseable.
     to_stdout = "-" in (markdown_file, junit_file, json_file, html_file)

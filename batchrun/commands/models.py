@@ -15,11 +15,20 @@ from batchrun.api.client import Client
 from batchrun.catalog.models import normalise, schema_file_name
 from batchrun.catalog.pricing import parse_price, price_label
 from batchrun.commands.common import api_base, token
-from batchrun.errors import ApiError, InvalidInputError, NotFoundError
+from batchrun.errors import (
+    ApiError,
+    AuthError,
+    InvalidInputError,
+    ManifestError,
+    NotFoundError,
+    UnreachableError,
+)
 from batchrun.store.atomic import write_text
+from batchrun.util.safetext import printable
 
 DEFAULT_DIR = Path("schemas") / "models"
 _PAGE = 100
+MAX_PAGES = 50  # 5,000 models: far more than the catalog holds
 _ENTRY_KEYS = ("model_id", "display_name", "categories", "output_type")
 _PRICE_KEYS = ("base_price_usd", "price_unit", "pricing_note")
 
@@ -39,14 +48,23 @@ def pull(
     fetched_at = (now or datetime.now(timezone.utc)).strftime("%Y-%m-%dT%H:%M:%SZ")
     failed = 0
     for model_id in model_ids:
+        # Each model on its own: a bad one is reported and the others are still pulled.
         try:
             entry = catalog_entry(client.model(model_id), model_id, fetched_at)
         except (NotFoundError, InvalidInputError) as exc:
             failed += 1
-            click.echo(f"error: {model_id}: not in the catalog ({exc})", err=True)
+            click.echo(printable(f"error: {model_id}: not in the catalog ({exc})"), err=True)
+            continue
+        except (AuthError, UnreachableError):
+            raise  # no model can be pulled: said once, by cli.main
+        except (ApiError, ManifestError) as exc:
+            failed += 1
+            click.echo(printable(f"error: {model_id}: {exc}; not written"), err=True)
             continue
         path = write_text(folder / schema_file_name(model_id), json.dumps(entry, indent=2) + "\n")
-        click.echo(f"{path}  {price_label(parse_price(entry))}")
+        click.echo(printable(f"{path}  {price_label(parse_price(entry))}"))
+    if failed and len(model_ids) > 1:
+        click.echo(f"{failed} of {len(model_ids)} models not pulled", err=True)
     return 1 if failed else 0
 
 
@@ -69,7 +87,12 @@ def catalog_entry(body: dict[str, Any], model_id: str, fetched_at: str) -> dict[
     entry.update({k: body[k] for k in _ENTRY_KEYS[1:] if k in body})
     entry.update({k: body.get(k) for k in _PRICE_KEYS})
     entry["fetched_at"] = fetched_at
-    entry["input_schema"] = normalise(schema)
+    try:
+        entry["input_schema"] = normalise(schema)
+    except RecursionError:
+        raise ApiError(
+            "the catalog entry's input_schema is nested too deep to use", endpoint=endpoint
+        ) from None
     return entry
 
 
@@ -85,6 +108,7 @@ def list_models(
     if not rows:
         click.echo(f"no models match {search!r}" if search else "the catalog is empty", err=True)
         return 0
+    rows = [(printable(a), printable(b), printable(c)) for a, b, c in rows]  # catalog text
     widths = [max(len(r[i]) for r in rows) for i in range(2)]
     for model_id, name, price in rows:
         click.echo(f"{model_id:<{widths[0]}}  {name:<{widths[1]}}  {price}".rstrip())
@@ -92,9 +116,10 @@ def list_models(
 
 
 def catalog(client: Client, search: str = "") -> Iterator[dict[str, Any]]:
-    """Every model of `GET /v1/models?search=`, page by page."""
+    """Every model of `GET /v1/models?search=`, page by page: until an empty page, the
+    catalog's `total`, or MAX_PAGES (a catalog claiming a huge total must not page forever)."""
     offset = 0
-    while True:
+    for _ in range(MAX_PAGES):
         body = client.models(search=search, limit=_PAGE, offset=offset)
         page = body.get("models")
         if not isinstance(page, list) or not page:
@@ -104,6 +129,10 @@ def catalog(client: Client, search: str = "") -> Iterator[dict[str, Any]]:
         total = body.get("total")
         if not isinstance(total, int) or offset >= total:
             return
+    click.echo(
+        f"warning: stopped after {MAX_PAGES} pages ({offset} models); narrow it with --search",
+        err=True,
+    )
 
 
 def _price(model: dict[str, Any]) -> str:

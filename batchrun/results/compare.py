@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from dataclasses import dataclass, field
@@ -9,6 +10,7 @@ from pathlib import Path
 
 from batchrun.errors import ChoiceError, CompareError, MissingDependencyError, StateError
 from batchrun.results.reportcsv import INPUT_PREFIX, VAR_PREFIX, read_jobs, split_cell, unguard
+from batchrun.store import origin as og
 from batchrun.store.atomic import fsync_dir, open_atomic
 from batchrun.util.media import RASTER_SUFFIXES
 
@@ -31,6 +33,7 @@ class Run:
     report: Path
     root: Path  # the run folder; output_files paths are relative to it
     rows: dict[str, dict[str, str]]
+    origin: str = ""  # where its results came from (summary.json beside the report); "": unknown
 
     def file(self, rel: str) -> Path | None:
         """The local path of an output file, or None when it is not at hand."""
@@ -65,6 +68,7 @@ class Comparison:
     current: Run
     jobs: list[JobDiff]
     fail_on: tuple[str, ...]
+    warnings: list[str] = field(default_factory=list)  # said in every rendering
 
     @property
     def totals(self) -> dict[str, int]:
@@ -96,7 +100,30 @@ def load_run(path_arg: str | os.PathLike[str]) -> Run:
     if not report.is_file():
         raise CompareError(f"{path}: no report.csv in this folder; is it a batchrun run folder?")
     rows = read_jobs(report)
-    return Run(label=str(path), report=report, root=report.parent, rows=rows)
+    return Run(
+        label=str(path), report=report, root=report.parent, rows=rows, origin=_origin(report)
+    )
+
+
+def _origin(report: Path) -> str:
+    """The origin summary.json beside report.csv gives ('' when there is none to read)."""
+    try:
+        summary = json.loads((report.parent / "summary.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return ""
+    origin = summary.get("origin") if isinstance(summary, dict) else None
+    return origin if isinstance(origin, str) else ""
+
+
+def mixed_origins(baseline: Run, current: Run) -> str:
+    """'' when both runs' results come from one origin (or one is not known), else a sentence
+    naming both."""
+    if not (baseline.origin and current.origin) or baseline.origin == current.origin:
+        return ""
+    return (
+        f"the baseline {baseline.label} holds results from {og.label(baseline.origin)}, the "
+        f"current run {current.label} from {og.label(current.origin)}"
+    )
 
 
 def empty_run(path_arg: str | os.PathLike[str]) -> Run:

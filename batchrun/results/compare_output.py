@@ -38,6 +38,7 @@ def terminal_table(comp: Comparison) -> str:
                 + (f"  {varying}" if varying else "")
             )
             lines.append(f"    {printable(job.reason)}")
+    lines += [f"warning: {printable(w)}" for w in comp.warnings]
     lines += ["", f"{_verdict(comp)}: {len(failing)} failing job(s) of {len(comp.jobs)}"]
     return "\n".join(lines) + "\n"
 
@@ -76,6 +77,7 @@ def markdown(comp: Comparison, *, max_jobs: int = MARKDOWN_MAX_JOBS) -> str:
         f"`{comp.current.label}` ({len(comp.current.rows)} jobs). "
         f"Gate fails on: {', '.join(comp.fail_on)}.",
         "",
+        *(f"> **Warning:** {_md_escape(w)}\n" for w in comp.warnings),
         "| class | jobs |",
         "|---|---:|",
     ]
@@ -128,6 +130,10 @@ def junit(comp: Comparison) -> str:
     x = printable  # XML 1.0 refuses most control characters, even written as &#...;
     suites = ET.Element("testsuites", {"name": "batchrun compare", **counts})
     suite = ET.SubElement(suites, "testsuite", {"name": "batchrun compare", **counts})
+    if comp.warnings:
+        props = ET.SubElement(suite, "properties")
+        for w in comp.warnings:
+            ET.SubElement(props, "property", {"name": "warning", "value": x(w)})
     for job in comp.jobs:
         varying = _varying(job)
         case = ET.SubElement(
@@ -167,6 +173,7 @@ def to_json(comp: Comparison) -> str:
         "current": comp.current.label,
         "fail_on": list(comp.fail_on),
         "passed": comp.passed,
+        "warnings": comp.warnings,
         "totals": comp.totals,
         "jobs": [
             {

@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -22,7 +23,7 @@ from pathlib import Path
 from batchrun.catalog.pricing import plain
 from batchrun.errors import StateError
 from batchrun.results.report import write_report
-from batchrun.store import state as st
+from batchrun.store import origin as og, state as st
 from batchrun.store.ledger import Attempt
 from batchrun.store.state import STATE_FILE, JobRow, StateStore
 
@@ -57,6 +58,7 @@ def merge_runs(
     dest = Path(into)
     sources = [_read(Path(f)) for f in folders]
     _check_destination(dest, [s.folder for s in sources])
+    origin = _one_origin(sources)
     chosen, duplicates = _combine(sources)
     result = MergeResult(into=dest, jobs=len(chosen), duplicates=duplicates)
     shas = {s.meta.get("manifest_sha256") for s in sources}
@@ -74,7 +76,7 @@ def merge_runs(
                 for row in rows:
                     store.import_job(row)
                 store.append_attempts(_ledger(sources, chosen))
-                store.set_meta(**_meta(sources))
+                store.set_meta(**_meta(sources), **({"origin": origin} if origin else {}))
             for row, source in chosen.values():
                 for out in row.files:
                     if out.name and not out.error:
@@ -83,8 +85,11 @@ def merge_runs(
                         result.copied += not linked
             merged = store.rows()
             attempts = store.attempts()
+        if origin == og.SIMULATOR:
+            (work / ".simulator").mkdir(exist_ok=True)  # a simulated folder, as its shards
         meta = _meta(sources)
         extra = {
+            "origin": origin or meta.get("api_base", ""),
             "name": sources[0].meta.get("name", ""),
             "manifest": sources[0].meta.get("manifest", ""),
             "api_calls": json.loads(meta["api_calls"]),
@@ -109,6 +114,21 @@ def _read(folder: Path) -> _Source:
         )
     with StateStore.open(folder, create=False, lock=False) as store:
         return _Source(folder, store.meta(), store.rows(in_manifest_only=True), store.attempts())
+
+
+def _one_origin(sources: list[_Source]) -> str | None:
+    """The origin every folder's results came from; StateError (exit 2) naming the folders
+    when they differ: simulated and real results never end up in one folder."""
+    origins = {s.folder: og.recorded(s.meta, s.folder) for s in sources}
+    known = {o for o in origins.values() if o}
+    if len(known) > 1:
+        lines = [f"  {folder}: results from {og.label(o or 'an unknown origin')}"
+                 for folder, o in origins.items()]  # fmt: skip
+        raise StateError(
+            "the folders hold results from different origins; refusing to merge them (a "
+            "simulated result must never pass for a real one):\n" + "\n".join(lines)
+        )
+    return known.pop() if known else None
 
 
 def _check_destination(dest: Path, folders: list[Path]) -> None:
@@ -173,9 +193,7 @@ def _meta(sources: list[_Source]) -> dict[str, str]:
     calls["total"] = sum(calls.values())
     first = sources[0].meta
     meta: dict[str, str] = {
-        k: first[k]
-        for k in ("name", "manifest", "manifest_sha256", "api_base", "origin")
-        if k in first
+        k: first[k] for k in ("name", "manifest", "manifest_sha256", "api_base") if k in first
     }
     meta["api_calls"] = json.dumps(calls)
     meta["merged_from"] = json.dumps([str(s.folder) for s in sources])
@@ -221,9 +239,16 @@ def _place(src_root: Path, dest_root: Path, name: str, sha256: str) -> bool:
     if not parts or parts[0] != "files" or ".." in parts or Path(name).is_absolute():
         raise StateError(f"{src_root}: {name}: not a path under files/; state.db is damaged")
     src, dest = src_root / name, dest_root / name
-    if not src.is_file():
+    try:
+        mode = os.lstat(src).st_mode
+    except OSError:
         raise StateError(
             f"{src_root}: {name} is missing; run that shard again in its folder to download it"
+        ) from None
+    if not stat.S_ISREG(mode):  # a link is never followed: it could point anywhere, later
+        raise StateError(
+            f"{src_root}: {name} is not a regular file (a symbolic link?); batchrun merges "
+            "only the files its runs wrote: run that shard again in its folder"
         )
     dest.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -242,7 +267,8 @@ def _place(src_root: Path, dest_root: Path, name: str, sha256: str) -> bool:
 
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
-    with open(path, "rb") as fh:
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    with os.fdopen(fd, "rb") as fh:
         while chunk := fh.read(_CHUNK):
             digest.update(chunk)
     return digest.hexdigest()

@@ -1,19 +1,27 @@
 """The cross-run cache (`--cache DIR` / `run.cache`): a succeeded job's output and files, keyed
-by model id + canonical inputs (+ repeat index) + the sha256 of the model's schema file.
+by model id + canonical inputs (+ repeat index) + the sha256 of the model's canonical input
+schema (not of its schema file: a re-pull that changes only the price or `fetched_at` keeps
+every key) + the origin of the results (the simulator or an API base: a simulated result never
+serves a real run, nor the other way round).
 
 Layout: DIR/entries/<key[:2]>/<key>/ holds entry.json and the job's files. An entry is made in
-DIR/tmp/ (files copied and hashed, entry.json last, all fsynced) and renamed into place, so a
-reader sees an entry whole or not at all, whatever runs share the folder and however they die.
-A reader trusts nothing: entry.json must parse and match the key, and every file must have the
-size and sha256 entry.json gives; otherwise the entry is damaged, reported and not used.
+DIR/.batchrun-tmp/ (files copied and hashed, entry.json last, all fsynced) and renamed into
+place, so a reader sees an entry whole or not at all, whatever runs share the folder and
+however they die; nothing in DIR that batchrun did not name is ever removed. A reader trusts
+nothing: entry.json must parse and match the key and the origin, every file must be a regular
+file (a symbolic link is refused, never followed) with the size and sha256 entry.json gives,
+and the cost a finite amount; otherwise the entry is damaged, reported and not used.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
+import re
 import shutil
+import stat
 import time
 import uuid
 from collections.abc import Callable
@@ -22,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from batchrun import __version__
+from batchrun.catalog.pricing import MAX_PRICE_USD
 from batchrun.errors import UsageError
 from batchrun.store.atomic import fsync_dir, open_atomic, write_bytes
 from batchrun.store.output_urls import collect_urls
@@ -32,7 +41,11 @@ if TYPE_CHECKING:
     from batchrun.plan.build import Plan
 
 ENTRY = "entry.json"
-FORMAT = 1
+# 1: keyed by the schema file's sha256; 2: by the canonical input schema and the origin (the
+# entries of format 1 simply miss once, then are made again).
+FORMAT = 2
+TMP = ".batchrun-tmp"  # the cache's own temporaries: a name no user folder has
+_OURS = re.compile(r"^[0-9a-f]{64}\.(\d+\.[0-9a-f]{8}|old\.[0-9a-f]{8})$")
 _CHUNK = 1 << 20
 _STALE_TMP_S = 24 * 3600  # a temp entry older than this was left by a killed run
 
@@ -61,9 +74,13 @@ class Restored:
     damaged: list[str] = field(default_factory=list)
 
 
-def entry_key(model_id: str, inputs_json: str, schema_sha256: str, repeat: int = 0) -> str:
+def entry_key(
+    model_id: str, inputs_json: str, schema_sha256: str, repeat: int = 0, origin: str = ""
+) -> str:
     """The cache key of a job (repeats of one combination are distinct results)."""
-    text = f"batchrun-cache/{FORMAT}\n{model_id}\n{inputs_json}\n{schema_sha256}\n#{repeat}"
+    text = (
+        f"batchrun-cache/{FORMAT}\n{model_id}\n{inputs_json}\n{schema_sha256}\n#{repeat}\n{origin}"
+    )
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
@@ -73,37 +90,39 @@ def canonical_inputs(inputs: dict[str, Any]) -> str:
 
 
 class Cache:
-    """One cache folder. `schema_sha256` maps a model id to its schema file's hash ("" if none)."""
+    """One cache folder, as seen by runs of one origin. `schema_sha256` maps a model id to the
+    hash of its canonical input schema ("" if none)."""
 
-    def __init__(self, root: Path, schema_sha256: dict[str, str]) -> None:
+    def __init__(self, root: Path, schema_sha256: dict[str, str], origin: str = "") -> None:
         self.root = Path(root)
         self.schema_sha256 = schema_sha256
+        self.origin = origin
         self.entries = self.root / "entries"
-        self.tmp = self.root / "tmp"
+        self.tmp = self.root / TMP
         self.damaged: set[str] = set()  # keys found damaged this run: replaced when stored
 
     @classmethod
-    def open(cls, root: str | Path, schema_sha256: dict[str, str]) -> Cache:
+    def open(cls, root: str | Path, schema_sha256: dict[str, str], origin: str = "") -> Cache:
         """Make the folder if needed; UsageError (exit 2) when it cannot be a cache folder."""
         root = Path(root)
         if root.exists() and not root.is_dir():
             raise UsageError(f"cache {root}: is a file, not a folder; give the cache a folder path")
         try:
             (root / "entries").mkdir(parents=True, exist_ok=True)
-            (root / "tmp").mkdir(exist_ok=True)
+            (root / TMP).mkdir(exist_ok=True)
         except OSError as exc:
             raise UsageError(
                 f"cache {root}: cannot make the folder ({exc.strerror or exc}); give the cache "
                 "a folder you can write"
             ) from None
-        cache = cls(root, schema_sha256)
+        cache = cls(root, schema_sha256, origin)
         cache._sweep_tmp()
         return cache
 
     def key(self, row: JobRow) -> str:
         inputs_json = canonical_inputs(row.inputs)
         schema = self.schema_sha256.get(row.model_id, "")
-        return entry_key(row.model_id, inputs_json, schema, row.repeat)
+        return entry_key(row.model_id, inputs_json, schema, row.repeat, self.origin)
 
     def folder(self, key: str) -> Path:
         return self.entries / key[:2] / key
@@ -114,6 +133,8 @@ class Cache:
         """The job's entry, checked; None when absent. CacheError when it is damaged."""
         key = self.key(row)
         folder = self.folder(key)
+        if folder.is_symlink():
+            raise CacheError("the entry is a symbolic link; not followed")
         if not folder.is_dir():
             return None
         try:
@@ -124,6 +145,8 @@ class Cache:
             raise CacheError(f"{ENTRY} unreadable ({exc})") from None
         if not isinstance(data, dict) or data.get("key") != key or data.get("format") != FORMAT:
             raise CacheError(f"{ENTRY} is not this job's entry")
+        if data.get("origin") != self.origin:
+            raise CacheError(f"{ENTRY} holds results from another origin")
         files = data.get("files")
         if not isinstance(files, list) or not all(_file_ok(f) for f in files):
             raise CacheError(f"{ENTRY} has a bad file list")
@@ -132,12 +155,19 @@ class Cache:
             try:
                 size, digest = _hash_file(path)
             except OSError:
+                if path.is_symlink() or path.exists():
+                    raise CacheError(f"{f['name']}: not a regular file; not followed") from None
                 raise CacheError(f"{f['name']} missing") from None
             if size != f["size"] or digest != f["sha256"]:
                 raise CacheError(f"{f['name']}: sha256 or size differs from {ENTRY}")
         cost = data.get("cost_usd")
-        if cost is not None and not isinstance(cost, (int, float)):
-            raise CacheError(f"{ENTRY} has a bad cost_usd")
+        if cost is not None and (
+            isinstance(cost, bool)
+            or not isinstance(cost, (int, float))
+            or not math.isfinite(cost)
+            or not 0 <= cost <= MAX_PRICE_USD
+        ):
+            raise CacheError(f"{ENTRY} has a bad cost_usd ({str(cost)[:20]})")
         return Hit(key, folder, data.get("output"), cost, files)
 
     def place(self, run_dir: Path, job_id: str, hit: Hit) -> list[OutputFile]:
@@ -151,6 +181,8 @@ class Cache:
             part = dst.with_name(dst.name + ".part")
             part.unlink(missing_ok=True)
             try:
+                if not stat.S_ISREG(os.lstat(src).st_mode):  # a link planted after lookup
+                    raise CacheError(f"{f['name']}: not a regular file; not followed")
                 try:
                     os.link(src, part)
                 except OSError:  # another filesystem, or links not allowed: copy
@@ -202,7 +234,8 @@ class Cache:
                 "model_id": row.model_id,
                 "inputs": row.inputs,
                 "repeat": row.repeat,
-                "schema_sha256": self.schema_sha256.get(row.model_id, ""),
+                "input_schema_sha256": self.schema_sha256.get(row.model_id, ""),
+                "origin": self.origin,
                 "output": row.output,
                 "cost_usd": row.cost_usd,
                 "files": files,
@@ -242,11 +275,12 @@ class Cache:
         shutil.rmtree(aside, ignore_errors=True)
 
     def _sweep_tmp(self) -> None:
-        """Remove temp entries a killed run left (old enough that no live run is writing)."""
+        """Remove temp entries a killed run left (old enough that no live run is writing); only
+        names this cache gives its own temporaries, never anything else in the folder."""
         now = time.time()
         for path in self.tmp.iterdir():
             try:
-                if now - path.stat().st_mtime > _STALE_TMP_S:
+                if _OURS.match(path.name) and now - path.lstat().st_mtime > _STALE_TMP_S:
                     shutil.rmtree(path, ignore_errors=True)
             except OSError:
                 pass
@@ -268,9 +302,14 @@ def _file_ok(f: Any) -> bool:
 
 
 def _hash_file(path: Path) -> tuple[int, str]:
+    """Size and sha256 of a regular file; OSError for anything else (a symbolic link is
+    refused, not followed)."""
     digest = hashlib.sha256()
     size = 0
-    with open(path, "rb") as fh:
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    with os.fdopen(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+            raise OSError(f"{path.name}: not a regular file")
         while chunk := fh.read(_CHUNK):
             digest.update(chunk)
             size += len(chunk)
@@ -289,26 +328,27 @@ def _copy_hashed(src: Path, dst: Path) -> tuple[int, str]:
     return size, digest.hexdigest()
 
 
-def schema_hashes(paths: dict[str, Path | None]) -> dict[str, str]:
-    """model id -> sha256 of its schema file's bytes ("" when it has none)."""
+def schema_hashes(schemas: dict[str, dict[str, Any] | None]) -> dict[str, str]:
+    """model id -> sha256 of its canonical input schema ("" when it has none)."""
     out = {}
-    for model, path in paths.items():
-        out[model] = "" if path is None else hashlib.sha256(path.read_bytes()).hexdigest()
+    for model, schema in schemas.items():
+        text = "" if schema is None else json.dumps(schema, sort_keys=True, separators=(",", ":"))
+        out[model] = "" if schema is None else hashlib.sha256(text.encode()).hexdigest()
     return out
 
 
 # ---- a run's use of the cache --------------------------------------------------------------
 
 
-def open_for_plan(folder: str | Path | None, plan: Plan) -> Cache | None:
-    """The cache at `folder` (None: no cache), keyed with the plan's schema files."""
+def open_for_plan(folder: str | Path | None, plan: Plan, origin: str) -> Cache | None:
+    """The cache at `folder` (None: no cache), keyed with the plan's input schemas, serving
+    runs of `origin` only."""
     if folder is None:
         return None
-    paths = {}
-    for model in {j.model_id for j in plan.jobs}:
-        entry = plan.schemas.entry(model)
-        paths[model] = None if entry is None else entry.path
-    return Cache.open(Path(folder), schema_hashes(paths))
+    models = {j.model_id for j in plan.jobs}
+    return Cache.open(
+        Path(folder), schema_hashes({m: plan.schemas.input_schema(m) for m in models}), origin
+    )
 
 
 def restore_pending(

@@ -97,7 +97,11 @@ class _Run:
         # Lines carry server text (errors, request ids): shown escaped, never executed.
         self.echo: Callable[[str], None] = lambda text: options.echo(printable(text, lines=True))
         self.started = options.clock()
-        self.cache = open_for_plan(self.opts.cache or self.plan.manifest.run.cache, self.plan)
+        self.cache = open_for_plan(
+            self.opts.cache or self.plan.manifest.run.cache,
+            self.plan,
+            og.normalise(options.origin or options.api_base),
+        )
         self.restored = Restored()
         self.gate: SweepGate | None = None
 

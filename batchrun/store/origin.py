@@ -14,6 +14,17 @@ SIMULATOR = "simulator"  # the origin of every --simulate run, whatever port it 
 _LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
 
+def normalise(base: str) -> str:
+    """An API base as an origin: `https://host/v1/` -> `https://host` (RunComfy's CLI documents
+    the base with `/v1`; batchrun adds `/v1/...` itself, so both forms name the same API)."""
+    if base == SIMULATOR:
+        return base
+    base = base.strip().rstrip("/")
+    if base.endswith("/v1"):
+        base = base[: -len("/v1")].rstrip("/")
+    return base
+
+
 def label(origin: str) -> str:
     """How an origin reads in a sentence: 'the simulator' or the API base URL."""
     return "the simulator" if origin == SIMULATOR else origin

@@ -114,6 +114,7 @@ def test_pull_unknown_model_writes_the_others_and_exits_1(
     assert err == (
         "error: acme/nope: not in the catalog (GET /v1/models/acme/nope HTTP 400 "
         "error_code 400001: invalid model id)\n"
+        "1 of 2 models not pulled\n"
     )
     assert [p.name for p in dest.iterdir()] == ["google__nano-banana-2-lite__text-to-image.json"]
 
@@ -124,7 +125,10 @@ def test_pull_an_entry_without_input_schema_is_refused(
     mocked_responses.get(f"{BASE}/v1/models/{T2I}", json={"model_id": T2I, "base_price_usd": 1})
     code, _, err = run(["models", "pull", T2I, "--dir", str(tmp_path / "s")], capsys)
     assert code == 1
-    assert err == f"error: GET /v1/models/{T2I}: the catalog entry has no input_schema object\n"
+    assert err == (
+        f"error: {T2I}: GET /v1/models/{T2I}: the catalog entry has no input_schema object; "
+        "not written\n"
+    )
     assert not (tmp_path / "s").exists()
 
 

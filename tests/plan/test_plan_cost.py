@@ -115,7 +115,7 @@ BROKEN = [
     (
         "bad-price",
         '{"input_schema": {}, "base_price_usd": "lots"}',
-        "$.base_price_usd: 'lots' is not an amount in USD (>= 0)",
+        "$.base_price_usd: 'lots' is not an amount in USD (a finite number from 0 to 10000)",
     ),
 ]
 

@@ -338,6 +338,7 @@ def test_json_is_pinned(small, tmp_path: Path) -> None:
         "current": "cur",
         "fail_on": ["regressed", "missing", "changed"],
         "passed": False,
+        "warnings": [],
         "totals": {
             "unchanged": 1,
             "changed": 1,

@@ -229,3 +229,72 @@ def test_a_shard_takes_its_share_of_rate_and_flights(tmp_path: Path) -> None:
     assert (settings(1).rate_limit, settings(1).max_in_flight) == (100.0, 20)
     assert (settings(4).rate_limit, settings(4).max_in_flight) == (25.0, 5)
     assert (settings(40).rate_limit, settings(40).max_in_flight) == (2.5, 1)
+
+
+# ---- provenance and links ---------------------------------------------------------------------
+
+
+def _as_real(folder: Path, dest: Path, base: str = "https://model-api.example") -> Path:
+    """A copy of a simulated shard folder that says its results came from a real API."""
+    shutil.copytree(folder, dest)
+    shutil.rmtree(dest / ".simulator", ignore_errors=True)
+    with StateStore.open(dest) as store:
+        store.set_meta(origin=base, api_base=base)
+    return dest
+
+
+def test_merge_refuses_a_simulated_shard_and_a_real_one(shards, tmp_path: Path) -> None:
+    _, _, one, two = shards
+    real = _as_real(two, tmp_path / "real")
+    merged = batchrun("merge", one, real, "--into", tmp_path / "all")
+    assert merged.returncode == 2
+    assert "results from different origins" in merged.stderr
+    assert f"{one}: results from the simulator" in merged.stderr
+    assert f"{real}: results from https://model-api.example" in merged.stderr
+    assert not (tmp_path / "all").exists()
+
+
+def test_merge_keeps_the_origin_the_prices_and_the_simulator_mark(shards, tmp_path) -> None:
+    _, _, one, two = shards
+    assert batchrun("merge", one, two, "--into", tmp_path / "all").returncode == 0
+    summary = json.loads((tmp_path / "all" / "summary.json").read_text())
+    assert summary["origin"] == "simulator"
+    assert "est_cost_usd" in summary and "unpriced_jobs" in summary
+    assert (tmp_path / "all" / ".simulator").is_dir()
+    status = json.loads(batchrun("status", tmp_path / "all", "--json").stdout)
+    assert status["origin"] == "simulator"
+
+
+def test_merge_refuses_a_symbolic_link_in_a_shards_files(shards, tmp_path: Path) -> None:
+    _, _, one, two = shards
+    planted = tmp_path / "two"
+    shutil.copytree(two, planted)
+    image = next(p for p in (planted / "files").rglob("*") if p.is_file())
+    elsewhere = tmp_path / "elsewhere.png"
+    elsewhere.write_bytes(image.read_bytes())  # the same bytes: a sha256 check would pass
+    image.unlink()
+    image.symlink_to(elsewhere)
+    merged = batchrun("merge", one, planted, "--into", tmp_path / "all")
+    assert merged.returncode == 2
+    assert "is not a regular file (a symbolic link?)" in merged.stderr
+    assert not (tmp_path / "all").exists()
+
+
+def test_compare_of_a_simulated_baseline_and_a_real_run_exits_2(shards, tmp_path) -> None:
+    _, whole, _, _ = shards
+    real = _as_real(whole, tmp_path / "real")
+    assert batchrun("report", real).returncode == 0  # its summary.json says where from
+    refused = batchrun("compare", whole, real)
+    assert refused.returncode == 2
+    assert "holds results from the simulator" in refused.stderr
+    assert "--allow-mixed-origins" in refused.stderr
+    allowed = batchrun(
+        "compare", whole, real, "--allow-mixed-origins",
+        "--json", tmp_path / "c.json", "--markdown", tmp_path / "c.md",
+        "--junit", tmp_path / "c.xml",
+    )  # fmt: skip
+    assert allowed.returncode == 0, allowed.stderr
+    assert "warning: mixed origins (--allow-mixed-origins)" in allowed.stdout
+    assert json.loads((tmp_path / "c.json").read_text())["warnings"]
+    assert "mixed origins" in (tmp_path / "c.md").read_text()
+    assert "mixed origins" in (tmp_path / "c.xml").read_text()

@@ -110,14 +110,38 @@ def test_a_second_run_folder_takes_every_job_from_the_cache(tmp_path, server) ->
     assert {r["cached"] for r in first} == {"false"}
 
 
-def test_a_changed_schema_misses(tmp_path, server) -> None:
-    path, cache = manifest(tmp_path, jobs=2), tmp_path / "cache"
-    assert run(path, server, tmp_path / "one", cache)[0] == 0
-    folder = tmp_path / "schemas" / "models"  # beside the manifest: searched first
-    folder.mkdir(parents=True)
+def _local_schema(tmp_path: Path) -> tuple[Path, dict]:
+    """The packaged schema file of T2I, copied beside the manifest (searched first)."""
+    folder = tmp_path / "schemas" / "models"
+    folder.mkdir(parents=True, exist_ok=True)
     packaged = Path(__file__).resolve().parents[2] / "schemas" / "models"
     name = T2I.replace("/", "__") + ".json"
-    (folder / name).write_bytes((packaged / name).read_bytes() + b"\n")
+    return folder / name, json.loads((packaged / name).read_text())
+
+
+def test_a_re_pulled_entry_with_the_same_input_schema_keeps_every_key(tmp_path, server) -> None:
+    # Only fetched_at and the price differ, as after `batchrun models pull` to refresh prices:
+    # nothing is paid again.
+    path, cache = manifest(tmp_path, jobs=2), tmp_path / "cache"
+    file, schema = _local_schema(tmp_path)
+    entry = {"model_id": T2I, "base_price_usd": 0.04, "price_unit": "image",
+             "fetched_at": "2026-01-01T00:00:00Z", "input_schema": schema}  # fmt: skip
+    file.write_text(json.dumps(entry, indent=2))
+    assert run(path, server, tmp_path / "one", cache)[0] == 0
+    entry.update(fetched_at="2030-01-01T00:00:00Z", base_price_usd=0.5)
+    file.write_text(json.dumps(entry, indent=4) + "\n")
+    assert run(path, server, tmp_path / "two", cache)[0] == 0
+    assert submits(server) == 2
+    assert {r["cached"] for r in report(tmp_path / "two")} == {"true"}
+
+
+def test_a_changed_input_schema_misses(tmp_path, server) -> None:
+    path, cache = manifest(tmp_path, jobs=2), tmp_path / "cache"
+    assert run(path, server, tmp_path / "one", cache)[0] == 0
+    file, entry = _local_schema(tmp_path)
+    schema = entry.get("input_schema", entry)
+    schema["properties"]["note"] = {"type": "string"}
+    file.write_text(json.dumps(entry))
     assert run(path, server, tmp_path / "two", cache)[0] == 0
     assert submits(server) == 4
     assert {r["cached"] for r in report(tmp_path / "two")} == {"false"}
@@ -242,7 +266,7 @@ def test_a_kill_while_writing_entries_leaves_no_half_entry(tmp_path, server, whe
     assert submits(server) == 10
     whole = entries(cache)
     assert len(whole) == 5  # the five written before the kill; the sixth never appeared
-    assert list((cache / "tmp").iterdir())  # its leftovers, never looked at
+    assert list((cache / ".batchrun-tmp").iterdir())  # its leftovers, never looked at
     reader = Cache(cache, {})
     for folder in whole:
         data = json.loads((folder / ENTRY).read_text())
@@ -261,3 +285,64 @@ def test_a_kill_while_writing_entries_leaves_no_half_entry(tmp_path, server, whe
     assert run(path, server, tmp_path / "one", cache)[0] == 0
     assert submits(server) == 15 and len(entries(cache)) == 10
     assert_files_verified(tmp_path / "one", report(tmp_path / "one"))
+
+
+# ---- origin, links, the cache's own temporaries -----------------------------------------------
+
+
+def test_a_simulated_result_never_serves_a_real_run(tmp_path, server) -> None:
+    path, cache = manifest(tmp_path, jobs=3), tmp_path / "cache"
+    simulated = RunOptions(api_base=server.base_url, token=TOKEN, run_dir=tmp_path / "sim",
+                           handle_signals=False, echo=lambda _: None, cache=cache,
+                           origin="simulator")  # fmt: skip
+    assert run_batch(build_plan(path), simulated) == 0
+    assert len(entries(cache)) == 3
+    # The same manifest against a real base (this server, by its URL): every job is sent.
+    code, _ = run(path, server, tmp_path / "real", cache)
+    assert code == 0
+    assert submits(server) == 6
+    assert {r["cached"] for r in report(tmp_path / "real")} == {"false"}
+    assert len(entries(cache)) == 6  # each origin has its own entries
+
+
+def test_a_symbolic_link_in_an_entry_is_refused_and_never_followed(tmp_path, server) -> None:
+    path, cache = manifest(tmp_path, jobs=1), tmp_path / "cache"
+    assert run(path, server, tmp_path / "one", cache)[0] == 0
+    (entry,) = entries(cache)
+    image = next(p for p in entry.iterdir() if p.name != ENTRY)
+    secret = tmp_path / "elsewhere.png"
+    secret.write_bytes(image.read_bytes())  # the same bytes: the sha256 check would pass
+    image.unlink()
+    image.symlink_to(secret)
+    code, messages = run(path, server, tmp_path / "two", cache)
+    assert code == 0 and submits(server) == 2  # a miss: the job ran
+    assert any("damaged entry ignored" in m and "not a regular file" in m for m in messages)
+    files = list((tmp_path / "two" / "files").rglob("*"))
+    assert files and not any(p.is_symlink() for p in files)
+
+
+def test_a_cache_in_a_users_folder_removes_nothing_it_did_not_make(tmp_path, server) -> None:
+    path = manifest(tmp_path, jobs=1)
+    notes = tmp_path / "tmp" / "notes"
+    notes.mkdir(parents=True)
+    (notes / "todo.txt").write_text("mine")
+    old = os.path.getmtime(notes) - 3 * 24 * 3600
+    os.utime(notes, (old, old))  # older than any temporary batchrun would sweep
+    os.utime(tmp_path / "tmp", (old, old))
+    assert run(path, server, tmp_path / "run", tmp_path)[0] == 0  # --cache .
+    assert run(path, server, tmp_path / "again", tmp_path)[0] == 0
+    assert (notes / "todo.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize("cost", ["Infinity", "NaN", "-1", "1e400"])
+def test_an_entry_with_a_cost_that_is_not_an_amount_is_damaged(tmp_path, server, cost) -> None:
+    path, cache = manifest(tmp_path, jobs=1), tmp_path / "cache"
+    assert run(path, server, tmp_path / "one", cache)[0] == 0
+    (entry,) = entries(cache)
+    text = (entry / ENTRY).read_text()
+    (entry / ENTRY).write_text(re.sub(r'"cost_usd": [^,\n]+', f'"cost_usd": {cost}', text))
+    code, messages = run(path, server, tmp_path / "two", cache)
+    assert code == 0 and submits(server) == 2
+    assert any("bad cost_usd" in m for m in messages)
+    summary = json.loads((tmp_path / "two" / "summary.json").read_text())
+    assert summary["saved_usd"] == 0
