@@ -263,6 +263,13 @@ class Client:
             body = self._scrub_all(json.loads(raw))
         except ValueError:
             body = None
+        except RecursionError:
+            raise TransportError(
+                "answer nested too deep to read",
+                endpoint=endpoint,
+                status=resp.status_code,
+                maybe_sent=True,  # the server did answer: a submit may have been taken
+            ) from None
         text = self._scrub(raw)
         if resp.status_code >= 400 or (isinstance(body, dict) and _error_code_set(body)):
             raise self._api_error(resp, text, body, endpoint)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import difflib
 import json
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import cache
@@ -17,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from jsonschema import Draft202012Validator
+from referencing import Registry, Resource
+from referencing.exceptions import NoSuchResource
 
 from batchrun.catalog.pricing import Price, parse_price
 from batchrun.errors import ManifestError
@@ -88,6 +91,9 @@ def read_entry(path: Path, model_id: str | None = None) -> SchemaEntry:
     raw = data["input_schema"] if is_entry else data
     if not isinstance(raw, dict):
         raise ManifestError(f"{path}: $.input_schema must be a JSON object; {fix}")
+    problem = schema_problem(raw)
+    if problem:
+        raise ManifestError(f"{path}: {problem}; {fix}")
     try:
         price = parse_price(data)
     except ValueError as exc:
@@ -170,14 +176,14 @@ class Schemas:
         """
         if model_id not in self._validators:
             schema = self.input_schema(model_id)
-            self._validators[model_id] = None if schema is None else Draft202012Validator(schema)
-        validator = self._validators[model_id]
-        if validator is None:
+            self._validators[model_id] = None if schema is None else validator(schema)
+        checker = self._validators[model_id]
+        if checker is None:
             return None
-        if validator.is_valid(inputs):
+        if checker.is_valid(inputs):
             return []
         problems = []
-        for err in sorted(validator.iter_errors(inputs), key=lambda e: list(map(str, e.path))):
+        for err in sorted(checker.iter_errors(inputs), key=lambda e: list(map(str, e.path))):
             path = "$" + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err.path)
             if err.validator == "additionalProperties" and not err.path:
                 for key in sorted(map(str, inputs)):
@@ -206,6 +212,74 @@ class Schemas:
 def packaged() -> Schemas:
     """The schemas shipped with batchrun (what the simulator serves)."""
     return Schemas((models_dir(),))
+
+
+# What a model schema may be: a catalog (or a file) is outside input, and validating each job
+# against it must neither reach the network, nor recurse without end, nor take seconds a job.
+MAX_DEPTH = 64
+MAX_NODES = 20_000
+# A quantified group that itself holds a quantifier or an alternation ("(a+)+", "(\\w*)*",
+# "(a|aa){2,}"): the shapes that make a regex engine backtrack for exponential time on a string
+# that nearly matches.
+_NESTED_QUANTIFIER = re.compile(r"\((?:[^()\\]|\\.)*[+*}|](?:[^()\\]|\\.)*\)[+*{]")
+_BACKREFERENCE = re.compile(r"\\[1-9]")
+
+
+def _refuse_retrieval(uri: str) -> Resource:
+    raise NoSuchResource(ref=uri)  # type: ignore[call-arg]
+
+
+# $refs resolve inside the schema only: no file is read and no URL fetched, whatever it says.
+_LOCAL_ONLY: Registry = Registry(retrieve=_refuse_retrieval)  # type: ignore[call-arg]
+
+
+def validator(schema: dict[str, Any]) -> Draft202012Validator:
+    """A validator of `schema` whose $refs resolve inside it only."""
+    return Draft202012Validator(schema, registry=_LOCAL_ONLY)
+
+
+def schema_problem(schema: Any) -> str:
+    """Why an input schema cannot be used ('' when it can): nested deeper than MAX_DEPTH,
+    larger than MAX_NODES, a $ref outside itself, or a pattern that could take exponential
+    time. Walked without recursion, so any input gives an answer at once."""
+    stack: list[tuple[Any, int, str]] = [(schema, 0, "$")]
+    nodes = 0
+    while stack:
+        node, depth, where = stack.pop()
+        nodes += 1
+        if nodes > MAX_NODES:
+            return f"the input schema has more than {MAX_NODES:,} nodes; too large to check jobs"
+        if depth > MAX_DEPTH:
+            return f"the input schema is nested deeper than {MAX_DEPTH} levels (at {where[:80]})"
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and not ref.startswith("#"):
+                return (
+                    f"{where}.$ref: {ref[:80]!r} points outside the schema; only references "
+                    "inside it (#/...) are followed"
+                )
+            props = node.get("patternProperties")
+            patterns = [node.get("pattern"), *(props if isinstance(props, dict) else ())]
+            for pattern in patterns:
+                if isinstance(pattern, str) and _pattern_problem(pattern):
+                    return f"{where}.pattern: {pattern[:80]!r} {_pattern_problem(pattern)}"
+            stack.extend((v, depth + 1, f"{where}.{k}") for k, v in node.items())
+        elif isinstance(node, list):
+            stack.extend((v, depth + 1, f"{where}[{i}]") for i, v in enumerate(node))
+    return ""
+
+
+def _pattern_problem(pattern: str) -> str:
+    if _NESTED_QUANTIFIER.search(pattern) or _BACKREFERENCE.search(pattern):
+        return (
+            "repeats a group that holds a quantifier or an alternative, or refers back (it can "
+            "take exponential time on a prompt); not used to check jobs"
+        )
+    try:
+        re.compile(pattern)
+    except re.error as exc:
+        return f"is not a regular expression ({exc})"
+    return ""
 
 
 def normalise(schema: dict[str, Any]) -> dict[str, Any]:

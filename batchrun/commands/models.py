@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from batchrun.api.client import Client
-from batchrun.catalog.models import normalise, schema_file_name
+from batchrun.catalog.models import normalise, schema_file_name, schema_problem
 from batchrun.catalog.pricing import parse_price, price_label
 from batchrun.commands.common import api_base, token
 from batchrun.errors import (
@@ -87,12 +87,10 @@ def catalog_entry(body: dict[str, Any], model_id: str, fetched_at: str) -> dict[
     entry.update({k: body[k] for k in _ENTRY_KEYS[1:] if k in body})
     entry.update({k: body.get(k) for k in _PRICE_KEYS})
     entry["fetched_at"] = fetched_at
-    try:
-        entry["input_schema"] = normalise(schema)
-    except RecursionError:
-        raise ApiError(
-            "the catalog entry's input_schema is nested too deep to use", endpoint=endpoint
-        ) from None
+    problem = schema_problem(schema)
+    if problem:
+        raise ApiError(f"the catalog entry is unusable: {problem}", endpoint=endpoint)
+    entry["input_schema"] = normalise(schema)
     return entry
 
 

@@ -16,8 +16,6 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from jsonschema import Draft202012Validator
-
 from batchrun.catalog import model_ids, models
 from batchrun.catalog.pricing import Estimator
 from batchrun.errors import ManifestError
@@ -241,7 +239,7 @@ class _Checker:
         self._keysets: dict[frozenset, bool] = {}
         self._values: dict[tuple, bool] = {}
         self._whole: dict[str, list[str]] = {}
-        self._prop_validators: dict[str, Draft202012Validator] = {}
+        self._prop_validators: dict[str, Any] = {}
 
     def check(self, inputs: dict) -> list[str]:
         if self.schema is None:
@@ -285,7 +283,7 @@ class _Checker:
             )
         validator = self._prop_validators.get(name)
         if validator is None:
-            validator = self._prop_validators[name] = Draft202012Validator(prop)
+            validator = self._prop_validators[name] = models.validator(prop)
         return bool(validator.is_valid(value))
 
 

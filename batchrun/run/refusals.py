@@ -21,10 +21,29 @@ class Refusal:
 
 
 class ModelRefusals:
-    """Asked before a job's submit (`holds`), told each refused submit (`note`)."""
+    """Asked before a job's submit (`holds`, `may_send`), told each submit sent and answered.
+
+    Until the API has accepted one of a model's submits, that model's submits go one at a
+    time: a model the API refuses for every job costs one refused request, not one per
+    worker."""
 
     def __init__(self) -> None:
         self.refused: dict[str, Refusal] = {}
+        self._accepted: set[str] = set()  # models the API took a submit of
+        self._probing: dict[str, int] = {}  # model -> its submits in the air, before that
+
+    def may_send(self, model_id: str) -> bool:
+        return model_id in self._accepted or not self._probing.get(model_id)
+
+    def sending(self, model_id: str) -> None:
+        if model_id not in self._accepted:
+            self._probing[model_id] = self._probing.get(model_id, 0) + 1
+
+    def answered(self, model_id: str, *, accepted: bool) -> None:
+        if model_id in self._probing:
+            self._probing[model_id] -= 1
+        if accepted:
+            self._accepted.add(model_id)
 
     def note(self, model_id: str, exc: BaseException) -> bool:
         """A submit of `model_id` was refused; True when the refusal stops the model."""

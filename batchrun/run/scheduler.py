@@ -147,6 +147,7 @@ class Scheduler:
 
     def add_flight(self, row: JobRow) -> None:
         """A job submitted by an earlier run: read it again now."""
+        self.refusals.answered(row.model_id, accepted=True)  # the API took one of its model's
         self.server.resume(row)
 
     def add_download(self, job_id: str) -> None:
@@ -240,6 +241,7 @@ class Scheduler:
                 if not self.limiter.try_acquire():
                     return 0.001
                 self.budget.reserve(self.pending[0])  # budget hook
+                self.refusals.sending(self.jobs.rows[self.pending[0]].model_id)
                 submits.append(self.pending.popleft())
                 self.submitting += 1
                 self.busy += 1
@@ -269,6 +271,7 @@ class Scheduler:
             and self._gated_pending()
             and len(self.flights) + self.submitting < self.max_in_flight()
             and (self.submit_accepted or self.submitting == 0)
+            and self.refusals.may_send(self.jobs.rows[self.pending[0]].model_id)
             and self._budget_admits()
         )
 
@@ -356,7 +359,9 @@ class Scheduler:
     def _submitted(self, o: Outcome) -> None:
         job_id, exc = o.job_id, o.error
         verdict = None if exc is None else api_answers.submit_verdict(exc)
-        if exc is None or verdict == api_answers.KEPT:
+        accepted = exc is None or verdict == api_answers.KEPT
+        self.refusals.answered(self.jobs.rows[job_id].model_id, accepted=accepted)
+        if accepted:
             request_id = str(o.value if not isinstance(exc, ApiError) else exc.request_id)
             self.submit_refusals = 0
             self.submit_ambiguous = 0
@@ -366,7 +371,7 @@ class Scheduler:
                 self.jobs.record_error(job_id, str(exc))
             self.server.submitted(job_id, request_id, o.at)
             return
-        assert verdict is not None
+        assert exc is not None and verdict is not None
         self.budget.submit_failed(job_id, verdict)  # budget hook
         if verdict == api_answers.THROTTLED:
             assert isinstance(exc, RateLimitedError)

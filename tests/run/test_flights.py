@@ -212,6 +212,7 @@ def _in_flight(sched: Scheduler, job_id: str, at: float) -> None:
     sched.jobs.mark_submitting(job_id)
     sched.jobs.record_request_id(job_id, f"r-{job_id}", at)
     sched.server.submitted(job_id, f"r-{job_id}", at)
+    sched.refusals.answered(sched.jobs.rows[job_id].model_id, accepted=True)
 
 
 def test_when_submits_wait_for_tokens_no_spare_read_takes_one(store):
