@@ -81,7 +81,7 @@ def run(
         if not quiet:
             click.echo(f"simulator: {base} (in-process)", err=True)
     else:
-        secret = token()
+        secret = token("run")
         base = origin = api_base(api_base_option)
         if api_base_option:
             resume += ["--api-base", api_base_option]
