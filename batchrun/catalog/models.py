@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from jsonschema import Draft202012Validator
+from jsonschema.exceptions import SchemaError
 from referencing import Registry, Resource
 from referencing.exceptions import NoSuchResource
 
@@ -94,6 +95,13 @@ def read_entry(path: Path, model_id: str | None = None) -> SchemaEntry:
     problem = schema_problem(raw)
     if problem:
         raise ManifestError(f"{path}: {problem}; {fix}")
+    try:  # a schema jsonschema cannot use ("type": 5) is said here, not as a traceback later
+        Draft202012Validator.check_schema(normalise(raw))
+    except SchemaError as exc:
+        where = "$.input_schema" + "".join(f".{p}" for p in exc.path)
+        raise ManifestError(
+            f"{path}: {where}: not a usable JSON Schema ({exc.message}); {fix}"
+        ) from None
     try:
         price = parse_price(data)
     except ValueError as exc:
