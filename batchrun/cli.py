@@ -326,6 +326,21 @@ def compare_cmd(baseline: str, current: str, **options: Any) -> int:
     return commands.compare.compare(baseline, current, **options)
 
 
+@cli.command()
+@opt.api_base
+@click.option("--json", "as_json", is_flag=True, help="Print JSON: balance_usd, scope, base.")
+def balance(**options: Any) -> int:
+    """Print the account balance (account-wide: RunComfy has one wallet for everything).
+
+    \b
+    Read from GET $RUNCOMFY_SERVERLESS_API_BASE/balance (default
+    https://api.runcomfy.net/prod/v2) with RUNCOMFY_TOKEN; for another model API base (a local
+    simulator) from that base. Example:
+      batchrun balance
+    """
+    return commands.balance.balance(**options)
+
+
 @cli.group()
 def models() -> None:
     """The RunComfy model catalog: input schemas and prices (needs RUNCOMFY_TOKEN)."""

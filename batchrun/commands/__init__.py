@@ -14,6 +14,7 @@ import importlib
 from types import ModuleType
 
 __all__ = [
+    "balance",
     "cancel",
     "compare",
     "init",

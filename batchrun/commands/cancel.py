@@ -16,8 +16,9 @@ import click
 from batchrun.api.client import Client
 from batchrun.api.ratelimit import RateLimiter
 from batchrun.commands.common import DEFAULT, RECORDED, choose_api_base, normalise_api_base, token
+from batchrun.commands.report import rewrite_report
 from batchrun.errors import ApiError, RunFolderInUse, UnreachableError
-from batchrun.store import lock, state as st
+from batchrun.store import ledger, lock, state as st
 from batchrun.store.state import StateStore
 from batchrun.util.safetext import printable
 
@@ -39,7 +40,7 @@ def cancel(run_dir: str, *, api_base_option: str | None) -> int:
             err=True,
         )
         return 0
-    secret = token()
+    secret = token("cancel")
     click.echo(printable(base_line(base, source, recorded)))
     client = Client(base, secret)
     limiter = RateLimiter(CANCEL_RATE)
@@ -49,6 +50,9 @@ def cancel(run_dir: str, *, api_base_option: str | None) -> int:
         acquire=limiter.acquire,
         echo=lambda t: click.echo(printable(t, lines=True), err=True),
     )
+    folder = Path(run_dir)
+    if (folder / "report.csv").exists() and not lock.holder(folder):
+        rewrite_report(folder)  # the report says `cancelled`, not the `queued` it said before
     return 1 if failed else 0
 
 
@@ -103,9 +107,11 @@ def cancel_queued(
             if outcome == "cancelled":
                 cancelled += 1
                 if owner:
-                    store.record_result(
-                        row.job_id, st.CANCELLED, finished_at=time.time(), error="cancelled"
-                    )
+                    with store.batch():
+                        store.close_attempt(row.job_id, answer=ledger.CANCELLED)  # not billed
+                        store.record_result(
+                            row.job_id, st.CANCELLED, finished_at=time.time(), error="cancelled"
+                        )
             else:
                 refused += 1
     echo(

@@ -17,10 +17,15 @@ SCHEMA_DIR_ENV = "BATCHRUN_SCHEMA_DIR"
 
 DISTRIBUTION = "runcomfy-batchrun"  # the name to pip install (`batchrun` on the index is not us)
 
-NO_TOKEN = (
-    "RUNCOMFY_TOKEN is not set: export RUNCOMFY_TOKEN=<your token>, "
-    "or try the local simulator with --simulate"
-)
+NO_TOKEN = "RUNCOMFY_TOKEN is not set: export RUNCOMFY_TOKEN=<your token>"
+# What each command without a token can do instead (only `run` has --simulate).
+NO_TOKEN_ELSE = {
+    "run": ", or try the local simulator with --simulate",
+    "other": (
+        ", or ask a local simulator: batchrun simulate, then RUNCOMFY_TOKEN=sim-token and "
+        "--api-base its URL"
+    ),
+}
 
 
 API_BASE_ENV = "RUNCOMFY_MODEL_API_BASE"
@@ -49,11 +54,12 @@ def normalise_api_base(url: str) -> str:
     return og.normalise(url)
 
 
-def token() -> str:
-    """The token from RUNCOMFY_TOKEN; ConfigError (exit 3) when it is not set."""
+def token(command: str = "other") -> str:
+    """The token from RUNCOMFY_TOKEN; ConfigError (exit 3) when it is not set, saying what
+    `command` can do instead."""
     value = os.environ.get("RUNCOMFY_TOKEN", "").strip()
     if not value:
-        raise ConfigError(NO_TOKEN)
+        raise ConfigError(NO_TOKEN + NO_TOKEN_ELSE.get(command, NO_TOKEN_ELSE["other"]))
     return value
 
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import shlex
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
 import click
 
+from batchrun.api.balance import SERVERLESS_BASE_ENV, balance_base
+from batchrun.api.client import DEFAULT_API_BASE
 from batchrun.catalog.pricing import usd
 from batchrun.commands import selection, simulate
 from batchrun.commands.common import api_base, schema_dirs, token, warn
@@ -81,7 +84,7 @@ def run(
         if not quiet:
             click.echo(f"simulator: {base} (in-process)", err=True)
     else:
-        secret = token()
+        secret = token("run")
         base = origin = api_base(api_base_option)
         if api_base_option:
             resume += ["--api-base", api_base_option]
@@ -105,6 +108,7 @@ def run(
         left_out=left_out,
         share=share,
         cache=cache_dir,
+        balance_base=run_balance_base(base, simulated=simulator is not None),
     )
     try:
         return run_batch(plan, options)
@@ -115,6 +119,17 @@ def run(
     finally:
         if simulator is not None:
             simulator.stop()
+
+
+def run_balance_base(base: str, *, simulated: bool) -> str | None:
+    """Where `run` reads the balance before its first submit: the simulator, RunComfy's
+    serverless API for RunComfy's own base, RUNCOMFY_SERVERLESS_API_BASE when set; for another
+    base (a proxy, a test server) nothing is known to serve a balance, so it is not read."""
+    if simulated or os.environ.get(SERVERLESS_BASE_ENV, "").strip():
+        return balance_base(base)
+    if og.normalise(base) == og.normalise(DEFAULT_API_BASE):
+        return balance_base(base)
+    return None
 
 
 def _cache_folder(option: str | None, manifest_setting: str | None) -> Path | None:

@@ -123,6 +123,7 @@ def build_plan(path: str | Path, *, strict: bool = False, schema_dirs: Iterable[
             (problems if strict else warnings).append(
                 message + ("" if not strict else " (--strict)")
             )
+    problems += _grid_problems(manifest, expansion.jobs)
     checked = [j for j in expansion.jobs if j.model_id not in manifest.unchecked_models]
     problems += _input_problems(manifest, checked, schemas)
     if len(checked) < len(expansion.jobs):
@@ -131,6 +132,34 @@ def build_plan(path: str | Path, *, strict: bool = False, schema_dirs: Iterable[
         # Warnings often explain the errors (a typo in a model id): keep them with the errors.
         raise ManifestError(problems + [f"warning: {w}" for w in warnings])
     return Plan(manifest, expansion.jobs, warnings, schemas)
+
+
+def _grid_problems(manifest: Manifest, jobs: list[Job]) -> list[str]:
+    """`report: {rows, cols}` naming no field of the sweep (a typo would surface only when the
+    report is written): the place, its line and the name meant."""
+    grid = manifest.report
+    wanted = [(axis, name) for axis, name in (("rows", grid.rows), ("cols", grid.cols)) if name]
+    if not wanted:
+        return []
+    fields: dict[str, None] = {"model": None}
+    for job in jobs:
+        fields.update(dict.fromkeys(job.inputs))
+        fields.update(dict.fromkeys(job.vars))
+    known = set(fields) | {f"input.{f}" for f in fields} | {f"var.{f}" for f in fields}
+    out = []
+    for axis, name in wanted:
+        if name in known:
+            continue
+        where = f"$.report.{axis}"
+        close = difflib.get_close_matches(name, list(fields), n=1, cutoff=0.6)
+        hint = (
+            f"did you mean {close[0]!r}?" if close else f"the sweep's fields: {', '.join(fields)}"
+        )
+        out.append(
+            f"{manifest.path}: {where}{manifest.line_suffix(where)}: {name!r} is no field or var "
+            f"of the sweep; {hint}"
+        )
+    return out
 
 
 def _not_checked(label: str) -> str:

@@ -83,6 +83,7 @@ def expand(manifest: Manifest, schemas: models.Schemas | None = None) -> Expansi
     limit = manifest.run.max_jobs
     exclude_paths: list[str] = []
     matched_excludes: set[str] = set()  # top-level entries count when any model matched
+    excluded_count = [0]  # combinations exclude dropped
     for index, model in enumerate(data["models"]):
         spec = _ModelSpec(data, index, model, schemas or models.packaged())
         problems += [f"{label}: {w}: {m}{manifest.line_suffix(w)}" for w, m in spec.problems]
@@ -103,6 +104,7 @@ def expand(manifest: Manifest, schemas: models.Schemas | None = None) -> Expansi
             hits = spec.excluded(combo_vars, inputs) if spec.excludes else None
             if hits:
                 matched_excludes.update(spec.exclude_paths[i] for i in hits)
+                excluded_count[0] += 1
                 continue
             canonical = _CANONICAL(inputs)
             identity = f"{spec.model_id}\n{canonical}"
@@ -136,6 +138,16 @@ def expand(manifest: Manifest, schemas: models.Schemas | None = None) -> Expansi
             warnings.append(f"{label}: {where}: matched no combination; nothing excluded")
     if duplicates > 5:
         warnings.append(f"{label}: {duplicates} duplicate combinations in all, each kept once")
+    if not jobs and not problems:
+        # An empty sweep runs nothing and would pass CI for nothing: say what emptied it.
+        dropped = excluded_count[0]
+        why = (
+            f"exclude removed all {dropped} combination{'s' if dropped != 1 else ''} "
+            f"({', '.join(sorted(matched_excludes))})"
+            if dropped
+            else "the models' matrices, vars or cases give no combination"
+        )
+        problems.append(f"{label}: the sweep has 0 jobs: {why}; change the manifest so it has one")
     if problems:
         raise ManifestError(problems)
     return Expansion(jobs, warnings)

@@ -17,6 +17,7 @@ import requests
 
 from batchrun.api import proxies as netenv
 from batchrun.api.answers import AMBIGUOUS_SUBMIT
+from batchrun.api.balance import read_balance
 from batchrun.api.client import Client
 from batchrun.api.ratelimit import RateLimiter
 from batchrun.catalog.pricing import plain, usd
@@ -65,6 +66,8 @@ class RunOptions:
     only: frozenset[str] | None = None
     left_out: int = 0  # how many of the plan's jobs `only` leaves out (for the messages)
     share: int = 1  # rate_limit and max_in_flight are divided by this (a shard of N: N)
+    # Where the account balance is read before the first submit (api/balance.py); None: not.
+    balance_base: str | None = None
     cache: Path | None = None  # the cross-run cache folder; default: the manifest's run.cache
     workers: int = 16
     download_workers: int = 4
@@ -104,6 +107,7 @@ class _Run:
         )
         self.restored = Restored()
         self.gate: SweepGate | None = None
+        self.balance_before: Decimal | None = None
 
     def execute(self) -> int:
         manifest = self.plan.manifest
@@ -130,6 +134,7 @@ class _Run:
             self._cap(), plan_estimator(self.plan), self.store.attempts(), every, rows, self.store
         )
         self._record_budget(budget)
+        self.balance_before = self._check_balance(budget, rows)
         progress = Progress(
             len(rows),
             quiet=self.opts.quiet,
@@ -226,6 +231,45 @@ class _Run:
             unpriced_jobs=str(budget.unpriced),
             max_cost_usd=cap,
         )
+
+    def _balance(self) -> Decimal | None:
+        """The account balance, or None (no balance base, or unreadable: a warning only)."""
+        if not self.opts.balance_base:
+            return None
+        try:
+            return read_balance(self.opts.balance_base, self.opts.token)
+        except ApiError as exc:
+            self.echo(f"warning: the account balance could not be read ({exc}); running on")
+            return None
+
+    def _check_balance(self, budget: Budget, rows: list[JobRow]) -> Decimal | None:
+        """Before anything is sent: below the cheapest job's estimate, InsufficientBalanceError
+        (exit 3); below the plan's estimate, a warning saying how many jobs it covers."""
+        if not any(r.status == st.PENDING for r in rows):
+            return None
+        balance = self._balance()
+        if balance is None:
+            return None
+        pending = [budget.estimate(r.job_id) for r in rows if r.status == st.PENDING]
+        priced = sorted(e for e in pending if e is not None)
+        if priced and balance < priced[0]:
+            raise InsufficientBalanceError(
+                f"the account balance is {usd(balance)}, less than one job's estimate "
+                f"({usd(priced[0])}); nothing was sent. Top up the RunComfy balance, then rerun: "
+                f"{self.opts.resume_command or 'the same command'}"
+            )
+        total = sum(priced, Decimal(0))
+        if priced and balance < total:
+            covered, left = 0, balance
+            for estimate in priced:
+                if estimate > left:
+                    break
+                covered, left = covered + 1, left - estimate
+            self.echo(
+                f"warning: the account balance {usd(balance)} is below the estimate of the jobs "
+                f"to run ({usd(total)}); it covers about {covered} of {len(priced)} priced jobs"
+            )
+        return balance
 
     def _cap(self) -> Decimal | None:
         """The cost cap of this run folder: the manifest's (or --max-cost), split like the
@@ -421,6 +465,13 @@ class _Run:
             "max_cost_usd": None if budget.cap is None else float(budget.cap),
             "stopped_at_budget": budget.reached,
         }
+        if self.balance_before is not None:
+            after = self._balance()
+            extra["balance"] = {  # the whole account's, not this run's alone
+                "scope": "account",
+                "before_usd": float(self.balance_before),
+                "after_usd": None if after is None else float(after),
+            }
         if self.cache is not None:
             extra["cache"] = {
                 "folder": str(self.cache.root),

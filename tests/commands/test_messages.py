@@ -13,6 +13,7 @@ import pytest
 
 from batchrun.plan.build import build_plan
 from batchrun.run.engine import RunOptions, run_batch
+from batchrun.store.state import StateStore
 from testing.cli import invoke
 from testing.simulators import StartSim, simulators
 
@@ -120,3 +121,19 @@ def test_a_422_is_printed_whole_in_the_report_and_by_status(
     status = invoke("status", "run")
     assert status.code == 0
     assert f"  {plan.jobs[0].job_id}  failed     {FLUX}: {message}" in status.stdout.splitlines()
+
+
+@pytest.mark.parametrize("command", [["models", "list"], ["models", "pull", "acme/m"], ["cancel"]])
+def test_no_token_suggests_only_what_the_command_has(work: Path, command: list[str]) -> None:
+    if command == ["cancel"]:
+        (work / "m.yaml").write_text(GOOD)
+        with StateStore.open(work / "run") as store:
+            store.set_meta(api_base="https://model-api.example")
+        command = ["cancel", "run"]
+    got = invoke(*command, "--api-base", "https://model-api.example")
+    assert got.code == 3
+    assert got.stderr == (
+        "error: RUNCOMFY_TOKEN is not set: export RUNCOMFY_TOKEN=<your token>, or ask a local "
+        "simulator: batchrun simulate, then RUNCOMFY_TOKEN=sim-token and --api-base its URL\n"
+    )
+    assert "--simulate" not in got.stderr

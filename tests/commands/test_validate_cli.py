@@ -393,3 +393,38 @@ def test_a_model_id_that_could_reach_another_endpoint_is_refused(
     assert (code, out) == (2, "")
     assert err.startswith(f"{path}: $.models[0].id")  # the manifest's pattern, else the id rule
     assert "Traceback" not in err
+
+
+def test_an_emptied_sweep_is_an_error_saying_what_emptied_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "m.yaml"
+    path.write_text(
+        "version: 1\nmatrix: {seed: [1, 2]}\nexclude: [{seed: 1}, {seed: 2}]\n"
+        f"models:\n  - id: {KONTEXT}\n    inputs: {{prompt: a, image_url: 'https://x.runcomfy.net/a.png'}}\n"
+    )
+    for command in ("validate", "plan", "run"):
+        code, out, err = run(
+            [command, str(path), *(["--simulate"] if command == "run" else [])], capsys
+        )
+        assert code == 2, (command, err)
+        assert (
+            f"{path}: the sweep has 0 jobs: exclude removed all 2 combinations "
+            "($.exclude[0], $.exclude[1]); change the manifest so it has one"
+        ) in err
+
+
+def test_report_rows_and_cols_are_checked_at_validate(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "m.yaml"
+    path.write_text(
+        "version: 1\nreport: {rows: promt}\nmatrix: {seed: [1, 2]}\n"
+        f"models:\n  - id: {KONTEXT}\n    inputs: {{prompt: a, image_url: 'https://x.runcomfy.net/a.png'}}\n"
+    )
+    code, out, err = run(["validate", str(path)], capsys)
+    assert code == 2
+    assert (
+        f"{path}: $.report.rows (line 2): 'promt' is no field or var of the sweep; "
+        "did you mean 'prompt'?"
+    ) in err

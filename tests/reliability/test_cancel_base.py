@@ -11,7 +11,7 @@ import pytest
 from testing.cli import clean_env, run_cli
 from testing.folders import queued_run_folder
 
-from .conftest import TOKEN
+from .conftest import TOKEN, read_report
 from .hostile_api import Call, HostileApi, Reply
 
 
@@ -86,3 +86,16 @@ def test_a_simulated_folder_cancels_on_a_base_named_now(tmp_path: Path, named_by
     else:
         assert res.stdout.startswith(f"cancelling on {api.base_url} (from ")
         assert api.calls["cancel"] == 2
+
+
+def test_the_report_says_cancelled_after_cancel(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    with HostileApi(_cancelled) as api:
+        queued_run_folder(run_dir, api.base_url)
+        assert run_cli("report", str(run_dir), timeout=60).returncode == 0
+        before = {r["job_id"]: r["status"] for r in read_report(run_dir)}
+        assert list(before.values()).count("queued") == 2
+        res = run_cli("cancel", str(run_dir), env=clean_env(TOKEN), timeout=60)
+    assert res.returncode == 0, res.stderr
+    after = {r["job_id"]: r["status"] for r in read_report(run_dir)}
+    assert after == {j: "cancelled" if s == "queued" else s for j, s in before.items()}
