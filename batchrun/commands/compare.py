@@ -58,10 +58,14 @@ def compare(
         raise UsageError(f"{exc}: pip install '{DISTRIBUTION}[{exc.extra}]'") from None
     if mixed:
         result.warnings.append(f"mixed origins (--allow-mixed-origins): {mixed}")
+    unknown = comparing.unknown_origins(base_run, cur_run)
+    if unknown:
+        result.warnings.append(unknown)
     table = compare_output.terminal_table(result)
     # When a report goes to stdout (`-`), the table moves to stderr so stdout stays parseable.
     to_stdout = "-" in (markdown_file, junit_file, json_file, html_file)
-    click.echo(table.splitlines()[-1] if quiet else table.rstrip("\n"), err=to_stdout)
+    shown = compare_output.terminal_quiet(result) if quiet else table.rstrip("\n")
+    click.echo(shown, err=to_stdout)
     try:
         if markdown_file:
             # Appended: $GITHUB_STEP_SUMMARY holds what earlier steps wrote.

@@ -11,7 +11,8 @@ from pathlib import Path
 from batchrun.errors import ChoiceError, CompareError, MissingDependencyError, StateError
 from batchrun.results.reportcsv import INPUT_PREFIX, VAR_PREFIX, read_jobs, split_cell, unguard
 from batchrun.store import origin as og
-from batchrun.store.atomic import fsync_dir, open_atomic
+from batchrun.store.atomic import fsync_dir, open_atomic, write_bytes
+from batchrun.store.state import STATE_FILE, StateStore
 from batchrun.util.media import RASTER_SUFFIXES
 
 # Outcome classes, in the order totals are shown. Every job has exactly one of the first six;
@@ -106,7 +107,17 @@ def load_run(path_arg: str | os.PathLike[str]) -> Run:
 
 
 def _origin(report: Path) -> str:
-    """The origin summary.json beside report.csv gives ('' when there is none to read)."""
+    """Where the run beside `report` got its results: its state.db's record (the folder's own),
+    else the `origin` of the summary.json beside it (a committed baseline has only that); ''
+    when neither says (a bare report.csv): the comparison then notes it and is not refused."""
+    if (report.parent / STATE_FILE).is_file():
+        try:
+            with StateStore.open(report.parent, create=False, lock=False) as store:
+                found = og.recorded(store.meta(), report.parent)
+        except StateError:
+            found = None
+        if found:
+            return found
     try:
         summary = json.loads((report.parent / "summary.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -123,6 +134,19 @@ def mixed_origins(baseline: Run, current: Run) -> str:
     return (
         f"the baseline {baseline.label} holds results from {og.label(baseline.origin)}, the "
         f"current run {current.label} from {og.label(current.origin)}"
+    )
+
+
+def unknown_origins(baseline: Run, current: Run) -> str:
+    """'' when the origin of each run that has jobs is known, else a sentence saying which is
+    not (so origins were not checked)."""
+    sides = (("the baseline", baseline), ("the current run", current))
+    unknown = [f"{side} {run.label}" for side, run in sides if run.rows and not run.origin]
+    if not unknown:
+        return ""
+    return (
+        f"origin not checked: {' and '.join(unknown)} record{'s' if len(unknown) == 1 else ''} "
+        "no origin (no state.db or summary.json that says one beside the report.csv)"
     )
 
 
@@ -319,7 +343,9 @@ def update_baseline(current: Run, dest: Path) -> Path:
     """Copy the current report.csv and files/ into DEST (a committed baseline folder).
 
     Every file is written atomically; report.csv goes last, so an interrupted update leaves
-    the old report rather than one naming files that are not there.
+    the old report rather than one naming files that are not there. The current run's
+    summary.json goes too, carrying its origin: a committed baseline made from a simulated run
+    must still say so when a real run is compared with it.
     """
     dest.mkdir(parents=True, exist_ok=True)
     if (dest / "report.csv").resolve() == current.report.resolve():
@@ -334,6 +360,11 @@ def update_baseline(current: Run, dest: Path) -> Path:
             shutil.copytree(src_files, dest_files, copy_function=_copy_file)
             for folder, _dirs, _names in os.walk(dest_files):
                 fsync_dir(Path(folder))
+        summary = _baseline_summary(current)
+        if summary is None:
+            (dest / "summary.json").unlink(missing_ok=True)  # an older run's: its origin is stale
+        else:
+            write_bytes(dest / "summary.json", summary)
         _copy_file(current.report, dest / "report.csv")
     except OSError as exc:
         raise StateError(
@@ -342,6 +373,21 @@ def update_baseline(current: Run, dest: Path) -> Path:
         ) from None
     fsync_dir(dest)
     return dest
+
+
+def _baseline_summary(current: Run) -> bytes | None:
+    """The current run's summary.json with its origin as `current` knows it (from state.db,
+    say); None when there is neither a summary nor an origin to keep."""
+    try:
+        data = json.loads((current.root / "summary.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        data = {}
+    if not isinstance(data, dict):
+        data = {}
+    data.pop("origin", None)
+    if current.origin:
+        data["origin"] = current.origin
+    return (json.dumps(data, indent=2) + "\n").encode("utf-8") if data else None
 
 
 def _copy_file(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:

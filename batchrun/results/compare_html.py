@@ -61,6 +61,7 @@ def render(comp: Comparison, html_dir: Path) -> str:
         f"<p>baseline <code>{esc(comp.baseline.label)}</code> vs current "
         f"<code>{esc(comp.current.label)}</code>: {esc(totals)}</p>",
     ]
+    body += [f"<p><strong>Warning:</strong> {esc(w)}</p>" for w in comp.warnings]
     if not shown:
         body.append("<p>No changed or regressed jobs.</p>")
     body += [_job_section(comp, job, html_dir) for job in shown]

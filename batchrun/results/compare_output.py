@@ -39,8 +39,18 @@ def terminal_table(comp: Comparison) -> str:
             )
             lines.append(f"    {printable(job.reason)}")
     lines += [f"warning: {printable(w)}" for w in comp.warnings]
-    lines += ["", f"{_verdict(comp)}: {len(failing)} failing job(s) of {len(comp.jobs)}"]
+    lines += ["", _verdict_line(comp)]
     return "\n".join(lines) + "\n"
+
+
+def terminal_quiet(comp: Comparison) -> str:
+    """`--quiet`: the warnings (what was compared with what) and the verdict line."""
+    lines = [f"warning: {printable(w)}" for w in comp.warnings]
+    return "\n".join([*lines, _verdict_line(comp)])
+
+
+def _verdict_line(comp: Comparison) -> str:
+    return f"{_verdict(comp)}: {len(comp.failing)} failing job(s) of {len(comp.jobs)}"
 
 
 def _side_md(label: str, row: dict[str, str] | None) -> str:

@@ -120,15 +120,15 @@ def _one_origin(sources: list[_Source]) -> str | None:
     """The origin every folder's results came from; StateError (exit 2) naming the folders
     when they differ: simulated and real results never end up in one folder."""
     origins = {s.folder: og.recorded(s.meta, s.folder) for s in sources}
-    known = {o for o in origins.values() if o}
-    if len(known) > 1:
+    # A folder that records no origin matches none, not any: its results could be simulated.
+    if len(set(origins.values())) > 1:
         lines = [f"  {folder}: results from {og.label(o or 'an unknown origin')}"
                  for folder, o in origins.items()]  # fmt: skip
         raise StateError(
             "the folders hold results from different origins; refusing to merge them (a "
             "simulated result must never pass for a real one):\n" + "\n".join(lines)
         )
-    return known.pop() if known else None
+    return next(iter(origins.values()))
 
 
 def _check_destination(dest: Path, folders: list[Path]) -> None:
@@ -234,35 +234,66 @@ def _money(meta: dict[str, str]) -> dict[str, float | int | None]:
 
 def _place(src_root: Path, dest_root: Path, name: str, sha256: str) -> bool:
     """Hard-link (else copy) one output file into the merged folder and check its sha256;
-    True when linked."""
+    True when linked. Only a regular file is taken, and no link on its way is followed."""
     parts = Path(name).parts
     if not parts or parts[0] != "files" or ".." in parts or Path(name).is_absolute():
         raise StateError(f"{src_root}: {name}: not a path under files/; state.db is damaged")
     src, dest = src_root / name, dest_root / name
-    try:
-        mode = os.lstat(src).st_mode
-    except OSError:
-        raise StateError(
-            f"{src_root}: {name} is missing; run that shard again in its folder to download it"
-        ) from None
-    if not stat.S_ISREG(mode):  # a link is never followed: it could point anywhere, later
-        raise StateError(
-            f"{src_root}: {name} is not a regular file (a symbolic link?); batchrun merges "
-            "only the files its runs wrote: run that shard again in its folder"
-        )
+    _check_regular(src_root, parts)
     dest.parent.mkdir(parents=True, exist_ok=True)
     try:
-        os.link(src, dest)
-        linked = True
-    except OSError:
-        shutil.copyfile(src, dest)
-        linked = False
-    if _sha256(dest) != sha256:
+        linked = _link_or_copy(src, dest)
+        ok = stat.S_ISREG(os.lstat(dest).st_mode) and _sha256(dest) == sha256
+    except OSError:  # swapped for a link or removed since the check: refused all the same
+        ok, linked = False, False
+    if not ok:
         raise StateError(
             f"{src_root}: {name}: its sha256 is not the one state.db recorded (damaged or "
             "changed); run that shard again in its folder"
         )
     return linked
+
+
+def _check_regular(src_root: Path, parts: tuple[str, ...]) -> None:
+    """StateError naming the path unless files/, each folder below it and the file itself are
+    what they seem: a symbolic link anywhere is refused, never followed (it could point
+    anywhere, and be re-pointed once checked)."""
+    path = src_root
+    for depth, part in enumerate(parts, 1):
+        path = path / part
+        rel = "/".join(parts[:depth])
+        try:
+            mode = os.lstat(path).st_mode
+        except OSError:
+            raise StateError(
+                f"{src_root}: {rel} is missing; run that shard again in its folder to download it"
+            ) from None
+        last = depth == len(parts)
+        if stat.S_ISREG(mode) if last else stat.S_ISDIR(mode):
+            continue
+        what = "a symbolic link" if stat.S_ISLNK(mode) else "not a regular file or folder"
+        raise StateError(
+            f"{src_root}: {rel} is {what}; merge takes only the regular files a run wrote and "
+            "never follows a link: put the file itself there, or run that shard again in its "
+            "folder"
+        )
+
+
+def _link_or_copy(src: Path, dest: Path) -> bool:
+    """Hard-link `src` at `dest` (the link itself if `src` became one: never its target),
+    else copy its bytes, opened without following a link; True when linked."""
+    if os.link in os.supports_follow_symlinks:
+        try:
+            os.link(src, dest, follow_symlinks=False)
+            return True
+        except OSError:  # another filesystem, or links not allowed: copy
+            pass
+    fd = os.open(src, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    with os.fdopen(fd, "rb") as fin, open(dest, "xb") as fout:
+        if not stat.S_ISREG(os.fstat(fin.fileno()).st_mode):
+            raise OSError(f"{src}: not a regular file")
+        shutil.copyfileobj(fin, fout, _CHUNK)
+    return False
 
 
 def _sha256(path: Path) -> str:

@@ -15,6 +15,7 @@ and the cost a finite amount; otherwise the entry is damaged, reported and not u
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import math
@@ -27,7 +28,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from batchrun import __version__
 from batchrun.catalog.pricing import MAX_PRICE_USD
@@ -47,6 +48,8 @@ FORMAT = 2
 TMP = ".batchrun-tmp"  # the cache's own temporaries: a name no user folder has
 _OURS = re.compile(r"^[0-9a-f]{64}\.(\d+\.[0-9a-f]{8}|old\.[0-9a-f]{8})$")
 _CHUNK = 1 << 20
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
 _STALE_TMP_S = 24 * 3600  # a temp entry older than this was left by a killed run
 
 
@@ -133,19 +136,23 @@ class Cache:
         """The job's entry, checked; None when absent. CacheError when it is damaged."""
         key = self.key(row)
         folder = self.folder(key)
-        if folder.is_symlink():
-            raise CacheError("the entry is a symbolic link; not followed")
+        for way in (folder.parent, folder):
+            if way.is_symlink():
+                raise CacheError(f"{way} is a symbolic link; not followed")
         if not folder.is_dir():
             return None
         try:
-            data = json.loads((folder / ENTRY).read_text(encoding="utf-8"))
+            with _open_regular(folder / ENTRY) as fh:
+                data = json.loads(fh.read().decode("utf-8"))
         except FileNotFoundError:
             raise CacheError(f"no {ENTRY}") from None
         except (OSError, UnicodeDecodeError, ValueError) as exc:
             raise CacheError(f"{ENTRY} unreadable ({exc})") from None
         if not isinstance(data, dict) or data.get("key") != key or data.get("format") != FORMAT:
             raise CacheError(f"{ENTRY} is not this job's entry")
-        if data.get("origin") != self.origin:
+        # The origin is in the key too; this check also refuses an entry that records none
+        # (made before origins were recorded, or by hand): an unknown origin matches no run.
+        if not self.origin or data.get("origin") != self.origin:
             raise CacheError(f"{ENTRY} holds results from another origin")
         files = data.get("files")
         if not isinstance(files, list) or not all(_file_ok(f) for f in files):
@@ -155,8 +162,6 @@ class Cache:
             try:
                 size, digest = _hash_file(path)
             except OSError:
-                if path.is_symlink() or path.exists():
-                    raise CacheError(f"{f['name']}: not a regular file; not followed") from None
                 raise CacheError(f"{f['name']} missing") from None
             if size != f["size"] or digest != f["sha256"]:
                 raise CacheError(f"{f['name']}: sha256 or size differs from {ENTRY}")
@@ -176,19 +181,21 @@ class Cache:
         out = []
         target = run_dir / "files" / job_id
         target.mkdir(parents=True, exist_ok=True)
+        for way in (target.parent, target):
+            if not stat.S_ISDIR(os.lstat(way).st_mode):
+                raise CacheError(f"{way} is a symbolic link; nothing is written through it")
         for f in hit.files:
             src, dst = hit.folder / f["name"], target / f["name"]
             part = dst.with_name(dst.name + ".part")
             part.unlink(missing_ok=True)
             try:
                 if not stat.S_ISREG(os.lstat(src).st_mode):  # a link planted after lookup
-                    raise CacheError(f"{f['name']}: not a regular file; not followed")
-                try:
-                    os.link(src, part)
-                except OSError:  # another filesystem, or links not allowed: copy
-                    with open(src, "rb") as fin, open_atomic(part, sync_dir=False) as fout:
-                        shutil.copyfileobj(fin, fout, _CHUNK)
-                size, digest = _hash_file(part)
+                    raise CacheError(f"{src} is not a regular file; not followed")
+                _link_or_copy(src, part)
+                size, digest = _hash_file(part)  # a link swapped in meanwhile: refused here
+            except CacheError:
+                part.unlink(missing_ok=True)
+                raise
             except OSError as exc:
                 part.unlink(missing_ok=True)
                 raise CacheError(f"{f['name']}: cannot copy ({exc.strerror or exc})") from None
@@ -249,7 +256,7 @@ class Cache:
             self._replace(work, final)
             fsync_dir(final.parent)
             return True
-        except OSError:
+        except (OSError, CacheError):  # CacheError: a run folder's file that is a link
             return False
         finally:
             shutil.rmtree(work, ignore_errors=True)
@@ -301,15 +308,28 @@ def _file_ok(f: Any) -> bool:
     )
 
 
+def _open_regular(path: Path) -> BinaryIO:
+    """`path` opened for reading when it is a regular file. A symbolic link is never followed
+    (O_NOFOLLOW: a link planted after any check fails here too) and, like a FIFO or a device,
+    is a CacheError naming it; OSError when it cannot be opened (missing, say)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | _NOFOLLOW | _NONBLOCK)  # NONBLOCK: a FIFO never hangs
+    except OSError as exc:
+        if exc.errno == errno.ELOOP or path.is_symlink():
+            raise CacheError(f"{path} is a symbolic link; not followed") from None
+        raise
+    fh = os.fdopen(fd, "rb")
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        fh.close()
+        raise CacheError(f"{path} is not a regular file; not read")
+    return fh
+
+
 def _hash_file(path: Path) -> tuple[int, str]:
-    """Size and sha256 of a regular file; OSError for anything else (a symbolic link is
-    refused, not followed)."""
+    """Size and sha256 of a regular file (CacheError for a link or anything else)."""
     digest = hashlib.sha256()
     size = 0
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
-    with os.fdopen(fd, "rb") as fh:
-        if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
-            raise OSError(f"{path.name}: not a regular file")
+    with _open_regular(path) as fh:
         while chunk := fh.read(_CHUNK):
             digest.update(chunk)
             size += len(chunk)
@@ -317,15 +337,28 @@ def _hash_file(path: Path) -> tuple[int, str]:
 
 
 def _copy_hashed(src: Path, dst: Path) -> tuple[int, str]:
-    """Copy src to dst (fsynced), hashing what was written."""
+    """Copy the regular file src to dst (fsynced), hashing what was written."""
     digest = hashlib.sha256()
     size = 0
-    with open(src, "rb") as fin, open_atomic(dst, sync_dir=False) as fout:
+    with _open_regular(src) as fin, open_atomic(dst, sync_dir=False) as fout:
         while chunk := fin.read(_CHUNK):
             digest.update(chunk)
             fout.write(chunk)
             size += len(chunk)
     return size, digest.hexdigest()
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    """Hard-link src at dst (the link itself should src have become one, never its target),
+    else copy its bytes through `_open_regular`."""
+    if os.link in os.supports_follow_symlinks:
+        try:
+            os.link(src, dst, follow_symlinks=False)
+            return
+        except OSError:  # another filesystem, or links not allowed: copy
+            pass
+    with _open_regular(src) as fin, open_atomic(dst, sync_dir=False) as fout:
+        shutil.copyfileobj(fin, fout, _CHUNK)
 
 
 def schema_hashes(schemas: dict[str, dict[str, Any] | None]) -> dict[str, str]:

@@ -43,9 +43,12 @@ COLUMNS = [
 MODEL = "acme/painter"
 
 
-def write_run(root: Path, jobs: list[dict]) -> Path:
-    """A run folder: report.csv plus files/<job_id>/image.png holding each job's `content`."""
+def write_run(root: Path, jobs: list[dict], origin: str | None = "simulator") -> Path:
+    """A run folder: report.csv plus files/<job_id>/image.png holding each job's `content`,
+    and a summary.json giving the run's `origin` (none: a bare report.csv)."""
     root.mkdir(parents=True, exist_ok=True)
+    if origin is not None:
+        (root / "summary.json").write_text(json.dumps({"origin": origin}))
     rows = []
     for job in jobs:
         row = dict.fromkeys(COLUMNS, "")
@@ -597,3 +600,80 @@ def test_html_shows_changed_and_regressed_side_by_side(small, tmp_path: Path) ->
     )  # the error, escaped in the source and readable as text
     assert "<input>" not in page.read_text()
     assert "k1" not in text
+
+
+# ---- origins -----------------------------------------------------------------------------------
+
+REAL = "https://model-api.runcomfy.net"
+MIXED = (
+    f"mixed origins (--allow-mixed-origins): the baseline base holds results from the simulator, "
+    f"the current run cur from {REAL}"
+)
+
+
+def test_runs_of_two_origins_exit_2_naming_both(tmp_path, monkeypatch, capsys) -> None:
+    monkeypatch.chdir(tmp_path)
+    write_run(tmp_path / "base", BASELINE)
+    write_run(tmp_path / "cur", BASELINE, origin=REAL)  # the same results, from a real API
+    assert main(["compare", "base", "cur", "--json", "c.json"]) == 2
+    assert capsys.readouterr().err == (
+        f"error: the baseline base holds results from the simulator, the current run cur from "
+        f"{REAL}; a simulated result must not pass for a real one (or the other way round): "
+        "compare runs of one origin, or give --allow-mixed-origins to compare them all the same\n"
+    )
+    assert not (tmp_path / "c.json").exists()
+
+
+def test_allowed_mixed_origins_are_said_in_every_output(tmp_path, monkeypatch, capsys) -> None:
+    monkeypatch.chdir(tmp_path)
+    write_run(tmp_path / "base", BASELINE)
+    write_run(tmp_path / "cur", BASELINE, origin=REAL)
+    outputs = ["--markdown", "c.md", "--junit", "c.xml", "--json", "c.json", "--html", "c.html"]
+    assert main(["compare", "base", "cur", "--allow-mixed-origins", *outputs]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-3:] == [f"warning: {MIXED}", "", "PASS: 0 failing job(s) of 5"]
+    assert f"> **Warning:** {MIXED}" in (tmp_path / "c.md").read_text().splitlines()
+    suite = ET.parse(tmp_path / "c.xml").getroot().find("testsuite")
+    assert [(p.get("name"), p.get("value")) for p in suite.iter("property")] == [("warning", MIXED)]
+    assert json.loads((tmp_path / "c.json").read_text())["warnings"] == [MIXED]
+    parser = _Links()
+    parser.feed((tmp_path / "c.html").read_text())
+    assert MIXED in "".join(parser.text)
+    # --quiet keeps the warning with the verdict
+    assert main(["compare", "base", "cur", "--allow-mixed-origins", "--quiet"]) == 0
+    assert capsys.readouterr().out == f"warning: {MIXED}\nPASS: 0 failing job(s) of 5\n"
+
+
+def test_a_bare_report_csv_is_compared_with_a_note(tmp_path, monkeypatch, capsys) -> None:
+    monkeypatch.chdir(tmp_path)
+    write_run(tmp_path / "base", BASELINE, origin=None)  # report.csv and files/ only
+    write_run(tmp_path / "cur", BASELINE, origin=REAL)
+    assert main(["compare", "base/report.csv", "cur", "--json", "c.json"]) == 0
+    note = (
+        "origin not checked: the baseline base/report.csv records no origin (no state.db or "
+        "summary.json that says one beside the report.csv)"
+    )
+    assert capsys.readouterr().out.splitlines()[-3] == f"warning: {note}"
+    assert json.loads((tmp_path / "c.json").read_text())["warnings"] == [note]
+
+
+def test_a_folders_state_db_says_its_origin(tmp_path: Path) -> None:
+    from batchrun.store.state import StateStore
+
+    write_run(tmp_path / "run", BASELINE, origin=None)
+    with StateStore.open(tmp_path / "run") as store:
+        store.set_meta(origin=REAL, api_base=REAL)
+    assert compare.load_run(tmp_path / "run").origin == REAL
+    assert compare.load_run(tmp_path / "run" / "report.csv").origin == REAL
+
+
+def test_an_updated_baseline_keeps_the_current_runs_origin(tmp_path: Path) -> None:
+    write_run(tmp_path / "sim", BASELINE)
+    write_run(tmp_path / "bare", BASELINE, origin=None)
+    dest = tmp_path / "baselines" / "b"
+    compare.update_baseline(compare.load_run(tmp_path / "sim"), dest)
+    assert json.loads((dest / "summary.json").read_text()) == {"origin": "simulator"}
+    assert compare.load_run(dest).origin == "simulator"
+    # A current run of no known origin leaves none behind (the old one would be a lie).
+    compare.update_baseline(compare.load_run(tmp_path / "bare"), dest)
+    assert not (dest / "summary.json").exists() and compare.load_run(dest).origin == ""

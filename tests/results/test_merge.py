@@ -248,9 +248,25 @@ def test_merge_refuses_a_simulated_shard_and_a_real_one(shards, tmp_path: Path) 
     real = _as_real(two, tmp_path / "real")
     merged = batchrun("merge", one, real, "--into", tmp_path / "all")
     assert merged.returncode == 2
-    assert "results from different origins" in merged.stderr
-    assert f"{one}: results from the simulator" in merged.stderr
-    assert f"{real}: results from https://model-api.example" in merged.stderr
+    assert merged.stderr == (
+        "error: the folders hold results from different origins; refusing to merge them (a "
+        "simulated result must never pass for a real one):\n"
+        f"  {one}: results from the simulator\n"
+        f"  {real}: results from https://model-api.example\n"
+    )
+    assert not (tmp_path / "all").exists()
+
+
+def test_merge_refuses_a_folder_that_records_no_origin(shards, tmp_path: Path) -> None:
+    # A folder that says nothing of its origin matches none: its results could be simulated.
+    _, _, one, two = shards
+    unknown = _as_real(two, tmp_path / "unknown", base="")
+    merged = batchrun("merge", one, unknown, "--into", tmp_path / "all")
+    assert merged.returncode == 2
+    assert merged.stderr.splitlines()[1:] == [
+        f"  {one}: results from the simulator",
+        f"  {unknown}: results from an unknown origin",
+    ]
     assert not (tmp_path / "all").exists()
 
 
@@ -265,6 +281,28 @@ def test_merge_keeps_the_origin_the_prices_and_the_simulator_mark(shards, tmp_pa
     assert status["origin"] == "simulator"
 
 
+def test_merge_keeps_the_cap_and_the_estimates_summed(tmp_path: Path) -> None:
+    path = manifest(tmp_path)
+    folders = [tmp_path / "s1", tmp_path / "s2"]
+    for k, folder in enumerate(folders, 1):
+        done = simulate(path, folder, "--shard", f"{k}/2", "--max-cost", "1")
+        assert done.returncode == 0, done.stderr
+    shards = [json.loads((f / "summary.json").read_text()) for f in folders]
+    assert [s["max_cost_usd"] for s in shards] == [0.5, 0.5]  # each shard its share
+    assert batchrun("merge", *folders, "--into", tmp_path / "all").returncode == 0
+    summary = json.loads((tmp_path / "all" / "summary.json").read_text())
+    assert summary["origin"] == "simulator"
+    assert summary["max_cost_usd"] == 1.0
+    assert summary["est_cost_usd"] == sum(s["est_cost_usd"] for s in shards)
+    assert summary["unpriced_jobs"] == sum(s["unpriced_jobs"] for s in shards) == 10
+    status = json.loads(batchrun("status", tmp_path / "all", "--json").stdout)
+    assert (status["origin"], status["max_cost_usd"], status["unpriced_jobs"]) == (
+        "simulator",
+        1.0,
+        10,
+    )
+
+
 def test_merge_refuses_a_symbolic_link_in_a_shards_files(shards, tmp_path: Path) -> None:
     _, _, one, two = shards
     planted = tmp_path / "two"
@@ -276,8 +314,38 @@ def test_merge_refuses_a_symbolic_link_in_a_shards_files(shards, tmp_path: Path)
     image.symlink_to(elsewhere)
     merged = batchrun("merge", one, planted, "--into", tmp_path / "all")
     assert merged.returncode == 2
-    assert "is not a regular file (a symbolic link?)" in merged.stderr
+    rel = image.relative_to(planted).as_posix()
+    assert merged.stderr == (
+        f"error: {planted}: {rel} is a symbolic link; merge takes only the regular files a run "
+        "wrote and never follows a link: put the file itself there, or run that shard again in "
+        "its folder\n"
+    )
     assert not (tmp_path / "all").exists()
+
+
+def test_merge_refuses_a_job_folder_that_is_a_symbolic_link(shards, tmp_path: Path) -> None:
+    # files/<job_id> pointing elsewhere: its files are regular, the way to them is not.
+    _, _, one, two = shards
+    planted = tmp_path / "two"
+    shutil.copytree(two, planted)
+    job = next(p for p in sorted((planted / "files").iterdir()) if p.is_dir())
+    elsewhere = tmp_path / "elsewhere"
+    job.rename(elsewhere)
+    job.symlink_to(elsewhere, target_is_directory=True)
+    merged = batchrun("merge", one, planted, "--into", tmp_path / "all")
+    assert merged.returncode == 2
+    assert merged.stderr.startswith(
+        f"error: {planted}: files/{job.name} is a symbolic link; merge takes only the regular "
+        "files a run wrote and never follows a link"
+    )
+    assert not (tmp_path / "all").exists()
+
+
+def test_merged_files_are_never_links(shards, tmp_path: Path) -> None:
+    _, _, one, two = shards
+    assert batchrun("merge", one, two, "--into", tmp_path / "all").returncode == 0
+    files = list((tmp_path / "all" / "files").rglob("*"))
+    assert any(p.is_file() for p in files) and not any(p.is_symlink() for p in files)
 
 
 def test_compare_of_a_simulated_baseline_and_a_real_run_exits_2(shards, tmp_path) -> None:

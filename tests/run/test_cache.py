@@ -316,9 +316,58 @@ def test_a_symbolic_link_in_an_entry_is_refused_and_never_followed(tmp_path, ser
     image.symlink_to(secret)
     code, messages = run(path, server, tmp_path / "two", cache)
     assert code == 0 and submits(server) == 2  # a miss: the job ran
-    assert any("damaged entry ignored" in m and "not a regular file" in m for m in messages)
+    (row,) = report(tmp_path / "two")
+    assert (
+        f"cache: damaged entry ignored (job {row['job_id']}: {image} is a symbolic link; not "
+        "followed); the job runs"
+    ) in messages
     files = list((tmp_path / "two" / "files").rglob("*"))
     assert files and not any(p.is_symlink() for p in files)
+
+
+def test_an_entry_json_that_is_a_symbolic_link_is_never_read(tmp_path, server) -> None:
+    # entry.json pointing at a good copy of itself: read through, it would serve the job.
+    path, cache = manifest(tmp_path, jobs=1), tmp_path / "cache"
+    assert run(path, server, tmp_path / "one", cache)[0] == 0
+    (entry,) = entries(cache)
+    copy = tmp_path / "entry-copy.json"
+    copy.write_bytes((entry / ENTRY).read_bytes())
+    (entry / ENTRY).unlink()
+    (entry / ENTRY).symlink_to(copy)
+    code, messages = run(path, server, tmp_path / "two", cache)
+    assert code == 0 and submits(server) == 2
+    (row,) = report(tmp_path / "two")
+    assert row["cached"] == "false"
+    assert (
+        f"cache: damaged entry ignored (job {row['job_id']}: {entry / ENTRY} is a symbolic "
+        "link; not followed); the job runs"
+    ) in messages
+
+
+def test_a_fifo_in_an_entry_is_refused_without_waiting(tmp_path, server) -> None:
+    path, cache = manifest(tmp_path, jobs=1), tmp_path / "cache"
+    assert run(path, server, tmp_path / "one", cache)[0] == 0
+    (entry,) = entries(cache)
+    image = next(p for p in entry.iterdir() if p.name != ENTRY)
+    image.unlink()
+    os.mkfifo(image)  # opened for reading without O_NONBLOCK, this would wait for a writer
+    code, messages = run(path, server, tmp_path / "two", cache)
+    assert code == 0 and submits(server) == 2
+    assert any(f"{image} is not a regular file; not read" in m for m in messages)
+
+
+def test_a_run_folders_file_that_is_a_link_is_not_cached(tmp_path, server) -> None:
+    path, cache = manifest(tmp_path, jobs=1), tmp_path / "cache"
+    assert run(path, server, tmp_path / "one", None)[0] == 0  # no cache yet
+    image = next(p for p in (tmp_path / "one" / "files").rglob("*") if p.is_file())
+    elsewhere = tmp_path / "elsewhere.png"
+    elsewhere.write_bytes(image.read_bytes())
+    image.unlink()
+    image.symlink_to(elsewhere)
+    code, messages = run(path, server, tmp_path / "one", cache)  # the rerun fills the cache
+    assert code == 0 and submits(server) == 1
+    assert "cache: 1 job(s) not cached: their files did not verify" in messages
+    assert entries(cache) == []
 
 
 def test_a_cache_in_a_users_folder_removes_nothing_it_did_not_make(tmp_path, server) -> None:
@@ -332,6 +381,43 @@ def test_a_cache_in_a_users_folder_removes_nothing_it_did_not_make(tmp_path, ser
     assert run(path, server, tmp_path / "run", tmp_path)[0] == 0  # --cache .
     assert run(path, server, tmp_path / "again", tmp_path)[0] == 0
     assert (notes / "todo.txt").read_text() == "mine"
+
+
+def test_cache_dot_keeps_the_users_tmp_notes(tmp_path: Path) -> None:
+    # As reported: `batchrun run m.yaml --cache .` in a folder holding the user's tmp/notes/.
+    work = tmp_path / "work"
+    work.mkdir()
+    path = manifest(work, jobs=2)
+    old = os.path.getmtime(path) - 3 * 24 * 3600  # older than any temporary batchrun sweeps
+    notes = work / "tmp" / "notes"
+    notes.mkdir(parents=True)
+    (notes / "todo.txt").write_text("mine")
+    own = work / ".batchrun-tmp"
+    stale = own / f"{'a' * 64}.4242.0123abcd"  # a temporary a killed run left
+    kept = own / "readme.txt"  # not a name batchrun gives: never removed, even there
+    stale.mkdir(parents=True)
+    kept.write_text("also mine")
+    for made in (notes, notes.parent, stale, kept):
+        os.utime(made, (old, old))
+    sim = ["--simulate", "--sim", "run_time=0.02", "--sim", "workers=0"]
+    for folder in ("run", "again"):
+        done = subprocess.run(
+            [sys.executable, "-m", "batchrun", "run", "m.yaml", *sim, "--cache", ".",
+             "--run-dir", folder],
+            cwd=work, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+    assert (notes / "todo.txt").read_text() == "mine"
+    assert kept.read_text() == "also mine" and not stale.exists()
+    assert {r["cached"] for r in report(work / "again")} == {"true"}
+    assert sorted(p.name for p in work.iterdir()) == [
+        ".batchrun-tmp",
+        "again",
+        "entries",
+        "m.yaml",
+        "run",
+        "tmp",
+    ]
 
 
 @pytest.mark.parametrize("cost", ["Infinity", "NaN", "-1", "1e400"])
