@@ -35,6 +35,16 @@ MAX_PAUSE = 3600.0  # a Retry-After beyond an hour is a server bug, not a wish
 EPSILON = 1e-6  # float slack, so a token due "now" is not missed by a rounding error
 
 
+# A refused submit or a failed read waits 0.5 s, 1 s, 2 s... (with jitter), at most 30 s.
+CALL_BACKOFF_BASE_S = 0.5
+CALL_BACKOFF_CAP_S = 30.0
+
+
+def call_backoff(errors: int, rng: random.Random) -> float:
+    """Seconds before an API call is tried again after `errors` failures in a row."""
+    return backoff(errors, base=CALL_BACKOFF_BASE_S, cap=CALL_BACKOFF_CAP_S, rng=rng)
+
+
 def backoff(attempt: int, *, base: float, cap: float, rng: random.Random) -> float:
     """Seconds to wait before try `attempt` + 1 (attempt >= 1 failed): base * 2**(attempt-1),
     at most `cap`, times a random 0.5-1 so callers that failed together do not retry together."""

@@ -34,6 +34,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 from batchrun.api import answers as api_answers
 from batchrun.catalog.pricing import Estimator, usd
 from batchrun.errors import InsufficientBalanceError
+from batchrun.run import policy
+from batchrun.run.policy import Decision, JobsView, Told
 from batchrun.store import ledger, state as st
 from batchrun.store.state import JobRow
 
@@ -64,8 +66,10 @@ class _Job:
     estimate: Decimal | None
 
 
-class Budget:
-    """Spent, reserved and the cap (None: no cap, only counting) of one run folder."""
+class Budget(policy.Policy):
+    """Spent, reserved and the cap (None: no cap, only counting) of one run folder; a submit
+    policy (run/policy.py): a job that does not fit is held, and once one will never fit this
+    run, submitting stops."""
 
     def __init__(
         self,
@@ -141,6 +145,32 @@ class Budget:
     def bind(self, writer: LedgerWriter) -> None:
         """Write each attempt's outcome to this ledger (the run folder's state)."""
         self.writer = writer
+
+    # ---- the submit policy ------------------------------------------------------------
+
+    def ask(self, job: JobRow, jobs: JobsView) -> Decision:
+        if self.admits(job.job_id):
+            return policy.SEND
+        if self.reached:
+            return Decision(policy.STOP, "the cost budget")
+        return Decision(policy.HOLD, "waiting for the jobs in flight to settle their cost")
+
+    def sending(self, job: JobRow) -> None:
+        self.reserve(job.job_id)
+
+    def told(self, event: Told) -> Decision | None:
+        job_id, what = event.job.job_id, event.what
+        if what == policy.REFUSED:
+            self.submit_failed(job_id, event.verdict)
+        elif what == policy.AMBIGUOUS:
+            self.submit_failed(job_id, api_answers.AMBIGUOUS)
+        elif what == policy.FINISHED:
+            self.settle(job_id, event.state, event.cost)
+        elif what == policy.CANCELLED:
+            self.release(job_id)
+        elif what in (policy.GIVEN_UP, policy.LEFT):
+            self.keep(job_id, given_up=what == policy.GIVEN_UP)
+        return None
 
     # ---- asked before a submit ----------------------------------------------------------
 

@@ -57,8 +57,8 @@ def conclude(
             f"{counts[st.UNKNOWN]} submit(s) may have reached the server; rerun with "
             "--resubmit-unknown to submit them again (may pay twice)"
         )
-    if sched.abandoned:
-        echo(f"{len(sched.abandoned)} job(s) still on the server; rerun to poll again")
+    if sched.at_server.abandoned:
+        echo(f"{len(sched.at_server.abandoned)} job(s) still on the server; rerun to poll again")
     if sched.fatal is not None:
         echo(f"stopped submitting: {sched.fatal}")
     not_sent = Counter(r.model_id for r in rows if r.status == st.PENDING)

@@ -22,8 +22,8 @@ from functools import partial
 from typing import Any
 
 from batchrun.fetch.jobfiles import JobFiles
-from batchrun.run.flights import Outcome
 from batchrun.run.jobtable import JobTable
+from batchrun.run.outcome import Outcome
 from batchrun.store.state import OutputFile
 
 # A job's output, its files recorded so far -> its files planned (engine: Downloader.plan).

@@ -110,21 +110,14 @@ class _Run:
         self.balance_before: Decimal | None = None
 
     def execute(self) -> int:
-        manifest = self.plan.manifest
         self._prepare()
         mark = self.store.change_mark()  # before the read: a write during it shows too
         every = self.store.rows()
-        rows = [r for r in every if r.in_manifest and self._chosen(r.job_id)]
-        if self.cache is not None:
-            rows = restore_pending(
-                self.cache, self.store, self.run_dir, rows, self.restored,
-                wall=self.opts.wall, echo=self.echo,
-            )  # fmt: skip
+        rows = self._restore([r for r in every if r.in_manifest and self._chosen(r.job_id)])
         client = Client(self.opts.api_base, self.opts.token, session=self.opts.session)
         settings = self._run_settings()
-        rate = settings.rate_limit
         limiter = RateLimiter(
-            rate,
+            settings.rate_limit,
             margin=RATE_HEADROOM,
             margin_step=RATE_HEADROOM_STEP,
             clock=self.opts.clock,
@@ -144,58 +137,79 @@ class _Run:
         )
         if settings.halt is not None or settings.canary:
             self.gate = SweepGate(halt=settings.halt, canary=settings.canary, rows=rows)
+        sched = self._scheduler(client, limiter, settings, rows, budget, progress)
+        self._loop(sched, progress)
+        interrupted = sched.stop.is_set()
+        if interrupted and self.opts.cancel_on_interrupt:
+            self._cancel_queued(sched, client, limiter)
+        # Nothing written since the read (nothing to do, say): the rows read are the state.
+        final = every if self.store.change_mark() == mark else self.store.rows()
+        mine = [r for r in final if r.in_manifest and self._chosen(r.job_id)]
+        if self.cache is not None and not interrupted:
+            fill(self.cache, self.run_dir, mine, echo=self.echo)
+        self._write_report(final, client, limiter, budget, interrupted=interrupted)
+        client.close()
+        return self._conclude(sched, budget, mine)
+
+    def _restore(self, rows: list[JobRow]) -> list[JobRow]:
+        """The rows to run, with the pending ones the cache holds a result of taken from it."""
+        if self.cache is None:
+            return rows
+        return restore_pending(
+            self.cache, self.store, self.run_dir, rows, self.restored,
+            wall=self.opts.wall, echo=self.echo,
+        )  # fmt: skip
+
+    def _scheduler(
+        self,
+        client: Client,
+        limiter: RateLimiter,
+        settings: RunSettings,
+        rows: list[JobRow],
+        budget: Budget,
+        progress: Progress,
+    ) -> Scheduler:
+        download = self.plan.manifest.outputs.download
         sched = Scheduler(
             store=self.store,
             client=client,
             limiter=limiter,
             run=settings,
             jobs=rows,
-            plan_files=self._file_planner() if manifest.outputs.download else None,
+            policies=[p for p in (self.gate, budget) if p is not None],
+            estimate=budget.estimate,
+            plan_files=self._file_planner() if download else None,
             progress=progress,
-            budget=budget,
             echo=self.echo,
             workers=self.opts.workers,
             download_workers=self.opts.download_workers,
             clock=self.opts.clock,
             wall=self.opts.wall,
-            gate=self.gate,
         )
         progress.notes.append(sched.downloads.note)  # a result of many files: what is left
-        sched.add_pending(r.job_id for r in rows if r.status == st.PENDING)
-        for row in rows:
-            if row.status in (st.QUEUED, st.RUNNING) and row.request_id:
-                sched.add_flight(row)
-            elif (
-                row.status == st.SUCCEEDED
-                and not row.cached  # its files come from the cache, not a URL
-                and manifest.outputs.download
-                and needs_files(self.run_dir, row)
-            ):
-                sched.add_download(row.job_id)
+        # A cached job's files come from the cache, not a URL.
+        sched.seed(
+            rows, needs_files=lambda r: download and not r.cached and needs_files(self.run_dir, r)
+        )
+        return sched
+
+    def _loop(self, sched: Scheduler, progress: Progress) -> None:
         restore = self._install_interrupt(sched)
         try:
             sched.run()
         finally:
             restore()
             progress.close()
-        if sched.stopped and self.opts.cancel_on_interrupt:
-            self._cancel_queued(sched, client, limiter)
-        # Nothing written since the read (nothing to do, say): the rows read are the state.
-        unchanged = self.store.change_mark() == mark
-        final = every if unchanged else self.store.rows()
-        if self.cache is not None and not sched.stopped:
-            mine = [r for r in final if r.in_manifest and self._chosen(r.job_id)]
-            fill(self.cache, self.run_dir, mine, echo=self.echo)
-        self._write_report(final, client, limiter, budget, interrupted=sched.stopped)
-        client.close()
-        if sched.stopped:
-            still = len(sched.flights)
+
+    def _conclude(self, sched: Scheduler, budget: Budget, mine: list[JobRow]) -> int:
+        """Say how the run ended; its exit code, or the error it ends with."""
+        if sched.stop.is_set():
+            still = len(sched.at_server.flights)
             self.echo(
                 f"interrupted: {still} request{'s' if still != 1 else ''} still on the server; "
                 f"resume with: {self.opts.resume_command or 'batchrun run MANIFEST'}"
             )
             return EXIT_INTERRUPTED
-        mine = [r for r in final if r.in_manifest and self._chosen(r.job_id)]
         if isinstance(sched.fatal, InsufficientBalanceError):
             raise no_balance(sched.fatal, mine, self.opts.resume_command)
         if sched.fatal is not None and getattr(sched.fatal, "exit_code", 1) != 1:
@@ -208,20 +222,23 @@ class _Run:
         )  # fmt: skip
         not_run = sum(1 for r in mine if r.status == st.PENDING)
         if budget.reached and not_run:
-            assert budget.cap is not None
-            share = max(1, self.opts.share)
-            cap = f"{usd(budget.cap)} cap" + (f" (this shard's 1/{share})" if share > 1 else "")
-            why = budget.unknown_cost_note()
-            n = budget.unknown_cost
-            unknown = f" + {n} attempt{'s' if n != 1 else ''} of unknown cost" if n else ""
-            raise BudgetReached(
-                f"stopped at the cost budget: spent {usd(budget.spent)}{unknown} of the {cap}; "
-                f"{not_run} job{'s' if not_run != 1 else ''} not run. "
-                + (f"{why}. " if why else "")
-                + "Rerun with a higher cap (--max-cost or run.max_cost_usd) to continue; "
-                "jobs already paid are not paid again"
-            )
+            raise self._budget_reached(budget, not_run)
         return code
+
+    def _budget_reached(self, budget: Budget, not_run: int) -> BudgetReached:
+        assert budget.cap is not None
+        share = max(1, self.opts.share)
+        cap = f"{usd(budget.cap)} cap" + (f" (this shard's 1/{share})" if share > 1 else "")
+        why = budget.unknown_cost_note()
+        n = budget.unknown_cost
+        unknown = f" + {n} attempt{'s' if n != 1 else ''} of unknown cost" if n else ""
+        return BudgetReached(
+            f"stopped at the cost budget: spent {usd(budget.spent)}{unknown} of the {cap}; "
+            f"{not_run} job{'s' if not_run != 1 else ''} not run. "
+            + (f"{why}. " if why else "")
+            + "Rerun with a higher cap (--max-cost or run.max_cost_usd) to continue; "
+            "jobs already paid are not paid again"
+        )
 
     def _record_budget(self, budget: Budget) -> None:
         """The estimate and the cap, for `status` (which reads only the run folder)."""
@@ -380,7 +397,7 @@ class _Run:
         def on_signal(signum: int, frame: object) -> None:
             # Runs between two bytecodes of the scheduler: only set a flag and write to the fd
             # (print() or a queue here could deadlock on a lock the interrupted code holds).
-            if sched.stopped:
+            if sched.stop.is_set():
                 _say("\ninterrupted again: exiting now (state is saved)\n")
                 os._exit(EXIT_INTERRUPTED)
             sched.request_stop()
@@ -410,7 +427,7 @@ class _Run:
 
     def _cancel_queued(self, sched: Scheduler, client: Client, limiter: RateLimiter) -> None:
         """--cancel-on-interrupt: cancel what is still queued (running jobs cannot be)."""
-        for flight in list(sched.flights.values()):
+        for flight in list(sched.at_server.flights.values()):
             if flight.status != st.QUEUED:
                 continue
             limiter.acquire()
@@ -426,7 +443,7 @@ class _Run:
                     finished_at=self.opts.wall(),
                     error="cancelled on interrupt",
                 )
-                del sched.flights[flight.job_id]
+                del sched.at_server.flights[flight.job_id]
 
     def _write_report(
         self,

@@ -14,14 +14,15 @@ import random
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from batchrun.api import answers as api_answers
-from batchrun.api.ratelimit import RateLimiter, backoff
-from batchrun.errors import AuthError, NotFoundError, RateLimitedError
+from batchrun.api.ratelimit import RateLimiter, call_backoff
+from batchrun.errors import ApiError, AuthError, NotFoundError, RateLimitedError
 from batchrun.plan.settings import RunSettings
-from batchrun.run.budget import Budget
+from batchrun.run import policy
 from batchrun.run.jobtable import JobTable
+from batchrun.run.outcome import Outcome
+from batchrun.run.policy import Told
 from batchrun.run.polling import PollPlanner, finished_odds
 from batchrun.run.progress import secs
 from batchrun.store import state as st
@@ -41,8 +42,6 @@ MAX_POLL_ERRORS = 40  # consecutive failed reads of one job before we stop polli
 # --resubmit-unknown (it may have run and been billed).
 NOT_FOUND_READS = 3
 NOT_FOUND_GRACE_S = 180.0
-BACKOFF_BASE_S = 0.5  # a refused submit or a failed read: 0.5 s, 1 s, 2 s... (with jitter)
-BACKOFF_CAP_S = 30.0
 
 
 @dataclass
@@ -66,17 +65,6 @@ class Flight:
     not_found: int = 0  # reads answered 404 (request unknown) since the last good one
 
 
-@dataclass
-class Outcome:
-    """What a worker brings back from one call."""
-
-    kind: str  # submit | poll | cancel | refresh | plan | file (downloads.py)
-    job_id: str
-    value: Any = None
-    error: BaseException | None = None
-    at: float = 0.0  # epoch seconds the call was sent
-
-
 class Flights:
     """Jobs in flight (`flights`), /result refreshes of finished jobs, and the calls due on
     them (poll, cancel, refresh) in the order they fall due."""
@@ -92,8 +80,8 @@ class Flights:
         retry: Callable[[str, str], None],
         download: Callable[[str], None],
         fatal: Callable[[BaseException], None],
+        tell: Callable[[Told], None] = lambda event: None,
         rng: random.Random | None = None,
-        budget: Budget | None = None,
     ) -> None:
         self.jobs = jobs
         self.limiter = limiter
@@ -103,9 +91,8 @@ class Flights:
         self._retry = retry  # back to the submit queue, with this error
         self._download = download  # a succeeded job's files to fetch
         self._fatal = fatal  # the account cannot go on (auth)
+        self._tell = tell  # what became of each attempt, for the submit policies (policy.py)
         self._random = rng or random.Random()
-        self.budget = budget or Budget.unlimited()  # told what each attempt cost
-        self.budget.bind(jobs.store)  # and writes it to the ledger
         self.planner = PollPlanner(run.poll_interval)
         self.flights: dict[str, Flight] = {}
         self.refreshing: dict[str, str] = {}  # job id -> request id whose /result is re-read
@@ -232,6 +219,34 @@ class Flights:
 
     # ---- applying outcomes ----------------------------------------------------------
 
+    def answered(self, o: Outcome) -> None:
+        """A submit's answer: the job is at the server (it is read from now on), back to
+        pending (certainly not accepted), failed (the API refused it) or unknown."""
+        job_id, exc = o.job_id, o.error
+        row = self.jobs.rows[job_id]
+        verdict = api_answers.KEPT if exc is None else api_answers.submit_verdict(exc)
+        if verdict == api_answers.KEPT:
+            request_id = str(exc.request_id if isinstance(exc, ApiError) else o.value)
+            self.jobs.record_request_id(job_id, request_id, o.at)
+            if exc is not None:
+                self.jobs.record_error(job_id, str(exc))
+            self._tell(Told(policy.ACCEPTED, row, at=o.at))
+            self.submitted(job_id, request_id, o.at)
+            return
+        assert exc is not None
+        if verdict == api_answers.AMBIGUOUS:
+            why = str(exc) if isinstance(exc, ApiError) else f"{type(exc).__name__}: {exc}"
+            self.jobs.mark_unknown(job_id, api_answers.AMBIGUOUS_SUBMIT.format(why=why))
+            self._tell(Told(policy.AMBIGUOUS, row, error=exc, at=o.at))
+            return
+        self._tell(Told(policy.REFUSED, row, verdict=verdict, error=exc, at=o.at))
+        if verdict == api_answers.FAILED:
+            self.jobs.record_result(job_id, st.FAILED, finished_at=o.at, error=str(exc))
+            return
+        if isinstance(exc, RateLimitedError):  # THROTTLED
+            self.limiter.throttled(exc.retry_after)
+        self._retry(job_id, str(exc))  # RETRY, STOP: sent again when submits may go
+
     def polled(self, o: Outcome) -> None:
         flight = self.flights.get(o.job_id)
         if flight is None:
@@ -283,7 +298,8 @@ class Flights:
         queued_s = max(0.0, start - flight.submitted_at)
         self.planner.learn(body, self.clock(), model=flight.model, queued_s=queued_s)
         del self.flights[job_id]
-        self.budget.settle(job_id, answer.state, answer.cost_usd)  # every attempt may be billed
+        row = self.jobs.rows[job_id]  # every attempt may be billed: the cost is told
+        self._tell(Told(policy.FINISHED, row, state=answer.state, cost=answer.cost_usd))
         if answer.state == st.FAILED and self.submits[job_id] <= self.run_settings.retries:
             self._retry(job_id, f"attempt failed: {answer.error}; retrying")
             return
@@ -314,7 +330,7 @@ class Flights:
         if flight.last_error:
             error = f"{error}; last error: {flight.last_error}"
         del self.flights[flight.job_id]
-        self.budget.keep(flight.job_id)  # may still run and be billed
+        self._tell(Told(policy.GIVEN_UP, self.jobs.rows[flight.job_id]))  # may still be billed
         self.jobs.record_result(flight.job_id, st.TIMED_OUT, finished_at=self.wall(), error=error)
 
     def cancelled(self, o: Outcome) -> None:
@@ -328,7 +344,7 @@ class Flights:
             return
         outcome = "" if o.error else str(o.value.get("outcome", ""))
         if outcome == "cancelled":
-            self.budget.release(o.job_id)
+            self._tell(Told(policy.CANCELLED, self.jobs.rows[o.job_id]))
             self._give_up(flight, f"cancelled: still queued after job_timeout ({limit})")
         else:
             self._give_up(
@@ -349,7 +365,7 @@ class Flights:
             age = self.wall() - flight.submitted_at
             if flight.not_found >= NOT_FOUND_READS and age >= NOT_FOUND_GRACE_S:
                 del self.flights[flight.job_id]
-                self.budget.keep(flight.job_id)
+                self._tell(Told(policy.GIVEN_UP, self.jobs.rows[flight.job_id]))
                 error = st.not_found_error(f"{exc}; {flight.not_found} reads over {age:.0f}s")
                 self.jobs.record_result(
                     flight.job_id, st.FAILED, finished_at=self.wall(), error=error
@@ -374,7 +390,7 @@ class Flights:
     def _stop_polling(self, flight: Flight, error: str) -> None:
         """Leave a job on the server (its request id stays; the next run polls it again)."""
         self.flights.pop(flight.job_id, None)
-        self.budget.keep(flight.job_id, given_up=False)
+        self._tell(Told(policy.LEFT, self.jobs.rows[flight.job_id]))
         self.abandoned.add(flight.job_id)
         self.jobs.record_error(flight.job_id, error)
 
@@ -414,4 +430,4 @@ class Flights:
         return max(0.0, min(delay, flight.submitted_at + limit - now))
 
     def _backoff(self, errors: int) -> float:
-        return backoff(errors, base=BACKOFF_BASE_S, cap=BACKOFF_CAP_S, rng=self._random)
+        return call_backoff(errors, self._random)

@@ -1,18 +1,19 @@
 """Sweep control before each submit: the failure-rate halt (`run.halt`) and the canaries
-(`run.canary`).
+(`run.canary`), a submit policy (run/policy.py).
 
-The scheduler asks its gate two things: `admit(job_id, jobs)` before it takes a pending job
-to submit (False: the job is set aside and stays pending in state.db), and `released(jobs)`
-after it applied outcomes (the jobs set aside that may go now). Both read the job table only.
+Asked about a pending job (`admit`), the gate lets it go or sets it aside (it stays pending in
+state.db); after outcomes were applied, `released(jobs)` gives the jobs set aside that may go
+now. Both read the job table only.
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable
-from typing import Protocol
 
 from batchrun.plan.settings import HaltRule
+from batchrun.run import policy
+from batchrun.run.policy import Decision, JobsView
 from batchrun.store import state as st
 from batchrun.store.records import JobRow
 
@@ -20,26 +21,7 @@ _BAD = (st.FAILED, st.TIMED_OUT)
 _FINISHED = (st.SUCCEEDED, st.FAILED, st.TIMED_OUT, st.CANCELLED)
 
 
-class JobsView(Protocol):
-    """What the gate reads of the scheduler's job table (jobtable.JobTable)."""
-
-    @property
-    def rows(self) -> dict[str, JobRow]: ...
-    @property
-    def counts(self) -> Counter[str]: ...
-
-
-class Gate:
-    """Lets every job go: the scheduler's default."""
-
-    def admit(self, job_id: str, jobs: JobsView) -> bool:
-        return True
-
-    def released(self, jobs: JobsView) -> list[str]:
-        return []
-
-
-class SweepGate(Gate):
+class SweepGate(policy.Policy):
     """`run.halt` and `run.canary` for one run of the scheduler.
 
     `start` is the job table's counts when the run begins (after cache hits): the halt looks at
@@ -81,6 +63,11 @@ class SweepGate(Gate):
                 self.held[model] = []
 
     # ---- the scheduler's questions ------------------------------------------------------
+
+    def ask(self, job: JobRow, jobs: JobsView) -> Decision:
+        if self.admit(job.job_id, jobs):
+            return policy.SEND
+        return Decision(policy.SET_ASIDE, self.halted or self.blocked.get(job.model_id, "canary"))
 
     def admit(self, job_id: str, jobs: JobsView) -> bool:
         if self.halted or self._check_halt(jobs):

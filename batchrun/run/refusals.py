@@ -1,7 +1,7 @@
 """Models the API refused in a way that repeats for every job of the model (an unknown model
 id, inputs its schema rejects, a model path that is not there): after the first refusal the
 model's other jobs are not sent this run; they stay pending, and a rerun after the fix sends
-them. Other models carry on."""
+them. Other models carry on. A submit policy (run/policy.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,12 @@ from dataclasses import dataclass
 
 from batchrun.api import answers as api_answers
 from batchrun.errors import ApiError
+from batchrun.run import policy
+from batchrun.run.policy import Decision, JobsView, Told
+from batchrun.store.records import JobRow
 from batchrun.util.safetext import printable
+
+_ANSWERS = (policy.ACCEPTED, policy.REFUSED, policy.AMBIGUOUS)
 
 
 @dataclass(frozen=True)
@@ -20,8 +25,8 @@ class Refusal:
     fix: str
 
 
-class ModelRefusals:
-    """Asked before a job's submit (`holds`, `may_send`), told each submit sent and answered.
+class ModelRefusals(policy.Policy):
+    """Asked before a job's submit, told each submit sent and answered.
 
     Until the API has accepted one of a model's submits, that model's submits go one at a
     time: a model the API refuses for every job costs one refused request, not one per
@@ -32,30 +37,35 @@ class ModelRefusals:
         self._accepted: set[str] = set()  # models the API took a submit of
         self._probing: dict[str, int] = {}  # model -> its submits in the air, before that
 
-    def may_send(self, model_id: str) -> bool:
-        return model_id in self._accepted or not self._probing.get(model_id)
+    def ask(self, job: JobRow, jobs: JobsView) -> Decision:
+        model = job.model_id
+        if model in self.refused:
+            return Decision(policy.SET_ASIDE, self.refused[model].answer)
+        if model not in self._accepted and self._probing.get(model):
+            return Decision(policy.HOLD, f"one submit of {model} at a time until one is accepted")
+        return policy.SEND
 
-    def sending(self, model_id: str) -> None:
-        if model_id not in self._accepted:
-            self._probing[model_id] = self._probing.get(model_id, 0) + 1
+    def sending(self, job: JobRow) -> None:
+        if job.model_id not in self._accepted:
+            self._probing[job.model_id] = self._probing.get(job.model_id, 0) + 1
 
-    def answered(self, model_id: str, *, accepted: bool) -> None:
-        if model_id in self._probing:
-            self._probing[model_id] -= 1
-        if accepted:
-            self._accepted.add(model_id)
+    def told(self, event: Told) -> Decision | None:
+        model = event.job.model_id
+        if event.what in _ANSWERS and model in self._probing:
+            self._probing[model] -= 1
+        if event.what in (policy.ACCEPTED, policy.RESUMED):  # the API took one of its model's
+            self._accepted.add(model)
+        elif event.what == policy.REFUSED and event.verdict == api_answers.FAILED:
+            assert event.error is not None
+            self._note(model, event.error)
+        return None
 
-    def note(self, model_id: str, exc: BaseException) -> bool:
-        """A submit of `model_id` was refused; True when the refusal stops the model."""
+    def _note(self, model_id: str, exc: BaseException) -> None:
+        """A submit of `model_id` was refused: does the refusal stop the model?"""
         fix = api_answers.model_refusal_fix(exc, model_id)
-        if not fix or model_id in self.refused:
-            return bool(fix)
-        answer = str(exc) if isinstance(exc, ApiError) else f"{type(exc).__name__}: {exc}"
-        self.refused[model_id] = Refusal(model_id, answer, fix)
-        return True
-
-    def holds(self, model_id: str) -> bool:
-        return model_id in self.refused
+        if fix and model_id not in self.refused:
+            answer = str(exc) if isinstance(exc, ApiError) else f"{type(exc).__name__}: {exc}"
+            self.refused[model_id] = Refusal(model_id, answer, fix)
 
     def lines(self, not_sent: Counter[str]) -> list[str]:
         """One line per stopped model: the model, the answer, what was not sent, the fix."""

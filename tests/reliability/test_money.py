@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from batchrun.run.scheduler import MAX_AMBIGUOUS_SUBMITS
+from batchrun.run.breaker import MAX_AMBIGUOUS_SUBMITS
 from batchrun.store import state as st
 
 from .hostile_api import Call, HostileApi, Jumps, Reply, manifest_for, run_here

@@ -17,7 +17,7 @@ import pytest
 from batchrun.fetch.download import Downloader
 from batchrun.fetch.jobfiles import INTERRUPTED, FileTask, JobDir, JobFiles, Stopped
 from batchrun.run.downloads import FLUSH_S, Downloads
-from batchrun.run.flights import Outcome
+from batchrun.run.outcome import Outcome
 from batchrun.store.state import OutputFile
 
 

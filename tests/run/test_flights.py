@@ -12,9 +12,12 @@ import pytest
 from batchrun.api.ratelimit import RateLimiter
 from batchrun.plan.grid import Job
 from batchrun.plan.settings import RunSettings
-from batchrun.run.flights import Flights, Outcome
+from batchrun.run import policy
+from batchrun.run.flights import Flights
 from batchrun.run.jobtable import JobTable
+from batchrun.run.outcome import Outcome
 from batchrun.run.pending import PendingJobs
+from batchrun.run.policy import Told
 from batchrun.run.polling import PollPlanner, RunTimes, finished_odds
 from batchrun.run.scheduler import Scheduler
 from batchrun.store.state import StateStore
@@ -202,17 +205,18 @@ def _scheduler(store: StateStore, n: int, clock: Clock, **run) -> Scheduler:
         wall=clock,
     )
     sched.started: list[tuple[str, str]] = []  # type: ignore[misc]
-    sched._start_call = lambda kind, job_id, rid: sched.started.append((kind, job_id))  # type: ignore[method-assign]
-    _learn_uniform(sched.server.planner, MODEL, 0.5, 1.5)
-    sched.submit_accepted = True
+    sched.workers.call = lambda kind, job_id, *call: sched.started.append((kind, job_id))  # type: ignore[method-assign]
+    _learn_uniform(sched.at_server.planner, MODEL, 0.5, 1.5)
     return sched
 
 
 def _in_flight(sched: Scheduler, job_id: str, at: float) -> None:
+    row = sched.jobs.rows[job_id]
+    sched.policy.sending(row)
     sched.jobs.mark_submitting(job_id)
     sched.jobs.record_request_id(job_id, f"r-{job_id}", at)
-    sched.server.submitted(job_id, f"r-{job_id}", at)
-    sched.refusals.answered(sched.jobs.rows[job_id].model_id, accepted=True)
+    sched.at_server.submitted(job_id, f"r-{job_id}", at)
+    sched.policy.told(Told(policy.ACCEPTED, row, at=at))
 
 
 def test_when_submits_wait_for_tokens_no_spare_read_takes_one(store):
@@ -220,7 +224,7 @@ def test_when_submits_wait_for_tokens_no_spare_read_takes_one(store):
     sched = _scheduler(store, 40, clock, max_in_flight=100)
     for i in range(10):
         _in_flight(sched, f"job{i:03d}", T0 - 1.3)  # likely finished, one even due on schedule
-    sched.add_pending(f"job{i:03d}" for i in range(10, 40))
+    sched.pending.extend(f"job{i:03d}" for i in range(10, 40))
     try:
         submits: list[str] = []
         clock.now = T0
@@ -234,7 +238,7 @@ def test_when_submits_wait_for_tokens_no_spare_read_takes_one(store):
         sched._take_calls(submits)
         assert sched.started and sched.started[0][0] == "poll"
     finally:
-        sched._pool.shutdown()
+        sched.workers.shutdown()
         sched.downloads.close()
 
 
@@ -244,8 +248,8 @@ def test_submits_first_then_spare_tokens_read_the_likely_finished(store):
     _in_flight(sched, "job000", T0 - 0.1)  # surely still running
     _in_flight(sched, "job001", T0 - 1.4)  # most likely finished
     _in_flight(sched, "job002", T0 - 0.9)
-    sched.add_pending(["job003", "job004"])
-    sched.server._heap.clear()
+    sched.pending.extend(["job003", "job004"])
+    sched.at_server._heap.clear()
     try:
         clock.now = T0
         submits: list[str] = []
@@ -262,7 +266,7 @@ def test_submits_first_then_spare_tokens_read_the_likely_finished(store):
         assert read.count("job001") == 0  # its read is still on the way
         assert "job002" in read
     finally:
-        sched._pool.shutdown()
+        sched.workers.shutdown()
         sched.downloads.close()
 
 
@@ -271,14 +275,14 @@ def test_a_job_still_running_is_read_again_at_the_odds_not_at_poll_interval(stor
     clock = Clock()
     sched = _scheduler(store, 1, clock, max_in_flight=1)
     _in_flight(sched, "job000", T0)
-    sched.server._heap.clear()
+    sched.at_server._heap.clear()
     try:
         submits: list[str] = []
         clock.now = T0 + 1.0
         sched._take_calls(submits)
         assert sched.started == [("poll", "job000")]
-        _answer(sched.server, "job000", clock.now, {"status": "in_progress"})
-        sched.server._heap.clear()
+        _answer(sched.at_server, "job000", clock.now, {"status": "in_progress"})
+        sched.at_server._heap.clear()
         sched.started.clear()
         while not sched.started:
             clock.now += 0.01
@@ -286,7 +290,7 @@ def test_a_job_still_running_is_read_again_at_the_odds_not_at_poll_interval(stor
         assert clock.now - (T0 + 1.0) < 0.3
         assert sched.started == [("poll", "job000")]
     finally:
-        sched._pool.shutdown()
+        sched.workers.shutdown()
         sched.downloads.close()
 
 
@@ -304,12 +308,12 @@ def test_max_in_flight_left_out_is_derived_and_follows_the_run_times(store):
     )
     try:
         assert sched.max_in_flight() == 60  # 20 jobs/s x 2 s (a first guess) x 1.5
-        _learn_uniform(sched.server.planner, MODEL, 0.5, 1.5)
+        _learn_uniform(sched.at_server.planner, MODEL, 0.5, 1.5)
         assert sched.max_in_flight() == 33  # 20 jobs/s x 1.1 s x 1.5
-        _learn_uniform(sched.server.planner, MODEL, 4.0, 6.0, n=200)
+        _learn_uniform(sched.at_server.planner, MODEL, 4.0, 6.0, n=200)
         assert sched.max_in_flight() == 153
     finally:
-        sched._pool.shutdown()
+        sched.workers.shutdown()
         sched.downloads.close()
 
 
@@ -329,19 +333,19 @@ def test_a_slot_bound_max_in_flight_is_noted_once(store):
     )
     try:
         unknown = Outcome("poll", "job000", value={"status": "in_progress"})
-        _learn_uniform(sched.server.planner, MODEL, 0.5, 1.5, n=5)
-        sched._apply_all([unknown])
+        _learn_uniform(sched.at_server.planner, MODEL, 0.5, 1.5, n=5)
+        sched._apply([unknown])
         assert notes == []  # not judged on the first few jobs
-        _learn_uniform(sched.server.planner, MODEL, 0.5, 1.5, n=10)
-        sched._apply_all([unknown])
-        sched._apply_all([unknown])
+        _learn_uniform(sched.at_server.planner, MODEL, 0.5, 1.5, n=10)
+        sched._apply([unknown])
+        sched._apply([unknown])
         assert notes == [
             "note: max_in_flight 20 allows about 18 jobs/s (jobs take about 1.1 s); "
             "rate_limit 100/s allows 50. max_in_flight: 83 would not bind"
         ]
         assert sched.max_in_flight() == 20  # the manifest's value stands
     finally:
-        sched._pool.shutdown()
+        sched.workers.shutdown()
         sched.downloads.close()
 
 
@@ -396,8 +400,8 @@ def test_without_a_rate_limit_no_token_is_spare(store):
         wall=clock,
     )
     started: list[str] = []
-    sched._start_call = lambda kind, job_id, rid: started.append(job_id)  # type: ignore[method-assign]
-    _learn_uniform(sched.server.planner, MODEL, 0.5, 1.5)
+    sched.workers.call = lambda kind, job_id, *call: started.append(job_id)  # type: ignore[method-assign]
+    _learn_uniform(sched.at_server.planner, MODEL, 0.5, 1.5)
     try:
         _in_flight(sched, "job000", T0)
         clock.now = T0 + 1.2  # likely done, but its first read is due at 2 s (poll_interval)
@@ -407,5 +411,5 @@ def test_without_a_rate_limit_no_token_is_spare(store):
         sched._take_calls([])
         assert started == ["job000"]
     finally:
-        sched._pool.shutdown()
+        sched.workers.shutdown()
         sched.downloads.close()
