@@ -54,6 +54,14 @@ def backoff(attempt: int, *, base: float, cap: float, rng: random.Random) -> flo
 class RateLimiter:
     """Token bucket of `rate` calls/s (None = unlimited until a 429 says otherwise)."""
 
+    # How a 429 lowers the rate and how it comes back.
+    decrease = 0.85  # a second 429 episode within `repeat_window` s multiplies the rate by it
+    repeat_window = 30.0
+    floor = 0.2  # calls/s, the lowest it goes
+    recovery_delay = 3.0  # s after the last 429 before the rate climbs back
+    recovery_per_s = 0.05  # fraction of the ceiling regained per second
+    default_pause = 1.0  # s, when a 429 brings no Retry-After
+
     def __init__(
         self,
         rate: float | None,
@@ -64,12 +72,6 @@ class RateLimiter:
         sleep: Callable[[float], None] = time.sleep,
         margin: float = 0.0,
         margin_step: float = 0.0,
-        decrease: float = 0.85,
-        floor: float = 0.2,
-        repeat_window: float = 30.0,
-        recovery_delay: float = 3.0,
-        recovery_per_s: float = 0.05,
-        default_pause: float = 1.0,
     ) -> None:
         if rate is not None and rate <= 0:
             raise ValueError("rate must be positive")
@@ -80,12 +82,6 @@ class RateLimiter:
         self.sleep = sleep
         self.margin = margin  # of the window, for the network's jitter (see the docstring)
         self.margin_step = margin_step
-        self.decrease = decrease
-        self.repeat_window = repeat_window  # a second 429 episode this soon lowers the rate
-        self.floor = floor
-        self.recovery_delay = recovery_delay
-        self.recovery_per_s = recovery_per_s  # fraction of the ceiling regained per second
-        self.default_pause = default_pause
         self.throttled_count = 0
         self._lock = threading.Lock()
         now = clock()

@@ -31,6 +31,8 @@ from batchrun.run.cache import Restored, fill, open_for_plan, restore_pending
 from batchrun.run.closing import conclude
 from batchrun.run.downloads import PlanFiles
 from batchrun.run.halt import SweepGate
+from batchrun.run.jobtable import JobTable
+from batchrun.run.parts import RunParts
 from batchrun.run.progress import Progress, server_wait
 from batchrun.run.scheduler import Scheduler
 from batchrun.store import origin as og, state as st
@@ -137,7 +139,10 @@ class _Run:
         )
         if settings.halt is not None or settings.canary:
             self.gate = SweepGate(halt=settings.halt, canary=settings.canary, rows=rows)
-        sched = self._scheduler(client, limiter, settings, rows, budget, progress)
+        parts = RunParts(
+            JobTable(self.store, rows), client, limiter, settings, self.opts.clock, self.opts.wall
+        )
+        sched = self._scheduler(parts, budget, progress)
         self._loop(sched, progress)
         interrupted = sched.stop.is_set()
         if interrupted and self.opts.cancel_on_interrupt:
@@ -160,22 +165,10 @@ class _Run:
             wall=self.opts.wall, echo=self.echo,
         )  # fmt: skip
 
-    def _scheduler(
-        self,
-        client: Client,
-        limiter: RateLimiter,
-        settings: RunSettings,
-        rows: list[JobRow],
-        budget: Budget,
-        progress: Progress,
-    ) -> Scheduler:
+    def _scheduler(self, parts: RunParts, budget: Budget, progress: Progress) -> Scheduler:
         download = self.plan.manifest.outputs.download
         sched = Scheduler(
-            store=self.store,
-            client=client,
-            limiter=limiter,
-            run=settings,
-            jobs=rows,
+            parts,
             policies=[p for p in (self.gate, budget) if p is not None],
             estimate=budget.estimate,
             plan_files=self._file_planner() if download else None,
@@ -183,13 +176,12 @@ class _Run:
             echo=self.echo,
             workers=self.opts.workers,
             download_workers=self.opts.download_workers,
-            clock=self.opts.clock,
-            wall=self.opts.wall,
         )
         progress.notes.append(sched.downloads.note)  # a result of many files: what is left
         # A cached job's files come from the cache, not a URL.
         sched.seed(
-            rows, needs_files=lambda r: download and not r.cached and needs_files(self.run_dir, r)
+            parts.jobs.rows.values(),
+            needs_files=lambda r: download and not r.cached and needs_files(self.run_dir, r),
         )
         return sched
 

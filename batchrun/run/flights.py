@@ -16,12 +16,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from batchrun.api import answers as api_answers
-from batchrun.api.ratelimit import RateLimiter, call_backoff
+from batchrun.api.ratelimit import call_backoff
 from batchrun.errors import ApiError, AuthError, NotFoundError, RateLimitedError
-from batchrun.plan.settings import RunSettings
 from batchrun.run import policy
-from batchrun.run.jobtable import JobTable
 from batchrun.run.outcome import Outcome
+from batchrun.run.parts import RunParts
 from batchrun.run.policy import Told
 from batchrun.run.polling import PollPlanner, finished_odds
 from batchrun.run.progress import secs
@@ -71,23 +70,19 @@ class Flights:
 
     def __init__(
         self,
+        parts: RunParts,
         *,
-        jobs: JobTable,
-        limiter: RateLimiter,
-        run: RunSettings,
-        clock: Callable[[], float],
-        wall: Callable[[], float],
         retry: Callable[[str, str], None],
         download: Callable[[str], None],
         fatal: Callable[[BaseException], None],
         tell: Callable[[Told], None] = lambda event: None,
         rng: random.Random | None = None,
     ) -> None:
-        self.jobs = jobs
-        self.limiter = limiter
-        self.run_settings = run
-        self.clock = clock
-        self.wall = wall
+        self.jobs = parts.jobs
+        self.limiter = parts.limiter
+        self.run_settings = run = parts.run
+        self.clock = parts.clock
+        self.wall = parts.wall
         self._retry = retry  # back to the submit queue, with this error
         self._download = download  # a succeeded job's files to fetch
         self._fatal = fatal  # the account cannot go on (auth)

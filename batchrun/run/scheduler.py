@@ -14,29 +14,25 @@ outcome on a queue. What a submit's outcome means is decided here; the jobs at t
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable, Iterable
 from decimal import Decimal
 
 from batchrun.api import answers as api_answers
-from batchrun.api.client import Client
-from batchrun.api.ratelimit import RateLimiter
 from batchrun.errors import AuthError, UnreachableError
-from batchrun.plan.settings import RunSettings
 from batchrun.run import policy
 from batchrun.run.breaker import SubmitBreaker
 from batchrun.run.downloads import Downloads, PlanFiles
 from batchrun.run.flights import Flights
 from batchrun.run.inflight import InFlightCap
-from batchrun.run.jobtable import JobTable
 from batchrun.run.outcome import Outcome
+from batchrun.run.parts import RunParts
 from batchrun.run.pending import PendingJobs
 from batchrun.run.policy import Decision, Policies, SubmitPolicy, Told
 from batchrun.run.progress import Progress
 from batchrun.run.refusals import ModelRefusals
 from batchrun.run.workers import Workers
 from batchrun.store import state as st
-from batchrun.store.state import JobRow, StateStore
+from batchrun.store.state import JobRow
 
 STOP_CHECK = 0.2  # seconds; the loop never sleeps longer, so Ctrl-C is noticed at once
 SPARE_RECHECK = 0.02  # no spare read worth a token yet: look again soon (the odds grow)
@@ -59,12 +55,8 @@ class Scheduler:
 
     def __init__(
         self,
+        parts: RunParts,
         *,
-        store: StateStore,
-        client: Client,
-        limiter: RateLimiter,
-        run: RunSettings,
-        jobs: Iterable[JobRow],
         policies: Iterable[SubmitPolicy] = (),
         estimate: Callable[[str], Decimal | None] = lambda job_id: None,
         plan_files: PlanFiles | None = None,
@@ -72,18 +64,16 @@ class Scheduler:
         echo: Callable[[str], None] | None = None,
         workers: int = 16,
         download_workers: int = 4,
-        clock: Callable[[], float] = time.monotonic,
-        wall: Callable[[], float] = time.time,
     ) -> None:
+        client, limiter, run = parts.client, parts.limiter, parts.run
         self.client = client
         self._reads = {"poll": client.result, "refresh": client.result, "cancel": client.cancel}
         self.estimate = estimate  # recorded with each attempt in the ledger (the budget's)
         self.limiter = limiter
         limiter.burst_s = max(limiter.burst_s, CATCH_UP_S)
         self.progress = progress
-        self.clock = clock
-        self.wall = wall
-        self.jobs = JobTable(store, jobs)
+        self.clock, self.wall = clock, wall = parts.clock, parts.wall
+        self.jobs = parts.jobs
         self.refusals = ModelRefusals()  # models the API refused for every job
         self.policy = Policies(self.refusals, *policies, SubmitBreaker(clock, wall))
         self.submit_open = True
@@ -101,11 +91,7 @@ class Scheduler:
             clock=clock,
         )
         self.at_server = Flights(
-            jobs=self.jobs,
-            limiter=limiter,
-            run=run,
-            clock=clock,
-            wall=wall,
+            parts,
             retry=self._back_to_pending,
             download=self.downloads.start,
             fatal=self._stop_submitting,

@@ -16,6 +16,7 @@ from batchrun.run import policy
 from batchrun.run.flights import Flights
 from batchrun.run.jobtable import JobTable
 from batchrun.run.outcome import Outcome
+from batchrun.run.parts import RunParts
 from batchrun.run.pending import PendingJobs
 from batchrun.run.policy import Told
 from batchrun.run.polling import PollPlanner, RunTimes, finished_odds
@@ -61,11 +62,7 @@ def _flights(store: StateStore, jobs: list[Job], clock: Clock, **run) -> Flights
     store.add_jobs(jobs)
     table = JobTable(store, store.rows())
     return Flights(
-        jobs=table,
-        limiter=RateLimiter(100.0, clock=clock),
-        run=RunSettings(**run),
-        clock=clock,
-        wall=clock,
+        _parts(table, RateLimiter(100.0, clock=clock), RunSettings(**run), clock),
         retry=lambda job_id, error: None,
         download=lambda job_id: None,
         fatal=lambda exc: None,
@@ -182,6 +179,10 @@ def test_run_time_odds_are_conditional_on_the_last_read():
 # ---- the scheduler: which call a token goes to -------------------------------------------
 
 
+def _parts(table: JobTable, limiter: RateLimiter, run: RunSettings, clock: Clock) -> RunParts:
+    return RunParts(table, _Client(), limiter, run, clock, clock)  # type: ignore[arg-type]
+
+
 class _Client:
     calls: dict[str, int] = {}
 
@@ -195,14 +196,8 @@ def _scheduler(store: StateStore, n: int, clock: Clock, **run) -> Scheduler:
     store.add_jobs(_jobs(n))
     limiter = RateLimiter(40.0, clock=clock, sleep=lambda s: None)
     sched = Scheduler(
-        store=store,
-        client=_Client(),  # type: ignore[arg-type]
-        limiter=limiter,
-        run=RunSettings(rate_limit=40.0, **run),
-        jobs=store.rows(),
+        _parts(JobTable(store, store.rows()), limiter, RunSettings(rate_limit=40.0, **run), clock),
         workers=64,
-        clock=clock,
-        wall=clock,
     )
     sched.started: list[tuple[str, str]] = []  # type: ignore[misc]
     sched.workers.call = lambda kind, job_id, *call: sched.started.append((kind, job_id))  # type: ignore[method-assign]
@@ -298,13 +293,12 @@ def test_max_in_flight_left_out_is_derived_and_follows_the_run_times(store):
     clock = Clock()
     store.add_jobs(_jobs(1))
     sched = Scheduler(
-        store=store,
-        client=_Client(),  # type: ignore[arg-type]
-        limiter=RateLimiter(40.0, clock=clock),
-        run=RunSettings(rate_limit=40.0),
-        jobs=store.rows(),
-        clock=clock,
-        wall=clock,
+        _parts(
+            JobTable(store, store.rows()),
+            RateLimiter(40.0, clock=clock),
+            RunSettings(rate_limit=40.0),
+            clock,
+        ),
     )
     try:
         assert sched.max_in_flight() == 60  # 20 jobs/s x 2 s (a first guess) x 1.5
@@ -322,14 +316,13 @@ def test_a_slot_bound_max_in_flight_is_noted_once(store):
     store.add_jobs(_jobs(1))
     notes: list[str] = []
     sched = Scheduler(
-        store=store,
-        client=_Client(),  # type: ignore[arg-type]
-        limiter=RateLimiter(100.0, clock=clock),
-        run=RunSettings(rate_limit=100.0, max_in_flight=20),
-        jobs=store.rows(),
+        _parts(
+            JobTable(store, store.rows()),
+            RateLimiter(100.0, clock=clock),
+            RunSettings(rate_limit=100.0, max_in_flight=20),
+            clock,
+        ),
         echo=notes.append,
-        clock=clock,
-        wall=clock,
     )
     try:
         unknown = Outcome("poll", "job000", value={"status": "in_progress"})
@@ -391,13 +384,12 @@ def test_without_a_rate_limit_no_token_is_spare(store):
     clock = Clock()
     store.add_jobs(_jobs(1))
     sched = Scheduler(
-        store=store,
-        client=_Client(),  # type: ignore[arg-type]
-        limiter=RateLimiter(None, clock=clock),
-        run=RunSettings(rate_limit=None),
-        jobs=store.rows(),
-        clock=clock,
-        wall=clock,
+        _parts(
+            JobTable(store, store.rows()),
+            RateLimiter(None, clock=clock),
+            RunSettings(rate_limit=None),
+            clock,
+        ),
     )
     started: list[str] = []
     sched.workers.call = lambda kind, job_id, *call: started.append(job_id)  # type: ignore[method-assign]
