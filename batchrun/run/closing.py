@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
 from batchrun.results.report import without_output
 from batchrun.run.budget import Budget, cost_text
 from batchrun.run.cache import cached_note
-from batchrun.run.halt import SweepGate
 from batchrun.run.progress import duration, report_counts
 from batchrun.run.scheduler import Scheduler
 from batchrun.store import state as st
@@ -23,7 +21,6 @@ def conclude(
     sched: Scheduler,
     budget: Budget,
     *,
-    gate: SweepGate | None,
     run_dir: Path,
     elapsed: float,
     left_out: int | None,
@@ -37,7 +34,6 @@ def conclude(
     for row in rows:
         counts[row.status] = counts.get(row.status, 0) + 1
     file_errors = sum(1 for r in rows for f in r.files if f.error)
-    held = gate.problems(counts.get(st.PENDING, 0)) if gate is not None else []
     if not quiet:
         left = f" ({left_out} left out by the filter)" if left_out is not None else ""
         echo(
@@ -61,8 +57,7 @@ def conclude(
         echo(f"{len(sched.at_server.abandoned)} job(s) still on the server; rerun to poll again")
     if sched.fatal is not None:
         echo(f"stopped submitting: {sched.fatal}")
-    not_sent = Counter(r.model_id for r in rows if r.status == st.PENDING)
-    held = sched.refusals.lines(not_sent) + held
+    held = sched.policy.explain(rows)
     for line in held:  # last: the lines that say why the run stopped short
         echo(line)
     ok = all(r.status == st.SUCCEEDED for r in rows) and not file_errors

@@ -33,6 +33,7 @@ from batchrun.run.downloads import PlanFiles
 from batchrun.run.halt import SweepGate
 from batchrun.run.jobtable import JobTable
 from batchrun.run.parts import RunParts
+from batchrun.run.policy import SubmitPolicy
 from batchrun.run.progress import Progress, server_wait
 from batchrun.run.scheduler import Scheduler
 from batchrun.store import origin as og, state as st
@@ -108,7 +109,6 @@ class _Run:
             og.normalise(options.origin or options.api_base),
         )
         self.restored = Restored()
-        self.gate: SweepGate | None = None
         self.balance_before: Decimal | None = None
 
     def execute(self) -> int:
@@ -137,12 +137,13 @@ class _Run:
             cost=budget.line,
             waiting=server_wait(limiter.paused_for),
         )
+        policies: list[SubmitPolicy] = [budget]
         if settings.halt is not None or settings.canary:
-            self.gate = SweepGate(halt=settings.halt, canary=settings.canary, rows=rows)
+            policies.insert(0, SweepGate(halt=settings.halt, canary=settings.canary, rows=rows))
         parts = RunParts(
             JobTable(self.store, rows), client, limiter, settings, self.opts.clock, self.opts.wall
         )
-        sched = self._scheduler(parts, budget, progress)
+        sched = self._scheduler(parts, policies, budget, progress)
         self._loop(sched, progress)
         interrupted = sched.stop.is_set()
         if interrupted and self.opts.cancel_on_interrupt:
@@ -165,11 +166,13 @@ class _Run:
             wall=self.opts.wall, echo=self.echo,
         )  # fmt: skip
 
-    def _scheduler(self, parts: RunParts, budget: Budget, progress: Progress) -> Scheduler:
+    def _scheduler(
+        self, parts: RunParts, policies: list[SubmitPolicy], budget: Budget, progress: Progress
+    ) -> Scheduler:
         download = self.plan.manifest.outputs.download
         sched = Scheduler(
             parts,
-            policies=[p for p in (self.gate, budget) if p is not None],
+            policies=policies,
             estimate=budget.estimate,
             plan_files=self._file_planner() if download else None,
             progress=progress,
@@ -208,7 +211,7 @@ class _Run:
             raise sched.fatal
         code = conclude(
             mine, sched, budget,
-            gate=self.gate, run_dir=self.run_dir, elapsed=self.opts.clock() - self.started,
+            run_dir=self.run_dir, elapsed=self.opts.clock() - self.started,
             left_out=self.opts.left_out if self.opts.only else None,
             quiet=self.opts.quiet, echo=self.echo,
         )  # fmt: skip

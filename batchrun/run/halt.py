@@ -118,6 +118,9 @@ class SweepGate(policy.Policy):
 
     # ---- after the run ------------------------------------------------------------------
 
+    def explain(self, rows: list[JobRow]) -> list[str]:
+        return self.problems(sum(1 for r in rows if r.status == st.PENDING))
+
     def problems(self, not_submitted: int) -> list[str]:
         """The lines that explain why jobs were not submitted (empty: none were held back)."""
         lines = []

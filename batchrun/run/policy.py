@@ -83,6 +83,9 @@ class SubmitPolicy(Protocol):
     def released(self, jobs: JobsView) -> list[str]:
         """Jobs set aside earlier that may go now."""
 
+    def explain(self, rows: list[JobRow]) -> list[str]:
+        """After the run (`rows`: its jobs as they ended): why jobs it held were not sent."""
+
 
 class Policy:
     """A policy that lets everything go: the base of the others."""
@@ -97,6 +100,9 @@ class Policy:
         return None
 
     def released(self, jobs: JobsView) -> list[str]:
+        return []
+
+    def explain(self, rows: list[JobRow]) -> list[str]:
         return []
 
 
@@ -126,3 +132,6 @@ class Policies(Policy):
 
     def released(self, jobs: JobsView) -> list[str]:
         return [job_id for policy in self.policies for job_id in policy.released(jobs)]
+
+    def explain(self, rows: list[JobRow]) -> list[str]:
+        return [line for policy in self.policies for line in policy.explain(rows)]

@@ -27,7 +27,7 @@ from batchrun.run.inflight import InFlightCap
 from batchrun.run.outcome import Outcome
 from batchrun.run.parts import RunParts
 from batchrun.run.pending import PendingJobs
-from batchrun.run.policy import Decision, Policies, SubmitPolicy, Told
+from batchrun.run.policy import Policies, SubmitPolicy, Told
 from batchrun.run.progress import Progress
 from batchrun.run.refusals import ModelRefusals
 from batchrun.run.workers import Workers
@@ -197,18 +197,25 @@ class Scheduler:
                 kind, job_id, request_id = self.at_server.pop_due()
                 self.workers.call(kind, job_id, self._reads[kind], request_id)
             else:
-                # Without a rate limit no token is spare: reads keep to the minimal schedule.
-                spare = None
-                if self.limiter.configured is not None:
-                    spare = self.at_server.spare_read(self.wall(), for_a_slot=bool(self.pending))
-                if spare is None:
-                    if self.at_server.flights:
-                        waits.append(SPARE_RECHECK)
-                    return max(0.0, min(waits))
-                if not self.limiter.try_acquire():
-                    self.at_server.unread(spare[1])
-                    return 0.001
-                self.workers.call(spare[0], spare[1], self._reads[spare[0]], spare[2])
+                wait = self._spare_read()
+                if wait is not None:
+                    return max(0.0, min(*waits, wait))
+
+    def _spare_read(self) -> float | None:
+        """Start the read a token no submit can use is best spent on (None: started); else
+        how long before looking again. Without a rate limit no token is spare: reads keep to
+        the minimal schedule."""
+        spare = None
+        if self.limiter.configured is not None:
+            spare = self.at_server.spare_read(self.wall(), for_a_slot=bool(self.pending))
+        if spare is None:
+            return SPARE_RECHECK if self.at_server.flights else STOP_CHECK
+        if not self.limiter.try_acquire():
+            self.at_server.unread(spare[1])
+            return 0.001
+        kind, job_id, request_id = spare
+        self.workers.call(kind, job_id, self._reads[kind], request_id)
+        return None
 
     def _next_submit(self) -> tuple[bool, float | None]:
         """Whether the next pending job may be submitted now (the policies are asked, in
@@ -224,8 +231,8 @@ class Scheduler:
                 self.pending.popleft()  # it stays pending in state.db
             elif decision.say == policy.HOLD:
                 return False, decision.wait
-            else:
-                self._stopped_by(decision)
+            elif self.submit_open:  # STOP: no more submits (jobs in flight still finish)
+                self._stop_submitting(decision.error)
         return False, None
 
     # ---- applying outcomes --------------------------------------------------------------
@@ -262,12 +269,7 @@ class Scheduler:
     def _tell(self, event: Told) -> None:
         """What became of an attempt, for every policy (the one place they are told)."""
         decision = self.policy.told(event)
-        if decision is not None:
-            self._stopped_by(decision)
-
-    def _stopped_by(self, decision: Decision) -> None:
-        """A policy said STOP: no more submits (jobs in flight still finish)."""
-        if self.submit_open:
+        if decision is not None and self.submit_open:  # STOP
             self._stop_submitting(decision.error)
 
     def _stop_submitting(self, exc: BaseException | None) -> None:
