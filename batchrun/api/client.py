@@ -227,8 +227,10 @@ class Client:
                     maybe_sent=True,
                 )
             chunks.append(data)
-        resp._content = b"".join(chunks)
-        setattr(resp, "_content_consumed", True)  # noqa: B010 - requests' own flag
+        # requests has no public way to hand it a body read by hand: its own two fields, so
+        # resp.json() and resp.text decode what was read here
+        resp._content = b"".join(chunks)  # noqa: SLF001
+        resp._content_consumed = True  # type: ignore[attr-defined]  # noqa: SLF001
 
     def _prepare(self, method: str, url: str, json: Any) -> requests.PreparedRequest:
         """What Session.request prepares, without re-merging the settings on every call.

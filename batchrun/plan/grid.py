@@ -76,14 +76,10 @@ def expand(manifest: Manifest, schemas: models.Schemas | None = None) -> Expansi
     data = manifest.data
     label = str(manifest.path)
     problems: list[str] = []
-    warnings: list[str] = []
-    jobs: list[Job] = []
-    first_seen: dict[str, int] = {}
-    duplicates = 0
-    limit = manifest.run.max_jobs
+    jobs = _Jobs(label, manifest.run.max_jobs, data)
     exclude_paths: list[str] = []
     matched_excludes: set[str] = set()  # top-level entries count when any model matched
-    excluded_count = [0]  # combinations exclude dropped
+    excluded = 0  # combinations exclude dropped
     for index, model in enumerate(data["models"]):
         spec = _ModelSpec(data, index, model, schemas or models.packaged())
         problems += [f"{label}: {w}: {m}{manifest.line_suffix(w)}" for w, m in spec.problems]
@@ -104,53 +100,71 @@ def expand(manifest: Manifest, schemas: models.Schemas | None = None) -> Expansi
             hits = spec.excluded(combo_vars, inputs) if spec.excludes else None
             if hits:
                 matched_excludes.update(spec.exclude_paths[i] for i in hits)
-                excluded_count[0] += 1
+                excluded += 1
                 continue
-            canonical = _CANONICAL(inputs)
-            identity = f"{spec.model_id}\n{canonical}"
-            for r in range(spec.repeat):
-                jid = _hash_id(identity, r)
-                if jid in first_seen:
-                    duplicates += 1
-                    if duplicates <= 5:
-                        warnings.append(
-                            f"{label}: $.models[{index}]: {spec.model_id} {_describe(combo_vars)}"
-                            f"gives the same inputs as job #{first_seen[jid] + 1} ({jid}); "
-                            "kept once"
-                        )
-                    continue
-                first_seen[jid] = len(jobs)
-                # Repeats get their own dicts: a caller changing one job never changes another.
-                job_inputs = inputs if r == 0 else dict(inputs)
-                jobs.append(
-                    Job(jid, spec.model_id, job_inputs, combo_vars, r, len(jobs), canonical)
-                )
-                if len(jobs) > limit:
-                    raise ManifestError(
-                        f"{label}: $.run.max_jobs: the manifest expands to more than "
-                        f"{limit:,} jobs (the full grid is {_grid_size(data):,}); narrow the "
-                        f"sweep, or raise run.max_jobs if you mean it"
-                    )
+            jobs.add(spec, index, combo_vars, inputs)
         problems += list(model_problems)
         exclude_paths.extend(p for p in spec.exclude_paths if p not in exclude_paths)
+    warnings = jobs.warnings
     for where in exclude_paths:
         if where not in matched_excludes:
             warnings.append(f"{label}: {where}: matched no combination; nothing excluded")
-    if duplicates > 5:
-        warnings.append(f"{label}: {duplicates} duplicate combinations in all, each kept once")
-    if not jobs and not problems:
-        # An empty sweep runs nothing and would pass CI for nothing: say what emptied it.
-        dropped = excluded_count[0]
-        why = (
-            f"exclude removed all {dropped} combination{'s' if dropped != 1 else ''} "
-            f"({', '.join(sorted(matched_excludes))})"
-            if dropped
-            else "the models' matrices, vars or cases give no combination"
-        )
-        problems.append(f"{label}: the sweep has 0 jobs: {why}; change the manifest so it has one")
+    if jobs.duplicates > 5:
+        warnings.append(f"{label}: {jobs.duplicates} duplicate combinations in all, each kept once")
+    if not jobs.jobs and not problems:
+        problems.append(_empty_sweep(label, excluded, matched_excludes))
     if problems:
         raise ManifestError(problems)
-    return Expansion(jobs, warnings)
+    return Expansion(jobs.jobs, warnings)
+
+
+class _Jobs:
+    """The jobs expanded so far: each identity (model, inputs, repeat) once, at most `limit`."""
+
+    def __init__(self, label: str, limit: int, data: dict) -> None:
+        self.label, self.limit, self.data = label, limit, data
+        self.jobs: list[Job] = []
+        self.warnings: list[str] = []
+        self.duplicates = 0
+        self._first_seen: dict[str, int] = {}
+
+    def add(self, spec: _ModelSpec, index: int, combo_vars: dict, inputs: dict) -> None:
+        canonical = _CANONICAL(inputs)
+        identity = f"{spec.model_id}\n{canonical}"
+        for r in range(spec.repeat):
+            jid = _hash_id(identity, r)
+            if jid in self._first_seen:
+                self.duplicates += 1
+                if self.duplicates <= 5:
+                    self.warnings.append(
+                        f"{self.label}: $.models[{index}]: {spec.model_id} "
+                        f"{_describe(combo_vars)}gives the same inputs as job "
+                        f"#{self._first_seen[jid] + 1} ({jid}); kept once"
+                    )
+                continue
+            self._first_seen[jid] = len(self.jobs)
+            # Repeats get their own dicts: a caller changing one job never changes another.
+            job_inputs = inputs if r == 0 else dict(inputs)
+            self.jobs.append(
+                Job(jid, spec.model_id, job_inputs, combo_vars, r, len(self.jobs), canonical)
+            )
+            if len(self.jobs) > self.limit:
+                raise ManifestError(
+                    f"{self.label}: $.run.max_jobs: the manifest expands to more than "
+                    f"{self.limit:,} jobs (the full grid is {_grid_size(self.data):,}); narrow "
+                    "the sweep, or raise run.max_jobs if you mean it"
+                )
+
+
+def _empty_sweep(label: str, excluded: int, matched: set[str]) -> str:
+    """An empty sweep runs nothing and would pass CI for nothing: say what emptied it."""
+    why = (
+        f"exclude removed all {excluded} combination{'s' if excluded != 1 else ''} "
+        f"({', '.join(sorted(matched))})"
+        if excluded
+        else "the models' matrices, vars or cases give no combination"
+    )
+    return f"{label}: the sweep has 0 jobs: {why}; change the manifest so it has one"
 
 
 def _describe(combo_vars: dict) -> str:

@@ -157,21 +157,9 @@ class Cache:
         files = data.get("files")
         if not isinstance(files, list) or not all(_file_ok(f) for f in files):
             raise CacheError(f"{ENTRY} has a bad file list")
-        for f in files:
-            path = folder / f["name"]
-            try:
-                size, digest = _hash_file(path)
-            except OSError:
-                raise CacheError(f"{f['name']} missing") from None
-            if size != f["size"] or digest != f["sha256"]:
-                raise CacheError(f"{f['name']}: sha256 or size differs from {ENTRY}")
+        _check_files(folder, files)
         cost = data.get("cost_usd")
-        if cost is not None and (
-            isinstance(cost, bool)
-            or not isinstance(cost, (int, float))
-            or not math.isfinite(cost)
-            or not 0 <= cost <= MAX_PRICE_USD
-        ):
+        if cost is not None and not _cost_ok(cost):
             raise CacheError(f"{ENTRY} has a bad cost_usd ({str(cost)[:20]})")
         return Hit(key, folder, data.get("output"), cost, files)
 
@@ -291,6 +279,26 @@ class Cache:
                     shutil.rmtree(path, ignore_errors=True)
             except OSError:
                 pass
+
+
+def _check_files(folder: Path, files: list[dict[str, Any]]) -> None:
+    """Every file the entry lists is there with its size and sha256; else CacheError."""
+    for f in files:
+        try:
+            size, digest = _hash_file(folder / f["name"])
+        except OSError:
+            raise CacheError(f"{f['name']} missing") from None
+        if size != f["size"] or digest != f["sha256"]:
+            raise CacheError(f"{f['name']}: sha256 or size differs from {ENTRY}")
+
+
+def _cost_ok(cost: object) -> bool:
+    return (
+        isinstance(cost, (int, float))
+        and not isinstance(cost, bool)
+        and math.isfinite(cost)
+        and 0 <= cost <= MAX_PRICE_USD
+    )
 
 
 def _file_ok(f: Any) -> bool:

@@ -21,9 +21,17 @@ class FakeClock:
         self.now += seconds
 
 
+TUNING = {"decrease", "repeat_window", "floor", "recovery_delay", "recovery_per_s", "default_pause"}
+
+
 def limiter(rate: float | None, **kw) -> tuple[RateLimiter, FakeClock]:
+    """A limiter on a fake clock; the 429 tuning (class constants) set on this one."""
     clock = FakeClock()
-    return RateLimiter(rate, clock=clock, sleep=clock.sleep, **kw), clock
+    tuning = {k: kw.pop(k) for k in TUNING & kw.keys()}
+    lim = RateLimiter(rate, clock=clock, sleep=clock.sleep, **kw)
+    for name, value in tuning.items():
+        setattr(lim, name, value)
+    return lim, clock
 
 
 def calls_in(lim: RateLimiter, clock: FakeClock, seconds: float, step: float = 0.001) -> int:
