@@ -1,6 +1,6 @@
 """The `batchrun` command line: click declarations only; each command calls commands.<name>.
 
-`plan` and `run` take one options record each (commands/args.py), whose fields
+`plan`, `run` and `compare` take one options record each (commands/args.py), whose fields
 declare the command's options: `opt.declare` puts them on the command, `opt.build` makes the
 record the command function gets.
 
@@ -16,7 +16,7 @@ import click
 
 from batchrun import __version__, commands
 from batchrun.commands import options as opt
-from batchrun.commands.args import PlanArgs, RunArgs
+from batchrun.commands.args import CompareArgs, PlanArgs, RunArgs
 from batchrun.errors import BatchrunError
 from batchrun.util.safetext import printable
 
@@ -224,49 +224,8 @@ def merge(run_dirs: tuple[str, ...], **options: Any) -> int:
 
 
 @cli.command("compare")
-@click.argument("baseline")
-@click.argument("current")
-@click.option(
-    "--fail-on",
-    default="regressed,missing,changed",
-    show_default=True,
-    help="Comma list of classes that fail the gate: unchanged, changed, regressed, fixed, "
-    "new, missing, slower.",
-)
-@click.option(
-    "--max-slowdown",
-    type=click.FloatRange(min=0, min_open=True),
-    metavar="X",
-    help="Mark a job slower when its run_s exceeds the baseline's times X (off by default).",
-)
-@click.option(
-    "--image-tolerance",
-    type=click.FloatRange(0, 1),
-    metavar="D",
-    help="Images whose bytes differ but whose distance (1 - SSIM: a re-encode ~0, a small "
-    "edit ~0.02-0.07, unrelated ~0.9) is at most D count as unchanged. Needs Pillow: "
-    "pip install 'runcomfy-batchrun[images]'.",
-)
-@opt.output("--markdown", "Append a markdown summary (fits $GITHUB_STEP_SUMMARY).")
-@opt.output("--junit", "Write JUnit XML: one testcase per job.")
-@opt.output("--json", "Write the full result as JSON.")
-@opt.output("--html", "Write an HTML page: baseline and current side by side for changes.")
-@click.option(
-    "--update-baseline",
-    "baseline_dir",
-    type=click.Path(file_okay=False),
-    metavar="DIR",
-    help="Copy the current report.csv and files/ into DIR (created if missing; BASELINE may "
-    "be DIR and not exist yet).",
-)
-@click.option("-q", "--quiet", is_flag=True, help="Print only the verdict line.")
-@click.option(
-    "--allow-mixed-origins",
-    is_flag=True,
-    help="Compare runs whose results come from different origins (the simulator and an API); "
-    "every output then says so.",
-)
-def compare_cmd(baseline: str, current: str, **options: Any) -> int:
+@opt.declare(CompareArgs)
+def compare_cmd(**params: Any) -> int:
     """Compare two runs (run folders or report.csv files) and gate on regressions.
 
     Jobs are matched by job id and classed unchanged, changed (output sha256
@@ -278,7 +237,7 @@ def compare_cmd(baseline: str, current: str, **options: Any) -> int:
       batchrun compare baselines/umbrella runs/umbrella \\
           --markdown "$GITHUB_STEP_SUMMARY" --junit compare.xml --image-tolerance 0.02
     """
-    return commands.compare.compare(baseline, current, **options)
+    return commands.compare.compare(opt.build(CompareArgs, params))
 
 
 @cli.command()

@@ -1,4 +1,4 @@
-"""The options records of `plan` and `run`: each field declares one of the command's
+"""The options records of `plan`, `run` and `compare`: each field declares one of the command's
 options (see commands/options.py), so a new option is one field here, and its test.
 
 `RunArgs` also writes the command line that continues a run (`resume_command`): each of its
@@ -154,3 +154,54 @@ class RunArgs:
         api = None if self.simulate else self.api_base_option
         again = replace(self, run_dir=str(folder), api_base_option=api)
         return shlex.join(["batchrun", "run", *opt.command_line(again)])
+
+
+@dataclass(frozen=True)
+class CompareArgs:
+    """The arguments and options of `batchrun compare`."""
+
+    baseline: str = argument()
+    current: str = argument()
+    fail_on: str = option(
+        "--fail-on",
+        default="regressed,missing,changed",
+        show_default=True,
+        help="Comma list of classes that fail the gate: unchanged, changed, regressed, fixed, "
+        "new, missing, slower.",
+    )
+    max_slowdown: float | None = option(
+        "--max-slowdown",
+        type=click.FloatRange(min=0, min_open=True),
+        metavar="X",
+        help="Mark a job slower when its run_s exceeds the baseline's times X (off by default).",
+    )
+    image_tolerance: float | None = option(
+        "--image-tolerance",
+        type=click.FloatRange(0, 1),
+        metavar="D",
+        help="Images whose bytes differ but whose distance (1 - SSIM: a re-encode ~0, a small "
+        "edit ~0.02-0.07, unrelated ~0.9) is at most D count as unchanged. Needs Pillow: "
+        "pip install 'runcomfy-batchrun[images]'.",
+    )
+    markdown_file: str | None = opt.output(
+        "--markdown", "Append a markdown summary (fits $GITHUB_STEP_SUMMARY)."
+    ).field()
+    junit_file: str | None = opt.output("--junit", "Write JUnit XML: one testcase per job.").field()
+    json_file: str | None = opt.output("--json", "Write the full result as JSON.").field()
+    html_file: str | None = opt.output(
+        "--html", "Write an HTML page: baseline and current side by side for changes."
+    ).field()
+    baseline_dir: str | None = option(
+        "--update-baseline",
+        type=click.Path(file_okay=False),
+        metavar="DIR",
+        help="Copy the current report.csv and files/ into DIR (created if missing; BASELINE may "
+        "be DIR and not exist yet).",
+    )
+    quiet: bool = option("-q", "--quiet", is_flag=True, help="Print only the verdict line.")
+    allow_mixed_origins: bool = option(
+        "--allow-mixed-origins",
+        is_flag=True,
+        help="Compare runs whose results come from different origins (the simulator and an "
+        "API); every output then says so.",
+    )
