@@ -1,5 +1,9 @@
 """The `batchrun` command line: click declarations only; each command calls commands.<name>.
 
+`plan`, `run` and `compare` take one options record each (commands/args.py), whose fields
+declare the command's options: `opt.declare` puts them on the command, `opt.build` makes the
+record the command function gets.
+
 Library modules never import click; every foreseeable error is a BatchrunError, mapped to its
 exit code and printed without a traceback in `main`, the one place that does so.
 """
@@ -12,6 +16,7 @@ import click
 
 from batchrun import __version__, commands
 from batchrun.commands import options as opt
+from batchrun.commands.args import CompareArgs, PlanArgs, RunArgs
 from batchrun.errors import BatchrunError
 from batchrun.util.safetext import printable
 
@@ -96,12 +101,8 @@ def validate(manifests: tuple[str, ...], **options: Any) -> int:
 
 
 @cli.command()
-@click.argument("manifest", type=click.Path(dir_okay=False))
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per job, one a line.")
-@opt.strict
-@opt.schemas
-@opt.subset
-def plan(manifest: str, **options: Any) -> int:
+@opt.declare(PlanArgs)
+def plan(**params: Any) -> int:
     """Show the jobs a manifest expands to and what they will cost, without running anything.
 
     Prints the job count and estimated cost per model, the total, and a table of
@@ -115,58 +116,12 @@ def plan(manifest: str, **options: Any) -> int:
       batchrun plan manifests/quickstart.yaml --json | jq .inputs.prompt
       batchrun plan manifests/quickstart.yaml --only var.color=indigo --shard 1/2
     """
-    return commands.plan.plan(manifest, **options)
+    return commands.plan.plan(opt.build(PlanArgs, params))
 
 
 @cli.command()
-@click.argument("manifest", type=click.Path(dir_okay=False))
-@click.option(
-    "--simulate",
-    "simulate_api",
-    is_flag=True,
-    help="Run against the built-in simulator (no token).",
-)
-@click.option(
-    "--sim",
-    multiple=True,
-    metavar="KEY=VALUE",
-    help="A simulator setting for --simulate, e.g. --sim fail_rate=0.1 (repeatable).",
-)
-@click.option(
-    "--run-dir", type=click.Path(file_okay=False), help="Run folder [default: outputs.dir]."
-)
-@opt.api_base
-@click.option("--retry-failed", is_flag=True, help="Submit failed and timed-out jobs again.")
-@click.option(
-    "--resubmit-unknown",
-    is_flag=True,
-    help="Submit again jobs whose submit may have reached the server (may pay twice).",
-)
-@click.option(
-    "--cancel-on-interrupt", is_flag=True, help="On Ctrl-C, cancel requests still queued."
-)
-@opt.strict
-@opt.schemas
-@click.option(
-    "--max-cost",
-    metavar="USD",
-    help="Budget in USD, e.g. 25 or 2.50 [default: the manifest's run.max_cost_usd].",
-)
-@click.option(
-    "--cache",
-    metavar="DIR",
-    help="Take jobs already done from this cross-run cache folder, add new results to it "
-    "[default: the manifest's run.cache; none].",
-)
-@click.option("-q", "--quiet", is_flag=True, help="No progress bar or log lines.")
-@opt.subset
-@click.option(
-    "--shard-full-rate",
-    is_flag=True,
-    help="With --shard K/N: keep the full rate_limit and max_in_flight (shards on separate "
-    "accounts) instead of 1/N of each.",
-)
-def run(manifest: str, **options: Any) -> int:
+@opt.declare(RunArgs)
+def run(**params: Any) -> int:
     """Run the whole batch of MANIFEST; running it again on the same run folder resumes.
 
     A shard (--shard K/N) uses 1/N of rate_limit and max_in_flight; `batchrun
@@ -182,7 +137,7 @@ def run(manifest: str, **options: Any) -> int:
     or usage; 3 token, balance or unreachable API; 4 at the cost budget; 130
     interrupted (state saved).
     """
-    return commands.run.run(manifest, **options)
+    return commands.run.run(opt.build(RunArgs, params))
 
 
 @cli.command()
@@ -269,49 +224,8 @@ def merge(run_dirs: tuple[str, ...], **options: Any) -> int:
 
 
 @cli.command("compare")
-@click.argument("baseline")
-@click.argument("current")
-@click.option(
-    "--fail-on",
-    default="regressed,missing,changed",
-    show_default=True,
-    help="Comma list of classes that fail the gate: unchanged, changed, regressed, fixed, "
-    "new, missing, slower.",
-)
-@click.option(
-    "--max-slowdown",
-    type=click.FloatRange(min=0, min_open=True),
-    metavar="X",
-    help="Mark a job slower when its run_s exceeds the baseline's times X (off by default).",
-)
-@click.option(
-    "--image-tolerance",
-    type=click.FloatRange(0, 1),
-    metavar="D",
-    help="Images whose bytes differ but whose distance (1 - SSIM: a re-encode ~0, a small "
-    "edit ~0.02-0.07, unrelated ~0.9) is at most D count as unchanged. Needs Pillow: "
-    "pip install 'runcomfy-batchrun[images]'.",
-)
-@opt.output("--markdown", "Append a markdown summary (fits $GITHUB_STEP_SUMMARY).")
-@opt.output("--junit", "Write JUnit XML: one testcase per job.")
-@opt.output("--json", "Write the full result as JSON.")
-@opt.output("--html", "Write an HTML page: baseline and current side by side for changes.")
-@click.option(
-    "--update-baseline",
-    "baseline_dir",
-    type=click.Path(file_okay=False),
-    metavar="DIR",
-    help="Copy the current report.csv and files/ into DIR (created if missing; BASELINE may "
-    "be DIR and not exist yet).",
-)
-@click.option("-q", "--quiet", is_flag=True, help="Print only the verdict line.")
-@click.option(
-    "--allow-mixed-origins",
-    is_flag=True,
-    help="Compare runs whose results come from different origins (the simulator and an API); "
-    "every output then says so.",
-)
-def compare_cmd(baseline: str, current: str, **options: Any) -> int:
+@opt.declare(CompareArgs)
+def compare_cmd(**params: Any) -> int:
     """Compare two runs (run folders or report.csv files) and gate on regressions.
 
     Jobs are matched by job id and classed unchanged, changed (output sha256
@@ -323,7 +237,7 @@ def compare_cmd(baseline: str, current: str, **options: Any) -> int:
       batchrun compare baselines/umbrella runs/umbrella \\
           --markdown "$GITHUB_STEP_SUMMARY" --junit compare.xml --image-tolerance 0.02
     """
-    return commands.compare.compare(baseline, current, **options)
+    return commands.compare.compare(opt.build(CompareArgs, params))
 
 
 @cli.command()

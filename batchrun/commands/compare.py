@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from batchrun.commands.args import CompareArgs
 from batchrun.commands.common import DISTRIBUTION
 from batchrun.errors import ChoiceError, CompareError, MissingDependencyError, UsageError
 from batchrun.results import compare as comparing, compare_output
@@ -13,32 +14,18 @@ from batchrun.results.compare_html import write_compare_html
 from batchrun.store.atomic import write_output
 
 
-def compare(
-    baseline: str,
-    current: str,
-    *,
-    fail_on: str,
-    max_slowdown: float | None,
-    image_tolerance: float | None,
-    markdown_file: str | None,
-    junit_file: str | None,
-    json_file: str | None,
-    html_file: str | None,
-    baseline_dir: str | None,
-    quiet: bool,
-    allow_mixed_origins: bool = False,
-) -> int:
+def compare(args: CompareArgs) -> int:
     """Print the comparison, write the asked-for files; 0 pass, 1 regression."""
-    classes = tuple(c.strip() for c in fail_on.split(",") if c.strip())
+    classes = tuple(c.strip() for c in args.fail_on.split(",") if c.strip())
     # A baseline to be made by this very command may not exist yet: every job is then new.
-    creating = bool(baseline_dir) and not Path(baseline_dir or "").exists()
-    if creating and not Path(baseline).exists():
-        base_run = comparing.empty_run(baseline)
+    creating = bool(args.baseline_dir) and not Path(args.baseline_dir or "").exists()
+    if creating and not Path(args.baseline).exists():
+        base_run = comparing.empty_run(args.baseline)
     else:
-        base_run = comparing.load_run(baseline)
-    cur_run = comparing.load_run(current)
+        base_run = comparing.load_run(args.baseline)
+    cur_run = comparing.load_run(args.current)
     mixed = comparing.mixed_origins(base_run, cur_run)
-    if mixed and not allow_mixed_origins:
+    if mixed and not args.allow_mixed_origins:
         raise CompareError(
             f"{mixed}; a simulated result must not pass for a real one (or the other way "
             "round): compare runs of one origin, or give --allow-mixed-origins to compare them "
@@ -49,8 +36,8 @@ def compare(
             base_run,
             cur_run,
             fail_on=classes,
-            max_slowdown=max_slowdown,
-            image_tolerance=image_tolerance,
+            max_slowdown=args.max_slowdown,
+            image_tolerance=args.image_tolerance,
         )
     except ChoiceError as exc:
         raise UsageError(f"--fail-on: {exc}") from None
@@ -63,23 +50,23 @@ def compare(
         result.warnings.append(unknown)
     table = compare_output.terminal_table(result)
     # When a report goes to stdout (`-`), the table moves to stderr so stdout stays parseable.
-    to_stdout = "-" in (markdown_file, junit_file, json_file, html_file)
-    shown = compare_output.terminal_quiet(result) if quiet else table.rstrip("\n")
+    to_stdout = "-" in (args.markdown_file, args.junit_file, args.json_file, args.html_file)
+    shown = compare_output.terminal_quiet(result) if args.quiet else table.rstrip("\n")
     click.echo(shown, err=to_stdout)
     try:
-        if markdown_file:
+        if args.markdown_file:
             # Appended: $GITHUB_STEP_SUMMARY holds what earlier steps wrote.
-            write_output(markdown_file, compare_output.markdown(result), append=True)
-        if junit_file:
-            write_output(junit_file, compare_output.junit(result))
-        if json_file:
-            write_output(json_file, compare_output.to_json(result))
-        if html_file:
-            write_compare_html(result, html_file)
+            write_output(args.markdown_file, compare_output.markdown(result), append=True)
+        if args.junit_file:
+            write_output(args.junit_file, compare_output.junit(result))
+        if args.json_file:
+            write_output(args.json_file, compare_output.to_json(result))
+        if args.html_file:
+            write_compare_html(result, args.html_file)
     except OSError as exc:
         raise UsageError(f"cannot write {exc.filename}: {exc.strerror}") from None
-    if baseline_dir:
-        dest = comparing.update_baseline(result.current, Path(baseline_dir))
+    if args.baseline_dir:
+        dest = comparing.update_baseline(result.current, Path(args.baseline_dir))
         said = "created" if creating else "updated"
         click.echo(f"baseline {said}: {dest}", err=to_stdout)
     return result.exit_code

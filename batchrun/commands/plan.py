@@ -13,6 +13,7 @@ import click
 
 from batchrun.catalog.pricing import plain, price_label, usd
 from batchrun.commands import selection
+from batchrun.commands.args import PlanArgs
 from batchrun.commands.common import schema_dirs, warn
 from batchrun.plan.build import ModelCost, Plan, build_plan, cell, varying_keys
 
@@ -23,29 +24,18 @@ UNPRICED_NOTE = (
 )
 
 
-def plan(
-    manifest: str,
-    *,
-    as_json: bool,
-    strict: bool,
-    schemas: str | None = None,
-    only: tuple[str, ...] = (),
-    first: int | None = None,
-    sample: int | None = None,
-    seed: int | None = None,
-    shard: str | None = None,
-) -> int:
+def plan(args: PlanArgs) -> int:
     """Print the plan (a table, or one JSON object per job a line); 0."""
-    chosen = selection.parse(selection.Options(only, first, sample, seed, shard))
-    built = build_plan(manifest, strict=strict, schema_dirs=schema_dirs(schemas))
+    chosen = selection.parse(args.subset)
+    built = build_plan(args.manifest, strict=args.strict, schema_dirs=schema_dirs(args.schemas))
     warn(built.warnings)
     if chosen.active:
         built, picked = selection.choose(built, chosen)
         click.echo(selection.left_out_line(picked, chosen), err=True)
-    lines = json_lines(built) if as_json else table_lines(built)
+    lines = json_lines(built) if args.as_json else table_lines(built)
     sys.stdout.write("".join(line + "\n" for line in lines))
     sys.stdout.flush()
-    if not as_json:
+    if not args.as_json:
         unpriced = sum(c.unpriced for c in built.costs().values())
         if unpriced:
             click.echo(UNPRICED_NOTE.format(n=unpriced, s="s" if unpriced != 1 else ""), err=True)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shlex
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
@@ -13,6 +12,7 @@ from batchrun.api.balance import SERVERLESS_BASE_ENV, balance_base
 from batchrun.api.client import DEFAULT_API_BASE
 from batchrun.catalog.pricing import usd
 from batchrun.commands import selection, simulate
+from batchrun.commands.args import RunArgs
 from batchrun.commands.common import api_base, schema_dirs, token, warn
 from batchrun.errors import OriginMismatch, UsageError
 from batchrun.plan.build import Plan, build_plan
@@ -20,42 +20,22 @@ from batchrun.run.engine import RunOptions, run_batch
 from batchrun.store import origin as og
 
 
-def run(
-    manifest: str,
-    *,
-    simulate_api: bool,
-    sim: tuple[str, ...],
-    run_dir: str | None,
-    api_base_option: str | None,
-    retry_failed: bool,
-    resubmit_unknown: bool,
-    cancel_on_interrupt: bool,
-    strict: bool,
-    quiet: bool,
-    schemas: str | None = None,
-    max_cost: str | None = None,
-    only: tuple[str, ...] = (),
-    first: int | None = None,
-    sample: int | None = None,
-    seed: int | None = None,
-    shard: str | None = None,
-    shard_full_rate: bool = False,
-    cache: str | None = None,
-) -> int:
+def run(args: RunArgs) -> int:
     """Run (or resume) the batch; the engine's exit code (0, 1 or 130)."""
-    if sim and not simulate_api:
+    if args.sim and not args.simulate:
         raise UsageError("--sim KEY=VALUE only applies with --simulate")
-    subset = selection.Options(only, first, sample, seed, shard)
-    chosen = selection.parse(subset)
-    if shard_full_rate and chosen.shard is None:
+    chosen = selection.parse(args.subset)
+    if args.shard_full_rate and chosen.shard is None:
         raise UsageError("--shard-full-rate only applies with --shard K/N")
-    pairs = _sim_pairs(sim)
-    cap = parse_max_cost(max_cost)
+    pairs = _sim_pairs(args.sim)
+    cap = parse_max_cost(args.max_cost)
     # The budget in force (--max-cost, else run.max_cost_usd) is plan.manifest.run.max_cost_usd.
-    plan = build_plan(manifest, strict=strict, schema_dirs=schema_dirs(schemas)).with_max_cost(cap)
+    plan = build_plan(
+        args.manifest, strict=args.strict, schema_dirs=schema_dirs(args.schemas)
+    ).with_max_cost(cap)
     warn(plan.warnings)
     warn(budget_warnings(plan, "--max-cost" if cap is not None else "run.max_cost_usd"))
-    cache_dir = _cache_folder(cache, plan.manifest.run.cache)
+    cache_dir = _cache_folder(args.cache, plan.manifest.run.cache)
     only_ids: frozenset[str] | None = None
     left_out = 0
     if chosen.active:
@@ -63,15 +43,12 @@ def run(
         # others in the run folder as they are.
         picked = selection.choose(plan, chosen)[1]
         only_ids, left_out = frozenset(j.job_id for j in picked.jobs), picked.left_out
-        if not quiet:
+        if not args.quiet:
             click.echo(selection.left_out_line(picked, chosen), err=True)
-    share = chosen.shard[1] if chosen.shard and not shard_full_rate else 1
-    folder = Path(run_dir or plan.manifest.outputs.dir)
-    resume = ["batchrun", "run", manifest, "--run-dir", str(folder), *subset.argv()]
-    if shard_full_rate:
-        resume.append("--shard-full-rate")
+    share = chosen.shard[1] if chosen.shard and not args.shard_full_rate else 1
+    folder = Path(args.run_dir or plan.manifest.outputs.dir)
     simulator = None
-    if simulate_api:
+    if args.simulate:
         # The simulator's jobs live in the run folder, so a rerun (resume) still knows them.
         pairs = {"state_dir": str(folder / ".simulator"), **pairs}
         simulator = simulate.start(
@@ -80,30 +57,21 @@ def run(
             "to finish (or stop it) and try again",
         )
         base, secret, origin = simulator.base_url, simulator.token, og.SIMULATOR
-        resume += ["--simulate", *(f"--sim={p}" for p in sim)]
-        if not quiet:
+        if not args.quiet:
             click.echo(f"simulator: {base} (in-process)", err=True)
     else:
         secret = token("run")
-        base = origin = api_base(api_base_option)
-        if api_base_option:
-            resume += ["--api-base", api_base_option]
-    if schemas:
-        resume += ["--schemas", schemas]
-    if max_cost is not None:
-        resume += ["--max-cost", max_cost]
-    if cache is not None:
-        resume += ["--cache", cache]
+        base = origin = api_base(args.api_base_option)
     options = RunOptions(
         api_base=base,
         token=secret,
         origin=origin,
         run_dir=folder,
-        retry_failed=retry_failed,
-        resubmit_unknown=resubmit_unknown,
-        cancel_on_interrupt=cancel_on_interrupt,
-        quiet=quiet,
-        resume_command=shlex.join(resume),
+        retry_failed=args.retry_failed,
+        resubmit_unknown=args.resubmit_unknown,
+        cancel_on_interrupt=args.cancel_on_interrupt,
+        quiet=args.quiet,
+        resume_command=args.resume_command(folder),
         only=only_ids,
         left_out=left_out,
         share=share,

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
+from batchrun.commands.args import SubsetArgs
 from batchrun.errors import UsageError
 from batchrun.plan.build import Plan
 from batchrun.plan.subset import (
@@ -16,31 +17,7 @@ from batchrun.plan.subset import (
 )
 
 
-@dataclass(frozen=True)
-class Options:
-    """The selection options as typed (None/empty: not given)."""
-
-    only: tuple[str, ...] = ()
-    first: int | None = None
-    sample: int | None = None
-    seed: int | None = None
-    shard: str | None = None
-
-    def argv(self) -> list[str]:
-        """The options again, for a command line that repeats this one (resume)."""
-        out = [f"--only={expr}" for expr in self.only]
-        for flag, value in (
-            ("--first", self.first),
-            ("--sample", self.sample),
-            ("--seed", self.seed),
-            ("--shard", self.shard),
-        ):
-            if value is not None:
-                out.append(f"{flag}={value}")
-        return out
-
-
-def parse(options: Options) -> Selection:
+def parse(options: SubsetArgs) -> Selection:
     """The Selection the options ask for; UsageError (exit 2) naming the option otherwise."""
     if options.seed is not None and options.sample is None:
         raise UsageError("--seed only applies with --sample N")
