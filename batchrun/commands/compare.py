@@ -53,6 +53,16 @@ def compare(args: CompareArgs) -> int:
     to_stdout = "-" in (args.markdown_file, args.junit_file, args.json_file, args.html_file)
     shown = compare_output.terminal_quiet(result) if args.quiet else table.rstrip("\n")
     click.echo(shown, err=to_stdout)
+    _write_outputs(args, result)
+    if args.baseline_dir:
+        dest = comparing.update_baseline(result.current, Path(args.baseline_dir))
+        said = "created" if creating else "updated"
+        click.echo(f"baseline {said}: {dest}", err=to_stdout)
+    return result.exit_code
+
+
+def _write_outputs(args: CompareArgs, result: comparing.Comparison) -> None:
+    """The files asked for (markdown, JUnit, JSON, HTML); `-` is stdout."""
     try:
         if args.markdown_file:
             # Appended: $GITHUB_STEP_SUMMARY holds what earlier steps wrote.
@@ -65,8 +75,3 @@ def compare(args: CompareArgs) -> int:
             write_compare_html(result, args.html_file)
     except OSError as exc:
         raise UsageError(f"cannot write {exc.filename}: {exc.strerror}") from None
-    if args.baseline_dir:
-        dest = comparing.update_baseline(result.current, Path(args.baseline_dir))
-        said = "created" if creating else "updated"
-        click.echo(f"baseline {said}: {dest}", err=to_stdout)
-    return result.exit_code
