@@ -196,7 +196,7 @@ def run_scenario(b: Bench, sc: Scenario) -> dict[str, Any]:
         ]  # fmt: skip
         p = run_measured(cmd, timeout=cap + 60, env=token_env())
         pool = figures(sc, sim.stats(), p.rc)
-    out = {
+    out: dict[str, Any] = {
         "scenario": sc.name,
         "jobs": sc.n,
         "rate": sc.rate,

@@ -53,7 +53,7 @@ def bench_plan(b: Bench) -> dict[str, Any]:
         listed = len(parsed) if isinstance(parsed, list) else len(parsed.get("jobs", []))
     except ValueError:
         listed = sum(1 for line in text.splitlines() if line.startswith("{"))
-    out = {
+    out: dict[str, Any] = {
         "jobs": n,
         "rc": m.rc,
         "jobs_listed": listed,

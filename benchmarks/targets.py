@@ -48,7 +48,7 @@ def targets(results: dict[str, Any]) -> list[Target]:
         ("transition cost 100k/1k", "transitions", "ratio", "<= 1.5", lambda v: v <= 1.5),
     ]
     out = [judge(name, val(sec, key), goal, test) for name, sec, key, goal, test in simple]
-    ours = r.get("rate") if val("rate", "wall_s") else None
+    ours: dict[str, Any] = (r.get("rate") or {}) if val("rate", "wall_s") else {}
     for i, (threads, row) in enumerate((r.get("baseline") or {}).items()):
         value = None
         if ours and row.get("rc") == 0:

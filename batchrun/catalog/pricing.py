@@ -147,7 +147,8 @@ class Estimator:
         fields = {PER_SECOND: (DURATION_FIELD,), PER_ITEM: COUNT_FIELDS}.get(kind or "", ())
         self._fields = frozenset(fields)
         self._priced = kind is not None
-        self._memo: dict[tuple, Decimal | None] = {}
+        # (field, type of its value, the value or its repr) per input that matters -> estimate
+        self._memo: dict[tuple[tuple[str, type, str | int | float], ...], Decimal | None] = {}
 
     def __call__(self, inputs: Mapping[str, Any]) -> Decimal | None:
         if not self._priced:

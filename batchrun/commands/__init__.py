@@ -12,6 +12,25 @@ from __future__ import annotations
 
 import importlib
 from types import ModuleType
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    # What `__getattr__` returns, spelled out for the type checker: cli.py's calls then check
+    # against each command's real signature instead of an untyped module.
+    from batchrun.commands import (
+        balance,
+        cancel,
+        compare,
+        init,
+        merge,
+        models,
+        plan,
+        report,
+        run,
+        simulate,
+        status,
+        validate,
+    )
 
 __all__ = [
     "balance",

@@ -16,6 +16,7 @@ from batchrun.commands import selection
 from batchrun.commands.args import PlanArgs
 from batchrun.commands.common import schema_dirs, warn
 from batchrun.plan.build import ModelCost, Plan, build_plan, cell, varying_keys
+from batchrun.plan.grid import Job
 
 _MAX_CELL = 40
 UNPRICED_NOTE = (
@@ -88,7 +89,7 @@ def table_lines(plan: Plan) -> Iterator[str]:
     cap = f"  (budget {usd(budget)})" if budget is not None else ""
     yield f"  {'total':<{width}}  {total:>6}  {cost_text(whole)}{cap}"
     varying = varying_keys(plan.jobs)
-    by_model: dict[str, list] = {}
+    by_model: dict[str, list[Job]] = {}
     for job in plan.jobs:
         by_model.setdefault(job.model_id, []).append(job)
     for model_id, jobs in by_model.items():

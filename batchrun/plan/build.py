@@ -210,7 +210,7 @@ def _field_of(problem: str) -> str | None:
     return m.group(1) if m else None
 
 
-def source_path(data: dict, job: Job, field: str | None, *, item: bool = True) -> str:
+def source_path(data: dict[str, Any], job: Job, field: str | None, *, item: bool = True) -> str:
     """The JSON path of the manifest key that gave `job` its `field` (see grid's precedence:
     a row's value over the model's matrix over the top-level matrix over fixed inputs); with
     `item`, of the very list item that holds the job's value, where one does."""
@@ -223,7 +223,9 @@ def source_path(data: dict, job: Job, field: str | None, *, item: bool = True) -
         if field is None:
             continue
         rows_path = f"{here}.cases" if "cases" in model else "$.cases"
-        rows: list[dict] = (model["cases"] if "cases" in model else data.get("cases")) or []
+        rows: list[dict[str, Any]] = (
+            model["cases"] if "cases" in model else data.get("cases")
+        ) or []
         given = [i for i, row in enumerate(rows) if field in row]
         if given:
             same = [i for i in given if _same(rows[i][field], value)]
@@ -265,12 +267,13 @@ class _Checker:
         self.flat = (
             schema is not None and keys <= self._FLAT_KEYS and "$ref" not in json.dumps(schema)
         )
-        self._keysets: dict[frozenset, bool] = {}
-        self._values: dict[tuple, bool] = {}
+        self._keysets: dict[frozenset[str], bool] = {}
+        # (field, type of the value, the value or its JSON) -> whether the schema accepts it
+        self._values: dict[tuple[str, type, object], bool] = {}
         self._whole: dict[str, list[str]] = {}
         self._prop_validators: dict[str, Any] = {}
 
-    def check(self, inputs: dict) -> list[str]:
+    def check(self, inputs: dict[str, Any]) -> list[str]:
         if self.schema is None:
             return []
         if self.flat and self._flat_ok(inputs):
@@ -280,7 +283,7 @@ class _Checker:
             self._whole[key] = self.schemas.validate_inputs(self.model_id, inputs) or []
         return self._whole[key]
 
-    def _flat_ok(self, inputs: dict) -> bool:
+    def _flat_ok(self, inputs: dict[str, Any]) -> bool:
         keyset = frozenset(inputs)
         ok = self._keysets.get(keyset)
         if ok is None:
@@ -342,7 +345,7 @@ def _placeholder(schema: Any, name: str) -> Any:
     return _sample(prop)
 
 
-def _sample(prop: dict) -> Any:
+def _sample(prop: dict[str, Any]) -> Any:
     kind = prop.get("type")
     kind = kind[0] if isinstance(kind, list) and kind else kind
     if "enum" in prop:
@@ -364,7 +367,7 @@ def _hashable(value: Any) -> Any:
 
 def varying_keys(jobs: list[Job]) -> dict[str, tuple[str, ...]]:
     """Per model, the var and input names whose values differ between its jobs ('var.' first)."""
-    seen: dict[str, dict[str, set]] = {}
+    seen: dict[str, dict[str, set[object]]] = {}
     for job in jobs:
         per = seen.setdefault(job.model_id, {})
         for k, v in job.vars.items():

@@ -21,6 +21,7 @@ import hashlib
 import itertools
 import json
 import re
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,8 +41,8 @@ class Job:
 
     job_id: str
     model_id: str
-    inputs: dict
-    vars: dict
+    inputs: dict[str, Any]
+    vars: dict[str, Any]
     repeat: int  # repeat index, 0-based; never sent
     position: int  # expansion order, 0-based
     # Canonical JSON of `inputs` (sorted keys, compact), the text the id is hashed from.
@@ -59,7 +60,7 @@ class Expansion:
 _CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":")).encode
 
 
-def job_id(model_id: str, inputs: dict, repeat: int = 0) -> str:
+def job_id(model_id: str, inputs: Mapping[str, Any], repeat: int = 0) -> str:
     """The stable id of a job."""
     return _hash_id(f"{model_id}\n{_CANONICAL(inputs)}", repeat)
 
@@ -167,7 +168,7 @@ def _empty_sweep(label: str, excluded: int, matched: set[str]) -> str:
     return f"{label}: the sweep has 0 jobs: {why}; change the manifest so it has one"
 
 
-def _describe(combo_vars: dict) -> str:
+def _describe(combo_vars: dict[str, Any]) -> str:
     return "".join(f"{k}={v!r} " for k, v in combo_vars.items())
 
 
@@ -178,15 +179,17 @@ class _ComboError(Exception):
 class _ModelSpec:
     """One model's axes, rows, excludes and field types, resolved once."""
 
-    def __init__(self, data: dict, index: int, model: dict, schemas: models.Schemas) -> None:
+    def __init__(
+        self, data: dict[str, Any], index: int, model: dict[str, Any], schemas: models.Schemas
+    ) -> None:
         self.model_id: str = model["id"]
         self.index = index
         self.problems: list[tuple[str, str]] = []
         here = f"$.models[{index}]"
-        self.fixed: dict = model.get("inputs") or {}
+        self.fixed: dict[str, Any] = model.get("inputs") or {}
         self.origin: dict[str, str] = {k: f"{here}.inputs.{k}" for k in self.fixed}
-        var_axes: dict[str, list] = {}
-        field_axes: dict[str, list] = {}
+        var_axes: dict[str, list[Any]] = {}
+        field_axes: dict[str, list[Any]] = {}
         for scope, prefix in ((data, "$"), (model, here)):
             for k, v in (scope.get("vars") or {}).items():
                 var_axes[k] = v
@@ -210,7 +213,7 @@ class _ModelSpec:
             rows, rows_path = model["cases"], f"{here}.cases"
         else:
             rows, rows_path = data.get("cases") or [{}], "$.cases"
-        self.rows: list[tuple[dict, dict, str]] = []
+        self.rows: list[tuple[dict[str, Any], dict[str, Any], str]] = []
         for i, row in enumerate(rows):
             row_vars, row_inputs = {}, {}
             for k, v in row.items():
@@ -228,10 +231,11 @@ class _ModelSpec:
             self.exclude_paths.append(f"{here}.exclude[{i}]")
         self.repeat: int = model.get("repeat", data.get("repeat", 1))
         self.coerce = _coercions(self.model_id, schemas)
-        self._rendered: dict[tuple, str] = {}
+        # (template, its arguments, their types) -> the rendered text
+        self._rendered: dict[tuple[str, tuple[Any, ...], tuple[type, ...]], str] = {}
         self._coerced: dict[tuple[str, str], Any] = {}
 
-    def combinations(self):
+    def combinations(self) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
         """(vars, raw inputs) per combination, rows outermost, the last axis fastest."""
         templated_axes = {k for k, v, _ in self.axes if any(_maybe_template(x) for x in v)}
         templated_fixed = {k for k, v in self.fixed.items() if _maybe_template(v)}
@@ -254,7 +258,9 @@ class _ModelSpec:
                 inputs.update(row_inputs)
                 yield combo_vars, inputs
 
-    def render(self, combo_vars: dict, inputs: dict) -> tuple[dict, dict]:
+    def render(
+        self, combo_vars: dict[str, Any], inputs: dict[str, Any]
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
         todo_vars, todo_inputs = self._todo_vars, self._todo_inputs
         name = ""
         try:
@@ -282,7 +288,7 @@ class _ModelSpec:
                 inputs[name] = done
         return combo_vars, inputs
 
-    def _render_plain(self, value: Any, context: dict) -> Any:
+    def _render_plain(self, value: Any, context: dict[str, Any]) -> Any:
         """Fast path: a string template over plain values, memoised; else _MISSING."""
         if type(value) is not str:
             return _MISSING
@@ -308,9 +314,9 @@ class _ModelSpec:
                 self._rendered[key] = done
         return done
 
-    def excluded(self, combo_vars: dict, inputs: dict) -> list[int]:
+    def excluded(self, combo_vars: dict[str, Any], inputs: dict[str, Any]) -> list[int]:
         """Indexes of the exclude entries matching this combination (all, for the warning)."""
-        hits = []
+        hits: list[int] = []
         for i, entry in enumerate(self.excludes):
             for k, want in entry.items():
                 have = combo_vars[k] if k in combo_vars else inputs.get(k, _MISSING)
@@ -358,7 +364,7 @@ def _coerce(value: str, kind: str) -> Any:
     return value
 
 
-def _grid_size(data: dict) -> int:
+def _grid_size(data: dict[str, Any]) -> int:
     """Jobs before exclude and de-duplication: the figure a user can check by hand."""
     total = 0
     for model in data["models"]:

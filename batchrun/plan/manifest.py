@@ -11,6 +11,7 @@ import difflib
 import hashlib
 import json
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -33,6 +34,9 @@ from batchrun.plan.sources import resolve_sources
 
 _MAX_NODES = 1_000_000  # a "billion laughs" alias bomb stops here, not in validation
 
+# A place in the YAML: mapping keys and list indexes, as json_path spells them.
+_Path = tuple[str | int, ...]
+
 
 @dataclass(frozen=True)
 class Manifest:
@@ -42,7 +46,7 @@ class Manifest:
     name: str
     run: RunSettings
     outputs: OutputSettings
-    data: dict
+    data: dict[str, Any]
     sha256: str
     lines: _LineMap | None = field(default=None, compare=False, repr=False)
     # Models whose entry had a problem (a key left out): their jobs' inputs are incomplete,
@@ -73,7 +77,7 @@ def manifest_schema() -> dict[str, Any]:
     return schema
 
 
-def json_path(parts: Any) -> str:
+def json_path(parts: Iterable[object]) -> str:
     """['models', 0, 'id'] -> $.models[0].id"""
     return "$" + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in parts)
 
@@ -142,10 +146,10 @@ def check_manifest(path: str | Path) -> tuple[Manifest | None, list[str]]:
     return (None if source_problems else manifest), problems
 
 
-def _models_at(data: dict, paths: list) -> frozenset[str]:
+def _models_at(data: dict[str, Any], paths: list[_Path]) -> frozenset[str]:
     """The ids of the models whose entry holds one of `paths`."""
     models = data.get("models") if isinstance(data, dict) else None
-    ids = set()
+    ids: set[str] = set()
     for path in paths:
         if len(path) > 2 and path[0] == "models" and isinstance(models, list):
             entry = models[path[1]] if isinstance(path[1], int) and path[1] < len(models) else None
@@ -154,7 +158,7 @@ def _models_at(data: dict, paths: list) -> frozenset[str]:
     return frozenset(ids)
 
 
-def _without(data: dict, paths: list[tuple]) -> dict | None:
+def _without(data: dict[str, Any], paths: list[_Path]) -> dict[str, Any] | None:
     """A copy of `data` without the mapping keys that hold the problems at `paths`.
 
     Each problem drops the deepest mapping key on its path (a list item takes its list with
@@ -162,7 +166,7 @@ def _without(data: dict, paths: list[tuple]) -> dict | None:
     at the top.
     """
     data = copy.deepcopy(data)
-    cuts: list[tuple[dict, Any]] = []
+    cuts: list[tuple[dict[Any, Any], str | int]] = []
     for path in paths:
         node: Any = data
         cut = None
@@ -227,7 +231,7 @@ def _expanded_size(node: yaml.Node, memo: dict[int, int]) -> int:
     """Nodes in the document once aliases are expanded (what validation will walk)."""
     if id(node) not in memo:
         memo[id(node)] = 1  # a recursive alias counts once instead of looping
-        children: list = []
+        children: list[yaml.Node] = []
         if isinstance(node, yaml.MappingNode):
             children = [n for pair in node.value for n in pair]
         elif isinstance(node, yaml.SequenceNode):
@@ -236,7 +240,9 @@ def _expanded_size(node: yaml.Node, memo: dict[int, int]) -> int:
     return memo[id(node)]
 
 
-def _duplicate_key(node: yaml.Node, path: tuple = (), visited: set | None = None) -> str | None:
+def _duplicate_key(
+    node: yaml.Node, path: tuple[object, ...] = (), visited: set[int] | None = None
+) -> str | None:
     """Find a repeated mapping key: safe_load would silently keep only the last one."""
     visited = set() if visited is None else visited
     if id(node) in visited:  # an alias: already checked where it was defined
@@ -270,7 +276,7 @@ class _LineMap:
     def __init__(self, root: yaml.Node | None) -> None:
         self.root = root
 
-    def line(self, parts: Any) -> int | None:
+    def line(self, parts: Iterable[str | int]) -> int | None:
         node = self.root
         best = None
         for part in parts:
@@ -285,16 +291,16 @@ class _LineMap:
                 node = None
         return node.start_mark.line + 1 if node is not None else best
 
-    def suffix(self, parts: Any) -> str:
+    def suffix(self, parts: Iterable[str | int]) -> str:
         line = self.line(parts)
         return f" (line {line})" if line else ""
 
 
-def _schema_problems(data: Any) -> list[tuple[tuple, str]]:
+def _schema_problems(data: Any) -> list[tuple[_Path, str]]:
     """Every schema problem, once, sorted by path (list indexes in numeric order)."""
     schema = manifest_schema()
     validator = Draft202012Validator(schema)
-    out: set[tuple[tuple, str]] = set()
+    out: set[tuple[_Path, str]] = set()
     for err in validator.iter_errors(data):
         out.update((tuple(p), m) for p, m in _explain(err, schema))
     return sorted(
@@ -306,12 +312,12 @@ def _schema_problems(data: Any) -> list[tuple[tuple, str]]:
     )
 
 
-def _explain(err: ValidationError, root: dict) -> list[tuple[list, str]]:
+def _explain(err: ValidationError, root: dict[str, Any]) -> list[tuple[list[str | int], str]]:
     """One readable message per jsonschema error (did-you-mean for unknown keys)."""
-    path = list(err.absolute_path)
+    path: list[str | int] = list(err.absolute_path)
     if err.validator == "additionalProperties" and isinstance(err.instance, dict):
         known = list(err.schema.get("properties", {}))
-        out = []
+        out: list[tuple[list[str | int], str]] = []
         for key in err.instance:
             if key in known:
                 continue
@@ -332,7 +338,7 @@ def _explain(err: ValidationError, root: dict) -> list[tuple[list, str]]:
     return [(path, err.message.replace(repr(err.instance), _short(err.instance), 1))]
 
 
-def _deref(root: dict, ref: str) -> dict:
+def _deref(root: dict[str, Any], ref: str) -> dict[str, Any]:
     node: Any = root
     for part in ref.lstrip("#/").split("/"):
         node = node.get(part, {})

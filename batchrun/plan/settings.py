@@ -106,7 +106,7 @@ def parse_size(value: object) -> int:
     return size
 
 
-def run_settings(run: dict) -> tuple[RunSettings, list[tuple[str, str]]]:
+def run_settings(run: dict[str, Any]) -> tuple[RunSettings, list[tuple[str, str]]]:
     """The `run:` block as a record, and its problems as (key, message)."""
     problems: list[tuple[str, str]] = []
     kw: dict[str, Any] = {}
@@ -141,7 +141,9 @@ def run_settings(run: dict) -> tuple[RunSettings, list[tuple[str, str]]]:
     return RunSettings(**kw), problems
 
 
-def output_settings(outputs: dict, name: str) -> tuple[OutputSettings, list[tuple[str, str]]]:
+def output_settings(
+    outputs: dict[str, Any], name: str
+) -> tuple[OutputSettings, list[tuple[str, str]]]:
     """The `outputs:` block as a record (its dir with {name} filled in), and its problems."""
     problems: list[tuple[str, str]] = []
     template = outputs.get("dir", "outputs/{name}")

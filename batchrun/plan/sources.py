@@ -13,18 +13,21 @@ import csv
 import io
 import os
 from pathlib import Path
+from typing import Any
 
 ALLOW_OUTSIDE = "BATCHRUN_ALLOW_OUTSIDE_SOURCES"
 
-Problem = tuple[list, str]
+# Where in the manifest (mapping keys and list indexes, as json_path spells them), and what.
+Where = list[str | int]
+Problem = tuple[Where, str]
 
 
-def resolve_sources(data: dict, base: Path) -> tuple[dict, list[Problem]]:
+def resolve_sources(data: dict[str, Any], base: Path) -> tuple[dict[str, Any], list[Problem]]:
     """A copy of `data` with every file source replaced by the values it holds."""
     data = copy.deepcopy(data)
     problems: list[Problem] = []
     reader = _Reader(base, problems)
-    scopes: list[tuple[list, dict]] = [([], data)]
+    scopes: list[tuple[Where, dict[str, Any]]] = [([], data)]
     scopes += [(["models", i], m) for i, m in enumerate(data.get("models") or [])]
     for prefix, scope in scopes:
         for axes in ("vars", "matrix"):
@@ -43,7 +46,7 @@ class _Reader:
         self.problems = problems
         self._texts: dict[str, str | None] = {}
 
-    def _text(self, name: str, where: list) -> str | None:
+    def _text(self, name: str, where: Where) -> str | None:
         if name not in self._texts:
             path = self.base / name
             outside = _outside(path, self.base)
@@ -61,7 +64,7 @@ class _Reader:
                 self._texts[name] = None
         return self._texts[name]
 
-    def values(self, source: dict, where: list) -> list:
+    def values(self, source: dict[str, Any], where: Where) -> list[str]:
         if "file" in source:
             text = self._text(source["file"], [*where, "file"])
             if text is None:
@@ -88,7 +91,7 @@ class _Reader:
             self.problems.append(([*where, "column"], f"column {column!r} is empty"))
         return values or ["?"]
 
-    def rows(self, name: str, where: list) -> list[dict]:
+    def rows(self, name: str, where: Where) -> list[dict[str, str]]:
         table = self._table(name, [*where, "csv"])
         if table is None:
             return [{}]
@@ -109,7 +112,7 @@ class _Reader:
             self.problems.append(([*where, "csv"], f"{name} has no rows"))
         return out or [{}]
 
-    def _table(self, name: str, where: list) -> tuple[list[str], list[dict]] | None:
+    def _table(self, name: str, where: Where) -> tuple[list[str], list[dict[str, str]]] | None:
         text = self._text(name, where)
         if text is None:
             return None
@@ -119,7 +122,7 @@ class _Reader:
             self.problems.append((where, f"{name} has no header row"))
             return None
         reader.fieldnames = header
-        rows = []
+        rows: list[dict[str, str]] = []
         for n, row in enumerate(reader, start=2):
             if None in row:
                 self.problems.append((where, f"{name} line {n}: more cells than columns"))

@@ -190,7 +190,10 @@ def image_distance(a: Path, b: Path) -> float:
         raise _pillow_missing() from exc
 
     def thumb(path: Path) -> bytes:
-        with Image.open(path) as img:  # mode L: one byte per pixel
+        # Not `with Image.open(path) as img`: Pillow types __enter__ with typing.Self, which
+        # Python 3.10 lacks, so `img` would lose its type.
+        img = Image.open(path)
+        with img:  # mode L: one byte per pixel
             return img.convert("L").resize((_SIDE, _SIDE), Image.Resampling.BOX).tobytes()
 
     return max(0.0, min(1.0, 1.0 - ssim(thumb(a), thumb(b), _SIDE)))

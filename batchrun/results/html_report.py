@@ -231,7 +231,9 @@ def layout(
     return rk, ck, free
 
 
-def _grid(jobs: list[JobRow], rk: str | None, ck: str | None, href: Callable) -> str:
+def _grid(
+    jobs: list[JobRow], rk: str | None, ck: str | None, href: Callable[[str], str | None]
+) -> str:
     rows: dict[str, dict[str, list[JobRow]]] = {}
     col_vals: dict[str, None] = {}
     for job in jobs:
@@ -346,7 +348,7 @@ def _sections(
     rk: str | None,
     ck: str | None,
     extra: list[str],
-    href: Callable,
+    href: Callable[[str], str | None],
     *,
     heading: str,
 ) -> list[str]:

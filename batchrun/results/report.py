@@ -200,7 +200,7 @@ def write_report(
     rows: list[JobRow],
     attempts: list[Attempt],
     *,
-    extra: dict | None = None,
+    extra: dict[str, Any] | None = None,
     rows_key: str | None = None,
     cols_key: str | None = None,
 ) -> None:

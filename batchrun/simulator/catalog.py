@@ -190,7 +190,7 @@ def entry(info: ModelInfo, with_schema: bool = True) -> dict[str, Any]:
     return out
 
 
-def search(query: str = "", category: str = "", limit: int = 20, offset: int = 0) -> dict:
+def search(query: str = "", category: str = "", limit: int = 20, offset: int = 0) -> dict[str, Any]:
     """`GET /v1/models`: {models, total}, filtered by substring and category."""
     q = query.strip().lower()
     found = [

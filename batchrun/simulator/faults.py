@@ -13,6 +13,7 @@ import random
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from batchrun.simulator.settings import SimSettings
@@ -46,7 +47,7 @@ class RollingWindow:
     1/s or with a fraction keeps its average: limit = max(1, floor(rate)), window = limit/rate).
     Refused calls do not count: they did no work."""
 
-    def __init__(self, rate: float, clock=time.monotonic) -> None:
+    def __init__(self, rate: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.rate = rate
         self.limit = max(1, math.floor(rate))
         self.window = self.limit / rate

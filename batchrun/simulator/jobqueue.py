@@ -62,7 +62,10 @@ class JobQueue:
     """Holds every job; the scheduler thread runs them; `on_finish` builds outputs."""
 
     def __init__(
-        self, settings: SimSettings, on_finish: Callable[[Job], None], clock=time.monotonic
+        self,
+        settings: SimSettings,
+        on_finish: Callable[[Job], None],
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = settings
         self._on_finish = on_finish

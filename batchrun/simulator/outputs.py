@@ -12,6 +12,7 @@ import struct
 import threading
 import zlib
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -105,7 +106,7 @@ def video_bytes(key: str) -> bytes:
     return ftyp + mdat
 
 
-def huge_chunks(total: int, chunk: int = 65536):
+def huge_chunks(total: int, chunk: int = 65536) -> Iterator[bytes]:
     """`total` bytes starting with a PNG signature, in chunks (never held in memory at once)."""
     first = _PNG_SIGNATURE + b"\x00" * (min(chunk, total) - len(_PNG_SIGNATURE))
     yield first[:total]

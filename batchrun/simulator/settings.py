@@ -26,7 +26,8 @@ class SimSettings:
     concurrency: int = 4
     # Run time: seconds (the mean, drawn uniformly within +- run_time_jitter, a fraction),
     # or a distribution: "0.5-1.5" (uniform), "lognormal:MEDIAN:SIGMA[:CAP]" (long-tailed).
-    run_time: RunTime = field(default_factory=lambda: RunTime(1.0))
+    # A number given in code (SimSettings(run_time=0.05)) becomes a fixed RunTime on init.
+    run_time: RunTime | float = field(default_factory=lambda: RunTime(1.0))
     run_time_jitter: float = 0.5
     # Per-model run time overriding `run_time`: {model_id: seconds or a distribution}.
     run_times: dict[str, RunTime] = field(default_factory=dict)
@@ -69,7 +70,9 @@ class SimSettings:
 
     def run_time_of(self, model_id: str) -> RunTime:
         """The run-time distribution of a model's jobs."""
-        return self.run_times.get(model_id, self.run_time)
+        if model_id in self.run_times:
+            return self.run_times[model_id]
+        return _run_time(self.run_time)  # already one since __post_init__, unless reassigned
 
     def mean_run_time(self, model_id: str) -> float:
         return self.run_time_of(model_id).mean

@@ -31,6 +31,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter, deque
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
@@ -40,7 +41,7 @@ ENDPOINTS = ("submit", "status", "result", "cancel", "catalog", "files")
 class Stats:
     """Thread-safe counters; `snapshot()` is the JSON the stats endpoint returns."""
 
-    def __init__(self, clock=time.monotonic) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
         self._lock = threading.Lock()
         self.reset()

@@ -330,6 +330,7 @@ def test_second_ctrl_c_exits_at_once_and_state_stays_consistent(tmp_path, start_
     proc = subprocess.Popen(cmd, env=clean_env(TOKEN), stderr=subprocess.PIPE, text=True)
     until(lambda: sim.stats()["api_calls"] >= 2, what="2 submits sent")
     proc.send_signal(signal.SIGINT)
+    assert proc.stderr is not None
     first = ""
     while "interrupting" not in first:  # the first handler has run
         first = proc.stderr.readline()

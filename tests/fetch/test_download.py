@@ -15,7 +15,7 @@ import responses
 
 from batchrun.fetch import download
 from batchrun.fetch.download import Downloader
-from batchrun.store import atomic
+from batchrun.fetch.jobfiles import INTERRUPTED
 from batchrun.store.output_urls import (
     Names,
     collect_urls,
@@ -297,7 +297,9 @@ def test_cap_exceeded_without_content_length(
     dl = Downloader(allow_hosts=HOSTS, sleep=sleeps.append, max_file_bytes=3 * download.CHUNK)
     mocked.get(f"{CDN}/big.bin", body=b"x" * (3 * download.CHUNK + 1))
     [result] = dl.fetch(tmp_path, JOB, [f"{CDN}/big.bin"])
-    assert "Content-Length" not in mocked.calls[0].response.headers
+    response = mocked.calls[0].response
+    assert isinstance(response, requests.Response)
+    assert "Content-Length" not in response.headers
     assert result.error == f"larger than the {3 * download.CHUNK}-byte cap"
     assert files_under(tmp_path) == []
 
@@ -486,7 +488,7 @@ def test_write_error_midway_leaves_nothing_then_next_fetch_works(
             return getattr(self.fh, name)
 
     # Downloads write through the one atomic writer, which opens its .part with os.fdopen.
-    monkeypatch.setattr(atomic.os, "fdopen", lambda *a, **k: FailingFile(real_fdopen(*a, **k)))
+    monkeypatch.setattr(os, "fdopen", lambda *a, **k: FailingFile(real_fdopen(*a, **k)))
     [result] = dl.fetch(tmp_path, JOB, [f"{CDN}/a.png"])
     assert result.error == "write failed: No space left on device"
     assert files_under(tmp_path) == []
@@ -638,7 +640,7 @@ def test_a_transfer_after_a_stop_sends_nothing(
     mocked.get(f"{CDN}/a.png", body=b"aaa")
     files = dl.plan(tmp_path, JOB, [f"{CDN}/a.png"])
     result = files.transfer(files.todo[0], lambda: True)
-    assert result == OutputFile(url=f"{CDN}/a.png", error=download.INTERRUPTED)
+    assert result == OutputFile(url=f"{CDN}/a.png", error=INTERRUPTED)
     assert len(mocked.calls) == 0
 
 
@@ -657,7 +659,7 @@ def test_a_stop_mid_body_abandons_the_transfer_and_its_part_file(
 
     files = dl.plan(tmp_path, JOB, [f"{CDN}/a.png"])
     result = files.transfer(files.todo[0], stopped)
-    assert result.error == download.INTERRUPTED and not result.name
+    assert result.error == INTERRUPTED and not result.name
     assert parts[-1] == [f"files/{JOB}/.a.png.part"]  # a chunk was written, then the stop
     assert files_under(tmp_path) == []
 

@@ -22,7 +22,7 @@ def write(tmp_path: Path, text: str) -> Path:
     return path
 
 
-VALUES = {
+VALUES: dict[str, list[object]] = {
     "prompt": ["p", 3, None, ["a"]],
     "image_url": [IMG, "x.png", 1],
     "seed": [1, "1", 1.5, True, None],

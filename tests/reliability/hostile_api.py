@@ -81,7 +81,7 @@ class HostileApi:
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         # A client that hangs up mid-answer is part of the game, not an error to print.
-        self.server.handle_error = lambda request, address: None  # type: ignore[method-assign]
+        self.server.handle_error = lambda request, client_address: None  # type: ignore[method-assign]
         self.base_url = f"http://127.0.0.1:{self.server.server_address[1]}"
 
     def __enter__(self) -> HostileApi:

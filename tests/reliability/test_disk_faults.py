@@ -93,7 +93,7 @@ def test_write_error_midway_leaves_nothing_and_next_fetch_completes(
 
     _FullDisk.failures_left = 1
     # Downloads write through the one atomic writer, which opens its .part with os.fdopen.
-    monkeypatch.setattr(atomic.os, "fdopen", full_disk_fdopen)
+    monkeypatch.setattr(os, "fdopen", full_disk_fdopen)
     run_dir = tmp_path / "run"
     url = f"{file_server}/files/out/image.png"
     dl = Downloader(allow_hosts=["127.0.0.1"], retries=2, sleep=lambda s: None)
@@ -143,7 +143,7 @@ def test_run_with_a_failed_write_keeps_no_partial_and_next_run_fetches_it(
     from batchrun.cli import main
     from batchrun.simulator import SimSettings, Simulator
 
-    real_open_atomic = download.open_atomic
+    real_open_atomic = atomic.open_atomic
 
     @contextlib.contextmanager
     def full_disk_open_atomic(*args: Any, **kw: Any) -> Any:

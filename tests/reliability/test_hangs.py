@@ -62,7 +62,7 @@ def test_a_trickled_file_ends_at_the_deadline(tmp_path: Path) -> None:
         return None
 
     with HostileApi(answer) as api:
-        dl = Downloader(allow_hosts=["127.0.0.1"], retries=0, deadline=1.5, sleep=lambda s: 0)
+        dl = Downloader(allow_hosts=["127.0.0.1"], retries=0, deadline=1.5, sleep=lambda s: None)
         started = time.monotonic()
         [got] = dl.fetch(tmp_path, "00112233aabb", [api.file_url("a.png")])
         took = time.monotonic() - started
@@ -138,7 +138,7 @@ def test_odd_numbers_in_file_headers_cost_one_file_not_the_job(
         return None
 
     with HostileApi(answer) as api:
-        dl = Downloader(allow_hosts=["127.0.0.1"], retries=1, sleep=lambda s: 0)
+        dl = Downloader(allow_hosts=["127.0.0.1"], retries=1, sleep=lambda s: None)
         urls = [api.file_url("good1.png"), api.file_url("odd.png"), api.file_url("good2.png")]
         got = dl.fetch(tmp_path, "00112233aabb", urls)
     assert len(got) == 3

@@ -61,19 +61,19 @@ class ManyOutputs:
             return Reply(body=body)
         if call.kind != "file":
             return None
-        body = PNG + call.path.encode()  # a different sha256 per file
+        png = PNG + call.path.encode()  # a different sha256 per file
         if self.slow_after is not None and call.n > self.slow_after:
             if self.slow == "stalled":
                 self.release.wait(60)
             else:
-                return Reply(body=body, headers={"Content-Type": "image/png"}, trickle_s=0.05)
+                return Reply(body=png, headers={"Content-Type": "image/png"}, trickle_s=0.05)
         with self.lock:
             self.active += 1
             self.peak = max(self.peak, self.active)
         self.api.stopping.wait(0.001)  # the server's own latency, so overlapping calls meet
         with self.lock:
             self.active -= 1
-        return Reply(body=body, headers={"Content-Type": "image/png"})
+        return Reply(body=png, headers={"Content-Type": "image/png"})
 
 
 def start_run(tmp_path: Path, api: HostileApi) -> subprocess.Popen[str]:

@@ -259,8 +259,8 @@ def test_errors_raised_against_the_simulator_hide_the_token() -> None:
         sim = _sim(**settings)
         try:
             client = Client(sim.base_url, TOKEN, timeout=(2, 10))
-            expect(cls, lambda c=client: c.submit(MODEL, INPUTS))  # type: ignore[misc]
-            expect(cls, lambda c=client: c.status("abc"))  # type: ignore[misc]
+            expect(cls, lambda c=client: c.submit(MODEL, INPUTS))
+            expect(cls, lambda c=client: c.status("abc"))
         finally:
             sim.stop()
     sim = _sim(rate_limit=0.01)

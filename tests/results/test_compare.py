@@ -425,19 +425,19 @@ def test_junit_parses_back(runs, tmp_path: Path) -> None:
         assert element.get("failures") == "3"
         assert element.get("errors") == "0"
         assert element.get("skipped") == "0"
-        float(element.get("time"))
+        float(element.get("time", "missing"))
     cases = suite.findall("testcase")
     assert [c.get("name") for c in cases] == [f"j{i} [seed={i}]" for i in (1, 2, 3, 4, 5, 6)]
     assert {c.get("classname") for c in cases} == {MODEL}
     for case in cases:
-        float(case.get("time"))
-    failures = {c.get("name"): c.find("failure") for c in cases if c.find("failure") is not None}
+        float(case.get("time", "missing"))
+    failures = {c.get("name"): f for c in cases if (f := c.find("failure")) is not None}
     assert {name: (f.get("type"), f.get("message")) for name, f in failures.items()} == {
         "j2 [seed=2]": ("changed", "output sha256 differs: image.png"),
         "j3 [seed=3]": ("regressed", "succeeded then, failed now: out of memory"),
         "j5 [seed=5]": ("missing", "in the baseline, not in the current run"),
     }
-    assert "j3: regressed: succeeded then, failed now" in failures["j3 [seed=3]"].text
+    assert "j3: regressed: succeeded then, failed now" in (failures["j3 [seed=3]"].text or "")
 
 
 @pytest.mark.parametrize(
@@ -634,6 +634,7 @@ def test_allowed_mixed_origins_are_said_in_every_output(tmp_path, monkeypatch, c
     assert lines[-3:] == [f"warning: {MIXED}", "", "PASS: 0 failing job(s) of 5"]
     assert f"> **Warning:** {MIXED}" in (tmp_path / "c.md").read_text().splitlines()
     suite = ET.parse(tmp_path / "c.xml").getroot().find("testsuite")
+    assert suite is not None
     assert [(p.get("name"), p.get("value")) for p in suite.iter("property")] == [("warning", MIXED)]
     assert json.loads((tmp_path / "c.json").read_text())["warnings"] == [MIXED]
     parser = _Links()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 from batchrun.cli import main
 from batchrun.results import html_report
@@ -17,7 +18,7 @@ IMAGE, VIDEO = "acme/image", "acme/video"
 
 def jobs() -> list[JobRow]:
     """compare-models.yaml's shape: shared prompts, fields only one model has."""
-    out = []
+    out: list[tuple[str, dict[str, Any]]] = []
     for prompt in ("fox", "owl", "cat"):
         for ratio in ("1:1", "16:9"):
             out.append((IMAGE, {"prompt": prompt, "aspect_ratio": ratio}))

@@ -80,7 +80,7 @@ def png(path: Path, shade: int) -> OutputFile:
 
 def make_jobs(run_dir: Path, *, models: tuple[str, ...] = (MODEL,)) -> list[JobRow]:
     """3 seeds x 2 colors per model; seed 3 + blue fails with an HTML-looking error."""
-    jobs = []
+    jobs: list[JobRow] = []
     for model in models:
         for seed in (1, 2, 3):
             for color in ("red", "blue"):
