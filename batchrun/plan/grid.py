@@ -122,14 +122,16 @@ def expand(manifest: Manifest, schemas: models.Schemas | None = None) -> Expansi
 class _Jobs:
     """The jobs expanded so far: each identity (model, inputs, repeat) once, at most `limit`."""
 
-    def __init__(self, label: str, limit: int, data: dict) -> None:
+    def __init__(self, label: str, limit: int, data: dict[str, Any]) -> None:
         self.label, self.limit, self.data = label, limit, data
         self.jobs: list[Job] = []
         self.warnings: list[str] = []
         self.duplicates = 0
         self._first_seen: dict[str, int] = {}
 
-    def add(self, spec: _ModelSpec, index: int, combo_vars: dict, inputs: dict) -> None:
+    def add(
+        self, spec: _ModelSpec, index: int, combo_vars: dict[str, Any], inputs: dict[str, Any]
+    ) -> None:
         canonical = _CANONICAL(inputs)
         identity = f"{spec.model_id}\n{canonical}"
         for r in range(spec.repeat):

@@ -14,6 +14,7 @@ import random
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from batchrun.api import answers as api_answers
 from batchrun.api.ratelimit import call_backoff
@@ -285,7 +286,7 @@ class Flights:
             queued = flight.queued_at
             flight.started_by = flight.submitted_at if queued is None else (queued + at) / 2
 
-    def _finish(self, flight: Flight, answer: api_answers.Answer, body: dict) -> None:
+    def _finish(self, flight: Flight, answer: api_answers.Answer, body: dict[str, Any]) -> None:
         job_id = flight.job_id
         now = self.wall()
         # Its time in the server's queue, as far as our reads saw it, is no part of its run.

@@ -13,6 +13,7 @@ import math
 import statistics
 from collections import deque
 from datetime import datetime
+from typing import Any
 
 POLL_CAP = 30.0  # seconds; never wait longer than this between two reads of a job
 _WINDOW = 200  # finished jobs remembered (per model, and for all models together)
@@ -103,7 +104,12 @@ class PollPlanner:
         self._finishes: deque[float] = deque(maxlen=_WINDOW)  # our clock, for throughput
 
     def learn(
-        self, result: dict, now: float, *, model: str | None = None, queued_s: float = 0.0
+        self,
+        result: dict[str, Any],
+        now: float,
+        *,
+        model: str | None = None,
+        queued_s: float = 0.0,
     ) -> None:
         """Record a finished job's result (its created_at/finished_at, when given), less the
         `queued_s` seconds it is known to have waited in the server's queue."""

@@ -8,6 +8,7 @@ import shlex
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import click
 import pytest
@@ -27,7 +28,7 @@ def parse(monkeypatch: pytest.MonkeyPatch) -> Parse:
 
     def parsed(*argv: str) -> RunArgs:
         seen: list[RunArgs] = []
-        monkeypatch.setattr(run_command, "run", lambda args: seen.append(args) or 0)
+        monkeypatch.setattr(run_command, "run", lambda args: _note(seen, args))
         assert main(["run", *argv]) == 0
         return seen[0]
 
@@ -163,6 +164,12 @@ def test_every_run_option_is_resumed_or_says_why_not() -> None:
     }
 
 
+def _note(seen: list[Any], value: Any) -> int:
+    """Stand-in for a command: keep what it was given, exit 0."""
+    seen.append(value)
+    return 0
+
+
 def _given(option: opt.Option) -> list[str]:
     """The option on a command line with a value other than its default."""
     value: object = "v 1"
@@ -180,7 +187,9 @@ def test_each_resumed_option_alone_goes_to_the_line_and_back(parse: Parse) -> No
     for f in opt.fields(RunArgs):
         if not isinstance(opt.resume_rule(f), opt.Resumed) or f.name == "run_dir":
             continue
-        given = _given(opt.declaration(f))
+        option = opt.declaration(f)
+        assert isinstance(option, opt.Option), f.name  # a resumed field is an --option
+        given = _given(option)
         args = parse("m.yaml", "--run-dir", "runs/a", *given)
         assert args != base, given
         assert resume_line_parsed(parse, args, "runs/a") == args, given
@@ -205,7 +214,7 @@ def test_run_hands_the_engine_the_resume_line_of_its_folder(
     monkeypatch.setenv("RUNCOMFY_TOKEN", "tok-args")
     Path("m.yaml").write_text(MANIFEST)
     seen: list[RunOptions] = []
-    monkeypatch.setattr(run_command, "run_batch", lambda plan, options: seen.append(options) or 0)
+    monkeypatch.setattr(run_command, "run_batch", lambda plan, options: _note(seen, options))
     argv = ["run", "m.yaml", "--first", "1", "--max-cost", "1", "--api-base", "http://h", "-q"]
     assert main(argv) == 0
     assert seen[0].run_dir == Path("outputs/resumed")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from decimal import Decimal
+from typing import Any
 
 import pytest
 
@@ -15,7 +17,7 @@ from batchrun.store.state import JobRow
 PRICED, UNPRICED = "m/priced", "m/unpriced"
 
 
-def estimate(model_id: str, inputs: dict) -> Decimal | None:
+def estimate(model_id: str, inputs: Mapping[str, Any]) -> Decimal | None:
     return Decimal("0.04") if model_id == PRICED else None
 
 

@@ -101,7 +101,9 @@ def test_a_second_run_folder_takes_every_job_from_the_cache(tmp_path, server) ->
     assert (summary["cached"], summary["cost_usd"]) == (12, 0)
     assert summary["saved_usd"] == pytest.approx(paid)
     assert summary["api_calls"]["total"] == 0
-    head, elapsed, tail = re.fullmatch(r"(.*)( Elapsed \d+s\.)( Report: .*)", messages[-1]).groups()
+    said = re.fullmatch(r"(.*)( Elapsed \d+s\.)( Report: .*)", messages[-1])
+    assert said is not None
+    head, elapsed, tail = said.groups()
     assert head + tail == (
         f"12 jobs: succeeded 12 (12 from the cache, saved ${paid:.2f}). Cost $0.00 (est. $0.00). "
         f"Report: {tmp_path / 'two' / 'report.csv'}"

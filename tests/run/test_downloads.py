@@ -114,11 +114,11 @@ def test_settled_files_are_recorded_every_second_and_when_the_job_is_done(
     plan = planner(tmp_path, {"cccccc": 3}, Transfers())
     downloads = Downloads(
         plan,
-        jobs,
+        jobs,  # type: ignore[arg-type]  # the part of a JobTable Downloads uses
         results,
         workers=1,
         stop=threading.Event(),
-        clock=lambda: now[0],  # type: ignore[arg-type]
+        clock=lambda: now[0],
     )
     files = plan("cccccc", None, [])
     downloads._jobs["cccccc"] = None  # as start() leaves it

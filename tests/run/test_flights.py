@@ -6,6 +6,7 @@ from __future__ import annotations
 import random
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -192,17 +193,20 @@ class _Client:
     result = cancel = submit
 
 
-def _scheduler(store: StateStore, n: int, clock: Clock, **run) -> Scheduler:
+def _scheduler(
+    store: StateStore, n: int, clock: Clock, **run: Any
+) -> tuple[Scheduler, list[tuple[str, str]]]:
+    """A scheduler whose calls are only written down (kind, job id) in the list returned."""
     store.add_jobs(_jobs(n))
     limiter = RateLimiter(40.0, clock=clock, sleep=lambda s: None)
     sched = Scheduler(
         _parts(JobTable(store, store.rows()), limiter, RunSettings(rate_limit=40.0, **run), clock),
         workers=64,
     )
-    sched.started: list[tuple[str, str]] = []  # type: ignore[misc]
-    sched.workers.call = lambda kind, job_id, *call: sched.started.append((kind, job_id))  # type: ignore[method-assign]
+    started: list[tuple[str, str]] = []
+    sched.workers.call = lambda kind, job_id, *call: started.append((kind, job_id))  # type: ignore[method-assign]
     _learn_uniform(sched.at_server.planner, MODEL, 0.5, 1.5)
-    return sched
+    return sched, started
 
 
 def _in_flight(sched: Scheduler, job_id: str, at: float) -> None:
@@ -216,7 +220,7 @@ def _in_flight(sched: Scheduler, job_id: str, at: float) -> None:
 
 def test_when_submits_wait_for_tokens_no_spare_read_takes_one(store):
     clock = Clock()
-    sched = _scheduler(store, 40, clock, max_in_flight=100)
+    sched, started = _scheduler(store, 40, clock, max_in_flight=100)
     for i in range(10):
         _in_flight(sched, f"job{i:03d}", T0 - 1.3)  # likely finished, one even due on schedule
     sched.pending.extend(f"job{i:03d}" for i in range(10, 40))
@@ -227,11 +231,11 @@ def test_when_submits_wait_for_tokens_no_spare_read_takes_one(store):
             sched._take_calls(submits)
             clock.now += 0.01
         assert 14 <= len(submits) < 30
-        assert sched.started == []  # every token went to a submit
+        assert started == []  # every token went to a submit
         sched.pending.clear()  # nothing left to submit: the next token reads a job
         clock.now += 0.05
         sched._take_calls(submits)
-        assert sched.started and sched.started[0][0] == "poll"
+        assert started and started[0][0] == "poll"
     finally:
         sched.workers.shutdown()
         sched.downloads.close()
@@ -239,7 +243,7 @@ def test_when_submits_wait_for_tokens_no_spare_read_takes_one(store):
 
 def test_submits_first_then_spare_tokens_read_the_likely_finished(store):
     clock = Clock()
-    sched = _scheduler(store, 5, clock, max_in_flight=3)
+    sched, started = _scheduler(store, 5, clock, max_in_flight=3)
     _in_flight(sched, "job000", T0 - 0.1)  # surely still running
     _in_flight(sched, "job001", T0 - 1.4)  # most likely finished
     _in_flight(sched, "job002", T0 - 0.9)
@@ -250,13 +254,13 @@ def test_submits_first_then_spare_tokens_read_the_likely_finished(store):
         submits: list[str] = []
         sched._take_calls(submits)
         assert submits == []  # slots full: no submit can use the token
-        assert sched.started == [("poll", "job001")]  # not the newest, nor blindly the next
-        sched.started.clear()
+        assert started == [("poll", "job001")]  # not the newest, nor blindly the next
+        started.clear()
         rng = random.Random(3)
         for _ in range(8):
             clock.now += rng.uniform(0.02, 0.04)
             sched._take_calls(submits)
-        read = [job for _, job in sched.started]
+        read = [job for _, job in started]
         assert "job000" not in read  # 0.1-0.42 s old: below any run time seen
         assert read.count("job001") == 0  # its read is still on the way
         assert "job002" in read
@@ -268,22 +272,22 @@ def test_submits_first_then_spare_tokens_read_the_likely_finished(store):
 def test_a_job_still_running_is_read_again_at_the_odds_not_at_poll_interval(store):
     """Slots bind: a job found running at 1.0 s is read again well before poll_interval (2 s)."""
     clock = Clock()
-    sched = _scheduler(store, 1, clock, max_in_flight=1)
+    sched, started = _scheduler(store, 1, clock, max_in_flight=1)
     _in_flight(sched, "job000", T0)
     sched.at_server._heap.clear()
     try:
         submits: list[str] = []
         clock.now = T0 + 1.0
         sched._take_calls(submits)
-        assert sched.started == [("poll", "job000")]
+        assert started == [("poll", "job000")]
         _answer(sched.at_server, "job000", clock.now, {"status": "in_progress"})
         sched.at_server._heap.clear()
-        sched.started.clear()
-        while not sched.started:
+        started.clear()
+        while not started:
             clock.now += 0.01
             sched._take_calls(submits)
         assert clock.now - (T0 + 1.0) < 0.3
-        assert sched.started == [("poll", "job000")]
+        assert started == [("poll", "job000")]
     finally:
         sched.workers.shutdown()
         sched.downloads.close()

@@ -164,6 +164,7 @@ def test_lock_held_by_another_process(tmp_path):
     proc = subprocess.Popen(
         [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
     )
+    assert proc.stdout is not None and proc.stdin is not None
     try:
         assert proc.stdout.readline().strip() == "ready"
         with pytest.raises(RunFolderInUse, match=f"in use by pid {proc.pid};"):
