@@ -35,7 +35,7 @@ from batchrun.api import answers as api_answers
 from batchrun.catalog.pricing import Estimator, usd
 from batchrun.errors import InsufficientBalanceError
 from batchrun.store import ledger, state as st
-from batchrun.store.state import JobRow
+from batchrun.store.records import JobRow
 
 if TYPE_CHECKING:
     from batchrun.plan.build import Plan

@@ -10,7 +10,8 @@ from decimal import Decimal
 from typing import Any
 
 from batchrun.store import state as st
-from batchrun.store.state import JobRow, OutputFile, StateStore
+from batchrun.store.records import JobRow, OutputFile
+from batchrun.store.state import StateStore
 
 
 class JobTable:

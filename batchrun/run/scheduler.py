@@ -36,7 +36,8 @@ from batchrun.run.pending import PendingJobs
 from batchrun.run.progress import Progress
 from batchrun.run.refusals import ModelRefusals
 from batchrun.store import state as st
-from batchrun.store.state import JobRow, StateStore
+from batchrun.store.records import JobRow
+from batchrun.store.state import StateStore
 
 # Submits in a row with no answer we could read (a gateway's 502, a captive portal's page)
 # before we stop submitting: each may have been billed. A flaky server trips it ~0.1% of runs.

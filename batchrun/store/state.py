@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from batchrun.errors import StateError
-from batchrun.store import ledger, lock as folder_lock
+from batchrun.store import ledger, lock as folder_lock, records
 from batchrun.store.migrations import (
     SCHEMA_VERSION as SCHEMA_VERSION,
     STATE_FILE as STATE_FILE,
@@ -23,7 +23,8 @@ from batchrun.store.migrations import (
     write_problem,
 )
 
-# The records are re-exported: callers speak of `state.JobRow`, `state.SUCCEEDED`...
+# The states are re-exported (callers speak of `state.SUCCEEDED`...); JobRow and OutputFile
+# are imported from records, their one home.
 from batchrun.store.records import (
     CANCELLED as CANCELLED,
     COLUMNS,
@@ -38,8 +39,6 @@ from batchrun.store.records import (
     TIMED_OUT as TIMED_OUT,
     UNKNOWN as UNKNOWN,
     JobLike,
-    JobRow as JobRow,
-    OutputFile as OutputFile,
     cap_error,
     decode_row,
     dumps,
@@ -272,14 +271,14 @@ class StateStore:
             removed = conn.execute("SELECT COUNT(*) FROM jobs WHERE in_manifest = 0").fetchone()
         return after - before, removed[0]
 
-    def rows(self, *, in_manifest_only: bool = False) -> list[JobRow]:
+    def rows(self, *, in_manifest_only: bool = False) -> list[records.JobRow]:
         """Every job, in expansion order."""
         where = "WHERE in_manifest = 1 " if in_manifest_only else ""
         with self._mutex, gc_paused():
             cur = self._conn.execute(f"SELECT {self._columns} FROM jobs {where}ORDER BY position")
             return [self._decode(r) for r in cur.fetchall()]
 
-    def _decode(self, r: tuple) -> JobRow:
+    def _decode(self, r: tuple) -> records.JobRow:
         try:
             return decode_row(r)
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
@@ -296,7 +295,7 @@ class StateStore:
             version = self._conn.execute("PRAGMA data_version").fetchone()[0]
             return self._conn.total_changes, version
 
-    def get(self, job_id: str) -> JobRow:
+    def get(self, job_id: str) -> records.JobRow:
         with self._mutex:
             r = self._conn.execute(
                 f"SELECT {self._columns} FROM jobs WHERE job_id = ?", (job_id,)
@@ -355,7 +354,7 @@ class StateStore:
             if not self._answer(job_id, ledger.UNKNOWN) and count_attempt:
                 self._add_attempt(job_id, ledger.UNKNOWN)
 
-    def import_job(self, row: JobRow) -> None:
+    def import_job(self, row: records.JobRow) -> None:
         """A job's row as another folder holds it (merge): its state, request, times, result
         and files, written as they are. Its attempts come with `append_attempts`."""
         self._update(
@@ -502,7 +501,7 @@ class StateStore:
         finished_at: float,
         output: Any,
         saved_usd: float | None,
-        files: list[OutputFile],
+        files: list[records.OutputFile],
     ) -> None:
         """SUCCEEDED from the cross-run cache: nothing sent, nothing paid (cost 0), `saved_usd`
         what the result cost when it was made; a `cached` attempt in the ledger."""
@@ -522,7 +521,7 @@ class StateStore:
         finished_at: float,
         output: Any,
         saved_usd: float | None,
-        files: list[OutputFile],
+        files: list[records.OutputFile],
     ) -> None:
         self._update(
             job_id,
@@ -541,7 +540,7 @@ class StateStore:
         """A note on a job that keeps its state (e.g. the server unreachable while polling)."""
         self._update(job_id, "error = ?", (cap_error(error),))
 
-    def record_files(self, job_id: str, files: list[OutputFile]) -> None:
+    def record_files(self, job_id: str, files: list[records.OutputFile]) -> None:
         """A job's files so far (rewritten as more land: vars, not asdict, which costs 5x)."""
         self._update(job_id, "files = ?", (dumps([vars(f) for f in files]),))
 

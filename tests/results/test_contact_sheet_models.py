@@ -10,7 +10,7 @@ from pathlib import Path
 
 from batchrun.cli import main
 from batchrun.results import html_report
-from batchrun.store.state import SUCCEEDED, JobRow
+from batchrun.store.records import SUCCEEDED, JobRow
 
 IMAGE, VIDEO = "acme/image", "acme/video"
 
