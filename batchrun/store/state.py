@@ -61,14 +61,20 @@ class StateStore:
     every request id that arrived together, not one per job); each stays atomic on its own.
     """
 
-    def __init__(self, run_dir: Path, conn: sqlite3.Connection, lock_fd: int | None) -> None:
+    def __init__(
+        self,
+        run_dir: Path,
+        conn: sqlite3.Connection,
+        lock_fd: int | None,
+        columns: str = COLUMNS,  # COLUMNS_V1 for a version 1 file opened read-only
+    ) -> None:
         self.run_dir = run_dir
         self._conn = conn
         self._lock_fd = lock_fd
         self._mutex = threading.RLock()
         self._batch: bool | None = None  # the open batch's durability; None: no batch open
         self._depth = 0  # transactions open inside one another (the outer one commits)
-        self._columns = COLUMNS  # COLUMNS_V1 for a version 1 file opened read-only
+        self._columns = columns
 
     # ---- opening ------------------------------------------------------------------------
 
@@ -99,8 +105,8 @@ class StateStore:
             if lock:
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute("PRAGMA synchronous=NORMAL")
-            store = cls(run_dir, conn, lock_fd)
-            migrate(store, writable=lock or create)
+            columns = migrate(conn, run_dir, writable=lock or create)
+            store = cls(run_dir, conn, lock_fd, columns)
         except sqlite3.DatabaseError as exc:
             folder_lock.release(lock_fd)
             low = str(exc).lower()
@@ -223,15 +229,12 @@ class StateStore:
             return dict(self._conn.execute("SELECT key, value FROM meta").fetchall())
 
     def set_meta(self, **values: str) -> None:
-        with self._tx():
-            self._set_meta(**values)
-
-    def _set_meta(self, **values: str) -> None:
-        self._conn.executemany(
-            "INSERT INTO meta (key, value) VALUES (?, ?) "
-            "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-            [(k, str(v)) for k, v in values.items()],
-        )
+        with self._tx() as conn:
+            conn.executemany(
+                "INSERT INTO meta (key, value) VALUES (?, ?) "
+                "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                [(k, str(v)) for k, v in values.items()],
+            )
 
     # ---- jobs ---------------------------------------------------------------------------
 
