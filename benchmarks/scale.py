@@ -196,7 +196,7 @@ def worker_transitions(folder: str, size: int, count: int) -> dict[str, Any]:
         for job in jobs[::step][:count]:
             jid = job.job_id
             now = time.time()
-            steps: list[tuple[Callable[..., None], tuple, dict]] = [
+            steps: list[tuple[Callable[..., object], tuple[Any, ...], dict[str, Any]]] = [
                 (store.mark_submitting, (jid,), {}),
                 (store.record_request_id, (jid, f"req-{jid}", now), {}),
                 (store.record_status, (jid, st.RUNNING), {"started_at": now}),

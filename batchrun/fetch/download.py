@@ -26,7 +26,7 @@ from batchrun.api.ratelimit import backoff
 from batchrun.fetch.jobfiles import INTERRUPTED, FileTask, JobDir, JobFiles, Stopped, plan
 from batchrun.store.atomic import open_atomic
 from batchrun.store.output_urls import refusal, safe_name, with_ext
-from batchrun.store.state import OutputFile
+from batchrun.store.records import OutputFile
 
 CHUNK = 1024 * 1024
 DEADLINE_S = 900.0  # one file, headers to last byte: a trickle cannot hold a run for ever

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from batchrun.store.atomic import fsync_dir
 from batchrun.store.output_urls import Names, refusal, safe_name, url_name
-from batchrun.store.state import OutputFile
+from batchrun.store.records import OutputFile
 
 Stopped = Callable[[], bool]  # asked between reads: True abandons a transfer
 INTERRUPTED = "not downloaded: the run was interrupted; rerun to fetch it"

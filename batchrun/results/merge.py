@@ -25,7 +25,8 @@ from batchrun.errors import StateError
 from batchrun.results.report import write_report
 from batchrun.store import origin as og, state as st
 from batchrun.store.ledger import Attempt
-from batchrun.store.state import STATE_FILE, JobRow, StateStore
+from batchrun.store.records import JobRow
+from batchrun.store.state import STATE_FILE, StateStore
 
 _MAX_CONFLICTS = 10
 _CHUNK = 1 << 20

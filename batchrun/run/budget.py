@@ -37,7 +37,7 @@ from batchrun.errors import InsufficientBalanceError
 from batchrun.run import policy
 from batchrun.run.policy import Decision, JobsView, Told
 from batchrun.store import ledger, state as st
-from batchrun.store.state import JobRow
+from batchrun.store.records import JobRow
 
 if TYPE_CHECKING:
     from batchrun.plan.build import Plan

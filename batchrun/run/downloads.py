@@ -24,7 +24,7 @@ from typing import Any
 from batchrun.fetch.jobfiles import JobFiles
 from batchrun.run.jobtable import JobTable
 from batchrun.run.outcome import Outcome
-from batchrun.store.state import OutputFile
+from batchrun.store.records import OutputFile
 
 # A job's output, its files recorded so far -> its files planned (engine: Downloader.plan).
 PlanFiles = Callable[[str, Any, list[OutputFile]], JobFiles]

@@ -38,7 +38,8 @@ from batchrun.run.progress import Progress, server_wait
 from batchrun.run.scheduler import Scheduler
 from batchrun.store import origin as og, state as st
 from batchrun.store.output_urls import default_allow_hosts, needs_files, output_keys
-from batchrun.store.state import JobRow, OutputFile, StateStore
+from batchrun.store.records import JobRow, OutputFile
+from batchrun.store.state import StateStore
 from batchrun.util.safetext import printable
 
 EXIT_INTERRUPTED = 130  # 0 and 1: closing.conclude

@@ -1,5 +1,5 @@
 """The run's job table in memory: each transition committed to state.db before the copy is
-updated."""
+updated, with the very changes state.db made (store/transitions.py)."""
 
 from __future__ import annotations
 
@@ -9,13 +9,15 @@ from contextlib import AbstractContextManager
 from decimal import Decimal
 from typing import Any
 
-from batchrun.store import state as st
-from batchrun.store.state import JobRow, OutputFile, StateStore
+from batchrun.store import state as st, transitions
+from batchrun.store.records import JobRow, OutputFile
+from batchrun.store.state import StateStore
+from batchrun.store.transitions import Changes
 
 
 class JobTable:
-    """One method per transition, named as StateStore's: commit it there first, then mirror it
-    in `rows`/`counts`."""
+    """One method per transition, named as StateStore's: commit it there first, then make the
+    changes it returns to `rows` and `counts`."""
 
     def __init__(self, store: StateStore, rows: Iterable[JobRow]) -> None:
         self.store = store
@@ -27,31 +29,20 @@ class JobTable:
         return self.store.batch(durable=durable)
 
     def mark_submitting(self, job_id: str, estimate: Decimal | None = None) -> None:
-        self.store.mark_submitting(job_id, estimate)
-        self._set(job_id, st.SUBMITTING)
+        self._apply(job_id, self.store.mark_submitting(job_id, estimate))
 
     def record_request_id(self, job_id: str, request_id: str, submitted_at: float) -> None:
-        self.store.record_request_id(job_id, request_id, submitted_at)
-        row = self.rows[job_id]
-        self._set(job_id, st.QUEUED, request_id=request_id, submitted_at=submitted_at, error="")
-        row.attempts += 1
-        row.started_at = row.finished_at = row.output = row.cost_usd = None
-        row.files = []
+        self._apply(job_id, self.store.record_request_id(job_id, request_id, submitted_at))
 
     def mark_pending(self, job_id: str, error: str = "") -> None:
-        self.store.mark_pending(job_id, error)
-        self._set(job_id, st.PENDING, error=error, request_id=None, output=None)
+        self._apply(job_id, self.store.mark_pending(job_id, error))
 
     def mark_unknown(self, job_id: str, error: str) -> None:
-        self.store.mark_unknown(job_id, error)
-        self.rows[job_id].attempts += 1
-        self._set(job_id, st.UNKNOWN, error=error)
+        self._apply(job_id, self.store.mark_unknown(job_id, error))
 
     def record_status(self, job_id: str, status: str, *, started_at: float | None = None) -> None:
         """QUEUED or RUNNING on the server; the first RUNNING sighting is the start time."""
-        self.store.record_status(job_id, status, started_at=started_at)
-        row = self.rows[job_id]
-        self._set(job_id, status, started_at=row.started_at or started_at)
+        self._apply(job_id, self.store.record_status(job_id, status, started_at=started_at))
 
     def record_result(
         self,
@@ -63,30 +54,25 @@ class JobTable:
         error: str = "",
         cost_usd: float | None = None,
     ) -> None:
-        self.store.record_result(
+        changes = self.store.record_result(
             job_id, status, finished_at=finished_at, output=output, error=error, cost_usd=cost_usd
         )
-        self._set(
-            job_id, status, finished_at=finished_at, output=output, error=error, cost_usd=cost_usd
-        )
+        self._apply(job_id, changes)
 
     def record_error(self, job_id: str, error: str) -> None:
-        self.store.record_error(job_id, error)
-        self.rows[job_id].error = error
+        self._apply(job_id, self.store.record_error(job_id, error))
 
     def record_files(self, job_id: str, files: list[OutputFile]) -> None:
-        self.store.record_files(job_id, files)
-        self.rows[job_id].files = files
+        self._apply(job_id, self.store.record_files(job_id, files))
 
     def done(self) -> int:
         """Jobs this run will do nothing more about (terminal, or ambiguous)."""
         return sum(self.counts[s] for s in (*st.TERMINAL, st.UNKNOWN))
 
-    def _set(self, job_id: str, status: str, **changes: Any) -> None:
+    def _apply(self, job_id: str, changes: Changes) -> None:
         row = self.rows[job_id]
-        if row.status != status:
-            self.counts[row.status] -= 1
-            self.counts[status] += 1
-            row.status = status
-        for key, value in changes.items():
-            setattr(row, key, value)
+        before = row.status
+        transitions.apply(row, changes)
+        if row.status != before:
+            self.counts[before] -= 1
+            self.counts[row.status] += 1

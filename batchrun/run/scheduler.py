@@ -32,7 +32,7 @@ from batchrun.run.progress import Progress
 from batchrun.run.refusals import ModelRefusals
 from batchrun.run.workers import Workers
 from batchrun.store import state as st
-from batchrun.store.state import JobRow
+from batchrun.store.records import JobRow
 
 STOP_CHECK = 0.2  # seconds; the loop never sleeps longer, so Ctrl-C is noticed at once
 SPARE_RECHECK = 0.02  # no spare read worth a token yet: look again soon (the odds grow)

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 from batchrun import __version__
 from batchrun.errors import StateError
@@ -102,63 +103,83 @@ _MIGRATIONS = {
 }
 
 
-def migrate(store: Any, writable: bool) -> None:
-    """Create the tables of a new state.db (`store`, a StateStore), or bring an older one to
-    SCHEMA_VERSION; refuse one that is newer, edited or damaged (StateError with the fix)."""
-    tables = {r[0] for r in store._conn.execute("SELECT name FROM sqlite_master")}
+def migrate(conn: sqlite3.Connection, run_dir: Path, *, writable: bool) -> str:
+    """Create the tables of a new state.db (`conn`, not in a transaction), or bring an older
+    one to SCHEMA_VERSION; refuse one that is newer, edited or damaged (StateError with the
+    fix). Returns the columns to read its jobs with (records.COLUMNS, unless read as is)."""
+    path = run_dir / STATE_FILE
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
     if "meta" not in tables:
         if not writable:
-            raise StateError(f"{store.run_dir}: {STATE_FILE} is empty")
-        with store._tx():
+            raise StateError(f"{run_dir}: {STATE_FILE} is empty")
+        with _transaction(conn, path):
             for stmt in _SCHEMA.split(";"):
                 if stmt.strip():
-                    store._conn.execute(stmt)
-            store._set_meta(
-                schema_version=str(SCHEMA_VERSION),
-                batchrun_version=__version__,
-                created=str(time.time()),
+                    conn.execute(stmt)
+            conn.executemany(
+                "INSERT INTO meta (key, value) VALUES (?, ?)",
+                [
+                    ("schema_version", str(SCHEMA_VERSION)),
+                    ("batchrun_version", __version__),
+                    ("created", str(time.time())),
+                ],
             )
-    path = store.run_dir / STATE_FILE
-    text = store.meta().get("schema_version", "0")
+    found = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    text = "0" if found is None else found[0]
     try:
         version = int(text)
     except ValueError:
         raise StateError(
             f"{path}: its schema_version {text[:40]!r} is not a number (was it edited?); "
-            f"set it back to {SCHEMA_VERSION} in its meta table, or move {store.run_dir} "
+            f"set it back to {SCHEMA_VERSION} in its meta table, or move {run_dir} "
             "aside and run again"
         ) from None
     if version > SCHEMA_VERSION:
         raise StateError(
-            f"{store.run_dir}: {STATE_FILE} has schema version {version}, made by a newer "
+            f"{run_dir}: {STATE_FILE} has schema version {version}, made by a newer "
             f"batchrun; this one ({__version__}) reads version {SCHEMA_VERSION}: upgrade"
         )
     if version < SCHEMA_VERSION and not writable:
         # Read as it is (status, merge's sources): the missing columns read as defaults, and
         # the ledger of a folder made before it is built in a temporary table, as the
         # migration would build it.
-        if version < 2:
-            store._columns = COLUMNS_V1
-        store._conn.execute(_ATTEMPTS.split(";")[0].replace("TABLE IF NOT EXISTS", "TEMP TABLE"))
+        conn.execute(_ATTEMPTS.split(";")[0].replace("TABLE IF NOT EXISTS", "TEMP TABLE"))
         for stmt in _BACKFILL:
             if version < 2:
                 for column in ("cached = 1", "saved_usd IS NOT NULL", "CAST(saved_usd AS TEXT)"):
                     stmt = stmt.replace(column, "NULL")
-            store._conn.execute(stmt)
-        return
+            conn.execute(stmt)
+        return COLUMNS_V1 if version < 2 else COLUMNS
     while version < SCHEMA_VERSION:
         version += 1
-        with store._tx():
+        with _transaction(conn, path):
             for stmt in _MIGRATIONS[version]:
-                store._conn.execute(stmt)
-            store._set_meta(schema_version=str(version))
-    have = {r[1] for r in store._conn.execute("PRAGMA table_info(jobs)")}
+                conn.execute(stmt)
+            conn.execute(
+                "INSERT INTO meta (key, value) VALUES ('schema_version', ?) "
+                "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                (str(version),),
+            )
+    have = {r[1] for r in conn.execute("PRAGMA table_info(jobs)")}
     missing = [c.strip() for c in COLUMNS.split(",") if c.strip() not in have]
     if missing:
         raise StateError(
             f"{path}: its jobs table has no column {', '.join(missing)} (was it edited?); "
-            f"restore the file from a copy, or move {store.run_dir} aside and run again"
+            f"restore the file from a copy, or move {run_dir} aside and run again"
         )
+    return COLUMNS
+
+
+@contextmanager
+def _transaction(conn: sqlite3.Connection, path: Path) -> Iterator[None]:
+    """One step of the migration, committed whole or not at all; a write state.db refuses
+    (disk full, read-only) is said with the fix, as StateStore says it."""
+    try:
+        with conn:  # commits, or rolls back when the block raises
+            conn.execute("BEGIN IMMEDIATE")
+            yield
+    except sqlite3.Error as exc:
+        raise StateError(write_problem(path, exc)) from None
 
 
 # What batchrun writes in a run folder; none may be a symlink (a write would land elsewhere).

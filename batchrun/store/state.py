@@ -8,13 +8,12 @@ import threading
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 from batchrun.errors import StateError
-from batchrun.store import ledger, lock as folder_lock
+from batchrun.store import ledger, lock as folder_lock, records, transitions
 from batchrun.store.migrations import (
     SCHEMA_VERSION as SCHEMA_VERSION,
     STATE_FILE as STATE_FILE,
@@ -23,10 +22,12 @@ from batchrun.store.migrations import (
     write_problem,
 )
 
-# The records are re-exported: callers speak of `state.JobRow`, `state.SUCCEEDED`...
+# The states are re-exported (callers speak of `state.SUCCEEDED`...); JobRow and OutputFile
+# are imported from records, their one home.
 from batchrun.store.records import (
     CANCELLED as CANCELLED,
     COLUMNS,
+    ENCODED_FIELDS,
     FAILED as FAILED,
     NOT_FOUND,
     PENDING as PENDING,
@@ -38,15 +39,13 @@ from batchrun.store.records import (
     TIMED_OUT as TIMED_OUT,
     UNKNOWN as UNKNOWN,
     JobLike,
-    JobRow as JobRow,
-    OutputFile as OutputFile,
-    cap_error,
     decode_row,
     dumps,
-    finite_cost,
+    encode_field,
     not_found_error as not_found_error,
     report_status as report_status,
 )
+from batchrun.store.transitions import Changes
 from batchrun.util.gcpause import gc_paused
 
 
@@ -62,14 +61,20 @@ class StateStore:
     every request id that arrived together, not one per job); each stays atomic on its own.
     """
 
-    def __init__(self, run_dir: Path, conn: sqlite3.Connection, lock_fd: int | None) -> None:
+    def __init__(
+        self,
+        run_dir: Path,
+        conn: sqlite3.Connection,
+        lock_fd: int | None,
+        columns: str = COLUMNS,  # COLUMNS_V1 for a version 1 file opened read-only
+    ) -> None:
         self.run_dir = run_dir
         self._conn = conn
         self._lock_fd = lock_fd
         self._mutex = threading.RLock()
         self._batch: bool | None = None  # the open batch's durability; None: no batch open
         self._depth = 0  # transactions open inside one another (the outer one commits)
-        self._columns = COLUMNS  # COLUMNS_V1 for a version 1 file opened read-only
+        self._columns = columns
 
     # ---- opening ------------------------------------------------------------------------
 
@@ -100,8 +105,8 @@ class StateStore:
             if lock:
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute("PRAGMA synchronous=NORMAL")
-            store = cls(run_dir, conn, lock_fd)
-            migrate(store, writable=lock or create)
+            columns = migrate(conn, run_dir, writable=lock or create)
+            store = cls(run_dir, conn, lock_fd, columns)
         except sqlite3.DatabaseError as exc:
             folder_lock.release(lock_fd)
             low = str(exc).lower()
@@ -224,15 +229,12 @@ class StateStore:
             return dict(self._conn.execute("SELECT key, value FROM meta").fetchall())
 
     def set_meta(self, **values: str) -> None:
-        with self._tx():
-            self._set_meta(**values)
-
-    def _set_meta(self, **values: str) -> None:
-        self._conn.executemany(
-            "INSERT INTO meta (key, value) VALUES (?, ?) "
-            "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-            [(k, str(v)) for k, v in values.items()],
-        )
+        with self._tx() as conn:
+            conn.executemany(
+                "INSERT INTO meta (key, value) VALUES (?, ?) "
+                "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                [(k, str(v)) for k, v in values.items()],
+            )
 
     # ---- jobs ---------------------------------------------------------------------------
 
@@ -272,14 +274,14 @@ class StateStore:
             removed = conn.execute("SELECT COUNT(*) FROM jobs WHERE in_manifest = 0").fetchone()
         return after - before, removed[0]
 
-    def rows(self, *, in_manifest_only: bool = False) -> list[JobRow]:
+    def rows(self, *, in_manifest_only: bool = False) -> list[records.JobRow]:
         """Every job, in expansion order."""
         where = "WHERE in_manifest = 1 " if in_manifest_only else ""
         with self._mutex, gc_paused():
             cur = self._conn.execute(f"SELECT {self._columns} FROM jobs {where}ORDER BY position")
             return [self._decode(r) for r in cur.fetchall()]
 
-    def _decode(self, r: tuple) -> JobRow:
+    def _decode(self, r: tuple) -> records.JobRow:
         try:
             return decode_row(r)
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
@@ -296,7 +298,7 @@ class StateStore:
             version = self._conn.execute("PRAGMA data_version").fetchone()[0]
             return self._conn.total_changes, version
 
-    def get(self, job_id: str) -> JobRow:
+    def get(self, job_id: str) -> records.JobRow:
         with self._mutex:
             r = self._conn.execute(
                 f"SELECT {self._columns} FROM jobs WHERE job_id = ?", (job_id,)
@@ -315,69 +317,51 @@ class StateStore:
 
     # ---- transitions (one transaction each) ---------------------------------------------
 
-    def _update(self, job_id: str, sql: str, params: tuple, *, durable: bool = False) -> None:
+    # Each returns the changes it made to the job's row (store/transitions.py, where each
+    # transition is defined), for the run's table in memory to make the same.
+
+    def _update(self, job_id: str, changes: Changes, *, durable: bool = False) -> Changes:
+        sets, params = _assignments(changes)
         with self._tx(durable=durable) as conn:
             cur = conn.execute(
-                f"UPDATE jobs SET {sql}, updated_at = ? WHERE job_id = ?",
+                f"UPDATE jobs SET {sets}, updated_at = ? WHERE job_id = ?",
                 (*params, time.time(), job_id),
             )
             if cur.rowcount != 1:
                 raise StateError(f"{self.run_dir}: no job {job_id} in {STATE_FILE}")
+        return changes
 
-    def mark_submitting(self, job_id: str, estimate: Decimal | None = None) -> None:
+    def mark_submitting(self, job_id: str, estimate: Decimal | None = None) -> Changes:
         """Committed before the submit is sent: a crash from here on leaves it ambiguous. The
         ledger gets the attempt (`sending`, with the job's estimate) in the same transaction."""
         with self._tx(durable=True):
-            self._update(job_id, "status = ?", (SUBMITTING,), durable=True)
+            changes = self._update(job_id, transitions.mark_submitting(), durable=True)
             self._add_attempt(job_id, ledger.SENDING, estimate=estimate)
+        return changes
 
-    def record_request_id(self, job_id: str, request_id: str, submitted_at: float) -> None:
+    def record_request_id(self, job_id: str, request_id: str, submitted_at: float) -> Changes:
         with self._tx(durable=True):
-            self._update(
-                job_id,
-                "status = ?, request_id = ?, attempts = attempts + 1, submitted_at = ?, "
-                "started_at = NULL, finished_at = NULL, error = '', output = NULL, "
-                "cost_usd = NULL, files = '[]', cached = 0, saved_usd = NULL",
-                (QUEUED, request_id, submitted_at),
-                durable=True,
+            changes = self._update(
+                job_id, transitions.record_request_id(request_id, submitted_at), durable=True
             )
             if not self._answer(job_id, ledger.ACCEPTED, request_id=request_id):
                 self._add_attempt(job_id, ledger.ACCEPTED, request_id=request_id)
+        return changes
 
-    def mark_unknown(self, job_id: str, error: str, *, count_attempt: bool = True) -> None:
+    def mark_unknown(self, job_id: str, error: str, *, count_attempt: bool = True) -> Changes:
         """The submit may have reached the server: never resubmitted without being asked."""
         with self._tx():
-            self._update(
-                job_id,
-                "status = ?, error = ?, attempts = attempts + ?",
-                (UNKNOWN, cap_error(error), 1 if count_attempt else 0),
+            changes = self._update(
+                job_id, transitions.mark_unknown(error, count_attempt=count_attempt)
             )
             if not self._answer(job_id, ledger.UNKNOWN) and count_attempt:
                 self._add_attempt(job_id, ledger.UNKNOWN)
+        return changes
 
-    def import_job(self, row: JobRow) -> None:
+    def import_job(self, row: records.JobRow) -> Changes:
         """A job's row as another folder holds it (merge): its state, request, times, result
         and files, written as they are. Its attempts come with `append_attempts`."""
-        self._update(
-            row.job_id,
-            "status = ?, request_id = ?, attempts = ?, error = ?, submitted_at = ?, "
-            "started_at = ?, finished_at = ?, cost_usd = ?, output = ?, files = ?, cached = ?, "
-            "saved_usd = ?",
-            (
-                row.status,
-                row.request_id,
-                row.attempts,
-                cap_error(row.error),
-                row.submitted_at,
-                row.started_at,
-                row.finished_at,
-                finite_cost(row.cost_usd),
-                None if row.output is None else dumps(row.output),
-                dumps([vars(f) for f in row.files]),
-                int(row.cached),
-                finite_cost(row.saved_usd),
-            ),
-        )
+        return self._update(row.job_id, transitions.import_job(row))
 
     # ---- the ledger (store/ledger.py): attempts are appended, never removed --------------
 
@@ -456,21 +440,15 @@ class StateStore:
         )
         return cur.rowcount == 1
 
-    def mark_pending(self, job_id: str, error: str = "") -> None:
+    def mark_pending(self, job_id: str, error: str = "") -> Changes:
         """Back to the submit queue (a refused submit, a retry, a requested resubmission)."""
-        self._update(
-            job_id,
-            "status = ?, error = ?, request_id = NULL, finished_at = NULL, output = NULL",
-            (PENDING, cap_error(error)),
-        )
+        return self._update(job_id, transitions.mark_pending(error))
 
-    def record_status(self, job_id: str, status: str, *, started_at: float | None = None) -> None:
+    def record_status(
+        self, job_id: str, status: str, *, started_at: float | None = None
+    ) -> Changes:
         """QUEUED or RUNNING as last seen on the server."""
-        self._update(
-            job_id,
-            "status = ?, started_at = COALESCE(started_at, ?)",
-            (status, started_at),
-        )
+        return self._update(job_id, transitions.record_status(status, started_at))
 
     def record_result(
         self,
@@ -481,19 +459,12 @@ class StateStore:
         output: Any = None,
         error: str = "",
         cost_usd: float | None = None,
-    ) -> None:
+    ) -> Changes:
         """A terminal state: SUCCEEDED, FAILED, TIMED_OUT or CANCELLED."""
-        self._update(
-            job_id,
-            "status = ?, finished_at = ?, output = ?, error = ?, cost_usd = ?",
-            (
-                status,
-                finished_at,
-                None if output is None else dumps(output),
-                cap_error(error),
-                finite_cost(cost_usd),
-            ),
+        changes = transitions.record_result(
+            status, finished_at=finished_at, output=output, error=error, cost_usd=cost_usd
         )
+        return self._update(job_id, changes)
 
     def record_cached(
         self,
@@ -502,8 +473,8 @@ class StateStore:
         finished_at: float,
         output: Any,
         saved_usd: float | None,
-        files: list[OutputFile],
-    ) -> None:
+        files: list[records.OutputFile],
+    ) -> Changes:
         """SUCCEEDED from the cross-run cache: nothing sent, nothing paid (cost 0), `saved_usd`
         what the result cost when it was made; a `cached` attempt in the ledger."""
         with self._tx():
@@ -514,39 +485,24 @@ class StateStore:
                 saved=None if saved_usd is None else Decimal(repr(saved_usd)),
                 finished=True,
             )
-            self._cached(job_id, finished_at, output, saved_usd, files)
+            return self._update(
+                job_id,
+                transitions.record_cached(
+                    finished_at=finished_at, output=output, saved_usd=saved_usd, files=files
+                ),
+            )
 
-    def _cached(
-        self,
-        job_id: str,
-        finished_at: float,
-        output: Any,
-        saved_usd: float | None,
-        files: list[OutputFile],
-    ) -> None:
-        self._update(
-            job_id,
-            "status = ?, request_id = NULL, error = '', submitted_at = NULL, started_at = NULL, "
-            "finished_at = ?, output = ?, cost_usd = 0, cached = 1, saved_usd = ?, files = ?",
-            (
-                SUCCEEDED,
-                finished_at,
-                dumps(output),
-                saved_usd,
-                dumps([asdict(f) for f in files]),
-            ),
-        )
-
-    def record_error(self, job_id: str, error: str) -> None:
+    def record_error(self, job_id: str, error: str) -> Changes:
         """A note on a job that keeps its state (e.g. the server unreachable while polling)."""
-        self._update(job_id, "error = ?", (cap_error(error),))
+        return self._update(job_id, transitions.record_error(error))
 
-    def record_files(self, job_id: str, files: list[OutputFile]) -> None:
-        """A job's files so far (rewritten as more land: vars, not asdict, which costs 5x)."""
-        self._update(job_id, "files = ?", (dumps([vars(f) for f in files]),))
+    def record_files(self, job_id: str, files: list[records.OutputFile]) -> Changes:
+        """A job's files so far (rewritten as more land)."""
+        return self._update(job_id, transitions.record_files(files))
 
     def requeue(self, statuses: Iterable[str], error: str = "") -> int:
-        """Every job (in the manifest) in one of `statuses` back to PENDING; returns how many.
+        """Every job (in the manifest) in one of `statuses` back to PENDING (mark_pending's
+        changes, in one UPDATE); returns how many.
 
         A FAILED job whose request the server stopped knowing before its result was read (its
         error starts with NOT_FOUND) may have been billed: it counts as UNKNOWN here, never as
@@ -560,27 +516,44 @@ class StateStore:
             which, args = f"(status IN ({marks}) OR {unread})", (*statuses, *unread_args)
         else:
             which, args = f"(status IN ({marks}) AND NOT {unread})", (*statuses, *unread_args)
+        sets, params = _assignments(transitions.mark_pending(error))
         with self._tx() as conn:
             cur = conn.execute(
-                f"UPDATE jobs SET status = ?, error = ?, request_id = NULL, finished_at = NULL, "
-                f"output = NULL, files = '[]', updated_at = ? "
-                f"WHERE in_manifest = 1 AND {which}",
-                (PENDING, error, time.time(), *args),
+                f"UPDATE jobs SET {sets}, updated_at = ? WHERE in_manifest = 1 AND {which}",
+                (*params, time.time(), *args),
             )
             return cur.rowcount
 
     def submitting_to_unknown(self, error: str) -> int:
-        """On resume: a SUBMITTING row means a crash around the submit, which is ambiguous."""
+        """On resume: a SUBMITTING row means a crash around the submit, which is ambiguous
+        (mark_unknown's changes, for every such row)."""
         with self._tx() as conn:
             conn.execute(
                 "UPDATE attempts SET answer = ? WHERE answer = ?", (ledger.UNKNOWN, ledger.SENDING)
             )
+            sets, params = _assignments(transitions.mark_unknown(error))
             cur = conn.execute(
-                "UPDATE jobs SET status = ?, error = ?, attempts = attempts + 1, updated_at = ? "
-                "WHERE status = ?",
-                (UNKNOWN, error, time.time(), SUBMITTING),
+                f"UPDATE jobs SET {sets}, updated_at = ? WHERE status = ?",
+                (*params, time.time(), SUBMITTING),
             )
             return cur.rowcount
+
+
+def _assignments(changes: Changes) -> tuple[str, list[Any]]:
+    """The SET clause, and its parameters, that make `changes` to a row of the jobs table."""
+    sets, params = [], []
+    for name, value in changes.items():
+        kind = type(value)
+        if kind is transitions.Add:
+            sets.append(f"{name} = {name} + ?")
+            params.append(value.n)
+        elif kind is transitions.IfUnset:
+            sets.append(f"{name} = COALESCE({name}, ?)")
+            params.append(value.value)
+        else:
+            sets.append(f"{name} = ?")
+            params.append(encode_field(name, value) if name in ENCODED_FIELDS else value)
+    return ", ".join(sets), params
 
 
 def _text(value: Decimal | None) -> str | None:

@@ -25,7 +25,7 @@ from batchrun.store.output_urls import (
     refusal,
     url_name,
 )
-from batchrun.store.state import OutputFile
+from batchrun.store.records import OutputFile
 
 JOB = "0123abcdef"
 HOSTS = default_allow_hosts("https://model-api.runcomfy.net")

@@ -23,7 +23,8 @@ from typing import Any
 from batchrun.errors import StateError
 from batchrun.plan.build import build_plan
 from batchrun.run.engine import RunOptions, run_batch
-from batchrun.store.state import JobRow, StateStore
+from batchrun.store.records import JobRow
+from batchrun.store.state import StateStore
 
 from .conftest import TOKEN, sweep, write_manifest
 

@@ -12,7 +12,7 @@ import pytest
 
 from batchrun.plan.build import build_plan
 from batchrun.run.engine import RunOptions, run_batch
-from batchrun.store.state import JobRow
+from batchrun.store.records import JobRow
 from testing.cli import run_cli
 
 from .conftest import TOKEN, read_report

@@ -13,7 +13,8 @@ import pytest
 from batchrun.errors import StateError
 from batchrun.fetch import download
 from batchrun.store import state as st
-from batchrun.store.state import OutputFile, StateStore
+from batchrun.store.records import OutputFile
+from batchrun.store.state import StateStore
 
 from .conftest import run_cli
 from .hostile_api import Call, HostileApi, Reply, manifest_for, run_here

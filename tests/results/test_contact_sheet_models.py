@@ -11,7 +11,7 @@ from typing import Any
 
 from batchrun.cli import main
 from batchrun.results import html_report
-from batchrun.store.state import SUCCEEDED, JobRow
+from batchrun.store.records import SUCCEEDED, JobRow
 
 IMAGE, VIDEO = "acme/image", "acme/video"
 

@@ -10,7 +10,7 @@ import pytest
 
 from batchrun.errors import ChoiceError, UsageError
 from batchrun.results import html_report
-from batchrun.store.state import FAILED, QUEUED, SUCCEEDED, JobRow, OutputFile
+from batchrun.store.records import FAILED, QUEUED, SUCCEEDED, JobRow, OutputFile
 
 MODEL = "acme/painter"
 

@@ -11,7 +11,7 @@ import pytest
 from batchrun.results.report import summarise, write_report
 from batchrun.results.reportcsv import COLUMNS as REPORT_COLUMNS, read_rows as read_report
 from batchrun.store import state
-from batchrun.store.state import JobRow, OutputFile
+from batchrun.store.records import JobRow, OutputFile
 from testing.ledgers import attempts_for
 
 T0 = 1795935716.0  # 2026-11-29T07:01:56Z

@@ -12,7 +12,7 @@ from batchrun.api import answers as api_answers
 from batchrun.run.budget import Budget, estimate_text
 from batchrun.store import state as st
 from batchrun.store.ledger import ACCEPTED, CACHED, CANCELLED, REFUSED, UNKNOWN, Attempt
-from batchrun.store.state import JobRow
+from batchrun.store.records import JobRow
 
 PRICED, UNPRICED = "m/priced", "m/unpriced"
 

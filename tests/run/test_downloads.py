@@ -18,7 +18,7 @@ from batchrun.fetch.download import Downloader
 from batchrun.fetch.jobfiles import INTERRUPTED, FileTask, JobDir, JobFiles, Stopped
 from batchrun.run.downloads import FLUSH_S, Downloads
 from batchrun.run.outcome import Outcome
-from batchrun.store.state import OutputFile
+from batchrun.store.records import OutputFile
 
 
 class FakeJobs:

@@ -23,7 +23,8 @@ from batchrun.run.polling import PollPlanner
 from batchrun.run.progress import Progress, describe
 from batchrun.store import state as st
 from batchrun.store.output_urls import needs_files
-from batchrun.store.state import OutputFile, StateStore
+from batchrun.store.records import JobRow, OutputFile
+from batchrun.store.state import StateStore
 
 BASE = "https://api.test"
 TOKEN = "tok-engine-SECRET"
@@ -62,7 +63,7 @@ def go(tmp_path: Path, **opts) -> tuple[int, list[str]]:
     return run_batch(build_plan(path), options), messages
 
 
-def job(tmp_path: Path) -> st.JobRow:
+def job(tmp_path: Path) -> JobRow:
     with StateStore.open(tmp_path / "run", create=False, lock=False) as s:
         return s.rows()[0]
 
@@ -281,7 +282,7 @@ def test_poll_planner_learns_from_server_timestamps():
 
 
 def testneeds_files(tmp_path):
-    row = st.JobRow("ab12", 0, FLUX, {}, status=st.SUCCEEDED, output={"i": "https://h/a.png"})
+    row = JobRow("ab12", 0, FLUX, {}, status=st.SUCCEEDED, output={"i": "https://h/a.png"})
     assert needs_files(tmp_path, row)
     (tmp_path / "files").mkdir()
     (tmp_path / "files" / "a.png").write_bytes(b"1234")

@@ -13,6 +13,7 @@ import pytest
 
 from batchrun.store import ledger, state as st
 from batchrun.store.ledger import Attempt, books
+from batchrun.store.records import JobRow
 from batchrun.store.state import StateStore
 
 
@@ -98,12 +99,12 @@ def test_a_folder_made_before_the_ledger_gets_one_built(tmp_path: Path):
     with StateStore.open(folder) as s:
         s.set_meta(origin="https://api.example")
         s.add_jobs([J(f"j{i}", position=i) for i in range(5)])
-        s.import_job(st.JobRow("j0", 0, "m/x", {}, status=st.SUCCEEDED, request_id="r0",
+        s.import_job(JobRow("j0", 0, "m/x", {}, status=st.SUCCEEDED, request_id="r0",
                                attempts=1, cost_usd=0.05, finished_at=2.0))  # fmt: skip
-        s.import_job(st.JobRow("j1", 1, "m/x", {}, status=st.UNKNOWN, attempts=2))
-        s.import_job(st.JobRow("j2", 2, "m/x", {}, status=st.SUCCEEDED, cached=True,
+        s.import_job(JobRow("j1", 1, "m/x", {}, status=st.UNKNOWN, attempts=2))
+        s.import_job(JobRow("j2", 2, "m/x", {}, status=st.SUCCEEDED, cached=True,
                                saved_usd=0.3, cost_usd=0.0))  # fmt: skip
-        s.import_job(st.JobRow("j3", 3, "m/x", {}, status=st.QUEUED, request_id="r3",
+        s.import_job(JobRow("j3", 3, "m/x", {}, status=st.QUEUED, request_id="r3",
                                attempts=3))  # fmt: skip
     conn = sqlite3.connect(folder / "state.db")
     with conn:  # as batchrun made it before the ledger

@@ -14,7 +14,8 @@ import pytest
 
 from batchrun.errors import RunFolderInUse, StateError
 from batchrun.store import state as st
-from batchrun.store.state import OutputFile, StateStore
+from batchrun.store.records import OutputFile
+from batchrun.store.state import StateStore
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,171 @@
+"""Each job transition defined once: which fields of the job's row it changes, and to what.
+
+StateStore writes exactly these changes to state.db and returns them; the run's job table in
+memory (run/jobtable.py) applies the same changes to its copy, so the two cannot differ. Text
+is capped and costs made finite here, once, for both.
+
+A change is the field's new value, or one that depends on the row as it is (`Add`, `IfUnset`),
+which state.db applies inside its UPDATE, without reading the row first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from batchrun.store.records import (
+    PENDING,
+    QUEUED,
+    SUBMITTING,
+    SUCCEEDED,
+    UNKNOWN,
+    JobRow,
+    OutputFile,
+    cap_error,
+    finite_cost,
+)
+
+
+@dataclass(frozen=True)
+class Add:
+    """The field's value plus `n` (a count)."""
+
+    n: int
+
+
+@dataclass(frozen=True)
+class IfUnset:
+    """`value` where the field is None; otherwise the field keeps its value (a first sighting)."""
+
+    value: Any
+
+
+Changes = dict[str, Any]  # JobRow field -> its new value, an Add or an IfUnset
+
+
+def apply(row: JobRow, changes: Changes) -> None:
+    """Make `changes` to a row in memory, as state.db makes them to its row."""
+    for name, value in changes.items():
+        kind = type(value)
+        if kind is Add:
+            value = getattr(row, name) + value.n
+        elif kind is IfUnset:
+            current = getattr(row, name)
+            value = value.value if current is None else current
+        setattr(row, name, value)
+
+
+def mark_submitting() -> Changes:
+    """A submit is about to be sent; a crash from here on leaves it ambiguous."""
+    return {"status": SUBMITTING}
+
+
+def record_request_id(request_id: str, submitted_at: float) -> Changes:
+    """The server took the submit: a new attempt, nothing left of the previous one's result
+    (nor of a cache hit)."""
+    return {
+        "status": QUEUED,
+        "request_id": request_id,
+        "attempts": Add(1),
+        "submitted_at": submitted_at,
+        "started_at": None,
+        "finished_at": None,
+        "error": "",
+        "output": None,
+        "cost_usd": None,
+        "files": [],
+        "cached": False,
+        "saved_usd": None,
+    }
+
+
+def mark_unknown(error: str, *, count_attempt: bool = True) -> Changes:
+    """The submit may have reached the server."""
+    return {
+        "status": UNKNOWN,
+        "error": cap_error(error),
+        "attempts": Add(1 if count_attempt else 0),
+    }
+
+
+def mark_pending(error: str = "") -> Changes:
+    """Back to the submit queue (a refused submit, a retry, a requested resubmission)."""
+    return {
+        "status": PENDING,
+        "error": cap_error(error),
+        "request_id": None,
+        "finished_at": None,
+        "output": None,
+        "files": [],
+    }
+
+
+def record_status(status: str, started_at: float | None = None) -> Changes:
+    """QUEUED or RUNNING as last seen on the server; the first RUNNING sighting is the start."""
+    return {"status": status, "started_at": IfUnset(started_at)}
+
+
+def record_result(
+    status: str,
+    *,
+    finished_at: float,
+    output: Any = None,
+    error: str = "",
+    cost_usd: float | None = None,
+) -> Changes:
+    """A terminal state: SUCCEEDED, FAILED, TIMED_OUT or CANCELLED."""
+    return {
+        "status": status,
+        "finished_at": finished_at,
+        "output": output,
+        "error": cap_error(error),
+        "cost_usd": finite_cost(cost_usd),
+    }
+
+
+def record_cached(
+    *, finished_at: float, output: Any, saved_usd: float | None, files: Iterable[OutputFile]
+) -> Changes:
+    """SUCCEEDED from the cross-run cache: nothing sent, nothing paid."""
+    return {
+        "status": SUCCEEDED,
+        "request_id": None,
+        "error": "",
+        "submitted_at": None,
+        "started_at": None,
+        "finished_at": finished_at,
+        "output": output,
+        "cost_usd": 0.0,
+        "cached": True,
+        "saved_usd": saved_usd,
+        "files": list(files),
+    }
+
+
+def record_error(error: str) -> Changes:
+    """A note on a job that keeps its state."""
+    return {"error": cap_error(error)}
+
+
+def record_files(files: Iterable[OutputFile]) -> Changes:
+    """The job's files so far."""
+    return {"files": list(files)}
+
+
+def import_job(row: JobRow) -> Changes:
+    """A job's state, request, times, result and files as another folder holds them (merge)."""
+    return {
+        "status": row.status,
+        "request_id": row.request_id,
+        "attempts": row.attempts,
+        "error": cap_error(row.error),
+        "submitted_at": row.submitted_at,
+        "started_at": row.started_at,
+        "finished_at": row.finished_at,
+        "cost_usd": finite_cost(row.cost_usd),
+        "output": row.output,
+        "files": list(row.files),
+        "cached": row.cached,
+        "saved_usd": finite_cost(row.saved_usd),
+    }
