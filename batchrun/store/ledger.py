@@ -25,6 +25,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal
+from typing import Any
 
 SENDING = "sending"
 ACCEPTED = "accepted"
@@ -73,7 +74,7 @@ class Attempt:
     finished_at: float | None = None  # its outcome is known (result read, given up, cancelled)
 
     @classmethod
-    def from_row(cls, r: tuple) -> Attempt:
+    def from_row(cls, r: tuple[Any, ...]) -> Attempt:
         return cls(
             job_id=r[0],
             attempt=r[1],

@@ -112,28 +112,8 @@ def migrate(conn: sqlite3.Connection, run_dir: Path, *, writable: bool) -> str:
     if "meta" not in tables:
         if not writable:
             raise StateError(f"{run_dir}: {STATE_FILE} is empty")
-        with _transaction(conn, path):
-            for stmt in _SCHEMA.split(";"):
-                if stmt.strip():
-                    conn.execute(stmt)
-            conn.executemany(
-                "INSERT INTO meta (key, value) VALUES (?, ?)",
-                [
-                    ("schema_version", str(SCHEMA_VERSION)),
-                    ("batchrun_version", __version__),
-                    ("created", str(time.time())),
-                ],
-            )
-    found = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-    text = "0" if found is None else found[0]
-    try:
-        version = int(text)
-    except ValueError:
-        raise StateError(
-            f"{path}: its schema_version {text[:40]!r} is not a number (was it edited?); "
-            f"set it back to {SCHEMA_VERSION} in its meta table, or move {run_dir} "
-            "aside and run again"
-        ) from None
+        _create(conn, path)
+    version = _version(conn, run_dir)
     if version > SCHEMA_VERSION:
         raise StateError(
             f"{run_dir}: {STATE_FILE} has schema version {version}, made by a newer "
@@ -168,6 +148,35 @@ def migrate(conn: sqlite3.Connection, run_dir: Path, *, writable: bool) -> str:
             f"restore the file from a copy, or move {run_dir} aside and run again"
         )
     return COLUMNS
+
+
+def _create(conn: sqlite3.Connection, path: Path) -> None:
+    with _transaction(conn, path):
+        for stmt in _SCHEMA.split(";"):
+            if stmt.strip():
+                conn.execute(stmt)
+        conn.executemany(
+            "INSERT INTO meta (key, value) VALUES (?, ?)",
+            [
+                ("schema_version", str(SCHEMA_VERSION)),
+                ("batchrun_version", __version__),
+                ("created", str(time.time())),
+            ],
+        )
+
+
+def _version(conn: sqlite3.Connection, run_dir: Path) -> int:
+    """The schema version state.db says it has; StateError when it is not a number."""
+    found = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    text = "0" if found is None else found[0]
+    try:
+        return int(text)
+    except ValueError:
+        raise StateError(
+            f"{run_dir / STATE_FILE}: its schema_version {text[:40]!r} is not a number (was it "
+            f"edited?); set it back to {SCHEMA_VERSION} in its meta table, or move {run_dir} "
+            "aside and run again"
+        ) from None
 
 
 @contextmanager

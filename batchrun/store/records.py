@@ -104,9 +104,9 @@ class JobLike(Protocol):
     @property
     def model_id(self) -> str: ...
     @property
-    def inputs(self) -> dict: ...
+    def inputs(self) -> dict[str, Any]: ...
     @property
-    def vars(self) -> dict: ...
+    def vars(self) -> dict[str, Any]: ...
     @property
     def repeat(self) -> int: ...
     @property
@@ -191,7 +191,7 @@ def encode_field(name: str, value: Any) -> Any:
     return value
 
 
-def decode_row(r: tuple) -> JobRow:
+def decode_row(r: tuple[Any, ...]) -> JobRow:
     """A JobRow from a state.db row of COLUMNS, in that order."""
     return JobRow(
         job_id=r[0],

@@ -281,7 +281,7 @@ class StateStore:
             cur = self._conn.execute(f"SELECT {self._columns} FROM jobs {where}ORDER BY position")
             return [self._decode(r) for r in cur.fetchall()]
 
-    def _decode(self, r: tuple) -> records.JobRow:
+    def _decode(self, r: tuple[Any, ...]) -> records.JobRow:
         try:
             return decode_row(r)
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
