@@ -14,8 +14,7 @@ import pytest
 import requests
 
 from testing.cli import batchrun_cmd
-
-from .conftest import (
+from tests.reliability.conftest import (
     TOKEN,
     SimFactory,
     ambiguous_jobs,

@@ -31,7 +31,7 @@ from typing import IO, Any
 
 import pytest
 
-from .conftest import (
+from tests.reliability.conftest import (
     ambiguous_jobs,
     batchrun_cmd,
     clean_env,
@@ -42,8 +42,8 @@ from .conftest import (
     tree_snapshot,
     wait_until,
 )
-from .hostile_api import HostileApi, manifest_for
-from .hostile_mix import AMBIGUOUS, MANY, N_JOBS, OTHERS, TOKEN_FORMS, Mix
+from tests.reliability.hostile_api import HostileApi, manifest_for
+from tests.reliability.hostile_mix import AMBIGUOUS, MANY, N_JOBS, OTHERS, TOKEN_FORMS, Mix
 
 SIGNAL_BUDGET_S = 5.0
 RSS_BUDGET_MB = 300.0
