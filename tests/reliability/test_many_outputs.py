@@ -29,14 +29,20 @@ from .conftest import (
 from .hostile_api import PNG, Call, HostileApi, Reply, manifest_for
 
 N_FILES = 10_000
+# A signal half way: what landed is kept, the rest fetched by the rerun. The count only needs
+# to keep the transfers busy when the signal comes (the 10,000-file scale is the test above).
+SIGNAL_FILES = 2_000
 DOWNLOAD_WORKERS = 4  # the run's default
 
 
 class ManyOutputs:
-    """Answers every /result with N_FILES output URLs on the same server; counts the file
+    """Answers every /result with `n_files` output URLs on the same server; counts the file
     answers being made at once (each takes a moment, as a real server's does)."""
 
-    def __init__(self, *, slow_after: int | None = None, slow: str = "trickled") -> None:
+    def __init__(
+        self, *, n_files: int = N_FILES, slow_after: int | None = None, slow: str = "trickled"
+    ) -> None:
+        self.n_files = n_files
         self.slow_after = slow_after  # file calls after this many are slow:
         self.slow = slow  # "trickled" bodies, or "stalled" before their headers
         self.release = threading.Event()  # a stalled answer goes on
@@ -49,7 +55,7 @@ class ManyOutputs:
         self.api.server.RequestHandlerClass.disable_nagle_algorithm = True  # type: ignore[attr-defined]
 
     def urls(self, request_id: str) -> list[str]:
-        return [self.api.file_url(f"{request_id}/{i}.png") for i in range(N_FILES)]
+        return [self.api.file_url(f"{request_id}/{i}.png") for i in range(self.n_files)]
 
     def answer(self, call: Call) -> Reply | None:
         if call.kind == "result":
@@ -172,10 +178,11 @@ def test_ten_thousand_outputs_download_in_parallel_and_all_are_recorded(tmp_path
 def test_a_signal_half_way_keeps_what_landed_and_a_rerun_fetches_the_rest(
     tmp_path: Path, sig: int, slow: str
 ) -> None:
-    half = N_FILES // 2
+    n_files = SIGNAL_FILES
+    half = n_files // 2
     manifest_for(tmp_path, 1, download=True)
     run_dir = tmp_path / "run"
-    server = ManyOutputs(slow_after=half, slow=slow)
+    server = ManyOutputs(n_files=n_files, slow_after=half, slow=slow)
     with server.api as api:
         proc = start_run(tmp_path, api)
         try:
@@ -197,7 +204,7 @@ def test_a_signal_half_way_keeps_what_landed_and_a_rerun_fetches_the_rest(
         code2, err2, _ = finish(start_run(tmp_path, api), timeout=300)
         second_gets = api.calls["file"] - first_gets
     print(
-        f"\n{signal.Signals(sig).name}, file answers {slow}, {len(kept)} of 10,000 files "
+        f"\n{signal.Signals(sig).name}, file answers {slow}, {len(kept)} of {n_files:,} files "
         f"landed: exit {code} in {took:.2f}s; the rerun made "
         f"{second_gets} file requests"
     )
@@ -208,9 +215,9 @@ def test_a_signal_half_way_keeps_what_landed_and_a_rerun_fetches_the_rest(
         assert leftover_parts == []  # transfers abandoned, their temporary files removed
     assert len(kept) == half  # every file served whole is recorded; none cut off is
     assert code2 == 0, err2[-2000:]
-    assert second_gets == N_FILES - half
+    assert second_gets == n_files - half
     files = recorded(run_dir)
-    assert len(landed(files)) == N_FILES
+    assert len(landed(files)) == n_files
     kept_names = {f["url"]: f["name"] for f in kept}
     assert all(kept_names.get(f["url"], f["name"]) == f["name"] for f in files)
     assert part_files(run_dir) == []
