@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import cast
 
 import click
 
 from batchrun.errors import BatchrunError, ChoiceError, UsageError
 from batchrun.plan.manifest import load_manifest
-from batchrun.results.report import GRID_META, grid_choice, summarise, write_report
+from batchrun.results.report import (
+    GRID_META,
+    RunFacts,
+    grid_choice,
+    summarise,
+    write_report,
+)
 from batchrun.store import origin as og
 from batchrun.store.state import StateStore
 
@@ -36,21 +42,21 @@ def rewrite_report(
         attempts = store.attempts()
         meta = store.meta()
         held = og.recorded(meta, run_dir)
-    extra: dict[str, Any] = {}
+    facts: RunFacts = {}
     summary = Path(run_dir) / "summary.json"
     try:
         previous = json.loads(summary.read_text(encoding="utf-8"))
         fresh = summarise([])  # its keys: the figures write_report computes again
-        extra = {k: v for k, v in previous.items() if k not in fresh}
+        facts = cast(RunFacts, {k: v for k, v in previous.items() if k not in fresh})
     except (OSError, ValueError, AttributeError):
         pass
     if held:
-        extra["origin"] = held
+        facts["origin"] = held
     chosen = {"rows": rows_key, "cols": cols_key}
     # Unchosen: the grid an earlier `report --rows/--cols` chose, else the manifest's.
     kept_rows, kept_cols = grid_choice(meta, *_manifest_grid(meta.get("manifest", "")))
     rows_key, cols_key = rows_key or kept_rows, cols_key or kept_cols
-    write_report(Path(run_dir), rows, attempts, extra=extra, rows_key=rows_key, cols_key=cols_key)
+    write_report(Path(run_dir), rows, attempts, facts=facts, rows_key=rows_key, cols_key=cols_key)
     new = {GRID_META[axis]: name for axis, name in chosen.items() if name}
     if new:  # kept: the next `run` lays report.html out the same way
         with StateStore.open(run_dir, create=False, lock=False) as store:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from batchrun.catalog.pricing import plain
 from batchrun.errors import StateError
-from batchrun.results.report import write_report
+from batchrun.results.report import RunFacts, write_report
 from batchrun.store import origin as og, state as st
 from batchrun.store.ledger import Attempt
 from batchrun.store.records import JobRow
@@ -89,7 +89,7 @@ def merge_runs(
         if origin == og.SIMULATOR:
             (work / ".simulator").mkdir(exist_ok=True)  # a simulated folder, as its shards
         meta = _meta(sources)
-        extra = {
+        facts: RunFacts = {
             "origin": origin or meta.get("api_base", ""),
             "name": sources[0].meta.get("name", ""),
             "manifest": sources[0].meta.get("manifest", ""),
@@ -97,7 +97,7 @@ def merge_runs(
             "merged_from": [str(s.folder) for s in sources],
             **_money(meta),
         }
-        write_report(work, merged, attempts, extra=extra)
+        write_report(work, merged, attempts, facts=facts)
         if dest.is_dir():
             dest.rmdir()  # empty (checked): os.replace cannot put a folder over it otherwise
         os.replace(work, dest)
@@ -219,7 +219,7 @@ def _ledger(sources: list[_Source], chosen: dict[str, tuple[JobRow, _Source]]) -
     return out
 
 
-def _money(meta: dict[str, str]) -> dict[str, float | int | None]:
+def _money(meta: dict[str, str]) -> RunFacts:
     """The plan's estimate, unpriced jobs and the cap, for summary.json, as `_meta` summed
     them."""
 

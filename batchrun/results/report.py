@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from datetime import datetime, timezone
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 from batchrun.results import reportcsv
 from batchrun.results.html_report import write_html
@@ -157,6 +157,42 @@ def job_costs(rows: Iterable[JobRow], attempts: Iterable[Attempt]) -> dict[str, 
     return costs | {r.job_id: Decimal(0) for r in rows if r.cached and r.job_id not in costs}
 
 
+class Balance(TypedDict):
+    scope: str  # "account": the whole account's balance, not this run's alone
+    before_usd: float
+    after_usd: float | None
+
+
+class CacheUse(TypedDict):
+    folder: str
+    taken_this_run: int
+    damaged_entries: int
+
+
+class RunFacts(TypedDict, total=False):
+    """summary.json's figures about the run rather than its jobs (what `summarise` computes
+    from the jobs and the ledger is the rest). The one list of them: `run` writes them, `merge`
+    writes a merged folder's, `report` keeps those of the last run."""
+
+    name: str
+    manifest: str
+    origin: str  # "simulator" or the API base the results came from
+    api_calls: dict[str, int]  # over every run of the folder, by kind, and "total"
+    api_calls_this_run: dict[str, int]
+    throttled: int  # 429 answers this run
+    elapsed_s: float
+    interrupted: bool
+    est_cost_usd: float | None  # the plan's estimate of its priced jobs
+    unpriced_jobs: int | None
+    max_cost_usd: float | None  # the cap in force (a shard's share of it)
+    stopped_at_budget: bool
+    balance: Balance  # when the run read the account balance
+    cache: CacheUse  # when the run used a cache
+    selected: int  # with --only/--first/--sample/--shard: the jobs chosen
+    left_out: int  # ... and those the filter left out
+    merged_from: list[str]  # a merged folder: its shard folders
+
+
 def summarise(rows: Iterable[JobRow], attempts: Iterable[Attempt] = ()) -> dict[str, Any]:
     """Totals of the reported jobs: per status, durations, attempts, files; money from the
     ledger's `attempts` (store/ledger.py)."""
@@ -200,7 +236,7 @@ def write_report(
     rows: list[JobRow],
     attempts: list[Attempt],
     *,
-    extra: dict[str, Any] | None = None,
+    facts: RunFacts | None = None,
     rows_key: str | None = None,
     cols_key: str | None = None,
 ) -> None:
@@ -220,7 +256,7 @@ def write_report(
             reportcsv.header(inputs, var_names),
             (_line(row, inputs, var_names, costs.get(row.job_id)) for row in jobs),
         )
-        summary = summarise(jobs, attempts) | (extra or {})
+        summary = summarise(jobs, attempts) | dict(facts or {})
         write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
         write_html(run_dir, jobs, rows_key=rows_key, cols_key=cols_key)
 

@@ -452,7 +452,7 @@ class _Run:
     ) -> None:
         import json
 
-        from batchrun.results.report import grid_choice, write_report
+        from batchrun.results.report import RunFacts, grid_choice, write_report
 
         calls = dict(sorted(client.calls.items()))
         attempts = self.store.attempts()
@@ -464,7 +464,7 @@ class _Run:
         total.pop("total", None)
         total["total"] = sum(total.values())
         self.store.set_meta(api_calls=json.dumps(total))
-        extra = {
+        facts: RunFacts = {
             "name": self.plan.manifest.name,
             "manifest": str(self.plan.manifest.path),
             "origin": og.recorded(meta, self.run_dir) or self.opts.api_base,
@@ -480,29 +480,29 @@ class _Run:
         }
         if self.balance_before is not None:
             after = self._balance()
-            extra["balance"] = {  # the whole account's, not this run's alone
+            facts["balance"] = {  # the whole account's, not this run's alone
                 "scope": "account",
                 "before_usd": float(self.balance_before),
                 "after_usd": None if after is None else float(after),
             }
         if self.cache is not None:
-            extra["cache"] = {
+            facts["cache"] = {
                 "folder": str(self.cache.root),
                 "taken_this_run": self.restored.jobs,
                 "damaged_entries": len(self.restored.damaged),
             }
         if self.opts.only is not None:
-            extra["selected"] = len(self.opts.only)
-            extra["left_out"] = self.opts.left_out
+            facts["selected"] = len(self.opts.only)
+            facts["left_out"] = self.opts.left_out
         grid = self.plan.manifest.report
         rows_key, cols_key = grid_choice(self.store.meta(), grid.rows, grid.cols)
         try:
             write_report(
-                self.run_dir, rows, attempts, extra=extra, rows_key=rows_key, cols_key=cols_key
+                self.run_dir, rows, attempts, facts=facts, rows_key=rows_key, cols_key=cols_key
             )
         except ChoiceError as exc:
             self.echo(f"warning: report.html grid: {exc}; laid out automatically")
-            write_report(self.run_dir, rows, attempts, extra=extra)
+            write_report(self.run_dir, rows, attempts, facts=facts)
 
 
 def _say(text: str) -> None:
