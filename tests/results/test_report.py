@@ -169,7 +169,7 @@ def test_summary_figures(tmp_path: Path) -> None:
     rows.append(job(20, status=state.FAILED, attempts=2, error="boom"))
     rows.append(job(21, status=state.QUEUED, submitted_at=T0 + 100))
     rows.append(job(22, status=state.FAILED, in_manifest=False, attempts=9, cost_usd=5.0))
-    write_report(tmp_path, rows, attempts_for(rows), extra={"api_calls": {"submit": 22}})
+    write_report(tmp_path, rows, attempts_for(rows), facts={"api_calls": {"submit": 22}})
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary == summarise(rows, attempts_for(rows)) | {"api_calls": {"submit": 22}}
     assert summary["jobs"] == 22
