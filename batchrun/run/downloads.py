@@ -34,7 +34,7 @@ FILES_SHOWN = 10  # fewer files to fetch go unmentioned on the progress line
 WAKE_S = 0.2  # an idle worker looks at the stop event this often (a signal cannot notify)
 
 
-class Downloads:
+class DownloadPool:
     """Jobs whose files are being fetched. The public methods run on the scheduler's thread;
     the workers (`_work` and what it calls) reach the scheduler only through its `results`
     queue."""

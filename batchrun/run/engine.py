@@ -28,8 +28,8 @@ from batchrun.plan.build import Plan
 from batchrun.plan.settings import RunSettings
 from batchrun.run.budget import Budget, no_balance, plan_estimator
 from batchrun.run.cache import Restored, fill, open_for_plan, restore_pending
-from batchrun.run.closing import conclude
 from batchrun.run.downloads import PlanFiles
+from batchrun.run.ending import say_how_it_ended
 from batchrun.run.halt import SweepGate
 from batchrun.run.jobtable import JobTable
 from batchrun.run.parts import RunParts
@@ -42,7 +42,7 @@ from batchrun.store.records import JobRow, OutputFile
 from batchrun.store.state import StateStore
 from batchrun.util.safetext import printable
 
-EXIT_INTERRUPTED = 130  # 0 and 1: closing.conclude
+EXIT_INTERRUPTED = 130  # 0 and 1: ending.say_how_it_ended
 # Calls arrive at the server with network jitter: the limiter's window is this much longer
 # than a second, so no rolling second the server counts holds more than rate_limit calls; a
 # 429 says the jitter was larger, and widens it by RATE_HEADROOM_STEP.
@@ -210,7 +210,7 @@ class _Run:
             raise no_balance(sched.fatal, mine, self.opts.resume_command)
         if sched.fatal is not None and getattr(sched.fatal, "exit_code", 1) != 1:
             raise sched.fatal
-        code = conclude(
+        code = say_how_it_ended(
             mine, sched, budget,
             run_dir=self.run_dir, elapsed=self.opts.clock() - self.started,
             left_out=self.opts.left_out if self.opts.only else None,

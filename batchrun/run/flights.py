@@ -24,9 +24,9 @@ from batchrun.run.outcome import Outcome
 from batchrun.run.parts import RunParts
 from batchrun.run.policy import Told
 from batchrun.run.polling import PollPlanner, finished_odds
-from batchrun.run.progress import secs
 from batchrun.store import state as st
 from batchrun.store.records import JobRow
+from batchrun.util.durations import secs
 
 # A spare call reads a job only when the odds it finished since its last read are at least
 # this: below, the read would almost surely be wasted.

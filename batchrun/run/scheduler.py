@@ -21,7 +21,7 @@ from batchrun.api import answers as api_answers
 from batchrun.errors import AuthError, UnreachableError
 from batchrun.run import policy
 from batchrun.run.breaker import SubmitBreaker
-from batchrun.run.downloads import Downloads, PlanFiles
+from batchrun.run.downloads import DownloadPool, PlanFiles
 from batchrun.run.flights import Flights
 from batchrun.run.inflight import InFlightCap
 from batchrun.run.outcome import Outcome
@@ -82,7 +82,7 @@ class Scheduler:
         self.reach = api_answers.Reachability(clock)
         self.stop = threading.Event()  # Ctrl-C: see request_stop
         self.workers = Workers(workers, limiter, wall)
-        self.downloads = Downloads(
+        self.downloads = DownloadPool(
             plan_files,
             self.jobs,
             self.workers.results,

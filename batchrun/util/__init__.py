@@ -1,5 +1,6 @@
 """Small helpers with no knowledge of batchrun's records: printable server text, pausing the GC,
-media suffixes.
+media suffixes,
+durations as text.
 
 May import: nothing of batchrun but errors.
 """

@@ -1,4 +1,4 @@
-"""Downloads: a run's file transfers share its download threads, take turns between jobs,
+"""DownloadPool: a run's file transfers share its download threads, take turns between jobs,
 stop on a stop, and are recorded at most FLUSH_S seconds after they land."""
 
 from __future__ import annotations
@@ -16,13 +16,13 @@ import pytest
 
 from batchrun.fetch.download import Downloader
 from batchrun.fetch.jobfiles import INTERRUPTED, FileTask, JobDir, JobFiles, Stopped
-from batchrun.run.downloads import FLUSH_S, Downloads
+from batchrun.run.downloads import FLUSH_S, DownloadPool
 from batchrun.run.outcome import Outcome
 from batchrun.store.records import OutputFile
 
 
 class FakeJobs:
-    """What Downloads uses of a JobTable: the rows and record_files."""
+    """What DownloadPool uses of a JobTable: the rows and record_files."""
 
     def __init__(self, *job_ids: str) -> None:
         self.rows = {j: SimpleNamespace(output=None, files=[]) for j in job_ids}
@@ -73,7 +73,7 @@ def wait_for(condition: Any, timeout: float = 10.0) -> bool:
     return True
 
 
-def drain(downloads: Downloads, results: queue.Queue[Outcome], until: Any) -> None:
+def drain(downloads: DownloadPool, results: queue.Queue[Outcome], until: Any) -> None:
     deadline = time.monotonic() + 10
     while not until():
         assert time.monotonic() < deadline, "outcomes did not come back"
@@ -88,7 +88,7 @@ def test_files_share_the_download_threads_and_jobs_take_turns(tmp_path: Path) ->
     jobs = FakeJobs("aaaaaa", "bbbbbb")
     results: queue.Queue[Outcome] = queue.Queue()
     plan = planner(tmp_path, {"aaaaaa": 30, "bbbbbb": 2}, transfers)
-    downloads = Downloads(plan, jobs, results, workers=3, stop=threading.Event())  # type: ignore[arg-type]
+    downloads = DownloadPool(plan, jobs, results, workers=3, stop=threading.Event())  # type: ignore[arg-type]
     downloads.start("aaaaaa")
     downloads.start("bbbbbb")
     downloads.start("aaaaaa")  # already under way: not twice
@@ -112,9 +112,9 @@ def test_settled_files_are_recorded_every_second_and_when_the_job_is_done(
     jobs = FakeJobs("cccccc")
     results: queue.Queue[Outcome] = queue.Queue()
     plan = planner(tmp_path, {"cccccc": 3}, Transfers())
-    downloads = Downloads(
+    downloads = DownloadPool(
         plan,
-        jobs,  # type: ignore[arg-type]  # the part of a JobTable Downloads uses
+        jobs,  # type: ignore[arg-type]  # the part of a JobTable DownloadPool uses
         results,
         workers=1,
         stop=threading.Event(),
@@ -144,7 +144,7 @@ def test_after_a_stop_no_transfer_starts(tmp_path: Path) -> None:
     jobs = FakeJobs("dddddd")
     results: queue.Queue[Outcome] = queue.Queue()
     plan = planner(tmp_path, {"dddddd": 50}, transfers)
-    downloads = Downloads(plan, jobs, results, workers=2, stop=stop)  # type: ignore[arg-type]
+    downloads = DownloadPool(plan, jobs, results, workers=2, stop=stop)  # type: ignore[arg-type]
     downloads.start("dddddd")
     downloads.send()
     assert wait_for(lambda: transfers.active == 2)
@@ -169,7 +169,7 @@ def test_a_plan_that_fails_is_recorded_as_the_jobs_error(tmp_path: Path) -> None
 
     jobs = FakeJobs("ffffff")
     results: queue.Queue[Outcome] = queue.Queue()
-    downloads = Downloads(plan, jobs, results, workers=1, stop=threading.Event())  # type: ignore[arg-type]
+    downloads = DownloadPool(plan, jobs, results, workers=1, stop=threading.Event())  # type: ignore[arg-type]
     downloads.start("ffffff")
     downloads.send()
     drain(downloads, results, lambda: not downloads.busy)
@@ -181,7 +181,8 @@ def test_a_plan_that_fails_is_recorded_as_the_jobs_error(tmp_path: Path) -> None
 
 @pytest.mark.parametrize("workers", [1, 4])
 def test_close_without_downloads_returns_at_once(workers: int) -> None:
-    downloads = Downloads(None, FakeJobs(), queue.Queue(), workers=workers, stop=threading.Event())  # type: ignore[arg-type]
+    jobs: Any = FakeJobs()  # the part of a JobTable a DownloadPool uses
+    downloads = DownloadPool(None, jobs, queue.Queue(), workers=workers, stop=threading.Event())
     downloads.start("aaaaaa")
     started = time.monotonic()
     downloads.close()
@@ -241,7 +242,7 @@ def test_a_stop_during_a_stalled_body_leaves_no_part_and_records_every_url(
     jobs = FakeJobs(job_id)
     results: queue.Queue[Outcome] = queue.Queue()
     stop = threading.Event()
-    downloads = Downloads(
+    downloads = DownloadPool(
         lambda j, output, existing: downloader.plan(tmp_path, j, urls, existing),
         jobs,  # type: ignore[arg-type]
         results,
@@ -289,7 +290,7 @@ def test_a_stop_ends_a_retrys_wait_and_sends_nothing_more(tmp_path: Path) -> Non
 def test_the_note_counts_the_files_still_to_fetch(tmp_path: Path) -> None:
     jobs = FakeJobs("aaaaaa", "bbbbbb")
     plan = planner(tmp_path, {"aaaaaa": 12, "bbbbbb": 3}, Transfers())
-    downloads = Downloads(plan, jobs, queue.Queue(), workers=1, stop=threading.Event())  # type: ignore[arg-type]
+    downloads = DownloadPool(plan, jobs, queue.Queue(), workers=1, stop=threading.Event())  # type: ignore[arg-type]
     assert downloads.note() == ""
     for job_id in ("aaaaaa", "bbbbbb"):
         downloads._jobs[job_id] = None  # as start() leaves it

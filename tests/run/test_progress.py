@@ -17,6 +17,7 @@ import pytest
 
 from batchrun.run import progress
 from batchrun.run.progress import Progress
+from batchrun.util import durations
 
 
 class Clock:
@@ -78,7 +79,7 @@ def test_no_eta_before_the_first_job_finishes() -> None:
 
 @pytest.mark.parametrize(("seconds", "text"), [(0.4, "0s"), (59.6, "1m00s"), (3725, "1h02m")])
 def test_duration(seconds: float, text: str) -> None:
-    assert progress.duration(seconds) == text
+    assert durations.duration(seconds) == text
 
 
 def test_a_pty_with_no_terminal_behind_it_gets_lines(monkeypatch) -> None:

@@ -8,15 +8,16 @@ from pathlib import Path
 from batchrun.results.report import without_output
 from batchrun.run.budget import Budget, cost_text
 from batchrun.run.cache import cached_note
-from batchrun.run.progress import duration, report_counts
+from batchrun.run.progress import report_counts
 from batchrun.run.scheduler import Scheduler
 from batchrun.store import state as st
 from batchrun.store.records import JobRow
+from batchrun.util.durations import duration
 
 EXIT_OK, EXIT_FAILED = 0, 1
 
 
-def conclude(
+def say_how_it_ended(
     rows: list[JobRow],
     sched: Scheduler,
     budget: Budget,
