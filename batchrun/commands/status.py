@@ -12,7 +12,7 @@ import click
 from batchrun.api.answers import AMBIGUOUS_SUBMIT
 from batchrun.catalog.pricing import usd
 from batchrun.results.report import job_costs, without_output
-from batchrun.run.budget import estimate_text, spent_text
+from batchrun.run.money_text import estimate_text, spent_text
 from batchrun.run.progress import describe, report_counts
 from batchrun.store import ledger, lock, origin as og, state as st
 from batchrun.store.records import report_status

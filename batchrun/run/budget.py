@@ -32,8 +32,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Protocol
 
 from batchrun.api import answers as api_answers
-from batchrun.catalog.pricing import Estimator, usd
-from batchrun.errors import InsufficientBalanceError
+from batchrun.catalog.pricing import Estimator
 from batchrun.run import policy
 from batchrun.run.policy import Decision, JobsView, Told
 from batchrun.store import ledger, state as st
@@ -259,26 +258,9 @@ class Budget(policy.Policy):
 
     # ---- read -------------------------------------------------------------------------
 
-    def line(self) -> str:
-        """`$0.48 spent, est. $1.20 (cap $1.00)`, for the progress line."""
-        text = f"{spent_text(self.spent, self.unknown_cost)}, "
-        text += estimate_text(self.est_total, self.unpriced)
-        if self.cap is not None:
-            text += f" (cap {usd(self.cap)})"
-        return text
-
-    def unknown_cost_note(self) -> str:
-        """Why an unpriced model's lost attempt stops the run under a cap ('' if none)."""
-        if not self.unknown_cost:
-            return ""
-        models = sorted({a.model_id for a in self.books.unknown_cost}) or sorted(self._learning)
-        return (
-            f"{self.unknown_cost} attempt{'s' if self.unknown_cost != 1 else ''} of "
-            f"{', '.join(models) or 'an unpriced model'} may have been billed and nothing tells "
-            "what it cost (the model has no price and no result gave a cost), so under a cap "
-            "nothing more is sent: give the model a price (batchrun models pull MODEL_ID) or "
-            "run without a cap"
-        )
+    def unknown_cost_models(self) -> list[str]:
+        """The models of the attempts of unknown cost (see `unknown_cost`)."""
+        return sorted({a.model_id for a in self.books.unknown_cost}) or sorted(self._learning)
 
     # ---- inside -----------------------------------------------------------------------
 
@@ -339,44 +321,3 @@ def plan_estimator(plan: Plan) -> Estimate:
         return found(inputs)
 
     return estimate
-
-
-def estimate_text(est_total: Decimal, unpriced: int) -> str:
-    """`est. $1.00`, `est. $1.00 + 3 unpriced`, or, when no job has a price, `no estimate: 3
-    jobs unpriced` (never a bare `est. $0.00` beside jobs that will cost money)."""
-    if unpriced and not est_total:
-        return f"no estimate: {unpriced} job{'s' if unpriced != 1 else ''} unpriced"
-    return f"est. {usd(est_total)}" + (f" + {unpriced} unpriced" if unpriced else "")
-
-
-def spent_text(spent: Decimal, unknown_cost: int = 0) -> str:
-    """`$0.48 spent`, or `$0.48 spent + 1 attempt of unknown cost`."""
-    text = f"{usd(spent)} spent"
-    if unknown_cost:
-        text += f" + {unknown_cost} attempt{'s' if unknown_cost != 1 else ''} of unknown cost"
-    return text
-
-
-def cost_text(budget: Budget) -> str:
-    """`Cost $0.80 (est. $1.00, cap $1.00)`: what the folder's attempts cost (the ledger's
-    spent), beside the plan's quote."""
-    est = estimate_text(budget.est_total, budget.unpriced)
-    if budget.cap is not None:
-        est += f", cap {usd(budget.cap)}"
-    unknown = f" + {budget.unknown_cost} of unknown cost" if budget.unknown_cost else ""
-    return f"Cost {usd(budget.spent)}{unknown} ({est})"
-
-
-def no_balance(
-    exc: InsufficientBalanceError, rows: list[JobRow], again: str
-) -> InsufficientBalanceError:
-    """The API's refusal, said plainly: what did not run and how to go on (rerun `again`)."""
-    not_run = sum(1 for r in rows if r.status == st.PENDING)
-    return InsufficientBalanceError(
-        f"{exc.message}: insufficient balance, the account cannot pay for more jobs; "
-        f"stopped submitting, {not_run} job{'s' if not_run != 1 else ''} not run. "
-        f"Top up the RunComfy balance, then rerun: {again or 'the same command'}",
-        endpoint=exc.endpoint,
-        status=exc.status,
-        error_code=exc.error_code,
-    )

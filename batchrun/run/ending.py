@@ -6,8 +6,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from batchrun.results.report import without_output
-from batchrun.run.budget import Budget, cost_text
+from batchrun.run.budget import Budget
 from batchrun.run.cache import cached_note
+from batchrun.run.money_text import cost_text
 from batchrun.run.progress import report_counts
 from batchrun.run.scheduler import Scheduler
 from batchrun.store import state as st

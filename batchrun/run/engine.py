@@ -21,17 +21,18 @@ from batchrun.api.balance import read_balance
 from batchrun.api.client import Client
 from batchrun.api.ratelimit import RateLimiter
 from batchrun.catalog.pricing import plain, usd
-from batchrun.errors import ApiError, BudgetReached, ChoiceError, InsufficientBalanceError
+from batchrun.errors import ApiError, ChoiceError, InsufficientBalanceError
 from batchrun.fetch.download import Downloader
 from batchrun.fetch.jobfiles import JobFiles
 from batchrun.plan.build import Plan
 from batchrun.plan.settings import RunSettings
-from batchrun.run.budget import Budget, no_balance, plan_estimator
+from batchrun.run.budget import Budget, plan_estimator
 from batchrun.run.cache import Restored, fill, open_for_plan, restore_pending
 from batchrun.run.downloads import PlanFiles
 from batchrun.run.ending import say_how_it_ended
 from batchrun.run.halt import SweepGate
 from batchrun.run.jobtable import JobTable
+from batchrun.run.money_text import budget_reached, no_balance, progress_cost
 from batchrun.run.parts import RunParts
 from batchrun.run.policy import SubmitPolicy
 from batchrun.run.progress import Progress, server_wait
@@ -135,7 +136,7 @@ class _Run:
             len(rows),
             quiet=self.opts.quiet,
             clock=self.opts.clock,
-            cost=budget.line,
+            cost=lambda: progress_cost(budget),
             waiting=server_wait(limiter.paused_for),
         )
         policies: list[SubmitPolicy] = [budget]
@@ -218,23 +219,8 @@ class _Run:
         )  # fmt: skip
         not_run = sum(1 for r in mine if r.status == st.PENDING)
         if budget.reached and not_run:
-            raise self._budget_reached(budget, not_run)
+            raise budget_reached(budget, not_run, max(1, self.opts.share))
         return code
-
-    def _budget_reached(self, budget: Budget, not_run: int) -> BudgetReached:
-        assert budget.cap is not None
-        share = max(1, self.opts.share)
-        cap = f"{usd(budget.cap)} cap" + (f" (this shard's 1/{share})" if share > 1 else "")
-        why = budget.unknown_cost_note()
-        n = budget.unknown_cost
-        unknown = f" + {n} attempt{'s' if n != 1 else ''} of unknown cost" if n else ""
-        return BudgetReached(
-            f"stopped at the cost budget: spent {usd(budget.spent)}{unknown} of the {cap}; "
-            f"{not_run} job{'s' if not_run != 1 else ''} not run. "
-            + (f"{why}. " if why else "")
-            + "Rerun with a higher cap (--max-cost or run.max_cost_usd) to continue; "
-            "jobs already paid are not paid again"
-        )
 
     def _record_budget(self, budget: Budget) -> None:
         """The estimate and the cap, for `status` (which reads only the run folder)."""

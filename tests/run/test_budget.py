@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 
 from batchrun.api import answers as api_answers
-from batchrun.run.budget import Budget, estimate_text
+from batchrun.run.budget import Budget
+from batchrun.run.money_text import estimate_text, progress_cost, unknown_cost_note
 from batchrun.store import state as st
 from batchrun.store.ledger import ACCEPTED, CACHED, CANCELLED, REFUSED, UNKNOWN, Attempt
 from batchrun.store.records import JobRow
@@ -141,7 +142,7 @@ def test_no_cap_admits_everything_and_counts_the_spend():
     b = budget(None)
     assert all(send(b, f"j{i}") for i in range(10))
     b.settle("j0", st.SUCCEEDED, 0.04)
-    assert b.spent == Decimal("0.04") and b.line() == "$0.04 spent, est. $0.40"
+    assert b.spent == Decimal("0.04") and progress_cost(b) == "$0.04 spent, est. $0.40"
 
 
 def test_what_earlier_runs_paid_counts_as_spent_on_resume():
@@ -192,8 +193,8 @@ def test_a_lost_attempt_of_an_unpriced_model_holds_all_the_room_on_resume():
     b = budget("1.00", *rows, ledger=(attempt("u0", UNKNOWN, UNPRICED),))
     assert b.unknown_cost == 1
     assert not b.admits("u1") and not b.admits("p0") and b.reached
-    assert "u/unpriced" not in b.unknown_cost_note()  # names the model as the ledger has it
-    assert UNPRICED in b.unknown_cost_note()
+    assert "u/unpriced" not in unknown_cost_note(b)  # names the model as the ledger has it
+    assert UNPRICED in unknown_cost_note(b)
 
 
 def test_a_result_without_a_cost_of_an_unpriced_model_keeps_holding_the_room():
@@ -223,7 +224,7 @@ def test_the_progress_line_shows_spend_estimate_and_cap():
     b = budget("0.30", row("j0"), row("u0", UNPRICED))
     send(b, "j0")
     b.settle("j0", st.SUCCEEDED, 0.04)
-    assert b.line() == "$0.04 spent, est. $0.04 + 1 unpriced (cap $0.30)"
+    assert progress_cost(b) == "$0.04 spent, est. $0.04 + 1 unpriced (cap $0.30)"
 
 
 def test_the_estimate_says_so_when_no_job_has_a_price():
