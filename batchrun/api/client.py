@@ -112,6 +112,7 @@ class Client:
             body = self._call("submit", "POST", f"/v1/models/{_path(model_id)}", json=inputs)
         except ApiError as exc:
             if exc.status is not None and exc.status < 400 and exc.request_id:
+                _check_request_id(exc.request_id, exc.endpoint)
                 raise AcceptedWithError(
                     f"submit answered 200 with a request id and error_code {exc.error_code} "
                     f"({exc}); kept and read, as it may run and be billed",
@@ -130,24 +131,25 @@ class Client:
                 status=200,
                 maybe_sent=True,
             )
+        _check_request_id(request_id, f"POST /v1/models/{model_id}")
         return request_id
 
     def status(self, request_id: str) -> dict[str, Any]:
         """GET /v1/requests/{id}/status."""
-        return self._call("status", "GET", f"/v1/requests/{_path(request_id)}/status")
+        return self._call("status", "GET", f"/v1/requests/{_segment(request_id)}/status")
 
     def result(self, request_id: str) -> dict[str, Any]:
         """GET /v1/requests/{id}/result?include_cost=true (also answers while not finished)."""
         return self._call(
             "result",
             "GET",
-            f"/v1/requests/{_path(request_id)}/result",
+            f"/v1/requests/{_segment(request_id)}/result",
             params={"include_cost": "true"},
         )
 
     def cancel(self, request_id: str) -> dict[str, Any]:
         """POST /v1/requests/{id}/cancel: `outcome` is cancelled or not_cancellable."""
-        return self._call("cancel", "POST", f"/v1/requests/{_path(request_id)}/cancel")
+        return self._call("cancel", "POST", f"/v1/requests/{_segment(request_id)}/cancel")
 
     def model(self, model_id: str) -> dict[str, Any]:
         """GET /v1/models/{model_id}: the catalog entry with its input_schema."""
@@ -461,3 +463,25 @@ def _error_code_set(body: dict[str, Any]) -> bool:
 def _path(segment: str) -> str:
     # model ids contain slashes that are part of the path; keep them, escape the rest
     return quote(segment, safe="/-_.~")
+
+
+def _segment(request_id: str) -> str:
+    """A request id as one path segment: a slash in it is escaped, never a path of its own."""
+    return quote(request_id, safe="-_.~")
+
+
+_UNUSABLE_ID = re.compile(r"[/?#%\\\s\x00-\x1f\x7f]")
+
+
+def _check_request_id(request_id: str, endpoint: str) -> None:
+    """A request id goes into the URLs of its reads and its cancel: one that is not a single
+    plain path segment (`../models/x`, `.`, a query) could reach another endpoint, so it is not
+    used. The submit may have been accepted and billed all the same: the job is unknown."""
+    if request_id in (".", "..") or _UNUSABLE_ID.search(request_id) or len(request_id) > 200:
+        raise TransportError(
+            f"submit answer's request_id {request_id[:60]!r} is not a plain path segment; not "
+            "used in a URL",
+            endpoint=endpoint,
+            status=200,
+            maybe_sent=True,
+        )

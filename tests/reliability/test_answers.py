@@ -50,6 +50,34 @@ def test_a_200_with_a_request_id_and_an_error_code_is_kept_and_read(tmp_path: Pa
     assert (exit_code, again) == (0, 0)
 
 
+@pytest.mark.parametrize(
+    ("request_id", "error_code"),
+    [("../../models/acme/x", None), ("a/b", None), ("..", None), ("r1?x=1", None),
+     ("../cancel", 500001)],
+    ids=["dot-dot-path", "slash", "dot-dot", "query", "kept-with-error-code"],
+)  # fmt: skip
+def test_a_request_id_that_is_not_one_path_segment_is_never_put_in_a_url(
+    tmp_path: Path, request_id: str, error_code: int | None
+) -> None:
+    """A server's request id goes into the URLs of its reads and its cancel; one that would
+    make another path (another request's cancel, a model's submit) is not used. The submit may
+    have been billed all the same: the job is unknown, not failed and not sent again."""
+
+    def answer(call: Call) -> Reply | None:
+        if call.kind == "submit":
+            return Reply(body={"request_id": request_id, "error_code": error_code})
+        return None
+
+    manifest_for(tmp_path, 1)
+    with HostileApi(answer) as api:
+        exit_code, _, rows = run_here(tmp_path, api)
+        again, _, rows = run_here(tmp_path, api)
+    assert [r.status for r in rows] == [st.UNKNOWN]
+    assert exit_code == again == 1
+    assert [c.kind for c in api.log] == ["submit"]  # one submit, nothing read, nothing resent
+    assert not any(request_id in c.path for c in api.log)
+
+
 def test_a_model_refused_for_every_job_stops_after_its_first_submit(
     tmp_path: Path, simulator: SimFactory
 ) -> None:
