@@ -66,13 +66,14 @@ class Scheduler:
         download_workers: int = 4,
     ) -> None:
         client, limiter, run = parts.client, parts.limiter, parts.run
+        clock, wall = parts.clock, parts.wall
         self.client = client
         self._reads = {"poll": client.result, "refresh": client.result, "cancel": client.cancel}
         self.estimate = estimate  # recorded with each attempt in the ledger (the budget's)
         self.limiter = limiter
         limiter.burst_s = max(limiter.burst_s, CATCH_UP_S)
         self.progress = progress
-        self.clock, self.wall = clock, wall = parts.clock, parts.wall
+        self.clock, self.wall = clock, wall
         self.jobs = parts.jobs
         self.refusals = ModelRefusals()  # models the API refused for every job
         self.policy = Policies(self.refusals, *policies, SubmitBreaker(clock, wall))
