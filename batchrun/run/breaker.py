@@ -21,7 +21,6 @@ from batchrun.errors import ApiError
 from batchrun.run.policy import (
     ACCEPTED,
     AMBIGUOUS,
-    GO,
     HOLD,
     REFUSED,
     SEND,
@@ -36,6 +35,7 @@ from batchrun.store.records import JobRow
 # A flaky server trips it ~0.1% of runs.
 MAX_AMBIGUOUS_SUBMITS = 6
 MAX_SUBMIT_REFUSALS = 6  # consecutive refused submits (about 30 s) before giving up on the server
+_ONE_AT_A_TIME = Decision(HOLD, "one submit at a time until the API accepts one")
 
 
 class SubmitBreaker(Policy):
@@ -57,7 +57,7 @@ class SubmitBreaker(Policy):
 
     def ask(self, job: JobRow, jobs: JobsView) -> Decision:
         if not self.accepted and self.sent:
-            return Decision(HOLD, "one submit at a time until the API accepts one")
+            return _ONE_AT_A_TIME
         wait = self.not_before - self.clock()
         if wait > 0:
             return Decision(HOLD, "backing off after a refused submit", wait=wait)
@@ -112,6 +112,3 @@ class SubmitBreaker(Policy):
 
 def _why(exc: BaseException | None) -> str:
     return str(exc) if isinstance(exc, ApiError) else f"{type(exc).__name__}: {exc}"
-
-
-__all__ = ["GO", "MAX_AMBIGUOUS_SUBMITS", "MAX_SUBMIT_REFUSALS", "SubmitBreaker"]

@@ -44,6 +44,7 @@ if TYPE_CHECKING:
 Estimate = Callable[[str, Mapping[str, Any]], "Decimal | None"]  # (model id, inputs)
 
 _ZERO = Decimal(0)
+_WAIT_FOR_FLIGHTS = Decision(policy.HOLD, "waiting for the jobs in flight to settle their cost")
 
 
 class LedgerWriter(Protocol):
@@ -92,7 +93,6 @@ class Budget(policy.Policy):
         self.unpriced = 0  # how many of the run's jobs have none
         self._held: dict[str, Decimal] = {}
         self._jobs: dict[str, _Job] = {}
-        self._highest = self.books.highest  # model id -> highest actual cost seen
         self._learning: dict[str, str] = {}  # unpriced model id -> its job in flight
 
     @classmethod
@@ -117,11 +117,9 @@ class Budget(policy.Policy):
         attempts = list(attempts)
         held = [a for a in attempts if a.in_flight and (a.job_id, a.request_id) in polled]
         rest = [a for a in attempts if not (a.in_flight and (a.job_id, a.request_id) in polled)]
-        books = ledger.books(rest)
+        budget = cls(cap, estimate, ledger.books(rest), writer)
         for a in held:  # what they teach of prices counts; their cost is held, not spent
-            if a.actual is not None and a.actual > books.highest.get(a.model_id, Decimal(-1)):
-                books.highest[a.model_id] = a.actual
-        budget = cls(cap, estimate, books, writer)
+            budget._learn(a.model_id, a.actual)
         for row in every:
             budget._know(row)
         for row in run:
@@ -136,15 +134,6 @@ class Budget(policy.Policy):
             budget.reserve(a.job_id)
         return budget
 
-    @classmethod
-    def unlimited(cls) -> Budget:
-        """No cap and no estimates: only counts what the results cost."""
-        return cls(None, lambda model_id, inputs: None)
-
-    def bind(self, writer: LedgerWriter) -> None:
-        """Write each attempt's outcome to this ledger (the run folder's state)."""
-        self.writer = writer
-
     # ---- the submit policy ------------------------------------------------------------
 
     def ask(self, job: JobRow, jobs: JobsView) -> Decision:
@@ -152,7 +141,7 @@ class Budget(policy.Policy):
             return policy.SEND
         if self.reached:
             return Decision(policy.STOP, "the cost budget")
-        return Decision(policy.HOLD, "waiting for the jobs in flight to settle their cost")
+        return _WAIT_FOR_FLIGHTS
 
     def sending(self, job: JobRow) -> None:
         self.reserve(job.job_id)
@@ -289,14 +278,11 @@ class Budget(policy.Policy):
         """The higher of the job's estimate and the highest actual cost seen for its model;
         None when neither is known."""
         job = self._job(job_id)
-        seen = self._highest.get(job.model_id)
-        if job.estimate is None or (seen is not None and seen > job.estimate):
-            return seen
-        return job.estimate
+        return self.books.best(job.model_id, job.estimate)
 
     def _learn(self, model_id: str, actual: Decimal | None) -> None:
-        if actual is not None and actual > self._highest.get(model_id, Decimal(-1)):
-            self._highest[model_id] = actual
+        if actual is not None and actual > self.books.highest.get(model_id, Decimal(-1)):
+            self.books.highest[model_id] = actual
 
     def _drop(self, job_id: str) -> Decimal:
         held = self._held.pop(job_id, _ZERO)

@@ -17,6 +17,8 @@ from batchrun.store.records import JobRow
 from batchrun.util.safetext import printable
 
 _ANSWERS = (policy.ACCEPTED, policy.REFUSED, policy.AMBIGUOUS)
+# Asked every turn of the scheduler's loop while it holds: one decision, not one per ask.
+_ONE_AT_A_TIME = Decision(policy.HOLD, "one submit of the model at a time until one is accepted")
 
 
 @dataclass(frozen=True)
@@ -43,7 +45,7 @@ class ModelRefusals(policy.Policy):
         if model in self.refused:
             return Decision(policy.SET_ASIDE, self.refused[model].answer)
         if model not in self._accepted and self._probing.get(model):
-            return Decision(policy.HOLD, f"one submit of {model} at a time until one is accepted")
+            return _ONE_AT_A_TIME
         return policy.SEND
 
     def sending(self, job: JobRow) -> None:

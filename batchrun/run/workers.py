@@ -22,10 +22,6 @@ class Workers:
         self.results: queue.Queue[Outcome] = queue.Queue()  # downloads put theirs here too
         self._pool = ThreadPoolExecutor(size, thread_name_prefix="batchrun-api")
 
-    @property
-    def full(self) -> bool:
-        return self.busy >= self.size
-
     def call(self, kind: str, job_id: str, call: Callable[..., Any], *args: Any) -> None:
         self.busy += 1
         self._pool.submit(self._work, kind, job_id, call, *args)

@@ -135,9 +135,8 @@ class Books:
         return self.best(a.model_id, a.estimate)
 
 
-def books(attempts: Iterable[Attempt], *, skip: frozenset[str] = frozenset()) -> Books:
-    """Add up `attempts` (those of jobs in `skip` are left out of the sums, not of what they
-    teach about prices: the budget holds the attempts it polls itself)."""
+def books(attempts: Iterable[Attempt]) -> Books:
+    """Add up `attempts`: what they cost, and the highest actual cost each model was seen at."""
     attempts = list(attempts)
     out = Books()
     for a in attempts:
@@ -150,7 +149,7 @@ def books(attempts: Iterable[Attempt], *, skip: frozenset[str] = frozenset()) ->
             out.cached += 1
             out.saved += a.saved or _ZERO
             continue
-        if not a.maybe_billed or a.job_id in skip:
+        if not a.maybe_billed:
             continue
         out.attempts += 1
         if a.actual is not None:
