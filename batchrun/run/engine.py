@@ -481,7 +481,7 @@ class _Run:
             facts["selected"] = len(self.opts.only)
             facts["left_out"] = self.opts.left_out
         grid = self.plan.manifest.report
-        rows_key, cols_key = grid_choice(self.store.meta(), grid.rows, grid.cols)
+        rows_key, cols_key = grid_choice(meta, grid.rows, grid.cols)
         try:
             write_report(
                 self.run_dir, rows, attempts, facts=facts, rows_key=rows_key, cols_key=cols_key
