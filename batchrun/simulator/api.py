@@ -257,7 +257,7 @@ class SimApp:
             if not job.fails or self.settings.bill_on == "accept":
                 self._committed[job.request_id] = price
         if self.settings.bill_on == "accept":
-            self.stats.billed(job.request_id, price)
+            self.stats.billed(job.request_id, ident, price)
         if self.journal is not None:
             # On disk before the 200 leaves: an acknowledged job survives a restart.
             drifted = drift_draw(self.settings, ident)

@@ -68,7 +68,7 @@ def finish_job(job: Job, s: SimSettings, files: FileStore, stats: Stats, base_ur
         # plural keys ("videos") hold arrays, singular ones ("image") one URL
         job.output = {str(k): (u if str(k).endswith("s") else u[0]) for k, u in slots}
     job.extra["cost"] = catalog.cost(info, job.inputs)
-    stats.billed(job.request_id, job.extra["cost"])
+    stats.billed(job.request_id, job.identity, job.extra["cost"])
 
 
 def _finish_malicious(

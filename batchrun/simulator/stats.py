@@ -20,7 +20,9 @@ The snapshot's keys:
   `first_result_at` / `last_result_at` / `last_file_at`: the first and last /result answered
   with a finished job and the last file served (epoch seconds), so a client's makespan can
   be read off the server.
-- `billed_usd`: what the jobs were billed, in USD; `billed`: request id -> USD. With `bill_on:
+- `billed_usd`: what the jobs were billed, in USD; `billed`: request id -> USD;
+  `billed_per_identity`: "model canonical-json" -> USD, what each input was billed over all
+  its requests (a job's attempts, retries and resubmits included). With `bill_on:
   success` (the default) a job is billed once, when it succeeds; failed and cancelled jobs cost
   nothing. With `bill_on: accept` every accepted submit is billed as it is accepted, failed or
   not; a job cancelled while queued is refunded.
@@ -61,6 +63,7 @@ class Stats:
             self._last_result_at: float | None = None
             self._last_file_at: float | None = None
             self._billed: dict[str, float] = {}
+            self._billed_identity: dict[str, str] = {}  # request id -> the input it billed
 
     def api_call(self, endpoint: str) -> None:
         """One /v1/ call arrived (counted whatever its answer, 429s included)."""
@@ -110,15 +113,17 @@ class Stats:
         with self._lock:
             self._faults[kind] += 1
 
-    def billed(self, request_id: str, usd: float) -> None:
-        """A job was billed `usd` (once per request id)."""
+    def billed(self, request_id: str, identity: str, usd: float) -> None:
+        """A job of input `identity` was billed `usd` (once per request id)."""
         with self._lock:
             self._billed[request_id] = usd
+            self._billed_identity[request_id] = identity
 
     def unbill(self, request_id: str) -> None:
         """A job cancelled while queued: whatever it was billed is refunded."""
         with self._lock:
             self._billed.pop(request_id, None)
+            self._billed_identity.pop(request_id, None)
 
     def billed_for(self, request_id: str) -> float:
         """What one request was billed (0 when it was not)."""
@@ -137,6 +142,10 @@ class Stats:
             identities = dict(self._identities)
             untracked = [i for r, i in self._requests.items() if r not in self._asked]
             lost = set(untracked)
+            per_identity: dict[str, Decimal] = {}
+            for request_id, usd in self._billed.items():
+                ident = self._billed_identity[request_id]
+                per_identity[ident] = per_identity.get(ident, Decimal(0)) + Decimal(repr(usd))
             return {
                 "calls": dict(self._calls),
                 "api_calls": self._api_calls,
@@ -154,4 +163,5 @@ class Stats:
                 "last_file_at": self._last_file_at,
                 "billed_usd": total,
                 "billed": dict(self._billed),
+                "billed_per_identity": {k: float(v) for k, v in per_identity.items()},
             }

@@ -69,3 +69,21 @@ def test_balance_needs_the_token(sim: Simulator) -> None:
 
     answer = requests.get(f"{sim.base_url}/balance", timeout=10)
     assert answer.status_code == 401
+
+
+def test_billed_per_identity_adds_up_each_inputs_requests(
+    make_sim: Callable[..., Simulator],
+) -> None:
+    client = SimClient(make_sim(bill_on="accept", concurrency=1, run_time=5))
+    first = client.submit_ok(T2I, {"prompt": "a"})
+    again = client.submit_ok(T2I, {"prompt": "a"})  # the same input, paid again
+    other = client.submit_ok(T2I, {"prompt": "b"})
+    stats = _stats(client)
+    price = stats["billed"][first]
+    assert stats["billed_per_identity"] == {
+        f'{T2I} {{"prompt":"a"}}': 2 * price,
+        f'{T2I} {{"prompt":"b"}}': price,
+    }
+    assert client.post(f"/v1/requests/{other}/cancel").json()["outcome"] == "cancelled"
+    assert client.post(f"/v1/requests/{again}/cancel").json()["outcome"] == "cancelled"
+    assert _stats(client)["billed_per_identity"] == {f'{T2I} {{"prompt":"a"}}': price}
