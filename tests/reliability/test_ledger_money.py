@@ -20,7 +20,10 @@ from .conftest import (
     MODEL,
     SimFactory,
     SimProcess,
+    ambiguous_jobs,
+    canonical_identity,
     clean_env,
+    plan_jobs,
     read_report,
     run_cli,
     sweep,
@@ -30,11 +33,19 @@ from .conftest import (
 PRICE = Decimal("0.04")  # what the simulator bills for one MODEL job
 
 
-def _manifest(tmp_path: Path, jobs: int, *, priced: bool, sim: SimProcess, **run: object) -> Path:
+def _manifest(
+    tmp_path: Path,
+    jobs: int,
+    *,
+    priced: bool,
+    sim: SimProcess,
+    download: bool = False,
+    **run: object,
+) -> Path:
     """A sweep of MODEL; `priced`: its catalog entry (price included) pulled beside it, else
-    the packaged schema, which has no price."""
+    the packaged schema, which has no price. `download`: files fetched (what the cache keeps)."""
     manifest = write_manifest(
-        tmp_path / "sweep.yaml", sweep(jobs, run=dict(run), outputs={"download": False})
+        tmp_path / "sweep.yaml", sweep(jobs, run=dict(run), outputs={"download": download})
     )
     if priced:
         pulled = run_cli(
@@ -52,15 +63,20 @@ def _run(manifest: Path, sim: SimProcess, run_dir: Path, *extra: str):
     )
 
 
-def _billed(sim: SimProcess) -> Decimal:
-    """What the simulator billed once every job it accepted has finished."""
+def _books(sim: SimProcess) -> dict:
+    """The simulator's stats once every job it accepted has finished."""
     deadline = time.monotonic() + 30
     while True:
         stats = sim.stats()
         if not (stats["jobs"].get("in_queue") or stats["jobs"].get("in_progress")):
-            return Decimal(repr(stats["billed_usd"]))
+            return stats
         assert time.monotonic() < deadline, f"simulator jobs still running: {stats['jobs']}"
         time.sleep(0.05)
+
+
+def _billed(sim: SimProcess) -> Decimal:
+    """What the simulator billed once every job it accepted has finished."""
+    return Decimal(repr(_books(sim)["billed_usd"]))
 
 
 def _status(run_dir: Path) -> dict:
@@ -80,21 +96,30 @@ def _agree(run_dir: Path) -> dict:
     return status
 
 
-def _kill_mid_submit(manifest: Path, sim: SimProcess, run_dir: Path, submits: int) -> None:
-    """Start a run, SIGKILL it while its submit is in the air (the simulator answers every
-    call 1.5 s late), then wait until the simulator has taken that submit."""
+def _kill_mid_submit(
+    manifest: Path,
+    sim: SimProcess,
+    run_dir: Path,
+    submits: int,
+    options: tuple[str, ...] = ("--max-cost", "0.10"),
+) -> None:
+    """Start a run, SIGKILL it while its `submits`-th submit is in the air (the simulator
+    answers every call late: `--slow`), then wait until the simulator has taken that submit."""
     cmd = batchrun_cmd(
         *("run", str(manifest), "--api-base", sim.base_url, "--run-dir", str(run_dir)),
-        *("--max-cost", "0.10", "--quiet"),
+        *options,
+        "--quiet",
     )
+    before = sim.stats()
+    sent, accepted = before["calls"].get("submit", 0), before["submits"]
     proc = subprocess.Popen(cmd, env=clean_env(), stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 20
-    while sim.stats()["calls"].get("submit", 0) < submits:  # counted as it arrives
+    while sim.stats()["calls"].get("submit", 0) < sent + submits:  # counted as it arrives
         assert time.monotonic() < deadline and proc.poll() is None, "no submit sent"
         time.sleep(0.02)
     proc.kill()
     proc.wait(10)
-    while sim.stats()["submits"] < submits:  # accepted (and billed) after the delay
+    while sim.stats()["submits"] < accepted + submits:  # accepted (and billed) after the delay
         assert time.monotonic() < deadline, "the submit was never accepted"
         time.sleep(0.02)
 
@@ -185,6 +210,75 @@ def test_four_shards_share_one_cap_and_the_merged_folder_shows_it(
     status = _agree(tmp_path / "all")
     assert status["max_cost_usd"] == 0.2
     assert Decimal(repr(status["spent_usd"])) == billed
+
+
+def test_a_kill_retries_shards_and_the_cache_in_one_sweep_pay_no_more_than_the_caps(
+    tmp_path: Path, simulator: SimFactory
+) -> None:
+    # Every feature at once, judged on one simulator's books: a run fills the cache with the
+    # first jobs; shard 1/2 is SIGKILLed with a submit in the air and run again with
+    # --resubmit-unknown; shard 2/2 runs; attempts fail and are retried (billed all the same);
+    # the shards take the cache's jobs; the shards are merged.
+    retries = 1
+    # Seed 3 fails one job's attempts often enough that a retry past `retries` would show.
+    sim = simulator("--run-time", "0.05", "--workers", "0", "--bill-on", "accept",
+                    "--fail-rate", "0.5", "--seed", "3", "--slow", "0.3")  # fmt: skip
+    manifest = _manifest(tmp_path, 20, priced=True, sim=sim, download=True, retries=retries,
+                         max_cost_usd=0.40, max_in_flight=4)  # fmt: skip
+    identity = {j["job_id"]: canonical_identity(j["model_id"], j["inputs"])
+                for j in plan_jobs(manifest)}  # fmt: skip
+    cache = str(tmp_path / "cache")
+    fill, shards = tmp_path / "fill", [tmp_path / "shard-1", tmp_path / "shard-2"]
+    cap = Decimal("0.20") + Decimal("0.40")  # the filling run's, the two shards' halves
+
+    filled = _run(manifest, sim, fill, "--cache", cache, "--first", "4", "--max-cost", "0.20")
+    assert filled.returncode in (0, 1, 4), filled.stderr
+    books = _books(sim)
+    before, billed_before = books["billed_per_identity"], Decimal(repr(books["billed_usd"]))
+
+    one = ("--shard", "1/2", "--cache", cache)
+    _kill_mid_submit(manifest, sim, shards[0], submits=3, options=one)
+    resubmitted = ambiguous_jobs(shards[0])
+    assert resubmitted, "the kill left no job submitting"
+    again = _run(manifest, sim, shards[0], *one, "--resubmit-unknown")
+    two = _run(manifest, sim, shards[1], "--shard", "2/2", "--cache", cache)
+    for result in (again, two):
+        assert result.returncode in (0, 1, 4), result.stderr
+        assert "Traceback" not in result.stderr
+    books = _books(sim)
+    billed, per_job = Decimal(repr(books["billed_usd"])), books["billed_per_identity"]
+
+    filled_jobs = {r["job_id"] for r in read_report(fill)}
+    rows = [r for folder in shards for r in read_report(folder)]
+    hits = {r["job_id"] for r in rows if r["cached"] == "true"}
+    retried = {r["job_id"] for r in rows + read_report(fill) if int(r["attempts"]) > 1}
+    over = {}
+    for job_id, ident in identity.items():
+        tries = (1 + retries) * (job_id in filled_jobs)
+        if job_id not in hits:
+            tries += 1 + retries + (job_id in resubmitted)
+        if Decimal(repr(per_job.get(ident, 0.0))) > tries * PRICE:
+            over[job_id] = (per_job[ident], tries)
+    assert over == {}, f"billed more than its attempts allow: {over}"
+    # A job taken from the cache was billed nothing by the shards.
+    assert {j: per_job.get(identity[j]) for j in hits} == {j: before.get(identity[j]) for j in hits}
+    assert billed <= cap, f"billed ${billed} past the caps' ${cap}"
+    filling = _status(fill)
+    assert filling["max_cost_usd"] == 0.2  # --max-cost over the manifest's cap
+    assert Decimal(repr(filling["spent_usd"])) >= billed_before
+
+    merged = run_cli("merge", *map(str, shards), "--into", str(tmp_path / "all"))
+    assert merged.returncode == 0, merged.stderr
+    status = _agree(tmp_path / "all")
+    assert status["max_cost_usd"] == 0.4
+    assert Decimal(repr(status["spent_usd"])) >= billed - billed_before  # never under-reported
+    assert status["spent_usd"] <= 0.40
+    print(f"\nledger money, all features: billed ${billed:.2f}, cap ${cap:.2f}, "
+          f"billed/cap {billed / cap:.3f}, jobs {len(identity)}, attempts {books['submits']}, "
+          f"retried jobs {len(retried - resubmitted)}, cache hits {len(hits)}, kills 1 "
+          f"(jobs left submitting {len(resubmitted)}), failed attempts "
+          f"{books['faults'].get('fail', 0)}")  # fmt: skip
+    assert hits and retried - resubmitted, "the scenario lost its cache hits or its retries"
 
 
 def test_a_stale_low_price_is_not_reserved_once_results_say_more(
