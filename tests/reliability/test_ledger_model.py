@@ -7,7 +7,8 @@ user asked, the folder's origin is the API it ran against, every succeeded job's
 and status, summary.json and report.csv agree with each other on the money.
 
 The default profile is short (a few sequences of a few steps); BATCHRUN_MODEL_EXAMPLES and
-BATCHRUN_MODEL_STEPS raise it (the long run is marked slow)."""
+BATCHRUN_MODEL_STEPS raise it (the long run is marked slow). Each profile prints the worst
+billed/cap it saw, per kind of sweep."""
 
 from __future__ import annotations
 
@@ -36,6 +37,10 @@ IMAGE = (
 )
 CAP = Decimal("0.30")
 SMALL_CAP = Decimal("0.01")  # a sweep of the unpriced model alone: less than one job
+# The most billed the invariant saw against the cap, per kind of sweep ("priced": both models
+# under CAP; "unpriced": the unpriced model alone under SMALL_CAP): (billed / cap, billed, cap),
+# and "promise": billed / (cap + the one job the promise allows). Printed by _drive.
+WORST: dict[str, tuple[Decimal, Decimal, Decimal]] = {}
 
 
 def _manifest(path: Path, seeds: int, priced: bool = True) -> None:
@@ -152,7 +157,10 @@ class Ledger(RuleBasedStateMachine):
         stats = self._books()
         bills = [Decimal(repr(v)) for v in stats["billed"].values()]
         one_job = max(bills, default=Decimal(0))
-        assert sum(bills, Decimal(0)) <= self.cap + one_job, stats["billed"]
+        billed = sum(bills, Decimal(0))
+        _note("priced" if self.priced else "unpriced", billed, self.cap)
+        _note("promise", billed, self.cap + one_job)
+        assert billed <= self.cap + one_job, stats["billed"]
 
     @invariant()
     def nothing_paid_twice_unasked(self) -> None:
@@ -188,6 +196,22 @@ class Ledger(RuleBasedStateMachine):
                 assert hashlib.sha256((self.run_dir / name).read_bytes()).hexdigest() == sha
 
 
+def _note(kind: str, billed: Decimal, cap: Decimal) -> None:
+    if kind not in WORST or billed / cap > WORST[kind][0]:
+        WORST[kind] = (billed / cap, billed, cap)
+
+
+def _worst() -> str:
+    """The worst billed/cap of each kind of sweep seen, as one line."""
+    parts = [
+        f"{kind} {ratio:.3f} (${billed:.2f} of ${cap:.2f})"
+        for kind, (ratio, billed, cap) in sorted(WORST.items())
+        if kind != "promise"
+    ]
+    promise = f"{WORST['promise'][0]:.3f}" if "promise" in WORST else "-"
+    return f"worst billed/cap: {', '.join(parts) or '-'}; worst billed/(cap + one job) {promise}"
+
+
 def _profile(examples: int, steps: int) -> settings:
     return settings(
         max_examples=examples,
@@ -201,11 +225,12 @@ def _profile(examples: int, steps: int) -> settings:
 
 def _drive(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, examples: int, steps: int) -> None:
     monkeypatch.setenv("BATCHRUN_MODEL_TMP", str(tmp_path))
+    WORST.clear()
     started = time.monotonic()
     Ledger.TestCase.settings = _profile(examples, steps)
     Ledger.TestCase().runTest()
     print(f"\nledger model: {examples} sequences of up to {steps} steps in "
-          f"{time.monotonic() - started:.1f}s, every invariant held")  # fmt: skip
+          f"{time.monotonic() - started:.1f}s, every invariant held; {_worst()}")  # fmt: skip
 
 
 def test_the_ledger_model_short(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
