@@ -12,8 +12,10 @@ from batchrun.errors import BatchrunError, ChoiceError, UsageError
 from batchrun.plan.manifest import load_manifest
 from batchrun.results.report import (
     GRID_META,
+    REPORT_MARK_META,
     RunFacts,
     grid_choice,
+    report_mark,
     summarise,
     write_report,
 )
@@ -41,6 +43,7 @@ def rewrite_report(
         rows = store.rows()
         attempts = store.attempts()
         meta = store.meta()
+        revision = store.revision()
         held = og.recorded(meta, run_dir)
     facts: RunFacts = {}
     summary = Path(run_dir) / "summary.json"
@@ -58,9 +61,11 @@ def rewrite_report(
     rows_key, cols_key = rows_key or kept_rows, cols_key or kept_cols
     write_report(Path(run_dir), rows, attempts, facts=facts, rows_key=rows_key, cols_key=cols_key)
     new = {GRID_META[axis]: name for axis, name in chosen.items() if name}
-    if new:  # kept: the next `run` lays report.html out the same way
-        with StateStore.open(run_dir, create=False, lock=False) as store:
-            store.set_meta(**new)
+    # The grid chosen is kept (the next `run` lays report.html out the same way), with the
+    # mark these files were made at (a `run` with nothing to do leaves them then).
+    new[REPORT_MARK_META] = report_mark(revision, facts, rows_key, cols_key)
+    with StateStore.open(run_dir, create=False, lock=False) as store:
+        store.set_meta(**new)
     return Path(run_dir) / "report.csv"
 
 

@@ -6,6 +6,7 @@ state.db keeps them as they came."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import statistics
@@ -259,6 +260,30 @@ def write_report(
         summary = summarise(jobs, attempts) | dict(facts or {})
         write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
         write_html(run_dir, jobs, rows_key=rows_key, cols_key=cols_key)
+
+
+# state.db meta key of the mark the report files were last written at (see `report_mark`).
+REPORT_MARK_META = "report_mark"
+REPORT_FILES = ("report.csv", "summary.json", "report.html")
+# Facts that change from one run to the next though the jobs did not: a run with nothing to do
+# keeps the files the run that last changed something wrote.
+_PER_RUN_FACTS = frozenset(
+    {"api_calls", "api_calls_this_run", "throttled", "elapsed_s", "balance", "cache"}
+)
+
+
+def report_mark(
+    revision: int, facts: RunFacts | None, rows_key: str | None, cols_key: str | None
+) -> str:
+    """What the report files are made of, in short: the state's revision (StateStore.revision)
+    and the layout and facts that are not per run. Equal marks: the same files."""
+    kept = {k: v for k, v in (facts or {}).items() if k not in _PER_RUN_FACTS}
+    text = json.dumps([kept, rows_key, cols_key], sort_keys=True, default=str)
+    return f"{revision}:{hashlib.sha256(text.encode()).hexdigest()[:16]}"
+
+
+def reports_present(run_dir: Path) -> bool:
+    return all((Path(run_dir) / name).is_file() for name in REPORT_FILES)
 
 
 # state.db meta keys of the grid chosen with `batchrun report --rows/--cols`: later runs keep it.

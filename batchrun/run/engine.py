@@ -21,10 +21,11 @@ from batchrun.api.balance import read_balance
 from batchrun.api.client import Client
 from batchrun.api.ratelimit import RateLimiter
 from batchrun.catalog.pricing import plain, usd
-from batchrun.errors import ApiError, ChoiceError, InsufficientBalanceError
+from batchrun.errors import ApiError, ChoiceError, InsufficientBalanceError, StateError
 from batchrun.fetch.download import Downloader
 from batchrun.fetch.jobfiles import JobFiles
 from batchrun.plan.build import Plan
+from batchrun.plan.digest import PLAN_META, PlanMark
 from batchrun.plan.settings import RunSettings
 from batchrun.run.budget import Budget, plan_estimator
 from batchrun.run.cache import Restored, fill, open_for_plan, restore_pending
@@ -74,6 +75,12 @@ class RunOptions:
     # Where the account balance is read before the first submit (api/balance.py); None: not.
     balance_base: str | None = None
     cache: Path | None = None  # the cross-run cache folder; default: the manifest's run.cache
+    # The plan's digest (plan/digest.py), recorded in the folder once its jobs are added;
+    # None records none (a resume then expands the plan again).
+    plan_mark: PlanMark | None = None
+    # The plan's jobs are the folder's already (its recorded digest is `plan_mark`'s): the plan
+    # comes without jobs and none are added. StateError if the folder changed meanwhile.
+    jobs_known: bool = False
     workers: int = 16
     download_workers: int = 4
     session: requests.Session | None = None
@@ -109,13 +116,14 @@ class _Run:
             self.opts.cache or self.plan.manifest.run.cache,
             self.plan,
             og.normalise(options.origin or options.api_base),
+            models=store.models() if options.jobs_known else None,
         )
         self.restored = Restored()
         self.balance_before: Decimal | None = None
 
     def execute(self) -> int:
         self._prepare()
-        mark = self.store.change_mark()  # before the read: a write during it shows too
+        mark = self.store.revision()  # before the read: a write during it shows too
         every = self.store.rows()
         rows = self._restore([r for r in every if r.in_manifest and self._chosen(r.job_id)])
         client = Client(self.opts.api_base, self.opts.token, session=self.opts.session)
@@ -128,7 +136,7 @@ class _Run:
             sleep=self.opts.sleep,
         )
         budget = Budget.for_folder(
-            self._cap(), plan_estimator(self.plan), self.store.attempts(), every, rows, self.store
+            self._cap(), plan_estimator(self.plan), self.store.attempts(), rows, self.store
         )
         self._record_budget(budget)
         self.balance_before = self._check_balance(budget, rows)
@@ -151,7 +159,7 @@ class _Run:
         if interrupted and self.opts.cancel_on_interrupt:
             self._cancel_queued(sched, client, limiter)
         # Nothing written since the read (nothing to do, say): the rows read are the state.
-        final = every if self.store.change_mark() == mark else self.store.rows()
+        final = every if self.store.revision() == mark else self.store.rows()
         mine = [r for r in final if r.in_manifest and self._chosen(r.job_id)]
         if self.cache is not None and not interrupted:
             fill(self.cache, self.run_dir, mine, echo=self.echo)
@@ -311,7 +319,18 @@ class _Run:
             raise og.mismatch(self.run_dir, held, origin)  # before anything is changed or sent
         if origin and meta.get("origin") != origin:
             self.store.set_meta(origin=origin)
-        added, removed = self.store.add_jobs(self._jobs_to_add())
+        if self.opts.jobs_known:
+            found = PlanMark.loads(meta.get(PLAN_META))
+            if self.opts.plan_mark is None or found != self.opts.plan_mark:
+                raise StateError(
+                    f"{self.run_dir}: its plan changed while this run was starting (another "
+                    "run of another manifest?); run the same command again"
+                )
+            added, removed = 0, 0
+        else:
+            added, removed = self.store.add_jobs(self._jobs_to_add())
+            mark = self.opts.plan_mark
+            self.store.set_meta(**{PLAN_META: "" if mark is None else mark.dumps()})
         if fresh:
             self.store.set_meta(
                 name=manifest.name,
@@ -438,7 +457,14 @@ class _Run:
     ) -> None:
         import json
 
-        from batchrun.results.report import RunFacts, grid_choice, write_report
+        from batchrun.results.report import (
+            REPORT_MARK_META,
+            RunFacts,
+            grid_choice,
+            report_mark,
+            reports_present,
+            write_report,
+        )
 
         calls = dict(sorted(client.calls.items()))
         attempts = self.store.attempts()
@@ -482,6 +508,9 @@ class _Run:
             facts["left_out"] = self.opts.left_out
         grid = self.plan.manifest.report
         rows_key, cols_key = grid_choice(meta, grid.rows, grid.cols)
+        written = report_mark(self.store.revision(), facts, rows_key, cols_key)
+        if meta.get(REPORT_MARK_META) == written and reports_present(self.run_dir):
+            return  # nothing changed since they were written
         try:
             write_report(
                 self.run_dir, rows, attempts, facts=facts, rows_key=rows_key, cols_key=cols_key
@@ -489,6 +518,7 @@ class _Run:
         except ChoiceError as exc:
             self.echo(f"warning: report.html grid: {exc}; laid out automatically")
             write_report(self.run_dir, rows, attempts, facts=facts)
+        self.store.set_meta(**{REPORT_MARK_META: written})
 
 
 def _say(text: str) -> None:

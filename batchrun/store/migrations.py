@@ -93,6 +93,19 @@ CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status);
 )
 
 
+# The revision: a counter in meta that every write of a job's row or of the ledger bumps, in the
+# same transaction (StateStore.revision). Triggers, so no writer can forget it; made on every
+# writable open (IF NOT EXISTS), so a folder of any version gets them without a new version.
+REVISION_KEY = "revision"
+_BUMP = "BEGIN UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'revision'; END"
+_TRIGGERS = [
+    f"CREATE TRIGGER IF NOT EXISTS {table}_{event.lower()}_revision AFTER {event} ON {table} "
+    + _BUMP
+    for table in ("jobs", "attempts")
+    for event in ("INSERT", "UPDATE", "DELETE")
+]
+
+
 # Version N-1 -> N, in order; each runs in one transaction with the version's update.
 _MIGRATIONS = {
     2: (
@@ -140,6 +153,8 @@ def migrate(conn: sqlite3.Connection, run_dir: Path, *, writable: bool) -> str:
                 "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
                 (str(version),),
             )
+    if writable:
+        _revision(conn, path)
     have = {r[1] for r in conn.execute("PRAGMA table_info(jobs)")}
     missing = [c.strip() for c in COLUMNS.split(",") if c.strip() not in have]
     if missing:
@@ -163,6 +178,18 @@ def _create(conn: sqlite3.Connection, path: Path) -> None:
                 ("created", str(time.time())),
             ],
         )
+
+
+def _revision(conn: sqlite3.Connection, path: Path) -> None:
+    """The revision counter and its triggers, when missing (see REVISION_KEY)."""
+    names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")}
+    have = conn.execute("SELECT 1 FROM meta WHERE key = ?", (REVISION_KEY,)).fetchone()
+    if have and len(names) >= len(_TRIGGERS):
+        return
+    with _transaction(conn, path):
+        conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES (?, '0')", (REVISION_KEY,))
+        for stmt in _TRIGGERS:
+            conn.execute(stmt)
 
 
 def _version(conn: sqlite3.Connection, run_dir: Path) -> int:

@@ -168,6 +168,9 @@ def _loads(text: str) -> Any:
     return value if end == len(text) else json.loads(text)  # the general path, and its errors
 
 
+loads = _loads  # JSON as state.db stores it (see dumps)
+
+
 def finite_cost(value: float | None) -> float | None:
     """A cost as stored: a finite number >= 0, else none (Infinity breaks summary.json)."""
     if isinstance(value, (int, float)) and math.isfinite(value) and value >= 0:

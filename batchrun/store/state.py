@@ -15,6 +15,7 @@ from typing import Any
 from batchrun.errors import StateError
 from batchrun.store import ledger, lock as folder_lock, records, transitions
 from batchrun.store.migrations import (
+    REVISION_KEY,
     SCHEMA_VERSION as SCHEMA_VERSION,
     STATE_FILE as STATE_FILE,
     migrate,
@@ -47,6 +48,8 @@ from batchrun.store.records import (
 )
 from batchrun.store.transitions import Changes
 from batchrun.util.gcpause import gc_paused
+
+_PAGE = 2000  # rows a cursor reads at a time (iter_rows)
 
 
 class StateStore:
@@ -281,6 +284,71 @@ class StateStore:
             cur = self._conn.execute(f"SELECT {self._columns} FROM jobs {where}ORDER BY position")
             return [self._decode(r) for r in cur.fetchall()]
 
+    def iter_rows(
+        self, *, in_manifest_only: bool = False, statuses: Iterable[str] | None = None
+    ) -> Iterator[records.JobRow]:
+        """The jobs (in the manifest only; in one of `statuses` only), in expansion order, read
+        with a cursor: memory holds one page of rows, not the folder's."""
+        where, params = ["in_manifest = 1"] if in_manifest_only else [], []
+        if statuses is not None:
+            wanted = list(statuses)
+            where.append(f"status IN ({', '.join('?' for _ in wanted)})")
+            params += wanted
+        clause = f"WHERE {' AND '.join(where)} " if where else ""
+        with self._mutex:
+            cur = self._conn.cursor()
+            cur.execute(f"SELECT {self._columns} FROM jobs {clause}ORDER BY position", params)
+        try:
+            while True:
+                with self._mutex:
+                    page = cur.fetchmany(_PAGE)
+                if not page:
+                    return
+                yield from (self._decode(r) for r in page)
+        finally:
+            cur.close()
+
+    def check_rows(self) -> None:
+        """StateError naming the first job whose stored JSON (inputs, vars, output, files) is
+        damaged, as reading it would; one SQL scan, for readers that decode few rows."""
+        with self._mutex:
+            found = self._conn.execute(
+                "SELECT job_id FROM jobs WHERE NOT (json_valid(inputs) AND json_valid(vars) AND "
+                "(output IS NULL OR json_valid(output)) AND "
+                "(files IS NULL OR files = '' OR json_valid(files))) ORDER BY position LIMIT 1"
+            ).fetchone()
+            if found is None:  # valid JSON: the files must also be files
+                cur = self._conn.execute(
+                    "SELECT job_id, files FROM jobs WHERE files IS NOT NULL AND "
+                    "files NOT IN ('', '[]') ORDER BY position"
+                )
+                for job_id, files in cur:
+                    try:
+                        [records.OutputFile(**f) for f in records.loads(files)]
+                    except (ValueError, TypeError, KeyError, AttributeError):
+                        found = (job_id,)
+                        break
+        if found is not None:
+            self.get(found[0])  # raises, saying what is wrong with it
+
+    def job_ids(self, *, in_manifest_only: bool = False) -> set[str]:
+        where = " WHERE in_manifest = 1" if in_manifest_only else ""
+        with self._mutex:
+            return {r[0] for r in self._conn.execute(f"SELECT job_id FROM jobs{where}")}
+
+    def bare_successes(self) -> Iterator[tuple[str, Any]]:
+        """(job id, output) of the succeeded jobs in the manifest that hold no file, in
+        expansion order: those whose output holds no URL succeeded without output."""
+        with self._mutex:
+            cur = self._conn.execute(
+                "SELECT job_id, output FROM jobs WHERE in_manifest = 1 AND status = ? AND "
+                "(files IS NULL OR files IN ('', '[]')) ORDER BY position",
+                (SUCCEEDED,),
+            )
+            found = cur.fetchall()
+        for job_id, output in found:
+            yield job_id, None if output is None else records.loads(output)
+
     def _decode(self, r: tuple[Any, ...]) -> records.JobRow:
         try:
             return decode_row(r)
@@ -298,6 +366,20 @@ class StateStore:
             version = self._conn.execute("PRAGMA data_version").fetchone()[0]
             return self._conn.total_changes, version
 
+    def revision(self) -> int:
+        """The folder's revision: bumped in the same transaction as every write of a job's row
+        or of the ledger (by any process, any version of batchrun that opened it for writing
+        since), never by meta. Two equal values mean the jobs and the ledger are the same; what
+        was made from them then (the reports) is still right. 0 for a folder only read so far."""
+        with self._mutex:
+            found = self._conn.execute(
+                "SELECT value FROM meta WHERE key = ?", (REVISION_KEY,)
+            ).fetchone()
+        try:
+            return int(found[0]) if found else 0
+        except ValueError:
+            return -1  # edited: never equal to a revision recorded with the reports
+
     def get(self, job_id: str) -> records.JobRow:
         with self._mutex:
             r = self._conn.execute(
@@ -306,6 +388,14 @@ class StateStore:
         if r is None:
             raise StateError(f"{self.run_dir}: no job {job_id} in {STATE_FILE}")
         return self._decode(r)
+
+    def models(self) -> list[str]:
+        """The models of the jobs in the manifest, sorted."""
+        with self._mutex:
+            cur = self._conn.execute(
+                "SELECT DISTINCT model_id FROM jobs WHERE in_manifest = 1 ORDER BY model_id"
+            )
+            return [r[0] for r in cur.fetchall()]
 
     def counts(self) -> dict[str, int]:
         """Jobs per internal state (jobs still in the manifest)."""
