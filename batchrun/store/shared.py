@@ -103,6 +103,10 @@ def _psycopg() -> Any:
     return psycopg
 
 
+class LeaseLost(StateError):
+    """This worker wrote to a job it no longer holds: it was too slow to renew its lease."""
+
+
 @dataclass(frozen=True)
 class Claimed:
     """What a claim handed this worker: pending jobs to submit, and accepted requests whose
@@ -219,15 +223,20 @@ class SharedState:
             return {status: int(n) for status, n in cur.fetchall()}
 
     def update(self, job_id: str, changes: transitions.Changes) -> transitions.Changes:
-        """One transition (store/transitions.py) of a job this worker holds."""
+        """One transition (store/transitions.py) of a job this worker holds. A worker whose
+        lease lapsed (and was taken over) holds it no more: LeaseLost, nothing written."""
         sets, params = assignments(changes, "%s")
         with self._tx() as conn:
             cur = conn.execute(
-                f"UPDATE jobs SET {sets}, updated_at = %s WHERE sweep = %s AND job_id = %s",
-                (*params, time.time(), self.sweep, job_id),
+                f"UPDATE jobs SET {sets}, updated_at = %s "
+                "WHERE sweep = %s AND job_id = %s AND owner = %s",
+                (*params, time.time(), self.sweep, job_id, self.worker),
             )
             if cur.rowcount != 1:
-                raise StateError(f"no job {job_id} in the sweep {self.sweep!r}")
+                raise LeaseLost(
+                    f"job {job_id} of the sweep {self.sweep!r} is no longer held by this "
+                    "worker (its lease lapsed and another worker took it over)"
+                )
         return changes
 
     def get(self, job_id: str) -> records.JobRow:

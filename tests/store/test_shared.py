@@ -12,7 +12,7 @@ import pytest
 from batchrun.errors import MissingDependencyError, StateError
 from batchrun.plan.grid import Job
 from batchrun.store import records, transitions
-from batchrun.store.shared import SharedState, scrub
+from batchrun.store.shared import LeaseLost, SharedState, scrub
 from testing.postgres import PgServer
 
 MODEL = "google/nano-banana-2-lite/text-to-image"
@@ -92,6 +92,10 @@ def test_a_held_lease_keeps_jobs_and_a_lapsed_one_hands_them_over(pg_url: str) -
     lost = b.get(held[0].job_id)
     assert lost.status == records.UNKNOWN  # may have reached the server: never resent
     assert "--resubmit-unknown" in lost.error
+    # a, late, writes what it saw: refused, and b's record stands
+    with pytest.raises(LeaseLost):
+        a.update(held[1].job_id, transitions.record_status(records.RUNNING, time.time()))
+    assert b.get(held[1].job_id).status == records.QUEUED
 
 
 def test_the_rate_window_is_shared_by_every_worker(pg_url: str) -> None:
