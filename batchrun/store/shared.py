@@ -26,8 +26,9 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from batchrun.errors import MissingDependencyError, StateError
-from batchrun.store import records, transitions
+from batchrun.store import ledger, records, transitions
 from batchrun.store.state import assignments
+from batchrun.store.transitions import Changes
 
 if TYPE_CHECKING:
     import psycopg
@@ -76,7 +77,35 @@ CREATE TABLE IF NOT EXISTS jobs (
     PRIMARY KEY (sweep, job_id)
 );
 CREATE INDEX IF NOT EXISTS jobs_claim ON jobs (sweep, status, position);
+CREATE TABLE IF NOT EXISTS attempts (
+    seq BIGSERIAL PRIMARY KEY,
+    sweep TEXT NOT NULL REFERENCES sweeps (sweep),
+    job_id TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    model_id TEXT NOT NULL,
+    origin TEXT NOT NULL DEFAULT '',
+    sent_at DOUBLE PRECISION,
+    answer TEXT NOT NULL,
+    request_id TEXT,
+    estimate_usd TEXT,
+    actual_usd TEXT,
+    saved_usd TEXT,
+    finished_at DOUBLE PRECISION,
+    worker TEXT
+);
+CREATE INDEX IF NOT EXISTS attempts_job ON attempts (sweep, job_id);
+CREATE TABLE IF NOT EXISTS meta (
+    sweep TEXT NOT NULL REFERENCES sweeps (sweep),
+    key TEXT NOT NULL,
+    value TEXT NOT NULL,
+    PRIMARY KEY (sweep, key)
+);
 """
+
+_LOST_SUBMIT = (
+    "its worker was lost while submitting; the submit may have reached the server, so it is "
+    "not sent again unless you rerun with --resubmit-unknown"
+)
 
 _PASSWORD = re.compile(r"(postgres(?:ql)?://[^:/@\s]*:)([^@\s]*)(@)")
 
@@ -222,7 +251,7 @@ class SharedState:
             )
             return {status: int(n) for status, n in cur.fetchall()}
 
-    def update(self, job_id: str, changes: transitions.Changes) -> transitions.Changes:
+    def update(self, job_id: str, changes: Changes) -> Changes:
         """One transition (store/transitions.py) of a job this worker holds. A worker whose
         lease lapsed (and was taken over) holds it no more: LeaseLost, nothing written."""
         sets, params = assignments(changes, "%s")
@@ -249,6 +278,137 @@ class SharedState:
             raise StateError(f"no job {job_id} in the sweep {self.sweep!r}")
         return records.decode_row(row)
 
+    # ---- what the run's job table and readers use (StateStore's interface) ---------------
+
+    @contextmanager
+    def batch(self, *, durable: bool = False) -> Iterator[None]:
+        """The transitions made inside share one transaction (a commit is durable here)."""
+        with self._tx():
+            yield
+
+    def meta(self) -> dict[str, str]:
+        with self._tx() as conn:
+            cur = conn.execute("SELECT key, value FROM meta WHERE sweep = %s", (self.sweep,))
+            return dict(cur.fetchall())
+
+    def set_meta(self, **values: str) -> None:
+        with self._tx() as conn, conn.cursor() as cur:
+            cur.executemany(
+                "INSERT INTO meta (sweep, key, value) VALUES (%s, %s, %s) "
+                "ON CONFLICT (sweep, key) DO UPDATE SET value = excluded.value",
+                [(self.sweep, k, str(v)) for k, v in values.items()],
+            )
+
+    def rows(self, *, in_manifest_only: bool = False) -> list[records.JobRow]:
+        """Every job of the sweep, in expansion order."""
+        where = "AND in_manifest = 1 " if in_manifest_only else ""
+        with self._tx() as conn:
+            cur = conn.execute(
+                f"SELECT {records.COLUMNS} FROM jobs WHERE sweep = %s {where}ORDER BY position",
+                (self.sweep,),
+            )
+            return [records.decode_row(r) for r in cur.fetchall()]
+
+    def mark_submitting(self, job_id: str, estimate: Decimal | None = None) -> Changes:
+        """Committed before the submit is sent, with its `sending` attempt in the ledger."""
+        with self._tx():
+            changes = self.update(job_id, transitions.mark_submitting())
+            self._add_attempt(job_id, ledger.SENDING, estimate=estimate)
+        return changes
+
+    def record_request_id(self, job_id: str, request_id: str, submitted_at: float) -> Changes:
+        with self._tx():
+            changes = self.update(job_id, transitions.record_request_id(request_id, submitted_at))
+            if not self._answer(job_id, ledger.ACCEPTED, request_id=request_id):
+                self._add_attempt(job_id, ledger.ACCEPTED, request_id=request_id)
+        return changes
+
+    def mark_unknown(self, job_id: str, error: str, *, count_attempt: bool = True) -> Changes:
+        with self._tx():
+            changes = self.update(
+                job_id, transitions.mark_unknown(error, count_attempt=count_attempt)
+            )
+            if not self._answer(job_id, ledger.UNKNOWN) and count_attempt:
+                self._add_attempt(job_id, ledger.UNKNOWN)
+        return changes
+
+    def mark_pending(self, job_id: str, error: str = "") -> Changes:
+        return self.update(job_id, transitions.mark_pending(error))
+
+    def record_status(
+        self, job_id: str, status: str, *, started_at: float | None = None
+    ) -> Changes:
+        return self.update(job_id, transitions.record_status(status, started_at))
+
+    def record_result(
+        self,
+        job_id: str,
+        status: str,
+        *,
+        finished_at: float,
+        output: Any = None,
+        error: str = "",
+        cost_usd: float | None = None,
+    ) -> Changes:
+        changes = transitions.record_result(
+            status, finished_at=finished_at, output=output, error=error, cost_usd=cost_usd
+        )
+        return self.update(job_id, changes)
+
+    def record_error(self, job_id: str, error: str) -> Changes:
+        return self.update(job_id, transitions.record_error(error))
+
+    def record_files(self, job_id: str, files: list[records.OutputFile]) -> Changes:
+        return self.update(job_id, transitions.record_files(files))
+
+    def attempts(self) -> list[ledger.Attempt]:
+        """Every submit attempt of the sweep, by every worker, in the order they were made."""
+        with self._tx() as conn:
+            cur = conn.execute(
+                f"SELECT {ledger.COLUMNS} FROM attempts WHERE sweep = %s ORDER BY seq",
+                (self.sweep,),
+            )
+            return [ledger.Attempt.from_row(r) for r in cur.fetchall()]
+
+    def close_attempt(
+        self, job_id: str, *, answer: str | None = None, actual: Decimal | None = None
+    ) -> None:
+        with self._tx() as conn:
+            conn.execute(
+                "UPDATE attempts SET answer = COALESCE(%s, answer), "
+                "actual_usd = COALESCE(actual_usd, %s), "
+                "finished_at = COALESCE(finished_at, %s) WHERE seq = "
+                "(SELECT MAX(seq) FROM attempts WHERE sweep = %s AND job_id = %s)",
+                (answer, _text(actual), time.time(), self.sweep, job_id),
+            )
+
+    def _add_attempt(
+        self,
+        job_id: str,
+        answer: str,
+        *,
+        request_id: str | None = None,
+        estimate: Decimal | None = None,
+    ) -> None:
+        self._conn.execute(
+            "INSERT INTO attempts (sweep, job_id, attempt, model_id, origin, sent_at, answer, "
+            "request_id, estimate_usd, worker) "
+            "SELECT j.sweep, j.job_id, (SELECT COALESCE(MAX(attempt), 0) + 1 FROM attempts a "
+            "WHERE a.sweep = j.sweep AND a.job_id = j.job_id), j.model_id, s.origin, %s, %s, "
+            "%s, %s, %s FROM jobs j JOIN sweeps s ON s.sweep = j.sweep "
+            "WHERE j.sweep = %s AND j.job_id = %s",
+            (time.time(), answer, request_id, _text(estimate), self.worker, self.sweep, job_id),
+        )
+
+    def _answer(self, job_id: str, answer: str, *, request_id: str | None = None) -> bool:
+        cur = self._conn.execute(
+            "UPDATE attempts SET answer = %s, request_id = COALESCE(%s, request_id) WHERE seq = "
+            "(SELECT MAX(seq) FROM attempts WHERE sweep = %s AND job_id = %s) "
+            "AND answer IN (%s, %s)",
+            (answer, request_id, self.sweep, job_id, ledger.SENDING, ledger.UNKNOWN),
+        )
+        return cur.rowcount == 1
+
     # ---- claims -------------------------------------------------------------------------
 
     def claim(self, limit: int, lease_s: float = DEFAULT_LEASE_S) -> Claimed:
@@ -257,17 +417,32 @@ class SharedState:
         submit in the air made `unknown` (it may have reached the server)."""
         lease = f"{lease_s} seconds"
         with self._tx() as conn:
-            conn.execute(
-                "UPDATE jobs SET status = %s, owner = NULL, lease_until = NULL, error = %s "
-                "WHERE sweep = %s AND status = %s AND lease_until < now()",
-                (
-                    records.UNKNOWN,
-                    "its worker was lost while submitting; the submit may have reached the "
-                    "server, so it is not sent again unless you rerun with --resubmit-unknown",
-                    self.sweep,
-                    records.SUBMITTING,
-                ),
-            )
+            lost = conn.execute(
+                "WITH old AS (SELECT job_id, reserved_usd FROM jobs WHERE sweep = %(s)s AND "
+                "status = %(submitting)s AND lease_until < now() FOR UPDATE) "
+                "UPDATE jobs j SET status = %(unknown)s, owner = NULL, lease_until = NULL, "
+                "error = %(error)s, reserved_usd = NULL FROM old "
+                "WHERE j.sweep = %(s)s AND j.job_id = old.job_id "
+                "RETURNING j.job_id, COALESCE(old.reserved_usd, 0)",
+                {
+                    "s": self.sweep,
+                    "submitting": records.SUBMITTING,
+                    "unknown": records.UNKNOWN,
+                    "error": _LOST_SUBMIT,
+                },
+            ).fetchall()
+            if lost:  # may have been billed: what it held is spent, its slot freed
+                conn.execute(
+                    "UPDATE attempts SET answer = %s WHERE sweep = %s AND answer = %s "
+                    "AND job_id = ANY(%s)",
+                    (ledger.UNKNOWN, self.sweep, ledger.SENDING, [j for j, _ in lost]),
+                )
+                held = sum((Decimal(r) for _, r in lost), Decimal(0))
+                conn.execute(
+                    "UPDATE sweeps SET spent_usd = spent_usd + %s, reserved_usd = reserved_usd "
+                    "- %s, in_flight = in_flight - %s WHERE sweep = %s",
+                    (held, held, len(lost), self.sweep),
+                )
             taken = conn.execute(
                 f"UPDATE jobs SET owner = %s, lease_until = now() + %s::interval "
                 f"WHERE sweep = %s AND status IN (%s, %s) AND lease_until < now() "
@@ -334,21 +509,50 @@ class SharedState:
             )
         return max(0.001, float(oldest) + window_s - float(now))
 
-    def reserve(self, job_id: str, estimate: Decimal, max_in_flight: int | None) -> bool:
-        """Before a submit: one in-flight slot and `estimate` of the cap, both or neither."""
+    def reserve(
+        self, job_id: str, model_id: str, estimate: Decimal | None, max_in_flight: int | None
+    ) -> bool:
+        """Before a submit: one in-flight slot and the job's best estimate of the cap, both or
+        neither; asking again for a job that holds them is a yes. The best estimate is the
+        higher of `estimate` and the highest actual cost of the model in the sweep; with
+        neither, the job holds all the room left under a cap (so it goes alone)."""
         with self._tx() as conn:
-            row = conn.execute(
-                "UPDATE sweeps SET reserved_usd = reserved_usd + %(e)s, "
-                "in_flight = in_flight + 1 WHERE sweep = %(s)s "
-                "AND (cap_usd IS NULL OR spent_usd + reserved_usd + %(e)s <= cap_usd) "
-                "AND (%(m)s::integer IS NULL OR in_flight < %(m)s::integer) RETURNING 1",
-                {"e": estimate, "s": self.sweep, "m": max_in_flight},
-            ).fetchone()
-            if row is None:
+            held = _one(
+                conn.execute(
+                    "SELECT reserved_usd IS NOT NULL FROM jobs WHERE sweep = %s AND job_id = %s",
+                    (self.sweep, job_id),
+                )
+            )[0]
+            if held:
+                return True
+            best = _one(
+                conn.execute(
+                    "SELECT GREATEST(%s::numeric, MAX(actual_usd::numeric)) FROM attempts "
+                    "WHERE sweep = %s AND model_id = %s AND actual_usd IS NOT NULL",
+                    (estimate, self.sweep, model_id),
+                )
+            )[0]
+            cap, spent, reserved, flights = _one(
+                conn.execute(
+                    "SELECT cap_usd, spent_usd, reserved_usd, in_flight FROM sweeps "
+                    "WHERE sweep = %s FOR UPDATE",
+                    (self.sweep,),
+                )
+            )
+            if max_in_flight is not None and flights >= max_in_flight:
+                return False
+            room = None if cap is None else Decimal(cap) - Decimal(spent) - Decimal(reserved)
+            amount = Decimal(best) if best is not None else (room or Decimal(0))
+            if room is not None and (amount > room or room <= 0):
                 return False
             conn.execute(
+                "UPDATE sweeps SET in_flight = in_flight + 1, reserved_usd = reserved_usd + %s "
+                "WHERE sweep = %s",
+                (amount, self.sweep),
+            )
+            conn.execute(
                 "UPDATE jobs SET reserved_usd = %s WHERE sweep = %s AND job_id = %s",
-                (estimate, self.sweep, job_id),
+                (amount, self.sweep, job_id),
             )
         return True
 
@@ -383,6 +587,10 @@ class SharedState:
                 )
             )
         return cap, Decimal(spent), Decimal(reserved), int(flights)
+
+
+def _text(value: Decimal | None) -> str | None:
+    return None if value is None else str(value)
 
 
 def _qualified(alias: str) -> str:

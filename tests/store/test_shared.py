@@ -119,8 +119,9 @@ def test_the_rate_window_is_shared_by_every_worker(pg_url: str) -> None:
         t.join()
     times.sort()
     busiest = max(sum(1 for u in times if t <= u < t + 1.0) for t in times)
-    # The window is the database's clock; the times seen here may be a little later.
-    assert busiest <= limit + 1
+    # The window is the database's clock; the times seen here, after each answer, may be
+    # late by a scheduling delay on a loaded machine (without the window: thousands).
+    assert busiest <= limit + 2
     assert len(times) >= limit  # it did let calls through: at least one window's worth
 
 
@@ -133,7 +134,7 @@ def test_reservations_never_pass_the_cap_with_workers_at_once(pg_url: str) -> No
 
     def work(w: SharedState) -> None:
         for r in w.claim(25).pending:
-            if w.reserve(r.job_id, Decimal("0.03"), max_in_flight=None):
+            if w.reserve(r.job_id, MODEL, Decimal("0.03"), max_in_flight=None):
                 with lock:
                     reserved.append(r.job_id)
 
@@ -158,10 +159,14 @@ def test_in_flight_slots_are_shared(pg_url: str) -> None:
     mine = a.claim(3).pending
     theirs = b.claim(3).pending
     zero = Decimal(0)
-    assert [a.reserve(r.job_id, zero, max_in_flight=4) for r in mine] == [True] * 3
-    assert [b.reserve(r.job_id, zero, max_in_flight=4) for r in theirs] == [True, False, False]
+    assert [a.reserve(r.job_id, MODEL, zero, max_in_flight=4) for r in mine] == [True] * 3
+    assert [b.reserve(r.job_id, MODEL, zero, max_in_flight=4) for r in theirs] == [
+        True,
+        False,
+        False,
+    ]
     a.settle(mine[0].job_id, zero, billed=False)
-    assert b.reserve(theirs[1].job_id, zero, max_in_flight=4)
+    assert b.reserve(theirs[1].job_id, MODEL, zero, max_in_flight=4)
 
 
 def test_a_wrong_password_is_never_shown(pg_server: PgServer) -> None:
@@ -177,3 +182,30 @@ def test_without_psycopg_the_fix_is_named(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setitem(sys.modules, "psycopg", None)
     with pytest.raises(MissingDependencyError, match=r"runcomfy-batchrun\[postgres\]"):
         state("postgresql://u:pw@127.0.0.1:1/db")
+
+
+def test_an_unpriced_job_goes_alone_under_a_cap_until_a_cost_is_known(pg_url: str) -> None:
+    a = opened(pg_url, "a", cap=Decimal("1.00"), n=4)
+    first, second, third, _ = a.claim(4).pending
+    assert a.reserve(first.job_id, MODEL, None, max_in_flight=None)  # holds all the room
+    assert not a.reserve(second.job_id, MODEL, None, max_in_flight=None)
+    a.mark_submitting(first.job_id)
+    a.record_request_id(first.job_id, "req-1", time.time())
+    a.close_attempt(first.job_id, actual=Decimal("0.25"))
+    a.settle(first.job_id, Decimal("0.25"))
+    # now the model's cost is known: each next job holds $0.25
+    assert a.reserve(second.job_id, MODEL, None, max_in_flight=None)
+    assert a.reserve(third.job_id, MODEL, Decimal("0.10"), max_in_flight=None)
+    assert a.money()[1:] == (Decimal("0.25"), Decimal("0.50"), 2)
+
+
+def test_a_lost_submit_counts_its_reservation_as_spent(pg_url: str) -> None:
+    a = opened(pg_url, "a", cap=Decimal("1.00"), n=2)
+    b = opened(pg_url, "b")
+    job = a.claim(1, lease_s=0.2).pending[0]
+    assert a.reserve(job.job_id, MODEL, Decimal("0.30"), max_in_flight=None)
+    a.mark_submitting(job.job_id, Decimal("0.30"))  # then a is killed mid-submit
+    time.sleep(0.4)
+    b.claim(5)
+    assert a.money()[1:] == (Decimal("0.30"), Decimal("0"), 0)
+    assert [x.answer for x in b.attempts()] == ["unknown"]
