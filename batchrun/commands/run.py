@@ -78,7 +78,13 @@ def run(args: RunArgs) -> int:
         cache=cache_dir,
         balance_base=run_balance_base(base, simulated=simulator is not None),
     )
+    state_url = args.state or plan.manifest.run.state
     try:
+        if state_url:
+            _refuse_with_shared_state(args, chosen.active, cache_dir)
+            from batchrun.run.shared import run_shared  # psycopg's import only when asked
+
+            return run_shared(plan, options, state_url)
         return run_batch(plan, options)
     except OriginMismatch as exc:
         raise OriginMismatch(
@@ -87,6 +93,17 @@ def run(args: RunArgs) -> int:
     finally:
         if simulator is not None:
             simulator.stop()
+
+
+def _refuse_with_shared_state(args: RunArgs, subset: bool, cache: Path | None) -> None:
+    """What a shared sweep does not do (yet): say so before anything is sent."""
+    plan_run = [("--only/--first/--sample/--shard", subset), ("--cache or run.cache", cache)]
+    for what, given in plan_run:
+        if given:
+            raise UsageError(
+                f"{what} does not apply to a shared sweep (--state): every worker works the "
+                "whole sweep; run without it"
+            )
 
 
 def run_balance_base(base: str, *, simulated: bool) -> str | None:

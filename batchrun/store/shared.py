@@ -17,12 +17,13 @@ psycopg 3 is an extra (`pip install 'runcomfy-batchrun[postgres]'`), imported on
 from __future__ import annotations
 
 import re
+import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urlsplit
 
 from batchrun.errors import MissingDependencyError, StateError
@@ -154,31 +155,37 @@ class SharedState:
         self.url = url
         self.sweep = sweep
         self.worker = worker
+        # One connection, one transaction at a time: the run's threads take turns (the rate
+        # window has its own connection, see rate_window).
+        self._mutex = threading.RLock()
+        self._others: list[SharedState] = []
 
     @classmethod
     def connect(cls, url: str, *, sweep: str, worker: str) -> SharedState:
         """Connect and bring the schema up to date; a clean StateError (password scrubbed)
         when the database cannot be reached."""
-        psycopg = _psycopg()
-        try:
-            conn = psycopg.connect(url, autocommit=True, connect_timeout=10)
-        except psycopg.Error as exc:
-            raise StateError(
-                f"cannot reach the shared state {scrub(url)}: {scrub(str(exc).strip())}; check "
-                "the URL and that the database server is up, then rerun"
-            ) from None
-        state = cls(conn, url, sweep, worker)
+        state = cls(_connect(url), url, sweep, worker)
         state._migrate()
         return state
 
+    def rate_window(self, slack_s: float = 0.0) -> Callable[[int, float], float]:
+        """`take_call` on a connection of its own (the rate limiter's `shared`), its window
+        `slack_s` longer: the threads sending calls never wait for a job's transaction."""
+        other = SharedState(_connect(self.url), self.url, self.sweep, self.worker)
+        self._others.append(other)
+        return lambda limit, window_s: other.take_call(limit, window_s + slack_s)
+
     def close(self) -> None:
-        self._conn.close()
+        for other in self._others:
+            other.close()
+        with self._mutex:
+            self._conn.close()
 
     @contextmanager
     def _tx(self) -> Iterator[psycopg.Connection[Any]]:
         psycopg = _psycopg()
         try:
-            with self._conn.transaction():
+            with self._mutex, self._conn.transaction():
                 yield self._conn
         except psycopg.OperationalError as exc:
             raise StateError(
@@ -482,6 +489,66 @@ class SharedState:
                 (self.sweep, self.worker, list(job_ids)),
             )
 
+    def let_go(self) -> int:
+        """This worker stops: the pending jobs it holds go back to the others, with the slots
+        and the room they reserved (their submits were never sent). Jobs at the server stay
+        leased until the lease lapses, then another worker polls them."""
+        with self._tx() as conn:
+            freed = conn.execute(
+                "WITH old AS (SELECT job_id, reserved_usd FROM jobs WHERE sweep = %(s)s AND "
+                "owner = %(w)s AND status = %(p)s FOR UPDATE) UPDATE jobs j SET owner = NULL, "
+                "lease_until = NULL, reserved_usd = NULL FROM old WHERE j.sweep = %(s)s AND "
+                "j.job_id = old.job_id RETURNING old.reserved_usd",
+                {"s": self.sweep, "w": self.worker, "p": records.PENDING},
+            ).fetchall()
+            held = [Decimal(r) for (r,) in freed if r is not None]
+            if held:
+                conn.execute(
+                    "UPDATE sweeps SET reserved_usd = reserved_usd - %s, "
+                    "in_flight = in_flight - %s WHERE sweep = %s",
+                    (sum(held, Decimal(0)), len(held), self.sweep),
+                )
+        return len(freed)
+
+    def unfinished(self) -> int:
+        """Jobs of the sweep some worker still has to do something about (pending, being
+        submitted, at the server), whoever holds them."""
+        with self._tx() as conn:
+            row = _one(
+                conn.execute(
+                    "SELECT COUNT(*) FROM jobs WHERE sweep = %s AND in_manifest = 1 "
+                    "AND status IN (%s, %s, %s, %s)",
+                    (
+                        self.sweep,
+                        records.PENDING,
+                        records.SUBMITTING,
+                        records.QUEUED,
+                        records.RUNNING,
+                    ),
+                )
+            )
+        return int(row[0])
+
+    def requeue(self, statuses: Iterable[str], error: str = "") -> int:
+        """--retry-failed / --resubmit-unknown: the sweep's jobs in `statuses` back to pending
+        (a FAILED job whose request the server stopped knowing stays, as in StateStore)."""
+        statuses = list(statuses)
+        sets, params = assignments(transitions.mark_pending(error), "%s")
+        unread = "(status = %s AND substr(error, 1, %s) = %s)"
+        unread_args = (records.FAILED, len(records.NOT_FOUND), records.NOT_FOUND)
+        which = (
+            "(status = ANY(%s) OR {u})"
+            if records.UNKNOWN in statuses
+            else ("(status = ANY(%s) AND NOT {u})")
+        )
+        with self._tx() as conn:
+            cur = conn.execute(
+                f"UPDATE jobs SET {sets}, updated_at = %s WHERE sweep = %s AND in_manifest = 1 "
+                f"AND (lease_until IS NULL OR lease_until < now()) AND {which.format(u=unread)}",
+                (*params, time.time(), self.sweep, statuses, *unread_args),
+            )
+            return cur.rowcount
+
     # ---- the account: rate, slots, budget -----------------------------------------------
 
     def take_call(self, limit: int, window_s: float = 1.0) -> float:
@@ -587,6 +654,18 @@ class SharedState:
                 )
             )
         return cap, Decimal(spent), Decimal(reserved), int(flights)
+
+
+def _connect(url: str) -> psycopg.Connection[Any]:
+    pg = _psycopg()
+    try:
+        conn = pg.connect(url, autocommit=True, connect_timeout=10)
+    except pg.Error as exc:
+        raise StateError(
+            f"cannot reach the shared state {scrub(url)}: {scrub(str(exc).strip())}; check "
+            "the URL and that the database server is up, then rerun"
+        ) from None
+    return cast("psycopg.Connection[Any]", conn)
 
 
 def _text(value: Decimal | None) -> str | None:
