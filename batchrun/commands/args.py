@@ -131,6 +131,17 @@ class RunArgs:
         "[default: the manifest's run.cache; none].",
         resume=Resumed(SETTINGS),
     )
+    state: str | None = option(
+        "--state",
+        metavar="URL",
+        envvar="BATCHRUN_STATE_URL",
+        help="Work a sweep shared by several workers through PostgreSQL: "
+        "postgresql://USER:PASSWORD@HOST:PORT/DB [env BATCHRUN_STATE_URL; default: the "
+        "manifest's run.state; none: the run folder's state.db].",
+        resume=NotResumed(
+            "its password is never printed; give it again (or keep it in BATCHRUN_STATE_URL)"
+        ),
+    )
     quiet: bool = option(
         "-q",
         "--quiet",

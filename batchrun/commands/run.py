@@ -86,7 +86,13 @@ def run(args: RunArgs) -> int:
         jobs_known=known,
         balance_base=run_balance_base(base, simulated=simulator is not None),
     )
+    state_url = args.state or plan.manifest.run.state
     try:
+        if state_url:
+            _refuse_with_shared_state(args, chosen.active, cache_dir)
+            from batchrun.run.shared import run_shared  # psycopg's import only when asked
+
+            return run_shared(plan, options, state_url)
         return run_batch(plan, options)
     except OriginMismatch as exc:
         raise OriginMismatch(
@@ -107,7 +113,8 @@ def _plan(args: RunArgs, *, resume: bool) -> tuple[Plan, PlanMark, bool]:
     """
     dirs = schema_dirs(args.schemas)
     manifest, problems = check_manifest(args.manifest) if resume else (None, [])
-    if manifest is not None and not problems:
+    shared = args.state or (manifest is not None and manifest.run.state)
+    if manifest is not None and not problems and not shared:  # a shared sweep's jobs: its own
         schemas = models.Schemas.along(schema_search_path(args.manifest, dirs))
         digest = plan_digest(manifest, schemas, strict=args.strict)
         known = _recorded_mark(Path(args.run_dir or manifest.outputs.dir))
@@ -133,6 +140,17 @@ def _recorded_mark(folder: Path) -> PlanMark | None:
             return PlanMark.loads(store.meta().get(PLAN_META))
     except StateError:
         return None
+
+
+def _refuse_with_shared_state(args: RunArgs, subset: bool, cache: Path | None) -> None:
+    """What a shared sweep does not do (yet): say so before anything is sent."""
+    plan_run = [("--only/--first/--sample/--shard", subset), ("--cache or run.cache", cache)]
+    for what, given in plan_run:
+        if given:
+            raise UsageError(
+                f"{what} does not apply to a shared sweep (--state): every worker works the "
+                "whole sweep; run without it"
+            )
 
 
 def run_balance_base(base: str, *, simulated: bool) -> str | None:

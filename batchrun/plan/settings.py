@@ -40,6 +40,8 @@ class RunSettings:
     halt: HaltRule | None = None
     canary: int = 0  # jobs per model that must succeed before its others are sent; 0 = off
     cache: str | None = None  # the cross-run cache folder; None = off
+    state: str | None = None  # a shared sweep's PostgreSQL URL; None = the run folder's state.db
+    lease_s: float = 30.0  # a shared sweep's claim lease, seconds
 
 
 @dataclass(frozen=True)
@@ -112,6 +114,7 @@ def run_settings(run: dict[str, Any]) -> tuple[RunSettings, list[tuple[str, str]
     kw: dict[str, Any] = {}
     parsers = {"rate_limit": parse_rate, "poll_interval": parse_duration}
     parsers["job_timeout"] = parse_duration
+    parsers["lease"] = parse_duration
     for key, parse in parsers.items():
         if key not in run:
             continue
@@ -122,7 +125,7 @@ def run_settings(run: dict[str, Any]) -> tuple[RunSettings, list[tuple[str, str]
             kw[key] = None
             continue
         try:
-            kw[key] = parse(value)
+            kw["lease_s" if key == "lease" else key] = parse(value)
         except ValueError as exc:
             problems.append((key, str(exc)))
     for key in ("max_in_flight", "retries", "max_jobs"):
@@ -134,10 +137,7 @@ def run_settings(run: dict[str, Any]) -> tuple[RunSettings, list[tuple[str, str]
     if "halt" in run:  # the schema checked 0 <= failure_rate <= 1 and min_finished >= 1
         halt = run["halt"]
         kw["halt"] = HaltRule(float(halt["failure_rate"]), halt.get("min_finished", 10))
-    if "canary" in run:
-        kw["canary"] = run["canary"]
-    if "cache" in run:
-        kw["cache"] = run["cache"]
+    kw.update({key: run[key] for key in ("canary", "cache", "state") if key in run})
     return RunSettings(**kw), problems
 
 

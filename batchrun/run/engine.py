@@ -184,7 +184,9 @@ class _Run:
             parts,
             policies=policies,
             estimate=budget.estimate,
-            plan_files=self._file_planner() if download else None,
+            plan_files=file_planner(self.plan, self.run_dir, self.opts.api_base)
+            if download
+            else None,
             progress=progress,
             echo=self.echo,
             workers=self.opts.workers,
@@ -199,7 +201,7 @@ class _Run:
         return sched
 
     def _loop(self, sched: Scheduler, progress: Progress) -> None:
-        restore = self._install_interrupt(sched)
+        restore = install_interrupt(sched, handle_signals=self.opts.handle_signals)
         try:
             sched.run()
         finally:
@@ -379,51 +381,6 @@ class _Run:
                 if row.job_id in only and row.status in statuses:
                     self.store.mark_pending(row.job_id)
 
-    def _file_planner(self) -> PlanFiles:
-        outputs = self.plan.manifest.outputs
-        hosts = default_allow_hosts(self.opts.api_base) + list(outputs.allow_hosts)
-        downloader = Downloader(allow_hosts=hosts, max_file_bytes=outputs.max_file_bytes)
-
-        def plan(job_id: str, output: Any, existing: list[OutputFile]) -> JobFiles:
-            keys = output_keys(output)
-            return downloader.plan(self.run_dir, job_id, list(keys), existing, keys)
-
-        return plan
-
-    def _install_interrupt(self, sched: Scheduler) -> Callable[[], None]:
-        main = threading.current_thread() is threading.main_thread()
-        if not (self.opts.handle_signals and main):
-            return lambda: None
-
-        def on_signal(signum: int, frame: object) -> None:
-            # Runs between two bytecodes of the scheduler: only set a flag and write to the fd
-            # (print() or a queue here could deadlock on a lock the interrupted code holds).
-            if sched.stop.is_set():
-                _say("\ninterrupted again: exiting now (state is saved)\n")
-                os._exit(EXIT_INTERRUPTED)
-            sched.request_stop()
-            # Answers still arriving are read for at most client.INTERRUPT_GRACE_S more, files
-            # stop at once (a trickling server must not hold the run); a submit cut off so is
-            # left unknown, never sent again blindly.
-            netenv.interrupt()
-            _say(
-                "\ninterrupting: no new submits; saving what came back "
-                "(Ctrl-C again to quit at once)\n"
-            )
-
-        # SIGTERM (kill, a service manager) and SIGHUP (a closed terminal, a dropped ssh
-        # session) end a run as Ctrl-C does: state saved, report written, exit 130.
-        signals = [signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)]
-        netenv.interrupt(False)
-        previous = {sig: signal.signal(sig, on_signal) for sig in signals if sig is not None}
-
-        def restore() -> None:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-            netenv.interrupt(False)
-
-        return restore
-
     # ---- after the loop -----------------------------------------------------------------
 
     def _cancel_queued(self, sched: Scheduler, client: Client, limiter: RateLimiter) -> None:
@@ -519,6 +476,53 @@ class _Run:
             self.echo(f"warning: report.html grid: {exc}; laid out automatically")
             write_report(self.run_dir, rows, attempts, facts=facts)
         self.store.set_meta(**{REPORT_MARK_META: written})
+
+
+def file_planner(plan: Plan, run_dir: Path, api_base: str) -> PlanFiles:
+    """What to download of a job's output, and where in the run folder."""
+    outputs = plan.manifest.outputs
+    hosts = default_allow_hosts(api_base) + list(outputs.allow_hosts)
+    downloader = Downloader(allow_hosts=hosts, max_file_bytes=outputs.max_file_bytes)
+
+    def planned(job_id: str, output: Any, existing: list[OutputFile]) -> JobFiles:
+        keys = output_keys(output)
+        return downloader.plan(run_dir, job_id, list(keys), existing, keys)
+
+    return planned
+
+
+def install_interrupt(sched: Scheduler, *, handle_signals: bool) -> Callable[[], None]:
+    main = threading.current_thread() is threading.main_thread()
+    if not (handle_signals and main):
+        return lambda: None
+
+    def on_signal(signum: int, frame: object) -> None:
+        # Runs between two bytecodes of the scheduler: only set a flag and write to the fd
+        # (print() or a queue here could deadlock on a lock the interrupted code holds).
+        if sched.stop.is_set():
+            _say("\ninterrupted again: exiting now (state is saved)\n")
+            os._exit(EXIT_INTERRUPTED)
+        sched.request_stop()
+        # Answers still arriving are read for at most client.INTERRUPT_GRACE_S more, files
+        # stop at once (a trickling server must not hold the run); a submit cut off so is
+        # left unknown, never sent again blindly.
+        netenv.interrupt()
+        _say(
+            "\ninterrupting: no new submits; saving what came back (Ctrl-C again to quit at once)\n"
+        )
+
+    # SIGTERM (kill, a service manager) and SIGHUP (a closed terminal, a dropped ssh
+    # session) end a run as Ctrl-C does: state saved, report written, exit 130.
+    signals = [signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)]
+    netenv.interrupt(False)
+    previous = {sig: signal.signal(sig, on_signal) for sig in signals if sig is not None}
+
+    def restore() -> None:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        netenv.interrupt(False)
+
+    return restore
 
 
 def _say(text: str) -> None:

@@ -411,7 +411,7 @@ class StateStore:
     # transition is defined), for the run's table in memory to make the same.
 
     def _update(self, job_id: str, changes: Changes, *, durable: bool = False) -> Changes:
-        sets, params = _assignments(changes)
+        sets, params = assignments(changes)
         with self._tx(durable=durable) as conn:
             cur = conn.execute(
                 f"UPDATE jobs SET {sets}, updated_at = ? WHERE job_id = ?",
@@ -606,7 +606,7 @@ class StateStore:
             which, args = f"(status IN ({marks}) OR {unread})", (*statuses, *unread_args)
         else:
             which, args = f"(status IN ({marks}) AND NOT {unread})", (*statuses, *unread_args)
-        sets, params = _assignments(transitions.mark_pending(error))
+        sets, params = assignments(transitions.mark_pending(error))
         with self._tx() as conn:
             cur = conn.execute(
                 f"UPDATE jobs SET {sets}, updated_at = ? WHERE in_manifest = 1 AND {which}",
@@ -621,7 +621,7 @@ class StateStore:
             conn.execute(
                 "UPDATE attempts SET answer = ? WHERE answer = ?", (ledger.UNKNOWN, ledger.SENDING)
             )
-            sets, params = _assignments(transitions.mark_unknown(error))
+            sets, params = assignments(transitions.mark_unknown(error))
             cur = conn.execute(
                 f"UPDATE jobs SET {sets}, updated_at = ? WHERE status = ?",
                 (*params, time.time(), SUBMITTING),
@@ -629,19 +629,20 @@ class StateStore:
             return cur.rowcount
 
 
-def _assignments(changes: Changes) -> tuple[str, list[Any]]:
-    """The SET clause, and its parameters, that make `changes` to a row of the jobs table."""
+def assignments(changes: Changes, mark: str = "?") -> tuple[str, list[Any]]:
+    """The SET clause, and its parameters, that make `changes` to a row of the jobs table
+    (`mark`: the driver's placeholder, `?` for SQLite, `%s` for PostgreSQL)."""
     sets, params = [], []
     for name, value in changes.items():
         kind = type(value)
         if kind is transitions.Add:
-            sets.append(f"{name} = {name} + ?")
+            sets.append(f"{name} = {name} + {mark}")
             params.append(value.n)
         elif kind is transitions.IfUnset:
-            sets.append(f"{name} = COALESCE({name}, ?)")
+            sets.append(f"{name} = COALESCE({name}, {mark})")
             params.append(value.value)
         else:
-            sets.append(f"{name} = ?")
+            sets.append(f"{name} = {mark}")
             params.append(encode_field(name, value) if name in ENCODED_FIELDS else value)
     return ", ".join(sets), params
 
