@@ -9,6 +9,7 @@ from the sweep's rate window. Files land in this worker's run folder.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import socket
@@ -42,7 +43,7 @@ from batchrun.run.scheduler import Scheduler
 from batchrun.store import records
 from batchrun.store.output_urls import needs_files
 from batchrun.store.records import JobRow
-from batchrun.store.shared import SharedState
+from batchrun.store.shared import SharedState, SharedStateLost
 from batchrun.util.safetext import printable
 
 PAGE = 20  # pending jobs claimed at a time (more when many are in flight)
@@ -172,6 +173,7 @@ def run_shared(plan: Plan, options: RunOptions, url: str) -> int:
     run_dir.mkdir(parents=True, exist_ok=True)
     worker = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
     state = SharedState.connect(url, sweep=plan.manifest.name, worker=worker)
+    state.on_lost = lambda message: options.echo(f"warning: {message}")
     try:
         state.open_sweep(plan.manifest.sha256, options.origin, settings.max_cost_usd)
         added = state.add_jobs(plan.jobs)
@@ -183,7 +185,8 @@ def run_shared(plan: Plan, options: RunOptions, url: str) -> int:
             state.requeue([records.FAILED, records.TIMED_OUT])
         return _Worker(plan, options, run_dir, state).execute()
     finally:
-        state.let_go()
+        with contextlib.suppress(SharedStateLost):  # gone: its leases lapse instead
+            state.let_go()
         state.close()
 
 

@@ -16,6 +16,8 @@ psycopg 3 is an extra (`pip install 'runcomfy-batchrun[postgres]'`), imported on
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import re
 import threading
 import time
@@ -23,10 +25,10 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 from urllib.parse import urlsplit
 
-from batchrun.errors import MissingDependencyError, StateError
+from batchrun.errors import ConfigError, MissingDependencyError, StateError
 from batchrun.store import ledger, records, transitions
 from batchrun.store.state import assignments
 from batchrun.store.transitions import Changes
@@ -36,6 +38,22 @@ if TYPE_CHECKING:
 
 SCHEMA_VERSION = 1
 DEFAULT_LEASE_S = 30.0
+PATIENCE_S = 120.0  # how long a lost database is waited for before the run gives up
+RECONNECT_S = 1.0  # between reconnection attempts
+
+_T = TypeVar("_T")
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _patient(method: _F) -> _F:
+    """The method, done again while the database is briefly unreachable (SharedState._patiently)."""
+
+    @functools.wraps(method)
+    def again(self: SharedState, *args: Any, **kwargs: Any) -> Any:
+        return self._patiently(lambda: method(self, *args, **kwargs))
+
+    return cast(_F, again)
+
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS batchrun_schema (version INTEGER NOT NULL);
@@ -133,6 +151,10 @@ def _psycopg() -> Any:
     return psycopg
 
 
+class SharedStateLost(ConfigError):
+    """The shared database stayed unreachable past the run's patience (exit 3)."""
+
+
 class LeaseLost(StateError):
     """This worker wrote to a job it no longer holds: it was too slow to renew its lease."""
 
@@ -159,6 +181,12 @@ class SharedState:
         # window has its own connection, see rate_window).
         self._mutex = threading.RLock()
         self._others: list[SharedState] = []
+        self._inside = threading.local()  # this thread's open transactions
+        # A lost database: each call waits this long for it to come back (reconnecting), then
+        # SharedStateLost; `on_lost` is told once per outage.
+        self.patience_s = PATIENCE_S
+        self.on_lost: Callable[[str], None] = lambda message: None
+        self._gone: SharedStateLost | None = None
 
     @classmethod
     def connect(cls, url: str, *, sweep: str, worker: str) -> SharedState:
@@ -172,6 +200,7 @@ class SharedState:
         """`take_call` on a connection of its own (the rate limiter's `shared`), its window
         `slack_s` longer: the threads sending calls never wait for a job's transaction."""
         other = SharedState(_connect(self.url), self.url, self.sweep, self.worker)
+        other.patience_s, other.on_lost = self.patience_s, self.on_lost
         self._others.append(other)
         return lambda limit, window_s: other.take_call(limit, window_s + slack_s)
 
@@ -183,14 +212,59 @@ class SharedState:
 
     @contextmanager
     def _tx(self) -> Iterator[psycopg.Connection[Any]]:
-        psycopg = _psycopg()
-        try:
-            with self._mutex, self._conn.transaction():
-                yield self._conn
-        except psycopg.OperationalError as exc:
-            raise StateError(
-                f"the shared state {scrub(self.url)} was lost: {scrub(str(exc).strip())}"
-            ) from None
+        """One transaction (a savepoint inside another of this thread's)."""
+        with self._mutex:
+            depth = getattr(self._inside, "depth", 0)
+            self._inside.depth = depth + 1
+            try:
+                with self._conn.transaction():
+                    yield self._conn
+            finally:
+                self._inside.depth = depth
+
+    def _patiently(self, call: Callable[[], _T]) -> _T:
+        """`call()`, again on a new connection while the database is unreachable, for up to
+        `patience_s`; then SharedStateLost. Each public method is one transaction, so doing
+        it again after the connection dropped repeats nothing that was committed (the
+        server rolls back what it did not commit)."""
+        if getattr(self._inside, "depth", 0):
+            return call()  # part of this thread's transaction: the outermost call retries
+        pg = _psycopg()
+        give_up: float | None = None
+        while True:
+            if self._gone is not None:
+                raise self._gone
+            try:
+                return call()
+            except pg.OperationalError as exc:
+                now = time.monotonic()
+                if give_up is None:
+                    give_up = now + self.patience_s
+                    self.on_lost(
+                        f"the shared state {scrub(self.url)} is unreachable "
+                        f"({scrub(str(exc).strip())}); nothing is submitted until it is back "
+                        f"(waiting up to {self.patience_s:.0f} s)"
+                    )
+                if now >= give_up:
+                    self._gone = SharedStateLost(
+                        f"the shared state {scrub(self.url)} was unreachable for "
+                        f"{self.patience_s:.0f} s ({scrub(str(exc).strip())}); nothing was "
+                        "submitted since. Answers not recorded leave their jobs unknown, never "
+                        "sent again unasked. Rerun the same command once the database is back"
+                    )
+                    raise self._gone from None
+                time.sleep(min(RECONNECT_S, max(0.0, give_up - now)))
+                self._reconnect()
+
+    def _reconnect(self) -> None:
+        pg = _psycopg()
+        with self._mutex:
+            with contextlib.suppress(pg.Error):
+                self._conn.close()
+            try:
+                self._conn = pg.connect(self.url, autocommit=True, connect_timeout=5)
+            except pg.Error:
+                pass  # still down: the next call fails fast and waits again
 
     def _migrate(self) -> None:
         with self._tx() as conn:
@@ -207,6 +281,7 @@ class SharedState:
 
     # ---- the sweep ----------------------------------------------------------------------
 
+    @_patient
     def open_sweep(self, manifest_sha256: str, origin: str, cap_usd: Decimal | None) -> None:
         """Make the sweep, or join it; a different manifest under the same name is refused."""
         with self._tx() as conn:
@@ -232,6 +307,7 @@ class SharedState:
                 f"not {origin!r}; simulated and real results are never mixed"
             )
 
+    @_patient
     def add_jobs(self, jobs: Iterable[records.JobLike]) -> int:
         """Insert the jobs the sweep does not have yet; returns how many were new."""
         rows = [
@@ -250,6 +326,7 @@ class SharedState:
             )
             return _count(conn, self.sweep) - before
 
+    @_patient
     def counts(self) -> dict[str, int]:
         with self._tx() as conn:
             cur = conn.execute(
@@ -258,6 +335,7 @@ class SharedState:
             )
             return {status: int(n) for status, n in cur.fetchall()}
 
+    @_patient
     def update(self, job_id: str, changes: Changes) -> Changes:
         """One transition (store/transitions.py) of a job this worker holds. A worker whose
         lease lapsed (and was taken over) holds it no more: LeaseLost, nothing written."""
@@ -275,6 +353,7 @@ class SharedState:
                 )
         return changes
 
+    @_patient
     def get(self, job_id: str) -> records.JobRow:
         with self._tx() as conn:
             row = conn.execute(
@@ -289,15 +368,17 @@ class SharedState:
 
     @contextmanager
     def batch(self, *, durable: bool = False) -> Iterator[None]:
-        """The transitions made inside share one transaction (a commit is durable here)."""
-        with self._tx():
-            yield
+        """Each transition inside stays its own transaction (each durable on its commit), so
+        each can be done again on its own when the database comes back."""
+        yield
 
+    @_patient
     def meta(self) -> dict[str, str]:
         with self._tx() as conn:
             cur = conn.execute("SELECT key, value FROM meta WHERE sweep = %s", (self.sweep,))
             return dict(cur.fetchall())
 
+    @_patient
     def set_meta(self, **values: str) -> None:
         with self._tx() as conn, conn.cursor() as cur:
             cur.executemany(
@@ -306,6 +387,7 @@ class SharedState:
                 [(self.sweep, k, str(v)) for k, v in values.items()],
             )
 
+    @_patient
     def rows(self, *, in_manifest_only: bool = False) -> list[records.JobRow]:
         """Every job of the sweep, in expansion order."""
         where = "AND in_manifest = 1 " if in_manifest_only else ""
@@ -316,20 +398,25 @@ class SharedState:
             )
             return [records.decode_row(r) for r in cur.fetchall()]
 
+    @_patient
     def mark_submitting(self, job_id: str, estimate: Decimal | None = None) -> Changes:
         """Committed before the submit is sent, with its `sending` attempt in the ledger."""
         with self._tx():
             changes = self.update(job_id, transitions.mark_submitting())
-            self._add_attempt(job_id, ledger.SENDING, estimate=estimate)
+            if self._latest(job_id)[0] != ledger.SENDING:  # not when done again (a reconnect)
+                self._add_attempt(job_id, ledger.SENDING, estimate=estimate)
         return changes
 
+    @_patient
     def record_request_id(self, job_id: str, request_id: str, submitted_at: float) -> Changes:
         with self._tx():
             changes = self.update(job_id, transitions.record_request_id(request_id, submitted_at))
-            if not self._answer(job_id, ledger.ACCEPTED, request_id=request_id):
+            answered = self._answer(job_id, ledger.ACCEPTED, request_id=request_id)
+            if not answered and self._latest(job_id) != (ledger.ACCEPTED, request_id):
                 self._add_attempt(job_id, ledger.ACCEPTED, request_id=request_id)
         return changes
 
+    @_patient
     def mark_unknown(self, job_id: str, error: str, *, count_attempt: bool = True) -> Changes:
         with self._tx():
             changes = self.update(
@@ -339,14 +426,17 @@ class SharedState:
                 self._add_attempt(job_id, ledger.UNKNOWN)
         return changes
 
+    @_patient
     def mark_pending(self, job_id: str, error: str = "") -> Changes:
         return self.update(job_id, transitions.mark_pending(error))
 
+    @_patient
     def record_status(
         self, job_id: str, status: str, *, started_at: float | None = None
     ) -> Changes:
         return self.update(job_id, transitions.record_status(status, started_at))
 
+    @_patient
     def record_result(
         self,
         job_id: str,
@@ -362,12 +452,15 @@ class SharedState:
         )
         return self.update(job_id, changes)
 
+    @_patient
     def record_error(self, job_id: str, error: str) -> Changes:
         return self.update(job_id, transitions.record_error(error))
 
+    @_patient
     def record_files(self, job_id: str, files: list[records.OutputFile]) -> Changes:
         return self.update(job_id, transitions.record_files(files))
 
+    @_patient
     def attempts(self) -> list[ledger.Attempt]:
         """Every submit attempt of the sweep, by every worker, in the order they were made."""
         with self._tx() as conn:
@@ -377,6 +470,7 @@ class SharedState:
             )
             return [ledger.Attempt.from_row(r) for r in cur.fetchall()]
 
+    @_patient
     def close_attempt(
         self, job_id: str, *, answer: str | None = None, actual: Decimal | None = None
     ) -> None:
@@ -407,6 +501,15 @@ class SharedState:
             (time.time(), answer, request_id, _text(estimate), self.worker, self.sweep, job_id),
         )
 
+    def _latest(self, job_id: str) -> tuple[str | None, str | None]:
+        """The answer and request id of the job's latest attempt ((None, None): none)."""
+        row = self._conn.execute(
+            "SELECT answer, request_id FROM attempts WHERE sweep = %s AND job_id = %s "
+            "ORDER BY seq DESC LIMIT 1",
+            (self.sweep, job_id),
+        ).fetchone()
+        return (None, None) if row is None else (row[0], row[1])
+
     def _answer(self, job_id: str, answer: str, *, request_id: str | None = None) -> bool:
         cur = self._conn.execute(
             "UPDATE attempts SET answer = %s, request_id = COALESCE(%s, request_id) WHERE seq = "
@@ -418,6 +521,7 @@ class SharedState:
 
     # ---- claims -------------------------------------------------------------------------
 
+    @_patient
     def claim(self, limit: int, lease_s: float = DEFAULT_LEASE_S) -> Claimed:
         """Up to `limit` pending jobs nobody holds, in plan order, leased to this worker; and
         every job a lapsed lease left behind: accepted ones taken over (to be polled), a
@@ -470,6 +574,7 @@ class SharedState:
             taken_over=[records.decode_row(r) for r in taken],
         )
 
+    @_patient
     def renew(self, lease_s: float = DEFAULT_LEASE_S) -> int:
         """Extend this worker's leases (call well within a lease); returns how many it holds."""
         with self._tx() as conn:
@@ -480,6 +585,7 @@ class SharedState:
             )
             return cur.rowcount
 
+    @_patient
     def release(self, job_ids: Iterable[str]) -> None:
         """Give back claimed jobs this worker will not send (set aside, or stopping)."""
         with self._tx() as conn:
@@ -489,6 +595,7 @@ class SharedState:
                 (self.sweep, self.worker, list(job_ids)),
             )
 
+    @_patient
     def let_go(self) -> int:
         """This worker stops: the pending jobs it holds go back to the others, with the slots
         and the room they reserved (their submits were never sent). Jobs at the server stay
@@ -510,6 +617,7 @@ class SharedState:
                 )
         return len(freed)
 
+    @_patient
     def unfinished(self) -> int:
         """Jobs of the sweep some worker still has to do something about (pending, being
         submitted, at the server), whoever holds them."""
@@ -529,6 +637,7 @@ class SharedState:
             )
         return int(row[0])
 
+    @_patient
     def requeue(self, statuses: Iterable[str], error: str = "") -> int:
         """--retry-failed / --resubmit-unknown: the sweep's jobs in `statuses` back to pending
         (a FAILED job whose request the server stopped knowing stays, as in StateStore)."""
@@ -551,6 +660,7 @@ class SharedState:
 
     # ---- the account: rate, slots, budget -----------------------------------------------
 
+    @_patient
     def take_call(self, limit: int, window_s: float = 1.0) -> float:
         """One API call of the sweep's `limit` per `window_s`: 0.0 when taken, else how long
         until one may be (nothing taken then)."""
@@ -576,6 +686,7 @@ class SharedState:
             )
         return max(0.001, float(oldest) + window_s - float(now))
 
+    @_patient
     def reserve(
         self, job_id: str, model_id: str, estimate: Decimal | None, max_in_flight: int | None
     ) -> bool:
@@ -623,6 +734,7 @@ class SharedState:
             )
         return True
 
+    @_patient
     def settle(self, job_id: str, actual: Decimal | None, *, billed: bool = True) -> None:
         """The job's attempt is over: its slot and reservation go back, and what it cost (or,
         unknown but billed, its reservation) is spent."""
@@ -643,6 +755,7 @@ class SharedState:
                 (held, spent, self.sweep),
             )
 
+    @_patient
     def money(self) -> tuple[Decimal | None, Decimal, Decimal, int]:
         """(cap, spent, reserved, in flight) of the sweep."""
         with self._tx() as conn:

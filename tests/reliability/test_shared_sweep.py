@@ -11,6 +11,7 @@ from decimal import Decimal
 from pathlib import Path
 
 from testing.cli import batchrun_cmd
+from testing.postgres import PgServer
 
 from .conftest import (
     MODEL,
@@ -150,3 +151,23 @@ def test_the_database_password_is_never_written(
     texts = [ended[0][1], refused.stdout + refused.stderr]
     texts += [p.read_text(errors="replace") for p in (tmp_path / "w0").rglob("*") if p.is_file()]
     assert not any(password in text for text in texts)
+
+
+def test_the_database_restarted_mid_sweep_loses_nothing(
+    simulator: SimFactory, pg_server: PgServer, pg_url: str, tmp_path: Path
+) -> None:
+    sim = simulator("--rate-limit", "20/s", "--run-time", "0.3-0.8", "--workers", "8")
+    run = {"rate_limit": "20/s", "max_in_flight": 6, "poll_interval": "0.2s"}
+    manifest = write_manifest(tmp_path / "sweep.yaml", sweep(24, run=run, name="restart"))
+    procs = _workers(manifest, sim, pg_url, tmp_path, 2)
+    assert wait_until(lambda: sim.stats()["submits"] >= 6, timeout=60)
+    pg_server.stop("immediate")  # connections cut, uncommitted work rolled back
+    time.sleep(2)
+    pg_server.start()
+    ended = _finish(procs)
+    assert [code for code, _ in ended] == [0, 0], ended
+    assert any("unreachable" in text for _, text in ended)  # the workers said they waited
+    stats = sim.stats()
+    assert stats["submits"] == 24 and max(stats["submits_per_identity"].values()) == 1
+    rows = read_report(tmp_path / "w0")
+    assert len(rows) == 24 and {r["status"] for r in rows} == {"succeeded"}
