@@ -61,12 +61,12 @@ def finish_job(job: Job, s: SimSettings, files: FileStore, stats: Stats, base_ur
         for _ in range(count):
             label = "image" if kind == "png" else "video"
             path = f"/files/{job.request_id}/{label}_{n}.{kind}"
-            key = content_key(job.identity, n, drifted)
+            content = content_key(job.identity, n, drifted)
             if kind == "mp4":
                 w, h, seconds = video
-                spec = FileSpec(kind, key, w, h, expires_at=expires, seconds=seconds)
+                spec = FileSpec(kind, content, w, h, expires_at=expires, seconds=seconds)
             else:
-                spec = FileSpec(kind, key, width, height, expires_at=expires)
+                spec = FileSpec(kind, content, width, height, expires_at=expires)
             files.add(path, spec)
             urls.append(base_url + path)
             n += 1

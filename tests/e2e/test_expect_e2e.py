@@ -198,9 +198,7 @@ def test_expectation_failures_count_for_the_halt(sim: Simulator, tmp_path: Path)
     assert halted and f"{len(ratios) - sent} jobs not submitted" in halted[0]
 
 
-def test_a_canary_proves_its_model_only_once_its_files_pass(
-    sim: Simulator, tmp_path: Path
-) -> None:
+def test_a_canary_proves_its_model_only_once_its_files_pass(sim: Simulator, tmp_path: Path) -> None:
     ratios = ["16:9", "1:1", "4:3", "3:2"]
     path = manifest(tmp_path, [flux(ratios)], {"height": 128}, run={"canary": 1})
     code, messages = run(path, sim, tmp_path / "run")
