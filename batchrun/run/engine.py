@@ -23,6 +23,7 @@ from batchrun.api.ratelimit import RateLimiter
 from batchrun.catalog.pricing import plain, usd
 from batchrun.errors import ApiError, ChoiceError, InsufficientBalanceError, StateError
 from batchrun.fetch.download import Downloader
+from batchrun.fetch.expectations import unmet
 from batchrun.fetch.jobfiles import JobFiles
 from batchrun.plan.build import Plan
 from batchrun.plan.digest import PLAN_META, PlanMark
@@ -193,12 +194,21 @@ class _Run:
             download_workers=self.opts.download_workers,
         )
         progress.notes.append(sched.downloads.note)  # a result of many files: what is left
+        if download and self.plan.manifest.expect:
+            sched.downloads.judge = self._judge
+            for gate in policies:
+                if isinstance(gate, SweepGate):  # a canary proves its model once judged
+                    gate.unjudged = sched.downloads.holds
         # A cached job's files come from the cache, not a URL.
         sched.seed(
             parts.jobs.rows.values(),
             needs_files=lambda r: download and not r.cached and needs_files(self.run_dir, r),
         )
         return sched
+
+    def _judge(self, row: JobRow, files: list[OutputFile]) -> str:
+        """What the job's files fail of its model's expectations ('' when nothing)."""
+        return unmet(self.plan.manifest.expect.of(row.model_id), self.run_dir, files)
 
     def _loop(self, sched: Scheduler, progress: Progress) -> None:
         restore = install_interrupt(sched, handle_signals=self.opts.handle_signals)

@@ -91,6 +91,9 @@ class JobTable:
         )
         self._apply(job_id, changes)
 
+    def fail_expectations(self, job_id: str, error: str) -> None:
+        self._apply(job_id, self.store.fail_expectations(job_id, error))
+
     def record_error(self, job_id: str, error: str) -> None:
         self._apply(job_id, self.store.record_error(job_id, error))
 

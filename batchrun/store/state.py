@@ -582,6 +582,10 @@ class StateStore:
                 ),
             )
 
+    def fail_expectations(self, job_id: str, error: str) -> Changes:
+        """A succeeded job whose files fail its expectations becomes FAILED (cost kept)."""
+        return self._update(job_id, transitions.fail_expectations(error))
+
     def record_error(self, job_id: str, error: str) -> Changes:
         """A note on a job that keeps its state (e.g. the server unreachable while polling)."""
         return self._update(job_id, transitions.record_error(error))

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from batchrun.store.records import (
+    FAILED,
     PENDING,
     QUEUED,
     SUBMITTING,
@@ -122,6 +123,12 @@ def record_result(
         "error": cap_error(error),
         "cost_usd": finite_cost(cost_usd),
     }
+
+
+def fail_expectations(error: str) -> Changes:
+    """A succeeded job whose files fail its expectations: FAILED, its output, files and cost
+    kept (the server did the work and billed it)."""
+    return {"status": FAILED, "error": cap_error(error)}
 
 
 def record_cached(
