@@ -453,6 +453,10 @@ class SharedState:
         return self.update(job_id, changes)
 
     @_patient
+    def fail_expectations(self, job_id: str, error: str) -> Changes:
+        return self.update(job_id, transitions.fail_expectations(error))
+
+    @_patient
     def record_error(self, job_id: str, error: str) -> Changes:
         return self.update(job_id, transitions.record_error(error))
 
