@@ -49,6 +49,8 @@ class _Front:
         self.lock = threading.Lock()
         self.seen: list[tuple[str, str]] = []  # (method, path) of every request
         self.faults: list[tuple[str, int, str]] = []  # (method, status, code), in order
+        self.held: dict[str, int] = {}  # method -> how many more pass before the rest wait
+        self.release = threading.Event()
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         method = environ["REQUEST_METHOD"]
@@ -58,6 +60,12 @@ class _Front:
             fault = next((f for f in self.faults if f[0] == method), None)
             if fault is not None:
                 self.faults.remove(fault)
+            wait = method in self.held and self.held[method] <= 0
+            if method in self.held:
+                self.held[method] -= 1
+        if wait:  # a request cut off by a killed client: it never reaches moto
+            self.release.wait(60)
+            return _error(start_response, 503, "SlowDown", "held by the test")
         if fault is not None:
             return _error(start_response, fault[1], fault[2], "injected by the test")
         query = parse_qs(environ.get("QUERY_STRING", ""))
@@ -108,6 +116,20 @@ class S3Server(ThreadedMotoServer):
         with self.front.lock:
             self.front.seen.clear()
             self.front.faults.clear()
+            self.front.held.clear()
+        self.front.release.set()
+
+    def hold(self, method: str, *, after: int) -> None:
+        """Let `after` requests of `method` through, then hold the rest until `release()`,
+        which answers them 503 (they never reach moto: as if their client died sending)."""
+        with self.front.lock:
+            self.front.held[method] = after
+            self.front.release.clear()
+
+    def release(self) -> None:
+        with self.front.lock:
+            self.front.held.clear()
+        self.front.release.set()
 
     def count(self, method: str, path_prefix: str = "") -> int:
         """Requests of `method` whose path starts with `path_prefix` (e.g. /bucket/prefix)."""

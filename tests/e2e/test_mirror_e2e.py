@@ -7,16 +7,20 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
+from batchrun.errors import StateError
 from batchrun.plan.build import build_plan
 from batchrun.run.engine import RunOptions, run_batch
 from batchrun.simulator import Simulator
 from batchrun.store.state import StateStore
-from testing.cli import invoke
+from testing.cli import batchrun_cmd, clean_env, invoke
 from testing.s3server import S3Bucket
 from testing.simulators import simulators
 
@@ -226,3 +230,48 @@ def test_mirror_needs_downloads(tmp_path: Path):
     assert "$.outputs.mirror: mirrors the downloaded files, so it needs download: true" in (
         got.stderr
     )
+
+
+def test_a_run_killed_while_mirroring_sends_nothing_twice(s3: S3Bucket, tmp_path: Path):
+    """kill -9 with two files in the bucket and the others held at the store: the rerun sends
+    only those not recorded, and submits nothing."""
+    run_dir = tmp_path / "out"
+    path = manifest(tmp_path, s3.url("runs"), jobs=4)
+    s3.server.hold("PUT", after=2)
+    child = subprocess.Popen(
+        batchrun_cmd("run", str(path), "--simulate", "--run-dir", str(run_dir), "--quiet"),
+        env=clean_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        recorded: list[str] = []
+        while len(recorded) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+            if (run_dir / "state.db").exists():
+                try:
+                    with StateStore.open(run_dir, create=False, lock=False) as store:
+                        recorded = [m.name for m in store.mirrored()]
+                except StateError:  # made, its tables not yet
+                    continue
+        assert len(recorded) == 2, recorded
+        child.send_signal(signal.SIGKILL)
+        child.wait(10)
+    finally:
+        if child.poll() is None:
+            child.kill()
+        s3.server.release()
+    sent_before = s3.puts("runs/shoot/files/")  # the two, and the held ones cut off
+    got = subprocess.run(
+        batchrun_cmd("run", str(path), "--simulate", "--run-dir", str(run_dir)),
+        env=clean_env(), capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert got.returncode == 0, got.stderr
+    # Every job had finished before the kill: the rerun made no API call at all.
+    assert json.loads((run_dir / "summary.json").read_text())["api_calls_this_run"] == {"total": 0}
+    with StateStore.open(run_dir, create=False, lock=False) as store:
+        names = sorted(m.name for m in store.mirrored() if m.job_id)
+    assert len(names) == 4 and set(recorded) <= set(names)
+    for name in recorded:  # each recorded file was PUT once, by the killed run only
+        assert s3.server.count("PUT", f"/{s3.name}/runs/shoot/{name}") == 1
+    assert s3.puts("runs/shoot/files/") - sent_before == 4 - len(recorded)
+    assert sorted(k for k in s3.keys("runs/shoot/files/")) == [f"runs/shoot/{n}" for n in names]
