@@ -20,6 +20,7 @@ from batchrun.results.report import (
     write_report,
 )
 from batchrun.store import origin as og
+from batchrun.store.mirrored import urls_by_job
 from batchrun.store.state import StateStore
 
 
@@ -45,6 +46,8 @@ def rewrite_report(
         meta = store.meta()
         revision = store.revision()
         held = og.recorded(meta, run_dir)
+        # A run with outputs.mirror: report.csv keeps its mirror_urls column.
+        mirror_urls = urls_by_job(store.mirrored()) if meta.get("mirror") else None
     facts: RunFacts = {}
     summary = Path(run_dir) / "summary.json"
     try:
@@ -59,7 +62,10 @@ def rewrite_report(
     # Unchosen: the grid an earlier `report --rows/--cols` chose, else the manifest's.
     kept_rows, kept_cols = grid_choice(meta, *_manifest_grid(meta.get("manifest", "")))
     rows_key, cols_key = rows_key or kept_rows, cols_key or kept_cols
-    write_report(Path(run_dir), rows, attempts, facts=facts, rows_key=rows_key, cols_key=cols_key)
+    write_report(
+        Path(run_dir), rows, attempts, facts=facts, rows_key=rows_key, cols_key=cols_key,
+        mirror_urls=mirror_urls,
+    )  # fmt: skip
     new = {GRID_META[axis]: name for axis, name in chosen.items() if name}
     # The grid chosen is kept (the next `run` lays report.html out the same way), with the
     # mark these files were made at (a `run` with nothing to do leaves them then).

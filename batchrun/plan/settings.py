@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
+from batchrun.util.s3url import parse_s3_url
+
 GIB = 1024**3
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?|\.\d+)\s*(ms|s|m|min|h)?\s*$")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, None: 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}
@@ -52,6 +54,7 @@ class OutputSettings:
     download: bool = True
     allow_hosts: tuple[str, ...] = ()
     max_file_bytes: int = 2 * GIB
+    mirror: str | None = None  # s3://BUCKET/PREFIX the files and reports are copied to
 
 
 @dataclass(frozen=True)
@@ -158,11 +161,25 @@ def output_settings(
             size = parse_size(outputs["max_file_size"])
         except ValueError as exc:
             problems.append(("max_file_size", str(exc)))
+    mirror = outputs.get("mirror")
+    if isinstance(mirror, str):
+        try:
+            mirror = str(parse_s3_url(mirror))
+        except ValueError as exc:
+            problems.append(("mirror", str(exc)))
+        if outputs.get("download") is False:
+            problems.append(
+                (
+                    "mirror",
+                    "mirrors the downloaded files, so it needs download: true (or remove it)",
+                )
+            )
     settings = OutputSettings(
         dir=out_dir,
         download=outputs.get("download", True),
         allow_hosts=tuple(outputs.get("allow_hosts", ())),
         max_file_bytes=size,
+        mirror=mirror if isinstance(mirror, str) else None,
     )
     return settings, problems
 

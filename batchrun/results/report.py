@@ -109,9 +109,16 @@ def columns(rows: list[JobRow]) -> list[str]:
     return reportcsv.header(*_fields(rows))
 
 
-def _line(row: JobRow, inputs: list[str], var_names: list[str], cost: Decimal | None) -> list[str]:
+def _line(
+    row: JobRow,
+    inputs: list[str],
+    var_names: list[str],
+    cost: Decimal | None,
+    mirrored: list[str] | None = None,
+) -> list[str]:
     """The row's cells in columns() order (empty where the job has no such field); `cost`
-    is what the job's attempts cost, from the ledger."""
+    is what the job's attempts cost, from the ledger; `mirrored`, in a run with a mirror,
+    the s3:// URLs of its files there."""
     files = row.files
     done = [f for f in files if f.name and not f.error] if files else []
     queue_s, run_s = row.queue_s, row.run_s
@@ -133,6 +140,8 @@ def _line(row: JobRow, inputs: list[str], var_names: list[str], cost: Decimal | 
         "true" if row.cached else "false",
         _cost(row.saved_usd),
     ]
+    if mirrored is not None:
+        cells.append(guard(join_cell(u.replace(reportcsv.SEPARATOR, "%3B") for u in mirrored)))
     given, var_values = row.inputs, row.vars
     cells += [value_cell(given[k]) if k in given else "" for k in inputs]
     cells += [value_cell(var_values[k]) if k in var_values else "" for k in var_names]
@@ -192,6 +201,14 @@ class RunFacts(TypedDict, total=False):
     selected: int  # with --only/--first/--sample/--shard: the jobs chosen
     left_out: int  # ... and those the filter left out
     merged_from: list[str]  # a merged folder: its shard folders
+    mirror: MirrorFacts  # a run with outputs.mirror
+
+
+class MirrorFacts(TypedDict):
+    to: str  # s3://BUCKET/PREFIX/<run name>
+    files: int  # the jobs' files in the bucket (sent this run or before)
+    files_sent_this_run: int  # of those, the ones this run uploaded
+    not_mirrored: int  # files still to copy: a rerun copies them
 
 
 def summarise(rows: Iterable[JobRow], attempts: Iterable[Attempt] = ()) -> dict[str, Any]:
@@ -240,11 +257,13 @@ def write_report(
     facts: RunFacts | None = None,
     rows_key: str | None = None,
     cols_key: str | None = None,
+    mirror_urls: dict[str, list[str]] | None = None,
 ) -> None:
     """Write report.csv, summary.json and report.html into `run_dir`, each atomically.
 
     `rows_key`/`cols_key` choose the swept fields of report.html's grid (default: the two
-    that vary most).
+    that vary most). `mirror_urls` (a run with outputs.mirror): each job's s3:// URLs, for
+    report.csv's mirror_urls column.
     """
     with gc_paused():
         jobs = _reported(rows)
@@ -254,8 +273,17 @@ def write_report(
         run_dir.mkdir(parents=True, exist_ok=True)
         reportcsv.write(
             run_dir / "report.csv",
-            reportcsv.header(inputs, var_names),
-            (_line(row, inputs, var_names, costs.get(row.job_id)) for row in jobs),
+            reportcsv.header(inputs, var_names, mirror=mirror_urls is not None),
+            (
+                _line(
+                    row,
+                    inputs,
+                    var_names,
+                    costs.get(row.job_id),
+                    None if mirror_urls is None else mirror_urls.get(row.job_id, []),
+                )
+                for row in jobs
+            ),  # fmt: skip
         )
         summary = summarise(jobs, attempts) | dict(facts or {})
         write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")

@@ -22,6 +22,7 @@ from batchrun.api.client import Client
 from batchrun.api.ratelimit import RateLimiter
 from batchrun.catalog.pricing import plain, usd
 from batchrun.errors import ApiError, ChoiceError, InsufficientBalanceError, StateError
+from batchrun.fetch.bucket import Bucket, require_boto3
 from batchrun.fetch.download import Downloader
 from batchrun.fetch.expectations import unmet
 from batchrun.fetch.jobfiles import JobFiles
@@ -34,6 +35,7 @@ from batchrun.run.downloads import PlanFiles
 from batchrun.run.ending import say_how_it_ended
 from batchrun.run.halt import SweepGate
 from batchrun.run.jobtable import JobTable
+from batchrun.run.mirror import Mirror
 from batchrun.run.money_text import budget_reached, no_balance, progress_cost
 from batchrun.run.parts import RunParts
 from batchrun.run.policy import SubmitPolicy
@@ -99,6 +101,8 @@ def run_batch(plan: Plan, options: RunOptions) -> int:
     report, AuthError or InsufficientBalanceError (exit 3) when the API refuses the token or
     the balance cannot pay, and BudgetReached (exit 4) when the cost cap stopped the run.
     """
+    if plan.manifest.outputs.mirror:
+        require_boto3()  # before the run folder is made
     run_dir = Path(options.run_dir or plan.manifest.outputs.dir)
     with StateStore.open(run_dir) as store:
         return _Run(plan, options, run_dir, store).execute()
@@ -121,6 +125,11 @@ class _Run:
         )
         self.restored = Restored()
         self.balance_before: Decimal | None = None
+        # outputs.mirror: boto3 missing or a bad location stops the run before anything is sent
+        mirror = plan.manifest.outputs.mirror
+        self.mirror = None if mirror is None else Mirror(
+            Bucket.from_url(mirror), store, run_dir, plan.manifest.name
+        )  # fmt: skip
 
     def execute(self) -> int:
         self._prepare()
@@ -164,9 +173,16 @@ class _Run:
         mine = [r for r in final if r.in_manifest and self._chosen(r.job_id)]
         if self.cache is not None and not interrupted:
             fill(self.cache, self.run_dir, mine, echo=self.echo)
+        if self.mirror is not None and not interrupted:
+            self.mirror.copy_files(mine)
         self._write_report(final, client, limiter, budget, interrupted=interrupted)
         client.close()
-        return self._conclude(sched, budget, mine)
+        if self.mirror is not None and not interrupted:
+            self.mirror.copy_reports()
+            self.mirror.say(self.echo, quiet=self.opts.quiet)
+        code = self._conclude(sched, budget, mine)
+        # Files left out of the bucket fail the run; the same command finishes the mirror.
+        return 1 if code == 0 and self.mirror is not None and self.mirror.failed else code
 
     def _restore(self, rows: list[JobRow]) -> list[JobRow]:
         """The rows to run, with the pending ones the cache holds a result of taken from it."""
@@ -473,6 +489,11 @@ class _Run:
         if self.opts.only is not None:
             facts["selected"] = len(self.opts.only)
             facts["left_out"] = self.opts.left_out
+        mirror_urls = None
+        if self.mirror is not None:
+            facts["mirror"] = self.mirror.facts()
+            mirror_urls = self.mirror.urls()
+            self.store.set_meta(mirror=self.mirror.to)  # `batchrun report` keeps the column
         grid = self.plan.manifest.report
         rows_key, cols_key = grid_choice(meta, grid.rows, grid.cols)
         written = report_mark(self.store.revision(), facts, rows_key, cols_key)
@@ -480,11 +501,12 @@ class _Run:
             return  # nothing changed since they were written
         try:
             write_report(
-                self.run_dir, rows, attempts, facts=facts, rows_key=rows_key, cols_key=cols_key
-            )
+                self.run_dir, rows, attempts, facts=facts, rows_key=rows_key, cols_key=cols_key,
+                mirror_urls=mirror_urls,
+            )  # fmt: skip
         except ChoiceError as exc:
             self.echo(f"warning: report.html grid: {exc}; laid out automatically")
-            write_report(self.run_dir, rows, attempts, facts=facts)
+            write_report(self.run_dir, rows, attempts, facts=facts, mirror_urls=mirror_urls)
         self.store.set_meta(**{REPORT_MARK_META: written})
 
 

@@ -11,12 +11,13 @@ from pathlib import Path
 
 from batchrun import __version__
 from batchrun.errors import StateError
-from batchrun.store import lock as folder_lock
+from batchrun.store import lock as folder_lock, mirrored
 from batchrun.store.records import COLUMNS, COLUMNS_V1
 
 # 1: the first; 2: jobs.cached and jobs.saved_usd (the cross-run cache); 3: the attempts
-# table (the ledger: one row per submit attempt, appended, never rewritten away)
-SCHEMA_VERSION = 3
+# table (the ledger: one row per submit attempt, appended, never rewritten away); 4: the
+# mirrored table (what outputs.mirror has copied to its bucket)
+SCHEMA_VERSION = 4
 STATE_FILE = "state.db"
 
 
@@ -90,6 +91,8 @@ CREATE TABLE IF NOT EXISTS jobs (
 CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status);
 """
     + _ATTEMPTS
+    + ";"
+    + mirrored.TABLE
 )
 
 
@@ -113,6 +116,7 @@ _MIGRATIONS = {
         "ALTER TABLE jobs ADD COLUMN saved_usd REAL",
     ),
     3: (*[stmt for stmt in _ATTEMPTS.split(";") if stmt.strip()], *_BACKFILL),
+    4: (mirrored.TABLE,),
 }
 
 
@@ -135,7 +139,10 @@ def migrate(conn: sqlite3.Connection, run_dir: Path, *, writable: bool) -> str:
     if version < SCHEMA_VERSION and not writable:
         # Read as it is (status, merge's sources): the missing columns read as defaults, and
         # the ledger of a folder made before it is built in a temporary table, as the
-        # migration would build it.
+        # migration would build it; so is its (empty) mirrored table.
+        conn.execute(mirrored.TABLE.replace("TABLE IF NOT EXISTS", "TEMP TABLE"))
+        if version >= 3:
+            return COLUMNS
         conn.execute(_ATTEMPTS.split(";")[0].replace("TABLE IF NOT EXISTS", "TEMP TABLE"))
         for stmt in _BACKFILL:
             if version < 2:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from batchrun.errors import StateError
-from batchrun.store import ledger, lock as folder_lock, records, transitions
+from batchrun.store import ledger, lock as folder_lock, mirrored, records, transitions
 from batchrun.store.migrations import (
     REVISION_KEY,
     SCHEMA_VERSION as SCHEMA_VERSION,
@@ -22,6 +22,7 @@ from batchrun.store.migrations import (
     refuse_links,
     write_problem,
 )
+from batchrun.store.mirrored import Mirrored
 
 # The states are re-exported (callers speak of `state.SUCCEEDED`...); JobRow and OutputFile
 # are imported from records, their one home.
@@ -452,6 +453,22 @@ class StateStore:
         """A job's row as another folder holds it (merge): its state, request, times, result
         and files, written as they are. Its attempts come with `append_attempts`."""
         return self._update(row.job_id, transitions.import_job(row))
+
+    # ---- the mirror bucket (store/mirrored.py) ------------------------------------------
+
+    def mirrored(self) -> list[Mirrored]:
+        """Every object the folder has copied to its mirror bucket."""
+        with self._mutex:
+            cur = self._conn.execute(f"SELECT {mirrored.COLUMNS} FROM mirrored ORDER BY url")
+            return [Mirrored.from_row(r) for r in cur.fetchall()]
+
+    def record_mirrored(self, record: Mirrored) -> None:
+        """The store took `record`'s object (replacing what was known of its URL)."""
+        with self._tx() as conn:
+            conn.execute(
+                f"INSERT OR REPLACE INTO mirrored ({mirrored.COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
+                record.row(),
+            )
 
     # ---- the ledger (store/ledger.py): attempts are appended, never removed --------------
 
