@@ -137,19 +137,7 @@ def migrate(conn: sqlite3.Connection, run_dir: Path, *, writable: bool) -> str:
             f"batchrun; this one ({__version__}) reads version {SCHEMA_VERSION}: upgrade"
         )
     if version < SCHEMA_VERSION and not writable:
-        # Read as it is (status, merge's sources): the missing columns read as defaults, and
-        # the ledger of a folder made before it is built in a temporary table, as the
-        # migration would build it; so is its (empty) mirrored table.
-        conn.execute(mirrored.TABLE.replace("TABLE IF NOT EXISTS", "TEMP TABLE"))
-        if version >= 3:
-            return COLUMNS
-        conn.execute(_ATTEMPTS.split(";")[0].replace("TABLE IF NOT EXISTS", "TEMP TABLE"))
-        for stmt in _BACKFILL:
-            if version < 2:
-                for column in ("cached = 1", "saved_usd IS NOT NULL", "CAST(saved_usd AS TEXT)"):
-                    stmt = stmt.replace(column, "NULL")
-            conn.execute(stmt)
-        return COLUMNS_V1 if version < 2 else COLUMNS
+        return _read_as_is(conn, version)
     while version < SCHEMA_VERSION:
         version += 1
         with _transaction(conn, path):
@@ -170,6 +158,22 @@ def migrate(conn: sqlite3.Connection, run_dir: Path, *, writable: bool) -> str:
             f"restore the file from a copy, or move {run_dir} aside and run again"
         )
     return COLUMNS
+
+
+def _read_as_is(conn: sqlite3.Connection, version: int) -> str:
+    """An older state.db read as it is (status, merge's sources): the missing columns read as
+    defaults, and the ledger of a folder made before it is built in a temporary table, as the
+    migration would build it; so is its (empty) mirrored table."""
+    conn.execute(mirrored.TABLE.replace("TABLE IF NOT EXISTS", "TEMP TABLE"))
+    if version >= 3:
+        return COLUMNS
+    conn.execute(_ATTEMPTS.split(";")[0].replace("TABLE IF NOT EXISTS", "TEMP TABLE"))
+    for stmt in _BACKFILL:
+        if version < 2:
+            for column in ("cached = 1", "saved_usd IS NOT NULL", "CAST(saved_usd AS TEXT)"):
+                stmt = stmt.replace(column, "NULL")
+        conn.execute(stmt)
+    return COLUMNS_V1 if version < 2 else COLUMNS
 
 
 def _create(conn: sqlite3.Connection, path: Path) -> None:
