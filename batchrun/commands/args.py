@@ -195,8 +195,8 @@ class CompareArgs:
         "--update-baseline",
         type=click.Path(file_okay=False),
         metavar="DIR",
-        help="Copy the current report.csv and files/ into DIR (created if missing; BASELINE may "
-        "be DIR and not exist yet).",
+        help="Approve every job of the current run folder into DIR, as `batchrun approve "
+        "CURRENT --into DIR` does (created if missing; BASELINE may be DIR and not exist yet).",
     )
     quiet: bool = option("-q", "--quiet", is_flag=True, help="Print only the verdict line.")
     allow_mixed_origins: bool = option(
