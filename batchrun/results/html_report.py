@@ -47,6 +47,9 @@ table.grid{border-collapse:collapse}
 details{font-size:12px}dl{margin:0}dt{font-weight:600}dd{margin:0 0 0 1em}
 .counts span{margin-right:1em}
 .pair{display:flex;gap:1em}.pair>div{flex:1}
+.approve-box{border:1px solid #ccc;background:#fff;padding:4px 8px}
+.approve-box pre{white-space:pre-wrap;word-break:break-all;user-select:all}
+.live{border:1px solid #1565c0;background:#e3f2fd;padding:4px 8px}
 """
 
 

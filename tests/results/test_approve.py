@@ -4,7 +4,9 @@ files checked by sha256, the baseline's lock, and what cannot be approved."""
 
 from __future__ import annotations
 
+import shlex
 import shutil
+from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
@@ -218,3 +220,64 @@ def test_current_must_be_a_run_folder(runs: Path) -> None:
     assert "bare: no state.db here, so not a run folder" in done.stderr
     itself = invoke("approve", "base", "--into", "base")
     assert itself.code == 2 and "is the current run itself" in itself.stderr
+
+
+class _Page(HTMLParser):
+    """The approve boxes, the command box and anything loaded from elsewhere in a page."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.boxes: list[dict[str, str | None]] = []
+        self.command = ""
+        self.head = ""
+        self.external: list[str] = []
+        self.noscript = False
+        self._in_pre = False
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        found = dict(attrs)
+        if tag == "input" and found.get("class") == "approve":
+            self.boxes.append(found)
+        if tag == "pre" and found.get("id") == "approve-cmd":
+            self._in_pre, self.head = True, found.get("data-head") or ""
+        self.noscript = self.noscript or tag == "noscript"
+        for key in ("src", "href"):
+            if (found.get(key) or "").startswith(("http:", "https:", "//")):
+                self.external.append(found[key] or "")
+
+    def handle_endtag(self, tag: str) -> None:
+        self._in_pre = self._in_pre and tag != "pre"
+
+    def handle_data(self, data: str) -> None:
+        if self._in_pre:
+            self.command += data
+
+
+def test_the_compare_page_offers_the_approve_command(runs: Path) -> None:
+    shutil.copytree(runs / "base", runs / "the baseline")
+    shutil.copytree(runs / "drift", runs / "run 2")
+    drifted = changed(runs / "base", runs / "drift")
+    done = invoke("compare", "the baseline", "run 2", "--html", "out/compare.html")
+    assert done.code == 1
+    page = _Page()
+    page.feed((runs / "out" / "compare.html").read_text())
+    assert {box["value"] for box in page.boxes} == drifted  # one box per changed job
+    assert all(box["data-arg"] == box["value"] and "checked" in box for box in page.boxes)
+    head = ["batchrun", "approve", "run 2", "--into", "the baseline"]
+    assert shlex.split(page.head) == head
+    words = shlex.split(page.command)
+    assert words[:5] == head and set(words[6::2]) == drifted and set(words[5::2]) == {"--job"}
+    assert page.noscript and page.external == []
+    # The command as the page shows it (no JavaScript: every box ticked) does the approving.
+    assert invoke(*words[1:]).code == 0
+    assert changed(runs / "the baseline", runs / "run 2") == set()
+
+
+def test_a_regressed_job_has_nothing_to_approve(runs: Path) -> None:
+    done = invoke("compare", "base", "broken", "--html", "c.html")
+    assert done.code == 1
+    text = (runs / "c.html").read_text()
+    page = _Page()
+    page.feed(text)
+    assert page.boxes == [] and page.command == ""
+    assert text.count("nothing to approve: the current run did not succeed") == 8
