@@ -67,7 +67,7 @@ def approve_into(current: Path, into: Path, choose: Chooser | None = None) -> Ap
     recorded."""
     if current.resolve() == into.resolve():
         raise StateError(f"{into}: is the current run itself; approve into another folder")
-    source = read_folder(current, "the folder the run wrote")
+    source = read_folder(current, "the folder a run wrote (its --run-dir)")
     result = Approval(into=into, created=not (into / STATE_FILE).is_file())
     every = choose is None
     _check_legacy(into, every)

@@ -110,12 +110,14 @@ def merge_runs(
     return result
 
 
-def read_folder(folder: Path, what: str = "the folders the shards ran in") -> Source:
+def read_folder(
+    folder: Path, what: str = "the folders the shards ran in (their --run-dir)"
+) -> Source:
     """A run folder's meta, reported jobs and ledger; StateError when it is not one."""
     if not (folder / STATE_FILE).is_file():
         raise StateError(
-            f"{folder}: no {STATE_FILE} here, so not a run folder; give {what} (its "
-            "--run-dir), e.g. the downloaded artifacts"
+            f"{folder}: no {STATE_FILE} here, so not a run folder; give {what}, e.g. the "
+            "downloaded artifacts"
         )
     with StateStore.open(folder, create=False, lock=False) as store:
         return Source(folder, store.meta(), store.rows(in_manifest_only=True), store.attempts())
