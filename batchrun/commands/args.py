@@ -131,6 +131,13 @@ class RunArgs:
         "[default: the manifest's run.cache; none].",
         resume=Resumed(SETTINGS),
     )
+    report_every: str | None = option(
+        "--report-every",
+        metavar="DURATION",
+        help="Rewrite the reports this often while running, e.g. 30s or 2m; 0 = only at the end "
+        "[default: the manifest's run.report_every, else 30s].",
+        resume=Resumed(SETTINGS),
+    )
     quiet: bool = option(
         "-q",
         "--quiet",

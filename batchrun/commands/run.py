@@ -16,6 +16,7 @@ from batchrun.commands.args import RunArgs
 from batchrun.commands.common import api_base, schema_dirs, token, warn
 from batchrun.errors import OriginMismatch, UsageError
 from batchrun.plan.build import Plan, build_plan
+from batchrun.plan.settings import parse_every
 from batchrun.run.engine import RunOptions, run_batch
 from batchrun.store import origin as og
 
@@ -36,6 +37,12 @@ def run(args: RunArgs) -> int:
     warn(plan.warnings)
     warn(budget_warnings(plan, "--max-cost" if cap is not None else "run.max_cost_usd"))
     cache_dir = _cache_folder(args.cache, plan.manifest.run.cache)
+    report_every = None
+    if args.report_every is not None:
+        try:
+            report_every = parse_every(args.report_every)
+        except ValueError as exc:
+            raise UsageError(f"--report-every {args.report_every}: {exc}") from None
     only_ids: frozenset[str] | None = None
     left_out = 0
     if chosen.active:
@@ -76,6 +83,7 @@ def run(args: RunArgs) -> int:
         left_out=left_out,
         share=share,
         cache=cache_dir,
+        report_every=report_every,
         balance_base=run_balance_base(base, simulated=simulator is not None),
     )
     try:

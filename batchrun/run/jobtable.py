@@ -23,6 +23,7 @@ class JobTable:
         self.store = store
         self.rows: dict[str, JobRow] = {r.job_id: r for r in rows}
         self.counts: Counter[str] = Counter(r.status for r in self.rows.values())
+        self.changes = 0  # transitions applied so far: equal at two moments, nothing changed
 
     def batch(self, *, durable: bool = False) -> AbstractContextManager[None]:
         """The transitions made inside share one commit (see StateStore.batch)."""
@@ -73,6 +74,7 @@ class JobTable:
         row = self.rows[job_id]
         before = row.status
         transitions.apply(row, changes)
+        self.changes += 1
         if row.status != before:
             self.counts[before] -= 1
             self.counts[row.status] += 1
