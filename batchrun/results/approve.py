@@ -73,7 +73,13 @@ def approve_into(current: Path, into: Path, choose: Chooser | None = None) -> Ap
     _check_legacy(into, every)
     if not result.created:
         base = read_folder(into, "a baseline approve made")
-        one_origin([base, source], doing="approve")
+        try:
+            one_origin([base, source], doing="approve")
+        except StateError as exc:
+            raise StateError(
+                f"{exc}\nto make {into} a baseline of the run's origin, move it aside (or delete "
+                "it) and approve again: a missing baseline is created"
+            ) from None
     chosen = source.rows if choose is None else choose(source.rows)
     wanted = [r for r in chosen if r.status == st.SUCCEEDED]
     result.skipped = [

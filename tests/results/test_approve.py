@@ -281,3 +281,19 @@ def test_a_regressed_job_has_nothing_to_approve(runs: Path) -> None:
     page.feed(text)
     assert page.boxes == [] and page.command == ""
     assert text.count("nothing to approve: the current run did not succeed") == 8
+
+
+def test_the_ci_recipe_approves_through_approve() -> None:
+    path = Path(__file__).resolve().parents[2] / "examples" / "ci-workflow.yml"
+    workflow = yaml.safe_load(path.read_text())
+    lines = [
+        line.strip()
+        for job in workflow["jobs"].values()
+        for step in job["steps"]
+        for line in str(step.get("run", "")).splitlines()
+    ]
+    approves = [line for line in lines if line.startswith("batchrun approve ")]
+    assert len(approves) == 3  # the first baseline (twice: single and sharded), the dispatch
+    assert all('"$RUN_DIR" --into "$BASELINE"' in line for line in approves)
+    assert not [line for line in lines if "--update-baseline" in line]
+    assert "approve_jobs" in workflow[True]["workflow_dispatch"]["inputs"]  # YAML 1.1: on
