@@ -53,7 +53,10 @@ def rewrite_report(
     try:
         previous = json.loads(summary.read_text(encoding="utf-8"))
         fresh = summarise([])  # its keys: the figures write_report computes again
-        facts = cast(RunFacts, {k: v for k, v in previous.items() if k not in fresh})
+        # Not `live`: a run killed mid-way left it; the rewritten report is a final one.
+        facts = cast(
+            RunFacts, {k: v for k, v in previous.items() if k not in fresh and k != "live"}
+        )
     except (OSError, ValueError, AttributeError):
         pass
     if held:

@@ -19,7 +19,7 @@ from batchrun.errors import OriginMismatch, StateError, UsageError
 from batchrun.plan.build import Plan, build_plan, schema_search_path
 from batchrun.plan.digest import PLAN_META, PlanMark, plan_digest
 from batchrun.plan.manifest import check_manifest
-from batchrun.plan.settings import RunSettings
+from batchrun.plan.settings import RunSettings, parse_every
 from batchrun.run.engine import RunOptions, run_batch
 from batchrun.store import origin as og
 from batchrun.store.state import STATE_FILE, StateStore
@@ -41,6 +41,12 @@ def run(args: RunArgs) -> int:
     setting = "--max-cost" if cap is not None else "run.max_cost_usd"
     warn(budget_warnings(plan.manifest.run, mark.est_usd, mark.unpriced, setting))
     cache_dir = _cache_folder(args.cache, plan.manifest.run.cache)
+    report_every = None
+    if args.report_every is not None:
+        try:
+            report_every = parse_every(args.report_every)
+        except ValueError as exc:
+            raise UsageError(f"--report-every {args.report_every}: {exc}") from None
     only_ids: frozenset[str] | None = None
     left_out = 0
     if chosen.active:
@@ -84,6 +90,7 @@ def run(args: RunArgs) -> int:
         # A part of the sweep leaves its folder without the whole plan's jobs: no digest then.
         plan_mark=None if chosen.active else mark,
         jobs_known=known,
+        report_every=report_every,
         balance_base=run_balance_base(base, simulated=simulator is not None),
     )
     state_url = args.state or plan.manifest.run.state

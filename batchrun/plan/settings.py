@@ -44,6 +44,7 @@ class RunSettings:
     cache: str | None = None  # the cross-run cache folder; None = off
     state: str | None = None  # a shared sweep's PostgreSQL URL; None = the run folder's state.db
     lease_s: float = 30.0  # a shared sweep's claim lease, seconds
+    report_every: float = 30.0  # seconds between the reports' rewrites as it runs; 0: at the end
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,15 @@ def parse_duration(value: object) -> float:
     if seconds <= 0:
         raise ValueError(f"{value!r}: a duration must be positive")
     return seconds
+
+
+def parse_every(value: object) -> float:
+    """A duration, or 0 (`0`, `"0"`, `"0s"`: never, until the end) -> seconds (>= 0)."""
+    if not isinstance(value, bool) and isinstance(value, (int, float, str)):
+        m = _DURATION.match(str(value))
+        if m and float(m.group(1)) == 0:
+            return 0.0
+    return parse_duration(value)
 
 
 def parse_rate(value: object) -> float:
@@ -118,12 +128,13 @@ def run_settings(run: dict[str, Any]) -> tuple[RunSettings, list[tuple[str, str]
     parsers = {"rate_limit": parse_rate, "poll_interval": parse_duration}
     parsers["job_timeout"] = parse_duration
     parsers["lease"] = parse_duration
+    parsers["report_every"] = parse_every
     for key, parse in parsers.items():
         if key not in run:
             continue
         value = run[key]
         if value is None or (key == "rate_limit" and value == "unlimited"):
-            if key == "poll_interval":
+            if key in ("poll_interval", "report_every"):
                 problems.append((key, "must be a duration, not null"))
             kw[key] = None
             continue

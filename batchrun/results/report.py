@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, TypedDict
 
 from batchrun.results import reportcsv
-from batchrun.results.html_report import write_html
+from batchrun.results.html_report import Live, write_html
 from batchrun.results.reportcsv import guard, join_cell, value_cell
 from batchrun.store import ledger
 from batchrun.store.atomic import write_text
@@ -258,12 +258,15 @@ def write_report(
     rows_key: str | None = None,
     cols_key: str | None = None,
     mirror_urls: dict[str, list[str]] | None = None,
+    live: Live | None = None,
 ) -> None:
     """Write report.csv, summary.json and report.html into `run_dir`, each atomically.
 
     `rows_key`/`cols_key` choose the swept fields of report.html's grid (default: the two
     that vary most). `mirror_urls` (a run with outputs.mirror): each job's s3:// URLs, for
     report.csv's mirror_urls column.
+    While the run goes (`live`), summary.json says `"live": true` and
+    report.html carries the live line and reloads itself.
     """
     with gc_paused():
         jobs = _reported(rows)
@@ -286,8 +289,10 @@ def write_report(
             ),  # fmt: skip
         )
         summary = summarise(jobs, attempts) | dict(facts or {})
+        if live is not None:
+            summary["live"] = True
         write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
-        write_html(run_dir, jobs, rows_key=rows_key, cols_key=cols_key)
+        write_html(run_dir, jobs, rows_key=rows_key, cols_key=cols_key, live=live)
 
 
 # state.db meta key of the mark the report files were last written at (see `report_mark`).

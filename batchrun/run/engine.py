@@ -35,11 +35,12 @@ from batchrun.run.downloads import PlanFiles
 from batchrun.run.ending import say_how_it_ended
 from batchrun.run.halt import SweepGate
 from batchrun.run.jobtable import JobTable
+from batchrun.run.live import LiveReport, waiting_text
 from batchrun.run.mirror import Mirror
 from batchrun.run.money_text import budget_reached, no_balance, progress_cost
 from batchrun.run.parts import RunParts
 from batchrun.run.policy import SubmitPolicy
-from batchrun.run.progress import Progress, server_wait
+from batchrun.run.progress import Progress, describe, server_wait
 from batchrun.run.scheduler import Scheduler
 from batchrun.store import origin as og, state as st
 from batchrun.store.output_urls import default_allow_hosts, needs_files, output_keys
@@ -84,6 +85,7 @@ class RunOptions:
     # The plan's jobs are the folder's already (its recorded digest is `plan_mark`'s): the plan
     # comes without jobs and none are added. StateError if the folder changed meanwhile.
     jobs_known: bool = False
+    report_every: float | None = None  # seconds; None: the manifest's run.report_every
     workers: int = 16
     download_workers: int = 4
     session: requests.Session | None = None
@@ -164,6 +166,13 @@ class _Run:
             JobTable(self.store, rows), client, limiter, settings, self.opts.clock, self.opts.wall
         )
         sched = self._scheduler(parts, policies, budget, progress)
+        live = LiveReport(
+            settings.report_every if self.opts.report_every is None else self.opts.report_every,
+            lambda: self._write_live(every, sched, progress, budget, live),
+            lambda: parts.jobs.changes,
+            self.opts.clock,
+        )
+        sched.between_steps.append(live.tick)
         self._loop(sched, progress)
         interrupted = sched.stop.is_set()
         if interrupted and self.opts.cancel_on_interrupt:
@@ -428,6 +437,56 @@ class _Run:
                     error="cancelled on interrupt",
                 )
                 del sched.at_server.flights[flight.job_id]
+
+    def _write_live(
+        self,
+        known: list[JobRow],
+        sched: Scheduler,
+        progress: Progress,
+        budget: Budget,
+        live: LiveReport,
+    ) -> None:
+        """The reports as they stand, from the rows in memory, marked live (run/live.py)."""
+        from batchrun.results.html_report import Live
+        from batchrun.results.report import RunFacts, grid_choice, write_report
+
+        table = sched.jobs.rows
+        rows = [table.get(r.job_id, r) for r in known]
+        counts, done = sched.jobs.counts, sched.jobs.done()
+        stopped = "budget: the cap is reached, no more submits" if budget.reached else ""
+        if not stopped and not sched.submit_open and sched.pending:
+            stopped = "submits stopped"
+        waiting = waiting_text(
+            len(sched.at_server.flights), progress.waiting() if progress.waiting else "",
+            stopped=stopped,
+        )  # fmt: skip
+        at = time.strftime("%H:%M:%S UTC", time.gmtime(self.opts.wall()))
+        text = "; ".join(
+            t for t in (f"running: {done}/{len(table)} done ({describe(counts)})",
+                        progress_cost(budget), waiting, f"updated {at}") if t
+        )  # fmt: skip
+        facts: RunFacts = {
+            "name": self.plan.manifest.name,
+            "manifest": str(self.plan.manifest.path),
+            "origin": og.recorded(self.store.meta(), self.run_dir) or self.opts.api_base,
+            "elapsed_s": round(self.opts.clock() - self.started, 3),
+            "est_cost_usd": float(budget.est_total),
+            "unpriced_jobs": budget.unpriced,
+            "max_cost_usd": None if budget.cap is None else float(budget.cap),
+        }
+        grid = self.plan.manifest.report
+        rows_key, cols_key = grid_choice(self.store.meta(), grid.rows, grid.cols)
+        try:
+            write_report(
+                self.run_dir, rows, self.store.attempts(), facts=facts,
+                rows_key=rows_key, cols_key=cols_key, live=Live(text, live.refresh_s),
+            )  # fmt: skip
+        except ChoiceError:
+            write_report(self.run_dir, rows, self.store.attempts(), facts=facts,
+                         live=Live(text, live.refresh_s))  # fmt: skip
+        except (StateError, OSError) as exc:  # the run goes on; its final report will say
+            self.echo(f"warning: live report not written ({exc}); no more until the end")
+            live.every = 0
 
     def _write_report(
         self,

@@ -49,6 +49,7 @@ class JobTable:
         self.store = store
         self.rows: dict[str, JobRow] = {r.job_id: r for r in rows}
         self.counts: Counter[str] = Counter(r.status for r in self.rows.values())
+        self.changes = 0  # transitions applied so far: equal at two moments, nothing changed
 
     def add(self, rows: Iterable[JobRow]) -> None:
         """Rows this run takes on as it goes (a shared sweep's claims)."""
@@ -109,6 +110,7 @@ class JobTable:
         row = self.rows[job_id]
         before = row.status
         transitions.apply(row, changes)
+        self.changes += 1
         if row.status != before:
             self.counts[before] -= 1
             self.counts[row.status] += 1

@@ -105,6 +105,8 @@ class Scheduler:
             lambda model: runs.mean(model) if runs.known(model) else None,
         )
         self.max_in_flight = InFlightCap(run.max_in_flight, run.rate_limit, runs, echo)
+        # Called between two steps of the loop (the live report): quick, or rarely slow.
+        self.between_steps: list[Callable[[], None]] = []
 
     def seed(self, rows: Iterable[JobRow], *, needs_files: Callable[[JobRow], bool]) -> None:
         """What this run has to do about the jobs of earlier runs: submit the pending ones,
@@ -144,6 +146,8 @@ class Scheduler:
                 self._refill()
                 self.downloads.send()
                 self._show()
+                for step in self.between_steps:
+                    step()
         finally:
             self._wind_down()
 

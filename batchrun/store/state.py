@@ -470,6 +470,34 @@ class StateStore:
                 record.row(),
             )
 
+    def approve_job(self, row: records.JobRow, attempts: Iterable[ledger.Attempt]) -> None:
+        """A job's result approved from another folder (`batchrun approve`), in one
+        transaction: its row as that folder holds it (added, or replacing this folder's), and
+        its attempts in place of this folder's for it. The one case where attempts leave the
+        ledger: a baseline holds each job's approved result and what that result cost, not
+        the history of the results it replaced."""
+        with self._tx(durable=True) as conn:
+            conn.execute(
+                "INSERT INTO jobs (job_id, position, model_id, inputs, vars, repeat, "
+                "updated_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(job_id) DO UPDATE SET "
+                "position = excluded.position, model_id = excluded.model_id, "
+                "inputs = excluded.inputs, vars = excluded.vars, repeat = excluded.repeat, "
+                "in_manifest = 1",
+                (
+                    row.job_id, row.position, row.model_id, dumps(row.inputs), dumps(row.vars),
+                    row.repeat, time.time(),
+                ),
+            )  # fmt: skip
+            self._update(row.job_id, transitions.import_job(row))
+            conn.execute("DELETE FROM attempts WHERE job_id = ?", (row.job_id,))
+            self.append_attempts(a for a in attempts if a.job_id == row.job_id)
+
+    def retire_job(self, job_id: str) -> None:
+        """Leave a job out of the reports (in_manifest = 0): a baseline's job that the run
+        approved in full no longer has."""
+        with self._tx() as conn:
+            conn.execute("UPDATE jobs SET in_manifest = 0 WHERE job_id = ?", (job_id,))
+
     # ---- the ledger (store/ledger.py): attempts are appended, never removed --------------
 
     def attempts(self) -> list[ledger.Attempt]:
