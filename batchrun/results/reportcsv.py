@@ -5,12 +5,13 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from batchrun.errors import CompareError
-from batchrun.store.atomic import write_text
+from batchrun.errors import CompareError, StateError
+from batchrun.store.atomic import open_atomic, write_text
 
 COLUMNS = [
     "job_id",
@@ -98,6 +99,26 @@ def render(columns: list[str], rows: Iterable[list[str]]) -> str:
 def write(path: Path, columns: list[str], rows: Iterable[list[str]]) -> Path:
     """Write a report.csv atomically."""
     return write_text(path, render(columns, rows))
+
+
+@contextmanager
+def writer(path: Path, columns: list[str]) -> Iterator[Callable[[Iterable[list[str]]], None]]:
+    """A report.csv written as its rows come: the block gets a function that writes rows of
+    cells; the file appears whole at `path` when the block ends, not at all if it raises."""
+    try:
+        with open_atomic(path) as raw:
+            text = io.TextIOWrapper(raw, encoding="utf-8", newline="")
+            try:
+                out = csv.writer(text)
+                out.writerow(columns)
+                yield out.writerows
+            finally:
+                text.detach()  # flushed into `raw`, which open_atomic closes
+    except OSError as exc:
+        raise StateError(
+            f"{path}: cannot write it ({exc.strerror or exc}); free some space or fix the "
+            "folder's permissions, then try again"
+        ) from None
 
 
 def read(path: Path) -> tuple[list[str], list[dict[str, str]]]:

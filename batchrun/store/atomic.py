@@ -63,12 +63,13 @@ def part_name(path: Path, *, hidden: bool = False) -> Path:
     return path.with_name(f".{path.name}.part" if hidden else f"{path.name}.part")
 
 
-def write_bytes(path: Path, data: bytes) -> Path:
-    """Write `data` to `path` (creating its folder) so a reader never sees half of it."""
+def write_bytes(path: Path, data: bytes, *, sync_dir: bool = True) -> Path:
+    """Write `data` to `path` (creating its folder) so a reader never sees half of it;
+    `sync_dir=False` leaves the folder's fsync to a caller that writes many files."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open_atomic(path) as fh:
+        with open_atomic(path, sync_dir=sync_dir) as fh:
             fh.write(data)
     except OSError as exc:
         raise StateError(
@@ -78,9 +79,9 @@ def write_bytes(path: Path, data: bytes) -> Path:
     return path
 
 
-def write_text(path: Path, text: str) -> Path:
+def write_text(path: Path, text: str, *, sync_dir: bool = True) -> Path:
     """Write `text` (UTF-8, newlines as given) to `path` so a reader never sees half of it."""
-    return write_bytes(path, text.encode("utf-8"))
+    return write_bytes(path, text.encode("utf-8"), sync_dir=sync_dir)
 
 
 def write_output(target: str | os.PathLike[str], text: str, *, append: bool = False) -> str:
