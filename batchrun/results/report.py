@@ -18,6 +18,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, TypedDict
 
+from batchrun.errors import ChoiceError
 from batchrun.results import reportcsv
 from batchrun.results.html_pages import Sheet
 from batchrun.results.html_report import Live
@@ -375,6 +376,28 @@ def write_report(
     if live is not None:
         summary["live"] = True
     write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+
+
+def write_from_state(
+    run_dir: Path,
+    facts: RunFacts,
+    rows_key: str | None,
+    cols_key: str | None,
+    *,
+    live: Live | None = None,
+) -> None:
+    """write_report of the jobs as RUN_DIR/state.db holds them, read through a connection of
+    its own inside one snapshot (a run may write meanwhile); a grid that names no swept field
+    is laid out automatically."""
+    with StateStore.open(run_dir, create=False, lock=False) as store, store.snapshot():
+        attempts = store.attempts()
+        try:
+            write_report(
+                run_dir, ReportJobs.read(store), attempts, facts=facts, rows_key=rows_key,
+                cols_key=cols_key, live=live,
+            )  # fmt: skip
+        except ChoiceError:
+            write_report(run_dir, ReportJobs.read(store), attempts, facts=facts, live=live)
 
 
 def _lines(
