@@ -124,9 +124,17 @@ def writer(path: Path, columns: list[str]) -> Iterator[Callable[[Iterable[list[s
 def read(path: Path) -> tuple[list[str], list[dict[str, str]]]:
     """The header and the rows (dicts by column name; a short row's missing cells empty)."""
     with open(path, encoding="utf-8", newline="") as fh:
-        reader = csv.DictReader(fh)
-        rows = [{k: v or "" for k, v in row.items() if k is not None} for row in reader]
-        return list(reader.fieldnames or []), rows
+        reader = csv.reader(fh)
+        columns = next(reader, [])
+        width = len(columns)
+        rows = []
+        for cells in reader:
+            if len(cells) != width:
+                if not cells:
+                    continue  # a blank line
+                cells = (cells + [""] * width)[:width]  # cells past the header are dropped
+            rows.append(dict(zip(columns, cells, strict=True)))
+        return columns, rows
 
 
 def read_rows(path: Path) -> list[dict[str, str]]:
