@@ -57,11 +57,11 @@ _ESCAPED: dict[str, str] = {}  # a sweep's field names, statuses and values repe
 
 def esc(value: object) -> str:
     """HTML-escape any value (inputs are user text, errors are server text)."""
-    text = value if type(value) is str else str(value)
-    done = _ESCAPED.get(text)
+    done = _ESCAPED.get(value) if type(value) is str else None
     if done is None:
+        text = value if type(value) is str else str(value)
         done = html.escape(printable(text, lines=True), quote=True)
-        if len(text) <= 80:  # short ones repeat; a long one is a prompt or an error
+        if len(text) <= 40:  # short ones repeat; a long one is a prompt or an error
             if len(_ESCAPED) > 50_000:
                 _ESCAPED.clear()
             _ESCAPED[text] = done
@@ -143,8 +143,8 @@ def job_card(job: JobRow, href: Callable[[str], str | None], *, anchor: bool = T
     """One job: status badge, outputs, error, and its inputs on hover and on click."""
     badge = esc(report_status(job.status))
     pairs = _fields_shown(job)
-    details = "".join(f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in pairs)
-    title = esc("\n".join(f"{k}: {v}" for k, v in pairs))
+    details = "".join([f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in pairs])
+    title = esc("\n".join([f"{k}: {v}" for k, v in pairs]))
     error = f'<div class="err">{esc(job.error)}</div>' if job.error else ""
     job_id = esc(job.job_id)
     id_attr = f' id="{job_id}"' if anchor else ""
@@ -351,7 +351,7 @@ def _grid(
             if empty:
                 tds.append(_empty(empty))
                 empty = 0
-            tds.append("<td>" + "".join(job_card(j, href) for j in members) + "</td>")
+            tds.append("<td>" + "".join([job_card(j, href) for j in members]) + "</td>")
         if empty:
             tds.append(_empty(empty))
         body.append(f"<tr><th>{esc(r or (NOT_SET if rk else ''))}</th>{''.join(tds)}</tr>")
@@ -442,9 +442,11 @@ def _sections(
 ) -> list[str]:
     """A grid per combination of the extra keys, titled by their values (empty ones left
     out: a field a job does not have is no label)."""
+    if not extra:
+        return [_grid(jobs, rk, ck, href)]
     sections: dict[tuple[str, ...], list[JobRow]] = {}
     for job in jobs:
-        sections.setdefault(tuple(dimension_value(job, k) for k in extra), []).append(job)
+        sections.setdefault(tuple([dimension_value(job, k) for k in extra]), []).append(job)
     out = []
     for values, members in sections.items():
         label = ", ".join(f"{k}={v}" for k, v in zip(extra, values, strict=True) if v != "")

@@ -129,21 +129,22 @@ def _line(
     bare = row.status == SUCCEEDED and not files and not found
     done = [f for f in files if f.name and not f.error] if files else []
     queue_s, run_s = row.queue_s, row.run_s
+    request_id = row.request_id
     cells = [
         row.job_id,
         guard(row.model_id),
         report_status(row.status),
-        guard(printable(row.request_id or "")),
-        _error_cell(row, bare) if row.error or files or row.status == SUCCEEDED else "",
+        guard(printable(request_id)) if request_id else "",
+        _error_cell(row, bare) if row.error or files or bare else "",
         str(row.attempts),
         _timestamp(row.submitted_at),
         _timestamp(row.finished_at),
         _seconds(queue_s),
         _seconds(run_s),
         _cost(None if cost is None else float(cost)),
-        guard(join_cell(printable(f.name) for f in done)),
-        guard(join_cell(_urls(row, found))),
-        join_cell(f.sha256 for f in done),
+        guard(join_cell(printable(f.name) for f in done)) if done else "",
+        guard(join_cell(_urls(row, found))) if files or found else "",
+        join_cell(f.sha256 for f in done) if done else "",
         "true" if row.cached else "false",
         _cost(row.saved_usd),
     ]
