@@ -41,6 +41,12 @@ def page_name(number: int) -> str:
     return "report.html" if number == 1 else f"report-{number}.html"
 
 
+def more_pages(run_dir: Path) -> list[str]:
+    """The names of the pages after the first in RUN_DIR (report-2.html, ...), in order."""
+    found = [(_PAGE_NAME.fullmatch(p.name), p.name) for p in Path(run_dir).glob("report-*.html")]
+    return [name for _, name in sorted((int(m[1]), n) for m, n in found if m)]
+
+
 class AxisIndex:
     """On which pages each value of each laid-out field is, as ranges of pages."""
 

@@ -322,8 +322,9 @@ def test_the_first_page_stays_small_however_large_the_sweep(tmp_path: Path) -> N
 
 
 def test_a_smaller_sweep_removes_the_pages_it_no_longer_has(tmp_path: Path) -> None:
-    html_pages.write_html(tmp_path, _grid_jobs(3 * html_pages.PAGE_CARDS))
+    html_pages.write_html(tmp_path, _grid_jobs(11 * html_pages.PAGE_CARDS))
     (tmp_path / "report-x.html").write_text("not a page")
+    assert html_pages.more_pages(tmp_path) == [f"report-{n}.html" for n in range(2, 12)]
     html_pages.write_html(tmp_path, _grid_jobs(html_pages.PAGE_CARDS + 1))
     names = sorted(p.name for p in tmp_path.glob("report*.html"))
     assert names == ["report-2.html", "report-x.html", "report.html"]
