@@ -61,7 +61,10 @@ def scenario(
                     *("run", str(manifest), "--api-base", sim.url, "--state", url),
                     *("--run-dir", str(tmp / name / f"w{i}"), "--quiet"),
                 ),
-                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=token_env(),
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=token_env(),
             )  # fmt: skip
             for i in range(workers)
         ]

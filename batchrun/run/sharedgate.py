@@ -56,8 +56,8 @@ class SharedGate(policy.Policy):
         self._looked = at
         if self.canary:
             self.state.judge_canaries()
-        finished, failed, halted = self.state.gate_counts()
         rule = self.rule
+        finished, failed, halted = self.state.gate_counts(count=rule is not None)
         if not halted and rule is not None and finished >= rule.min_finished:
             if failed > rule.failure_rate * finished:
                 halted = self.state.halt(

@@ -835,14 +835,16 @@ class SharedState:
                     )
 
     @_patient
-    def gate_counts(self) -> tuple[int, int, str]:
-        """(finished, failed) since the run began (its first worker joined), and why the
-        sweep halted ('' when it has not)."""
+    def gate_counts(self, *, count: bool = True) -> tuple[int, int, str]:
+        """(finished, failed) since the run began (its first worker joined; (0, 0) without
+        `count`), and why the sweep halted ('' when it has not)."""
         with self._tx() as conn:
-            finished, failed = self._finished_failed(conn)
+            finished, failed = self._finished_failed(conn) if count else (0, 0)
             base, halted = _one(
                 conn.execute("SELECT halt_base, halted FROM sweeps WHERE sweep = %s", (self.sweep,))
             )
+        if not count:
+            return 0, 0, str(halted)
         return finished - int(base[0]), failed - int(base[1]), str(halted)
 
     @_patient
