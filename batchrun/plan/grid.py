@@ -166,25 +166,60 @@ class _Pass:
             return
         model_problems: dict[str, None] = {}
         for row in spec.row_plans():
-            for values in itertools.product(*row.values):
-                try:
-                    combo_vars, inputs = row.make(values)
-                except _ComboError as exc:
-                    where, message = exc.args
-                    model_problems.setdefault(
-                        f"{label}: {where}: {message}{manifest.line_suffix(where)}"
-                    )
-                    if len(model_problems) >= _MAX_PROBLEMS:
-                        break
-                    continue
-                if spec.excludes and self._excluded(spec, combo_vars, inputs):
-                    continue
-                yield from self._jobs(spec, combo_vars, inputs, row.canonical(inputs))
-            else:
-                continue
-            break
+            yield from self._row_jobs(spec, row, model_problems)
+            if len(model_problems) >= _MAX_PROBLEMS:
+                break
         self.problems += list(model_problems)
         self.exclude_paths.extend(p for p in spec.exclude_paths if p not in self.exclude_paths)
+
+    def _row_jobs(
+        self, spec: _ModelSpec, row: _RowPlan, model_problems: dict[str, None]
+    ) -> Iterator[JobRow]:
+        """The jobs of one row's combinations (one per repeat), each identity (model, inputs,
+        repeat) once: the loop a million-job sweep runs a million times."""
+        seen, make, canonical_of, model_id = self.seen, row.make, row.canonical, spec.model_id
+        head, repeats, sha256 = f"{model_id}\n", range(spec.repeat), hashlib.sha256
+        count = self.count
+        for values in itertools.product(*row.values):
+            try:
+                combo_vars, inputs = make(values)
+            except _ComboError as exc:
+                if self._combo_problem(exc, model_problems):
+                    return
+                continue
+            if spec.excludes and self._excluded(spec, combo_vars, inputs):
+                continue
+            canonical = canonical_of(inputs)
+            identity = head + canonical
+            for r in repeats:
+                text = f"{identity}\n#{r}" if r else identity  # as _hash_id
+                jid = sha256(text.encode("utf-8")).hexdigest()[:12]
+                key = int(jid, 16)
+                if key in seen:
+                    self._duplicate(spec, combo_vars, jid)
+                    continue
+                seen.add(key)
+                if count >= self.limit:
+                    raise self._too_many()
+                count = self.count = count + 1
+                # Repeats get their own dicts: a caller changing one job never changes another.
+                yield (
+                    jid,
+                    model_id,
+                    dict(inputs) if r else inputs,
+                    combo_vars,
+                    r,
+                    count - 1,
+                    canonical,
+                )
+
+    def _combo_problem(self, exc: _ComboError, model_problems: dict[str, None]) -> bool:
+        """Note a combination's template error; True when the model has too many to go on."""
+        where, message = exc.args
+        model_problems.setdefault(
+            f"{self.label}: {where}: {message}{self.manifest.line_suffix(where)}"
+        )
+        return len(model_problems) >= _MAX_PROBLEMS
 
     def _excluded(
         self, spec: _ModelSpec, combo_vars: dict[str, Any], inputs: dict[str, Any]
@@ -195,38 +230,17 @@ class _Pass:
             self.excluded += 1
         return bool(hits)
 
-    def _jobs(
-        self, spec: _ModelSpec, combo_vars: dict[str, Any], inputs: dict[str, Any], canonical: str
-    ) -> Iterator[JobRow]:
-        """The combination's jobs (one per repeat), each identity (model, inputs, repeat) once."""
-        identity = f"{spec.model_id}\n{canonical}"
-        for r in range(spec.repeat):
-            jid = _hash_id(identity, r)
-            key = int(jid, 16)
-            if key in self.seen:
-                self.duplicates += 1
-                if len(self.first_duplicates) < 5:
-                    self.first_duplicates.append((spec.index, spec.model_id, combo_vars, jid))
-                continue
-            self.seen.add(key)
-            position = self.count
-            self.count += 1
-            if self.count > self.limit:
-                raise ManifestError(
-                    f"{self.label}: $.run.max_jobs: the manifest expands to more than "
-                    f"{self.limit:,} jobs (the full grid is {_grid_size(self.manifest.data):,}); "
-                    "narrow the sweep, or raise run.max_jobs if you mean it"
-                )
-            # Repeats get their own dicts: a caller changing one job never changes another.
-            yield (
-                jid,
-                spec.model_id,
-                inputs if r == 0 else dict(inputs),
-                combo_vars,
-                r,
-                position,
-                canonical,
-            )
+    def _duplicate(self, spec: _ModelSpec, combo_vars: dict[str, Any], jid: str) -> None:
+        self.duplicates += 1
+        if len(self.first_duplicates) < 5:
+            self.first_duplicates.append((spec.index, spec.model_id, combo_vars, jid))
+
+    def _too_many(self) -> ManifestError:
+        return ManifestError(
+            f"{self.label}: $.run.max_jobs: the manifest expands to more than "
+            f"{self.limit:,} jobs (the full grid is {_grid_size(self.manifest.data):,}); "
+            "narrow the sweep, or raise run.max_jobs if you mean it"
+        )
 
     def outcome(
         self, first_positions: Callable[[set[str]], dict[str, int]]

@@ -49,6 +49,9 @@ class RowShape:
         """The row's constant value of an input field that is not a free axis."""
         return self.row_inputs[name] if name in self.row_inputs else self.fixed[name]
 
+    def axes_names(self) -> set[str]:
+        return {k for k, _, _ in self.axes}
+
     def input_keys(self) -> list[str]:
         keys = dict.fromkeys(self.fixed)
         keys.update(dict.fromkeys(k for k, _, is_var in self.axes if not is_var))
@@ -130,18 +133,20 @@ def _maker(
     rendered: list[tuple[bool, str, Callable[[tuple[Any, ...]], Any]]],
     coerce: Callable[[str, str], Any],
 ) -> Maker:
-    row_vars, fixed, row_inputs = shape.row_vars, shape.fixed, shape.row_inputs
     nv = len(var_axes)
+    # The keys in the order the general path makes them (fixed, axes, row), values to come.
+    base_vars = {**shape.row_vars, **dict.fromkeys(var_axes)}
+    base_inputs = {**shape.fixed, **dict.fromkeys(field_axes), **shape.row_inputs}
     render_vars = [(name, fn) for is_var, name, fn in rendered if is_var]
     render_inputs = [(name, fn) for is_var, name, fn in rendered if not is_var]
     coerced = shape.coerce
 
     def make(values: tuple[Any, ...]) -> tuple[Inputs, Inputs]:
-        combo_vars = dict(row_vars)
+        combo_vars = dict(base_vars)
         combo_vars.update(zip(var_axes, values, strict=False))  # the vars come first
-        inputs = dict(fixed)
-        inputs.update(zip(field_axes, values[nv:] if nv else values, strict=True))
-        inputs.update(row_inputs)
+        inputs = dict(base_inputs)
+        if field_axes:
+            inputs.update(zip(field_axes, values[nv:] if nv else values, strict=True))
         for name, fn in render_vars:
             combo_vars[name] = fn(values)
         for name, fn in render_inputs:
@@ -163,20 +168,34 @@ def canonical_writer(shape: RowShape) -> Callable[[Inputs], str]:
     varying = {k for k, _, is_var in shape.axes if not is_var}
     varying.update(shape.todo_inputs)
     varying.update(name for name, _ in shape.coerce)
-    pieces, dynamic = [], []
+    pieces: list[str] = []
+    dynamic: list[tuple[str, Callable[[Any], str]]] = []
     for i, key in enumerate(sorted(keys)):
         head = ("{{" if i == 0 else ",") + _literal(_ESCAPE(key)) + ":"
         if key in varying:
             pieces.append(head + "{}")
-            dynamic.append(key)
+            dynamic.append((key, _encoder(shape, key)))
         else:
             pieces.append(head + _literal(CANONICAL(shape.input_value(key))))
     fmt = "".join(pieces) + "}}" if keys else "{{}}"
     render = fmt.format
     if len(dynamic) == 1:
-        [only] = dynamic
-        return lambda inputs: render(encode(inputs[only]))
-    return lambda inputs: render(*[encode(inputs[k]) for k in dynamic])
+        [(only, enc)] = dynamic
+        return lambda inputs: render(enc(inputs[only]))
+    return lambda inputs: render(*[enc(inputs[k]) for k, enc in dynamic])
+
+
+def _encoder(shape: RowShape, key: str) -> Callable[[Any], str]:
+    """How the row's values of `key` are encoded: a string template always gives a string."""
+    if key in shape.todo_inputs and all(k != key for k, _ in shape.coerce):
+        value = shape.input_value(key) if key not in shape.axes_names() else None
+        try:
+            tpl = compile_template(value) if type(value) is str else None
+        except TemplateError:
+            tpl = None  # the combinations report it
+        if tpl is not None and tpl.exact is None:
+            return _ESCAPE
+    return encode
 
 
 def encode(value: Any) -> str:
