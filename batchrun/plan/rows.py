@@ -213,6 +213,8 @@ def encode_object(obj: Inputs) -> str:
     ":"))` writes), encoding the common string and int values directly."""
     parts = []
     for key, value in obj.items():
+        if type(key) is not str:
+            return _COMPACT(obj)
         kind = type(value)
         if kind is str:
             text = _ESCAPE(value)
@@ -220,7 +222,7 @@ def encode_object(obj: Inputs) -> str:
             text = int.__repr__(value)
         else:
             text = _COMPACT(value)
-        parts.append(f"{_COMPACT(key) if type(key) is not str else _ESCAPE(key)}:{text}")
+        parts.append(f"{_ESCAPE(key)}:{text}")
     return "{" + ",".join(parts) + "}"
 
 
