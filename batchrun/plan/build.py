@@ -119,8 +119,7 @@ class StreamedPlan:
     sweep: Sweep
 
     def rows(self) -> Iterator[JobRow]:
-        with gc_paused():
-            yield from self.sweep.rows()
+        return self.sweep.rows()
 
 
 def check_sweep(

@@ -112,10 +112,19 @@ class Sweep:
         """One pass: every job as a JobRow."""
         self._outcome = None
         state = _Pass(self.manifest)
+        # Chained, not nested generators: each job passes through one Python frame.
+        return itertools.chain(
+            itertools.chain.from_iterable(state.model_rows(spec) for spec in self._specs()),
+            self._finish_pass(state),
+        )
+
+    def _specs(self) -> Iterator[_ModelSpec]:
         for index, model in enumerate(self.manifest.data["models"]):
-            spec = _ModelSpec(self.manifest.data, index, model, self.schemas)
-            yield from state.model_rows(spec)
+            yield _ModelSpec(self.manifest.data, index, model, self.schemas)
+
+    def _finish_pass(self, state: _Pass) -> Iterator[JobRow]:
         self._outcome = state.outcome(self._first_positions)
+        yield from ()
 
     def finish(self) -> list[str]:
         """The last whole pass's warnings; ManifestError with its problems, if any."""
@@ -131,8 +140,7 @@ class Sweep:
         as soon as all are found, and they come before their duplicates."""
         found: dict[str, int] = {}
         state = _Pass(self.manifest)
-        for index, model in enumerate(self.manifest.data["models"]):
-            spec = _ModelSpec(self.manifest.data, index, model, self.schemas)
+        for spec in self._specs():
             for jid, *_, position, _ in state.model_rows(spec):
                 if jid in wanted:
                     found[jid] = position
@@ -163,14 +171,21 @@ class _Pass:
         label, manifest = self.label, self.manifest
         self.problems += [f"{label}: {w}: {m}{manifest.line_suffix(w)}" for w, m in spec.problems]
         if spec.problems:
-            return
+            return iter(())
         model_problems: dict[str, None] = {}
-        for row in spec.row_plans():
-            yield from self._row_jobs(spec, row, model_problems)
-            if len(model_problems) >= _MAX_PROBLEMS:
-                break
+        rows = (
+            self._row_jobs(spec, row, model_problems)
+            for row in spec.row_plans()
+            if len(model_problems) < _MAX_PROBLEMS
+        )
+        return itertools.chain(
+            itertools.chain.from_iterable(rows), self._model_done(spec, model_problems)
+        )
+
+    def _model_done(self, spec: _ModelSpec, model_problems: dict[str, None]) -> Iterator[JobRow]:
         self.problems += list(model_problems)
         self.exclude_paths.extend(p for p in spec.exclude_paths if p not in self.exclude_paths)
+        yield from ()
 
     def _row_jobs(
         self, spec: _ModelSpec, row: _RowPlan, model_problems: dict[str, None]
@@ -179,7 +194,7 @@ class _Pass:
         repeat) once: the loop a million-job sweep runs a million times."""
         seen, make, canonical_of, model_id = self.seen, row.make, row.canonical, spec.model_id
         head, repeats, sha256 = f"{model_id}\n", range(spec.repeat), hashlib.sha256
-        count = self.count
+        count, limit = self.count, self.limit
         for values in itertools.product(*row.values):
             try:
                 combo_vars, inputs = make(values)
@@ -193,13 +208,13 @@ class _Pass:
             identity = head + canonical
             for r in repeats:
                 text = f"{identity}\n#{r}" if r else identity  # as _hash_id
-                jid = sha256(text.encode("utf-8")).hexdigest()[:12]
+                jid = sha256(text.encode()).hexdigest()[:12]
                 key = int(jid, 16)
                 if key in seen:
                     self._duplicate(spec, combo_vars, jid)
                     continue
                 seen.add(key)
-                if count >= self.limit:
+                if count >= limit:
                     raise self._too_many()
                 count = self.count = count + 1
                 # Repeats get their own dicts: a caller changing one job never changes another.

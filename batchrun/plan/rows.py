@@ -210,20 +210,27 @@ def encode(value: Any) -> str:
 
 def encode_object(obj: Inputs) -> str:
     """A dict as compact JSON in its own key order (what `json.dumps(obj, separators=(",",
-    ":"))` writes), encoding the common string and int values directly."""
-    parts = []
-    for key, value in obj.items():
-        if type(key) is not str:
+    ":"))` writes): the keys' part made once per key order, the values encoded directly."""
+    keys = tuple(obj)
+    render = _OBJECT_FORMATS.get(keys)
+    if render is None:
+        if not all(type(k) is str for k in keys) or len(_OBJECT_FORMATS) >= 1000:
             return _COMPACT(obj)
-        kind = type(value)
-        if kind is str:
-            text = _ESCAPE(value)
-        elif kind is int:
-            text = int.__repr__(value)
-        else:
-            text = _COMPACT(value)
-        parts.append(f"{_ESCAPE(key)}:{text}")
-    return "{" + ",".join(parts) + "}"
+        inner = ",".join(_literal(_ESCAPE(k)) + ":{}" for k in keys)
+        render = _OBJECT_FORMATS[keys] = ("{{" + inner + "}}").format
+    return render(*[_compact(v) for v in obj.values()])
+
+
+_OBJECT_FORMATS: dict[tuple[str, ...], Callable[..., str]] = {}
+
+
+def _compact(value: Any) -> str:
+    kind = type(value)
+    if kind is str:
+        return _ESCAPE(value)
+    if kind is int:
+        return int.__repr__(value)
+    return _COMPACT(value)
 
 
 def _literal(text: str) -> str:

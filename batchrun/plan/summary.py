@@ -45,48 +45,53 @@ class Varying:
     first value of each name kept."""
 
     def __init__(self) -> None:
-        self._first: dict[str, dict[str, object]] = {}
-        self._differ: dict[str, set[str]] = {}
-        self._repeats: set[str] = set()
-        self._counts: dict[str, int] = {}
-        self._var_keys: dict[str, str] = {}
+        self._models: dict[str, _ModelValues] = {}
 
     def add(
         self, model_id: str, job_vars: dict[str, Any], inputs: dict[str, Any], repeat: int
     ) -> None:
-        first = self._first.get(model_id)
-        if first is None:
-            first = self._first[model_id] = {}
-            self._differ[model_id] = set()
-            self._counts[model_id] = 0
-        differ = self._differ[model_id]
-        self._counts[model_id] += 1
+        seen = self._models.get(model_id)
+        if seen is None:
+            seen = self._models[model_id] = _ModelValues()
+        seen.count += 1
         if repeat:
-            self._repeats.add(model_id)
+            seen.repeats = True
+        # Soon every name of a sweep is known to vary: then a job costs two set lookups.
+        if seen.vars_differ.issuperset(job_vars) and seen.inputs_differ.issuperset(inputs):
+            return
+        first = seen.first
         for k, v in job_vars.items():
-            key = self._var_keys.get(k) or self._var_keys.setdefault(k, f"var.{k}")
-            if key not in differ:
-                self._compare(first, differ, key, v)
-        for key, v in inputs.items():
-            if key not in differ:
-                self._compare(first, differ, key, v)
-
-    @staticmethod
-    def _compare(first: dict[str, object], differ: set[str], key: str, value: Any) -> None:
-        value = hashable(value)
-        seen = first.setdefault(key, value)
-        # As a set of the values would count them: the same object, or equal values, are one.
-        if seen is not value and seen != value:
-            differ.add(key)
+            if k not in seen.vars_differ and _differs(first, f"var.{k}", v):
+                seen.vars_differ.add(k)
+        for k, v in inputs.items():
+            if k not in seen.inputs_differ and _differs(first, k, v):
+                seen.inputs_differ.add(k)
 
     def keys(self) -> dict[str, tuple[str, ...]]:
         out = {}
-        for model_id, first in self._first.items():
-            keys = [k for k in first if k in self._differ[model_id]]
-            if model_id in self._repeats and self._counts[model_id] > 1:
+        for model_id, seen in self._models.items():
+            differ = {f"var.{k}" for k in seen.vars_differ} | seen.inputs_differ
+            keys = [k for k in seen.first if k in differ]
+            if seen.repeats and seen.count > 1:
                 keys.append("repeat")
             out[model_id] = tuple(keys)
         return out
+
+
+@dataclass
+class _ModelValues:
+    first: dict[str, object] = dataclasses.field(default_factory=dict)  # name -> first value
+    vars_differ: set[str] = dataclasses.field(default_factory=set)
+    inputs_differ: set[str] = dataclasses.field(default_factory=set)
+    count: int = 0
+    repeats: bool = False
+
+
+def _differs(first: dict[str, object], key: str, value: Any) -> bool:
+    value = hashable(value)
+    seen = first.setdefault(key, value)
+    # As a set of the values would count them: the same object, or equal values, are one.
+    return seen is not value and seen != value
 
 
 def hashable(value: Any) -> Any:
@@ -104,11 +109,10 @@ class Tally:
         self.head_size = head
         self.head: list[Job] = []
         self.total = 0
-        self.counts: dict[str, int] = {}
         self.costs: dict[str, ModelCost] = {}
         self.varying = Varying()
         self.fields: dict[str, None] | None = {"model": None} if fields else None
-        self._estimators: dict[str, Estimator] = {}
+        self._models: dict[str, _ModelTally] = {}
 
     def add_all(self, rows: Iterable[JobRow]) -> None:
         for row in rows:
@@ -119,25 +123,35 @@ class Tally:
         self.total += 1
         if self.total <= self.head_size:
             self.head.append(Job(*row))
-        cost = self.costs.get(model_id)
-        if cost is None:
-            cost = self.costs[model_id] = ModelCost()
-            self.counts[model_id] = 0
-            self._estimators[model_id] = estimator(self.schemas, model_id)
-        self.counts[model_id] += 1
-        amount = self._estimators[model_id](inputs)
-        if amount is None:
-            cost.unpriced += 1
-        else:
-            cost.priced += 1
-            cost.usd += amount
+        model = self._models.get(model_id)
+        if model is None:
+            model = self._models[model_id] = _ModelTally(estimator(self.schemas, model_id))
+            self.costs[model_id] = model.cost
+        model.count += 1
+        if model.priced:
+            amount = model.estimate(inputs)
+            if amount is not None:
+                model.cost.priced += 1
+                model.cost.usd += amount
         self.varying.add(model_id, job_vars, inputs, repeat)
         if self.fields is not None:
             self.fields.update(dict.fromkeys(inputs))
             self.fields.update(dict.fromkeys(job_vars))
 
     def summary(self) -> Summary:
-        return Summary(self.total, self.counts, self.costs, self.varying.keys(), self.head)
+        counts = {model_id: model.count for model_id, model in self._models.items()}
+        for model_id, model in self._models.items():
+            self.costs[model_id].unpriced = model.count - model.cost.priced
+        return Summary(self.total, counts, self.costs, self.varying.keys(), self.head)
+
+
+class _ModelTally:
+    def __init__(self, estimate: Estimator) -> None:
+        self.estimate = estimate
+        # An unpriced model's jobs all estimate to None: not asked job by job.
+        self.priced = estimate.price is not None and estimate.price.priced
+        self.count = 0
+        self.cost = ModelCost()
 
 
 def estimator(schemas: models.Schemas, model_id: str) -> Estimator:
