@@ -187,6 +187,7 @@ class Params:
     overhead_in_flight: int = 200
     overhead_repeats: int = 3  # runs of each overhead scenario; the median is the figure
     scale_jobs: int = 100_000
+    plan_sizes: tuple[int, ...] = (100_000, 1_000_000)
     transition_sizes: tuple[int, ...] = (1_000, 100_000)
     transitions: int = 1_000
     cap_s: float = 300.0  # longest any one scale step may take (then killed, figure = "> cap")
@@ -195,7 +196,13 @@ class Params:
     def make(cls, quick: bool) -> Params:
         if quick:
             return cls(
-                quick, rate_jobs=300, rate=50, overhead_jobs=500, scale_jobs=20_000, cap_s=40.0
+                quick,
+                rate_jobs=300,
+                rate=50,
+                overhead_jobs=500,
+                scale_jobs=20_000,
+                plan_sizes=(20_000, 100_000),
+                cap_s=40.0,
             )
         return cls(quick, rate_jobs=1000, rate=100)
 

@@ -98,6 +98,8 @@ def _compiled(
     value: Any, source: Callable[[str], tuple[int, Any] | None]
 ) -> Callable[[tuple[Any, ...]], Any] | None:
     """values -> the rendered template, or None when the general path must render it."""
+    if type(value) in (list, dict):
+        return _copied(value)
     if type(value) is not str:
         return None
     try:
@@ -124,6 +126,22 @@ def _compiled(
         pieces.append(f"{{{index}}}" if index >= 0 else _literal(as_text(constant)))
     render = "".join(pieces).format
     return lambda values: render(*values)
+
+
+def _copied(value: list[Any] | dict[str, Any]) -> Callable[[tuple[Any, ...]], Any] | None:
+    """A list or dict of plain values and no template renders to a copy of itself."""
+    items = value.values() if isinstance(value, dict) else value
+    for item in items:
+        if type(item) not in _SCALARS or (type(item) is str and ("{" in item or "}" in item)):
+            return None
+    if isinstance(value, dict):
+        mapping = value
+        return lambda values: dict(mapping)
+    sequence = value
+    return lambda values: list(sequence)
+
+
+_SCALARS = (str, int, float, bool, type(None))
 
 
 def _maker(
