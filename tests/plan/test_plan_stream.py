@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 import batchrun.plan.grid as grid
+import batchrun.plan.rows as rows
 from batchrun.cli import main
 from batchrun.plan.build import build_plan, check_sweep
 from batchrun.plan.grid import Job, Sweep, expand
@@ -87,7 +88,7 @@ def test_compiled_rows_give_what_the_general_renderer_gives(
     manifest = load_manifest(write(tmp_path, TEMPLATED))
     compiled = expand(manifest)
     taken: list[bool] = []
-    real = grid.fast_maker
+    real = rows.fast_maker
     monkeypatch.setattr(grid, "fast_maker", lambda *a: taken.append(real(*a) is not None))
     general = expand(manifest)
     # Every row but the last has a compiled form (an axis of lists takes the general path).
