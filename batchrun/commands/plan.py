@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import shutil
 import sys
+import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
+from typing import IO, Any
 
 import click
 
@@ -20,7 +22,7 @@ from batchrun.plan.build import Plan, build_plan, cell, check_sweep
 from batchrun.plan.grid import Job, JobRow
 from batchrun.plan.manifest import Manifest
 from batchrun.plan.rows import encode_object
-from batchrun.plan.summary import ModelCost, Summary, Tally, estimator
+from batchrun.plan.summary import ModelCost, Summary, Tally
 
 _MAX_CELL = 40
 _SHORT = 50  # a plan of up to this many jobs is shown whole
@@ -40,20 +42,27 @@ def plan(args: PlanArgs) -> int:
         warn(built.warnings)
         built, picked = selection.choose(built, chosen)
         click.echo(selection.left_out_line(picked, chosen), err=True)
-        shown = Shown(built.manifest, built.schemas, summarize(built, head=_SHORT), _rows(built))
-    else:
-        # A first pass checks everything and keeps no job; JSON lines come from a second, so
-        # a problem anywhere in a million jobs is reported before a line is printed.
-        streamed = check_sweep(
-            args.manifest, strict=args.strict, schema_dirs=dirs, head=0 if args.as_json else _SHORT
+        shown = Shown(built.manifest, built.schemas, summarize(built, head=_SHORT))
+        lines: Iterable[str] = (
+            json_lines(_rows(built), built.estimators()) if args.as_json else table_lines(shown)
         )
+        _write(_chunks(lines))
+    elif args.as_json:
+        # One pass checks every job and writes its line to a spool file; the spool is printed
+        # once the whole plan is known valid: never half a list, and no job kept in memory.
+        with tempfile.TemporaryFile() as spool:
+            writer = _Spool(spool)
+            streamed = check_sweep(args.manifest, strict=args.strict, schema_dirs=dirs, each=writer)
+            writer.flush()
+            warn(streamed.warnings)
+            spool.seek(0)
+            _write_bytes(spool)
+        return 0
+    else:
+        streamed = check_sweep(args.manifest, strict=args.strict, schema_dirs=dirs, head=_SHORT)
         warn(streamed.warnings)
-        shown = Shown(streamed.manifest, streamed.schemas, streamed.summary, streamed.rows())
-    out = sys.stdout
-    lines = json_lines(shown) if args.as_json else table_lines(shown)
-    for chunk in _chunks(lines):
-        out.write(chunk)
-    out.flush()
+        shown = Shown(streamed.manifest, streamed.schemas, streamed.summary)
+        _write(_chunks(table_lines(shown)))
     if not args.as_json:
         unpriced = sum(c.unpriced for c in shown.summary.costs.values())
         if unpriced:
@@ -63,12 +72,11 @@ def plan(args: PlanArgs) -> int:
 
 @dataclass(frozen=True)
 class Shown:
-    """What `plan` prints from: the summary of the jobs, and the jobs themselves (a pass)."""
+    """What the table is printed from: the plan's summary, with its first jobs."""
 
     manifest: Manifest
     schemas: models.Schemas
     summary: Summary
-    rows: Iterable[JobRow]
 
 
 def summarize(built: Plan, head: int) -> Summary:
@@ -80,6 +88,25 @@ def summarize(built: Plan, head: int) -> Summary:
 def _rows(built: Plan) -> Iterator[JobRow]:
     for j in built.jobs:
         yield (j.job_id, j.model_id, j.inputs, j.vars, j.repeat, j.position, j.inputs_json)
+
+
+def _write(chunks: Iterable[str]) -> None:
+    out = sys.stdout
+    for chunk in chunks:
+        out.write(chunk)
+    out.flush()
+
+
+def _write_bytes(source: IO[bytes]) -> None:
+    sys.stdout.flush()
+    target = getattr(sys.stdout, "buffer", None)
+    if target is None:
+        for block in iter(lambda: source.read(1 << 20), b""):
+            sys.stdout.write(block.decode("utf-8"))
+        sys.stdout.flush()
+        return
+    shutil.copyfileobj(source, target, 1 << 20)
+    target.flush()
 
 
 def _chunks(lines: Iterable[str], size: int = 2000) -> Iterator[str]:
@@ -96,27 +123,56 @@ def _chunks(lines: Iterable[str], size: int = 2000) -> Iterator[str]:
         yield "\n".join(batch)
 
 
-def json_lines(shown: Shown) -> Iterator[str]:
-    """One compact JSON object per job, in expansion order (inputs with sorted keys)."""
-    dumps = json.JSONEncoder(separators=(",", ":")).encode
-    model_json: dict[str, str] = {}
-    estimators: dict[str, Estimator] = {}
-    # An exact decimal as a JSON number (never a float's rounding): sums add up to the cent.
-    cost_json: dict[Decimal | None, str] = {None: "null"}
-    for job_id, model_id, inputs, job_vars, repeat, _, inputs_json in shown.rows:
-        model = model_json.get(model_id)
+class _Spool:
+    """JSON lines into a binary file, a few thousand lines a write."""
+
+    def __init__(self, file: IO[bytes]) -> None:
+        self.file = file
+        self.line = JsonLine()
+        self.batch: list[str] = []
+
+    def __call__(self, row: JobRow, amount: Decimal | None) -> None:
+        self.batch.append(self.line(row, amount))
+        if len(self.batch) >= 2000:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.batch:
+            self.batch.append("")
+            self.file.write("\n".join(self.batch).encode("utf-8"))
+            self.batch = []
+
+
+class JsonLine:
+    """One job as a compact JSON object (inputs with sorted keys: the canonical JSON the job id
+    was hashed from; the id is 12 hex digits)."""
+
+    def __init__(self) -> None:
+        self._dumps = json.JSONEncoder(separators=(",", ":")).encode
+        self._model_json: dict[str, str] = {}
+        # An exact decimal as a JSON number (never a float's rounding): sums add up to the cent.
+        self._cost_json: dict[Decimal | None, str] = {None: "null"}
+
+    def __call__(self, row: JobRow, amount: Decimal | None) -> str:
+        job_id, model_id, inputs, job_vars, repeat, _, inputs_json = row
+        model = self._model_json.get(model_id)
         if model is None:
-            model = model_json[model_id] = dumps(model_id)
-            estimators[model_id] = estimator(shown.schemas, model_id)
-        amount = estimators[model_id](inputs)
-        cost = cost_json.get(amount)
+            model = self._model_json[model_id] = self._dumps(model_id)
+        cost = self._cost_json.get(amount)
         if cost is None and amount is not None:
-            cost = cost_json[amount] = plain(amount)
-        # The canonical inputs JSON the job id was hashed from; the id is 12 hex digits.
-        yield (
-            f'{{"job_id":"{job_id}","model_id":{model},"inputs":{inputs_json or dumps(inputs)},'
+            cost = self._cost_json[amount] = plain(amount)
+        return (
+            f'{{"job_id":"{job_id}","model_id":{model},'
+            f'"inputs":{inputs_json or self._dumps(inputs)},'
             f'"vars":{encode_object(job_vars)},"repeat":{repeat},"est_cost_usd":{cost}}}'
         )
+
+
+def json_lines(rows: Iterable[JobRow], estimators: dict[str, Estimator]) -> Iterator[str]:
+    """One compact JSON object per job, in expansion order (inputs with sorted keys)."""
+    line = JsonLine()
+    for row in rows:
+        yield line(row, estimators[row[1]](row[2]))
 
 
 def table_lines(shown: Shown) -> Iterator[str]:

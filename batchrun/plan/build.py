@@ -10,7 +10,7 @@ import difflib
 import json
 import re
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -110,16 +110,13 @@ def build_plan(path: str | Path, *, strict: bool = False, schema_dirs: Iterable[
 
 @dataclass(frozen=True)
 class StreamedPlan:
-    """A checked plan that keeps no jobs: its summary, and `rows()`, a new pass over them."""
+    """A checked plan that keeps no jobs: its summary; `sweep.rows()` is a new pass."""
 
     manifest: Manifest
     warnings: list[str]
     schemas: models.Schemas
     summary: Summary
     sweep: Sweep
-
-    def rows(self) -> Iterator[JobRow]:
-        return self.sweep.rows()
 
 
 def check_sweep(
@@ -128,9 +125,11 @@ def check_sweep(
     strict: bool = False,
     schema_dirs: Iterable[Path] = (),
     head: int = 0,
+    each: Callable[[JobRow, Decimal | None], object] | None = None,
 ) -> StreamedPlan:
     """What build_plan checks and raises, in one pass that keeps no jobs (but the first
-    `head`): a million-job sweep in the memory of a few."""
+    `head`): a million-job sweep in the memory of a few. `each` is given every job and its
+    estimated cost as the pass goes, before the plan is known to be valid."""
     manifest, problems = check_manifest(path)
     label = str(path)
     if manifest is None:
@@ -143,9 +142,11 @@ def check_sweep(
     try:
         with gc_paused():
             for row in sweep.rows():
-                tally.add(row)
+                amount = tally.add(row)
                 if row[1] not in unchecked:
                     inputs.add(row[1], row[2], row)
+                if each is not None:
+                    each(row, amount)
             warnings = sweep.finish()
     except ManifestError as exc:
         raise ManifestError(

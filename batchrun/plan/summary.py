@@ -118,7 +118,8 @@ class Tally:
         for row in rows:
             self.add(row)
 
-    def add(self, row: JobRow) -> None:
+    def add(self, row: JobRow) -> Decimal | None:
+        """Count the job in; its estimated cost."""
         _, model_id, inputs, job_vars, repeat, _, _ = row
         self.total += 1
         if self.total <= self.head_size:
@@ -128,15 +129,15 @@ class Tally:
             model = self._models[model_id] = _ModelTally(estimator(self.schemas, model_id))
             self.costs[model_id] = model.cost
         model.count += 1
-        if model.priced:
-            amount = model.estimate(inputs)
-            if amount is not None:
-                model.cost.priced += 1
-                model.cost.usd += amount
+        amount = model.estimate(inputs) if model.priced else None
+        if amount is not None:
+            model.cost.priced += 1
+            model.cost.usd += amount
         self.varying.add(model_id, job_vars, inputs, repeat)
         if self.fields is not None:
             self.fields.update(dict.fromkeys(inputs))
             self.fields.update(dict.fromkeys(job_vars))
+        return amount
 
     def summary(self) -> Summary:
         counts = {model_id: model.count for model_id, model in self._models.items()}
