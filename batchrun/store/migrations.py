@@ -12,11 +12,12 @@ from pathlib import Path
 from batchrun import __version__
 from batchrun.errors import StateError
 from batchrun.store import lock as folder_lock
-from batchrun.store.records import COLUMNS, COLUMNS_V1
+from batchrun.store.records import COLUMNS, COLUMNS_V1, COLUMNS_V3
 
 # 1: the first; 2: jobs.cached and jobs.saved_usd (the cross-run cache); 3: the attempts
-# table (the ledger: one row per submit attempt, appended, never rewritten away)
-SCHEMA_VERSION = 3
+# table (the ledger: one row per submit attempt, appended, never rewritten away); 4:
+# jobs.retries_from (where a job's allowance of retries began)
+SCHEMA_VERSION = 4
 STATE_FILE = "state.db"
 
 
@@ -85,7 +86,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     in_manifest INTEGER NOT NULL DEFAULT 1,
     updated_at REAL,
     cached INTEGER NOT NULL DEFAULT 0,
-    saved_usd REAL
+    saved_usd REAL,
+    retries_from INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status);
 """
@@ -100,6 +102,8 @@ _MIGRATIONS = {
         "ALTER TABLE jobs ADD COLUMN saved_usd REAL",
     ),
     3: (*[stmt for stmt in _ATTEMPTS.split(";") if stmt.strip()], *_BACKFILL),
+    # Attempts made before count against the allowance: a migrated folder grants no more.
+    4: ("ALTER TABLE jobs ADD COLUMN retries_from INTEGER NOT NULL DEFAULT 0",),
 }
 
 
@@ -123,13 +127,9 @@ def migrate(conn: sqlite3.Connection, run_dir: Path, *, writable: bool) -> str:
         # Read as it is (status, merge's sources): the missing columns read as defaults, and
         # the ledger of a folder made before it is built in a temporary table, as the
         # migration would build it.
-        conn.execute(_ATTEMPTS.split(";")[0].replace("TABLE IF NOT EXISTS", "TEMP TABLE"))
-        for stmt in _BACKFILL:
-            if version < 2:
-                for column in ("cached = 1", "saved_usd IS NOT NULL", "CAST(saved_usd AS TEXT)"):
-                    stmt = stmt.replace(column, "NULL")
-            conn.execute(stmt)
-        return COLUMNS_V1 if version < 2 else COLUMNS
+        if version < 3:
+            _temporary_ledger(conn, version)
+        return COLUMNS_V1 if version < 2 else COLUMNS_V3
     while version < SCHEMA_VERSION:
         version += 1
         with _transaction(conn, path):
@@ -148,6 +148,16 @@ def migrate(conn: sqlite3.Connection, run_dir: Path, *, writable: bool) -> str:
             f"restore the file from a copy, or move {run_dir} aside and run again"
         )
     return COLUMNS
+
+
+def _temporary_ledger(conn: sqlite3.Connection, version: int) -> None:
+    """The ledger of a folder made before it (version 1 or 2), in a temporary table."""
+    conn.execute(_ATTEMPTS.split(";")[0].replace("TABLE IF NOT EXISTS", "TEMP TABLE"))
+    for stmt in _BACKFILL:
+        if version < 2:
+            for column in ("cached = 1", "saved_usd IS NOT NULL", "CAST(saved_usd AS TEXT)"):
+                stmt = stmt.replace(column, "NULL")
+        conn.execute(stmt)
 
 
 def _create(conn: sqlite3.Connection, path: Path) -> None:

@@ -444,6 +444,10 @@ class StateStore:
         """Back to the submit queue (a refused submit, a retry, a requested resubmission)."""
         return self._update(job_id, transitions.mark_pending(error))
 
+    def requeue_job(self, job_id: str) -> Changes:
+        """One job sent again because the user asked (`requeue`, for a subset of the jobs)."""
+        return self._update(job_id, transitions.requeue())
+
     def record_status(
         self, job_id: str, status: str, *, started_at: float | None = None
     ) -> Changes:
@@ -501,8 +505,8 @@ class StateStore:
         return self._update(job_id, transitions.record_files(files))
 
     def requeue(self, statuses: Iterable[str], error: str = "") -> int:
-        """Every job (in the manifest) in one of `statuses` back to PENDING (mark_pending's
-        changes, in one UPDATE); returns how many.
+        """Every job (in the manifest) in one of `statuses` sent again, with a fresh allowance
+        of retries (transitions.requeue's changes, in one UPDATE); returns how many.
 
         A FAILED job whose request the server stopped knowing before its result was read (its
         error starts with NOT_FOUND) may have been billed: it counts as UNKNOWN here, never as
@@ -516,7 +520,7 @@ class StateStore:
             which, args = f"(status IN ({marks}) OR {unread})", (*statuses, *unread_args)
         else:
             which, args = f"(status IN ({marks}) AND NOT {unread})", (*statuses, *unread_args)
-        sets, params = _assignments(transitions.mark_pending(error))
+        sets, params = _assignments(transitions.requeue(error))
         with self._tx() as conn:
             cur = conn.execute(
                 f"UPDATE jobs SET {sets}, updated_at = ? WHERE in_manifest = 1 AND {which}",
@@ -550,6 +554,8 @@ def _assignments(changes: Changes) -> tuple[str, list[Any]]:
         elif kind is transitions.IfUnset:
             sets.append(f"{name} = COALESCE({name}, ?)")
             params.append(value.value)
+        elif kind is transitions.Copy:
+            sets.append(f"{name} = {value.name}")  # a field name of ours, never input
         else:
             sets.append(f"{name} = ?")
             params.append(encode_field(name, value) if name in ENCODED_FIELDS else value)

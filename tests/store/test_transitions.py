@@ -43,6 +43,7 @@ TRANSITIONS: dict[str, Callable[[StateStore], transitions.Changes]] = {
     "mark_unknown": lambda s: s.mark_unknown("j0", LONG),
     "mark_unknown uncounted": lambda s: s.mark_unknown("j0", "lost", count_attempt=False),
     "mark_pending": lambda s: s.mark_pending("j0", LONG),
+    "requeue_job": lambda s: s.requeue_job("j0"),
     "record_status running": lambda s: s.record_status("j0", rec.RUNNING, started_at=7.0),
     "record_status queued": lambda s: s.record_status("j0", rec.QUEUED),
     "record_result": lambda s: s.record_result(
@@ -54,7 +55,17 @@ TRANSITIONS: dict[str, Callable[[StateStore], transitions.Changes]] = {
     "record_error": lambda s: s.record_error("j0", LONG),
     "record_files": lambda s: s.record_files("j0", FILES),
     "import_job": lambda s: s.import_job(
-        JobRow("j0", 0, "m/x", {}, status=rec.UNKNOWN, attempts=4, error=LONG, cost_usd=-1.0)
+        JobRow(
+            "j0",
+            0,
+            "m/x",
+            {},
+            status=rec.UNKNOWN,
+            attempts=4,
+            error=LONG,
+            cost_usd=-1.0,
+            retries_from=3,
+        )
     ),
 }
 
@@ -83,6 +94,7 @@ def test_the_changes_returned_are_the_ones_state_db_made(
         ({"finished_at": transitions.IfUnset(5.0)}, {"finished_at": 5.0}),
         ({"finished_at": transitions.IfUnset(None)}, {"finished_at": None}),
         ({"error": "e", "status": rec.FAILED}, {"error": "e", "status": rec.FAILED}),
+        ({"retries_from": transitions.Copy("attempts")}, {"retries_from": 2, "attempts": 2}),
     ],
 )
 def test_apply(changes: transitions.Changes, expected: dict) -> None:
