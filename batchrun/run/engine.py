@@ -352,16 +352,7 @@ class _Run:
     def _requeue(self, statuses: list[str], flag: str, what: str) -> None:
         """The jobs in `statuses` sent again, each with a fresh allowance of retries (the
         user asked: what earlier runs spent of it no longer counts); says how many."""
-        only = self.opts.only
-        if only is None:
-            sent = self.store.requeue(statuses)
-        else:  # a subset requeues its own jobs only (StateStore.requeue takes every job)
-            sent = 0
-            with self.store.batch():
-                for row in self.store.rows(in_manifest_only=True):
-                    if row.job_id in only and row.status in statuses:
-                        self.store.requeue_job(row.job_id)
-                        sent += 1
+        sent = self.store.requeue(statuses, only=self.opts.only)  # a subset: its own jobs
         if sent:
             retries = self.plan.manifest.run.retries
             self.echo(

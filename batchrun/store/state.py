@@ -444,10 +444,6 @@ class StateStore:
         """Back to the submit queue (a refused submit, a retry, a requested resubmission)."""
         return self._update(job_id, transitions.mark_pending(error))
 
-    def requeue_job(self, job_id: str) -> Changes:
-        """One job sent again because the user asked (`requeue`, for a subset of the jobs)."""
-        return self._update(job_id, transitions.requeue())
-
     def record_status(
         self, job_id: str, status: str, *, started_at: float | None = None
     ) -> Changes:
@@ -504,9 +500,12 @@ class StateStore:
         """A job's files so far (rewritten as more land)."""
         return self._update(job_id, transitions.record_files(files))
 
-    def requeue(self, statuses: Iterable[str], error: str = "") -> int:
-        """Every job (in the manifest) in one of `statuses` sent again, with a fresh allowance
-        of retries (transitions.requeue's changes, in one UPDATE); returns how many.
+    def requeue(
+        self, statuses: Iterable[str], error: str = "", *, only: Iterable[str] | None = None
+    ) -> int:
+        """Every job (in the manifest; of `only`, when given) in one of `statuses` sent again,
+        with a fresh allowance of retries (transitions.requeue's changes, in one statement);
+        returns how many.
 
         A FAILED job whose request the server stopped knowing before its result was read (its
         error starts with NOT_FOUND) may have been billed: it counts as UNKNOWN here, never as
@@ -521,11 +520,12 @@ class StateStore:
         else:
             which, args = f"(status IN ({marks}) AND NOT {unread})", (*statuses, *unread_args)
         sets, params = _assignments(transitions.requeue(error))
+        update = f"UPDATE jobs SET {sets}, updated_at = ? WHERE in_manifest = 1 AND {which}"
+        values = (*params, time.time(), *args)
         with self._tx() as conn:
-            cur = conn.execute(
-                f"UPDATE jobs SET {sets}, updated_at = ? WHERE in_manifest = 1 AND {which}",
-                (*params, time.time(), *args),
-            )
+            if only is None:
+                return conn.execute(update, values).rowcount
+            cur = conn.executemany(f"{update} AND job_id = ?", [(*values, j) for j in only])
             return cur.rowcount
 
     def submitting_to_unknown(self, error: str) -> int:

@@ -43,7 +43,6 @@ TRANSITIONS: dict[str, Callable[[StateStore], transitions.Changes]] = {
     "mark_unknown": lambda s: s.mark_unknown("j0", LONG),
     "mark_unknown uncounted": lambda s: s.mark_unknown("j0", "lost", count_attempt=False),
     "mark_pending": lambda s: s.mark_pending("j0", LONG),
-    "requeue_job": lambda s: s.requeue_job("j0"),
     "record_status running": lambda s: s.record_status("j0", rec.RUNNING, started_at=7.0),
     "record_status queued": lambda s: s.record_status("j0", rec.QUEUED),
     "record_result": lambda s: s.record_result(
