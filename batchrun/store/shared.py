@@ -90,6 +90,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     updated_at DOUBLE PRECISION,
     cached INTEGER NOT NULL DEFAULT 0,
     saved_usd DOUBLE PRECISION,
+    retries_from INTEGER NOT NULL DEFAULT 0,
     reserved_usd NUMERIC,
     owner TEXT,
     lease_until TIMESTAMPTZ,
@@ -646,7 +647,7 @@ class SharedState:
         """--retry-failed / --resubmit-unknown: the sweep's jobs in `statuses` back to pending
         (a FAILED job whose request the server stopped knowing stays, as in StateStore)."""
         statuses = list(statuses)
-        sets, params = assignments(transitions.mark_pending(error), "%s")
+        sets, params = assignments(transitions.requeue(error), "%s")
         unread = "(status = %s AND substr(error, 1, %s) = %s)"
         unread_args = (records.FAILED, len(records.NOT_FOUND), records.NOT_FOUND)
         which = (

@@ -639,9 +639,12 @@ class StateStore:
         """A job's files so far (rewritten as more land)."""
         return self._update(job_id, transitions.record_files(files))
 
-    def requeue(self, statuses: Iterable[str], error: str = "") -> int:
-        """Every job (in the manifest) in one of `statuses` back to PENDING (mark_pending's
-        changes, in one UPDATE); returns how many.
+    def requeue(
+        self, statuses: Iterable[str], error: str = "", *, only: Iterable[str] | None = None
+    ) -> int:
+        """Every job (in the manifest; of `only`, when given) in one of `statuses` sent again,
+        with a fresh allowance of retries (transitions.requeue's changes, in one statement);
+        returns how many.
 
         A FAILED job whose request the server stopped knowing before its result was read (its
         error starts with NOT_FOUND) may have been billed: it counts as UNKNOWN here, never as
@@ -655,12 +658,13 @@ class StateStore:
             which, args = f"(status IN ({marks}) OR {unread})", (*statuses, *unread_args)
         else:
             which, args = f"(status IN ({marks}) AND NOT {unread})", (*statuses, *unread_args)
-        sets, params = assignments(transitions.mark_pending(error))
+        sets, params = assignments(transitions.requeue(error))
+        update = f"UPDATE jobs SET {sets}, updated_at = ? WHERE in_manifest = 1 AND {which}"
+        values = (*params, time.time(), *args)
         with self._tx() as conn:
-            cur = conn.execute(
-                f"UPDATE jobs SET {sets}, updated_at = ? WHERE in_manifest = 1 AND {which}",
-                (*params, time.time(), *args),
-            )
+            if only is None:
+                return conn.execute(update, values).rowcount
+            cur = conn.executemany(f"{update} AND job_id = ?", [(*values, j) for j in only])
             return cur.rowcount
 
     def submitting_to_unknown(self, error: str) -> int:
@@ -690,6 +694,8 @@ def assignments(changes: Changes, mark: str = "?") -> tuple[str, list[Any]]:
         elif kind is transitions.IfUnset:
             sets.append(f"{name} = COALESCE({name}, {mark})")
             params.append(value.value)
+        elif kind is transitions.Copy:
+            sets.append(f"{name} = {value.name}")  # a field name of ours, never input
         else:
             sets.append(f"{name} = {mark}")
             params.append(encode_field(name, value) if name in ENCODED_FIELDS else value)
