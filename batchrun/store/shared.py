@@ -169,7 +169,7 @@ class Claimed:
     taken_over: list[records.JobRow]
 
 
-class SharedState:
+class SharedState(transitions.RowTransitions):
     """One sweep in a PostgreSQL database, seen by one worker (`worker`: a name unique to the
     process, e.g. host:pid:random)."""
 
@@ -336,6 +336,9 @@ class SharedState:
             )
             return {status: int(n) for status, n in cur.fetchall()}
 
+    def _change(self, job_id: str, changes: Changes) -> Changes:
+        return self.update(job_id, changes)
+
     @_patient
     def update(self, job_id: str, changes: Changes) -> Changes:
         """One transition (store/transitions.py) of a job this worker holds. A worker whose
@@ -426,44 +429,6 @@ class SharedState:
             if not self._answer(job_id, ledger.UNKNOWN) and count_attempt:
                 self._add_attempt(job_id, ledger.UNKNOWN)
         return changes
-
-    @_patient
-    def mark_pending(self, job_id: str, error: str = "") -> Changes:
-        return self.update(job_id, transitions.mark_pending(error))
-
-    @_patient
-    def record_status(
-        self, job_id: str, status: str, *, started_at: float | None = None
-    ) -> Changes:
-        return self.update(job_id, transitions.record_status(status, started_at))
-
-    @_patient
-    def record_result(
-        self,
-        job_id: str,
-        status: str,
-        *,
-        finished_at: float,
-        output: Any = None,
-        error: str = "",
-        cost_usd: float | None = None,
-    ) -> Changes:
-        changes = transitions.record_result(
-            status, finished_at=finished_at, output=output, error=error, cost_usd=cost_usd
-        )
-        return self.update(job_id, changes)
-
-    @_patient
-    def fail_expectations(self, job_id: str, error: str) -> Changes:
-        return self.update(job_id, transitions.fail_expectations(error))
-
-    @_patient
-    def record_error(self, job_id: str, error: str) -> Changes:
-        return self.update(job_id, transitions.record_error(error))
-
-    @_patient
-    def record_files(self, job_id: str, files: list[records.OutputFile]) -> Changes:
-        return self.update(job_id, transitions.record_files(files))
 
     @_patient
     def attempts(self) -> list[ledger.Attempt]:

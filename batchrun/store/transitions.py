@@ -193,3 +193,50 @@ def import_job(row: JobRow) -> Changes:
         "saved_usd": finite_cost(row.saved_usd),
         "retries_from": row.retries_from,
     }
+
+
+class RowTransitions:
+    """The transitions that change a job's row alone, as methods of a store (StateStore,
+    SharedState) whose `_change` writes a transition's changes in one transaction and returns
+    them (for the run's job table to make the same)."""
+
+    def _change(self, job_id: str, changes: Changes) -> Changes:
+        raise NotImplementedError
+
+    def mark_pending(self, job_id: str, error: str = "") -> Changes:
+        """Back to the submit queue (a refused submit, a retry, a requested resubmission)."""
+        return self._change(job_id, mark_pending(error))
+
+    def record_status(
+        self, job_id: str, status: str, *, started_at: float | None = None
+    ) -> Changes:
+        """QUEUED or RUNNING as last seen on the server."""
+        return self._change(job_id, record_status(status, started_at))
+
+    def record_result(
+        self,
+        job_id: str,
+        status: str,
+        *,
+        finished_at: float,
+        output: Any = None,
+        error: str = "",
+        cost_usd: float | None = None,
+    ) -> Changes:
+        """A terminal state: SUCCEEDED, FAILED, TIMED_OUT or CANCELLED."""
+        changes = record_result(
+            status, finished_at=finished_at, output=output, error=error, cost_usd=cost_usd
+        )
+        return self._change(job_id, changes)
+
+    def fail_expectations(self, job_id: str, error: str) -> Changes:
+        """A succeeded job whose files fail its expectations becomes FAILED (cost kept)."""
+        return self._change(job_id, fail_expectations(error))
+
+    def record_error(self, job_id: str, error: str) -> Changes:
+        """A note on a job that keeps its state (e.g. the server unreachable while polling)."""
+        return self._change(job_id, record_error(error))
+
+    def record_files(self, job_id: str, files: list[OutputFile]) -> Changes:
+        """A job's files so far (rewritten as more land)."""
+        return self._change(job_id, record_files(files))
