@@ -42,7 +42,30 @@ def targets(results: dict[str, Any]) -> list[Target]:
         ("rate-bound API calls/job", "rate", "calls_per_job", "<= 2.2", lambda v: v <= 2.2),
         ("rate-bound 429s (limits agree)", "rate", "throttled_429", "== 0", lambda v: v == 0),
         ("overhead CPU ms/job", "overhead", "cpu_ms_per_job", "<= 3 ms", lambda v: v <= 3),
-        (f"resume {size} finished: wall s", "state", "resume_wall_s", "< 5 s", lambda v: v < 5),
+        (
+            f"resume {size} finished: wall s",
+            "state",
+            "resume_wall_s",
+            "<= 1.5 s",
+            lambda v: v <= 1.5,
+        ),
+        (
+            f"resume {size} finished: peak RSS MB",
+            "state",
+            "resume_maxrss_mb",
+            "<= 150 MB",
+            lambda v: v <= 150,
+        ),
+        (f"status of {size}: wall s", "state", "status_wall_s", "<= 1.5 s", lambda v: v <= 1.5),
+        (f"report of {size}: wall s", "state", "report_wall_s", "<= 1.5 s", lambda v: v <= 1.5),
+        (f"compare of {size}: wall s", "state", "compare_wall_s", "<= 1.5 s", lambda v: v <= 1.5),
+        (
+            "state.db bytes/job (no files)",
+            "state",
+            "state_bytes_per_job",
+            "<= 400",
+            lambda v: v <= 400,
+        ),
         ("transition cost 100k/1k", "transitions", "ratio", "<= 1.5", lambda v: v <= 1.5),
     ]
     out = [judge(name, val(sec, key), goal, test) for name, sec, key, goal, test in simple]

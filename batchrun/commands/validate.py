@@ -5,7 +5,8 @@ from __future__ import annotations
 import click
 
 from batchrun.commands.common import schema_dirs, warn
-from batchrun.errors import ManifestError
+from batchrun.errors import ManifestError, MissingDependencyError
+from batchrun.fetch.bucket import require_boto3
 from batchrun.plan.build import build_plan
 
 
@@ -22,5 +23,12 @@ def validate(manifests: tuple[str, ...], *, strict: bool, schemas: str | None = 
                 click.echo(problem, err=True)
             continue
         warn(plan.warnings)
+        if plan.manifest.outputs.mirror:
+            try:
+                require_boto3()
+            except MissingDependencyError as exc:
+                failed = True
+                click.echo(f"{path}: $.outputs.mirror: {exc}", err=True)
+                continue
         click.echo(f"{path}: ok ({len(plan.jobs)} job{'s' if len(plan.jobs) != 1 else ''})")
     return 2 if failed else 0

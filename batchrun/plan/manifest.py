@@ -23,6 +23,7 @@ from jsonschema.exceptions import ValidationError
 
 from batchrun.catalog.models import schemas_root
 from batchrun.errors import ManifestError
+from batchrun.plan.expect import Expectations, expectations
 from batchrun.plan.settings import (
     OutputSettings,
     ReportSettings,
@@ -53,6 +54,7 @@ class Manifest:
     # so checking them would only echo that problem.
     unchecked_models: frozenset[str] = frozenset()
     report: ReportSettings = ReportSettings()
+    expect: Expectations = Expectations()  # what each job's files must be (`expect:` blocks)
 
     def line_suffix(self, where: str) -> str:
         """` (line N)` for a JSON path like `$.models[0].inputs.prompt`, when known."""
@@ -131,6 +133,8 @@ def check_manifest(path: str | Path) -> tuple[Manifest | None, list[str]]:
     problems += [
         f"{label}: $.outputs.{k}: {msg}{lines.suffix(['outputs', k])}" for k, msg in out_problems
     ]
+    expect, expect_problems = expectations(data, download=outputs.download)
+    problems += [f"{label}: {json_path(p)}: {msg}{lines.suffix(p)}" for p, msg in expect_problems]
     manifest = Manifest(
         path=path,
         name=name,
@@ -141,6 +145,7 @@ def check_manifest(path: str | Path) -> tuple[Manifest | None, list[str]]:
         lines=lines,
         unchecked_models=unchecked,
         report=ReportSettings(**data.get("report", {})),
+        expect=expect,
     )
     # A missing file's values are placeholders: the jobs they make are not worth checking.
     return (None if source_problems else manifest), problems
