@@ -400,7 +400,7 @@ class _Checker:
             if kind in type_only.get(name, ()):
                 continue
             # The type is part of the key: True == 1, but only one is an integer.
-            cache_key = (name, kind, value if kind in _SCALARS else _hashable(value))
+            cache_key = (name, kind, value if kind in _SCALARS else hashable(value))
             good = values.get(cache_key)
             if good is None:
                 good = self._value_ok(name, value)
@@ -463,9 +463,6 @@ def _sample(prop: dict[str, Any]) -> Any:
     if prop.get("pattern") == r"^(https?://|data:)":
         return "https://example.invalid/x.png"
     return "x"
-
-
-_hashable = hashable
 
 
 def varying_keys(jobs: Iterable[Job]) -> dict[str, tuple[str, ...]]:
