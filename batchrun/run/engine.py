@@ -401,20 +401,20 @@ class _Run:
                 "left as unknown (rerun with --resubmit-unknown to submit them again)"
             )
         if self.opts.resubmit_unknown:
-            self._requeue([st.UNKNOWN])
+            self._requeue([st.UNKNOWN], "--resubmit-unknown", "unknown job(s)")
         if self.opts.retry_failed:
-            self._requeue([st.FAILED, st.TIMED_OUT])
+            self._requeue([st.FAILED, st.TIMED_OUT], "--retry-failed", "failed or timed-out job(s)")
 
-    def _requeue(self, statuses: list[str]) -> None:
-        only = self.opts.only
-        if only is None:
-            self.store.requeue(statuses)
-            return
-        # A subset requeues its own jobs only (StateStore.requeue takes every job).
-        with self.store.batch():
-            for row in self.store.rows(in_manifest_only=True):
-                if row.job_id in only and row.status in statuses:
-                    self.store.mark_pending(row.job_id)
+    def _requeue(self, statuses: list[str], flag: str, what: str) -> None:
+        """The jobs in `statuses` sent again, each with a fresh allowance of retries (the
+        user asked: what earlier runs spent of it no longer counts); says how many."""
+        sent = self.store.requeue(statuses, only=self.opts.only)  # a subset: its own jobs
+        if sent:
+            retries = self.plan.manifest.run.retries
+            self.echo(
+                f"{flag}: {sent} {what} to send again, each with a fresh allowance of retries "
+                f"(run.retries: {retries}): at most {retries + 1} more attempt(s) each"
+            )
 
     # ---- after the loop -----------------------------------------------------------------
 

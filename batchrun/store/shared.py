@@ -90,6 +90,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     updated_at DOUBLE PRECISION,
     cached INTEGER NOT NULL DEFAULT 0,
     saved_usd DOUBLE PRECISION,
+    retries_from INTEGER NOT NULL DEFAULT 0,
     reserved_usd NUMERIC,
     owner TEXT,
     lease_until TIMESTAMPTZ,
@@ -124,8 +125,9 @@ CREATE TABLE IF NOT EXISTS meta (
 # What each version adds to the one before (the tables above are version 1's).
 _MIGRATIONS = {
     # Where each job's files are (the worker's run folder and host), for `export`; the sweep's
-    # halt and canaries; the workers alive.
+    # halt and canaries; the workers alive (and retries_from, for a database made before it).
     2: """
+ALTER TABLE jobs ADD COLUMN IF NOT EXISTS retries_from INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE jobs ADD COLUMN IF NOT EXISTS files_dir TEXT;
 ALTER TABLE jobs ADD COLUMN IF NOT EXISTS files_host TEXT;
 ALTER TABLE jobs ADD COLUMN IF NOT EXISTS gate TEXT NOT NULL DEFAULT '';
@@ -200,7 +202,7 @@ class Claimed:
     taken_over: list[records.JobRow]
 
 
-class SharedState:
+class SharedState(transitions.RowTransitions):
     """One sweep in a PostgreSQL database, seen by one worker (`worker`: a name unique to the
     process, e.g. host:pid:random)."""
 
@@ -374,6 +376,9 @@ class SharedState:
             )
             return {status: int(n) for status, n in cur.fetchall()}
 
+    def _change(self, job_id: str, changes: Changes) -> Changes:
+        return self.update(job_id, changes)
+
     @_patient
     def update(self, job_id: str, changes: Changes) -> Changes:
         """One transition (store/transitions.py) of a job this worker holds. A worker whose
@@ -464,40 +469,6 @@ class SharedState:
             if not self._answer(job_id, ledger.UNKNOWN) and count_attempt:
                 self._add_attempt(job_id, ledger.UNKNOWN)
         return changes
-
-    @_patient
-    def mark_pending(self, job_id: str, error: str = "") -> Changes:
-        return self.update(job_id, transitions.mark_pending(error))
-
-    @_patient
-    def record_status(
-        self, job_id: str, status: str, *, started_at: float | None = None
-    ) -> Changes:
-        return self.update(job_id, transitions.record_status(status, started_at))
-
-    @_patient
-    def record_result(
-        self,
-        job_id: str,
-        status: str,
-        *,
-        finished_at: float,
-        output: Any = None,
-        error: str = "",
-        cost_usd: float | None = None,
-    ) -> Changes:
-        changes = transitions.record_result(
-            status, finished_at=finished_at, output=output, error=error, cost_usd=cost_usd
-        )
-        return self.update(job_id, changes)
-
-    @_patient
-    def fail_expectations(self, job_id: str, error: str) -> Changes:
-        return self.update(job_id, transitions.fail_expectations(error))
-
-    @_patient
-    def record_error(self, job_id: str, error: str) -> Changes:
-        return self.update(job_id, transitions.record_error(error))
 
     @_patient
     def record_files(self, job_id: str, files: list[records.OutputFile]) -> Changes:
@@ -716,7 +687,7 @@ class SharedState:
         """--retry-failed / --resubmit-unknown: the sweep's jobs in `statuses` back to pending
         (a FAILED job whose request the server stopped knowing stays, as in StateStore)."""
         statuses = list(statuses)
-        sets, params = assignments(transitions.mark_pending(error), "%s")
+        sets, params = assignments(transitions.requeue(error), "%s")
         unread = "(status = %s AND substr(error, 1, %s) = %s)"
         unread_args = (records.FAILED, len(records.NOT_FOUND), records.NOT_FOUND)
         which = (
