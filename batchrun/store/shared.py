@@ -36,7 +36,7 @@ from batchrun.store.transitions import Changes
 if TYPE_CHECKING:
     import psycopg
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 DEFAULT_LEASE_S = 30.0
 PATIENCE_S = 120.0  # how long a lost database is waited for before the run gives up
 RECONNECT_S = 1.0  # between reconnection attempts
@@ -122,10 +122,43 @@ CREATE TABLE IF NOT EXISTS meta (
 );
 """
 
+# What each version adds to the one before (the tables above are version 1's).
+_MIGRATIONS = {
+    # Where each job's files are (the worker's run folder and host), for `export`; the sweep's
+    # halt and canaries; the workers alive (and retries_from, for a database made before it).
+    2: """
+ALTER TABLE jobs ADD COLUMN IF NOT EXISTS retries_from INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE jobs ADD COLUMN IF NOT EXISTS files_dir TEXT;
+ALTER TABLE jobs ADD COLUMN IF NOT EXISTS files_host TEXT;
+ALTER TABLE jobs ADD COLUMN IF NOT EXISTS gate TEXT NOT NULL DEFAULT '';
+ALTER TABLE sweeps ADD COLUMN IF NOT EXISTS halted TEXT NOT NULL DEFAULT '';
+ALTER TABLE sweeps ADD COLUMN IF NOT EXISTS halt_base INTEGER[] NOT NULL DEFAULT '{0,0}';
+ALTER TABLE sweeps ADD COLUMN IF NOT EXISTS ambiguous INTEGER NOT NULL DEFAULT 0;
+CREATE TABLE IF NOT EXISTS workers (
+    sweep TEXT NOT NULL REFERENCES sweeps (sweep),
+    worker TEXT NOT NULL,
+    host TEXT NOT NULL DEFAULT '',
+    run_dir TEXT NOT NULL DEFAULT '',
+    started DOUBLE PRECISION NOT NULL,
+    lease_until TIMESTAMPTZ NOT NULL,
+    PRIMARY KEY (sweep, worker)
+);
+""",
+}
+
 _LOST_SUBMIT = (
     "its worker was lost while submitting; the submit may have reached the server, so it is "
     "not sent again unless you rerun with --resubmit-unknown"
 )
+
+# jobs.gate: a canary of its model, or held until its model's canaries succeeded, or blocked
+# (a canary of its model failed); '' otherwise.
+CANARY, HELD, BLOCKED = "canary", "held", "blocked"
+_TO_DO = (records.PENDING, records.SUBMITTING, records.QUEUED, records.RUNNING)
+_FINISHED = (records.SUCCEEDED, records.FAILED, records.TIMED_OUT, records.CANCELLED)
+_BAD = (records.FAILED, records.TIMED_OUT)
+_NOT_HALTED = "(SELECT halted FROM sweeps WHERE sweep = %s) = ''"
+_BLOCKED_META = "canary_blocked:"  # + model: why its canary failed
 
 _PASSWORD = re.compile(r"(postgres(?:ql)?://[^:/@\s]*:)([^@\s]*)(@)")
 
@@ -188,6 +221,9 @@ class SharedState(transitions.RowTransitions):
         self.patience_s = PATIENCE_S
         self.on_lost: Callable[[str], None] = lambda message: None
         self._gone: SharedStateLost | None = None
+        # Where this worker's files land (its run folder's absolute path, its host), recorded
+        # with each job's files so that `export` can gather them.
+        self.files_at: tuple[str, str] | None = None
 
     @classmethod
     def connect(cls, url: str, *, sweep: str, worker: str) -> SharedState:
@@ -273,12 +309,16 @@ class SharedState(transitions.RowTransitions):
             conn.execute(_SCHEMA)
             row = conn.execute("SELECT version FROM batchrun_schema").fetchone()
             if row is None:
-                conn.execute("INSERT INTO batchrun_schema VALUES (%s)", (SCHEMA_VERSION,))
-            elif row[0] > SCHEMA_VERSION:
+                conn.execute("INSERT INTO batchrun_schema VALUES (1)")
+                row = (1,)
+            if row[0] > SCHEMA_VERSION:
                 raise StateError(
                     f"the shared state {scrub(self.url)} was made by a newer batchrun (schema "
                     f"{row[0]}, this one knows {SCHEMA_VERSION}); upgrade batchrun"
                 )
+            for version in range(row[0] + 1, SCHEMA_VERSION + 1):
+                conn.execute(_MIGRATIONS[version])
+                conn.execute("UPDATE batchrun_schema SET version = %s", (version,))
 
     # ---- the sweep ----------------------------------------------------------------------
 
@@ -431,6 +471,18 @@ class SharedState(transitions.RowTransitions):
         return changes
 
     @_patient
+    def record_files(self, job_id: str, files: list[records.OutputFile]) -> Changes:
+        with self._tx() as conn:
+            changes = self.update(job_id, transitions.record_files(files))
+            if self.files_at is not None:
+                conn.execute(
+                    "UPDATE jobs SET files_dir = %s, files_host = %s "
+                    "WHERE sweep = %s AND job_id = %s",
+                    (*self.files_at, self.sweep, job_id),
+                )
+        return changes
+
+    @_patient
     def attempts(self) -> list[ledger.Attempt]:
         """Every submit attempt of the sweep, by every worker, in the order they were made."""
         with self._tx() as conn:
@@ -533,11 +585,22 @@ class SharedState(transitions.RowTransitions):
             pending = conn.execute(
                 f"WITH c AS (SELECT job_id FROM jobs WHERE sweep = %s AND status = %s "
                 f"AND in_manifest = 1 AND (lease_until IS NULL OR lease_until < now()) "
+                f"AND gate NOT IN (%s, %s) AND {_NOT_HALTED} "
                 f"ORDER BY position LIMIT %s FOR UPDATE SKIP LOCKED) "
                 f"UPDATE jobs j SET owner = %s, lease_until = now() + %s::interval FROM c "
                 f"WHERE j.sweep = %s AND j.job_id = c.job_id "
                 f"RETURNING {_qualified('j')}",
-                (self.sweep, records.PENDING, limit, self.worker, lease, self.sweep),
+                (
+                    self.sweep,
+                    records.PENDING,
+                    HELD,
+                    BLOCKED,
+                    self.sweep,
+                    limit,
+                    self.worker,
+                    lease,
+                    self.sweep,
+                ),  # fmt: skip
             ).fetchall()
         return Claimed(
             pending=sorted((records.decode_row(r) for r in pending), key=lambda r: r.position),
@@ -548,6 +611,11 @@ class SharedState(transitions.RowTransitions):
     def renew(self, lease_s: float = DEFAULT_LEASE_S) -> int:
         """Extend this worker's leases (call well within a lease); returns how many it holds."""
         with self._tx() as conn:
+            conn.execute(
+                "UPDATE workers SET lease_until = now() + %s::interval "
+                "WHERE sweep = %s AND worker = %s",
+                (f"{lease_s} seconds", self.sweep, self.worker),
+            )
             cur = conn.execute(
                 "UPDATE jobs SET lease_until = now() + %s::interval "
                 "WHERE sweep = %s AND owner = %s",
@@ -571,6 +639,9 @@ class SharedState(transitions.RowTransitions):
         and the room they reserved (their submits were never sent). Jobs at the server stay
         leased until the lease lapses, then another worker polls them."""
         with self._tx() as conn:
+            conn.execute(
+                "DELETE FROM workers WHERE sweep = %s AND worker = %s", (self.sweep, self.worker)
+            )
             freed = conn.execute(
                 "WITH old AS (SELECT job_id, reserved_usd FROM jobs WHERE sweep = %(s)s AND "
                 "owner = %(w)s AND status = %(p)s FOR UPDATE) UPDATE jobs j SET owner = NULL, "
@@ -590,19 +661,23 @@ class SharedState(transitions.RowTransitions):
     @_patient
     def unfinished(self) -> int:
         """Jobs of the sweep some worker still has to do something about (pending, being
-        submitted, at the server), whoever holds them."""
+        submitted, at the server), whoever holds them; pending jobs no longer count once the
+        sweep is halted, nor those of a model whose canary failed."""
         with self._tx() as conn:
             row = _one(
                 conn.execute(
                     "SELECT COUNT(*) FROM jobs WHERE sweep = %s AND in_manifest = 1 "
-                    "AND status IN (%s, %s, %s, %s)",
+                    f"AND (status IN (%s, %s, %s) OR (status = %s AND gate <> %s "
+                    f"AND {_NOT_HALTED}))",
                     (
                         self.sweep,
-                        records.PENDING,
                         records.SUBMITTING,
                         records.QUEUED,
                         records.RUNNING,
-                    ),
+                        records.PENDING,
+                        BLOCKED,
+                        self.sweep,
+                    ),  # fmt: skip
                 )
             )
         return int(row[0])
@@ -627,6 +702,255 @@ class SharedState(transitions.RowTransitions):
                 (*params, time.time(), self.sweep, statuses, *unread_args),
             )
             return cur.rowcount
+
+    # ---- the workers, the halt and the canaries (one decision for the sweep) ---------------
+
+    @_patient
+    def join(self, run_dir: str, host: str, lease_s: float, *, canary: int = 0) -> bool:
+        """This worker joins the sweep (renewed with its leases, gone at let_go). The first
+        worker of a run (no other alive) starts the sweep's gate afresh, as a rerun of a run
+        folder does: the halt counts from now, and each model's canaries (`canary` per model,
+        0: none) are picked again. True when it did."""
+        with self._tx() as conn:
+            conn.execute("SELECT 1 FROM sweeps WHERE sweep = %s FOR UPDATE", (self.sweep,))
+            alive = _one(
+                conn.execute(
+                    "SELECT COUNT(*) FROM workers WHERE sweep = %s AND worker <> %s "
+                    "AND lease_until > now()",
+                    (self.sweep, self.worker),
+                )
+            )[0]
+            if not alive:
+                conn.execute("DELETE FROM workers WHERE sweep = %s", (self.sweep,))
+            conn.execute(
+                "INSERT INTO workers (sweep, worker, host, run_dir, started, lease_until) "
+                "VALUES (%s, %s, %s, %s, %s, now() + %s::interval) ON CONFLICT (sweep, worker) "
+                "DO UPDATE SET lease_until = excluded.lease_until",
+                (self.sweep, self.worker, host, run_dir, time.time(), f"{lease_s} seconds"),
+            )
+            if alive:
+                return False
+            finished, failed = self._finished_failed(conn)
+            conn.execute(
+                "UPDATE sweeps SET halted = '', ambiguous = 0, halt_base = %s WHERE sweep = %s",
+                ([finished, failed], self.sweep),
+            )
+            conn.execute("UPDATE jobs SET gate = '' WHERE sweep = %s AND gate <> ''", (self.sweep,))
+            conn.execute(
+                "DELETE FROM meta WHERE sweep = %s AND key LIKE %s",
+                (self.sweep, _BLOCKED_META + "%"),
+            )
+            if canary > 0:
+                self._pick_canaries(conn, canary)
+        return True
+
+    def _finished_failed(self, conn: psycopg.Connection[Any]) -> tuple[int, int]:
+        finished, failed = _one(
+            conn.execute(
+                "SELECT COUNT(*) FILTER (WHERE status = ANY(%s)), "
+                "COUNT(*) FILTER (WHERE status = ANY(%s)) FROM jobs WHERE sweep = %s",
+                (list(_FINISHED), list(_BAD), self.sweep),
+            )
+        )
+        return int(finished), int(failed)
+
+    def _pick_canaries(self, conn: psycopg.Connection[Any], n: int) -> None:
+        """Per model: N successes (not from the cache) open it; else the first jobs still to
+        do, in expansion order, are its canaries, and its other jobs are held."""
+        conn.execute(
+            "WITH proven AS (SELECT model_id, COUNT(*) AS n FROM jobs WHERE sweep = %(s)s "
+            "AND in_manifest = 1 AND status = %(ok)s AND cached = 0 GROUP BY model_id), "
+            "ranked AS (SELECT job_id, model_id, row_number() OVER (PARTITION BY model_id "
+            "ORDER BY position) AS r FROM jobs WHERE sweep = %(s)s AND in_manifest = 1 "
+            "AND status = ANY(%(todo)s)) "
+            "UPDATE jobs j SET gate = CASE WHEN ranked.r <= %(n)s - COALESCE(proven.n, 0) "
+            "THEN %(canary)s ELSE %(held)s END "
+            "FROM ranked LEFT JOIN proven ON proven.model_id = ranked.model_id "
+            "WHERE j.sweep = %(s)s AND j.job_id = ranked.job_id AND COALESCE(proven.n, 0) < %(n)s",
+            {
+                "s": self.sweep, "ok": records.SUCCEEDED, "todo": list(_TO_DO), "n": n,
+                "canary": CANARY, "held": HELD,
+            },
+        )  # fmt: skip
+
+    @_patient
+    def judge_canaries(self) -> None:
+        """Each model whose canaries are all decided: all succeeded, its held jobs go to
+        whichever worker claims them; one failed, they are blocked (with why, in meta)."""
+        with self._tx() as conn:
+            canaries = conn.execute(
+                "SELECT job_id, model_id, status, error FROM jobs WHERE sweep = %s AND gate = %s "
+                "ORDER BY position",
+                (self.sweep, CANARY),
+            ).fetchall()
+            by_model: dict[str, list[tuple[str, str, str]]] = {}
+            for job_id, model, status, error in canaries:
+                by_model.setdefault(model, []).append((job_id, status, error))
+            for model, jobs in by_model.items():
+                bad = [j for j in jobs if j[1] in (*_BAD, records.CANCELLED, records.UNKNOWN)]
+                if not bad and any(status != records.SUCCEEDED for _, status, _ in jobs):
+                    continue  # still undecided
+                conn.execute(
+                    "UPDATE jobs SET gate = CASE WHEN gate = %s THEN %s ELSE '' END "
+                    "WHERE sweep = %s AND model_id = %s AND gate IN (%s, %s)",
+                    (HELD, BLOCKED if bad else "", self.sweep, model, HELD, CANARY),
+                )
+                if bad:
+                    job_id, status, error = bad[0]
+                    shown = records.report_status(status) if status != records.UNKNOWN else status
+                    why = f"job {job_id} {shown}" + (f": {error}" if error else "")
+                    conn.execute(
+                        "INSERT INTO meta (sweep, key, value) VALUES (%s, %s, %s) "
+                        "ON CONFLICT (sweep, key) DO UPDATE SET value = excluded.value",
+                        (self.sweep, _BLOCKED_META + model, why),
+                    )
+
+    @_patient
+    def gate_counts(self, *, count: bool = True) -> tuple[int, int, str]:
+        """(finished, failed) since the run began (its first worker joined; (0, 0) without
+        `count`), and why the sweep halted ('' when it has not)."""
+        with self._tx() as conn:
+            finished, failed = self._finished_failed(conn) if count else (0, 0)
+            base, halted = _one(
+                conn.execute("SELECT halt_base, halted FROM sweeps WHERE sweep = %s", (self.sweep,))
+            )
+        if not count:
+            return 0, 0, str(halted)
+        return finished - int(base[0]), failed - int(base[1]), str(halted)
+
+    @_patient
+    def halt(self, why: str) -> str:
+        """Halt the sweep (every worker stops submitting); returns why it halted (the first
+        worker's reason when another halted it already)."""
+        with self._tx() as conn:
+            conn.execute(
+                "UPDATE sweeps SET halted = %s WHERE sweep = %s AND halted = ''",
+                (why, self.sweep),
+            )
+            return str(
+                _one(conn.execute("SELECT halted FROM sweeps WHERE sweep = %s", (self.sweep,)))[0]
+            )
+
+    @_patient
+    def held_back(self) -> tuple[str, dict[str, str]]:
+        """Why the sweep halted ('' when not) and model -> why its canary failed."""
+        with self._tx() as conn:
+            halted = _one(
+                conn.execute("SELECT halted FROM sweeps WHERE sweep = %s", (self.sweep,))
+            )[0]
+            blocked = conn.execute(
+                "SELECT substr(key, %s), value FROM meta WHERE sweep = %s AND key LIKE %s",
+                (len(_BLOCKED_META) + 1, self.sweep, _BLOCKED_META + "%"),
+            ).fetchall()
+        return str(halted), dict(blocked)
+
+    @_patient
+    def note_submit(self, *, ambiguous: bool) -> int:
+        """The sweep's count of submits in a row with no answer to read, after this one."""
+        with self._tx() as conn:
+            if ambiguous:
+                row = conn.execute(
+                    "UPDATE sweeps SET ambiguous = ambiguous + 1 WHERE sweep = %s "
+                    "RETURNING ambiguous",
+                    (self.sweep,),
+                ).fetchone()
+                return int(row[0]) if row else 0
+            conn.execute(
+                "UPDATE sweeps SET ambiguous = 0 WHERE sweep = %s AND ambiguous > 0",
+                (self.sweep,),
+            )
+        return 0
+
+    # ---- reading the sweep from any machine (status, export) -----------------------------
+
+    @classmethod
+    def reading(cls, url: str, sweep: str | None) -> SharedState:
+        """The sweep `sweep` of the database at `url`, to read; without a name, the one sweep
+        the database holds. StateError (exit 2) naming the sweeps there when it is not one."""
+        state = cls.connect(url, sweep=sweep or "", worker="")
+        try:
+            names = state.sweeps()
+            if sweep is None and len(names) == 1:
+                state.sweep = names[0]
+            elif sweep not in names:
+                there = ", ".join(names) if names else "none"
+                asked = f"no sweep named {sweep!r}" if sweep else "more than one sweep"
+                raise StateError(
+                    f"the shared state {scrub(url)} holds {asked} (its sweeps: {there}); "
+                    "name one with --sweep NAME (the manifest's `name:`)"
+                    if names
+                    else f"the shared state {scrub(url)} holds no sweep yet; run one first "
+                    "with `batchrun run MANIFEST --state URL`"
+                )
+        except BaseException:
+            state.close()
+            raise
+        return state
+
+    @_patient
+    def sweeps(self) -> list[str]:
+        with self._tx() as conn:
+            return [r[0] for r in conn.execute("SELECT sweep FROM sweeps ORDER BY sweep")]
+
+    @_patient
+    def facts(self) -> dict[str, Any]:
+        """The sweep's row: manifest digest, origin, cap, what the account holds, the halt."""
+        with self._tx() as conn:
+            sha, origin, cap, spent, reserved, flights, halted = _one(
+                conn.execute(
+                    "SELECT manifest_sha256, origin, cap_usd, spent_usd, reserved_usd, "
+                    "in_flight, halted FROM sweeps WHERE sweep = %s",
+                    (self.sweep,),
+                )
+            )
+        return {
+            "manifest_sha256": sha, "origin": origin,
+            "cap_usd": None if cap is None else Decimal(cap), "spent_usd": Decimal(spent),
+            "reserved_usd": Decimal(reserved), "in_flight": int(flights), "halted": halted,
+        }  # fmt: skip
+
+    @_patient
+    def workers(self) -> list[dict[str, Any]]:
+        """The sweep's workers: those alive (joined, lease renewed) and any holding jobs to
+        do, each with its host, run folder, jobs held and seconds until its lease lapses
+        (negative: lapsed, its jobs waiting for another worker to take them over)."""
+        with self._tx() as conn:
+            joined = conn.execute(
+                "SELECT worker, host, run_dir, "
+                "extract(epoch FROM lease_until - now())::double precision "
+                "FROM workers WHERE sweep = %s ORDER BY started",
+                (self.sweep,),
+            ).fetchall()
+            holding = conn.execute(
+                "SELECT owner, COUNT(*), "
+                "extract(epoch FROM MAX(lease_until) - now())::double precision "
+                "FROM jobs WHERE sweep = %s AND owner IS NOT NULL AND status = ANY(%s) "
+                "GROUP BY owner",
+                (self.sweep, list(_TO_DO)),
+            ).fetchall()
+        out: dict[str, dict[str, Any]] = {}
+        for worker, host, run_dir, left in joined:
+            out[worker] = {"worker": worker, "host": host, "run_dir": run_dir, "jobs_held": 0,
+                           "lease_left_s": round(float(left), 1)}  # fmt: skip
+        for worker, held, left in holding:
+            entry = out.setdefault(
+                worker,
+                {"worker": worker, "host": worker.split(":")[0], "run_dir": "",
+                 "lease_left_s": round(float(left), 1)},
+            )  # fmt: skip
+            entry["jobs_held"] = int(held)
+        return list(out.values())
+
+    @_patient
+    def file_places(self) -> dict[str, tuple[str, str]]:
+        """Job id -> (the run folder its files were downloaded into, that machine's name)."""
+        with self._tx() as conn:
+            cur = conn.execute(
+                "SELECT job_id, files_dir, files_host FROM jobs WHERE sweep = %s "
+                "AND files_dir IS NOT NULL",
+                (self.sweep,),
+            )
+            return {job_id: (folder, host or "") for job_id, folder, host in cur.fetchall()}
 
     # ---- the account: rate, slots, budget -----------------------------------------------
 
