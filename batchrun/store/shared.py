@@ -236,7 +236,11 @@ class SharedState(transitions.RowTransitions):
     def rate_window(self, slack_s: float = 0.0) -> Callable[[int, float], float]:
         """`take_call` on a connection of its own (the rate limiter's `shared`), its window
         `slack_s` longer: the threads sending calls never wait for a job's transaction."""
-        other = SharedState(_connect(self.url), self.url, self.sweep, self.worker)
+        pg = _psycopg()
+        conn = self._patiently(
+            lambda: pg.connect(self.url, autocommit=True, connect_timeout=10)
+        )  # made mid-run: waits for a database that is briefly away, as every call does
+        other = SharedState(conn, self.url, self.sweep, self.worker)
         other.patience_s, other.on_lost = self.patience_s, self.on_lost
         self._others.append(other)
         return lambda limit, window_s: other.take_call(limit, window_s + slack_s)

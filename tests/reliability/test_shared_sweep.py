@@ -10,6 +10,8 @@ import time
 from decimal import Decimal
 from pathlib import Path
 
+import psycopg
+
 from testing.cli import batchrun_cmd
 from testing.postgres import PgServer
 
@@ -52,6 +54,14 @@ def _finish(procs: list[subprocess.Popen[str]]) -> list[tuple[int, str]]:
         stdout, stderr = p.communicate(timeout=120)
         out.append((p.returncode, stdout + stderr))
     return out
+
+
+def _live_workers(url: str) -> int:
+    """Workers that have joined the sweep (both must be running before the database stops:
+    a worker that cannot reach it at its start exits 2 at once, as it should)."""
+    with psycopg.connect(url) as conn:
+        row = conn.execute("SELECT COUNT(*) FROM workers").fetchone()
+    return int(row[0]) if row else 0
 
 
 def _files(tmp_path: Path, n: int) -> dict[str, int]:
@@ -160,7 +170,7 @@ def test_the_database_restarted_mid_sweep_loses_nothing(
     run = {"rate_limit": "20/s", "max_in_flight": 6, "poll_interval": "0.2s"}
     manifest = write_manifest(tmp_path / "sweep.yaml", sweep(24, run=run, name="restart"))
     procs = _workers(manifest, sim, pg_url, tmp_path, 2)
-    assert wait_until(lambda: sim.stats()["submits"] >= 6, timeout=60)
+    assert wait_until(lambda: sim.stats()["submits"] >= 6 and _live_workers(pg_url) == 2, 60)
     pg_server.stop("immediate")  # connections cut, uncommitted work rolled back
     time.sleep(2)
     pg_server.start()
