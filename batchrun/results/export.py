@@ -1,4 +1,4 @@
-"""A shared sweep (store/shared.py) -> an ordinary run folder: state.db with its jobs and
+"""A shared sweep (store/shared/) -> an ordinary run folder: state.db with its jobs and
 every attempt of its ledger, the origin in meta (so `compare`, `merge` and `approve` check it
 as any folder's), files/ gathered from the workers' run folders, and the reports.
 

@@ -1,5 +1,5 @@
 """`run.halt`, `run.canary` and the ambiguous-submit breaker of a shared sweep: one decision
-for every worker, kept in the database (store/shared.py), a submit policy (run/policy.py).
+for every worker, kept in the database (store/shared/), a submit policy (run/policy.py).
 
 - The halt counts the jobs the whole sweep finished since its run began (its first worker
   joined); the worker that sees the rule broken marks the sweep halted, and every worker stops

@@ -217,7 +217,7 @@ def test_a_version_1_database_is_migrated_keeping_its_sweep(pg_url: str) -> None
     from batchrun.store import shared
 
     with psycopg.connect(pg_url, autocommit=True) as conn:  # what batchrun 1 made
-        conn.execute(shared._SCHEMA)
+        conn.execute(shared.schema._SCHEMA)
         conn.execute("INSERT INTO batchrun_schema VALUES (1)")
         conn.execute(
             "INSERT INTO sweeps (sweep, manifest_sha256, origin, created) "
