@@ -17,8 +17,10 @@ from batchrun.commands.args import PlanArgs
 from batchrun.commands.common import schema_dirs, warn
 from batchrun.plan.build import ModelCost, Plan, build_plan, cell, varying_keys
 from batchrun.plan.grid import Job
+from batchrun.util import localref
 
 _MAX_CELL = 40
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":")).encode
 UNPRICED_NOTE = (
     "note: {n} job{s} unpriced: no price in the model's schema file, or a price unit or "
     "duration batchrun cannot count; `batchrun models pull MODEL_ID` fetches prices"
@@ -53,7 +55,7 @@ def json_lines(plan: Plan) -> Iterator[str]:
     for job in plan.jobs:
         # Reuse the canonical inputs JSON the job id was hashed from: half the cost of a
         # 100,000-job plan is JSON encoding.
-        inputs = job.inputs_json or dumps(job.inputs)
+        inputs = job.inputs_json or _CANONICAL(localref.shown(job.inputs))
         model = model_json.get(job.model_id) or model_json.setdefault(
             job.model_id, dumps(job.model_id)
         )

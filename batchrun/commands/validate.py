@@ -5,8 +5,9 @@ from __future__ import annotations
 import click
 
 from batchrun.commands.common import schema_dirs, warn
-from batchrun.errors import ManifestError
+from batchrun.errors import ManifestError, MissingDependencyError
 from batchrun.plan.build import build_plan
+from batchrun.run.inputs import check_ready
 
 
 def validate(manifests: tuple[str, ...], *, strict: bool, schemas: str | None = None) -> int:
@@ -20,6 +21,13 @@ def validate(manifests: tuple[str, ...], *, strict: bool, schemas: str | None = 
             failed = True
             for problem in exc.problems:
                 click.echo(problem, err=True)
+            continue
+        try:
+            check_ready(plan.manifest.uploads, plan.manifest.has_local)
+        except MissingDependencyError as exc:
+            failed = True
+            where = plan.manifest.line_suffix("$.uploads.to")
+            click.echo(f"{path}: $.uploads.to: {exc}{where}", err=True)
             continue
         warn(plan.warnings)
         click.echo(f"{path}: ok ({len(plan.jobs)} job{'s' if len(plan.jobs) != 1 else ''})")

@@ -19,8 +19,10 @@ from typing import Any
 from batchrun.catalog import model_ids, models
 from batchrun.catalog.pricing import Estimator
 from batchrun.errors import ManifestError
+from batchrun.plan import delivery
 from batchrun.plan.grid import Job, expand
 from batchrun.plan.manifest import Manifest, check_manifest
+from batchrun.util import localref
 from batchrun.util.gcpause import gc_paused
 
 _MAX_INPUT_PROBLEMS = 50
@@ -126,6 +128,9 @@ def build_plan(path: str | Path, *, strict: bool = False, schema_dirs: Iterable[
     problems += _grid_problems(manifest, expansion.jobs)
     checked = [j for j in expansion.jobs if j.model_id not in manifest.unchecked_models]
     problems += _input_problems(manifest, checked, schemas)
+    if manifest.has_local:
+        problems += _local_problems(manifest, checked, schemas)
+        warnings += _upload_warnings(manifest)
     if len(checked) < len(expansion.jobs):
         problems.append(_not_checked(label))
     if problems:
@@ -178,11 +183,13 @@ def _input_problems(manifest: Manifest, jobs: list[Job], schemas: models.Schemas
     checkers: dict[str, _Checker] = {}
     first: dict[tuple[str, str], Job] = {}
     counts: Counter[tuple[str, str]] = Counter()
+    local = manifest.has_local
     for job in jobs:
         checker = checkers.get(job.model_id)
         if checker is None:
             checker = checkers[job.model_id] = _Checker(job.model_id, schemas)
-        for problem in checker.check(job.inputs):
+        inputs = delivery.placeholders(job.inputs) if local else job.inputs
+        for problem in checker.check(inputs):
             key = (job.model_id, problem)
             first.setdefault(key, job)
             counts[key] += 1
@@ -202,6 +209,54 @@ def _input_problems(manifest: Manifest, jobs: list[Job], schemas: models.Schemas
     if len(first) > _MAX_INPUT_PROBLEMS:
         out.append(f"{label}: ... {len(first) - _MAX_INPUT_PROBLEMS} more input problems")
     return out
+
+
+def _local_problems(manifest: Manifest, jobs: list[Job], schemas: models.Schemas) -> list[str]:
+    """Local files that cannot be sent: in a field that takes no media URL or another kind
+    of media, or with no way to reach the API (no bucket for a video or a large image). One
+    line per distinct problem, at the manifest key that gave the file, with its line."""
+    label = str(manifest.path)
+    first: dict[str, tuple[Job, str]] = {}
+    counts: Counter[str] = Counter()
+    props: dict[str, dict[str, Any]] = {}
+    for job in jobs:
+        if job.model_id not in props:
+            props[job.model_id] = (schemas.input_schema(job.model_id) or {}).get("properties", {})
+        found = [
+            (name, delivery.field_problem(name, props[job.model_id].get(name), ref))
+            for name, ref in localref.refs(job.inputs)
+        ]
+        found += [(r.field, r.why) for r in delivery.routes(job.inputs, manifest.uploads)]
+        for name, why in found:
+            if why:
+                first.setdefault(why, (job, name))
+                counts[why] += 1
+    out = []
+    for why, (job, name) in list(first.items())[:_MAX_INPUT_PROBLEMS]:
+        where = source_path(manifest.data, job, name)
+        more = counts[why] - 1
+        also = f" (and {more} more job{'s' if more != 1 else ''})" if more else ""
+        out.append(f"{label}: {where}: {why}{also}{manifest.line_suffix(where)}")
+    return out
+
+
+def _upload_warnings(manifest: Manifest) -> list[str]:
+    """A presigned URL that may expire before its job has run."""
+    uploads, timeout = manifest.uploads, manifest.run.job_timeout
+    if uploads.to is None or uploads.public_base or timeout is None:
+        return []
+    if uploads.expires_s >= timeout + 3600:
+        return []
+    where = "$.uploads.expires"
+    return [
+        f"{manifest.path}: {where}: presigned URLs live {_hours(uploads.expires_s)}, less than "
+        f"run.job_timeout + 1h ({_hours(timeout + 3600)}): a job still queued when its URL "
+        f"expires fails; raise uploads.expires{manifest.line_suffix(where)}"
+    ]
+
+
+def _hours(seconds: float) -> str:
+    return f"{seconds / 3600:g}h"
 
 
 def _field_of(problem: str) -> str | None:
@@ -388,9 +443,9 @@ def cell(job: Job, key: str) -> Any:
     """The value of a varying key of a job (see `varying_keys`)."""
     if key == "repeat":
         return job.repeat
-    if key.startswith("var."):
-        return job.vars.get(key[4:], "")
-    return job.inputs.get(key, "")
+    value = job.vars.get(key[4:], "") if key.startswith("var.") else job.inputs.get(key, "")
+    shown = localref.text(value)
+    return value if shown is None else shown
 
 
 def describe_job(job: Job, keys: tuple[str, ...] | list[str]) -> str:

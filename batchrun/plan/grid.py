@@ -13,6 +13,8 @@ Per model, in this order:
   key of the entry; `repeat` makes N jobs of each remaining combination.
 Job id = 12 hex of sha256(model id, canonical JSON of the final inputs, and the repeat index
 when it is above 0): reordering the manifest keeps ids, raising `repeat` keeps existing jobs.
+A local file counts by its identity (sha256 and type, util/localref.py), never by its path:
+moving the folder keeps ids, two files with the same bytes are one job.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from batchrun.catalog import models
 from batchrun.errors import ManifestError
 from batchrun.plan.manifest import Manifest, json_path
 from batchrun.plan.template import Renderer, TemplateError, as_text, compile_template
+from batchrun.util import localref
 
 _MAX_PROBLEMS = 50
 _INT = re.compile(r"^[+-]?\d+$")
@@ -45,7 +48,8 @@ class Job:
     vars: dict[str, Any]
     repeat: int  # repeat index, 0-based; never sent
     position: int  # expansion order, 0-based
-    # Canonical JSON of `inputs` (sorted keys, compact), the text the id is hashed from.
+    # Canonical JSON of `inputs` (sorted keys, compact), the text the id is hashed from; ''
+    # when the inputs hold local files (their identity is hashed, not what is shown).
     inputs_json: str = field(default="", repr=False, compare=False)
 
 
@@ -62,7 +66,7 @@ _CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":")).encode
 
 def job_id(model_id: str, inputs: Mapping[str, Any], repeat: int = 0) -> str:
     """The stable id of a job."""
-    return _hash_id(f"{model_id}\n{_CANONICAL(inputs)}", repeat)
+    return _hash_id(f"{model_id}\n{_CANONICAL(localref.identity(dict(inputs)))}", repeat)
 
 
 def _hash_id(identity: str, repeat: int) -> str:
@@ -77,7 +81,7 @@ def expand(manifest: Manifest, schemas: models.Schemas | None = None) -> Expansi
     data = manifest.data
     label = str(manifest.path)
     problems: list[str] = []
-    jobs = _Jobs(label, manifest.run.max_jobs, data)
+    jobs = _Jobs(label, manifest.run.max_jobs, data, local=manifest.has_local)
     exclude_paths: list[str] = []
     matched_excludes: set[str] = set()  # top-level entries count when any model matched
     excluded = 0  # combinations exclude dropped
@@ -122,8 +126,11 @@ def expand(manifest: Manifest, schemas: models.Schemas | None = None) -> Expansi
 class _Jobs:
     """The jobs expanded so far: each identity (model, inputs, repeat) once, at most `limit`."""
 
-    def __init__(self, label: str, limit: int, data: dict[str, Any]) -> None:
+    def __init__(
+        self, label: str, limit: int, data: dict[str, Any], *, local: bool = False
+    ) -> None:
         self.label, self.limit, self.data = label, limit, data
+        self.local = local  # inputs may hold local files: hash their identity
         self.jobs: list[Job] = []
         self.warnings: list[str] = []
         self.duplicates = 0
@@ -132,8 +139,12 @@ class _Jobs:
     def add(
         self, spec: _ModelSpec, index: int, combo_vars: dict[str, Any], inputs: dict[str, Any]
     ) -> None:
-        canonical = _CANONICAL(inputs)
-        identity = f"{spec.model_id}\n{canonical}"
+        if self.local:
+            canonical = ""
+            identity = f"{spec.model_id}\n{_CANONICAL(localref.identity(inputs))}"
+        else:
+            canonical = _CANONICAL(inputs)
+            identity = f"{spec.model_id}\n{canonical}"
         for r in range(spec.repeat):
             jid = _hash_id(identity, r)
             if jid in self._first_seen:
@@ -335,7 +346,7 @@ _MISSING = object()
 def _maybe_template(value: Any) -> bool:
     if type(value) is str:
         return "{" in value or "}" in value
-    return isinstance(value, (list, dict))
+    return isinstance(value, (list, dict)) and not localref.is_ref(value)
 
 
 def _coercions(model_id: str, schemas: models.Schemas) -> dict[str, str]:

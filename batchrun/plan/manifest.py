@@ -23,12 +23,15 @@ from jsonschema.exceptions import ValidationError
 
 from batchrun.catalog.models import schemas_root
 from batchrun.errors import ManifestError
+from batchrun.plan.localfiles import resolve_local, uses_local
 from batchrun.plan.settings import (
     OutputSettings,
     ReportSettings,
     RunSettings,
+    UploadSettings,
     output_settings,
     run_settings,
+    upload_settings,
 )
 from batchrun.plan.sources import resolve_sources
 
@@ -53,6 +56,9 @@ class Manifest:
     # so checking them would only echo that problem.
     unchecked_models: frozenset[str] = frozenset()
     report: ReportSettings = ReportSettings()
+    uploads: UploadSettings = UploadSettings()
+    # Whether any value is a local file ({local:}, {glob:}): its jobs' ids hash their identity.
+    has_local: bool = False
 
     def line_suffix(self, where: str) -> str:
         """` (line N)` for a JSON path like `$.models[0].inputs.prompt`, when known."""
@@ -123,6 +129,10 @@ def check_manifest(path: str | Path) -> tuple[Manifest | None, list[str]]:
         data = usable
 
     data, source_problems = resolve_sources(data, path.parent)
+    has_local = uses_local(data)
+    if has_local:
+        data, local_problems = resolve_local(data, path.parent)
+        source_problems += local_problems
     problems += [f"{label}: {json_path(p)}: {msg}{lines.suffix(p)}" for p, msg in source_problems]
     run, run_problems = run_settings(data.get("run") or {})
     problems += [f"{label}: $.run.{k}: {msg}{lines.suffix(['run', k])}" for k, msg in run_problems]
@@ -130,6 +140,10 @@ def check_manifest(path: str | Path) -> tuple[Manifest | None, list[str]]:
     outputs, out_problems = output_settings(data.get("outputs") or {}, name)
     problems += [
         f"{label}: $.outputs.{k}: {msg}{lines.suffix(['outputs', k])}" for k, msg in out_problems
+    ]
+    uploads, up_problems = upload_settings(data.get("uploads") or {})
+    problems += [
+        f"{label}: $.uploads.{k}: {msg}{lines.suffix(['uploads', k])}" for k, msg in up_problems
     ]
     manifest = Manifest(
         path=path,
@@ -141,6 +155,8 @@ def check_manifest(path: str | Path) -> tuple[Manifest | None, list[str]]:
         lines=lines,
         unchecked_models=unchecked,
         report=ReportSettings(**data.get("report", {})),
+        uploads=uploads,
+        has_local=has_local,
     )
     # A missing file's values are placeholders: the jobs they make are not worth checking.
     return (None if source_problems else manifest), problems

@@ -31,6 +31,7 @@ from batchrun.run.cache import Restored, fill, open_for_plan, restore_pending
 from batchrun.run.downloads import PlanFiles
 from batchrun.run.ending import say_how_it_ended
 from batchrun.run.halt import SweepGate
+from batchrun.run.inputs import LocalInputs, check_ready
 from batchrun.run.jobtable import JobTable
 from batchrun.run.money_text import budget_reached, no_balance, progress_cost
 from batchrun.run.parts import RunParts
@@ -143,7 +144,13 @@ class _Run:
         if settings.halt is not None or settings.canary:
             policies.insert(0, SweepGate(halt=settings.halt, canary=settings.canary, rows=rows))
         parts = RunParts(
-            JobTable(self.store, rows), client, limiter, settings, self.opts.clock, self.opts.wall
+            JobTable(self.store, rows),
+            client,
+            limiter,
+            settings,
+            self.opts.clock,
+            self.opts.wall,
+            submit=self._submit(client),
         )
         sched = self._scheduler(parts, policies, budget, progress)
         self._loop(sched, progress)
@@ -158,6 +165,16 @@ class _Run:
         self._write_report(final, client, limiter, budget, interrupted=interrupted)
         client.close()
         return self._conclude(sched, budget, mine)
+
+    def _submit(self, client: Client) -> Callable[[str, dict[str, Any]], str] | None:
+        """The client's submit, making local input files sendable first when there are any."""
+        manifest = self.plan.manifest
+        if not manifest.has_local:
+            return None
+        local = LocalInputs(
+            manifest.path.parent, manifest.uploads, (job.inputs for job in self.plan.jobs)
+        )
+        return local.submit(client.submit)
 
     def _restore(self, rows: list[JobRow]) -> list[JobRow]:
         """The rows to run, with the pending ones the cache holds a result of taken from it."""
@@ -303,6 +320,7 @@ class _Run:
 
     def _prepare(self) -> None:
         manifest = self.plan.manifest
+        check_ready(manifest.uploads, manifest.has_local)  # boto3, before anything is sent
         meta = self.store.meta()
         fresh = "manifest_sha256" not in meta
         origin = self.opts.origin
