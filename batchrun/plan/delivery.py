@@ -82,7 +82,7 @@ def routes(inputs: dict[str, Any], uploads: UploadSettings) -> list[Route]:
 def _not_inline(ref: dict[str, Any], uploads: UploadSettings) -> str:
     """Why a file cannot go inline ('' when it may)."""
     if uploads.inline == "never":
-        return ""
+        return "uploads.inline is never"
     kind = kind_of(ref["mime"])
     if kind != "image":
         return f"a {kind} file ({ref['mime']}) cannot be sent inline, only images can"
