@@ -223,6 +223,49 @@ def merge(run_dirs: tuple[str, ...], **options: Any) -> int:
     return commands.merge.merge(run_dirs, **options)
 
 
+@cli.command()
+@click.argument("current", type=click.Path(file_okay=False))
+@click.option(
+    "--into",
+    required=True,
+    type=click.Path(file_okay=False),
+    metavar="BASELINE",
+    help="The baseline run folder to approve into (created when missing).",
+)
+@click.option(
+    "--only",
+    multiple=True,
+    metavar="EXPR",
+    help="Only jobs matching EXPR: model=ID, input.FIELD=VALUE, var.NAME=VALUE or "
+    "job=ID_PREFIX (repeatable; all must match).",
+)
+@click.option(
+    "--job",
+    "job_ids",
+    multiple=True,
+    metavar="ID",
+    help="This job (its id or a unique prefix; repeatable).",
+)
+def approve(current: str, **options: Any) -> int:
+    """Approve jobs of the run folder CURRENT into the baseline run folder BASELINE.
+
+    Copies the chosen jobs' results (rows, ledger attempts and sha256-verified
+    files) into BASELINE, made when missing; its other jobs stay as they are, and
+    its reports are rewritten. Without --only or --job every job is approved, and
+    the baseline's jobs the run no longer has leave its reports (what `compare
+    --update-baseline` does). Only succeeded results are approved; other chosen
+    jobs are skipped, and said. Results of another origin (the simulator and an
+    API) are refused (exit 2).
+
+    \b
+    Examples:
+      batchrun approve runs/sweep --into baselines/sweep --job 3f2a9c --job 77b1e0
+      batchrun approve runs/sweep --into baselines/sweep --only model=acme/flux
+      batchrun approve runs/sweep --into baselines/sweep      # every job
+    """
+    return commands.approve.approve(current, **options)
+
+
 @cli.command("compare")
 @opt.declare(CompareArgs)
 def compare_cmd(**params: Any) -> int:

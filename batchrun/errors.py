@@ -12,6 +12,8 @@
     │   └── OriginMismatch (2)       the folder holds results from another API (or the simulator)
     ├── CompareError (2)             compare was given inputs it cannot use
     ├── BudgetReached (4)            the run stopped at its cost cap (max_cost_usd)
+    ├── BucketError (1)              an S3 bucket refused or failed a call (+ bucket, key, fix)
+    │   └── BucketUrlError (2)       an s3:// location that is not one
     ├── InputDeliveryError (1)       a local input file could not be made ready to send
     └── ApiError (1)                 an error answer from the API, or none at all
         ├── AcceptedWithError        a submit's 200 with a request id and an error_code
@@ -228,3 +230,22 @@ class MissingDependencyError(UsageError):
         self.package = package
         self.extra = extra
         super().__init__(message)
+
+
+class BucketError(BatchrunError):
+    """An S3 (or S3-compatible) bucket refused or failed a call after its retries: `bucket`,
+    `key`, `what` failed and the `fix`. Never carries a signature or a credential."""
+
+    def __init__(self, message: str, *, bucket: str = "", key: str = "", what: str = "",
+                 fix: str = "") -> None:  # fmt: skip
+        self.bucket = bucket
+        self.key = key
+        self.what = what
+        self.fix = fix
+        super().__init__(message)
+
+
+class BucketUrlError(BucketError):
+    """An s3:// location that is not one (`s3:/x`, an https:// URL, a bad bucket name)."""
+
+    exit_code = 2

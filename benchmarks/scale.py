@@ -42,33 +42,51 @@ def write_scale_manifest(path: Path, *, jobs: int, out_dir: Path) -> Path:
 
 
 def bench_plan(b: Bench) -> dict[str, Any]:
-    """`batchrun plan --json` of a sweep of `scale_jobs` jobs: wall time and peak RSS."""
-    n = b.params.scale_jobs
-    manifest = write_scale_manifest(b.tmp / "scale.yaml", jobs=n, out_dir=b.tmp / "scale-run")
-    log(f"scale: plan --json of {n} jobs")
-    m = run_measured(batchrun_cmd("plan", str(manifest), "--json"), timeout=b.params.cap_s)
-    text = m.stdout.strip()
-    try:
-        parsed = json.loads(text)
-        listed = len(parsed) if isinstance(parsed, list) else len(parsed.get("jobs", []))
-    except ValueError:
-        listed = sum(1 for line in text.splitlines() if line.startswith("{"))
-    out: dict[str, Any] = {
-        "jobs": n,
-        "rc": m.rc,
-        "jobs_listed": listed,
-        "wall_s": round(m.wall_s, 3),
-        "cpu_s": round(m.cpu_s, 3),
-        "maxrss_mb": round(m.maxrss_mb, 1),
-    }
-    if m.rc != 0:
-        out["stderr_tail"] = m.stderr[-2000:]
-    log(f"  {m.wall_s:.2f} s, {m.maxrss_mb:.0f} MB RSS, {listed} jobs listed, rc {m.rc}")
+    """`batchrun plan --json` and `batchrun plan` (the table) of sweeps of each of
+    `plan_sizes` jobs: wall time, CPU and peak RSS of the whole command."""
+    out: dict[str, Any] = {"sizes": list(b.params.plan_sizes), "rc": 0}
+    for n in b.params.plan_sizes:
+        manifest = write_scale_manifest(
+            b.tmp / f"plan-{n}.yaml", jobs=n, out_dir=b.tmp / f"plan-{n}-run"
+        )
+        for kind, extra in (("json", ["--json"]), ("table", [])):
+            log(f"scale: plan {' '.join(extra)} of {n:,} jobs".replace("  ", " "))
+            m = run_measured(
+                batchrun_cmd("plan", str(manifest), *extra, profile=b.profile(f"plan-{kind}-{n}")),
+                timeout=b.params.cap_s,
+            )
+            listed = _listed(m.stdout, kind)
+            row: dict[str, Any] = {
+                "rc": m.rc,
+                "timed_out": m.timed_out,
+                "jobs_listed": listed,
+                "wall_s": round(m.wall_s, 3),
+                "cpu_s": round(m.cpu_s, 3),
+                "maxrss_mb": round(m.maxrss_mb, 1),
+                "stdout_mb": round(len(m.stdout) / 2**20, 1),
+            }
+            if m.rc != 0:
+                row["stderr_tail"] = m.stderr[-2000:]
+                out["rc"] = out["rc"] or m.rc
+            out[f"{kind}_{n}"] = row
+            log(f"  {m.wall_s:.2f} s, {m.maxrss_mb:.0f} MB RSS, {listed:,} jobs, rc {m.rc}")
     return out
 
 
+def _listed(stdout: str, kind: str) -> int:
+    """Jobs in the output: JSON lines, or the count the table's first line states."""
+    if kind == "json":
+        return stdout.count('{"job_id"')
+    first = stdout.split("\n", 1)[0]  # `NAME: 1000000 jobs -> DIR`
+    try:
+        return int(first.split(": ", 1)[1].split(" ", 1)[0])
+    except (IndexError, ValueError):
+        return 0
+
+
 def bench_state(b: Bench) -> dict[str, Any]:
-    """state.db of `scale_jobs` jobs: creation; then a resume where every job succeeded."""
+    """state.db of `scale_jobs` jobs: creation; then a resume where every job succeeded (after
+    the run that wrote the reports), `status`, `report` and `compare` of that folder."""
     n = b.params.scale_jobs
     run_dir = b.tmp / "scale-run"
     manifest = b.tmp / "scale.yaml"
@@ -86,29 +104,43 @@ def bench_state(b: Bench) -> dict[str, Any]:
         built = json.loads(m.stdout.strip().splitlines()[-1])
         log(f"  add_jobs {built['add_jobs_s']} s, {built['db_mb']} MB; resume with `batchrun run`")
         before = sim.stats()
-        cmd = batchrun_cmd(
-            "run", str(manifest), "--api-base", sim.url, "--run-dir", str(run_dir), "--quiet",
-            profile=b.profile("resume"),
-        )  # fmt: skip
+        run = ("run", str(manifest), "--api-base", sim.url, "--run-dir", str(run_dir), "--quiet")
+        # The first run after the build writes the reports (and records the plan's digest),
+        # as the run that finished the jobs would have: the resume measured is the next one.
+        first = run_measured(batchrun_cmd(*run), timeout=b.params.cap_s, env=token_env())
+        log(f"  first run {first.wall_s:.2f} s (writes the reports); the resume")
+        cmd = batchrun_cmd(*run, profile=b.profile("resume"))
         resume = run_measured(cmd, timeout=b.params.cap_s, env=token_env())
         counts = sim_delta(before, sim.stats())
-    log(f"  resume {resume.wall_s:.2f} s (rc {resume.rc}); `batchrun report`")
+    log(f"  resume {resume.wall_s:.2f} s (rc {resume.rc}); `batchrun status`, `report`, `compare`")
+    status = run_measured(batchrun_cmd("status", str(run_dir)), timeout=b.params.cap_s)
     report = run_measured(batchrun_cmd("report", str(run_dir)), timeout=b.params.cap_s)
+    compare = run_measured(
+        batchrun_cmd("compare", str(run_dir), str(run_dir)), timeout=b.params.cap_s
+    )
+    size = (run_dir / "state.db").stat().st_size
     out = {
         "jobs": n,
         # A step killed at the cap still gives a figure (at least the cap): not an error.
-        "rc": max((m.rc for m in (resume, report) if not m.timed_out), default=0),
+        "rc": max((m.rc for m in (first, resume, status, report) if not m.timed_out), default=0),
         "resume_timed_out": resume.timed_out,
         "report_timed_out": report.timed_out,
         **built,
+        "first_run_wall_s": round(first.wall_s, 3),
         "resume_wall_s": round(resume.wall_s, 3),
         "resume_cpu_s": round(resume.cpu_s, 3),
         "resume_maxrss_mb": round(resume.maxrss_mb, 1),
         "resume_api_calls": counts.api_calls,
+        "status_wall_s": round(status.wall_s, 3),
+        "status_maxrss_mb": round(status.maxrss_mb, 1),
         "report_wall_s": round(report.wall_s, 3),
         "report_maxrss_mb": round(report.maxrss_mb, 1),
+        # compare exits 0 or 1 (a regression); a folder against itself: 0
+        "compare_wall_s": round(compare.wall_s, 3),
+        "compare_maxrss_mb": round(compare.maxrss_mb, 1),
+        "state_bytes_per_job": round(size / n),
     }
-    for name, proc in (("resume", resume), ("report", report)):
+    for name, proc in (("resume", resume), ("status", status), ("report", report)):
         if proc.rc != 0 and not proc.timed_out:
             out[f"{name}_stderr_tail"] = proc.stderr[-2000:]
     log(f"  report {report.wall_s:.2f} s (rc {report.rc})")

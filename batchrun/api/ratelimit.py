@@ -96,6 +96,10 @@ class RateLimiter:
         self._recent: deque[float] = deque()  # acquisition times, to size an unknown rate
         self._sent: deque[float] = deque()  # gate() times within the last window
         self._waiting = [0, 0]  # blocked acquire() callers per priority
+        # A window shared with other processes (a shared sweep's): given (k, W), takes one of
+        # k calls per W seconds and returns 0.0, or how long until one is free. The gate
+        # takes it, on the moment the call leaves.
+        self.shared: Callable[[int, float], float] | None = None
 
     # ---- the rate ----------------------------------------------------------------------
 
@@ -194,7 +198,8 @@ class RateLimiter:
         self.gate()
 
     def gate(self) -> None:
-        """Hold a call that has its token until sending it keeps any window of W s within k.
+        """Hold a call that has its token until sending it keeps any window of W s within k
+        (and, with a shared window, the window every process shares).
 
         A no-op without a rate. The send is counted the moment this returns.
         """
@@ -205,13 +210,20 @@ class RateLimiter:
                 if rate is None:
                     return
                 k, window = self._window(rate)
-                sent = self._sent
+                sent, shared = self._sent, self.shared
                 while sent and now - sent[0] >= window:
                     sent.popleft()
-                if len(sent) < k:
+                if len(sent) < k and shared is None:
                     sent.append(now)
                     return
-                wait = max(EPSILON, sent[-k] + window - now)
+                wait = max(EPSILON, sent[-k] + window - now) if len(sent) >= k else 0.0
+            if shared is not None and wait == 0.0:
+                # Room here: the shared window decides (a database round trip, unlocked).
+                wait = shared(k, window)
+                if wait <= 0:
+                    with self._lock:
+                        self._sent.append(self.clock())
+                    return
             self.sleep(wait)
 
     # ---- feedback from the server -------------------------------------------------------

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     # What `__getattr__` returns, spelled out for the type checker: cli.py's calls then check
     # against each command's real signature instead of an untyped module.
     from batchrun.commands import (
+        approve,
         balance,
         cancel,
         compare,
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
     )
 
 __all__ = [
+    "approve",
     "balance",
     "cancel",
     "compare",

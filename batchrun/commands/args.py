@@ -131,6 +131,24 @@ class RunArgs:
         "[default: the manifest's run.cache; none].",
         resume=Resumed(SETTINGS),
     )
+    state: str | None = option(
+        "--state",
+        metavar="URL",
+        envvar="BATCHRUN_STATE_URL",
+        help="Work a sweep shared by several workers through PostgreSQL: "
+        "postgresql://USER:PASSWORD@HOST:PORT/DB [env BATCHRUN_STATE_URL; default: the "
+        "manifest's run.state; none: the run folder's state.db].",
+        resume=NotResumed(
+            "its password is never printed; give it again (or keep it in BATCHRUN_STATE_URL)"
+        ),
+    )
+    report_every: str | None = option(
+        "--report-every",
+        metavar="DURATION",
+        help="Rewrite the reports this often while running, e.g. 30s or 2m; 0 = only at the end "
+        "[default: the manifest's run.report_every, else 30s].",
+        resume=Resumed(SETTINGS),
+    )
     quiet: bool = option(
         "-q",
         "--quiet",
@@ -195,8 +213,8 @@ class CompareArgs:
         "--update-baseline",
         type=click.Path(file_okay=False),
         metavar="DIR",
-        help="Copy the current report.csv and files/ into DIR (created if missing; BASELINE may "
-        "be DIR and not exist yet).",
+        help="Approve every job of the current run folder into DIR, as `batchrun approve "
+        "CURRENT --into DIR` does (created if missing; BASELINE may be DIR and not exist yet).",
     )
     quiet: bool = option("-q", "--quiet", is_flag=True, help="Print only the verdict line.")
     allow_mixed_origins: bool = option(

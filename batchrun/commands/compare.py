@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from batchrun.commands.approve import approve_run
 from batchrun.commands.args import CompareArgs
 from batchrun.commands.common import DISTRIBUTION
 from batchrun.errors import ChoiceError, CompareError, MissingDependencyError, UsageError
@@ -55,7 +56,11 @@ def compare(args: CompareArgs) -> int:
     click.echo(shown, err=to_stdout)
     _write_outputs(args, result)
     if args.baseline_dir:
-        dest = comparing.update_baseline(result.current, Path(args.baseline_dir))
+        # Approving every job: the one way results get into a baseline (commands/approve.py).
+        lines: list[str] = []
+        dest = Path(args.baseline_dir)
+        approve_run(cur_run.root, dest, None, echo=lines.append)
+        click.echo(lines[-1], err=to_stdout)  # the count line; the table said which jobs
         said = "created" if creating else "updated"
         click.echo(f"baseline {said}: {dest}", err=to_stdout)
     return result.exit_code

@@ -12,12 +12,15 @@ from batchrun.errors import BatchrunError, ChoiceError, UsageError
 from batchrun.plan.manifest import load_manifest
 from batchrun.results.report import (
     GRID_META,
+    REPORT_MARK_META,
     RunFacts,
     grid_choice,
+    report_mark,
     summarise,
     write_report,
 )
 from batchrun.store import origin as og
+from batchrun.store.mirrored import urls_by_job
 from batchrun.store.state import StateStore
 
 
@@ -41,13 +44,19 @@ def rewrite_report(
         rows = store.rows()
         attempts = store.attempts()
         meta = store.meta()
+        revision = store.revision()
         held = og.recorded(meta, run_dir)
+        # A run with outputs.mirror: report.csv keeps its mirror_urls column.
+        mirror_urls = urls_by_job(store.mirrored()) if meta.get("mirror") else None
     facts: RunFacts = {}
     summary = Path(run_dir) / "summary.json"
     try:
         previous = json.loads(summary.read_text(encoding="utf-8"))
         fresh = summarise([])  # its keys: the figures write_report computes again
-        facts = cast(RunFacts, {k: v for k, v in previous.items() if k not in fresh})
+        # Not `live`: a run killed mid-way left it; the rewritten report is a final one.
+        facts = cast(
+            RunFacts, {k: v for k, v in previous.items() if k not in fresh and k != "live"}
+        )
     except (OSError, ValueError, AttributeError):
         pass
     if held:
@@ -56,11 +65,16 @@ def rewrite_report(
     # Unchosen: the grid an earlier `report --rows/--cols` chose, else the manifest's.
     kept_rows, kept_cols = grid_choice(meta, *_manifest_grid(meta.get("manifest", "")))
     rows_key, cols_key = rows_key or kept_rows, cols_key or kept_cols
-    write_report(Path(run_dir), rows, attempts, facts=facts, rows_key=rows_key, cols_key=cols_key)
+    write_report(
+        Path(run_dir), rows, attempts, facts=facts, rows_key=rows_key, cols_key=cols_key,
+        mirror_urls=mirror_urls,
+    )  # fmt: skip
     new = {GRID_META[axis]: name for axis, name in chosen.items() if name}
-    if new:  # kept: the next `run` lays report.html out the same way
-        with StateStore.open(run_dir, create=False, lock=False) as store:
-            store.set_meta(**new)
+    # The grid chosen is kept (the next `run` lays report.html out the same way), with the
+    # mark these files were made at (a `run` with nothing to do leaves them then).
+    new[REPORT_MARK_META] = report_mark(revision, facts, rows_key, cols_key)
+    with StateStore.open(run_dir, create=False, lock=False) as store:
+        store.set_meta(**new)
     return Path(run_dir) / "report.csv"
 
 

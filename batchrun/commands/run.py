@@ -10,14 +10,19 @@ import click
 
 from batchrun.api.balance import SERVERLESS_BASE_ENV, balance_base
 from batchrun.api.client import DEFAULT_API_BASE
+from batchrun.catalog import models
 from batchrun.catalog.pricing import usd
 from batchrun.commands import selection, simulate
 from batchrun.commands.args import RunArgs
 from batchrun.commands.common import api_base, schema_dirs, token, warn
-from batchrun.errors import OriginMismatch, UsageError
-from batchrun.plan.build import Plan, build_plan
+from batchrun.errors import OriginMismatch, StateError, UsageError
+from batchrun.plan.build import Plan, build_plan, schema_search_path
+from batchrun.plan.digest import PLAN_META, PlanMark, plan_digest
+from batchrun.plan.manifest import check_manifest
+from batchrun.plan.settings import RunSettings, parse_every
 from batchrun.run.engine import RunOptions, run_batch
 from batchrun.store import origin as og
+from batchrun.store.state import STATE_FILE, StateStore
 
 
 def run(args: RunArgs) -> int:
@@ -30,12 +35,18 @@ def run(args: RunArgs) -> int:
     pairs = _sim_pairs(args.sim)
     cap = parse_max_cost(args.max_cost)
     # The budget in force (--max-cost, else run.max_cost_usd) is plan.manifest.run.max_cost_usd.
-    plan = build_plan(
-        args.manifest, strict=args.strict, schema_dirs=schema_dirs(args.schemas)
-    ).with_max_cost(cap)
-    warn(plan.warnings)
-    warn(budget_warnings(plan, "--max-cost" if cap is not None else "run.max_cost_usd"))
+    plan, mark, known = _plan(args, resume=not chosen.active)
+    plan = plan.with_max_cost(cap)
+    warn(list(mark.warnings))
+    setting = "--max-cost" if cap is not None else "run.max_cost_usd"
+    warn(budget_warnings(plan.manifest.run, mark.est_usd, mark.unpriced, setting))
     cache_dir = _cache_folder(args.cache, plan.manifest.run.cache)
+    report_every = None
+    if args.report_every is not None:
+        try:
+            report_every = parse_every(args.report_every)
+        except ValueError as exc:
+            raise UsageError(f"--report-every {args.report_every}: {exc}") from None
     only_ids: frozenset[str] | None = None
     left_out = 0
     if chosen.active:
@@ -76,9 +87,19 @@ def run(args: RunArgs) -> int:
         left_out=left_out,
         share=share,
         cache=cache_dir,
+        # A part of the sweep leaves its folder without the whole plan's jobs: no digest then.
+        plan_mark=None if chosen.active else mark,
+        jobs_known=known,
+        report_every=report_every,
         balance_base=run_balance_base(base, simulated=simulator is not None),
     )
+    state_url = args.state or plan.manifest.run.state
     try:
+        if state_url:
+            _refuse_with_shared_state(args, chosen.active, cache_dir)
+            from batchrun.run.shared import run_shared  # psycopg's import only when asked
+
+            return run_shared(plan, options, state_url)
         return run_batch(plan, options)
     except OriginMismatch as exc:
         raise OriginMismatch(
@@ -87,6 +108,56 @@ def run(args: RunArgs) -> int:
     finally:
         if simulator is not None:
             simulator.stop()
+
+
+def _plan(args: RunArgs, *, resume: bool) -> tuple[Plan, PlanMark, bool]:
+    """The plan, its mark (plan/digest.py), and whether its jobs are in the run folder already.
+
+    With `resume` (no part of the sweep chosen), a run folder that recorded the digest this
+    manifest, its sources and schemas make now holds every job of the plan: the plan comes
+    without jobs (nothing to expand, check or add) and with the warnings and estimate the
+    folder recorded. Otherwise the plan is built in full, and its jobs come with it.
+    """
+    dirs = schema_dirs(args.schemas)
+    manifest, problems = check_manifest(args.manifest) if resume else (None, [])
+    shared = args.state or (manifest is not None and manifest.run.state)
+    if manifest is not None and not problems and not shared:  # a shared sweep's jobs: its own
+        schemas = models.Schemas.along(schema_search_path(args.manifest, dirs))
+        digest = plan_digest(manifest, schemas, strict=args.strict)
+        known = _recorded_mark(Path(args.run_dir or manifest.outputs.dir))
+        if digest and known is not None and known.digest == digest:
+            return Plan(manifest, [], list(known.warnings), schemas), known, True
+    plan = build_plan(args.manifest, strict=args.strict, schema_dirs=dirs)
+    costs = plan.costs().values()
+    mark = PlanMark(
+        digest=plan_digest(plan.manifest, plan.schemas, strict=args.strict),
+        warnings=tuple(plan.warnings),
+        est_usd=sum((c.usd for c in costs), Decimal(0)),
+        unpriced=sum(c.unpriced for c in costs),
+    )
+    return plan, mark, False
+
+
+def _recorded_mark(folder: Path) -> PlanMark | None:
+    """The plan mark the run folder recorded; None when it has none (or no state.db)."""
+    if not (folder / STATE_FILE).is_file():
+        return None
+    try:
+        with StateStore.open(folder, create=False, lock=False) as store:
+            return PlanMark.loads(store.meta().get(PLAN_META))
+    except StateError:
+        return None
+
+
+def _refuse_with_shared_state(args: RunArgs, subset: bool, cache: Path | None) -> None:
+    """What a shared sweep does not do (yet): say so before anything is sent."""
+    plan_run = [("--only/--first/--sample/--shard", subset), ("--cache or run.cache", cache)]
+    for what, given in plan_run:
+        if given:
+            raise UsageError(
+                f"{what} does not apply to a shared sweep (--state): every worker works the "
+                "whole sweep; run without it"
+            )
 
 
 def run_balance_base(base: str, *, simulated: bool) -> str | None:
@@ -131,20 +202,18 @@ def parse_max_cost(text: str | None) -> Decimal | None:
     return amount
 
 
-def budget_warnings(plan: Plan, setting: str) -> list[str]:
+def budget_warnings(run: RunSettings, total: Decimal, unpriced: int, setting: str) -> list[str]:
     """What the cap will do to this plan: stop it early, or (with retries) maybe stop it.
 
-    A cap is never exceeded, retries included (each attempt is reserved before its submit):
+    `total` is the estimate of the plan's priced jobs, `unpriced` how many have no price. A
+    cap is never exceeded, retries included (each attempt is reserved before its submit):
     these are warnings, not errors, since a cap below the plan's total is a legitimate way to
     spend a fixed amount.
     """
-    cap = plan.manifest.run.max_cost_usd
+    cap = run.max_cost_usd
     if cap is None:
         return []
-    costs = plan.costs().values()
-    total = sum((c.usd for c in costs), Decimal(0))
-    unpriced = sum(c.unpriced for c in costs)
-    retries = plan.manifest.run.retries
+    retries = run.retries
     out = []
     if total > cap:
         out.append(

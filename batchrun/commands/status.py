@@ -11,10 +11,10 @@ import click
 
 from batchrun.api.answers import AMBIGUOUS_SUBMIT
 from batchrun.catalog.pricing import usd
-from batchrun.results.report import job_costs, without_output
 from batchrun.run.money_text import estimate_text, spent_text
 from batchrun.run.progress import describe, report_counts
 from batchrun.store import ledger, lock, origin as og, state as st
+from batchrun.store.output_urls import collect_urls
 from batchrun.store.records import report_status
 from batchrun.store.state import StateStore
 from batchrun.util.safetext import printable
@@ -31,16 +31,31 @@ def status(run_dir: str, *, as_json: bool) -> int:
 
 
 def status_data(run_dir: Path) -> dict[str, Any]:
-    """Counts per state, failing jobs, and what is still on the server."""
+    """Counts per state, failing jobs, and what is still on the server: counts from SQL, and
+    only the jobs listed read one by one (a folder of 100,000 finished jobs reads none)."""
     with StateStore.open(run_dir, create=False, lock=False) as store:
+        store.check_rows()
         meta = store.meta()
-        rows = store.rows(in_manifest_only=True)
+        counts = store.counts()
+        reported = store.job_ids(in_manifest_only=True)
         attempts = store.attempts()
-    counts: dict[str, int] = {}
-    for r in rows:
-        counts[r.status] = counts.get(r.status, 0) + 1
-    costs = job_costs(rows, attempts)
-    cost = sum((costs[r.job_id] for r in rows if r.job_id in costs), Decimal(0))
+        on_server = [
+            {"job_id": r.job_id, "request_id": r.request_id, "status": r.status}
+            for r in store.iter_rows(in_manifest_only=True, statuses=(st.QUEUED, st.RUNNING))
+        ]
+        problems = [
+            {
+                "job_id": r.job_id,
+                "model_id": r.model_id,
+                "status": report_status(r.status),
+                "error": r.error or AMBIGUOUS_SUBMIT.format(why="sent; no answer recorded yet"),
+            }
+            for r in store.iter_rows(in_manifest_only=True, statuses=_PROBLEMS)
+        ]
+        bare = [job_id for job_id, output in store.bare_successes() if not collect_urls(output)]
+    # report.csv's cost_usd summed: the reported jobs' actual costs in the ledger (a cached
+    # job's is 0, and adds nothing)
+    cost = sum(ledger.per_job(a for a in attempts if a.job_id in reported).values(), Decimal(0))
     est, cap = meta.get("est_cost_usd"), meta.get("max_cost_usd")
     unpriced = int(meta.get("unpriced_jobs") or 0)
     return {
@@ -50,32 +65,22 @@ def status_data(run_dir: Path) -> dict[str, Any]:
         "api_base": meta.get("api_base", ""),
         "origin": og.recorded(meta, run_dir) or "",
         "active_pid": lock.holder(run_dir),
-        "total": len(rows),
+        "total": len(reported),
         "counts": report_counts(counts),
         "cost_usd": float(round(cost, 6)),  # what the reported jobs' results said they cost
         # the ledger: what every attempt of the folder may have cost (store/ledger.py)
-        **ledger.summary(attempts, {r.job_id for r in rows}),
+        **ledger.summary(attempts, reported),
         # the plan's estimate at the last run; none when no job of it was priced
         "est_cost_usd": float(est) if est and (Decimal(est) or not unpriced) else None,
         "unpriced_jobs": unpriced,
         "max_cost_usd": float(cap) if cap else None,
-        "on_server": [
-            {"job_id": r.job_id, "request_id": r.request_id, "status": r.status}
-            for r in rows
-            if r.status in (st.QUEUED, st.RUNNING)
-        ],
-        "problems": [
-            {
-                "job_id": r.job_id,
-                "model_id": r.model_id,
-                "status": report_status(r.status),
-                "error": r.error or AMBIGUOUS_SUBMIT.format(why="sent; no answer recorded yet"),
-            }
-            for r in rows
-            if r.status in (st.FAILED, st.TIMED_OUT, st.CANCELLED, st.UNKNOWN, st.SUBMITTING)
-        ],
-        "without_output": [r.job_id for r in rows if without_output(r)],
+        "on_server": on_server,
+        "problems": problems,
+        "without_output": bare,
     }
+
+
+_PROBLEMS = (st.FAILED, st.TIMED_OUT, st.CANCELLED, st.UNKNOWN, st.SUBMITTING)
 
 
 SHOWN_IDS = 10  # job ids listed on a line before it says "..."

@@ -5,7 +5,8 @@ from __future__ import annotations
 import click
 
 from batchrun.commands.common import schema_dirs, warn
-from batchrun.errors import ManifestError, MissingDependencyError
+from batchrun.errors import BucketUrlError, ManifestError, MissingDependencyError
+from batchrun.fetch.bucket import require_boto3
 from batchrun.plan.build import build_plan
 from batchrun.run.inputs import check_ready
 
@@ -24,11 +25,18 @@ def validate(manifests: tuple[str, ...], *, strict: bool, schemas: str | None = 
             continue
         try:
             check_ready(plan.manifest.uploads, plan.manifest.has_local)
-        except MissingDependencyError as exc:
+        except (MissingDependencyError, BucketUrlError) as exc:
             failed = True
             where = plan.manifest.line_suffix("$.uploads.to")
             click.echo(f"{path}: $.uploads.to: {exc}{where}", err=True)
             continue
         warn(plan.warnings)
+        if plan.manifest.outputs.mirror:
+            try:
+                require_boto3()
+            except MissingDependencyError as exc:
+                failed = True
+                click.echo(f"{path}: $.outputs.mirror: {exc}", err=True)
+                continue
         click.echo(f"{path}: ok ({len(plan.jobs)} job{'s' if len(plan.jobs) != 1 else ''})")
     return 2 if failed else 0

@@ -23,6 +23,7 @@ from jsonschema.exceptions import ValidationError
 
 from batchrun.catalog.models import schemas_root
 from batchrun.errors import ManifestError
+from batchrun.plan.expect import Expectations, expectations
 from batchrun.plan.localfiles import resolve_local, uses_local
 from batchrun.plan.settings import (
     OutputSettings,
@@ -56,6 +57,7 @@ class Manifest:
     # so checking them would only echo that problem.
     unchecked_models: frozenset[str] = frozenset()
     report: ReportSettings = ReportSettings()
+    expect: Expectations = Expectations()  # what each job's files must be (`expect:` blocks)
     uploads: UploadSettings = UploadSettings()
     # Whether any value is a local file ({local:}, {glob:}): its jobs' ids hash their identity.
     has_local: bool = False
@@ -141,6 +143,8 @@ def check_manifest(path: str | Path) -> tuple[Manifest | None, list[str]]:
     problems += [
         f"{label}: $.outputs.{k}: {msg}{lines.suffix(['outputs', k])}" for k, msg in out_problems
     ]
+    expect, expect_problems = expectations(data, download=outputs.download)
+    problems += [f"{label}: {json_path(p)}: {msg}{lines.suffix(p)}" for p, msg in expect_problems]
     uploads, up_problems = upload_settings(data.get("uploads") or {})
     problems += [
         f"{label}: $.uploads.{k}: {msg}{lines.suffix(['uploads', k])}" for k, msg in up_problems
@@ -155,6 +159,7 @@ def check_manifest(path: str | Path) -> tuple[Manifest | None, list[str]]:
         lines=lines,
         unchecked_models=unchecked,
         report=ReportSettings(**data.get("report", {})),
+        expect=expect,
         uploads=uploads,
         has_local=has_local,
     )

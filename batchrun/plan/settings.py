@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
+from batchrun.util.s3url import parse_s3_url
+
 GIB = 1024**3
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?|\.\d+)\s*(ms|s|m|min|h)?\s*$")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, None: 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}
@@ -40,6 +42,9 @@ class RunSettings:
     halt: HaltRule | None = None
     canary: int = 0  # jobs per model that must succeed before its others are sent; 0 = off
     cache: str | None = None  # the cross-run cache folder; None = off
+    state: str | None = None  # a shared sweep's PostgreSQL URL; None = the run folder's state.db
+    lease_s: float = 30.0  # a shared sweep's claim lease, seconds
+    report_every: float = 30.0  # seconds between the reports' rewrites as it runs; 0: at the end
 
 
 @dataclass(frozen=True)
@@ -50,6 +55,7 @@ class OutputSettings:
     download: bool = True
     allow_hosts: tuple[str, ...] = ()
     max_file_bytes: int = 2 * GIB
+    mirror: str | None = None  # s3://BUCKET/PREFIX the files and reports are copied to
 
 
 # The longest a presigned S3 URL may live (SigV4).
@@ -92,6 +98,15 @@ def parse_duration(value: object) -> float:
     return seconds
 
 
+def parse_every(value: object) -> float:
+    """A duration, or 0 (`0`, `"0"`, `"0s"`: never, until the end) -> seconds (>= 0)."""
+    if not isinstance(value, bool) and isinstance(value, (int, float, str)):
+        m = _DURATION.match(str(value))
+        if m and float(m.group(1)) == 0:
+            return 0.0
+    return parse_duration(value)
+
+
 def parse_rate(value: object) -> float:
     """ "10/s", "600/min" or a number (per second) -> calls per second (> 0)."""
     if isinstance(value, bool):
@@ -128,17 +143,19 @@ def run_settings(run: dict[str, Any]) -> tuple[RunSettings, list[tuple[str, str]
     kw: dict[str, Any] = {}
     parsers = {"rate_limit": parse_rate, "poll_interval": parse_duration}
     parsers["job_timeout"] = parse_duration
+    parsers["lease"] = parse_duration
+    parsers["report_every"] = parse_every
     for key, parse in parsers.items():
         if key not in run:
             continue
         value = run[key]
         if value is None or (key == "rate_limit" and value == "unlimited"):
-            if key == "poll_interval":
+            if key in ("poll_interval", "report_every"):
                 problems.append((key, "must be a duration, not null"))
             kw[key] = None
             continue
         try:
-            kw[key] = parse(value)
+            kw["lease_s" if key == "lease" else key] = parse(value)
         except ValueError as exc:
             problems.append((key, str(exc)))
     for key in ("max_in_flight", "retries", "max_jobs"):
@@ -150,10 +167,7 @@ def run_settings(run: dict[str, Any]) -> tuple[RunSettings, list[tuple[str, str]
     if "halt" in run:  # the schema checked 0 <= failure_rate <= 1 and min_finished >= 1
         halt = run["halt"]
         kw["halt"] = HaltRule(float(halt["failure_rate"]), halt.get("min_finished", 10))
-    if "canary" in run:
-        kw["canary"] = run["canary"]
-    if "cache" in run:
-        kw["cache"] = run["cache"]
+    kw.update({key: run[key] for key in ("canary", "cache", "state") if key in run})
     return RunSettings(**kw), problems
 
 
@@ -174,11 +188,25 @@ def output_settings(
             size = parse_size(outputs["max_file_size"])
         except ValueError as exc:
             problems.append(("max_file_size", str(exc)))
+    mirror = outputs.get("mirror")
+    if isinstance(mirror, str):
+        try:
+            mirror = str(parse_s3_url(mirror))
+        except ValueError as exc:
+            problems.append(("mirror", str(exc)))
+        if outputs.get("download") is False:
+            problems.append(
+                (
+                    "mirror",
+                    "mirrors the downloaded files, so it needs download: true (or remove it)",
+                )
+            )
     settings = OutputSettings(
         dir=out_dir,
         download=outputs.get("download", True),
         allow_hosts=tuple(outputs.get("allow_hosts", ())),
         max_file_bytes=size,
+        mirror=mirror if isinstance(mirror, str) else None,
     )
     return settings, problems
 

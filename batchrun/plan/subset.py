@@ -14,11 +14,13 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any
+from typing import Any, TypeVar
 
 from batchrun.plan.grid import Job
+from batchrun.store.records import JobLike
 
 _KINDS = "model=ID, input.FIELD=VALUE, var.NAME=VALUE or job=ID_PREFIX"
+J = TypeVar("J", bound=JobLike)  # a plan's Job, or a run folder's JobRow
 _CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":")).encode
 
 
@@ -39,7 +41,7 @@ class Filter:
     name: str
     value: str
 
-    def matches(self, job: Job) -> bool:
+    def matches(self, job: JobLike) -> bool:
         if self.kind == "model":
             return job.model_id == self.value
         if self.kind == "job":
@@ -126,15 +128,7 @@ def select(jobs: Sequence[Job], selection: Selection) -> Subset:
     """Apply filters, then first-N per model, then the sample, then the shard."""
     if not selection.active:
         return Subset(list(jobs), 0)
-    chosen = list(jobs)
-    for flt in selection.only:
-        _check_known(flt, jobs)
-        chosen = [j for j in chosen if flt.matches(j)]
-    if selection.only and not chosen:
-        texts = " ".join(f.text for f in selection.only)
-        raise SelectionError(
-            "only", texts, "no job matches; `batchrun plan --json` shows every job's values"
-        )
+    chosen = matching(jobs, selection.only)
     if selection.first is not None:
         per_model: Counter[str] = Counter()
         kept = []
@@ -161,7 +155,22 @@ def select(jobs: Sequence[Job], selection: Selection) -> Subset:
     return Subset(chosen, len(jobs) - len(chosen))
 
 
-def _check_known(flt: Filter, jobs: Sequence[Job]) -> None:
+def matching(jobs: Sequence[J], only: Sequence[Filter]) -> list[J]:
+    """The jobs every filter matches, in their order; SelectionError when a filter names a
+    model or field no job has (a typo), or when no job matches."""
+    chosen = list(jobs)
+    for flt in only:
+        _check_known(flt, jobs)
+        chosen = [j for j in chosen if flt.matches(j)]
+    if only and not chosen:
+        texts = " ".join(f.text for f in only)
+        raise SelectionError(
+            "only", texts, "no job matches; `batchrun plan --json` shows every job's values"
+        )
+    return chosen
+
+
+def _check_known(flt: Filter, jobs: Sequence[JobLike]) -> None:
     """A filter on a model or field no job has is a typo, not an empty selection."""
     if flt.kind == "job":
         return
@@ -180,7 +189,7 @@ def _check_known(flt: Filter, jobs: Sequence[Job]) -> None:
         )
 
 
-def _names(jobs: Iterable[Job], kind: str) -> Iterable[str]:
+def _names(jobs: Iterable[JobLike], kind: str) -> Iterable[str]:
     for job in jobs:
         yield from job.inputs if kind == "input" else job.vars
 

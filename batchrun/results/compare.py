@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from batchrun.errors import ChoiceError, CompareError, MissingDependencyError, StateError
 from batchrun.results.reportcsv import INPUT_PREFIX, VAR_PREFIX, read_jobs, split_cell, unguard
 from batchrun.store import origin as og
-from batchrun.store.atomic import fsync_dir, open_atomic, write_bytes
 from batchrun.store.state import STATE_FILE, StateStore
 from batchrun.util.media import RASTER_SUFFIXES
 
@@ -340,61 +338,3 @@ def compare_runs(
         diff.failing = any(cls in fail_on for cls in diff.classes)
         jobs.append(diff)
     return Comparison(baseline=baseline, current=current, jobs=jobs, fail_on=fail_on)
-
-
-def update_baseline(current: Run, dest: Path) -> Path:
-    """Copy the current report.csv and files/ into DEST (a committed baseline folder).
-
-    Every file is written atomically; report.csv goes last, so an interrupted update leaves
-    the old report rather than one naming files that are not there. The current run's
-    summary.json goes too, carrying its origin: a committed baseline made from a simulated run
-    must still say so when a real run is compared with it.
-    """
-    dest.mkdir(parents=True, exist_ok=True)
-    if (dest / "report.csv").resolve() == current.report.resolve():
-        raise CompareError(f"{dest}: is the current run itself; choose another folder")
-    src_files = current.root / "files"
-    dest_files = dest / "files"
-    try:
-        # Replace files/ wholesale so outputs of jobs that no longer exist do not linger.
-        if dest_files.exists():
-            shutil.rmtree(dest_files)
-        if src_files.is_dir():
-            shutil.copytree(src_files, dest_files, copy_function=_copy_file)
-            for folder, _dirs, _names in os.walk(dest_files):
-                fsync_dir(Path(folder))
-        summary = _baseline_summary(current)
-        if summary is None:
-            (dest / "summary.json").unlink(missing_ok=True)  # an older run's: its origin is stale
-        else:
-            write_bytes(dest / "summary.json", summary)
-        _copy_file(current.report, dest / "report.csv")
-    except OSError as exc:
-        raise StateError(
-            f"{dest}: cannot update the baseline ({exc.strerror or exc}); its report.csv is "
-            "the old one. Free some space or fix the folder's permissions, then try again"
-        ) from None
-    fsync_dir(dest)
-    return dest
-
-
-def _baseline_summary(current: Run) -> bytes | None:
-    """The current run's summary.json with its origin as `current` knows it (from state.db,
-    say); None when there is neither a summary nor an origin to keep."""
-    try:
-        data = json.loads((current.root / "summary.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        data = {}
-    if not isinstance(data, dict):
-        data = {}
-    data.pop("origin", None)
-    if current.origin:
-        data["origin"] = current.origin
-    return (json.dumps(data, indent=2) + "\n").encode("utf-8") if data else None
-
-
-def _copy_file(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
-    """Copy bytes and times atomically; the caller fsyncs the folder."""
-    with open(src, "rb") as fin, open_atomic(dst, sync_dir=False) as fout:
-        shutil.copyfileobj(fin, fout)
-    shutil.copystat(src, dst)

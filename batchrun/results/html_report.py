@@ -48,6 +48,9 @@ table.grid{border-collapse:collapse}
 details{font-size:12px}dl{margin:0}dt{font-weight:600}dd{margin:0 0 0 1em}
 .counts span{margin-right:1em}
 .pair{display:flex;gap:1em}.pair>div{flex:1}
+.approve-box{border:1px solid #ccc;background:#fff;padding:4px 8px}
+.approve-box pre{white-space:pre-wrap;word-break:break-all;user-select:all}
+.live{border:1px solid #1565c0;background:#e3f2fd;padding:4px 8px}
 """
 
 
@@ -68,11 +71,22 @@ def show(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False)
 
 
-def page(title: str, body: str) -> str:
-    """A complete HTML document with the inline stylesheet."""
+@dataclass(frozen=True)
+class Live:
+    """What report.html says while its run goes: a line atop the page, and how often the page
+    reloads itself (the final report has neither)."""
+
+    text: str  # "running: 12/40 done (...); $0.48 spent ...; waiting on 8 jobs at the server"
+    refresh_s: int
+
+
+def page(title: str, body: str, *, refresh_s: int = 0) -> str:
+    """A complete HTML document with the inline stylesheet; reloading itself every REFRESH_S
+    seconds when given."""
+    refresh = f'<meta http-equiv="refresh" content="{refresh_s}">' if refresh_s > 0 else ""
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-        '<meta name="viewport" content="width=device-width,initial-scale=1">'
+        f'<meta name="viewport" content="width=device-width,initial-scale=1">{refresh}'
         f"<title>{esc(title)}</title><style>{CSS}</style></head>\n<body>\n{body}\n</body></html>\n"
     )
 
@@ -274,9 +288,23 @@ def _empty(span: int) -> str:
 
 
 def render(
-    title: str, jobs: list[JobRow], *, rows_key: str | None = None, cols_key: str | None = None
+    title: str,
+    jobs: list[JobRow],
+    *,
+    rows_key: str | None = None,
+    cols_key: str | None = None,
+    live: Live | None = None,
 ) -> str:
-    """The contact sheet as an HTML string (links relative to the run folder)."""
+    """The contact sheet as an HTML string (links relative to the run folder); while the run
+    goes (`live`), with its line atop and reloading itself."""
+    body = _sheet(title, jobs, rows_key, cols_key)
+    if live is None:
+        return page(title, body)
+    banner = f'<p class="live"><strong>live</strong> {esc(live.text)}</p>\n'
+    return page(title, banner + body, refresh_s=live.refresh_s)
+
+
+def _sheet(title: str, jobs: list[JobRow], rows_key: str | None, cols_key: str | None) -> str:
     rk, ck, extra = layout(jobs, rows_key, cols_key)
     shown = jobs[:MAX_CARDS]
 
@@ -313,14 +341,14 @@ def render(
             out.append(f"<h2>{esc(model)}</h2>")
             out.append(_axes(mrk, mck, mextra))
             out += _sections(members, mrk, mck, mextra, href, heading="h3")
-        return page(title, "\n".join(out))
+        return "\n".join(out)
     if len(models) > 1:
         # Models side by side: a field some model lacks would split them into sections of
         # their own; it stays inside the cells instead.
         extra = [k for k in extra if all(_has(shown, model, k) for model in models)]
     out.append(_axes(rk, ck, extra))
     out += _sections(shown, rk, ck, extra, href, heading="h2")
-    return page(title, "\n".join(out))
+    return "\n".join(out)
 
 
 def _axes(rk: str | None, ck: str | None, extra: list[str]) -> str:
@@ -371,11 +399,17 @@ def _sections(
 
 
 def write_html(
-    run_dir: Path, rows: list[JobRow], *, rows_key: str | None = None, cols_key: str | None = None
+    run_dir: Path,
+    rows: list[JobRow],
+    *,
+    rows_key: str | None = None,
+    cols_key: str | None = None,
+    live: Live | None = None,
 ) -> Path:
     """Write RUN_DIR/report.html and return its path."""
     run_dir = Path(run_dir)
-    text = render(f"batchrun: {run_dir.name}", rows, rows_key=rows_key, cols_key=cols_key)
+    title = f"batchrun: {run_dir.name}"
+    text = render(title, rows, rows_key=rows_key, cols_key=cols_key, live=live)
     return write_text(run_dir / "report.html", text)
 
 

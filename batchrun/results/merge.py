@@ -29,6 +29,7 @@ from batchrun.store.records import JobRow
 from batchrun.store.state import STATE_FILE, StateStore
 
 _MAX_CONFLICTS = 10
+_AGAIN = "run that shard again"
 _CHUNK = 1 << 20
 
 
@@ -45,7 +46,9 @@ class MergeResult:
 
 
 @dataclass(frozen=True)
-class _Source:
+class Source:
+    """What merge and approve read of a run folder."""
+
     folder: Path
     meta: dict[str, str]
     rows: list[JobRow]
@@ -57,9 +60,9 @@ def merge_runs(
 ) -> MergeResult:
     """Merge the run folders into `into` (new or empty); StateError when they disagree."""
     dest = Path(into)
-    sources = [_read(Path(f)) for f in folders]
+    sources = [read_folder(Path(f)) for f in folders]
     _check_destination(dest, [s.folder for s in sources])
-    origin = _one_origin(sources)
+    origin = one_origin(sources, doing="merge")
     chosen, duplicates = _combine(sources)
     result = MergeResult(into=dest, jobs=len(chosen), duplicates=duplicates)
     shas = {s.meta.get("manifest_sha256") for s in sources}
@@ -81,7 +84,7 @@ def merge_runs(
             for row, source in chosen.values():
                 for out in row.files:
                     if out.name and not out.error:
-                        linked = _place(source.folder, work, out.name, out.sha256)
+                        linked = place_file(source.folder, work, out.name, out.sha256)
                         result.linked += linked
                         result.copied += not linked
             merged = store.rows()
@@ -107,26 +110,30 @@ def merge_runs(
     return result
 
 
-def _read(folder: Path) -> _Source:
+def read_folder(
+    folder: Path, what: str = "the folders the shards ran in (their --run-dir)"
+) -> Source:
+    """A run folder's meta, reported jobs and ledger; StateError when it is not one."""
     if not (folder / STATE_FILE).is_file():
         raise StateError(
-            f"{folder}: no {STATE_FILE} here, so not a run folder; give the folders the shards "
-            "ran in (their --run-dir), e.g. the downloaded artifacts"
+            f"{folder}: no {STATE_FILE} here, so not a run folder; give {what}, e.g. the "
+            "downloaded artifacts"
         )
     with StateStore.open(folder, create=False, lock=False) as store:
-        return _Source(folder, store.meta(), store.rows(in_manifest_only=True), store.attempts())
+        return Source(folder, store.meta(), store.rows(in_manifest_only=True), store.attempts())
 
 
-def _one_origin(sources: list[_Source]) -> str | None:
+def one_origin(sources: Sequence[Source], *, doing: str) -> str | None:
     """The origin every folder's results came from; StateError (exit 2) naming the folders
-    when they differ: simulated and real results never end up in one folder."""
+    when they differ: simulated and real results never end up in one folder. `doing` is what
+    is refused ('merge', 'approve')."""
     origins = {s.folder: og.recorded(s.meta, s.folder) for s in sources}
     # A folder that records no origin matches none, not any: its results could be simulated.
     if len(set(origins.values())) > 1:
         lines = [f"  {folder}: results from {og.label(o or 'an unknown origin')}"
                  for folder, o in origins.items()]  # fmt: skip
         raise StateError(
-            "the folders hold results from different origins; refusing to merge them (a "
+            f"the folders hold results from different origins; refusing to {doing} them (a "
             "simulated result must never pass for a real one):\n" + "\n".join(lines)
         )
     return next(iter(origins.values()))
@@ -150,8 +157,8 @@ def _untouched(row: JobRow) -> bool:
     return row.status == st.PENDING and not row.request_id and not row.attempts
 
 
-def _combine(sources: list[_Source]) -> tuple[dict[str, tuple[JobRow, _Source]], int]:
-    chosen: dict[str, tuple[JobRow, _Source]] = {}
+def _combine(sources: list[Source]) -> tuple[dict[str, tuple[JobRow, Source]], int]:
+    chosen: dict[str, tuple[JobRow, Source]] = {}
     conflicts: list[str] = []
     duplicates = 0
     for source in sources:
@@ -176,8 +183,8 @@ def _combine(sources: list[_Source]) -> tuple[dict[str, tuple[JobRow, _Source]],
     return chosen, duplicates
 
 
-def _conflict(job_id: str, a: tuple[JobRow, _Source], b: tuple[JobRow, _Source]) -> str:
-    def say(row: JobRow, source: _Source) -> str:
+def _conflict(job_id: str, a: tuple[JobRow, Source], b: tuple[JobRow, Source]) -> str:
+    def say(row: JobRow, source: Source) -> str:
         status, request_id, shas = _result(row)
         sha = ",".join(s[:12] for s in shas) or "-"
         return f"{source.folder}: {status}, request {request_id or '-'}, sha256 {sha}"
@@ -185,7 +192,7 @@ def _conflict(job_id: str, a: tuple[JobRow, _Source], b: tuple[JobRow, _Source])
     return f"  job {job_id}: {say(*a)} | {say(*b)}"
 
 
-def _meta(sources: list[_Source]) -> dict[str, str]:
+def _meta(sources: list[Source]) -> dict[str, str]:
     calls: dict[str, int] = {}
     for source in sources:
         for kind, n in json.loads(source.meta.get("api_calls", "{}")).items():
@@ -207,7 +214,7 @@ def _meta(sources: list[_Source]) -> dict[str, str]:
     return meta
 
 
-def _ledger(sources: list[_Source], chosen: dict[str, tuple[JobRow, _Source]]) -> list[Attempt]:
+def _ledger(sources: list[Source], chosen: dict[str, tuple[JobRow, Source]]) -> list[Attempt]:
     """Every attempt of every folder, except a duplicate job's in the folders it was not taken
     from (the same attempts twice); jobs a folder no longer reports still count."""
     out = []
@@ -233,14 +240,23 @@ def _money(meta: dict[str, str]) -> RunFacts:
     }
 
 
-def _place(src_root: Path, dest_root: Path, name: str, sha256: str) -> bool:
-    """Hard-link (else copy) one output file into the merged folder and check its sha256;
-    True when linked. Only a regular file is taken, and no link on its way is followed."""
+def place_file(
+    src_root: Path,
+    dest_root: Path,
+    name: str,
+    sha256: str,
+    *,
+    doing: str = "merge",
+    again: str = _AGAIN,
+) -> bool:
+    """Hard-link (else copy) one output file of SRC_ROOT into DEST_ROOT and check its
+    sha256; True when linked. Only a regular file is taken, and no link on its way is
+    followed. `again` is the advice when the file is not as recorded."""
     parts = Path(name).parts
     if not parts or parts[0] != "files" or ".." in parts or Path(name).is_absolute():
         raise StateError(f"{src_root}: {name}: not a path under files/; state.db is damaged")
     src, dest = src_root / name, dest_root / name
-    _check_regular(src_root, parts)
+    _check_regular(src_root, parts, doing, again)
     dest.parent.mkdir(parents=True, exist_ok=True)
     try:
         linked = _link_or_copy(src, dest)
@@ -250,12 +266,12 @@ def _place(src_root: Path, dest_root: Path, name: str, sha256: str) -> bool:
     if not ok:
         raise StateError(
             f"{src_root}: {name}: its sha256 is not the one state.db recorded (damaged or "
-            "changed); run that shard again in its folder"
+            f"changed); {again} in its folder"
         )
     return linked
 
 
-def _check_regular(src_root: Path, parts: tuple[str, ...]) -> None:
+def _check_regular(src_root: Path, parts: tuple[str, ...], doing: str, again: str) -> None:
     """StateError naming the path unless files/, each folder below it and the file itself are
     what they seem: a symbolic link anywhere is refused, never followed (it could point
     anywhere, and be re-pointed once checked)."""
@@ -267,16 +283,15 @@ def _check_regular(src_root: Path, parts: tuple[str, ...]) -> None:
             mode = os.lstat(path).st_mode
         except OSError:
             raise StateError(
-                f"{src_root}: {rel} is missing; run that shard again in its folder to download it"
+                f"{src_root}: {rel} is missing; {again} in its folder to download it"
             ) from None
         last = depth == len(parts)
         if stat.S_ISREG(mode) if last else stat.S_ISDIR(mode):
             continue
         what = "a symbolic link" if stat.S_ISLNK(mode) else "not a regular file or folder"
         raise StateError(
-            f"{src_root}: {rel} is {what}; merge takes only the regular files a run wrote and "
-            "never follows a link: put the file itself there, or run that shard again in its "
-            "folder"
+            f"{src_root}: {rel} is {what}; {doing} takes only the regular files a run wrote "
+            f"and never follows a link: put the file itself there, or {again} in its folder"
         )
 
 

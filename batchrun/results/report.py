@@ -6,6 +6,7 @@ state.db keeps them as they came."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import statistics
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Any, TypedDict
 
 from batchrun.results import reportcsv
-from batchrun.results.html_report import write_html
+from batchrun.results.html_report import Live, write_html
 from batchrun.results.reportcsv import guard, join_cell, value_cell
 from batchrun.store import ledger
 from batchrun.store.atomic import write_text
@@ -108,9 +109,16 @@ def columns(rows: list[JobRow]) -> list[str]:
     return reportcsv.header(*_fields(rows))
 
 
-def _line(row: JobRow, inputs: list[str], var_names: list[str], cost: Decimal | None) -> list[str]:
+def _line(
+    row: JobRow,
+    inputs: list[str],
+    var_names: list[str],
+    cost: Decimal | None,
+    mirrored: list[str] | None = None,
+) -> list[str]:
     """The row's cells in columns() order (empty where the job has no such field); `cost`
-    is what the job's attempts cost, from the ledger."""
+    is what the job's attempts cost, from the ledger; `mirrored`, in a run with a mirror,
+    the s3:// URLs of its files there."""
     files = row.files
     done = [f for f in files if f.name and not f.error] if files else []
     queue_s, run_s = row.queue_s, row.run_s
@@ -132,6 +140,8 @@ def _line(row: JobRow, inputs: list[str], var_names: list[str], cost: Decimal | 
         "true" if row.cached else "false",
         _cost(row.saved_usd),
     ]
+    if mirrored is not None:
+        cells.append(guard(join_cell(u.replace(reportcsv.SEPARATOR, "%3B") for u in mirrored)))
     given, var_values = row.inputs, row.vars
     cells += [value_cell(given[k]) if k in given else "" for k in inputs]
     cells += [value_cell(var_values[k]) if k in var_values else "" for k in var_names]
@@ -191,6 +201,14 @@ class RunFacts(TypedDict, total=False):
     selected: int  # with --only/--first/--sample/--shard: the jobs chosen
     left_out: int  # ... and those the filter left out
     merged_from: list[str]  # a merged folder: its shard folders
+    mirror: MirrorFacts  # a run with outputs.mirror
+
+
+class MirrorFacts(TypedDict):
+    to: str  # s3://BUCKET/PREFIX/<run name>
+    files: int  # the jobs' files in the bucket (sent this run or before)
+    files_sent_this_run: int  # of those, the ones this run uploaded
+    not_mirrored: int  # files still to copy: a rerun copies them
 
 
 def summarise(rows: Iterable[JobRow], attempts: Iterable[Attempt] = ()) -> dict[str, Any]:
@@ -239,11 +257,16 @@ def write_report(
     facts: RunFacts | None = None,
     rows_key: str | None = None,
     cols_key: str | None = None,
+    mirror_urls: dict[str, list[str]] | None = None,
+    live: Live | None = None,
 ) -> None:
     """Write report.csv, summary.json and report.html into `run_dir`, each atomically.
 
     `rows_key`/`cols_key` choose the swept fields of report.html's grid (default: the two
-    that vary most).
+    that vary most). `mirror_urls` (a run with outputs.mirror): each job's s3:// URLs, for
+    report.csv's mirror_urls column.
+    While the run goes (`live`), summary.json says `"live": true` and
+    report.html carries the live line and reloads itself.
     """
     with gc_paused():
         jobs = _reported(rows)
@@ -253,12 +276,47 @@ def write_report(
         run_dir.mkdir(parents=True, exist_ok=True)
         reportcsv.write(
             run_dir / "report.csv",
-            reportcsv.header(inputs, var_names),
-            (_line(row, inputs, var_names, costs.get(row.job_id)) for row in jobs),
+            reportcsv.header(inputs, var_names, mirror=mirror_urls is not None),
+            (
+                _line(
+                    row,
+                    inputs,
+                    var_names,
+                    costs.get(row.job_id),
+                    None if mirror_urls is None else mirror_urls.get(row.job_id, []),
+                )
+                for row in jobs
+            ),  # fmt: skip
         )
         summary = summarise(jobs, attempts) | dict(facts or {})
+        if live is not None:
+            summary["live"] = True
         write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
-        write_html(run_dir, jobs, rows_key=rows_key, cols_key=cols_key)
+        write_html(run_dir, jobs, rows_key=rows_key, cols_key=cols_key, live=live)
+
+
+# state.db meta key of the mark the report files were last written at (see `report_mark`).
+REPORT_MARK_META = "report_mark"
+REPORT_FILES = ("report.csv", "summary.json", "report.html")
+# Facts that change from one run to the next though the jobs did not: a run with nothing to do
+# keeps the files the run that last changed something wrote.
+_PER_RUN_FACTS = frozenset(
+    {"api_calls", "api_calls_this_run", "throttled", "elapsed_s", "balance", "cache"}
+)
+
+
+def report_mark(
+    revision: int, facts: RunFacts | None, rows_key: str | None, cols_key: str | None
+) -> str:
+    """What the report files are made of, in short: the state's revision (StateStore.revision)
+    and the layout and facts that are not per run. Equal marks: the same files."""
+    kept = {k: v for k, v in (facts or {}).items() if k not in _PER_RUN_FACTS}
+    text = json.dumps([kept, rows_key, cols_key], sort_keys=True, default=str)
+    return f"{revision}:{hashlib.sha256(text.encode()).hexdigest()[:16]}"
+
+
+def reports_present(run_dir: Path) -> bool:
+    return all((Path(run_dir) / name).is_file() for name in REPORT_FILES)
 
 
 # state.db meta keys of the grid chosen with `batchrun report --rows/--cols`: later runs keep it.

@@ -31,7 +31,9 @@ COLUMNS = [
     "cached",  # "true" when the result came from the cross-run cache (cost_usd is then 0)
     "saved_usd",  # for a cached job: what its result cost when it was made
 ]
-# After COLUMNS: one column per input field and per var name, in first-seen order.
+# After COLUMNS, in a run with outputs.mirror: each job's files in the bucket (s3:// URLs).
+MIRROR_COLUMN = "mirror_urls"
+# After those: one column per input field and per var name, in first-seen order.
 INPUT_PREFIX = "input."
 VAR_PREFIX = "var."
 # A spreadsheet evaluates a cell starting with one of these; the guard puts a ' before it.
@@ -40,9 +42,11 @@ FORMULA_START = frozenset({"=", "+", "-", "@", "\t", "\r"})
 SEPARATOR = ";"
 
 
-def header(inputs: Iterable[str], var_names: Iterable[str]) -> list[str]:
-    """COLUMNS, then input.<field> and var.<name> columns in the order given."""
-    return COLUMNS + [INPUT_PREFIX + k for k in inputs] + [VAR_PREFIX + k for k in var_names]
+def header(inputs: Iterable[str], var_names: Iterable[str], *, mirror: bool = False) -> list[str]:
+    """COLUMNS (and MIRROR_COLUMN), then input.<field> and var.<name> columns in the order
+    given."""
+    fixed = COLUMNS + [MIRROR_COLUMN] if mirror else COLUMNS
+    return fixed + [INPUT_PREFIX + k for k in inputs] + [VAR_PREFIX + k for k in var_names]
 
 
 def guard(text: str) -> str:

@@ -101,13 +101,13 @@ class Budget(policy.Policy):
         cap: Decimal | None,
         estimate: Estimate,
         attempts: Iterable[ledger.Attempt],
-        every: Iterable[JobRow],
         run: Iterable[JobRow],
         writer: LedgerWriter | None = None,
     ) -> Budget:
-        """The budget of a folder whose ledger holds `attempts` and that holds `every` row,
-        about to run the jobs `run` (whose QUEUED/RUNNING ones it polls again: their
-        reservations are held until they finish)."""
+        """The budget of a folder whose ledger holds `attempts`, about to run the jobs `run`
+        (whose QUEUED/RUNNING ones it polls again: their reservations are held until they
+        finish). Only the jobs that may still be sent or settled are remembered one by one;
+        the finished ones count in the estimate only."""
         run = list(run)
         polled = {
             (r.job_id, r.request_id)
@@ -120,12 +120,12 @@ class Budget(policy.Policy):
         budget = cls(cap, estimate, ledger.books(rest), writer)
         for a in held:  # what they teach of prices counts; their cost is held, not spent
             budget._learn(a.model_id, a.actual)
-        for row in every:
-            budget._know(row)
         for row in run:
+            if row.status not in st.TERMINAL:
+                budget._know(row)
             if row.cached:  # taken from the cache: costs nothing
                 continue
-            est = budget._job(row.job_id).estimate
+            est = estimate(row.model_id, row.inputs)
             if est is None:
                 budget.unpriced += 1
             else:

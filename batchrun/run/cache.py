@@ -25,7 +25,7 @@ import shutil
 import stat
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -383,12 +383,15 @@ def schema_hashes(schemas: dict[str, dict[str, Any] | None]) -> dict[str, str]:
 # ---- a run's use of the cache --------------------------------------------------------------
 
 
-def open_for_plan(folder: str | Path | None, plan: Plan, origin: str) -> Cache | None:
-    """The cache at `folder` (None: no cache), keyed with the plan's input schemas, serving
-    runs of `origin` only."""
+def open_for_plan(
+    folder: str | Path | None, plan: Plan, origin: str, *, models: Iterable[str] | None = None
+) -> Cache | None:
+    """The cache at `folder` (None: no cache), keyed with the input schemas of the plan's
+    models (`models`: of the plan's jobs, when the plan comes without them), serving runs of
+    `origin` only."""
     if folder is None:
         return None
-    models = {j.model_id for j in plan.jobs}
+    models = {j.model_id for j in plan.jobs} if models is None else set(models)
     return Cache.open(
         Path(folder), schema_hashes({m: plan.schemas.input_schema(m) for m in models}), origin
     )

@@ -24,10 +24,12 @@ from typing import Any
 from batchrun.fetch.jobfiles import JobFiles
 from batchrun.run.jobtable import JobTable
 from batchrun.run.outcome import Outcome
-from batchrun.store.records import OutputFile
+from batchrun.store.records import SUCCEEDED, JobRow, OutputFile
 
 # A job's output, its files recorded so far -> its files planned (engine: Downloader.plan).
 PlanFiles = Callable[[str, Any, list[OutputFile]], JobFiles]
+# A job and its files, all settled -> what its expectations find wrong ('' when nothing).
+Judge = Callable[[JobRow, list[OutputFile]], str]
 FLUSH_S = 1.0  # settled files wait at most this long to be recorded (about 20 ms per 10,000)
 GRACE_S = 2.0  # after a stop, how long the run waits for transfers being abandoned
 FILES_SHOWN = 10  # fewer files to fetch go unmentioned on the progress line
@@ -48,8 +50,10 @@ class DownloadPool:
         workers: int,
         stop: threading.Event,
         clock: Callable[[], float] = time.monotonic,
+        judge: Judge | None = None,
     ) -> None:
         self.plan = plan
+        self.judge = judge
         self.jobs = jobs
         self.workers = workers
         self.clock = clock
@@ -123,6 +127,7 @@ class DownloadPool:
         self._dirty.add(o.job_id)
         if not self._left[o.job_id]:
             self._record(o.job_id)
+            self._judge(o.job_id)
             del self._jobs[o.job_id], self._left[o.job_id]
 
     def flush_due(self) -> bool:
@@ -150,6 +155,21 @@ class DownloadPool:
             if files is not None:
                 files.abandon()
                 self._dirty.add(job_id)
+
+    def holds(self, job_id: str) -> bool:
+        """Whether the job's files are still on their way (or not judged yet)."""
+        return job_id in self._jobs
+
+    def _judge(self, job_id: str) -> None:
+        """Every file of the job settled: a job whose files fail its expectations is failed,
+        in the same commit as the record of its files. Reads only the files' headers, on the
+        scheduler's thread."""
+        files, row = self._jobs[job_id], self.jobs.rows[job_id]
+        if self.judge is None or files is None or row.status != SUCCEEDED:
+            return
+        error = self.judge(row, files.landed())
+        if error:
+            self.jobs.fail_expectations(job_id, error)
 
     def _record(self, job_id: str) -> None:
         files = self._jobs[job_id]

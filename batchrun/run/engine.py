@@ -21,22 +21,27 @@ from batchrun.api.balance import read_balance
 from batchrun.api.client import Client
 from batchrun.api.ratelimit import RateLimiter
 from batchrun.catalog.pricing import plain, usd
-from batchrun.errors import ApiError, ChoiceError, InsufficientBalanceError
+from batchrun.errors import ApiError, ChoiceError, InsufficientBalanceError, StateError
+from batchrun.fetch.bucket import Bucket, require_boto3
 from batchrun.fetch.download import Downloader
+from batchrun.fetch.expectations import unmet
 from batchrun.fetch.jobfiles import JobFiles
 from batchrun.plan.build import Plan
+from batchrun.plan.digest import PLAN_META, PlanMark
 from batchrun.plan.settings import RunSettings
 from batchrun.run.budget import Budget, plan_estimator
 from batchrun.run.cache import Restored, fill, open_for_plan, restore_pending
 from batchrun.run.downloads import PlanFiles
 from batchrun.run.ending import say_how_it_ended
 from batchrun.run.halt import SweepGate
-from batchrun.run.inputs import LocalInputs, check_ready
+from batchrun.run.inputs import check_ready, submitter
 from batchrun.run.jobtable import JobTable
+from batchrun.run.live import LiveReport, waiting_text
+from batchrun.run.mirror import Mirror
 from batchrun.run.money_text import budget_reached, no_balance, progress_cost
 from batchrun.run.parts import RunParts
 from batchrun.run.policy import SubmitPolicy
-from batchrun.run.progress import Progress, server_wait
+from batchrun.run.progress import Progress, describe, server_wait
 from batchrun.run.scheduler import Scheduler
 from batchrun.store import origin as og, state as st
 from batchrun.store.output_urls import default_allow_hosts, needs_files, output_keys
@@ -75,6 +80,13 @@ class RunOptions:
     # Where the account balance is read before the first submit (api/balance.py); None: not.
     balance_base: str | None = None
     cache: Path | None = None  # the cross-run cache folder; default: the manifest's run.cache
+    # The plan's digest (plan/digest.py), recorded in the folder once its jobs are added;
+    # None records none (a resume then expands the plan again).
+    plan_mark: PlanMark | None = None
+    # The plan's jobs are the folder's already (its recorded digest is `plan_mark`'s): the plan
+    # comes without jobs and none are added. StateError if the folder changed meanwhile.
+    jobs_known: bool = False
+    report_every: float | None = None  # seconds; None: the manifest's run.report_every
     workers: int = 16
     download_workers: int = 4
     session: requests.Session | None = None
@@ -92,6 +104,8 @@ def run_batch(plan: Plan, options: RunOptions) -> int:
     report, AuthError or InsufficientBalanceError (exit 3) when the API refuses the token or
     the balance cannot pay, and BudgetReached (exit 4) when the cost cap stopped the run.
     """
+    if plan.manifest.outputs.mirror:
+        require_boto3()  # before the run folder is made
     run_dir = Path(options.run_dir or plan.manifest.outputs.dir)
     with StateStore.open(run_dir) as store:
         return _Run(plan, options, run_dir, store).execute()
@@ -110,13 +124,19 @@ class _Run:
             self.opts.cache or self.plan.manifest.run.cache,
             self.plan,
             og.normalise(options.origin or options.api_base),
+            models=store.models() if options.jobs_known else None,
         )
         self.restored = Restored()
         self.balance_before: Decimal | None = None
+        # outputs.mirror: boto3 missing or a bad location stops the run before anything is sent
+        mirror = plan.manifest.outputs.mirror
+        self.mirror = None if mirror is None else Mirror(
+            Bucket.from_url(mirror), store, run_dir, plan.manifest.name
+        )  # fmt: skip
 
     def execute(self) -> int:
         self._prepare()
-        mark = self.store.change_mark()  # before the read: a write during it shows too
+        mark = self.store.revision()  # before the read: a write during it shows too
         every = self.store.rows()
         rows = self._restore([r for r in every if r.in_manifest and self._chosen(r.job_id)])
         client = Client(self.opts.api_base, self.opts.token, session=self.opts.session)
@@ -129,7 +149,7 @@ class _Run:
             sleep=self.opts.sleep,
         )
         budget = Budget.for_folder(
-            self._cap(), plan_estimator(self.plan), self.store.attempts(), every, rows, self.store
+            self._cap(), plan_estimator(self.plan), self.store.attempts(), rows, self.store
         )
         self._record_budget(budget)
         self.balance_before = self._check_balance(budget, rows)
@@ -150,31 +170,35 @@ class _Run:
             settings,
             self.opts.clock,
             self.opts.wall,
-            submit=self._submit(client),
+            submit=submitter(self.plan, client.submit),
         )
         sched = self._scheduler(parts, policies, budget, progress)
+        live = LiveReport(
+            settings.report_every if self.opts.report_every is None else self.opts.report_every,
+            lambda: self._write_live(every, sched, progress, budget, live),
+            lambda: parts.jobs.changes,
+            self.opts.clock,
+        )
+        sched.between_steps.append(live.tick)
         self._loop(sched, progress)
         interrupted = sched.stop.is_set()
         if interrupted and self.opts.cancel_on_interrupt:
             self._cancel_queued(sched, client, limiter)
         # Nothing written since the read (nothing to do, say): the rows read are the state.
-        final = every if self.store.change_mark() == mark else self.store.rows()
+        final = every if self.store.revision() == mark else self.store.rows()
         mine = [r for r in final if r.in_manifest and self._chosen(r.job_id)]
         if self.cache is not None and not interrupted:
             fill(self.cache, self.run_dir, mine, echo=self.echo)
+        if self.mirror is not None and not interrupted:
+            self.mirror.copy_files(mine)
         self._write_report(final, client, limiter, budget, interrupted=interrupted)
         client.close()
-        return self._conclude(sched, budget, mine)
-
-    def _submit(self, client: Client) -> Callable[[str, dict[str, Any]], str] | None:
-        """The client's submit, making local input files sendable first when there are any."""
-        manifest = self.plan.manifest
-        if not manifest.has_local:
-            return None
-        local = LocalInputs(
-            manifest.path.parent, manifest.uploads, (job.inputs for job in self.plan.jobs)
-        )
-        return local.submit(client.submit)
+        if self.mirror is not None and not interrupted:
+            self.mirror.copy_reports()
+            self.mirror.say(self.echo, quiet=self.opts.quiet)
+        code = self._conclude(sched, budget, mine)
+        # Files left out of the bucket fail the run; the same command finishes the mirror.
+        return 1 if code == 0 and self.mirror is not None and self.mirror.failed else code
 
     def _restore(self, rows: list[JobRow]) -> list[JobRow]:
         """The rows to run, with the pending ones the cache holds a result of taken from it."""
@@ -193,13 +217,20 @@ class _Run:
             parts,
             policies=policies,
             estimate=budget.estimate,
-            plan_files=self._file_planner() if download else None,
+            plan_files=file_planner(self.plan, self.run_dir, self.opts.api_base)
+            if download
+            else None,
             progress=progress,
             echo=self.echo,
             workers=self.opts.workers,
             download_workers=self.opts.download_workers,
         )
         progress.notes.append(sched.downloads.note)  # a result of many files: what is left
+        if download and self.plan.manifest.expect:
+            sched.downloads.judge = self._judge
+            for gate in policies:
+                if isinstance(gate, SweepGate):  # a canary proves its model once judged
+                    gate.unjudged = sched.downloads.holds
         # A cached job's files come from the cache, not a URL.
         sched.seed(
             parts.jobs.rows.values(),
@@ -207,8 +238,12 @@ class _Run:
         )
         return sched
 
+    def _judge(self, row: JobRow, files: list[OutputFile]) -> str:
+        """What the job's files fail of its model's expectations ('' when nothing)."""
+        return unmet(self.plan.manifest.expect.of(row.model_id), self.run_dir, files)
+
     def _loop(self, sched: Scheduler, progress: Progress) -> None:
-        restore = self._install_interrupt(sched)
+        restore = install_interrupt(sched, handle_signals=self.opts.handle_signals)
         try:
             sched.run()
         finally:
@@ -329,7 +364,18 @@ class _Run:
             raise og.mismatch(self.run_dir, held, origin)  # before anything is changed or sent
         if origin and meta.get("origin") != origin:
             self.store.set_meta(origin=origin)
-        added, removed = self.store.add_jobs(self._jobs_to_add())
+        if self.opts.jobs_known:
+            found = PlanMark.loads(meta.get(PLAN_META))
+            if self.opts.plan_mark is None or found != self.opts.plan_mark:
+                raise StateError(
+                    f"{self.run_dir}: its plan changed while this run was starting (another "
+                    "run of another manifest?); run the same command again"
+                )
+            added, removed = 0, 0
+        else:
+            added, removed = self.store.add_jobs(self._jobs_to_add())
+            mark = self.opts.plan_mark
+            self.store.set_meta(**{PLAN_META: "" if mark is None else mark.dumps()})
         if fresh:
             self.store.set_meta(
                 name=manifest.name,
@@ -363,65 +409,20 @@ class _Run:
                 "left as unknown (rerun with --resubmit-unknown to submit them again)"
             )
         if self.opts.resubmit_unknown:
-            self._requeue([st.UNKNOWN])
+            self._requeue([st.UNKNOWN], "--resubmit-unknown", "unknown job(s)")
         if self.opts.retry_failed:
-            self._requeue([st.FAILED, st.TIMED_OUT])
+            self._requeue([st.FAILED, st.TIMED_OUT], "--retry-failed", "failed or timed-out job(s)")
 
-    def _requeue(self, statuses: list[str]) -> None:
-        only = self.opts.only
-        if only is None:
-            self.store.requeue(statuses)
-            return
-        # A subset requeues its own jobs only (StateStore.requeue takes every job).
-        with self.store.batch():
-            for row in self.store.rows(in_manifest_only=True):
-                if row.job_id in only and row.status in statuses:
-                    self.store.mark_pending(row.job_id)
-
-    def _file_planner(self) -> PlanFiles:
-        outputs = self.plan.manifest.outputs
-        hosts = default_allow_hosts(self.opts.api_base) + list(outputs.allow_hosts)
-        downloader = Downloader(allow_hosts=hosts, max_file_bytes=outputs.max_file_bytes)
-
-        def plan(job_id: str, output: Any, existing: list[OutputFile]) -> JobFiles:
-            keys = output_keys(output)
-            return downloader.plan(self.run_dir, job_id, list(keys), existing, keys)
-
-        return plan
-
-    def _install_interrupt(self, sched: Scheduler) -> Callable[[], None]:
-        main = threading.current_thread() is threading.main_thread()
-        if not (self.opts.handle_signals and main):
-            return lambda: None
-
-        def on_signal(signum: int, frame: object) -> None:
-            # Runs between two bytecodes of the scheduler: only set a flag and write to the fd
-            # (print() or a queue here could deadlock on a lock the interrupted code holds).
-            if sched.stop.is_set():
-                _say("\ninterrupted again: exiting now (state is saved)\n")
-                os._exit(EXIT_INTERRUPTED)
-            sched.request_stop()
-            # Answers still arriving are read for at most client.INTERRUPT_GRACE_S more, files
-            # stop at once (a trickling server must not hold the run); a submit cut off so is
-            # left unknown, never sent again blindly.
-            netenv.interrupt()
-            _say(
-                "\ninterrupting: no new submits; saving what came back "
-                "(Ctrl-C again to quit at once)\n"
+    def _requeue(self, statuses: list[str], flag: str, what: str) -> None:
+        """The jobs in `statuses` sent again, each with a fresh allowance of retries (the
+        user asked: what earlier runs spent of it no longer counts); says how many."""
+        sent = self.store.requeue(statuses, only=self.opts.only)  # a subset: its own jobs
+        if sent:
+            retries = self.plan.manifest.run.retries
+            self.echo(
+                f"{flag}: {sent} {what} to send again, each with a fresh allowance of retries "
+                f"(run.retries: {retries}): at most {retries + 1} more attempt(s) each"
             )
-
-        # SIGTERM (kill, a service manager) and SIGHUP (a closed terminal, a dropped ssh
-        # session) end a run as Ctrl-C does: state saved, report written, exit 130.
-        signals = [signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)]
-        netenv.interrupt(False)
-        previous = {sig: signal.signal(sig, on_signal) for sig in signals if sig is not None}
-
-        def restore() -> None:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-            netenv.interrupt(False)
-
-        return restore
 
     # ---- after the loop -----------------------------------------------------------------
 
@@ -445,6 +446,56 @@ class _Run:
                 )
                 del sched.at_server.flights[flight.job_id]
 
+    def _write_live(
+        self,
+        known: list[JobRow],
+        sched: Scheduler,
+        progress: Progress,
+        budget: Budget,
+        live: LiveReport,
+    ) -> None:
+        """The reports as they stand, from the rows in memory, marked live (run/live.py)."""
+        from batchrun.results.html_report import Live
+        from batchrun.results.report import RunFacts, grid_choice, write_report
+
+        table = sched.jobs.rows
+        rows = [table.get(r.job_id, r) for r in known]
+        counts, done = sched.jobs.counts, sched.jobs.done()
+        stopped = "budget: the cap is reached, no more submits" if budget.reached else ""
+        if not stopped and not sched.submit_open and sched.pending:
+            stopped = "submits stopped"
+        waiting = waiting_text(
+            len(sched.at_server.flights), progress.waiting() if progress.waiting else "",
+            stopped=stopped,
+        )  # fmt: skip
+        at = time.strftime("%H:%M:%S UTC", time.gmtime(self.opts.wall()))
+        text = "; ".join(
+            t for t in (f"running: {done}/{len(table)} done ({describe(counts)})",
+                        progress_cost(budget), waiting, f"updated {at}") if t
+        )  # fmt: skip
+        facts: RunFacts = {
+            "name": self.plan.manifest.name,
+            "manifest": str(self.plan.manifest.path),
+            "origin": og.recorded(self.store.meta(), self.run_dir) or self.opts.api_base,
+            "elapsed_s": round(self.opts.clock() - self.started, 3),
+            "est_cost_usd": float(budget.est_total),
+            "unpriced_jobs": budget.unpriced,
+            "max_cost_usd": None if budget.cap is None else float(budget.cap),
+        }
+        grid = self.plan.manifest.report
+        rows_key, cols_key = grid_choice(self.store.meta(), grid.rows, grid.cols)
+        try:
+            write_report(
+                self.run_dir, rows, self.store.attempts(), facts=facts,
+                rows_key=rows_key, cols_key=cols_key, live=Live(text, live.refresh_s),
+            )  # fmt: skip
+        except ChoiceError:
+            write_report(self.run_dir, rows, self.store.attempts(), facts=facts,
+                         live=Live(text, live.refresh_s))  # fmt: skip
+        except (StateError, OSError) as exc:  # the run goes on; its final report will say
+            self.echo(f"warning: live report not written ({exc}); no more until the end")
+            live.every = 0
+
     def _write_report(
         self,
         rows: list[JobRow],
@@ -456,7 +507,14 @@ class _Run:
     ) -> None:
         import json
 
-        from batchrun.results.report import RunFacts, grid_choice, write_report
+        from batchrun.results.report import (
+            REPORT_MARK_META,
+            RunFacts,
+            grid_choice,
+            report_mark,
+            reports_present,
+            write_report,
+        )
 
         calls = dict(sorted(client.calls.items()))
         attempts = self.store.attempts()
@@ -498,15 +556,72 @@ class _Run:
         if self.opts.only is not None:
             facts["selected"] = len(self.opts.only)
             facts["left_out"] = self.opts.left_out
+        mirror_urls = None
+        if self.mirror is not None:
+            facts["mirror"] = self.mirror.facts()
+            mirror_urls = self.mirror.urls()
+            self.store.set_meta(mirror=self.mirror.to)  # `batchrun report` keeps the column
         grid = self.plan.manifest.report
         rows_key, cols_key = grid_choice(meta, grid.rows, grid.cols)
+        written = report_mark(self.store.revision(), facts, rows_key, cols_key)
+        if meta.get(REPORT_MARK_META) == written and reports_present(self.run_dir):
+            return  # nothing changed since they were written
         try:
             write_report(
-                self.run_dir, rows, attempts, facts=facts, rows_key=rows_key, cols_key=cols_key
-            )
+                self.run_dir, rows, attempts, facts=facts, rows_key=rows_key, cols_key=cols_key,
+                mirror_urls=mirror_urls,
+            )  # fmt: skip
         except ChoiceError as exc:
             self.echo(f"warning: report.html grid: {exc}; laid out automatically")
-            write_report(self.run_dir, rows, attempts, facts=facts)
+            write_report(self.run_dir, rows, attempts, facts=facts, mirror_urls=mirror_urls)
+        self.store.set_meta(**{REPORT_MARK_META: written})
+
+
+def file_planner(plan: Plan, run_dir: Path, api_base: str) -> PlanFiles:
+    """What to download of a job's output, and where in the run folder."""
+    outputs = plan.manifest.outputs
+    hosts = default_allow_hosts(api_base) + list(outputs.allow_hosts)
+    downloader = Downloader(allow_hosts=hosts, max_file_bytes=outputs.max_file_bytes)
+
+    def planned(job_id: str, output: Any, existing: list[OutputFile]) -> JobFiles:
+        keys = output_keys(output)
+        return downloader.plan(run_dir, job_id, list(keys), existing, keys)
+
+    return planned
+
+
+def install_interrupt(sched: Scheduler, *, handle_signals: bool) -> Callable[[], None]:
+    main = threading.current_thread() is threading.main_thread()
+    if not (handle_signals and main):
+        return lambda: None
+
+    def on_signal(signum: int, frame: object) -> None:
+        # Runs between two bytecodes of the scheduler: only set a flag and write to the fd
+        # (print() or a queue here could deadlock on a lock the interrupted code holds).
+        if sched.stop.is_set():
+            _say("\ninterrupted again: exiting now (state is saved)\n")
+            os._exit(EXIT_INTERRUPTED)
+        sched.request_stop()
+        # Answers still arriving are read for at most client.INTERRUPT_GRACE_S more, files
+        # stop at once (a trickling server must not hold the run); a submit cut off so is
+        # left unknown, never sent again blindly.
+        netenv.interrupt()
+        _say(
+            "\ninterrupting: no new submits; saving what came back (Ctrl-C again to quit at once)\n"
+        )
+
+    # SIGTERM (kill, a service manager) and SIGHUP (a closed terminal, a dropped ssh
+    # session) end a run as Ctrl-C does: state saved, report written, exit 130.
+    signals = [signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)]
+    netenv.interrupt(False)
+    previous = {sig: signal.signal(sig, on_signal) for sig in signals if sig is not None}
+
+    def restore() -> None:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        netenv.interrupt(False)
+
+    return restore
 
 
 def _say(text: str) -> None:

@@ -9,7 +9,7 @@ now. Both read the job table only.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from batchrun.plan.settings import HaltRule
 from batchrun.run import policy
@@ -43,6 +43,8 @@ class SweepGate(policy.Policy):
         self.canaries: dict[str, list[str]] = {}  # model -> its canaries still undecided
         self.held: dict[str, list[str]] = {}  # model -> its jobs waiting for the canaries
         self.blocked: dict[str, str] = {}  # model -> why its other jobs are not sent
+        # A succeeded job whose files are not judged yet (expectations) is no proof yet.
+        self.unjudged: Callable[[str], bool] = lambda job_id: False
         if canary > 0:
             self._pick_canaries(rows, canary)
 
@@ -90,7 +92,7 @@ class SweepGate(policy.Policy):
             bad = [r for r in rows if r.status in (*_BAD, st.CANCELLED, st.UNKNOWN)]
             if bad:
                 self.blocked[model] = _canary_failure(bad[0])
-            elif all(r.status == st.SUCCEEDED for r in rows):
+            elif all(r.status == st.SUCCEEDED and not self.unjudged(r.job_id) for r in rows):
                 if not self.halted:
                     out += self.held[model]
             else:

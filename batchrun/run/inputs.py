@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 from batchrun.errors import ApiError, BatchrunError, InputDeliveryError
 from batchrun.plan import delivery
+from batchrun.plan.build import Plan
 from batchrun.plan.localfiles import FileProblem, read_facts
 from batchrun.plan.settings import UploadSettings
 from batchrun.util import localref
@@ -45,11 +46,10 @@ def open_bucket(uploads: UploadSettings) -> Uploader:
 
 
 def check_ready(uploads: UploadSettings, has_local: bool) -> None:
-    """Exit 2 before anything is sent when a bucket is named and boto3 is missing."""
+    """Exit 2 before anything is sent when a bucket is named and boto3 is missing, or its
+    location is not one (opening it reads the location and makes a client, no call)."""
     if has_local and uploads.to is not None:
-        from batchrun.fetch.bucket import require_boto3
-
-        require_boto3()
+        open_bucket(uploads)
 
 
 class LocalInputs:
@@ -202,3 +202,14 @@ def _scrubbed(exc: ApiError, shown: dict[str, str]) -> ApiError:
     exc.detail = clean(str(exc.detail)) if exc.detail is not None else None
     exc.args = tuple(clean(a) if isinstance(a, str) else a for a in exc.args)
     return exc
+
+
+def submitter(
+    plan: Plan, submit: Callable[[str, dict[str, Any]], str]
+) -> Callable[[str, dict[str, Any]], str] | None:
+    """`submit` making the plan's local input files sendable first; None when it has none."""
+    manifest = plan.manifest
+    if not manifest.has_local:
+        return None
+    local = LocalInputs(manifest.path.parent, manifest.uploads, (job.inputs for job in plan.jobs))
+    return local.submit(submit)

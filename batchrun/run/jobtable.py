@@ -7,22 +7,56 @@ from collections import Counter
 from collections.abc import Iterable
 from contextlib import AbstractContextManager
 from decimal import Decimal
-from typing import Any
+from typing import Any, Protocol
 
 from batchrun.store import state as st, transitions
 from batchrun.store.records import JobRow, OutputFile
-from batchrun.store.state import StateStore
 from batchrun.store.transitions import Changes
+
+
+class Transitions(Protocol):
+    """What the job table needs of a store: StateStore (a run folder's state.db) or
+    SharedState (a shared sweep's database), one method per transition."""
+
+    def batch(self, *, durable: bool = False) -> AbstractContextManager[None]: ...
+    def mark_submitting(self, job_id: str, estimate: Decimal | None = None) -> Changes: ...
+    def record_request_id(self, job_id: str, request_id: str, submitted_at: float) -> Changes: ...
+    def mark_pending(self, job_id: str, error: str = "") -> Changes: ...
+    def mark_unknown(self, job_id: str, error: str, *, count_attempt: bool = True) -> Changes: ...
+    def record_status(
+        self, job_id: str, status: str, *, started_at: float | None = None
+    ) -> Changes: ...
+    def record_result(
+        self,
+        job_id: str,
+        status: str,
+        *,
+        finished_at: float,
+        output: Any = None,
+        error: str = "",
+        cost_usd: float | None = None,
+    ) -> Changes: ...
+    def record_error(self, job_id: str, error: str) -> Changes: ...
+    def fail_expectations(self, job_id: str, error: str) -> Changes: ...
+    def record_files(self, job_id: str, files: list[OutputFile]) -> Changes: ...
 
 
 class JobTable:
     """One method per transition, named as StateStore's: commit it there first, then make the
     changes it returns to `rows` and `counts`."""
 
-    def __init__(self, store: StateStore, rows: Iterable[JobRow]) -> None:
+    def __init__(self, store: Transitions, rows: Iterable[JobRow]) -> None:
         self.store = store
         self.rows: dict[str, JobRow] = {r.job_id: r for r in rows}
         self.counts: Counter[str] = Counter(r.status for r in self.rows.values())
+        self.changes = 0  # transitions applied so far: equal at two moments, nothing changed
+
+    def add(self, rows: Iterable[JobRow]) -> None:
+        """Rows this run takes on as it goes (a shared sweep's claims)."""
+        for row in rows:
+            if row.job_id not in self.rows:
+                self.rows[row.job_id] = row
+                self.counts[row.status] += 1
 
     def batch(self, *, durable: bool = False) -> AbstractContextManager[None]:
         """The transitions made inside share one commit (see StateStore.batch)."""
@@ -59,6 +93,9 @@ class JobTable:
         )
         self._apply(job_id, changes)
 
+    def fail_expectations(self, job_id: str, error: str) -> None:
+        self._apply(job_id, self.store.fail_expectations(job_id, error))
+
     def record_error(self, job_id: str, error: str) -> None:
         self._apply(job_id, self.store.record_error(job_id, error))
 
@@ -73,6 +110,7 @@ class JobTable:
         row = self.rows[job_id]
         before = row.status
         transitions.apply(row, changes)
+        self.changes += 1
         if row.status != before:
             self.counts[before] -= 1
             self.counts[row.status] += 1

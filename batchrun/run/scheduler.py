@@ -78,6 +78,7 @@ class Scheduler:
         self.jobs = parts.jobs
         self.refusals = ModelRefusals()  # models the API refused for every job
         self.policy = Policies(self.refusals, *policies, SubmitBreaker(clock, wall))
+        self.feed = parts.feed
         self.submit_open = True
         self.submitting = 0
         self.fatal: BaseException | None = None
@@ -105,6 +106,8 @@ class Scheduler:
             lambda model: runs.mean(model) if runs.known(model) else None,
         )
         self.max_in_flight = InFlightCap(run.max_in_flight, run.rate_limit, runs, echo)
+        # Called between two steps of the loop (the live report): quick, or rarely slow.
+        self.between_steps: list[Callable[[], None]] = []
 
     def seed(self, rows: Iterable[JobRow], *, needs_files: Callable[[JobRow], bool]) -> None:
         """What this run has to do about the jobs of earlier runs: submit the pending ones,
@@ -141,8 +144,11 @@ class Scheduler:
             while not self.stop.is_set() and not self._finished():
                 self._apply(self.workers.collect(min(self._dispatch(), STOP_CHECK)))
                 self.pending.extend(self.policy.released(self.jobs))  # e.g. canaries passed
+                self._refill()
                 self.downloads.send()
                 self._show()
+                for step in self.between_steps:
+                    step()
         finally:
             self._wind_down()
 
@@ -150,7 +156,25 @@ class Scheduler:
         if isinstance(self.fatal, STOP_ALL):
             return self.workers.busy == 0 and not self.downloads.busy
         can_submit = self.submit_open and bool(self.pending)
-        return not (can_submit or self.at_server or self.workers.busy or self.downloads.busy)
+        if can_submit or self.at_server or self.workers.busy or self.downloads.busy:
+            return False
+        return self.feed is None or not self.submit_open or self.feed.done()
+
+    def _refill(self) -> None:
+        """More jobs from the feed: pending ones to submit, others' to poll."""
+        got = (
+            None
+            if self.feed is None
+            else self.feed.more(len(self.pending) if self.submit_open else None)
+        )
+        if not got:
+            return
+        pending, taken_over = got
+        self.jobs.add([*pending, *taken_over])
+        for row in taken_over:
+            self._tell(Told(policy.RESUMED, row))
+            self.at_server.resume(row)
+        self.pending.extend(r.job_id for r in pending)
 
     def _dispatch(self) -> float:
         """Start every call allowed now; return how long to wait before trying again."""

@@ -10,7 +10,14 @@ import time
 
 from batchrun.simulator import catalog, malicious, media
 from batchrun.simulator.jobqueue import Job
-from batchrun.simulator.outputs import FileSpec, FileStore, content_key, fraction, image_size
+from batchrun.simulator.outputs import (
+    FileSpec,
+    FileStore,
+    content_key,
+    fraction,
+    image_size,
+    video_size,
+)
 from batchrun.simulator.settings import SimSettings
 from batchrun.simulator.stats import Stats
 
@@ -52,6 +59,7 @@ def finish_job(job: Job, s: SimSettings, files: FileStore, stats: Stats, base_ur
     if drifted:
         stats.fault("drift")
     width, height = image_size(job.inputs)
+    video = video_size(job.model_id, job.inputs)
     slots: list[tuple[str | None, list[str]]] = []
     n = 0
     for key, kind, count in info.slots:
@@ -59,9 +67,12 @@ def finish_job(job: Job, s: SimSettings, files: FileStore, stats: Stats, base_ur
         for _ in range(count):
             label = "image" if kind == "png" else "video"
             path = f"/files/{job.request_id}/{label}_{n}.{kind}"
-            spec = FileSpec(
-                kind, content_key(job.identity, n, drifted), width, height, expires_at=expires
-            )
+            content = content_key(job.identity, n, drifted)
+            if kind == "mp4":
+                w, h, seconds = video
+                spec = FileSpec(kind, content, w, h, expires_at=expires, seconds=seconds)
+            else:
+                spec = FileSpec(kind, content, width, height, expires_at=expires)
             files.add(path, spec)
             urls.append(base_url + path)
             n += 1

@@ -11,12 +11,14 @@ from pathlib import Path
 
 from batchrun import __version__
 from batchrun.errors import StateError
-from batchrun.store import lock as folder_lock
-from batchrun.store.records import COLUMNS, COLUMNS_V1
+from batchrun.store import lock as folder_lock, mirrored
+from batchrun.store.records import COLUMNS, COLUMNS_V1, COLUMNS_V3
 
 # 1: the first; 2: jobs.cached and jobs.saved_usd (the cross-run cache); 3: the attempts
-# table (the ledger: one row per submit attempt, appended, never rewritten away)
-SCHEMA_VERSION = 3
+# table (the ledger: one row per submit attempt, appended, never rewritten away); 4: the
+# mirrored table (what outputs.mirror has copied to its bucket); 5: jobs.retries_from (where
+# a job's allowance of retries began)
+SCHEMA_VERSION = 5
 STATE_FILE = "state.db"
 
 
@@ -85,12 +87,28 @@ CREATE TABLE IF NOT EXISTS jobs (
     in_manifest INTEGER NOT NULL DEFAULT 1,
     updated_at REAL,
     cached INTEGER NOT NULL DEFAULT 0,
-    saved_usd REAL
+    saved_usd REAL,
+    retries_from INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status);
 """
     + _ATTEMPTS
+    + ";"
+    + mirrored.TABLE
 )
+
+
+# The revision: a counter in meta that every write of a job's row or of the ledger bumps, in the
+# same transaction (StateStore.revision). Triggers, so no writer can forget it; made on every
+# writable open (IF NOT EXISTS), so a folder of any version gets them without a new version.
+REVISION_KEY = "revision"
+_BUMP = "BEGIN UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'revision'; END"
+_TRIGGERS = [
+    f"CREATE TRIGGER IF NOT EXISTS {table}_{event.lower()}_revision AFTER {event} ON {table} "
+    + _BUMP
+    for table in ("jobs", "attempts")
+    for event in ("INSERT", "UPDATE", "DELETE")
+]
 
 
 # Version N-1 -> N, in order; each runs in one transaction with the version's update.
@@ -100,6 +118,9 @@ _MIGRATIONS = {
         "ALTER TABLE jobs ADD COLUMN saved_usd REAL",
     ),
     3: (*[stmt for stmt in _ATTEMPTS.split(";") if stmt.strip()], *_BACKFILL),
+    4: (mirrored.TABLE,),
+    # Attempts made before count against the allowance: a migrated folder grants no more.
+    5: ("ALTER TABLE jobs ADD COLUMN retries_from INTEGER NOT NULL DEFAULT 0",),
 }
 
 
@@ -120,16 +141,7 @@ def migrate(conn: sqlite3.Connection, run_dir: Path, *, writable: bool) -> str:
             f"batchrun; this one ({__version__}) reads version {SCHEMA_VERSION}: upgrade"
         )
     if version < SCHEMA_VERSION and not writable:
-        # Read as it is (status, merge's sources): the missing columns read as defaults, and
-        # the ledger of a folder made before it is built in a temporary table, as the
-        # migration would build it.
-        conn.execute(_ATTEMPTS.split(";")[0].replace("TABLE IF NOT EXISTS", "TEMP TABLE"))
-        for stmt in _BACKFILL:
-            if version < 2:
-                for column in ("cached = 1", "saved_usd IS NOT NULL", "CAST(saved_usd AS TEXT)"):
-                    stmt = stmt.replace(column, "NULL")
-            conn.execute(stmt)
-        return COLUMNS_V1 if version < 2 else COLUMNS
+        return _read_as_is(conn, version)
     while version < SCHEMA_VERSION:
         version += 1
         with _transaction(conn, path):
@@ -140,6 +152,8 @@ def migrate(conn: sqlite3.Connection, run_dir: Path, *, writable: bool) -> str:
                 "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
                 (str(version),),
             )
+    if writable:
+        _revision(conn, path)
     have = {r[1] for r in conn.execute("PRAGMA table_info(jobs)")}
     missing = [c.strip() for c in COLUMNS.split(",") if c.strip() not in have]
     if missing:
@@ -148,6 +162,26 @@ def migrate(conn: sqlite3.Connection, run_dir: Path, *, writable: bool) -> str:
             f"restore the file from a copy, or move {run_dir} aside and run again"
         )
     return COLUMNS
+
+
+def _read_as_is(conn: sqlite3.Connection, version: int) -> str:
+    """An older state.db read as it is (status, merge's sources): the missing columns read as
+    defaults, and the ledger of a folder made before it is built in a temporary table, as the
+    migration would build it; so is its (empty) mirrored table."""
+    conn.execute(mirrored.TABLE.replace("TABLE IF NOT EXISTS", "TEMP TABLE"))
+    if version < 3:
+        _temporary_ledger(conn, version)
+    return COLUMNS_V1 if version < 2 else COLUMNS_V3 if version < 5 else COLUMNS
+
+
+def _temporary_ledger(conn: sqlite3.Connection, version: int) -> None:
+    """The ledger of a folder made before it (version 1 or 2), in a temporary table."""
+    conn.execute(_ATTEMPTS.split(";")[0].replace("TABLE IF NOT EXISTS", "TEMP TABLE"))
+    for stmt in _BACKFILL:
+        if version < 2:
+            for column in ("cached = 1", "saved_usd IS NOT NULL", "CAST(saved_usd AS TEXT)"):
+                stmt = stmt.replace(column, "NULL")
+        conn.execute(stmt)
 
 
 def _create(conn: sqlite3.Connection, path: Path) -> None:
@@ -163,6 +197,18 @@ def _create(conn: sqlite3.Connection, path: Path) -> None:
                 ("created", str(time.time())),
             ],
         )
+
+
+def _revision(conn: sqlite3.Connection, path: Path) -> None:
+    """The revision counter and its triggers, when missing (see REVISION_KEY)."""
+    names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")}
+    have = conn.execute("SELECT 1 FROM meta WHERE key = ?", (REVISION_KEY,)).fetchone()
+    if have and len(names) >= len(_TRIGGERS):
+        return
+    with _transaction(conn, path):
+        conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES (?, '0')", (REVISION_KEY,))
+        for stmt in _TRIGGERS:
+            conn.execute(stmt)
 
 
 def _version(conn: sqlite3.Connection, run_dir: Path) -> int:

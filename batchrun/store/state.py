@@ -13,14 +13,16 @@ from pathlib import Path
 from typing import Any
 
 from batchrun.errors import StateError
-from batchrun.store import ledger, lock as folder_lock, records, transitions
+from batchrun.store import ledger, lock as folder_lock, mirrored, records, transitions
 from batchrun.store.migrations import (
+    REVISION_KEY,
     SCHEMA_VERSION as SCHEMA_VERSION,
     STATE_FILE as STATE_FILE,
     migrate,
     refuse_links,
     write_problem,
 )
+from batchrun.store.mirrored import Mirrored
 
 # The states are re-exported (callers speak of `state.SUCCEEDED`...); JobRow and OutputFile
 # are imported from records, their one home.
@@ -48,8 +50,10 @@ from batchrun.store.records import (
 from batchrun.store.transitions import Changes
 from batchrun.util.gcpause import gc_paused
 
+_PAGE = 2000  # rows a cursor reads at a time (iter_rows)
 
-class StateStore:
+
+class StateStore(transitions.RowTransitions):
     """state.db of one run folder. Each method is one transaction; open() takes the run lock.
 
     Durability: WAL with synchronous=NORMAL, so a committed transition survives a crash of the
@@ -281,6 +285,71 @@ class StateStore:
             cur = self._conn.execute(f"SELECT {self._columns} FROM jobs {where}ORDER BY position")
             return [self._decode(r) for r in cur.fetchall()]
 
+    def iter_rows(
+        self, *, in_manifest_only: bool = False, statuses: Iterable[str] | None = None
+    ) -> Iterator[records.JobRow]:
+        """The jobs (in the manifest only; in one of `statuses` only), in expansion order, read
+        with a cursor: memory holds one page of rows, not the folder's."""
+        where, params = ["in_manifest = 1"] if in_manifest_only else [], []
+        if statuses is not None:
+            wanted = list(statuses)
+            where.append(f"status IN ({', '.join('?' for _ in wanted)})")
+            params += wanted
+        clause = f"WHERE {' AND '.join(where)} " if where else ""
+        with self._mutex:
+            cur = self._conn.cursor()
+            cur.execute(f"SELECT {self._columns} FROM jobs {clause}ORDER BY position", params)
+        try:
+            while True:
+                with self._mutex:
+                    page = cur.fetchmany(_PAGE)
+                if not page:
+                    return
+                yield from (self._decode(r) for r in page)
+        finally:
+            cur.close()
+
+    def check_rows(self) -> None:
+        """StateError naming the first job whose stored JSON (inputs, vars, output, files) is
+        damaged, as reading it would; one SQL scan, for readers that decode few rows."""
+        with self._mutex:
+            found = self._conn.execute(
+                "SELECT job_id FROM jobs WHERE NOT (json_valid(inputs) AND json_valid(vars) AND "
+                "(output IS NULL OR json_valid(output)) AND "
+                "(files IS NULL OR files = '' OR json_valid(files))) ORDER BY position LIMIT 1"
+            ).fetchone()
+            if found is None:  # valid JSON: the files must also be files
+                cur = self._conn.execute(
+                    "SELECT job_id, files FROM jobs WHERE files IS NOT NULL AND "
+                    "files NOT IN ('', '[]') ORDER BY position"
+                )
+                for job_id, files in cur:
+                    try:
+                        [records.OutputFile(**f) for f in records.loads(files)]
+                    except (ValueError, TypeError, KeyError, AttributeError):
+                        found = (job_id,)
+                        break
+        if found is not None:
+            self.get(found[0])  # raises, saying what is wrong with it
+
+    def job_ids(self, *, in_manifest_only: bool = False) -> set[str]:
+        where = " WHERE in_manifest = 1" if in_manifest_only else ""
+        with self._mutex:
+            return {r[0] for r in self._conn.execute(f"SELECT job_id FROM jobs{where}")}
+
+    def bare_successes(self) -> Iterator[tuple[str, Any]]:
+        """(job id, output) of the succeeded jobs in the manifest that hold no file, in
+        expansion order: those whose output holds no URL succeeded without output."""
+        with self._mutex:
+            cur = self._conn.execute(
+                "SELECT job_id, output FROM jobs WHERE in_manifest = 1 AND status = ? AND "
+                "(files IS NULL OR files IN ('', '[]')) ORDER BY position",
+                (SUCCEEDED,),
+            )
+            found = cur.fetchall()
+        for job_id, output in found:
+            yield job_id, None if output is None else records.loads(output)
+
     def _decode(self, r: tuple[Any, ...]) -> records.JobRow:
         try:
             return decode_row(r)
@@ -298,6 +367,20 @@ class StateStore:
             version = self._conn.execute("PRAGMA data_version").fetchone()[0]
             return self._conn.total_changes, version
 
+    def revision(self) -> int:
+        """The folder's revision: bumped in the same transaction as every write of a job's row
+        or of the ledger (by any process, any version of batchrun that opened it for writing
+        since), never by meta. Two equal values mean the jobs and the ledger are the same; what
+        was made from them then (the reports) is still right. 0 for a folder only read so far."""
+        with self._mutex:
+            found = self._conn.execute(
+                "SELECT value FROM meta WHERE key = ?", (REVISION_KEY,)
+            ).fetchone()
+        try:
+            return int(found[0]) if found else 0
+        except ValueError:
+            return -1  # edited: never equal to a revision recorded with the reports
+
     def get(self, job_id: str) -> records.JobRow:
         with self._mutex:
             r = self._conn.execute(
@@ -306,6 +389,14 @@ class StateStore:
         if r is None:
             raise StateError(f"{self.run_dir}: no job {job_id} in {STATE_FILE}")
         return self._decode(r)
+
+    def models(self) -> list[str]:
+        """The models of the jobs in the manifest, sorted."""
+        with self._mutex:
+            cur = self._conn.execute(
+                "SELECT DISTINCT model_id FROM jobs WHERE in_manifest = 1 ORDER BY model_id"
+            )
+            return [r[0] for r in cur.fetchall()]
 
     def counts(self) -> dict[str, int]:
         """Jobs per internal state (jobs still in the manifest)."""
@@ -320,8 +411,11 @@ class StateStore:
     # Each returns the changes it made to the job's row (store/transitions.py, where each
     # transition is defined), for the run's table in memory to make the same.
 
+    def _change(self, job_id: str, changes: Changes) -> Changes:
+        return self._update(job_id, changes)
+
     def _update(self, job_id: str, changes: Changes, *, durable: bool = False) -> Changes:
-        sets, params = _assignments(changes)
+        sets, params = assignments(changes)
         with self._tx(durable=durable) as conn:
             cur = conn.execute(
                 f"UPDATE jobs SET {sets}, updated_at = ? WHERE job_id = ?",
@@ -362,6 +456,50 @@ class StateStore:
         """A job's row as another folder holds it (merge): its state, request, times, result
         and files, written as they are. Its attempts come with `append_attempts`."""
         return self._update(row.job_id, transitions.import_job(row))
+
+    # ---- the mirror bucket (store/mirrored.py) ------------------------------------------
+
+    def mirrored(self) -> list[Mirrored]:
+        """Every object the folder has copied to its mirror bucket."""
+        with self._mutex:
+            cur = self._conn.execute(f"SELECT {mirrored.COLUMNS} FROM mirrored ORDER BY url")
+            return [Mirrored.from_row(r) for r in cur.fetchall()]
+
+    def record_mirrored(self, record: Mirrored) -> None:
+        """The store took `record`'s object (replacing what was known of its URL)."""
+        with self._tx() as conn:
+            conn.execute(
+                f"INSERT OR REPLACE INTO mirrored ({mirrored.COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
+                record.row(),
+            )
+
+    def approve_job(self, row: records.JobRow, attempts: Iterable[ledger.Attempt]) -> None:
+        """A job's result approved from another folder (`batchrun approve`), in one
+        transaction: its row as that folder holds it (added, or replacing this folder's), and
+        its attempts in place of this folder's for it. The one case where attempts leave the
+        ledger: a baseline holds each job's approved result and what that result cost, not
+        the history of the results it replaced."""
+        with self._tx(durable=True) as conn:
+            conn.execute(
+                "INSERT INTO jobs (job_id, position, model_id, inputs, vars, repeat, "
+                "updated_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(job_id) DO UPDATE SET "
+                "position = excluded.position, model_id = excluded.model_id, "
+                "inputs = excluded.inputs, vars = excluded.vars, repeat = excluded.repeat, "
+                "in_manifest = 1",
+                (
+                    row.job_id, row.position, row.model_id, dumps(row.inputs), dumps(row.vars),
+                    row.repeat, time.time(),
+                ),
+            )  # fmt: skip
+            self._update(row.job_id, transitions.import_job(row))
+            conn.execute("DELETE FROM attempts WHERE job_id = ?", (row.job_id,))
+            self.append_attempts(a for a in attempts if a.job_id == row.job_id)
+
+    def retire_job(self, job_id: str) -> None:
+        """Leave a job out of the reports (in_manifest = 0): a baseline's job that the run
+        approved in full no longer has."""
+        with self._tx() as conn:
+            conn.execute("UPDATE jobs SET in_manifest = 0 WHERE job_id = ?", (job_id,))
 
     # ---- the ledger (store/ledger.py): attempts are appended, never removed --------------
 
@@ -440,32 +578,6 @@ class StateStore:
         )
         return cur.rowcount == 1
 
-    def mark_pending(self, job_id: str, error: str = "") -> Changes:
-        """Back to the submit queue (a refused submit, a retry, a requested resubmission)."""
-        return self._update(job_id, transitions.mark_pending(error))
-
-    def record_status(
-        self, job_id: str, status: str, *, started_at: float | None = None
-    ) -> Changes:
-        """QUEUED or RUNNING as last seen on the server."""
-        return self._update(job_id, transitions.record_status(status, started_at))
-
-    def record_result(
-        self,
-        job_id: str,
-        status: str,
-        *,
-        finished_at: float,
-        output: Any = None,
-        error: str = "",
-        cost_usd: float | None = None,
-    ) -> Changes:
-        """A terminal state: SUCCEEDED, FAILED, TIMED_OUT or CANCELLED."""
-        changes = transitions.record_result(
-            status, finished_at=finished_at, output=output, error=error, cost_usd=cost_usd
-        )
-        return self._update(job_id, changes)
-
     def record_cached(
         self,
         job_id: str,
@@ -492,17 +604,12 @@ class StateStore:
                 ),
             )
 
-    def record_error(self, job_id: str, error: str) -> Changes:
-        """A note on a job that keeps its state (e.g. the server unreachable while polling)."""
-        return self._update(job_id, transitions.record_error(error))
-
-    def record_files(self, job_id: str, files: list[records.OutputFile]) -> Changes:
-        """A job's files so far (rewritten as more land)."""
-        return self._update(job_id, transitions.record_files(files))
-
-    def requeue(self, statuses: Iterable[str], error: str = "") -> int:
-        """Every job (in the manifest) in one of `statuses` back to PENDING (mark_pending's
-        changes, in one UPDATE); returns how many.
+    def requeue(
+        self, statuses: Iterable[str], error: str = "", *, only: Iterable[str] | None = None
+    ) -> int:
+        """Every job (in the manifest; of `only`, when given) in one of `statuses` sent again,
+        with a fresh allowance of retries (transitions.requeue's changes, in one statement);
+        returns how many.
 
         A FAILED job whose request the server stopped knowing before its result was read (its
         error starts with NOT_FOUND) may have been billed: it counts as UNKNOWN here, never as
@@ -516,12 +623,13 @@ class StateStore:
             which, args = f"(status IN ({marks}) OR {unread})", (*statuses, *unread_args)
         else:
             which, args = f"(status IN ({marks}) AND NOT {unread})", (*statuses, *unread_args)
-        sets, params = _assignments(transitions.mark_pending(error))
+        sets, params = assignments(transitions.requeue(error))
+        update = f"UPDATE jobs SET {sets}, updated_at = ? WHERE in_manifest = 1 AND {which}"
+        values = (*params, time.time(), *args)
         with self._tx() as conn:
-            cur = conn.execute(
-                f"UPDATE jobs SET {sets}, updated_at = ? WHERE in_manifest = 1 AND {which}",
-                (*params, time.time(), *args),
-            )
+            if only is None:
+                return conn.execute(update, values).rowcount
+            cur = conn.executemany(f"{update} AND job_id = ?", [(*values, j) for j in only])
             return cur.rowcount
 
     def submitting_to_unknown(self, error: str) -> int:
@@ -531,7 +639,7 @@ class StateStore:
             conn.execute(
                 "UPDATE attempts SET answer = ? WHERE answer = ?", (ledger.UNKNOWN, ledger.SENDING)
             )
-            sets, params = _assignments(transitions.mark_unknown(error))
+            sets, params = assignments(transitions.mark_unknown(error))
             cur = conn.execute(
                 f"UPDATE jobs SET {sets}, updated_at = ? WHERE status = ?",
                 (*params, time.time(), SUBMITTING),
@@ -539,19 +647,22 @@ class StateStore:
             return cur.rowcount
 
 
-def _assignments(changes: Changes) -> tuple[str, list[Any]]:
-    """The SET clause, and its parameters, that make `changes` to a row of the jobs table."""
+def assignments(changes: Changes, mark: str = "?") -> tuple[str, list[Any]]:
+    """The SET clause, and its parameters, that make `changes` to a row of the jobs table
+    (`mark`: the driver's placeholder, `?` for SQLite, `%s` for PostgreSQL)."""
     sets, params = [], []
     for name, value in changes.items():
         kind = type(value)
         if kind is transitions.Add:
-            sets.append(f"{name} = {name} + ?")
+            sets.append(f"{name} = {name} + {mark}")
             params.append(value.n)
         elif kind is transitions.IfUnset:
-            sets.append(f"{name} = COALESCE({name}, ?)")
+            sets.append(f"{name} = COALESCE({name}, {mark})")
             params.append(value.value)
+        elif kind is transitions.Copy:
+            sets.append(f"{name} = {value.name}")  # a field name of ours, never input
         else:
-            sets.append(f"{name} = ?")
+            sets.append(f"{name} = {mark}")
             params.append(encode_field(name, value) if name in ENCODED_FIELDS else value)
     return ", ".join(sets), params
 

@@ -161,6 +161,7 @@ def test_every_run_option_is_resumed_or_says_why_not() -> None:
         "cancel_on_interrupt",
         "strict",
         "quiet",
+        "state",  # its password is never printed
     }
 
 

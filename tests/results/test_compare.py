@@ -9,7 +9,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import shutil
 import sys
 import xml.etree.ElementTree as ET
 from html.parser import HTMLParser
@@ -18,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from batchrun.cli import main
-from batchrun.errors import ChoiceError, MissingDependencyError, StateError
+from batchrun.errors import ChoiceError, MissingDependencyError
 from batchrun.results import compare
 
 COLUMNS = [
@@ -534,39 +533,6 @@ def test_image_tolerance_needs_both_files(tmp_path: Path, monkeypatch) -> None:
     assert result.jobs[0].outcome == "changed"
 
 
-def test_update_baseline_copies_report_and_files(runs, tmp_path: Path, capsys) -> None:
-    stale = tmp_path / "baselines/demo/files/old/image.png"
-    stale.parent.mkdir(parents=True)
-    stale.write_text("stale")
-    assert main(["compare", *runs, "--update-baseline", "baselines/demo"]) == 1
-    assert "baseline updated: baselines/demo" in capsys.readouterr().out
-    dest = tmp_path / "baselines/demo"
-    assert (dest / "report.csv").read_bytes() == (tmp_path / "cur/report.csv").read_bytes()
-    assert (dest / "files/j6/image.png").read_text() == "six"
-    assert not stale.exists()
-    assert main(["compare", "baselines/demo", "cur"]) == 0
-
-
-def test_update_baseline_interrupted_keeps_the_old_report(runs, tmp_path, monkeypatch) -> None:
-    dest = tmp_path / "baselines/demo"
-    dest.mkdir(parents=True)
-    (dest / "report.csv").write_text("old report")
-    real_copy = shutil.copyfileobj
-
-    def disk_full_on_report(src, dst, *args) -> None:
-        if src.name.endswith("report.csv"):
-            dst.write(b"half a rep")
-            raise OSError(28, "No space left on device")
-        real_copy(src, dst, *args)
-
-    monkeypatch.setattr(shutil, "copyfileobj", disk_full_on_report)
-    with pytest.raises(StateError, match="No space left"):  # a clean exit 2, no traceback
-        compare.update_baseline(compare.load_run("cur"), dest)
-    assert (dest / "report.csv").read_text() == "old report"
-    assert (dest / "files/j6/image.png").read_text() == "six"  # files go first, whole
-    assert sorted(p.name for p in dest.rglob("*.part")) == []
-
-
 class _Links(HTMLParser):
     def __init__(self) -> None:
         super().__init__()
@@ -666,15 +632,3 @@ def test_a_folders_state_db_says_its_origin(tmp_path: Path) -> None:
         store.set_meta(origin=REAL, api_base=REAL)
     assert compare.load_run(tmp_path / "run").origin == REAL
     assert compare.load_run(tmp_path / "run" / "report.csv").origin == REAL
-
-
-def test_an_updated_baseline_keeps_the_current_runs_origin(tmp_path: Path) -> None:
-    write_run(tmp_path / "sim", BASELINE)
-    write_run(tmp_path / "bare", BASELINE, origin=None)
-    dest = tmp_path / "baselines" / "b"
-    compare.update_baseline(compare.load_run(tmp_path / "sim"), dest)
-    assert json.loads((dest / "summary.json").read_text()) == {"origin": "simulator"}
-    assert compare.load_run(dest).origin == "simulator"
-    # A current run of no known origin leaves none behind (the old one would be a lie).
-    compare.update_baseline(compare.load_run(tmp_path / "bare"), dest)
-    assert not (dest / "summary.json").exists() and compare.load_run(dest).origin == ""

@@ -71,22 +71,6 @@ def test_dev_null_stays_a_device(runs) -> None:
     assert Path("/dev/null").is_char_device()
 
 
-def test_update_baseline_creates_a_missing_baseline(runs, tmp_path: Path, capsys) -> None:
-    code = main(["compare", "baselines/demo", "cur", "--update-baseline", "baselines/demo"])
-    assert code == 0
-    out = capsys.readouterr().out
-    assert out.endswith("baseline created: baselines/demo\n")
-    assert "PASS: 0 failing job(s) of 5" in out
-    dest = tmp_path / "baselines/demo"
-    assert (dest / "report.csv").read_bytes() == (tmp_path / "cur/report.csv").read_bytes()
-    assert main(["compare", "baselines/demo", "cur"]) == 0
-
-
-def test_update_baseline_into_a_new_folder_says_created(runs, capsys) -> None:
-    assert main(["compare", "cur", "cur", "--update-baseline", "fresh/demo"]) == 0
-    assert capsys.readouterr().out.endswith("baseline created: fresh/demo\n")
-
-
 def test_a_missing_baseline_without_update_is_still_exit_2(runs, capsys) -> None:
     assert main(["compare", "baselines/demo", "cur"]) == 2
     assert "no such file or folder" in capsys.readouterr().err

@@ -166,7 +166,8 @@ def test_unknown_rows_key_is_a_usage_error(tmp_path: Path) -> None:
 @pytest.mark.parametrize("setting", ["rows_key", "cols_key"])
 def test_unknown_grid_key_names_its_setting_and_choices(tmp_path: Path, setting: str) -> None:
     with pytest.raises(ChoiceError) as info:
-        html_report.write_html(tmp_path, make_jobs(tmp_path), **{setting: "size"})
+        rows_key, cols_key = ("size", None) if setting == "rows_key" else (None, "size")
+        html_report.write_html(tmp_path, make_jobs(tmp_path), rows_key=rows_key, cols_key=cols_key)
     exc = info.value
     assert (exc.setting, exc.values) == (setting, ["size"])
     assert "input.seed" in exc.choices and "model" in exc.choices

@@ -29,7 +29,7 @@ def row(job_id: str, model: str = PRICED, status: str = st.PENDING, **kw: object
 def budget(cap: str | None, *rows: JobRow, ledger: tuple[Attempt, ...] = ()) -> Budget:
     """The budget of a folder holding `rows`, whose ledger holds `ledger`, running them all."""
     rows = rows or tuple(row(f"j{i}") for i in range(10))
-    return Budget.for_folder(None if cap is None else Decimal(cap), estimate, ledger, rows, rows)
+    return Budget.for_folder(None if cap is None else Decimal(cap), estimate, ledger, rows)
 
 
 def attempt(job_id: str, answer: str, model: str = PRICED, **kw: object) -> Attempt:

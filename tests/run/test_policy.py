@@ -150,7 +150,7 @@ def test_a_model_refused_for_every_job_is_set_aside_and_the_others_go():
 
 def test_the_budget_holds_what_does_not_fit_yet_and_stops_at_what_never_will():
     rows = [JobRow(f"j{i}", i, "m/a", {}) for i in range(3)]
-    budget = Budget.for_folder(Decimal("0.10"), lambda m, i: Decimal("0.04"), [], rows, rows)
+    budget = Budget.for_folder(Decimal("0.10"), lambda m, i: Decimal("0.04"), [], rows)
     table = Table(*rows)
     for row in rows[:2]:
         assert budget.ask(row, table).say == policy.GO
