@@ -23,8 +23,10 @@ from batchrun.plan.grid import Job, JobRow
 from batchrun.plan.manifest import Manifest
 from batchrun.plan.rows import encode_object
 from batchrun.plan.summary import ModelCost, Summary, Tally
+from batchrun.util import localref
 
 _MAX_CELL = 40
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":")).encode
 _SHORT = 50  # a plan of up to this many jobs is shown whole
 _HEAD = 20  # of a longer one, the first jobs shown
 UNPRICED_NOTE = (
@@ -163,7 +165,7 @@ class JsonLine:
             cost = self._cost_json[amount] = plain(amount)
         return (
             f'{{"job_id":"{job_id}","model_id":{model},'
-            f'"inputs":{inputs_json or self._dumps(inputs)},'
+            f'"inputs":{inputs_json or _CANONICAL(localref.shown(inputs))},'
             f'"vars":{encode_object(job_vars)},"repeat":{repeat},"est_cost_usd":{cost}}}'
         )
 

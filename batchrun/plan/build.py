@@ -19,9 +19,11 @@ from typing import Any
 from batchrun.catalog import model_ids, models
 from batchrun.catalog.pricing import Estimator
 from batchrun.errors import ManifestError
+from batchrun.plan import delivery
 from batchrun.plan.grid import Job, JobRow, Sweep, expand
 from batchrun.plan.manifest import Manifest, check_manifest
 from batchrun.plan.summary import ModelCost, Summary, Tally, Varying, hashable
+from batchrun.util import localref
 from batchrun.util.gcpause import gc_paused
 
 _MAX_INPUT_PROBLEMS = 50
@@ -97,9 +99,14 @@ def build_plan(path: str | Path, *, strict: bool = False, schema_dirs: Iterable[
     problems += _grid_problems(manifest, _fields(expansion.jobs))
     checked = [j for j in expansion.jobs if j.model_id not in manifest.unchecked_models]
     inputs = InputProblems(manifest, schemas)
+    local = LocalProblems(manifest, schemas)
     for job in checked:
         inputs.add(job.model_id, job.inputs, job)
+        if manifest.has_local:
+            local.add(job.model_id, job.inputs, job)
     problems += inputs.lines(lambda: varying_keys(checked))
+    problems += local.lines()
+    warnings += upload_warnings(manifest)
     if len(checked) < len(expansion.jobs):
         problems.append(_not_checked(label))
     if problems:
@@ -138,6 +145,7 @@ def check_sweep(
     sweep = Sweep(manifest, schemas)
     tally = Tally(schemas, head=head, fields=bool(manifest.report.rows or manifest.report.cols))
     inputs = InputProblems(manifest, schemas)
+    local = LocalProblems(manifest, schemas)
     unchecked = manifest.unchecked_models
     try:
         with gc_paused():
@@ -145,6 +153,8 @@ def check_sweep(
                 amount = tally.add(row)
                 if row[1] not in unchecked:
                     inputs.add(row[1], row[2], row)
+                    if manifest.has_local:
+                        local.add(row[1], row[2], row)
                 if each is not None:
                     each(row, amount)
             warnings = sweep.finish()
@@ -156,6 +166,8 @@ def check_sweep(
     problems += _model_problems(manifest, schemas, warnings, strict=strict)
     problems += _grid_problems(manifest, tally.fields or {})
     problems += inputs.lines(lambda: _checked_varying(summary, unchecked, sweep))
+    problems += local.lines()
+    warnings += upload_warnings(manifest)
     if inputs.count < summary.total:
         problems.append(_not_checked(label))
     if problems:
@@ -267,6 +279,8 @@ class InputProblems:
         checker = self._checkers.get(model_id)
         if checker is None:
             checker = self._checkers[model_id] = _Checker(model_id, self.schemas)
+        if self.manifest.has_local:  # a local file stands where the schema wants a URL
+            inputs = delivery.placeholders(inputs)
         for problem in checker.check(inputs):
             key = (model_id, problem)
             if key not in self._first:
@@ -294,6 +308,63 @@ class InputProblems:
         if len(self._first) > _MAX_INPUT_PROBLEMS:
             out.append(f"{label}: ... {len(self._first) - _MAX_INPUT_PROBLEMS} more input problems")
         return out
+
+
+class LocalProblems:
+    """Local files that cannot be sent: in a field that takes no media URL or another kind
+    of media, or with no way to reach the API (no bucket for a video or a large image). One
+    line per distinct problem, at the manifest key that gave the file, with its line."""
+
+    def __init__(self, manifest: Manifest, schemas: models.Schemas) -> None:
+        self.manifest, self.schemas = manifest, schemas
+        self._props: dict[str, dict[str, Any]] = {}
+        self._first: dict[str, tuple[Job, str]] = {}
+        self._counts: Counter[str] = Counter()
+
+    def add(self, model_id: str, inputs: dict[str, Any], job: Job | JobRow) -> None:
+        props = self._props.get(model_id)
+        if props is None:
+            schema = self.schemas.input_schema(model_id) or {}
+            props = self._props[model_id] = schema.get("properties", {})
+        found = [
+            (name, delivery.field_problem(name, props.get(name), ref))
+            for name, ref in localref.refs(inputs)
+        ]
+        found += [(r.field, r.why) for r in delivery.routes(inputs, self.manifest.uploads)]
+        for name, why in found:
+            if why:
+                if why not in self._first:
+                    self._first[why] = (job if isinstance(job, Job) else Job(*job), name)
+                self._counts[why] += 1
+
+    def lines(self) -> list[str]:
+        manifest = self.manifest
+        out = []
+        for why, (job, name) in list(self._first.items())[:_MAX_INPUT_PROBLEMS]:
+            where = source_path(manifest.data, job, name)
+            more = self._counts[why] - 1
+            also = f" (and {more} more job{'s' if more != 1 else ''})" if more else ""
+            out.append(f"{manifest.path}: {where}: {why}{also}{manifest.line_suffix(where)}")
+        return out
+
+
+def upload_warnings(manifest: Manifest) -> list[str]:
+    """A presigned URL that may expire before its job has run."""
+    uploads, timeout = manifest.uploads, manifest.run.job_timeout
+    if not manifest.has_local or uploads.to is None or uploads.public_base or timeout is None:
+        return []
+    if uploads.expires_s >= timeout + 3600:
+        return []
+    where = "$.uploads.expires"
+    return [
+        f"{manifest.path}: {where}: presigned URLs live {_hours(uploads.expires_s)}, less than "
+        f"run.job_timeout + 1h ({_hours(timeout + 3600)}): a job still queued when its URL "
+        f"expires fails; raise uploads.expires{manifest.line_suffix(where)}"
+    ]
+
+
+def _hours(seconds: float) -> str:
+    return f"{seconds / 3600:g}h"
 
 
 def _field_of(problem: str) -> str | None:
@@ -477,9 +548,9 @@ def cell(job: Job, key: str) -> Any:
     """The value of a varying key of a job (see `varying_keys`)."""
     if key == "repeat":
         return job.repeat
-    if key.startswith("var."):
-        return job.vars.get(key[4:], "")
-    return job.inputs.get(key, "")
+    value = job.vars.get(key[4:], "") if key.startswith("var.") else job.inputs.get(key, "")
+    shown = localref.text(value)
+    return value if shown is None else shown
 
 
 def describe_job(job: Job, keys: tuple[str, ...] | list[str]) -> str:

@@ -13,6 +13,8 @@ Per model, in this order:
   key of the entry; `repeat` makes N jobs of each remaining combination.
 Job id = 12 hex of sha256(model id, canonical JSON of the final inputs, and the repeat index
 when it is above 0): reordering the manifest keeps ids, raising `repeat` keeps existing jobs.
+A local file counts by its identity (sha256 and type, util/localref.py), never by its path:
+moving the folder keeps ids, two files with the same bytes are one job.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from batchrun.plan.rows import (
     fast_maker,
 )
 from batchrun.plan.template import Renderer, TemplateError, as_text, compile_template
+from batchrun.util import localref
 
 _MAX_PROBLEMS = 50
 _MAX_CACHED = 50_000  # memoised renderings and coercions: bounded, whatever the sweep's size
@@ -70,7 +73,7 @@ _CANONICAL = CANONICAL
 
 def job_id(model_id: str, inputs: Mapping[str, Any], repeat: int = 0) -> str:
     """The stable id of a job."""
-    return _hash_id(f"{model_id}\n{_CANONICAL(inputs)}", repeat)
+    return _hash_id(f"{model_id}\n{_CANONICAL(localref.identity(dict(inputs)))}", repeat)
 
 
 def _hash_id(identity: str, repeat: int) -> str:
@@ -120,7 +123,9 @@ class Sweep:
 
     def _specs(self) -> Iterator[_ModelSpec]:
         for index, model in enumerate(self.manifest.data["models"]):
-            yield _ModelSpec(self.manifest.data, index, model, self.schemas)
+            spec = _ModelSpec(self.manifest.data, index, model, self.schemas)
+            spec.local = self.manifest.has_local
+            yield spec
 
     def _finish_pass(self, state: _Pass) -> Iterator[JobRow]:
         self._outcome = state.outcome(self._first_positions)
@@ -206,6 +211,8 @@ class _Pass:
                 continue
             canonical = canonical_of(inputs)
             identity = head + canonical
+            if spec.local:  # hashed by the files' identity; shown by their references
+                canonical = ""
             for r in repeats:
                 text = f"{identity}\n#{r}" if r else identity  # as _hash_id
                 jid = sha256(text.encode()).hexdigest()[:12]
@@ -315,6 +322,7 @@ class _ModelSpec:
         self, data: dict[str, Any], index: int, model: dict[str, Any], schemas: models.Schemas
     ) -> None:
         self.model_id: str = model["id"]
+        self.local = False  # values may be local-file references (set by Sweep)
         self.index = index
         self.problems: list[tuple[str, str]] = []
         here = f"$.models[{index}]"
@@ -395,6 +403,10 @@ class _ModelSpec:
                 todo_inputs=self._todo_inputs,
                 coerce=[(k, kind) for k, kind in self.coerce.items() if k in keys],
             )
+            if self.local:  # local-file references take the general way, hashed by identity
+                make = self._general_maker(free, row_vars, row_inputs)
+                yield _RowPlan([v for _, v, _ in free], make, _identity_json)
+                continue
             make = fast_maker(shape, self._coerce) or self._general_maker(
                 free, row_vars, row_inputs
             )
@@ -498,7 +510,12 @@ _MISSING = object()
 def _maybe_template(value: Any) -> bool:
     if type(value) is str:
         return "{" in value or "}" in value
-    return isinstance(value, (list, dict))
+    return isinstance(value, (list, dict)) and not localref.is_ref(value)
+
+
+def _identity_json(inputs: dict[str, Any]) -> str:
+    """The canonical JSON a job id is hashed from when its inputs may hold local files."""
+    return _CANONICAL(localref.identity(inputs))
 
 
 def _coercions(model_id: str, schemas: models.Schemas) -> dict[str, str]:

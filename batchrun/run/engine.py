@@ -34,6 +34,7 @@ from batchrun.run.cache import Restored, fill, open_for_plan, restore_pending
 from batchrun.run.downloads import PlanFiles
 from batchrun.run.ending import say_how_it_ended
 from batchrun.run.halt import SweepGate
+from batchrun.run.inputs import check_ready, submitter
 from batchrun.run.jobtable import JobTable
 from batchrun.run.live import LiveReport, waiting_text
 from batchrun.run.mirror import Mirror
@@ -163,7 +164,13 @@ class _Run:
         if settings.halt is not None or settings.canary:
             policies.insert(0, SweepGate(halt=settings.halt, canary=settings.canary, rows=rows))
         parts = RunParts(
-            JobTable(self.store, rows), client, limiter, settings, self.opts.clock, self.opts.wall
+            JobTable(self.store, rows),
+            client,
+            limiter,
+            settings,
+            self.opts.clock,
+            self.opts.wall,
+            submit=submitter(self.plan, client.submit),
         )
         sched = self._scheduler(parts, policies, budget, progress)
         live = LiveReport(
@@ -348,6 +355,7 @@ class _Run:
 
     def _prepare(self) -> None:
         manifest = self.plan.manifest
+        check_ready(manifest.uploads, manifest.has_local)  # boto3, before anything is sent
         meta = self.store.meta()
         fresh = "manifest_sha256" not in meta
         origin = self.opts.origin

@@ -35,6 +35,7 @@ from batchrun.run.engine import (
     file_planner,
     install_interrupt,
 )
+from batchrun.run.inputs import check_ready, submitter
 from batchrun.run.jobtable import JobTable
 from batchrun.run.money_text import progress_cost
 from batchrun.run.parts import RunParts
@@ -166,6 +167,7 @@ def run_shared(plan: Plan, options: RunOptions, url: str) -> int:
     """Work the plan's sweep with the other workers given the same manifest and `url`; returns
     the exit code as run_batch does (the sweep's cap reached: BudgetReached)."""
     settings = plan.manifest.run
+    check_ready(plan.manifest.uploads, plan.manifest.has_local)  # before anything is sent
     run_dir = Path(options.run_dir or plan.manifest.outputs.dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     host = socket.gethostname()
@@ -238,8 +240,9 @@ class _Worker:
             state, lease_s=settings.lease_s, clock=opts.clock, page=page_size(settings)
         )
         parts = RunParts(
-            JobTable(state, rows), client, limiter, settings, opts.clock, opts.wall, feed=feed
-        )
+            JobTable(state, rows), client, limiter, settings, opts.clock, opts.wall, feed=feed,
+            submit=submitter(self.plan, client.submit),
+        )  # fmt: skip
         download = self.plan.manifest.outputs.download
         sched = Scheduler(
             parts, policies=[gate, budget, account], estimate=budget.estimate,
