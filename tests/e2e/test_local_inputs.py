@@ -9,7 +9,6 @@ import csv
 import hashlib
 import json
 import shutil
-import socket
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +20,7 @@ from batchrun.run.engine import RunOptions, run_batch
 from batchrun.simulator import Simulator
 from testing.cli import clean_env, run_cli
 from testing.media import FLUX, write_image
+from testing.s3server import S3Bucket
 from testing.simulators import simulators
 
 REPO = Path(__file__).resolve().parents[2]
@@ -147,55 +147,30 @@ def test_a_file_changed_after_planning_fails_its_job_without_a_submit(
     assert sim.app.snapshot()["submits"] == 1
 
 
-# ---- a bucket: a real S3 server on 127.0.0.1 ---------------------------------------------
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture
-def s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    boto3 = pytest.importorskip("boto3")
-    moto_server = pytest.importorskip("moto.server")
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIATESTLOCALINPUTS")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "local-inputs-secret-key")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    port = _free_port()
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="sweep-inputs")
-    yield endpoint
-    server.stop()
+# ---- a bucket: a real S3 server on 127.0.0.1 (tests/conftest.py's `s3`: moto's server mode,
+# with S3's expiry of presigned URLs and the requests counted, server-side) ----------------
 
 
 def test_through_a_bucket_the_signed_url_is_fetched_and_never_recorded(
-    tmp_path: Path, start_sim, s3: str
+    tmp_path: Path, start_sim, s3: S3Bucket
 ) -> None:
-    import boto3
-
     sim = start_sim()
-    uploads = f"uploads: {{to: s3://sweep-inputs/in, inline: never, endpoint_url: {s3}}}\n"
-    path = sweep(tmp_path / "work", uploads)
+    path = sweep(tmp_path / "work", f"uploads: {{to: {s3.url('in')}, inline: never}}\n")
     code, messages = run(path, sim, tmp_path / "run")
     assert code == 0, messages
     rows = report(tmp_path / "run")
     assert {r["status"] for r in rows} == {"succeeded"}
     # Uploaded once each, content-addressed.
-    listed = boto3.client("s3", endpoint_url=s3).list_objects_v2(Bucket="sweep-inputs")
-    keys = sorted(o["Key"] for o in listed["Contents"])
     digests = sorted(
         hashlib.sha256((tmp_path / "work/photos" / n).read_bytes()).hexdigest()
         for n in ("a.png", "b.png")
     )
-    assert keys == [f"in/{d}.png" for d in digests]
+    assert s3.keys("in/") == [f"in/{d}.png" for d in digests]
     # The simulator fetched them from the bucket (it counts a URL without its query).
     seen = " ".join(sim.app.snapshot()["submits_per_identity"])
-    assert all(f"{s3}/sweep-inputs/in/{d}.png" in seen for d in digests)
+    assert all(f"{s3.endpoint}/{s3.name}/in/{d}.png" in seen for d in digests)
     assert sim.app.snapshot()["faults"].get("input_fetch", 0) == 0
+    assert s3.server.count("GET", f"/{s3.name}/in/") == 2  # one fetch a job, no credentials
     # No signature anywhere the run writes or says.
     for file in (tmp_path / "run").rglob("*"):
         if file.is_file():
@@ -204,3 +179,34 @@ def test_through_a_bucket_the_signed_url_is_fetched_and_never_recorded(
                 assert mark.encode() not in data, (file, mark)
     for line in messages:
         assert not any(mark in line for mark in SIGNED), line
+
+
+def test_an_expired_presigned_url_fails_the_job_cleanly(
+    tmp_path: Path, start_sim, s3: S3Bucket
+) -> None:
+    """URLs valid 1 s, fetched when the job runs, 2 s later: S3 answers 403, the job fails
+    saying so (no signature in it), and the run exits 1; the warning said it would."""
+    sim = start_sim(run_time=2.0)
+    uploads = f"uploads: {{to: {s3.url('in')}, inline: never, expires: 1s}}\n"
+    path = sweep(tmp_path / "work", uploads)
+    assert any("expires" in w and "job_timeout" in w for w in build_plan(path).warnings)
+    code, messages = run(path, sim, tmp_path / "run")
+    assert code == 1, messages
+    rows = report(tmp_path / "run")
+    assert [r["status"] for r in rows] == ["failed", "failed"]
+    for row in rows:
+        assert "input image_url could not be fetched: HTTP 403" in row["error"], row
+        assert not any(mark in row["error"] for mark in SIGNED)
+
+
+def test_a_second_folder_uploads_nothing_new(tmp_path: Path, start_sim, s3: S3Bucket) -> None:
+    sim = start_sim()
+    uploads = f"uploads: {{to: {s3.url('in')}, inline: never}}\n"
+    first = sweep(tmp_path / "one", uploads)
+    assert run(first, sim, tmp_path / "run-one")[0] == 0
+    assert s3.server.count("PUT", f"/{s3.name}/in/") == 2
+    second = tmp_path / "two"
+    shutil.copytree(tmp_path / "one", second)  # the same files, another folder and run
+    assert run(second / "m.yaml", sim, tmp_path / "run-two")[0] == 0
+    assert s3.server.count("PUT", f"/{s3.name}/in/") == 2  # nothing sent again
+    assert s3.server.count("HEAD", f"/{s3.name}/in/") >= 4  # each asked about first
