@@ -141,16 +141,30 @@ def run(**params: Any) -> int:
 
 
 @cli.command()
-@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.argument("run_dir", required=False, type=click.Path(file_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def status(run_dir: str, **options: Any) -> int:
+@click.option(
+    "--state",
+    metavar="URL",
+    help="A shared sweep's database instead of a run folder: postgresql://USER:PASSWORD@"
+    "HOST:PORT/DB [default without RUN_DIR: $BATCHRUN_STATE_URL].",
+)
+@click.option(
+    "--sweep",
+    metavar="NAME",
+    help="Which sweep of the database (the manifest's name:) [default: its only one].",
+)
+def status(run_dir: str | None, **options: Any) -> int:
     """Counts per state, failing jobs with their errors, what is still on the server.
 
-    Reads the run folder without locking it, so it works while a run is active.
+    Reads the run folder without locking it, so it works while a run is active. With
+    --state URL (or BATCHRUN_STATE_URL) it reads a shared sweep from its database, from
+    any machine, and lists its workers too.
 
     \b
-    Example:
+    Examples:
       batchrun status outputs/quickstart
+      BATCHRUN_STATE_URL=postgresql://batchrun:PASSWORD@db:5432/sweeps batchrun status
     """
     return commands.status.status(run_dir, **options)
 
@@ -221,6 +235,42 @@ def merge(run_dirs: tuple[str, ...], **options: Any) -> int:
       batchrun compare baselines/sweep runs/all
     """
     return commands.merge.merge(run_dirs, **options)
+
+
+@cli.command()
+@click.option(
+    "--state",
+    metavar="URL",
+    help="The shared sweep's database: postgresql://USER:PASSWORD@HOST:PORT/DB "
+    "[default: $BATCHRUN_STATE_URL].",
+)
+@click.option(
+    "--into",
+    required=True,
+    type=click.Path(file_okay=False),
+    metavar="DIR",
+    help="The run folder to make (new or empty).",
+)
+@click.option(
+    "--sweep",
+    metavar="NAME",
+    help="Which sweep of the database (the manifest's name:) [default: its only one].",
+)
+def export(**options: Any) -> int:
+    """Write a shared sweep (run with --state URL) into an ordinary run folder.
+
+    The folder gets state.db (the jobs and every attempt of the ledger, the origin), the
+    files gathered from the workers' run folders (when their paths are reachable from
+    this machine; sha256-verified) and the reports; `status`, `report`, `compare` and
+    `merge` accept it. Exit 1 when some files could not be gathered (each is listed).
+
+    \b
+    Example:
+      export BATCHRUN_STATE_URL=postgresql://batchrun:PASSWORD@db:5432/sweeps
+      batchrun export --into runs/sweep
+      batchrun compare baselines/sweep runs/sweep
+    """
+    return commands.export.export(**options)
 
 
 @cli.command()

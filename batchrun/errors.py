@@ -14,6 +14,7 @@
     ├── BudgetReached (4)            the run stopped at its cost cap (max_cost_usd)
     ├── BucketError (1)              an S3 bucket refused or failed a call (+ bucket, key, fix)
     │   └── BucketUrlError (2)       an s3:// location that is not one
+    ├── InputDeliveryError (1)       a local input file could not be made ready to send
     └── ApiError (1)                 an error answer from the API, or none at all
         ├── AcceptedWithError        a submit's 200 with a request id and an error_code
         ├── AuthError (3)            401/403, 400004, 403001
@@ -191,6 +192,16 @@ class BudgetReached(BatchrunError):
     """The run stopped submitting at its cost cap; a rerun with a higher cap continues."""
 
     exit_code = 4
+
+
+class InputDeliveryError(BatchrunError):
+    """A job's local input file could not be read, uploaded or signed at submit time: nothing
+    was sent. `retry`: trying again later may work (a bucket that failed), else the job fails
+    (the file changed or went away since the plan was made)."""
+
+    def __init__(self, message: str, *, retry: bool = False) -> None:
+        self.retry = retry
+        super().__init__(message)
 
 
 class ChoiceError(UsageError):

@@ -37,7 +37,11 @@ def log(msg: str) -> None:
 
 @dataclass
 class Measured:
-    """A finished child process: exit code, wall time, its own CPU time and peak RSS."""
+    """A finished child process: exit code, wall time, its own CPU time and peak RSS.
+
+    maxrss_mb is the child's own high-water mark (VmHWM, sampled while it runs): its rusage
+    ru_maxrss starts from this process's own peak, which the child is spawned from, and this
+    process may have read a big output before (rusage_maxrss_mb keeps that figure)."""
 
     rc: int
     wall_s: float
@@ -48,6 +52,7 @@ class Measured:
     stdout: str
     stderr: str
     timed_out: bool = False
+    rusage_maxrss_mb: float = 0.0
 
 
 def run_measured(cmd: list[str], *, timeout: float, env: dict | None = None) -> Measured:
@@ -61,13 +66,17 @@ def run_measured(cmd: list[str], *, timeout: float, env: dict | None = None) -> 
             _, status, usage = os.wait4(proc.pid, 0)
             reaped.update(end=time.perf_counter(), status=status, usage=usage)
 
+        hwm_kb = [0]
+        sampler = threading.Thread(target=_sample_hwm, args=(proc.pid, hwm_kb, reaped), daemon=True)
         waiter = threading.Thread(target=reap, daemon=True)
+        sampler.start()
         waiter.start()
         waiter.join(timeout)
         timed_out = waiter.is_alive()
         if timed_out:
             proc.kill()
             waiter.join(10)
+        sampler.join(10)
         proc.returncode = os.waitstatus_to_exitcode(reaped["status"])
         usage = reaped["usage"]
         out.seek(0)
@@ -78,11 +87,26 @@ def run_measured(cmd: list[str], *, timeout: float, env: dict | None = None) -> 
             cpu_s=usage.ru_utime + usage.ru_stime,
             user_s=usage.ru_utime,
             sys_s=usage.ru_stime,
-            maxrss_mb=usage.ru_maxrss / 1024,  # KiB on Linux
+            maxrss_mb=(hwm_kb[0] or usage.ru_maxrss) / 1024,  # KiB on Linux
+            rusage_maxrss_mb=usage.ru_maxrss / 1024,
             stdout=out.read().decode(errors="replace"),
             stderr=err.read().decode(errors="replace"),
             timed_out=timed_out,
         )
+
+
+def _sample_hwm(pid: int, peak_kb: list[int], reaped: dict[str, Any]) -> None:
+    """The child's VmHWM, every 10 ms until it is reaped (the last reading is its peak)."""
+    status = Path(f"/proc/{pid}/status")
+    while not reaped:
+        try:
+            text = status.read_text()
+        except OSError:
+            return
+        for line in text.splitlines():
+            if line.startswith("VmHWM:"):
+                peak_kb[0] = max(peak_kb[0], int(line.split()[1]))
+        time.sleep(0.01)
 
 
 def batchrun_cmd(*args: str, profile: Path | None = None) -> list[str]:
@@ -187,6 +211,7 @@ class Params:
     overhead_in_flight: int = 200
     overhead_repeats: int = 3  # runs of each overhead scenario; the median is the figure
     scale_jobs: int = 100_000
+    plan_sizes: tuple[int, ...] = (100_000, 1_000_000)
     transition_sizes: tuple[int, ...] = (1_000, 100_000)
     transitions: int = 1_000
     cap_s: float = 300.0  # longest any one scale step may take (then killed, figure = "> cap")
@@ -195,7 +220,13 @@ class Params:
     def make(cls, quick: bool) -> Params:
         if quick:
             return cls(
-                quick, rate_jobs=300, rate=50, overhead_jobs=500, scale_jobs=20_000, cap_s=40.0
+                quick,
+                rate_jobs=300,
+                rate=50,
+                overhead_jobs=500,
+                scale_jobs=20_000,
+                plan_sizes=(20_000, 100_000),
+                cap_s=40.0,
             )
         return cls(quick, rate_jobs=1000, rate=100)
 

@@ -42,29 +42,46 @@ def write_scale_manifest(path: Path, *, jobs: int, out_dir: Path) -> Path:
 
 
 def bench_plan(b: Bench) -> dict[str, Any]:
-    """`batchrun plan --json` of a sweep of `scale_jobs` jobs: wall time and peak RSS."""
-    n = b.params.scale_jobs
-    manifest = write_scale_manifest(b.tmp / "scale.yaml", jobs=n, out_dir=b.tmp / "scale-run")
-    log(f"scale: plan --json of {n} jobs")
-    m = run_measured(batchrun_cmd("plan", str(manifest), "--json"), timeout=b.params.cap_s)
-    text = m.stdout.strip()
-    try:
-        parsed = json.loads(text)
-        listed = len(parsed) if isinstance(parsed, list) else len(parsed.get("jobs", []))
-    except ValueError:
-        listed = sum(1 for line in text.splitlines() if line.startswith("{"))
-    out: dict[str, Any] = {
-        "jobs": n,
-        "rc": m.rc,
-        "jobs_listed": listed,
-        "wall_s": round(m.wall_s, 3),
-        "cpu_s": round(m.cpu_s, 3),
-        "maxrss_mb": round(m.maxrss_mb, 1),
-    }
-    if m.rc != 0:
-        out["stderr_tail"] = m.stderr[-2000:]
-    log(f"  {m.wall_s:.2f} s, {m.maxrss_mb:.0f} MB RSS, {listed} jobs listed, rc {m.rc}")
+    """`batchrun plan --json` and `batchrun plan` (the table) of sweeps of each of
+    `plan_sizes` jobs: wall time, CPU and peak RSS of the whole command."""
+    out: dict[str, Any] = {"sizes": list(b.params.plan_sizes), "rc": 0}
+    for n in b.params.plan_sizes:
+        manifest = write_scale_manifest(
+            b.tmp / f"plan-{n}.yaml", jobs=n, out_dir=b.tmp / f"plan-{n}-run"
+        )
+        for kind, extra in (("json", ["--json"]), ("table", [])):
+            log(f"scale: plan {' '.join(extra)} of {n:,} jobs".replace("  ", " "))
+            m = run_measured(
+                batchrun_cmd("plan", str(manifest), *extra, profile=b.profile(f"plan-{kind}-{n}")),
+                timeout=b.params.cap_s,
+            )
+            listed = _listed(m.stdout, kind)
+            row: dict[str, Any] = {
+                "rc": m.rc,
+                "timed_out": m.timed_out,
+                "jobs_listed": listed,
+                "wall_s": round(m.wall_s, 3),
+                "cpu_s": round(m.cpu_s, 3),
+                "maxrss_mb": round(m.maxrss_mb, 1),
+                "stdout_mb": round(len(m.stdout) / 2**20, 1),
+            }
+            if m.rc != 0:
+                row["stderr_tail"] = m.stderr[-2000:]
+                out["rc"] = out["rc"] or m.rc
+            out[f"{kind}_{n}"] = row
+            log(f"  {m.wall_s:.2f} s, {m.maxrss_mb:.0f} MB RSS, {listed:,} jobs, rc {m.rc}")
     return out
+
+
+def _listed(stdout: str, kind: str) -> int:
+    """Jobs in the output: JSON lines, or the count the table's first line states."""
+    if kind == "json":
+        return stdout.count('{"job_id"')
+    first = stdout.split("\n", 1)[0]  # `NAME: 1000000 jobs -> DIR`
+    try:
+        return int(first.split(": ", 1)[1].split(" ", 1)[0])
+    except (IndexError, ValueError):
+        return 0
 
 
 def bench_state(b: Bench) -> dict[str, Any]:

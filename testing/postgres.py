@@ -63,8 +63,10 @@ class PgServer:
     def start(self) -> None:
         options = (
             f"-c listen_addresses=127.0.0.1 -c port={self.port} "
+            # fsync off: a stopped server (even `immediate`) loses nothing the OS was given;
+            # synchronous_commit stays on, so a commit answered is a commit kept.
             f"-c unix_socket_directories={self.root} -c fsync=off "
-            "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
+            "-c full_page_writes=off -c max_connections=200"
         )
         _as_owner(
             [

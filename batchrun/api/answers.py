@@ -12,6 +12,7 @@ from batchrun.errors import (
     AcceptedWithError,
     ApiError,
     AuthError,
+    InputDeliveryError,
     InsufficientBalanceError,
     InvalidInputError,
     NotFoundError,
@@ -46,6 +47,8 @@ def submit_verdict(exc: BaseException) -> str:
     """Sort a submit's error by whether sending it again could pay twice."""
     if isinstance(exc, AcceptedWithError):
         return KEPT
+    if isinstance(exc, InputDeliveryError):  # nothing was sent
+        return RETRY if exc.retry else FAILED
     if isinstance(exc, RateLimitedError):
         return THROTTLED
     if isinstance(exc, TransportError):

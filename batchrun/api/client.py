@@ -31,6 +31,7 @@ from batchrun.errors import (
     ServerError,
     TransportError,
 )
+from batchrun.util.safetext import unsigned
 
 DEFAULT_API_BASE = "https://model-api.runcomfy.net"
 
@@ -332,7 +333,9 @@ class Client:
 
     def _scrub(self, text: str) -> str:
         """Never let the token reach a message, even if a server echoes it back: as it is,
-        percent-encoded, or in JSON escapes (which are decoded where one could hide it)."""
+        percent-encoded, or in JSON escapes (which are decoded where one could hide it); nor
+        a signed URL's signature (an input URL a server echoes in an error)."""
+        text = unsigned(text)
         if not self._token:
             return text
         if "\\" in text:

@@ -26,7 +26,14 @@ from batchrun.catalog.pricing import Price, parse_price
 from batchrun.errors import ManifestError
 
 # The catalog's media formats: a single URL string or a list of them.
-_MEDIA_FORMATS = {"image_uri": False, "image_uris": True, "video_uris": True, "audio_uris": True}
+_MEDIA_FORMATS = {
+    "image_uri": False,
+    "image_uris": True,
+    "video_uri": False,
+    "video_uris": True,
+    "audio_uri": False,
+    "audio_uris": True,
+}
 _URL_PATTERN = r"^(https?://|data:)"
 _SCHEMA_KEYWORDS_TO_DROP = (
     "model_id",

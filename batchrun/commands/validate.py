@@ -5,9 +5,10 @@ from __future__ import annotations
 import click
 
 from batchrun.commands.common import schema_dirs, warn
-from batchrun.errors import ManifestError, MissingDependencyError
+from batchrun.errors import BucketUrlError, ManifestError, MissingDependencyError
 from batchrun.fetch.bucket import require_boto3
 from batchrun.plan.build import build_plan
+from batchrun.run.inputs import check_ready
 
 
 def validate(manifests: tuple[str, ...], *, strict: bool, schemas: str | None = None) -> int:
@@ -21,6 +22,13 @@ def validate(manifests: tuple[str, ...], *, strict: bool, schemas: str | None = 
             failed = True
             for problem in exc.problems:
                 click.echo(problem, err=True)
+            continue
+        try:
+            check_ready(plan.manifest.uploads, plan.manifest.has_local)
+        except (MissingDependencyError, BucketUrlError) as exc:
+            failed = True
+            where = plan.manifest.line_suffix("$.uploads.to")
+            click.echo(f"{path}: $.uploads.to: {exc}{where}", err=True)
             continue
         warn(plan.warnings)
         if plan.manifest.outputs.mirror:

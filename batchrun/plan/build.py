@@ -10,7 +10,7 @@ import difflib
 import json
 import re
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -19,11 +19,15 @@ from typing import Any
 from batchrun.catalog import model_ids, models
 from batchrun.catalog.pricing import Estimator
 from batchrun.errors import ManifestError
-from batchrun.plan.grid import Job, expand
+from batchrun.plan import delivery
+from batchrun.plan.grid import Job, JobRow, Sweep, expand
 from batchrun.plan.manifest import Manifest, check_manifest
+from batchrun.plan.summary import ModelCost, Summary, Tally, Varying, hashable
+from batchrun.util import localref
 from batchrun.util.gcpause import gc_paused
 
 _MAX_INPUT_PROBLEMS = 50
+_MAX_CACHED = 100_000  # validation answers remembered per model: bounded, whatever the sweep
 
 
 @dataclass(frozen=True)
@@ -67,15 +71,6 @@ class Plan:
         return dataclasses.replace(self, manifest=dataclasses.replace(self.manifest, run=run))
 
 
-@dataclass
-class ModelCost:
-    """The estimate of one model's jobs: the exact sum over those that have a price."""
-
-    priced: int = 0
-    unpriced: int = 0
-    usd: Decimal = dataclasses.field(default_factory=Decimal)
-
-
 def schema_search_path(manifest_path: str | Path, schema_dirs: Iterable[Path] = ()) -> list[Path]:
     """Where model schemas are looked up: the given folders, then `schemas/models/` beside
     the manifest (the packaged ones come last, see Schemas.along)."""
@@ -100,6 +95,106 @@ def build_plan(path: str | Path, *, strict: bool = False, schema_dirs: Iterable[
         unchecked = [_not_checked(label)] if problems else []
         raise ManifestError([*problems, *exc.problems, *unchecked]) from None
     warnings = list(expansion.warnings)
+    problems += _model_problems(manifest, schemas, warnings, strict=strict)
+    problems += _grid_problems(manifest, _fields(expansion.jobs))
+    checked = [j for j in expansion.jobs if j.model_id not in manifest.unchecked_models]
+    inputs = InputProblems(manifest, schemas)
+    local = LocalProblems(manifest, schemas)
+    for job in checked:
+        inputs.add(job.model_id, job.inputs, job)
+        if manifest.has_local:
+            local.add(job.model_id, job.inputs, job)
+    problems += inputs.lines(lambda: varying_keys(checked))
+    problems += local.lines()
+    warnings += upload_warnings(manifest)
+    if len(checked) < len(expansion.jobs):
+        problems.append(_not_checked(label))
+    if problems:
+        # Warnings often explain the errors (a typo in a model id): keep them with the errors.
+        raise ManifestError(problems + [f"warning: {w}" for w in warnings])
+    return Plan(manifest, expansion.jobs, warnings, schemas)
+
+
+@dataclass(frozen=True)
+class StreamedPlan:
+    """A checked plan that keeps no jobs: its summary; `sweep.rows()` is a new pass."""
+
+    manifest: Manifest
+    warnings: list[str]
+    schemas: models.Schemas
+    summary: Summary
+    sweep: Sweep
+
+
+def check_sweep(
+    path: str | Path,
+    *,
+    strict: bool = False,
+    schema_dirs: Iterable[Path] = (),
+    head: int = 0,
+    each: Callable[[JobRow, Decimal | None], object] | None = None,
+) -> StreamedPlan:
+    """What build_plan checks and raises, in one pass that keeps no jobs (but the first
+    `head`): a million-job sweep in the memory of a few. `each` is given every job and its
+    estimated cost as the pass goes, before the plan is known to be valid."""
+    manifest, problems = check_manifest(path)
+    label = str(path)
+    if manifest is None:
+        raise ManifestError([*problems, _not_checked(label)])
+    schemas = models.Schemas.along(schema_search_path(path, schema_dirs))
+    sweep = Sweep(manifest, schemas)
+    tally = Tally(schemas, head=head, fields=bool(manifest.report.rows or manifest.report.cols))
+    inputs = InputProblems(manifest, schemas)
+    local = LocalProblems(manifest, schemas)
+    unchecked = manifest.unchecked_models
+    try:
+        with gc_paused():
+            for row in sweep.rows():
+                amount = tally.add(row)
+                if row[1] not in unchecked:
+                    inputs.add(row[1], row[2], row)
+                    if manifest.has_local:
+                        local.add(row[1], row[2], row)
+                if each is not None:
+                    each(row, amount)
+            warnings = sweep.finish()
+    except ManifestError as exc:
+        raise ManifestError(
+            [*problems, *exc.problems, *([_not_checked(label)] if problems else [])]
+        ) from None
+    summary = tally.summary()
+    problems += _model_problems(manifest, schemas, warnings, strict=strict)
+    problems += _grid_problems(manifest, tally.fields or {})
+    problems += inputs.lines(lambda: _checked_varying(summary, unchecked, sweep))
+    problems += local.lines()
+    warnings += upload_warnings(manifest)
+    if inputs.count < summary.total:
+        problems.append(_not_checked(label))
+    if problems:
+        raise ManifestError(problems + [f"warning: {w}" for w in warnings])
+    return StreamedPlan(manifest, warnings, schemas, summary, sweep)
+
+
+def _checked_varying(
+    summary: Summary, unchecked: frozenset[str], sweep: Sweep
+) -> dict[str, tuple[str, ...]]:
+    """The varying keys of the checked jobs (another pass when some models are unchecked)."""
+    if not unchecked.intersection(summary.counts):
+        return summary.varying
+    varying = Varying()
+    for _, model_id, inputs, job_vars, repeat, _, _ in sweep.rows():
+        if model_id not in unchecked:
+            varying.add(model_id, job_vars, inputs, repeat)
+    return varying.keys()
+
+
+def _model_problems(
+    manifest: Manifest, schemas: models.Schemas, warnings: list[str], *, strict: bool
+) -> list[str]:
+    """Model ids that are malformed, a typo of a known model, or (with strict) unknown; adds
+    the warning for a model without a local schema."""
+    label = str(manifest.path)
+    problems = []
     for index, model in enumerate(manifest.data["models"]):
         model_id = model["id"]
         where = f"$.models[{index}].id"
@@ -123,28 +218,24 @@ def build_plan(path: str | Path, *, strict: bool = False, schema_dirs: Iterable[
             (problems if strict else warnings).append(
                 message + ("" if not strict else " (--strict)")
             )
-    problems += _grid_problems(manifest, expansion.jobs)
-    checked = [j for j in expansion.jobs if j.model_id not in manifest.unchecked_models]
-    problems += _input_problems(manifest, checked, schemas)
-    if len(checked) < len(expansion.jobs):
-        problems.append(_not_checked(label))
-    if problems:
-        # Warnings often explain the errors (a typo in a model id): keep them with the errors.
-        raise ManifestError(problems + [f"warning: {w}" for w in warnings])
-    return Plan(manifest, expansion.jobs, warnings, schemas)
+    return problems
 
 
-def _grid_problems(manifest: Manifest, jobs: list[Job]) -> list[str]:
+def _fields(jobs: list[Job]) -> dict[str, None]:
+    fields: dict[str, None] = {"model": None}
+    for job in jobs:
+        fields.update(dict.fromkeys(job.inputs))
+        fields.update(dict.fromkeys(job.vars))
+    return fields
+
+
+def _grid_problems(manifest: Manifest, fields: dict[str, None]) -> list[str]:
     """`report: {rows, cols}` naming no field of the sweep (a typo would surface only when the
     report is written): the place, its line and the name meant."""
     grid = manifest.report
     wanted = [(axis, name) for axis, name in (("rows", grid.rows), ("cols", grid.cols)) if name]
     if not wanted:
         return []
-    fields: dict[str, None] = {"model": None}
-    for job in jobs:
-        fields.update(dict.fromkeys(job.inputs))
-        fields.update(dict.fromkeys(job.vars))
     known = set(fields) | {f"input.{f}" for f in fields} | {f"var.{f}" for f in fields}
     out = []
     for axis, name in wanted:
@@ -167,41 +258,113 @@ def _not_checked(label: str) -> str:
     return f"{label}: jobs' input fields not checked yet: fix the problems above first"
 
 
-def _input_problems(manifest: Manifest, jobs: list[Job], schemas: models.Schemas) -> list[str]:
+class InputProblems:
     """One line per distinct (model, field problem), naming the first job that has it.
 
     Each distinct input value is checked once; a fixed input that is wrong for all 1,000 jobs
     is one line ("and 999 more jobs"), not 1,000. Each line starts at the manifest key that
-    gave the value (with its YAML line).
+    gave the value (with its YAML line). Jobs come one at a time: only the first job of each
+    problem is kept.
     """
-    label = str(manifest.path)
-    checkers: dict[str, _Checker] = {}
-    first: dict[tuple[str, str], Job] = {}
-    counts: Counter[tuple[str, str]] = Counter()
-    for job in jobs:
-        checker = checkers.get(job.model_id)
+
+    def __init__(self, manifest: Manifest, schemas: models.Schemas) -> None:
+        self.manifest, self.schemas = manifest, schemas
+        self.count = 0  # jobs checked
+        self._checkers: dict[str, _Checker] = {}
+        self._first: dict[tuple[str, str], Job] = {}
+        self._counts: Counter[tuple[str, str]] = Counter()
+
+    def add(self, model_id: str, inputs: dict[str, Any], job: Job | JobRow) -> None:
+        self.count += 1
+        checker = self._checkers.get(model_id)
         if checker is None:
-            checker = checkers[job.model_id] = _Checker(job.model_id, schemas)
-        for problem in checker.check(job.inputs):
-            key = (job.model_id, problem)
-            first.setdefault(key, job)
-            counts[key] += 1
-    if not first:
+            checker = self._checkers[model_id] = _Checker(model_id, self.schemas)
+        if self.manifest.has_local:  # a local file stands where the schema wants a URL
+            inputs = delivery.placeholders(inputs)
+        for problem in checker.check(inputs):
+            key = (model_id, problem)
+            if key not in self._first:
+                self._first[key] = job if isinstance(job, Job) else Job(*job)
+            self._counts[key] += 1
+
+    def lines(self, varying_of: Callable[[], dict[str, tuple[str, ...]]]) -> list[str]:
+        """The problems found; `varying_of` gives the keys that name a job (asked only when
+        there are problems)."""
+        if not self._first:
+            return []
+        manifest, counts = self.manifest, self._counts
+        label = str(manifest.path)
+        varying = varying_of()
+        out = []
+        for key, job in list(self._first.items())[:_MAX_INPUT_PROBLEMS]:
+            who = describe_job(job, varying.get(job.model_id, ()))
+            more = counts[key] - 1
+            also = f" (and {more} more job{'s' if more != 1 else ''})" if more else ""
+            field = _field_of(key[1])
+            # An unknown field is wrong in all its values: point at the key, not one value.
+            whole_key = key[1].startswith(f"$.{field}: unknown field")
+            where = source_path(manifest.data, job, field, item=not whole_key)
+            out.append(f"{label}: {where}: job {who}: {key[1]}{also}{manifest.line_suffix(where)}")
+        if len(self._first) > _MAX_INPUT_PROBLEMS:
+            out.append(f"{label}: ... {len(self._first) - _MAX_INPUT_PROBLEMS} more input problems")
+        return out
+
+
+class LocalProblems:
+    """Local files that cannot be sent: in a field that takes no media URL or another kind
+    of media, or with no way to reach the API (no bucket for a video or a large image). One
+    line per distinct problem, at the manifest key that gave the file, with its line."""
+
+    def __init__(self, manifest: Manifest, schemas: models.Schemas) -> None:
+        self.manifest, self.schemas = manifest, schemas
+        self._props: dict[str, dict[str, Any]] = {}
+        self._first: dict[str, tuple[Job, str]] = {}
+        self._counts: Counter[str] = Counter()
+
+    def add(self, model_id: str, inputs: dict[str, Any], job: Job | JobRow) -> None:
+        props = self._props.get(model_id)
+        if props is None:
+            schema = self.schemas.input_schema(model_id) or {}
+            props = self._props[model_id] = schema.get("properties", {})
+        found = [
+            (name, delivery.field_problem(name, props.get(name), ref))
+            for name, ref in localref.refs(inputs)
+        ]
+        found += [(r.field, r.why) for r in delivery.routes(inputs, self.manifest.uploads)]
+        for name, why in found:
+            if why:
+                if why not in self._first:
+                    self._first[why] = (job if isinstance(job, Job) else Job(*job), name)
+                self._counts[why] += 1
+
+    def lines(self) -> list[str]:
+        manifest = self.manifest
+        out = []
+        for why, (job, name) in list(self._first.items())[:_MAX_INPUT_PROBLEMS]:
+            where = source_path(manifest.data, job, name)
+            more = self._counts[why] - 1
+            also = f" (and {more} more job{'s' if more != 1 else ''})" if more else ""
+            out.append(f"{manifest.path}: {where}: {why}{also}{manifest.line_suffix(where)}")
+        return out
+
+
+def upload_warnings(manifest: Manifest) -> list[str]:
+    """A presigned URL that may expire before its job has run."""
+    uploads, timeout = manifest.uploads, manifest.run.job_timeout
+    if not manifest.has_local or uploads.to is None or uploads.public_base or timeout is None:
         return []
-    varying = varying_keys(jobs)
-    out = []
-    for key, job in list(first.items())[:_MAX_INPUT_PROBLEMS]:
-        who = describe_job(job, varying.get(job.model_id, ()))
-        more = counts[key] - 1
-        also = f" (and {more} more job{'s' if more != 1 else ''})" if more else ""
-        field = _field_of(key[1])
-        # An unknown field is wrong in all its values: point at the key, not one value.
-        whole_key = key[1].startswith(f"$.{field}: unknown field")
-        where = source_path(manifest.data, job, field, item=not whole_key)
-        out.append(f"{label}: {where}: job {who}: {key[1]}{also}{manifest.line_suffix(where)}")
-    if len(first) > _MAX_INPUT_PROBLEMS:
-        out.append(f"{label}: ... {len(first) - _MAX_INPUT_PROBLEMS} more input problems")
-    return out
+    if uploads.expires_s >= timeout + 3600:
+        return []
+    where = "$.uploads.expires"
+    return [
+        f"{manifest.path}: {where}: presigned URLs live {_hours(uploads.expires_s)}, less than "
+        f"run.job_timeout + 1h ({_hours(timeout + 3600)}): a job still queued when its URL "
+        f"expires fails; raise uploads.expires{manifest.line_suffix(where)}"
+    ]
+
+
+def _hours(seconds: float) -> str:
+    return f"{seconds / 3600:g}h"
 
 
 def _field_of(problem: str) -> str | None:
@@ -267,11 +430,18 @@ class _Checker:
         self.flat = (
             schema is not None and keys <= self._FLAT_KEYS and "$ref" not in json.dumps(schema)
         )
-        self._keysets: dict[frozenset[str], bool] = {}
+        self._keysets: dict[tuple[str, ...], bool] = {}
         # (field, type of the value, the value or its JSON) -> whether the schema accepts it
         self._values: dict[tuple[str, type, object], bool] = {}
         self._whole: dict[str, list[str]] = {}
         self._prop_validators: dict[str, Any] = {}
+        # Fields whose schema says only a JSON type: the exact Python types that pass. Their
+        # values (a free-text prompt) are never validated or remembered one by one.
+        self._type_only: dict[str, tuple[type, ...]] = {}
+        for name, prop in ((schema or {}).get("properties") or {}).items():
+            simple = _SIMPLE_TYPES.get(prop.get("type")) if isinstance(prop, dict) else None
+            if simple is not None and set(prop) <= _ANNOTATIONS:
+                self._type_only[name] = simple
 
     def check(self, inputs: dict[str, Any]) -> list[str]:
         if self.schema is None:
@@ -279,12 +449,15 @@ class _Checker:
         if self.flat and self._flat_ok(inputs):
             return []
         key = json.dumps(inputs, sort_keys=True, default=str)
-        if key not in self._whole:
-            self._whole[key] = self.schemas.validate_inputs(self.model_id, inputs) or []
-        return self._whole[key]
+        found = self._whole.get(key)
+        if found is None:
+            found = self.schemas.validate_inputs(self.model_id, inputs) or []
+            if len(self._whole) < _MAX_CACHED:
+                self._whole[key] = found
+        return found
 
     def _flat_ok(self, inputs: dict[str, Any]) -> bool:
-        keyset = frozenset(inputs)
+        keyset = tuple(inputs)
         ok = self._keysets.get(keyset)
         if ok is None:
             ok = self._keysets[keyset] = not self.schemas.validate_inputs(
@@ -292,14 +465,18 @@ class _Checker:
             )
         if not ok:
             return False
-        values = self._values
+        values, type_only = self._values, self._type_only
         for name, value in inputs.items():
             kind = type(value)
+            if kind in type_only.get(name, ()):
+                continue
             # The type is part of the key: True == 1, but only one is an integer.
-            cache_key = (name, kind, value if kind in _SCALARS else _hashable(value))
+            cache_key = (name, kind, value if kind in _SCALARS else hashable(value))
             good = values.get(cache_key)
             if good is None:
-                good = self._values[cache_key] = self._value_ok(name, value)
+                good = self._value_ok(name, value)
+                if len(values) < _MAX_CACHED:
+                    values[cache_key] = good
             if not good:
                 return False
         return True
@@ -359,38 +536,21 @@ def _sample(prop: dict[str, Any]) -> Any:
     return "x"
 
 
-def _hashable(value: Any) -> Any:
-    if isinstance(value, (dict, list)):
-        return json.dumps(value, sort_keys=True, default=str)
-    return value
-
-
-def varying_keys(jobs: list[Job]) -> dict[str, tuple[str, ...]]:
+def varying_keys(jobs: Iterable[Job]) -> dict[str, tuple[str, ...]]:
     """Per model, the var and input names whose values differ between its jobs ('var.' first)."""
-    seen: dict[str, dict[str, set[object]]] = {}
+    varying = Varying()
     for job in jobs:
-        per = seen.setdefault(job.model_id, {})
-        for k, v in job.vars.items():
-            per.setdefault(f"var.{k}", set()).add(_hashable(v))
-        for k, v in job.inputs.items():
-            per.setdefault(k, set()).add(_hashable(v))
-    counts = Counter(j.model_id for j in jobs)
-    out = {}
-    for model_id, per in seen.items():
-        keys = [k for k, vals in per.items() if len(vals) > 1]
-        if any(j.repeat for j in jobs if j.model_id == model_id) and counts[model_id] > 1:
-            keys.append("repeat")
-        out[model_id] = tuple(keys)
-    return out
+        varying.add(job.model_id, job.vars, job.inputs, job.repeat)
+    return varying.keys()
 
 
 def cell(job: Job, key: str) -> Any:
     """The value of a varying key of a job (see `varying_keys`)."""
     if key == "repeat":
         return job.repeat
-    if key.startswith("var."):
-        return job.vars.get(key[4:], "")
-    return job.inputs.get(key, "")
+    value = job.vars.get(key[4:], "") if key.startswith("var.") else job.inputs.get(key, "")
+    shown = localref.text(value)
+    return value if shown is None else shown
 
 
 def describe_job(job: Job, keys: tuple[str, ...] | list[str]) -> str:

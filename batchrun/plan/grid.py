@@ -13,24 +13,35 @@ Per model, in this order:
   key of the entry; `repeat` makes N jobs of each remaining combination.
 Job id = 12 hex of sha256(model id, canonical JSON of the final inputs, and the repeat index
 when it is above 0): reordering the manifest keeps ids, raising `repeat` keeps existing jobs.
+A local file counts by its identity (sha256 and type, util/localref.py), never by its path:
+moving the folder keeps ids, two files with the same bytes are one job.
 """
 
 from __future__ import annotations
 
 import hashlib
 import itertools
-import json
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from batchrun.catalog import models
 from batchrun.errors import ManifestError
 from batchrun.plan.manifest import Manifest, json_path
+from batchrun.plan.rows import (
+    CANONICAL,
+    PLAIN_TYPES,
+    Maker,
+    RowShape,
+    canonical_writer,
+    fast_maker,
+)
 from batchrun.plan.template import Renderer, TemplateError, as_text, compile_template
+from batchrun.util import localref
 
 _MAX_PROBLEMS = 50
+_MAX_CACHED = 50_000  # memoised renderings and coercions: bounded, whatever the sweep's size
 _INT = re.compile(r"^[+-]?\d+$")
 _FLOAT = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$")
 
@@ -57,12 +68,12 @@ class Expansion:
     warnings: list[str]
 
 
-_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":")).encode
+_CANONICAL = CANONICAL
 
 
 def job_id(model_id: str, inputs: Mapping[str, Any], repeat: int = 0) -> str:
     """The stable id of a job."""
-    return _hash_id(f"{model_id}\n{_CANONICAL(inputs)}", repeat)
+    return _hash_id(f"{model_id}\n{_CANONICAL(localref.identity(dict(inputs)))}", repeat)
 
 
 def _hash_id(identity: str, repeat: int) -> str:
@@ -74,89 +85,209 @@ def expand(manifest: Manifest, schemas: models.Schemas | None = None) -> Expansi
     """Every job of the manifest; raises ManifestError on template errors or too many jobs.
 
     `schemas` (default: the packaged ones) say which fields are numbers or booleans."""
-    data = manifest.data
-    label = str(manifest.path)
-    problems: list[str] = []
-    jobs = _Jobs(label, manifest.run.max_jobs, data)
-    exclude_paths: list[str] = []
-    matched_excludes: set[str] = set()  # top-level entries count when any model matched
-    excluded = 0  # combinations exclude dropped
-    for index, model in enumerate(data["models"]):
-        spec = _ModelSpec(data, index, model, schemas or models.packaged())
-        problems += [f"{label}: {w}: {m}{manifest.line_suffix(w)}" for w, m in spec.problems]
-        if spec.problems:
-            continue
-        model_problems: dict[str, None] = {}
-        for combo_vars, inputs in spec.combinations():
-            try:
-                combo_vars, inputs = spec.render(combo_vars, inputs)
-            except _ComboError as exc:
-                where, message = exc.args
-                model_problems.setdefault(
-                    f"{label}: {where}: {message}{manifest.line_suffix(where)}"
-                )
-                if len(model_problems) >= _MAX_PROBLEMS:
-                    break
-                continue
-            hits = spec.excluded(combo_vars, inputs) if spec.excludes else None
-            if hits:
-                matched_excludes.update(spec.exclude_paths[i] for i in hits)
-                excluded += 1
-                continue
-            jobs.add(spec, index, combo_vars, inputs)
-        problems += list(model_problems)
-        exclude_paths.extend(p for p in spec.exclude_paths if p not in exclude_paths)
-    warnings = jobs.warnings
-    for where in exclude_paths:
-        if where not in matched_excludes:
-            warnings.append(f"{label}: {where}: matched no combination; nothing excluded")
-    if jobs.duplicates > 5:
-        warnings.append(f"{label}: {jobs.duplicates} duplicate combinations in all, each kept once")
-    if not jobs.jobs and not problems:
-        problems.append(_empty_sweep(label, excluded, matched_excludes))
-    if problems:
-        raise ManifestError(problems)
-    return Expansion(jobs.jobs, warnings)
+    sweep = Sweep(manifest, schemas)
+    jobs = [Job(*row) for row in sweep.rows()]
+    return Expansion(jobs, sweep.finish())
 
 
-class _Jobs:
-    """The jobs expanded so far: each identity (model, inputs, repeat) once, at most `limit`."""
+JobRow = tuple[str, str, dict[str, Any], dict[str, Any], int, int, str]
+"""A job's fields in Job's order, `Job(*row)`: what a pass yields without making Jobs."""
 
-    def __init__(self, label: str, limit: int, data: dict[str, Any]) -> None:
-        self.label, self.limit, self.data = label, limit, data
-        self.jobs: list[Job] = []
-        self.warnings: list[str] = []
+
+class Sweep:
+    """The jobs of a manifest, expanded afresh by each pass and kept by none, so a million-job
+    sweep takes the memory of one job (and of its ids, to drop duplicates).
+
+    `rows()` yields them in expansion order and raises ManifestError when the sweep passes
+    run.max_jobs; after a whole pass, `finish()` raises the problems it found (template
+    errors, an empty sweep) or returns its warnings.
+    """
+
+    def __init__(self, manifest: Manifest, schemas: models.Schemas | None = None) -> None:
+        self.manifest = manifest
+        self.schemas = schemas or models.packaged()
+        self._outcome: tuple[list[str], list[str]] | None = None
+
+    def __iter__(self) -> Iterator[Job]:
+        return (Job(*row) for row in self.rows())
+
+    def rows(self) -> Iterator[JobRow]:
+        """One pass: every job as a JobRow."""
+        self._outcome = None
+        state = _Pass(self.manifest)
+        # Chained, not nested generators: each job passes through one Python frame.
+        return itertools.chain(
+            itertools.chain.from_iterable(state.model_rows(spec) for spec in self._specs()),
+            self._finish_pass(state),
+        )
+
+    def _specs(self) -> Iterator[_ModelSpec]:
+        for index, model in enumerate(self.manifest.data["models"]):
+            spec = _ModelSpec(self.manifest.data, index, model, self.schemas)
+            spec.local = self.manifest.has_local
+            yield spec
+
+    def _finish_pass(self, state: _Pass) -> Iterator[JobRow]:
+        self._outcome = state.outcome(self._first_positions)
+        yield from ()
+
+    def finish(self) -> list[str]:
+        """The last whole pass's warnings; ManifestError with its problems, if any."""
+        if self._outcome is None:
+            raise RuntimeError("Sweep.finish() before a whole pass of rows()")
+        problems, warnings = self._outcome
+        if problems:
+            raise ManifestError(problems)
+        return warnings
+
+    def _first_positions(self, wanted: set[str]) -> dict[str, int]:
+        """Where the first of each of these ids is (for duplicate warnings): a pass that stops
+        as soon as all are found, and they come before their duplicates."""
+        found: dict[str, int] = {}
+        state = _Pass(self.manifest)
+        for spec in self._specs():
+            for jid, *_, position, _ in state.model_rows(spec):
+                if jid in wanted:
+                    found[jid] = position
+                    if len(found) == len(wanted):
+                        return found
+        return found
+
+
+class _Pass:
+    """The state of one pass: ids seen (as ints, to drop duplicates compactly), problems,
+    exclude matches, the duplicates to warn about."""
+
+    def __init__(self, manifest: Manifest) -> None:
+        self.manifest = manifest
+        self.label = str(manifest.path)
+        self.limit = manifest.run.max_jobs
+        self.problems: list[str] = []
+        self.seen: set[int] = set()
+        self.count = 0
         self.duplicates = 0
-        self._first_seen: dict[str, int] = {}
+        # the first duplicates: (model index, model id, vars, id of the job kept)
+        self.first_duplicates: list[tuple[int, str, dict[str, Any], str]] = []
+        self.exclude_paths: list[str] = []
+        self.matched_excludes: set[str] = set()  # top-level entries count when any model did
+        self.excluded = 0  # combinations exclude dropped
 
-    def add(
-        self, spec: _ModelSpec, index: int, combo_vars: dict[str, Any], inputs: dict[str, Any]
-    ) -> None:
-        canonical = _CANONICAL(inputs)
-        identity = f"{spec.model_id}\n{canonical}"
-        for r in range(spec.repeat):
-            jid = _hash_id(identity, r)
-            if jid in self._first_seen:
-                self.duplicates += 1
-                if self.duplicates <= 5:
-                    self.warnings.append(
-                        f"{self.label}: $.models[{index}]: {spec.model_id} "
-                        f"{_describe(combo_vars)}gives the same inputs as job "
-                        f"#{self._first_seen[jid] + 1} ({jid}); kept once"
-                    )
+    def model_rows(self, spec: _ModelSpec) -> Iterator[JobRow]:
+        label, manifest = self.label, self.manifest
+        self.problems += [f"{label}: {w}: {m}{manifest.line_suffix(w)}" for w, m in spec.problems]
+        if spec.problems:
+            return iter(())
+        model_problems: dict[str, None] = {}
+        rows = (
+            self._row_jobs(spec, row, model_problems)
+            for row in spec.row_plans()
+            if len(model_problems) < _MAX_PROBLEMS
+        )
+        return itertools.chain(
+            itertools.chain.from_iterable(rows), self._model_done(spec, model_problems)
+        )
+
+    def _model_done(self, spec: _ModelSpec, model_problems: dict[str, None]) -> Iterator[JobRow]:
+        self.problems += list(model_problems)
+        self.exclude_paths.extend(p for p in spec.exclude_paths if p not in self.exclude_paths)
+        yield from ()
+
+    def _row_jobs(
+        self, spec: _ModelSpec, row: _RowPlan, model_problems: dict[str, None]
+    ) -> Iterator[JobRow]:
+        """The jobs of one row's combinations (one per repeat), each identity (model, inputs,
+        repeat) once: the loop a million-job sweep runs a million times."""
+        seen, make, canonical_of, model_id = self.seen, row.make, row.canonical, spec.model_id
+        head, repeats, sha256 = f"{model_id}\n", range(spec.repeat), hashlib.sha256
+        count, limit = self.count, self.limit
+        for values in itertools.product(*row.values):
+            try:
+                combo_vars, inputs = make(values)
+            except _ComboError as exc:
+                if self._combo_problem(exc, model_problems):
+                    return
                 continue
-            self._first_seen[jid] = len(self.jobs)
-            # Repeats get their own dicts: a caller changing one job never changes another.
-            job_inputs = inputs if r == 0 else dict(inputs)
-            self.jobs.append(
-                Job(jid, spec.model_id, job_inputs, combo_vars, r, len(self.jobs), canonical)
-            )
-            if len(self.jobs) > self.limit:
-                raise ManifestError(
-                    f"{self.label}: $.run.max_jobs: the manifest expands to more than "
-                    f"{self.limit:,} jobs (the full grid is {_grid_size(self.data):,}); narrow "
-                    "the sweep, or raise run.max_jobs if you mean it"
+            if spec.excludes and self._excluded(spec, combo_vars, inputs):
+                continue
+            canonical = canonical_of(inputs)
+            identity = head + canonical
+            if spec.local:  # hashed by the files' identity; shown by their references
+                canonical = ""
+            for r in repeats:
+                text = f"{identity}\n#{r}" if r else identity  # as _hash_id
+                jid = sha256(text.encode()).hexdigest()[:12]
+                key = int(jid, 16)
+                if key in seen:
+                    self._duplicate(spec, combo_vars, jid)
+                    continue
+                seen.add(key)
+                if count >= limit:
+                    raise self._too_many()
+                count = self.count = count + 1
+                # Repeats get their own dicts: a caller changing one job never changes another.
+                yield (
+                    jid,
+                    model_id,
+                    dict(inputs) if r else inputs,
+                    combo_vars,
+                    r,
+                    count - 1,
+                    canonical,
                 )
+
+    def _combo_problem(self, exc: _ComboError, model_problems: dict[str, None]) -> bool:
+        """Note a combination's template error; True when the model has too many to go on."""
+        where, message = exc.args
+        model_problems.setdefault(
+            f"{self.label}: {where}: {message}{self.manifest.line_suffix(where)}"
+        )
+        return len(model_problems) >= _MAX_PROBLEMS
+
+    def _excluded(
+        self, spec: _ModelSpec, combo_vars: dict[str, Any], inputs: dict[str, Any]
+    ) -> bool:
+        hits = spec.excluded(combo_vars, inputs)
+        if hits:
+            self.matched_excludes.update(spec.exclude_paths[i] for i in hits)
+            self.excluded += 1
+        return bool(hits)
+
+    def _duplicate(self, spec: _ModelSpec, combo_vars: dict[str, Any], jid: str) -> None:
+        self.duplicates += 1
+        if len(self.first_duplicates) < 5:
+            self.first_duplicates.append((spec.index, spec.model_id, combo_vars, jid))
+
+    def _too_many(self) -> ManifestError:
+        return ManifestError(
+            f"{self.label}: $.run.max_jobs: the manifest expands to more than "
+            f"{self.limit:,} jobs (the full grid is {_grid_size(self.manifest.data):,}); "
+            "narrow the sweep, or raise run.max_jobs if you mean it"
+        )
+
+    def outcome(
+        self, first_positions: Callable[[set[str]], dict[str, int]]
+    ) -> tuple[list[str], list[str]]:
+        """(problems, warnings) of the whole pass."""
+        label = self.label
+        warnings = []
+        if self.first_duplicates:
+            positions = first_positions({jid for *_, jid in self.first_duplicates})
+            for index, model_id, combo_vars, jid in self.first_duplicates:
+                warnings.append(
+                    f"{label}: $.models[{index}]: {model_id} {_describe(combo_vars)}gives the same "
+                    f"inputs as job #{positions[jid] + 1} ({jid}); kept once"
+                )
+        for where in self.exclude_paths:
+            if where not in self.matched_excludes:
+                warnings.append(f"{label}: {where}: matched no combination; nothing excluded")
+        if self.duplicates > 5:
+            warnings.append(
+                f"{label}: {self.duplicates} duplicate combinations in all, each kept once"
+            )
+        problems = list(self.problems)
+        if not self.count and not problems:
+            problems.append(_empty_sweep(label, self.excluded, self.matched_excludes))
+        return problems, warnings
 
 
 def _empty_sweep(label: str, excluded: int, matched: set[str]) -> str:
@@ -178,6 +309,12 @@ class _ComboError(Exception):
     pass
 
 
+class _RowPlan(NamedTuple):
+    values: list[list[Any]]  # the free axes' values
+    make: Maker  # a combination of them -> (vars, inputs); raises _ComboError
+    canonical: Callable[[dict[str, Any]], str]
+
+
 class _ModelSpec:
     """One model's axes, rows, excludes and field types, resolved once."""
 
@@ -185,6 +322,7 @@ class _ModelSpec:
         self, data: dict[str, Any], index: int, model: dict[str, Any], schemas: models.Schemas
     ) -> None:
         self.model_id: str = model["id"]
+        self.local = False  # values may be local-file references (set by Sweep)
         self.index = index
         self.problems: list[tuple[str, str]] = []
         here = f"$.models[{index}]"
@@ -237,10 +375,12 @@ class _ModelSpec:
         self._rendered: dict[tuple[str, tuple[Any, ...], tuple[type, ...]], str] = {}
         self._coerced: dict[tuple[str, str], Any] = {}
 
-    def combinations(self) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
-        """(vars, raw inputs) per combination, rows outermost, the last axis fastest."""
+    def row_plans(self) -> Iterator[_RowPlan]:
+        """Per row (rows outermost): the free axes' values, whose product runs with the last
+        axis fastest, and how a combination of them becomes (vars, inputs) and canonical JSON."""
         templated_axes = {k for k, v, _ in self.axes if any(_maybe_template(x) for x in v)}
         templated_fixed = {k for k, v in self.fixed.items() if _maybe_template(v)}
+        plain_axes = {k for k, v, _ in self.axes if all(type(x) in PLAIN_TYPES for x in v)}
         for row_vars, row_inputs, row_path in self.rows:
             self._row_path = row_path
             free = [(k, v, is_var) for k, v, is_var in self.axes if k not in row_vars]
@@ -251,14 +391,44 @@ class _ModelSpec:
             var_names = set(row_vars) | {k for k, _, is_var in free if is_var}
             self._todo_vars = [k for k in maybe if k in var_names]
             self._todo_inputs = [k for k in maybe if k not in var_names]
-            names = [(k, is_var) for k, _, is_var in free]
-            for values in itertools.product(*(v for _, v, _ in free)):
-                combo_vars = dict(row_vars)
-                inputs = dict(self.fixed)
-                for (k, is_var), value in zip(names, values, strict=True):
-                    (combo_vars if is_var else inputs)[k] = value
-                inputs.update(row_inputs)
-                yield combo_vars, inputs
+            keys = {*self.fixed, *(k for k, _, is_var in free if not is_var), *row_inputs}
+            shape = RowShape(
+                axes=free,
+                row_vars=row_vars,
+                row_inputs=row_inputs,
+                fixed=self.fixed,
+                maybe=maybe,
+                plain_axes=plain_axes,
+                todo_vars=self._todo_vars,
+                todo_inputs=self._todo_inputs,
+                coerce=[(k, kind) for k, kind in self.coerce.items() if k in keys],
+            )
+            if self.local:  # local-file references take the general way, hashed by identity
+                make = self._general_maker(free, row_vars, row_inputs)
+                yield _RowPlan([v for _, v, _ in free], make, _identity_json)
+                continue
+            make = fast_maker(shape, self._coerce) or self._general_maker(
+                free, row_vars, row_inputs
+            )
+            yield _RowPlan([v for _, v, _ in free], make, canonical_writer(shape))
+
+    def _general_maker(
+        self,
+        free: list[tuple[str, list[Any], bool]],
+        row_vars: dict[str, Any],
+        row_inputs: dict[str, Any],
+    ) -> Maker:
+        names = [(k, is_var) for k, _, is_var in free]
+
+        def make(values: tuple[Any, ...]) -> tuple[dict[str, Any], dict[str, Any]]:
+            combo_vars = dict(row_vars)
+            inputs = dict(self.fixed)
+            for (k, is_var), value in zip(names, values, strict=True):
+                (combo_vars if is_var else inputs)[k] = value
+            inputs.update(row_inputs)
+            return self.render(combo_vars, inputs)
+
+        return make
 
     def render(
         self, combo_vars: dict[str, Any], inputs: dict[str, Any]
@@ -284,11 +454,16 @@ class _ModelSpec:
         for name, kind in self.coerce.items():
             value = inputs.get(name)
             if type(value) is str:
-                done = self._coerced.get((kind, value), _MISSING)
-                if done is _MISSING:
-                    done = self._coerced[(kind, value)] = _coerce(value, kind)
-                inputs[name] = done
+                inputs[name] = self._coerce(value, kind)
         return combo_vars, inputs
+
+    def _coerce(self, value: str, kind: str) -> Any:
+        done = self._coerced.get((kind, value), _MISSING)
+        if done is _MISSING:
+            done = _coerce(value, kind)
+            if len(self._coerced) < _MAX_CACHED:
+                self._coerced[(kind, value)] = done
+        return done
 
     def _render_plain(self, value: Any, context: dict[str, Any]) -> Any:
         """Fast path: a string template over plain values, memoised; else _MISSING."""
@@ -312,7 +487,7 @@ class _ModelSpec:
                 return _MISSING
             lookup = dict(zip(tpl.names, args, strict=True))
             done = "".join(p if type(p) is str else as_text(lookup[p[0]]) for p in tpl.parts)
-            if len(self._rendered) < 200_000:
+            if len(self._rendered) < _MAX_CACHED:
                 self._rendered[key] = done
         return done
 
@@ -335,7 +510,12 @@ _MISSING = object()
 def _maybe_template(value: Any) -> bool:
     if type(value) is str:
         return "{" in value or "}" in value
-    return isinstance(value, (list, dict))
+    return isinstance(value, (list, dict)) and not localref.is_ref(value)
+
+
+def _identity_json(inputs: dict[str, Any]) -> str:
+    """The canonical JSON a job id is hashed from when its inputs may hold local files."""
+    return _CANONICAL(localref.identity(inputs))
 
 
 def _coercions(model_id: str, schemas: models.Schemas) -> dict[str, str]:

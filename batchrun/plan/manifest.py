@@ -24,12 +24,15 @@ from jsonschema.exceptions import ValidationError
 from batchrun.catalog.models import schemas_root
 from batchrun.errors import ManifestError
 from batchrun.plan.expect import Expectations, expectations
+from batchrun.plan.localfiles import resolve_local, uses_local
 from batchrun.plan.settings import (
     OutputSettings,
     ReportSettings,
     RunSettings,
+    UploadSettings,
     output_settings,
     run_settings,
+    upload_settings,
 )
 from batchrun.plan.sources import resolve_sources
 
@@ -55,6 +58,9 @@ class Manifest:
     unchecked_models: frozenset[str] = frozenset()
     report: ReportSettings = ReportSettings()
     expect: Expectations = Expectations()  # what each job's files must be (`expect:` blocks)
+    uploads: UploadSettings = UploadSettings()
+    # Whether any value is a local file ({local:}, {glob:}): its jobs' ids hash their identity.
+    has_local: bool = False
 
     def line_suffix(self, where: str) -> str:
         """` (line N)` for a JSON path like `$.models[0].inputs.prompt`, when known."""
@@ -125,6 +131,10 @@ def check_manifest(path: str | Path) -> tuple[Manifest | None, list[str]]:
         data = usable
 
     data, source_problems = resolve_sources(data, path.parent)
+    has_local = uses_local(data)
+    if has_local:
+        data, local_problems = resolve_local(data, path.parent)
+        source_problems += local_problems
     problems += [f"{label}: {json_path(p)}: {msg}{lines.suffix(p)}" for p, msg in source_problems]
     run, run_problems = run_settings(data.get("run") or {})
     problems += [f"{label}: $.run.{k}: {msg}{lines.suffix(['run', k])}" for k, msg in run_problems]
@@ -135,6 +145,10 @@ def check_manifest(path: str | Path) -> tuple[Manifest | None, list[str]]:
     ]
     expect, expect_problems = expectations(data, download=outputs.download)
     problems += [f"{label}: {json_path(p)}: {msg}{lines.suffix(p)}" for p, msg in expect_problems]
+    uploads, up_problems = upload_settings(data.get("uploads") or {})
+    problems += [
+        f"{label}: $.uploads.{k}: {msg}{lines.suffix(['uploads', k])}" for k, msg in up_problems
+    ]
     manifest = Manifest(
         path=path,
         name=name,
@@ -146,6 +160,8 @@ def check_manifest(path: str | Path) -> tuple[Manifest | None, list[str]]:
         unchecked_models=unchecked,
         report=ReportSettings(**data.get("report", {})),
         expect=expect,
+        uploads=uploads,
+        has_local=has_local,
     )
     # A missing file's values are placeholders: the jobs they make are not worth checking.
     return (None if source_problems else manifest), problems

@@ -1,5 +1,5 @@
-"""The manifest's `run:`, `outputs:` and `report:` blocks as checked records, and the parsers
-of their values (durations, rates, sizes)."""
+"""The manifest's `run:`, `outputs:`, `uploads:` and `report:` blocks as checked records, and
+the parsers of their values (durations, rates, sizes)."""
 
 from __future__ import annotations
 
@@ -56,6 +56,22 @@ class OutputSettings:
     allow_hosts: tuple[str, ...] = ()
     max_file_bytes: int = 2 * GIB
     mirror: str | None = None  # s3://BUCKET/PREFIX the files and reports are copied to
+
+
+# The longest a presigned S3 URL may live (SigV4).
+MAX_PRESIGN_S = 7 * 24 * 3600.0
+
+
+@dataclass(frozen=True)
+class UploadSettings:
+    """How local input files reach the API (the manifest's `uploads:` block, parsed): `to`
+    is None when no bucket is given (images of at most 6 MiB go inline then)."""
+
+    to: str | None = None  # s3://BUCKET/PREFIX
+    expires_s: float = 24 * 3600.0
+    inline: str = "auto"  # auto | never
+    endpoint_url: str | None = None
+    public_base: str | None = None
 
 
 @dataclass(frozen=True)
@@ -208,3 +224,32 @@ def _fill_name(template: str, name: str) -> str:
         else:
             out.append(part)
     return "".join(out)
+
+
+def upload_settings(uploads: dict[str, Any]) -> tuple[UploadSettings, list[tuple[str, str]]]:
+    """The `uploads:` block as a record, and its problems as (key, message)."""
+    if not uploads:
+        return UploadSettings(), []
+    problems: list[tuple[str, str]] = []
+    expires = 24 * 3600.0
+    if "expires" in uploads:
+        try:
+            expires = parse_duration(uploads["expires"])
+        except ValueError as exc:
+            problems.append(("expires", str(exc)))
+        if expires > MAX_PRESIGN_S and not uploads.get("public_base"):
+            problems.append(
+                (
+                    "expires",
+                    f"{uploads['expires']!r} is longer than 168h (7 days), the longest a "
+                    "presigned S3 URL may live; write 168h or less",
+                )
+            )
+    settings = UploadSettings(
+        to=str(uploads["to"]).rstrip("/"),
+        expires_s=expires,
+        inline=uploads.get("inline", "auto"),
+        endpoint_url=uploads.get("endpoint_url"),
+        public_base=uploads.get("public_base"),
+    )
+    return settings, problems

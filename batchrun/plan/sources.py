@@ -32,7 +32,7 @@ def resolve_sources(data: dict[str, Any], base: Path) -> tuple[dict[str, Any], l
     for prefix, scope in scopes:
         for axes in ("vars", "matrix"):
             for key, values in (scope.get(axes) or {}).items():
-                if isinstance(values, dict):
+                if isinstance(values, dict) and "glob" not in values:  # localfiles.py's
                     scope[axes][key] = reader.values(values, [*prefix, axes, key])
         cases = scope.get("cases")
         if isinstance(cases, dict):
@@ -49,9 +49,9 @@ class _Reader:
     def _text(self, name: str, where: Where) -> str | None:
         if name not in self._texts:
             path = self.base / name
-            outside = _outside(path, self.base)
-            if outside:
-                self.problems.append((where, outside))
+            why = outside(path, self.base)
+            if why:
+                self.problems.append((where, why))
                 self._texts[name] = None
                 return None
             try:
@@ -131,7 +131,7 @@ class _Reader:
         return header, rows
 
 
-def _outside(path: Path, base: Path) -> str:
+def outside(path: Path, base: Path) -> str:
     """Why `path` may not be read: it resolves outside `base` ('' when it may)."""
     if os.environ.get(ALLOW_OUTSIDE, "") == "1":
         return ""

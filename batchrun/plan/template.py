@@ -12,6 +12,8 @@ import re
 from functools import lru_cache
 from typing import Any
 
+from batchrun.util import localref
+
 _TOKEN = re.compile(r"\{\{|\}\}|\{([^{}]*)\}|[{}]")
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -78,6 +80,8 @@ def as_text(value: Any) -> str:
         return "true" if value else "false"
     if value is None:
         return "null"
+    if localref.is_ref(value):
+        return str(value["local"])  # a local file within a text: its path
     if isinstance(value, (dict, list)):
         return json.dumps(value, sort_keys=True, ensure_ascii=False)
     return str(value)
@@ -120,6 +124,6 @@ class Renderer:
             )
         if isinstance(value, list):
             return [self.render(v) for v in value]
-        if isinstance(value, dict):
+        if isinstance(value, dict) and not localref.is_ref(value):
             return {k: self.render(v) for k, v in value.items()}
         return value

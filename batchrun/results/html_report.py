@@ -21,6 +21,7 @@ from batchrun.results.reportcsv import (
     unguard,
 )
 from batchrun.store.records import JobRow, OutputFile, report_status
+from batchrun.util import localref
 from batchrun.util.media import IMAGE_SUFFIXES, VIDEO_SUFFIXES
 from batchrun.util.safetext import printable
 
@@ -74,6 +75,9 @@ def show(value: Any) -> str:
         return value
     if type(value) is int:  # the common swept seed: json.dumps would say the same, slower
         return str(value)
+    local = localref.text(value)  # a local input file: its path
+    if local is not None:
+        return local
     return json.dumps(value, ensure_ascii=False)
 
 

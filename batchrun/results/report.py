@@ -209,6 +209,7 @@ class RunFacts(TypedDict, total=False):
     selected: int  # with --only/--first/--sample/--shard: the jobs chosen
     left_out: int  # ... and those the filter left out
     merged_from: list[str]  # a merged folder: its shard folders
+    exported_from: str  # an exported shared sweep: its database (the password scrubbed)
     mirror: MirrorFacts  # a run with outputs.mirror
 
 

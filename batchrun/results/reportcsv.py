@@ -12,6 +12,7 @@ from typing import Any
 
 from batchrun.errors import CompareError, StateError
 from batchrun.store.atomic import open_atomic, write_text
+from batchrun.util import localref
 
 COLUMNS = [
     "job_id",
@@ -67,6 +68,9 @@ def value_cell(value: Any) -> str:
         return guard(value)
     if type(value) is int:  # a swept seed: what json.dumps would say, faster
         return str(value)
+    local = localref.text(value)  # a local input file: its path
+    if local is not None:
+        return guard(local)
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 

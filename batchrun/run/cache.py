@@ -37,6 +37,7 @@ from batchrun.store.atomic import fsync_dir, open_atomic, write_bytes
 from batchrun.store.output_urls import collect_urls
 from batchrun.store.records import PENDING, SUCCEEDED, JobRow, OutputFile
 from batchrun.store.state import StateStore
+from batchrun.util import localref
 
 if TYPE_CHECKING:
     from batchrun.plan.build import Plan
@@ -88,8 +89,9 @@ def entry_key(
 
 
 def canonical_inputs(inputs: dict[str, Any]) -> str:
-    """The grid's canonical JSON of a job's inputs (sorted keys, compact)."""
-    return json.dumps(inputs, sort_keys=True, separators=(",", ":"))
+    """The grid's canonical JSON of a job's inputs (sorted keys, compact), a local file by its
+    identity (sha256 and type), never its path."""
+    return json.dumps(localref.identity(inputs), sort_keys=True, separators=(",", ":"))
 
 
 class Cache:

@@ -34,6 +34,7 @@ from batchrun.run.cache import Restored, fill, open_for_plan, restore_pending
 from batchrun.run.downloads import PlanFiles
 from batchrun.run.ending import say_how_it_ended
 from batchrun.run.halt import SweepGate
+from batchrun.run.inputs import check_ready, submitter
 from batchrun.run.jobtable import JobTable
 from batchrun.run.live import LiveReport, waiting_text
 from batchrun.run.mirror import Mirror
@@ -163,7 +164,13 @@ class _Run:
         if settings.halt is not None or settings.canary:
             policies.insert(0, SweepGate(halt=settings.halt, canary=settings.canary, rows=rows))
         parts = RunParts(
-            JobTable(self.store, rows), client, limiter, settings, self.opts.clock, self.opts.wall
+            JobTable(self.store, rows),
+            client,
+            limiter,
+            settings,
+            self.opts.clock,
+            self.opts.wall,
+            submit=submitter(self.plan, client.submit),
         )
         sched = self._scheduler(parts, policies, budget, progress)
         live = LiveReport(
@@ -349,6 +356,7 @@ class _Run:
 
     def _prepare(self) -> None:
         manifest = self.plan.manifest
+        check_ready(manifest.uploads, manifest.has_local)  # boto3, before anything is sent
         meta = self.store.meta()
         fresh = "manifest_sha256" not in meta
         origin = self.opts.origin
@@ -402,20 +410,20 @@ class _Run:
                 "left as unknown (rerun with --resubmit-unknown to submit them again)"
             )
         if self.opts.resubmit_unknown:
-            self._requeue([st.UNKNOWN])
+            self._requeue([st.UNKNOWN], "--resubmit-unknown", "unknown job(s)")
         if self.opts.retry_failed:
-            self._requeue([st.FAILED, st.TIMED_OUT])
+            self._requeue([st.FAILED, st.TIMED_OUT], "--retry-failed", "failed or timed-out job(s)")
 
-    def _requeue(self, statuses: list[str]) -> None:
-        only = self.opts.only
-        if only is None:
-            self.store.requeue(statuses)
-            return
-        # A subset requeues its own jobs only (StateStore.requeue takes every job).
-        with self.store.batch():
-            for row in self.store.rows(in_manifest_only=True):
-                if row.job_id in only and row.status in statuses:
-                    self.store.mark_pending(row.job_id)
+    def _requeue(self, statuses: list[str], flag: str, what: str) -> None:
+        """The jobs in `statuses` sent again, each with a fresh allowance of retries (the
+        user asked: what earlier runs spent of it no longer counts); says how many."""
+        sent = self.store.requeue(statuses, only=self.opts.only)  # a subset: its own jobs
+        if sent:
+            retries = self.plan.manifest.run.retries
+            self.echo(
+                f"{flag}: {sent} {what} to send again, each with a fresh allowance of retries "
+                f"(run.retries: {retries}): at most {retries + 1} more attempt(s) each"
+            )
 
     # ---- after the loop -----------------------------------------------------------------
 

@@ -11,7 +11,6 @@ import heapq
 import itertools
 import math
 import random
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -93,7 +92,6 @@ class Flights:
         self.flights: dict[str, Flight] = {}
         self.refreshing: dict[str, str] = {}  # job id -> request id whose /result is re-read
         self.abandoned: set[str] = set()  # still on the server, no longer polled this run
-        self.submits: Counter[str] = Counter()  # accepted submits per job this run
         self._heap: list[tuple[float, int, str, str, str]] = []
         self._seq = itertools.count()
 
@@ -113,7 +111,6 @@ class Flights:
 
     def submitted(self, job_id: str, request_id: str, at: float) -> None:
         """A submit the server accepted (its request id already recorded)."""
-        self.submits[job_id] += 1
         model = self.jobs.rows[job_id].model_id
         self.flights[job_id] = Flight(job_id, request_id, at, st.QUEUED, model=model)
         self._schedule(self.planner.first_delay(model), "poll", job_id)
@@ -296,7 +293,8 @@ class Flights:
         del self.flights[job_id]
         row = self.jobs.rows[job_id]  # every attempt may be billed: the cost is told
         self._tell(Told(policy.FINISHED, row, state=answer.state, cost=answer.cost_usd))
-        if answer.state == st.FAILED and self.submits[job_id] <= self.run_settings.retries:
+        # Attempts are counted in state.db, over runs: a killed run's rerun grants no more.
+        if answer.state == st.FAILED and row.retries_used <= self.run_settings.retries:
             self._retry(job_id, f"attempt failed: {answer.error}; retrying")
             return
         self.jobs.record_result(

@@ -114,7 +114,7 @@ class SweepGate(policy.Policy):
             return False
         self.halted = (
             f"{failed} of {finished} finished jobs failed "
-            f"({_percent(failed / finished)} > {_percent(rule.failure_rate)})"
+            f"({percent(failed / finished)} > {percent(rule.failure_rate)})"
         )
         return True
 
@@ -145,6 +145,6 @@ def _canary_failure(row: JobRow) -> str:
     return f"job {row.job_id} {status}{error}"
 
 
-def _percent(share: float) -> str:
+def percent(share: float) -> str:
     text = f"{share * 100:.1f}".rstrip("0").rstrip(".")
     return f"{text}%"

@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from batchrun.api.client import Client
 from batchrun.api.ratelimit import RateLimiter
@@ -36,3 +36,6 @@ class RunParts:
     clock: Callable[[], float] = time.monotonic  # intervals and deadlines
     wall: Callable[[], float] = time.time  # epoch seconds, as recorded
     feed: Feed | None = None
+    # submit(model_id, inputs) -> request id: the client's, or one that makes local input
+    # files sendable first (run/inputs.py)
+    submit: Callable[[str, dict[str, Any]], str] | None = None

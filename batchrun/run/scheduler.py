@@ -68,6 +68,7 @@ class Scheduler:
         client, limiter, run = parts.client, parts.limiter, parts.run
         clock, wall = parts.clock, parts.wall
         self.client = client
+        self.submit = parts.submit or client.submit
         self._reads = {"poll": client.result, "refresh": client.result, "cancel": client.cancel}
         self.estimate = estimate  # recorded with each attempt in the ledger (the budget's)
         self.limiter = limiter
@@ -187,7 +188,7 @@ class Scheduler:
                     self.jobs.mark_submitting(job_id, self.estimate(job_id))
             for job_id in submits:
                 row = self.jobs.rows[job_id]
-                self.workers.call("submit", job_id, self.client.submit, row.model_id, row.inputs)
+                self.workers.call("submit", job_id, self.submit, row.model_id, row.inputs)
         return wait
 
     def _take_calls(self, submits: list[str]) -> float:

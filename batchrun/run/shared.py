@@ -19,7 +19,8 @@ from pathlib import Path
 
 from batchrun.api.client import Client
 from batchrun.api.ratelimit import RateLimiter
-from batchrun.errors import BudgetReached, UsageError
+from batchrun.catalog.pricing import plain
+from batchrun.errors import BudgetReached
 from batchrun.plan.build import Plan
 from batchrun.plan.settings import RunSettings
 from batchrun.results.report import write_report
@@ -34,12 +35,14 @@ from batchrun.run.engine import (
     file_planner,
     install_interrupt,
 )
+from batchrun.run.inputs import check_ready, submitter
 from batchrun.run.jobtable import JobTable
 from batchrun.run.money_text import progress_cost
 from batchrun.run.parts import RunParts
 from batchrun.run.policy import Decision, JobsView, Told
 from batchrun.run.progress import Progress, server_wait
 from batchrun.run.scheduler import Scheduler
+from batchrun.run.sharedgate import SharedGate
 from batchrun.store import records
 from batchrun.store.output_urls import needs_files
 from batchrun.store.records import JobRow
@@ -164,30 +167,48 @@ def run_shared(plan: Plan, options: RunOptions, url: str) -> int:
     """Work the plan's sweep with the other workers given the same manifest and `url`; returns
     the exit code as run_batch does (the sweep's cap reached: BudgetReached)."""
     settings = plan.manifest.run
-    if settings.halt is not None or settings.canary:
-        raise UsageError(
-            "run.halt and run.canary do not apply to a shared sweep (--state) yet: each worker "
-            "would decide alone; remove them from the manifest to run it shared"
-        )
+    check_ready(plan.manifest.uploads, plan.manifest.has_local)  # before anything is sent
     run_dir = Path(options.run_dir or plan.manifest.outputs.dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    worker = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+    host = socket.gethostname()
+    worker = f"{host}:{os.getpid()}:{secrets.token_hex(3)}"
     state = SharedState.connect(url, sweep=plan.manifest.name, worker=worker)
     state.on_lost = lambda message: options.echo(f"warning: {message}")
+    state.files_at = (str(run_dir.resolve()), host)
     try:
         state.open_sweep(plan.manifest.sha256, options.origin, settings.max_cost_usd)
         added = state.add_jobs(plan.jobs)
         if added and added < len(plan.jobs):
             options.echo(f"{added} new job(s) added to the shared sweep {plan.manifest.name!r}")
+        state.set_meta(**_sweep_meta(plan, options))
         if options.resubmit_unknown:
             state.requeue([records.UNKNOWN])
         if options.retry_failed:
             state.requeue([records.FAILED, records.TIMED_OUT])
+        state.join(str(run_dir.resolve()), host, settings.lease_s, canary=settings.canary)
         return _Worker(plan, options, run_dir, state).execute()
     finally:
         with contextlib.suppress(SharedStateLost):  # gone: its leases lapse instead
             state.let_go()
         state.close()
+
+
+def _sweep_meta(plan: Plan, options: RunOptions) -> dict[str, str]:
+    """What `status --state` and `export` say of the sweep, as a run folder's meta does."""
+    meta = {
+        "name": plan.manifest.name,
+        "manifest": str(plan.manifest.path),
+        "manifest_sha256": plan.manifest.sha256,
+        "api_base": options.api_base,
+        "origin": options.origin,
+    }
+    mark = options.plan_mark
+    if mark is not None:
+        meta.update(est_cost_usd=plain(mark.est_usd), unpriced_jobs=str(mark.unpriced))
+    cap = plan.manifest.run.max_cost_usd
+    if cap is not None:
+        meta["max_cost_usd"] = plain(cap)
+    return meta
 
 
 class _Worker:
@@ -210,6 +231,7 @@ class _Worker:
         # The sweep's every unfinished job is known, for the estimate of those claimed later.
         budget = Budget.for_folder(None, plan_estimator(self.plan), state.attempts(), every, state)
         account = SharedAccount(state, budget.estimate, settings.max_in_flight)
+        gate = SharedGate(state, halt=settings.halt, canary=settings.canary, clock=opts.clock)
         progress = Progress(
             len(every), quiet=opts.quiet, clock=opts.clock, cost=lambda: progress_cost(budget),
             waiting=server_wait(limiter.paused_for),
@@ -218,11 +240,12 @@ class _Worker:
             state, lease_s=settings.lease_s, clock=opts.clock, page=page_size(settings)
         )
         parts = RunParts(
-            JobTable(state, rows), client, limiter, settings, opts.clock, opts.wall, feed=feed
-        )
+            JobTable(state, rows), client, limiter, settings, opts.clock, opts.wall, feed=feed,
+            submit=submitter(self.plan, client.submit),
+        )  # fmt: skip
         download = self.plan.manifest.outputs.download
         sched = Scheduler(
-            parts, policies=[budget, account], estimate=budget.estimate,
+            parts, policies=[gate, budget, account], estimate=budget.estimate,
             plan_files=file_planner(self.plan, self.run_dir, opts.api_base) if download else None,
             progress=progress, echo=self.echo, workers=opts.workers,
             download_workers=opts.download_workers,

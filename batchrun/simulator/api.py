@@ -31,7 +31,7 @@ from urllib.parse import parse_qs, unquote
 from jsonschema import Draft202012Validator
 
 from batchrun.catalog import models
-from batchrun.simulator import catalog, persist
+from batchrun.simulator import catalog, media, persist
 from batchrun.simulator.faults import Faults
 from batchrun.simulator.finish import drift_draw, finish_job
 from batchrun.simulator.jobqueue import CANCELLED, COMPLETED, IN_QUEUE, Job, JobQueue
@@ -244,10 +244,15 @@ class SimApp:
         except ValueError as exc:
             detail = [{"loc": ["body"], "msg": f"invalid JSON: {exc}", "type": "json_invalid"}]
             return api_error(422, 422, "request body is not valid JSON", detail=detail)
+        if len(body) > media.REQUEST_MAX_BYTES:
+            return api_error(413, 413, "request body is larger than 64 MiB")
         detail = schema_detail(model_id, inputs)
         if detail:
             return api_error(422, 422, "inputs do not match the model's schema", detail=detail)
-        ident = identity(model_id, inputs)
+        inputs, detail = media.decode_data_uris(inputs)
+        if detail:
+            return api_error(422, 422, "inputs hold a data: URI the API refuses", detail=detail)
+        ident = identity(model_id, media.identity_form(inputs))
         price = catalog.cost(catalog.CATALOG[model_id], inputs)
         with self._billing:
             balance = self.settings.balance
@@ -413,3 +418,6 @@ class SimApp:
 
     def _finish(self, job: Job) -> None:
         finish_job(job, self.settings, self.files, self.stats, self.base_url)
+        if job.fails and self.settings.bill_on != "accept":  # e.g. an input it could not fetch
+            with self._billing:
+                self._committed.pop(job.request_id, None)

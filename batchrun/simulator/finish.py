@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 
-from batchrun.simulator import catalog, malicious
+from batchrun.simulator import catalog, malicious, media
 from batchrun.simulator.jobqueue import Job
 from batchrun.simulator.outputs import (
     FileSpec,
@@ -42,6 +42,12 @@ def finish_job(job: Job, s: SimSettings, files: FileStore, stats: Stats, base_ur
         _finish_malicious(job, s, files, stats, base_url, expires)
         return
     info = catalog.CATALOG[job.model_id]
+    unfetched = "" if job.fails else media.fetch_problem(job.inputs, s.fetch_inputs)
+    if unfetched:  # the service could not read an input URL: the job fails, unbilled
+        stats.fault("input_fetch")
+        job.fails = True
+        job.error = {"code": "INPUT_FETCH_FAILED", "message": unfetched}
+        return
     if job.fails:
         stats.fault("fail")
         shape = _ERROR_SHAPES[int(fraction(s.seed, "error", job.identity) * 3)]

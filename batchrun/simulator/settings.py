@@ -52,6 +52,9 @@ class SimSettings:
     result_costs: bool = True
     # Folder to persist jobs in (simulator.persist); a restart with it reloads them. None: memory.
     state_dir: str | None = None
+    # Which http(s) URL inputs a running job fetches (simulator.media): "local" (127.0.0.1 and
+    # localhost only: offline with public example URLs), "all", or "off".
+    fetch_inputs: str = "local"
 
     def __post_init__(self) -> None:
         # Numbers given in code (SimSettings(run_time=0.05)) mean a fixed mean run time.
@@ -294,6 +297,7 @@ _PARSERS: dict[str, Any] = {
     "bill_on": lambda v: _choice(v, ("success", "accept")),
     "result_costs": _bool,
     "state_dir": lambda v: None if v is None or not str(v).strip() else str(v),
+    "fetch_inputs": lambda v: _choice(v, ("local", "all", "off")),
 }
 
 

@@ -12,12 +12,13 @@ from pathlib import Path
 from batchrun import __version__
 from batchrun.errors import StateError
 from batchrun.store import lock as folder_lock, mirrored
-from batchrun.store.records import COLUMNS, COLUMNS_V1
+from batchrun.store.records import COLUMNS, COLUMNS_V1, COLUMNS_V3
 
 # 1: the first; 2: jobs.cached and jobs.saved_usd (the cross-run cache); 3: the attempts
 # table (the ledger: one row per submit attempt, appended, never rewritten away); 4: the
-# mirrored table (what outputs.mirror has copied to its bucket)
-SCHEMA_VERSION = 4
+# mirrored table (what outputs.mirror has copied to its bucket); 5: jobs.retries_from (where
+# a job's allowance of retries began)
+SCHEMA_VERSION = 5
 STATE_FILE = "state.db"
 
 
@@ -86,7 +87,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     in_manifest INTEGER NOT NULL DEFAULT 1,
     updated_at REAL,
     cached INTEGER NOT NULL DEFAULT 0,
-    saved_usd REAL
+    saved_usd REAL,
+    retries_from INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status);
 """
@@ -117,6 +119,8 @@ _MIGRATIONS = {
     ),
     3: (*[stmt for stmt in _ATTEMPTS.split(";") if stmt.strip()], *_BACKFILL),
     4: (mirrored.TABLE,),
+    # Attempts made before count against the allowance: a migrated folder grants no more.
+    5: ("ALTER TABLE jobs ADD COLUMN retries_from INTEGER NOT NULL DEFAULT 0",),
 }
 
 
@@ -165,15 +169,19 @@ def _read_as_is(conn: sqlite3.Connection, version: int) -> str:
     defaults, and the ledger of a folder made before it is built in a temporary table, as the
     migration would build it; so is its (empty) mirrored table."""
     conn.execute(mirrored.TABLE.replace("TABLE IF NOT EXISTS", "TEMP TABLE"))
-    if version >= 3:
-        return COLUMNS
+    if version < 3:
+        _temporary_ledger(conn, version)
+    return COLUMNS_V1 if version < 2 else COLUMNS_V3 if version < 5 else COLUMNS
+
+
+def _temporary_ledger(conn: sqlite3.Connection, version: int) -> None:
+    """The ledger of a folder made before it (version 1 or 2), in a temporary table."""
     conn.execute(_ATTEMPTS.split(";")[0].replace("TABLE IF NOT EXISTS", "TEMP TABLE"))
     for stmt in _BACKFILL:
         if version < 2:
             for column in ("cached = 1", "saved_usd IS NOT NULL", "CAST(saved_usd AS TEXT)"):
                 stmt = stmt.replace(column, "NULL")
         conn.execute(stmt)
-    return COLUMNS_V1 if version < 2 else COLUMNS
 
 
 def _create(conn: sqlite3.Connection, path: Path) -> None:

@@ -78,6 +78,15 @@ class JobRow:
     in_manifest: bool = True
     cached: bool = False  # taken from the cross-run cache: no API call, nothing paid
     saved_usd: float | None = None  # for a cached job: what its result cost when it was made
+    # `attempts` when the job's allowance of `run.retries` began: 0, or what it was when
+    # --retry-failed or --resubmit-unknown sent the job again (see `retries_used`).
+    retries_from: int = 0
+
+    @property
+    def retries_used(self) -> int:
+        """Attempts that may have been billed since the job's allowance of retries began:
+        counted from state.db, so a kill of the run never grants a job more."""
+        return max(0, self.attempts - self.retries_from)
 
     @property
     def queue_s(self) -> float | None:
@@ -139,10 +148,12 @@ def report_status(status: str) -> str:
 COLUMNS = (
     "job_id, position, model_id, inputs, vars, repeat, status, request_id, attempts, error, "
     "submitted_at, started_at, finished_at, cost_usd, output, files, in_manifest, cached, "
-    "saved_usd"
+    "saved_usd, retries_from"
 )
-# The same for a state.db of schema version 1 (before `cached`), read without migrating it.
-COLUMNS_V1 = COLUMNS.replace("cached, saved_usd", "0 AS cached, NULL AS saved_usd")
+# The same for a state.db of schema version 2 or 3 (before `retries_from`) and of version 1
+# (before `cached` too), read without migrating it.
+COLUMNS_V3 = COLUMNS.replace("retries_from", "0 AS retries_from")
+COLUMNS_V1 = COLUMNS_V3.replace("cached, saved_usd", "0 AS cached, NULL AS saved_usd")
 
 
 def dumps(value: Any) -> str:
@@ -216,4 +227,5 @@ def decode_row(r: tuple[Any, ...]) -> JobRow:
         in_manifest=bool(r[16]),
         cached=bool(r[17]),
         saved_usd=r[18],
+        retries_from=r[19],
     )

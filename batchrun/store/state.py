@@ -53,7 +53,7 @@ from batchrun.util.gcpause import gc_paused
 _PAGE = 2000  # rows a cursor reads at a time (iter_rows)
 
 
-class StateStore:
+class StateStore(transitions.RowTransitions):
     """state.db of one run folder. Each method is one transaction; open() takes the run lock.
 
     Durability: WAL with synchronous=NORMAL, so a committed transition survives a crash of the
@@ -449,6 +449,9 @@ class StateStore:
     # Each returns the changes it made to the job's row (store/transitions.py, where each
     # transition is defined), for the run's table in memory to make the same.
 
+    def _change(self, job_id: str, changes: Changes) -> Changes:
+        return self._update(job_id, changes)
+
     def _update(self, job_id: str, changes: Changes, *, durable: bool = False) -> Changes:
         sets, params = assignments(changes)
         with self._tx(durable=durable) as conn:
@@ -613,32 +616,6 @@ class StateStore:
         )
         return cur.rowcount == 1
 
-    def mark_pending(self, job_id: str, error: str = "") -> Changes:
-        """Back to the submit queue (a refused submit, a retry, a requested resubmission)."""
-        return self._update(job_id, transitions.mark_pending(error))
-
-    def record_status(
-        self, job_id: str, status: str, *, started_at: float | None = None
-    ) -> Changes:
-        """QUEUED or RUNNING as last seen on the server."""
-        return self._update(job_id, transitions.record_status(status, started_at))
-
-    def record_result(
-        self,
-        job_id: str,
-        status: str,
-        *,
-        finished_at: float,
-        output: Any = None,
-        error: str = "",
-        cost_usd: float | None = None,
-    ) -> Changes:
-        """A terminal state: SUCCEEDED, FAILED, TIMED_OUT or CANCELLED."""
-        changes = transitions.record_result(
-            status, finished_at=finished_at, output=output, error=error, cost_usd=cost_usd
-        )
-        return self._update(job_id, changes)
-
     def record_cached(
         self,
         job_id: str,
@@ -665,21 +642,12 @@ class StateStore:
                 ),
             )
 
-    def fail_expectations(self, job_id: str, error: str) -> Changes:
-        """A succeeded job whose files fail its expectations becomes FAILED (cost kept)."""
-        return self._update(job_id, transitions.fail_expectations(error))
-
-    def record_error(self, job_id: str, error: str) -> Changes:
-        """A note on a job that keeps its state (e.g. the server unreachable while polling)."""
-        return self._update(job_id, transitions.record_error(error))
-
-    def record_files(self, job_id: str, files: list[records.OutputFile]) -> Changes:
-        """A job's files so far (rewritten as more land)."""
-        return self._update(job_id, transitions.record_files(files))
-
-    def requeue(self, statuses: Iterable[str], error: str = "") -> int:
-        """Every job (in the manifest) in one of `statuses` back to PENDING (mark_pending's
-        changes, in one UPDATE); returns how many.
+    def requeue(
+        self, statuses: Iterable[str], error: str = "", *, only: Iterable[str] | None = None
+    ) -> int:
+        """Every job (in the manifest; of `only`, when given) in one of `statuses` sent again,
+        with a fresh allowance of retries (transitions.requeue's changes, in one statement);
+        returns how many.
 
         A FAILED job whose request the server stopped knowing before its result was read (its
         error starts with NOT_FOUND) may have been billed: it counts as UNKNOWN here, never as
@@ -693,12 +661,13 @@ class StateStore:
             which, args = f"(status IN ({marks}) OR {unread})", (*statuses, *unread_args)
         else:
             which, args = f"(status IN ({marks}) AND NOT {unread})", (*statuses, *unread_args)
-        sets, params = assignments(transitions.mark_pending(error))
+        sets, params = assignments(transitions.requeue(error))
+        update = f"UPDATE jobs SET {sets}, updated_at = ? WHERE in_manifest = 1 AND {which}"
+        values = (*params, time.time(), *args)
         with self._tx() as conn:
-            cur = conn.execute(
-                f"UPDATE jobs SET {sets}, updated_at = ? WHERE in_manifest = 1 AND {which}",
-                (*params, time.time(), *args),
-            )
+            if only is None:
+                return conn.execute(update, values).rowcount
+            cur = conn.executemany(f"{update} AND job_id = ?", [(*values, j) for j in only])
             return cur.rowcount
 
     def submitting_to_unknown(self, error: str) -> int:
@@ -728,6 +697,8 @@ def assignments(changes: Changes, mark: str = "?") -> tuple[str, list[Any]]:
         elif kind is transitions.IfUnset:
             sets.append(f"{name} = COALESCE({name}, {mark})")
             params.append(value.value)
+        elif kind is transitions.Copy:
+            sets.append(f"{name} = {value.name}")  # a field name of ours, never input
         else:
             sets.append(f"{name} = {mark}")
             params.append(encode_field(name, value) if name in ENCODED_FIELDS else value)

@@ -4,7 +4,8 @@ StateStore writes exactly these changes to state.db and returns them; the run's 
 memory (run/jobtable.py) applies the same changes to its copy, so the two cannot differ. Text
 is capped and costs made finite here, once, for both.
 
-A change is the field's new value, or one that depends on the row as it is (`Add`, `IfUnset`),
+A change is the field's new value, or one that depends on the row as it is (`Add`, `IfUnset`,
+`Copy`),
 which state.db applies inside its UPDATE, without reading the row first.
 """
 
@@ -42,7 +43,14 @@ class IfUnset:
     value: Any
 
 
-Changes = dict[str, Any]  # JobRow field -> its new value, an Add or an IfUnset
+@dataclass(frozen=True)
+class Copy:
+    """The value another field of the row has (`name`)."""
+
+    name: str
+
+
+Changes = dict[str, Any]  # JobRow field -> its new value, an Add, an IfUnset or a Copy
 
 
 def apply(row: JobRow, changes: Changes) -> None:
@@ -54,6 +62,8 @@ def apply(row: JobRow, changes: Changes) -> None:
         elif kind is IfUnset:
             current = getattr(row, name)
             value = value.value if current is None else current
+        elif kind is Copy:
+            value = getattr(row, value.name)
         setattr(row, name, value)
 
 
@@ -100,6 +110,12 @@ def mark_pending(error: str = "") -> Changes:
         "output": None,
         "files": [],
     }
+
+
+def requeue(error: str = "") -> Changes:
+    """Sent again because the user asked (--retry-failed, --resubmit-unknown): back to the
+    submit queue with a fresh allowance of `run.retries`, counted from the attempts so far."""
+    return {**mark_pending(error), "retries_from": Copy("attempts")}
 
 
 def record_status(status: str, started_at: float | None = None) -> Changes:
@@ -175,4 +191,52 @@ def import_job(row: JobRow) -> Changes:
         "files": list(row.files),
         "cached": row.cached,
         "saved_usd": finite_cost(row.saved_usd),
+        "retries_from": row.retries_from,
     }
+
+
+class RowTransitions:
+    """The transitions that change a job's row alone, as methods of a store (StateStore,
+    SharedState) whose `_change` writes a transition's changes in one transaction and returns
+    them (for the run's job table to make the same)."""
+
+    def _change(self, job_id: str, changes: Changes) -> Changes:
+        raise NotImplementedError
+
+    def mark_pending(self, job_id: str, error: str = "") -> Changes:
+        """Back to the submit queue (a refused submit, a retry, a requested resubmission)."""
+        return self._change(job_id, mark_pending(error))
+
+    def record_status(
+        self, job_id: str, status: str, *, started_at: float | None = None
+    ) -> Changes:
+        """QUEUED or RUNNING as last seen on the server."""
+        return self._change(job_id, record_status(status, started_at))
+
+    def record_result(
+        self,
+        job_id: str,
+        status: str,
+        *,
+        finished_at: float,
+        output: Any = None,
+        error: str = "",
+        cost_usd: float | None = None,
+    ) -> Changes:
+        """A terminal state: SUCCEEDED, FAILED, TIMED_OUT or CANCELLED."""
+        changes = record_result(
+            status, finished_at=finished_at, output=output, error=error, cost_usd=cost_usd
+        )
+        return self._change(job_id, changes)
+
+    def fail_expectations(self, job_id: str, error: str) -> Changes:
+        """A succeeded job whose files fail its expectations becomes FAILED (cost kept)."""
+        return self._change(job_id, fail_expectations(error))
+
+    def record_error(self, job_id: str, error: str) -> Changes:
+        """A note on a job that keeps its state (e.g. the server unreachable while polling)."""
+        return self._change(job_id, record_error(error))
+
+    def record_files(self, job_id: str, files: list[OutputFile]) -> Changes:
+        """A job's files so far (rewritten as more land)."""
+        return self._change(job_id, record_files(files))

@@ -32,3 +32,16 @@ def printable(text: str, *, lines: bool = False) -> str:
     those characters, harmless); `lines` keeps newlines and tabs (a multi-line message)."""
     pattern = _CONTROL_BUT_LINES if lines else _CONTROL
     return pattern.sub(_escape, text) if pattern.search(text) else text
+
+
+# A signed URL's secret parts (S3 SigV4 and V2, GCS): a presigned URL is a credential for its
+# object, whatever text carries it.
+_SIGNED = re.compile(
+    r"(?i)((?:X-(?:Amz|Goog)-)?(?:Signature|Credential|Security-Token)|AWSAccessKeyId)"
+    r"=[^&\s\"'<>\\]+"
+)
+
+
+def unsigned(text: str) -> str:
+    """`text` with every URL signature's secret parts replaced by ***."""
+    return _SIGNED.sub(r"\1=***", text) if "=" in text else text

@@ -179,8 +179,13 @@ def test_unreadable_and_non_utf8(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert f"{binary}: not UTF-8 text" in err
 
 
+def _manifests(repo: Path) -> list[Path]:
+    """The manifests a user is shown: manifests/ (core install) and examples/ (with extras)."""
+    return [*(repo / "manifests").glob("*.yaml"), repo / "examples" / "ci-video.yaml"]
+
+
 def test_validate_examples(repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    paths = sorted(str(p) for p in (repo / "manifests").glob("*.yaml"))
+    paths = sorted(str(p) for p in _manifests(repo))
     assert len(paths) >= 3
     code, out, err = run(["validate", *paths], capsys)
     assert code == 0, err
@@ -188,7 +193,7 @@ def test_validate_examples(repo: Path, capsys: pytest.CaptureFixture[str]) -> No
 
 
 def test_examples_start_with_schema_comment(repo: Path) -> None:
-    for path in (repo / "manifests").glob("*.yaml"):
+    for path in _manifests(repo):
         first = path.read_text(encoding="utf-8").splitlines()[0]
         assert first == "# yaml-language-server: $schema=../schemas/manifest.schema.json"
 

@@ -118,7 +118,7 @@ def test_every_problem_at_once_with_lines(tmp_path: Path) -> None:
     label = str(tmp_path / "m.yaml")
     assert info.value.problems == [
         f"{label}: $.models[0].matrix.seed: 5 must be a non-empty list of values, "
-        "{file: PATH} or {csv: PATH, column: NAME} (line 8)",
+        "{file: PATH}, {csv: PATH, column: NAME} or {glob: PATTERN} (line 8)",
         f"{label}: $.run.max_in_flight: 0 is less than the minimum of 1 (line 4)",
         f"{label}: $.run.retries: 'many' is not of type 'integer' (line 3)",
     ]

@@ -26,6 +26,7 @@ from .conftest import (
     plan_jobs,
     read_report,
     run_cli,
+    state_rows,
     sweep,
     write_manifest,
 )
@@ -190,6 +191,88 @@ def test_retried_failures_keep_counting_over_reruns(tmp_path: Path, simulator: S
     status = _agree(run_dir)
     assert Decimal(repr(status["spent_usd"])) == _billed(sim)
     assert status["billable_attempts"] == sim.stats()["submits"]
+
+
+def _kill_with_attempts_in_flight(
+    manifest: Path, sim: SimProcess, run_dir: Path, accepted: int | None
+) -> tuple[int, int]:
+    """Start a run, SIGKILL it as soon as the simulator has accepted `accepted` more of its
+    submits (None: as soon as a job is back in the queue after a failed attempt, its resubmit
+    not yet sent), or it ended by itself. Returns how many of its jobs the kill left at the
+    server, and how many pending after a failed attempt."""
+    cmd = batchrun_cmd(
+        *("run", str(manifest), "--api-base", sim.base_url, "--run-dir", str(run_dir)),
+        "--quiet",
+    )
+
+    def counts() -> tuple[int, int]:
+        rows = state_rows(run_dir)
+        at_server = sum(1 for r in rows if r["status"] in ("queued", "running"))
+        return at_server, sum(1 for r in rows if r["status"] == "pending" and r["attempts"])
+
+    target = sim.stats()["submits"] + (accepted or 0)
+    proc = subprocess.Popen(cmd, env=clean_env(), stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while proc.poll() is None:
+        if accepted is None and counts()[1] or accepted and sim.stats()["submits"] >= target:
+            break
+        assert time.monotonic() < deadline, "the run neither ended nor got that far"
+        time.sleep(0.005)
+    proc.kill()
+    proc.wait(10)
+    return counts()
+
+
+def test_kills_with_failing_attempts_in_flight_never_buy_a_job_more_than_its_retries(
+    tmp_path: Path, simulator: SimFactory
+) -> None:
+    # Every attempt fails, and the simulator bills every one it accepts. The run is killed
+    # with attempts at the server, and again once retries are under way (the kill then also
+    # finds jobs back in the queue after a failed attempt, their resubmit not yet sent).
+    # `retries: 1` is two attempts a job, whatever the kills: the count is state.db's.
+    retries = 1
+    sim = simulator("--run-time", "0.4", "--workers", "0", "--bill-on", "accept",
+                    "--fail-rate", "1.0", "--seed", "5")  # fmt: skip
+    manifest = _manifest(tmp_path, 6, priced=True, sim=sim, retries=retries, rate_limit="10/s")
+    identity = {j["job_id"]: canonical_identity(j["model_id"], j["inputs"])
+                for j in plan_jobs(manifest)}  # fmt: skip
+    run_dir = tmp_path / "run"
+    # Killed with the 6 first attempts in flight, at the first job back in the queue after
+    # a failed attempt (the rate holds its resubmit back a little), then at the first submit
+    # of a rerun, twice.
+    left = [_kill_with_attempts_in_flight(manifest, sim, run_dir, n) for n in (6, None, 1, 1)]
+    assert left[0][0] and left[1][1], f"the kills found no attempt in flight: {left}"
+    final = _run(manifest, sim, run_dir)
+    assert final.returncode == 1, final.stderr
+    books = _books(sim)
+    per_job = {j: books["submits_per_identity"].get(i, 0) for j, i in identity.items()}
+    billed = {
+        j: Decimal(repr(books["billed_per_identity"].get(i, 0.0))) for j, i in identity.items()
+    }
+    assert {j: n for j, n in per_job.items() if n > 1 + retries} == {}, per_job
+    assert {j: b for j, b in billed.items() if b > (1 + retries) * PRICE} == {}, billed
+    rows = {r["job_id"]: r for r in read_report(run_dir)}
+    failed = sorted(j for j, r in rows.items() if r["status"] == "failed")
+    assert failed and all(per_job[j] == 1 + retries for j in failed), per_job  # each got its retry
+    assert all(int(rows[j]["attempts"]) == per_job[j] for j in failed)
+    print(f"\nretries over kills: {len(identity)} jobs always failing, retries {retries}, "
+          f"kills {len(left)} (jobs left at the server {left}), attempts billed per job "
+          f"{sorted(per_job.values())}, most allowed {1 + retries}")  # fmt: skip
+
+    # --retry-failed, the allowance spent: each failed job is sent again with a fresh one.
+    again = _run(manifest, sim, run_dir, "--retry-failed")
+    assert again.returncode == 1, again.stderr
+    assert (
+        f"--retry-failed: {len(failed)} failed or timed-out job(s) to send again, each with a "
+        f"fresh allowance of retries (run.retries: {retries}): at most {1 + retries} more "
+        "attempt(s) each"
+    ) in again.stderr
+    books = _books(sim)
+    more = {j: books["submits_per_identity"].get(identity[j], 0) - per_job[j] for j in identity}
+    assert more == {j: (1 + retries) * (j in failed) for j in identity}
+    assert {r["job_id"]: r["status"] for r in read_report(run_dir)} == {
+        j: rows[j]["status"] for j in identity
+    }
 
 
 def test_four_shards_share_one_cap_and_the_merged_folder_shows_it(

@@ -4,11 +4,15 @@ processes against one simulator process, judged on the simulator's books."""
 from __future__ import annotations
 
 import os
+import random
 import signal
 import subprocess
 import time
 from decimal import Decimal
 from pathlib import Path
+
+import psycopg
+import pytest
 
 from testing.cli import batchrun_cmd
 from testing.postgres import PgServer
@@ -52,6 +56,14 @@ def _finish(procs: list[subprocess.Popen[str]]) -> list[tuple[int, str]]:
         stdout, stderr = p.communicate(timeout=120)
         out.append((p.returncode, stdout + stderr))
     return out
+
+
+def _live_workers(url: str) -> int:
+    """Workers that have joined the sweep (both must be running before the database stops:
+    a worker that cannot reach it at its start exits 2 at once, as it should)."""
+    with psycopg.connect(url) as conn:
+        row = conn.execute("SELECT COUNT(*) FROM workers").fetchone()
+    return int(row[0]) if row else 0
 
 
 def _files(tmp_path: Path, n: int) -> dict[str, int]:
@@ -160,7 +172,7 @@ def test_the_database_restarted_mid_sweep_loses_nothing(
     run = {"rate_limit": "20/s", "max_in_flight": 6, "poll_interval": "0.2s"}
     manifest = write_manifest(tmp_path / "sweep.yaml", sweep(24, run=run, name="restart"))
     procs = _workers(manifest, sim, pg_url, tmp_path, 2)
-    assert wait_until(lambda: sim.stats()["submits"] >= 6, timeout=60)
+    assert wait_until(lambda: sim.stats()["submits"] >= 6 and _live_workers(pg_url) == 2, 60)
     pg_server.stop("immediate")  # connections cut, uncommitted work rolled back
     time.sleep(2)
     pg_server.start()
@@ -171,3 +183,31 @@ def test_the_database_restarted_mid_sweep_loses_nothing(
     assert stats["submits"] == 24 and max(stats["submits_per_identity"].values()) == 1
     rows = read_report(tmp_path / "w0")
     assert len(rows) == 24 and {r["status"] for r in rows} == {"succeeded"}
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_workers_killed_at_random_moments_lose_nothing_and_pay_nothing_twice(
+    seed: int, simulator: SimFactory, pg_url: str, tmp_path: Path
+) -> None:
+    """Two of three workers SIGKILLed at random moments (answers come late, so some kills land
+    mid-submit); the third finishes the sweep; a fresh worker afterwards sends nothing."""
+    rng = random.Random(seed)
+    sim = simulator("--rate-limit", "40/s", "--run-time", "0.3-1.0", "--slow", "0.05")
+    run = {"rate_limit": "40/s", "max_in_flight": 8, "poll_interval": "0.2s", "lease": "2s"}
+    manifest = write_manifest(tmp_path / "sweep.yaml", sweep(30, run=run, name=f"rnd{seed}"))
+    procs = _workers(manifest, sim, pg_url, tmp_path, 3)
+    for victim in procs[:2]:
+        time.sleep(rng.uniform(0.5, 3.0))
+        victim.kill()
+    ended = _finish(procs)
+    assert ended[2][0] in (0, 1), ended[2]
+    rows = read_report(tmp_path / "w2")
+    assert len(rows) == 30
+    unknown = [r for r in rows if r["status"] != "succeeded"]
+    assert all("--resubmit-unknown" in r["error"] for r in unknown), unknown
+    stats = sim.stats()
+    assert max(stats["submits_per_identity"].values()) == 1  # nothing sent twice
+    assert 30 - len(unknown) <= stats["submits"] <= 30
+    again = _finish(_workers(manifest, sim, pg_url, tmp_path / "again", 1))
+    assert again[0][0] in (0, 1), again
+    assert sim.stats()["submits"] == stats["submits"]  # a rerun pays for nothing again

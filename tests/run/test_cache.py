@@ -208,6 +208,7 @@ def test_a_version_1_state_db_is_read_as_is_and_migrated_by_a_run(tmp_path) -> N
     with conn:  # what batchrun made before the cache: no cached / saved_usd columns
         conn.execute("ALTER TABLE jobs DROP COLUMN cached")
         conn.execute("ALTER TABLE jobs DROP COLUMN saved_usd")
+        conn.execute("ALTER TABLE jobs DROP COLUMN retries_from")
         conn.execute("DROP TABLE attempts")
         conn.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
     conn.close()
@@ -215,7 +216,7 @@ def test_a_version_1_state_db_is_read_as_is_and_migrated_by_a_run(tmp_path) -> N
         assert [(r.job_id, r.cached, r.saved_usd) for r in store.rows()] == [("j1", False, None)]
         assert store.meta()["schema_version"] == "1"  # read, not changed
     with StateStore.open(folder) as store:  # a run
-        assert store.meta()["schema_version"] == str(SCHEMA_VERSION) == "4"
+        assert store.meta()["schema_version"] == str(SCHEMA_VERSION) == "5"
         assert store.get("j1").cached is False and store.attempts() == []
 
 

@@ -154,3 +154,83 @@ def test_the_last_long_jobs_are_read_more_often_than_their_models_gap(store):
     for job in videos[1:]:
         del flights.flights[job.job_id]
     assert flights.spare_read(clock.now, for_a_slot=False) == ("poll", "v00", "r-v00")
+
+
+# ---- retries: counted in state.db, over runs ------------------------------------------
+
+
+def _rerun(store: StateStore, clock: Clock, retried: list[str], retries: int) -> Flights:
+    """The jobs at the server of a new run of the folder (a rerun after a kill): its table
+    read from state.db, failed attempts sent back to the queue as the scheduler does."""
+    table = JobTable(store, store.rows())
+
+    def retry(job_id: str, error: str) -> None:
+        retried.append(job_id)
+        table.mark_pending(job_id, error)
+
+    return Flights(
+        parts(table, RateLimiter(100.0, clock=clock), RunSettings(retries=retries), clock),
+        retry=retry,
+        download=lambda job_id: None,
+        fatal=lambda exc: None,
+    )
+
+
+def _fail(flights: Flights, job_id: str, at: float) -> None:
+    answer(flights, job_id, at, {"status": "failed", "error": "out of memory"})
+
+
+def test_a_job_restored_in_flight_with_attempts_used_gets_only_the_retries_left(store):
+    # A first run sent the job, it failed, the retry was sent, then the run was killed.
+    clock = Clock()
+    first = _flights(store, some_jobs(1), clock, retries=2)
+    _submit(first, "job000", T0)
+    first.jobs.mark_pending("job000", "attempt failed")
+    _submit(first, "job000", T0 + 1)
+    retried: list[str] = []
+    again = _rerun(store, clock, retried, retries=2)
+    again.resume(again.jobs.rows["job000"])
+    _fail(again, "job000", T0 + 2)  # its second attempt: one retry of two is left
+    assert retried == ["job000"]
+    _submit(again, "job000", T0 + 3)
+    _fail(again, "job000", T0 + 4)
+    assert retried == ["job000"]  # three attempts billed: 1 + retries, no more
+    row = store.get("job000")
+    assert (row.status, row.attempts, row.retries_used) == ("failed", 3, 3)
+
+
+def test_a_job_left_pending_after_a_failed_attempt_is_not_granted_a_fresh_allowance(store):
+    # Killed between a failed attempt and its resubmit: the job is pending with one attempt.
+    clock = Clock()
+    first = _flights(store, some_jobs(1), clock, retries=1)
+    _submit(first, "job000", T0)
+    first.jobs.mark_pending("job000", "attempt failed: out of memory; retrying")
+    retried: list[str] = []
+    again = _rerun(store, clock, retried, retries=1)
+    assert again.jobs.rows["job000"].status == "pending"
+    _submit(again, "job000", T0 + 1)
+    _fail(again, "job000", T0 + 2)
+    assert retried == []  # its one retry was this attempt
+    assert (store.get("job000").status, store.get("job000").attempts) == ("failed", 2)
+
+
+def test_retry_failed_grants_a_fresh_allowance_from_the_attempts_so_far(store):
+    clock = Clock()
+    first = _flights(store, some_jobs(2), clock, retries=1)
+    for at in (T0, T0 + 1):
+        _submit(first, "job000", at)
+    _fail(first, "job000", T0 + 2)  # 2 attempts: the allowance is spent
+    assert store.get("job000").status == "failed"
+    assert store.requeue(["failed", "timed_out"]) == 1  # --retry-failed
+    row = store.get("job000")
+    assert (row.status, row.attempts, row.retries_from, row.retries_used) == ("pending", 2, 2, 0)
+    assert store.get("job001").retries_from == 0  # a job not sent again keeps its count
+    retried: list[str] = []
+    again = _rerun(store, clock, retried, retries=1)
+    _submit(again, "job000", T0 + 3)
+    _fail(again, "job000", T0 + 4)
+    assert retried == ["job000"]  # a fresh allowance: one retry
+    _submit(again, "job000", T0 + 5)
+    _fail(again, "job000", T0 + 6)
+    assert retried == ["job000"]
+    assert store.get("job000").attempts == 4

@@ -109,6 +109,7 @@ def test_a_folder_made_before_the_ledger_gets_one_built(tmp_path: Path):
                                attempts=3))  # fmt: skip
     conn = sqlite3.connect(folder / "state.db")
     with conn:  # as batchrun made it before the ledger
+        conn.execute("ALTER TABLE jobs DROP COLUMN retries_from")
         conn.execute("DROP TABLE attempts")
         conn.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
     conn.close()
@@ -131,6 +132,32 @@ def test_a_folder_made_before_the_ledger_gets_one_built(tmp_path: Path):
     assert {a.origin for a in got} == {"https://api.example"}
     assert [a.actual for a in got if a.job_id == "j0"] == [Decimal("0.05")]
     assert books(got).spent == Decimal("0.05") * 6  # 0.05 known + 5 attempts at the highest seen
+
+
+def test_a_folder_made_before_retries_from_counts_every_attempt_against_the_allowance(
+    tmp_path: Path,
+):
+    folder = tmp_path / "v3"
+    with StateStore.open(folder) as s:
+        s.add_jobs([J("j0")])
+        for n in range(2):
+            s.mark_submitting("j0", Decimal("0.04"))
+            s.record_request_id("j0", f"r{n}", 1.0)
+        s.close_attempt("j0", actual=Decimal("0.05"))
+    conn = sqlite3.connect(folder / "state.db")
+    with conn:  # as batchrun made it before jobs.retries_from (version 4: the mirror)
+        conn.execute("ALTER TABLE jobs DROP COLUMN retries_from")
+        conn.execute("UPDATE meta SET value = '3' WHERE key = 'schema_version'")
+    conn.close()
+    expected = [("j0", 1, "accepted", "r0"), ("j0", 2, "accepted", "r1")]
+    with StateStore.open(folder, create=False, lock=False) as s:  # read as it is (status)
+        assert s.meta()["schema_version"] == "3"
+        assert answers(s) == expected  # its own ledger, not one rebuilt from the rows
+        assert (s.get("j0").retries_from, s.get("j0").retries_used) == (0, 2)
+    with StateStore.open(folder) as s:  # a run migrates it: no attempt is forgotten
+        assert s.meta()["schema_version"] == str(SCHEMA_VERSION)
+        assert answers(s) == expected
+        assert (s.get("j0").retries_from, s.get("j0").retries_used) == (0, 2)
 
 
 # ---- the arithmetic, a decision table -----------------------------------------------------

@@ -7,7 +7,7 @@ import sqlite3
 from pathlib import Path
 
 from batchrun.store.mirrored import Mirrored, urls_by_job
-from batchrun.store.state import StateStore
+from batchrun.store.state import SCHEMA_VERSION, StateStore
 
 
 def _record(url: str, job_id: str = "j1", name: str = "files/j1/a.png") -> Mirrored:
@@ -44,12 +44,13 @@ def test_a_folder_of_version_3_is_read_as_is_and_migrated_by_a_run(tmp_path: Pat
     conn = sqlite3.connect(tmp_path / "state.db")
     with conn:  # as batchrun made it before the mirror
         conn.execute("DROP TABLE mirrored")
+        conn.execute("ALTER TABLE jobs DROP COLUMN retries_from")
         conn.execute("UPDATE meta SET value = '3' WHERE key = 'schema_version'")
     conn.close()
     with StateStore.open(tmp_path, create=False, lock=False) as s:  # status, merge: as it is
         assert s.meta()["schema_version"] == "3" and s.mirrored() == []
     with StateStore.open(tmp_path) as s:
-        assert s.meta()["schema_version"] == "4" and s.mirrored() == []
+        assert s.meta()["schema_version"] == str(SCHEMA_VERSION) and s.mirrored() == []
         s.record_mirrored(_record("s3://b/r/files/j1/a.png"))
     tables = {r[0] for r in sqlite3.connect(tmp_path / "state.db").execute(
         "SELECT name FROM sqlite_master WHERE type = 'table'")}  # fmt: skip

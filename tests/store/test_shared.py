@@ -209,3 +209,35 @@ def test_a_lost_submit_counts_its_reservation_as_spent(pg_url: str) -> None:
     b.claim(5)
     assert a.money()[1:] == (Decimal("0.30"), Decimal("0"), 0)
     assert [x.answer for x in b.attempts()] == ["unknown"]
+
+
+def test_a_version_1_database_is_migrated_keeping_its_sweep(pg_url: str) -> None:
+    import psycopg
+
+    from batchrun.store import shared
+
+    with psycopg.connect(pg_url, autocommit=True) as conn:  # what batchrun 1 made
+        conn.execute(shared.schema._SCHEMA)
+        conn.execute("INSERT INTO batchrun_schema VALUES (1)")
+        conn.execute(
+            "INSERT INTO sweeps (sweep, manifest_sha256, origin, created) "
+            "VALUES ('s', 'sha-a', 'sim', 0)"
+        )
+        conn.execute(
+            "INSERT INTO jobs (sweep, job_id, position, model_id, inputs) "
+            "VALUES ('s', 'j1', 0, %s, '{}')",
+            (MODEL,),
+        )
+    s = state(pg_url, "w2")
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        version = conn.execute("SELECT version FROM batchrun_schema").fetchone()
+        gate = conn.execute("SELECT gate, files_dir FROM jobs WHERE job_id = 'j1'").fetchone()
+    assert version == (shared.SCHEMA_VERSION,) and gate == ("", None)
+    s.open_sweep("sha-a", "sim", None)
+    assert s.counts() == {records.PENDING: 1}
+    s.files_at = ("/runs/w2", "host-b")
+    assert s.join("/runs/w2", "host-b", 30.0)  # the first worker of the run
+    s.claim(1)
+    s.record_files("j1", [])
+    assert s.file_places() == {"j1": ("/runs/w2", "host-b")}
+    assert [w["host"] for w in s.workers()] == ["host-b"]

@@ -126,6 +126,45 @@ def test_requeue_failed_and_timed_out_only_in_manifest(store):
     assert store.get("j0").request_id is None and store.get("j0").error == ""
 
 
+def test_requeue_starts_a_fresh_allowance_of_retries_where_the_attempts_are(store):
+    # --retry-failed and --resubmit-unknown: the attempts stay (money), the allowance restarts.
+    store.add_jobs(jobs(3))
+    for _ in range(2):
+        store.record_request_id("j0", "r-j0", 1.0)
+    store.record_result("j0", st.FAILED, finished_at=2.0, error="boom")
+    store.record_request_id("j1", "r-j1", 1.0)
+    store.mark_unknown("j2", "submit may have reached the server")
+    assert [store.get(j).retries_used for j in ("j0", "j1", "j2")] == [2, 1, 1]
+    assert store.requeue([st.FAILED]) == 1
+    assert store.requeue([st.UNKNOWN], only=["j2"]) == 1  # a subset's requeue: the same change
+    got = {r.job_id: (r.status, r.attempts, r.retries_from, r.retries_used) for r in store.rows()}
+    assert got == {
+        "j0": (st.PENDING, 2, 2, 0),
+        "j1": (st.QUEUED, 1, 0, 1),  # not sent again: its attempts keep counting
+        "j2": (st.PENDING, 1, 1, 0),
+    }
+    store.record_request_id("j0", "r-j0b", 3.0)
+    assert (store.get("j0").attempts, store.get("j0").retries_used) == (3, 1)
+
+
+def test_a_subset_requeues_its_own_jobs_and_never_an_unread_request(store):
+    # --only with --retry-failed: the jobs chosen, and as without --only, a request the server
+    # stopped knowing before its result was read (it may have been billed) only when unknown
+    # jobs are asked for (--resubmit-unknown).
+    store.add_jobs(jobs(4))
+    for jid in ("j0", "j1", "j2"):
+        store.record_request_id(jid, f"r-{jid}", 1.0)
+        store.record_result(jid, st.FAILED, finished_at=2.0, error="boom")
+    store.record_request_id("j3", "r-j3", 1.0)
+    store.record_result("j3", st.FAILED, finished_at=2.0, error=st.not_found_error("3 reads"))
+    chosen = ["j0", "j1", "j3"]
+    assert store.requeue([st.FAILED, st.TIMED_OUT], only=chosen) == 2
+    statuses = {r.job_id: r.status for r in store.rows()}
+    assert statuses == {"j0": "pending", "j1": "pending", "j2": "failed", "j3": "failed"}
+    assert store.requeue([st.UNKNOWN], only=chosen) == 1
+    assert store.get("j3").status == st.PENDING
+
+
 def test_manifest_change_adds_new_keeps_finished_hides_removed(store):
     store.add_jobs(jobs(3))
     store.record_request_id("j0", "r0", 1.0)

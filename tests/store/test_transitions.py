@@ -54,7 +54,17 @@ TRANSITIONS: dict[str, Callable[[StateStore], transitions.Changes]] = {
     "record_error": lambda s: s.record_error("j0", LONG),
     "record_files": lambda s: s.record_files("j0", FILES),
     "import_job": lambda s: s.import_job(
-        JobRow("j0", 0, "m/x", {}, status=rec.UNKNOWN, attempts=4, error=LONG, cost_usd=-1.0)
+        JobRow(
+            "j0",
+            0,
+            "m/x",
+            {},
+            status=rec.UNKNOWN,
+            attempts=4,
+            error=LONG,
+            cost_usd=-1.0,
+            retries_from=3,
+        )
     ),
 }
 
@@ -83,6 +93,7 @@ def test_the_changes_returned_are_the_ones_state_db_made(
         ({"finished_at": transitions.IfUnset(5.0)}, {"finished_at": 5.0}),
         ({"finished_at": transitions.IfUnset(None)}, {"finished_at": None}),
         ({"error": "e", "status": rec.FAILED}, {"error": "e", "status": rec.FAILED}),
+        ({"retries_from": transitions.Copy("attempts")}, {"retries_from": 2, "attempts": 2}),
     ],
 )
 def test_apply(changes: transitions.Changes, expected: dict) -> None:
