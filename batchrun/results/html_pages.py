@@ -33,6 +33,7 @@ from batchrun.store.records import JobRow, report_status
 
 PAGE_CARDS = 500  # jobs a page shows
 INDEX_VALUES = 1000  # a swept field with more values than this is left out of the index
+NEAR = 5  # a page links to the pages this near it (page 1 to every page)
 _PAGE_NAME = re.compile(r"report-(\d+)\.html")
 
 
@@ -95,16 +96,28 @@ def _link(number: int) -> str:
     return f'<a href="{page_name(number)}">{number}</a>'
 
 
-def nav(number: int, pages: int) -> str:
-    """Links to the previous and next pages, the index (page 1) and every page."""
+def nav(number: int, pages: int, *, every: bool = False) -> str:
+    """Links to the previous and next pages, the first and the last, and those near this one
+    (`every`: to every page, as page 1 has them)."""
     parts = []
     if number > 1:
         parts.append(f'<a href="{page_name(number - 1)}" rel="prev">&larr; previous</a>')
     if number < pages:
         parts.append(f'<a href="{page_name(number + 1)}" rel="next">next &rarr;</a>')
-    every = " ".join(f"<b>{n}</b>" if n == number else _link(n) for n in range(1, pages + 1))
+    shown = range(1, pages + 1) if every else sorted(
+        {1, pages} | set(range(max(1, number - NEAR), min(pages, number + NEAR) + 1))
+    )  # fmt: skip
+    numbers, last = [], 0
+    for n in shown:
+        if n > last + 1:
+            numbers.append("&hellip;")
+        numbers.append(f"<b>{n}</b>" if n == number else _link(n))
+        last = n
     links = " | ".join(parts)
-    return f'<nav class="pages">page {number} of {pages}: {links} <span>{every}</span></nav>'
+    return (
+        f'<nav class="pages">page {number} of {pages}: {links} <span>{" ".join(numbers)}</span>'
+        "</nav>"
+    )
 
 
 class Sheet:
@@ -156,7 +169,7 @@ class Sheet:
         body = [*heading(self.title, self.counts, sum(self.counts.values()))]
         if self.pages > 1:
             assert self.index is not None
-            body += [nav(1, self.pages), self.index.html()]
+            body += [nav(1, self.pages, every=True), self.index.html()]
         text = self._page(self.title, body + self.first)
         path = write_text(self.run_dir / page_name(1), text)
         self._remove_stale()

@@ -310,6 +310,16 @@ def test_a_large_run_is_paged_and_every_page_links_to_the_others(tmp_path: Path)
     assert '<li>c0: <a href="report.html">1</a>&ndash;<a href="report-3.html">3</a></li>' in index
 
 
+def test_a_page_links_to_its_neighbours_the_first_and_the_last() -> None:
+    near = html_pages.NEAR
+    links = Page(html_pages.nav(20, 40)).urls
+    expected = [19, 21, 1, *range(20 - near, 20), *range(21, 21 + near), 40]
+    assert links == [html_pages.page_name(n) for n in expected]
+    assert Page(html_pages.nav(1, 40, every=True)).urls[1:] == [
+        html_pages.page_name(n) for n in range(2, 41)
+    ]
+
+
 def test_the_first_page_stays_small_however_large_the_sweep(tmp_path: Path) -> None:
     small, large = tmp_path / "small", tmp_path / "large"
     html_pages.write_html(small, _grid_jobs(2 * html_pages.PAGE_CARDS))
