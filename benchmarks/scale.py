@@ -132,11 +132,17 @@ def bench_state(b: Bench) -> dict[str, Any]:
         "resume_maxrss_mb": round(resume.maxrss_mb, 1),
         "resume_api_calls": counts.api_calls,
         "status_wall_s": round(status.wall_s, 3),
+        "status_cpu_s": round(status.cpu_s, 3),
         "status_maxrss_mb": round(status.maxrss_mb, 1),
         "report_wall_s": round(report.wall_s, 3),
+        "report_cpu_s": round(report.cpu_s, 3),
         "report_maxrss_mb": round(report.maxrss_mb, 1),
+        # report.html is paged: what a browser opens first, and how many pages there are
+        "report_html_first_kb": round((run_dir / "report.html").stat().st_size / 1024, 1),
+        "report_html_pages": len(list(run_dir.glob("report*.html"))),
         # compare exits 0 or 1 (a regression); a folder against itself: 0
         "compare_wall_s": round(compare.wall_s, 3),
+        "compare_cpu_s": round(compare.cpu_s, 3),
         "compare_maxrss_mb": round(compare.maxrss_mb, 1),
         "state_bytes_per_job": round(size / n),
     }

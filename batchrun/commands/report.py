@@ -13,6 +13,7 @@ from batchrun.plan.manifest import load_manifest
 from batchrun.results.report import (
     GRID_META,
     REPORT_MARK_META,
+    ReportJobs,
     RunFacts,
     grid_choice,
     report_mark,
@@ -39,15 +40,33 @@ def rewrite_report(
     run_dir: Path, *, rows_key: str | None = None, cols_key: str | None = None
 ) -> Path:
     """report.csv, summary.json and report.html again from state.db (keeping the run's own
-    figures); `rows_key`/`cols_key` choose report.html's grid."""
-    with StateStore.open(run_dir, create=False, lock=False) as store:
-        rows = store.rows()
-        attempts = store.attempts()
+    figures); `rows_key`/`cols_key` choose report.html's grid. The jobs are read with a
+    cursor, inside one snapshot of state.db."""
+    chosen = {"rows": rows_key, "cols": cols_key}
+    with StateStore.open(run_dir, create=False, lock=False) as store, store.snapshot():
         meta = store.meta()
         revision = store.revision()
-        held = og.recorded(meta, run_dir)
+        rows_key, cols_key, facts = _layout_and_facts(run_dir, meta, rows_key, cols_key)
         # A run with outputs.mirror: report.csv keeps its mirror_urls column.
         mirror_urls = urls_by_job(store.mirrored()) if meta.get("mirror") else None
+        write_report(
+            Path(run_dir), ReportJobs.read(store), store.attempts(), facts=facts,
+            rows_key=rows_key, cols_key=cols_key, mirror_urls=mirror_urls,
+        )  # fmt: skip
+    new = {GRID_META[axis]: name for axis, name in chosen.items() if name}
+    # The grid chosen is kept (the next `run` lays report.html out the same way), with the
+    # mark these files were made at (a `run` with nothing to do leaves them then).
+    new[REPORT_MARK_META] = report_mark(revision, facts, rows_key, cols_key)
+    with StateStore.open(run_dir, create=False, lock=False) as store:
+        store.set_meta(**new)
+    return Path(run_dir) / "report.csv"
+
+
+def _layout_and_facts(
+    run_dir: Path, meta: dict[str, str], rows_key: str | None, cols_key: str | None
+) -> tuple[str | None, str | None, RunFacts]:
+    """report.html's grid (chosen now, else kept, else the manifest's) and the run's own
+    figures of the summary.json there (its origin as state.db records it)."""
     facts: RunFacts = {}
     summary = Path(run_dir) / "summary.json"
     try:
@@ -59,23 +78,12 @@ def rewrite_report(
         )
     except (OSError, ValueError, AttributeError):
         pass
+    held = og.recorded(meta, run_dir)
     if held:
         facts["origin"] = held
-    chosen = {"rows": rows_key, "cols": cols_key}
     # Unchosen: the grid an earlier `report --rows/--cols` chose, else the manifest's.
     kept_rows, kept_cols = grid_choice(meta, *_manifest_grid(meta.get("manifest", "")))
-    rows_key, cols_key = rows_key or kept_rows, cols_key or kept_cols
-    write_report(
-        Path(run_dir), rows, attempts, facts=facts, rows_key=rows_key, cols_key=cols_key,
-        mirror_urls=mirror_urls,
-    )  # fmt: skip
-    new = {GRID_META[axis]: name for axis, name in chosen.items() if name}
-    # The grid chosen is kept (the next `run` lays report.html out the same way), with the
-    # mark these files were made at (a `run` with nothing to do leaves them then).
-    new[REPORT_MARK_META] = report_mark(revision, facts, rows_key, cols_key)
-    with StateStore.open(run_dir, create=False, lock=False) as store:
-        store.set_meta(**new)
-    return Path(run_dir) / "report.csv"
+    return rows_key or kept_rows, cols_key or kept_cols, facts
 
 
 def _manifest_grid(manifest: str) -> tuple[str | None, str | None]:

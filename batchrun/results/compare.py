@@ -156,12 +156,28 @@ def empty_run(path_arg: str | os.PathLike[str]) -> Run:
 
 def swept_values(rows: list[dict[str, str]]) -> list[str]:
     """The input./var. columns whose value differs between jobs, in header order."""
-    keys: dict[str, set[str]] = {}
+    keys: dict[str, None] = {}
+    last: object = None
+    for row in rows:  # the rows of one report.csv share their columns: look once per report
+        columns = row.keys()
+        if columns != last:
+            keys.update(dict.fromkeys(k for k in row if k.startswith((INPUT_PREFIX, VAR_PREFIX))))
+            last = columns
+    return [key for key in keys if _varies(rows, key)]
+
+
+def _varies(rows: list[dict[str, str]], key: str) -> bool:
+    """Whether the rows that have column `key` hold two values in it."""
+    first: str | None = None
     for row in rows:
-        for key, value in row.items():
-            if key.startswith((INPUT_PREFIX, VAR_PREFIX)):
-                keys.setdefault(key, set()).add(value)
-    return [key for key, values in keys.items() if len(values) > 1]
+        value = row.get(key)
+        if value is None:
+            continue
+        if first is None:
+            first = value
+        elif value != first:
+            return True
+    return False
 
 
 def _float(value: str | None) -> float | None:
@@ -307,7 +323,7 @@ def compare_runs(
             "and the inputs, so these runs are of different sweeps"
         )
     all_rows = [*baseline.rows.values(), *current.rows.values()]
-    varying_keys = swept_values(all_rows)
+    varying = [(key, key.split(".", 1)[1]) for key in swept_values(all_rows)]
     order = list(baseline.rows) + [j for j in current.rows if j not in baseline.rows]
     jobs: list[JobDiff] = []
     for job_id in order:
@@ -333,7 +349,7 @@ def compare_runs(
             slower=slower,
             baseline=brow,
             current=crow,
-            varying={key.split(".", 1)[1]: unguard(row.get(key, "")) for key in varying_keys},
+            varying={name: unguard(row.get(key, "")) for key, name in varying},
         )
         diff.failing = any(cls in fail_on for cls in diff.classes)
         jobs.append(diff)

@@ -20,15 +20,14 @@ from batchrun.results.reportcsv import (
     split_cell,
     unguard,
 )
-from batchrun.store.atomic import write_text
 from batchrun.store.records import JobRow, OutputFile, report_status
 from batchrun.util import localref
 from batchrun.util.media import IMAGE_SUFFIXES, VIDEO_SUFFIXES
 from batchrun.util.safetext import printable
 
-# Job cards on the sheet, the first ones in expansion order: a browser cannot show 100,000
-# thumbnails usefully; report.csv lists every job.
-MAX_CARDS = 2000
+# The jobs a sheet's layout is chosen from, the first ones in expansion order: every page
+# of a large sweep is then laid out the same way.
+SAMPLE = 2000
 NOT_SET = "(not set)"  # a grid header for jobs without the field (another model's field)
 
 CSS = """
@@ -54,9 +53,20 @@ details{font-size:12px}dl{margin:0}dt{font-weight:600}dd{margin:0 0 0 1em}
 """
 
 
+_ESCAPED: dict[str, str] = {}  # a sweep's field names, statuses and values repeat
+
+
 def esc(value: object) -> str:
     """HTML-escape any value (inputs are user text, errors are server text)."""
-    return html.escape(printable(str(value), lines=True), quote=True)
+    done = _ESCAPED.get(value) if type(value) is str else None
+    if done is None:
+        text = value if type(value) is str else str(value)
+        done = html.escape(printable(text, lines=True), quote=True)
+        if len(text) <= 40:  # short ones repeat; a long one is a prompt or an error
+            if len(_ESCAPED) > 50_000:
+                _ESCAPED.clear()
+            _ESCAPED[text] = done
+    return done
 
 
 def show(value: Any) -> str:
@@ -101,15 +111,15 @@ def media(files: list[OutputFile], href: Callable[[str], str | None]) -> str:
             parts.append(f'<div class="err">{esc(base)}: {esc(f.error)}</div>')
             continue
         link = href(f.name) if f.name else None
-        suffix = Path(f.name).suffix.lower()
+        suffix = os.path.splitext(f.name)[1].lower()
         if link is None:
             if f.url.startswith(("http://", "https://")):
                 parts.append(f'<a href="{esc(f.url)}" rel="noopener">{esc(base)} (remote)</a>')
             else:
                 parts.append(f"<div>{esc(base)} (not at hand)</div>")
         elif suffix in IMAGE_SUFFIXES:
-            img = f'<img src="{esc(link)}" alt="{esc(base)}" loading="lazy">'
-            parts.append(f'<a href="{esc(link)}">{img}</a>')
+            at = esc(link)
+            parts.append(f'<a href="{at}"><img src="{at}" alt="{esc(base)}" loading="lazy"></a>')
         elif suffix in VIDEO_SUFFIXES:
             parts.append(
                 f'<video src="{esc(link)}" controls muted preload="metadata"></video>'
@@ -122,27 +132,31 @@ def media(files: list[OutputFile], href: Callable[[str], str | None]) -> str:
 
 def inputs_text(job: JobRow) -> str:
     """The job's inputs and vars, one `key: value` a line (for the hover title)."""
-    lines = [f"model: {job.model_id}"]
-    lines += [f"{k}: {show(v)}" for k, v in job.inputs.items()]
-    lines += [f"{{{k}}}: {show(v)}" for k, v in job.vars.items()]
-    return "\n".join(lines)
+    return "\n".join(f"{k}: {v}" for k, v in _fields_shown(job))
+
+
+def _fields_shown(job: JobRow) -> list[tuple[str, str]]:
+    """(name, value as text) of the job's model, inputs and vars ({name})."""
+    pairs = [("model", job.model_id)]
+    pairs += [(k, show(v)) for k, v in job.inputs.items()]
+    pairs += [(f"{{{k}}}", show(v)) for k, v in job.vars.items()]
+    return pairs
 
 
 def job_card(job: JobRow, href: Callable[[str], str | None], *, anchor: bool = True) -> str:
     """One job: status badge, outputs, error, and its inputs on hover and on click."""
-    badge = report_status(job.status)
-    details = "".join(
-        f"<dt>{esc(k)}</dt><dd>{esc(show(v))}</dd>"
-        for k, v in [("model", job.model_id), *job.inputs.items()]
-        + [(f"{{{k}}}", v) for k, v in job.vars.items()]
-    )
+    badge = esc(report_status(job.status))
+    pairs = _fields_shown(job)
+    details = "".join([f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in pairs])
+    title = esc("\n".join([f"{k}: {v}" for k, v in pairs]))
     error = f'<div class="err">{esc(job.error)}</div>' if job.error else ""
-    id_attr = f' id="{esc(job.job_id)}"' if anchor else ""
+    job_id = esc(job.job_id)
+    id_attr = f' id="{job_id}"' if anchor else ""
     return (
-        f'<div class="job"{id_attr} title="{esc(inputs_text(job))}">'
-        f'<span class="badge s-{esc(badge)}">{esc(badge)}</span> '
+        f'<div class="job"{id_attr} title="{title}">'
+        f'<span class="badge s-{badge}">{badge}</span> '
         f"{media(job.files, href)}{error}"
-        f"<details><summary>{esc(job.job_id)}</summary><dl>{details}</dl></details></div>"
+        f"<details><summary>{job_id}</summary><dl>{details}</dl></details></div>"
     )
 
 
@@ -165,10 +179,10 @@ def dimension_value(job: JobRow, key: str) -> str:
 
 def dimensions(jobs: list[JobRow]) -> list[Dimension]:
     """Every swept key with its distinct values, those that vary most first."""
-    return _dimensions(jobs, _keys(jobs))[0]
+    return _dimensions(jobs, field_keys(jobs))[0]
 
 
-def _keys(jobs: list[JobRow]) -> list[str]:
+def field_keys(jobs: list[JobRow]) -> list[str]:
     """model, then every input field and var name, in first-seen order."""
     found: dict[str, None] = {"model": None}
     for job in jobs:
@@ -224,14 +238,14 @@ def resolve_key(name: str, dims: list[Dimension], *, setting: str = "rows_key") 
 
 
 def layout(
-    jobs: list[JobRow], rows_key: str | None, cols_key: str | None
+    jobs: list[JobRow], rows_key: str | None, cols_key: str | None, keys: list[str] | None = None
 ) -> tuple[str | None, str | None, list[str]]:
     """Pick the grid's row key, column key and the extra keys that become sections.
 
-    The sheet shows the first MAX_CARDS jobs: they are what the grid lays out (any key of
-    the whole run may still be chosen).
+    The first SAMPLE jobs are what the grid is laid out by (any key of `keys`, every key
+    of the run, may still be chosen).
     """
-    dims, settings = _dimensions(jobs[:MAX_CARDS], _keys(jobs))
+    dims, settings = _dimensions(jobs[:SAMPLE], field_keys(jobs) if keys is None else keys)
     rk = resolve_key(rows_key, dims, setting="rows_key") if rows_key else None
     ck = resolve_key(cols_key, dims, setting="cols_key") if cols_key else None
     swept = [d for d in dims if len(d.values) > 1]
@@ -247,6 +261,74 @@ def layout(
     if ck is None and free:
         ck = free.pop(0)
     return rk, ck, free
+
+
+Axes = tuple[str | None, str | None, list[str]]  # rows key, columns key, section keys
+
+
+@dataclass
+class Layout:
+    """How every page of a sheet lays its jobs out, chosen once from the first SAMPLE jobs:
+    one grid (models side by side when `model` is an axis), or a section per model, each
+    with its own axes."""
+
+    axes: Axes
+    by_model: dict[str, Axes] | None = None  # a section per model: each model's axes
+    rows_key: str | None = None  # what was asked for, for a model first seen after the sample
+    cols_key: str | None = None
+
+    @classmethod
+    def choose(
+        cls, sample: list[JobRow], keys: list[str], rows_key: str | None, cols_key: str | None
+    ) -> Layout:
+        rk, ck, extra = layout(sample, rows_key, cols_key, keys)
+        models = list(dict.fromkeys(job.model_id for job in sample))
+        if len(models) > 1 and "model" not in (rk, ck):
+            chosen = cls((rk, ck, extra), {}, rows_key, cols_key)
+            for model in models:
+                chosen.model_axes(model, [job for job in sample if job.model_id == model])
+            return chosen
+        if len(models) > 1:
+            # Models side by side: a field some model lacks would split them into sections
+            # of their own; it stays inside the cells instead.
+            extra = [k for k in extra if all(_has(sample, model, k) for model in models)]
+        return cls((rk, ck, extra))
+
+    def model_axes(self, model: str, members: list[JobRow]) -> Axes:
+        """A model's axes (a section per model), chosen from its first jobs seen."""
+        assert self.by_model is not None
+        if model not in self.by_model:
+            self.by_model[model] = layout(
+                members, _swept_in(self.rows_key, members), _swept_in(self.cols_key, members)
+            )
+        return self.by_model[model]
+
+    def axis_keys(self) -> list[str]:
+        """The keys the jobs are laid out by, on any page."""
+        every = [self.axes, *(self.by_model or {}).values()]
+        return list(dict.fromkeys(k for rk, ck, extra in every for k in (rk, ck, *extra) if k))
+
+
+def grids(jobs: list[JobRow], chosen: Layout, href: Callable[[str], str | None]) -> list[str]:
+    """The jobs of one page laid out: the axes line and a grid per section (per model)."""
+    if chosen.by_model is None:
+        rk, ck, extra = chosen.axes
+        return [_axes(rk, ck, extra), *_sections(jobs, rk, ck, extra, href, heading="h2")]
+    # Models not side by side: a section per model, each laid out by its own fields (a
+    # field of one model is no axis for another). `--cols model` puts them side by side.
+    out = ["<p>a section per model (<b>--cols model</b> puts them side by side)</p>"]
+    for model in dict.fromkeys(job.model_id for job in jobs):
+        members = [job for job in jobs if job.model_id == model]
+        mrk, mck, mextra = chosen.model_axes(model, members)
+        out.append(f"<h2>{esc(model)}</h2>")
+        out.append(_axes(mrk, mck, mextra))
+        out += _sections(members, mrk, mck, mextra, href, heading="h3")
+    return out
+
+
+def href(name: str) -> str:
+    """A link to a file of the run folder from a page in it."""
+    return quote(name.replace(os.sep, "/"))
 
 
 def _grid(
@@ -273,7 +355,7 @@ def _grid(
             if empty:
                 tds.append(_empty(empty))
                 empty = 0
-            tds.append("<td>" + "".join(job_card(j, href) for j in members) + "</td>")
+            tds.append("<td>" + "".join([job_card(j, href) for j in members]) + "</td>")
         if empty:
             tds.append(_empty(empty))
         body.append(f"<tr><th>{esc(r or (NOT_SET if rk else ''))}</th>{''.join(tds)}</tr>")
@@ -295,60 +377,38 @@ def render(
     cols_key: str | None = None,
     live: Live | None = None,
 ) -> str:
-    """The contact sheet as an HTML string (links relative to the run folder); while the run
-    goes (`live`), with its line atop and reloading itself."""
-    body = _sheet(title, jobs, rows_key, cols_key)
-    if live is None:
-        return page(title, body)
-    banner = f'<p class="live"><strong>live</strong> {esc(live.text)}</p>\n'
-    return page(title, banner + body, refresh_s=live.refresh_s)
+    """The contact sheet of `jobs` as one HTML page (links relative to the run folder);
+    while the run goes (`live`), with its line atop and reloading itself."""
+    chosen = Layout.choose(jobs[:SAMPLE], field_keys(jobs), rows_key, cols_key)
+    body = "\n".join([*heading(title, status_counts(jobs), len(jobs)), *grids(jobs, chosen, href)])
+    return page(title, banner(live) + body, refresh_s=live.refresh_s if live else 0)
 
 
-def _sheet(title: str, jobs: list[JobRow], rows_key: str | None, cols_key: str | None) -> str:
-    rk, ck, extra = layout(jobs, rows_key, cols_key)
-    shown = jobs[:MAX_CARDS]
+def banner(live: Live | None) -> str:
+    """The live line atop every page while the run goes; '' after."""
+    return "" if live is None else f'<p class="live"><strong>live</strong> {esc(live.text)}</p>\n'
 
-    def href(name: str) -> str:
-        return quote(name.replace(os.sep, "/"))
 
+def status_counts(jobs: list[JobRow]) -> dict[str, int]:
+    """Jobs per report status, in first-seen order."""
     counts: dict[str, int] = {}
     for job in jobs:
         status = report_status(job.status)
         counts[status] = counts.get(status, 0) + 1
-    out = [
+    return counts
+
+
+def heading(title: str, counts: dict[str, int], total: int) -> list[str]:
+    """The sheet's title and its jobs per status."""
+    return [
         f"<h1>{esc(title)}</h1>",
         '<p class="counts">'
         + "".join(
             f'<span><span class="badge s-{esc(s)}">{esc(s)}</span> {n}</span>'
             for s, n in counts.items()
         )
-        + f"<span>{len(jobs)} jobs</span></p>",
+        + f"<span>{total} jobs</span></p>",
     ]
-    if len(shown) < len(jobs):
-        out.append(
-            f'<p class="cap">showing {len(shown):,} of {len(jobs):,} jobs; see report.csv</p>'
-        )
-    models = list(dict.fromkeys(job.model_id for job in shown))
-    if len(models) > 1 and "model" not in (rk, ck):
-        # Models not side by side: a section per model, each laid out by its own fields (a
-        # field of one model is no axis for another). `--cols model` puts them side by side.
-        out.append("<p>a section per model (<b>--cols model</b> puts them side by side)</p>")
-        for model in models:
-            members = [job for job in shown if job.model_id == model]
-            mrk, mck, mextra = layout(
-                members, _swept_in(rows_key, members), _swept_in(cols_key, members)
-            )
-            out.append(f"<h2>{esc(model)}</h2>")
-            out.append(_axes(mrk, mck, mextra))
-            out += _sections(members, mrk, mck, mextra, href, heading="h3")
-        return "\n".join(out)
-    if len(models) > 1:
-        # Models side by side: a field some model lacks would split them into sections of
-        # their own; it stays inside the cells instead.
-        extra = [k for k in extra if all(_has(shown, model, k) for model in models)]
-    out.append(_axes(rk, ck, extra))
-    out += _sections(shown, rk, ck, extra, href, heading="h2")
-    return "\n".join(out)
 
 
 def _axes(rk: str | None, ck: str | None, extra: list[str]) -> str:
@@ -386,9 +446,11 @@ def _sections(
 ) -> list[str]:
     """A grid per combination of the extra keys, titled by their values (empty ones left
     out: a field a job does not have is no label)."""
+    if not extra:
+        return [_grid(jobs, rk, ck, href)]
     sections: dict[tuple[str, ...], list[JobRow]] = {}
     for job in jobs:
-        sections.setdefault(tuple(dimension_value(job, k) for k in extra), []).append(job)
+        sections.setdefault(tuple([dimension_value(job, k) for k in extra]), []).append(job)
     out = []
     for values, members in sections.items():
         label = ", ".join(f"{k}={v}" for k, v in zip(extra, values, strict=True) if v != "")
@@ -396,21 +458,6 @@ def _sections(
             out.append(f"<{heading}>{esc(label)}</{heading}>")
         out.append(_grid(members, rk, ck, href))
     return out
-
-
-def write_html(
-    run_dir: Path,
-    rows: list[JobRow],
-    *,
-    rows_key: str | None = None,
-    cols_key: str | None = None,
-    live: Live | None = None,
-) -> Path:
-    """Write RUN_DIR/report.html and return its path."""
-    run_dir = Path(run_dir)
-    title = f"batchrun: {run_dir.name}"
-    text = render(title, rows, rows_key=rows_key, cols_key=cols_key, live=live)
-    return write_text(run_dir / "report.html", text)
 
 
 def job_from_row(row: dict[str, str], position: int = 0) -> JobRow:

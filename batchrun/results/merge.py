@@ -22,7 +22,7 @@ from pathlib import Path
 
 from batchrun.catalog.pricing import plain
 from batchrun.errors import StateError
-from batchrun.results.report import RunFacts, write_report
+from batchrun.results.report import ReportJobs, RunFacts, write_report
 from batchrun.store import origin as og, state as st
 from batchrun.store.ledger import Attempt
 from batchrun.store.records import JobRow
@@ -87,20 +87,18 @@ def merge_runs(
                         linked = place_file(source.folder, work, out.name, out.sha256)
                         result.linked += linked
                         result.copied += not linked
-            merged = store.rows()
-            attempts = store.attempts()
-        if origin == og.SIMULATOR:
-            (work / ".simulator").mkdir(exist_ok=True)  # a simulated folder, as its shards
-        meta = _meta(sources)
-        facts: RunFacts = {
-            "origin": origin or meta.get("api_base", ""),
-            "name": sources[0].meta.get("name", ""),
-            "manifest": sources[0].meta.get("manifest", ""),
-            "api_calls": json.loads(meta["api_calls"]),
-            "merged_from": [str(s.folder) for s in sources],
-            **_money(meta),
-        }
-        write_report(work, merged, attempts, facts=facts)
+            if origin == og.SIMULATOR:
+                (work / ".simulator").mkdir(exist_ok=True)  # a simulated folder, as its shards
+            meta = _meta(sources)
+            facts: RunFacts = {
+                "origin": origin or meta.get("api_base", ""),
+                "name": sources[0].meta.get("name", ""),
+                "manifest": sources[0].meta.get("manifest", ""),
+                "api_calls": json.loads(meta["api_calls"]),
+                "merged_from": [str(s.folder) for s in sources],
+                **_money(meta),
+            }
+            write_report(work, ReportJobs.read(store), store.attempts(), facts=facts)
         if dest.is_dir():
             dest.rmdir()  # empty (checked): os.replace cannot put a folder over it otherwise
         os.replace(work, dest)

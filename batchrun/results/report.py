@@ -10,20 +10,25 @@ import hashlib
 import json
 import math
 import statistics
-from collections.abc import Iterable
+from array import array
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, TypedDict
 
+from batchrun.errors import ChoiceError
 from batchrun.results import reportcsv
-from batchrun.results.html_report import Live, write_html
-from batchrun.results.reportcsv import guard, join_cell, value_cell
+from batchrun.results.html_pages import Sheet
+from batchrun.results.html_report import Live
+from batchrun.results.reportcsv import INPUT_PREFIX, VAR_PREFIX, guard, join_cell, value_cell
 from batchrun.store import ledger
 from batchrun.store.atomic import write_text
 from batchrun.store.ledger import Attempt
 from batchrun.store.output_urls import collect_urls
 from batchrun.store.records import REPORT_STATUSES, SUCCEEDED, JobRow, report_status
+from batchrun.store.state import StateStore
 from batchrun.util.gcpause import gc_paused
 from batchrun.util.safetext import printable
 
@@ -76,16 +81,16 @@ def without_output(row: JobRow) -> bool:
     return row.status == SUCCEEDED and not row.files and not collect_urls(row.output)
 
 
-def _error_cell(row: JobRow) -> str:
+def _error_cell(row: JobRow, bare: bool) -> str:
     parts = [row.error] if row.error else []
-    if without_output(row):
+    if bare:
         parts.insert(0, NO_OUTPUT)
     parts += [f"output {i}: {f.error}" for i, f in enumerate(row.files, start=1) if f.error]
     return guard(printable("; ".join(parts), lines=True))
 
 
-def _urls(row: JobRow) -> list[str]:
-    urls = [f.url for f in row.files] if row.files else collect_urls(row.output)
+def _urls(row: JobRow, found: list[str]) -> list[str]:
+    urls = [f.url for f in row.files] if row.files else found
     # SEPARATOR joins a cell's values; keep it out of the URLs themselves.
     return [printable(u).replace(reportcsv.SEPARATOR, "%3B") for u in urls]
 
@@ -115,28 +120,31 @@ def _line(
     var_names: list[str],
     cost: Decimal | None,
     mirrored: list[str] | None = None,
-) -> list[str]:
+) -> tuple[list[str], bool]:
     """The row's cells in columns() order (empty where the job has no such field); `cost`
     is what the job's attempts cost, from the ledger; `mirrored`, in a run with a mirror,
-    the s3:// URLs of its files there."""
+    the s3:// URLs of its files there. With them: whether the job succeeded without output."""
     files = row.files
+    found = [] if files else collect_urls(row.output)
+    bare = row.status == SUCCEEDED and not files and not found
     done = [f for f in files if f.name and not f.error] if files else []
     queue_s, run_s = row.queue_s, row.run_s
+    request_id = row.request_id
     cells = [
         row.job_id,
         guard(row.model_id),
         report_status(row.status),
-        guard(printable(row.request_id or "")),
-        _error_cell(row) if row.error or files or row.status == SUCCEEDED else "",
+        guard(printable(request_id)) if request_id else "",
+        _error_cell(row, bare) if row.error or files or bare else "",
         str(row.attempts),
         _timestamp(row.submitted_at),
         _timestamp(row.finished_at),
         _seconds(queue_s),
         _seconds(run_s),
         _cost(None if cost is None else float(cost)),
-        guard(join_cell(printable(f.name) for f in done)),
-        guard(join_cell(_urls(row))),
-        join_cell(f.sha256 for f in done),
+        guard(join_cell(printable(f.name) for f in done)) if done else "",
+        guard(join_cell(_urls(row, found))) if files or found else "",
+        join_cell(f.sha256 for f in done) if done else "",
         "true" if row.cached else "false",
         _cost(row.saved_usd),
     ]
@@ -145,10 +153,10 @@ def _line(
     given, var_values = row.inputs, row.vars
     cells += [value_cell(given[k]) if k in given else "" for k in inputs]
     cells += [value_cell(var_values[k]) if k in var_values else "" for k in var_names]
-    return cells
+    return cells, bare
 
 
-def _stats(values: list[float]) -> dict[str, float | None]:
+def _stats(values: Sequence[float]) -> dict[str, float | None]:
     if not values:
         return {"mean": None, "median": None, "p95": None}
     ordered = sorted(values)
@@ -212,48 +220,122 @@ class MirrorFacts(TypedDict):
     not_mirrored: int  # files still to copy: a rerun copies them
 
 
+class Tally:
+    """summary.json's figures of the reported jobs, added up one job at a time (`add`), so
+    a report is made in one pass over them."""
+
+    def __init__(self, costs: dict[str, Decimal]) -> None:
+        self.costs = costs  # ledger.per_job of the folder's attempts
+        self.jobs = 0
+        self.statuses = dict.fromkeys(REPORT_STATUSES, 0)
+        self.bare = 0
+        self.first_submit: float | None = None
+        self.last_finish: float | None = None
+        self.queue_s: array[float] = array("d")
+        self.run_s: array[float] = array("d")
+        self.cost = Decimal(0)
+        self.reported: set[str] = set()
+        self.cached = 0
+        self.saved = 0.0
+        self.attempts = 0
+        self.files = {"downloaded": 0, "refused": 0, "failed": 0}
+
+    def add(self, row: JobRow, bare: bool) -> None:
+        """One reported job; `bare`: it succeeded without output (see without_output)."""
+        self.jobs += 1
+        self.statuses[report_status(row.status)] += 1
+        self.bare += bare
+        if row.submitted_at is not None and (
+            self.first_submit is None or row.submitted_at < self.first_submit
+        ):
+            self.first_submit = row.submitted_at
+        if row.finished_at is not None and (
+            self.last_finish is None or row.finished_at > self.last_finish
+        ):
+            self.last_finish = row.finished_at
+        if (queue := row.queue_s) is not None:
+            self.queue_s.append(queue)
+        if (run := row.run_s) is not None:
+            self.run_s.append(run)
+        cost = self.costs.get(row.job_id)
+        if cost is not None:
+            self.cost += cost
+        self.reported.add(row.job_id)
+        if row.cached:
+            self.cached += 1
+            self.saved += row.saved_usd or 0.0
+        self.attempts += row.attempts
+        for f in row.files:
+            if f.error:
+                self.files["refused" if f.error.startswith("refused") else "failed"] += 1
+            elif f.name:
+                self.files["downloaded"] += 1
+
+    def summary(self, attempts: list[Attempt]) -> dict[str, Any]:
+        first, last = self.first_submit, self.last_finish
+        makespan = None if first is None or last is None else last - first
+        return {
+            "jobs": self.jobs,
+            "statuses": self.statuses,
+            "succeeded_without_output": self.bare,
+            "durations": {
+                "makespan_s": None if makespan is None else round(max(0.0, makespan), 3),
+                "queue_s": _stats(self.queue_s),
+                "run_s": _stats(self.run_s),
+            },
+            # what the reported jobs' results said they cost: the sum of report.csv's cost_usd
+            "cost_usd": float(round(self.cost, 6)),
+            **ledger.summary(attempts, self.reported),
+            "cached": self.cached,
+            "saved_usd": round(self.saved, 6),
+            "attempts": self.attempts,
+            "files": self.files,
+        }
+
+
 def summarise(rows: Iterable[JobRow], attempts: Iterable[Attempt] = ()) -> dict[str, Any]:
     """Totals of the reported jobs: per status, durations, attempts, files; money from the
     ledger's `attempts` (store/ledger.py)."""
-    jobs = _reported(rows)
     attempts = list(attempts)
-    totals = dict.fromkeys(REPORT_STATUSES, 0)
-    for row in jobs:
-        totals[report_status(row.status)] += 1
-    submits = [r.submitted_at for r in jobs if r.submitted_at is not None]
-    finishes = [r.finished_at for r in jobs if r.finished_at is not None]
-    makespan = max(finishes) - min(submits) if submits and finishes else None
-    files = [f for r in jobs for f in r.files]
-    costs = job_costs(jobs, attempts)
-    reported = {r.job_id for r in jobs}
-    cached = [r for r in jobs if r.cached]
-    return {
-        "jobs": len(jobs),
-        "statuses": totals,
-        "succeeded_without_output": sum(1 for r in jobs if without_output(r)),
-        "durations": {
-            "makespan_s": None if makespan is None else round(max(0.0, makespan), 3),
-            "queue_s": _stats([q for q in (r.queue_s for r in jobs) if q is not None]),
-            "run_s": _stats([t for t in (r.run_s for r in jobs) if t is not None]),
-        },
-        # what the reported jobs' results said they cost: the sum of report.csv's cost_usd
-        "cost_usd": float(round(sum((costs[j] for j in reported if j in costs), Decimal(0)), 6)),
-        **ledger.summary(attempts, reported),
-        "cached": len(cached),
-        "saved_usd": round(sum(r.saved_usd or 0.0 for r in cached), 6),
-        "attempts": sum(r.attempts for r in jobs),
-        "files": {
-            "downloaded": sum(1 for f in files if f.name and not f.error),
-            "refused": sum(1 for f in files if f.error.startswith("refused")),
-            "failed": sum(1 for f in files if f.error and not f.error.startswith("refused")),
-        },
-    }
+    tally = Tally(ledger.per_job(attempts))
+    for row in _reported(rows):
+        tally.add(row, without_output(row))
+    return tally.summary(attempts)
+
+
+@dataclass
+class ReportJobs:
+    """The jobs a report is made of, in expansion order, read in one pass (a cursor on
+    state.db, or rows in memory); how many there are and their input fields and var names
+    (report.csv's columns) are known before."""
+
+    rows: Iterable[JobRow]
+    count: int
+    inputs: list[str]
+    var_names: list[str]
+
+    @classmethod
+    def of(cls, rows: Iterable[JobRow]) -> ReportJobs:
+        """The reported ones of rows in memory."""
+        jobs = _reported(rows)
+        return cls(jobs, len(jobs), *_fields(jobs))
+
+    @classmethod
+    def read(cls, store: StateStore) -> ReportJobs:
+        """The reported jobs of a state store, read with a cursor (inside one
+        `store.snapshot()`, every figure is of one moment)."""
+        inputs, var_names = store.report_fields()
+        count = store.count(in_manifest_only=True)
+        return cls(store.iter_rows(in_manifest_only=True), count, inputs, var_names)
+
+
+_CHUNK = 500  # rows turned into report.csv lines at a time
 
 
 def write_report(
     run_dir: Path,
-    rows: list[JobRow],
-    attempts: list[Attempt],
+    rows: Iterable[JobRow] | ReportJobs,
+    attempts: Iterable[Attempt],
     *,
     facts: RunFacts | None = None,
     rows_key: str | None = None,
@@ -261,7 +343,9 @@ def write_report(
     mirror_urls: dict[str, list[str]] | None = None,
     live: Live | None = None,
 ) -> None:
-    """Write report.csv, summary.json and report.html into `run_dir`, each atomically.
+    """Write report.csv, summary.json and report.html (and its pages) into `run_dir`, each
+    atomically, in one pass over the jobs: `rows` in memory (the reported ones are picked
+    out), or ReportJobs read from state.db with a cursor.
 
     `rows_key`/`cols_key` choose the swept fields of report.html's grid (default: the two
     that vary most). `mirror_urls` (a run with outputs.mirror): each job's s3:// URLs, for
@@ -269,31 +353,74 @@ def write_report(
     While the run goes (`live`), summary.json says `"live": true` and
     report.html carries the live line and reloads itself.
     """
-    with gc_paused():
-        jobs = _reported(rows)
-        costs = job_costs(jobs, attempts)
-        inputs, var_names = _fields(jobs)
-        run_dir = Path(run_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        reportcsv.write(
-            run_dir / "report.csv",
-            reportcsv.header(inputs, var_names, mirror=mirror_urls is not None),
-            (
-                _line(
-                    row,
-                    inputs,
-                    var_names,
-                    costs.get(row.job_id),
-                    None if mirror_urls is None else mirror_urls.get(row.job_id, []),
-                )
-                for row in jobs
-            ),  # fmt: skip
-        )
-        summary = summarise(jobs, attempts) | dict(facts or {})
-        if live is not None:
-            summary["live"] = True
-        write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
-        write_html(run_dir, jobs, rows_key=rows_key, cols_key=cols_key, live=live)
+    jobs = rows if isinstance(rows, ReportJobs) else ReportJobs.of(rows)
+    attempts = list(attempts)
+    inputs, var_names = jobs.inputs, jobs.var_names
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tally = Tally(ledger.per_job(attempts))
+    costs = tally.costs
+    keys = ["model", *(INPUT_PREFIX + k for k in inputs), *(VAR_PREFIX + k for k in var_names)]
+    sheet = Sheet(run_dir, jobs.count, keys, rows_key=rows_key, cols_key=cols_key, live=live)
+    header = reportcsv.header(inputs, var_names, mirror=mirror_urls is not None)
+    with gc_paused(), reportcsv.writer(run_dir / "report.csv", header) as write_rows:
+        chunk: list[JobRow] = []
+        for row in jobs.rows:
+            chunk.append(row)
+            if len(chunk) == _CHUNK:
+                write_rows(_lines(chunk, inputs, var_names, costs, tally, mirror_urls))
+                sheet.add(chunk)
+                chunk = []
+        write_rows(_lines(chunk, inputs, var_names, costs, tally, mirror_urls))
+        sheet.add(chunk)
+        sheet.finish()
+    summary = tally.summary(attempts) | dict(facts or {})
+    if live is not None:
+        summary["live"] = True
+    write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+
+
+def write_from_state(
+    run_dir: Path,
+    facts: RunFacts,
+    rows_key: str | None,
+    cols_key: str | None,
+    *,
+    live: Live | None = None,
+) -> None:
+    """write_report of the jobs as RUN_DIR/state.db holds them, read through a connection of
+    its own inside one snapshot (a run may write meanwhile); a grid that names no swept field
+    is laid out automatically."""
+    with StateStore.open(run_dir, create=False, lock=False) as store, store.snapshot():
+        attempts = store.attempts()
+        try:
+            write_report(
+                run_dir, ReportJobs.read(store), attempts, facts=facts, rows_key=rows_key,
+                cols_key=cols_key, live=live,
+            )  # fmt: skip
+        except ChoiceError:
+            write_report(run_dir, ReportJobs.read(store), attempts, facts=facts, live=live)
+
+
+def _lines(
+    rows: list[JobRow],
+    inputs: list[str],
+    var_names: list[str],
+    costs: dict[str, Decimal],
+    tally: Tally,
+    mirror_urls: dict[str, list[str]] | None,
+) -> list[list[str]]:
+    """report.csv's lines of `rows`, each job added to `tally` on the way."""
+    lines = []
+    for row in rows:
+        cost = costs.get(row.job_id)
+        if cost is None and row.cached:
+            cost = Decimal(0)
+        mirrored = None if mirror_urls is None else mirror_urls.get(row.job_id, [])
+        cells, bare = _line(row, inputs, var_names, cost, mirrored)
+        lines.append(cells)
+        tally.add(row, bare)
+    return lines
 
 
 # state.db meta key of the mark the report files were last written at (see `report_mark`).

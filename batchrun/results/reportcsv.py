@@ -5,12 +5,13 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from batchrun.errors import CompareError
-from batchrun.store.atomic import write_text
+from batchrun.errors import CompareError, StateError
+from batchrun.store.atomic import open_atomic, write_text
 from batchrun.util import localref
 
 COLUMNS = [
@@ -104,12 +105,40 @@ def write(path: Path, columns: list[str], rows: Iterable[list[str]]) -> Path:
     return write_text(path, render(columns, rows))
 
 
+@contextmanager
+def writer(path: Path, columns: list[str]) -> Iterator[Callable[[Iterable[list[str]]], None]]:
+    """A report.csv written as its rows come: the block gets a function that writes rows of
+    cells; the file appears whole at `path` when the block ends, not at all if it raises."""
+    try:
+        with open_atomic(path) as raw:
+            text = io.TextIOWrapper(raw, encoding="utf-8", newline="")
+            try:
+                out = csv.writer(text)
+                out.writerow(columns)
+                yield out.writerows
+            finally:
+                text.detach()  # flushed into `raw`, which open_atomic closes
+    except OSError as exc:
+        raise StateError(
+            f"{path}: cannot write it ({exc.strerror or exc}); free some space or fix the "
+            "folder's permissions, then try again"
+        ) from None
+
+
 def read(path: Path) -> tuple[list[str], list[dict[str, str]]]:
     """The header and the rows (dicts by column name; a short row's missing cells empty)."""
     with open(path, encoding="utf-8", newline="") as fh:
-        reader = csv.DictReader(fh)
-        rows = [{k: v or "" for k, v in row.items() if k is not None} for row in reader]
-        return list(reader.fieldnames or []), rows
+        reader = csv.reader(fh)
+        columns = next(reader, [])
+        width = len(columns)
+        rows = []
+        for cells in reader:
+            if len(cells) != width:
+                if not cells:
+                    continue  # a blank line
+                cells = (cells + [""] * width)[:width]  # cells past the header are dropped
+            rows.append(dict(zip(columns, cells, strict=True)))
+        return columns, rows
 
 
 def read_rows(path: Path) -> list[dict[str, str]]:

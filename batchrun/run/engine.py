@@ -175,12 +175,13 @@ class _Run:
         sched = self._scheduler(parts, policies, budget, progress)
         live = LiveReport(
             settings.report_every if self.opts.report_every is None else self.opts.report_every,
-            lambda: self._write_live(every, sched, progress, budget, live),
+            lambda: self._write_live(sched, progress, budget, live),
             lambda: parts.jobs.changes,
             self.opts.clock,
         )
         sched.between_steps.append(live.tick)
         self._loop(sched, progress)
+        live.wait()  # the final report replaces the live one, not the other way round
         interrupted = sched.stop.is_set()
         if interrupted and self.opts.cancel_on_interrupt:
             self._cancel_queued(sched, client, limiter)
@@ -447,19 +448,14 @@ class _Run:
                 del sched.at_server.flights[flight.job_id]
 
     def _write_live(
-        self,
-        known: list[JobRow],
-        sched: Scheduler,
-        progress: Progress,
-        budget: Budget,
-        live: LiveReport,
-    ) -> None:
-        """The reports as they stand, from the rows in memory, marked live (run/live.py)."""
+        self, sched: Scheduler, progress: Progress, budget: Budget, live: LiveReport
+    ) -> Callable[[], None]:
+        """What the live reports say of the run now (on the loop's thread), and the write
+        of the reports from state.db, for the writer thread (run/live.py)."""
         from batchrun.results.html_report import Live
-        from batchrun.results.report import RunFacts, grid_choice, write_report
+        from batchrun.results.report import RunFacts, grid_choice, write_from_state
 
         table = sched.jobs.rows
-        rows = [table.get(r.job_id, r) for r in known]
         counts, done = sched.jobs.counts, sched.jobs.done()
         stopped = "budget: the cap is reached, no more submits" if budget.reached else ""
         if not stopped and not sched.submit_open and sched.pending:
@@ -473,28 +469,28 @@ class _Run:
             t for t in (f"running: {done}/{len(table)} done ({describe(counts)})",
                         progress_cost(budget), waiting, f"updated {at}") if t
         )  # fmt: skip
+        meta = self.store.meta()
         facts: RunFacts = {
             "name": self.plan.manifest.name,
             "manifest": str(self.plan.manifest.path),
-            "origin": og.recorded(self.store.meta(), self.run_dir) or self.opts.api_base,
+            "origin": og.recorded(meta, self.run_dir) or self.opts.api_base,
             "elapsed_s": round(self.opts.clock() - self.started, 3),
             "est_cost_usd": float(budget.est_total),
             "unpriced_jobs": budget.unpriced,
             "max_cost_usd": None if budget.cap is None else float(budget.cap),
         }
         grid = self.plan.manifest.report
-        rows_key, cols_key = grid_choice(self.store.meta(), grid.rows, grid.cols)
-        try:
-            write_report(
-                self.run_dir, rows, self.store.attempts(), facts=facts,
-                rows_key=rows_key, cols_key=cols_key, live=Live(text, live.refresh_s),
-            )  # fmt: skip
-        except ChoiceError:
-            write_report(self.run_dir, rows, self.store.attempts(), facts=facts,
-                         live=Live(text, live.refresh_s))  # fmt: skip
-        except (StateError, OSError) as exc:  # the run goes on; its final report will say
-            self.echo(f"warning: live report not written ({exc}); no more until the end")
-            live.every = 0
+        rows_key, cols_key = grid_choice(meta, grid.rows, grid.cols)
+        shown = Live(text, live.refresh_s)
+
+        def work() -> None:
+            try:
+                write_from_state(self.run_dir, facts, rows_key, cols_key, live=shown)
+            except (StateError, OSError) as exc:  # the run goes on; its final report will say
+                self.echo(f"warning: live report not written ({exc}); no more until the end")
+                live.every = 0
+
+        return work
 
     def _write_report(
         self,

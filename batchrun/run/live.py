@@ -2,15 +2,19 @@
 run loop between two steps, every `run.report_every` seconds, only when a job changed since
 the last write.
 
-The rows come from the run's table in memory (nothing is read again from state.db but the
-ledger), and each file is replaced atomically, so a reader never sees half a report. A write
-that takes long (a very large run) spaces the next ones out: the loop spends at most about
-1/SHARE of its time on them. The run's final report replaces the live one.
+The loop only says what the reports should say of the run itself (the live line, its facts);
+the files are written on a writer thread of their own, from the jobs as state.db holds them
+(read through another connection: WAL lets it read while the loop writes), so the loop goes on
+submitting and polling meanwhile. Each file is replaced atomically, so a reader never sees half
+a report. A write that takes long (a very large run) spaces the next ones out: the writer
+works at most about 1/SHARE of the time. The run's final report waits for the writer and
+replaces the live one.
 """
 
 from __future__ import annotations
 
 import math
+import threading
 import time
 from collections.abc import Callable
 
@@ -19,12 +23,16 @@ SHARE = 20  # at most 1/SHARE of the loop's time goes to live reports
 
 class LiveReport:
     """Calls `write` from `tick` when `every` seconds passed since the last write (or since
-    the start) and `changes()` differs from what it was then; `every` 0: never."""
+    the start) and `changes()` differs from what it was then; `every` 0: never.
+
+    `write` runs on the loop's thread and returns the slow part of the write, which runs on a
+    writer thread while the loop goes on; a tick while it runs does nothing. `wait` waits for
+    it (before the final report)."""
 
     def __init__(
         self,
         every: float,
-        write: Callable[[], None],
+        write: Callable[[], Callable[[], None]],
         changes: Callable[[], int],
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -36,9 +44,16 @@ class LiveReport:
         self.written_at: int | None = None  # changes() at the last write
         self.writes = 0
         self.cost_s = 0.0  # how long the last write took
+        self.writer: threading.Thread | None = None
+        self.error: BaseException | None = None  # what stopped the live reports, if anything
+
+    @property
+    def busy(self) -> bool:
+        """A write is under way on the writer thread."""
+        return self.writer is not None and self.writer.is_alive()
 
     def tick(self) -> None:
-        if self.every <= 0:
+        if self.every <= 0 or self.busy:
             return
         now = self.clock()
         if now < self.due:
@@ -47,12 +62,28 @@ class LiveReport:
         if mark == self.written_at:
             self.due = now + self.every
             return
-        self.write()
-        done = self.clock()
-        self.cost_s = done - now
+        work = self.write()
         self.written_at = mark
         self.writes += 1
+        self.due = math.inf  # set when the write is done
+        self.writer = threading.Thread(
+            target=self._run, args=(work, now), name="live-report", daemon=True
+        )
+        self.writer.start()
+
+    def _run(self, work: Callable[[], None], started: float) -> None:
+        try:
+            work()
+        except BaseException as exc:  # noqa: BLE001 - the run goes on; its final report will say
+            self.error, self.every = exc, 0
+        done = self.clock()
+        self.cost_s = done - started
         self.due = done + max(self.every, SHARE * self.cost_s)
+
+    def wait(self) -> None:
+        """Until the write under way (if any) is done."""
+        if self.writer is not None:
+            self.writer.join()
 
     @property
     def refresh_s(self) -> int:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from batchrun.errors import BucketError
 from batchrun.fetch.bucket import Bucket, file_sha256
+from batchrun.results.html_pages import more_pages
 from batchrun.results.report import MirrorFacts
 from batchrun.store.mirrored import Mirrored, urls_by_job
 from batchrun.store.records import JobRow
@@ -88,9 +89,10 @@ class Mirror:
         self.files_sent += self._copy([f for f in files if not self._has(f)])
 
     def copy_reports(self) -> None:
-        """Copy report.csv, summary.json and report.html (after they were written)."""
+        """Copy report.csv, summary.json and report.html and its pages (after they were
+        written)."""
         files = []
-        for name in REPORTS:
+        for name in [*REPORTS, *more_pages(self.run_dir)]:
             path = self.run_dir / name
             if path.is_file():
                 files.append(_File("", name, file_sha256(path), path.stat().st_size))

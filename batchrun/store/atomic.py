@@ -32,14 +32,20 @@ def fsync_dir(path: Path) -> None:
 
 @contextmanager
 def open_atomic(
-    path: str | os.PathLike[str], *, sync_dir: bool = True, hidden: bool = False
+    path: str | os.PathLike[str],
+    *,
+    sync_dir: bool = True,
+    hidden: bool = False,
+    durable: bool = True,
 ) -> Iterator[BinaryIO]:
     """A binary file whose bytes appear at `path` whole or not at all.
 
     Written to `part_name(path)`; on a clean exit fsynced and renamed over `path`, on an error
     removed. A link planted where the .part goes is removed, never written through.
     `sync_dir=False` leaves the folder's fsync to a caller that writes many files; `hidden`
-    names the .part `.NAME.part`, which no downloaded output's name can be.
+    names the .part `.NAME.part`, which no downloaded output's name can be. `durable=False`
+    skips the fsyncs (still whole or not at all for readers, not across a power cut): for
+    files made again from state.db whenever they are written.
     """
     path = Path(path)
     part = part_name(path, hidden=hidden)
@@ -49,12 +55,13 @@ def open_atomic(
         with os.fdopen(os.open(part, _PART_FLAGS, 0o666), "wb") as fh:
             yield fh
             fh.flush()
-            os.fsync(fh.fileno())
+            if durable:
+                os.fsync(fh.fileno())
         os.replace(part, path)  # a link at `path` is replaced, not followed
     except BaseException:
         part.unlink(missing_ok=True)
         raise
-    if sync_dir:
+    if sync_dir and durable:
         fsync_dir(path.parent)
 
 
@@ -63,12 +70,13 @@ def part_name(path: Path, *, hidden: bool = False) -> Path:
     return path.with_name(f".{path.name}.part" if hidden else f"{path.name}.part")
 
 
-def write_bytes(path: Path, data: bytes) -> Path:
-    """Write `data` to `path` (creating its folder) so a reader never sees half of it."""
+def write_bytes(path: Path, data: bytes, *, durable: bool = True) -> Path:
+    """Write `data` to `path` (creating its folder) so a reader never sees half of it (see
+    open_atomic for `durable`)."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open_atomic(path) as fh:
+        with open_atomic(path, durable=durable) as fh:
             fh.write(data)
     except OSError as exc:
         raise StateError(
@@ -78,9 +86,9 @@ def write_bytes(path: Path, data: bytes) -> Path:
     return path
 
 
-def write_text(path: Path, text: str) -> Path:
+def write_text(path: Path, text: str, *, durable: bool = True) -> Path:
     """Write `text` (UTF-8, newlines as given) to `path` so a reader never sees half of it."""
-    return write_bytes(path, text.encode("utf-8"))
+    return write_bytes(path, text.encode("utf-8"), durable=durable)
 
 
 def write_output(target: str | os.PathLike[str], text: str, *, append: bool = False) -> str:

@@ -309,6 +309,44 @@ class StateStore(transitions.RowTransitions):
         finally:
             cur.close()
 
+    def count(self, *, in_manifest_only: bool = False) -> int:
+        where = " WHERE in_manifest = 1" if in_manifest_only else ""
+        with self._mutex:
+            return int(self._conn.execute(f"SELECT COUNT(*) FROM jobs{where}").fetchone()[0])
+
+    def report_fields(self) -> tuple[list[str], list[str]]:
+        """The input fields and the var names of the jobs in the manifest, each in first-seen
+        order (expansion order, then the job's own): report.csv's input./var. columns, found
+        with SQL, no row decoded."""
+        found = []
+        for column in ("inputs", "vars"):
+            # With MIN, SQLite takes the bare e.id from the row holding the minimum: the
+            # key's place in the first job that has it.
+            sql = (
+                f"SELECT e.key, MIN(j.position), e.id FROM jobs j, json_each(j.{column}) e "
+                "WHERE j.in_manifest = 1 GROUP BY e.key ORDER BY 2, 3"
+            )
+            try:
+                with self._mutex:
+                    found.append([r[0] for r in self._conn.execute(sql)])
+            except sqlite3.OperationalError:  # malformed JSON: say which job, as reading would
+                self.check_rows()
+                raise
+        return found[0], found[1]
+
+    @contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """Every read inside sees state.db as it was at its first read (one read transaction),
+        whatever other connections write meanwhile (WAL). For a store opened only to read."""
+        with self._mutex:
+            self._conn.execute("BEGIN")
+        try:
+            yield
+        finally:
+            with self._mutex:
+                if self._conn.in_transaction:
+                    self._conn.execute("COMMIT")
+
     def check_rows(self) -> None:
         """StateError naming the first job whose stored JSON (inputs, vars, output, files) is
         damaged, as reading it would; one SQL scan, for readers that decode few rows."""

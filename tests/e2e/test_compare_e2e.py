@@ -95,9 +95,9 @@ def test_drifted_images_are_visibly_different(runs: Path) -> None:
 def test_report_html_of_a_simulated_run(runs: Path) -> None:
     from html.parser import HTMLParser
 
-    from batchrun.results import html_report
+    from batchrun.results import html_pages, html_report
 
-    path = html_report.write_html(
+    path = html_pages.write_html(
         runs / "base", html_report.rows_from_report(runs / "base" / "report.csv")
     )
     srcs: list[str] = []

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from batchrun.errors import ChoiceError, UsageError
-from batchrun.results import html_report
+from batchrun.results import html_pages, html_report
 from batchrun.store.records import FAILED, QUEUED, SUCCEEDED, JobRow, OutputFile
 
 MODEL = "acme/painter"
@@ -107,7 +107,7 @@ def make_jobs(run_dir: Path, *, models: tuple[str, ...] = (MODEL,)) -> list[JobR
 
 def test_every_succeeded_job_has_its_image_and_every_failed_job_its_error(tmp_path: Path) -> None:
     jobs = make_jobs(tmp_path)
-    path = html_report.write_html(tmp_path, jobs)
+    path = html_pages.write_html(tmp_path, jobs)
     assert path == tmp_path / "report.html"
     page = Page(path.read_text())
     assert set(page.job_text) == {job.job_id for job in jobs}
@@ -129,14 +129,14 @@ def test_every_succeeded_job_has_its_image_and_every_failed_job_its_error(tmp_pa
 
 
 def test_self_contained(tmp_path: Path) -> None:
-    page = Page(html_report.write_html(tmp_path, make_jobs(tmp_path)).read_text())
+    page = Page(html_pages.write_html(tmp_path, make_jobs(tmp_path)).read_text())
     assert "style" in page.tags
     assert not {"link", "script", "iframe"} & page.tags
     assert all(not u.startswith(("http:", "https:", "//")) for u in page.urls)
 
 
 def test_grid_uses_the_two_values_that_vary_most(tmp_path: Path) -> None:
-    page = Page(html_report.write_html(tmp_path, make_jobs(tmp_path)).read_text())
+    page = Page(html_pages.write_html(tmp_path, make_jobs(tmp_path)).read_text())
     # seed has 3 values (rows), color 2 (columns); the single model is not a dimension
     assert page.headers == ["input.seed \\ var.color", "red", "blue", "1", "2", "3"]
     assert page.sections == []
@@ -144,7 +144,7 @@ def test_grid_uses_the_two_values_that_vary_most(tmp_path: Path) -> None:
 
 def test_rows_and_cols_can_be_chosen(tmp_path: Path) -> None:
     jobs = make_jobs(tmp_path)
-    path = html_report.write_html(tmp_path, jobs, rows_key="color", cols_key="input.seed")
+    path = html_pages.write_html(tmp_path, jobs, rows_key="color", cols_key="input.seed")
     assert Page(path.read_text()).headers == [
         "var.color \\ input.seed",
         "1",
@@ -154,20 +154,20 @@ def test_rows_and_cols_can_be_chosen(tmp_path: Path) -> None:
         "blue",
     ]
     # a field that moves in lockstep with color (the templated prompt) can be chosen too
-    path = html_report.write_html(tmp_path, jobs, rows_key="prompt")
+    path = html_pages.write_html(tmp_path, jobs, rows_key="prompt")
     assert Page(path.read_text()).headers[0] == "input.prompt \\ input.seed"
 
 
 def test_unknown_rows_key_is_a_usage_error(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match=r"no swept field 'size'; choose from .*input\.seed"):
-        html_report.write_html(tmp_path, make_jobs(tmp_path), rows_key="size")
+        html_pages.write_html(tmp_path, make_jobs(tmp_path), rows_key="size")
 
 
 @pytest.mark.parametrize("setting", ["rows_key", "cols_key"])
 def test_unknown_grid_key_names_its_setting_and_choices(tmp_path: Path, setting: str) -> None:
     with pytest.raises(ChoiceError) as info:
         rows_key, cols_key = ("size", None) if setting == "rows_key" else (None, "size")
-        html_report.write_html(tmp_path, make_jobs(tmp_path), rows_key=rows_key, cols_key=cols_key)
+        html_pages.write_html(tmp_path, make_jobs(tmp_path), rows_key=rows_key, cols_key=cols_key)
     exc = info.value
     assert (exc.setting, exc.values) == (setting, ["size"])
     assert "input.seed" in exc.choices and "model" in exc.choices
@@ -176,7 +176,7 @@ def test_unknown_grid_key_names_its_setting_and_choices(tmp_path: Path, setting:
 
 def test_extra_dimensions_become_sections(tmp_path: Path) -> None:
     jobs = make_jobs(tmp_path, models=("acme/painter", "acme/sketcher"))
-    page = Page(html_report.write_html(tmp_path, jobs).read_text())
+    page = Page(html_pages.write_html(tmp_path, jobs).read_text())
     # seed (3 values) rows; model and color tie at 2: model (first in manifest order) columns
     assert page.headers[:3] == ["input.seed \\ model", "acme/painter", "acme/sketcher"]
     assert page.sections == ["var.color=red", "var.color=blue"]
@@ -194,7 +194,7 @@ def test_a_cell_may_hold_several_jobs(tmp_path: Path) -> None:
         repeat=1,
         status=QUEUED,
     )
-    page = Page(html_report.write_html(tmp_path, [*jobs, twin]).read_text())
+    page = Page(html_pages.write_html(tmp_path, [*jobs, twin]).read_text())
     assert "queued" in page.job_text["again"]
     assert page.headers[:3] == ["input.seed \\ var.color", "red", "blue"]
 
@@ -214,7 +214,7 @@ def test_videos_and_refused_files(tmp_path: Path) -> None:
             OutputFile(url="ftp://x.invalid/evil", error="refused: not http(s)"),
         ],
     )
-    page = Page(html_report.write_html(tmp_path, [job]).read_text())
+    page = Page(html_pages.write_html(tmp_path, [job]).read_text())
     assert page.videos == ["files/v/clip.mp4"]
     assert "refused: not http(s)" in page.job_text["v"]
 
@@ -257,7 +257,7 @@ def test_rows_from_report(tmp_path: Path) -> None:
     assert a.inputs == {"prompt": "=SUM(1)", "seed": "1"} and a.vars == {"color": "red"}
     assert a.files == [OutputFile(url="https://u/a.png", name="files/a/out.png", sha256="ab")]
     assert (b.status, b.error, b.vars, b.files) == ("failed", "-boom", {}, [])
-    page = Page(html_report.write_html(tmp_path, [a, b]).read_text())
+    page = Page(html_pages.write_html(tmp_path, [a, b]).read_text())
     assert page.imgs["a"] == ["files/a/out.png"] and "-boom" in page.job_text["b"]
 
 
@@ -276,18 +276,80 @@ def plain_jobs(n: int, inputs=lambda i: {"seed": i}, variables=lambda i: {}) -> 
     ]
 
 
-def test_a_large_run_shows_the_first_jobs_and_says_so(tmp_path: Path) -> None:
-    n = html_report.MAX_CARDS + 1
-    raw = html_report.write_html(tmp_path, plain_jobs(n)).read_text()
-    page = Page(raw)
-    assert list(page.job_text) == [f"j{i}" for i in range(html_report.MAX_CARDS)]
-    assert f"showing {html_report.MAX_CARDS:,} of {n:,} jobs; see report.csv" in raw
-    assert f"{n} jobs</span>" in raw  # the counts are of every job
+def _grid_jobs(n: int) -> list[JobRow]:
+    """`n` jobs of a sweep of 7 colors x seeds (seed slower), each with an image file."""
+    jobs = plain_jobs(n, lambda i: {"seed": i // 7}, lambda i: {"color": f"c{i % 7}"})
+    for job in jobs:
+        job.files = [OutputFile(url="u", name=f"files/{job.job_id}/a.png")]
+    return jobs
 
 
-def test_a_small_run_has_no_cap_notice(tmp_path: Path) -> None:
-    raw = html_report.write_html(tmp_path, make_jobs(tmp_path)).read_text()
-    assert "showing" not in raw
+def test_a_large_run_is_paged_and_every_page_links_to_the_others(tmp_path: Path) -> None:
+    per = html_pages.PAGE_CARDS
+    n = 2 * per + 7
+    first = html_pages.write_html(tmp_path, _grid_jobs(n))
+    names = sorted(p.name for p in tmp_path.glob("report*.html"))
+    assert names == ["report-2.html", "report-3.html", "report.html"]
+    for number, name in enumerate(["report.html", "report-2.html", "report-3.html"], start=1):
+        raw = (tmp_path / name).read_text()
+        page = Page(raw)
+        # pages of PAGE_CARDS jobs in expansion order (laid out in a grid on each page)
+        start = (number - 1) * per
+        assert set(page.job_text) == {f"j{i}" for i in range(start, min(n, start + per))}
+        assert f"page {number} of 3" in raw
+        links = {u for u in page.urls if u.startswith("report")}
+        assert links - {name} == {"report.html", "report-2.html", "report-3.html"} - {name}
+        assert all((tmp_path / link).is_file() for link in links)
+        assert all('loading="lazy"' in tag for tag in raw.split("<img")[1:])
+        assert page.headers[0] == "input.seed \\ var.color"  # one layout on every page
+    index = first.read_text()
+    assert f"{n} jobs</span>" in index  # the counts are of every job
+    # the index: page 3 holds the last seeds; c0 is on every page
+    last_seed = (n - 1) // 7
+    assert f'<li>{last_seed}: <a href="report-3.html">3</a></li>' in index
+    assert '<li>c0: <a href="report.html">1</a>&ndash;<a href="report-3.html">3</a></li>' in index
+
+
+def test_a_page_links_to_its_neighbours_the_first_and_the_last() -> None:
+    near = html_pages.NEAR
+    links = Page(html_pages.nav(20, 40)).urls
+    expected = [19, 21, 1, *range(20 - near, 20), *range(21, 21 + near), 40]
+    assert links == [html_pages.page_name(n) for n in expected]
+    assert Page(html_pages.nav(1, 40, every=True)).urls[1:] == [
+        html_pages.page_name(n) for n in range(2, 41)
+    ]
+
+
+def test_the_first_page_stays_small_however_large_the_sweep(tmp_path: Path) -> None:
+    small, large = tmp_path / "small", tmp_path / "large"
+    html_pages.write_html(small, _grid_jobs(2 * html_pages.PAGE_CARDS))
+    html_pages.write_html(large, _grid_jobs(40 * html_pages.PAGE_CARDS))
+    assert len(list(large.glob("report*.html"))) == 40
+    size = (large / "report.html").stat().st_size
+    # the same first page, plus 38 more page links and index entries
+    assert size < (small / "report.html").stat().st_size + 38 * 400
+    assert size < html_pages.PAGE_CARDS * 1000
+
+
+def test_a_smaller_sweep_removes_the_pages_it_no_longer_has(tmp_path: Path) -> None:
+    html_pages.write_html(tmp_path, _grid_jobs(11 * html_pages.PAGE_CARDS))
+    (tmp_path / "report-x.html").write_text("not a page")
+    assert html_pages.more_pages(tmp_path) == [f"report-{n}.html" for n in range(2, 12)]
+    html_pages.write_html(tmp_path, _grid_jobs(html_pages.PAGE_CARDS + 1))
+    names = sorted(p.name for p in tmp_path.glob("report*.html"))
+    assert names == ["report-2.html", "report-x.html", "report.html"]
+    html_pages.write_html(tmp_path, _grid_jobs(3))
+    assert "nav" not in Page((tmp_path / "report.html").read_text()).tags
+    assert not (tmp_path / "report-2.html").exists()
+
+
+def test_a_page_of_a_live_report_says_so_and_reloads(tmp_path: Path) -> None:
+    live = html_report.Live("running: 3/1007 done", 5)
+    html_pages.write_html(tmp_path, _grid_jobs(2 * html_pages.PAGE_CARDS + 7), live=live)
+    for name in ("report.html", "report-2.html", "report-3.html"):
+        raw = (tmp_path / name).read_text()
+        assert '<meta http-equiv="refresh" content="5">' in raw
+        assert '<p class="live"><strong>live</strong> running: 3/1007 done</p>' in raw
 
 
 def test_a_field_with_a_value_per_job_is_not_an_axis_when_others_can_be(tmp_path: Path) -> None:
@@ -296,23 +358,23 @@ def test_a_field_with_a_value_per_job_is_not_an_axis_when_others_can_be(tmp_path
         return {"prompt": f"a {('red', 'blue')[i % 2]} cat, take {i // 2}", "seed": i // 2}
 
     jobs = plain_jobs(6, inputs, lambda i: {"color": ("red", "blue")[i % 2]})
-    page = Page(html_report.write_html(tmp_path, jobs).read_text())
+    page = Page(html_pages.write_html(tmp_path, jobs).read_text())
     assert page.headers == ["input.seed \\ var.color", "red", "blue", "0", "1", "2"]
     assert page.sections == []
     # still a valid choice when asked for
-    path = html_report.write_html(tmp_path, jobs, rows_key="prompt")
+    path = html_pages.write_html(tmp_path, jobs, rows_key="prompt")
     assert Page(path.read_text()).headers[0] == "input.prompt \\ input.seed"
 
 
 def test_a_field_with_a_value_per_job_is_the_axis_when_alone(tmp_path: Path) -> None:
-    page = Page(html_report.write_html(tmp_path, plain_jobs(4)).read_text())
+    page = Page(html_pages.write_html(tmp_path, plain_jobs(4)).read_text())
     assert page.headers == ["input.seed", "", "0", "1", "2", "3"]
 
 
 def test_empty_cells_of_a_sparse_grid_are_spanned(tmp_path: Path) -> None:
     # every prompt row holds one job: 6 rows x 3 seed columns, 12 empty cells
     jobs = plain_jobs(6, lambda i: {"prompt": f"take {i}", "seed": i // 2})
-    raw = html_report.write_html(tmp_path, jobs, rows_key="prompt", cols_key="seed").read_text()
+    raw = html_pages.write_html(tmp_path, jobs, rows_key="prompt", cols_key="seed").read_text()
     grid = raw.split("<tbody>", 1)[1]
     # seeds 0 and 2: the job's cell and one spanning the other two; seed 1: empty, job, empty
     assert grid.count("<td") == 4 * 2 + 2 * 3 < 6 * 3

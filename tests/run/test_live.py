@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import json
 import subprocess
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -28,24 +31,30 @@ class _Clock:
         return self.now
 
 
+def _now(live: LiveReport) -> None:
+    """One tick, and its write (on the writer thread) done."""
+    live.tick()
+    live.wait()
+
+
 def test_written_when_due_and_only_when_something_changed() -> None:
     clock, changes, writes = _Clock(), [0], []
-    live = LiveReport(30, lambda: writes.append(clock.now), lambda: changes[0], clock)
-    live.tick()
+    live = LiveReport(30, lambda: lambda: writes.append(clock.now), lambda: changes[0], clock)
+    _now(live)
     assert writes == []  # nothing is due at the start
     clock.now += 30
     changes[0] = 1
-    live.tick()
+    _now(live)
     assert writes == [130.0]
     clock.now += 29
     changes[0] = 2
-    live.tick()
+    _now(live)
     assert writes == [130.0]  # not yet due
     clock.now += 1
-    live.tick()
+    _now(live)
     assert writes == [130.0, 160.0]
     clock.now += 60
-    live.tick()  # due, but nothing changed since
+    _now(live)  # due, but nothing changed since
     assert writes == [130.0, 160.0]
 
 
@@ -55,20 +64,103 @@ def test_a_slow_write_spaces_the_next_ones_out() -> None:
     def slow_write() -> None:
         clock.now += 3.0  # a write that takes 3 s
 
-    live = LiveReport(10, slow_write, lambda: changes[0], clock)
+    live = LiveReport(10, lambda: slow_write, lambda: changes[0], clock)
     clock.now += 10
     changes[0] = 1
-    live.tick()
+    _now(live)
     assert live.writes == 1 and live.cost_s == 3.0
     assert live.due == clock.now + SHARE * 3.0  # not every 10 s: at most 1/SHARE of the time
+
+
+def test_the_loop_goes_on_while_a_write_is_under_way() -> None:
+    clock, changes = _Clock(), [0]
+    started, release, loop_thread = threading.Event(), threading.Event(), threading.get_ident()
+    said: list[int] = []  # the thread each part of the write ran on
+
+    def write() -> Callable[[], None]:
+        said.append(threading.get_ident())  # what the reports say: taken on the loop's thread
+
+        def work() -> None:
+            said.append(threading.get_ident())
+            started.set()
+            assert release.wait(30), "the write was never released"
+
+        return work
+
+    live = LiveReport(1, write, lambda: changes[0], clock)
+    clock.now += 1
+    changes[0] = 1
+    live.tick()  # returns with the write under way
+    assert started.wait(30) and live.busy
+    for _ in range(100):  # the loop's steps: each tick returns at once, no second write
+        clock.now += 1
+        changes[0] += 1
+        live.tick()
+    assert live.busy and live.writes == 1
+    release.set()
+    live.wait()
+    assert not live.busy and said[0] == loop_thread != said[1]
+    clock.now += SHARE * live.cost_s + 1
+    _now(live)
+    assert live.writes == 2
+
+
+def test_a_write_that_fails_stops_the_live_reports() -> None:
+    clock = _Clock()
+
+    def fail() -> None:
+        raise OSError("disk full")
+
+    live = LiveReport(1, lambda: fail, lambda: 1, clock)
+    clock.now += 1
+    _now(live)
+    assert live.every == 0 and isinstance(live.error, OSError)
+    clock.now += 100
+    _now(live)
+    assert live.writes == 1
 
 
 def test_every_zero_never_writes() -> None:
     clock = _Clock()
     live = LiveReport(0, lambda: pytest.fail("written"), lambda: 1, clock)
     clock.now += 1000
-    live.tick()
+    _now(live)
     assert live.writes == 0
+
+
+def test_a_run_polls_and_finishes_jobs_while_a_live_write_is_held(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first live write is held until every job of the run has finished: only a loop
+    that goes on while the write is under way gets them there."""
+    from batchrun.cli import main
+    from batchrun.results import report
+    from batchrun.store import state as st
+    from batchrun.store.state import StateStore
+
+    run_dir = tmp_path / "out"
+    seen: list[dict[str, int]] = []
+    real = report.write_from_state
+
+    def held(*args: Any, **kwargs: Any) -> None:
+        if not seen:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                with StateStore.open(run_dir, create=False, lock=False) as store:
+                    seen.append(store.counts())
+                if seen[-1].get(st.SUCCEEDED) == 12:
+                    break
+                time.sleep(0.05)
+        real(*args, **kwargs)
+
+    monkeypatch.setattr(report, "write_from_state", held)
+    _sweep(tmp_path, "100ms")
+    sim = ["--sim", "run_time=0.3-0.6", "--sim", "workers=3", "--sim", "seed=3"]
+    args = ["run", str(tmp_path / "sweep.yaml"), "--simulate", "--run-dir", str(run_dir), "-q"]
+    assert main([*args, *sim]) == 0
+    # the write was held from early in the run (jobs still to do) until all 12 had finished
+    assert seen[0].get(st.SUCCEEDED, 0) < 12 and seen[-1] == {st.SUCCEEDED: 12}
+    assert len(read_jobs(run_dir / "report.csv")) == 12
 
 
 def test_waiting_text() -> None:

@@ -1,0 +1,223 @@
+"""report.html of any size: the contact sheet in pages of PAGE_CARDS jobs, written as the jobs
+stream by (expansion order), so neither memory nor the page a browser opens grows with the sweep.
+
+A sweep that fits one page gets report.html alone. A larger one gets report.html (page 1, with
+the counts of every job and an index: each page, and on which pages each value of a swept field
+is) and report-2.html, report-3.html, ... beside it, each laid out like the first (the layout is
+chosen from the first SAMPLE jobs), each linking to the others. Thumbnails load lazily. Every
+file is replaced atomically; pages a smaller sweep no longer has are removed.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable
+from pathlib import Path
+
+from batchrun.results.html_report import (
+    SAMPLE,
+    Layout,
+    Live,
+    banner,
+    dimension_value,
+    esc,
+    field_keys,
+    grids,
+    heading,
+    href,
+    page,
+)
+from batchrun.store.atomic import write_text
+from batchrun.store.records import JobRow, report_status
+
+PAGE_CARDS = 500  # jobs a page shows
+INDEX_VALUES = 1000  # a swept field with more values than this is left out of the index
+NEAR = 5  # a page links to the pages this near it (page 1 to every page)
+_PAGE_NAME = re.compile(r"report-(\d+)\.html")
+
+
+def page_name(number: int) -> str:
+    """report.html for page 1, report-N.html for the others."""
+    return "report.html" if number == 1 else f"report-{number}.html"
+
+
+def more_pages(run_dir: Path) -> list[str]:
+    """The names of the pages after the first in RUN_DIR (report-2.html, ...), in order."""
+    found = [(_PAGE_NAME.fullmatch(p.name), p.name) for p in Path(run_dir).glob("report-*.html")]
+    return [name for _, name in sorted((int(m[1]), n) for m, n in found if m)]
+
+
+class AxisIndex:
+    """On which pages each value of each laid-out field is, as ranges of pages."""
+
+    def __init__(self, keys: Iterable[str]) -> None:
+        self.pages: dict[str, dict[str, list[list[int]]]] = {k: {} for k in keys}
+        self.dropped: list[str] = []  # fields with too many values to list
+
+    def add(self, jobs: list[JobRow], number: int) -> None:
+        for key in list(self.pages):
+            values = self.pages[key]
+            for value in dict.fromkeys(dimension_value(job, key) for job in jobs):
+                ranges = values.setdefault(value, [])
+                if ranges and ranges[-1][1] >= number - 1:
+                    ranges[-1][1] = number
+                else:
+                    ranges.append([number, number])
+            if len(values) > INDEX_VALUES:
+                del self.pages[key]
+                self.dropped.append(key)
+
+    def html(self) -> str:
+        out = []
+        for key, values in self.pages.items():
+            if len(values) < 2:
+                continue
+            items = "".join(
+                f"<li>{esc(v or '(not set)')}: {_ranges(r)}</li>" for v, r in values.items()
+            )
+            out.append(f"<details><summary>by {esc(key)} ({len(values)} values)</summary>"
+                       f'<ul class="axis">{items}</ul></details>')  # fmt: skip
+        if self.dropped:
+            out.append(
+                f"<p>not indexed (over {INDEX_VALUES:,} values): {esc(', '.join(self.dropped))}</p>"
+            )
+        return "".join(out)
+
+
+def _ranges(ranges: list[list[int]]) -> str:
+    """'3, 5-9' as links to the first page of each range (the first few ranges)."""
+    shown = [_link(a) if a == b else f"{_link(a)}&ndash;{_link(b)}" for a, b in ranges[:4]]
+    more = f", &hellip; ({len(ranges) - 4} more ranges)" if len(ranges) > 4 else ""
+    return ", ".join(shown) + more
+
+
+def _link(number: int) -> str:
+    return f'<a href="{page_name(number)}">{number}</a>'
+
+
+def nav(number: int, pages: int, *, every: bool = False) -> str:
+    """Links to the previous and next pages, the first and the last, and those near this one
+    (`every`: to every page, as page 1 has them)."""
+    parts = []
+    if number > 1:
+        parts.append(f'<a href="{page_name(number - 1)}" rel="prev">&larr; previous</a>')
+    if number < pages:
+        parts.append(f'<a href="{page_name(number + 1)}" rel="next">next &rarr;</a>')
+    shown = range(1, pages + 1) if every else sorted(
+        {1, pages} | set(range(max(1, number - NEAR), min(pages, number + NEAR) + 1))
+    )  # fmt: skip
+    numbers, last = [], 0
+    for n in shown:
+        if n > last + 1:
+            numbers.append("&hellip;")
+        numbers.append(f"<b>{n}</b>" if n == number else _link(n))
+        last = n
+    links = " | ".join(parts)
+    return (
+        f'<nav class="pages">page {number} of {pages}: {links} <span>{" ".join(numbers)}</span>'
+        "</nav>"
+    )
+
+
+class Sheet:
+    """Writes report.html (and its pages) of `total` jobs fed in expansion order with `add`;
+    `finish` writes page 1 (and the index) last, once every job has been seen."""
+
+    def __init__(
+        self,
+        run_dir: Path,
+        total: int,
+        keys: list[str],
+        *,
+        rows_key: str | None = None,
+        cols_key: str | None = None,
+        live: Live | None = None,
+    ) -> None:
+        self.run_dir = Path(run_dir)
+        self.title = f"batchrun: {self.run_dir.name}"
+        self.pages = max(1, math.ceil(total / PAGE_CARDS))
+        self.keys, self.rows_key, self.cols_key, self.live = keys, rows_key, cols_key, live
+        self.layout: Layout | None = None
+        self.index: AxisIndex | None = None
+        self.buffer: list[JobRow] = []
+        self.counts: dict[str, int] = {}
+        self.seen = 0
+        self.written = 0  # pages done
+        self.first: list[str] = []  # page 1's grids, written by finish
+
+    def add(self, jobs: Iterable[JobRow]) -> None:
+        counts = self.counts
+        for job in jobs:
+            status = report_status(job.status)
+            counts[status] = counts.get(status, 0) + 1
+            self.buffer.append(job)
+        if self.layout is None and len(self.buffer) >= SAMPLE:
+            self._choose()
+        if self.layout is not None:
+            while len(self.buffer) >= PAGE_CARDS:
+                self._flush(self.buffer[:PAGE_CARDS])
+                del self.buffer[:PAGE_CARDS]
+
+    def finish(self) -> Path:
+        if self.layout is None:
+            self._choose()
+        while self.buffer or self.written == 0:
+            self._flush(self.buffer[:PAGE_CARDS])
+            del self.buffer[:PAGE_CARDS]
+        self.pages = self.written
+        body = [*heading(self.title, self.counts, sum(self.counts.values()))]
+        if self.pages > 1:
+            assert self.index is not None
+            body += [nav(1, self.pages, every=True), self.index.html()]
+        text = self._page(self.title, body + self.first)
+        path = write_text(self.run_dir / page_name(1), text)
+        self._remove_stale()
+        return path
+
+    def _choose(self) -> None:
+        self.layout = Layout.choose(self.buffer[:SAMPLE], self.keys, self.rows_key, self.cols_key)
+        self.index = AxisIndex(self.layout.axis_keys())
+
+    def _flush(self, jobs: list[JobRow]) -> None:
+        assert self.layout is not None and self.index is not None
+        self.written += 1
+        number = self.written
+        self.index.add(jobs, number)
+        laid = grids(jobs, self.layout, href)
+        if number == 1:
+            self.first = laid
+            return
+        title = f"{self.title}: page {number}"
+        pages = max(self.pages, number)
+        body = [f"<h1>{esc(title)}</h1>", nav(number, pages), *laid]
+        # Not fsynced: 200 fsyncs would cost seconds at 100,000 jobs, and the pages are made
+        # again from state.db by every write of the reports (page 1 is fsynced, the folder too).
+        write_text(self.run_dir / page_name(number), self._page(title, body), durable=False)
+
+    def _page(self, title: str, body: list[str]) -> str:
+        live = self.live
+        return page(title, banner(live) + "\n".join(body), refresh_s=live.refresh_s if live else 0)
+
+    def _remove_stale(self) -> None:
+        """Pages of an earlier, larger sweep."""
+        for path in self.run_dir.glob("report-*.html"):
+            found = _PAGE_NAME.fullmatch(path.name)
+            if found and int(found[1]) > self.pages:
+                path.unlink(missing_ok=True)
+
+
+def write_html(
+    run_dir: Path,
+    rows: list[JobRow],
+    *,
+    rows_key: str | None = None,
+    cols_key: str | None = None,
+    live: Live | None = None,
+) -> Path:
+    """Write RUN_DIR/report.html (and its pages) of `rows` (in expansion order); its path."""
+    sheet = Sheet(
+        run_dir, len(rows), field_keys(rows), rows_key=rows_key, cols_key=cols_key, live=live
+    )
+    sheet.add(rows)
+    return sheet.finish()

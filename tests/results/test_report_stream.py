@@ -1,0 +1,369 @@
+"""The reports made in one pass over a cursor on state.db (and from rows in memory) say exactly
+what the former way said, which read every row into a list and made each file from it
+(kept here): report.csv, summary.json, and report.html of a sweep that fits one page."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+from collections.abc import Iterable
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from batchrun.plan.grid import Job
+from batchrun.results import reportcsv
+from batchrun.results.html_report import (
+    SAMPLE as MAX_CARDS,
+    Live,
+    _axes,
+    _has,
+    _sections,
+    _swept_in,
+    esc,
+    layout,
+    page,
+)
+from batchrun.results.report import (
+    NO_OUTPUT,
+    ReportJobs,
+    _cost,
+    _reported,
+    _seconds,
+    _timestamp,
+    job_costs,
+    write_from_state,
+    write_report,
+)
+from batchrun.results.reportcsv import guard, join_cell, value_cell
+from batchrun.store import ledger, state as st
+from batchrun.store.ledger import Attempt
+from batchrun.store.output_urls import collect_urls
+from batchrun.store.records import REPORT_STATUSES, SUCCEEDED, JobRow, OutputFile, report_status
+from batchrun.store.state import StateStore
+from batchrun.util.safetext import printable
+
+MODELS = ("acme/painter", "acme/mover")
+
+# ---- the former way (results/report.py and results/html_report.py before streaming) ----
+
+
+def without_output(row: JobRow) -> bool:
+    return row.status == SUCCEEDED and not row.files and not collect_urls(row.output)
+
+
+def _stats(values: list[float]) -> dict[str, float | None]:
+    if not values:
+        return {"mean": None, "median": None, "p95": None}
+    ordered = sorted(values)
+    p95 = ordered[max(0, math.ceil(0.95 * len(ordered)) - 1)]  # nearest-rank
+    return {
+        "mean": round(statistics.fmean(ordered), 3),
+        "median": round(statistics.median(ordered), 3),
+        "p95": round(p95, 3),
+    }
+
+
+def _fields(rows: list[JobRow]) -> tuple[list[str], list[str]]:
+    inputs: dict[str, None] = {}
+    var_names: dict[str, None] = {}
+    for row in rows:
+        inputs.update(dict.fromkeys(row.inputs))
+        var_names.update(dict.fromkeys(row.vars))
+    return list(inputs), list(var_names)
+
+
+def _error_cell(row: JobRow) -> str:
+    parts = [row.error] if row.error else []
+    if without_output(row):
+        parts.insert(0, NO_OUTPUT)
+    parts += [f"output {i}: {f.error}" for i, f in enumerate(row.files, start=1) if f.error]
+    return guard(printable("; ".join(parts), lines=True))
+
+
+def _urls(row: JobRow) -> list[str]:
+    urls = [f.url for f in row.files] if row.files else collect_urls(row.output)
+    # SEPARATOR joins a cell's values; keep it out of the URLs themselves.
+    return [printable(u).replace(reportcsv.SEPARATOR, "%3B") for u in urls]
+
+
+def _line(
+    row: JobRow,
+    inputs: list[str],
+    var_names: list[str],
+    cost: Decimal | None,
+    mirrored: list[str] | None = None,
+) -> list[str]:
+    """The row's cells in columns() order (empty where the job has no such field); `cost`
+    is what the job's attempts cost, from the ledger; `mirrored`, in a run with a mirror,
+    the s3:// URLs of its files there."""
+    files = row.files
+    done = [f for f in files if f.name and not f.error] if files else []
+    queue_s, run_s = row.queue_s, row.run_s
+    cells = [
+        row.job_id,
+        guard(row.model_id),
+        report_status(row.status),
+        guard(printable(row.request_id or "")),
+        _error_cell(row) if row.error or files or row.status == SUCCEEDED else "",
+        str(row.attempts),
+        _timestamp(row.submitted_at),
+        _timestamp(row.finished_at),
+        _seconds(queue_s),
+        _seconds(run_s),
+        _cost(None if cost is None else float(cost)),
+        guard(join_cell(printable(f.name) for f in done)),
+        guard(join_cell(_urls(row))),
+        join_cell(f.sha256 for f in done),
+        "true" if row.cached else "false",
+        _cost(row.saved_usd),
+    ]
+    if mirrored is not None:
+        cells.append(guard(join_cell(u.replace(reportcsv.SEPARATOR, "%3B") for u in mirrored)))
+    given, var_values = row.inputs, row.vars
+    cells += [value_cell(given[k]) if k in given else "" for k in inputs]
+    cells += [value_cell(var_values[k]) if k in var_values else "" for k in var_names]
+    return cells
+
+
+def summarise(rows: Iterable[JobRow], attempts: Iterable[Attempt] = ()) -> dict[str, Any]:
+    """Totals of the reported jobs: per status, durations, attempts, files; money from the
+    ledger's `attempts` (store/ledger.py)."""
+    jobs = _reported(rows)
+    attempts = list(attempts)
+    totals = dict.fromkeys(REPORT_STATUSES, 0)
+    for row in jobs:
+        totals[report_status(row.status)] += 1
+    submits = [r.submitted_at for r in jobs if r.submitted_at is not None]
+    finishes = [r.finished_at for r in jobs if r.finished_at is not None]
+    makespan = max(finishes) - min(submits) if submits and finishes else None
+    files = [f for r in jobs for f in r.files]
+    costs = job_costs(jobs, attempts)
+    reported = {r.job_id for r in jobs}
+    cached = [r for r in jobs if r.cached]
+    return {
+        "jobs": len(jobs),
+        "statuses": totals,
+        "succeeded_without_output": sum(1 for r in jobs if without_output(r)),
+        "durations": {
+            "makespan_s": None if makespan is None else round(max(0.0, makespan), 3),
+            "queue_s": _stats([q for q in (r.queue_s for r in jobs) if q is not None]),
+            "run_s": _stats([t for t in (r.run_s for r in jobs) if t is not None]),
+        },
+        # what the reported jobs' results said they cost: the sum of report.csv's cost_usd
+        "cost_usd": float(round(sum((costs[j] for j in reported if j in costs), Decimal(0)), 6)),
+        **ledger.summary(attempts, reported),
+        "cached": len(cached),
+        "saved_usd": round(sum(r.saved_usd or 0.0 for r in cached), 6),
+        "attempts": sum(r.attempts for r in jobs),
+        "files": {
+            "downloaded": sum(1 for f in files if f.name and not f.error),
+            "refused": sum(1 for f in files if f.error.startswith("refused")),
+            "failed": sum(1 for f in files if f.error and not f.error.startswith("refused")),
+        },
+    }
+
+
+def former_render(
+    title: str,
+    jobs: list[JobRow],
+    *,
+    rows_key: str | None = None,
+    cols_key: str | None = None,
+    live: Live | None = None,
+) -> str:
+    """The contact sheet as an HTML string (links relative to the run folder); while the run
+    goes (`live`), with its line atop and reloading itself."""
+    body = _sheet(title, jobs, rows_key, cols_key)
+    if live is None:
+        return page(title, body)
+    banner = f'<p class="live"><strong>live</strong> {esc(live.text)}</p>\n'
+    return page(title, banner + body, refresh_s=live.refresh_s)
+
+
+def _sheet(title: str, jobs: list[JobRow], rows_key: str | None, cols_key: str | None) -> str:
+    rk, ck, extra = layout(jobs, rows_key, cols_key)
+    shown = jobs[:MAX_CARDS]
+
+    def href(name: str) -> str:
+        return quote(name.replace(os.sep, "/"))
+
+    counts: dict[str, int] = {}
+    for job in jobs:
+        status = report_status(job.status)
+        counts[status] = counts.get(status, 0) + 1
+    out = [
+        f"<h1>{esc(title)}</h1>",
+        '<p class="counts">'
+        + "".join(
+            f'<span><span class="badge s-{esc(s)}">{esc(s)}</span> {n}</span>'
+            for s, n in counts.items()
+        )
+        + f"<span>{len(jobs)} jobs</span></p>",
+    ]
+    if len(shown) < len(jobs):
+        out.append(
+            f'<p class="cap">showing {len(shown):,} of {len(jobs):,} jobs; see report.csv</p>'
+        )
+    models = list(dict.fromkeys(job.model_id for job in shown))
+    if len(models) > 1 and "model" not in (rk, ck):
+        # Models not side by side: a section per model, each laid out by its own fields (a
+        # field of one model is no axis for another). `--cols model` puts them side by side.
+        out.append("<p>a section per model (<b>--cols model</b> puts them side by side)</p>")
+        for model in models:
+            members = [job for job in shown if job.model_id == model]
+            mrk, mck, mextra = layout(
+                members, _swept_in(rows_key, members), _swept_in(cols_key, members)
+            )
+            out.append(f"<h2>{esc(model)}</h2>")
+            out.append(_axes(mrk, mck, mextra))
+            out += _sections(members, mrk, mck, mextra, href, heading="h3")
+        return "\n".join(out)
+    if len(models) > 1:
+        # Models side by side: a field some model lacks would split them into sections of
+        # their own; it stays inside the cells instead.
+        extra = [k for k in extra if all(_has(shown, model, k) for model in models)]
+    out.append(_axes(rk, ck, extra))
+    out += _sections(shown, rk, ck, extra, href, heading="h2")
+    return "\n".join(out)
+
+
+def former_files(run_dir: Path, mirror_urls: dict[str, list[str]] | None = None) -> dict[str, str]:
+    """report.csv, summary.json and report.html as the former way made them."""
+    with StateStore.open(run_dir, create=False, lock=False) as store:
+        rows, attempts = store.rows(), store.attempts()
+    jobs = _reported(rows)
+    costs = job_costs(jobs, attempts)
+    inputs, var_names = _fields(jobs)
+    lines = [
+        _line(row, inputs, var_names, costs.get(row.job_id),
+              None if mirror_urls is None else mirror_urls.get(row.job_id, []))
+        for row in jobs
+    ]  # fmt: skip
+    header = reportcsv.header(inputs, var_names, mirror=mirror_urls is not None)
+    summary = summarise(jobs, attempts) | {"name": "mixed"}
+    return {
+        "report.csv": reportcsv.render(header, lines),
+        "summary.json": json.dumps(summary, indent=2) + "\n",
+        "report.html": former_render(f"batchrun: {run_dir.name}", jobs),
+    }
+
+
+# ---- the folder and the tests ----
+
+
+def _mixed_folder(run_dir: Path) -> None:
+    """Jobs of two models with fields of their own, in every state; files downloaded,
+    refused and failed; cached jobs; awkward text; jobs no longer in the manifest."""
+    jobs = []
+    for i in range(60):
+        model = MODELS[i % 2]
+        inputs: dict[str, object] = {"prompt": f"=take {i}\x1b[31m", "seed": i // 4}
+        if model == MODELS[1]:
+            inputs = {"duration": [5, 10][i % 3 == 0], **inputs, "loop": i % 5 == 0}
+        variables = {"color": ["red", "blue", "green"][i % 3]} if i % 7 else {}
+        jobs.append(Job(f"{i:012x}", model, inputs, variables, 0, 60 - i))
+    with StateStore.open(run_dir) as s:
+        s.add_jobs(jobs)
+        for i, job in enumerate(jobs):
+            jid, kind = job.job_id, i % 12
+            if kind == 0:
+                continue  # pending
+            if kind == 11:
+                s.record_cached(
+                    jid, finished_at=2000.0 + i, output={"images": [f"http://h/{i}.png"]},
+                    saved_usd=0.03,
+                    files=[OutputFile(f"http://h/{i}.png", f"files/{jid}/c.png", "cd", 4)],
+                )  # fmt: skip
+                continue
+            s.mark_submitting(jid, Decimal("0.04"))
+            if kind == 1:
+                continue
+            if kind == 2:
+                s.mark_unknown(jid, "read timeout")
+                continue
+            s.record_request_id(jid, f"req-{i};x", 1000.0 + i)
+            if kind == 3:
+                s.record_status(jid, st.QUEUED)
+            elif kind == 4:
+                s.record_status(jid, st.RUNNING, started_at=1001.5 + i)
+            elif kind == 5:
+                s.record_result(jid, st.FAILED, finished_at=1010.0 + i, error="-boom\nline 2")
+            elif kind == 6:
+                s.record_result(jid, st.SUCCEEDED, finished_at=1010.0 + i, output={"x": 1})
+            elif kind in (7, 8):
+                s.record_status(jid, st.RUNNING, started_at=1002.0 + i)
+                s.record_result(
+                    jid, st.SUCCEEDED, finished_at=1010.25 + i * 1.7,
+                    output=[f"http://h/a{i}.png", f"http://h/b{i}.mp4"], cost_usd=0.04,
+                )  # fmt: skip
+                files = [
+                    OutputFile(f"http://h/a{i}.png", f"files/{jid}/a;1.png", "ab", 3),
+                    OutputFile(f"http://h/b{i}.mp4", "", "", 0, "refused: too large"),
+                ]
+                if kind == 8:
+                    files.append(OutputFile("http://h/c.txt", "", "", 0, "HTTP 500"))
+                s.record_files(jid, files)
+            elif kind == 9:
+                s.record_result(jid, st.SUCCEEDED, finished_at=1010.0 + i, output="http://h/z")
+            else:
+                s.record_result(jid, st.CANCELLED, finished_at=1010.0 + i, error="cancelled")
+                s.close_attempt(jid, answer="cancelled")
+            if kind in (5, 7, 8, 9):
+                s.close_attempt(jid, actual=Decimal(f"0.0{kind - 4}1"))
+        s.add_jobs(jobs[:50])  # ten jobs leave the manifest: their money shows apart
+
+
+def _files(run_dir: Path) -> dict[str, str]:
+    names = ("report.csv", "summary.json", "report.html")
+    return {n: (run_dir / n).read_bytes().decode() for n in names}
+
+
+def test_one_pass_over_a_cursor_says_what_the_list_said(tmp_path: Path) -> None:
+    run_dir = tmp_path / "mixed"
+    _mixed_folder(run_dir)
+    former = former_files(run_dir)
+    write_from_state(run_dir, {"name": "mixed"}, None, None)
+    assert _files(run_dir) == former
+    # from rows in memory (shared sweeps, merge), the same
+    with StateStore.open(run_dir, create=False, lock=False) as store:
+        rows, attempts = store.rows(), store.attempts()
+    write_report(run_dir, rows, attempts, facts={"name": "mixed"})
+    assert _files(run_dir) == former
+    # The folder is mixed: the files show every kind of cell.
+    csv = former["report.csv"]
+    assert "input.duration" in csv and "var.color" in csv and "succeeded without output" in csv
+    assert "refused: too large" in csv and "HTTP 500" in csv and "'=take" in csv
+    assert '"not_in_manifest": {\n    "jobs": 10' in former["summary.json"]
+
+
+def test_the_mirror_column_too(tmp_path: Path) -> None:
+    run_dir = tmp_path / "mixed"
+    _mixed_folder(run_dir)
+    with StateStore.open(run_dir, create=False, lock=False) as store:
+        ids = [r.job_id for r in store.rows()][::3]
+        urls = {j: [f"s3://b/p/{j}/a;1.png"] for j in ids}
+        write_report(
+            run_dir, ReportJobs.read(store), store.attempts(), facts={"name": "mixed"},
+            mirror_urls=urls,
+        )  # fmt: skip
+    assert _files(run_dir)["report.csv"] == former_files(run_dir, urls)["report.csv"]
+
+
+def test_columns_by_sql_are_in_first_seen_order(tmp_path: Path) -> None:
+    jobs = [
+        Job("a", MODELS[0], {"z": 1, "a": 2}, {"v2": 1}, 0, 3),
+        Job("b", MODELS[1], {"m": 1, "z": 1}, {"v1": 1, "v2": 2}, 0, 1),
+        Job("c", MODELS[1], {"q": 1}, {"v0": 1}, 0, 2),
+        Job("d", MODELS[1], {"gone": 1}, {"gone": 1}, 0, 0),
+    ]
+    with StateStore.open(tmp_path) as store:
+        store.add_jobs(jobs)
+        store.add_jobs(jobs[:3])  # d leaves the manifest
+        fields = store.report_fields()
+        assert fields == (["m", "z", "q", "a"], ["v1", "v2", "v0"])
+        listed = ReportJobs.of(store.rows())
+        assert fields == (listed.inputs, listed.var_names)
