@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import csv
+import io
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from batchrun.errors import CompareError
 from batchrun.results import reportcsv
@@ -139,3 +142,32 @@ def test_read_jobs_refuses_what_is_not_a_report(tmp_path: Path, text: str, probl
     with pytest.raises(CompareError) as info:
         reportcsv.read_jobs(path)
     assert str(info.value) == f"{path}: {problem}"
+
+
+_CELL = st.text(alphabet=st.sampled_from(list('ab,"\r\n \t;=\x00é')), max_size=6)
+
+
+@given(
+    st.lists(st.lists(_CELL, min_size=1, max_size=4), max_size=6),
+    st.sampled_from(["\r\n", "\n", "\r"]),
+)
+@settings(max_examples=300, deadline=None)
+def test_read_parses_as_csv_reader_does(rows: list[list[str]], ending: str) -> None:
+    """read() splits quote-free lines itself: every file reads as csv.reader reads it (or
+    fails as it does), whatever the cells hold and however lines end."""
+    buffer = io.StringIO(newline="")
+    csv.writer(buffer, lineterminator=ending).writerows(rows)
+    text = buffer.getvalue() + 'x,"y"\n\n,\n \n'  # unquoted, quoted, blank lines after
+    try:
+        expected: list[list[str]] | type[Exception] = list(
+            csv.reader(io.StringIO(text, newline=""))
+        )
+    except csv.Error:
+        expected = csv.Error
+    try:
+        got: list[list[str]] | type[Exception] = list(
+            reportcsv._records(iter(io.StringIO(text, newline="")))
+        )
+    except csv.Error:
+        got = csv.Error
+    assert got == expected
