@@ -18,9 +18,10 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, TypedDict
 
+from batchrun import __version__
 from batchrun.errors import ChoiceError
 from batchrun.results import reportcsv
-from batchrun.results.html_pages import Sheet
+from batchrun.results.html_pages import Sheet, more_pages
 from batchrun.results.html_report import Live
 from batchrun.results.reportcsv import INPUT_PREFIX, VAR_PREFIX, guard, join_cell, value_cell
 from batchrun.store import ledger
@@ -445,6 +446,34 @@ def report_mark(
 
 def reports_present(run_dir: Path) -> bool:
     return all((Path(run_dir) / name).is_file() for name in REPORT_FILES)
+
+
+# state.db meta key of the report files as they were when their mark was recorded (see
+# `files_mark`): `batchrun report` leaves files that nothing changed since.
+REPORT_FILES_META = "report_files"
+
+
+def files_mark(run_dir: Path) -> str:
+    """The report files of RUN_DIR as they are on disk, in short: each one's name, size, inode
+    and times (every write replaces a file whole), and the version of batchrun; '' when one
+    is missing. Equal marks: no file was written, replaced or removed meanwhile."""
+    run_dir = Path(run_dir)
+    stats = []
+    try:
+        for name in [*REPORT_FILES, *more_pages(run_dir)]:
+            st = (run_dir / name).stat()
+            stats.append([name, st.st_size, st.st_ino, st.st_mtime_ns, st.st_ctime_ns])
+    except OSError:
+        return ""
+    text = json.dumps([__version__, stats])
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def reports_current(run_dir: Path, meta: dict[str, str], mark: str) -> bool:
+    """Whether RUN_DIR's report files are those made at `mark` (report_mark), untouched
+    since: writing them again would write the same bytes."""
+    recorded = meta.get(REPORT_FILES_META)
+    return meta.get(REPORT_MARK_META) == mark and bool(recorded) and files_mark(run_dir) == recorded
 
 
 # state.db meta keys of the grid chosen with `batchrun report --rows/--cols`: later runs keep it.
