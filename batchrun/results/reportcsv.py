@@ -117,7 +117,7 @@ def writer(path: Path, columns: list[str]) -> Iterator[Callable[[Iterable[list[s
             try:
                 out = csv.writer(text)
                 out.writerow(columns)
-                yield out.writerows
+                yield _fast_rows(text, out)
             finally:
                 text.detach()  # flushed into `raw`, which open_atomic closes
     except OSError as exc:
@@ -125,6 +125,34 @@ def writer(path: Path, columns: list[str]) -> Iterator[Callable[[Iterable[list[s
             f"{path}: cannot write it ({exc.strerror or exc}); free some space or fix the "
             "folder's permissions, then try again"
         ) from None
+
+
+def _fast_rows(text: io.TextIOWrapper, out: Any) -> Callable[[Iterable[list[str]]], None]:
+    """csv.writer's writerows, several times faster for the usual rows: a row none of whose
+    cells holds a comma, a quote, a CR or a LF is its cells joined by commas (what the
+    writer makes of it); the others go through the writer."""
+
+    def write_rows(rows: Iterable[list[str]]) -> None:
+        lines = []
+        for cells in rows:
+            line = ",".join(cells)
+            if (
+                '"' in line
+                or "\r" in line
+                or "\n" in line
+                or line.count(",") != len(cells) - 1
+                or len(cells) < 2  # one empty cell: the writer writes ""
+            ):
+                if lines:
+                    text.write("".join(lines))
+                    lines = []
+                out.writerow(cells)
+            else:
+                lines.append(line + "\r\n")
+        if lines:
+            text.write("".join(lines))
+
+    return write_rows
 
 
 def read(

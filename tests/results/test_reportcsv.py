@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -171,3 +172,17 @@ def test_read_parses_as_csv_reader_does(rows: list[list[str]], ending: str) -> N
     except csv.Error:
         got = csv.Error
     assert got == expected
+
+
+@given(st.lists(st.lists(_CELL, min_size=1, max_size=4), max_size=8))
+@settings(max_examples=300, deadline=None)
+def test_the_writer_writes_what_csv_writer_writes(rows: list[list[str]]) -> None:
+    """writer() joins plain rows itself: the file holds what csv.writer would write."""
+    buffer = io.StringIO(newline="")
+    csv.writer(buffer).writerows([["h1", "h2"], *rows])
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "report.csv"
+        with reportcsv.writer(path, ["h1", "h2"]) as write_rows:
+            write_rows(rows[:3])
+            write_rows(rows[3:])
+        assert path.read_bytes() == buffer.getvalue().encode("utf-8")
