@@ -208,12 +208,24 @@ class Dimension:
     aliases: list[str] = field(default_factory=list)  # keys that vary in lockstep with it
 
 
+_KEYS: dict[str, tuple[bool, str]] = {}  # a key -> (an input's?, its name)
+
+
 def dimension_value(job: JobRow, key: str) -> str:
     if key == "model":
         return job.model_id
-    kind, _, name = key.partition(".")
-    source = job.inputs if kind == "input" else job.vars
-    return show(source[name]) if name in source else ""
+    parsed = _KEYS.get(key)
+    if parsed is None:
+        kind, _, name = key.partition(".")
+        parsed = _KEYS[key] = (kind == "input", name)
+    source = job.inputs if parsed[0] else job.vars
+    value = source.get(parsed[1], _ABSENT)
+    if value is _ABSENT:
+        return ""
+    return value if type(value) is str else show(value)
+
+
+_ABSENT = object()
 
 
 def dimensions(jobs: list[JobRow]) -> list[Dimension]:

@@ -133,7 +133,7 @@ def _fast_rows(text: io.TextIOWrapper, out: Any) -> Callable[[Iterable[list[str]
     writer makes of it); the others go through the writer."""
 
     def write_rows(rows: Iterable[list[str]]) -> None:
-        lines = []
+        lines: list[str] = []
         for cells in rows:
             line = ",".join(cells)
             if (
