@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -206,6 +207,7 @@ def migrate(conn: sqlite3.Connection, run_dir: Path, *, writable: bool) -> tuple
         )
     if version < SCHEMA_VERSION and not writable:
         return _read_as_is(conn, version)
+    rebuilt = version < 6
     while version < SCHEMA_VERSION:
         version += 1
         with _transaction(conn, path):
@@ -216,6 +218,11 @@ def migrate(conn: sqlite3.Connection, run_dir: Path, *, writable: bool) -> tuple
                 "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
                 (str(version),),
             )
+    if rebuilt:
+        # Version 6 made both tables again: give the old pages back to the disk, once (the
+        # folder is whole without it, so a full disk only leaves them to be reused).
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("VACUUM")
     if writable:
         _revision(conn, path)
     have = {r[1] for r in conn.execute("PRAGMA table_info(jobs)")}

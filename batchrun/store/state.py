@@ -29,7 +29,7 @@ from batchrun.store.mirrored import Mirrored
 # are imported from records, their one home.
 from batchrun.store.records import (
     CANCELLED as CANCELLED,
-    COLUMNS,
+    COLUMNS_V6,
     ENCODED_FIELDS,
     FAILED as FAILED,
     NOT_FOUND,
@@ -82,7 +82,7 @@ class StateStore(transitions.RowTransitions):
         conn: sqlite3.Connection,
         lock_fd: int | None,
         # the columns to read jobs and attempts with (migrations.migrate)
-        columns: tuple[str, str] = (COLUMNS, ledger.COLUMNS),
+        columns: tuple[str, str] = (COLUMNS_V6, ledger.COLUMNS_V6),
     ) -> None:
         self.run_dir = run_dir
         self._conn = conn
