@@ -162,6 +162,45 @@ def bench_state(b: Bench) -> dict[str, Any]:
         if proc.rc != 0 and not proc.timed_out:
             out[f"{name}_stderr_tail"] = proc.stderr[-2000:]
     log(f"  report {report.wall_s:.2f} s (rc {report.rc}), rewritten {rewrite.wall_s:.2f} s")
+    out.update(real_run_bytes(b))
+    return out
+
+
+REAL_RUN_JOBS = 10_000  # the real run whose state.db is measured (about a minute)
+
+
+def real_run_bytes(b: Bench) -> dict[str, Any]:
+    """state.db bytes a job of a real finished run without files (`run --simulate`, download
+    off: each job's row and its ledger attempt), its WAL checkpointed; per table and index
+    where SQLite has dbstat."""
+    import sqlite3
+
+    n = REAL_RUN_JOBS
+    run_dir = b.tmp / "bytes-run"
+    manifest = write_scale_manifest(b.tmp / "bytes.yaml", jobs=n, out_dir=run_dir)
+    doc = yaml.safe_load(manifest.read_text())
+    doc["run"].update(rate_limit="100000/s", max_in_flight=400)
+    manifest.write_text(yaml.safe_dump(doc, sort_keys=False))
+    log(f"scale: state.db of a real run of {n:,} jobs (--simulate, no files)")
+    sim = ("--sim", "concurrency=0", "--sim", "run_time=0.01")
+    m = run_measured(
+        batchrun_cmd("run", str(manifest), "--simulate", "--quiet", *sim), timeout=b.params.cap_s
+    )
+    out: dict[str, Any] = {"real_run_jobs": n, "real_run_rc": m.rc}
+    db = run_dir / "state.db"
+    if m.rc != 0 or not db.exists():
+        out["real_run_stderr_tail"] = m.stderr[-2000:]
+        return out
+    conn = sqlite3.connect(db)
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    try:
+        parts = conn.execute("SELECT name, SUM(pgsize) FROM dbstat GROUP BY name").fetchall()
+        out["real_run_bytes_by_table"] = {k: round(v / n, 1) for k, v in parts if v / n >= 1}
+    except sqlite3.OperationalError:  # an SQLite built without dbstat
+        pass
+    conn.close()
+    out["real_run_bytes_per_job"] = round(db.stat().st_size / n)
+    log(f"  {out['real_run_bytes_per_job']} bytes a job ({m.wall_s:.0f} s)")
     return out
 
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 from batchrun.plan.grid import Job
 from batchrun.store import state as st
+from batchrun.store.migrations import ATTEMPTS_V5, JOBS_V5
 from batchrun.store.state import StateStore
 
 
@@ -24,3 +26,37 @@ def queued_run_folder(run_dir: Path, api_base: str, jobs: int = 2) -> None:
             store.mark_submitting(f"j{i}")
             store.record_request_id(f"j{i}", f"req-{i}", 1.0)
             store.record_status(f"j{i}", st.QUEUED)
+
+
+def as_version_5(conn: sqlite3.Connection) -> None:
+    """Rewrite a state.db made now (schema 6) as batchrun made it at schema version 5: model
+    ids and origins in each row, request ids in each attempt, the full status index; the
+    rows as they are otherwise. `conn` is not in a transaction; the caller commits."""
+    name = "(SELECT name FROM names WHERE ref = {})"
+    conn.executescript(
+        f"""
+        BEGIN;
+        DROP TRIGGER IF EXISTS jobs_request_kept;
+        DROP TRIGGER IF EXISTS jobs_request_gone;
+        DROP INDEX IF EXISTS jobs_active;
+        DROP INDEX IF EXISTS attempts_job;
+        ALTER TABLE jobs RENAME TO jobs_v6;
+        ALTER TABLE attempts RENAME TO attempts_v6;
+        {JOBS_V5};
+        INSERT INTO jobs SELECT job_id, position, {name.format("model_id")}, inputs, vars,
+            repeat, status, request_id, attempts, error, submitted_at, started_at, finished_at,
+            cost_usd, output, files, in_manifest, updated_at, cached, saved_usd, retries_from
+            FROM jobs_v6 ORDER BY rowid;
+        CREATE INDEX jobs_status ON jobs (status);
+        {ATTEMPTS_V5};
+        INSERT INTO attempts SELECT a.seq, a.job_id, a.attempt, {name.format("a.model_id")},
+            {name.format("a.origin")}, a.sent_at, a.answer, CASE a.request_id WHEN '' THEN
+            (SELECT request_id FROM jobs j WHERE j.job_id = a.job_id) ELSE a.request_id END,
+            a.estimate_usd, a.actual_usd, a.saved_usd, a.finished_at FROM attempts_v6 a;
+        DROP TABLE jobs_v6;
+        DROP TABLE attempts_v6;
+        DROP TABLE names;
+        UPDATE meta SET value = '5' WHERE key = 'schema_version';
+        COMMIT;
+        """
+    )

@@ -106,7 +106,12 @@ class SimApp:
         # Accepted jobs that will be billed (not failing, not cancelled): request id -> USD,
         # what `balance` is measured against.
         self._committed: dict[str, float] = {}
+        # `_billing` makes a submit's balance check and its acceptance one step; `_committed`
+        # is only touched under `_committed_lock`, held for a dict operation and nothing else
+        # (the job scheduler, holding the queue's lock, releases a failed job's amount: taking
+        # `_billing` there would deadlock with a submit holding it and waiting for the queue).
         self._billing = threading.Lock()
+        self._committed_lock = threading.Lock()
 
     def reload(self) -> int:
         """Take back the journal's jobs (call once base_url is final); returns how many."""
@@ -140,7 +145,7 @@ class SimApp:
         self.files.clear()
         self.stats.reset()
         self.faults.reset()
-        with self._billing:
+        with self._committed_lock:
             self._committed.clear()
         if self.journal is not None:
             self.journal.clear()
@@ -256,11 +261,14 @@ class SimApp:
         price = catalog.cost(catalog.CATALOG[model_id], inputs)
         with self._billing:
             balance = self.settings.balance
-            if balance is not None and sum(self._committed.values()) + price > balance + 1e-9:
+            with self._committed_lock:
+                committed = sum(self._committed.values())
+            if balance is not None and committed + price > balance + 1e-9:
                 return api_error(402, 400002, "insufficient balance: top up your account")
             job = self.queue.submit(model_id, inputs, ident)
             if not job.fails or self.settings.bill_on == "accept":
-                self._committed[job.request_id] = price
+                with self._committed_lock:
+                    self._committed[job.request_id] = price
         if self.settings.bill_on == "accept":
             self.stats.billed(job.request_id, ident, price)
         if self.journal is not None:
@@ -331,7 +339,7 @@ class SimApp:
         self._asked(request_id)
         outcome = self.queue.cancel(job)
         if outcome == "cancelled":
-            with self._billing:
+            with self._committed_lock:
                 self._committed.pop(request_id, None)
             self.stats.unbill(request_id)  # billed at the door: a cancelled job is refunded
         if outcome == "cancelled" and self.journal is not None:
@@ -419,5 +427,5 @@ class SimApp:
     def _finish(self, job: Job) -> None:
         finish_job(job, self.settings, self.files, self.stats, self.base_url)
         if job.fails and self.settings.bill_on != "accept":  # e.g. an input it could not fetch
-            with self._billing:
+            with self._committed_lock:
                 self._committed.pop(job.request_id, None)

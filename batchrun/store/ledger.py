@@ -42,6 +42,17 @@ COLUMNS = (
     "job_id, attempt, model_id, origin, sent_at, answer, request_id, estimate_usd, actual_usd, "
     "saved_usd, finished_at"
 )
+# The same for SQLite's state.db of version 6 (store/migrations.py): the model id and origin
+# held once in `names`, and a request id of '' meaning the job's own.
+COLUMNS_V6 = COLUMNS.replace(
+    "model_id, origin",
+    "(SELECT name FROM names WHERE ref = attempts.model_id), "
+    "(SELECT name FROM names WHERE ref = attempts.origin)",
+).replace(
+    "request_id",
+    "CASE attempts.request_id WHEN '' THEN (SELECT j.request_id FROM jobs j WHERE "
+    "j.job_id = attempts.job_id) ELSE attempts.request_id END",
+)
 
 _ZERO = Decimal(0)
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -11,14 +12,16 @@ from pathlib import Path
 
 from batchrun import __version__
 from batchrun.errors import StateError
-from batchrun.store import lock as folder_lock, mirrored
-from batchrun.store.records import COLUMNS, COLUMNS_V1, COLUMNS_V3
+from batchrun.store import ledger, lock as folder_lock, mirrored
+from batchrun.store.records import COLUMNS, COLUMNS_V1, COLUMNS_V3, COLUMNS_V6
 
 # 1: the first; 2: jobs.cached and jobs.saved_usd (the cross-run cache); 3: the attempts
 # table (the ledger: one row per submit attempt, appended, never rewritten away); 4: the
 # mirrored table (what outputs.mirror has copied to its bucket); 5: jobs.retries_from (where
-# a job's allowance of retries began)
-SCHEMA_VERSION = 5
+# a job's allowance of retries began); 6: compact rows (model ids and origins stored once, in
+# `names`; an attempt's request id stored once when it is its job's; the status index holds
+# unfinished jobs only; times no one reads exactly kept to the second)
+SCHEMA_VERSION = 6
 STATE_FILE = "state.db"
 
 
@@ -39,6 +42,29 @@ CREATE TABLE IF NOT EXISTS attempts (
 );
 CREATE INDEX IF NOT EXISTS attempts_job ON attempts (job_id);
 """
+
+# Version 6 stores each model id and origin once, in `names`; the jobs' model_id and the
+# attempts' model_id and origin hold its `ref` (records.columns and ledger.columns read the
+# names back). An attempt's request_id is '' when it is its job's request_id (the job's row
+# holds it; a trigger writes it back into the attempt before the job's changes or goes).
+# The attempts table of version 5 (and JOBS_V5 below), as a test makes a folder of that version.
+ATTEMPTS_V5 = _ATTEMPTS.split(";")[0].replace(" IF NOT EXISTS", "")
+_NAMES = "CREATE TABLE IF NOT EXISTS names (ref INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE)"
+_ATTEMPTS_V6 = _ATTEMPTS.replace("model_id TEXT NOT NULL", "model_id INTEGER NOT NULL").replace(
+    "origin TEXT NOT NULL DEFAULT ''", "origin INTEGER NOT NULL"
+)
+# Only unfinished jobs are looked up by status (status, requeue, a resume's submits in the
+# air); finished ones, most of a large folder, stay out of the index.
+ACTIVE = "status NOT IN ('succeeded', 'failed', 'timed_out', 'cancelled')"
+_ACTIVE_INDEX = f"CREATE INDEX IF NOT EXISTS jobs_active ON jobs (status) WHERE {ACTIVE}"
+_REQUEST_KEPT = [
+    "CREATE TRIGGER IF NOT EXISTS jobs_request_kept BEFORE UPDATE OF request_id ON jobs "
+    "WHEN OLD.request_id IS NOT NEW.request_id BEGIN UPDATE attempts SET request_id = "
+    "OLD.request_id WHERE job_id = OLD.job_id AND request_id = ''; END",
+    "CREATE TRIGGER IF NOT EXISTS jobs_request_gone BEFORE DELETE ON jobs BEGIN UPDATE "
+    "attempts SET request_id = OLD.request_id WHERE job_id = OLD.job_id AND request_id = ''; "
+    "END",
+]
 
 # A folder made before the ledger: one attempt for what each job's row shows (its request, an
 # unknown submit, a cache hit), and one unknown attempt for each earlier attempt it counted
@@ -64,9 +90,7 @@ _BACKFILL = (
     "OR status IN ('unknown', 'submitting')",
 )
 
-_SCHEMA = (
-    """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+_JOBS = """
 CREATE TABLE IF NOT EXISTS jobs (
     job_id TEXT PRIMARY KEY,
     position INTEGER NOT NULL,
@@ -89,12 +113,51 @@ CREATE TABLE IF NOT EXISTS jobs (
     cached INTEGER NOT NULL DEFAULT 0,
     saved_usd REAL,
     retries_from INTEGER NOT NULL DEFAULT 0
-);
-CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status);
-"""
-    + _ATTEMPTS
-    + ";"
-    + mirrored.TABLE
+)"""
+JOBS_V5 = _JOBS.replace(" IF NOT EXISTS", "")
+_JOBS_V6 = _JOBS.replace("model_id TEXT NOT NULL", "model_id INTEGER NOT NULL")
+
+_SCHEMA = [
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    _NAMES,
+    _JOBS_V6,
+    _ACTIVE_INDEX,
+    *[stmt for stmt in _ATTEMPTS_V6.split(";") if stmt.strip()],
+    mirrored.TABLE,
+    *_REQUEST_KEPT,
+]
+
+# Version 5 -> 6: both tables made again in the compact form, their rows copied over.
+_JOB_FIELDS = (
+    "job_id, position, inputs, vars, repeat, status, request_id, attempts, error, "
+    "submitted_at, started_at, finished_at, cost_usd, output, files, in_manifest, cached, "
+    "saved_usd, retries_from"
+)
+_ORIGIN = "COALESCE((SELECT value FROM meta WHERE key = 'origin'), '')"
+_TO_V6 = (
+    _NAMES,
+    "INSERT OR IGNORE INTO names (name) SELECT model_id FROM jobs UNION SELECT model_id FROM "
+    f"attempts UNION SELECT origin FROM attempts UNION SELECT {_ORIGIN}",
+    "DROP INDEX IF EXISTS jobs_status",
+    "DROP INDEX IF EXISTS attempts_job",
+    "ALTER TABLE jobs RENAME TO jobs_v5",
+    "ALTER TABLE attempts RENAME TO attempts_v5",
+    _JOBS_V6,
+    f"INSERT INTO jobs ({_JOB_FIELDS}, model_id, updated_at) SELECT {_JOB_FIELDS}, "
+    "(SELECT ref FROM names WHERE name = model_id), ROUND(updated_at) FROM jobs_v5 "
+    "ORDER BY rowid",
+    "DROP TABLE jobs_v5",
+    _ACTIVE_INDEX,
+    *[stmt for stmt in _ATTEMPTS_V6.split(";") if stmt.strip()],
+    "INSERT INTO attempts (seq, job_id, attempt, model_id, origin, sent_at, answer, "
+    "request_id, estimate_usd, actual_usd, saved_usd, finished_at) SELECT a.seq, a.job_id, "
+    "a.attempt, (SELECT ref FROM names WHERE name = a.model_id), (SELECT ref FROM names WHERE "
+    "name = a.origin), ROUND(a.sent_at), a.answer, CASE WHEN a.request_id <> '' AND "
+    "a.request_id = (SELECT j.request_id FROM jobs j WHERE j.job_id = a.job_id) THEN '' ELSE "
+    "a.request_id END, a.estimate_usd, a.actual_usd, a.saved_usd, ROUND(a.finished_at) "
+    "FROM attempts_v5 a ORDER BY a.seq",
+    "DROP TABLE attempts_v5",
+    *_REQUEST_KEPT,
 )
 
 
@@ -121,13 +184,15 @@ _MIGRATIONS = {
     4: (mirrored.TABLE,),
     # Attempts made before count against the allowance: a migrated folder grants no more.
     5: ("ALTER TABLE jobs ADD COLUMN retries_from INTEGER NOT NULL DEFAULT 0",),
+    6: _TO_V6,
 }
 
 
-def migrate(conn: sqlite3.Connection, run_dir: Path, *, writable: bool) -> str:
+def migrate(conn: sqlite3.Connection, run_dir: Path, *, writable: bool) -> tuple[str, str]:
     """Create the tables of a new state.db (`conn`, not in a transaction), or bring an older
     one to SCHEMA_VERSION; refuse one that is newer, edited or damaged (StateError with the
-    fix). Returns the columns to read its jobs with (records.COLUMNS, unless read as is)."""
+    fix). Returns the columns to read its jobs and its attempts with (records.COLUMNS_V6 and
+    ledger.COLUMNS_V6, unless read as is)."""
     path = run_dir / STATE_FILE
     tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
     if "meta" not in tables:
@@ -142,6 +207,7 @@ def migrate(conn: sqlite3.Connection, run_dir: Path, *, writable: bool) -> str:
         )
     if version < SCHEMA_VERSION and not writable:
         return _read_as_is(conn, version)
+    rebuilt = version < 6
     while version < SCHEMA_VERSION:
         version += 1
         with _transaction(conn, path):
@@ -152,6 +218,11 @@ def migrate(conn: sqlite3.Connection, run_dir: Path, *, writable: bool) -> str:
                 "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
                 (str(version),),
             )
+    if rebuilt:
+        # Version 6 made both tables again: give the old pages back to the disk, once (the
+        # folder is whole without it, so a full disk only leaves them to be reused).
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("VACUUM")
     if writable:
         _revision(conn, path)
     have = {r[1] for r in conn.execute("PRAGMA table_info(jobs)")}
@@ -161,17 +232,18 @@ def migrate(conn: sqlite3.Connection, run_dir: Path, *, writable: bool) -> str:
             f"{path}: its jobs table has no column {', '.join(missing)} (was it edited?); "
             f"restore the file from a copy, or move {run_dir} aside and run again"
         )
-    return COLUMNS
+    return COLUMNS_V6, ledger.COLUMNS_V6
 
 
-def _read_as_is(conn: sqlite3.Connection, version: int) -> str:
+def _read_as_is(conn: sqlite3.Connection, version: int) -> tuple[str, str]:
     """An older state.db read as it is (status, merge's sources): the missing columns read as
     defaults, and the ledger of a folder made before it is built in a temporary table, as the
     migration would build it; so is its (empty) mirrored table."""
     conn.execute(mirrored.TABLE.replace("TABLE IF NOT EXISTS", "TEMP TABLE"))
     if version < 3:
         _temporary_ledger(conn, version)
-    return COLUMNS_V1 if version < 2 else COLUMNS_V3 if version < 5 else COLUMNS
+    jobs = COLUMNS_V1 if version < 2 else COLUMNS_V3 if version < 5 else COLUMNS
+    return jobs, ledger.COLUMNS
 
 
 def _temporary_ledger(conn: sqlite3.Connection, version: int) -> None:
@@ -186,9 +258,8 @@ def _temporary_ledger(conn: sqlite3.Connection, version: int) -> None:
 
 def _create(conn: sqlite3.Connection, path: Path) -> None:
     with _transaction(conn, path):
-        for stmt in _SCHEMA.split(";"):
-            if stmt.strip():
-                conn.execute(stmt)
+        for stmt in _SCHEMA:
+            conn.execute(stmt)
         conn.executemany(
             "INSERT INTO meta (key, value) VALUES (?, ?)",
             [
@@ -203,7 +274,7 @@ def _revision(conn: sqlite3.Connection, path: Path) -> None:
     """The revision counter and its triggers, when missing (see REVISION_KEY)."""
     names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")}
     have = conn.execute("SELECT 1 FROM meta WHERE key = ?", (REVISION_KEY,)).fetchone()
-    if have and len(names) >= len(_TRIGGERS):
+    if have and all(stmt.split()[5] in names for stmt in _TRIGGERS):
         return
     with _transaction(conn, path):
         conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES (?, '0')", (REVISION_KEY,))

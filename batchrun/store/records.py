@@ -154,6 +154,11 @@ COLUMNS = (
 # (before `cached` too), read without migrating it.
 COLUMNS_V3 = COLUMNS.replace("retries_from", "0 AS retries_from")
 COLUMNS_V1 = COLUMNS_V3.replace("cached, saved_usd", "0 AS cached, NULL AS saved_usd")
+# The same for SQLite's state.db of version 6, whose jobs hold a ref to the model id in `names`
+# (the PostgreSQL backend reads COLUMNS).
+COLUMNS_V6 = COLUMNS.replace(
+    "model_id", "(SELECT name FROM names WHERE ref = jobs.model_id) AS model_id", 1
+)
 
 
 def dumps(value: Any) -> str:

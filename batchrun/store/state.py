@@ -15,6 +15,7 @@ from typing import Any
 from batchrun.errors import StateError
 from batchrun.store import ledger, lock as folder_lock, mirrored, records, transitions
 from batchrun.store.migrations import (
+    ACTIVE,
     REVISION_KEY,
     SCHEMA_VERSION as SCHEMA_VERSION,
     STATE_FILE as STATE_FILE,
@@ -28,7 +29,7 @@ from batchrun.store.mirrored import Mirrored
 # are imported from records, their one home.
 from batchrun.store.records import (
     CANCELLED as CANCELLED,
-    COLUMNS,
+    COLUMNS_V6,
     ENCODED_FIELDS,
     FAILED as FAILED,
     NOT_FOUND,
@@ -51,6 +52,16 @@ from batchrun.store.transitions import Changes
 from batchrun.util.gcpause import gc_paused
 
 _PAGE = 2000  # rows a cursor reads at a time (iter_rows)
+_REF = "(SELECT ref FROM names WHERE name = ?)"  # a model id's or origin's ref (schema 6)
+_ORIGIN_REF = (
+    "(SELECT ref FROM names WHERE name = COALESCE((SELECT value FROM meta WHERE key = "
+    "'origin'), ''))"
+)
+# An attempt's request id as stored: '' when it is its job's (the job's row holds it).
+_REQUEST = (
+    "CASE WHEN ? <> '' AND ? = (SELECT request_id FROM jobs WHERE job_id = ?) THEN '' ELSE "
+    "COALESCE(?, request_id) END"
+)
 
 
 class StateStore(transitions.RowTransitions):
@@ -70,7 +81,8 @@ class StateStore(transitions.RowTransitions):
         run_dir: Path,
         conn: sqlite3.Connection,
         lock_fd: int | None,
-        columns: str = COLUMNS,  # COLUMNS_V1 for a version 1 file opened read-only
+        # the columns to read jobs and attempts with (migrations.migrate)
+        columns: tuple[str, str] = (COLUMNS_V6, ledger.COLUMNS_V6),
     ) -> None:
         self.run_dir = run_dir
         self._conn = conn
@@ -78,7 +90,7 @@ class StateStore(transitions.RowTransitions):
         self._mutex = threading.RLock()
         self._batch: bool | None = None  # the open batch's durability; None: no batch open
         self._depth = 0  # transactions open inside one another (the outer one commits)
-        self._columns = columns
+        self._columns, self._attempt_columns = columns
 
     # ---- opening ------------------------------------------------------------------------
 
@@ -253,7 +265,8 @@ class StateStore(transitions.RowTransitions):
             if known == {j.job_id: j.position for j in jobs}:
                 removed = conn.execute("SELECT COUNT(*) FROM jobs WHERE in_manifest = 0")
                 return 0, removed.fetchone()[0]
-            now = time.time()
+            now = round(time.time())
+            self._names(conn, {j.model_id for j in jobs})
             rows = [
                 (
                     j.job_id,
@@ -270,8 +283,8 @@ class StateStore(transitions.RowTransitions):
             conn.execute("UPDATE jobs SET in_manifest = 0 WHERE in_manifest = 1")
             conn.executemany(
                 "INSERT INTO jobs (job_id, position, model_id, inputs, vars, repeat, "
-                "updated_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(job_id) DO UPDATE SET "
-                "position = excluded.position, in_manifest = 1",
+                f"updated_at) VALUES (?, ?, {_REF}, ?, ?, ?, ?) ON CONFLICT(job_id) DO UPDATE "
+                "SET position = excluded.position, in_manifest = 1",
                 rows,
             )
             after = conn.execute("SELECT COUNT(*) FROM jobs").fetchone()[0]
@@ -295,6 +308,8 @@ class StateStore(transitions.RowTransitions):
             wanted = list(statuses)
             where.append(f"status IN ({', '.join('?' for _ in wanted)})")
             params += wanted
+            if not TERMINAL.intersection(wanted):
+                where.append(ACTIVE)  # the index of unfinished jobs serves the query
         clause = f"WHERE {' AND '.join(where)} " if where else ""
         with self._mutex:
             cur = self._conn.cursor()
@@ -432,7 +447,8 @@ class StateStore(transitions.RowTransitions):
         """The models of the jobs in the manifest, sorted."""
         with self._mutex:
             cur = self._conn.execute(
-                "SELECT DISTINCT model_id FROM jobs WHERE in_manifest = 1 ORDER BY model_id"
+                "SELECT DISTINCT model_id FROM "
+                f"(SELECT {self._columns} FROM jobs WHERE in_manifest = 1) ORDER BY model_id"
             )
             return [r[0] for r in cur.fetchall()]
 
@@ -457,7 +473,7 @@ class StateStore(transitions.RowTransitions):
         with self._tx(durable=durable) as conn:
             cur = conn.execute(
                 f"UPDATE jobs SET {sets}, updated_at = ? WHERE job_id = ?",
-                (*params, time.time(), job_id),
+                (*params, round(time.time()), job_id),
             )
             if cur.rowcount != 1:
                 raise StateError(f"{self.run_dir}: no job {job_id} in {STATE_FILE}")
@@ -518,15 +534,16 @@ class StateStore(transitions.RowTransitions):
         ledger: a baseline holds each job's approved result and what that result cost, not
         the history of the results it replaced."""
         with self._tx(durable=True) as conn:
+            self._names(conn, {row.model_id})
             conn.execute(
                 "INSERT INTO jobs (job_id, position, model_id, inputs, vars, repeat, "
-                "updated_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(job_id) DO UPDATE SET "
-                "position = excluded.position, model_id = excluded.model_id, "
+                f"updated_at) VALUES (?, ?, {_REF}, ?, ?, ?, ?) ON CONFLICT(job_id) DO UPDATE "
+                "SET position = excluded.position, model_id = excluded.model_id, "
                 "inputs = excluded.inputs, vars = excluded.vars, repeat = excluded.repeat, "
                 "in_manifest = 1",
                 (
                     row.job_id, row.position, row.model_id, dumps(row.inputs), dumps(row.vars),
-                    row.repeat, time.time(),
+                    row.repeat, round(time.time()),
                 ),
             )  # fmt: skip
             self._update(row.job_id, transitions.import_job(row))
@@ -544,7 +561,7 @@ class StateStore(transitions.RowTransitions):
     def attempts(self) -> list[ledger.Attempt]:
         """Every submit attempt of the folder, in the order they were made."""
         with self._mutex:
-            cur = self._conn.execute(f"SELECT {ledger.COLUMNS} FROM attempts ORDER BY seq")
+            cur = self._conn.execute(f"SELECT {self._attempt_columns} FROM attempts ORDER BY seq")
             return [ledger.Attempt.from_row(r) for r in cur.fetchall()]
 
     def close_attempt(
@@ -557,14 +574,17 @@ class StateStore(transitions.RowTransitions):
                 "UPDATE attempts SET answer = COALESCE(?, answer), "
                 "actual_usd = COALESCE(actual_usd, ?), finished_at = COALESCE(finished_at, ?) "
                 "WHERE seq = (SELECT MAX(seq) FROM attempts WHERE job_id = ?)",
-                (answer, None if actual is None else str(actual), time.time(), job_id),
+                (answer, None if actual is None else str(actual), round(time.time()), job_id),
             )
 
     def append_attempts(self, attempts: Iterable[ledger.Attempt]) -> None:
         """Copy attempts made elsewhere (a merged shard's), as they are."""
+        attempts = list(attempts)
         with self._tx() as conn:
+            self._names(conn, {a.model_id for a in attempts} | {a.origin for a in attempts})
             conn.executemany(
-                f"INSERT INTO attempts ({ledger.COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                f"INSERT INTO attempts ({ledger.COLUMNS}) VALUES "
+                f"(?, ?, {_REF}, {_REF}, ?, ?, ?, ?, ?, ?, ?)",
                 [
                     (
                         a.job_id, a.attempt, a.model_id, a.origin, a.sent_at, a.answer,
@@ -574,6 +594,10 @@ class StateStore(transitions.RowTransitions):
                     for a in attempts
                 ],
             )  # fmt: skip
+
+    def _names(self, conn: sqlite3.Connection, names: Iterable[str]) -> None:
+        """Every one of `names` (model ids, origins) in the names table, so _REF finds it."""
+        conn.executemany("INSERT OR IGNORE INTO names (name) VALUES (?)", [(n,) for n in names])
 
     def _add_attempt(
         self,
@@ -586,17 +610,22 @@ class StateStore(transitions.RowTransitions):
         saved: Decimal | None = None,
         finished: bool = False,
     ) -> None:
-        now = time.time()
+        now = round(time.time())  # an attempt's times are kept to the second
+        self._conn.execute(
+            "INSERT OR IGNORE INTO names (name) VALUES "
+            "(COALESCE((SELECT value FROM meta WHERE key = 'origin'), ''))"
+        )
         self._conn.execute(
             "INSERT INTO attempts (job_id, attempt, model_id, origin, sent_at, answer, "
             "request_id, estimate_usd, actual_usd, saved_usd, finished_at) "
             "SELECT job_id, (SELECT COALESCE(MAX(attempt), 0) + 1 FROM attempts WHERE job_id = "
-            "?), model_id, COALESCE((SELECT value FROM meta WHERE key = 'origin'), ''), ?, ?, ?, "
+            f"?), model_id, {_ORIGIN_REF}, ?, ?, CASE WHEN ? = request_id THEN '' ELSE ? END, "
             "?, ?, ?, ? FROM jobs WHERE job_id = ?",
             (
                 job_id,
                 None if answer == ledger.CACHED else now,
                 answer,
+                request_id,
                 request_id,
                 _text(estimate),
                 _text(actual),
@@ -610,10 +639,13 @@ class StateStore(transitions.RowTransitions):
         """The answer to the job's submit in the air (its latest attempt, `sending` or
         `unknown`); False when it has none."""
         cur = self._conn.execute(
-            "UPDATE attempts SET answer = ?, request_id = COALESCE(?, request_id) WHERE seq = "
+            f"UPDATE attempts SET answer = ?, request_id = {_REQUEST} WHERE seq = "
             "(SELECT MAX(seq) FROM attempts WHERE job_id = ?) AND answer IN (?, ?)",
-            (answer, request_id, job_id, ledger.SENDING, ledger.UNKNOWN),
-        )
+            (
+                answer, request_id, request_id, job_id, request_id, job_id, ledger.SENDING,
+                ledger.UNKNOWN,
+            ),
+        )  # fmt: skip
         return cur.rowcount == 1
 
     def record_cached(
@@ -663,7 +695,7 @@ class StateStore(transitions.RowTransitions):
             which, args = f"(status IN ({marks}) AND NOT {unread})", (*statuses, *unread_args)
         sets, params = assignments(transitions.requeue(error))
         update = f"UPDATE jobs SET {sets}, updated_at = ? WHERE in_manifest = 1 AND {which}"
-        values = (*params, time.time(), *args)
+        values = (*params, round(time.time()), *args)
         with self._tx() as conn:
             if only is None:
                 return conn.execute(update, values).rowcount
@@ -679,8 +711,8 @@ class StateStore(transitions.RowTransitions):
             )
             sets, params = assignments(transitions.mark_unknown(error))
             cur = conn.execute(
-                f"UPDATE jobs SET {sets}, updated_at = ? WHERE status = ?",
-                (*params, time.time(), SUBMITTING),
+                f"UPDATE jobs SET {sets}, updated_at = ? WHERE status = ? AND {ACTIVE}",
+                (*params, round(time.time()), SUBMITTING),
             )
             return cur.rowcount
 

@@ -23,6 +23,7 @@ from batchrun.run.cache import ENTRY, Cache
 from batchrun.run.engine import RunOptions, run_batch
 from batchrun.simulator import SimSettings, Simulator
 from batchrun.store.state import SCHEMA_VERSION, StateStore
+from testing.folders import as_version_5
 
 TOKEN = "tok-cache-81d2"
 T2I = "google/nano-banana-2-lite/text-to-image"
@@ -205,6 +206,7 @@ def test_a_version_1_state_db_is_read_as_is_and_migrated_by_a_run(tmp_path) -> N
     with StateStore.open(folder) as store:
         store.add_jobs([Job("j1", T2I, {"prompt": "x"}, {}, 0, 0)])
     conn = sqlite3.connect(folder / "state.db")
+    as_version_5(conn)
     with conn:  # what batchrun made before the cache: no cached / saved_usd columns
         conn.execute("ALTER TABLE jobs DROP COLUMN cached")
         conn.execute("ALTER TABLE jobs DROP COLUMN saved_usd")
@@ -216,7 +218,7 @@ def test_a_version_1_state_db_is_read_as_is_and_migrated_by_a_run(tmp_path) -> N
         assert [(r.job_id, r.cached, r.saved_usd) for r in store.rows()] == [("j1", False, None)]
         assert store.meta()["schema_version"] == "1"  # read, not changed
     with StateStore.open(folder) as store:  # a run
-        assert store.meta()["schema_version"] == str(SCHEMA_VERSION) == "5"
+        assert store.meta()["schema_version"] == str(SCHEMA_VERSION) == "6"
         assert store.get("j1").cached is False and store.attempts() == []
 
 

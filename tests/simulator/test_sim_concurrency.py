@@ -3,6 +3,8 @@ distributions, and the run times the server reports in /_sim/stats."""
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 from simhelpers import T2I, SimClient, wait_for
 
@@ -120,3 +122,24 @@ def test_a_concurrency_flag_wins_over_workers_in_the_file(tmp_path) -> None:
     config.write_text("workers: 2\n")
     assert load_settings(str(config), {"concurrency": 7}).concurrency == 7
     assert load_settings(str(config), {"concurrency": None}).concurrency == 2
+
+
+def test_failing_jobs_finishing_while_submits_arrive_never_lock_the_server(make_sim) -> None:
+    """The job scheduler releases a failed job's amount while it holds the queue's lock; a
+    submit holds the billing lock while it enters the queue: the two must not wait on each
+    other (they did: a server with failing jobs and submits arriving stopped answering)."""
+    client = SimClient(make_sim(run_time=0.0, fail_rate=1.0, concurrency=0))
+    done: list[int] = []
+
+    def submits(worker: int) -> None:
+        for i in range(60):
+            client.submit_ok(T2I, {"prompt": f"w{worker} p{i}"})
+        done.append(worker)
+
+    threads = [threading.Thread(target=submits, args=(w,), daemon=True) for w in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert sorted(done) == list(range(6)), "the simulator stopped answering submits"
+    wait_for(lambda: client.sim.stats()["jobs"]["failed"] == 360)

@@ -16,6 +16,7 @@ from batchrun.store.ledger import Attempt, books
 from batchrun.store.migrations import SCHEMA_VERSION
 from batchrun.store.records import JobRow
 from batchrun.store.state import StateStore
+from testing.folders import as_version_5
 
 
 @dataclass(frozen=True)
@@ -108,6 +109,7 @@ def test_a_folder_made_before_the_ledger_gets_one_built(tmp_path: Path):
         s.import_job(JobRow("j3", 3, "m/x", {}, status=st.QUEUED, request_id="r3",
                                attempts=3))  # fmt: skip
     conn = sqlite3.connect(folder / "state.db")
+    as_version_5(conn)
     with conn:  # as batchrun made it before the ledger
         conn.execute("ALTER TABLE jobs DROP COLUMN retries_from")
         conn.execute("DROP TABLE attempts")
@@ -145,6 +147,7 @@ def test_a_folder_made_before_retries_from_counts_every_attempt_against_the_allo
             s.record_request_id("j0", f"r{n}", 1.0)
         s.close_attempt("j0", actual=Decimal("0.05"))
     conn = sqlite3.connect(folder / "state.db")
+    as_version_5(conn)
     with conn:  # as batchrun made it before jobs.retries_from (version 4: the mirror)
         conn.execute("ALTER TABLE jobs DROP COLUMN retries_from")
         conn.execute("UPDATE meta SET value = '3' WHERE key = 'schema_version'")

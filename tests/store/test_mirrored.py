@@ -8,6 +8,7 @@ from pathlib import Path
 
 from batchrun.store.mirrored import Mirrored, urls_by_job
 from batchrun.store.state import SCHEMA_VERSION, StateStore
+from testing.folders import as_version_5
 
 
 def _record(url: str, job_id: str = "j1", name: str = "files/j1/a.png") -> Mirrored:
@@ -42,6 +43,7 @@ def test_a_folder_of_version_3_is_read_as_is_and_migrated_by_a_run(tmp_path: Pat
     with StateStore.open(tmp_path) as s:
         pass
     conn = sqlite3.connect(tmp_path / "state.db")
+    as_version_5(conn)
     with conn:  # as batchrun made it before the mirror
         conn.execute("DROP TABLE mirrored")
         conn.execute("ALTER TABLE jobs DROP COLUMN retries_from")

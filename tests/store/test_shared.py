@@ -100,15 +100,17 @@ def test_a_held_lease_keeps_jobs_and_a_lapsed_one_hands_them_over(pg_url: str) -
 
 def test_the_rate_window_is_shared_by_every_worker(pg_url: str) -> None:
     workers = [opened(pg_url, f"w{i}") for i in range(3)]
-    limit, times, lock = 20, [], threading.Lock()
-    end = time.monotonic() + 1.6
+    limit, lock = 20, threading.Lock()
+    taken: list[tuple[float, float]] = []  # (asked, answered) of each call let through
+    end = time.time() + 1.6
 
     def work(w: SharedState) -> None:
-        while time.monotonic() < end:
+        while time.time() < end:
+            asked = time.time()
             wait = w.take_call(limit)
             if wait == 0.0:
                 with lock:
-                    times.append(time.monotonic())
+                    taken.append((asked, time.time()))
             else:
                 time.sleep(min(wait, 0.05))
 
@@ -117,12 +119,13 @@ def test_the_rate_window_is_shared_by_every_worker(pg_url: str) -> None:
         t.start()
     for t in threads:
         t.join()
-    times.sort()
-    busiest = max(sum(1 for u in times if t <= u < t + 1.0) for t in times)
-    # The window is the database's clock; the times seen here, after each answer, may be
-    # late by a scheduling delay on a loaded machine (without the window: thousands).
-    assert busiest <= limit + 2
-    assert len(times) >= limit  # it did let calls through: at least one window's worth
+    # Each call took its place, on the database's clock (this machine's), between asking and
+    # the answer: the calls asked and answered inside one second certainly fell in it, however
+    # late a loaded machine ran a thread (without the window: thousands).
+    starts = sorted(asked for asked, _ in taken)
+    busiest = max(sum(1 for a, b in taken if s <= a and b < s + 1.0) for s in starts)
+    assert busiest <= limit
+    assert len(taken) >= limit  # it did let calls through: at least one window's worth
 
 
 def test_reservations_never_pass_the_cap_with_workers_at_once(pg_url: str) -> None:
