@@ -114,7 +114,13 @@ def bench_state(b: Bench) -> dict[str, Any]:
         counts = sim_delta(before, sim.stats())
     log(f"  resume {resume.wall_s:.2f} s (rc {resume.rc}); `batchrun status`, `report`, `compare`")
     status = run_measured(batchrun_cmd("status", str(run_dir)), timeout=b.params.cap_s)
+    # The reports the run wrote are current: `report` leaves them. Then a report in another
+    # grid (rows b, columns a): every file made again.
     report = run_measured(batchrun_cmd("report", str(run_dir)), timeout=b.params.cap_s)
+    regrid = ("report", str(run_dir), "--rows", "b", "--cols", "a")
+    rewrite = run_measured(
+        batchrun_cmd(*regrid, profile=b.profile("report")), timeout=b.params.cap_s
+    )
     compare = run_measured(
         batchrun_cmd("compare", str(run_dir), str(run_dir)), timeout=b.params.cap_s
     )
@@ -122,7 +128,9 @@ def bench_state(b: Bench) -> dict[str, Any]:
     out = {
         "jobs": n,
         # A step killed at the cap still gives a figure (at least the cap): not an error.
-        "rc": max((m.rc for m in (first, resume, status, report) if not m.timed_out), default=0),
+        "rc": max(
+            (m.rc for m in (first, resume, status, report, rewrite) if not m.timed_out), default=0
+        ),
         "resume_timed_out": resume.timed_out,
         "report_timed_out": report.timed_out,
         **built,
@@ -137,6 +145,9 @@ def bench_state(b: Bench) -> dict[str, Any]:
         "report_wall_s": round(report.wall_s, 3),
         "report_cpu_s": round(report.cpu_s, 3),
         "report_maxrss_mb": round(report.maxrss_mb, 1),
+        "report_rewrite_wall_s": round(rewrite.wall_s, 3),
+        "report_rewrite_cpu_s": round(rewrite.cpu_s, 3),
+        "report_rewrite_maxrss_mb": round(rewrite.maxrss_mb, 1),
         # report.html is paged: what a browser opens first, and how many pages there are
         "report_html_first_kb": round((run_dir / "report.html").stat().st_size / 1024, 1),
         "report_html_pages": len(list(run_dir.glob("report*.html"))),
@@ -146,10 +157,11 @@ def bench_state(b: Bench) -> dict[str, Any]:
         "compare_maxrss_mb": round(compare.maxrss_mb, 1),
         "state_bytes_per_job": round(size / n),
     }
-    for name, proc in (("resume", resume), ("status", status), ("report", report)):
+    steps = (("resume", resume), ("status", status), ("report", report), ("rewrite", rewrite))
+    for name, proc in steps:
         if proc.rc != 0 and not proc.timed_out:
             out[f"{name}_stderr_tail"] = proc.stderr[-2000:]
-    log(f"  report {report.wall_s:.2f} s (rc {report.rc})")
+    log(f"  report {report.wall_s:.2f} s (rc {report.rc}), rewritten {rewrite.wall_s:.2f} s")
     out.update(real_run_bytes(b))
     return out
 

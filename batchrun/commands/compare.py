@@ -13,10 +13,18 @@ from batchrun.errors import ChoiceError, CompareError, MissingDependencyError, U
 from batchrun.results import compare as comparing, compare_output
 from batchrun.results.compare_html import write_compare_html
 from batchrun.store.atomic import write_output
+from batchrun.util.gcpause import gc_paused
 
 
 def compare(args: CompareArgs) -> int:
     """Print the comparison, write the asked-for files; 0 pass, 1 regression."""
+    # Both runs' rows and a diff a job, none of them in a reference cycle: the collector
+    # would walk them all again and again as they are made.
+    with gc_paused():
+        return _compare(args)
+
+
+def _compare(args: CompareArgs) -> int:
     classes = tuple(c.strip() for c in args.fail_on.split(",") if c.strip())
     # A baseline to be made by this very command may not exist yet: every job is then new.
     creating = bool(args.baseline_dir) and not Path(args.baseline_dir or "").exists()

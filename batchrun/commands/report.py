@@ -12,11 +12,14 @@ from batchrun.errors import BatchrunError, ChoiceError, UsageError
 from batchrun.plan.manifest import load_manifest
 from batchrun.results.report import (
     GRID_META,
+    REPORT_FILES_META,
     REPORT_MARK_META,
     ReportJobs,
     RunFacts,
+    files_mark,
     grid_choice,
     report_mark,
+    reports_current,
     summarise,
     write_report,
 )
@@ -26,40 +29,53 @@ from batchrun.store.state import StateStore
 
 
 def report(run_dir: str, *, rows_key: str | None, cols_key: str | None) -> int:
-    """Rewrite the report files and say where they are; 0."""
+    """Rewrite the report files (unless they are up to date) and say where they are; 0."""
     try:
-        path = rewrite_report(Path(run_dir), rows_key=rows_key, cols_key=cols_key)
+        path, wrote = rewrite_report(Path(run_dir), rows_key=rows_key, cols_key=cols_key)
     except ChoiceError as exc:
         raise UsageError(f"--rows/--cols: {exc}") from None
     names = ", ".join(str(path.with_name(n)) for n in ("summary.json", "report.html"))
-    click.echo(f"wrote {path}, {names}", err=True)
+    if wrote:
+        click.echo(f"wrote {path}, {names}", err=True)
+    else:
+        click.echo(
+            f"up to date (nothing changed since they were written): {path}, {names}", err=True
+        )
     return 0
 
 
 def rewrite_report(
     run_dir: Path, *, rows_key: str | None = None, cols_key: str | None = None
-) -> Path:
+) -> tuple[Path, bool]:
     """report.csv, summary.json and report.html again from state.db (keeping the run's own
     figures); `rows_key`/`cols_key` choose report.html's grid. The jobs are read with a
-    cursor, inside one snapshot of state.db."""
+    cursor, inside one snapshot of state.db. Files made from the same state, facts and grid,
+    untouched since, are left as they are (the same bytes). Their path, and whether they
+    were written."""
     chosen = {"rows": rows_key, "cols": cols_key}
     with StateStore.open(run_dir, create=False, lock=False) as store, store.snapshot():
         meta = store.meta()
         revision = store.revision()
         rows_key, cols_key, facts = _layout_and_facts(run_dir, meta, rows_key, cols_key)
-        # A run with outputs.mirror: report.csv keeps its mirror_urls column.
-        mirror_urls = urls_by_job(store.mirrored()) if meta.get("mirror") else None
-        write_report(
-            Path(run_dir), ReportJobs.read(store), store.attempts(), facts=facts,
-            rows_key=rows_key, cols_key=cols_key, mirror_urls=mirror_urls,
-        )  # fmt: skip
+        mark = report_mark(revision, facts, rows_key, cols_key)
+        wrote = not reports_current(run_dir, meta, mark)
+        if wrote:
+            # A run with outputs.mirror: report.csv keeps its mirror_urls column.
+            mirror_urls = urls_by_job(store.mirrored()) if meta.get("mirror") else None
+            write_report(
+                Path(run_dir), ReportJobs.read(store), store.attempts(), facts=facts,
+                rows_key=rows_key, cols_key=cols_key, mirror_urls=mirror_urls,
+            )  # fmt: skip
     new = {GRID_META[axis]: name for axis, name in chosen.items() if name}
     # The grid chosen is kept (the next `run` lays report.html out the same way), with the
-    # mark these files were made at (a `run` with nothing to do leaves them then).
-    new[REPORT_MARK_META] = report_mark(revision, facts, rows_key, cols_key)
-    with StateStore.open(run_dir, create=False, lock=False) as store:
-        store.set_meta(**new)
-    return Path(run_dir) / "report.csv"
+    # mark these files were made at (a `run` with nothing to do leaves them then) and how
+    # they are on disk (a `report` with nothing new leaves them then).
+    new[REPORT_MARK_META] = mark
+    new[REPORT_FILES_META] = files_mark(run_dir)
+    if any(meta.get(key) != value for key, value in new.items()):
+        with StateStore.open(run_dir, create=False, lock=False) as store:
+            store.set_meta(**new)
+    return Path(run_dir) / "report.csv", wrote
 
 
 def _layout_and_facts(

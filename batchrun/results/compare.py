@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from batchrun.errors import ChoiceError, CompareError, MissingDependencyError, StateError
-from batchrun.results.reportcsv import INPUT_PREFIX, VAR_PREFIX, read_jobs, split_cell, unguard
+from batchrun.results.reportcsv import INPUT_PREFIX, VAR_PREFIX, read_job_table, split_cell, unguard
 from batchrun.store import origin as og
 from batchrun.store.state import STATE_FILE, StateStore
 from batchrun.util.media import RASTER_SUFFIXES
@@ -33,6 +33,7 @@ class Run:
     root: Path  # the run folder; output_files paths are relative to it
     rows: dict[str, dict[str, str]]
     origin: str = ""  # where its results came from (summary.json beside the report); "": unknown
+    columns: list[str] | None = None  # the report.csv's header; None: rows made otherwise
 
     def file(self, rel: str) -> Path | None:
         """The local path of an output file, or None when it is not at hand."""
@@ -98,10 +99,23 @@ def load_run(path_arg: str | os.PathLike[str]) -> Run:
     report = path / "report.csv" if path.is_dir() else path
     if not report.is_file():
         raise CompareError(f"{path}: no report.csv in this folder; is it a batchrun run folder?")
-    rows = read_jobs(report)
+    columns, rows = read_job_table(report, compared)
     return Run(
-        label=str(path), report=report, root=report.parent, rows=rows, origin=_origin(report)
-    )
+        label=str(path), report=report, root=report.parent, rows=rows, origin=_origin(report),
+        columns=columns,
+    )  # fmt: skip
+
+
+# The columns a comparison and its renderings read (a job's card rebuilt from its row
+# included); a side's rows hold these alone.
+COMPARED = frozenset(
+    {"model_id", "status", "error", "run_s", "output_files", "output_urls", "output_sha256"}
+)
+
+
+def compared(column: str) -> bool:
+    """Whether a comparison reads this report.csv column (COMPARED, input.*, var.*)."""
+    return column in COMPARED or column.startswith((INPUT_PREFIX, VAR_PREFIX))
 
 
 def _origin(report: Path) -> str:
@@ -178,6 +192,21 @@ def _varies(rows: list[dict[str, str]], key: str) -> bool:
         elif value != first:
             return True
     return False
+
+
+def _swept(baseline: Run, current: Run, rows: list[dict[str, str]]) -> list[str]:
+    """swept_values of both runs' rows; the input./var. columns looked for in the headers
+    of runs read from a report.csv (each row holds its header's columns), not row by row."""
+    if baseline.columns is None or current.columns is None:
+        return swept_values(rows)
+    keys = dict.fromkeys(
+        key
+        for run in (baseline, current)
+        if run.rows
+        for key in run.columns or ()
+        if key.startswith((INPUT_PREFIX, VAR_PREFIX))
+    )
+    return [key for key in keys if _varies(rows, key)]
 
 
 def _float(value: str | None) -> float | None:
@@ -282,8 +311,9 @@ def _classify(
         return "fixed", f"{bstat or 'no status'} then, succeeded now"
     if bstat != "succeeded":
         return "unchanged", f"{bstat} then, {cstat} now"
-    bsha, csha = split_cell(brow.get("output_sha256")), split_cell(crow.get("output_sha256"))
-    if bsha == csha:
+    btext, ctext = brow.get("output_sha256"), crow.get("output_sha256")
+    bsha = split_cell(btext)
+    if btext == ctext or bsha == split_cell(ctext):
         # Without downloads there are no hashes: say so rather than claim the bytes match.
         return "unchanged", "same outputs" if bsha else "no output hashes to compare"
     detail = ""
@@ -323,11 +353,12 @@ def compare_runs(
             "and the inputs, so these runs are of different sweeps"
         )
     all_rows = [*baseline.rows.values(), *current.rows.values()]
-    varying = [(key, key.split(".", 1)[1]) for key in swept_values(all_rows)]
-    order = list(baseline.rows) + [j for j in current.rows if j not in baseline.rows]
+    varying = [(key, key.split(".", 1)[1]) for key in _swept(baseline, current, all_rows)]
+    base_rows, cur_rows = baseline.rows, current.rows
+    order = list(base_rows) + [j for j in cur_rows if j not in base_rows]
     jobs: list[JobDiff] = []
     for job_id in order:
-        brow, crow = baseline.rows.get(job_id), current.rows.get(job_id)
+        brow, crow = base_rows.get(job_id), cur_rows.get(job_id)
         if brow is None:
             outcome, reason = "new", "not in the baseline"
         elif crow is None:
@@ -341,16 +372,13 @@ def compare_runs(
             if then is not None and now is not None and now > then * max_slowdown:
                 slower = True
                 reason += f"; run {now:.3f} s vs {then:.3f} s (> x{max_slowdown:g})"
-        diff = JobDiff(
-            job_id=job_id,
-            model_id=row.get("model_id", ""),
-            outcome=outcome,
-            reason=reason,
-            slower=slower,
-            baseline=brow,
-            current=crow,
-            varying={name: unguard(row.get(key, "")) for key, name in varying},
-        )
-        diff.failing = any(cls in fail_on for cls in diff.classes)
-        jobs.append(diff)
+        values = {}
+        for key, name in varying:
+            value = row.get(key, "")
+            values[name] = unguard(value) if value[:1] == "'" else value
+        failing = outcome in fail_on or (slower and "slower" in fail_on)
+        jobs.append(
+            JobDiff(job_id, row.get("model_id", ""), outcome, reason, slower, brow, crow, values,
+                    failing)
+        )  # fmt: skip
     return Comparison(baseline=baseline, current=current, jobs=jobs, fail_on=fail_on)

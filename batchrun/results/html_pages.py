@@ -193,7 +193,11 @@ class Sheet:
         body = [f"<h1>{esc(title)}</h1>", nav(number, pages), *laid]
         # Not fsynced: 200 fsyncs would cost seconds at 100,000 jobs, and the pages are made
         # again from state.db by every write of the reports (page 1 is fsynced, the folder too).
-        write_text(self.run_dir / page_name(number), self._page(title, body), durable=False)
+        # A page that says what the file there says is left: most pages of a sweep where a few
+        # jobs changed (replacing a file costs more than reading it).
+        path, text = self.run_dir / page_name(number), self._page(title, body)
+        if not _holds(path, text):
+            write_text(path, text, durable=False)
 
     def _page(self, title: str, body: list[str]) -> str:
         live = self.live
@@ -205,6 +209,17 @@ class Sheet:
             found = _PAGE_NAME.fullmatch(path.name)
             if found and int(found[1]) > self.pages:
                 path.unlink(missing_ok=True)
+
+
+def _holds(path: Path, text: str) -> bool:
+    """Whether the file at PATH holds TEXT (UTF-8), byte for byte."""
+    data = text.encode("utf-8")
+    try:
+        if path.stat().st_size != len(data):
+            return False
+        return path.read_bytes() == data
+    except OSError:
+        return False
 
 
 def write_html(

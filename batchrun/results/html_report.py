@@ -5,6 +5,7 @@ from __future__ import annotations
 import html
 import json
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,11 +57,18 @@ details{font-size:12px}dl{margin:0}dt{font-weight:600}dd{margin:0 0 0 1em}
 _ESCAPED: dict[str, str] = {}  # a sweep's field names, statuses and values repeat
 
 
+# The characters esc changes (printable's control characters but newline and tab; HTML's
+# & < > " '): text without any is its own escape.
+_CHANGED = re.compile("[&<>\"'\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff\ufffe\uffff]")
+
+
 def esc(value: object) -> str:
     """HTML-escape any value (inputs are user text, errors are server text)."""
-    done = _ESCAPED.get(value) if type(value) is str else None
+    text = value if type(value) is str else str(value)
+    if _CHANGED.search(text) is None:
+        return text
+    done = _ESCAPED.get(text)
     if done is None:
-        text = value if type(value) is str else str(value)
         done = html.escape(printable(text, lines=True), quote=True)
         if len(text) <= 40:  # short ones repeat; a long one is a prompt or an error
             if len(_ESCAPED) > 50_000:
@@ -143,19 +151,50 @@ def _fields_shown(job: JobRow) -> list[tuple[str, str]]:
     return pairs
 
 
+_VAR_NAMES: dict[str, str] = {}  # a var's name as a card shows it: {name}, escaped
+
+
+def _shown_fields(job: JobRow) -> tuple[list[str], list[str]]:
+    """The job's model, inputs and vars as a card shows them, escaped: the <dt>/<dd> of
+    each, and its line of the hover title (`esc` maps character by character, so the title
+    escaped whole is these lines escaped one by one)."""
+    model = esc(job.model_id)
+    details, lines = [f"<dt>model</dt><dd>{model}</dd>"], [f"model: {model}"]
+    for k, v in job.inputs.items():
+        k, v = esc(k), esc(v if type(v) is str else show(v))
+        details.append(f"<dt>{k}</dt><dd>{v}</dd>")
+        lines.append(f"{k}: {v}")
+    for k, v in job.vars.items():
+        name = _VAR_NAMES.get(k)
+        if name is None:
+            name = _VAR_NAMES[k] = esc(f"{{{k}}}")
+        v = esc(v if type(v) is str else show(v))
+        details.append(f"<dt>{name}</dt><dd>{v}</dd>")
+        lines.append(f"{name}: {v}")
+    return details, lines
+
+
+_BADGES: dict[str, str] = {}  # a status -> its badge
+
+
+def _badge(status: str) -> str:
+    done = _BADGES.get(status)
+    if done is None:
+        badge = esc(report_status(status))
+        done = _BADGES[status] = f'<span class="badge s-{badge}">{badge}</span> '
+    return done
+
+
 def job_card(job: JobRow, href: Callable[[str], str | None], *, anchor: bool = True) -> str:
     """One job: status badge, outputs, error, and its inputs on hover and on click."""
-    badge = esc(report_status(job.status))
-    pairs = _fields_shown(job)
-    details = "".join([f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in pairs])
-    title = esc("\n".join([f"{k}: {v}" for k, v in pairs]))
+    shown, lines = _shown_fields(job)
+    details, title = "".join(shown), "\n".join(lines)
     error = f'<div class="err">{esc(job.error)}</div>' if job.error else ""
     job_id = esc(job.job_id)
     id_attr = f' id="{job_id}"' if anchor else ""
+    files = media(job.files, href) if job.files else ""
     return (
-        f'<div class="job"{id_attr} title="{title}">'
-        f'<span class="badge s-{badge}">{badge}</span> '
-        f"{media(job.files, href)}{error}"
+        f'<div class="job"{id_attr} title="{title}">{_badge(job.status)}{files}{error}'
         f"<details><summary>{job_id}</summary><dl>{details}</dl></details></div>"
     )
 
@@ -169,12 +208,24 @@ class Dimension:
     aliases: list[str] = field(default_factory=list)  # keys that vary in lockstep with it
 
 
+_KEYS: dict[str, tuple[bool, str]] = {}  # a key -> (an input's?, its name)
+
+
 def dimension_value(job: JobRow, key: str) -> str:
     if key == "model":
         return job.model_id
-    kind, _, name = key.partition(".")
-    source = job.inputs if kind == "input" else job.vars
-    return show(source[name]) if name in source else ""
+    parsed = _KEYS.get(key)
+    if parsed is None:
+        kind, _, name = key.partition(".")
+        parsed = _KEYS[key] = (kind == "input", name)
+    source = job.inputs if parsed[0] else job.vars
+    value = source.get(parsed[1], _ABSENT)
+    if value is _ABSENT:
+        return ""
+    return value if type(value) is str else show(value)
+
+
+_ABSENT = object()
 
 
 def dimensions(jobs: list[JobRow]) -> list[Dimension]:

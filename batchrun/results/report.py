@@ -18,11 +18,19 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, TypedDict
 
+from batchrun import __version__
 from batchrun.errors import ChoiceError
 from batchrun.results import reportcsv
-from batchrun.results.html_pages import Sheet
+from batchrun.results.html_pages import Sheet, more_pages
 from batchrun.results.html_report import Live
-from batchrun.results.reportcsv import INPUT_PREFIX, VAR_PREFIX, guard, join_cell, value_cell
+from batchrun.results.reportcsv import (
+    FORMULA_START,
+    INPUT_PREFIX,
+    VAR_PREFIX,
+    guard,
+    join_cell,
+    value_cell,
+)
 from batchrun.store import ledger
 from batchrun.store.atomic import write_text
 from batchrun.store.ledger import Attempt
@@ -114,6 +122,35 @@ def columns(rows: list[JobRow]) -> list[str]:
     return reportcsv.header(*_fields(rows))
 
 
+_GUARDED: dict[str, str] = {}  # model ids: a sweep has a few
+
+
+def _guarded(text: str) -> str:
+    done = _GUARDED.get(text)
+    if done is None:
+        if len(_GUARDED) > 1000:
+            _GUARDED.clear()
+        done = _GUARDED[text] = guard(text)
+    return done
+
+
+def _values(given: dict[str, Any], names: list[str]) -> list[str]:
+    """value_cell of each of `names` in `given` ('' where it has none)."""
+    cells = []
+    for k in names:
+        if k not in given:
+            cells.append("")
+            continue
+        value = given[k]
+        if type(value) is str:
+            cells.append(guard(value) if value and value[0] in FORMULA_START else value)
+        elif type(value) is int:
+            cells.append(str(value))
+        else:
+            cells.append(value_cell(value))
+    return cells
+
+
 def _line(
     row: JobRow,
     inputs: list[str],
@@ -128,31 +165,36 @@ def _line(
     found = [] if files else collect_urls(row.output)
     bare = row.status == SUCCEEDED and not files and not found
     done = [f for f in files if f.name and not f.error] if files else []
-    queue_s, run_s = row.queue_s, row.run_s
+    submitted, started, finished = row.submitted_at, row.started_at, row.finished_at
+    # JobRow.queue_s and run_s, inline: a report makes 100,000s of lines
+    queue_s = None if submitted is None or started is None else max(0.0, started - submitted)
+    start = started or submitted
+    run_s = None if finished is None or start is None else max(0.0, finished - start)
     request_id = row.request_id
     cells = [
         row.job_id,
-        guard(row.model_id),
+        _guarded(row.model_id),
         report_status(row.status),
         guard(printable(request_id)) if request_id else "",
         _error_cell(row, bare) if row.error or files or bare else "",
         str(row.attempts),
-        _timestamp(row.submitted_at),
-        _timestamp(row.finished_at),
-        _seconds(queue_s),
-        _seconds(run_s),
+        _timestamp(submitted),
+        _timestamp(finished),
+        "" if queue_s is None else f"{queue_s:.3f}",
+        "" if run_s is None else f"{run_s:.3f}",
         _cost(None if cost is None else float(cost)),
         guard(join_cell(printable(f.name) for f in done)) if done else "",
         guard(join_cell(_urls(row, found))) if files or found else "",
         join_cell(f.sha256 for f in done) if done else "",
         "true" if row.cached else "false",
-        _cost(row.saved_usd),
+        "" if row.saved_usd is None else _cost(row.saved_usd),
     ]
     if mirrored is not None:
         cells.append(guard(join_cell(u.replace(reportcsv.SEPARATOR, "%3B") for u in mirrored)))
-    given, var_values = row.inputs, row.vars
-    cells += [value_cell(given[k]) if k in given else "" for k in inputs]
-    cells += [value_cell(var_values[k]) if k in var_values else "" for k in var_names]
+    if inputs:
+        cells += _values(row.inputs, inputs)
+    if var_names:
+        cells += _values(row.vars, var_names)
     return cells, bare
 
 
@@ -244,23 +286,15 @@ class Tally:
         """One reported job; `bare`: it succeeded without output (see without_output)."""
         self.jobs += 1
         self.statuses[report_status(row.status)] += 1
-        self.bare += bare
-        if row.submitted_at is not None and (
-            self.first_submit is None or row.submitted_at < self.first_submit
-        ):
-            self.first_submit = row.submitted_at
-        if row.finished_at is not None and (
-            self.last_finish is None or row.finished_at > self.last_finish
-        ):
-            self.last_finish = row.finished_at
-        if (queue := row.queue_s) is not None:
-            self.queue_s.append(queue)
-        if (run := row.run_s) is not None:
-            self.run_s.append(run)
-        cost = self.costs.get(row.job_id)
-        if cost is not None:
-            self.cost += cost
-        self.reported.add(row.job_id)
+        if bare:
+            self.bare += 1
+        self._times(row.submitted_at, row.started_at, row.finished_at)
+        job_id = row.job_id
+        if self.costs:
+            cost = self.costs.get(job_id)
+            if cost is not None:
+                self.cost += cost
+        self.reported.add(job_id)
         if row.cached:
             self.cached += 1
             self.saved += row.saved_usd or 0.0
@@ -270,6 +304,24 @@ class Tally:
                 self.files["refused" if f.error.startswith("refused") else "failed"] += 1
             elif f.name:
                 self.files["downloaded"] += 1
+
+    def _times(
+        self, submitted: float | None, started: float | None, finished: float | None
+    ) -> None:
+        """The makespan's ends, and JobRow.queue_s and run_s (inline: 100,000s of jobs)."""
+        if submitted is not None:
+            first = self.first_submit
+            if first is None or submitted < first:
+                self.first_submit = submitted
+            if started is not None:
+                self.queue_s.append(max(0.0, started - submitted))
+        if finished is not None:
+            last = self.last_finish
+            if last is None or finished > last:
+                self.last_finish = finished
+            start = started or submitted
+            if start is not None:
+                self.run_s.append(max(0.0, finished - start))
 
     def summary(self, attempts: list[Attempt]) -> dict[str, Any]:
         first, last = self.first_submit, self.last_finish
@@ -445,6 +497,34 @@ def report_mark(
 
 def reports_present(run_dir: Path) -> bool:
     return all((Path(run_dir) / name).is_file() for name in REPORT_FILES)
+
+
+# state.db meta key of the report files as they were when their mark was recorded (see
+# `files_mark`): `batchrun report` leaves files that nothing changed since.
+REPORT_FILES_META = "report_files"
+
+
+def files_mark(run_dir: Path) -> str:
+    """The report files of RUN_DIR as they are on disk, in short: each one's name, size, inode
+    and times (every write replaces a file whole), and the version of batchrun; '' when one
+    is missing. Equal marks: no file was written, replaced or removed meanwhile."""
+    run_dir = Path(run_dir)
+    stats = []
+    try:
+        for name in [*REPORT_FILES, *more_pages(run_dir)]:
+            st = (run_dir / name).stat()
+            stats.append([name, st.st_size, st.st_ino, st.st_mtime_ns, st.st_ctime_ns])
+    except OSError:
+        return ""
+    text = json.dumps([__version__, stats])
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def reports_current(run_dir: Path, meta: dict[str, str], mark: str) -> bool:
+    """Whether RUN_DIR's report files are those made at `mark` (report_mark), untouched
+    since: writing them again would write the same bytes."""
+    recorded = meta.get(REPORT_FILES_META)
+    return meta.get(REPORT_MARK_META) == mark and bool(recorded) and files_mark(run_dir) == recorded
 
 
 # state.db meta keys of the grid chosen with `batchrun report --rows/--cols`: later runs keep it.

@@ -504,8 +504,10 @@ class _Run:
         import json
 
         from batchrun.results.report import (
+            REPORT_FILES_META,
             REPORT_MARK_META,
             RunFacts,
+            files_mark,
             grid_choice,
             report_mark,
             reports_present,
@@ -570,7 +572,9 @@ class _Run:
         except ChoiceError as exc:
             self.echo(f"warning: report.html grid: {exc}; laid out automatically")
             write_report(self.run_dir, rows, attempts, facts=facts, mirror_urls=mirror_urls)
-        self.store.set_meta(**{REPORT_MARK_META: written})
+        self.store.set_meta(
+            **{REPORT_MARK_META: written, REPORT_FILES_META: files_mark(self.run_dir)}
+        )
 
 
 def file_planner(plan: Plan, run_dir: Path, api_base: str) -> PlanFiles:

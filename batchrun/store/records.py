@@ -212,25 +212,26 @@ def encode_field(name: str, value: Any) -> Any:
 
 def decode_row(r: tuple[Any, ...]) -> JobRow:
     """A JobRow from a state.db row of COLUMNS, in that order."""
-    return JobRow(
-        job_id=r[0],
-        position=r[1],
-        model_id=r[2],
-        inputs=_loads(r[3]),
-        vars=_loads(r[4]),
-        repeat=r[5],
-        status=r[6],
-        request_id=r[7],
-        attempts=r[8],
-        error=r[9],
-        submitted_at=r[10],
-        started_at=r[11],
-        finished_at=r[12],
-        cost_usd=finite_cost(r[13]),
-        output=None if r[14] is None else _loads(r[14]),
-        files=[OutputFile(**f) for f in _loads(r[15])] if r[15] else [],
-        in_manifest=bool(r[16]),
-        cached=bool(r[17]),
-        saved_usd=r[18],
-        retries_from=r[19],
+    output, files, cost = r[14], r[15], r[13]
+    return JobRow(  # positional, in JobRow's order: faster for 100,000s of rows
+        r[0],  # job_id
+        r[1],  # position
+        r[2],  # model_id
+        _loads(r[3]),  # inputs
+        _loads(r[4]),  # vars
+        r[5],  # repeat
+        r[6],  # status
+        r[7],  # request_id
+        r[8],  # attempts
+        r[9],  # error
+        r[10],  # submitted_at
+        r[11],  # started_at
+        r[12],  # finished_at
+        None if cost is None else finite_cost(cost),  # cost_usd
+        None if output is None else _loads(output),  # output
+        [OutputFile(**f) for f in _loads(files)] if files and files != "[]" else [],
+        bool(r[16]),  # in_manifest
+        bool(r[17]),  # cached
+        r[18],  # saved_usd
+        r[19],  # retries_from
     )

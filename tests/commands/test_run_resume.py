@@ -1,6 +1,6 @@
 """`batchrun run` again on a run folder: an unchanged plan is taken from state.db (not expanded,
 checked or added again), a changed one is built in full; the report files are rewritten only
-when the jobs or the ledger changed since they were written."""
+when the jobs or the ledger changed since they were written (or the files did)."""
 
 from __future__ import annotations
 
@@ -127,7 +127,20 @@ def test_reports_are_rewritten_only_when_something_changed(tmp_path):
     (run_dir / "report.html").unlink()
     assert _run(_manifest(tmp_path, seeds=5)).code == 0
     assert (run_dir / "report.html").is_file()
-    # `batchrun report` always writes.
+    # `batchrun report` after that run: the files are those it would write; left as they are.
     before = _files(run_dir)
-    assert invoke("report", str(run_dir)).code == 0
+    texts = {n: (run_dir / n).read_bytes() for n in REPORT_FILES}
+    left = invoke("report", str(run_dir))
+    assert left.code == 0 and "up to date (nothing changed since they were written)" in left.stderr
+    assert _files(run_dir) == before
+    # A file edited since (or replaced, or gone): all are written again, as they were.
+    (run_dir / "report.csv").write_text("edited\n")
+    wrote = invoke("report", str(run_dir))
+    assert wrote.code == 0 and "wrote " in wrote.stderr
     assert all(_files(run_dir)[n] != before[n] for n in REPORT_FILES)
+    assert {n: (run_dir / n).read_bytes() for n in REPORT_FILES} == texts
+    # Another grid asked for: written again, in that grid.
+    again = _files(run_dir)
+    assert invoke("report", str(run_dir), "--rows", "n", "--cols", "who").code == 0
+    assert all(_files(run_dir)[n] != again[n] for n in REPORT_FILES)
+    assert "rows: <b>var.n</b>" in (run_dir / "report.html").read_text()

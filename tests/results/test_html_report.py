@@ -381,3 +381,28 @@ def test_empty_cells_of_a_sparse_grid_are_spanned(tmp_path: Path) -> None:
     assert grid.count('<td colspan="2"></td>') == 4
     assert grid.count("<td></td>") == 4 and 'colspan="1"' not in grid
     assert Page(raw).headers[:4] == ["input.prompt \\ input.seed", "0", "1", "2"]
+
+
+def test_a_page_that_says_what_its_file_says_is_left_and_the_others_replaced(
+    tmp_path: Path,
+) -> None:
+    per = html_pages.PAGE_CARDS
+    jobs = _grid_jobs(3 * per)
+    html_pages.write_html(tmp_path, jobs)
+    names = ("report.html", "report-2.html", "report-3.html")
+    before = {n: (tmp_path / n).stat().st_ino for n in names}
+    texts = {n: (tmp_path / n).read_bytes() for n in names}
+    jobs[2 * per + 5].status = FAILED  # a job of page 3 changed
+    html_pages.write_html(tmp_path, jobs)
+    after = {n: (tmp_path / n).stat().st_ino for n in names}
+    assert after["report-2.html"] == before["report-2.html"]  # the same bytes: left
+    assert (tmp_path / "report-2.html").read_bytes() == texts["report-2.html"]
+    assert after["report-3.html"] != before["report-3.html"]
+    assert (tmp_path / "report-3.html").read_bytes() != texts["report-3.html"]
+    assert "s-failed" in (tmp_path / "report-3.html").read_text()
+    # page 1 (its counts changed) is written every time
+    assert after["report.html"] != before["report.html"]
+    # a page edited meanwhile is written again, whatever it held
+    (tmp_path / "report-2.html").write_text("edited")
+    html_pages.write_html(tmp_path, jobs)
+    assert (tmp_path / "report-2.html").read_bytes() == texts["report-2.html"]

@@ -34,6 +34,7 @@ from batchrun.results.report import (
     _reported,
     _seconds,
     _timestamp,
+    files_mark,
     job_costs,
     write_from_state,
     write_report,
@@ -367,3 +368,24 @@ def test_columns_by_sql_are_in_first_seen_order(tmp_path: Path) -> None:
         assert fields == (["m", "z", "q", "a"], ["v1", "v2", "v0"])
         listed = ReportJobs.of(store.rows())
         assert fields == (listed.inputs, listed.var_names)
+
+
+def test_the_files_mark_sees_any_file_written_replaced_or_removed(tmp_path: Path) -> None:
+    names = ["report.csv", "summary.json", "report.html", "report-2.html", "report-3.html"]
+    for name in names:
+        (tmp_path / name).write_text(name)
+    mark = files_mark(tmp_path)
+    assert mark and files_mark(tmp_path) == mark
+    (tmp_path / "report-3.html").unlink()  # a page gone
+    assert files_mark(tmp_path) not in ("", mark)
+    (tmp_path / "report-3.html").write_text("report-3.html")  # back, the same bytes: new file
+    assert files_mark(tmp_path) != mark
+    mark = files_mark(tmp_path)
+    summary = tmp_path / "summary.json"
+    with summary.open("r+") as f:  # edited in place, same size, a second later
+        f.write("S")
+    later = summary.stat().st_mtime_ns + 10**9
+    os.utime(summary, ns=(later, later))
+    assert files_mark(tmp_path) != mark
+    (tmp_path / "report.csv").unlink()  # one of the three gone: no mark
+    assert files_mark(tmp_path) == ""

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import csv
+import io
+import tempfile
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from batchrun.errors import CompareError
 from batchrun.results import reportcsv
@@ -139,3 +143,89 @@ def test_read_jobs_refuses_what_is_not_a_report(tmp_path: Path, text: str, probl
     with pytest.raises(CompareError) as info:
         reportcsv.read_jobs(path)
     assert str(info.value) == f"{path}: {problem}"
+
+
+_CELL = st.text(alphabet=st.sampled_from(list('ab,"\r\n \t;=\x00é')), max_size=6)
+
+
+@given(
+    st.lists(st.lists(_CELL, min_size=1, max_size=4), max_size=6),
+    st.sampled_from(["\r\n", "\n", "\r"]),
+)
+@settings(max_examples=300, deadline=None)
+def test_read_parses_as_csv_reader_does(rows: list[list[str]], ending: str) -> None:
+    """read() splits quote-free lines itself: every file reads as csv.reader reads it (or
+    fails as it does), whatever the cells hold and however lines end."""
+    buffer = io.StringIO(newline="")
+    csv.writer(buffer, lineterminator=ending).writerows(rows)
+    text = buffer.getvalue() + 'x,"y"\n\n,\n \n'  # unquoted, quoted, blank lines after
+    try:
+        expected: list[list[str]] | type[Exception] = list(
+            csv.reader(io.StringIO(text, newline=""))
+        )
+    except csv.Error:
+        expected = csv.Error
+    try:
+        got: list[list[str]] | type[Exception] = list(
+            reportcsv._records(iter(io.StringIO(text, newline="")))
+        )
+    except csv.Error:
+        got = csv.Error
+    assert got == expected
+
+
+@given(st.lists(st.lists(_CELL, min_size=1, max_size=4), max_size=8))
+@settings(max_examples=300, deadline=None)
+def test_the_writer_writes_what_csv_writer_writes(rows: list[list[str]]) -> None:
+    """writer() joins plain rows itself: the file holds what csv.writer would write."""
+    buffer = io.StringIO(newline="")
+    csv.writer(buffer).writerows([["h1", "h2"], *rows])
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "report.csv"
+        with reportcsv.writer(path, ["h1", "h2"]) as write_rows:
+            write_rows(rows[:3])
+            write_rows(rows[3:])
+        assert path.read_bytes() == buffer.getvalue().encode("utf-8")
+
+
+def _read_with_csv_reader(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    """read() as it was, all of it through csv.reader."""
+    with open(path, encoding="utf-8", newline="") as fh:
+        reader = csv.reader(fh)
+        columns = next(reader, [])
+        width = len(columns)
+        rows = []
+        for cells in reader:
+            if len(cells) != width:
+                if not cells:
+                    continue
+                cells = (cells + [""] * width)[:width]
+            rows.append(dict(zip(columns, cells, strict=True)))
+        return columns, rows
+
+
+@given(
+    st.lists(st.lists(_CELL, min_size=0, max_size=4), max_size=6),
+    st.sampled_from(["\r\n", "\n", "\r"]),
+    st.sampled_from(["", "\r\n", "\n"]),
+)
+@settings(max_examples=300, deadline=None)
+def test_read_reads_any_file_as_csv_reader_does(
+    rows: list[list[str]], ending: str, tail: str
+) -> None:
+    """Quote-free CRLF files are split directly, the rest go through csv.reader: the header
+    and rows are the same either way (blank lines, short and long rows, any line ends)."""
+    buffer = io.StringIO(newline="")
+    csv.writer(buffer, lineterminator=ending).writerows(rows)
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "report.csv"
+        path.write_bytes((buffer.getvalue() + tail).encode("utf-8"))
+        try:
+            expected: object = _read_with_csv_reader(path)
+        except csv.Error:
+            expected = csv.Error
+        try:
+            got: object = reportcsv.read(path)
+        except csv.Error:
+            got = csv.Error
+        assert got == expected
