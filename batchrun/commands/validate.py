@@ -1,4 +1,6 @@
-"""`batchrun validate`: check manifests and every expanded job's inputs; no network."""
+"""`batchrun validate`: check manifests and every expanded job's inputs; no network. The jobs
+are checked in one pass that keeps none (plan.build.check_sweep): a million-job sweep is
+validated in the memory of a few jobs."""
 
 from __future__ import annotations
 
@@ -7,7 +9,7 @@ import click
 from batchrun.commands.common import schema_dirs, warn
 from batchrun.errors import BucketUrlError, ManifestError, MissingDependencyError
 from batchrun.fetch.bucket import require_boto3
-from batchrun.plan.build import build_plan
+from batchrun.plan.build import check_sweep
 from batchrun.run.inputs import check_ready
 
 
@@ -17,7 +19,7 @@ def validate(manifests: tuple[str, ...], *, strict: bool, schemas: str | None = 
     failed = False
     for path in manifests:
         try:
-            plan = build_plan(path, strict=strict, schema_dirs=dirs)
+            plan = check_sweep(path, strict=strict, schema_dirs=dirs)
         except ManifestError as exc:
             failed = True
             for problem in exc.problems:
@@ -38,5 +40,6 @@ def validate(manifests: tuple[str, ...], *, strict: bool, schemas: str | None = 
                 failed = True
                 click.echo(f"{path}: $.outputs.mirror: {exc}", err=True)
                 continue
-        click.echo(f"{path}: ok ({len(plan.jobs)} job{'s' if len(plan.jobs) != 1 else ''})")
+        jobs = plan.summary.total
+        click.echo(f"{path}: ok ({jobs} job{'s' if jobs != 1 else ''})")
     return 2 if failed else 0

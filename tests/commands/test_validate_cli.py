@@ -433,3 +433,19 @@ def test_report_rows_and_cols_are_checked_at_validate(
         f"{path}: $.report.rows (line 2): 'promt' is no field or var of the sweep; "
         "did you mean 'prompt'?"
     ) in err
+
+
+def test_validate_keeps_no_job_list(
+    repo: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """validate checks the jobs in one pass that keeps none (check_sweep), never the list
+    build_plan makes: a sweep of a million jobs validates in the memory of a few."""
+    from batchrun.plan import build
+
+    def no_list(*args: object, **kwargs: object) -> None:
+        raise AssertionError("validate built the whole job list")
+
+    monkeypatch.setattr(build, "build_plan", no_list)
+    code, out, err = run(["validate", str(repo / "manifests" / "quickstart.yaml")], capsys)
+    assert code == 0, err
+    assert out.endswith("quickstart.yaml: ok (6 jobs)\n")
