@@ -141,25 +141,13 @@ class _Run:
         rows = self._restore([r for r in every if r.in_manifest and self._chosen(r.job_id)])
         client = Client(self.opts.api_base, self.opts.token, session=self.opts.session)
         settings = self._run_settings()
-        limiter = RateLimiter(
-            settings.rate_limit,
-            margin=RATE_HEADROOM,
-            margin_step=RATE_HEADROOM_STEP,
-            clock=self.opts.clock,
-            sleep=self.opts.sleep,
-        )
+        limiter = run_limiter(settings, self.opts)
         budget = Budget.for_folder(
             self._cap(), plan_estimator(self.plan), self.store.attempts(), rows, self.store
         )
         self._record_budget(budget)
         self.balance_before = self._check_balance(budget, rows)
-        progress = Progress(
-            len(rows),
-            quiet=self.opts.quiet,
-            clock=self.opts.clock,
-            cost=lambda: progress_cost(budget),
-            waiting=server_wait(limiter.paused_for),
-        )
+        progress = run_progress(len(rows), self.opts, budget, limiter)
         policies: list[SubmitPolicy] = [budget]
         if settings.halt is not None or settings.canary:
             policies.insert(0, SweepGate(halt=settings.halt, canary=settings.canary, rows=rows))
@@ -575,6 +563,28 @@ class _Run:
         self.store.set_meta(
             **{REPORT_MARK_META: written, REPORT_FILES_META: files_mark(self.run_dir)}
         )
+
+
+def run_limiter(settings: RunSettings, opts: RunOptions) -> RateLimiter:
+    """The run's rate limiter: the settings' rate, with the headroom for network jitter."""
+    return RateLimiter(
+        settings.rate_limit,
+        margin=RATE_HEADROOM,
+        margin_step=RATE_HEADROOM_STEP,
+        clock=opts.clock,
+        sleep=opts.sleep,
+    )
+
+
+def run_progress(total: int, opts: RunOptions, budget: Budget, limiter: RateLimiter) -> Progress:
+    """The progress bar or log lines of `total` jobs, with the money and the server's pauses."""
+    return Progress(
+        total,
+        quiet=opts.quiet,
+        clock=opts.clock,
+        cost=lambda: progress_cost(budget),
+        waiting=server_wait(limiter.paused_for),
+    )
 
 
 def file_planner(plan: Plan, run_dir: Path, api_base: str) -> PlanFiles:

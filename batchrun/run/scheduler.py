@@ -162,11 +162,9 @@ class Scheduler:
 
     def _refill(self) -> None:
         """More jobs from the feed: pending ones to submit, others' to poll."""
-        got = (
-            None
-            if self.feed is None
-            else self.feed.more(len(self.pending) if self.submit_open else None)
-        )
+        if self.feed is None:
+            return
+        got = self.feed.more(len(self.pending) if self.submit_open else None)
         if not got:
             return
         pending, taken_over = got

@@ -18,7 +18,6 @@ from decimal import Decimal
 from pathlib import Path
 
 from batchrun.api.client import Client
-from batchrun.api.ratelimit import RateLimiter
 from batchrun.catalog.pricing import plain
 from batchrun.errors import BudgetReached
 from batchrun.plan.build import Plan
@@ -29,18 +28,16 @@ from batchrun.run.budget import Budget, amount, plan_estimator
 from batchrun.run.ending import say_how_it_ended
 from batchrun.run.engine import (
     EXIT_INTERRUPTED,
-    RATE_HEADROOM,
-    RATE_HEADROOM_STEP,
     RunOptions,
     file_planner,
     install_interrupt,
+    run_limiter,
+    run_progress,
 )
 from batchrun.run.inputs import check_ready, submitter
 from batchrun.run.jobtable import JobTable
-from batchrun.run.money_text import progress_cost
 from batchrun.run.parts import RunParts
 from batchrun.run.policy import Decision, JobsView, Told
-from batchrun.run.progress import Progress, server_wait
 from batchrun.run.scheduler import Scheduler
 from batchrun.run.sharedgate import SharedGate
 from batchrun.store import records
@@ -222,20 +219,14 @@ class _Worker:
         claimed = state.claim(page_size(settings), settings.lease_s)
         rows = [*claimed.pending, *claimed.taken_over]
         client = Client(opts.api_base, opts.token, session=opts.session)
-        limiter = RateLimiter(
-            settings.rate_limit, margin=RATE_HEADROOM, margin_step=RATE_HEADROOM_STEP,
-            clock=opts.clock, sleep=opts.sleep,
-        )  # fmt: skip
+        limiter = run_limiter(settings, opts)
         limiter.shared = state.rate_window(slack_s=SHARED_SLACK_S)
         every = state.rows(in_manifest_only=True)
         # The sweep's every unfinished job is known, for the estimate of those claimed later.
         budget = Budget.for_folder(None, plan_estimator(self.plan), state.attempts(), every, state)
         account = SharedAccount(state, budget.estimate, settings.max_in_flight)
         gate = SharedGate(state, halt=settings.halt, canary=settings.canary, clock=opts.clock)
-        progress = Progress(
-            len(every), quiet=opts.quiet, clock=opts.clock, cost=lambda: progress_cost(budget),
-            waiting=server_wait(limiter.paused_for),
-        )  # fmt: skip
+        progress = run_progress(len(every), opts, budget, limiter)
         feed = SharedFeed(
             state, lease_s=settings.lease_s, clock=opts.clock, page=page_size(settings)
         )

@@ -14,10 +14,9 @@ import pytest
 from click.testing import CliRunner
 
 from batchrun.cli import cli
-from batchrun.plan.build import build_plan
-from batchrun.run.engine import RunOptions, run_batch
 from batchrun.simulator import Simulator
 from batchrun.store.state import StateStore
+from testing.inprocess import run_here as run
 from testing.simulators import simulators
 
 TOKEN = "tok-expect-SECRET-3c9d"
@@ -51,20 +50,6 @@ def flux(ratios: list[str], **more: Any) -> dict[str, Any]:
         "matrix": {"aspect_ratio": ratios},
         **more,
     }
-
-
-def run(path: Path, sim: Simulator, run_dir: Path, **opts: Any) -> tuple[int, list[str]]:
-    messages: list[str] = []
-    options = RunOptions(
-        api_base=sim.base_url,
-        token=sim.token,
-        run_dir=run_dir,
-        quiet=True,
-        handle_signals=False,
-        echo=messages.append,
-        **opts,
-    )
-    return run_batch(build_plan(path), options), messages
 
 
 def report(run_dir: Path) -> dict[str, dict[str, str]]:

@@ -5,7 +5,6 @@ URLs the simulator fetches, while no signature reaches a file or a line of the r
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import shutil
@@ -17,8 +16,8 @@ import pytest
 
 from batchrun.plan.build import build_plan
 from batchrun.run.engine import RunOptions, run_batch
-from batchrun.simulator import Simulator
 from testing.cli import clean_env, run_cli
+from testing.inprocess import report_rows as report, run_here as run
 from testing.media import FLUX, write_image
 from testing.s3server import S3Bucket
 from testing.simulators import simulators
@@ -32,24 +31,6 @@ SIGNED = ("X-Amz-Signature", "X-Amz-Credential", "Signature=", "AWSAccessKeyId")
 def start_sim() -> Iterator:
     with simulators(token=TOKEN, run_time=0.1, workers=0) as start:
         yield start
-
-
-def run(path: Path, sim: Simulator, run_dir: Path) -> tuple[int, list[str]]:
-    messages: list[str] = []
-    options = RunOptions(
-        api_base=sim.base_url,
-        token=sim.token,
-        run_dir=run_dir,
-        quiet=True,
-        handle_signals=False,
-        echo=messages.append,
-    )
-    return run_batch(build_plan(path), options), messages
-
-
-def report(run_dir: Path) -> list[dict[str, str]]:
-    with open(run_dir / "report.csv", newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(f))
 
 
 def sweep(folder: Path, uploads: str = "") -> Path:

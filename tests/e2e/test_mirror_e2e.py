@@ -4,7 +4,6 @@ server."""
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import signal
@@ -16,11 +15,10 @@ from pathlib import Path
 import pytest
 
 from batchrun.errors import StateError
-from batchrun.plan.build import build_plan
-from batchrun.run.engine import RunOptions, run_batch
 from batchrun.simulator import Simulator
 from batchrun.store.state import StateStore
 from testing.cli import batchrun_cmd, clean_env, invoke
+from testing.inprocess import report_rows as report, run_here as run
 from testing.s3server import S3Bucket
 from testing.simulators import simulators
 
@@ -48,22 +46,8 @@ def manifest(tmp_path: Path, mirror: str, *, jobs: int = 3, **outputs) -> Path:
     return path
 
 
-def run(path: Path, sim: Simulator, run_dir: Path) -> tuple[int, list[str]]:
-    said: list[str] = []
-    options = RunOptions(
-        api_base=sim.base_url, token=sim.token, run_dir=run_dir, quiet=True,
-        handle_signals=False, echo=said.append,
-    )  # fmt: skip
-    return run_batch(build_plan(path), options), said
-
-
 def local_files(run_dir: Path) -> dict[str, bytes]:
     return {p.relative_to(run_dir).as_posix(): p.read_bytes() for p in run_dir.glob("files/*/*")}
-
-
-def report(run_dir: Path) -> list[dict[str, str]]:
-    with open(run_dir / "report.csv", newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(f))
 
 
 def test_files_and_reports_are_mirrored_once(s3: S3Bucket, sim: Simulator, tmp_path: Path):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import os
@@ -19,9 +18,9 @@ from batchrun.cli import cli
 from batchrun.errors import AuthError, RunFolderInUse, StateError
 from batchrun.plan.build import build_plan
 from batchrun.run.engine import RunOptions, run_batch
-from batchrun.simulator import Simulator
 from batchrun.store.state import StateStore
 from testing.cli import batchrun_cmd, clean_env
+from testing.inprocess import report_rows as report, run_here as run
 from testing.simproc import start_simulator
 from testing.simulators import simulators
 
@@ -54,25 +53,6 @@ def manifest(tmp_path: Path, *, jobs: int = 4, run: dict | None = None, models=N
     path = tmp_path / "m.yaml"
     path.write_text(json.dumps(data))  # JSON is YAML
     return path
-
-
-def run(path: Path, sim: Simulator, run_dir: Path, **opts) -> tuple[int, list[str]]:
-    messages: list[str] = []
-    options = RunOptions(
-        api_base=sim.base_url,
-        token=sim.token,
-        run_dir=run_dir,
-        quiet=True,
-        handle_signals=False,
-        echo=messages.append,
-        **opts,
-    )
-    return run_batch(build_plan(path), options), messages
-
-
-def report(run_dir: Path) -> list[dict[str, str]]:
-    with open(run_dir / "report.csv", newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(f))
 
 
 def until(condition, seconds: float = 10.0, what: str = "condition") -> None:

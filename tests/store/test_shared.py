@@ -12,7 +12,7 @@ import pytest
 from batchrun.errors import MissingDependencyError, StateError
 from batchrun.plan.grid import Job
 from batchrun.store import records, transitions
-from batchrun.store.shared import LeaseLost, SharedState, scrub
+from batchrun.store.shared import LeaseLost, SharedState, SharedStateLost, scrub
 from testing.postgres import PgServer
 
 MODEL = "google/nano-banana-2-lite/text-to-image"
@@ -244,3 +244,25 @@ def test_a_version_1_database_is_migrated_keeping_its_sweep(pg_url: str) -> None
     s.record_files("j1", [])
     assert s.file_places() == {"j1": ("/runs/w2", "host-b")}
     assert [w["host"] for w in s.workers()] == ["host-b"]
+
+
+def test_a_database_gone_past_the_patience_is_exit_3_naming_no_password(
+    pg_server: PgServer, pg_url: str
+) -> None:
+    told: list[str] = []
+    a = opened(pg_url, "a", n=2)
+    a.patience_s, a.on_lost = 1.0, told.append
+    pg_server.stop("immediate")
+    try:
+        started = time.monotonic()
+        with pytest.raises(SharedStateLost) as lost:
+            a.counts()
+        assert 1.0 <= time.monotonic() - started < 10  # it waited, then gave up
+        with pytest.raises(SharedStateLost):
+            a.counts()  # gone: every later call fails at once
+    finally:
+        pg_server.start()
+    assert lost.value.exit_code == 3
+    assert "Rerun the same command" in str(lost.value)
+    assert len(told) == 1 and "unreachable" in told[0]
+    assert pg_server.password not in str(lost.value) + told[0]

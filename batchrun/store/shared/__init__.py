@@ -24,7 +24,6 @@ from batchrun.store.shared.connection import (
     PATIENCE_S,
     LeaseLost,
     SharedStateLost,
-    is_url,
     scrub,
 )
 from batchrun.store.shared.schema import SCHEMA_VERSION
@@ -38,6 +37,5 @@ __all__ = [
     "LeaseLost",
     "SharedState",
     "SharedStateLost",
-    "is_url",
     "scrub",
 ]

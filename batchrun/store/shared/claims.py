@@ -119,16 +119,6 @@ class Claims(Connection):
             return cur.rowcount
 
     @_patient
-    def release(self, job_ids: Iterable[str]) -> None:
-        """Give back claimed jobs this worker will not send (set aside, or stopping)."""
-        with self._tx() as conn:
-            conn.execute(
-                "UPDATE jobs SET owner = NULL, lease_until = NULL "
-                "WHERE sweep = %s AND owner = %s AND job_id = ANY(%s)",
-                (self.sweep, self.worker, list(job_ids)),
-            )
-
-    @_patient
     def let_go(self) -> int:
         """This worker stops: the pending jobs it holds go back to the others, with the slots
         and the room they reserved (their submits were never sent). Jobs at the server stay

@@ -13,7 +13,6 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, TypeVar, cast
-from urllib.parse import urlsplit
 
 from batchrun.errors import ConfigError, MissingDependencyError, StateError
 from batchrun.store import records
@@ -45,10 +44,6 @@ _PASSWORD = re.compile(r"(postgres(?:ql)?://[^:/@\s]*:)([^@\s]*)(@)")
 def scrub(text: str) -> str:
     """`text` with the password of any PostgreSQL URL in it replaced by ***."""
     return _PASSWORD.sub(r"\1***\3", text)
-
-
-def is_url(state: str) -> bool:
-    return urlsplit(state).scheme in ("postgresql", "postgres")
 
 
 def _psycopg() -> Any:

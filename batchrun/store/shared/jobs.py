@@ -96,7 +96,9 @@ class Jobs(Connection):
             if cur.rowcount != 1:
                 raise LeaseLost(
                     f"job {job_id} of the sweep {self.sweep!r} is no longer held by this "
-                    "worker (its lease lapsed and another worker took it over)"
+                    "worker (its lease lapsed, e.g. while the machine slept, and another worker "
+                    "took it over); nothing of it was written. Run the same command again to "
+                    "rejoin the sweep, and give run.lease more time if this machine pauses"
                 )
         return changes
 
