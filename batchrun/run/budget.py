@@ -77,9 +77,13 @@ class Budget(policy.Policy):
         estimate: Estimate,
         books: ledger.Books | None = None,
         writer: LedgerWriter | None = None,
+        jobs: Callable[[str], JobRow | None] | None = None,
     ) -> None:
+        """`jobs`: the row of a job the run holds (the job table's), for its model and
+        estimate; None: only the jobs made known with `know`."""
         self.cap = cap
         self._estimate = estimate
+        self._rows = jobs
         self.books = books or ledger.Books()
         self.writer = writer
         self.spent = self.books.spent  # what the ledger counts, plus this run's settled attempts
@@ -101,35 +105,29 @@ class Budget(policy.Policy):
         cap: Decimal | None,
         estimate: Estimate,
         attempts: Iterable[ledger.Attempt],
-        run: Iterable[JobRow],
+        polled: Iterable[JobRow],
         writer: LedgerWriter | None = None,
+        jobs: Callable[[str], JobRow | None] | None = None,
     ) -> Budget:
-        """The budget of a folder whose ledger holds `attempts`, about to run the jobs `run`
-        (whose QUEUED/RUNNING ones it polls again: their reservations are held until they
-        finish). Only the jobs that may still be sent or settled are remembered one by one;
-        the finished ones count in the estimate only."""
-        run = list(run)
-        polled = {
+        """The budget of a folder whose ledger holds `attempts`, about to poll again the jobs
+        `polled` (QUEUED/RUNNING: their reservations are held until they finish). Jobs are
+        known by `jobs` (the run's table) or made known with `know`; `est_total` and
+        `unpriced` are the caller's to set (estimate_of)."""
+        polled = list(polled)
+        ids = {
             (r.job_id, r.request_id)
-            for r in run
+            for r in polled
             if r.status in (st.QUEUED, st.RUNNING) and r.request_id and not r.cached
         }
         attempts = list(attempts)
-        held = [a for a in attempts if a.in_flight and (a.job_id, a.request_id) in polled]
-        rest = [a for a in attempts if not (a.in_flight and (a.job_id, a.request_id) in polled)]
-        budget = cls(cap, estimate, ledger.books(rest), writer)
+        held = [a for a in attempts if a.in_flight and (a.job_id, a.request_id) in ids]
+        rest = [a for a in attempts if not (a.in_flight and (a.job_id, a.request_id) in ids)]
+        budget = cls(cap, estimate, ledger.books(rest), writer, jobs)
         for a in held:  # what they teach of prices counts; their cost is held, not spent
             budget._learn(a.model_id, a.actual)
-        for row in run:
+        for row in polled:
             if row.status not in st.TERMINAL:
-                budget._know(row)
-            if row.cached:  # taken from the cache: costs nothing
-                continue
-            est = estimate(row.model_id, row.inputs)
-            if est is None:
-                budget.unpriced += 1
-            else:
-                budget.est_total += est
+                budget.know(row)
         for a in held:  # once all that was spent is known (the room of a learnt model)
             budget.reserve(a.job_id)
         return budget
@@ -268,11 +266,20 @@ class Budget(policy.Policy):
         self.spent += cost
         self.maybe += cost
 
-    def _know(self, row: JobRow) -> None:
+    def know(self, row: JobRow) -> None:
+        """Remember the job (its model and estimate) whatever the table holds."""
         self._jobs[row.job_id] = _Job(row.model_id, self._estimate(row.model_id, row.inputs))
 
     def _job(self, job_id: str) -> _Job:
-        return self._jobs.get(job_id) or _Job("", None)
+        """The job's model and estimate: remembered, or from its row in the run's table (a
+        job the budget is asked about is one the run holds: pending, in flight, finishing)."""
+        known = self._jobs.get(job_id)
+        if known is not None:
+            return known
+        row = None if self._rows is None else self._rows(job_id)
+        if row is None:
+            return _Job("", None)
+        return _Job(row.model_id, self._estimate(row.model_id, row.inputs))
 
     def _reservation(self, job_id: str) -> Decimal | None:
         """The higher of the job's estimate and the highest actual cost seen for its model;
@@ -291,6 +298,18 @@ class Budget(policy.Policy):
         if self._learning.get(model) == job_id:
             del self._learning[model]
         return held
+
+
+def estimate_of(estimate: Estimate, rows: Iterable[JobRow]) -> tuple[Decimal, int]:
+    """The estimate of the jobs `rows` that have one, and how many have none."""
+    total, unpriced = _ZERO, 0
+    for row in rows:
+        est = estimate(row.model_id, row.inputs)
+        if est is None:
+            unpriced += 1
+        else:
+            total += est
+    return total, unpriced
 
 
 def plan_estimator(plan: Plan) -> Estimate:

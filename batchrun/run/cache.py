@@ -35,7 +35,7 @@ from batchrun.catalog.pricing import MAX_PRICE_USD
 from batchrun.errors import UsageError
 from batchrun.store.atomic import fsync_dir, open_atomic, write_bytes
 from batchrun.store.output_urls import collect_urls
-from batchrun.store.records import PENDING, SUCCEEDED, JobRow, OutputFile
+from batchrun.store.records import SUCCEEDED, JobRow, OutputFile
 from batchrun.store.state import StateStore
 from batchrun.util import localref
 
@@ -67,6 +67,9 @@ class Hit:
     output: Any
     cost_usd: float | None
     files: list[dict[str, Any]]  # name (a plain file name), url, sha256, size
+
+
+_RESTORE_PAGE = 1000  # pending jobs looked up at a time (one commit for the hits among them)
 
 
 @dataclass
@@ -401,56 +404,60 @@ def restore_pending(
     cache: Cache,
     store: StateStore,
     run_dir: Path,
-    rows: list[JobRow],
     restored: Restored,
     *,
+    chosen: Callable[[str], bool] | None = None,
     wall: Callable[[], float],
     echo: Callable[[str], None],
-) -> list[JobRow]:
-    """Pending jobs found in the cache become succeeded (cached), files in place."""
-    out = []
-    with store.batch():
-        for row in rows:
-            if row.status != PENDING:
-                out.append(row)
-                continue
-            try:
-                hit = cache.lookup(row)
-                files = None if hit is None else cache.place(run_dir, row.job_id, hit)
-            except CacheError as exc:
-                cache.damaged.add(cache.key(row))
-                restored.damaged.append(f"job {row.job_id}: {exc}")
-                hit = files = None
-            if hit is None or files is None:
-                out.append(row)
-                continue
-            store.record_cached(
-                row.job_id, finished_at=wall(), output=hit.output, saved_usd=hit.cost_usd,
-                files=files,
-            )  # fmt: skip
-            restored.jobs += 1
-            restored.saved_usd += hit.cost_usd or 0.0
-            out.append(store.get(row.job_id))
+) -> None:
+    """Pending jobs of the manifest (`chosen` ones only) found in the cache become succeeded
+    (cached), files in place: state.db read a page at a time, in plan order."""
+    after = -1
+    while True:
+        page = store.pending_page(after, _RESTORE_PAGE)
+        if not page:
+            break
+        after = page[-1].position
+        with store.batch():
+            for row in page:
+                if chosen is None or chosen(row.job_id):
+                    _restore(cache, store, run_dir, row, restored, wall)
     for line in restored.damaged[:5]:
         echo(f"cache: damaged entry ignored ({line}); the job runs")
     if len(restored.damaged) > 5:
         echo(f"cache: {len(restored.damaged) - 5} more damaged entries ignored")
-    return out
 
 
-def fill(cache: Cache, run_dir: Path, rows: list[JobRow], *, echo: Callable[[str], None]) -> None:
+def _restore(
+    cache: Cache,
+    store: StateStore,
+    run_dir: Path,
+    row: JobRow,
+    restored: Restored,
+    wall: Callable[[], float],
+) -> None:
+    try:
+        hit = cache.lookup(row)
+        files = None if hit is None else cache.place(run_dir, row.job_id, hit)
+    except CacheError as exc:
+        cache.damaged.add(cache.key(row))
+        restored.damaged.append(f"job {row.job_id}: {exc}")
+        return
+    if hit is None or files is None:
+        return
+    store.record_cached(
+        row.job_id, finished_at=wall(), output=hit.output, saved_usd=hit.cost_usd, files=files
+    )
+    restored.jobs += 1
+    restored.saved_usd += hit.cost_usd or 0.0
+
+
+def fill(
+    cache: Cache, run_dir: Path, rows: Iterable[JobRow], *, echo: Callable[[str], None]
+) -> None:
     """Every succeeded job whose files all verified goes into the cache (once)."""
     unverified = sum(
         1 for row in rows if cache.storable(run_dir, row) and not cache.store(run_dir, row)
     )
     if unverified:
         echo(f"cache: {unverified} job(s) not cached: their files did not verify")
-
-
-def cached_note(rows: list[JobRow]) -> str:
-    """' (12 from the cache, saved $0.48)' for the final line; '' when none came from it."""
-    cached = [r for r in rows if r.cached]
-    if not cached:
-        return ""
-    saved = sum(r.saved_usd or 0.0 for r in cached)
-    return f" ({len(cached)} from the cache, saved ${saved:.2f})"

@@ -7,7 +7,8 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from pathlib import Path
@@ -29,16 +30,17 @@ from batchrun.fetch.jobfiles import JobFiles
 from batchrun.plan.build import Plan
 from batchrun.plan.digest import PLAN_META, PlanMark
 from batchrun.plan.settings import RunSettings
-from batchrun.run.budget import Budget, plan_estimator
+from batchrun.run.budget import Budget, Estimate, estimate_of, plan_estimator
 from batchrun.run.cache import Restored, fill, open_for_plan, restore_pending
 from batchrun.run.downloads import PlanFiles
-from batchrun.run.ending import say_how_it_ended
+from batchrun.run.ending import EndCounts, say_how_it_ended
 from batchrun.run.halt import SweepGate
 from batchrun.run.inputs import check_ready, submitter
 from batchrun.run.jobtable import JobTable
 from batchrun.run.live import LiveReport, waiting_text
 from batchrun.run.mirror import Mirror
 from batchrun.run.money_text import budget_reached, no_balance, progress_cost
+from batchrun.run.pages import PendingPages
 from batchrun.run.parts import RunParts
 from batchrun.run.policy import SubmitPolicy
 from batchrun.run.progress import Progress, describe, server_wait
@@ -136,31 +138,33 @@ class _Run:
 
     def execute(self) -> int:
         self._prepare()
-        mark = self.store.revision()  # before the read: a write during it shows too
-        every = self.store.rows()
-        rows = self._restore([r for r in every if r.in_manifest and self._chosen(r.job_id)])
-        client = Client(self.opts.api_base, self.opts.token, session=self.opts.session)
+        if self.cache is not None:
+            restore_pending(
+                self.cache, self.store, self.run_dir, self.restored, chosen=self._chooser(),
+                wall=self.opts.wall, echo=self.echo,
+            )  # fmt: skip
         settings = self._run_settings()
+        counts, gate = self._survey(settings)
+        held = self._held(gate)
+        table = JobTable(self.store, held, counts)
+        client = Client(self.opts.api_base, self.opts.token, session=self.opts.session)
         limiter = run_limiter(settings, self.opts)
+        estimate = plan_estimator(self.plan)
         budget = Budget.for_folder(
-            self._cap(), plan_estimator(self.plan), self.store.attempts(), rows, self.store
+            self._cap(), estimate, self.store.attempts(), held, self.store, jobs=table.rows.get
         )
+        budget.est_total, budget.unpriced = self._estimate(estimate)
         self._record_budget(budget)
-        self.balance_before = self._check_balance(budget, rows)
-        progress = run_progress(len(rows), self.opts, budget, limiter)
-        policies: list[SubmitPolicy] = [budget]
-        if settings.halt is not None or settings.canary:
-            policies.insert(0, SweepGate(halt=settings.halt, canary=settings.canary, rows=rows))
+        self.balance_before = self._check_balance(estimate, counts)
+        progress = run_progress(table.total, self.opts, budget, limiter)
+        policies: list[SubmitPolicy] = [budget] if gate is None else [gate, budget]
+        feed = PendingPages(self.store, table, chosen=self._chooser())
         parts = RunParts(
-            JobTable(self.store, rows),
-            client,
-            limiter,
-            settings,
-            self.opts.clock,
-            self.opts.wall,
+            table, client, limiter, settings, self.opts.clock, self.opts.wall, feed=feed,
             submit=submitter(self.plan, client.submit),
-        )
-        sched = self._scheduler(parts, policies, budget, progress)
+        )  # fmt: skip
+        sched = self._scheduler(parts, policies, budget, progress, held)
+        feed.closed = sched.policy.closed  # the models no submit may take are not read
         live = LiveReport(
             settings.report_every if self.opts.report_every is None else self.opts.report_every,
             lambda: self._write_live(sched, progress, budget, live),
@@ -173,33 +177,74 @@ class _Run:
         interrupted = sched.stop.is_set()
         if interrupted and self.opts.cancel_on_interrupt:
             self._cancel_queued(sched, client, limiter)
-        # Nothing written since the read (nothing to do, say): the rows read are the state.
-        final = every if self.store.revision() == mark else self.store.rows()
-        mine = [r for r in final if r.in_manifest and self._chosen(r.job_id)]
         if self.cache is not None and not interrupted:
-            fill(self.cache, self.run_dir, mine, echo=self.echo)
+            fill(self.cache, self.run_dir, self._mine(), echo=self.echo)
         if self.mirror is not None and not interrupted:
-            self.mirror.copy_files(mine)
-        self._write_report(final, client, limiter, budget, interrupted=interrupted)
+            self.mirror.copy_files(self._mine())
+        self._write_report(client, limiter, budget, interrupted=interrupted)
         client.close()
         if self.mirror is not None and not interrupted:
             self.mirror.copy_reports()
             self.mirror.say(self.echo, quiet=self.opts.quiet)
-        code = self._conclude(sched, budget, mine)
+        code = self._conclude(sched, budget)
         # Files left out of the bucket fail the run; the same command finishes the mirror.
         return 1 if code == 0 and self.mirror is not None and self.mirror.failed else code
 
-    def _restore(self, rows: list[JobRow]) -> list[JobRow]:
-        """The rows to run, with the pending ones the cache holds a result of taken from it."""
-        if self.cache is None:
-            return rows
-        return restore_pending(
-            self.cache, self.store, self.run_dir, rows, self.restored,
-            wall=self.opts.wall, echo=self.echo,
-        )  # fmt: skip
+    def _mine(self) -> Iterator[JobRow]:
+        """This run's jobs as state.db holds them, read with a cursor."""
+        rows = self.store.iter_rows(in_manifest_only=True)
+        return rows if self.opts.only is None else (r for r in rows if self._chosen(r.job_id))
+
+    def _chooser(self) -> Callable[[str], bool] | None:
+        """Whether a job is this run's (None: every job of the manifest is)."""
+        return None if self.opts.only is None else self._chosen
+
+    def _survey(self, settings: RunSettings) -> tuple[Counter[str], SweepGate | None]:
+        """The counts of this run's jobs by status, and its sweep gate (halt, canaries), if
+        any: one pass over the jobs' ids and statuses, no row decoded."""
+        brief = self.store.brief()
+        mine = brief if self.opts.only is None else (b for b in brief if self._chosen(b.job_id))
+        if settings.halt is None and not settings.canary:
+            return Counter(b.status for b in mine), None
+        gate = SweepGate(halt=settings.halt, canary=settings.canary, rows=mine)
+        return Counter(gate.start), gate
+
+    def _held(self, gate: SweepGate | None) -> list[JobRow]:
+        """The jobs the run holds from the start: those at the server, the succeeded ones
+        whose files are missing, and the canaries. The pending ones come in pages."""
+        chosen = self._chosen
+        rows = [
+            r for r in self.store.iter_rows(in_manifest_only=True, statuses=(st.QUEUED, st.RUNNING))
+            if chosen(r.job_id)
+        ]  # fmt: skip
+        if self.plan.manifest.outputs.download:
+            succeeded = self.store.iter_rows(in_manifest_only=True, statuses=(st.SUCCEEDED,))
+            rows += [
+                r for r in succeeded
+                if chosen(r.job_id) and not r.cached and needs_files(self.run_dir, r)
+            ]  # fmt: skip
+        if gate is not None:
+            have = {r.job_id for r in rows}
+            rows += [self.store.get(j) for j in gate.canary_ids() if j not in have]
+        return rows
+
+    def _estimate(self, estimate: Estimate) -> tuple[Decimal, int]:
+        """The estimate of this run's jobs (those taken from the cache cost nothing) and how
+        many have none: the plan's, recorded with its digest, less the cached jobs', when the
+        run is the whole plan; else added up over the jobs."""
+        mark = self.opts.plan_mark
+        if mark is not None and self.opts.only is None:
+            usd, unpriced = estimate_of(estimate, self.store.cached_rows())
+            return mark.est_usd - usd, mark.unpriced - unpriced
+        return estimate_of(estimate, (r for r in self._mine() if not r.cached))
 
     def _scheduler(
-        self, parts: RunParts, policies: list[SubmitPolicy], budget: Budget, progress: Progress
+        self,
+        parts: RunParts,
+        policies: list[SubmitPolicy],
+        budget: Budget,
+        progress: Progress,
+        held: list[JobRow],
     ) -> Scheduler:
         download = self.plan.manifest.outputs.download
         sched = Scheduler(
@@ -222,8 +267,7 @@ class _Run:
                     gate.unjudged = sched.downloads.holds
         # A cached job's files come from the cache, not a URL.
         sched.seed(
-            parts.jobs.rows.values(),
-            needs_files=lambda r: download and not r.cached and needs_files(self.run_dir, r),
+            held, needs_files=lambda r: download and not r.cached and needs_files(self.run_dir, r)
         )
         return sched
 
@@ -239,7 +283,7 @@ class _Run:
             restore()
             progress.close()
 
-    def _conclude(self, sched: Scheduler, budget: Budget, mine: list[JobRow]) -> int:
+    def _conclude(self, sched: Scheduler, budget: Budget) -> int:
         """Say how the run ended; its exit code, or the error it ends with."""
         if sched.stop.is_set():
             still = len(sched.at_server.flights)
@@ -248,17 +292,18 @@ class _Run:
                 f"resume with: {self.opts.resume_command or 'batchrun run MANIFEST'}"
             )
             return EXIT_INTERRUPTED
+        ended = EndCounts.of(self._mine())
+        not_run = ended.counts[st.PENDING]
         if isinstance(sched.fatal, InsufficientBalanceError):
-            raise no_balance(sched.fatal, mine, self.opts.resume_command)
+            raise no_balance(sched.fatal, not_run, self.opts.resume_command)
         if sched.fatal is not None and getattr(sched.fatal, "exit_code", 1) != 1:
             raise sched.fatal
         code = say_how_it_ended(
-            mine, sched, budget,
+            ended, sched, budget,
             run_dir=self.run_dir, elapsed=self.opts.clock() - self.started,
             left_out=self.opts.left_out if self.opts.only else None,
             quiet=self.opts.quiet, echo=self.echo,
         )  # fmt: skip
-        not_run = sum(1 for r in mine if r.status == st.PENDING)
         if budget.reached and not_run:
             raise budget_reached(budget, not_run, max(1, self.opts.share))
         return code
@@ -282,32 +327,38 @@ class _Run:
             self.echo(f"warning: the account balance could not be read ({exc}); running on")
             return None
 
-    def _check_balance(self, budget: Budget, rows: list[JobRow]) -> Decimal | None:
+    def _check_balance(self, estimate: Estimate, counts: Counter[str]) -> Decimal | None:
         """Before anything is sent: below the cheapest job's estimate, InsufficientBalanceError
         (exit 3); below the plan's estimate, a warning saying how many jobs it covers."""
-        if not any(r.status == st.PENDING for r in rows):
+        if not counts[st.PENDING]:
             return None
         balance = self._balance()
         if balance is None:
             return None
-        pending = [budget.estimate(r.job_id) for r in rows if r.status == st.PENDING]
-        priced = sorted(e for e in pending if e is not None)
-        if priced and balance < priced[0]:
+        pending = self.store.iter_rows(in_manifest_only=True, statuses=(st.PENDING,))
+        # the pending jobs' estimates, as how many jobs have each (a few distinct amounts)
+        priced = Counter(
+            e for r in pending if self._chosen(r.job_id)
+            for e in [estimate(r.model_id, r.inputs)] if e is not None
+        )  # fmt: skip
+        if priced and balance < min(priced):
             raise InsufficientBalanceError(
                 f"the account balance is {usd(balance)}, less than one job's estimate "
-                f"({usd(priced[0])}); nothing was sent. Top up the RunComfy balance, then rerun: "
-                f"{self.opts.resume_command or 'the same command'}"
+                f"({usd(min(priced))}); nothing was sent. Top up the RunComfy balance, then "
+                f"rerun: {self.opts.resume_command or 'the same command'}"
             )
-        total = sum(priced, Decimal(0))
+        total = sum((e * n for e, n in priced.items()), Decimal(0))
         if priced and balance < total:
             covered, left = 0, balance
-            for estimate in priced:
-                if estimate > left:
+            for amount, n in sorted(priced.items()):
+                fits = min(n, int(left // amount)) if amount else n
+                covered, left = covered + fits, left - amount * fits
+                if fits < n:
                     break
-                covered, left = covered + 1, left - estimate
             self.echo(
                 f"warning: the account balance {usd(balance)} is below the estimate of the jobs "
-                f"to run ({usd(total)}); it covers about {covered} of {len(priced)} priced jobs"
+                f"to run ({usd(total)}); it covers about {covered} of {priced.total()} priced "
+                "jobs"
             )
         return balance
 
@@ -337,7 +388,7 @@ class _Run:
         only = self.opts.only
         if only is None:
             return self.plan.jobs
-        known = {r.job_id for r in self.store.rows(in_manifest_only=True)}
+        known = self.store.job_ids(in_manifest_only=True)
         return [j for j in self.plan.jobs if j.job_id in only or j.job_id in known]
 
     # ---- before the loop ----------------------------------------------------------------
@@ -443,7 +494,6 @@ class _Run:
         from batchrun.results.html_report import Live
         from batchrun.results.report import RunFacts, grid_choice, write_from_state
 
-        table = sched.jobs.rows
         counts, done = sched.jobs.counts, sched.jobs.done()
         stopped = "budget: the cap is reached, no more submits" if budget.reached else ""
         if not stopped and not sched.submit_open and sched.pending:
@@ -454,7 +504,7 @@ class _Run:
         )  # fmt: skip
         at = time.strftime("%H:%M:%S UTC", time.gmtime(self.opts.wall()))
         text = "; ".join(
-            t for t in (f"running: {done}/{len(table)} done ({describe(counts)})",
+            t for t in (f"running: {done}/{sched.jobs.total} done ({describe(counts)})",
                         progress_cost(budget), waiting, f"updated {at}") if t
         )  # fmt: skip
         meta = self.store.meta()
@@ -482,7 +532,6 @@ class _Run:
 
     def _write_report(
         self,
-        rows: list[JobRow],
         client: Client,
         limiter: RateLimiter,
         budget: Budget,
@@ -494,6 +543,7 @@ class _Run:
         from batchrun.results.report import (
             REPORT_FILES_META,
             REPORT_MARK_META,
+            ReportJobs,
             RunFacts,
             files_mark,
             grid_choice,
@@ -554,12 +604,15 @@ class _Run:
             return  # nothing changed since they were written
         try:
             write_report(
-                self.run_dir, rows, attempts, facts=facts, rows_key=rows_key, cols_key=cols_key,
-                mirror_urls=mirror_urls,
+                self.run_dir, ReportJobs.read(self.store), attempts, facts=facts,
+                rows_key=rows_key, cols_key=cols_key, mirror_urls=mirror_urls,
             )  # fmt: skip
         except ChoiceError as exc:
             self.echo(f"warning: report.html grid: {exc}; laid out automatically")
-            write_report(self.run_dir, rows, attempts, facts=facts, mirror_urls=mirror_urls)
+            write_report(
+                self.run_dir, ReportJobs.read(self.store), attempts, facts=facts,
+                mirror_urls=mirror_urls,
+            )  # fmt: skip
         self.store.set_meta(
             **{REPORT_MARK_META: written, REPORT_FILES_META: files_mark(self.run_dir)}
         )

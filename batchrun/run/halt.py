@@ -2,8 +2,8 @@
 (`run.canary`), a submit policy (run/policy.py).
 
 Asked about a pending job (`admit`), the gate lets it go or sets it aside (it stays pending in
-state.db); after outcomes were applied, `released(jobs)` gives the jobs set aside that may go
-now. Both read the job table only.
+state.db); after outcomes were applied, `released(jobs)` decides the canaries that ended, and
+`closed()` says which pending jobs the run need not read now. They read the job table only.
 """
 
 from __future__ import annotations
@@ -15,17 +15,22 @@ from batchrun.plan.settings import HaltRule
 from batchrun.run import policy
 from batchrun.run.policy import Decision, JobsView
 from batchrun.store import state as st
-from batchrun.store.records import JobRow
+from batchrun.store.records import Brief, JobRow
 
 _BAD = (st.FAILED, st.TIMED_OUT)
 _FINISHED = (st.SUCCEEDED, st.FAILED, st.TIMED_OUT, st.CANCELLED)
+_TO_DO = (st.PENDING, st.SUBMITTING, st.QUEUED, st.RUNNING)
 
 
 class SweepGate(policy.Policy):
     """`run.halt` and `run.canary` for one run of the scheduler.
 
-    `start` is the job table's counts when the run begins (after cache hits): the halt looks at
-    the jobs finished by this run only, so a rerun after a halt gets a fresh start.
+    `rows`: the run's jobs in plan order (store.brief: id, model, status, cached), read once.
+    `start` is their counts when the run begins (after cache hits): the halt looks at the jobs
+    finished by this run only, so a rerun after a halt gets a fresh start.
+
+    While a model's canaries are undecided, its other jobs are set aside and the model is
+    closed (`closed`): the run reads none of them; once the canaries pass, it reads them again.
     """
 
     def __init__(
@@ -33,36 +38,43 @@ class SweepGate(policy.Policy):
         *,
         halt: HaltRule | None,
         canary: int,
-        rows: Iterable[JobRow],
+        rows: Iterable[Brief | JobRow],
         start: Counter[str] | None = None,
     ) -> None:
-        rows = list(rows)
         self.rule = halt
-        self.start = Counter(r.status for r in rows) if start is None else Counter(start)
         self.halted = ""  # why, once halted (it stays so for the run)
         self.canaries: dict[str, list[str]] = {}  # model -> its canaries still undecided
-        self.held: dict[str, list[str]] = {}  # model -> its jobs waiting for the canaries
         self.blocked: dict[str, str] = {}  # model -> why its other jobs are not sent
         # A succeeded job whose files are not judged yet (expectations) is no proof yet.
         self.unjudged: Callable[[str], bool] = lambda job_id: False
-        if canary > 0:
-            self._pick_canaries(rows, canary)
+        counted = self._pick_canaries(rows, canary)
+        self.start = counted if start is None else Counter(start)
 
-    def _pick_canaries(self, rows: list[JobRow], n: int) -> None:
+    def _pick_canaries(self, rows: Iterable[Brief | JobRow], n: int) -> Counter[str]:
         """Per model: N successes (not from the cache) open it; else the first jobs still to do,
-        in expansion order, are its canaries (jobs in flight from an earlier run included)."""
-        by_model: dict[str, list[JobRow]] = {}
-        for row in sorted(rows, key=lambda r: r.position):
-            by_model.setdefault(row.model_id, []).append(row)
-        to_do = (st.PENDING, st.SUBMITTING, st.QUEUED, st.RUNNING)
-        for model, model_rows in by_model.items():
-            proven = sum(1 for r in model_rows if r.status == st.SUCCEEDED and not r.cached)
-            if proven >= n:
+        in plan order, are its canaries (jobs in flight from an earlier run included). Returns
+        the rows' counts."""
+        counts: Counter[str] = Counter()
+        proven: Counter[str] = Counter()
+        to_do: dict[str, list[str]] = {}
+        for row in rows:
+            counts[row.status] += 1
+            if n <= 0:
                 continue
-            picked = [r.job_id for r in model_rows if r.status in to_do][: n - proven]
-            if picked:
-                self.canaries[model] = picked
-                self.held[model] = []
+            if row.status == st.SUCCEEDED and not row.cached:
+                proven[row.model_id] += 1
+            elif row.status in _TO_DO:
+                picked = to_do.setdefault(row.model_id, [])
+                if len(picked) < n:
+                    picked.append(row.job_id)
+        for model, picked in to_do.items():
+            if proven[model] < n:
+                self.canaries[model] = picked[: n - proven[model]]
+        return counts
+
+    def canary_ids(self) -> list[str]:
+        """The canaries still undecided."""
+        return [job_id for picked in self.canaries.values() for job_id in picked]
 
     # ---- the scheduler's questions ------------------------------------------------------
 
@@ -77,29 +89,29 @@ class SweepGate(policy.Policy):
         model = jobs.rows[job_id].model_id
         if model in self.blocked:
             return False
-        if model in self.held and job_id not in self.canaries[model]:
-            self.held[model].append(job_id)
-            return False
-        return True
+        return model not in self.canaries or job_id in self.canaries[model]
+
+    def closed(self) -> policy.Closed:
+        if self.halted:
+            return policy.Closed(every=True)
+        return policy.Closed(frozenset(self.canaries) | frozenset(self.blocked))
+
+    def watching(self, job_id: str) -> bool:
+        return any(job_id in picked for picked in self.canaries.values())
 
     def released(self, jobs: JobsView) -> list[str]:
-        if not self.canaries:
-            return []
-        out: list[str] = []
+        """Decides the canaries that ended: a model whose canaries all passed opens (its other
+        jobs are read again, see `closed`), one with a failed canary is blocked. Gives no job
+        ids: the ones set aside are back in state.db, not here."""
         for model in list(self.canaries):
-            waiting = self.canaries[model]
-            rows = [jobs.rows[j] for j in waiting]
+            rows = [jobs.rows[j] for j in self.canaries[model]]
             bad = [r for r in rows if r.status in (*_BAD, st.CANCELLED, st.UNKNOWN)]
             if bad:
                 self.blocked[model] = _canary_failure(bad[0])
-            elif all(r.status == st.SUCCEEDED and not self.unjudged(r.job_id) for r in rows):
-                if not self.halted:
-                    out += self.held[model]
-            else:
+            elif not all(r.status == st.SUCCEEDED and not self.unjudged(r.job_id) for r in rows):
                 continue
             del self.canaries[model]
-            self.held.pop(model)
-        return out
+        return []
 
     def _check_halt(self, jobs: JobsView) -> bool:
         rule = self.rule
@@ -120,8 +132,8 @@ class SweepGate(policy.Policy):
 
     # ---- after the run ------------------------------------------------------------------
 
-    def explain(self, rows: list[JobRow]) -> list[str]:
-        return self.problems(sum(1 for r in rows if r.status == st.PENDING))
+    def explain(self, not_sent: Counter[str]) -> list[str]:
+        return self.problems(sum(not_sent.values()))
 
     def problems(self, not_submitted: int) -> list[str]:
         """The lines that explain why jobs were not submitted (empty: none were held back)."""

@@ -1,10 +1,14 @@
 """The run's job table in memory: each transition committed to state.db before the copy is
-updated, with the very changes state.db made (store/transitions.py)."""
+updated, with the very changes state.db made (store/transitions.py).
+
+It holds the jobs the run is working on, not the sweep: pending jobs come in pages (a Feed,
+run/parts.py) and finished ones leave (`settled`, `forget`), while the counts of the progress
+and final lines are kept for every job of the run."""
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from contextlib import AbstractContextManager
 from decimal import Decimal
 from typing import Any, Protocol
@@ -12,6 +16,8 @@ from typing import Any, Protocol
 from batchrun.store import state as st, transitions
 from batchrun.store.records import JobRow, OutputFile
 from batchrun.store.transitions import Changes
+
+DONE = (*st.TERMINAL, st.UNKNOWN)  # nothing more for this run to do about the job
 
 
 class Transitions(Protocol):
@@ -45,18 +51,41 @@ class JobTable:
     """One method per transition, named as StateStore's: commit it there first, then make the
     changes it returns to `rows` and `counts`."""
 
-    def __init__(self, store: Transitions, rows: Iterable[JobRow]) -> None:
+    def __init__(
+        self, store: Transitions, rows: Iterable[JobRow], counts: Mapping[str, int] | None = None
+    ) -> None:
+        """`counts`: the statuses of every job of the run, when `rows` (and the rows added
+        later) are some of them; None: the run's jobs are `rows` and those added later."""
         self.store = store
         self.rows: dict[str, JobRow] = {r.job_id: r for r in rows}
-        self.counts: Counter[str] = Counter(r.status for r in self.rows.values())
+        self._counted = counts is not None
+        self.counts: Counter[str] = Counter(
+            counts if counts is not None else (r.status for r in self.rows.values())
+        )
         self.changes = 0  # transitions applied so far: equal at two moments, nothing changed
+        self.settled: list[str] = []  # jobs that reached DONE since the last `take_settled`
+
+    @property
+    def total(self) -> int:
+        """The run's jobs (held here or not)."""
+        return sum(self.counts.values())
 
     def add(self, rows: Iterable[JobRow]) -> None:
-        """Rows this run takes on as it goes (a shared sweep's claims)."""
+        """Rows this run takes on as it goes (a page of pending jobs, a shared sweep's claims)."""
         for row in rows:
             if row.job_id not in self.rows:
                 self.rows[row.job_id] = row
-                self.counts[row.status] += 1
+                if not self._counted:
+                    self.counts[row.status] += 1
+
+    def forget(self, job_id: str) -> None:
+        """The job leaves memory (state.db holds it); its count stays."""
+        self.rows.pop(job_id, None)
+
+    def take_settled(self) -> list[str]:
+        """The jobs that reached DONE since the last call (they may have moved on since)."""
+        settled, self.settled = self.settled, []
+        return settled
 
     def batch(self, *, durable: bool = False) -> AbstractContextManager[None]:
         """The transitions made inside share one commit (see StateStore.batch)."""
@@ -104,7 +133,7 @@ class JobTable:
 
     def done(self) -> int:
         """Jobs this run will do nothing more about (terminal, or ambiguous)."""
-        return sum(self.counts[s] for s in (*st.TERMINAL, st.UNKNOWN))
+        return sum(self.counts[s] for s in DONE)
 
     def _apply(self, job_id: str, changes: Changes) -> None:
         row = self.rows[job_id]
@@ -114,3 +143,5 @@ class JobTable:
         if row.status != before:
             self.counts[before] -= 1
             self.counts[row.status] += 1
+        if row.status in DONE:
+            self.settled.append(job_id)

@@ -9,8 +9,6 @@ from decimal import Decimal
 from batchrun.catalog.pricing import usd
 from batchrun.errors import BudgetReached, InsufficientBalanceError
 from batchrun.run.budget import Budget
-from batchrun.store import state as st
-from batchrun.store.records import JobRow
 
 
 def progress_cost(budget: Budget) -> str:
@@ -78,11 +76,9 @@ def cost_text(budget: Budget) -> str:
     return f"Cost {usd(budget.spent)}{unknown} ({est})"
 
 
-def no_balance(
-    exc: InsufficientBalanceError, rows: list[JobRow], again: str
-) -> InsufficientBalanceError:
-    """The API's refusal, said plainly: what did not run and how to go on (rerun `again`)."""
-    not_run = sum(1 for r in rows if r.status == st.PENDING)
+def no_balance(exc: InsufficientBalanceError, not_run: int, again: str) -> InsufficientBalanceError:
+    """The API's refusal, said plainly: what did not run (`not_run` jobs) and how to go on
+    (rerun `again`)."""
     return InsufficientBalanceError(
         f"{exc.message}: insufficient balance, the account cannot pay for more jobs; "
         f"stopped submitting, {not_run} job{'s' if not_run != 1 else ''} not run. "

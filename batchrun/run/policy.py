@@ -63,6 +63,21 @@ class Told:
     at: float = 0.0  # epoch seconds the call was sent
 
 
+@dataclass(frozen=True)
+class Closed:
+    """The pending jobs no submit may take now: of `models`, or of every model (`every`). A
+    run does not read them from state.db meanwhile (run/pages.py)."""
+
+    models: frozenset[str] = frozenset()
+    every: bool = False
+
+    def __or__(self, other: Closed) -> Closed:
+        return Closed(self.models | other.models, self.every or other.every)
+
+
+OPEN = Closed()
+
+
 class JobsView(Protocol):
     """What a policy reads of the scheduler's job table (run/jobtable.py)."""
 
@@ -83,8 +98,15 @@ class SubmitPolicy(Protocol):
     def released(self, jobs: JobsView) -> list[str]:
         """Jobs set aside earlier that may go now."""
 
-    def explain(self, rows: list[JobRow]) -> list[str]:
-        """After the run (`rows`: its jobs as they ended): why jobs it held were not sent."""
+    def closed(self) -> Closed:
+        """The pending jobs it would set aside now, whichever they are."""
+
+    def watching(self, job_id: str) -> bool:
+        """Whether it still reads the job's row in the table (it must stay in memory)."""
+
+    def explain(self, not_sent: Counter[str]) -> list[str]:
+        """After the run (`not_sent`: its jobs left pending, per model): why jobs it held
+        were not sent."""
 
 
 class Policy:
@@ -102,7 +124,13 @@ class Policy:
     def released(self, jobs: JobsView) -> list[str]:
         return []
 
-    def explain(self, rows: list[JobRow]) -> list[str]:
+    def closed(self) -> Closed:
+        return OPEN
+
+    def watching(self, job_id: str) -> bool:
+        return False
+
+    def explain(self, not_sent: Counter[str]) -> list[str]:
         return []
 
 
@@ -133,5 +161,14 @@ class Policies(Policy):
     def released(self, jobs: JobsView) -> list[str]:
         return [job_id for policy in self.policies for job_id in policy.released(jobs)]
 
-    def explain(self, rows: list[JobRow]) -> list[str]:
-        return [line for policy in self.policies for line in policy.explain(rows)]
+    def closed(self) -> Closed:
+        shut = OPEN
+        for policy in self.policies:
+            shut |= policy.closed()
+        return shut
+
+    def watching(self, job_id: str) -> bool:
+        return any(policy.watching(job_id) for policy in self.policies)
+
+    def explain(self, not_sent: Counter[str]) -> list[str]:
+        return [line for policy in self.policies for line in policy.explain(not_sent)]

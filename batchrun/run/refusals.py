@@ -12,7 +12,6 @@ from batchrun.api import answers as api_answers
 from batchrun.errors import ApiError
 from batchrun.run import policy
 from batchrun.run.policy import Decision, JobsView, Told
-from batchrun.store import state as st
 from batchrun.store.records import JobRow
 from batchrun.util.safetext import printable
 
@@ -70,9 +69,11 @@ class ModelRefusals(policy.Policy):
             answer = str(exc) if isinstance(exc, ApiError) else f"{type(exc).__name__}: {exc}"
             self.refused[model_id] = Refusal(model_id, answer, fix)
 
-    def explain(self, rows: list[JobRow]) -> list[str]:
+    def closed(self) -> policy.Closed:
+        return policy.Closed(frozenset(self.refused))
+
+    def explain(self, not_sent: Counter[str]) -> list[str]:
         """One line per stopped model: the model, the answer, what was not sent, the fix."""
-        not_sent = Counter(r.model_id for r in rows if r.status == st.PENDING)
         out = []
         for r in self.refused.values():
             n = not_sent[r.model_id]

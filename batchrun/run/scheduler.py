@@ -24,6 +24,7 @@ from batchrun.run.breaker import SubmitBreaker
 from batchrun.run.downloads import DownloadPool, PlanFiles
 from batchrun.run.flights import Flights
 from batchrun.run.inflight import InFlightCap
+from batchrun.run.jobtable import DONE
 from batchrun.run.outcome import Outcome
 from batchrun.run.parts import RunParts
 from batchrun.run.pending import PendingJobs
@@ -140,10 +141,12 @@ class Scheduler:
 
     def run(self) -> None:
         try:
+            self._refill()
             self.downloads.send()
             while not self.stop.is_set() and not self._finished():
                 self._apply(self.workers.collect(min(self._dispatch(), STOP_CHECK)))
                 self.pending.extend(self.policy.released(self.jobs))  # e.g. canaries passed
+                self._let_go()
                 self._refill()
                 self.downloads.send()
                 self._show()
@@ -151,6 +154,16 @@ class Scheduler:
                     step()
         finally:
             self._wind_down()
+
+    def _let_go(self) -> None:
+        """The jobs this run is done with leave the table (state.db holds them): memory holds
+        what is in flight, not what the sweep has done."""
+        for job_id in self.jobs.take_settled():
+            row = self.jobs.rows.get(job_id)
+            if row is None or row.status not in DONE or job_id in self.at_server.flights:
+                continue
+            if not (self.downloads.holds(job_id) or self.policy.watching(job_id)):
+                self.jobs.forget(job_id)
 
     def _finished(self) -> bool:
         if isinstance(self.fatal, STOP_ALL):
@@ -252,7 +265,9 @@ class Scheduler:
             if decision.say == policy.GO:
                 return True, None
             if decision.say == policy.SET_ASIDE:
-                self.pending.popleft()  # it stays pending in state.db
+                job_id = self.pending.popleft()  # it stays pending in state.db
+                if not self.policy.watching(job_id):
+                    self.jobs.forget(job_id)
             elif decision.say == policy.HOLD:
                 return False, decision.wait
             elif self.submit_open:  # STOP: no more submits (jobs in flight still finish)

@@ -13,6 +13,7 @@ import contextlib
 import os
 import secrets
 import socket
+from collections import Counter
 from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
@@ -24,8 +25,8 @@ from batchrun.plan.build import Plan
 from batchrun.plan.settings import RunSettings
 from batchrun.results.report import write_report
 from batchrun.run import policy
-from batchrun.run.budget import Budget, amount, plan_estimator
-from batchrun.run.ending import say_how_it_ended
+from batchrun.run.budget import Budget, amount, estimate_of, plan_estimator
+from batchrun.run.ending import EndCounts, say_how_it_ended
 from batchrun.run.engine import (
     EXIT_INTERRUPTED,
     RunOptions,
@@ -153,10 +154,10 @@ class SharedAccount(policy.Policy):
             self.state.settle(job, None)  # may be billed: what it holds is spent
         return None
 
-    def explain(self, rows: list[JobRow]) -> list[str]:
+    def explain(self, not_sent: Counter[str]) -> list[str]:
         if not self.reached:
             return []
-        left = sum(1 for r in rows if r.status == records.PENDING)
+        left = sum(not_sent.values())
         return [f"{left} job(s) not sent: the sweep's cost cap is reached"]
 
 
@@ -222,8 +223,12 @@ class _Worker:
         limiter = run_limiter(settings, opts)
         limiter.shared = state.rate_window(slack_s=SHARED_SLACK_S)
         every = state.rows(in_manifest_only=True)
+        estimate = plan_estimator(self.plan)
         # The sweep's every unfinished job is known, for the estimate of those claimed later.
-        budget = Budget.for_folder(None, plan_estimator(self.plan), state.attempts(), every, state)
+        budget = Budget.for_folder(None, estimate, state.attempts(), every, state)
+        budget.est_total, budget.unpriced = estimate_of(
+            estimate, (r for r in every if not r.cached)
+        )
         account = SharedAccount(state, budget.estimate, settings.max_in_flight)
         gate = SharedGate(state, halt=settings.halt, canary=settings.canary, clock=opts.clock)
         progress = run_progress(len(every), opts, budget, limiter)
@@ -271,8 +276,11 @@ class _Worker:
                    "elapsed_s": round(self.opts.clock() - self.started, 3)},
         )  # fmt: skip
         # The sweep's money as its ledger says once every worker's attempts are in.
-        books = Budget.for_folder(None, plan_estimator(self.plan), attempts, rows)
+        estimate = plan_estimator(self.plan)
+        books = Budget.for_folder(None, estimate, attempts, rows)
+        books.est_total, books.unpriced = estimate_of(estimate, (r for r in rows if not r.cached))
         return say_how_it_ended(
-            rows, sched, books, run_dir=self.run_dir, elapsed=self.opts.clock() - self.started,
-            left_out=None, quiet=self.opts.quiet, echo=self.echo,
+            EndCounts.of(rows), sched, books, run_dir=self.run_dir,
+            elapsed=self.opts.clock() - self.started, left_out=None, quiet=self.opts.quiet,
+            echo=self.echo,
         )  # fmt: skip

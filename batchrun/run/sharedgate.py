@@ -16,6 +16,7 @@ within the sweep's rate and slots).
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 
 from batchrun.errors import ApiError
@@ -24,7 +25,6 @@ from batchrun.run import policy
 from batchrun.run.breaker import MAX_AMBIGUOUS_SUBMITS
 from batchrun.run.halt import percent
 from batchrun.run.policy import Decision, JobsView, Told
-from batchrun.store import records
 from batchrun.store.records import JobRow
 from batchrun.store.shared import SharedState
 
@@ -91,11 +91,11 @@ class SharedGate(policy.Policy):
                 return Decision(policy.STOP, self.halted, error=ApiError(self.halted))
         return None
 
-    def explain(self, rows: list[JobRow]) -> list[str]:
+    def explain(self, not_sent: Counter[str]) -> list[str]:
         halted, blocked = self.state.held_back()
         lines = []
         if halted:
-            left = sum(1 for r in rows if r.status == records.PENDING)
+            left = sum(not_sent.values())
             lines.append(
                 f"halted: {halted}; {left} job{'s' if left != 1 else ''} of the sweep not "
                 "submitted; fix the cause and rerun to continue"

@@ -21,7 +21,7 @@ from batchrun.store.records import COLUMNS, COLUMNS_V1, COLUMNS_V3, COLUMNS_V6
 # a job's allowance of retries began); 6: compact rows (model ids and origins stored once, in
 # `names`; an attempt's request id stored once when it is its job's; the status index holds
 # unfinished jobs only; times no one reads exactly kept to the second)
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 STATE_FILE = "state.db"
 
 
@@ -54,9 +54,10 @@ _ATTEMPTS_V6 = _ATTEMPTS.replace("model_id TEXT NOT NULL", "model_id INTEGER NOT
     "origin TEXT NOT NULL DEFAULT ''", "origin INTEGER NOT NULL"
 )
 # Only unfinished jobs are looked up by status (status, requeue, a resume's submits in the
-# air); finished ones, most of a large folder, stay out of the index.
+# air, the run's pages of pending jobs in plan order); finished ones, most of a large folder,
+# stay out of the index.
 ACTIVE = "status NOT IN ('succeeded', 'failed', 'timed_out', 'cancelled')"
-_ACTIVE_INDEX = f"CREATE INDEX IF NOT EXISTS jobs_active ON jobs (status) WHERE {ACTIVE}"
+_ACTIVE_INDEX = f"CREATE INDEX IF NOT EXISTS jobs_active ON jobs (status, position) WHERE {ACTIVE}"
 _REQUEST_KEPT = [
     "CREATE TRIGGER IF NOT EXISTS jobs_request_kept BEFORE UPDATE OF request_id ON jobs "
     "WHEN OLD.request_id IS NOT NEW.request_id BEGIN UPDATE attempts SET request_id = "
@@ -185,6 +186,9 @@ _MIGRATIONS = {
     # Attempts made before count against the allowance: a migrated folder grants no more.
     5: ("ALTER TABLE jobs ADD COLUMN retries_from INTEGER NOT NULL DEFAULT 0",),
     6: _TO_V6,
+    # The index of unfinished jobs ordered by position too: a run reads its pending jobs in
+    # pages, in plan order, without sorting them all.
+    7: ("DROP INDEX IF EXISTS jobs_active", _ACTIVE_INDEX),
 }
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 # Internal job states. Report statuses (DESIGN.md) are derived by `report_status`.
 PENDING = "pending"  # not yet submitted (or to be resubmitted)
@@ -53,6 +53,15 @@ class OutputFile:
     sha256: str = ""
     size: int = 0
     error: str = ""  # why it was refused or failed; empty when downloaded
+
+
+class Brief(NamedTuple):
+    """What a run's passes over every job read of each (store.brief): no inputs, no output."""
+
+    job_id: str
+    model_id: str
+    status: str
+    cached: bool
 
 
 @dataclass

@@ -324,6 +324,61 @@ class StateStore(transitions.RowTransitions):
         finally:
             cur.close()
 
+    def pending_page(
+        self, after: int, limit: int, *, skip_models: Iterable[str] = ()
+    ) -> list[records.JobRow]:
+        """Up to `limit` pending jobs of the manifest past position `after`, in plan order,
+        leaving out the models in `skip_models` (the index of unfinished jobs, by status and
+        position, serves it without a sort)."""
+        skip = sorted(skip_models)
+        models = (
+            f" AND jobs.model_id NOT IN (SELECT ref FROM names WHERE name IN "
+            f"({', '.join('?' for _ in skip)}))"
+            if skip
+            else ""
+        )
+        with self._mutex, gc_paused():
+            cur = self._conn.execute(
+                f"SELECT {self._columns} FROM jobs WHERE status = ? AND {ACTIVE} AND "
+                f"in_manifest = 1 AND position > ?{models} ORDER BY position LIMIT ?",
+                [PENDING, after, *skip, limit],
+            )
+            return [self._decode(r) for r in cur.fetchall()]
+
+    def brief(self, *, statuses: Iterable[str] | None = None) -> Iterator[records.Brief]:
+        """(job id, model id, status, cached) of the jobs in the manifest (in one of
+        `statuses` only), in plan order, read with a cursor and never decoded."""
+        where, params = "", []
+        if statuses is not None:
+            params = list(statuses)
+            where = f" AND status IN ({', '.join('?' for _ in params)})"
+            where += "" if TERMINAL.intersection(params) else f" AND {ACTIVE}"
+        with self._mutex:
+            cur = self._conn.cursor()
+            cur.execute(
+                "SELECT job_id, (SELECT name FROM names WHERE ref = jobs.model_id), status, "
+                f"cached FROM jobs WHERE in_manifest = 1{where} ORDER BY position",
+                params,
+            )
+        try:
+            while True:
+                with self._mutex:
+                    page = cur.fetchmany(_PAGE)
+                if not page:
+                    return
+                yield from (records.Brief(j, m, s, bool(c)) for j, m, s, c in page)
+        finally:
+            cur.close()
+
+    def cached_rows(self) -> list[records.JobRow]:
+        """The jobs of the manifest taken from the cache, in plan order."""
+        with self._mutex:
+            cur = self._conn.execute(
+                f"SELECT {self._columns} FROM jobs WHERE in_manifest = 1 AND cached = 1 "
+                "ORDER BY position"
+            )
+            return [self._decode(r) for r in cur.fetchall()]
+
     def count(self, *, in_manifest_only: bool = False) -> int:
         where = " WHERE in_manifest = 1" if in_manifest_only else ""
         with self._mutex:

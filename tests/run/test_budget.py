@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from batchrun.api import answers as api_answers
-from batchrun.run.budget import Budget
+from batchrun.run.budget import Budget, estimate_of
 from batchrun.run.money_text import estimate_text, progress_cost, unknown_cost_note
 from batchrun.store import state as st
 from batchrun.store.ledger import ACCEPTED, CACHED, CANCELLED, REFUSED, UNKNOWN, Attempt
@@ -29,7 +29,9 @@ def row(job_id: str, model: str = PRICED, status: str = st.PENDING, **kw: object
 def budget(cap: str | None, *rows: JobRow, ledger: tuple[Attempt, ...] = ()) -> Budget:
     """The budget of a folder holding `rows`, whose ledger holds `ledger`, running them all."""
     rows = rows or tuple(row(f"j{i}") for i in range(10))
-    return Budget.for_folder(None if cap is None else Decimal(cap), estimate, ledger, rows)
+    b = Budget.for_folder(None if cap is None else Decimal(cap), estimate, ledger, rows)
+    b.est_total, b.unpriced = estimate_of(estimate, (r for r in rows if not r.cached))
+    return b
 
 
 def attempt(job_id: str, answer: str, model: str = PRICED, **kw: object) -> Attempt:

@@ -218,7 +218,7 @@ def test_a_version_1_state_db_is_read_as_is_and_migrated_by_a_run(tmp_path) -> N
         assert [(r.job_id, r.cached, r.saved_usd) for r in store.rows()] == [("j1", False, None)]
         assert store.meta()["schema_version"] == "1"  # read, not changed
     with StateStore.open(folder) as store:  # a run
-        assert store.meta()["schema_version"] == str(SCHEMA_VERSION) == "6"
+        assert store.meta()["schema_version"] == str(SCHEMA_VERSION) == "7"
         assert store.get("j1").cached is False and store.attempts() == []
 
 

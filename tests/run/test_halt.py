@@ -15,6 +15,7 @@ from batchrun.plan.manifest import load_manifest
 from batchrun.plan.settings import HaltRule
 from batchrun.run.engine import RunOptions, run_batch
 from batchrun.run.halt import SweepGate
+from batchrun.run.policy import Closed
 from batchrun.simulator import SimSettings, Simulator
 from batchrun.store import state as st
 from batchrun.store.records import JobRow
@@ -107,15 +108,21 @@ def test_canaries_go_first_and_release_their_model() -> None:
     gate = SweepGate(halt=None, canary=2, rows=table.rows.values())
     admitted = [j for j in table.rows if gate.admit(j, table)]
     assert admitted == ["a000", "a001", "b000", "b001"]
-    assert gate.released(table) == []
+    assert gate.closed() == Closed(frozenset({"a", "b"}))  # the others are not read meanwhile
+    assert gate.watching("a000") and not gate.watching("a002")
+    gate.released(table)
     table.set("a000", st.SUCCEEDED)
-    assert gate.released(table) == []  # one canary of two
+    gate.released(table)
+    assert gate.closed().models == {"a", "b"}  # one canary of two
     table.set("a001", st.SUCCEEDED)
-    assert gate.released(table) == ["a002", "a003", "a004"]
+    assert gate.released(table) == []  # the jobs set aside are read again, not given
+    assert gate.closed().models == {"b"} and gate.admit("a002", table)
+    assert not gate.watching("a000")
     table.set("b000", st.SUCCEEDED)
     table.set("b001", st.FAILED)
     table.rows["b001"].error = "422: inputs do not match"
-    assert gate.released(table) == []
+    gate.released(table)
+    assert gate.closed().models == {"b"}  # blocked: closed for good
     assert not gate.admit("b004", table)  # a blocked model's jobs never go
     assert gate.problems(3) == [
         f"canary failed for {'b'}: job b001 failed: 422: inputs do not match; its other jobs "
@@ -130,10 +137,11 @@ def test_a_canary_retried_is_still_waited_for() -> None:
     assert [j for j in table.rows if gate.admit(j, table)] == ["a000"]
     table.set("a000", st.RUNNING)
     table.set("a000", st.PENDING)  # failed once, back in the queue for its retry
-    assert gate.released(table) == []
-    assert gate.admit("a000", table)
+    gate.released(table)
+    assert gate.closed().models == {"a"} and gate.admit("a000", table)
     table.set("a000", st.SUCCEEDED)
-    assert gate.released(table) == ["a001", "a002"]
+    gate.released(table)
+    assert gate.closed() == Closed() and gate.admit("a001", table)
 
 
 def test_canaries_on_resume() -> None:
