@@ -16,7 +16,7 @@ from batchrun.commands import selection, simulate
 from batchrun.commands.args import RunArgs
 from batchrun.commands.common import api_base, schema_dirs, token, warn
 from batchrun.errors import OriginMismatch, StateError, UsageError
-from batchrun.plan.build import Plan, build_plan, schema_search_path
+from batchrun.plan.build import Plan, build_plan, check_sweep, schema_search_path
 from batchrun.plan.digest import PLAN_META, PlanMark, plan_digest
 from batchrun.plan.manifest import check_manifest
 from batchrun.plan.settings import RunSettings, parse_every
@@ -127,6 +127,17 @@ def _plan(args: RunArgs, *, resume: bool) -> tuple[Plan, PlanMark, bool]:
         known = _recorded_mark(Path(args.run_dir or manifest.outputs.dir))
         if digest and known is not None and known.digest == digest:
             return Plan(manifest, [], list(known.warnings), schemas), known, True
+        # Checked in one pass, its jobs expanded again as they are added: none held.
+        checked = check_sweep(args.manifest, strict=args.strict, schema_dirs=dirs)
+        costs = checked.summary.costs.values()
+        mark = PlanMark(
+            digest=digest,
+            warnings=tuple(checked.warnings),
+            est_usd=sum((c.usd for c in costs), Decimal(0)),
+            unpriced=sum(c.unpriced for c in costs),
+        )
+        plan = Plan(checked.manifest, [], checked.warnings, checked.schemas, sweep=checked.sweep)
+        return plan, mark, False
     plan = build_plan(args.manifest, strict=args.strict, schema_dirs=dirs)
     costs = plan.costs().values()
     mark = PlanMark(

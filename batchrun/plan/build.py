@@ -38,6 +38,13 @@ class Plan:
     jobs: list[Job]
     warnings: list[str]
     schemas: models.Schemas = dataclasses.field(default_factory=models.packaged)
+    # The jobs as a new pass of the expansion each time (a checked sweep too big to hold, see
+    # check_sweep), when `jobs` is left empty.
+    sweep: Iterable[Job] | None = None
+
+    def model_ids(self) -> list[str]:
+        """The models of the manifest, in its order."""
+        return list(dict.fromkeys(m["id"] for m in self.manifest.data["models"]))
 
     def estimators(self) -> dict[str, Estimator]:
         """Per model of the plan, what one of its jobs costs (see pricing.estimate)."""

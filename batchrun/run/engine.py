@@ -8,7 +8,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from pathlib import Path
@@ -126,7 +126,7 @@ class _Run:
             self.opts.cache or self.plan.manifest.run.cache,
             self.plan,
             og.normalise(options.origin or options.api_base),
-            models=store.models() if options.jobs_known else None,
+            models=store.models() if options.jobs_known else plan.model_ids(),
         )
         self.restored = Restored()
         self.balance_before: Decimal | None = None
@@ -382,12 +382,13 @@ class _Run:
         flights = None if flights is None else max(1, flights // share)
         return replace(run, rate_limit=rate, max_in_flight=flights)
 
-    def _jobs_to_add(self) -> list[Any]:
-        """The plan's jobs the run folder should know: all of them, or for a subset the chosen
-        ones and those it knows already (so the others are neither added nor dropped)."""
+    def _jobs_to_add(self) -> Iterable[Any]:
+        """The plan's jobs the run folder should know: all of them (a new pass of a streamed
+        plan's sweep), or for a subset the chosen ones and those it knows already (so the
+        others are neither added nor dropped)."""
         only = self.opts.only
         if only is None:
-            return self.plan.jobs
+            return self.plan.jobs if self.plan.sweep is None else self.plan.sweep
         known = self.store.job_ids(in_manifest_only=True)
         return [j for j in self.plan.jobs if j.job_id in only or j.job_id in known]
 
@@ -413,7 +414,7 @@ class _Run:
                 )
             added, removed = 0, 0
         else:
-            added, removed = self.store.add_jobs(self._jobs_to_add())
+            added, removed = self.store.add_jobs(self._jobs_to_add(), models=self.plan.model_ids())
             mark = self.opts.plan_mark
             self.store.set_meta(**{PLAN_META: "" if mark is None else mark.dumps()})
         if fresh:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import sqlite3
 import threading
 import time
@@ -254,31 +255,29 @@ class StateStore(transitions.RowTransitions):
 
     # ---- jobs ---------------------------------------------------------------------------
 
-    def add_jobs(self, jobs: Iterable[JobLike]) -> tuple[int, int]:
+    def add_jobs(
+        self, jobs: Iterable[JobLike], *, models: Iterable[str] | None = None
+    ) -> tuple[int, int]:
         """Make the manifest's jobs the reported ones: insert new ones, keep known ones as they
-        are (finished stay finished), mark the others in_manifest=0. Returns (added, removed)."""
-        jobs = list(jobs)
+        are (finished stay finished), mark the others in_manifest=0. Returns (added, removed).
+
+        `jobs` come in plan order. Given their `models`, they are read as they come, twice at
+        most (a streamed plan's sweep expands them again for each pass), never held."""
+        if models is None:
+            jobs = list(jobs)
+            models = {j.model_id for j in jobs}
         with self._tx() as conn:
             # A resume of an unchanged manifest: the same jobs at the same places. Nothing to
             # write then, and re-encoding and upserting every job costs seconds at 100,000.
-            known = dict(conn.execute("SELECT job_id, position FROM jobs WHERE in_manifest = 1"))
-            if known == {j.job_id: j.position for j in jobs}:
+            if _same_places(conn, jobs):
                 removed = conn.execute("SELECT COUNT(*) FROM jobs WHERE in_manifest = 0")
                 return 0, removed.fetchone()[0]
             now = round(time.time())
-            self._names(conn, {j.model_id for j in jobs})
-            rows = [
-                (
-                    j.job_id,
-                    j.position,
-                    j.model_id,
-                    dumps(j.inputs),
-                    dumps(j.vars),
-                    j.repeat,
-                    now,
-                )
+            self._names(conn, models)
+            rows = (
+                (j.job_id, j.position, j.model_id, dumps(j.inputs), dumps(j.vars), j.repeat, now)
                 for j in jobs
-            ]
+            )
             before = conn.execute("SELECT COUNT(*) FROM jobs").fetchone()[0]
             conn.execute("UPDATE jobs SET in_manifest = 0 WHERE in_manifest = 1")
             conn.executemany(
@@ -770,6 +769,17 @@ class StateStore(transitions.RowTransitions):
                 (*params, round(time.time()), SUBMITTING),
             )
             return cur.rowcount
+
+
+def _same_places(conn: sqlite3.Connection, jobs: Iterable[JobLike]) -> bool:
+    """Whether the manifest's jobs in state.db are `jobs` (in plan order), each at its place:
+    both read side by side, stopping at the first difference."""
+    held = conn.execute("SELECT job_id, position FROM jobs WHERE in_manifest = 1 ORDER BY position")
+    try:
+        given = ((j.job_id, j.position) for j in jobs)
+        return all(a == b for a, b in itertools.zip_longest(held, given))
+    finally:
+        held.close()
 
 
 def assignments(changes: Changes, mark: str = "?") -> tuple[str, list[Any]]:
