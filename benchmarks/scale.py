@@ -229,8 +229,9 @@ def bench_transitions(b: Bench) -> dict[str, Any]:
 
 
 def worker_state_build(manifest: str, run_dir: str, api_base: str) -> dict[str, Any]:
-    """Expand the manifest, add its jobs to a new state.db, mark every job succeeded, and set
-    the meta a finished `batchrun run` leaves (so the resume sees an unchanged manifest)."""
+    """Expand the manifest, add its jobs to a new state.db, mark every job succeeded with its
+    attempt in the ledger, and set the meta a finished `batchrun run` leaves (so the resume
+    sees an unchanged manifest)."""
     from batchrun.plan.build import build_plan
     from batchrun.store.state import StateStore
 
@@ -249,6 +250,15 @@ def worker_state_build(manifest: str, run_dir: str, api_base: str) -> dict[str, 
                 "attempts = 1, submitted_at = ?, started_at = ?, finished_at = ?, "
                 "cost_usd = 0.01, output = ?",
                 (now - 3, now - 2, now, json.dumps("http://127.0.0.1/files/x.png")),
+            )
+            # and each job's attempt in the ledger, as a real run records it
+            conn.execute("INSERT OR IGNORE INTO names (name) VALUES ('')")
+            conn.execute(
+                "INSERT INTO attempts (job_id, attempt, model_id, origin, sent_at, answer, "
+                "request_id, estimate_usd, actual_usd, finished_at) SELECT job_id, 1, model_id, "
+                "(SELECT ref FROM names WHERE name = ''), ?, 'accepted', '', '0.01', '0.01', ? "
+                "FROM jobs",
+                (round(now - 3), round(now)),
             )
         t3 = time.perf_counter()
         m = plan.manifest

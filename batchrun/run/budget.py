@@ -108,8 +108,10 @@ class Budget(policy.Policy):
         polled: Iterable[JobRow],
         writer: LedgerWriter | None = None,
         jobs: Callable[[str], JobRow | None] | None = None,
+        settled: Iterable[tuple[ledger.Attempt, int]] = (),
     ) -> Budget:
-        """The budget of a folder whose ledger holds `attempts`, about to poll again the jobs
+        """The budget of a folder whose ledger holds `attempts` (and those `settled` counts,
+        see ledger.books_of: none of them in flight), about to poll again the jobs
         `polled` (QUEUED/RUNNING: their reservations are held until they finish). Jobs are
         known by `jobs` (the run's table) or made known with `know`; `est_total` and
         `unpriced` are the caller's to set (estimate_of)."""
@@ -122,7 +124,8 @@ class Budget(policy.Policy):
         attempts = list(attempts)
         held = [a for a in attempts if a.in_flight and (a.job_id, a.request_id) in ids]
         rest = [a for a in attempts if not (a.in_flight and (a.job_id, a.request_id) in ids)]
-        budget = cls(cap, estimate, ledger.books(rest), writer, jobs)
+        books = ledger.books_of([*settled, *((a, 1) for a in rest)])
+        budget = cls(cap, estimate, books, writer, jobs)
         for a in held:  # what they teach of prices counts; their cost is held, not spent
             budget._learn(a.model_id, a.actual)
         for row in polled:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from batchrun.results.report import without_output
 from batchrun.run.budget import Budget
@@ -51,6 +54,23 @@ class EndCounts:
     @property
     def jobs(self) -> int:
         return sum(self.counts.values())
+
+    def dumps(self) -> str:
+        """As JSON, to keep with the folder's revision (a resume with nothing to do reads it
+        back instead of every job)."""
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return json.dumps(fields, sort_keys=True)
+
+    @classmethod
+    def loads(cls, text: str) -> EndCounts | None:
+        """What dumps wrote; None when it is not that (an older or edited value)."""
+        try:
+            data: dict[str, Any] = json.loads(text)
+            for name in ("counts", "failed_by_model", "not_sent"):
+                data[name] = Counter(data[name])
+            return cls(**data)
+        except (ValueError, TypeError, KeyError):
+            return None
 
     def text(self) -> str:
         """'succeeded 10 (2 without output), failed 1': the counts, and the successes that

@@ -52,6 +52,7 @@ from batchrun.store.state import StateStore
 from batchrun.util.safetext import printable
 
 EXIT_INTERRUPTED = 130  # 0 and 1: ending.say_how_it_ended
+ENDED_META = "ended"  # "<revision> <EndCounts JSON>": the closing counts at that revision
 # Calls arrive at the server with network jitter: the limiter's window is this much longer
 # than a second, so no rolling second the server counts holds more than rate_limit calls; a
 # 429 says the jitter was larger, and widens it by RATE_HEADROOM_STEP.
@@ -151,8 +152,9 @@ class _Run:
         limiter = run_limiter(settings, self.opts)
         estimate = plan_estimator(self.plan)
         budget = Budget.for_folder(
-            self._cap(), estimate, self.store.attempts(), held, self.store, jobs=table.rows.get
-        )
+            self._cap(), estimate, self.store.open_attempts(), held, self.store,
+            jobs=table.rows.get, settled=self.store.settled_attempts(),
+        )  # fmt: skip
         budget.est_total, budget.unpriced = self._estimate(estimate)
         self._record_budget(budget)
         self.balance_before = self._check_balance(estimate, counts)
@@ -292,7 +294,7 @@ class _Run:
                 f"resume with: {self.opts.resume_command or 'batchrun run MANIFEST'}"
             )
             return EXIT_INTERRUPTED
-        ended = EndCounts.of(self._mine())
+        ended = self._ended()
         not_run = ended.counts[st.PENDING]
         if isinstance(sched.fatal, InsufficientBalanceError):
             raise no_balance(sched.fatal, not_run, self.opts.resume_command)
@@ -307,6 +309,20 @@ class _Run:
         if budget.reached and not_run:
             raise budget_reached(budget, not_run, max(1, self.opts.share))
         return code
+
+    def _ended(self) -> EndCounts:
+        """The closing lines' counts: kept in the folder with its revision, so a run that
+        changed no job (a resume of a finished sweep) reads them back, not every job."""
+        if self.opts.only is not None:
+            return EndCounts.of(self._mine())
+        revision = self.store.revision()
+        kept = self.store.meta().get(ENDED_META, "")
+        number, _, text = kept.partition(" ")
+        ended = EndCounts.loads(text) if number == str(revision) else None
+        if ended is None:
+            ended = EndCounts.of(self._mine())
+            self.store.set_meta(**{ENDED_META: f"{revision} {ended.dumps()}"})
+        return ended
 
     def _record_budget(self, budget: Budget) -> None:
         """The estimate and the cap, for `status` (which reads only the run folder)."""
@@ -554,7 +570,6 @@ class _Run:
         )
 
         calls = dict(sorted(client.calls.items()))
-        attempts = self.store.attempts()
         # API calls add up over every run (resume) of the folder
         meta = self.store.meta()
         total: dict[str, int] = json.loads(meta.get("api_calls", "{}"))
@@ -603,6 +618,7 @@ class _Run:
         written = report_mark(self.store.revision(), facts, rows_key, cols_key)
         if meta.get(REPORT_MARK_META) == written and reports_present(self.run_dir):
             return  # nothing changed since they were written
+        attempts = self.store.attempts()
         try:
             write_report(
                 self.run_dir, ReportJobs.read(self.store), attempts, facts=facts,

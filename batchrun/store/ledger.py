@@ -148,29 +148,35 @@ class Books:
 
 def books(attempts: Iterable[Attempt]) -> Books:
     """Add up `attempts`: what they cost, and the highest actual cost each model was seen at."""
-    attempts = list(attempts)
+    return books_of((a, 1) for a in attempts)
+
+
+def books_of(groups: Iterable[tuple[Attempt, int]]) -> Books:
+    """`books` of attempts given as (an attempt, how many are like it in all that money
+    depends on: model, origin, answer and amounts), as state.db groups them."""
+    groups = list(groups)
     out = Books()
-    for a in attempts:
+    for a, _ in groups:
         if a.maybe_billed and a.actual is not None and a.actual > out.highest.get(a.model_id, -1):
             out.highest[a.model_id] = a.actual
-    for a in attempts:
+    for a, n in groups:
         if a.origin:
             out.origins.add(a.origin)
         if a.answer == CACHED:
-            out.cached += 1
-            out.saved += a.saved or _ZERO
+            out.cached += n
+            out.saved += (a.saved or _ZERO) * n
             continue
         if not a.maybe_billed:
             continue
-        out.attempts += 1
+        out.attempts += n
         if a.actual is not None:
-            out.known += a.actual
+            out.known += a.actual * n
             continue
         best = out.best(a.model_id, a.estimate)
         if best is None:
-            out.unknown_cost.append(a)
+            out.unknown_cost += [a] * n
         else:
-            out.estimated += best
+            out.estimated += best * n
     return out
 
 

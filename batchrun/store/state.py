@@ -53,6 +53,9 @@ from batchrun.store.transitions import Changes
 from batchrun.util.gcpause import gc_paused
 
 _PAGE = 2000  # rows a cursor reads at a time (iter_rows)
+# An attempt the server may still be working on (ledger.Attempt.in_flight, loosely): accepted,
+# no outcome recorded.
+_OPEN_ATTEMPT = "answer = 'accepted' AND finished_at IS NULL"
 _REF = "(SELECT ref FROM names WHERE name = ?)"  # a model id's or origin's ref (schema 6)
 _ORIGIN_REF = (
     "(SELECT ref FROM names WHERE name = COALESCE((SELECT value FROM meta WHERE key = "
@@ -611,6 +614,28 @@ class StateStore(transitions.RowTransitions):
             conn.execute("UPDATE jobs SET in_manifest = 0 WHERE job_id = ?", (job_id,))
 
     # ---- the ledger (store/ledger.py): attempts are appended, never removed --------------
+
+    def open_attempts(self) -> list[ledger.Attempt]:
+        """The attempts whose outcome is not recorded yet (accepted, not finished): those a
+        run may poll again."""
+        with self._mutex:
+            cur = self._conn.execute(
+                f"SELECT {self._attempt_columns} FROM attempts WHERE {_OPEN_ATTEMPT} ORDER BY seq"
+            )
+            return [ledger.Attempt.from_row(r) for r in cur.fetchall()]
+
+    def settled_attempts(self) -> list[tuple[ledger.Attempt, int]]:
+        """The other attempts, for ledger.books_of: one of each kind (model, origin, answer,
+        amounts) and how many there are, so a folder of a million reads a few rows."""
+        with self._mutex:
+            cur = self._conn.execute(
+                "SELECT '', 0, (SELECT name FROM names WHERE ref = a.model_id), (SELECT name "
+                "FROM names WHERE ref = a.origin), NULL, a.answer, NULL, a.estimate_usd, "
+                "a.actual_usd, a.saved_usd, MAX(a.finished_at), COUNT(*) FROM attempts a "
+                f"WHERE NOT ({_OPEN_ATTEMPT}) GROUP BY a.model_id, a.origin, a.answer, "
+                "a.estimate_usd, a.actual_usd, a.saved_usd"
+            )
+            return [(ledger.Attempt.from_row(r), r[11]) for r in cur.fetchall()]
 
     def attempts(self) -> list[ledger.Attempt]:
         """Every submit attempt of the folder, in the order they were made."""

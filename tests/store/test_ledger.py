@@ -10,6 +10,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings, strategies as hyp
 
 from batchrun.store import ledger, state as st
 from batchrun.store.ledger import Attempt, books
@@ -231,3 +232,60 @@ def test_an_edited_answer_counts_as_may_be_billed():
     bad = ("j", 1, P, "", None, "accepted", "r", "Infinity", "-1", "NaN", None)
     a = Attempt.from_row(bad)
     assert (a.estimate, a.actual, a.saved) == (None, None, None)
+
+
+# ---- the books of a folder read in groups ---------------------------------------------------
+
+_AMOUNTS = hyp.sampled_from([None, "0.01", "0.04", "0.3", "1e-3", "nan", "-1", "junk"])
+
+
+@given(
+    hyp.lists(
+        hyp.tuples(
+            hyp.sampled_from(["m/a", "m/b", "m/c"]),
+            hyp.sampled_from(["", "simulator", "https://api.example"]),
+            hyp.sampled_from([*sorted(ledger.ANSWERS), "edited"]),
+            _AMOUNTS,
+            _AMOUNTS,
+            _AMOUNTS,
+            hyp.sampled_from([None, 100.0]),
+        ),
+        max_size=40,
+    )
+)
+@settings(max_examples=60, deadline=None)
+def test_the_books_read_in_groups_are_the_books_of_every_attempt(tmp_path_factory, attempts):
+    """What a run starts from (settled_attempts in groups + open_attempts one by one) adds up
+    to exactly what books() of every attempt does, whatever the amounts and answers."""
+    folder = tmp_path_factory.mktemp("groups") / "run"
+    with StateStore.open(folder) as s:
+        s.add_jobs([J(f"j{i}", position=i) for i in range(len(attempts))])
+        with sqlite3.connect(folder / "state.db") as conn:
+            for i, (model, origin, answer, est, actual, saved, finished) in enumerate(attempts):
+                conn.execute("INSERT OR IGNORE INTO names (name) VALUES (?), (?)", (model, origin))
+                conn.execute(
+                    "INSERT INTO attempts (job_id, attempt, model_id, origin, answer, "
+                    "request_id, estimate_usd, actual_usd, saved_usd, finished_at) VALUES "
+                    "(?, 1, (SELECT ref FROM names WHERE name = ?), (SELECT ref FROM names "
+                    "WHERE name = ?), ?, ?, ?, ?, ?, ?)",
+                    (f"j{i}", model, origin, answer, f"r{i}", est, actual, saved, finished),
+                )
+        every = books(s.attempts())
+        grouped = ledger.books_of(
+            [*s.settled_attempts(), *((a, 1) for a in s.open_attempts())]
+        )
+        assert len(s.open_attempts()) + sum(n for _, n in s.settled_attempts()) == len(attempts)
+    assert (grouped.known, grouped.estimated, grouped.saved) == (
+        every.known,
+        every.estimated,
+        every.saved,
+    )
+    assert (grouped.cached, grouped.attempts, grouped.origins, grouped.highest) == (
+        every.cached,
+        every.attempts,
+        every.origins,
+        every.highest,
+    )
+    assert sorted(a.model_id for a in grouped.unknown_cost) == sorted(
+        a.model_id for a in every.unknown_cost
+    )
