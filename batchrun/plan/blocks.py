@@ -1,7 +1,7 @@
 """Jobs counted a column at a time: what lets `plan` and `validate` go through a million-job
 sweep without making a million jobs.
 
-A `Block` is up to a few thousand consecutive combinations of one row of a model's sweep whose
+A `Block` is up to 50,000 consecutive combinations of one row of a model's sweep whose
 vars and inputs are all `Column`s (rows.fast_maker): a free axis, a constant, or a string
 template over them. Its job ids are hashed in one pipeline of C-level maps (no dict, no Python
 frame per job); what else is learnt of its jobs comes from each column's distinct values:
@@ -15,18 +15,16 @@ from __future__ import annotations
 import functools
 import hashlib
 import itertools
-import json
 import operator
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from batchrun.plan.rows import VARIES, Column, Encoder, FastRow
+from batchrun.plan.rows import VARIES, CanonicalParts, Column, FastRow
 
 if TYPE_CHECKING:
     from batchrun.plan.grid import JobRow
 
-_ESCAPE = json.encoder.encode_basestring_ascii
 _DIGEST = operator.methodcaller("digest")
 _ID_BYTES = operator.itemgetter(slice(0, 6))  # a job id is the first 12 hex digits of the hash
 _AS_INT = functools.partial(int.from_bytes, byteorder="big")  # what int(job_id, 16) gives
@@ -40,7 +38,7 @@ class Block:
         self,
         model_id: str,
         row: FastRow,
-        parts: tuple[list[str], list[tuple[str, Encoder]]],
+        parts: CanonicalParts,
         canonical: Callable[[dict[str, Any]], str],
         combos: list[tuple[Any, ...]],
         repeat: int,
@@ -104,9 +102,8 @@ class Block:
     def distinct(self, name: str, *, var: bool = False) -> list[Any]:
         """The different values of `values(name)` (the same value of two types is two), the
         first combination's first."""
-        column = self._column(name, var)
-        if column.constant is not VARIES and column.coerce is None:
-            return [column.constant]  # may be a list or dict: not hashed
+        if self._column(name, var).constant is not VARIES:
+            return [next(self.values(name, var=var))]  # may be a list or dict: not hashed
         values, types = self.values(name, var=var), map(type, self.values(name, var=var))
         return [value for value, _ in dict.fromkeys(zip(values, types, strict=True))]
 
@@ -115,12 +112,22 @@ class Block:
         column = self._column(name, False)
         return column.text is not None and column.coerce is None
 
-    def value_counts(self, names: list[str]) -> Counter[tuple[tuple[Any, type], ...]]:
-        """How many combinations have each ((value, type), ...) of these inputs."""
-        if not names:
-            return Counter({(): len(self.combos)})
-        typed = [zip(self.values(n), map(type, self.values(n)), strict=True) for n in names]
-        return Counter(zip(*typed, strict=True))
+    def input_counts(self, names: list[str]) -> list[tuple[dict[str, Any], int]]:
+        """Each different set of values of these inputs (by value and type), with how many
+        combinations have it."""
+        constants = {}
+        varying = []
+        for name in names:
+            if self._column(name, False).constant is VARIES:
+                varying.append(name)
+            else:
+                constants[name] = next(self.values(name))  # may be a list or dict
+        typed = [zip(self.values(n), map(type, self.values(n)), strict=True) for n in varying]
+        counts = Counter(zip(*typed, strict=True)) if varying else {(): len(self.combos)}
+        return [
+            ({**constants, **{n: v for n, (v, _) in zip(varying, key, strict=True)}}, count)
+            for key, count in counts.items()
+        ]
 
     def rows(self) -> Iterator[JobRow]:
         """The block's jobs one by one, as the one-by-one loop yields them."""

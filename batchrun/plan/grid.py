@@ -33,6 +33,7 @@ from batchrun.plan.manifest import Manifest, json_path
 from batchrun.plan.rows import (
     CANONICAL,
     PLAIN_TYPES,
+    CanonicalParts,
     FastRow,
     Maker,
     RowShape,
@@ -373,7 +374,7 @@ class _RowPlan(NamedTuple):
     make: Maker  # a combination of them -> (vars, inputs); raises _ComboError
     canonical: Callable[[dict[str, Any]], str]
     fast: FastRow | None = None  # the row's columns, when its combinations can be counted
-    parts: tuple[list[str], list[tuple[str, Callable[[Any], str]]]] | None = None
+    parts: CanonicalParts | None = None  # its canonical JSON, for the blocks' ids
 
 
 class _ModelSpec:

@@ -32,6 +32,8 @@ PLAIN_TYPES = (str, int, float)
 Inputs = dict[str, Any]
 Maker = Callable[[tuple[Any, ...]], tuple[Inputs, Inputs]]
 Encoder = Callable[[Any], str]
+# The canonical JSON of a row's inputs: literal texts around the varying values (see below).
+CanonicalParts = tuple[list[str], list[tuple[str, Encoder]]]
 VARIES: Any = object()  # a Column's `constant` when its value is not the same in every combination
 
 
@@ -241,7 +243,7 @@ def canonical_writer(shape: RowShape) -> Callable[[Inputs], str]:
     return lambda inputs: render(*[enc(inputs[k]) for k, enc in dynamic])
 
 
-def canonical_parts(shape: RowShape) -> tuple[list[str], list[tuple[str, Encoder]]] | None:
+def canonical_parts(shape: RowShape) -> CanonicalParts | None:
     """The canonical JSON of the row's inputs as the literal texts around the values that vary
     and those values' keys and encoders (one text more than keys); None when a key is no str."""
     keys = shape.input_keys()

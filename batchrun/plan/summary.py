@@ -167,8 +167,7 @@ class Tally:
         if model.priced:
             # An estimate depends on a few inputs: one per distinct value of them.
             fields = sorted(model.estimate.fields.intersection(block.input_names))
-            for values, n in block.value_counts(fields).items():
-                given = {f: value for f, (value, _) in zip(fields, values, strict=True)}
+            for given, n in block.input_counts(fields):
                 amount = model.estimate(given)
                 if amount is not None:
                     model.cost.priced += n * block.repeat

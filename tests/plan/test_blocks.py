@@ -73,6 +73,12 @@ name: dup
 vars: {{a: {{file: a.txt}}, unused: [1, 2, 3]}}
 models: [{{id: {T2I}, inputs: {{prompt: "p {{a}}"}}}}]
 """,
+    # The same row twice: each block of the second is new within, but seen before.
+    "a row twice": f"""
+name: twice
+vars: {{a: {{file: a.txt}}, b: [1, 2, 3]}}
+models: [{{id: {T2I}, inputs: {{prompt: "p {{a}} {{b}}"}}, cases: [{{}}, {{}}]}}]
+""",
     # One value of an axis is bad: one problem line, its first job and how many more.
     "bad values": """
 name: bad
@@ -81,6 +87,12 @@ models:
   - id: acme/img
     inputs: {prompt: "img {a}"}
     matrix: {num_images: [1, 2, 9], loud: [true, "maybe"]}
+""",
+    # A list where the price counts a number: the same for every job, never hashed.
+    "a list for a number": """
+name: listnum
+vars: {a: {file: a.txt}}
+models: [{id: acme/img, inputs: {prompt: "img {a}", num_images: [2]}}]
 """,
     # Rendered text that is too long for some jobs only (a field checked value by value);
     # no num_images: each job costs the price of one image.
@@ -126,7 +138,7 @@ cases: [{}, {duration: 3}]
 """,
 }
 
-REFUSED = {"bad values", "long text", "past max_jobs", "report grid typo"}
+REFUSED = {"a list for a number", "bad values", "long text", "past max_jobs", "report grid typo"}
 
 
 def project(tmp_path: Path, body: str) -> Path:
@@ -147,10 +159,12 @@ def project(tmp_path: Path, body: str) -> Path:
     return path
 
 
-def outcome(path: Path, *, one_by_one: bool) -> StreamedPlan | list[str]:
-    """check_sweep as `plan` calls it for the table; `each` makes it go job by job."""
+def outcome(path: Path, *, one_by_one: bool, head: int = 50) -> StreamedPlan | list[str]:
+    """check_sweep as `plan` calls it for the table (`validate`: head 0); `each` makes it go
+    job by job."""
+    each = (lambda row, amount: None) if one_by_one else None
     try:
-        return check_sweep(path, head=50, each=(lambda row, amount: None) if one_by_one else None)
+        return check_sweep(path, head=head, each=each)
     except ManifestError as exc:
         return exc.problems
 
@@ -162,10 +176,12 @@ def small_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(grid, "_MIN_BLOCK", 5)
 
 
+@pytest.mark.parametrize("head", [50, 0], ids=["plan", "validate"])
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_blocks_tell_what_the_job_by_job_pass_tells(tmp_path: Path, name: str) -> None:
+def test_blocks_tell_what_the_job_by_job_pass_tells(tmp_path: Path, name: str, head: int) -> None:
     path = project(tmp_path, CASES[name])
-    blocked, reference = outcome(path, one_by_one=False), outcome(path, one_by_one=True)
+    blocked = outcome(path, one_by_one=False, head=head)
+    reference = outcome(path, one_by_one=True, head=head)
     assert isinstance(reference, list) == (name in REFUSED)
     if isinstance(reference, list):
         assert blocked == reference
