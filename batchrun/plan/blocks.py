@@ -74,8 +74,13 @@ class Block:
             pieces[-1] += f"\n#{r}" if r else ""
             fill = "%s".join(p.replace("%", "%%") for p in pieces).__mod__
             values = [map(enc, self.values(key)) for key, enc in dynamic]
-            if not values:
-                filled: Iterator[str] = itertools.repeat(pieces[0], len(self.combos))
+            quoted = self._quoted(dynamic[0][0]) if len(dynamic) == 1 else None
+            if quoted is not None:  # the template's JSON string written in: one step a job
+                pattern, pick = quoted
+                fill = pattern.join(p.replace("%", "%%") for p in pieces).__mod__
+                filled: Iterator[str] = map(fill, map(pick, self.combos))
+            elif not values:
+                filled = itertools.repeat(pieces[0], len(self.combos))
             elif len(values) == 1:
                 filled = map(fill, values[0])
             else:
@@ -151,6 +156,11 @@ class Block:
                     canonical,
                 )
                 position += 1
+
+    def _quoted(self, name: str) -> tuple[str, Callable[[tuple[Any, ...]], Any]] | None:
+        """The input's JSON string as a %-pattern over some of the values, where it is one."""
+        column = self.row.input_columns[name]
+        return column.quoted if column.coerce is None else None
 
     def _column(self, name: str, var: bool) -> Column:
         return (self.row.var_columns if var else self.row.input_columns)[name]

@@ -40,6 +40,7 @@ from batchrun.plan.rows import (
     canonical_parts,
     canonical_writer,
     fast_maker,
+    json_plain,
 )
 from batchrun.plan.template import Renderer, TemplateError, as_text, compile_template
 from batchrun.util import localref
@@ -443,6 +444,9 @@ class _ModelSpec:
         templated_axes = {k for k, v, _ in self.axes if any(_maybe_template(x) for x in v)}
         templated_fixed = {k for k, v in self.fixed.items() if _maybe_template(v)}
         plain_axes = {k for k, v, _ in self.axes if all(type(x) in PLAIN_TYPES for x in v)}
+        json_axes = {
+            k for k, v, _ in self.axes if k in plain_axes and all(json_plain(str(x)) for x in v)
+        }
         for row_vars, row_inputs, row_path in self.rows:
             self._row_path = row_path
             free = [(k, v, is_var) for k, v, is_var in self.axes if k not in row_vars]
@@ -461,6 +465,7 @@ class _ModelSpec:
                 fixed=self.fixed,
                 maybe=maybe,
                 plain_axes=plain_axes,
+                json_axes=json_axes,
                 todo_vars=self._todo_vars,
                 todo_inputs=self._todo_inputs,
                 coerce=[(k, kind) for k, kind in self.coerce.items() if k in keys],

@@ -44,6 +44,8 @@ class Column(NamedTuple):
     axis: int = -1  # the free axis it is, when it is one
     constant: Any = VARIES  # the value of every combination, when it is one
     text: Callable[..., str] | None = None  # a string template: `text(*values)` fills it
+    # The template's JSON string, when no character of it needs escaping: `pattern % pick(values)`
+    quoted: tuple[str, Callable[[tuple[Any, ...]], Any]] | None = None
     coerce: str | None = None  # integer|number|boolean: a string becomes one where it can
 
 
@@ -67,6 +69,7 @@ class RowShape:
     fixed: Inputs
     maybe: set[str]  # names whose values may hold a template (or a list or dict)
     plain_axes: set[str]  # axes whose every value is a PLAIN_TYPES value
+    json_axes: set[str]  # plain axes whose every value's text JSON writes as it is (`json_plain`)
     todo_vars: list[str]  # names to render, in vars and in inputs
     todo_inputs: list[str]
     coerce: list[tuple[str, str]]  # (input field, integer|number|boolean) present in the row
@@ -102,6 +105,7 @@ def fast_maker(shape: RowShape, coerce: Callable[[str, str], Any]) -> FastRow | 
             return (positions[name], None) if name in shape.plain_axes else None
         return -1, shape.row_vars[name] if name in var_names else shape.input_value(name)
 
+    json_axes = {positions[k] for k in shape.json_axes if k in positions}
     rendered: dict[tuple[bool, str], Column] = {}
     for is_var, todo, present in (
         (True, shape.todo_vars, var_names),
@@ -113,7 +117,7 @@ def fast_maker(shape: RowShape, coerce: Callable[[str, str], Any]) -> FastRow | 
             if name in positions:
                 return None  # an axis of templates: each value its own template
             value = shape.row_vars[name] if is_var else shape.input_value(name)
-            column = _compiled(value, source)
+            column = _compiled(value, source, json_axes)
             if column is None:
                 return None
             rendered[is_var, name] = column
@@ -146,7 +150,9 @@ def _columns(
     return var_columns, input_columns
 
 
-def _compiled(value: Any, source: Callable[[str], tuple[int, Any] | None]) -> Column | None:
+def _compiled(
+    value: Any, source: Callable[[str], tuple[int, Any] | None], json_axes: set[int]
+) -> Column | None:
     """How the template renders from the values, or None when the general path must."""
     if type(value) in (list, dict):
         return _copied(value)
@@ -177,7 +183,43 @@ def _compiled(value: Any, source: Callable[[str], tuple[int, Any] | None]) -> Co
         index, constant = where
         pieces.append(f"{{{index}}}" if index >= 0 else _literal(as_text(constant)))
     render = "".join(pieces).format
-    return Column(lambda values: render(*values), text=render)
+    quoted = _quoted(tpl.parts, source, json_axes)
+    return Column(lambda values: render(*values), text=render, quoted=quoted)
+
+
+def _quoted(
+    parts: tuple[str | tuple[str], ...],
+    source: Callable[[str], tuple[int, Any] | None],
+    json_axes: set[int],
+) -> tuple[str, Callable[[tuple[Any, ...]], Any]] | None:
+    """A template's JSON string as a %-pattern over the axes it names (and what picks them from
+    the values), when no character of it needs escaping; else None."""
+    pattern: list[str] = []
+    picked: list[int] = []
+    for part in parts:
+        if type(part) is str:
+            literal = part
+        else:
+            where = source(part[0])
+            if where is None:
+                return None
+            index, constant = where
+            if index >= 0:
+                if index not in json_axes:
+                    return None
+                pattern.append("%s")
+                picked.append(index)
+                continue
+            literal = as_text(constant)
+        if not json_plain(literal):
+            return None
+        pattern.append(literal.replace("%", "%%"))
+    return ('"' + "".join(pattern) + '"', itemgetter(*picked)) if picked else None
+
+
+def json_plain(text: str) -> bool:
+    """Whether JSON writes this text as it is, between quotes (no character escaped)."""
+    return _ESCAPE(text) == f'"{text}"'
 
 
 def _copied(value: list[Any] | dict[str, Any]) -> Column | None:

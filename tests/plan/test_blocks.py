@@ -104,7 +104,7 @@ models: [{id: acme/img, inputs: {prompt: "img {a}{pad}"}}]
     "one image each": """
 name: one
 vars: {a: {file: a.txt}, b: [1, 2, 3]}
-models: [{id: acme/img, inputs: {prompt: "img {a} {b}"}}]
+models: [{id: acme/img, inputs: {prompt: "img {a} {b} 100%"}}]
 """,
     # The second row's first combination gives the first row's job: the first jobs are still
     # all shown, one by one, before blocks begin.
@@ -215,11 +215,18 @@ def test_the_sweeps_above_are_counted_in_blocks(tmp_path: Path, name: str) -> No
         assert jobs == sum(1 for _ in sweep.rows())
 
 
-def test_a_blocks_jobs_one_by_one_are_the_passs_jobs(tmp_path: Path) -> None:
-    sweep = Sweep(load_manifest(project(tmp_path, MIXED)))
+@pytest.mark.parametrize("name", ["mixed", "one image each", "long text"])
+def test_a_blocks_jobs_and_ids_are_the_passs(tmp_path: Path, name: str) -> None:
+    """Its jobs one by one, and the ids hashed a column at a time (as the pass knows them)."""
+    sweep = Sweep(load_manifest(project(tmp_path, CASES[name])))
     counted: list[JobRow] = []
     for item in sweep.counted(head=50):
-        counted.extend(item.rows() if isinstance(item, Block) else [item])
+        if isinstance(item, Block):
+            jobs = list(item.rows())
+            assert item.id_keys() == {int(job[0], 16) for job in jobs}
+            counted.extend(jobs)
+        else:
+            counted.append(item)
     assert counted == list(sweep.rows())
 
 
