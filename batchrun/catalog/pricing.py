@@ -150,6 +150,11 @@ class Estimator:
         # (field, type of its value, the value or its repr) per input that matters -> estimate
         self._memo: dict[tuple[tuple[str, type, str | int | float], ...], Decimal | None] = {}
 
+    @property
+    def fields(self) -> frozenset[str]:
+        """The inputs an estimate depends on (none for an unpriced model)."""
+        return self._fields if self._priced else frozenset()
+
     def __call__(self, inputs: Mapping[str, Any]) -> Decimal | None:
         if not self._priced:
             return None

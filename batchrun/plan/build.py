@@ -20,6 +20,7 @@ from batchrun.catalog import model_ids, models
 from batchrun.catalog.pricing import Estimator
 from batchrun.errors import ManifestError
 from batchrun.plan import delivery
+from batchrun.plan.blocks import Block
 from batchrun.plan.grid import Job, JobRow, Sweep, expand
 from batchrun.plan.manifest import Manifest, check_manifest
 from batchrun.plan.summary import ModelCost, Summary, Tally, Varying, hashable
@@ -154,9 +155,16 @@ def check_sweep(
     inputs = InputProblems(manifest, schemas)
     local = LocalProblems(manifest, schemas)
     unchecked = manifest.unchecked_models
+    # Without `each`, jobs after the first `head` may come as blocks, counted a column at a time.
+    rows = sweep.rows() if each is not None else sweep.counted(head)
     try:
         with gc_paused():
-            for row in sweep.rows():
+            for row in rows:
+                if isinstance(row, Block):
+                    tally.add_block(row)
+                    if row.model_id not in unchecked:
+                        inputs.add_block(row)
+                    continue
                 amount = tally.add(row)
                 if row[1] not in unchecked:
                     inputs.add(row[1], row[2], row)
@@ -293,6 +301,18 @@ class InputProblems:
             if key not in self._first:
                 self._first[key] = job if isinstance(job, Job) else Job(*job)
             self._counts[key] += 1
+
+    def add_block(self, block: Block) -> None:
+        """A block's jobs in: checked by their key set and distinct values, and one by one
+        only when that finds a problem (to name the first job of each and count them)."""
+        checker = self._checkers.get(block.model_id)
+        if checker is None:
+            checker = self._checkers[block.model_id] = _Checker(block.model_id, self.schemas)
+        if not self.manifest.has_local and checker.block_ok(block):
+            self.count += block.size
+            return
+        for row in block.rows():
+            self.add(row[1], row[2], row)
 
     def lines(self, varying_of: Callable[[], dict[str, tuple[str, ...]]]) -> list[str]:
         """The problems found; `varying_of` gives the keys that name a job (asked only when
@@ -463,16 +483,25 @@ class _Checker:
                 self._whole[key] = found
         return found
 
+    def block_ok(self, block: Block) -> bool:
+        """Whether `check` finds nothing in any job of the block, asked of its key set and of
+        each input's distinct values; False also when that cannot tell (a schema not flat)."""
+        if self.schema is None:
+            return True
+        if not self.flat or not self._keyset_ok(tuple(block.input_names)):
+            return False
+        for name in block.input_names:
+            if str in self._type_only.get(name, ()) and block.always_text(name):
+                continue
+            if not all(self._field_ok(name, value) for value in block.distinct(name)):
+                return False
+        return True
+
     def _flat_ok(self, inputs: dict[str, Any]) -> bool:
-        keyset = tuple(inputs)
-        ok = self._keysets.get(keyset)
-        if ok is None:
-            ok = self._keysets[keyset] = not self.schemas.validate_inputs(
-                self.model_id, {k: _placeholder(self.schema, k) for k in keyset}
-            )
-        if not ok:
+        if not self._keyset_ok(tuple(inputs)):
             return False
         values, type_only = self._values, self._type_only
+        # `_field_ok`, written out: this loop runs for every field of every job.
         for name, value in inputs.items():
             kind = type(value)
             if kind in type_only.get(name, ()):
@@ -487,6 +516,27 @@ class _Checker:
             if not good:
                 return False
         return True
+
+    def _keyset_ok(self, keyset: tuple[str, ...]) -> bool:
+        ok = self._keysets.get(keyset)
+        if ok is None:
+            ok = self._keysets[keyset] = not self.schemas.validate_inputs(
+                self.model_id, {k: _placeholder(self.schema, k) for k in keyset}
+            )
+        return ok
+
+    def _field_ok(self, name: str, value: Any) -> bool:
+        """Whether the schema accepts `value` for the field `name` (remembered)."""
+        kind = type(value)
+        if kind in self._type_only.get(name, ()):
+            return True
+        cache_key = (name, kind, value if kind in _SCALARS else hashable(value))
+        good = self._values.get(cache_key)
+        if good is None:
+            good = self._value_ok(name, value)
+            if len(self._values) < _MAX_CACHED:
+                self._values[cache_key] = good
+        return good
 
     def _value_ok(self, name: str, value: Any) -> bool:
         prop = (self.schema or {}).get("properties", {}).get(name)

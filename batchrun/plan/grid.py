@@ -22,26 +22,33 @@ from __future__ import annotations
 import hashlib
 import itertools
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from batchrun.catalog import models
 from batchrun.errors import ManifestError
+from batchrun.plan.blocks import Block
 from batchrun.plan.manifest import Manifest, json_path
 from batchrun.plan.rows import (
     CANONICAL,
     PLAIN_TYPES,
+    CanonicalParts,
+    FastRow,
     Maker,
     RowShape,
+    canonical_parts,
     canonical_writer,
     fast_maker,
+    json_plain,
 )
 from batchrun.plan.template import Renderer, TemplateError, as_text, compile_template
 from batchrun.util import localref
 
 _MAX_PROBLEMS = 50
 _MAX_CACHED = 50_000  # memoised renderings and coercions: bounded, whatever the sweep's size
+_BLOCK = 50_000  # combinations counted together (see `Sweep.counted`)
+_MIN_BLOCK = 64  # fewer are made one by one: a block's fixed cost would outweigh them
 _INT = re.compile(r"^[+-]?\d+$")
 _FLOAT = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$")
 
@@ -113,8 +120,16 @@ class Sweep:
 
     def rows(self) -> Iterator[JobRow]:
         """One pass: every job as a JobRow."""
+        return self._pass(_Pass(self.manifest))
+
+    def counted(self, head: int = 0) -> Iterator[JobRow | Block]:
+        """One pass for what counts jobs, checks them and shows a few: the first `head` jobs
+        as JobRows, then whole blocks of a row's combinations where they can be counted
+        without making each job (see blocks.py), JobRows elsewhere."""
+        return self._pass(_Pass(self.manifest, head=head))
+
+    def _pass(self, state: _Pass) -> Iterator[Any]:
         self._outcome = None
-        state = _Pass(self.manifest)
         # Chained, not nested generators: each job passes through one Python frame.
         return itertools.chain(
             itertools.chain.from_iterable(state.model_rows(spec) for spec in self._specs()),
@@ -158,8 +173,9 @@ class _Pass:
     """The state of one pass: ids seen (as ints, to drop duplicates compactly), problems,
     exclude matches, the duplicates to warn about."""
 
-    def __init__(self, manifest: Manifest) -> None:
+    def __init__(self, manifest: Manifest, *, head: int | None = None) -> None:
         self.manifest = manifest
+        self.head = head  # None: every job a JobRow; else the jobs shown before blocks begin
         self.label = str(manifest.path)
         self.limit = manifest.run.max_jobs
         self.problems: list[str] = []
@@ -172,7 +188,7 @@ class _Pass:
         self.matched_excludes: set[str] = set()  # top-level entries count when any model did
         self.excluded = 0  # combinations exclude dropped
 
-    def model_rows(self, spec: _ModelSpec) -> Iterator[JobRow]:
+    def model_rows(self, spec: _ModelSpec) -> Iterator[Any]:
         label, manifest = self.label, self.manifest
         self.problems += [f"{label}: {w}: {m}{manifest.line_suffix(w)}" for w, m in spec.problems]
         if spec.problems:
@@ -194,13 +210,58 @@ class _Pass:
 
     def _row_jobs(
         self, spec: _ModelSpec, row: _RowPlan, model_problems: dict[str, None]
+    ) -> Iterator[Any]:
+        combos = itertools.product(*row.values)
+        if self.head is None or row.fast is None or spec.excludes:
+            return self._jobs(spec, row, combos, model_problems)
+        return self._blocks(spec, row, row.fast, combos, model_problems)
+
+    def _blocks(
+        self,
+        spec: _ModelSpec,
+        row: _RowPlan,
+        fast: FastRow,
+        combos: Iterator[tuple[Any, ...]],
+        model_problems: dict[str, None],
+    ) -> Iterator[JobRow | Block]:
+        """A row's jobs as blocks of combinations counted together; one by one the sweep's
+        first `head` jobs, and a block too small, past run.max_jobs or with an id seen before
+        (a duplicate: the one-by-one loop drops it and says so)."""
+        assert self.head is not None and row.parts is not None
+        while self.count < self.head:  # the first jobs, one by one (some may be duplicates)
+            first = list(itertools.islice(combos, -(-(self.head - self.count) // spec.repeat)))
+            if not first:
+                return
+            yield from self._jobs(spec, row, first, model_problems)
+        while chunk := list(itertools.islice(combos, _BLOCK)):
+            block = Block(
+                spec.model_id, fast, row.parts, row.canonical, chunk, spec.repeat, self.count
+            )
+            keys = (
+                block.id_keys()
+                if len(chunk) >= _MIN_BLOCK and self.count + block.size <= self.limit
+                else None
+            )
+            if keys is not None and len(keys) == block.size and self.seen.isdisjoint(keys):
+                self.seen |= keys
+                self.count += block.size
+                yield block
+            else:
+                yield from self._jobs(spec, row, chunk, model_problems)
+
+    def _jobs(
+        self,
+        spec: _ModelSpec,
+        row: _RowPlan,
+        combos: Iterable[tuple[Any, ...]],
+        model_problems: dict[str, None],
     ) -> Iterator[JobRow]:
-        """The jobs of one row's combinations (one per repeat), each identity (model, inputs,
+        """The jobs of a row's combinations (one per repeat), each identity (model, inputs,
         repeat) once: the loop a million-job sweep runs a million times."""
         seen, make, canonical_of, model_id = self.seen, row.make, row.canonical, spec.model_id
         head, repeats, sha256 = f"{model_id}\n", range(spec.repeat), hashlib.sha256
         count, limit = self.count, self.limit
-        for values in itertools.product(*row.values):
+        for values in combos:
             try:
                 combo_vars, inputs = make(values)
             except _ComboError as exc:
@@ -313,6 +374,8 @@ class _RowPlan(NamedTuple):
     values: list[list[Any]]  # the free axes' values
     make: Maker  # a combination of them -> (vars, inputs); raises _ComboError
     canonical: Callable[[dict[str, Any]], str]
+    fast: FastRow | None = None  # the row's columns, when its combinations can be counted
+    parts: CanonicalParts | None = None  # its canonical JSON, for the blocks' ids
 
 
 class _ModelSpec:
@@ -381,6 +444,9 @@ class _ModelSpec:
         templated_axes = {k for k, v, _ in self.axes if any(_maybe_template(x) for x in v)}
         templated_fixed = {k for k, v in self.fixed.items() if _maybe_template(v)}
         plain_axes = {k for k, v, _ in self.axes if all(type(x) in PLAIN_TYPES for x in v)}
+        json_axes = {
+            k for k, v, _ in self.axes if k in plain_axes and all(json_plain(str(x)) for x in v)
+        }
         for row_vars, row_inputs, row_path in self.rows:
             self._row_path = row_path
             free = [(k, v, is_var) for k, v, is_var in self.axes if k not in row_vars]
@@ -399,6 +465,7 @@ class _ModelSpec:
                 fixed=self.fixed,
                 maybe=maybe,
                 plain_axes=plain_axes,
+                json_axes=json_axes,
                 todo_vars=self._todo_vars,
                 todo_inputs=self._todo_inputs,
                 coerce=[(k, kind) for k, kind in self.coerce.items() if k in keys],
@@ -407,10 +474,16 @@ class _ModelSpec:
                 make = self._general_maker(free, row_vars, row_inputs)
                 yield _RowPlan([v for _, v, _ in free], make, _identity_json)
                 continue
-            make = fast_maker(shape, self._coerce) or self._general_maker(
-                free, row_vars, row_inputs
+            values = [v for _, v, _ in free]
+            fast = fast_maker(shape, self._coerce)
+            if fast is None:
+                make = self._general_maker(free, row_vars, row_inputs)
+                yield _RowPlan(values, make, canonical_writer(shape))
+                continue
+            parts = canonical_parts(shape)
+            yield _RowPlan(
+                values, fast.make, canonical_writer(shape), fast if parts else None, parts
             )
-            yield _RowPlan([v for _, v, _ in free], make, canonical_writer(shape))
 
     def _general_maker(
         self,

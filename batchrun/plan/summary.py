@@ -15,6 +15,7 @@ from typing import Any
 
 from batchrun.catalog import models
 from batchrun.catalog.pricing import Estimator
+from batchrun.plan.blocks import Block
 from batchrun.plan.grid import Job, JobRow
 
 
@@ -50,9 +51,7 @@ class Varying:
     def add(
         self, model_id: str, job_vars: dict[str, Any], inputs: dict[str, Any], repeat: int
     ) -> None:
-        seen = self._models.get(model_id)
-        if seen is None:
-            seen = self._models[model_id] = _ModelValues()
+        seen = self._models.get(model_id) or self._model(model_id)
         seen.count += 1
         if repeat:
             seen.repeats = True
@@ -66,6 +65,30 @@ class Varying:
         for k, v in inputs.items():
             if k not in seen.inputs_differ and _differs(first, k, v):
                 seen.inputs_differ.add(k)
+
+    def add_block(self, block: Block) -> None:
+        """A block's jobs in, by the distinct values of each name not yet known to vary."""
+        seen = self._model(block.model_id)
+        seen.count += block.size
+        if block.repeat > 1:
+            seen.repeats = True
+        first = seen.first
+        for is_var, names, differ in (
+            (True, block.var_names, seen.vars_differ),
+            (False, block.input_names, seen.inputs_differ),
+        ):
+            for k in names:
+                if k in differ:
+                    continue
+                key = f"var.{k}" if is_var else k
+                if any(_differs(first, key, v) for v in block.distinct(k, var=is_var)):
+                    differ.add(k)
+
+    def _model(self, model_id: str) -> _ModelValues:
+        seen = self._models.get(model_id)
+        if seen is None:
+            seen = self._models[model_id] = _ModelValues()
+        return seen
 
     def keys(self) -> dict[str, tuple[str, ...]]:
         out = {}
@@ -124,10 +147,7 @@ class Tally:
         self.total += 1
         if self.total <= self.head_size:
             self.head.append(Job(*row))
-        model = self._models.get(model_id)
-        if model is None:
-            model = self._models[model_id] = _ModelTally(estimator(self.schemas, model_id))
-            self.costs[model_id] = model.cost
+        model = self._models.get(model_id) or self._model(model_id)
         model.count += 1
         amount = model.estimate(inputs) if model.priced else None
         if amount is not None:
@@ -138,6 +158,31 @@ class Tally:
             self.fields.update(dict.fromkeys(inputs))
             self.fields.update(dict.fromkeys(job_vars))
         return amount
+
+    def add_block(self, block: Block) -> None:
+        """Count a block's jobs in (blocks come after the first jobs: none is kept)."""
+        self.total += block.size
+        model = self._model(block.model_id)
+        model.count += block.size
+        if model.priced:
+            # An estimate depends on a few inputs: one per distinct value of them.
+            fields = sorted(model.estimate.fields.intersection(block.input_names))
+            for given, n in block.input_counts(fields):
+                amount = model.estimate(given)
+                if amount is not None:
+                    model.cost.priced += n * block.repeat
+                    model.cost.usd += amount * (n * block.repeat)
+        self.varying.add_block(block)
+        if self.fields is not None:
+            self.fields.update(dict.fromkeys(block.input_names))
+            self.fields.update(dict.fromkeys(block.var_names))
+
+    def _model(self, model_id: str) -> _ModelTally:
+        model = self._models.get(model_id)
+        if model is None:
+            model = self._models[model_id] = _ModelTally(estimator(self.schemas, model_id))
+            self.costs[model_id] = model.cost
+        return model
 
     def summary(self) -> Summary:
         counts = {model_id: model.count for model_id, model in self._models.items()}
