@@ -211,6 +211,8 @@ class Params:
     overhead_in_flight: int = 200
     overhead_repeats: int = 3  # runs of each overhead scenario; the median is the figure
     scale_jobs: int = 100_000
+    big_run_jobs: int = 1_000_000  # the run whose memory is measured (bench_big_run)
+    big_run_done: int = 100_000  # ... until this many of its jobs are done
     plan_sizes: tuple[int, ...] = (100_000, 1_000_000)
     transition_sizes: tuple[int, ...] = (1_000, 100_000)
     transitions: int = 1_000
@@ -225,6 +227,8 @@ class Params:
                 rate=50,
                 overhead_jobs=500,
                 scale_jobs=20_000,
+                big_run_jobs=100_000,
+                big_run_done=5_000,
                 plan_sizes=(20_000, 100_000),
                 cap_s=40.0,
             )

@@ -40,7 +40,14 @@ from overhead import bench_overhead
 from profiling import worker_profile
 from rate import bench_baseline, bench_rate
 from regimes import bench_regimes, print_regimes
-from scale import bench_plan, bench_state, bench_transitions, worker_state_build, worker_transitions
+from scale import (
+    bench_big_run,
+    bench_plan,
+    bench_state,
+    bench_transitions,
+    worker_state_build,
+    worker_transitions,
+)
 from targets import print_table, targets
 
 WORKERS: dict[str, Callable[..., dict[str, Any]]] = {
@@ -80,8 +87,9 @@ SECTIONS: dict[str, tuple[str, Callable[[Bench], dict[str, Any]]]] = {
     "state": ("run", bench_state),
     "transitions": ("run", bench_transitions),
     "regimes": ("run", bench_regimes),  # about 6 minutes (2 with --quick): only when named
+    "bigrun": ("run", bench_big_run),  # about 15 minutes (1 with --quick): only when named
 }
-DEFAULT = [name for name in SECTIONS if name != "regimes"]
+DEFAULT = [name for name in SECTIONS if name not in ("regimes", "bigrun")]
 
 
 def main(argv: list[str] | None = None) -> int:

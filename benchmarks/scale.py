@@ -4,6 +4,7 @@ child process (`run.py --worker ...`) so their time and memory are their own."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
@@ -313,4 +314,95 @@ def worker_transitions(folder: str, size: int, count: int) -> dict[str, Any]:
         "mean_us": round(1e6 * statistics.fmean(timings), 1),
         "p95_us": round(1e6 * sorted(timings)[int(0.95 * len(timings))], 1),
         "cpu_mean_us": round(1e6 * statistics.fmean(cpu), 1),
+    }
+
+
+def bench_big_run(b: Bench) -> dict[str, Any]:
+    """A run of `big_run_jobs` jobs against `batchrun simulate` in another process, as a user
+    runs it (download off): its peak RSS over the preparation of every job (the plan checked
+    and added to state.db) and until `big_run_done` jobs are done; then the resume of a
+    folder of `big_run_jobs` finished jobs (built as the state section builds its own)."""
+    p = b.params
+    n, wanted = p.big_run_jobs, p.big_run_done
+    run_dir = b.tmp / "big-run"
+    manifest = write_scale_manifest(b.tmp / "big.yaml", jobs=n, out_dir=run_dir)
+    doc = yaml.safe_load(manifest.read_text())
+    doc["run"].update(rate_limit="2000/s", max_in_flight=300, poll_interval="50ms")
+    manifest.write_text(yaml.safe_dump(doc, sort_keys=False))
+    log(f"big run: {n:,} jobs against a simulator process, until {wanted:,} are done")
+    out: dict[str, Any] = {"jobs": n, "done_target": wanted, "rc": 0}
+    with simulator(run_time=0.05, rate_limit=None, log_path=b.tmp / "sim-big.log") as sim:
+        cmd = batchrun_cmd("run", str(manifest), "--api-base", sim.url, "--quiet")
+        out.update(_watch_run(cmd, run_dir, wanted, cap_s=max(p.cap_s, 1200.0)))
+    log(
+        f"  prepared in {out['prepare_s']} s (peak {out['prepare_maxrss_mb']} MB); "
+        f"{out['done']:,} done in {out['run_s']} s, peak {out['maxrss_mb']} MB"
+    )
+    resume_dir, resume_manifest = b.tmp / "big-resume", b.tmp / "big-resume.yaml"
+    write_scale_manifest(resume_manifest, jobs=n, out_dir=resume_dir)
+    with simulator(run_time=1.0, rate_limit=None, log_path=b.tmp / "sim-big2.log") as sim:
+        build = [sys.executable, str(RUN_PY), "--worker", "state-build", str(resume_manifest),
+                 str(resume_dir), sim.url]  # fmt: skip
+        built = run_measured(build, timeout=1200)
+        if built.rc != 0:
+            raise RuntimeError(f"state-build worker failed:\n{built.stderr[-3000:]}")
+        run = ("run", str(resume_manifest), "--api-base", sim.url, "--quiet")
+        first = run_measured(batchrun_cmd(*run), timeout=1200, env=token_env())
+        resume = run_measured(batchrun_cmd(*run), timeout=p.cap_s, env=token_env())
+    out.update(
+        resume_first_wall_s=round(first.wall_s, 2),  # writes the reports and the digest
+        resume_wall_s=round(resume.wall_s, 3),
+        resume_maxrss_mb=round(resume.maxrss_mb, 1),
+        rc=max(out["rc"], 0 if resume.timed_out else resume.rc),
+    )
+    log(f"  resume of {n:,} finished jobs {out['resume_wall_s']} s, {out['resume_maxrss_mb']} MB")
+    return out
+
+
+def _watch_run(cmd: list[str], run_dir: Path, wanted: int, *, cap_s: float) -> dict[str, Any]:
+    """Start `cmd` (a run), read its peak RSS and its state.db every half second until
+    `wanted` jobs are done (or `cap_s`), then stop it: the figures."""
+    import signal
+    import sqlite3
+    import subprocess
+
+    start = time.monotonic()
+    proc = subprocess.Popen(cmd, env=token_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    prepared_at, prepare_kb, peak_kb, done = None, 0, 0, 0
+    try:
+        while proc.poll() is None and time.monotonic() - start < cap_s:
+            time.sleep(0.5)
+            for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    peak_kb = int(line.split()[1])
+            if not (run_dir / "state.db").exists():
+                continue
+            with contextlib.closing(sqlite3.connect(run_dir / "state.db", timeout=5)) as db:
+                try:
+                    sent, done = db.execute(
+                        "SELECT COUNT(request_id), SUM(status = 'succeeded') FROM jobs"
+                    ).fetchone()
+                except sqlite3.OperationalError:  # the tables are being made
+                    continue
+            done = done or 0
+            if prepared_at is None and sent:
+                prepared_at, prepare_kb = time.monotonic() - start, peak_kb
+            if done >= wanted:
+                break
+        elapsed = time.monotonic() - start
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    err = proc.stderr.read().decode() if proc.stderr else ""
+    prepare_s = prepared_at if prepared_at is not None else elapsed
+    return {
+        "rc": 0 if done >= wanted else 1,
+        "prepare_s": round(prepare_s, 1),
+        "prepare_maxrss_mb": round(prepare_kb / 1024, 1),
+        "done": int(done),
+        "run_s": round(elapsed - prepare_s, 1),
+        "jobs_per_s": round(done / max(elapsed - prepare_s, 1e-9), 1),
+        "maxrss_mb": round(peak_kb / 1024, 1),
+        **({"stderr_tail": err[-2000:]} if "Traceback" in err else {}),
     }

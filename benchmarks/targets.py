@@ -88,6 +88,15 @@ def targets(results: dict[str, Any]) -> list[Target]:
         ),
         ("transition cost 100k/1k", "transitions", "ratio", "<= 1.5", lambda v: v <= 1.5),
     ]
+    big = f"{r['params'].get('big_run_jobs', 0):,}"
+    simple += [
+        (f"run of {big}, preparing: peak RSS MB", "bigrun", "prepare_maxrss_mb", "<= 300 MB",
+         lambda v: v <= 300),
+        (f"run of {big}, until done: peak RSS MB", "bigrun", "maxrss_mb", "<= 300 MB",
+         lambda v: v <= 300),
+        (f"resume {big} finished: wall s", "bigrun", "resume_wall_s", "<= 10 s",
+         lambda v: v <= 10),
+    ]  # fmt: skip
     out = [judge(name, val(sec, key), goal, test) for name, sec, key, goal, test in simple]
     out[4:4] = plan_targets(r.get("plan") or {})
     ours: dict[str, Any] = (r.get("rate") or {}) if val("rate", "wall_s") else {}
@@ -142,7 +151,7 @@ def print_table(results: dict[str, Any], judged: list[Target]) -> None:
                 (label, json.dumps(value) if isinstance(value, (dict, list)) else str(value))
             )
 
-    for section in ("rate", "baseline", "overhead", "plan", "state", "transitions"):
+    for section in ("rate", "baseline", "overhead", "plan", "state", "transitions", "bigrun"):
         data = results.get(section)
         if not data:
             continue
