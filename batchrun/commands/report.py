@@ -63,8 +63,8 @@ def rewrite_report(
             # A run with outputs.mirror: report.csv keeps its mirror_urls column.
             mirror_urls = urls_by_job(store.mirrored()) if meta.get("mirror") else None
             write_report(
-                Path(run_dir), ReportJobs.read(store), store.attempts(), facts=facts,
-                rows_key=rows_key, cols_key=cols_key, mirror_urls=mirror_urls,
+                Path(run_dir), ReportJobs.read(store), facts=facts, rows_key=rows_key,
+                cols_key=cols_key, mirror_urls=mirror_urls,
             )  # fmt: skip
     new = {GRID_META[axis]: name for axis, name in chosen.items() if name}
     # The grid chosen is kept (the next `run` lays report.html out the same way), with the

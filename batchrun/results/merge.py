@@ -98,7 +98,7 @@ def merge_runs(
                 "merged_from": [str(s.folder) for s in sources],
                 **_money(meta),
             }
-            write_report(work, ReportJobs.read(store), store.attempts(), facts=facts)
+            write_report(work, ReportJobs.read(store), facts=facts)
         if dest.is_dir():
             dest.rmdir()  # empty (checked): os.replace cannot put a folder over it otherwise
         os.replace(work, dest)

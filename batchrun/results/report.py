@@ -11,12 +11,12 @@ import json
 import math
 import statistics
 from array import array
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import Any, Protocol, TypedDict
 
 from batchrun import __version__
 from batchrun.errors import ChoiceError
@@ -262,12 +262,64 @@ class MirrorFacts(TypedDict):
     not_mirrored: int  # files still to copy: a rerun copies them
 
 
+class Costs(Protocol):
+    def get(self, job_id: str) -> Decimal | None:
+        """The job's actual costs known, over all its attempts (ledger.per_job)."""
+
+
+class CostsInOrder:
+    """ledger.per_job read alongside the jobs, in plan order (store.known_costs): asked about
+    the jobs in that order (each any number of times), it holds one job's costs at a time."""
+
+    def __init__(self, pairs: Iterator[tuple[str, Decimal]]) -> None:
+        self._pairs = pairs
+        self._head = next(pairs, None)
+        self._last: tuple[str, Decimal | None] = ("", None)
+
+    def get(self, job_id: str) -> Decimal | None:
+        if self._last[0] == job_id:
+            return self._last[1]
+        total = None
+        while self._head is not None and self._head[0] == job_id:
+            total = (total or Decimal(0)) + self._head[1]
+            self._head = next(self._pairs, None)
+        self._last = (job_id, total)
+        return total
+
+
+@dataclass
+class Money:
+    """The ledger as a report reads it: each job's costs, the folder's books, and the
+    attempts of jobs no longer in the manifest."""
+
+    costs: Costs
+    total: ledger.Books
+    gone: list[Attempt]
+
+    @classmethod
+    def of(cls, attempts: Iterable[Attempt], reported: set[str]) -> Money:
+        """Of attempts in memory, `reported` the jobs in the manifest."""
+        attempts = list(attempts)
+        gone = [a for a in attempts if a.job_id not in reported]
+        return cls(ledger.per_job(attempts), ledger.books(attempts), gone)
+
+    @classmethod
+    def read(cls, store: StateStore) -> Money:
+        """Of state.db, its attempts read in groups and alongside the jobs: the memory of a
+        few whatever the folder's size."""
+        books = ledger.books_of(
+            [*store.settled_attempts(), *((a, 1) for a in store.open_attempts())]
+        )
+        return cls(CostsInOrder(store.known_costs()), books, store.attempts_not_in_manifest())
+
+
 class Tally:
     """summary.json's figures of the reported jobs, added up one job at a time (`add`), so
     a report is made in one pass over them."""
 
-    def __init__(self, costs: dict[str, Decimal]) -> None:
-        self.costs = costs  # ledger.per_job of the folder's attempts
+    def __init__(self, money: Money) -> None:
+        self.money = money
+        self.costs = money.costs
         self.jobs = 0
         self.statuses = dict.fromkeys(REPORT_STATUSES, 0)
         self.bare = 0
@@ -276,7 +328,6 @@ class Tally:
         self.queue_s: array[float] = array("d")
         self.run_s: array[float] = array("d")
         self.cost = Decimal(0)
-        self.reported: set[str] = set()
         self.cached = 0
         self.saved = 0.0
         self.attempts = 0
@@ -289,12 +340,9 @@ class Tally:
         if bare:
             self.bare += 1
         self._times(row.submitted_at, row.started_at, row.finished_at)
-        job_id = row.job_id
-        if self.costs:
-            cost = self.costs.get(job_id)
-            if cost is not None:
-                self.cost += cost
-        self.reported.add(job_id)
+        cost = self.costs.get(row.job_id)
+        if cost is not None:
+            self.cost += cost
         if row.cached:
             self.cached += 1
             self.saved += row.saved_usd or 0.0
@@ -323,7 +371,7 @@ class Tally:
             if start is not None:
                 self.run_s.append(max(0.0, finished - start))
 
-    def summary(self, attempts: list[Attempt]) -> dict[str, Any]:
+    def summary(self) -> dict[str, Any]:
         first, last = self.first_submit, self.last_finish
         makespan = None if first is None or last is None else last - first
         return {
@@ -337,7 +385,7 @@ class Tally:
             },
             # what the reported jobs' results said they cost: the sum of report.csv's cost_usd
             "cost_usd": float(round(self.cost, 6)),
-            **ledger.summary(attempts, self.reported),
+            **ledger.summary_of(self.money.total, self.money.gone),
             "cached": self.cached,
             "saved_usd": round(self.saved, 6),
             "attempts": self.attempts,
@@ -348,11 +396,11 @@ class Tally:
 def summarise(rows: Iterable[JobRow], attempts: Iterable[Attempt] = ()) -> dict[str, Any]:
     """Totals of the reported jobs: per status, durations, attempts, files; money from the
     ledger's `attempts` (store/ledger.py)."""
-    attempts = list(attempts)
-    tally = Tally(ledger.per_job(attempts))
-    for row in _reported(rows):
+    jobs = ReportJobs.of(rows, attempts)
+    tally = Tally(jobs.money)
+    for row in jobs.rows:
         tally.add(row, without_output(row))
-    return tally.summary(attempts)
+    return tally.summary()
 
 
 @dataclass
@@ -365,20 +413,23 @@ class ReportJobs:
     count: int
     inputs: list[str]
     var_names: list[str]
+    money: Money
 
     @classmethod
-    def of(cls, rows: Iterable[JobRow]) -> ReportJobs:
-        """The reported ones of rows in memory."""
+    def of(cls, rows: Iterable[JobRow], attempts: Iterable[Attempt] = ()) -> ReportJobs:
+        """The reported ones of rows in memory, and the ledger's `attempts`."""
         jobs = _reported(rows)
-        return cls(jobs, len(jobs), *_fields(jobs))
+        money = Money.of(attempts, {r.job_id for r in jobs})
+        return cls(jobs, len(jobs), *_fields(jobs), money)
 
     @classmethod
     def read(cls, store: StateStore) -> ReportJobs:
-        """The reported jobs of a state store, read with a cursor (inside one
+        """The reported jobs of a state store and its ledger, read with cursors (inside one
         `store.snapshot()`, every figure is of one moment)."""
         inputs, var_names = store.report_fields()
         count = store.count(in_manifest_only=True)
-        return cls(store.iter_rows(in_manifest_only=True), count, inputs, var_names)
+        rows = store.iter_rows(in_manifest_only=True)
+        return cls(rows, count, inputs, var_names, Money.read(store))
 
 
 _CHUNK = 500  # rows turned into report.csv lines at a time
@@ -387,7 +438,7 @@ _CHUNK = 500  # rows turned into report.csv lines at a time
 def write_report(
     run_dir: Path,
     rows: Iterable[JobRow] | ReportJobs,
-    attempts: Iterable[Attempt],
+    attempts: Iterable[Attempt] = (),
     *,
     facts: RunFacts | None = None,
     rows_key: str | None = None,
@@ -397,7 +448,7 @@ def write_report(
 ) -> None:
     """Write report.csv, summary.json and report.html (and its pages) into `run_dir`, each
     atomically, in one pass over the jobs: `rows` in memory (the reported ones are picked
-    out), or ReportJobs read from state.db with a cursor.
+    out) with the ledger's `attempts`, or ReportJobs read from state.db (jobs and ledger).
 
     `rows_key`/`cols_key` choose the swept fields of report.html's grid (default: the two
     that vary most). `mirror_urls` (a run with outputs.mirror): each job's s3:// URLs, for
@@ -405,12 +456,11 @@ def write_report(
     While the run goes (`live`), summary.json says `"live": true` and
     report.html carries the live line and reloads itself.
     """
-    jobs = rows if isinstance(rows, ReportJobs) else ReportJobs.of(rows)
-    attempts = list(attempts)
+    jobs = rows if isinstance(rows, ReportJobs) else ReportJobs.of(rows, attempts)
     inputs, var_names = jobs.inputs, jobs.var_names
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    tally = Tally(ledger.per_job(attempts))
+    tally = Tally(jobs.money)
     costs = tally.costs
     keys = ["model", *(INPUT_PREFIX + k for k in inputs), *(VAR_PREFIX + k for k in var_names)]
     sheet = Sheet(run_dir, jobs.count, keys, rows_key=rows_key, cols_key=cols_key, live=live)
@@ -426,7 +476,7 @@ def write_report(
         write_rows(_lines(chunk, inputs, var_names, costs, tally, mirror_urls))
         sheet.add(chunk)
         sheet.finish()
-    summary = tally.summary(attempts) | dict(facts or {})
+    summary = tally.summary() | dict(facts or {})
     if live is not None:
         summary["live"] = True
     write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
@@ -444,21 +494,20 @@ def write_from_state(
     its own inside one snapshot (a run may write meanwhile); a grid that names no swept field
     is laid out automatically."""
     with StateStore.open(run_dir, create=False, lock=False) as store, store.snapshot():
-        attempts = store.attempts()
         try:
             write_report(
-                run_dir, ReportJobs.read(store), attempts, facts=facts, rows_key=rows_key,
+                run_dir, ReportJobs.read(store), facts=facts, rows_key=rows_key,
                 cols_key=cols_key, live=live,
             )  # fmt: skip
         except ChoiceError:
-            write_report(run_dir, ReportJobs.read(store), attempts, facts=facts, live=live)
+            write_report(run_dir, ReportJobs.read(store), facts=facts, live=live)
 
 
 def _lines(
     rows: list[JobRow],
     inputs: list[str],
     var_names: list[str],
-    costs: dict[str, Decimal],
+    costs: Costs,
     tally: Tally,
     mirror_urls: dict[str, list[str]] | None,
 ) -> list[list[str]]:

@@ -618,17 +618,15 @@ class _Run:
         written = report_mark(self.store.revision(), facts, rows_key, cols_key)
         if meta.get(REPORT_MARK_META) == written and reports_present(self.run_dir):
             return  # nothing changed since they were written
-        attempts = self.store.attempts()
         try:
             write_report(
-                self.run_dir, ReportJobs.read(self.store), attempts, facts=facts,
+                self.run_dir, ReportJobs.read(self.store), facts=facts,
                 rows_key=rows_key, cols_key=cols_key, mirror_urls=mirror_urls,
             )  # fmt: skip
         except ChoiceError as exc:
             self.echo(f"warning: report.html grid: {exc}; laid out automatically")
             write_report(
-                self.run_dir, ReportJobs.read(self.store), attempts, facts=facts,
-                mirror_urls=mirror_urls,
+                self.run_dir, ReportJobs.read(self.store), facts=facts, mirror_urls=mirror_urls,
             )  # fmt: skip
         self.store.set_meta(
             **{REPORT_MARK_META: written, REPORT_FILES_META: files_mark(self.run_dir)}

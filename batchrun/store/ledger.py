@@ -57,7 +57,7 @@ COLUMNS_V6 = COLUMNS.replace(
 _ZERO = Decimal(0)
 
 
-def _amount(text: str | None) -> Decimal | None:
+def amount(text: str | None) -> Decimal | None:
     """An amount as state.db holds it (exact decimal text); a damaged one counts as none."""
     if text is None:
         return None
@@ -94,9 +94,9 @@ class Attempt:
             sent_at=r[4],
             answer=r[5] if r[5] in ANSWERS else UNKNOWN,  # an edited answer: assume the worst
             request_id=r[6],
-            estimate=_amount(r[7]),
-            actual=_amount(r[8]),
-            saved=_amount(r[9]),
+            estimate=amount(r[7]),
+            actual=amount(r[8]),
+            saved=amount(r[9]),
             finished_at=r[10],
         )
 
@@ -199,8 +199,12 @@ def summary(attempts: Iterable[Attempt], reported: set[str]) -> dict[str, object
     folder), its two parts, the attempts nothing tells the cost of, what jobs no longer in the
     manifest (not in `reported`) account for, and what the cache saved."""
     attempts = list(attempts)
-    total = books(attempts)
-    gone = [a for a in attempts if a.job_id not in reported]
+    return summary_of(books(attempts), [a for a in attempts if a.job_id not in reported])
+
+
+def summary_of(total: Books, gone: Iterable[Attempt]) -> dict[str, object]:
+    """`summary` of a folder whose attempts add up to `total`, and `gone` those of its jobs
+    no longer in the manifest."""
     out: dict[str, object] = {
         "spent_usd": _usd(total.spent),
         "spent_known_usd": _usd(total.known),
@@ -208,10 +212,11 @@ def summary(attempts: Iterable[Attempt], reported: set[str]) -> dict[str, object
         "unknown_cost_attempts": len(total.unknown_cost),
         "billable_attempts": total.attempts,
     }
-    elsewhere = _ZERO
+    elsewhere, jobs = _ZERO, set()
     for a in gone:
+        jobs.add(a.job_id)
         cost = total.cost(a)
         if a.maybe_billed and cost is not None:
             elsewhere += cost
-    out["not_in_manifest"] = {"jobs": len({a.job_id for a in gone}), "spent_usd": _usd(elsewhere)}
+    out["not_in_manifest"] = {"jobs": len(jobs), "spent_usd": _usd(elsewhere)}
     return out

@@ -637,6 +637,41 @@ class StateStore(transitions.RowTransitions):
             )
             return [(ledger.Attempt.from_row(r), r[11]) for r in cur.fetchall()]
 
+    def attempts_not_in_manifest(self) -> list[ledger.Attempt]:
+        """The attempts of jobs no longer in the manifest (or no longer in state.db)."""
+        with self._mutex:
+            cur = self._conn.execute(
+                f"SELECT {self._attempt_columns} FROM attempts WHERE job_id NOT IN "
+                "(SELECT job_id FROM jobs WHERE in_manifest = 1) ORDER BY seq"
+            )
+            return [ledger.Attempt.from_row(r) for r in cur.fetchall()]
+
+    def known_costs(self) -> Iterator[tuple[str, Decimal]]:
+        """(job id, actual cost) of every attempt that may have been billed and whose cost a
+        result gave, jobs of the manifest in plan order (ledger.per_job, read alongside the
+        jobs): a cursor."""
+        # (an answer edited into something else reads `unknown`: may be billed)
+        never = ", ".join(f"'{a}'" for a in sorted(ledger.ANSWERS - ledger.MAYBE_BILLED))
+        with self._mutex:
+            cur = self._conn.cursor()
+            cur.execute(
+                "SELECT a.job_id, a.actual_usd FROM attempts a JOIN jobs j ON j.job_id = "
+                f"a.job_id WHERE j.in_manifest = 1 AND a.answer NOT IN ({never}) AND "
+                "a.actual_usd IS NOT NULL ORDER BY j.position, a.seq"
+            )
+        try:
+            while True:
+                with self._mutex:
+                    page = cur.fetchmany(_PAGE)
+                if not page:
+                    return
+                for job_id, text in page:
+                    amount = ledger.amount(text)
+                    if amount is not None:
+                        yield job_id, amount
+        finally:
+            cur.close()
+
     def attempts(self) -> list[ledger.Attempt]:
         """Every submit attempt of the folder, in the order they were made."""
         with self._mutex:
