@@ -236,7 +236,9 @@ class _Run:
         run is the whole plan; else added up over the jobs."""
         mark = self.opts.plan_mark
         if mark is not None and self.opts.only is None:
-            usd, unpriced = estimate_of(estimate, self.store.cached_rows())
+            usd, unpriced = estimate_of(
+                estimate, self.store.iter_rows(in_manifest_only=True, cached_only=True)
+            )
             return mark.est_usd - usd, mark.unpriced - unpriced
         return estimate_of(estimate, (r for r in self._mine() if not r.cached))
 

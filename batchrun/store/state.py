@@ -301,11 +301,18 @@ class StateStore(transitions.RowTransitions):
             return [self._decode(r) for r in cur.fetchall()]
 
     def iter_rows(
-        self, *, in_manifest_only: bool = False, statuses: Iterable[str] | None = None
+        self,
+        *,
+        in_manifest_only: bool = False,
+        statuses: Iterable[str] | None = None,
+        cached_only: bool = False,
     ) -> Iterator[records.JobRow]:
-        """The jobs (in the manifest only; in one of `statuses` only), in expansion order, read
-        with a cursor: memory holds one page of rows, not the folder's."""
+        """The jobs (in the manifest only; in one of `statuses` only; taken from the cache
+        only), in expansion order, read with a cursor: memory holds one page of rows, not the
+        folder's."""
         where, params = ["in_manifest = 1"] if in_manifest_only else [], []
+        if cached_only:
+            where.append("cached = 1")
         if statuses is not None:
             wanted = list(statuses)
             where.append(f"status IN ({', '.join('?' for _ in wanted)})")
@@ -371,15 +378,6 @@ class StateStore(transitions.RowTransitions):
                 yield from (records.Brief(j, m, s, bool(c)) for j, m, s, c in page)
         finally:
             cur.close()
-
-    def cached_rows(self) -> list[records.JobRow]:
-        """The jobs of the manifest taken from the cache, in plan order."""
-        with self._mutex:
-            cur = self._conn.execute(
-                f"SELECT {self._columns} FROM jobs WHERE in_manifest = 1 AND cached = 1 "
-                "ORDER BY position"
-            )
-            return [self._decode(r) for r in cur.fetchall()]
 
     def count(self, *, in_manifest_only: bool = False) -> int:
         where = " WHERE in_manifest = 1" if in_manifest_only else ""
