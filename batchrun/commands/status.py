@@ -58,8 +58,11 @@ def status_data(run_dir: Path) -> dict[str, Any]:
         store.check_rows()
         meta = store.meta()
         counts = store.counts()
-        reported = store.job_ids(in_manifest_only=True)
-        attempts = store.attempts()
+        total = store.count(in_manifest_only=True)
+        books, gone = store.books(), store.attempts_not_in_manifest()  # in groups
+        # report.csv's cost_usd summed: the reported jobs' actual costs in the ledger (a
+        # cached job's is 0, and adds nothing)
+        cost = store.known_cost()
         on_server = [
             {"job_id": r.job_id, "request_id": r.request_id, "status": r.status}
             for r in store.iter_rows(in_manifest_only=True, statuses=(st.QUEUED, st.RUNNING))
@@ -74,9 +77,6 @@ def status_data(run_dir: Path) -> dict[str, Any]:
             for r in store.iter_rows(in_manifest_only=True, statuses=_PROBLEMS)
         ]
         bare = [job_id for job_id, output in store.bare_successes() if not collect_urls(output)]
-    # report.csv's cost_usd summed: the reported jobs' actual costs in the ledger (a cached
-    # job's is 0, and adds nothing)
-    cost = sum(ledger.per_job(a for a in attempts if a.job_id in reported).values(), Decimal(0))
     est, cap = meta.get("est_cost_usd"), meta.get("max_cost_usd")
     unpriced = int(meta.get("unpriced_jobs") or 0)
     return {
@@ -86,11 +86,11 @@ def status_data(run_dir: Path) -> dict[str, Any]:
         "api_base": meta.get("api_base", ""),
         "origin": og.recorded(meta, run_dir) or "",
         "active_pid": lock.holder(run_dir),
-        "total": len(reported),
+        "total": total,
         "counts": report_counts(counts),
         "cost_usd": float(round(cost, 6)),  # what the reported jobs' results said they cost
         # the ledger: what every attempt of the folder may have cost (store/ledger.py)
-        **ledger.summary(attempts, reported),
+        **ledger.summary_of(books, gone),
         # the plan's estimate at the last run; none when no job of it was priced
         "est_cost_usd": float(est) if est and (Decimal(est) or not unpriced) else None,
         "unpriced_jobs": unpriced,

@@ -307,10 +307,8 @@ class Money:
     def read(cls, store: StateStore) -> Money:
         """Of state.db, its attempts read in groups and alongside the jobs: the memory of a
         few whatever the folder's size."""
-        books = ledger.books_of(
-            [*store.settled_attempts(), *((a, 1) for a in store.open_attempts())]
-        )
-        return cls(CostsInOrder(store.known_costs()), books, store.attempts_not_in_manifest())
+        costs = CostsInOrder(store.known_costs())
+        return cls(costs, store.books(), store.attempts_not_in_manifest())
 
 
 class Tally:

@@ -56,6 +56,10 @@ _PAGE = 2000  # rows a cursor reads at a time (iter_rows)
 # An attempt the server may still be working on (ledger.Attempt.in_flight, loosely): accepted,
 # no outcome recorded.
 _OPEN_ATTEMPT = "answer = 'accepted' AND finished_at IS NULL"
+# An attempt that may have been billed and whose cost a result gave (an answer edited into
+# something else reads `unknown`: may be billed).
+_NEVER_BILLED = ", ".join(f"'{a}'" for a in sorted(ledger.ANSWERS - ledger.MAYBE_BILLED))
+_KNOWN_COST = f"a.answer NOT IN ({_NEVER_BILLED}) AND a.actual_usd IS NOT NULL"
 _REF = "(SELECT ref FROM names WHERE name = ?)"  # a model id's or origin's ref (schema 6)
 _ORIGIN_REF = (
     "(SELECT ref FROM names WHERE name = COALESCE((SELECT value FROM meta WHERE key = "
@@ -622,6 +626,10 @@ class StateStore(transitions.RowTransitions):
             )
             return [ledger.Attempt.from_row(r) for r in cur.fetchall()]
 
+    def books(self) -> ledger.Books:
+        """What the folder's attempts add up to (ledger.books), read in groups."""
+        return ledger.books_of([*self.settled_attempts(), *((a, 1) for a in self.open_attempts())])
+
     def settled_attempts(self) -> list[tuple[ledger.Attempt, int]]:
         """The other attempts, for ledger.books_of: one of each kind (model, origin, answer,
         amounts) and how many there are, so a folder of a million reads a few rows."""
@@ -644,18 +652,27 @@ class StateStore(transitions.RowTransitions):
             )
             return [ledger.Attempt.from_row(r) for r in cur.fetchall()]
 
+    def known_cost(self) -> Decimal:
+        """The sum of known_costs (report.csv's cost_usd summed), read in groups of one
+        amount."""
+        with self._mutex:
+            cur = self._conn.execute(
+                f"SELECT a.actual_usd, COUNT(*) FROM attempts a WHERE {_KNOWN_COST} AND "
+                "a.job_id IN (SELECT job_id FROM jobs WHERE in_manifest = 1) GROUP BY 1"
+            )
+            groups = cur.fetchall()
+        amounts = ((ledger.amount(text), n) for text, n in groups)
+        return sum((amount * n for amount, n in amounts if amount is not None), Decimal(0))
+
     def known_costs(self) -> Iterator[tuple[str, Decimal]]:
         """(job id, actual cost) of every attempt that may have been billed and whose cost a
         result gave, jobs of the manifest in plan order (ledger.per_job, read alongside the
         jobs): a cursor."""
-        # (an answer edited into something else reads `unknown`: may be billed)
-        never = ", ".join(f"'{a}'" for a in sorted(ledger.ANSWERS - ledger.MAYBE_BILLED))
         with self._mutex:
             cur = self._conn.cursor()
             cur.execute(
                 "SELECT a.job_id, a.actual_usd FROM attempts a JOIN jobs j ON j.job_id = "
-                f"a.job_id WHERE j.in_manifest = 1 AND a.answer NOT IN ({never}) AND "
-                "a.actual_usd IS NOT NULL ORDER BY j.position, a.seq"
+                f"a.job_id WHERE j.in_manifest = 1 AND {_KNOWN_COST} ORDER BY j.position, a.seq"
             )
         try:
             while True:
@@ -668,7 +685,8 @@ class StateStore(transitions.RowTransitions):
                     if amount is not None:
                         yield job_id, amount
         finally:
-            cur.close()
+            with contextlib.suppress(sqlite3.ProgrammingError):  # the store closed first
+                cur.close()
 
     def attempts(self) -> list[ledger.Attempt]:
         """Every submit attempt of the folder, in the order they were made."""
