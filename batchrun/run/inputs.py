@@ -211,5 +211,6 @@ def submitter(
     manifest = plan.manifest
     if not manifest.has_local:
         return None
-    local = LocalInputs(manifest.path.parent, manifest.uploads, (job.inputs for job in plan.jobs))
+    jobs = plan.jobs if plan.sweep is None else plan.sweep  # (a streamed plan: one more pass)
+    local = LocalInputs(manifest.path.parent, manifest.uploads, (job.inputs for job in jobs))
     return local.submit(submit)

@@ -191,3 +191,17 @@ def test_a_second_folder_uploads_nothing_new(tmp_path: Path, start_sim, s3: S3Bu
     assert run(second / "m.yaml", sim, tmp_path / "run-two")[0] == 0
     assert s3.server.count("PUT", f"/{s3.name}/in/") == 2  # nothing sent again
     assert s3.server.count("HEAD", f"/{s3.name}/in/") >= 4  # each asked about first
+
+
+def test_a_pending_job_whose_file_was_renamed_reads_it_where_it_is_now(tmp_path: Path) -> None:
+    """The folder keeps a job's reference as first planned; the plan (streamed by the CLI)
+    says where the same bytes are now, and the submit reads them there."""
+    path = sweep(tmp_path / "work")
+    dead = run_cli("run", str(path), "--api-base", "http://127.0.0.1:9", cwd=tmp_path,
+                   env=clean_env(token=TOKEN))  # fmt: skip
+    assert dead.returncode != 0 and "cannot reach the API" in dead.stderr
+    (tmp_path / "work/photos/a.png").rename(tmp_path / "work/photos/c.png")
+    done = run_cli("run", str(path), "--simulate", cwd=tmp_path, env=clean_env(token=TOKEN))
+    assert done.returncode == 0, done.stderr
+    rows = report(tmp_path / "outputs" / "local")
+    assert {r["status"] for r in rows} == {"succeeded"} and len(rows) == 2
