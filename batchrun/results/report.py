@@ -331,14 +331,16 @@ class Tally:
         self.attempts = 0
         self.files = {"downloaded": 0, "refused": 0, "failed": 0}
 
-    def add(self, row: JobRow, bare: bool) -> None:
-        """One reported job; `bare`: it succeeded without output (see without_output)."""
+    def add(self, row: JobRow, bare: bool, cost: Decimal | None = None) -> None:
+        """One reported job; `bare`: it succeeded without output (see without_output);
+        `cost`: its actual costs known (ledger.per_job), None: looked up."""
         self.jobs += 1
         self.statuses[report_status(row.status)] += 1
         if bare:
             self.bare += 1
         self._times(row.submitted_at, row.started_at, row.finished_at)
-        cost = self.costs.get(row.job_id)
+        if cost is None:
+            cost = self.costs.get(row.job_id)
         if cost is not None:
             self.cost += cost
         if row.cached:
@@ -512,13 +514,13 @@ def _lines(
     """report.csv's lines of `rows`, each job added to `tally` on the way."""
     lines = []
     for row in rows:
-        cost = costs.get(row.job_id)
+        known = cost = costs.get(row.job_id)
         if cost is None and row.cached:
             cost = Decimal(0)
         mirrored = None if mirror_urls is None else mirror_urls.get(row.job_id, [])
         cells, bare = _line(row, inputs, var_names, cost, mirrored)
         lines.append(cells)
-        tally.add(row, bare)
+        tally.add(row, bare, known)
     return lines
 
 

@@ -58,6 +58,8 @@ _ATTEMPTS_V6 = _ATTEMPTS.replace("model_id TEXT NOT NULL", "model_id INTEGER NOT
 # stay out of the index.
 ACTIVE = "status NOT IN ('succeeded', 'failed', 'timed_out', 'cancelled')"
 _ACTIVE_INDEX = f"CREATE INDEX IF NOT EXISTS jobs_active ON jobs (status, position) WHERE {ACTIVE}"
+# Every job in plan order: the reports and the ledger read alongside them, without a sort.
+_POSITION_INDEX = "CREATE INDEX IF NOT EXISTS jobs_position ON jobs (position)"
 _REQUEST_KEPT = [
     "CREATE TRIGGER IF NOT EXISTS jobs_request_kept BEFORE UPDATE OF request_id ON jobs "
     "WHEN OLD.request_id IS NOT NEW.request_id BEGIN UPDATE attempts SET request_id = "
@@ -123,6 +125,7 @@ _SCHEMA = [
     _NAMES,
     _JOBS_V6,
     _ACTIVE_INDEX,
+    _POSITION_INDEX,
     *[stmt for stmt in _ATTEMPTS_V6.split(";") if stmt.strip()],
     mirrored.TABLE,
     *_REQUEST_KEPT,
@@ -187,8 +190,8 @@ _MIGRATIONS = {
     5: ("ALTER TABLE jobs ADD COLUMN retries_from INTEGER NOT NULL DEFAULT 0",),
     6: _TO_V6,
     # The index of unfinished jobs ordered by position too: a run reads its pending jobs in
-    # pages, in plan order, without sorting them all.
-    7: ("DROP INDEX IF EXISTS jobs_active", _ACTIVE_INDEX),
+    # pages, in plan order, without sorting them all; and every job by position.
+    7: ("DROP INDEX IF EXISTS jobs_active", _ACTIVE_INDEX, _POSITION_INDEX),
 }
 
 

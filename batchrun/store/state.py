@@ -647,8 +647,8 @@ class StateStore(transitions.RowTransitions):
         """The attempts of jobs no longer in the manifest (or no longer in state.db)."""
         with self._mutex:
             cur = self._conn.execute(
-                f"SELECT {self._attempt_columns} FROM attempts WHERE job_id NOT IN "
-                "(SELECT job_id FROM jobs WHERE in_manifest = 1) ORDER BY seq"
+                f"SELECT {self._attempt_columns} FROM attempts WHERE NOT EXISTS (SELECT 1 FROM "
+                "jobs j WHERE j.job_id = attempts.job_id AND j.in_manifest = 1) ORDER BY seq"
             )
             return [ledger.Attempt.from_row(r) for r in cur.fetchall()]
 
@@ -672,7 +672,7 @@ class StateStore(transitions.RowTransitions):
             cur = self._conn.cursor()
             cur.execute(
                 "SELECT a.job_id, a.actual_usd FROM attempts a JOIN jobs j ON j.job_id = "
-                f"a.job_id WHERE j.in_manifest = 1 AND {_KNOWN_COST} ORDER BY j.position, a.seq"
+                f"a.job_id WHERE j.in_manifest = 1 AND {_KNOWN_COST} ORDER BY j.position"
             )
         try:
             while True:
