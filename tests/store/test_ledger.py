@@ -271,9 +271,7 @@ def test_the_books_read_in_groups_are_the_books_of_every_attempt(tmp_path_factor
                     (f"j{i}", model, origin, answer, f"r{i}", est, actual, saved, finished),
                 )
         every = books(s.attempts())
-        grouped = ledger.books_of(
-            [*s.settled_attempts(), *((a, 1) for a in s.open_attempts())]
-        )
+        grouped = ledger.books_of([*s.settled_attempts(), *((a, 1) for a in s.open_attempts())])
         assert len(s.open_attempts()) + sum(n for _, n in s.settled_attempts()) == len(attempts)
     assert (grouped.known, grouped.estimated, grouped.saved) == (
         every.known,
