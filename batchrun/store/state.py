@@ -324,18 +324,25 @@ class StateStore(transitions.RowTransitions):
             if not TERMINAL.intersection(wanted):
                 where.append(ACTIVE)  # the index of unfinished jobs serves the query
         clause = f"WHERE {' AND '.join(where)} " if where else ""
+        sql = f"SELECT {self._columns} FROM jobs {clause}ORDER BY position"
+        return (self._decode(r) for r in self._cursor(sql, params))
+
+    def _cursor(self, sql: str, params: Iterable[Any] = ()) -> Iterator[tuple[Any, ...]]:
+        """The rows of `sql`, read a page at a time (the mutex held for each page only); the
+        cursor closes when the reader is done, or when it stops early."""
         with self._mutex:
             cur = self._conn.cursor()
-            cur.execute(f"SELECT {self._columns} FROM jobs {clause}ORDER BY position", params)
+            cur.execute(sql, list(params))
         try:
             while True:
                 with self._mutex:
                     page = cur.fetchmany(_PAGE)
                 if not page:
                     return
-                yield from (self._decode(r) for r in page)
+                yield from page
         finally:
-            cur.close()
+            with contextlib.suppress(sqlite3.ProgrammingError):  # the store closed first
+                cur.close()
 
     def pending_page(
         self, after: int, limit: int, *, skip_models: Iterable[str] = ()
@@ -358,30 +365,14 @@ class StateStore(transitions.RowTransitions):
             )
             return [self._decode(r) for r in cur.fetchall()]
 
-    def brief(self, *, statuses: Iterable[str] | None = None) -> Iterator[records.Brief]:
-        """(job id, model id, status, cached) of the jobs in the manifest (in one of
-        `statuses` only), in plan order, read with a cursor and never decoded."""
-        where, params = "", []
-        if statuses is not None:
-            params = list(statuses)
-            where = f" AND status IN ({', '.join('?' for _ in params)})"
-            where += "" if TERMINAL.intersection(params) else f" AND {ACTIVE}"
-        with self._mutex:
-            cur = self._conn.cursor()
-            cur.execute(
-                "SELECT job_id, (SELECT name FROM names WHERE ref = jobs.model_id), status, "
-                f"cached FROM jobs WHERE in_manifest = 1{where} ORDER BY position",
-                params,
-            )
-        try:
-            while True:
-                with self._mutex:
-                    page = cur.fetchmany(_PAGE)
-                if not page:
-                    return
-                yield from (records.Brief(j, m, s, bool(c)) for j, m, s, c in page)
-        finally:
-            cur.close()
+    def brief(self) -> Iterator[records.Brief]:
+        """(job id, model id, status, cached) of the jobs in the manifest, in plan order, read
+        with a cursor and never decoded."""
+        sql = (
+            "SELECT job_id, (SELECT name FROM names WHERE ref = jobs.model_id), status, cached "
+            "FROM jobs WHERE in_manifest = 1 ORDER BY position"
+        )
+        return (records.Brief(j, m, s, bool(c)) for j, m, s, c in self._cursor(sql))
 
     def count(self, *, in_manifest_only: bool = False) -> int:
         where = " WHERE in_manifest = 1" if in_manifest_only else ""
@@ -668,25 +659,14 @@ class StateStore(transitions.RowTransitions):
         """(job id, actual cost) of every attempt that may have been billed and whose cost a
         result gave, jobs of the manifest in plan order (ledger.per_job, read alongside the
         jobs): a cursor."""
-        with self._mutex:
-            cur = self._conn.cursor()
-            cur.execute(
-                "SELECT a.job_id, a.actual_usd FROM attempts a JOIN jobs j ON j.job_id = "
-                f"a.job_id WHERE j.in_manifest = 1 AND {_KNOWN_COST} ORDER BY j.position"
-            )
-        try:
-            while True:
-                with self._mutex:
-                    page = cur.fetchmany(_PAGE)
-                if not page:
-                    return
-                for job_id, text in page:
-                    amount = ledger.amount(text)
-                    if amount is not None:
-                        yield job_id, amount
-        finally:
-            with contextlib.suppress(sqlite3.ProgrammingError):  # the store closed first
-                cur.close()
+        sql = (
+            "SELECT a.job_id, a.actual_usd FROM attempts a JOIN jobs j ON j.job_id = a.job_id "
+            f"WHERE j.in_manifest = 1 AND {_KNOWN_COST} ORDER BY j.position"
+        )
+        for job_id, text in self._cursor(sql):
+            amount = ledger.amount(text)
+            if amount is not None:
+                yield job_id, amount
 
     def attempts(self) -> list[ledger.Attempt]:
         """Every submit attempt of the folder, in the order they were made."""
