@@ -28,6 +28,22 @@ def queued_run_folder(run_dir: Path, api_base: str, jobs: int = 2) -> None:
             store.record_status(f"j{i}", st.QUEUED)
 
 
+def as_version_6(conn: sqlite3.Connection) -> None:
+    """Rewrite a state.db made now (schema 7) as batchrun made it at schema version 6: the
+    index of unfinished jobs by status alone, no index by position. The caller commits."""
+    conn.executescript(
+        """
+        BEGIN;
+        DROP INDEX IF EXISTS jobs_position;
+        DROP INDEX IF EXISTS jobs_active;
+        CREATE INDEX jobs_active ON jobs (status)
+            WHERE status NOT IN ('succeeded', 'failed', 'timed_out', 'cancelled');
+        UPDATE meta SET value = '6' WHERE key = 'schema_version';
+        COMMIT;
+        """
+    )
+
+
 def as_version_5(conn: sqlite3.Connection) -> None:
     """Rewrite a state.db made now (schema 6) as batchrun made it at schema version 5: model
     ids and origins in each row, request ids in each attempt, the full status index; the

@@ -245,7 +245,10 @@ def migrate(conn: sqlite3.Connection, run_dir: Path, *, writable: bool) -> tuple
 def _read_as_is(conn: sqlite3.Connection, version: int) -> tuple[str, str]:
     """An older state.db read as it is (status, merge's sources): the missing columns read as
     defaults, and the ledger of a folder made before it is built in a temporary table, as the
-    migration would build it; so is its (empty) mirrored table."""
+    migration would build it; so is its (empty) mirrored table. A folder of version 6 has the
+    compact tables already (only version 7's indexes are missing: it reads the same)."""
+    if version >= 6:
+        return COLUMNS_V6, ledger.COLUMNS_V6
     conn.execute(mirrored.TABLE.replace("TABLE IF NOT EXISTS", "TEMP TABLE"))
     if version < 3:
         _temporary_ledger(conn, version)

@@ -11,11 +11,11 @@ from pathlib import Path
 import yaml
 
 from batchrun.plan.grid import Job
-from batchrun.store import ledger, state as st
+from batchrun.store import ledger, mirrored, state as st
 from batchrun.store.records import JobRow
 from batchrun.store.state import SCHEMA_VERSION, StateStore
 from testing.cli import invoke
-from testing.folders import as_version_5
+from testing.folders import as_version_5, as_version_6
 
 T2I = "google/nano-banana-2-lite/text-to-image"
 I2V = "some/other-model/image-to-video"
@@ -84,6 +84,30 @@ def test_a_version_5_folder_reads_the_same_rows_and_attempts_after_its_migration
     names = sorted(r[0] for r in conn.execute("SELECT name FROM names"))
     assert names == sorted(["", "https://api.example", "simulator", T2I, I2V, "gone/model"])
     conn.close()
+
+
+def test_a_version_6_folder_reads_the_same_read_as_it_is_and_after_its_migration(tmp_path):
+    """Read as it is (status, report: no lock), a folder of version 6 shows its model ids and
+    origins by name and its mirrored table; a run adds version 7's indexes."""
+    folder = tmp_path / "old"
+    _folder(folder)
+    with StateStore.open(folder) as s:
+        s.record_mirrored(mirrored.Mirrored("s3://b/a.png", "j0", "files/j0/a.png", "ab", 3))
+    rows, attempts = _read(folder, lock=True)
+    conn = sqlite3.connect(folder / "state.db")
+    as_version_6(conn)
+    conn.close()
+    with StateStore.open(folder, create=False, lock=False) as s:
+        assert s.meta()["schema_version"] == "6"
+        assert (s.rows(), s.attempts()) == (rows, attempts)
+        assert {r.model_id for r in rows} <= {T2I, I2V, "gone/model"}
+        assert [m.url for m in s.mirrored()] == ["s3://b/a.png"]
+    assert _read(folder, lock=True) == (rows, attempts)  # a run migrates it
+    conn = sqlite3.connect(folder / "state.db")
+    indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    version = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    conn.close()
+    assert {"jobs_position", "jobs_active"} <= indexes and version == (str(SCHEMA_VERSION),)
 
 
 def test_an_attempt_keeps_its_request_id_when_its_job_moves_on(tmp_path):
