@@ -14,14 +14,14 @@ The folder is built beside its destination and renamed into place at the end.
 from __future__ import annotations
 
 import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from batchrun.errors import StateError
 from batchrun.results.merge import place_file
-from batchrun.results.report import RunFacts, write_report
+from batchrun.results.report import ReportJobs, RunFacts, write_report
 from batchrun.store import origin as og
+from batchrun.store.atomic import built_beside
 from batchrun.store.shared import SharedState, scrub
 from batchrun.store.state import StateStore
 
@@ -61,38 +61,24 @@ def export_sweep(url: str, sweep: str | None, into: str | os.PathLike[str]) -> E
     kept.update(origin=origin, exported_from=scrub(url), sweep=shared.sweep)
     if facts["cap_usd"] is not None:
         kept["max_cost_usd"] = str(facts["cap_usd"])
-    work = dest.parent / f".{dest.name}.exporting-{os.getpid()}"
-    shutil.rmtree(work, ignore_errors=True)
-    try:
+    with built_beside(dest, "exporting") as work:
         with StateStore.open(work) as store:
-            with store.batch(durable=True):
-                store.add_jobs(rows)
-                for row in rows:
-                    store.import_job(row)
-                store.append_attempts(attempts)
-                store.set_meta(**kept)
+            store.import_jobs(rows, attempts, **kept)
             for row in rows:
                 _gather(row.job_id, [f.name for f in row.files if f.name and not f.error],
                         {f.name: f.sha256 for f in row.files}, places, work, result)  # fmt: skip
-            exported, ledger = store.rows(), store.attempts()
-        if origin == og.SIMULATOR:
-            (work / ".simulator").mkdir(exist_ok=True)  # a simulated folder, as a run's
-        report_facts: RunFacts = {
-            "origin": origin,
-            "name": kept.get("name", shared.sweep),
-            "manifest": kept.get("manifest", ""),
-            "exported_from": scrub(url),
-            "est_cost_usd": float(kept["est_cost_usd"]) if "est_cost_usd" in kept else None,
-            "unpriced_jobs": int(kept.get("unpriced_jobs") or 0),
-            "max_cost_usd": float(kept["max_cost_usd"]) if "max_cost_usd" in kept else None,
-        }
-        write_report(work, exported, ledger, facts=report_facts)
-        if dest.is_dir():
-            dest.rmdir()  # empty (checked)
-        os.replace(work, dest)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
+            if origin == og.SIMULATOR:
+                (work / ".simulator").mkdir(exist_ok=True)  # a simulated folder, as a run's
+            report_facts: RunFacts = {
+                "origin": origin,
+                "name": kept.get("name", shared.sweep),
+                "manifest": kept.get("manifest", ""),
+                "exported_from": scrub(url),
+                "est_cost_usd": float(kept["est_cost_usd"]) if "est_cost_usd" in kept else None,
+                "unpriced_jobs": int(kept.get("unpriced_jobs") or 0),
+                "max_cost_usd": float(kept["max_cost_usd"]) if "max_cost_usd" in kept else None,
+            }
+            write_report(work, ReportJobs.read(store), facts=report_facts)
     return result
 
 

@@ -24,6 +24,7 @@ from batchrun.catalog.pricing import plain
 from batchrun.errors import StateError
 from batchrun.results.report import ReportJobs, RunFacts, write_report
 from batchrun.store import origin as og, state as st
+from batchrun.store.atomic import built_beside
 from batchrun.store.ledger import Attempt
 from batchrun.store.records import JobRow
 from batchrun.store.state import STATE_FILE, StateStore
@@ -70,17 +71,13 @@ def merge_runs(
         result.warnings.append(
             "the folders ran different versions of the manifest; jobs are matched by job id"
         )
-    work = dest.parent / f".{dest.name}.merging-{os.getpid()}"
-    shutil.rmtree(work, ignore_errors=True)
-    try:
+    with built_beside(dest, "merging") as work:
         with StateStore.open(work) as store:
             rows = sorted((row for row, _ in chosen.values()), key=lambda r: r.position)
-            with store.batch(durable=True):
-                store.add_jobs(rows)
-                for row in rows:
-                    store.import_job(row)
-                store.append_attempts(_ledger(sources, chosen))
-                store.set_meta(**_meta(sources), **({"origin": origin} if origin else {}))
+            store.import_jobs(
+                rows, _ledger(sources, chosen), **_meta(sources),
+                **({"origin": origin} if origin else {}),
+            )  # fmt: skip
             for row, source in chosen.values():
                 for out in row.files:
                     if out.name and not out.error:
@@ -99,12 +96,6 @@ def merge_runs(
                 **_money(meta),
             }
             write_report(work, ReportJobs.read(store), facts=facts)
-        if dest.is_dir():
-            dest.rmdir()  # empty (checked): os.replace cannot put a folder over it otherwise
-        os.replace(work, dest)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
     return result
 
 

@@ -203,7 +203,9 @@ class _Run:
 
     def _survey(self, settings: RunSettings) -> tuple[Counter[str], SweepGate | None]:
         """The counts of this run's jobs by status, and its sweep gate (halt, canaries), if
-        any: one pass over the jobs' ids and statuses, no row decoded."""
+        any: counted by SQL, or one pass over the jobs' ids and statuses (no row decoded)."""
+        if settings.halt is None and not settings.canary and self.opts.only is None:
+            return Counter(self.store.counts()), None
         brief = self.store.brief()
         mine = brief if self.opts.only is None else (b for b in brief if self._chosen(b.job_id))
         if settings.halt is None and not settings.canary:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -28,6 +29,23 @@ def fsync_dir(path: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+@contextmanager
+def built_beside(dest: Path, doing: str) -> Iterator[Path]:
+    """A folder made beside `dest` (new, or an empty folder) and renamed into its place once
+    the block ends, so `dest` is either whole or absent; removed if the block fails. `doing`
+    names the hidden work folder (`.NAME.DOING-PID`)."""
+    work = dest.parent / f".{dest.name}.{doing}-{os.getpid()}"
+    shutil.rmtree(work, ignore_errors=True)
+    try:
+        yield work
+        if dest.is_dir():
+            dest.rmdir()  # empty (checked by the caller): os.replace cannot put a folder over it
+        os.replace(work, dest)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
 
 
 @contextmanager

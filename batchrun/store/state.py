@@ -556,6 +556,18 @@ class StateStore(transitions.RowTransitions):
                 self._add_attempt(job_id, ledger.UNKNOWN)
         return changes
 
+    def import_jobs(
+        self, rows: list[records.JobRow], attempts: Iterable[ledger.Attempt], **meta: str
+    ) -> None:
+        """Other folders' jobs as they hold them (merge, export), their ledger and `meta`, in
+        one durable commit."""
+        with self.batch(durable=True):
+            self.add_jobs(rows)
+            for row in rows:
+                self.import_job(row)
+            self.append_attempts(attempts)
+            self.set_meta(**meta)
+
     def import_job(self, row: records.JobRow) -> Changes:
         """A job's row as another folder holds it (merge): its state, request, times, result
         and files, written as they are. Its attempts come with `append_attempts`."""
