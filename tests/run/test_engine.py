@@ -9,6 +9,7 @@ import io
 import json
 import re
 import sqlite3
+import threading
 from pathlib import Path
 
 import pytest
@@ -138,12 +139,15 @@ def test_every_submit_is_committed_before_it_is_sent(tmp_path):
     data["models"][0]["matrix"] = {"seed": list(range(12))}
     path.write_text(json.dumps(data))
     seen: list[tuple[int, int]] = []  # (submits sent so far, jobs committed as submitted)
+    one_at_a_time = threading.Lock()  # a submit's place and its read go together
 
     def on_submit(request):
-        conn = sqlite3.connect(tmp_path / "run" / "state.db")
-        (marked,) = conn.execute("SELECT count(*) FROM jobs WHERE status != 'pending'").fetchone()
-        conn.close()
-        seen.append((len(seen) + 1, marked))
+        with one_at_a_time:
+            conn = sqlite3.connect(tmp_path / "run" / "state.db")
+            query = "SELECT count(*) FROM jobs WHERE status != 'pending'"
+            (marked,) = conn.execute(query).fetchone()
+            conn.close()
+            seen.append((len(seen) + 1, marked))
         return 200, {}, json.dumps({"request_id": f"r{len(seen)}"})
 
     with responses.RequestsMock() as rsps:
