@@ -140,7 +140,8 @@ def test_export_lists_the_files_it_cannot_reach_and_exits_1(
     assert done.returncode == 1, done.stderr
     assert f"{lost} file(s) could not be gathered" in done.stderr
     assert str((tmp_path / "w1").resolve()) in done.stderr
-    assert len(list((out / "files").iterdir())) == 10 - lost  # the rest was gathered
+    gathered = out / "files"  # none when the lost worker had done every job
+    assert len(list(gathered.iterdir()) if gathered.is_dir() else []) == 10 - lost
     assert _status(str(out))["counts"] == {"succeeded": 10}
 
 
