@@ -10,7 +10,9 @@ machine worker threads bunch them further; so a sender calls `gate()` right befo
 The gate is the guarantee: with k = max(1, floor(rate)), at most k calls leave in any window of
 W = max(1, k / rate) * (1 + margin) seconds. A server counting calls per rolling second then
 sees at most `rate` of them as long as the network delays no call by `margin` seconds more
-than another. The bucket paces at k / W, so calls do not pile up at the gate.
+than another. The bucket paces at k / W, and a token is handed out only when the gate has room
+for its call, counting the calls handed out that have not left yet: so calls do not pile up at
+the gate, and the call the scheduler chooses now (a submit before a poll) is the next to leave.
 
 A 429 pauses every caller for its Retry-After (the 429s of calls already in flight with it are
 one episode) and widens the margin by `margin_step` (up to MAX_MARGIN): the server saw more
@@ -32,6 +34,7 @@ POLL = 1
 
 MAX_MARGIN = 0.1
 MAX_PAUSE = 3600.0  # a Retry-After beyond an hour is a server bug, not a wish
+TAKEN_RECHECK = 0.001  # s: every call in the window is handed out, none has left yet
 EPSILON = 1e-6  # float slack, so a token due "now" is not missed by a rounding error
 
 
@@ -95,6 +98,7 @@ class RateLimiter:
         self._episode_end = now  # 429s until then belong to that episode
         self._recent: deque[float] = deque()  # acquisition times, to size an unknown rate
         self._sent: deque[float] = deque()  # gate() times within the last window
+        self._taken: deque[float] = deque()  # times of tokens taken whose call has not left
         self._waiting = [0, 0]  # blocked acquire() callers per priority
         # A window shared with other processes (a shared sweep's): given (k, W), takes one of
         # k calls per W seconds and returns 0.0, or how long until one is free. The gate
@@ -158,7 +162,29 @@ class RateLimiter:
         if rate is None:
             return 0.0
         wait = 0.0 if self._tokens >= 1.0 - EPSILON else (1.0 - self._tokens) / rate
+        wait = max(wait, self._room(now))
         return 0.0 if wait <= 0.0 else max(EPSILON, wait)
+
+    def _room(self, now: float) -> float:
+        """Seconds until the gate would let one more call leave at once, counting the calls
+        whose tokens are taken but that have not left yet. A token is handed out only then:
+        otherwise calls queue at the gate, each a little behind the one k sends before it,
+        and a submit waits there behind reads decided long before."""
+        rate = self._rate(now)
+        if rate is None:
+            return 0.0
+        k, window = self._window(rate)
+        sent, taken = self._sent, self._taken
+        while sent and now - sent[0] >= window:
+            sent.popleft()
+        while taken and now - taken[0] >= window:
+            taken.popleft()  # taken but never sent: no longer held against the window
+        first_out = len(sent) + len(taken) - k  # sends that must leave the window first
+        if first_out < 0:
+            return 0.0
+        if first_out >= len(sent):
+            return TAKEN_RECHECK  # room comes once the calls already handed out have left
+        return sent[first_out] + window - now
 
     def try_acquire(self) -> bool:
         """Take a token if one is available now."""
@@ -172,6 +198,7 @@ class RateLimiter:
     def _take(self, now: float) -> None:
         if self._rate(now) is not None:
             self._tokens -= 1.0
+            self._taken.append(now)
         self._recent.append(now)
         while self._recent and self._recent[0] < now - 2.0:
             self._recent.popleft()
@@ -214,7 +241,7 @@ class RateLimiter:
                 while sent and now - sent[0] >= window:
                     sent.popleft()
                 if len(sent) < k and shared is None:
-                    sent.append(now)
+                    self._sent_one(now)
                     return
                 wait = max(EPSILON, sent[-k] + window - now) if len(sent) >= k else 0.0
             if shared is not None and wait == 0.0:
@@ -222,9 +249,14 @@ class RateLimiter:
                 wait = shared(k, window)
                 if wait <= 0:
                     with self._lock:
-                        self._sent.append(self.clock())
+                        self._sent_one(self.clock())
                     return
             self.sleep(wait)
+
+    def _sent_one(self, now: float) -> None:
+        self._sent.append(now)
+        if self._taken:
+            self._taken.popleft()
 
     # ---- feedback from the server -------------------------------------------------------
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import heapq
 import random
 import threading
 
@@ -160,6 +161,32 @@ def test_without_the_margin_jitter_can_overfill_a_second():
         for seed in (1, 2, 3)
     )
     assert worst > 40
+
+
+def test_a_token_comes_only_when_its_call_can_leave_at_once():
+    """Calls leave 0-2 ms after their token at full pace, and now and then one 50 ms late (a
+    worker thread that woke late): a token is handed out only when the gate has room for its
+    call, so no call waits there. Otherwise the late call's lag passes to the call k sends
+    after it, and on: a submit decided now waits behind reads decided before it."""
+    rng = random.Random(7)
+    lim, clock = limiter(100.0, margin=0.04)
+    leaving: list[float] = []  # when each call whose token is taken reaches the gate
+    longest_wait, sent = 0.0, 0
+    end = clock.now + 10.0
+    while clock.now < end:
+        if lim.try_acquire():
+            late = 0.05 if rng.random() < 0.02 else rng.uniform(0.0, 0.002)
+            heapq.heappush(leaving, clock.now + late)
+            continue
+        clock.now = min([clock.now + max(lim.wait_time(), 0.0005), *leaving[:1]])
+        while leaving and leaving[0] <= clock.now:
+            heapq.heappop(leaving)
+            before = clock.now
+            lim.gate()
+            longest_wait = max(longest_wait, clock.now - before)
+            sent += 1
+    assert longest_wait <= 0.002
+    assert sent >= 0.97 * 10.0 * 100 / 1.04  # the pace kept: k calls per W
 
 
 def test_wait_time_says_when_the_next_token_comes():
