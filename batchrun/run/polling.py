@@ -156,16 +156,21 @@ class PollPlanner:
 
 
 def _empirical_cdf(runs: list[float], seconds: float) -> float:
-    """Piecewise linear through the sorted run times: 0 at the shortest, 1 at the longest."""
+    """Piecewise linear through the n sorted run times, from 0 at the shortest (i / n at the
+    i-th after it) to 1 one mean gap past the longest. The longest of n runs seen falls short
+    of the longest there is by about that gap: a job that just outlived every run seen is most
+    likely about to finish, not one of the long tail."""
     n = len(runs)
     i = bisect.bisect_right(runs, seconds)
     if i == 0:
         return 0.0
     if i == n:
-        return 1.0
+        gap = (runs[-1] - runs[0]) / (n - 1)
+        past = (seconds - runs[-1]) / gap if gap > 0 else 1.0
+        return min(1.0, (n - 1 + past) / n)
     low, high = runs[i - 1], runs[i]
     step = (seconds - low) / (high - low) if high > low else 0.0
-    return (i - 1 + step) / (n - 1)
+    return (i - 1 + step) / n
 
 
 def _prior_cdf(seconds: float) -> float:

@@ -11,7 +11,7 @@ from runkit import MODEL, T0, VIDEO, Clock, answer, learn_uniform, parts, some_j
 from batchrun.api.ratelimit import RateLimiter
 from batchrun.plan.grid import Job
 from batchrun.plan.settings import RunSettings
-from batchrun.run.flights import Flights
+from batchrun.run.flights import MIN_ODDS, Flights
 from batchrun.run.jobtable import JobTable
 from batchrun.run.polling import RunTimes, finished_odds
 from batchrun.store.state import StateStore
@@ -135,6 +135,19 @@ def test_run_time_odds_are_conditional_on_the_last_read():
     # older than any run seen: the long-tailed prior keeps reads spaced by age, not stopped
     assert 0.0 < finished_odds(runs, MODEL, ran=3.0, ran_at_last_read=2.5) < 0.05
     assert finished_odds(runs, MODEL, ran=6.0, ran_at_last_read=2.5) > 0.02
+
+
+def test_a_job_that_just_outlived_every_run_seen_is_most_likely_about_to_finish():
+    """40 runs seen spread over 1-2 s (the longest there is, 2.02 s, not yet seen): a job
+    unfinished at 2.00 s is about to finish, so it is read as soon as a spare call allows,
+    not left to the long-tailed prior (seconds between reads, a slot idle meanwhile)."""
+    runs = RunTimes()
+    for i in range(40):
+        runs.learn(MODEL, 1.0 + i / 39)
+    assert finished_odds(runs, MODEL, ran=2.02, ran_at_last_read=2.0) > 0.25
+    assert finished_odds(runs, MODEL, ran=2.0, ran_at_last_read=1.95) > 0.25
+    # a job of the tail: past the runs seen by far more than their spacing
+    assert finished_odds(runs, MODEL, ran=3.1, ran_at_last_read=3.0) < MIN_ODDS
 
 
 # ---- the scheduler: which call a token goes to -------------------------------------------
