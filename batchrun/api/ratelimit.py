@@ -71,6 +71,7 @@ class RateLimiter:
         *,
         burst: float = 1.0,
         burst_s: float = 0.0,
+        start_s: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
         margin: float = 0.0,
@@ -88,7 +89,11 @@ class RateLimiter:
         self.throttled_count = 0
         self._lock = threading.Lock()
         now = clock()
+        # The first calls (a run's first submits, one per slot) need not leave 1/rate s apart:
+        # the bucket starts with `start_s` seconds of calls, at most k (the gate holds them).
         self._tokens = self.burst
+        if rate is not None:
+            self._tokens = max(self.burst, min(self._window(rate)[0], start_s * rate))
         self._refilled = now
         self._paused_until = now
         self._ceiling = rate  # where recovery stops
@@ -141,7 +146,8 @@ class RateLimiter:
             if rate is None:
                 self._tokens = self.burst
             else:
-                self._tokens = min(self._burst(rate), self._tokens + (now - start) * rate)
+                full = max(self._burst(rate), self._tokens)  # the start's tokens are kept
+                self._tokens = min(full, self._tokens + (now - start) * rate)
             self._refilled = now
 
     def _burst(self, rate: float) -> float:

@@ -189,6 +189,32 @@ def test_a_token_comes_only_when_its_call_can_leave_at_once():
     assert sent >= 0.97 * 10.0 * 100 / 1.04  # the pace kept: k calls per W
 
 
+@pytest.mark.parametrize(("rate", "at_once"), [(100.0, 20), (40.0, 8), (2.0, 1)])
+def test_the_bucket_starts_with_start_s_of_calls_then_paces(rate, at_once):
+    """A run's first submits fill its slots together (start_s = 0.2: a fifth of a second's
+    calls, at least one); after them the calls are paced, and no rolling window of W s ever
+    holds more than k sends."""
+    lim, clock = limiter(rate, start_s=0.2, margin=0.04)
+    clock.sleep(0.001)  # tokens taken a moment later are still there
+    taken = 0
+    while lim.try_acquire():
+        taken += 1
+    assert taken == at_once
+    sends = [clock.now] * taken
+    for _ in range(taken):
+        lim.gate()
+    end = clock.now + 5.0
+    while clock.now < end:
+        if lim.try_acquire():
+            lim.gate()
+            sends.append(clock.now)
+        else:
+            clock.sleep(max(lim.wait_time(), 0.0005))
+    k, window = max(1, int(rate)), max(1.0, 1 / rate) * 1.04
+    assert _worst_rolling_second(sends, span=window) <= k
+    assert len(sends) <= at_once + 5.0 * k / window + 1  # the start's tokens are not refilled
+
+
 def test_wait_time_says_when_the_next_token_comes():
     lim, clock = limiter(4.0)
     assert lim.wait_time() == 0.0
