@@ -151,27 +151,27 @@ def _fields_shown(job: JobRow) -> list[tuple[str, str]]:
     return pairs
 
 
-_VAR_NAMES: dict[str, str] = {}  # a var's name as a card shows it: {name}, escaped
+# An input's and a var's name as a card shows them ({name} for a var), escaped.
+_INPUT_NAMES: dict[str, str] = {}
+_VAR_NAMES: dict[str, str] = {}
 
 
-def _shown_fields(job: JobRow) -> tuple[list[str], list[str]]:
-    """The job's model, inputs and vars as a card shows them, escaped: the <dt>/<dd> of
-    each, and its line of the hover title (`esc` maps character by character, so the title
-    escaped whole is these lines escaped one by one)."""
-    model = esc(job.model_id)
-    details, lines = [f"<dt>model</dt><dd>{model}</dd>"], [f"model: {model}"]
-    for k, v in job.inputs.items():
-        k, v = esc(k), esc(v if type(v) is str else show(v))
-        details.append(f"<dt>{k}</dt><dd>{v}</dd>")
-        lines.append(f"{k}: {v}")
-    for k, v in job.vars.items():
-        name = _VAR_NAMES.get(k)
-        if name is None:
-            name = _VAR_NAMES[k] = esc(f"{{{k}}}")
-        v = esc(v if type(v) is str else show(v))
-        details.append(f"<dt>{name}</dt><dd>{v}</dd>")
-        lines.append(f"{name}: {v}")
-    return details, lines
+def _input_name(name: str) -> str:
+    done = _INPUT_NAMES[name] = esc(name)
+    return done
+
+
+def _var_name(name: str) -> str:
+    done = _VAR_NAMES[name] = esc(f"{{{name}}}")
+    return done
+
+
+def _shown(value: Any) -> str:
+    """esc(show(value)): a swept int's digits need no escape (100,000s of cards a report)."""
+    kind = type(value)
+    if kind is int:
+        return str(value)
+    return esc(value if kind is str else show(value))
 
 
 _BADGES: dict[str, str] = {}  # a status -> its badge
@@ -186,9 +186,14 @@ def _badge(status: str) -> str:
 
 
 def job_card(job: JobRow, href: Callable[[str], str | None], *, anchor: bool = True) -> str:
-    """One job: status badge, outputs, error, and its inputs on hover and on click."""
-    shown, lines = _shown_fields(job)
-    details, title = "".join(shown), "\n".join(lines)
+    """One job: status badge, outputs, error, and its inputs and vars on hover (the title, a
+    `name: value` a line) and on click (`esc` maps character by character, so the title
+    escaped whole is its lines escaped one by one)."""
+    shown = [("model", esc(job.model_id))]
+    shown += [(_INPUT_NAMES.get(k) or _input_name(k), _shown(v)) for k, v in job.inputs.items()]
+    shown += [(_VAR_NAMES.get(k) or _var_name(k), _shown(v)) for k, v in job.vars.items()]
+    title = "\n".join([f"{k}: {v}" for k, v in shown])
+    details = "".join([f"<dt>{k}</dt><dd>{v}</dd>" for k, v in shown])
     error = f'<div class="err">{esc(job.error)}</div>' if job.error else ""
     job_id = esc(job.job_id)
     id_attr = f' id="{job_id}"' if anchor else ""
@@ -211,18 +216,34 @@ class Dimension:
 _KEYS: dict[str, tuple[bool, str]] = {}  # a key -> (an input's?, its name)
 
 
-def dimension_value(job: JobRow, key: str) -> str:
-    if key == "model":
-        return job.model_id
+def _parsed(key: str) -> tuple[bool, str]:
     parsed = _KEYS.get(key)
     if parsed is None:
         kind, _, name = key.partition(".")
         parsed = _KEYS[key] = (kind == "input", name)
-    source = job.inputs if parsed[0] else job.vars
-    value = source.get(parsed[1], _ABSENT)
+    return parsed
+
+
+def dimension_value(job: JobRow, key: str) -> str:
+    if key == "model":
+        return job.model_id
+    is_input, name = _parsed(key)
+    value = (job.inputs if is_input else job.vars).get(name, _ABSENT)
     if value is _ABSENT:
         return ""
     return value if type(value) is str else show(value)
+
+
+def dimension_values(jobs: list[JobRow], key: str) -> list[str]:
+    """dimension_value of each of `jobs` (a page's at once: 100,000s of values a report)."""
+    if key == "model":
+        return [job.model_id for job in jobs]
+    is_input, name = _parsed(key)
+    found = [(job.inputs if is_input else job.vars).get(name, _ABSENT) for job in jobs]
+    return [
+        v if type(v) is str else "" if v is _ABSENT else str(v) if type(v) is int else show(v)
+        for v in found
+    ]
 
 
 _ABSENT = object()
@@ -385,12 +406,13 @@ def href(name: str) -> str:
 def _grid(
     jobs: list[JobRow], rk: str | None, ck: str | None, href: Callable[[str], str | None]
 ) -> str:
+    none = [""] * len(jobs)
+    row_of = dimension_values(jobs, rk) if rk else none
+    col_of = dimension_values(jobs, ck) if ck else none
     rows: dict[str, dict[str, list[JobRow]]] = {}
-    col_vals: dict[str, None] = {}
-    for job in jobs:
-        c = dimension_value(job, ck) if ck else ""
-        col_vals[c] = None
-        rows.setdefault(dimension_value(job, rk) if rk else "", {}).setdefault(c, []).append(job)
+    for job, r, c in zip(jobs, row_of, col_of, strict=True):
+        rows.setdefault(r, {}).setdefault(c, []).append(job)
+    col_vals = dict.fromkeys(col_of)
     corner = " \\ ".join(k for k in (rk, ck) if k)
     head = "".join(f"<th>{esc(c or (NOT_SET if ck else ''))}</th>" for c in col_vals)
     body = []
@@ -500,8 +522,9 @@ def _sections(
     if not extra:
         return [_grid(jobs, rk, ck, href)]
     sections: dict[tuple[str, ...], list[JobRow]] = {}
-    for job in jobs:
-        sections.setdefault(tuple([dimension_value(job, k) for k in extra]), []).append(job)
+    labels = zip(*[dimension_values(jobs, k) for k in extra], strict=True)
+    for job, values in zip(jobs, labels, strict=True):
+        sections.setdefault(values, []).append(job)
     out = []
     for values, members in sections.items():
         label = ", ".join(f"{k}={v}" for k, v in zip(extra, values, strict=True) if v != "")

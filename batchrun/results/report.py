@@ -13,94 +13,32 @@ import statistics
 from array import array
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from decimal import Decimal
+from itertools import islice
 from pathlib import Path
-from typing import Any, Protocol, TypedDict
+from typing import Any, TypedDict, TypeVar
 
 from batchrun import __version__
 from batchrun.errors import ChoiceError
-from batchrun.results import reportcsv
+from batchrun.results import report_lines, reportcsv
 from batchrun.results.html_pages import Sheet, more_pages
 from batchrun.results.html_report import Live
 from batchrun.results.reportcsv import (
-    FORMULA_START,
     INPUT_PREFIX,
     VAR_PREFIX,
-    guard,
-    join_cell,
-    value_cell,
 )
 from batchrun.store import ledger
 from batchrun.store.atomic import write_text
 from batchrun.store.ledger import Attempt
 from batchrun.store.output_urls import collect_urls
-from batchrun.store.records import REPORT_STATUSES, SUCCEEDED, JobRow, report_status
+from batchrun.store.records import REPORT_STATUSES, SUCCEEDED, UNKNOWN, JobRow
 from batchrun.store.state import StateStore
 from batchrun.util.gcpause import gc_paused
-from batchrun.util.safetext import printable
-
-_SECONDS: dict[int, str] = {}  # whole second -> its text: a run's jobs share few seconds
-
-
-def _timestamp(epoch: float | None) -> str:
-    if epoch is None:
-        return ""
-    second = math.floor(epoch)
-    # Near the next second, rounding to microseconds may carry into it: format directly.
-    if epoch - second > 0.999:
-        return _format_time(epoch)
-    text = _SECONDS.get(second)
-    if text is None:
-        if len(_SECONDS) > 100_000:
-            _SECONDS.clear()
-        text = _SECONDS[second] = _format_time(second)
-    return text
-
-
-def _format_time(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _seconds(value: float | None) -> str:
-    return "" if value is None else f"{value:.3f}"
-
-
-_COSTS: dict[float, str] = {}  # a model's price repeats from job to job
-
-
-def _cost(value: float | None) -> str:
-    if value is None:
-        return ""
-    text = _COSTS.get(value) if value else None  # 0.0 == -0.0, yet they print apart
-    if text is None:
-        if len(_COSTS) > 10_000:
-            _COSTS.clear()
-        text = _COSTS[value] = f"{value:.6f}".rstrip("0").rstrip(".")
-    return text
-
-
-# The error column of a job that succeeded with nothing to fetch: worth a look, not a failure.
-NO_OUTPUT = "succeeded without output: the result holds no output URL, so no file to download"
 
 
 def without_output(row: JobRow) -> bool:
     """A succeeded job whose result holds no output URL (missing, null, empty, no URL in it)."""
     return row.status == SUCCEEDED and not row.files and not collect_urls(row.output)
-
-
-def _error_cell(row: JobRow, bare: bool) -> str:
-    parts = [row.error] if row.error else []
-    if bare:
-        parts.insert(0, NO_OUTPUT)
-    parts += [f"output {i}: {f.error}" for i, f in enumerate(row.files, start=1) if f.error]
-    return guard(printable("; ".join(parts), lines=True))
-
-
-def _urls(row: JobRow, found: list[str]) -> list[str]:
-    urls = [f.url for f in row.files] if row.files else found
-    # SEPARATOR joins a cell's values; keep it out of the URLs themselves.
-    return [printable(u).replace(reportcsv.SEPARATOR, "%3B") for u in urls]
 
 
 def _reported(rows: Iterable[JobRow]) -> list[JobRow]:
@@ -120,82 +58,6 @@ def _fields(rows: list[JobRow]) -> tuple[list[str], list[str]]:
 def columns(rows: list[JobRow]) -> list[str]:
     """reportcsv.COLUMNS + input.<field> and var.<name> columns in first-seen order."""
     return reportcsv.header(*_fields(rows))
-
-
-_GUARDED: dict[str, str] = {}  # model ids: a sweep has a few
-
-
-def _guarded(text: str) -> str:
-    done = _GUARDED.get(text)
-    if done is None:
-        if len(_GUARDED) > 1000:
-            _GUARDED.clear()
-        done = _GUARDED[text] = guard(text)
-    return done
-
-
-def _values(given: dict[str, Any], names: list[str]) -> list[str]:
-    """value_cell of each of `names` in `given` ('' where it has none)."""
-    cells = []
-    for k in names:
-        if k not in given:
-            cells.append("")
-            continue
-        value = given[k]
-        if type(value) is str:
-            cells.append(guard(value) if value and value[0] in FORMULA_START else value)
-        elif type(value) is int:
-            cells.append(str(value))
-        else:
-            cells.append(value_cell(value))
-    return cells
-
-
-def _line(
-    row: JobRow,
-    inputs: list[str],
-    var_names: list[str],
-    cost: Decimal | None,
-    mirrored: list[str] | None = None,
-) -> tuple[list[str], bool]:
-    """The row's cells in columns() order (empty where the job has no such field); `cost`
-    is what the job's attempts cost, from the ledger; `mirrored`, in a run with a mirror,
-    the s3:// URLs of its files there. With them: whether the job succeeded without output."""
-    files = row.files
-    found = [] if files else collect_urls(row.output)
-    bare = row.status == SUCCEEDED and not files and not found
-    done = [f for f in files if f.name and not f.error] if files else []
-    submitted, started, finished = row.submitted_at, row.started_at, row.finished_at
-    # JobRow.queue_s and run_s, inline: a report makes 100,000s of lines
-    queue_s = None if submitted is None or started is None else max(0.0, started - submitted)
-    start = started or submitted
-    run_s = None if finished is None or start is None else max(0.0, finished - start)
-    request_id = row.request_id
-    cells = [
-        row.job_id,
-        _guarded(row.model_id),
-        report_status(row.status),
-        guard(printable(request_id)) if request_id else "",
-        _error_cell(row, bare) if row.error or files or bare else "",
-        str(row.attempts),
-        _timestamp(submitted),
-        _timestamp(finished),
-        "" if queue_s is None else f"{queue_s:.3f}",
-        "" if run_s is None else f"{run_s:.3f}",
-        _cost(None if cost is None else float(cost)),
-        guard(join_cell(printable(f.name) for f in done)) if done else "",
-        guard(join_cell(_urls(row, found))) if files or found else "",
-        join_cell(f.sha256 for f in done) if done else "",
-        "true" if row.cached else "false",
-        "" if row.saved_usd is None else _cost(row.saved_usd),
-    ]
-    if mirrored is not None:
-        cells.append(guard(join_cell(u.replace(reportcsv.SEPARATOR, "%3B") for u in mirrored)))
-    if inputs:
-        cells += _values(row.inputs, inputs)
-    if var_names:
-        cells += _values(row.vars, var_names)
-    return cells, bare
 
 
 def _stats(values: Sequence[float]) -> dict[str, float | None]:
@@ -262,37 +124,11 @@ class MirrorFacts(TypedDict):
     not_mirrored: int  # files still to copy: a rerun copies them
 
 
-class Costs(Protocol):
-    def get(self, job_id: str) -> Decimal | None:
-        """The job's actual costs known, over all its attempts (ledger.per_job)."""
-
-
-class CostsInOrder:
-    """ledger.per_job read alongside the jobs, in plan order (store.known_costs): asked about
-    the jobs in that order (each any number of times), it holds one job's costs at a time."""
-
-    def __init__(self, pairs: Iterator[tuple[str, Decimal]]) -> None:
-        self._pairs = pairs
-        self._head = next(pairs, None)
-        self._last: tuple[str, Decimal | None] = ("", None)
-
-    def get(self, job_id: str) -> Decimal | None:
-        if self._last[0] == job_id:
-            return self._last[1]
-        total = None
-        while self._head is not None and self._head[0] == job_id:
-            total = (total or Decimal(0)) + self._head[1]
-            self._head = next(self._pairs, None)
-        self._last = (job_id, total)
-        return total
-
-
 @dataclass
 class Money:
-    """The ledger as a report reads it: each job's costs, the folder's books, and the
-    attempts of jobs no longer in the manifest."""
+    """The ledger as a report reads it beside the jobs' own costs: the folder's books, and
+    the attempts of jobs no longer in the manifest."""
 
-    costs: Costs
     total: ledger.Books
     gone: list[Attempt]
 
@@ -301,14 +137,13 @@ class Money:
         """Of attempts in memory, `reported` the jobs in the manifest."""
         attempts = list(attempts)
         gone = [a for a in attempts if a.job_id not in reported]
-        return cls(ledger.per_job(attempts), ledger.books(attempts), gone)
+        return cls(ledger.books(attempts), gone)
 
     @classmethod
     def read(cls, store: StateStore) -> Money:
-        """Of state.db, its attempts read in groups and alongside the jobs: the memory of a
-        few whatever the folder's size."""
-        costs = CostsInOrder(store.known_costs())
-        return cls(costs, store.books(), store.attempts_not_in_manifest())
+        """Of state.db, its attempts read in groups: the memory of a few whatever the
+        folder's size."""
+        return cls(store.books(), store.attempts_not_in_manifest())
 
 
 class Tally:
@@ -317,7 +152,6 @@ class Tally:
 
     def __init__(self, money: Money) -> None:
         self.money = money
-        self.costs = money.costs
         self.jobs = 0
         self.statuses = dict.fromkeys(REPORT_STATUSES, 0)
         self.bare = 0
@@ -331,45 +165,66 @@ class Tally:
         self.attempts = 0
         self.files = {"downloaded": 0, "refused": 0, "failed": 0}
 
-    def add(self, row: JobRow, bare: bool, cost: Decimal | None = None) -> None:
-        """One reported job; `bare`: it succeeded without output (see without_output);
-        `cost`: its actual costs known (ledger.per_job), None: looked up."""
-        self.jobs += 1
-        self.statuses[report_status(row.status)] += 1
-        if bare:
-            self.bare += 1
-        self._times(row.submitted_at, row.started_at, row.finished_at)
-        if cost is None:
-            cost = self.costs.get(row.job_id)
-        if cost is not None:
-            self.cost += cost
-        if row.cached:
+    def add(
+        self, rows: Sequence[JobRow], costs: Sequence[Decimal | None], bare: Sequence[bool]
+    ) -> None:
+        """Reported jobs (a chunk, in expansion order); `costs`: each one's actual costs known
+        (ledger.per_job; None: none); `bare`: whether it succeeded without output (see
+        without_output). A figure at a time over the chunk (100,000s of jobs a report)."""
+        self.jobs += len(rows)
+        statuses = self.statuses  # keyed by REPORT_STATUSES: report_status inline
+        for status in [r.status for r in rows]:
+            statuses[status if status in statuses else UNKNOWN] += 1
+        self.bare += sum(bare)
+        self._times(
+            [r.submitted_at for r in rows], [r.started_at for r in rows],
+            [r.finished_at for r in rows],
+        )  # fmt: skip
+        for cost in costs:
+            if cost is not None:
+                self.cost += cost
+        for row in [r for r in rows if r.cached]:
             self.cached += 1
             self.saved += row.saved_usd or 0.0
-        self.attempts += row.attempts
-        for f in row.files:
-            if f.error:
-                self.files["refused" if f.error.startswith("refused") else "failed"] += 1
-            elif f.name:
-                self.files["downloaded"] += 1
+        self.attempts += sum([r.attempts for r in rows])
+        for row in [r for r in rows if r.files]:
+            for f in row.files:
+                if f.error:
+                    self.files["refused" if f.error.startswith("refused") else "failed"] += 1
+                elif f.name:
+                    self.files["downloaded"] += 1
 
     def _times(
-        self, submitted: float | None, started: float | None, finished: float | None
+        self,
+        submitted: list[float | None],
+        started: list[float | None],
+        finished: list[float | None],
     ) -> None:
-        """The makespan's ends, and JobRow.queue_s and run_s (inline: 100,000s of jobs)."""
-        if submitted is not None:
-            first = self.first_submit
-            if first is None or submitted < first:
-                self.first_submit = submitted
-            if started is not None:
-                self.queue_s.append(max(0.0, started - submitted))
-        if finished is not None:
-            last = self.last_finish
-            if last is None or finished > last:
-                self.last_finish = finished
-            start = started or submitted
-            if start is not None:
-                self.run_s.append(max(0.0, finished - start))
+        """The makespan's ends, and JobRow.queue_s and run_s (inline)."""
+        submits = [s for s in submitted if s is not None]
+        if submits:
+            first = min(submits)
+            if self.first_submit is None or first < self.first_submit:
+                self.first_submit = first
+        finishes = [e for e in finished if e is not None]
+        if finishes:
+            last = max(finishes)
+            if self.last_finish is None or last > self.last_finish:
+                self.last_finish = last
+        self.queue_s.extend(
+            [
+                max(0.0, t - s)
+                for s, t in zip(submitted, started, strict=True)
+                if s is not None and t is not None
+            ]
+        )
+        self.run_s.extend(
+            [
+                max(0.0, e - a)
+                for a, e in zip(report_lines.starts(submitted, started), finished, strict=True)
+                if e is not None and a is not None
+            ]
+        )
 
     def summary(self) -> dict[str, Any]:
         first, last = self.first_submit, self.last_finish
@@ -398,18 +253,19 @@ def summarise(rows: Iterable[JobRow], attempts: Iterable[Attempt] = ()) -> dict[
     ledger's `attempts` (store/ledger.py)."""
     jobs = ReportJobs.of(rows, attempts)
     tally = Tally(jobs.money)
-    for row in jobs.rows:
-        tally.add(row, without_output(row))
+    reported, costs = [r for r, _ in jobs.rows], [c for _, c in jobs.rows]
+    tally.add(reported, costs, [without_output(r) for r in reported])
     return tally.summary()
 
 
 @dataclass
 class ReportJobs:
-    """The jobs a report is made of, in expansion order, read in one pass (a cursor on
-    state.db, or rows in memory); how many there are and their input fields and var names
-    (report.csv's columns) are known before."""
+    """The jobs a report is made of, in expansion order, each with its actual costs known
+    (ledger.per_job; None: none), read in one pass (a cursor on state.db, or rows in memory);
+    how many there are and their input fields and var names (report.csv's columns) are known
+    before."""
 
-    rows: Iterable[JobRow]
+    rows: Iterable[tuple[JobRow, Decimal | None]]
     count: int
     inputs: list[str]
     var_names: list[str]
@@ -419,8 +275,11 @@ class ReportJobs:
     def of(cls, rows: Iterable[JobRow], attempts: Iterable[Attempt] = ()) -> ReportJobs:
         """The reported ones of rows in memory, and the ledger's `attempts`."""
         jobs = _reported(rows)
+        attempts = list(attempts)
+        costs = ledger.per_job(attempts)
         money = Money.of(attempts, {r.job_id for r in jobs})
-        return cls(jobs, len(jobs), *_fields(jobs), money)
+        priced = [(r, costs.get(r.job_id)) for r in jobs]
+        return cls(priced, len(jobs), *_fields(jobs), money)
 
     @classmethod
     def read(cls, store: StateStore) -> ReportJobs:
@@ -428,11 +287,18 @@ class ReportJobs:
         `store.snapshot()`, every figure is of one moment)."""
         inputs, var_names = store.report_fields()
         count = store.count(in_manifest_only=True)
-        rows = store.iter_rows(in_manifest_only=True)
-        return cls(rows, count, inputs, var_names, Money.read(store))
+        return cls(store.report_rows(), count, inputs, var_names, Money.read(store))
 
 
 _CHUNK = 500  # rows turned into report.csv lines at a time
+_T = TypeVar("_T")
+
+
+def _batched(items: Iterable[_T], size: int) -> Iterator[list[_T]]:
+    """`items` in lists of `size` (the last one shorter), as they come."""
+    it = iter(items)
+    while chunk := list(islice(it, size)):
+        yield chunk
 
 
 def write_report(
@@ -461,20 +327,19 @@ def write_report(
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     tally = Tally(jobs.money)
-    costs = tally.costs
     keys = ["model", *(INPUT_PREFIX + k for k in inputs), *(VAR_PREFIX + k for k in var_names)]
     sheet = Sheet(run_dir, jobs.count, keys, rows_key=rows_key, cols_key=cols_key, live=live)
     header = reportcsv.header(inputs, var_names, mirror=mirror_urls is not None)
     with gc_paused(), reportcsv.writer(run_dir / "report.csv", header) as write_rows:
-        chunk: list[JobRow] = []
-        for row in jobs.rows:
-            chunk.append(row)
-            if len(chunk) == _CHUNK:
-                write_rows(_lines(chunk, inputs, var_names, costs, tally, mirror_urls))
-                sheet.add(chunk)
-                chunk = []
-        write_rows(_lines(chunk, inputs, var_names, costs, tally, mirror_urls))
-        sheet.add(chunk)
+        for chunk in _batched(jobs.rows, _CHUNK):
+            rows, costs = [r for r, _ in chunk], [c for _, c in chunk]
+            mirrored = (
+                None if mirror_urls is None else [mirror_urls.get(r.job_id, []) for r in rows]
+            )
+            cells, bare = report_lines.lines(rows, costs, inputs, var_names, mirrored)
+            write_rows(cells)
+            tally.add(rows, costs, bare)
+            sheet.add(rows)
         sheet.finish()
     summary = tally.summary() | dict(facts or {})
     if live is not None:
@@ -501,27 +366,6 @@ def write_from_state(
             )  # fmt: skip
         except ChoiceError:
             write_report(run_dir, ReportJobs.read(store), facts=facts, live=live)
-
-
-def _lines(
-    rows: list[JobRow],
-    inputs: list[str],
-    var_names: list[str],
-    costs: Costs,
-    tally: Tally,
-    mirror_urls: dict[str, list[str]] | None,
-) -> list[list[str]]:
-    """report.csv's lines of `rows`, each job added to `tally` on the way."""
-    lines = []
-    for row in rows:
-        known = cost = costs.get(row.job_id)
-        if cost is None and row.cached:
-            cost = Decimal(0)
-        mirrored = None if mirror_urls is None else mirror_urls.get(row.job_id, [])
-        cells, bare = _line(row, inputs, var_names, cost, mirrored)
-        lines.append(cells)
-        tally.add(row, bare, known)
-    return lines
 
 
 # state.db meta key of the mark the report files were last written at (see `report_mark`).

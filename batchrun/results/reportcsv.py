@@ -108,7 +108,7 @@ def write(path: Path, columns: list[str], rows: Iterable[list[str]]) -> Path:
 
 
 @contextmanager
-def writer(path: Path, columns: list[str]) -> Iterator[Callable[[Iterable[list[str]]], None]]:
+def writer(path: Path, columns: list[str]) -> Iterator[Callable[[Iterable[Sequence[str]]], None]]:
     """A report.csv written as its rows come: the block gets a function that writes rows of
     cells; the file appears whole at `path` when the block ends, not at all if it raises."""
     try:
@@ -127,12 +127,12 @@ def writer(path: Path, columns: list[str]) -> Iterator[Callable[[Iterable[list[s
         ) from None
 
 
-def _fast_rows(text: io.TextIOWrapper, out: Any) -> Callable[[Iterable[list[str]]], None]:
+def _fast_rows(text: io.TextIOWrapper, out: Any) -> Callable[[Iterable[Sequence[str]]], None]:
     """csv.writer's writerows, several times faster for the usual rows: a row none of whose
     cells holds a comma, a quote, a CR or a LF is its cells joined by commas (what the
     writer makes of it); the others go through the writer."""
 
-    def write_rows(rows: Iterable[list[str]]) -> None:
+    def write_rows(rows: Iterable[Sequence[str]]) -> None:
         lines: list[str] = []
         for cells in rows:
             line = ",".join(cells)

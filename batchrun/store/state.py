@@ -656,8 +656,8 @@ class StateStore(transitions.RowTransitions):
             return [ledger.Attempt.from_row(r) for r in cur.fetchall()]
 
     def known_cost(self) -> Decimal:
-        """The sum of known_costs (report.csv's cost_usd summed), read in groups of one
-        amount."""
+        """The sum of the jobs' actual costs known (report.csv's cost_usd summed, see
+        report_rows), read in groups of one amount."""
         with self._mutex:
             cur = self._conn.execute(
                 f"SELECT a.actual_usd, COUNT(*) FROM attempts a WHERE {_KNOWN_COST} AND "
@@ -667,18 +667,27 @@ class StateStore(transitions.RowTransitions):
         amounts = ((ledger.amount(text), n) for text, n in groups)
         return sum((amount * n for amount, n in amounts if amount is not None), Decimal(0))
 
-    def known_costs(self) -> Iterator[tuple[str, Decimal]]:
-        """(job id, actual cost) of every attempt that may have been billed and whose cost a
-        result gave, jobs of the manifest in plan order (ledger.per_job, read alongside the
-        jobs): a cursor."""
+    def report_rows(self) -> Iterator[tuple[records.JobRow, Decimal | None]]:
+        """The jobs in the manifest, in expansion order, each with its actual costs known
+        (ledger.per_job: the actual costs of its attempts that may have been billed, summed;
+        None when there are none), read with one cursor: the costs come with each job's row,
+        looked up in the ledger by job id."""
+        # A blob is no amount (ledger.amount); JSON cannot hold one.
         sql = (
-            "SELECT a.job_id, a.actual_usd FROM attempts a JOIN jobs j ON j.job_id = a.job_id "
-            f"WHERE j.in_manifest = 1 AND {_KNOWN_COST} ORDER BY j.position"
+            f"SELECT {self._columns}, (SELECT json_group_array(a.actual_usd) FROM attempts a "
+            f"WHERE a.job_id = jobs.job_id AND {_KNOWN_COST} AND typeof(a.actual_usd) = 'text') "
+            "FROM jobs WHERE in_manifest = 1 ORDER BY position"
         )
-        for job_id, text in self._cursor(sql):
-            amount = ledger.amount(text)
-            if amount is not None:
-                yield job_id, amount
+        totals: dict[str, Decimal | None] = {}  # the amounts of a job's attempts repeat
+        for r in self._cursor(sql):
+            amounts = r[-1]
+            if amounts in totals:
+                total = totals[amounts]
+            else:
+                if len(totals) > 10_000:
+                    totals.clear()
+                total = totals[amounts] = ledger.known_total(records.loads(amounts))
+            yield self._decode(r), total
 
     def attempts(self) -> list[ledger.Attempt]:
         """Every submit attempt of the folder, in the order they were made."""

@@ -28,16 +28,18 @@ from batchrun.results.html_report import (
     page,
 )
 from batchrun.results.report import (
-    NO_OUTPUT,
     ReportJobs,
-    _cost,
     _reported,
-    _seconds,
-    _timestamp,
     files_mark,
     job_costs,
     write_from_state,
     write_report,
+)
+from batchrun.results.report_lines import (
+    NO_OUTPUT,
+    cost_text as _cost,
+    seconds as _seconds,
+    timestamp as _timestamp,
 )
 from batchrun.results.reportcsv import guard, join_cell, value_cell
 from batchrun.store import ledger, state as st
