@@ -151,29 +151,6 @@ def _fields_shown(job: JobRow) -> list[tuple[str, str]]:
     return pairs
 
 
-# An input's and a var's name as a card shows them ({name} for a var), escaped.
-_INPUT_NAMES: dict[str, str] = {}
-_VAR_NAMES: dict[str, str] = {}
-
-
-def _input_name(name: str) -> str:
-    done = _INPUT_NAMES[name] = esc(name)
-    return done
-
-
-def _var_name(name: str) -> str:
-    done = _VAR_NAMES[name] = esc(f"{{{name}}}")
-    return done
-
-
-def _shown(value: Any) -> str:
-    """esc(show(value)): a swept int's digits need no escape (100,000s of cards a report)."""
-    kind = type(value)
-    if kind is int:
-        return str(value)
-    return esc(value if kind is str else show(value))
-
-
 _BADGES: dict[str, str] = {}  # a status -> its badge
 
 
@@ -187,21 +164,40 @@ def _badge(status: str) -> str:
 
 def job_card(job: JobRow, href: Callable[[str], str | None], *, anchor: bool = True) -> str:
     """One job: status badge, outputs, error, and its inputs and vars on hover (the title, a
-    `name: value` a line) and on click (`esc` maps character by character, so the title
-    escaped whole is its lines escaped one by one)."""
-    shown = [("model", esc(job.model_id))]
-    shown += [(_INPUT_NAMES.get(k) or _input_name(k), _shown(v)) for k, v in job.inputs.items()]
-    shown += [(_VAR_NAMES.get(k) or _var_name(k), _shown(v)) for k, v in job.vars.items()]
-    title = "\n".join([f"{k}: {v}" for k, v in shown])
-    details = "".join([f"<dt>{k}</dt><dd>{v}</dd>" for k, v in shown])
+    `name: value` a line) and on click."""
+    values = [*job.inputs.values(), *job.vars.values()]
+    shown = [str(v) if type(v) is int else esc(v if type(v) is str else show(v)) for v in values]
     error = f'<div class="err">{esc(job.error)}</div>' if job.error else ""
-    job_id = esc(job.job_id)
-    id_attr = f' id="{job_id}"' if anchor else ""
     files = media(job.files, href) if job.files else ""
-    return (
-        f'<div class="job"{id_attr} title="{title}">{_badge(job.status)}{files}{error}'
-        f"<details><summary>{job_id}</summary><dl>{details}</dl></details></div>"
-    )
+    return _card_form(job, anchor).format(esc(job.job_id), _badge(job.status), files, error, *shown)
+
+
+_CARD_FORMS: dict[tuple[str, tuple[str, ...], tuple[str, ...], bool], str] = {}
+
+
+def _card_form(job: JobRow, anchor: bool) -> str:
+    """The card of the jobs of `job`'s model and field names, as a str.format form of their
+    job id, badge, files, error and each field's value shown (the jobs of a sweep have a few
+    such forms, and 100,000s of cards). Names and values are escaped (`esc` maps character by
+    character, so the title escaped whole is its lines escaped one by one)."""
+    key = (job.model_id, tuple(job.inputs), tuple(job.vars), anchor)
+    form = _CARD_FORMS.get(key)
+    if form is None:
+        names = [esc(k) for k in job.inputs] + [esc(f"{{{k}}}") for k in job.vars]
+        names = [n.replace("{", "{{").replace("}", "}}") for n in names]
+        model = esc(job.model_id).replace("{", "{{").replace("}", "}}")
+        fields = [("model", model)] + [(n, f"{{{i}}}") for i, n in enumerate(names, start=4)]
+        title = "\n".join([f"{k}: {v}" for k, v in fields])
+        details = "".join([f"<dt>{k}</dt><dd>{v}</dd>" for k, v in fields])
+        id_attr = ' id="{0}"' if anchor else ""
+        form = (
+            f'<div class="job"{id_attr} title="{title}">{{1}}{{2}}{{3}}'
+            f"<details><summary>{{0}}</summary><dl>{details}</dl></details></div>"
+        )
+        if len(_CARD_FORMS) > 1000:
+            _CARD_FORMS.clear()
+        _CARD_FORMS[key] = form
+    return form
 
 
 @dataclass

@@ -105,7 +105,8 @@ def lines(
         Decimal(0) if c is None and r.cached else c for r, c in zip(rows, costs, strict=True)
     ]
     files = [
-        _file_cells(r, f) if r.files or f else _NO_FILES for r, f in zip(rows, found, strict=True)
+        _file_cells(r) if r.files else ("", _urls_cell(f), "") if f else _NO_FILES
+        for r, f in zip(rows, found, strict=True)
     ]
     columns = [
         [r.job_id for r in rows],
@@ -161,19 +162,19 @@ def _field_column(given: list[dict[str, Any]], name: str) -> list[str]:
     ]  # fmt: skip
 
 
-def _file_cells(row: JobRow, found: list[str]) -> tuple[str, str, str]:
-    """The job's output_files, output_urls and output_sha256 cells; `found`: the URLs of its
-    output when it has no files."""
-    files = row.files
-    done = [f for f in files if f.name and not f.error]
-    urls = [f.url for f in files] if files else found
-    # SEPARATOR joins a cell's values; keep it out of the URLs themselves.
-    shown = [printable(u).replace(SEPARATOR, "%3B") for u in urls]
+def _file_cells(row: JobRow) -> tuple[str, str, str]:
+    """The output_files, output_urls and output_sha256 cells of a job with files."""
+    done = [f for f in row.files if f.name and not f.error]
     return (
         guard(join_cell(printable(f.name) for f in done)) if done else "",
-        guard(join_cell(shown)) if urls else "",
+        _urls_cell([f.url for f in row.files]),
         join_cell(f.sha256 for f in done) if done else "",
     )
+
+
+def _urls_cell(urls: list[str]) -> str:
+    # SEPARATOR joins a cell's values; keep it out of the URLs themselves.
+    return guard(join_cell([printable(u).replace(SEPARATOR, "%3B") for u in urls]))
 
 
 def _error_cell(row: JobRow, bare: bool) -> str:
