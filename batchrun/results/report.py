@@ -11,7 +11,7 @@ import json
 import math
 import statistics
 from array import array
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from itertools import islice
@@ -32,7 +32,7 @@ from batchrun.store.atomic import write_text
 from batchrun.store.ledger import Attempt
 from batchrun.store.output_urls import collect_urls
 from batchrun.store.records import REPORT_STATUSES, SUCCEEDED, UNKNOWN, JobRow
-from batchrun.store.state import StateStore
+from batchrun.store.state import ReportRows, StateStore
 from batchrun.util.gcpause import gc_paused
 
 
@@ -127,23 +127,30 @@ class MirrorFacts(TypedDict):
 @dataclass
 class Money:
     """The ledger as a report reads it beside the jobs' own costs: the folder's books, and
-    the attempts of jobs no longer in the manifest."""
+    the attempts of jobs no longer in the manifest (`gone`, asked once every job was read)."""
 
     total: ledger.Books
-    gone: list[Attempt]
+    gone: Callable[[], list[Attempt]]
 
     @classmethod
     def of(cls, attempts: Iterable[Attempt], reported: set[str]) -> Money:
         """Of attempts in memory, `reported` the jobs in the manifest."""
         attempts = list(attempts)
         gone = [a for a in attempts if a.job_id not in reported]
-        return cls(ledger.books(attempts), gone)
+        return cls(ledger.books(attempts), lambda: gone)
 
     @classmethod
-    def read(cls, store: StateStore) -> Money:
-        """Of state.db, its attempts read in groups: the memory of a few whatever the
-        folder's size."""
-        return cls(store.books(), store.attempts_not_in_manifest())
+    def read(cls, store: StateStore, rows: ReportRows) -> Money:
+        """Of state.db, its attempts read in groups (the memory of a few whatever the
+        folder's size); those of jobs no longer in the manifest looked for only when the
+        jobs of `rows`, once read, have fewer attempts than the ledger holds."""
+
+        def gone() -> list[Attempt]:
+            if rows.attempts == store.attempt_count():
+                return []
+            return store.attempts_not_in_manifest()
+
+        return cls(store.books(), gone)
 
 
 class Tally:
@@ -240,7 +247,7 @@ class Tally:
             },
             # what the reported jobs' results said they cost: the sum of report.csv's cost_usd
             "cost_usd": float(round(self.cost, 6)),
-            **ledger.summary_of(self.money.total, self.money.gone),
+            **ledger.summary_of(self.money.total, self.money.gone()),
             "cached": self.cached,
             "saved_usd": round(self.saved, 6),
             "attempts": self.attempts,
@@ -258,18 +265,24 @@ def summarise(rows: Iterable[JobRow], attempts: Iterable[Attempt] = ()) -> dict[
     return tally.summary()
 
 
+class _OtherFields(Exception):
+    """The jobs' input fields and var names are not those taken for theirs (ReportJobs.read)."""
+
+
 @dataclass
 class ReportJobs:
     """The jobs a report is made of, in expansion order, each with its actual costs known
     (ledger.per_job; None: none), read in one pass (a cursor on state.db, or rows in memory);
     how many there are and their input fields and var names (report.csv's columns) are known
-    before."""
+    before. Where those were taken for theirs, reading `rows` raises _OtherFields when they
+    are not, and `exact` reads the jobs again with their fields found in full."""
 
     rows: Iterable[tuple[JobRow, Decimal | None]]
     count: int
     inputs: list[str]
     var_names: list[str]
     money: Money
+    exact: Callable[[], ReportJobs] | None = None
 
     @classmethod
     def of(cls, rows: Iterable[JobRow], attempts: Iterable[Attempt] = ()) -> ReportJobs:
@@ -284,10 +297,46 @@ class ReportJobs:
     @classmethod
     def read(cls, store: StateStore) -> ReportJobs:
         """The reported jobs of a state store and its ledger, read with cursors (inside one
-        `store.snapshot()`, every figure is of one moment)."""
-        inputs, var_names = store.report_fields()
+        `store.snapshot()`, every figure is of one moment). Their fields are taken to be the
+        columns of the report.csv beside state.db, checked on every job (they seldom change
+        from one report to the next, and finding them in every job's JSON with SQL costs a
+        tenth of a report); without one, they are found with SQL."""
         count = store.count(in_manifest_only=True)
-        return cls(store.report_rows(), count, inputs, var_names, Money.read(store))
+
+        def exact() -> ReportJobs:
+            rows = store.report_rows()
+            return cls(rows, count, *store.report_fields(), Money.read(store, rows))
+
+        kept = reportcsv.fields(store.run_dir / "report.csv")
+        if kept is None:
+            return exact()
+        rows = store.report_rows()
+        checked = _fields_checked(rows, *kept)
+        return cls(checked, count, *kept, Money.read(store, rows), exact)
+
+
+def _fields_checked(
+    rows: Iterable[tuple[JobRow, Decimal | None]], inputs: list[str], var_names: list[str]
+) -> Iterator[tuple[JobRow, Decimal | None]]:
+    """ROWS, raising _OtherFields unless the jobs' input fields and var names in first-seen
+    order (as _fields finds them) are INPUTS and VAR_NAMES: at the first job with another,
+    or once every job has been read."""
+    known_inputs, known_vars = set(inputs), set(var_names)
+    seen_inputs: dict[str, None] = {}
+    seen_vars: dict[str, None] = {}
+    for row, cost in rows:
+        given, named = row.inputs, row.vars
+        if type(given) is not dict or not given.keys() <= seen_inputs.keys():
+            if not dict.fromkeys(given).keys() <= known_inputs:
+                raise _OtherFields(row.job_id)
+            seen_inputs.update(dict.fromkeys(given))
+        if type(named) is not dict or not named.keys() <= seen_vars.keys():
+            if not dict.fromkeys(named).keys() <= known_vars:
+                raise _OtherFields(row.job_id)
+            seen_vars.update(dict.fromkeys(named))
+        yield row, cost
+    if list(seen_inputs) != inputs or list(seen_vars) != var_names:
+        raise _OtherFields("a field no job has")
 
 
 _CHUNK = 500  # rows turned into report.csv lines at a time
@@ -323,9 +372,32 @@ def write_report(
     report.html carries the live line and reloads itself.
     """
     jobs = rows if isinstance(rows, ReportJobs) else ReportJobs.of(rows, attempts)
-    inputs, var_names = jobs.inputs, jobs.var_names
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        summary = _write_files(run_dir, jobs, rows_key, cols_key, mirror_urls, live)
+    except (_OtherFields, ChoiceError):
+        # The fields taken were not the jobs' (or the grid names a field they lacked):
+        # every file is made again with the jobs' own.
+        if jobs.exact is None:
+            raise
+        summary = _write_files(run_dir, jobs.exact(), rows_key, cols_key, mirror_urls, live)
+    summary |= dict(facts or {})
+    if live is not None:
+        summary["live"] = True
+    write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+
+
+def _write_files(
+    run_dir: Path,
+    jobs: ReportJobs,
+    rows_key: str | None,
+    cols_key: str | None,
+    mirror_urls: dict[str, list[str]] | None,
+    live: Live | None,
+) -> dict[str, Any]:
+    """write_report's report.csv and report.html (and its pages); summary.json's figures."""
+    inputs, var_names = jobs.inputs, jobs.var_names
     tally = Tally(jobs.money)
     keys = ["model", *(INPUT_PREFIX + k for k in inputs), *(VAR_PREFIX + k for k in var_names)]
     sheet = Sheet(run_dir, jobs.count, keys, rows_key=rows_key, cols_key=cols_key, live=live)
@@ -341,10 +413,7 @@ def write_report(
             tally.add(rows, costs, bare)
             sheet.add(rows)
         sheet.finish()
-    summary = tally.summary() | dict(facts or {})
-    if live is not None:
-        summary["live"] = True
-    write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    return tally.summary()
 
 
 def write_from_state(

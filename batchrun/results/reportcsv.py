@@ -52,6 +52,21 @@ def header(inputs: Iterable[str], var_names: Iterable[str], *, mirror: bool = Fa
     return fixed + [INPUT_PREFIX + k for k in inputs] + [VAR_PREFIX + k for k in var_names]
 
 
+def fields(path: Path) -> tuple[list[str], list[str]] | None:
+    """The input fields and var names of the report.csv at PATH, as its header names them, in
+    order; None when there is none to read."""
+    try:
+        with open(path, encoding="utf-8", newline="") as fh:
+            columns = next(csv.reader(fh), None)
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return None
+    if not columns or columns[: len(COLUMNS)] != COLUMNS:
+        return None
+    inputs = [c.removeprefix(INPUT_PREFIX) for c in columns if c.startswith(INPUT_PREFIX)]
+    var_names = [c.removeprefix(VAR_PREFIX) for c in columns if c.startswith(VAR_PREFIX)]
+    return inputs, var_names
+
+
 def guard(text: str) -> str:
     """Defuse CSV formula injection: a spreadsheet would evaluate a cell starting with = + - @."""
     return "'" + text if text and text[0] in FORMULA_START else text

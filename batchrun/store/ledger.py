@@ -189,7 +189,7 @@ def per_job(attempts: Iterable[Attempt]) -> dict[str, Decimal]:
     return out
 
 
-def known_total(amounts: Iterable[str]) -> Decimal | None:
+def known_total(amounts: Iterable[str | None]) -> Decimal | None:
     """The sum of the amounts (as state.db holds them) of one job's attempts that may have
     been billed and have an actual cost: its entry in per_job (None when none is one)."""
     total = None

@@ -7,7 +7,7 @@ import itertools
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from decimal import Decimal
 from pathlib import Path
@@ -667,27 +667,21 @@ class StateStore(transitions.RowTransitions):
         amounts = ((ledger.amount(text), n) for text, n in groups)
         return sum((amount * n for amount, n in amounts if amount is not None), Decimal(0))
 
-    def report_rows(self) -> Iterator[tuple[records.JobRow, Decimal | None]]:
-        """The jobs in the manifest, in expansion order, each with its actual costs known
-        (ledger.per_job: the actual costs of its attempts that may have been billed, summed;
-        None when there are none), read with one cursor: the costs come with each job's row,
-        looked up in the ledger by job id."""
+    def report_rows(self) -> ReportRows:
+        """The jobs in the manifest, in expansion order, each with its actual costs known,
+        read with one cursor (ReportRows)."""
         # A blob is no amount (ledger.amount); JSON cannot hold one.
         sql = (
-            f"SELECT {self._columns}, (SELECT json_group_array(a.actual_usd) FROM attempts a "
-            f"WHERE a.job_id = jobs.job_id AND {_KNOWN_COST} AND typeof(a.actual_usd) = 'text') "
-            "FROM jobs WHERE in_manifest = 1 ORDER BY position"
+            f"SELECT {self._columns}, (SELECT json_group_array(CASE WHEN {_KNOWN_COST} AND "
+            "typeof(a.actual_usd) = 'text' THEN a.actual_usd END) FROM attempts a WHERE "
+            "a.job_id = jobs.job_id) FROM jobs WHERE in_manifest = 1 ORDER BY position"
         )
-        totals: dict[str, Decimal | None] = {}  # the amounts of a job's attempts repeat
-        for r in self._cursor(sql):
-            amounts = r[-1]
-            if amounts in totals:
-                total = totals[amounts]
-            else:
-                if len(totals) > 10_000:
-                    totals.clear()
-                total = totals[amounts] = ledger.known_total(records.loads(amounts))
-            yield self._decode(r), total
+        return ReportRows(self._cursor(sql), self._decode)
+
+    def attempt_count(self) -> int:
+        """How many attempts the ledger holds."""
+        with self._mutex:
+            return int(self._conn.execute("SELECT COUNT(*) FROM attempts").fetchone()[0])
 
     def attempts(self) -> list[ledger.Attempt]:
         """Every submit attempt of the folder, in the order they were made."""
@@ -846,6 +840,35 @@ class StateStore(transitions.RowTransitions):
                 (*params, round(time.time()), SUBMITTING),
             )
             return cur.rowcount
+
+
+class ReportRows:
+    """Jobs read with their row's amounts (StateStore.report_rows), each with its actual costs
+    known (ledger.per_job: those of its attempts that may have been billed and whose cost a
+    result gave, summed; None when there are none), looked up in the ledger by job id; and
+    `attempts`: how many attempts the ledger holds of the jobs read so far."""
+
+    def __init__(
+        self, rows: Iterator[tuple[Any, ...]], decode: Callable[[tuple[Any, ...]], records.JobRow]
+    ) -> None:
+        self.attempts = 0
+        self._rows, self._decode = rows, decode
+
+    def __iter__(self) -> Iterator[tuple[records.JobRow, Decimal | None]]:
+        # Each row ends with the JSON list of its job's attempts' amounts (null where there
+        # is none to count), which repeat from job to job.
+        known: dict[str, tuple[Decimal | None, int]] = {}
+        decode = self._decode
+        for r in self._rows:
+            amounts = r[-1]
+            total = known.get(amounts)
+            if total is None:
+                if len(known) > 10_000:
+                    known.clear()
+                listed = records.loads(amounts)
+                total = known[amounts] = (ledger.known_total(listed), len(listed))
+            self.attempts += total[1]
+            yield decode(r), total[0]
 
 
 def _same_places(conn: sqlite3.Connection, jobs: Iterable[JobLike]) -> bool:
