@@ -18,7 +18,7 @@ from urllib.parse import quote
 import pytest
 
 from batchrun.plan.grid import Job
-from batchrun.results import html_pages, reportcsv
+from batchrun.results import html_pages, report, reportcsv
 from batchrun.results.html_pages import more_pages
 from batchrun.results.html_report import (
     SAMPLE as MAX_CARDS,
@@ -572,3 +572,71 @@ def test_the_pages_of_a_large_sweep_say_what_the_former_way_said(
             rk, ck, extra = chosen.model_axes(model, members)
             grid = former_sections(members, rk, ck, extra).replace("<h2>", "<h3>")
             assert grid.replace("</h2>", "</h3>") in text
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        "input.duration,input.prompt,input.seed,input.loop,var.color",  # the jobs' own
+        "input.prompt,input.seed,input.duration,input.loop,var.color",  # not first-seen order
+        "input.seed,input.prompt,input.duration,var.color",  # one field short
+        "input.seed,input.prompt,input.duration,input.loop,input.gone,var.color",  # one more
+        "input.seed,input.prompt,input.duration,input.loop",  # no var
+        "",  # no field
+    ],
+)
+def test_columns_kept_from_the_report_replaced_are_checked_on_every_job(
+    tmp_path: Path, header: str
+) -> None:
+    run_dir = tmp_path / "mixed"
+    _mixed_folder(run_dir)
+    former = former_files(run_dir)
+    fixed = ",".join(reportcsv.COLUMNS)
+    (run_dir / "report.csv").write_text(f"{fixed},{header}\r\nx\r\n" if header else f"{fixed}\r\n")
+    write_from_state(run_dir, {"name": "mixed"}, None, None)
+    assert _files(run_dir) == former
+    # the columns right: kept, and the files the same
+    assert reportcsv.fields(run_dir / "report.csv") == (
+        ["duration", "prompt", "seed", "loop"], ["color"]
+    )  # fmt: skip
+    write_from_state(run_dir, {"name": "mixed"}, None, None)
+    assert _files(run_dir) == former
+
+
+def test_a_grid_of_a_field_the_report_replaced_lacked_is_laid_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The grid is laid out from the first jobs (here 5), before a later one shows the field.
+    monkeypatch.setattr(html_pages, "SAMPLE", 5)
+    monkeypatch.setattr(report, "_CHUNK", 5)
+    jobs = [
+        Job(f"j{i}", MODELS[0], {"seed": i % 3, **({"extra": i % 2} if i >= 5 else {})}, {}, 0, i)
+        for i in range(12)
+    ]
+    run_dir = tmp_path / "run"
+    with StateStore.open(run_dir) as store:
+        store.add_jobs(jobs)
+    fixed = ",".join(reportcsv.COLUMNS)
+    (run_dir / "report.csv").write_text(f"{fixed},input.seed\r\n")
+    write_from_state(run_dir, {}, "extra", "seed")
+    made = _files(run_dir)
+    assert "rows: <b>input.extra</b>, columns: <b>input.seed</b>" in made["report.html"]
+    assert made["report.csv"].startswith(f"{fixed},input.seed,input.extra\r\n")
+
+
+def test_attempts_of_jobs_gone_from_state_db_are_counted_apart(tmp_path: Path) -> None:
+    run_dir = tmp_path / "mixed"
+    _mixed_folder(run_dir)
+    conn = sqlite3.connect(run_dir / "state.db")
+    with conn:  # jobs removed by hand: their attempts stay in the ledger
+        conn.execute(
+            "DELETE FROM jobs WHERE job_id IN (SELECT job_id FROM attempts WHERE "
+            "actual_usd IS NOT NULL AND job_id IN (SELECT job_id FROM jobs WHERE in_manifest = 1) "
+            "LIMIT 2)"
+        )
+    conn.close()
+    former = former_files(run_dir)
+    write_from_state(run_dir, {"name": "mixed"}, None, None)
+    assert _files(run_dir) == former
+    summary = json.loads(former["summary.json"])
+    assert summary["not_in_manifest"]["jobs"] == 12  # ten left the manifest, two left state.db
