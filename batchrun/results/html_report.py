@@ -165,38 +165,60 @@ def _badge(status: str) -> str:
 def job_card(job: JobRow, href: Callable[[str], str | None], *, anchor: bool = True) -> str:
     """One job: status badge, outputs, error, and its inputs and vars on hover (the title, a
     `name: value` a line) and on click."""
-    values = [*job.inputs.values(), *job.vars.values()]
-    shown = [str(v) if type(v) is int else esc(v if type(v) is str else show(v)) for v in values]
-    error = f'<div class="err">{esc(job.error)}</div>' if job.error else ""
-    files = media(job.files, href) if job.files else ""
-    return _card_form(job, anchor).format(esc(job.job_id), _badge(job.status), files, error, *shown)
+    return job_cards([job], href, anchor=anchor)[0]
 
 
+def job_cards(
+    jobs: list[JobRow], href: Callable[[str], str | None], *, anchor: bool = True
+) -> list[str]:
+    """job_card of each of `jobs`, made a step at a time over them (a page's jobs at once:
+    100,000s of cards a report): each card is its form (_card_form) filled in."""
+    keys = [(j.model_id, tuple(j.inputs), tuple(j.vars), anchor) for j in jobs]
+    forms = [_CARD_FORMS.get(key) or _card_form(key) for key in keys]
+    ids = [i if _CHANGED.search(i) is None else esc(i) for i in [j.job_id for j in jobs]]
+    badges = [_BADGES.get(s) or _badge(s) for s in [j.status for j in jobs]]
+    files = [media(j.files, href) if j.files else "" for j in jobs]
+    errors = [f'<div class="err">{esc(e)}</div>' if e else "" for e in [j.error for j in jobs]]
+    shown = [
+        [
+            str(v) if type(v) is int
+            else v if type(v) is str and _CHANGED.search(v) is None  # esc(v) is v
+            else esc(v if type(v) is str else show(v))
+            for v in (*j.inputs.values(), *j.vars.values())
+        ]
+        for j in jobs
+    ]  # fmt: skip
+    return [
+        form.format(job_id, badge, media_, error, *values)
+        for form, job_id, badge, media_, error, values in zip(
+            forms, ids, badges, files, errors, shown, strict=True
+        )
+    ]
+
+
+# A card as a str.format form of its job id, badge, files, error and each field's value
+# shown, by model, input and var names, and whether it has an id: a sweep has a few.
 _CARD_FORMS: dict[tuple[str, tuple[str, ...], tuple[str, ...], bool], str] = {}
 
 
-def _card_form(job: JobRow, anchor: bool) -> str:
-    """The card of the jobs of `job`'s model and field names, as a str.format form of their
-    job id, badge, files, error and each field's value shown (the jobs of a sweep have a few
-    such forms, and 100,000s of cards). Names and values are escaped (`esc` maps character by
-    character, so the title escaped whole is its lines escaped one by one)."""
-    key = (job.model_id, tuple(job.inputs), tuple(job.vars), anchor)
-    form = _CARD_FORMS.get(key)
-    if form is None:
-        names = [esc(k) for k in job.inputs] + [esc(f"{{{k}}}") for k in job.vars]
-        names = [n.replace("{", "{{").replace("}", "}}") for n in names]
-        model = esc(job.model_id).replace("{", "{{").replace("}", "}}")
-        fields = [("model", model)] + [(n, f"{{{i}}}") for i, n in enumerate(names, start=4)]
-        title = "\n".join([f"{k}: {v}" for k, v in fields])
-        details = "".join([f"<dt>{k}</dt><dd>{v}</dd>" for k, v in fields])
-        id_attr = ' id="{0}"' if anchor else ""
-        form = (
-            f'<div class="job"{id_attr} title="{title}">{{1}}{{2}}{{3}}'
-            f"<details><summary>{{0}}</summary><dl>{details}</dl></details></div>"
-        )
-        if len(_CARD_FORMS) > 1000:
-            _CARD_FORMS.clear()
-        _CARD_FORMS[key] = form
+def _card_form(key: tuple[str, tuple[str, ...], tuple[str, ...], bool]) -> str:
+    """The card form of KEY (model, input names, var names, anchor), names and model escaped
+    (`esc` maps character by character, so the title escaped whole is its lines escaped one
+    by one)."""
+    model_id, inputs, var_names, anchor = key
+    names = [esc(k) for k in inputs] + [esc(f"{{{k}}}") for k in var_names]
+    names = [n.replace("{", "{{").replace("}", "}}") for n in names]
+    model = esc(model_id).replace("{", "{{").replace("}", "}}")
+    fields = [("model", model)] + [(n, f"{{{i}}}") for i, n in enumerate(names, start=4)]
+    title = "\n".join([f"{k}: {v}" for k, v in fields])
+    details = "".join([f"<dt>{k}</dt><dd>{v}</dd>" for k, v in fields])
+    id_attr = ' id="{0}"' if anchor else ""
+    if len(_CARD_FORMS) > 1000:
+        _CARD_FORMS.clear()
+    form = _CARD_FORMS[key] = (
+        f'<div class="job"{id_attr} title="{title}">{{1}}{{2}}{{3}}'
+        f"<details><summary>{{0}}</summary><dl>{details}</dl></details></div>"
+    )
     return form
 
 
@@ -405,9 +427,9 @@ def _grid(
     none = [""] * len(jobs)
     row_of = dimension_values(jobs, rk) if rk else none
     col_of = dimension_values(jobs, ck) if ck else none
-    rows: dict[str, dict[str, list[JobRow]]] = {}
-    for job, r, c in zip(jobs, row_of, col_of, strict=True):
-        rows.setdefault(r, {}).setdefault(c, []).append(job)
+    rows: dict[str, dict[str, list[str]]] = {}  # the cards of each cell
+    for card, r, c in zip(job_cards(jobs, href), row_of, col_of, strict=True):
+        rows.setdefault(r, {}).setdefault(c, []).append(card)
     col_vals = dict.fromkeys(col_of)
     corner = " \\ ".join(k for k in (rk, ck) if k)
     head = "".join(f"<th>{esc(c or (NOT_SET if ck else ''))}</th>" for c in col_vals)
@@ -424,7 +446,7 @@ def _grid(
             if empty:
                 tds.append(_empty(empty))
                 empty = 0
-            tds.append("<td>" + "".join([job_card(j, href) for j in members]) + "</td>")
+            tds.append("<td>" + "".join(members) + "</td>")
         if empty:
             tds.append(_empty(empty))
         body.append(f"<tr><th>{esc(r or (NOT_SET if rk else ''))}</th>{''.join(tds)}</tr>")
