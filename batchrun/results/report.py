@@ -154,8 +154,8 @@ class Money:
 
 
 class Tally:
-    """summary.json's figures of the reported jobs, added up one job at a time (`add`), so
-    a report is made in one pass over them."""
+    """summary.json's figures of the reported jobs, added up a chunk of jobs at a time
+    (`add`), so a report is made in one pass over them."""
 
     def __init__(self, money: Money) -> None:
         self.money = money
