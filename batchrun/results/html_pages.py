@@ -20,7 +20,7 @@ from batchrun.results.html_report import (
     Layout,
     Live,
     banner,
-    dimension_value,
+    dimension_values,
     esc,
     field_keys,
     grids,
@@ -58,7 +58,7 @@ class AxisIndex:
     def add(self, jobs: list[JobRow], number: int) -> None:
         for key in list(self.pages):
             values = self.pages[key]
-            for value in dict.fromkeys(dimension_value(job, key) for job in jobs):
+            for value in dict.fromkeys(dimension_values(jobs, key)):
                 ranges = values.setdefault(value, [])
                 if ranges and ranges[-1][1] >= number - 1:
                     ranges[-1][1] = number

@@ -151,29 +151,6 @@ def _fields_shown(job: JobRow) -> list[tuple[str, str]]:
     return pairs
 
 
-_VAR_NAMES: dict[str, str] = {}  # a var's name as a card shows it: {name}, escaped
-
-
-def _shown_fields(job: JobRow) -> tuple[list[str], list[str]]:
-    """The job's model, inputs and vars as a card shows them, escaped: the <dt>/<dd> of
-    each, and its line of the hover title (`esc` maps character by character, so the title
-    escaped whole is these lines escaped one by one)."""
-    model = esc(job.model_id)
-    details, lines = [f"<dt>model</dt><dd>{model}</dd>"], [f"model: {model}"]
-    for k, v in job.inputs.items():
-        k, v = esc(k), esc(v if type(v) is str else show(v))
-        details.append(f"<dt>{k}</dt><dd>{v}</dd>")
-        lines.append(f"{k}: {v}")
-    for k, v in job.vars.items():
-        name = _VAR_NAMES.get(k)
-        if name is None:
-            name = _VAR_NAMES[k] = esc(f"{{{k}}}")
-        v = esc(v if type(v) is str else show(v))
-        details.append(f"<dt>{name}</dt><dd>{v}</dd>")
-        lines.append(f"{name}: {v}")
-    return details, lines
-
-
 _BADGES: dict[str, str] = {}  # a status -> its badge
 
 
@@ -186,17 +163,63 @@ def _badge(status: str) -> str:
 
 
 def job_card(job: JobRow, href: Callable[[str], str | None], *, anchor: bool = True) -> str:
-    """One job: status badge, outputs, error, and its inputs on hover and on click."""
-    shown, lines = _shown_fields(job)
-    details, title = "".join(shown), "\n".join(lines)
-    error = f'<div class="err">{esc(job.error)}</div>' if job.error else ""
-    job_id = esc(job.job_id)
-    id_attr = f' id="{job_id}"' if anchor else ""
-    files = media(job.files, href) if job.files else ""
-    return (
-        f'<div class="job"{id_attr} title="{title}">{_badge(job.status)}{files}{error}'
-        f"<details><summary>{job_id}</summary><dl>{details}</dl></details></div>"
+    """One job: status badge, outputs, error, and its inputs and vars on hover (the title, a
+    `name: value` a line) and on click."""
+    return job_cards([job], href, anchor=anchor)[0]
+
+
+def job_cards(
+    jobs: list[JobRow], href: Callable[[str], str | None], *, anchor: bool = True
+) -> list[str]:
+    """job_card of each of `jobs`, made a step at a time over them (a page's jobs at once:
+    100,000s of cards a report): each card is its form (_card_form) filled in."""
+    keys = [(j.model_id, tuple(j.inputs), tuple(j.vars), anchor) for j in jobs]
+    forms = [_CARD_FORMS.get(key) or _card_form(key) for key in keys]
+    ids = [i if _CHANGED.search(i) is None else esc(i) for i in [j.job_id for j in jobs]]
+    badges = [_BADGES.get(s) or _badge(s) for s in [j.status for j in jobs]]
+    files = [media(j.files, href) if j.files else "" for j in jobs]
+    errors = [f'<div class="err">{esc(e)}</div>' if e else "" for e in [j.error for j in jobs]]
+    shown = [
+        [
+            str(v) if type(v) is int
+            else v if type(v) is str and _CHANGED.search(v) is None  # esc(v) is v
+            else esc(v if type(v) is str else show(v))
+            for v in (*j.inputs.values(), *j.vars.values())
+        ]
+        for j in jobs
+    ]  # fmt: skip
+    return [
+        form.format(job_id, badge, media_, error, *values)
+        for form, job_id, badge, media_, error, values in zip(
+            forms, ids, badges, files, errors, shown, strict=True
+        )
+    ]
+
+
+# A card as a str.format form of its job id, badge, files, error and each field's value
+# shown, by model, input and var names, and whether it has an id: a sweep has a few.
+_CARD_FORMS: dict[tuple[str, tuple[str, ...], tuple[str, ...], bool], str] = {}
+
+
+def _card_form(key: tuple[str, tuple[str, ...], tuple[str, ...], bool]) -> str:
+    """The card form of KEY (model, input names, var names, anchor), names and model escaped
+    (`esc` maps character by character, so the title escaped whole is its lines escaped one
+    by one)."""
+    model_id, inputs, var_names, anchor = key
+    names = [esc(k) for k in inputs] + [esc(f"{{{k}}}") for k in var_names]
+    names = [n.replace("{", "{{").replace("}", "}}") for n in names]
+    model = esc(model_id).replace("{", "{{").replace("}", "}}")
+    fields = [("model", model)] + [(n, f"{{{i}}}") for i, n in enumerate(names, start=4)]
+    title = "\n".join([f"{k}: {v}" for k, v in fields])
+    details = "".join([f"<dt>{k}</dt><dd>{v}</dd>" for k, v in fields])
+    id_attr = ' id="{0}"' if anchor else ""
+    if len(_CARD_FORMS) > 1000:
+        _CARD_FORMS.clear()
+    form = _CARD_FORMS[key] = (
+        f'<div class="job"{id_attr} title="{title}">{{1}}{{2}}{{3}}'
+        f"<details><summary>{{0}}</summary><dl>{details}</dl></details></div>"
     )
+    return form
 
 
 @dataclass
@@ -211,18 +234,34 @@ class Dimension:
 _KEYS: dict[str, tuple[bool, str]] = {}  # a key -> (an input's?, its name)
 
 
-def dimension_value(job: JobRow, key: str) -> str:
-    if key == "model":
-        return job.model_id
+def _parsed(key: str) -> tuple[bool, str]:
     parsed = _KEYS.get(key)
     if parsed is None:
         kind, _, name = key.partition(".")
         parsed = _KEYS[key] = (kind == "input", name)
-    source = job.inputs if parsed[0] else job.vars
-    value = source.get(parsed[1], _ABSENT)
+    return parsed
+
+
+def dimension_value(job: JobRow, key: str) -> str:
+    if key == "model":
+        return job.model_id
+    is_input, name = _parsed(key)
+    value = (job.inputs if is_input else job.vars).get(name, _ABSENT)
     if value is _ABSENT:
         return ""
     return value if type(value) is str else show(value)
+
+
+def dimension_values(jobs: list[JobRow], key: str) -> list[str]:
+    """dimension_value of each of `jobs` (a page's at once: 100,000s of values a report)."""
+    if key == "model":
+        return [job.model_id for job in jobs]
+    is_input, name = _parsed(key)
+    found = [(job.inputs if is_input else job.vars).get(name, _ABSENT) for job in jobs]
+    return [
+        v if type(v) is str else "" if v is _ABSENT else str(v) if type(v) is int else show(v)
+        for v in found
+    ]
 
 
 _ABSENT = object()
@@ -385,12 +424,13 @@ def href(name: str) -> str:
 def _grid(
     jobs: list[JobRow], rk: str | None, ck: str | None, href: Callable[[str], str | None]
 ) -> str:
-    rows: dict[str, dict[str, list[JobRow]]] = {}
-    col_vals: dict[str, None] = {}
-    for job in jobs:
-        c = dimension_value(job, ck) if ck else ""
-        col_vals[c] = None
-        rows.setdefault(dimension_value(job, rk) if rk else "", {}).setdefault(c, []).append(job)
+    none = [""] * len(jobs)
+    row_of = dimension_values(jobs, rk) if rk else none
+    col_of = dimension_values(jobs, ck) if ck else none
+    rows: dict[str, dict[str, list[str]]] = {}  # the cards of each cell
+    for card, r, c in zip(job_cards(jobs, href), row_of, col_of, strict=True):
+        rows.setdefault(r, {}).setdefault(c, []).append(card)
+    col_vals = dict.fromkeys(col_of)
     corner = " \\ ".join(k for k in (rk, ck) if k)
     head = "".join(f"<th>{esc(c or (NOT_SET if ck else ''))}</th>" for c in col_vals)
     body = []
@@ -406,7 +446,7 @@ def _grid(
             if empty:
                 tds.append(_empty(empty))
                 empty = 0
-            tds.append("<td>" + "".join([job_card(j, href) for j in members]) + "</td>")
+            tds.append("<td>" + "".join(members) + "</td>")
         if empty:
             tds.append(_empty(empty))
         body.append(f"<tr><th>{esc(r or (NOT_SET if rk else ''))}</th>{''.join(tds)}</tr>")
@@ -500,8 +540,9 @@ def _sections(
     if not extra:
         return [_grid(jobs, rk, ck, href)]
     sections: dict[tuple[str, ...], list[JobRow]] = {}
-    for job in jobs:
-        sections.setdefault(tuple([dimension_value(job, k) for k in extra]), []).append(job)
+    labels = zip(*[dimension_values(jobs, k) for k in extra], strict=True)
+    for job, values in zip(jobs, labels, strict=True):
+        sections.setdefault(values, []).append(job)
     out = []
     for values, members in sections.items():
         label = ", ".join(f"{k}={v}" for k, v in zip(extra, values, strict=True) if v != "")

@@ -11,96 +11,34 @@ import json
 import math
 import statistics
 from array import array
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from decimal import Decimal
+from itertools import islice
 from pathlib import Path
-from typing import Any, Protocol, TypedDict
+from typing import Any, TypedDict, TypeVar
 
 from batchrun import __version__
 from batchrun.errors import ChoiceError
-from batchrun.results import reportcsv
+from batchrun.results import report_lines, reportcsv
 from batchrun.results.html_pages import Sheet, more_pages
 from batchrun.results.html_report import Live
 from batchrun.results.reportcsv import (
-    FORMULA_START,
     INPUT_PREFIX,
     VAR_PREFIX,
-    guard,
-    join_cell,
-    value_cell,
 )
 from batchrun.store import ledger
 from batchrun.store.atomic import write_text
 from batchrun.store.ledger import Attempt
 from batchrun.store.output_urls import collect_urls
-from batchrun.store.records import REPORT_STATUSES, SUCCEEDED, JobRow, report_status
-from batchrun.store.state import StateStore
+from batchrun.store.records import REPORT_STATUSES, SUCCEEDED, UNKNOWN, JobRow
+from batchrun.store.state import ReportRows, StateStore
 from batchrun.util.gcpause import gc_paused
-from batchrun.util.safetext import printable
-
-_SECONDS: dict[int, str] = {}  # whole second -> its text: a run's jobs share few seconds
-
-
-def _timestamp(epoch: float | None) -> str:
-    if epoch is None:
-        return ""
-    second = math.floor(epoch)
-    # Near the next second, rounding to microseconds may carry into it: format directly.
-    if epoch - second > 0.999:
-        return _format_time(epoch)
-    text = _SECONDS.get(second)
-    if text is None:
-        if len(_SECONDS) > 100_000:
-            _SECONDS.clear()
-        text = _SECONDS[second] = _format_time(second)
-    return text
-
-
-def _format_time(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _seconds(value: float | None) -> str:
-    return "" if value is None else f"{value:.3f}"
-
-
-_COSTS: dict[float, str] = {}  # a model's price repeats from job to job
-
-
-def _cost(value: float | None) -> str:
-    if value is None:
-        return ""
-    text = _COSTS.get(value) if value else None  # 0.0 == -0.0, yet they print apart
-    if text is None:
-        if len(_COSTS) > 10_000:
-            _COSTS.clear()
-        text = _COSTS[value] = f"{value:.6f}".rstrip("0").rstrip(".")
-    return text
-
-
-# The error column of a job that succeeded with nothing to fetch: worth a look, not a failure.
-NO_OUTPUT = "succeeded without output: the result holds no output URL, so no file to download"
 
 
 def without_output(row: JobRow) -> bool:
     """A succeeded job whose result holds no output URL (missing, null, empty, no URL in it)."""
     return row.status == SUCCEEDED and not row.files and not collect_urls(row.output)
-
-
-def _error_cell(row: JobRow, bare: bool) -> str:
-    parts = [row.error] if row.error else []
-    if bare:
-        parts.insert(0, NO_OUTPUT)
-    parts += [f"output {i}: {f.error}" for i, f in enumerate(row.files, start=1) if f.error]
-    return guard(printable("; ".join(parts), lines=True))
-
-
-def _urls(row: JobRow, found: list[str]) -> list[str]:
-    urls = [f.url for f in row.files] if row.files else found
-    # SEPARATOR joins a cell's values; keep it out of the URLs themselves.
-    return [printable(u).replace(reportcsv.SEPARATOR, "%3B") for u in urls]
 
 
 def _reported(rows: Iterable[JobRow]) -> list[JobRow]:
@@ -120,82 +58,6 @@ def _fields(rows: list[JobRow]) -> tuple[list[str], list[str]]:
 def columns(rows: list[JobRow]) -> list[str]:
     """reportcsv.COLUMNS + input.<field> and var.<name> columns in first-seen order."""
     return reportcsv.header(*_fields(rows))
-
-
-_GUARDED: dict[str, str] = {}  # model ids: a sweep has a few
-
-
-def _guarded(text: str) -> str:
-    done = _GUARDED.get(text)
-    if done is None:
-        if len(_GUARDED) > 1000:
-            _GUARDED.clear()
-        done = _GUARDED[text] = guard(text)
-    return done
-
-
-def _values(given: dict[str, Any], names: list[str]) -> list[str]:
-    """value_cell of each of `names` in `given` ('' where it has none)."""
-    cells = []
-    for k in names:
-        if k not in given:
-            cells.append("")
-            continue
-        value = given[k]
-        if type(value) is str:
-            cells.append(guard(value) if value and value[0] in FORMULA_START else value)
-        elif type(value) is int:
-            cells.append(str(value))
-        else:
-            cells.append(value_cell(value))
-    return cells
-
-
-def _line(
-    row: JobRow,
-    inputs: list[str],
-    var_names: list[str],
-    cost: Decimal | None,
-    mirrored: list[str] | None = None,
-) -> tuple[list[str], bool]:
-    """The row's cells in columns() order (empty where the job has no such field); `cost`
-    is what the job's attempts cost, from the ledger; `mirrored`, in a run with a mirror,
-    the s3:// URLs of its files there. With them: whether the job succeeded without output."""
-    files = row.files
-    found = [] if files else collect_urls(row.output)
-    bare = row.status == SUCCEEDED and not files and not found
-    done = [f for f in files if f.name and not f.error] if files else []
-    submitted, started, finished = row.submitted_at, row.started_at, row.finished_at
-    # JobRow.queue_s and run_s, inline: a report makes 100,000s of lines
-    queue_s = None if submitted is None or started is None else max(0.0, started - submitted)
-    start = started or submitted
-    run_s = None if finished is None or start is None else max(0.0, finished - start)
-    request_id = row.request_id
-    cells = [
-        row.job_id,
-        _guarded(row.model_id),
-        report_status(row.status),
-        guard(printable(request_id)) if request_id else "",
-        _error_cell(row, bare) if row.error or files or bare else "",
-        str(row.attempts),
-        _timestamp(submitted),
-        _timestamp(finished),
-        "" if queue_s is None else f"{queue_s:.3f}",
-        "" if run_s is None else f"{run_s:.3f}",
-        _cost(None if cost is None else float(cost)),
-        guard(join_cell(printable(f.name) for f in done)) if done else "",
-        guard(join_cell(_urls(row, found))) if files or found else "",
-        join_cell(f.sha256 for f in done) if done else "",
-        "true" if row.cached else "false",
-        "" if row.saved_usd is None else _cost(row.saved_usd),
-    ]
-    if mirrored is not None:
-        cells.append(guard(join_cell(u.replace(reportcsv.SEPARATOR, "%3B") for u in mirrored)))
-    if inputs:
-        cells += _values(row.inputs, inputs)
-    if var_names:
-        cells += _values(row.vars, var_names)
-    return cells, bare
 
 
 def _stats(values: Sequence[float]) -> dict[str, float | None]:
@@ -262,62 +124,41 @@ class MirrorFacts(TypedDict):
     not_mirrored: int  # files still to copy: a rerun copies them
 
 
-class Costs(Protocol):
-    def get(self, job_id: str) -> Decimal | None:
-        """The job's actual costs known, over all its attempts (ledger.per_job)."""
-
-
-class CostsInOrder:
-    """ledger.per_job read alongside the jobs, in plan order (store.known_costs): asked about
-    the jobs in that order (each any number of times), it holds one job's costs at a time."""
-
-    def __init__(self, pairs: Iterator[tuple[str, Decimal]]) -> None:
-        self._pairs = pairs
-        self._head = next(pairs, None)
-        self._last: tuple[str, Decimal | None] = ("", None)
-
-    def get(self, job_id: str) -> Decimal | None:
-        if self._last[0] == job_id:
-            return self._last[1]
-        total = None
-        while self._head is not None and self._head[0] == job_id:
-            total = (total or Decimal(0)) + self._head[1]
-            self._head = next(self._pairs, None)
-        self._last = (job_id, total)
-        return total
-
-
 @dataclass
 class Money:
-    """The ledger as a report reads it: each job's costs, the folder's books, and the
-    attempts of jobs no longer in the manifest."""
+    """The ledger as a report reads it beside the jobs' own costs: the folder's books, and
+    the attempts of jobs no longer in the manifest (`gone`, asked once every job was read)."""
 
-    costs: Costs
     total: ledger.Books
-    gone: list[Attempt]
+    gone: Callable[[], list[Attempt]]
 
     @classmethod
     def of(cls, attempts: Iterable[Attempt], reported: set[str]) -> Money:
         """Of attempts in memory, `reported` the jobs in the manifest."""
         attempts = list(attempts)
         gone = [a for a in attempts if a.job_id not in reported]
-        return cls(ledger.per_job(attempts), ledger.books(attempts), gone)
+        return cls(ledger.books(attempts), lambda: gone)
 
     @classmethod
-    def read(cls, store: StateStore) -> Money:
-        """Of state.db, its attempts read in groups and alongside the jobs: the memory of a
-        few whatever the folder's size."""
-        costs = CostsInOrder(store.known_costs())
-        return cls(costs, store.books(), store.attempts_not_in_manifest())
+    def read(cls, store: StateStore, rows: ReportRows) -> Money:
+        """Of state.db, its attempts read in groups (the memory of a few whatever the
+        folder's size); those of jobs no longer in the manifest looked for only when the
+        jobs of `rows`, once read, have fewer attempts than the ledger holds."""
+
+        def gone() -> list[Attempt]:
+            if rows.attempts == store.attempt_count():
+                return []
+            return store.attempts_not_in_manifest()
+
+        return cls(store.books(), gone)
 
 
 class Tally:
-    """summary.json's figures of the reported jobs, added up one job at a time (`add`), so
-    a report is made in one pass over them."""
+    """summary.json's figures of the reported jobs, added up a chunk of jobs at a time
+    (`add`), so a report is made in one pass over them."""
 
     def __init__(self, money: Money) -> None:
         self.money = money
-        self.costs = money.costs
         self.jobs = 0
         self.statuses = dict.fromkeys(REPORT_STATUSES, 0)
         self.bare = 0
@@ -331,45 +172,66 @@ class Tally:
         self.attempts = 0
         self.files = {"downloaded": 0, "refused": 0, "failed": 0}
 
-    def add(self, row: JobRow, bare: bool, cost: Decimal | None = None) -> None:
-        """One reported job; `bare`: it succeeded without output (see without_output);
-        `cost`: its actual costs known (ledger.per_job), None: looked up."""
-        self.jobs += 1
-        self.statuses[report_status(row.status)] += 1
-        if bare:
-            self.bare += 1
-        self._times(row.submitted_at, row.started_at, row.finished_at)
-        if cost is None:
-            cost = self.costs.get(row.job_id)
-        if cost is not None:
-            self.cost += cost
-        if row.cached:
+    def add(
+        self, rows: Sequence[JobRow], costs: Sequence[Decimal | None], bare: Sequence[bool]
+    ) -> None:
+        """Reported jobs (a chunk, in expansion order); `costs`: each one's actual costs known
+        (ledger.per_job; None: none); `bare`: whether it succeeded without output (see
+        without_output). A figure at a time over the chunk (100,000s of jobs a report)."""
+        self.jobs += len(rows)
+        statuses = self.statuses  # keyed by REPORT_STATUSES: report_status inline
+        for status in [r.status for r in rows]:
+            statuses[status if status in statuses else UNKNOWN] += 1
+        self.bare += sum(bare)
+        self._times(
+            [r.submitted_at for r in rows], [r.started_at for r in rows],
+            [r.finished_at for r in rows],
+        )  # fmt: skip
+        for cost in costs:
+            if cost is not None:
+                self.cost += cost
+        for row in [r for r in rows if r.cached]:
             self.cached += 1
             self.saved += row.saved_usd or 0.0
-        self.attempts += row.attempts
-        for f in row.files:
-            if f.error:
-                self.files["refused" if f.error.startswith("refused") else "failed"] += 1
-            elif f.name:
-                self.files["downloaded"] += 1
+        self.attempts += sum([r.attempts for r in rows])
+        for row in [r for r in rows if r.files]:
+            for f in row.files:
+                if f.error:
+                    self.files["refused" if f.error.startswith("refused") else "failed"] += 1
+                elif f.name:
+                    self.files["downloaded"] += 1
 
     def _times(
-        self, submitted: float | None, started: float | None, finished: float | None
+        self,
+        submitted: list[float | None],
+        started: list[float | None],
+        finished: list[float | None],
     ) -> None:
-        """The makespan's ends, and JobRow.queue_s and run_s (inline: 100,000s of jobs)."""
-        if submitted is not None:
-            first = self.first_submit
-            if first is None or submitted < first:
-                self.first_submit = submitted
-            if started is not None:
-                self.queue_s.append(max(0.0, started - submitted))
-        if finished is not None:
-            last = self.last_finish
-            if last is None or finished > last:
-                self.last_finish = finished
-            start = started or submitted
-            if start is not None:
-                self.run_s.append(max(0.0, finished - start))
+        """The makespan's ends, and JobRow.queue_s and run_s (inline)."""
+        submits = [s for s in submitted if s is not None]
+        if submits:
+            first = min(submits)
+            if self.first_submit is None or first < self.first_submit:
+                self.first_submit = first
+        finishes = [e for e in finished if e is not None]
+        if finishes:
+            last = max(finishes)
+            if self.last_finish is None or last > self.last_finish:
+                self.last_finish = last
+        self.queue_s.extend(
+            [
+                max(0.0, t - s)
+                for s, t in zip(submitted, started, strict=True)
+                if s is not None and t is not None
+            ]
+        )
+        self.run_s.extend(
+            [
+                max(0.0, e - a)
+                for a, e in zip(report_lines.starts(submitted, started), finished, strict=True)
+                if e is not None and a is not None
+            ]
+        )
 
     def summary(self) -> dict[str, Any]:
         first, last = self.first_submit, self.last_finish
@@ -385,7 +247,7 @@ class Tally:
             },
             # what the reported jobs' results said they cost: the sum of report.csv's cost_usd
             "cost_usd": float(round(self.cost, 6)),
-            **ledger.summary_of(self.money.total, self.money.gone),
+            **ledger.summary_of(self.money.total, self.money.gone()),
             "cached": self.cached,
             "saved_usd": round(self.saved, 6),
             "attempts": self.attempts,
@@ -398,41 +260,94 @@ def summarise(rows: Iterable[JobRow], attempts: Iterable[Attempt] = ()) -> dict[
     ledger's `attempts` (store/ledger.py)."""
     jobs = ReportJobs.of(rows, attempts)
     tally = Tally(jobs.money)
-    for row in jobs.rows:
-        tally.add(row, without_output(row))
+    reported, costs = [r for r, _ in jobs.rows], [c for _, c in jobs.rows]
+    tally.add(reported, costs, [without_output(r) for r in reported])
     return tally.summary()
+
+
+class _OtherFields(Exception):
+    """The jobs' input fields and var names are not those taken for theirs (ReportJobs.read)."""
 
 
 @dataclass
 class ReportJobs:
-    """The jobs a report is made of, in expansion order, read in one pass (a cursor on
-    state.db, or rows in memory); how many there are and their input fields and var names
-    (report.csv's columns) are known before."""
+    """The jobs a report is made of, in expansion order, each with its actual costs known
+    (ledger.per_job; None: none), read in one pass (a cursor on state.db, or rows in memory);
+    how many there are and their input fields and var names (report.csv's columns) are known
+    before. Where those were taken for theirs, reading `rows` raises _OtherFields when they
+    are not, and `exact` reads the jobs again with their fields found in full."""
 
-    rows: Iterable[JobRow]
+    rows: Iterable[tuple[JobRow, Decimal | None]]
     count: int
     inputs: list[str]
     var_names: list[str]
     money: Money
+    exact: Callable[[], ReportJobs] | None = None
 
     @classmethod
     def of(cls, rows: Iterable[JobRow], attempts: Iterable[Attempt] = ()) -> ReportJobs:
         """The reported ones of rows in memory, and the ledger's `attempts`."""
         jobs = _reported(rows)
+        attempts = list(attempts)
+        costs = ledger.per_job(attempts)
         money = Money.of(attempts, {r.job_id for r in jobs})
-        return cls(jobs, len(jobs), *_fields(jobs), money)
+        priced = [(r, costs.get(r.job_id)) for r in jobs]
+        return cls(priced, len(jobs), *_fields(jobs), money)
 
     @classmethod
     def read(cls, store: StateStore) -> ReportJobs:
         """The reported jobs of a state store and its ledger, read with cursors (inside one
-        `store.snapshot()`, every figure is of one moment)."""
-        inputs, var_names = store.report_fields()
+        `store.snapshot()`, every figure is of one moment). Their fields are taken to be the
+        columns of the report.csv beside state.db, checked on every job (they seldom change
+        from one report to the next, and finding them in every job's JSON with SQL costs a
+        tenth of a report); without one, they are found with SQL."""
         count = store.count(in_manifest_only=True)
-        rows = store.iter_rows(in_manifest_only=True)
-        return cls(rows, count, inputs, var_names, Money.read(store))
+
+        def exact() -> ReportJobs:
+            rows = store.report_rows()
+            return cls(rows, count, *store.report_fields(), Money.read(store, rows))
+
+        kept = reportcsv.fields(store.run_dir / "report.csv")
+        if kept is None:
+            return exact()
+        rows = store.report_rows()
+        checked = _fields_checked(rows, *kept)
+        return cls(checked, count, *kept, Money.read(store, rows), exact)
 
 
-_CHUNK = 500  # rows turned into report.csv lines at a time
+def _fields_checked(
+    rows: Iterable[tuple[JobRow, Decimal | None]], inputs: list[str], var_names: list[str]
+) -> Iterator[tuple[JobRow, Decimal | None]]:
+    """ROWS, raising _OtherFields unless the jobs' input fields and var names in first-seen
+    order (as _fields finds them) are INPUTS and VAR_NAMES: at the first job with another,
+    or once every job has been read."""
+    known_inputs, known_vars = set(inputs), set(var_names)
+    seen_inputs: dict[str, None] = {}
+    seen_vars: dict[str, None] = {}
+    for row, cost in rows:
+        given, named = row.inputs, row.vars
+        if type(given) is not dict or not given.keys() <= seen_inputs.keys():
+            if not dict.fromkeys(given).keys() <= known_inputs:
+                raise _OtherFields(row.job_id)
+            seen_inputs.update(dict.fromkeys(given))
+        if type(named) is not dict or not named.keys() <= seen_vars.keys():
+            if not dict.fromkeys(named).keys() <= known_vars:
+                raise _OtherFields(row.job_id)
+            seen_vars.update(dict.fromkeys(named))
+        yield row, cost
+    if list(seen_inputs) != inputs or list(seen_vars) != var_names:
+        raise _OtherFields("a field no job has")
+
+
+_CHUNK = 250  # jobs made into report.csv lines at a time (more cost memory, not time)
+_T = TypeVar("_T")
+
+
+def _batched(items: Iterable[_T], size: int) -> Iterator[list[_T]]:
+    """`items` in lists of `size` (the last one shorter), as they come."""
+    it = iter(items)
+    while chunk := list(islice(it, size)):
+        yield chunk
 
 
 def write_report(
@@ -457,29 +372,48 @@ def write_report(
     report.html carries the live line and reloads itself.
     """
     jobs = rows if isinstance(rows, ReportJobs) else ReportJobs.of(rows, attempts)
-    inputs, var_names = jobs.inputs, jobs.var_names
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        summary = _write_files(run_dir, jobs, rows_key, cols_key, mirror_urls, live)
+    except (_OtherFields, ChoiceError):
+        # The fields taken were not the jobs' (or the grid names a field they lacked):
+        # every file is made again with the jobs' own.
+        if jobs.exact is None:
+            raise
+        summary = _write_files(run_dir, jobs.exact(), rows_key, cols_key, mirror_urls, live)
+    summary |= dict(facts or {})
+    if live is not None:
+        summary["live"] = True
+    write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+
+
+def _write_files(
+    run_dir: Path,
+    jobs: ReportJobs,
+    rows_key: str | None,
+    cols_key: str | None,
+    mirror_urls: dict[str, list[str]] | None,
+    live: Live | None,
+) -> dict[str, Any]:
+    """write_report's report.csv and report.html (and its pages); summary.json's figures."""
+    inputs, var_names = jobs.inputs, jobs.var_names
     tally = Tally(jobs.money)
-    costs = tally.costs
     keys = ["model", *(INPUT_PREFIX + k for k in inputs), *(VAR_PREFIX + k for k in var_names)]
     sheet = Sheet(run_dir, jobs.count, keys, rows_key=rows_key, cols_key=cols_key, live=live)
     header = reportcsv.header(inputs, var_names, mirror=mirror_urls is not None)
     with gc_paused(), reportcsv.writer(run_dir / "report.csv", header) as write_rows:
-        chunk: list[JobRow] = []
-        for row in jobs.rows:
-            chunk.append(row)
-            if len(chunk) == _CHUNK:
-                write_rows(_lines(chunk, inputs, var_names, costs, tally, mirror_urls))
-                sheet.add(chunk)
-                chunk = []
-        write_rows(_lines(chunk, inputs, var_names, costs, tally, mirror_urls))
-        sheet.add(chunk)
+        for chunk in _batched(jobs.rows, _CHUNK):
+            rows, costs = [r for r, _ in chunk], [c for _, c in chunk]
+            mirrored = (
+                None if mirror_urls is None else [mirror_urls.get(r.job_id, []) for r in rows]
+            )
+            cells, bare = report_lines.lines(rows, costs, inputs, var_names, mirrored)
+            write_rows(cells)
+            tally.add(rows, costs, bare)
+            sheet.add(rows)
         sheet.finish()
-    summary = tally.summary() | dict(facts or {})
-    if live is not None:
-        summary["live"] = True
-    write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    return tally.summary()
 
 
 def write_from_state(
@@ -501,27 +435,6 @@ def write_from_state(
             )  # fmt: skip
         except ChoiceError:
             write_report(run_dir, ReportJobs.read(store), facts=facts, live=live)
-
-
-def _lines(
-    rows: list[JobRow],
-    inputs: list[str],
-    var_names: list[str],
-    costs: Costs,
-    tally: Tally,
-    mirror_urls: dict[str, list[str]] | None,
-) -> list[list[str]]:
-    """report.csv's lines of `rows`, each job added to `tally` on the way."""
-    lines = []
-    for row in rows:
-        known = cost = costs.get(row.job_id)
-        if cost is None and row.cached:
-            cost = Decimal(0)
-        mirrored = None if mirror_urls is None else mirror_urls.get(row.job_id, [])
-        cells, bare = _line(row, inputs, var_names, cost, mirrored)
-        lines.append(cells)
-        tally.add(row, bare, known)
-    return lines
 
 
 # state.db meta key of the mark the report files were last written at (see `report_mark`).

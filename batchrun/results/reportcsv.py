@@ -52,6 +52,21 @@ def header(inputs: Iterable[str], var_names: Iterable[str], *, mirror: bool = Fa
     return fixed + [INPUT_PREFIX + k for k in inputs] + [VAR_PREFIX + k for k in var_names]
 
 
+def fields(path: Path) -> tuple[list[str], list[str]] | None:
+    """The input fields and var names of the report.csv at PATH, as its header names them, in
+    order; None when there is none to read."""
+    try:
+        with open(path, encoding="utf-8", newline="") as fh:
+            columns = next(csv.reader(fh), None)
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return None
+    if not columns or columns[: len(COLUMNS)] != COLUMNS:
+        return None
+    inputs = [c.removeprefix(INPUT_PREFIX) for c in columns if c.startswith(INPUT_PREFIX)]
+    var_names = [c.removeprefix(VAR_PREFIX) for c in columns if c.startswith(VAR_PREFIX)]
+    return inputs, var_names
+
+
 def guard(text: str) -> str:
     """Defuse CSV formula injection: a spreadsheet would evaluate a cell starting with = + - @."""
     return "'" + text if text and text[0] in FORMULA_START else text
@@ -108,7 +123,7 @@ def write(path: Path, columns: list[str], rows: Iterable[list[str]]) -> Path:
 
 
 @contextmanager
-def writer(path: Path, columns: list[str]) -> Iterator[Callable[[Iterable[list[str]]], None]]:
+def writer(path: Path, columns: list[str]) -> Iterator[Callable[[Iterable[Sequence[str]]], None]]:
     """A report.csv written as its rows come: the block gets a function that writes rows of
     cells; the file appears whole at `path` when the block ends, not at all if it raises."""
     try:
@@ -127,12 +142,12 @@ def writer(path: Path, columns: list[str]) -> Iterator[Callable[[Iterable[list[s
         ) from None
 
 
-def _fast_rows(text: io.TextIOWrapper, out: Any) -> Callable[[Iterable[list[str]]], None]:
+def _fast_rows(text: io.TextIOWrapper, out: Any) -> Callable[[Iterable[Sequence[str]]], None]:
     """csv.writer's writerows, several times faster for the usual rows: a row none of whose
     cells holds a comma, a quote, a CR or a LF is its cells joined by commas (what the
     writer makes of it); the others go through the writer."""
 
-    def write_rows(rows: Iterable[list[str]]) -> None:
+    def write_rows(rows: Iterable[Sequence[str]]) -> None:
         lines: list[str] = []
         for cells in rows:
             line = ",".join(cells)

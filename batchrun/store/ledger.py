@@ -189,6 +189,17 @@ def per_job(attempts: Iterable[Attempt]) -> dict[str, Decimal]:
     return out
 
 
+def known_total(amounts: Iterable[str | None]) -> Decimal | None:
+    """The sum of the amounts (as state.db holds them) of one job's attempts that may have
+    been billed and have an actual cost: its entry in per_job (None when none is one)."""
+    total = None
+    for text in amounts:
+        value = amount(text)
+        if value is not None:
+            total = (_ZERO if total is None else total) + value  # as per_job adds
+    return total
+
+
 def _usd(value: Decimal) -> float:
     return float(round(value, 6))
 

@@ -46,6 +46,8 @@ def output_keys(output: Any) -> dict[str, str]:
 
 def collect_urls(output: Any) -> list[str]:
     """Every URL-looking string in `output`, in document order, each once."""
+    if type(output) is str:  # the usual bare URL, without the walk (a report asks 100,000s)
+        return [output] if "://" in output or output.startswith(("/", "\\")) else []
     return list(output_keys(output))
 
 

@@ -236,7 +236,7 @@ def decode_row(r: tuple[Any, ...]) -> JobRow:
         r[10],  # submitted_at
         r[11],  # started_at
         r[12],  # finished_at
-        None if cost is None else finite_cost(cost),  # cost_usd
+        cost if type(cost) is float and 0 <= cost < math.inf else finite_cost(cost),  # cost_usd
         None if output is None else _loads(output),  # output
         [OutputFile(**f) for f in _loads(files)] if files and files != "[]" else [],
         bool(r[16]),  # in_manifest

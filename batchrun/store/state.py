@@ -7,7 +7,7 @@ import itertools
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from decimal import Decimal
 from pathlib import Path
@@ -656,8 +656,8 @@ class StateStore(transitions.RowTransitions):
             return [ledger.Attempt.from_row(r) for r in cur.fetchall()]
 
     def known_cost(self) -> Decimal:
-        """The sum of known_costs (report.csv's cost_usd summed), read in groups of one
-        amount."""
+        """The sum of the jobs' actual costs known (report.csv's cost_usd summed, see
+        report_rows), read in groups of one amount."""
         with self._mutex:
             cur = self._conn.execute(
                 f"SELECT a.actual_usd, COUNT(*) FROM attempts a WHERE {_KNOWN_COST} AND "
@@ -667,18 +667,21 @@ class StateStore(transitions.RowTransitions):
         amounts = ((ledger.amount(text), n) for text, n in groups)
         return sum((amount * n for amount, n in amounts if amount is not None), Decimal(0))
 
-    def known_costs(self) -> Iterator[tuple[str, Decimal]]:
-        """(job id, actual cost) of every attempt that may have been billed and whose cost a
-        result gave, jobs of the manifest in plan order (ledger.per_job, read alongside the
-        jobs): a cursor."""
+    def report_rows(self) -> ReportRows:
+        """The jobs in the manifest, in expansion order, each with its actual costs known,
+        read with one cursor (ReportRows)."""
+        # A blob is no amount (ledger.amount); JSON cannot hold one.
         sql = (
-            "SELECT a.job_id, a.actual_usd FROM attempts a JOIN jobs j ON j.job_id = a.job_id "
-            f"WHERE j.in_manifest = 1 AND {_KNOWN_COST} ORDER BY j.position"
+            f"SELECT {self._columns}, (SELECT json_group_array(CASE WHEN {_KNOWN_COST} AND "
+            "typeof(a.actual_usd) = 'text' THEN a.actual_usd END) FROM attempts a WHERE "
+            "a.job_id = jobs.job_id) FROM jobs WHERE in_manifest = 1 ORDER BY position"
         )
-        for job_id, text in self._cursor(sql):
-            amount = ledger.amount(text)
-            if amount is not None:
-                yield job_id, amount
+        return ReportRows(self._cursor(sql), self._decode)
+
+    def attempt_count(self) -> int:
+        """How many attempts the ledger holds."""
+        with self._mutex:
+            return int(self._conn.execute("SELECT COUNT(*) FROM attempts").fetchone()[0])
 
     def attempts(self) -> list[ledger.Attempt]:
         """Every submit attempt of the folder, in the order they were made."""
@@ -837,6 +840,35 @@ class StateStore(transitions.RowTransitions):
                 (*params, round(time.time()), SUBMITTING),
             )
             return cur.rowcount
+
+
+class ReportRows:
+    """Jobs read with their row's amounts (StateStore.report_rows), each with its actual costs
+    known (ledger.per_job: those of its attempts that may have been billed and whose cost a
+    result gave, summed; None when there are none), looked up in the ledger by job id; and
+    `attempts`: how many attempts the ledger holds of the jobs read so far."""
+
+    def __init__(
+        self, rows: Iterator[tuple[Any, ...]], decode: Callable[[tuple[Any, ...]], records.JobRow]
+    ) -> None:
+        self.attempts = 0
+        self._rows, self._decode = rows, decode
+
+    def __iter__(self) -> Iterator[tuple[records.JobRow, Decimal | None]]:
+        # Each row ends with the JSON list of its job's attempts' amounts (null where there
+        # is none to count), which repeat from job to job.
+        known: dict[str, tuple[Decimal | None, int]] = {}
+        decode = self._decode
+        for r in self._rows:
+            amounts = r[-1]
+            total = known.get(amounts)
+            if total is None:
+                if len(known) > 10_000:
+                    known.clear()
+                listed = records.loads(amounts)
+                total = known[amounts] = (ledger.known_total(listed), len(listed))
+            self.attempts += total[1]
+            yield decode(r), total[0]
 
 
 def _same_places(conn: sqlite3.Connection, jobs: Iterable[JobLike]) -> bool:

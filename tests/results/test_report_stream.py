@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sqlite3
 import statistics
 from collections.abc import Iterable
 from decimal import Decimal
@@ -14,30 +15,43 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+import pytest
+
 from batchrun.plan.grid import Job
-from batchrun.results import reportcsv
+from batchrun.results import html_pages, report, reportcsv
+from batchrun.results.html_pages import more_pages
 from batchrun.results.html_report import (
     SAMPLE as MAX_CARDS,
+    Layout,
     Live,
     _axes,
     _has,
     _sections,
     _swept_in,
+    dimension_value,
+    dimension_values,
     esc,
+    field_keys,
+    href,
+    job_card,
     layout,
+    media,
     page,
+    show,
 )
 from batchrun.results.report import (
-    NO_OUTPUT,
     ReportJobs,
-    _cost,
     _reported,
-    _seconds,
-    _timestamp,
     files_mark,
     job_costs,
     write_from_state,
     write_report,
+)
+from batchrun.results.report_lines import (
+    NO_OUTPUT,
+    cost_text as _cost,
+    seconds as _seconds,
+    timestamp as _timestamp,
 )
 from batchrun.results.reportcsv import guard, join_cell, value_cell
 from batchrun.store import ledger, state as st
@@ -389,3 +403,240 @@ def test_the_files_mark_sees_any_file_written_replaced_or_removed(tmp_path: Path
     assert files_mark(tmp_path) != mark
     (tmp_path / "report.csv").unlink()  # one of the three gone: no mark
     assert files_mark(tmp_path) == ""
+
+
+# ---- cards and grids the former way (html_report.py before cards were made from forms) ----
+
+
+def former_card(job: JobRow, anchor: bool = True) -> str:
+    model = esc(job.model_id)
+    details, lines = [f"<dt>model</dt><dd>{model}</dd>"], [f"model: {model}"]
+    for k, v in job.inputs.items():
+        k, v = esc(k), esc(show(v))
+        details.append(f"<dt>{k}</dt><dd>{v}</dd>")
+        lines.append(f"{k}: {v}")
+    for k, v in job.vars.items():
+        name, v = esc(f"{{{k}}}"), esc(show(v))
+        details.append(f"<dt>{name}</dt><dd>{v}</dd>")
+        lines.append(f"{name}: {v}")
+    error = f'<div class="err">{esc(job.error)}</div>' if job.error else ""
+    job_id = esc(job.job_id)
+    id_attr = f' id="{job_id}"' if anchor else ""
+    status = esc(report_status(job.status))
+    badge = f'<span class="badge s-{status}">{status}</span> '
+    files = media(job.files, href) if job.files else ""
+    return (
+        f'<div class="job"{id_attr} title="{chr(10).join(lines)}">{badge}{files}{error}'
+        f"<details><summary>{job_id}</summary><dl>{''.join(details)}</dl></details></div>"
+    )
+
+
+def former_sections(jobs: list[JobRow], rk: str | None, ck: str | None, extra: list[str]) -> str:
+    """A grid per combination of the extra keys, each job's values read one at a time."""
+    sections: dict[tuple[str, ...], list[JobRow]] = {}
+    for job in jobs:
+        sections.setdefault(tuple(dimension_value(job, k) for k in extra), []).append(job)
+    out = []
+    for values, members in sections.items():
+        label = ", ".join(f"{k}={v}" for k, v in zip(extra, values, strict=True) if v != "")
+        if label:
+            out.append(f"<h2>{esc(label)}</h2>")
+        out.append(_former_grid(members, rk, ck))
+    return "\n".join(out)
+
+
+def _former_grid(jobs: list[JobRow], rk: str | None, ck: str | None) -> str:
+    rows: dict[str, dict[str, list[JobRow]]] = {}
+    col_vals: dict[str, None] = {}
+    for job in jobs:
+        c = dimension_value(job, ck) if ck else ""
+        col_vals[c] = None
+        rows.setdefault(dimension_value(job, rk) if rk else "", {}).setdefault(c, []).append(job)
+    corner = " \\ ".join(k for k in (rk, ck) if k)
+    head = "".join(f"<th>{esc(c or ('(not set)' if ck else ''))}</th>" for c in col_vals)
+    body = []
+    for r, cells in rows.items():
+        tds, empty = [], 0
+        for c in col_vals:
+            members = cells.get(c)
+            if members is None:
+                empty += 1
+                continue
+            if empty:
+                tds.append("<td></td>" if empty == 1 else f'<td colspan="{empty}"></td>')
+                empty = 0
+            tds.append("<td>" + "".join(former_card(j) for j in members) + "</td>")
+        if empty:
+            tds.append("<td></td>" if empty == 1 else f'<td colspan="{empty}"></td>')
+        body.append(f"<tr><th>{esc(r or ('(not set)' if rk else ''))}</th>{''.join(tds)}</tr>")
+    return (
+        f'<table class="grid"><thead><tr><th>{esc(corner)}</th>{head}</tr></thead>'
+        f"<tbody>{''.join(body)}</tbody></table>"
+    )
+
+
+def _awkward_jobs() -> list[JobRow]:
+    """Jobs whose field names and values need escaping (braces too: a card is a format)."""
+    values: list[object] = ["a<b>&c", "{0}", "}{", 7, -3, True, None, 1.5, [1, "x"], {"k": "{v}"}]
+    return [
+        JobRow(
+            f"aw{i}",
+            i,
+            "acme/{odd}<model>",
+            {"in{put}": v, "p": f"'{i}'\x1b"},
+            {"v}": values[-1 - i], "{w": i % 3},
+            status=["succeeded", "submitting"][i % 2],
+            error="" if i % 3 else "bad & <worse>",
+        )  # fmt: skip
+        for i, v in enumerate(values)
+    ]
+
+
+def test_cards_and_grids_say_what_the_former_way_said(tmp_path: Path) -> None:
+    run_dir = tmp_path / "mixed"
+    _mixed_folder(run_dir)
+    with StateStore.open(run_dir, create=False, lock=False) as store:
+        jobs = _reported(store.rows()) + _awkward_jobs()
+    for job in jobs:
+        assert job_card(job, href) == former_card(job)
+        assert job_card(job, href, anchor=False) == former_card(job, anchor=False)
+    keys = field_keys(jobs)
+    for key in keys:
+        assert dimension_values(jobs, key) == [dimension_value(job, key) for job in jobs]
+    for rk, ck, extra in [
+        ("input.seed", "var.color", []), ("model", None, ["input.duration"]),
+        (None, "input.in{put}", ["var.v}", "var.{w"]), (None, None, []),
+    ]:  # fmt: skip
+        made = _sections(jobs, rk, ck, extra, href, heading="h2")
+        assert "\n".join(made) == former_sections(jobs, rk, ck, extra)
+
+
+def _edit_ledger(run_dir: Path) -> None:
+    """Amounts edited by hand (exact text kept, damaged, negative, a blob) and jobs with more
+    than one attempt whose cost is known."""
+    conn = sqlite3.connect(run_dir / "state.db")
+    with conn:
+        seqs = [r[0] for r in conn.execute("SELECT seq FROM attempts WHERE answer = 'accepted'")]
+        edits: list[object] = [
+            "0.0300", "abc", "-1", b"0.02", " 0.05", "1E+2", "0.1234567", "NaN", None,
+        ]  # fmt: skip
+        for seq, text in zip(seqs[::3], edits, strict=False):
+            conn.execute("UPDATE attempts SET actual_usd = ? WHERE seq = ?", (text, seq))
+        conn.execute(  # a second accepted attempt of the jobs that have a known cost
+            "INSERT INTO attempts (job_id, attempt, model_id, origin, sent_at, answer, "
+            "request_id, estimate_usd, actual_usd, saved_usd, finished_at) SELECT job_id, "
+            "attempt + 1, model_id, origin, sent_at, 'accepted', 'again', estimate_usd, "
+            "'0.005', NULL, finished_at FROM attempts WHERE actual_usd IS NOT NULL"
+        )
+        conn.execute(  # an answer edited into something no answer is: may have been billed
+            "UPDATE attempts SET answer = 'odd', actual_usd = '0.07' WHERE seq = ?", (seqs[1],)
+        )
+    conn.close()
+
+
+def test_edited_ledger_amounts_cost_what_the_ledger_says(tmp_path: Path) -> None:
+    run_dir = tmp_path / "mixed"
+    _mixed_folder(run_dir)
+    _edit_ledger(run_dir)
+    former = former_files(run_dir)
+    write_from_state(run_dir, {"name": "mixed"}, None, None)
+    assert _files(run_dir) == former
+    with StateStore.open(run_dir, create=False, lock=False) as store:
+        rows, attempts = store.rows(), store.attempts()
+    costs = job_costs(_reported(rows), attempts)
+    assert {c for c in costs.values()} >= {Decimal("0.0350"), Decimal("100.005")}  # summed
+
+
+def test_the_pages_of_a_large_sweep_say_what_the_former_way_said(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(html_pages, "PAGE_CARDS", 7)
+    run_dir = tmp_path / "mixed"
+    _mixed_folder(run_dir)
+    _edit_ledger(run_dir)
+    former = former_files(run_dir)
+    write_from_state(run_dir, {"name": "mixed"}, "seed", "color")
+    made = _files(run_dir)
+    assert made["report.csv"] == former["report.csv"]
+    assert made["summary.json"] == former["summary.json"]
+    with StateStore.open(run_dir, create=False, lock=False) as store:
+        jobs = _reported(store.rows())
+    chosen = Layout.choose(jobs[:MAX_CARDS], field_keys(jobs), "seed", "color")
+    assert chosen.by_model is not None  # two models, not side by side: a section per model
+    pages = [run_dir / "report.html", *(run_dir / n for n in more_pages(run_dir))]
+    assert len(pages) == math.ceil(len(jobs) / 7) == 8
+    for number, path in enumerate(pages):
+        text = path.read_text()
+        for model in dict.fromkeys(j.model_id for j in jobs[number * 7 : number * 7 + 7]):
+            members = [j for j in jobs[number * 7 : number * 7 + 7] if j.model_id == model]
+            rk, ck, extra = chosen.model_axes(model, members)
+            grid = former_sections(members, rk, ck, extra).replace("<h2>", "<h3>")
+            assert grid.replace("</h2>", "</h3>") in text
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        "input.duration,input.prompt,input.seed,input.loop,var.color",  # the jobs' own
+        "input.prompt,input.seed,input.duration,input.loop,var.color",  # not first-seen order
+        "input.seed,input.prompt,input.duration,var.color",  # one field short
+        "input.seed,input.prompt,input.duration,input.loop,input.gone,var.color",  # one more
+        "input.seed,input.prompt,input.duration,input.loop",  # no var
+        "",  # no field
+    ],
+)
+def test_columns_kept_from_the_report_replaced_are_checked_on_every_job(
+    tmp_path: Path, header: str
+) -> None:
+    run_dir = tmp_path / "mixed"
+    _mixed_folder(run_dir)
+    former = former_files(run_dir)
+    fixed = ",".join(reportcsv.COLUMNS)
+    (run_dir / "report.csv").write_text(f"{fixed},{header}\r\nx\r\n" if header else f"{fixed}\r\n")
+    write_from_state(run_dir, {"name": "mixed"}, None, None)
+    assert _files(run_dir) == former
+    # the columns right: kept, and the files the same
+    assert reportcsv.fields(run_dir / "report.csv") == (
+        ["duration", "prompt", "seed", "loop"], ["color"]
+    )  # fmt: skip
+    write_from_state(run_dir, {"name": "mixed"}, None, None)
+    assert _files(run_dir) == former
+
+
+def test_a_grid_of_a_field_the_report_replaced_lacked_is_laid_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The grid is laid out from the first jobs (here 5), before a later one shows the field.
+    monkeypatch.setattr(html_pages, "SAMPLE", 5)
+    monkeypatch.setattr(report, "_CHUNK", 5)
+    jobs = [
+        Job(f"j{i}", MODELS[0], {"seed": i % 3, **({"extra": i % 2} if i >= 5 else {})}, {}, 0, i)
+        for i in range(12)
+    ]
+    run_dir = tmp_path / "run"
+    with StateStore.open(run_dir) as store:
+        store.add_jobs(jobs)
+    fixed = ",".join(reportcsv.COLUMNS)
+    (run_dir / "report.csv").write_text(f"{fixed},input.seed\r\n")
+    write_from_state(run_dir, {}, "extra", "seed")
+    made = _files(run_dir)
+    assert "rows: <b>input.extra</b>, columns: <b>input.seed</b>" in made["report.html"]
+    assert made["report.csv"].startswith(f"{fixed},input.seed,input.extra\r\n")
+
+
+def test_attempts_of_jobs_gone_from_state_db_are_counted_apart(tmp_path: Path) -> None:
+    run_dir = tmp_path / "mixed"
+    _mixed_folder(run_dir)
+    conn = sqlite3.connect(run_dir / "state.db")
+    with conn:  # jobs removed by hand: their attempts stay in the ledger
+        conn.execute(
+            "DELETE FROM jobs WHERE job_id IN (SELECT job_id FROM attempts WHERE "
+            "actual_usd IS NOT NULL AND job_id IN (SELECT job_id FROM jobs WHERE in_manifest = 1) "
+            "LIMIT 2)"
+        )
+    conn.close()
+    former = former_files(run_dir)
+    write_from_state(run_dir, {"name": "mixed"}, None, None)
+    assert _files(run_dir) == former
+    summary = json.loads(former["summary.json"])
+    assert summary["not_in_manifest"]["jobs"] == 12  # ten left the manifest, two left state.db
