@@ -98,6 +98,10 @@ def targets(results: dict[str, Any]) -> list[Target]:
          lambda v: v <= 10),
     ]  # fmt: skip
     out = [judge(name, val(sec, key), goal, test) for name, sec, key, goal, test in simple]
+    slots = _get(r, "regimes", "slot-bound", "batchrun")
+    if slots is not None and not r["params"].get("quick"):
+        value = slots.get("efficiency") if slots.get("rc") == 0 else None
+        out.append(judge("slot-bound regime: efficiency", value, ">= 0.95", lambda v: v >= 0.95))
     out[4:4] = plan_targets(r.get("plan") or {})
     ours: dict[str, Any] = (r.get("rate") or {}) if val("rate", "wall_s") else {}
     for i, (threads, row) in enumerate((r.get("baseline") or {}).items()):
