@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from pathlib import Path
 
@@ -95,7 +96,7 @@ def succeeded_shard(
     with StateStore.open(run_dir) as store:
         store.add_jobs(jobs, models=["m"])
         store.set_meta(name="shards", manifest="m.yaml", api_base=api_base, origin="simulator")
-    with sqlite3.connect(run_dir / "state.db") as conn:
+    with contextlib.closing(sqlite3.connect(run_dir / "state.db")) as conn, conn:
         conn.execute(
             "UPDATE jobs SET status = 'succeeded', request_id = 'req-' || job_id, attempts = 1, "
             "submitted_at = ?, started_at = ?, finished_at = ?, cost_usd = 0.01, output = ?",
