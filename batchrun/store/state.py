@@ -65,14 +65,6 @@ _ORIGIN_REF = (
     "(SELECT ref FROM names WHERE name = COALESCE((SELECT value FROM meta WHERE key = "
     "'origin'), ''))"
 )
-# A job added, or put in place of the one of its id (what the jobs of a manifest are made
-# of: its inputs and place), reported.
-_UPSERT_JOB = (
-    "INSERT INTO jobs (job_id, position, model_id, inputs, vars, repeat, updated_at) VALUES "
-    f"(?, ?, {_REF}, ?, ?, ?, ?) ON CONFLICT(job_id) DO UPDATE SET position = "
-    "excluded.position, model_id = excluded.model_id, inputs = excluded.inputs, vars = "
-    "excluded.vars, repeat = excluded.repeat, in_manifest = 1"
-)
 # Which folder each job a merge took came from (its number in the merge): a temporary table
 # of the connection, gone when the store closes (the jobs stay in `jobs`).
 _TAKEN = (
@@ -598,20 +590,19 @@ class StateStore(transitions.RowTransitions):
             conn.execute(_TAKEN)
             self._names(conn, {r.model_id for r in rows})
             now = round(time.time())
-            conn.executemany(
-                _UPSERT_JOB,
-                [
-                    (r.job_id, r.position, r.model_id, dumps(r.inputs), dumps(r.vars), r.repeat,
-                     now)
-                    for r in rows
-                ],
-            )  # fmt: skip
-            updates: dict[str, list[list[Any]]] = {}
+            # Each row in one statement: its job and import_job's changes to it.
+            statements: dict[tuple[str, ...], list[list[Any]]] = {}
             for r in rows:
-                sets, params = assignments(transitions.import_job(r))
-                updates.setdefault(sets, []).append([*params, now, r.job_id])
-            for sets, values in updates.items():
-                conn.executemany(f"UPDATE jobs SET {sets}, updated_at = ? WHERE job_id = ?", values)
+                changes = transitions.import_job(r)
+                row: list[Any] = [r.job_id, r.position, r.model_id, dumps(r.inputs),
+                                  dumps(r.vars), r.repeat, now]  # fmt: skip
+                row += [
+                    encode_field(name, value) if name in ENCODED_FIELDS else value
+                    for name, value in changes.items()
+                ]
+                statements.setdefault(tuple(changes), []).append(row)
+            for names, values in statements.items():
+                conn.executemany(_imported(names), values)
             conn.executemany(
                 "INSERT OR REPLACE INTO temp.taken (job_id, folder) VALUES (?, ?)",
                 [(r.job_id, folder) for r in rows],
@@ -682,7 +673,11 @@ class StateStore(transitions.RowTransitions):
         with self._tx(durable=True) as conn:
             self._names(conn, {row.model_id})
             conn.execute(
-                _UPSERT_JOB,
+                "INSERT INTO jobs (job_id, position, model_id, inputs, vars, repeat, "
+                f"updated_at) VALUES (?, ?, {_REF}, ?, ?, ?, ?) ON CONFLICT(job_id) DO UPDATE "
+                "SET position = excluded.position, model_id = excluded.model_id, "
+                "inputs = excluded.inputs, vars = excluded.vars, repeat = excluded.repeat, "
+                "in_manifest = 1",
                 (
                     row.job_id, row.position, row.model_id, dumps(row.inputs), dumps(row.vars),
                     row.repeat, round(time.time()),
@@ -917,6 +912,20 @@ class StateStore(transitions.RowTransitions):
                 (*params, round(time.time()), SUBMITTING),
             )
             return cur.rowcount
+
+
+def _imported(names: tuple[str, ...]) -> str:
+    """The statement that adds a job as another folder holds it, or puts it in the place of
+    the one of its id (what approve_job writes), with the fields `names` (plain values, as
+    import_job gives them)."""
+    return (
+        "INSERT INTO jobs (job_id, position, model_id, inputs, vars, repeat, updated_at, "
+        f"{', '.join(names)}) VALUES (?, ?, {_REF}, ?, ?, ?, ?{', ?' * len(names)}) "
+        "ON CONFLICT(job_id) DO UPDATE SET position = excluded.position, model_id = "
+        "excluded.model_id, inputs = excluded.inputs, vars = excluded.vars, repeat = "
+        "excluded.repeat, in_manifest = 1, updated_at = excluded.updated_at, "
+        + ", ".join(f"{name} = excluded.{name}" for name in names)
+    )
 
 
 def _same_places(conn: sqlite3.Connection, jobs: Iterable[JobLike]) -> bool:
