@@ -82,7 +82,7 @@ def merge_runs(
     The folders are read `page` jobs (and attempts) at a time and the merged state.db is
     written as they are read: memory does not grow with the number of jobs."""
     dest = Path(into)
-    sources = [look_at(Path(f)) for f in folders]
+    sources = [_look_at(Path(f)) for f in folders]
     _check_destination(dest, [s.folder for s in sources])
     origin = one_origin(sources, doing="merge")
     result = MergeResult(into=dest)
@@ -113,7 +113,7 @@ def merge_runs(
     return result
 
 
-def look_at(folder: Path, what: str = _SHARDS) -> Folder:
+def _look_at(folder: Path, what: str = _SHARDS) -> Folder:
     """A run folder and its meta; StateError when it is not one (`what` says which folders
     were wanted)."""
     with _opened(folder, what) as store:
@@ -250,7 +250,8 @@ def _conflict(job_id: str, a: tuple[JobRow, Folder], b: tuple[JobRow, Folder]) -
 
 
 def _place_files(store: StateStore, sources: list[Folder], work: Path, result: MergeResult) -> None:
-    """Each taken job's files, from the folder its row was taken from."""
+    """Each taken job's files, from the folder its row was taken from, read from `store` with
+    a cursor once every row is taken: a merge refused for a conflict has copied no file."""
     for number, files in store.taken_files():
         for out in files:
             if out.name and not out.error:
