@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from pathlib import Path
 
@@ -76,3 +77,36 @@ def as_version_5(conn: sqlite3.Connection) -> None:
         COMMIT;
         """
     )
+
+
+def succeeded_shard(
+    run_dir: Path, positions: range, *, api_base: str = "http://127.0.0.1:1"
+) -> None:
+    """A shard's run folder whose jobs (one a position of `positions`, job id `j<position>`)
+    all succeeded, each with its attempt in the ledger and an output URL (no file), made in a
+    few statements: a big folder in seconds. The meta says a simulated run."""
+    now = 1_700_000_000.0
+    jobs = [
+        Job(
+            job_id=f"j{p}", model_id="m", inputs={"prompt": f"prompt {p}", "seed": p},
+            vars={"p": p}, repeat=0, position=p,
+        )
+        for p in positions
+    ]  # fmt: skip
+    with StateStore.open(run_dir) as store:
+        store.add_jobs(jobs, models=["m"])
+        store.set_meta(name="shards", manifest="m.yaml", api_base=api_base, origin="simulator")
+    with contextlib.closing(sqlite3.connect(run_dir / "state.db")) as conn, conn:
+        conn.execute(
+            "UPDATE jobs SET status = 'succeeded', request_id = 'req-' || job_id, attempts = 1, "
+            "submitted_at = ?, started_at = ?, finished_at = ?, cost_usd = 0.01, output = ?",
+            (now - 3, now - 2, now, '"http://127.0.0.1/files/x.png"'),
+        )
+        conn.execute("INSERT OR IGNORE INTO names (name) VALUES ('simulator')")
+        conn.execute(
+            "INSERT INTO attempts (job_id, attempt, model_id, origin, sent_at, answer, "
+            "request_id, estimate_usd, actual_usd, finished_at) SELECT job_id, 1, model_id, "
+            "(SELECT ref FROM names WHERE name = 'simulator'), ?, 'accepted', '', '0.01', "
+            "'0.01', ? FROM jobs ORDER BY position",
+            (now - 3, now),
+        )

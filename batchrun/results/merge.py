@@ -6,19 +6,25 @@ either whole or absent. Every job's row and every attempt of the folders' ledger
 through StateStore (the run folder's format keeps its one home in state.py): the merged
 ledger is the sum of the shards', so it shows what the whole sweep spent against the whole
 cap (the sum of the shards' caps).
+
+The folders are read a page at a time and the merged state.db is written as they are read:
+whether a job was seen before, and in which folder, is looked up in the merged state.db
+being built, so memory holds a page, not the sweep.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import shutil
 import stat
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
+from typing import TypeVar
 
 from batchrun.catalog.pricing import plain
 from batchrun.errors import StateError
@@ -31,7 +37,10 @@ from batchrun.store.state import STATE_FILE, StateStore
 
 _MAX_CONFLICTS = 10
 _AGAIN = "run that shard again"
+_SHARDS = "the folders the shards ran in (their --run-dir)"
 _CHUNK = 1 << 20
+_PAGE = 2000  # jobs (and attempts) read from a folder and written to the merged one at a time
+T = TypeVar("T")
 
 
 @dataclass
@@ -47,46 +56,51 @@ class MergeResult:
 
 
 @dataclass(frozen=True)
-class Source:
-    """What merge and approve read of a run folder."""
+class Folder:
+    """A run folder and its meta."""
 
     folder: Path
     meta: dict[str, str]
+
+
+@dataclass(frozen=True)
+class Source(Folder):
+    """What approve reads of a run folder: its meta, reported jobs and ledger."""
+
     rows: list[JobRow]
     attempts: list[Attempt]
 
 
 def merge_runs(
-    folders: Sequence[str | os.PathLike[str]], into: str | os.PathLike[str]
+    folders: Sequence[str | os.PathLike[str]],
+    into: str | os.PathLike[str],
+    *,
+    page: int = _PAGE,
 ) -> MergeResult:
-    """Merge the run folders into `into` (new or empty); StateError when they disagree."""
+    """Merge the run folders into `into` (new or empty); StateError when they disagree.
+
+    The folders are read `page` jobs (and attempts) at a time and the merged state.db is
+    written as they are read: memory does not grow with the number of jobs."""
     dest = Path(into)
-    sources = [read_folder(Path(f)) for f in folders]
+    sources = [_look_at(Path(f)) for f in folders]
     _check_destination(dest, [s.folder for s in sources])
     origin = one_origin(sources, doing="merge")
-    chosen, duplicates = _combine(sources)
-    result = MergeResult(into=dest, jobs=len(chosen), duplicates=duplicates)
+    result = MergeResult(into=dest)
     shas = {s.meta.get("manifest_sha256") for s in sources}
     if len(shas) > 1:
         result.warnings.append(
             "the folders ran different versions of the manifest; jobs are matched by job id"
         )
+    meta = _meta(sources)
     with built_beside(dest, "merging") as work:
         with StateStore.open(work) as store:
-            rows = sorted((row for row, _ in chosen.values()), key=lambda r: r.position)
-            store.import_jobs(
-                rows, _ledger(sources, chosen), **_meta(sources),
-                **({"origin": origin} if origin else {}),
-            )  # fmt: skip
-            for row, source in chosen.values():
-                for out in row.files:
-                    if out.name and not out.error:
-                        linked = place_file(source.folder, work, out.name, out.sha256)
-                        result.linked += linked
-                        result.copied += not linked
+            result.jobs, result.duplicates = _take_rows(store, sources, page)
+            _place_files(store, sources, work, result)
+            _take_ledger(store, sources, page)
+            with store.batch(durable=True):  # every page above is made durable with it
+                store.set_meta(**meta, **({"origin": origin} if origin else {}))
             if origin == og.SIMULATOR:
                 (work / ".simulator").mkdir(exist_ok=True)  # a simulated folder, as its shards
-            meta = _meta(sources)
             facts: RunFacts = {
                 "origin": origin or meta.get("api_base", ""),
                 "name": sources[0].meta.get("name", ""),
@@ -99,20 +113,30 @@ def merge_runs(
     return result
 
 
-def read_folder(
-    folder: Path, what: str = "the folders the shards ran in (their --run-dir)"
-) -> Source:
+def _look_at(folder: Path, what: str = _SHARDS) -> Folder:
+    """A run folder and its meta; StateError when it is not one (`what` says which folders
+    were wanted)."""
+    with _opened(folder, what) as store:
+        return Folder(folder, store.meta())
+
+
+def read_folder(folder: Path, what: str = _SHARDS) -> Source:
     """A run folder's meta, reported jobs and ledger; StateError when it is not one."""
+    with _opened(folder, what) as store:
+        return Source(folder, store.meta(), store.rows(in_manifest_only=True), store.attempts())
+
+
+def _opened(folder: Path, what: str = _SHARDS) -> StateStore:
+    """The run folder's state.db opened to read; StateError when it has none."""
     if not (folder / STATE_FILE).is_file():
         raise StateError(
             f"{folder}: no {STATE_FILE} here, so not a run folder; give {what}, e.g. the "
             "downloaded artifacts"
         )
-    with StateStore.open(folder, create=False, lock=False) as store:
-        return Source(folder, store.meta(), store.rows(in_manifest_only=True), store.attempts())
+    return StateStore.open(folder, create=False, lock=False)
 
 
-def one_origin(sources: Sequence[Source], *, doing: str) -> str | None:
+def one_origin(sources: Sequence[Folder], *, doing: str) -> str | None:
     """The origin every folder's results came from; StateError (exit 2) naming the folders
     when they differ: simulated and real results never end up in one folder. `doing` is what
     is refused ('merge', 'approve')."""
@@ -146,34 +170,78 @@ def _untouched(row: JobRow) -> bool:
     return row.status == st.PENDING and not row.request_id and not row.attempts
 
 
-def _combine(sources: list[Source]) -> tuple[dict[str, tuple[JobRow, Source]], int]:
-    chosen: dict[str, tuple[JobRow, Source]] = {}
-    conflicts: list[str] = []
-    duplicates = 0
-    for source in sources:
-        for row in source.rows:
-            seen = chosen.get(row.job_id)
-            if seen is None or (_untouched(seen[0]) and not _untouched(row)):
-                chosen[row.job_id] = (row, source)
-            elif _untouched(row):
-                continue
-            elif _result(seen[0]) == _result(row):
-                duplicates += 1
-            else:
-                conflicts.append(_conflict(row.job_id, seen, (row, source)))
-    if conflicts:
-        more = len(conflicts) - _MAX_CONFLICTS
-        lines = conflicts[:_MAX_CONFLICTS] + ([f"... and {more} more"] if more > 0 else [])
+def _pages(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    it = iter(items)
+    while page := list(itertools.islice(it, size)):
+        yield page
+
+
+@dataclass
+class _Tally:
+    """What taking the folders' rows found: jobs, duplicates and conflicts (the first
+    `_MAX_CONFLICTS` said)."""
+
+    jobs: int = 0
+    duplicates: int = 0
+    conflicts: int = 0
+    lines: list[str] = field(default_factory=list)
+
+    def conflict(self, job_id: str, a: tuple[JobRow, Folder], b: tuple[JobRow, Folder]) -> None:
+        self.conflicts += 1
+        if len(self.lines) < _MAX_CONFLICTS:
+            self.lines.append(_conflict(job_id, a, b))
+
+
+def _take_rows(store: StateStore, sources: list[Folder], page: int) -> tuple[int, int]:
+    """Every reported job of the folders into `store`, a page at a time, each job's row taken
+    from the first folder that holds a result for it (any folder's, when none does); (jobs,
+    duplicates). StateError when two folders hold different results for a job."""
+    tally = _Tally()
+    for number, source in enumerate(sources):
+        with _opened(source.folder) as reading, reading.snapshot():
+            for rows in _pages(reading.iter_rows(in_manifest_only=True), page):
+                taken = store.taken(r.job_id for r in rows)
+                store.take_rows(_chosen(rows, taken, sources, source, tally), number)
+    if tally.conflicts:
+        more = tally.conflicts - _MAX_CONFLICTS
+        lines = tally.lines + ([f"... and {more} more"] if more > 0 else [])
         raise StateError(
-            f"{len(conflicts)} job(s) have different results in two folders; refusing to "
+            f"{tally.conflicts} job(s) have different results in two folders; refusing to "
             "merge (leave one of the two folders out, or run that job again in one):\n"
             + "\n".join(lines)
         )
-    return chosen, duplicates
+    return tally.jobs, tally.duplicates
 
 
-def _conflict(job_id: str, a: tuple[JobRow, Source], b: tuple[JobRow, Source]) -> str:
-    def say(row: JobRow, source: Source) -> str:
+def _chosen(
+    rows: list[JobRow],
+    taken: dict[str, tuple[JobRow, int]],
+    sources: list[Folder],
+    source: Folder,
+    tally: _Tally,
+) -> list[JobRow]:
+    """The rows of a page of `source` to take, given the rows taken before for their jobs
+    (`taken`: each with the number of its folder in `sources`): a new job, or a result in
+    place of an untouched job. A duplicate is counted, a conflict told to `tally`."""
+    out = []
+    for row in rows:
+        seen = taken.get(row.job_id)
+        if seen is None:
+            tally.jobs += 1
+            out.append(row)
+        elif _untouched(seen[0]) and not _untouched(row):
+            out.append(row)
+        elif _untouched(row):
+            continue
+        elif _result(seen[0]) == _result(row):
+            tally.duplicates += 1
+        else:
+            tally.conflict(row.job_id, (seen[0], sources[seen[1]]), (row, source))
+    return out
+
+
+def _conflict(job_id: str, a: tuple[JobRow, Folder], b: tuple[JobRow, Folder]) -> str:
+    def say(row: JobRow, source: Folder) -> str:
         status, request_id, shas = _result(row)
         sha = ",".join(s[:12] for s in shas) or "-"
         return f"{source.folder}: {status}, request {request_id or '-'}, sha256 {sha}"
@@ -181,7 +249,29 @@ def _conflict(job_id: str, a: tuple[JobRow, Source], b: tuple[JobRow, Source]) -
     return f"  job {job_id}: {say(*a)} | {say(*b)}"
 
 
-def _meta(sources: list[Source]) -> dict[str, str]:
+def _place_files(store: StateStore, sources: list[Folder], work: Path, result: MergeResult) -> None:
+    """Each taken job's files, from the folder its row was taken from, read from `store` with
+    a cursor once every row is taken: a merge refused for a conflict has copied no file."""
+    for number, files in store.taken_files():
+        for out in files:
+            if out.name and not out.error:
+                linked = place_file(sources[number].folder, work, out.name, out.sha256)
+                result.linked += linked
+                result.copied += not linked
+
+
+def _take_ledger(store: StateStore, sources: list[Folder], page: int) -> None:
+    """Every attempt of every folder, except a duplicate job's in the folders it was not taken
+    from (the same attempts twice); jobs a folder no longer reports still count. A page at a
+    time."""
+    for number, source in enumerate(sources):
+        with _opened(source.folder) as reading, reading.snapshot():
+            for attempts in _pages(reading.iter_attempts(), page):
+                owners = store.taken_from({a.job_id for a in attempts})
+                store.append_attempts(a for a in attempts if owners.get(a.job_id, number) == number)
+
+
+def _meta(sources: list[Folder]) -> dict[str, str]:
     calls: dict[str, int] = {}
     for source in sources:
         for kind, n in json.loads(source.meta.get("api_calls", "{}")).items():
@@ -201,18 +291,6 @@ def _meta(sources: list[Source]) -> dict[str, str]:
             meta[key] = plain(sum((Decimal(v) for v in values), Decimal(0)))
     meta["unpriced_jobs"] = str(sum(int(s.meta.get("unpriced_jobs") or 0) for s in sources))
     return meta
-
-
-def _ledger(sources: list[Source], chosen: dict[str, tuple[JobRow, Source]]) -> list[Attempt]:
-    """Every attempt of every folder, except a duplicate job's in the folders it was not taken
-    from (the same attempts twice); jobs a folder no longer reports still count."""
-    out = []
-    for source in sources:
-        for attempt in source.attempts:
-            owner = chosen.get(attempt.job_id)
-            if owner is None or owner[1] is source:
-                out.append(attempt)
-    return out
 
 
 def _money(meta: dict[str, str]) -> RunFacts:

@@ -65,6 +65,12 @@ _ORIGIN_REF = (
     "(SELECT ref FROM names WHERE name = COALESCE((SELECT value FROM meta WHERE key = "
     "'origin'), ''))"
 )
+# Which folder each job a merge took came from (its number in the merge): a temporary table
+# of the connection, gone when the store closes (the jobs stay in `jobs`).
+_TAKEN = (
+    "CREATE TEMP TABLE IF NOT EXISTS taken (job_id TEXT PRIMARY KEY, folder INTEGER NOT NULL) "
+    "WITHOUT ROWID"
+)
 # An attempt's request id as stored: '' when it is its job's (the job's row holds it).
 _REQUEST = (
     "CASE WHEN ? <> '' AND ? = (SELECT request_id FROM jobs WHERE job_id = ?) THEN '' ELSE "
@@ -573,6 +579,75 @@ class StateStore(transitions.RowTransitions):
         and files, written as they are. Its attempts come with `append_attempts`."""
         return self._update(row.job_id, transitions.import_job(row))
 
+    # ---- a merge of folders, a page at a time (results/merge.py) -------------------------
+
+    def take_rows(self, rows: Iterable[records.JobRow], folder: int) -> None:
+        """Other folders' rows as they hold them (one page of a merge), each added or put in
+        place of the one taken before for its job, and noted as taken from `folder` (see
+        `taken`), in one transaction."""
+        rows = list(rows)
+        with self._tx() as conn:
+            conn.execute(_TAKEN)
+            self._names(conn, {r.model_id for r in rows})
+            now = round(time.time())
+            # Each row in one statement: its job and import_job's changes to it.
+            statements: dict[tuple[str, ...], list[list[Any]]] = {}
+            for r in rows:
+                changes = transitions.import_job(r)
+                row: list[Any] = [r.job_id, r.position, r.model_id, dumps(r.inputs),
+                                  dumps(r.vars), r.repeat, now]  # fmt: skip
+                row += [
+                    encode_field(name, value) if name in ENCODED_FIELDS else value
+                    for name, value in changes.items()
+                ]
+                statements.setdefault(tuple(changes), []).append(row)
+            for names, values in statements.items():
+                conn.executemany(_imported(names), values)
+            conn.executemany(
+                "INSERT OR REPLACE INTO temp.taken (job_id, folder) VALUES (?, ?)",
+                [(r.job_id, folder) for r in rows],
+            )
+
+    def taken(self, job_ids: Iterable[str]) -> dict[str, tuple[records.JobRow, int]]:
+        """Of `job_ids`, the rows `take_rows` took, each with the folder it came from."""
+        sql = (
+            f"SELECT {self._columns}, (SELECT folder FROM temp.taken t WHERE t.job_id = "
+            "jobs.job_id) FROM jobs WHERE job_id IN (SELECT value FROM json_each(?))"
+        )
+        with self._mutex, gc_paused():
+            self._conn.execute(_TAKEN)
+            found = self._conn.execute(sql, (dumps(list(job_ids)),)).fetchall()
+        return {r[0]: (self._decode(r[:-1]), r[-1]) for r in found}
+
+    def taken_from(self, job_ids: Iterable[str]) -> dict[str, int]:
+        """Of `job_ids`, the folder `take_rows` took each job from (the jobs it took)."""
+        with self._mutex:
+            self._conn.execute(_TAKEN)
+            found = self._conn.execute(
+                "SELECT job_id, folder FROM temp.taken WHERE job_id IN (SELECT value FROM "
+                "json_each(?))",
+                (dumps(list(job_ids)),),
+            )
+            return dict(found.fetchall())
+
+    def taken_files(self) -> Iterator[tuple[int, list[records.OutputFile]]]:
+        """(the folder it came from, its files) of each job `take_rows` took that has files,
+        in the order they were first taken, read with a cursor."""
+        with self._mutex:
+            self._conn.execute(_TAKEN)
+        sql = (
+            "SELECT t.folder, jobs.files FROM jobs JOIN temp.taken t ON t.job_id = jobs.job_id "
+            "WHERE jobs.files NOT IN ('', '[]') ORDER BY jobs.rowid"
+        )
+        for folder, files in self._cursor(sql):
+            yield folder, [records.OutputFile(**f) for f in records.loads(files)]
+
+    def iter_attempts(self) -> Iterator[ledger.Attempt]:
+        """Every submit attempt of the folder, in the order they were made, read with a
+        cursor."""
+        sql = f"SELECT {self._attempt_columns} FROM attempts ORDER BY seq"
+        return (ledger.Attempt.from_row(r) for r in self._cursor(sql))
+
     # ---- the mirror bucket (store/mirrored.py) ------------------------------------------
 
     def mirrored(self) -> list[Mirrored]:
@@ -869,6 +944,20 @@ class ReportRows:
                 total = known[amounts] = (ledger.known_total(listed), len(listed))
             self.attempts += total[1]
             yield decode(r), total[0]
+
+
+def _imported(names: tuple[str, ...]) -> str:
+    """The statement that adds a job as another folder holds it, or puts it in the place of
+    the one of its id (what approve_job writes), with the fields `names` (plain values, as
+    import_job gives them)."""
+    return (
+        "INSERT INTO jobs (job_id, position, model_id, inputs, vars, repeat, updated_at, "
+        f"{', '.join(names)}) VALUES (?, ?, {_REF}, ?, ?, ?, ?{', ?' * len(names)}) "
+        "ON CONFLICT(job_id) DO UPDATE SET position = excluded.position, model_id = "
+        "excluded.model_id, inputs = excluded.inputs, vars = excluded.vars, repeat = "
+        "excluded.repeat, in_manifest = 1, updated_at = excluded.updated_at, "
+        + ", ".join(f"{name} = excluded.{name}" for name in names)
+    )
 
 
 def _same_places(conn: sqlite3.Connection, jobs: Iterable[JobLike]) -> bool:
