@@ -8,6 +8,7 @@ import hashlib
 import json
 import sqlite3
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -32,6 +33,33 @@ IMAGE_URL = (
 def clean_env(token: str | None = TOKEN, **extra: str) -> dict[str, str]:
     """The environment for a child process: no inherited RunComfy settings, our token."""
     return cli.clean_env(token, **extra)
+
+
+# Started from a small process: a child's peak RSS (ru_maxrss) starts at the peak of the
+# process it was spawned from (the memory it shared until its exec), here pytest's, which can
+# be larger than the command's own. The launcher's one child is all RUSAGE_CHILDREN counts.
+_LAUNCHER = (
+    "import resource, subprocess, sys\n"
+    "proc = subprocess.Popen(sys.argv[2:], stdout=subprocess.DEVNULL)\n"
+    "try:\n"
+    "    code = proc.wait(float(sys.argv[1]))\n"
+    "except subprocess.TimeoutExpired:\n"
+    "    proc.kill()\n"
+    "    raise\n"
+    "print(code, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n"
+)
+
+
+def own_peak_rss_mb(cmd: list[str], timeout: float) -> tuple[int, float]:
+    """Run `cmd` to its end (killed after `timeout` s); (exit code, its own peak RSS in MB,
+    as Linux counts it: ru_maxrss in KiB)."""
+    done = subprocess.run(
+        [sys.executable, "-c", _LAUNCHER, str(timeout), *cmd], env=clean_env(),
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    code, kib = done.stdout.split()
+    return int(code), int(kib) / 1024
 
 
 def start_simulator(*flags: str, token: str = TOKEN, timeout: float = 30.0) -> SimProcess:

@@ -4,7 +4,6 @@ of two shards at two sizes."""
 from __future__ import annotations
 
 import sqlite3
-import subprocess
 import sys
 from pathlib import Path
 
@@ -13,28 +12,7 @@ import pytest
 from testing.cli import batchrun_cmd
 from testing.folders import succeeded_shard
 
-from .conftest import clean_env
-
-# Started from a small process: a child's peak RSS (ru_maxrss) starts at the peak of the
-# process it was spawned from (the memory it shared until its exec), here pytest's, which can
-# be larger than a merge's.
-_LAUNCHER = (
-    "import os, subprocess, sys\n"
-    "proc = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL)\n"
-    "_, status, usage = os.wait4(proc.pid, 0)\n"
-    "print(os.waitstatus_to_exitcode(status), usage.ru_maxrss)\n"
-)
-
-
-def own_peak_rss_mb(cmd: list[str], timeout: float) -> tuple[int, float]:
-    """Run `cmd` to its end; (exit code, its own peak RSS in MB)."""
-    done = subprocess.run(
-        [sys.executable, "-c", _LAUNCHER, *cmd], env=clean_env(), capture_output=True,
-        text=True, timeout=timeout,
-    )  # fmt: skip
-    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr[-2000:]
-    code, kib = done.stdout.split()
-    return int(code), int(kib) / 1024  # ru_maxrss is in KiB on Linux
+from .conftest import own_peak_rss_mb
 
 
 @pytest.mark.slow

@@ -5,9 +5,7 @@ twice, judged on the simulator's books."""
 from __future__ import annotations
 
 import json
-import os
 import random
-import resource
 import signal
 import sqlite3
 import subprocess
@@ -19,7 +17,14 @@ import pytest
 
 from testing.cli import batchrun_cmd
 
-from .conftest import SimFactory, canonical_identity, clean_env, integrity, write_manifest
+from .conftest import (
+    SimFactory,
+    canonical_identity,
+    clean_env,
+    integrity,
+    own_peak_rss_mb,
+    write_manifest,
+)
 
 T2I = "google/nano-banana-2-lite/text-to-image"
 SEED = 20261204
@@ -45,25 +50,6 @@ def big_sweep(jobs: int, out: Path, **run: Any) -> dict[str, Any]:
     }
 
 
-def peak_rss_mb(cmd: list[str], timeout: float) -> tuple[int, float]:
-    """Run `cmd` to its end; (exit code, the child's own peak RSS in MB)."""
-    proc = subprocess.Popen(cmd, env=clean_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + timeout
-    while True:
-        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-        if pid:
-            break
-        if time.monotonic() > deadline:
-            proc.kill()
-            raise AssertionError(f"{cmd} did not end within {timeout} s")
-        time.sleep(0.05)
-    assert proc.stderr is not None
-    err = proc.stderr.read().decode()
-    assert "Traceback" not in err, err[-2000:]
-    scale = 1024 if resource.getpagesize() and os.uname().sysname == "Linux" else 1024 * 1024
-    return os.waitstatus_to_exitcode(status), usage.ru_maxrss * 1024 / scale / 1024
-
-
 @pytest.mark.slow
 def test_a_runs_peak_memory_does_not_grow_with_the_sweep(simulator: SimFactory, tmp_path: Path):
     sim = simulator("--workers", "0", "--run-time", "0.01", "--rate-limit", "5000/s")
@@ -74,7 +60,7 @@ def test_a_runs_peak_memory_does_not_grow_with_the_sweep(simulator: SimFactory, 
             big_sweep(jobs, tmp_path / f"run{jobs}", rate_limit="2000/s"),
         )
         cmd = batchrun_cmd("run", str(manifest), "--api-base", sim.base_url, "--quiet")
-        code, peaks[jobs] = peak_rss_mb(cmd, timeout=240)
+        code, peaks[jobs] = own_peak_rss_mb(cmd, timeout=240)
         assert code == 0
         with sqlite3.connect(tmp_path / f"run{jobs}" / "state.db") as db:
             done = db.execute("SELECT COUNT(*) FROM jobs WHERE status = 'succeeded'").fetchone()
