@@ -180,9 +180,7 @@ class RateLimiter:
         if rate is None:
             return 0.0
         k, window = self._window(rate)
-        sent, taken = self._sent, self._taken
-        while sent and now - sent[0] >= window:
-            sent.popleft()
+        sent, taken = self._sent_within(now, window), self._taken
         while taken and now - taken[0] >= window:
             taken.popleft()  # taken but never sent: no longer held against the window
         first_out = len(sent) + len(taken) - k  # sends that must leave the window first
@@ -243,9 +241,7 @@ class RateLimiter:
                 if rate is None:
                     return
                 k, window = self._window(rate)
-                sent, shared = self._sent, self.shared
-                while sent and now - sent[0] >= window:
-                    sent.popleft()
+                sent, shared = self._sent_within(now, window), self.shared
                 if len(sent) < k and shared is None:
                     self._sent_one(now)
                     return
@@ -258,6 +254,13 @@ class RateLimiter:
                         self._sent_one(self.clock())
                     return
             self.sleep(wait)
+
+    def _sent_within(self, now: float, window: float) -> deque[float]:
+        """The send times of the last `window` seconds (older ones dropped)."""
+        sent = self._sent
+        while sent and now - sent[0] >= window:
+            sent.popleft()
+        return sent
 
     def _sent_one(self, now: float) -> None:
         self._sent.append(now)

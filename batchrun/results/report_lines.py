@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from datetime import datetime, timezone
 from decimal import Decimal
 from itertools import repeat
-from typing import Any
+from typing import Any, TypeVar
 
 from batchrun.results.reportcsv import FORMULA_START, SEPARATOR, guard, join_cell, value_cell
 from batchrun.store.output_urls import collect_urls
@@ -21,6 +21,8 @@ from batchrun.util.safetext import printable
 
 # The error column of a job that succeeded with nothing to fetch: worth a look, not a failure.
 NO_OUTPUT = "succeeded without output: the result holds no output URL, so no file to download"
+
+K = TypeVar("K")
 
 _SECONDS: dict[int, str] = {}  # whole second -> its text: a run's jobs share few seconds
 
@@ -33,21 +35,19 @@ def timestamp(epoch: float | None) -> str:
     # Near the next second, rounding to microseconds may carry into it: format directly.
     if epoch - second > 0.999:
         return _format_time(epoch)
-    text = _SECONDS.get(second)
-    if text is None:
-        if len(_SECONDS) > 100_000:
-            _SECONDS.clear()
-        text = _SECONDS[second] = _format_time(second)
+    return _SECONDS.get(second) or _kept(_SECONDS, second, _format_time(second), 100_000)
+
+
+def _kept(cache: dict[K, str], key: K, text: str, limit: int) -> str:
+    """`text` remembered in `cache` under `key` (emptied first when it holds over `limit`)."""
+    if len(cache) > limit:
+        cache.clear()
+    cache[key] = text
     return text
 
 
 def _format_time(epoch: float) -> str:
     return datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def seconds(value: float | None) -> str:
-    """A duration as report.csv writes it (to the millisecond); '' for none."""
-    return "" if value is None else f"{value:.3f}"
 
 
 _COSTS: dict[float, str] = {}  # a model's price repeats from job to job
@@ -58,23 +58,14 @@ def cost_text(value: float | None) -> str:
     if value is None:
         return ""
     text = _COSTS.get(value) if value else None  # 0.0 == -0.0, yet they print apart
-    if text is None:
-        if len(_COSTS) > 10_000:
-            _COSTS.clear()
-        text = _COSTS[value] = f"{value:.6f}".rstrip("0").rstrip(".")
-    return text
+    return text or _kept(_COSTS, value, f"{value:.6f}".rstrip("0").rstrip("."), 10_000)
 
 
 _GUARDED: dict[str, str] = {}  # model ids: a sweep has a few
 
 
 def _guarded(text: str) -> str:
-    done = _GUARDED.get(text)
-    if done is None:
-        if len(_GUARDED) > 1000:
-            _GUARDED.clear()
-        done = _GUARDED[text] = guard(text)
-    return done
+    return _GUARDED.get(text) or _kept(_GUARDED, text, guard(text), 1000)
 
 
 _REPORTED = frozenset(REPORT_STATUSES)  # the statuses report_status keeps as they are

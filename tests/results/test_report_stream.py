@@ -50,7 +50,6 @@ from batchrun.results.report import (
 from batchrun.results.report_lines import (
     NO_OUTPUT,
     cost_text as _cost,
-    seconds as _seconds,
     timestamp as _timestamp,
 )
 from batchrun.results.reportcsv import guard, join_cell, value_cell
@@ -60,6 +59,12 @@ from batchrun.store.output_urls import collect_urls
 from batchrun.store.records import REPORT_STATUSES, SUCCEEDED, JobRow, OutputFile, report_status
 from batchrun.store.state import StateStore
 from batchrun.util.safetext import printable
+
+
+def _seconds(value: float | None) -> str:
+    """A duration as report.csv writes it (to the millisecond); '' for none."""
+    return "" if value is None else f"{value:.3f}"
+
 
 MODELS = ("acme/painter", "acme/mover")
 
