@@ -45,7 +45,12 @@ def test_status_reads_a_running_sweep_with_its_workers_from_the_database(
     run = {"rate_limit": "20/s", "max_in_flight": 4, "poll_interval": "0.2s", "lease": "5s"}
     manifest = write_manifest(tmp_path / "sweep.yaml", sweep(16, run=run, name="watched"))
     procs = _workers(manifest, sim, pg_url, tmp_path, 2)
-    assert wait_until(lambda: sim.stats()["submits"] >= 4, timeout=60)
+    # The first worker's first submits leave together: it may have sent 4 before the second
+    # has joined, so the status is read once both are in (within the same minute).
+    assert wait_until(
+        lambda: sim.stats()["submits"] >= 4 and len(_status("--state", pg_url)["workers"]) == 2,
+        timeout=60,
+    )
     live = _status("--state", pg_url)
     assert live["sweep"] == "watched" and live["total"] == 16
     assert len(live["workers"]) == 2  # both alive, whoever holds what
