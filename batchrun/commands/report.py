@@ -12,6 +12,7 @@ from batchrun.errors import BatchrunError, ChoiceError, UsageError
 from batchrun.plan.manifest import load_manifest
 from batchrun.results.report import (
     GRID_META,
+    REPORT_FILES,
     REPORT_FILES_META,
     REPORT_MARK_META,
     ReportJobs,
@@ -19,9 +20,10 @@ from batchrun.results.report import (
     files_mark,
     grid_choice,
     report_mark,
-    reports_current,
     summarise,
+    to_write,
     write_report,
+    write_sheet,
 )
 from batchrun.store import origin as og
 from batchrun.store.mirrored import urls_by_job
@@ -34,37 +36,41 @@ def report(run_dir: str, *, rows_key: str | None, cols_key: str | None) -> int:
         path, wrote = rewrite_report(Path(run_dir), rows_key=rows_key, cols_key=cols_key)
     except ChoiceError as exc:
         raise UsageError(f"--rows/--cols: {exc}") from None
-    names = ", ".join(str(path.with_name(n)) for n in ("summary.json", "report.html"))
-    if wrote:
-        click.echo(f"wrote {path}, {names}", err=True)
-    else:
-        click.echo(
-            f"up to date (nothing changed since they were written): {path}, {names}", err=True
-        )
+    if not wrote:
+        names = ", ".join(str(path.with_name(n)) for n in REPORT_FILES)
+        click.echo(f"up to date (nothing changed since they were written): {names}", err=True)
+    elif wrote == REPORT_FILES:
+        click.echo(f"wrote {', '.join(str(path.with_name(n)) for n in wrote)}", err=True)
+    else:  # another grid
+        kept = ", ".join(str(path.with_name(n)) for n in REPORT_FILES if n not in wrote)
+        shown = ", ".join(str(path.with_name(n)) for n in wrote)
+        click.echo(f"wrote {shown} (in its pages too); up to date: {kept}", err=True)
     return 0
 
 
 def rewrite_report(
     run_dir: Path, *, rows_key: str | None = None, cols_key: str | None = None
-) -> tuple[Path, bool]:
+) -> tuple[Path, tuple[str, ...]]:
     """report.csv, summary.json and report.html again from state.db (keeping the run's own
     figures); `rows_key`/`cols_key` choose report.html's grid. The jobs are read with a
     cursor, inside one snapshot of state.db. Files made from the same state, facts and grid,
-    untouched since, are left as they are (the same bytes). Their path, and whether they
-    were written."""
+    untouched since, are left as they are (the same bytes); with another grid alone,
+    report.csv and summary.json are. report.csv's path, and the names of the files written."""
     chosen = {"rows": rows_key, "cols": cols_key}
     with StateStore.open(run_dir, create=False, lock=False) as store, store.snapshot():
         meta = store.meta()
         revision = store.revision()
         rows_key, cols_key, facts = _layout_and_facts(run_dir, meta, rows_key, cols_key)
         mark = report_mark(revision, facts, rows_key, cols_key)
-        wrote = not reports_current(run_dir, meta, mark)
-        if wrote:
+        wrote = to_write(run_dir, meta, mark)
+        if wrote == ("report.html",):  # another grid: report.csv and summary.json are current
+            write_sheet(store, rows_key, cols_key, helped=True)
+        elif wrote:
             # A run with outputs.mirror: report.csv keeps its mirror_urls column.
             mirror_urls = urls_by_job(store.mirrored()) if meta.get("mirror") else None
             write_report(
-                Path(run_dir), ReportJobs.read(store), facts=facts, rows_key=rows_key,
-                cols_key=cols_key, mirror_urls=mirror_urls,
+                Path(run_dir), ReportJobs.read(store, helped=True), facts=facts,
+                rows_key=rows_key, cols_key=cols_key, mirror_urls=mirror_urls,
             )  # fmt: skip
     new = {GRID_META[axis]: name for axis, name in chosen.items() if name}
     # The grid chosen is kept (the next `run` lays report.html out the same way), with the
@@ -97,9 +103,16 @@ def _layout_and_facts(
     held = og.recorded(meta, run_dir)
     if held:
         facts["origin"] = held
-    # Unchosen: the grid an earlier `report --rows/--cols` chose, else the manifest's.
-    kept_rows, kept_cols = grid_choice(meta, *_manifest_grid(meta.get("manifest", "")))
-    return rows_key or kept_rows, cols_key or kept_cols, facts
+    # Unchosen: the grid an earlier `report --rows/--cols` chose, else the manifest's (read
+    # only then: parsing it costs a tenth of a second for a large sweep's).
+    rows_key, cols_key = (
+        rows_key or meta.get(GRID_META["rows"]),
+        cols_key or meta.get(GRID_META["cols"]),
+    )
+    if not rows_key or not cols_key:
+        kept_rows, kept_cols = grid_choice(meta, *_manifest_grid(meta.get("manifest", "")))
+        rows_key, cols_key = rows_key or kept_rows, cols_key or kept_cols
+    return rows_key, cols_key, facts
 
 
 def _manifest_grid(manifest: str) -> tuple[str | None, str | None]:

@@ -11,8 +11,11 @@ file is replaced atomically; pages a smaller sweep no longer has are removed.
 from __future__ import annotations
 
 import math
+import os
 import re
-from collections.abc import Iterable
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from itertools import islice
 from pathlib import Path
 
 from batchrun.results.html_report import (
@@ -34,6 +37,7 @@ from batchrun.store.records import JobRow, report_status
 PAGE_CARDS = 500  # jobs a page shows
 INDEX_VALUES = 1000  # a swept field with more values than this is left out of the index
 NEAR = 5  # a page links to the pages this near it (page 1 to every page)
+HELPED_PAGES = 20  # a sheet of fewer pages is drawn by one process (Helper.gains)
 _PAGE_NAME = re.compile(r"report-(\d+)\.html")
 
 
@@ -133,8 +137,10 @@ class Sheet:
         rows_key: str | None = None,
         cols_key: str | None = None,
         live: Live | None = None,
+        helper: Helper | None = None,
     ) -> None:
         self.run_dir = Path(run_dir)
+        self.helper = helper  # draws the pages from its first_page on
         self.title = f"batchrun: {self.run_dir.name}"
         self.pages = max(1, math.ceil(total / PAGE_CARDS))
         self.keys, self.rows_key, self.cols_key, self.live = keys, rows_key, cols_key, live
@@ -166,6 +172,9 @@ class Sheet:
             self._flush(self.buffer[:PAGE_CARDS])
             del self.buffer[:PAGE_CARDS]
         self.pages = self.written
+        if self.helper is not None:
+            for number, jobs in self.helper.join():  # the pages it did not draw
+                self.draw(number, jobs)
         body = [*heading(self.title, self.counts, sum(self.counts.values()))]
         if self.pages > 1:
             assert self.index is not None
@@ -178,19 +187,25 @@ class Sheet:
     def _choose(self) -> None:
         self.layout = Layout.choose(self.buffer[:SAMPLE], self.keys, self.rows_key, self.cols_key)
         self.index = AxisIndex(self.layout.axis_keys())
+        if self.helper is not None:
+            self.helper.start(self)
 
     def _flush(self, jobs: list[JobRow]) -> None:
         assert self.layout is not None and self.index is not None
         self.written += 1
         number = self.written
         self.index.add(jobs, number)
-        laid = grids(jobs, self.layout, href)
         if number == 1:
-            self.first = laid
-            return
+            self.first = grids(jobs, self.layout, href)
+        elif self.helper is None or number < self.helper.first_page:
+            self.draw(number, jobs)
+
+    def draw(self, number: int, jobs: list[JobRow]) -> None:
+        """Write page NUMBER (not the first: `finish` writes it) of its JOBS."""
+        assert self.layout is not None
         title = f"{self.title}: page {number}"
         pages = max(self.pages, number)
-        body = [f"<h1>{esc(title)}</h1>", nav(number, pages), *laid]
+        body = [f"<h1>{esc(title)}</h1>", nav(number, pages), *grids(jobs, self.layout, href)]
         # Not fsynced: 200 fsyncs would cost seconds at 100,000 jobs, and the pages are made
         # again from state.db by every write of the reports (page 1 is fsynced, the folder too).
         # A page that says what the file there says is left: most pages of a sweep where a few
@@ -209,6 +224,81 @@ class Sheet:
             found = _PAGE_NAME.fullmatch(path.name)
             if found and int(found[1]) > self.pages:
                 path.unlink(missing_ok=True)
+
+
+class Helper:
+    """A second process that draws the last `share` of the pages of a sheet of `total` jobs
+    (from `first_page` on), reading their jobs itself (`read`: the jobs from the one N jobs in
+    on, read there), while the sheet's own process reads every job (for the counts and the
+    index) and draws the pages before: on a machine with a core to spare, a large sheet is
+    made in about half the time. Should the helper fail (its read raises StaleRead when the
+    jobs changed since the sheet's own read began), the sheet draws those pages itself, from
+    `reread` (the same, read by the sheet's process). For a process with one thread (forked:
+    any other thread is not there in it)."""
+
+    def __init__(
+        self,
+        total: int,
+        share: float,
+        read: Callable[[int], Iterable[JobRow]],
+        reread: Callable[[int], Iterable[JobRow]],
+    ) -> None:
+        pages = max(1, math.ceil(total / PAGE_CARDS))
+        # page 1 waits for the index of every page: the sheet's process draws it
+        self.first_page = max(2, pages - round(pages * share) + 1)
+        self._read, self._reread = read, reread
+        self._pid: int | None = None
+
+    @staticmethod
+    def gains(total: int) -> bool:
+        """Whether a helper would make the sheet of `total` jobs sooner, and safely: not when
+        it is small (the fork costs more), nor without a core to spare, nor without fork, nor
+        in a process running other threads (what they hold would stay held in the fork)."""
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+        pages = math.ceil(total / PAGE_CARDS)
+        alone = threading.active_count() == 1  # a fork copies this thread alone
+        return pages >= HELPED_PAGES and cores > 1 and hasattr(os, "fork") and alone
+
+    def start(self, sheet: Sheet) -> None:
+        """Fork the helper, once `sheet` has its layout."""
+        if self.first_page > sheet.pages:
+            return
+        pid = os.fork()
+        if pid == 0:  # the helper: its exit status says whether it drew every page
+            code = 1
+            try:
+                for number, jobs in self._pages(self._read):
+                    sheet.draw(number, jobs)
+                code = 0
+            finally:
+                os._exit(code)  # nothing of the sheet's process is flushed or closed twice
+        self._pid = pid
+
+    def join(self) -> Iterator[tuple[int, list[JobRow]]]:
+        """The pages the helper did not draw, each with its jobs: none when it drew them all."""
+        if self.wait() == 0:
+            return iter(())
+        return self._pages(self._reread)
+
+    def wait(self) -> int | None:
+        """Wait for the helper, if one was started and not waited for: its exit code (0: it
+        drew every page); then it can be started again (a sheet made again)."""
+        if self._pid is None:
+            return None
+        _, status = os.waitpid(self._pid, 0)
+        self._pid = None
+        return os.waitstatus_to_exitcode(status)
+
+    def _pages(self, read: Callable[[int], Iterable[JobRow]]) -> Iterator[tuple[int, list[JobRow]]]:
+        jobs = iter(read((self.first_page - 1) * PAGE_CARDS))
+        number = self.first_page
+        while chunk := list(islice(jobs, PAGE_CARDS)):
+            yield number, chunk
+            number += 1
+
+
+class StaleRead(Exception):
+    """The jobs a helper read are not those of the sheet it helps: a run wrote meanwhile."""
 
 
 def _holds(path: Path, text: str) -> bool:

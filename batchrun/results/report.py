@@ -21,7 +21,7 @@ from typing import Any, TypedDict, TypeVar
 from batchrun import __version__
 from batchrun.errors import ChoiceError
 from batchrun.results import report_lines, reportcsv
-from batchrun.results.html_pages import Sheet, more_pages
+from batchrun.results.html_pages import Helper, Sheet, StaleRead, more_pages
 from batchrun.results.html_report import Live
 from batchrun.results.reportcsv import (
     INPUT_PREFIX,
@@ -283,6 +283,7 @@ class ReportJobs:
     var_names: list[str]
     money: Money
     exact: Callable[[], ReportJobs] | None = None
+    helper: Helper | None = None  # draws report.html's later pages (sheet_helper)
 
     @classmethod
     def of(cls, rows: Iterable[JobRow], attempts: Iterable[Attempt] = ()) -> ReportJobs:
@@ -295,24 +296,28 @@ class ReportJobs:
         return cls(priced, len(jobs), *_fields(jobs), money)
 
     @classmethod
-    def read(cls, store: StateStore) -> ReportJobs:
+    def read(cls, store: StateStore, *, helped: bool = False) -> ReportJobs:
         """The reported jobs of a state store and its ledger, read with cursors (inside one
         `store.snapshot()`, every figure is of one moment). Their fields are taken to be the
         columns of the report.csv beside state.db, checked on every job (they seldom change
         from one report to the next, and finding them in every job's JSON with SQL costs a
-        tenth of a report); without one, they are found with SQL."""
+        tenth of a report); without one, they are found with SQL. `helped`: report.html's
+        pages but the first are drawn by a second process (call from a process with one
+        thread): report.csv's lines cost this one about what they cost it."""
         count = store.count(in_manifest_only=True)
+        helper = sheet_helper(store, count, share=1) if helped else None
 
         def exact() -> ReportJobs:
             rows = store.report_rows()
-            return cls(rows, count, *store.report_fields(), Money.read(store, rows))
+            money = Money.read(store, rows)
+            return cls(rows, count, *store.report_fields(), money, helper=helper)
 
         kept = reportcsv.fields(store.run_dir / "report.csv")
         if kept is None:
             return exact()
         rows = store.report_rows()
         checked = _fields_checked(rows, *kept)
-        return cls(checked, count, *kept, Money.read(store, rows), exact)
+        return cls(checked, count, *kept, Money.read(store, rows), exact, helper)
 
 
 def _fields_checked(
@@ -397,23 +402,83 @@ def _write_files(
     live: Live | None,
 ) -> dict[str, Any]:
     """write_report's report.csv and report.html (and its pages); summary.json's figures."""
-    inputs, var_names = jobs.inputs, jobs.var_names
+    inputs, var_names, helper = jobs.inputs, jobs.var_names, jobs.helper
     tally = Tally(jobs.money)
-    keys = ["model", *(INPUT_PREFIX + k for k in inputs), *(VAR_PREFIX + k for k in var_names)]
-    sheet = Sheet(run_dir, jobs.count, keys, rows_key=rows_key, cols_key=cols_key, live=live)
+    sheet = Sheet(
+        run_dir, jobs.count, _sheet_keys(inputs, var_names), rows_key=rows_key,
+        cols_key=cols_key, live=live, helper=helper,
+    )  # fmt: skip
     header = reportcsv.header(inputs, var_names, mirror=mirror_urls is not None)
-    with gc_paused(), reportcsv.writer(run_dir / "report.csv", header) as write_rows:
-        for chunk in _batched(jobs.rows, _CHUNK):
-            rows, costs = [r for r, _ in chunk], [c for _, c in chunk]
-            mirrored = (
-                None if mirror_urls is None else [mirror_urls.get(r.job_id, []) for r in rows]
-            )
-            cells, bare = report_lines.lines(rows, costs, inputs, var_names, mirrored)
-            write_rows(cells)
-            tally.add(rows, costs, bare)
-            sheet.add(rows)
-        sheet.finish()
+    try:
+        with gc_paused(), reportcsv.writer(run_dir / "report.csv", header) as write_rows:
+            for chunk in _batched(jobs.rows, _CHUNK):
+                rows, costs = [r for r, _ in chunk], [c for _, c in chunk]
+                mirrored = (
+                    None if mirror_urls is None else [mirror_urls.get(r.job_id, []) for r in rows]
+                )
+                cells, bare = report_lines.lines(rows, costs, inputs, var_names, mirrored)
+                write_rows(cells)
+                tally.add(rows, costs, bare)
+                sheet.add(rows)
+            sheet.finish()
+    finally:
+        if helper is not None:
+            helper.wait()  # a sheet given up (made again with other fields): its helper too
     return tally.summary()
+
+
+def _sheet_keys(inputs: list[str], var_names: list[str]) -> list[str]:
+    """The fields report.html lays its grid out by (html_report.field_keys)."""
+    return ["model", *(INPUT_PREFIX + k for k in inputs), *(VAR_PREFIX + k for k in var_names)]
+
+
+def write_sheet(
+    store: StateStore, rows_key: str | None, cols_key: str | None, *, helped: bool = False
+) -> None:
+    """report.html (and its pages) alone, of the jobs as `store` holds them (read with a
+    cursor: call inside one `store.snapshot()`), in the grid chosen, beside report.csv and
+    summary.json of the same state (to_write): their input fields and var names are those of
+    that report.csv's columns. `helped`: a large sheet's later pages are drawn by a second
+    process (sheet_helper; call from a process with one thread). A grid that names no swept
+    field raises ChoiceError."""
+    run_dir = store.run_dir
+    inputs, var_names = reportcsv.fields(run_dir / "report.csv") or store.report_fields()
+    count = store.count(in_manifest_only=True)
+    # Drawing a page costs about as much as reading its jobs: the helper draws the last
+    # two thirds, this process reads every job and draws the first third.
+    helper = sheet_helper(store, count, share=2 / 3) if helped else None
+    sheet = Sheet(
+        run_dir, count, _sheet_keys(inputs, var_names), rows_key=rows_key,
+        cols_key=cols_key, helper=helper,
+    )  # fmt: skip
+    try:
+        with gc_paused():
+            for chunk in _batched(store.iter_rows(in_manifest_only=True), _CHUNK):
+                sheet.add(chunk)
+            sheet.finish()
+    finally:
+        if helper is not None:
+            helper.wait()
+
+
+def sheet_helper(store: StateStore, count: int, *, share: float) -> Helper | None:
+    """A Helper that draws the last `share` of the pages of the sheet of the `count` jobs
+    in the manifest of `store`, reading them through a connection of its own (in the same
+    state: inside the snapshot this one is in); None where it would not gain."""
+    if not Helper.gains(count):
+        return None
+    revision = store.revision()
+
+    def read(offset: int) -> Iterator[JobRow]:  # in the helper's process
+        with StateStore.open(store.run_dir, create=False, lock=False) as own, own.snapshot():
+            if own.revision() != revision:
+                raise StaleRead(f"revision {own.revision()}, not {revision}")
+            yield from own.iter_rows(in_manifest_only=True, offset=offset)
+
+    def reread(offset: int) -> Iterator[JobRow]:
+        return store.iter_rows(in_manifest_only=True, offset=offset)
+
+    return Helper(count, share, read, reread)
 
 
 def write_from_state(
@@ -450,11 +515,18 @@ _PER_RUN_FACTS = frozenset(
 def report_mark(
     revision: int, facts: RunFacts | None, rows_key: str | None, cols_key: str | None
 ) -> str:
-    """What the report files are made of, in short: the state's revision (StateStore.revision)
-    and the layout and facts that are not per run. Equal marks: the same files."""
+    """What the report files are made of, in short: the state's revision (StateStore.revision),
+    the facts that are not per run, and report.html's grid, as `revision:facts:grid`. Equal
+    marks: the same files. Marks equal but for the grid: the same report.csv and summary.json
+    (see `to_write`)."""
     kept = {k: v for k, v in (facts or {}).items() if k not in _PER_RUN_FACTS}
-    text = json.dumps([kept, rows_key, cols_key], sort_keys=True, default=str)
-    return f"{revision}:{hashlib.sha256(text.encode()).hexdigest()[:16]}"
+    return f"{revision}:{_digest(json.dumps(kept, sort_keys=True, default=str), 16)}:" + _digest(
+        json.dumps([rows_key, cols_key]), 16
+    )
+
+
+def _digest(text: str, size: int) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:size]
 
 
 def reports_present(run_dir: Path) -> bool:
@@ -467,26 +539,45 @@ REPORT_FILES_META = "report_files"
 
 
 def files_mark(run_dir: Path) -> str:
-    """The report files of RUN_DIR as they are on disk, in short: each one's name, size, inode
-    and times (every write replaces a file whole), and the version of batchrun; '' when one
-    is missing. Equal marks: no file was written, replaced or removed meanwhile."""
+    """The report files of RUN_DIR as they are on disk, in short: report.csv's and
+    summary.json's mark, then report.html's and its pages' (`data:sheet`), each of the files'
+    names, sizes, inodes and times (every write replaces a file whole) and the version of
+    batchrun; a part is '' when one of its files is missing. Equal parts: none of their files
+    was written, replaced or removed meanwhile."""
     run_dir = Path(run_dir)
+    data = _stats_mark(run_dir, _DATA_FILES)
+    return f"{data}:{_stats_mark(run_dir, [_SHEET_FILE, *more_pages(run_dir)])}"
+
+
+_DATA_FILES = ("report.csv", "summary.json")  # made of the jobs and the facts
+_SHEET_FILE = "report.html"  # and its pages: made of the jobs and the grid
+
+
+def _stats_mark(run_dir: Path, names: Iterable[str]) -> str:
     stats = []
     try:
-        for name in [*REPORT_FILES, *more_pages(run_dir)]:
+        for name in names:
             st = (run_dir / name).stat()
             stats.append([name, st.st_size, st.st_ino, st.st_mtime_ns, st.st_ctime_ns])
     except OSError:
         return ""
-    text = json.dumps([__version__, stats])
-    return hashlib.sha256(text.encode()).hexdigest()[:32]
+    return _digest(json.dumps([__version__, stats]), 32)
 
 
-def reports_current(run_dir: Path, meta: dict[str, str], mark: str) -> bool:
-    """Whether RUN_DIR's report files are those made at `mark` (report_mark), untouched
-    since: writing them again would write the same bytes."""
-    recorded = meta.get(REPORT_FILES_META)
-    return meta.get(REPORT_MARK_META) == mark and bool(recorded) and files_mark(run_dir) == recorded
+def to_write(run_dir: Path, meta: dict[str, str], mark: str) -> tuple[str, ...]:
+    """Which of RUN_DIR's report files to write for them to be those made at `mark`
+    (report_mark): none when they are those, untouched since; report.html alone (and its
+    pages) when only it differs (another grid, or it was touched) and report.csv and
+    summary.json are those of the mark's state and facts, untouched since; else all."""
+    data_was, _, sheet_was = meta.get(REPORT_FILES_META, "").partition(":")
+    data_now, _, sheet_now = files_mark(run_dir).partition(":")
+    recorded = meta.get(REPORT_MARK_META, "")
+    same_data = recorded.rpartition(":")[0] == mark.rpartition(":")[0]  # all but the grid
+    if not same_data or not data_was or data_now != data_was:
+        return REPORT_FILES
+    if recorded != mark or not sheet_was or sheet_now != sheet_was:
+        return (_SHEET_FILE,)
+    return ()
 
 
 # state.db meta keys of the grid chosen with `batchrun report --rows/--cols`: later runs keep it.

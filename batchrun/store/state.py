@@ -316,11 +316,13 @@ class StateStore(transitions.RowTransitions):
         in_manifest_only: bool = False,
         statuses: Iterable[str] | None = None,
         cached_only: bool = False,
+        offset: int = 0,
     ) -> Iterator[records.JobRow]:
         """The jobs (in the manifest only; in one of `statuses` only; taken from the cache
-        only), in expansion order, read with a cursor: memory holds one page of rows, not the
-        folder's."""
-        where, params = ["in_manifest = 1"] if in_manifest_only else [], []
+        only), in expansion order, from the one `offset` jobs in on, read with a cursor:
+        memory holds one page of rows, not the folder's."""
+        where = ["in_manifest = 1"] if in_manifest_only else []
+        params: list[Any] = []
         if cached_only:
             where.append("cached = 1")
         if statuses is not None:
@@ -331,6 +333,9 @@ class StateStore(transitions.RowTransitions):
                 where.append(ACTIVE)  # the index of unfinished jobs serves the query
         clause = f"WHERE {' AND '.join(where)} " if where else ""
         sql = f"SELECT {self._columns} FROM jobs {clause}ORDER BY position"
+        if offset:
+            sql = f"{sql} LIMIT -1 OFFSET ?"
+            params.append(offset)
         return (self._decode(r) for r in self._cursor(sql, params))
 
     def _cursor(self, sql: str, params: Iterable[Any] = ()) -> Iterator[tuple[Any, ...]]:

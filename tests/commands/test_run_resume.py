@@ -139,8 +139,28 @@ def test_reports_are_rewritten_only_when_something_changed(tmp_path):
     assert wrote.code == 0 and "wrote " in wrote.stderr
     assert all(_files(run_dir)[n] != before[n] for n in REPORT_FILES)
     assert {n: (run_dir / n).read_bytes() for n in REPORT_FILES} == texts
-    # Another grid asked for: written again, in that grid.
+    # Another grid asked for: report.html alone is written again, in that grid; report.csv
+    # and summary.json are those of the same jobs and facts, and stay.
     again = _files(run_dir)
-    assert invoke("report", str(run_dir), "--rows", "n", "--cols", "who").code == 0
-    assert all(_files(run_dir)[n] != again[n] for n in REPORT_FILES)
-    assert "rows: <b>var.n</b>" in (run_dir / "report.html").read_text()
+    regrid = invoke("report", str(run_dir), "--rows", "n", "--cols", "who")
+    assert regrid.code == 0 and "up to date: " in regrid.stderr, regrid.stderr
+    now = _files(run_dir)
+    assert now["report.html"] != again["report.html"]
+    assert all(now[n] == again[n] for n in ("report.csv", "summary.json"))
+    sheet = (run_dir / "report.html").read_text()
+    assert "rows: <b>var.n</b>" in sheet
+    # ... the page every file written again in that grid makes
+    (run_dir / "report.csv").write_bytes(texts["report.csv"])  # touched: every file is made
+    assert "wrote " in invoke("report", str(run_dir)).stderr  # the grid chosen is kept
+    assert (run_dir / "report.html").read_text() == sheet
+    assert {n: (run_dir / n).read_bytes() for n in ("report.csv", "summary.json")} == {
+        n: texts[n] for n in ("report.csv", "summary.json")
+    }
+    # report.html touched (report.csv and summary.json not): it alone is written again.
+    before = _files(run_dir)
+    (run_dir / "report.html").write_text("edited\n")
+    touched = _files(run_dir)
+    assert "up to date: " in invoke("report", str(run_dir)).stderr
+    assert (run_dir / "report.html").read_text() == sheet
+    assert all(_files(run_dir)[n] == before[n] for n in ("report.csv", "summary.json"))
+    assert _files(run_dir)["report.html"] != touched["report.html"]

@@ -394,9 +394,11 @@ def test_the_files_mark_sees_any_file_written_replaced_or_removed(tmp_path: Path
     for name in names:
         (tmp_path / name).write_text(name)
     mark = files_mark(tmp_path)
-    assert mark and files_mark(tmp_path) == mark
-    (tmp_path / "report-3.html").unlink()  # a page gone
-    assert files_mark(tmp_path) not in ("", mark)
+    data, sheet = mark.split(":")
+    assert data and sheet and files_mark(tmp_path) == mark
+    (tmp_path / "report-3.html").unlink()  # a page gone: report.html's part alone changes
+    assert files_mark(tmp_path).split(":") not in ([data, ""], [data, sheet])
+    assert files_mark(tmp_path).split(":")[0] == data
     (tmp_path / "report-3.html").write_text("report-3.html")  # back, the same bytes: new file
     assert files_mark(tmp_path) != mark
     mark = files_mark(tmp_path)
@@ -405,9 +407,12 @@ def test_the_files_mark_sees_any_file_written_replaced_or_removed(tmp_path: Path
         f.write("S")
     later = summary.stat().st_mtime_ns + 10**9
     os.utime(summary, ns=(later, later))
-    assert files_mark(tmp_path) != mark
-    (tmp_path / "report.csv").unlink()  # one of the three gone: no mark
-    assert files_mark(tmp_path) == ""
+    assert files_mark(tmp_path).split(":")[1] == mark.split(":")[1]
+    assert files_mark(tmp_path).split(":")[0] not in ("", mark.split(":")[0])
+    (tmp_path / "report.csv").unlink()  # one of report.csv and summary.json gone: no mark
+    assert files_mark(tmp_path).split(":")[0] == ""
+    (tmp_path / "report.html").unlink()
+    assert files_mark(tmp_path) == ":"
 
 
 # ---- cards and grids the former way (html_report.py before cards were made from forms) ----
@@ -645,3 +650,114 @@ def test_attempts_of_jobs_gone_from_state_db_are_counted_apart(tmp_path: Path) -
     assert _files(run_dir) == former
     summary = json.loads(former["summary.json"])
     assert summary["not_in_manifest"]["jobs"] == 12  # ten left the manifest, two left state.db
+
+
+# ---- report.html's later pages drawn by a second process ----
+
+
+def _folder_files(run_dir: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(run_dir.iterdir()) if p.suffix != ".db"}
+
+
+def _forks(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The pids os.fork returns in this process from now on."""
+    made: list[int] = []
+    fork = os.fork
+
+    def counted() -> int:
+        pid = fork()
+        if pid:
+            made.append(pid)
+        return pid
+
+    monkeypatch.setattr(os, "fork", counted)
+    return made
+
+
+@pytest.mark.parametrize("grid", [(None, None), ("seed", "color")])
+@pytest.mark.parametrize("sample", [5, MAX_CARDS])  # the layout chosen mid-way, or at the end
+def test_a_helper_process_draws_the_pages_one_process_would(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, grid: tuple[str | None, str | None],
+    sample: int,
+) -> None:  # fmt: skip
+    monkeypatch.setattr(html_pages, "PAGE_CARDS", 7)
+    monkeypatch.setattr(html_pages, "SAMPLE", sample)
+    monkeypatch.setattr(report, "_CHUNK", 4)
+    made = {}
+    for helped in (False, True):
+        run_dir = tmp_path / str(helped) / "mixed"
+        _mixed_folder(run_dir)
+        monkeypatch.setattr(html_pages, "HELPED_PAGES", 2 if helped else 10**9)
+        forks = _forks(monkeypatch)
+        with StateStore.open(run_dir, create=False, lock=False) as store, store.snapshot():
+            write_report(run_dir, ReportJobs.read(store, helped=True), rows_key=grid[0],
+                         cols_key=grid[1])  # fmt: skip
+            every = _folder_files(run_dir)
+            # another grid, report.html alone (helped: its last two thirds by the helper)
+            report.write_sheet(store, *(grid[::-1] if grid[0] else ("color", "seed")), helped=True)
+        assert len(forks) == (2 if helped else 0)
+        made[helped] = every, _folder_files(run_dir)
+    assert made[True] == made[False]
+    pages = made[True][0]
+    assert len([n for n in pages if n.startswith("report")]) == 1 + 8  # report.csv, 8 pages
+    assert made[True][1]["report-8.html"] != pages["report-8.html"]  # the other grid
+
+
+def test_pages_a_helper_did_not_draw_are_drawn_by_the_sheet(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(html_pages, "PAGE_CARDS", 7)
+    run_dir = tmp_path / "mixed"
+    _mixed_folder(run_dir)
+    with StateStore.open(run_dir, create=False, lock=False) as store:
+        jobs = _reported(store.rows())
+    keys = field_keys(jobs)
+    html_pages.Sheet(run_dir, len(jobs), keys).add(jobs)
+    sheet = html_pages.Sheet(run_dir, len(jobs), keys)
+    sheet.add(jobs)
+    sheet.finish()
+    alone = _folder_files(run_dir)
+    for name in alone:
+        if name.endswith(".html"):
+            (run_dir / name).unlink()
+
+    def fails(offset: int) -> list[JobRow]:
+        raise html_pages.StaleRead("changed")
+
+    def rereads(offset: int) -> list[JobRow]:
+        reread.append(offset)
+        return jobs[offset:]
+
+    reread: list[int] = []
+    helper = html_pages.Helper(len(jobs), 0.5, fails, rereads)
+    forks = _forks(monkeypatch)
+    sheet = html_pages.Sheet(run_dir, len(jobs), keys, helper=helper)
+    sheet.add(jobs)
+    sheet.finish()
+    assert len(forks) == 1 and helper.first_page == 5 and reread == [28]
+    assert _folder_files(run_dir) == alone
+
+
+def test_a_helper_that_reads_another_state_draws_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A run writes between the report's first read and the helper's: the pages are all of
+    # the state the report read, as report.csv is.
+    monkeypatch.setattr(html_pages, "PAGE_CARDS", 7)
+    monkeypatch.setattr(html_pages, "HELPED_PAGES", 2)
+    before, after = tmp_path / "before" / "mixed", tmp_path / "after" / "mixed"
+    for run_dir in (before, after):
+        _mixed_folder(run_dir)
+    with StateStore.open(before, create=False, lock=False) as store, store.snapshot():
+        write_report(before, ReportJobs.read(store))
+    forks = _forks(monkeypatch)
+    with StateStore.open(after, create=False, lock=False) as store, store.snapshot():
+        jobs = ReportJobs.read(store, helped=True)  # the snapshot begins: the count
+        with StateStore.open(after, create=False) as writer:  # the run
+            last = _reported(writer.rows())[-1].job_id
+            writer.record_result(last, st.FAILED, finished_at=5000.0, error="late")
+        write_report(after, jobs)
+    assert _folder_files(after) == _folder_files(before)
+    with StateStore.open(after, create=False, lock=False) as store:
+        assert store.get(last).error == "late"  # written, and not in the report
+    assert len(forks) == 1
