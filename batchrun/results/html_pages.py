@@ -10,13 +10,16 @@ file is replaced atomically; pages a smaller sweep no longer has are removed.
 
 from __future__ import annotations
 
+import copy
 import math
 import os
+import pickle
 import re
 import threading
-from collections.abc import Callable, Iterable, Iterator
-from itertools import islice
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from batchrun.results.html_report import (
     SAMPLE,
@@ -37,7 +40,7 @@ from batchrun.store.records import JobRow, report_status
 PAGE_CARDS = 500  # jobs a page shows
 INDEX_VALUES = 1000  # a swept field with more values than this is left out of the index
 NEAR = 5  # a page links to the pages this near it (page 1 to every page)
-HELPED_PAGES = 20  # a sheet of fewer pages is drawn by one process (Helper.gains)
+HELPED_PAGES = 20  # a report of fewer pages is made by one process (Helper.gains)
 _PAGE_NAME = re.compile(r"report-(\d+)\.html")
 
 
@@ -60,9 +63,13 @@ class AxisIndex:
         self.dropped: list[str] = []  # fields with too many values to list
 
     def add(self, jobs: list[JobRow], number: int) -> None:
+        self.add_values({key: dimension_values(jobs, key) for key in self.pages}, number)
+
+    def add_values(self, found: dict[str, list[str]], number: int) -> None:
+        """Page NUMBER's values of each field still indexed (`found`, in first-seen order)."""
         for key in list(self.pages):
             values = self.pages[key]
-            for value in dict.fromkeys(dimension_values(jobs, key)):
+            for value in dict.fromkeys(found[key]):
                 ranges = values.setdefault(value, [])
                 if ranges and ranges[-1][1] >= number - 1:
                     ranges[-1][1] = number
@@ -87,6 +94,26 @@ class AxisIndex:
                 f"<p>not indexed (over {INDEX_VALUES:,} values): {esc(', '.join(self.dropped))}</p>"
             )
         return "".join(out)
+
+
+class PageValues:
+    """What AxisIndex.add would take of each page (its values of each field), kept to be
+    added to another sheet's index (Sheet.take). A field is kept until it has shown more than
+    INDEX_VALUES values: by then, the index it is added to has dropped it too."""
+
+    def __init__(self, keys: Iterable[str]) -> None:
+        self.seen: dict[str, set[str]] = {k: set() for k in keys}
+        self.found: list[tuple[int, dict[str, list[str]]]] = []
+
+    def add(self, jobs: list[JobRow], number: int) -> None:
+        page = {}
+        for key in list(self.seen):
+            values = list(dict.fromkeys(dimension_values(jobs, key)))
+            page[key] = values
+            self.seen[key].update(values)
+            if len(self.seen[key]) > INDEX_VALUES:
+                del self.seen[key]
+        self.found.append((number, page))
 
 
 def _ranges(ranges: list[list[int]]) -> str:
@@ -137,15 +164,13 @@ class Sheet:
         rows_key: str | None = None,
         cols_key: str | None = None,
         live: Live | None = None,
-        helper: Helper | None = None,
     ) -> None:
         self.run_dir = Path(run_dir)
-        self.helper = helper  # draws the pages from its first_page on
         self.title = f"batchrun: {self.run_dir.name}"
         self.pages = max(1, math.ceil(total / PAGE_CARDS))
         self.keys, self.rows_key, self.cols_key, self.live = keys, rows_key, cols_key, live
         self.layout: Layout | None = None
-        self.index: AxisIndex | None = None
+        self.index: AxisIndex | PageValues | None = None
         self.buffer: list[JobRow] = []
         self.counts: dict[str, int] = {}
         self.seen = 0
@@ -172,12 +197,9 @@ class Sheet:
             self._flush(self.buffer[:PAGE_CARDS])
             del self.buffer[:PAGE_CARDS]
         self.pages = self.written
-        if self.helper is not None:
-            for number, jobs in self.helper.join():  # the pages it did not draw
-                self.draw(number, jobs)
         body = [*heading(self.title, self.counts, sum(self.counts.values()))]
         if self.pages > 1:
-            assert self.index is not None
+            assert isinstance(self.index, AxisIndex)
             body += [nav(1, self.pages, every=True), self.index.html()]
         text = self._page(self.title, body + self.first)
         path = write_text(self.run_dir / page_name(1), text)
@@ -187,8 +209,34 @@ class Sheet:
     def _choose(self) -> None:
         self.layout = Layout.choose(self.buffer[:SAMPLE], self.keys, self.rows_key, self.cols_key)
         self.index = AxisIndex(self.layout.axis_keys())
-        if self.helper is not None:
-            self.helper.start(self)
+
+    def later(self, first_page: int) -> Sheet:
+        """This sheet (its layout chosen) to go on in another process from page FIRST_PAGE on
+        (its first job the next `add`): it draws those pages and keeps their counts and
+        index values for this one to `take` (Helper)."""
+        assert self.layout is not None and isinstance(self.index, AxisIndex)
+        part = copy.copy(self)
+        part.buffer, part.counts, part.written, part.first = [], {}, first_page - 1, []
+        part.index = PageValues(self.index.pages)
+        return part
+
+    def handed(self) -> SheetPart:
+        """What a `later` part hands back once every job of it was added: its last pages
+        drawn, its counts and index values."""
+        assert isinstance(self.index, PageValues)
+        while self.buffer:
+            self._flush(self.buffer[:PAGE_CARDS])
+            del self.buffer[:PAGE_CARDS]
+        return SheetPart(self.counts, self.index.found, self.written)
+
+    def take(self, part: SheetPart) -> None:
+        """The pages a `later` part drew, as if this sheet had: their counts and index."""
+        assert isinstance(self.index, AxisIndex) and not self.buffer
+        for status, n in part.counts.items():
+            self.counts[status] = self.counts.get(status, 0) + n
+        for number, found in part.found:
+            self.index.add_values(found, number)
+        self.written = part.written
 
     def _flush(self, jobs: list[JobRow]) -> None:
         assert self.layout is not None and self.index is not None
@@ -197,12 +245,7 @@ class Sheet:
         self.index.add(jobs, number)
         if number == 1:
             self.first = grids(jobs, self.layout, href)
-        elif self.helper is None or number < self.helper.first_page:
-            self.draw(number, jobs)
-
-    def draw(self, number: int, jobs: list[JobRow]) -> None:
-        """Write page NUMBER (not the first: `finish` writes it) of its JOBS."""
-        assert self.layout is not None
+            return
         title = f"{self.title}: page {number}"
         pages = max(self.pages, number)
         body = [f"<h1>{esc(title)}</h1>", nav(number, pages), *grids(jobs, self.layout, href)]
@@ -226,79 +269,83 @@ class Sheet:
                 path.unlink(missing_ok=True)
 
 
-class Helper:
-    """A second process that draws the last `share` of the pages of a sheet of `total` jobs
-    (from `first_page` on), reading their jobs itself (`read`: the jobs from the one N jobs in
-    on, read there), while the sheet's own process reads every job (for the counts and the
-    index) and draws the pages before: on a machine with a core to spare, a large sheet is
-    made in about half the time. Should the helper fail (its read raises StaleRead when the
-    jobs changed since the sheet's own read began), the sheet draws those pages itself, from
-    `reread` (the same, read by the sheet's process). For a process with one thread (forked:
-    any other thread is not there in it)."""
+@dataclass
+class SheetPart:
+    """The pages a part of a sheet drew in another process (Sheet.later): its jobs' counts
+    by status, each page's index values (PageValues.found) and the number of its last page."""
 
-    def __init__(
-        self,
-        total: int,
-        share: float,
-        read: Callable[[int], Iterable[JobRow]],
-        reread: Callable[[int], Iterable[JobRow]],
-    ) -> None:
-        pages = max(1, math.ceil(total / PAGE_CARDS))
-        # page 1 waits for the index of every page: the sheet's process draws it
-        self.first_page = max(2, pages - round(pages * share) + 1)
-        self._read, self._reread = read, reread
+    counts: dict[str, int]
+    found: list[tuple[int, dict[str, list[str]]]]
+    written: int
+
+
+class Helper:
+    """A second process that makes the part of a report of its later jobs: those from the
+    one `start` jobs in on (page `first_page`'s first, about half of them), forked once the
+    report's process has its layout, while that process makes the part before; `join` gives
+    what it hands back (its work's value). On a machine with a core to spare a large report
+    is made in about half the time. Should it fail (its read raises StaleRead when the jobs
+    changed since the report's own read began), `join` gives None and the report's process
+    goes on with those jobs itself. For a process with one thread (forked: any other thread
+    is not there in the fork)."""
+
+    def __init__(self, total: int) -> None:
+        self.first_page = max(2, math.ceil(total / PAGE_CARDS) // 2 + 1)
+        self.start = (self.first_page - 1) * PAGE_CARDS
         self._pid: int | None = None
+        self._answer = -1  # the pipe the helper answers on
 
     @staticmethod
     def gains(total: int) -> bool:
-        """Whether a helper would make the sheet of `total` jobs sooner, and safely: not when
-        it is small (the fork costs more), nor without a core to spare, nor without fork, nor
-        in a process running other threads (what they hold would stay held in the fork)."""
+        """Whether a helper would make the report of `total` jobs sooner, and safely: not
+        when it is small (the fork costs more), nor without a core to spare, nor without
+        fork, nor in a process running other threads (what they hold would stay held in
+        the fork)."""
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
         pages = math.ceil(total / PAGE_CARDS)
-        alone = threading.active_count() == 1  # a fork copies this thread alone
+        alone = threading.active_count() == 1
         return pages >= HELPED_PAGES and cores > 1 and hasattr(os, "fork") and alone
 
-    def start(self, sheet: Sheet) -> None:
-        """Fork the helper, once `sheet` has its layout."""
-        if self.first_page > sheet.pages:
-            return
+    @property
+    def started(self) -> bool:
+        return self._pid is not None
+
+    def fork(self, work: Callable[[], object]) -> None:
+        """Start the helper: it runs WORK, and hands its value back through a pipe."""
+        answer, told = os.pipe()
         pid = os.fork()
-        if pid == 0:  # the helper: its exit status says whether it drew every page
+        if pid == 0:  # the helper: its exit status says whether it did its work
             code = 1
             try:
-                for number, jobs in self._pages(self._read):
-                    sheet.draw(number, jobs)
+                os.close(answer)
+                data = pickle.dumps(work(), protocol=pickle.HIGHEST_PROTOCOL)
+                with os.fdopen(told, "wb") as out:
+                    out.write(data)
                 code = 0
             finally:
-                os._exit(code)  # nothing of the sheet's process is flushed or closed twice
-        self._pid = pid
+                os._exit(code)  # nothing of the report's process is flushed or closed twice
+        os.close(told)
+        self._pid, self._answer = pid, answer
 
-    def join(self) -> Iterator[tuple[int, list[JobRow]]]:
-        """The pages the helper did not draw, each with its jobs: none when it drew them all."""
-        if self.wait() == 0:
-            return iter(())
-        return self._pages(self._reread)
-
-    def wait(self) -> int | None:
-        """Wait for the helper, if one was started and not waited for: its exit code (0: it
-        drew every page); then it can be started again (a sheet made again)."""
+    def join(self) -> Any:
+        """The value of the helper's work; None when it failed, or was not started."""
         if self._pid is None:
             return None
+        with os.fdopen(self._answer, "rb") as answer:
+            data = answer.read()  # before the wait: a helper blocks on a full pipe
         _, status = os.waitpid(self._pid, 0)
         self._pid = None
-        return os.waitstatus_to_exitcode(status)
+        if os.waitstatus_to_exitcode(status) != 0:
+            return None
+        return pickle.loads(data)  # what the fork of this process wrote  # noqa: S301
 
-    def _pages(self, read: Callable[[int], Iterable[JobRow]]) -> Iterator[tuple[int, list[JobRow]]]:
-        jobs = iter(read((self.first_page - 1) * PAGE_CARDS))
-        number = self.first_page
-        while chunk := list(islice(jobs, PAGE_CARDS)):
-            yield number, chunk
-            number += 1
+    def wait(self) -> None:
+        """Wait for the helper, if one was started and not joined (a report given up)."""
+        self.join()
 
 
 class StaleRead(Exception):
-    """The jobs a helper read are not those of the sheet it helps: a run wrote meanwhile."""
+    """The jobs a helper read are not those of the report it helps: a run wrote meanwhile."""
 
 
 def _holds(path: Path, text: str) -> bool:

@@ -9,9 +9,11 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import statistics
 from array import array
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from decimal import Decimal
 from itertools import islice
@@ -21,7 +23,7 @@ from typing import Any, TypedDict, TypeVar
 from batchrun import __version__
 from batchrun.errors import ChoiceError
 from batchrun.results import report_lines, reportcsv
-from batchrun.results.html_pages import Helper, Sheet, StaleRead, more_pages
+from batchrun.results.html_pages import Helper, Sheet, SheetPart, StaleRead, more_pages
 from batchrun.results.html_report import Live
 from batchrun.results.reportcsv import (
     INPUT_PREFIX,
@@ -155,10 +157,9 @@ class Money:
 
 class Tally:
     """summary.json's figures of the reported jobs, added up a chunk of jobs at a time
-    (`add`), so a report is made in one pass over them."""
+    (`add`), so a report is made in one pass over them (or in two parts: `take`)."""
 
-    def __init__(self, money: Money) -> None:
-        self.money = money
+    def __init__(self) -> None:
         self.jobs = 0
         self.statuses = dict.fromkeys(REPORT_STATUSES, 0)
         self.bare = 0
@@ -168,7 +169,7 @@ class Tally:
         self.run_s: array[float] = array("d")
         self.cost = Decimal(0)
         self.cached = 0
-        self.saved = 0.0
+        self.saved: array[float] = array("d")  # each cached job's, summed in order
         self.attempts = 0
         self.files = {"downloaded": 0, "refused": 0, "failed": 0}
 
@@ -192,7 +193,7 @@ class Tally:
                 self.cost += cost
         for row in [r for r in rows if r.cached]:
             self.cached += 1
-            self.saved += row.saved_usd or 0.0
+            self.saved.append(row.saved_usd or 0.0)
         self.attempts += sum([r.attempts for r in rows])
         for row in [r for r in rows if r.files]:
             for f in row.files:
@@ -233,8 +234,31 @@ class Tally:
             ]
         )
 
-    def summary(self) -> dict[str, Any]:
+    def take(self, later: Tally) -> None:
+        """The figures of the jobs after these (a Helper's), as if `add` had added them."""
+        self.jobs += later.jobs
+        for status, n in later.statuses.items():
+            self.statuses[status] += n
+        self.bare += later.bare
+        firsts = [t for t in (self.first_submit, later.first_submit) if t is not None]
+        lasts = [t for t in (self.last_finish, later.last_finish) if t is not None]
+        self.first_submit = min(firsts, default=None)
+        self.last_finish = max(lasts, default=None)
+        self.queue_s.extend(later.queue_s)
+        self.run_s.extend(later.run_s)
+        self.cost += later.cost
+        self.cached += later.cached
+        self.saved.extend(later.saved)
+        self.attempts += later.attempts
+        for kind, n in later.files.items():
+            self.files[kind] += n
+
+    def summary(self, money: Money) -> dict[str, Any]:
+        """summary.json's figures, the money's from the ledger (`money`)."""
         first, last = self.first_submit, self.last_finish
+        saved = 0.0
+        for value in self.saved:
+            saved += value
         makespan = None if first is None or last is None else last - first
         return {
             "jobs": self.jobs,
@@ -247,9 +271,9 @@ class Tally:
             },
             # what the reported jobs' results said they cost: the sum of report.csv's cost_usd
             "cost_usd": float(round(self.cost, 6)),
-            **ledger.summary_of(self.money.total, self.money.gone()),
+            **ledger.summary_of(money.total, money.gone()),
             "cached": self.cached,
-            "saved_usd": round(self.saved, 6),
+            "saved_usd": round(saved, 6),
             "attempts": self.attempts,
             "files": self.files,
         }
@@ -259,10 +283,10 @@ def summarise(rows: Iterable[JobRow], attempts: Iterable[Attempt] = ()) -> dict[
     """Totals of the reported jobs: per status, durations, attempts, files; money from the
     ledger's `attempts` (store/ledger.py)."""
     jobs = ReportJobs.of(rows, attempts)
-    tally = Tally(jobs.money)
+    tally = Tally()
     reported, costs = [r for r, _ in jobs.rows], [c for _, c in jobs.rows]
     tally.add(reported, costs, [without_output(r) for r in reported])
-    return tally.summary()
+    return tally.summary(jobs.money)
 
 
 class _OtherFields(Exception):
@@ -274,8 +298,10 @@ class ReportJobs:
     """The jobs a report is made of, in expansion order, each with its actual costs known
     (ledger.per_job; None: none), read in one pass (a cursor on state.db, or rows in memory);
     how many there are and their input fields and var names (report.csv's columns) are known
-    before. Where those were taken for theirs, reading `rows` raises _OtherFields when they
-    are not, and `exact` reads the jobs again with their fields found in full."""
+    before. Where those were taken for theirs (`check`), reading `rows` raises _OtherFields
+    at a job with others (and `check.done` once every job was read, when one was never
+    seen), and `exact` reads the jobs again with their fields found in full. `later`: the
+    later half of the jobs made by a second process."""
 
     rows: Iterable[tuple[JobRow, Decimal | None]]
     count: int
@@ -283,7 +309,8 @@ class ReportJobs:
     var_names: list[str]
     money: Money
     exact: Callable[[], ReportJobs] | None = None
-    helper: Helper | None = None  # draws report.html's later pages (sheet_helper)
+    check: _FieldCheck | None = None
+    later: Later | None = None
 
     @classmethod
     def of(cls, rows: Iterable[JobRow], attempts: Iterable[Attempt] = ()) -> ReportJobs:
@@ -301,47 +328,115 @@ class ReportJobs:
         `store.snapshot()`, every figure is of one moment). Their fields are taken to be the
         columns of the report.csv beside state.db, checked on every job (they seldom change
         from one report to the next, and finding them in every job's JSON with SQL costs a
-        tenth of a report); without one, they are found with SQL. `helped`: report.html's
-        pages but the first are drawn by a second process (call from a process with one
-        thread): report.csv's lines cost this one about what they cost it."""
+        tenth of a report); without one, they are found with SQL. `helped`: the later half
+        of a large report is made by a second process (Later.of; call from a process with
+        one thread)."""
         count = store.count(in_manifest_only=True)
-        helper = sheet_helper(store, count, share=1) if helped else None
+
+        def later(rows: ReportRows) -> Later | None:
+            return Later.of(store, count, rows) if helped else None
 
         def exact() -> ReportJobs:
             rows = store.report_rows()
             money = Money.read(store, rows)
-            return cls(rows, count, *store.report_fields(), money, helper=helper)
+            return cls(rows, count, *store.report_fields(), money, later=later(rows))
 
         kept = reportcsv.fields(store.run_dir / "report.csv")
         if kept is None:
             return exact()
-        rows = store.report_rows()
-        checked = _fields_checked(rows, *kept)
-        return cls(checked, count, *kept, Money.read(store, rows), exact, helper)
+        rows, check = store.report_rows(), _FieldCheck(*kept)
+        return cls(
+            check.rows(rows), count, *kept, Money.read(store, rows), exact, check, later(rows)
+        )
 
 
-def _fields_checked(
-    rows: Iterable[tuple[JobRow, Decimal | None]], inputs: list[str], var_names: list[str]
-) -> Iterator[tuple[JobRow, Decimal | None]]:
-    """ROWS, raising _OtherFields unless the jobs' input fields and var names in first-seen
-    order (as _fields finds them) are INPUTS and VAR_NAMES: at the first job with another,
-    or once every job has been read."""
-    known_inputs, known_vars = set(inputs), set(var_names)
-    seen_inputs: dict[str, None] = {}
-    seen_vars: dict[str, None] = {}
-    for row, cost in rows:
-        given, named = row.inputs, row.vars
-        if type(given) is not dict or not given.keys() <= seen_inputs.keys():
-            if not dict.fromkeys(given).keys() <= known_inputs:
-                raise _OtherFields(row.job_id)
-            seen_inputs.update(dict.fromkeys(given))
-        if type(named) is not dict or not named.keys() <= seen_vars.keys():
-            if not dict.fromkeys(named).keys() <= known_vars:
-                raise _OtherFields(row.job_id)
-            seen_vars.update(dict.fromkeys(named))
-        yield row, cost
-    if list(seen_inputs) != inputs or list(seen_vars) != var_names:
-        raise _OtherFields("a field no job has")
+class _FieldCheck:
+    """Whether the jobs' input fields and var names in first-seen order (as _fields finds
+    them) are INPUTS and VAR_NAMES: `rows` raises _OtherFields at the first job with another,
+    `done` when one was never seen once every job went through (here, or in a helper's
+    check this one `take`s)."""
+
+    def __init__(self, inputs: list[str], var_names: list[str]) -> None:
+        self.inputs, self.var_names = inputs, var_names
+        self.seen_inputs: dict[str, None] = {}
+        self.seen_vars: dict[str, None] = {}
+
+    def rows(
+        self, rows: Iterable[tuple[JobRow, Decimal | None]]
+    ) -> Iterator[tuple[JobRow, Decimal | None]]:
+        known_inputs, known_vars = set(self.inputs), set(self.var_names)
+        seen_inputs, seen_vars = self.seen_inputs, self.seen_vars
+        for row, cost in rows:
+            given, named = row.inputs, row.vars
+            if type(given) is not dict or not given.keys() <= seen_inputs.keys():
+                if not dict.fromkeys(given).keys() <= known_inputs:
+                    raise _OtherFields(row.job_id)
+                seen_inputs.update(dict.fromkeys(given))
+            if type(named) is not dict or not named.keys() <= seen_vars.keys():
+                if not dict.fromkeys(named).keys() <= known_vars:
+                    raise _OtherFields(row.job_id)
+                seen_vars.update(dict.fromkeys(named))
+            yield row, cost
+
+    def fresh(self) -> _FieldCheck:
+        """A check of the same fields, of other jobs (a helper's)."""
+        return _FieldCheck(self.inputs, self.var_names)
+
+    def take(self, later: _FieldCheck) -> None:
+        self.seen_inputs.update(later.seen_inputs)
+        self.seen_vars.update(later.seen_vars)
+
+    def done(self) -> None:
+        if list(self.seen_inputs) != self.inputs or list(self.seen_vars) != self.var_names:
+            raise _OtherFields("a field no job has")
+
+
+@dataclass
+class Later:
+    """The later half of a report's jobs (from `helper.start` on), made by a second process
+    (Helper) that reads them through a connection of its own (`read`, in the report's state:
+    StaleRead otherwise); `counted`: the ReportRows the report's process reads, whose count
+    of the ledger's attempts takes the helper's in (None: no money read, report.html alone)."""
+
+    helper: Helper
+    read: Callable[[int], AbstractContextManager[Iterable[tuple[JobRow, Decimal | None]]]]
+    counted: ReportRows | None
+
+    @classmethod
+    def of(cls, store: StateStore, count: int, counted: ReportRows | None) -> Later | None:
+        """The later half of the report of the `count` jobs in the manifest of `store`
+        (inside a snapshot), read with their costs when `counted` is; None where a helper
+        would not gain (Helper.gains)."""
+        if not Helper.gains(count):
+            return None
+        revision, run_dir = store.revision(), store.run_dir
+
+        @contextmanager
+        def read(offset: int) -> Iterator[Iterable[tuple[JobRow, Decimal | None]]]:
+            # In the helper: a fork of the report's process, whose connection it leaves alone.
+            # The report's snapshot (its read lock) holds the state for as long as the helper
+            # reads.
+            with StateStore.open(run_dir, create=False, lock=False) as own, own.snapshot():
+                if own.revision() != revision:
+                    raise StaleRead(f"revision {own.revision()}, not {revision}")
+                if counted is not None:
+                    yield own.report_rows(offset=offset)
+                else:
+                    yield ((r, None) for r in own.iter_rows(in_manifest_only=True, offset=offset))
+
+        return cls(Helper(count), read, counted)
+
+
+@dataclass
+class _Part:
+    """What a helper hands back of the later jobs it made (Later): their figures, the pages
+    it drew, the fields it saw and the ledger's attempts of them; report.csv's lines of them
+    are in a file of their own beside report.csv."""
+
+    tally: Tally | None
+    sheet: SheetPart
+    check: _FieldCheck | None
+    attempts: int
 
 
 _CHUNK = 250  # jobs made into report.csv lines at a time (more cost memory, not time)
@@ -402,29 +497,93 @@ def _write_files(
     live: Live | None,
 ) -> dict[str, Any]:
     """write_report's report.csv and report.html (and its pages); summary.json's figures."""
-    inputs, var_names, helper = jobs.inputs, jobs.var_names, jobs.helper
-    tally = Tally(jobs.money)
-    sheet = Sheet(
-        run_dir, jobs.count, _sheet_keys(inputs, var_names), rows_key=rows_key,
-        cols_key=cols_key, live=live, helper=helper,
-    )  # fmt: skip
+    inputs, var_names, later = jobs.inputs, jobs.var_names, jobs.later
+    tally = Tally()
+    keys = _sheet_keys(inputs, var_names)
+    sheet = Sheet(run_dir, jobs.count, keys, rows_key=rows_key, cols_key=cols_key, live=live)
     header = reportcsv.header(inputs, var_names, mirror=mirror_urls is not None)
+    # report.csv's lines of the jobs a helper makes, until they are added to it
+    their_lines = run_dir / f".report.csv.{os.getpid()}.later"
+
+    def maker(
+        write_rows: Callable[[Iterable[Sequence[str]]], None], tally: Tally, sheet: Sheet
+    ) -> Callable[[list[tuple[JobRow, Decimal | None]]], None]:
+        def make(chunk: list[tuple[JobRow, Decimal | None]]) -> None:
+            rows, costs = [r for r, _ in chunk], [c for _, c in chunk]
+            mirrored = (
+                None if mirror_urls is None else [mirror_urls.get(r.job_id, []) for r in rows]
+            )
+            cells, bare = report_lines.lines(rows, costs, inputs, var_names, mirrored)
+            write_rows(cells)
+            tally.add(rows, costs, bare)
+            sheet.add(rows)
+
+        return make
+
+    def make_later(rows: Iterable[tuple[JobRow, Decimal | None]], part: Sheet) -> _Part:
+        their_tally, check = Tally(), None if jobs.check is None else jobs.check.fresh()
+        with reportcsv.lines_to(their_lines) as write_rows:
+            make = maker(write_rows, their_tally, part)
+            for chunk in _batched(rows if check is None else check.rows(rows), _CHUNK):
+                make(chunk)
+        return _Part(their_tally, part.handed(), check, 0)
+
     try:
-        with gc_paused(), reportcsv.writer(run_dir / "report.csv", header) as write_rows:
-            for chunk in _batched(jobs.rows, _CHUNK):
-                rows, costs = [r for r, _ in chunk], [c for _, c in chunk]
-                mirrored = (
-                    None if mirror_urls is None else [mirror_urls.get(r.job_id, []) for r in rows]
-                )
-                cells, bare = report_lines.lines(rows, costs, inputs, var_names, mirrored)
-                write_rows(cells)
-                tally.add(rows, costs, bare)
-                sheet.add(rows)
+        with gc_paused(), reportcsv.writer(run_dir / "report.csv", header) as out:
+            part = _in_halves(jobs.rows, later, sheet, maker(out, tally, sheet), make_later)
+            if part is not None:
+                assert later is not None and part.tally is not None
+                out.extend_from(their_lines)
+                tally.take(part.tally)
+                sheet.take(part.sheet)
+                if jobs.check is not None and part.check is not None:
+                    jobs.check.take(part.check)
+                if later.counted is not None:
+                    later.counted.attempts += part.attempts
+            if jobs.check is not None:
+                jobs.check.done()
             sheet.finish()
     finally:
-        if helper is not None:
-            helper.wait()  # a sheet given up (made again with other fields): its helper too
-    return tally.summary()
+        their_lines.unlink(missing_ok=True)
+    return tally.summary(jobs.money)
+
+
+def _in_halves(
+    rows: Iterable[tuple[JobRow, Decimal | None]],
+    later: Later | None,
+    sheet: Sheet,
+    make: Callable[[list[tuple[JobRow, Decimal | None]]], None],
+    make_later: Callable[[Iterable[tuple[JobRow, Decimal | None]], Sheet], _Part],
+) -> _Part | None:
+    """Make the report of ROWS a chunk of jobs at a time (`make`). With `later`, the jobs
+    from its helper's start on are made by the helper (`make_later` of its own read of them
+    and of `sheet` as it goes on there, Sheet.later), forked once the sheet has its layout:
+    what it hands back, for the report's process to take in; None when this process made
+    every job (no helper, a layout chosen only later, or a helper that failed)."""
+    rows = iter(rows)
+    if later is not None:
+        helper = later.helper
+
+        def work() -> _Part:  # in the helper
+            with later.read(helper.start) as theirs:
+                part = make_later(theirs, sheet.later(helper.first_page))
+                if isinstance(theirs, ReportRows):
+                    part.attempts = theirs.attempts
+            return part
+
+        try:
+            for chunk in _batched(islice(rows, helper.start), _CHUNK):
+                make(chunk)
+                if not helper.started and sheet.layout is not None:
+                    helper.fork(work)
+            part: _Part | None = helper.join()
+        finally:
+            helper.wait()  # a report given up (made again with other fields): its helper too
+        if part is not None:
+            return part
+    for chunk in _batched(rows, _CHUNK):
+        make(chunk)
+    return None
 
 
 def _sheet_keys(inputs: list[str], var_names: list[str]) -> list[str]:
@@ -438,47 +597,28 @@ def write_sheet(
     """report.html (and its pages) alone, of the jobs as `store` holds them (read with a
     cursor: call inside one `store.snapshot()`), in the grid chosen, beside report.csv and
     summary.json of the same state (to_write): their input fields and var names are those of
-    that report.csv's columns. `helped`: a large sheet's later pages are drawn by a second
-    process (sheet_helper; call from a process with one thread). A grid that names no swept
-    field raises ChoiceError."""
+    that report.csv's columns. `helped`: the later half of a large sheet is drawn by a
+    second process (Later.of; call from a process with one thread). A grid that names no
+    swept field raises ChoiceError."""
     run_dir = store.run_dir
     inputs, var_names = reportcsv.fields(run_dir / "report.csv") or store.report_fields()
     count = store.count(in_manifest_only=True)
-    # Drawing a page costs about as much as reading its jobs: the helper draws the last
-    # two thirds, this process reads every job and draws the first third.
-    helper = sheet_helper(store, count, share=2 / 3) if helped else None
+    later = Later.of(store, count, None) if helped else None
     sheet = Sheet(
-        run_dir, count, _sheet_keys(inputs, var_names), rows_key=rows_key,
-        cols_key=cols_key, helper=helper,
-    )  # fmt: skip
-    try:
-        with gc_paused():
-            for chunk in _batched(store.iter_rows(in_manifest_only=True), _CHUNK):
-                sheet.add(chunk)
-            sheet.finish()
-    finally:
-        if helper is not None:
-            helper.wait()
+        run_dir, count, _sheet_keys(inputs, var_names), rows_key=rows_key, cols_key=cols_key
+    )
 
+    def make_later(rows: Iterable[tuple[JobRow, Decimal | None]], part: Sheet) -> _Part:
+        for chunk in _batched(rows, _CHUNK):
+            part.add([r for r, _ in chunk])
+        return _Part(None, part.handed(), None, 0)
 
-def sheet_helper(store: StateStore, count: int, *, share: float) -> Helper | None:
-    """A Helper that draws the last `share` of the pages of the sheet of the `count` jobs
-    in the manifest of `store`, reading them through a connection of its own (in the same
-    state: inside the snapshot this one is in); None where it would not gain."""
-    if not Helper.gains(count):
-        return None
-    revision = store.revision()
-
-    def read(offset: int) -> Iterator[JobRow]:  # in the helper's process
-        with StateStore.open(store.run_dir, create=False, lock=False) as own, own.snapshot():
-            if own.revision() != revision:
-                raise StaleRead(f"revision {own.revision()}, not {revision}")
-            yield from own.iter_rows(in_manifest_only=True, offset=offset)
-
-    def reread(offset: int) -> Iterator[JobRow]:
-        return store.iter_rows(in_manifest_only=True, offset=offset)
-
-    return Helper(count, share, read, reread)
+    rows = ((r, None) for r in store.iter_rows(in_manifest_only=True))
+    with gc_paused():
+        part = _in_halves(rows, later, sheet, lambda c: sheet.add([r for r, _ in c]), make_later)
+        if part is not None:
+            sheet.take(part.sheet)
+        sheet.finish()
 
 
 def write_from_state(

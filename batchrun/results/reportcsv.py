@@ -7,6 +7,8 @@ import io
 import itertools
 import json
 import operator
+import os
+import shutil
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -122,17 +124,33 @@ def write(path: Path, columns: list[str], rows: Iterable[list[str]]) -> Path:
     return write_text(path, render(columns, rows))
 
 
+class Rows:
+    """Writes rows of cells into a report.csv being written (call it), or the lines of more
+    rows another writer wrote to a file (`extend_from`, lines_to)."""
+
+    def __init__(self, text: io.TextIOWrapper) -> None:
+        self._text = text
+        self._write = _fast_rows(text, csv.writer(text))
+
+    def __call__(self, rows: Iterable[Sequence[str]]) -> None:
+        self._write(rows)
+
+    def extend_from(self, path: Path) -> None:
+        self._text.flush()
+        with open(path, "rb") as lines:
+            shutil.copyfileobj(lines, self._text.buffer)
+
+
 @contextmanager
-def writer(path: Path, columns: list[str]) -> Iterator[Callable[[Iterable[Sequence[str]]], None]]:
-    """A report.csv written as its rows come: the block gets a function that writes rows of
+def writer(path: Path, columns: list[str]) -> Iterator[Rows]:
+    """A report.csv written as its rows come: the block gets Rows, which writes rows of
     cells; the file appears whole at `path` when the block ends, not at all if it raises."""
     try:
         with open_atomic(path) as raw:
             text = io.TextIOWrapper(raw, encoding="utf-8", newline="")
             try:
-                out = csv.writer(text)
-                out.writerow(columns)
-                yield _fast_rows(text, out)
+                csv.writer(text).writerow(columns)
+                yield Rows(text)
             finally:
                 text.detach()  # flushed into `raw`, which open_atomic closes
     except OSError as exc:
@@ -140,6 +158,19 @@ def writer(path: Path, columns: list[str]) -> Iterator[Callable[[Iterable[Sequen
             f"{path}: cannot write it ({exc.strerror or exc}); free some space or fix the "
             "folder's permissions, then try again"
         ) from None
+
+
+@contextmanager
+def lines_to(path: Path) -> Iterator[Rows]:
+    """Rows of a report.csv (no header) written to a file at PATH of their own, whole when
+    the block ends, for a writer to add (Rows.extend_from)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0)
+    with os.fdopen(os.open(path, flags, 0o666), "wb") as raw:  # never through a link
+        text = io.TextIOWrapper(raw, encoding="utf-8", newline="")
+        try:
+            yield Rows(text)
+        finally:
+            text.detach()  # flushed into `raw`
 
 
 def _fast_rows(text: io.TextIOWrapper, out: Any) -> Callable[[Iterable[Sequence[str]]], None]:

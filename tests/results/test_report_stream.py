@@ -59,6 +59,7 @@ from batchrun.store.output_urls import collect_urls
 from batchrun.store.records import REPORT_STATUSES, SUCCEEDED, JobRow, OutputFile, report_status
 from batchrun.store.state import StateStore
 from batchrun.util.safetext import printable
+from testing.cli import invoke
 
 
 def _seconds(value: float | None) -> str:
@@ -675,8 +676,8 @@ def _forks(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
 
 @pytest.mark.parametrize("grid", [(None, None), ("seed", "color")])
-@pytest.mark.parametrize("sample", [5, MAX_CARDS])  # the layout chosen mid-way, or at the end
-def test_a_helper_process_draws_the_pages_one_process_would(
+@pytest.mark.parametrize("sample", [5, MAX_CARDS])  # the layout chosen early, or at the end
+def test_a_helper_process_makes_the_files_one_process_would(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, grid: tuple[str | None, str | None],
     sample: int,
 ) -> None:  # fmt: skip
@@ -687,63 +688,83 @@ def test_a_helper_process_draws_the_pages_one_process_would(
     for helped in (False, True):
         run_dir = tmp_path / str(helped) / "mixed"
         _mixed_folder(run_dir)
+        _edit_ledger(run_dir)
         monkeypatch.setattr(html_pages, "HELPED_PAGES", 2 if helped else 10**9)
         forks = _forks(monkeypatch)
         with StateStore.open(run_dir, create=False, lock=False) as store, store.snapshot():
             write_report(run_dir, ReportJobs.read(store, helped=True), rows_key=grid[0],
                          cols_key=grid[1])  # fmt: skip
             every = _folder_files(run_dir)
-            # another grid, report.html alone (helped: its last two thirds by the helper)
+            # another grid, report.html alone
             report.write_sheet(store, *(grid[::-1] if grid[0] else ("color", "seed")), helped=True)
-        assert len(forks) == (2 if helped else 0)
+        # A helper starts once the layout is chosen, from the first SAMPLE jobs: before the
+        # later half (jobs 28 on, page 5's first), or this process makes every job.
+        assert len(forks) == (2 if helped and sample < 28 else 0)
         made[helped] = every, _folder_files(run_dir)
     assert made[True] == made[False]
     pages = made[True][0]
     assert len([n for n in pages if n.startswith("report")]) == 1 + 8  # report.csv, 8 pages
     assert made[True][1]["report-8.html"] != pages["report-8.html"]  # the other grid
+    assert not [n for n in pages if n.endswith(".later")]
+    # The folder is mixed: costs summed from an edited ledger, jobs left out of the manifest.
+    assert '"not_in_manifest": {\n    "jobs": 10' in pages["summary.json"].decode()
 
 
-def test_pages_a_helper_did_not_draw_are_drawn_by_the_sheet(
+def test_the_jobs_a_helper_did_not_make_are_made_by_the_report(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(html_pages, "PAGE_CARDS", 7)
-    run_dir = tmp_path / "mixed"
-    _mixed_folder(run_dir)
-    with StateStore.open(run_dir, create=False, lock=False) as store:
-        jobs = _reported(store.rows())
-    keys = field_keys(jobs)
-    html_pages.Sheet(run_dir, len(jobs), keys).add(jobs)
-    sheet = html_pages.Sheet(run_dir, len(jobs), keys)
-    sheet.add(jobs)
-    sheet.finish()
-    alone = _folder_files(run_dir)
-    for name in alone:
-        if name.endswith(".html"):
-            (run_dir / name).unlink()
+    monkeypatch.setattr(html_pages, "SAMPLE", 5)
+    alone, helped = tmp_path / "alone" / "mixed", tmp_path / "helped" / "mixed"
+    for run_dir in (alone, helped):
+        _mixed_folder(run_dir)
+    write_from_state(alone, {}, None, None)
+    monkeypatch.setattr(html_pages, "HELPED_PAGES", 2)
+    read = StateStore.report_rows
 
-    def fails(offset: int) -> list[JobRow]:
-        raise html_pages.StaleRead("changed")
+    def fails_later(store: StateStore, *, offset: int = 0) -> st.ReportRows:
+        if offset:  # the helper's read
+            raise OSError("disk gone")
+        return read(store)
 
-    def rereads(offset: int) -> list[JobRow]:
-        reread.append(offset)
-        return jobs[offset:]
-
-    reread: list[int] = []
-    helper = html_pages.Helper(len(jobs), 0.5, fails, rereads)
+    monkeypatch.setattr(StateStore, "report_rows", fails_later)
     forks = _forks(monkeypatch)
-    sheet = html_pages.Sheet(run_dir, len(jobs), keys, helper=helper)
-    sheet.add(jobs)
-    sheet.finish()
-    assert len(forks) == 1 and helper.first_page == 5 and reread == [28]
-    assert _folder_files(run_dir) == alone
+    with StateStore.open(helped, create=False, lock=False) as store, store.snapshot():
+        write_report(helped, ReportJobs.read(store, helped=True))
+    assert len(forks) == 1
+    assert _folder_files(helped) == _folder_files(alone)
 
 
-def test_a_helper_that_reads_another_state_draws_nothing(
+def test_a_field_only_later_jobs_have_is_seen_through_the_helper(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # A run writes between the report's first read and the helper's: the pages are all of
-    # the state the report read, as report.csv is.
     monkeypatch.setattr(html_pages, "PAGE_CARDS", 7)
+    monkeypatch.setattr(html_pages, "SAMPLE", 5)
+    monkeypatch.setattr(html_pages, "HELPED_PAGES", 2)
+    jobs = [
+        Job(f"j{i:03}", MODELS[0], {"seed": i, **({"extra": i} if i >= 40 else {})}, {}, 0, i)
+        for i in range(50)
+    ]
+    run_dir = tmp_path / "run"
+    with StateStore.open(run_dir) as store:
+        store.add_jobs(jobs)
+    write_from_state(run_dir, {}, None, None)  # one process: report.csv has input.extra
+    assert reportcsv.fields(run_dir / "report.csv") == (["seed", "extra"], [])
+    first = _folder_files(run_dir)
+    forks = _forks(monkeypatch)
+    with StateStore.open(run_dir, create=False, lock=False) as store, store.snapshot():
+        write_report(run_dir, ReportJobs.read(store, helped=True))
+    assert len(forks) == 1  # the fields taken were right: not made again with others
+    assert _folder_files(run_dir) == first
+
+
+def test_a_helper_that_reads_another_state_makes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A run writes between the report's first read and the helper's: every file is of the
+    # state the report read.
+    monkeypatch.setattr(html_pages, "PAGE_CARDS", 7)
+    monkeypatch.setattr(html_pages, "SAMPLE", 5)
     monkeypatch.setattr(html_pages, "HELPED_PAGES", 2)
     before, after = tmp_path / "before" / "mixed", tmp_path / "after" / "mixed"
     for run_dir in (before, after):
@@ -761,3 +782,32 @@ def test_a_helper_that_reads_another_state_draws_nothing(
     with StateStore.open(after, create=False, lock=False) as store:
         assert store.get(last).error == "late"  # written, and not in the report
     assert len(forks) == 1
+
+
+def test_the_report_command_makes_a_large_report_with_a_helper(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 9,600 jobs: 20 pages, the fewest a helper draws at (HELPED_PAGES).
+    jobs = [
+        Job(f"{i:012x}", MODELS[i % 2], {"prompt": f"p{i // 96}", "seed": i % 96}, {}, 0, i)
+        for i in range(9600)
+    ]
+    made = {}
+    for helped in (False, True):
+        run_dir = tmp_path / str(helped) / "run"
+        with StateStore.open(run_dir) as store:
+            store.add_jobs(jobs)
+            for job in jobs[::7]:
+                store.mark_submitting(job.job_id, Decimal("0.01"))
+                store.record_request_id(job.job_id, f"r-{job.job_id}", 1000.0)
+                store.record_result(job.job_id, st.SUCCEEDED, finished_at=1001.0, output={"x": 1})
+        monkeypatch.setattr(html_pages, "HELPED_PAGES", 20 if helped else 10**9)
+        forks = _forks(monkeypatch)
+        every = invoke("report", str(run_dir))
+        files = _folder_files(run_dir)
+        grid = invoke("report", str(run_dir), "--rows", "seed", "--cols", "prompt")
+        assert every.code == grid.code == 0 and "up to date: " in grid.stderr, grid.stderr
+        assert len(forks) == (2 if helped else 0)
+        made[helped] = files, _folder_files(run_dir)
+    assert made[True] == made[False]
+    assert len([n for n in made[True][0] if n.endswith(".html")]) == 20
