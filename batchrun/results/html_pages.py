@@ -18,6 +18,7 @@ import re
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -210,14 +211,17 @@ class Sheet:
         self.layout = Layout.choose(self.buffer[:SAMPLE], self.keys, self.rows_key, self.cols_key)
         self.index = AxisIndex(self.layout.axis_keys())
 
-    def later(self, first_page: int) -> Sheet:
-        """This sheet (its layout chosen) to go on in another process from page FIRST_PAGE on
-        (its first job the next `add`): it draws those pages and keeps their counts and
-        index values for this one to `take` (Helper)."""
-        assert self.layout is not None and isinstance(self.index, AxisIndex)
+    def later(self, first_page: int, jobs: Iterable[JobRow]) -> Sheet:
+        """This sheet to go on in another process from page FIRST_PAGE on (its first job the
+        next `add`), laid out as this one will be (from the first SAMPLE of all its JOBS): it
+        draws those pages and keeps their counts and index values for this one to `take`
+        (Helper)."""
         part = copy.copy(self)
+        part.layout = Layout.choose(
+            list(islice(jobs, SAMPLE)), self.keys, self.rows_key, self.cols_key
+        )
         part.buffer, part.counts, part.written, part.first = [], {}, first_page - 1, []
-        part.index = PageValues(self.index.pages)
+        part.index = PageValues(part.layout.axis_keys())
         return part
 
     def handed(self) -> SheetPart:
@@ -281,17 +285,17 @@ class SheetPart:
 
 class Helper:
     """A second process that makes the part of a report of its later jobs: those from the
-    one `start` jobs in on (page `first_page`'s first, about half of them), forked once the
-    report's process has its layout, while that process makes the part before; `join` gives
-    what it hands back (its work's value). On a machine with a core to spare a large report
+    one `start` jobs in on (page `first_page`'s first, about half of them), forked as the
+    report begins, while the report's process makes the part before; `join` gives what it
+    hands back (its work's value). On a machine with a core to spare a large report
     is made in about half the time. Should it fail (its read raises StaleRead when the jobs
     changed since the report's own read began), `join` gives None and the report's process
     goes on with those jobs itself. For a process with one thread (forked: any other thread
     is not there in the fork)."""
 
     def __init__(self, total: int) -> None:
-        self.first_page = max(2, math.ceil(total / PAGE_CARDS) // 2 + 1)
-        self.start = (self.first_page - 1) * PAGE_CARDS
+        self.first_page = _half(total) + 1
+        self.start = _half(total) * PAGE_CARDS
         self._pid: int | None = None
         self._answer = -1  # the pipe the helper answers on
 
@@ -304,7 +308,9 @@ class Helper:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
         pages = math.ceil(total / PAGE_CARDS)
         alone = threading.active_count() == 1
-        return pages >= HELPED_PAGES and cores > 1 and hasattr(os, "fork") and alone
+        # The layout comes from the first SAMPLE jobs: the report's process reads them all.
+        laid = _half(total) * PAGE_CARDS >= SAMPLE
+        return pages >= HELPED_PAGES and laid and cores > 1 and hasattr(os, "fork") and alone
 
     @property
     def started(self) -> bool:
@@ -342,6 +348,12 @@ class Helper:
     def wait(self) -> None:
         """Wait for the helper, if one was started and not joined (a report given up)."""
         self.join()
+
+
+def _half(total: int) -> int:
+    """The pages of the first half of a report of `total` jobs (the later half's helper's
+    first page is the next)."""
+    return max(1, math.ceil(total / PAGE_CARDS) // 2)
 
 
 class StaleRead(Exception):

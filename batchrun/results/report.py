@@ -129,17 +129,18 @@ class MirrorFacts(TypedDict):
 @dataclass
 class Money:
     """The ledger as a report reads it beside the jobs' own costs: the folder's books, and
-    the attempts of jobs no longer in the manifest (`gone`, asked once every job was read)."""
+    the attempts of jobs no longer in the manifest (`gone`), both asked once every job was
+    read (inside the same snapshot)."""
 
-    total: ledger.Books
+    books: Callable[[], ledger.Books]
     gone: Callable[[], list[Attempt]]
 
     @classmethod
     def of(cls, attempts: Iterable[Attempt], reported: set[str]) -> Money:
         """Of attempts in memory, `reported` the jobs in the manifest."""
         attempts = list(attempts)
-        gone = [a for a in attempts if a.job_id not in reported]
-        return cls(ledger.books(attempts), lambda: gone)
+        gone, books = [a for a in attempts if a.job_id not in reported], ledger.books(attempts)
+        return cls(lambda: books, lambda: gone)
 
     @classmethod
     def read(cls, store: StateStore, rows: ReportRows) -> Money:
@@ -152,7 +153,7 @@ class Money:
                 return []
             return store.attempts_not_in_manifest()
 
-        return cls(store.books(), gone)
+        return cls(store.books, gone)
 
 
 class Tally:
@@ -271,7 +272,7 @@ class Tally:
             },
             # what the reported jobs' results said they cost: the sum of report.csv's cost_usd
             "cost_usd": float(round(self.cost, 6)),
-            **ledger.summary_of(money.total, money.gone()),
+            **ledger.summary_of(money.books(), money.gone()),
             "cached": self.cached,
             "saved_usd": round(saved, 6),
             "attempts": self.attempts,
@@ -394,12 +395,13 @@ class _FieldCheck:
 @dataclass
 class Later:
     """The later half of a report's jobs (from `helper.start` on), made by a second process
-    (Helper) that reads them through a connection of its own (`read`, in the report's state:
-    StaleRead otherwise); `counted`: the ReportRows the report's process reads, whose count
-    of the ledger's attempts takes the helper's in (None: no money read, report.html alone)."""
+    (Helper) that reads them through a connection of its own (`own`: state.db in the
+    report's state, or StaleRead); `counted`: the ReportRows the report's process reads, whose
+    count of the ledger's attempts takes the helper's in (None: no money read, report.html
+    alone)."""
 
     helper: Helper
-    read: Callable[[int], AbstractContextManager[Iterable[tuple[JobRow, Decimal | None]]]]
+    own: Callable[[], AbstractContextManager[StateStore]]
     counted: ReportRows | None
 
     @classmethod
@@ -412,19 +414,22 @@ class Later:
         revision, run_dir = store.revision(), store.run_dir
 
         @contextmanager
-        def read(offset: int) -> Iterator[Iterable[tuple[JobRow, Decimal | None]]]:
+        def own() -> Iterator[StateStore]:
             # In the helper: a fork of the report's process, whose connection it leaves alone.
             # The report's snapshot (its read lock) holds the state for as long as the helper
             # reads.
-            with StateStore.open(run_dir, create=False, lock=False) as own, own.snapshot():
-                if own.revision() != revision:
-                    raise StaleRead(f"revision {own.revision()}, not {revision}")
-                if counted is not None:
-                    yield own.report_rows(offset=offset)
-                else:
-                    yield ((r, None) for r in own.iter_rows(in_manifest_only=True, offset=offset))
+            with StateStore.open(run_dir, create=False, lock=False) as theirs, theirs.snapshot():
+                if theirs.revision() != revision:
+                    raise StaleRead(f"revision {theirs.revision()}, not {revision}")
+                yield theirs
 
-        return cls(Helper(count), read, counted)
+        return cls(Helper(count), own, counted)
+
+    def rows(self, store: StateStore) -> Iterable[tuple[JobRow, Decimal | None]]:
+        """The later half's jobs, read from the helper's `store` (`own`)."""
+        if self.counted is not None:
+            return store.report_rows(offset=self.helper.start)
+        return ((r, None) for r in store.iter_rows(in_manifest_only=True, offset=self.helper.start))
 
 
 @dataclass
@@ -557,25 +562,26 @@ def _in_halves(
 ) -> _Part | None:
     """Make the report of ROWS a chunk of jobs at a time (`make`). With `later`, the jobs
     from its helper's start on are made by the helper (`make_later` of its own read of them
-    and of `sheet` as it goes on there, Sheet.later), forked once the sheet has its layout:
-    what it hands back, for the report's process to take in; None when this process made
-    every job (no helper, a layout chosen only later, or a helper that failed)."""
+    and of `sheet` as it goes on there, Sheet.later), forked first: what it hands back, for
+    the report's process to take in; None when this process made every job (no helper, or
+    one that failed)."""
     rows = iter(rows)
     if later is not None:
         helper = later.helper
 
         def work() -> _Part:  # in the helper
-            with later.read(helper.start) as theirs:
-                part = make_later(theirs, sheet.later(helper.first_page))
+            with later.own() as store:
+                laid = sheet.later(helper.first_page, store.iter_rows(in_manifest_only=True))
+                theirs = later.rows(store)
+                part = make_later(theirs, laid)
                 if isinstance(theirs, ReportRows):
                     part.attempts = theirs.attempts
             return part
 
+        helper.fork(work)
         try:
             for chunk in _batched(islice(rows, helper.start), _CHUNK):
                 make(chunk)
-                if not helper.started and sheet.layout is not None:
-                    helper.fork(work)
             part: _Part | None = helper.join()
         finally:
             helper.wait()  # a report given up (made again with other fields): its helper too
