@@ -692,8 +692,9 @@ def test_a_helper_process_makes_the_files_one_process_would(
         monkeypatch.setattr(html_pages, "HELPED_PAGES", 2 if helped else 10**9)
         forks = _forks(monkeypatch)
         with StateStore.open(run_dir, create=False, lock=False) as store, store.snapshot():
+            mirrored = {j: [f"s3://b/p/{j}/a.png"] for j in [r.job_id for r in store.rows()][::3]}
             write_report(run_dir, ReportJobs.read(store, helped=True), rows_key=grid[0],
-                         cols_key=grid[1])  # fmt: skip
+                         cols_key=grid[1], mirror_urls=mirrored)  # fmt: skip
             every = _folder_files(run_dir)
             # another grid, report.html alone
             report.write_sheet(store, *(grid[::-1] if grid[0] else ("color", "seed")), helped=True)
@@ -706,6 +707,7 @@ def test_a_helper_process_makes_the_files_one_process_would(
     assert len([n for n in pages if n.startswith("report")]) == 1 + 8  # report.csv, 8 pages
     assert made[True][1]["report-8.html"] != pages["report-8.html"]  # the other grid
     assert not [n for n in pages if n.endswith(".later")]
+    assert b"s3://b/p/" in b"".join(pages["report.csv"].split(b"\r\n")[29:])  # a later job's
     # The folder is mixed: costs summed from an edited ledger, jobs left out of the manifest.
     assert '"not_in_manifest": {\n    "jobs": 10' in pages["summary.json"].decode()
 
