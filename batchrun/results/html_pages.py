@@ -42,6 +42,7 @@ PAGE_CARDS = 500  # jobs a page shows
 INDEX_VALUES = 1000  # a swept field with more values than this is left out of the index
 NEAR = 5  # a page links to the pages this near it (page 1 to every page)
 HELPED_PAGES = 20  # a report of fewer pages is made by one process (Helper.gains)
+HELPER_SHARE = 0.45  # the share of a report's pages its helper makes (Helper)
 _PAGE_NAME = re.compile(r"report-(\d+)\.html")
 
 
@@ -285,7 +286,7 @@ class SheetPart:
 
 class Helper:
     """A second process that makes the part of a report of its later jobs: those from the
-    one `start` jobs in on (page `first_page`'s first, about half of them), forked as the
+    one `start` jobs in on (page `first_page`'s first, HELPER_SHARE of them), forked as the
     report begins, while the report's process makes the part before; `join` gives what it
     hands back (its work's value). On a machine with a core to spare a large report
     is made in about half the time. Should it fail (its read raises StaleRead when the jobs
@@ -351,9 +352,11 @@ class Helper:
 
 
 def _half(total: int) -> int:
-    """The pages of the first half of a report of `total` jobs (the later half's helper's
-    first page is the next)."""
-    return max(1, math.ceil(total / PAGE_CARDS) // 2)
+    """The pages of the first part of a report of `total` jobs, its process's: a helper's
+    last HELPER_SHARE of them starts at the next (it lays out its pages itself, and the
+    report's process does more once both are done)."""
+    pages = math.ceil(total / PAGE_CARDS)
+    return max(1, pages - round(pages * HELPER_SHARE))
 
 
 class StaleRead(Exception):

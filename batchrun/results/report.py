@@ -6,6 +6,7 @@ state.db keeps them as they came."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -153,7 +154,7 @@ class Money:
                 return []
             return store.attempts_not_in_manifest()
 
-        return cls(store.books, gone)
+        return cls(functools.cache(store.books), gone)
 
 
 class Tally:
@@ -535,7 +536,9 @@ def _write_files(
 
     try:
         with gc_paused(), reportcsv.writer(run_dir / "report.csv", header) as out:
-            part = _in_halves(jobs.rows, later, sheet, maker(out, tally, sheet), make_later)
+            part = _in_halves(
+                jobs.rows, later, sheet, maker(out, tally, sheet), make_later, jobs.money.books
+            )
             if part is not None:
                 assert later is not None and part.tally is not None
                 out.extend_from(their_lines)
@@ -559,12 +562,13 @@ def _in_halves(
     sheet: Sheet,
     make: Callable[[list[tuple[JobRow, Decimal | None]]], None],
     make_later: Callable[[Iterable[tuple[JobRow, Decimal | None]], Sheet], _Part],
+    meanwhile: Callable[[], object] = lambda: None,
 ) -> _Part | None:
     """Make the report of ROWS a chunk of jobs at a time (`make`). With `later`, the jobs
     from its helper's start on are made by the helper (`make_later` of its own read of them
     and of `sheet` as it goes on there, Sheet.later), forked first: what it hands back, for
     the report's process to take in; None when this process made every job (no helper, or
-    one that failed)."""
+    one that failed). `meanwhile`: what this process can do before the helper is done."""
     rows = iter(rows)
     if later is not None:
         helper = later.helper
@@ -582,6 +586,7 @@ def _in_halves(
         try:
             for chunk in _batched(islice(rows, helper.start), _CHUNK):
                 make(chunk)
+            meanwhile()
             part: _Part | None = helper.join()
         finally:
             helper.wait()  # a report given up (made again with other fields): its helper too
