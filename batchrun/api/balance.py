@@ -9,9 +9,9 @@ from decimal import Decimal
 
 import requests
 
-from batchrun.api.client import DEFAULT_API_BASE
 from batchrun.errors import ApiError, AuthError, TransportError
 from batchrun.store import origin as og
+from batchrun.store.origin import DEFAULT_API_BASE
 
 SERVERLESS_BASE_ENV = "RUNCOMFY_SERVERLESS_API_BASE"
 DEFAULT_SERVERLESS_BASE = "https://api.runcomfy.net/prod/v2"

@@ -33,8 +33,6 @@ from batchrun.errors import (
 )
 from batchrun.util.safetext import unsigned
 
-DEFAULT_API_BASE = "https://model-api.runcomfy.net"
-
 # error_code values documented in reference/api-facts.md
 AUTH_CODES = frozenset({400004, 403001})
 BALANCE_CODES = frozenset({400002})

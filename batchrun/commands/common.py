@@ -9,9 +9,9 @@ from pathlib import Path
 
 import click
 
-from batchrun.api.client import DEFAULT_API_BASE
 from batchrun.errors import ConfigError, UsageError
 from batchrun.store import origin as og
+from batchrun.store.origin import DEFAULT_API_BASE
 
 SCHEMA_DIR_ENV = "BATCHRUN_SCHEMA_DIR"
 

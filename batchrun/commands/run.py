@@ -9,7 +9,6 @@ from pathlib import Path
 import click
 
 from batchrun.api.balance import SERVERLESS_BASE_ENV, balance_base
-from batchrun.api.client import DEFAULT_API_BASE
 from batchrun.catalog import models
 from batchrun.catalog.pricing import usd
 from batchrun.commands import selection, simulate
@@ -22,6 +21,7 @@ from batchrun.plan.manifest import check_manifest
 from batchrun.plan.settings import RunSettings, parse_every
 from batchrun.run.engine import RunOptions, run_batch
 from batchrun.store import origin as og
+from batchrun.store.origin import DEFAULT_API_BASE
 from batchrun.store.state import STATE_FILE, StateStore
 
 

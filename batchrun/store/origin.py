@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 from batchrun.errors import OriginMismatch
 
 SIMULATOR = "simulator"  # the origin of every --simulate run, whatever port it listened on
+DEFAULT_API_BASE = "https://model-api.runcomfy.net"  # RunComfy's Model API: the usual origin
 _LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
 
