@@ -660,6 +660,14 @@ def _folder_files(run_dir: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(run_dir.iterdir()) if p.suffix != ".db"}
 
 
+def _helped_small(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pages of 7 jobs laid out from the first 5, a helper from 2 pages on: the mixed
+    folder's 50 jobs are made in two parts, the helper's from the 29th (page 5)."""
+    monkeypatch.setattr(html_pages, "PAGE_CARDS", 7)
+    monkeypatch.setattr(html_pages, "SAMPLE", 5)
+    monkeypatch.setattr(html_pages, "HELPED_PAGES", 2)
+
+
 def _forks(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """The pids os.fork returns in this process from now on."""
     made: list[int] = []
@@ -715,13 +723,11 @@ def test_a_helper_process_makes_the_files_one_process_would(
 def test_the_jobs_a_helper_did_not_make_are_made_by_the_report(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(html_pages, "PAGE_CARDS", 7)
-    monkeypatch.setattr(html_pages, "SAMPLE", 5)
+    _helped_small(monkeypatch)
     alone, helped = tmp_path / "alone" / "mixed", tmp_path / "helped" / "mixed"
     for run_dir in (alone, helped):
         _mixed_folder(run_dir)
-    write_from_state(alone, {}, None, None)
-    monkeypatch.setattr(html_pages, "HELPED_PAGES", 2)
+    write_from_state(alone, {}, None, None)  # one process: write_from_state asks no helper
     read = StateStore.report_rows
 
     def fails_later(store: StateStore, *, offset: int = 0) -> st.ReportRows:
@@ -740,9 +746,7 @@ def test_the_jobs_a_helper_did_not_make_are_made_by_the_report(
 def test_a_field_only_later_jobs_have_is_seen_through_the_helper(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(html_pages, "PAGE_CARDS", 7)
-    monkeypatch.setattr(html_pages, "SAMPLE", 5)
-    monkeypatch.setattr(html_pages, "HELPED_PAGES", 2)
+    _helped_small(monkeypatch)
     jobs = [
         Job(f"j{i:03}", MODELS[0], {"seed": i, **({"extra": i} if i >= 40 else {})}, {}, 0, i)
         for i in range(50)
@@ -765,9 +769,7 @@ def test_a_helper_that_reads_another_state_makes_nothing(
 ) -> None:
     # A run writes between the report's first read and the helper's: every file is of the
     # state the report read.
-    monkeypatch.setattr(html_pages, "PAGE_CARDS", 7)
-    monkeypatch.setattr(html_pages, "SAMPLE", 5)
-    monkeypatch.setattr(html_pages, "HELPED_PAGES", 2)
+    _helped_small(monkeypatch)
     before, after = tmp_path / "before" / "mixed", tmp_path / "after" / "mixed"
     for run_dir in (before, after):
         _mixed_folder(run_dir)
