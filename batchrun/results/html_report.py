@@ -138,19 +138,6 @@ def media(files: list[OutputFile], href: Callable[[str], str | None]) -> str:
     return "".join(parts)
 
 
-def inputs_text(job: JobRow) -> str:
-    """The job's inputs and vars, one `key: value` a line (for the hover title)."""
-    return "\n".join(f"{k}: {v}" for k, v in _fields_shown(job))
-
-
-def _fields_shown(job: JobRow) -> list[tuple[str, str]]:
-    """(name, value as text) of the job's model, inputs and vars ({name})."""
-    pairs = [("model", job.model_id)]
-    pairs += [(k, show(v)) for k, v in job.inputs.items()]
-    pairs += [(f"{{{k}}}", show(v)) for k, v in job.vars.items()]
-    return pairs
-
-
 _BADGES: dict[str, str] = {}  # a status -> its badge
 
 

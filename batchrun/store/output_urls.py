@@ -23,9 +23,14 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _MAX_NAME = 100
 
 
+def _url_like(text: str) -> bool:
+    """Whether a string of an output is a URL (or a path) to collect."""
+    return "://" in text or text.startswith(("/", "\\"))
+
+
 def _walk(value: Any, key: str) -> Iterator[tuple[str, str]]:
     if isinstance(value, str):
-        if "://" in value or value.startswith(("/", "\\")):
+        if _url_like(value):
             yield key, value
     elif isinstance(value, Mapping):
         for k, v in value.items():
@@ -47,7 +52,7 @@ def output_keys(output: Any) -> dict[str, str]:
 def collect_urls(output: Any) -> list[str]:
     """Every URL-looking string in `output`, in document order, each once."""
     if type(output) is str:  # the usual bare URL, without the walk (a report asks 100,000s)
-        return [output] if "://" in output or output.startswith(("/", "\\")) else []
+        return [output] if _url_like(output) else []
     return list(output_keys(output))
 
 

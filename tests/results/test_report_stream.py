@@ -743,6 +743,25 @@ def test_the_jobs_a_helper_did_not_make_are_made_by_the_report(
     assert _folder_files(helped) == _folder_files(alone)
 
 
+def test_a_link_where_the_helper_writes_its_lines_is_not_written_through(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _helped_small(monkeypatch)
+    alone, helped = tmp_path / "alone" / "mixed", tmp_path / "helped" / "mixed"
+    for run_dir in (alone, helped):
+        _mixed_folder(run_dir)
+    write_from_state(alone, {}, None, None)
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    (helped / f".report.csv.{os.getpid()}.later").symlink_to(victim)
+    forks = _forks(monkeypatch)
+    with StateStore.open(helped, create=False, lock=False) as store, store.snapshot():
+        write_report(helped, ReportJobs.read(store, helped=True))
+    assert len(forks) == 1  # the helper refused the link; the report made its jobs
+    assert victim.read_text() == "keep me"
+    assert _folder_files(helped) == _folder_files(alone)
+
+
 def test_a_field_only_later_jobs_have_is_seen_through_the_helper(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
