@@ -9,7 +9,6 @@ from typing import cast
 import click
 
 from batchrun.errors import BatchrunError, ChoiceError, UsageError
-from batchrun.plan.manifest import load_manifest
 from batchrun.results.report import (
     GRID_META,
     REPORT_FILES,
@@ -117,6 +116,10 @@ def _layout_and_facts(
 
 def _manifest_grid(manifest: str) -> tuple[str | None, str | None]:
     """The `report:` grid of the run's manifest, when it is still there and valid."""
+    # Imported here, not atop: the manifest's module brings jsonschema (0.1 s of a report's
+    # 1.5 s), which a report whose grid is kept in state.db, and compare, never use.
+    from batchrun.plan.manifest import load_manifest
+
     try:
         grid = load_manifest(manifest).report if manifest else None
     except (BatchrunError, OSError):
