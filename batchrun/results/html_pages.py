@@ -7,9 +7,10 @@ is) and report-2.html, report-3.html, ... beside it, each laid out like the firs
 chosen from the first SAMPLE jobs), each linking to the others. Thumbnails load lazily. Every
 file is replaced atomically; pages a smaller sweep no longer has are removed.
 
-A large report is made in two parts (Helper): a forked helper draws the pages of the later jobs
-(Sheet.later) and hands back their counts and index values (SheetPart), which the sheet of the
-first pages takes in (Sheet.take) before it writes page 1.
+A large report is made by two processes (Helper): the report's from the first page on, a forked
+helper from the last page back, each taking one page at a time until none is left. The helper
+draws its pages (Sheet.later, Sheet.draw) and hands back each one's counts and index values
+(DrawnPage), which the sheet takes in page order (Sheet.take) before it writes page 1.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import os
 import pickle
 import re
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
@@ -46,7 +47,6 @@ PAGE_CARDS = 500  # jobs a page shows
 INDEX_VALUES = 1000  # a swept field with more values than this is left out of the index
 NEAR = 5  # a page links to the pages this near it (page 1 to every page)
 HELPED_PAGES = 20  # a report of fewer pages is made by one process (Helper.gains)
-HELPER_SHARE = 0.45  # the share of a report's pages its helper makes (Helper)
 _PAGE_NAME = re.compile(r"report-(\d+)\.html")
 
 
@@ -65,16 +65,22 @@ class AxisIndex:
     """On which pages each value of each laid-out field is, as ranges of pages."""
 
     def __init__(self, keys: Iterable[str]) -> None:
-        self.pages: dict[str, dict[str, list[list[int]]]] = {k: {} for k in keys}
+        self.keys = list(keys)
+        self.pages: dict[str, dict[str, list[list[int]]]] = {k: {} for k in self.keys}
         self.dropped: list[str] = []  # fields with too many values to list
 
     def add(self, jobs: list[JobRow], number: int) -> None:
         self.add_values({key: dimension_values(jobs, key) for key in self.pages}, number)
 
     def add_values(self, found: dict[str, list[str]], number: int) -> None:
-        """Page NUMBER's values of each field still indexed (`found`, in first-seen order)."""
+        """Page NUMBER's values of each field still indexed (`found`, in first-seen order; a
+        field not there has more than INDEX_VALUES values, PageValues found)."""
         for key in list(self.pages):
             values = self.pages[key]
+            if key not in found:
+                del self.pages[key]
+                self.dropped.append(key)
+                continue
             for value in dict.fromkeys(found[key]):
                 ranges = values.setdefault(value, [])
                 if ranges and ranges[-1][1] >= number - 1:
@@ -96,30 +102,29 @@ class AxisIndex:
             out.append(f"<details><summary>by {esc(key)} ({len(values)} values)</summary>"
                        f'<ul class="axis">{items}</ul></details>')  # fmt: skip
         if self.dropped:
-            out.append(
-                f"<p>not indexed (over {INDEX_VALUES:,} values): {esc(', '.join(self.dropped))}</p>"
-            )
+            dropped = ", ".join(k for k in self.keys if k in self.dropped)  # however found
+            out.append(f"<p>not indexed (over {INDEX_VALUES:,} values): {esc(dropped)}</p>")
         return "".join(out)
 
 
 class PageValues:
-    """What AxisIndex.add would take of each page (its values of each field), kept to be
-    added to another sheet's index (Sheet.take). A field is kept until it has shown more than
-    INDEX_VALUES values: by then, the index it is added to has dropped it too."""
+    """What AxisIndex.add would take of a page (its values of each field), kept to be added
+    to another sheet's index (Sheet.take), page after page in any order. A field is kept until
+    it has shown more than INDEX_VALUES values: the pages after that leave it out, and the
+    index they are added to drops it too (AxisIndex.add_values)."""
 
     def __init__(self, keys: Iterable[str]) -> None:
         self.seen: dict[str, set[str]] = {k: set() for k in keys}
-        self.found: list[tuple[int, dict[str, list[str]]]] = []
+        self.found: dict[str, list[str]] = {}  # of the page last added
 
     def add(self, jobs: list[JobRow], number: int) -> None:
-        page = {}
+        self.found = {}
         for key in list(self.seen):
             values = list(dict.fromkeys(dimension_values(jobs, key)))
-            page[key] = values
+            self.found[key] = values
             self.seen[key].update(values)
             if len(self.seen[key]) > INDEX_VALUES:
                 del self.seen[key]
-        self.found.append((number, page))
 
 
 def _ranges(ranges: list[list[int]]) -> str:
@@ -216,41 +221,41 @@ class Sheet:
         self.layout = Layout.choose(self.buffer[:SAMPLE], self.keys, self.rows_key, self.cols_key)
         self.index = AxisIndex(self.layout.axis_keys())
 
-    def later(self, first_page: int, jobs: Iterable[JobRow]) -> Sheet:
-        """This sheet to go on in another process from page FIRST_PAGE on (its first job the
-        next `add`), laid out as this one will be (from the first SAMPLE of all its JOBS): it
-        draws those pages and keeps their counts and index values for this one to `take`
-        (Helper)."""
+    def later(self, jobs: Iterable[JobRow]) -> Sheet:
+        """This sheet to draw pages in another process (`draw`, Helper), laid out as this one
+        will be (from the first SAMPLE of all its JOBS), for this one to `take`."""
         part = copy.copy(self)
         part.layout = Layout.choose(
             list(islice(jobs, SAMPLE)), self.keys, self.rows_key, self.cols_key
         )
-        part.buffer, part.counts, part.written, part.first = [], {}, first_page - 1, []
+        part.buffer, part.counts, part.first = [], {}, []
         part.index = PageValues(part.layout.axis_keys())
         return part
 
-    def handed(self) -> SheetPart:
-        """What a `later` part hands back once every job of it was added: its last pages
-        drawn, its counts and index values."""
+    def draw(self, number: int, jobs: list[JobRow]) -> DrawnPage:
+        """Page NUMBER of its JOBS, drawn by a `later` part: what this sheet takes of it."""
         assert isinstance(self.index, PageValues)
-        while self.buffer:
-            self._flush(self.buffer[:PAGE_CARDS])
-            del self.buffer[:PAGE_CARDS]
-        return SheetPart(self.counts, self.index.found, self.written)
+        counts: dict[str, int] = {}
+        for status in [report_status(job.status) for job in jobs]:
+            counts[status] = counts.get(status, 0) + 1
+        self._flush(jobs, number)
+        return DrawnPage(number, counts, self.index.found)
 
-    def take(self, part: SheetPart) -> None:
-        """The pages a `later` part drew, as if this sheet had: their counts and index."""
+    def take(self, drawn: DrawnPage) -> None:
+        """A page a `later` part drew (the next one), as if this sheet had: its counts and
+        index values."""
         assert isinstance(self.index, AxisIndex) and not self.buffer
-        for status, n in part.counts.items():
+        assert drawn.number == self.written + 1
+        for status, n in drawn.counts.items():
             self.counts[status] = self.counts.get(status, 0) + n
-        for number, found in part.found:
-            self.index.add_values(found, number)
-        self.written = part.written
+        self.index.add_values(drawn.found, drawn.number)
+        self.written = drawn.number
 
-    def _flush(self, jobs: list[JobRow]) -> None:
+    def _flush(self, jobs: list[JobRow], number: int | None = None) -> None:
+        """Draw the page of JOBS: the next one, or page NUMBER (a `later` part's)."""
         assert self.layout is not None and self.index is not None
-        self.written += 1
-        number = self.written
+        if number is None:
+            number = self.written = self.written + 1
         self.index.add(jobs, number)
         if number == 1:
             self.first = grids(jobs, self.layout, href)
@@ -279,30 +284,34 @@ class Sheet:
 
 
 @dataclass
-class SheetPart:
-    """The pages a part of a sheet drew in another process (Sheet.later): its jobs' counts
-    by status, each page's index values (PageValues.found) and the number of its last page."""
+class DrawnPage:
+    """A page a part of a sheet drew in another process (Sheet.draw): its number, its jobs'
+    counts by status and its index values (PageValues.found)."""
 
+    number: int
     counts: dict[str, int]
-    found: list[tuple[int, dict[str, list[str]]]]
-    written: int
+    found: dict[str, list[str]]
 
 
 class Helper:
-    """A second process that makes the part of a report of its later jobs: those from the
-    one `start` jobs in on (page `first_page`'s first, HELPER_SHARE of them), forked as the
-    report begins, while the report's process makes the part before; `join` gives what it
-    hands back (its work's value). On a machine with a core to spare a large report
-    is made in about 0.6 of the time. Should it fail (its read raises StaleRead when the jobs
-    changed since the report's own read began), `join` gives None and the report's process
-    goes on with those jobs itself. For a process with one thread (forked: any other thread
-    is not there in the fork)."""
+    """A second process that makes pages of a report from the last back, forked as the report
+    begins, while the report's process makes them from the first on; `join` gives what the
+    helper hands back (its work's value). The first pages, whose SAMPLE jobs the layout is
+    chosen from, are the report's process's; every other page is taken, one at a time, from a
+    pipe holding a byte for each (a byte read from a pipe goes to one reader): each is made
+    once, by the process that comes to it first, however the machine shares its cores between
+    the two. On a machine with a core to spare a large report is made in about 0.6 of the
+    time. Should the helper fail (its read raises StaleRead when the jobs changed since the
+    report's own read began), `join` gives None and the report's process makes its pages too.
+    For a process with one thread (forked: any other thread is not there in the fork)."""
 
     def __init__(self, total: int) -> None:
-        self.first_page = _half(total) + 1
-        self.start = _half(total) * PAGE_CARDS
+        self.total = total
+        self.pages = math.ceil(total / PAGE_CARDS)
+        self._own = self.pages  # the first pages: the report's process's without taking them
         self._pid: int | None = None
         self._answer = -1  # the pipe the helper answers on
+        self._left = -1  # the pipe of the pages left to take, a byte each
 
     @staticmethod
     def gains(total: int) -> bool:
@@ -313,12 +322,43 @@ class Helper:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
         pages = math.ceil(total / PAGE_CARDS)
         alone = threading.active_count() == 1
-        # The layout comes from the first SAMPLE jobs: the report's process reads them all.
-        laid = _half(total) * PAGE_CARDS >= SAMPLE
+        laid = pages > _laid_pages()  # pages are left once the layout's jobs are read
         return pages >= HELPED_PAGES and laid and cores > 1 and hasattr(os, "fork") and alone
+
+    def size(self, number: int) -> int:
+        """How many jobs page NUMBER has."""
+        return min(PAGE_CARDS, self.total - (number - 1) * PAGE_CARDS)
+
+    def first_pages(self) -> Iterator[int]:
+        """In the report's process, once the helper is forked: the numbers of the pages it
+        makes, in order (each but its own taken as it is asked for), until none is left."""
+        yield from range(1, self._own + 1)
+        number = self._own
+        while self._take():
+            number += 1
+            yield number
+
+    def last_pages(self) -> Iterator[int]:
+        """In the helper: the numbers of the pages it makes, from the last back (each taken
+        as it is asked for), until none is left."""
+        number = self.pages
+        while self._take():
+            yield number
+            number -= 1
+
+    def _take(self) -> bool:
+        return self._left >= 0 and os.read(self._left, 1) == b"p"
 
     def fork(self, work: Callable[[], object]) -> None:
         """Start the helper: it runs WORK, and hands its value back through a pipe."""
+        left, put = os.pipe()
+        os.set_blocking(put, False)
+        try:  # a byte for each page either may make, as many as the pipe holds
+            taken = os.write(put, b"p" * (self.pages - _laid_pages()))
+        except BlockingIOError:
+            taken = 0
+        os.close(put)  # once every byte is read, a read gives b"": none left
+        self._own, self._left = self.pages - taken, left
         answer, told = os.pipe()
         pid = os.fork()
         if pid == 0:  # the helper: its exit status says whether it did its work
@@ -335,9 +375,14 @@ class Helper:
         self._pid, self._answer = pid, answer
 
     def join(self) -> Any:
-        """The value of the helper's work; None when it failed, or was not started."""
+        """The value of the helper's work; None when it failed, or was not started. The
+        pages not taken yet are taken first (a report given up: the helper stops sooner)."""
         if self._pid is None:
             return None
+        while self._take():
+            pass
+        os.close(self._left)
+        self._left = -1
         with os.fdopen(self._answer, "rb") as answer:
             data = answer.read()  # before the wait: a helper blocks on a full pipe
         _, status = os.waitpid(self._pid, 0)
@@ -351,12 +396,9 @@ class Helper:
         self.join()
 
 
-def _half(total: int) -> int:
-    """The pages of the first part of a report of `total` jobs, its process's: a helper's
-    last HELPER_SHARE of them starts at the next (it lays out its pages itself, and the
-    report's process does more once both are done)."""
-    pages = math.ceil(total / PAGE_CARDS)
-    return max(1, pages - round(pages * HELPER_SHARE))
+def _laid_pages() -> int:
+    """The first pages of a report, always its process's: their jobs (SAMPLE) lay it out."""
+    return math.ceil(SAMPLE / PAGE_CARDS)
 
 
 class StaleRead(Exception):

@@ -24,7 +24,7 @@ from typing import Any, TypedDict, TypeVar
 from batchrun import __version__
 from batchrun.errors import ChoiceError
 from batchrun.results import report_lines, reportcsv
-from batchrun.results.html_pages import Helper, Sheet, SheetPart, StaleRead, more_pages
+from batchrun.results.html_pages import DrawnPage, Helper, Sheet, StaleRead, more_pages
 from batchrun.results.html_report import Live
 from batchrun.results.reportcsv import (
     INPUT_PREFIX,
@@ -395,10 +395,10 @@ class _FieldCheck:
 
 @dataclass
 class Later:
-    """The later half of a report's jobs (from `helper.start` on), made by a second process
-    (Helper) that reads them through a connection of its own (`own`: state.db in the
-    report's state, or StaleRead); `counted`: the ReportRows the report's process reads, whose
-    count of the ledger's attempts takes the helper's in (None: no money read, report.html
+    """The later pages of a report's jobs, made by a second process (Helper) from the last
+    back, that reads them through a connection of its own (`own`: state.db in the report's
+    state, or StaleRead); `counted`: the ReportRows the report's process reads, whose count
+    of the ledger's attempts takes the helper's in (None: no money read, report.html
     alone)."""
 
     helper: Helper
@@ -407,7 +407,7 @@ class Later:
 
     @classmethod
     def of(cls, store: StateStore, count: int, counted: ReportRows | None) -> Later | None:
-        """The later half of the report of the `count` jobs in the manifest of `store`
+        """The later pages of the report of the `count` jobs in the manifest of `store`
         (inside a snapshot), read with their costs when `counted` is; None where a helper
         would not gain (Helper.gains)."""
         if not Helper.gains(count):
@@ -427,22 +427,27 @@ class Later:
         return cls(Helper(count), own, counted)
 
     def rows(self, store: StateStore) -> Iterable[tuple[JobRow, Decimal | None]]:
-        """The later half's jobs, read from the helper's `store` (`own`)."""
+        """The jobs from the last back, read from the helper's `store` (`own`)."""
         if self.counted is not None:
-            return store.report_rows(offset=self.helper.start)
-        return ((r, None) for r in store.iter_rows(in_manifest_only=True, offset=self.helper.start))
+            return store.report_rows(backward=True)
+        return ((r, None) for r in store.iter_rows(in_manifest_only=True, backward=True))
 
 
 @dataclass
-class _Part:
-    """What a helper hands back of the later jobs it made (Later): their figures, the pages
-    it drew, the fields it saw and the ledger's attempts of them; report.csv's lines of them
-    are in a file of their own beside report.csv."""
+class _Piece:
+    """A page of jobs a helper made (Later), handed back: their figures (None: report.html
+    alone), where their report.csv lines are in the helper's file (offset, size), the page
+    drawn, the fields seen and the ledger's attempts of them."""
 
     tally: Tally | None
-    sheet: SheetPart
+    lines: tuple[int, int]
+    drawn: DrawnPage
     check: _FieldCheck | None
-    attempts: int
+    attempts: int = 0
+
+
+_Priced = tuple[JobRow, Decimal | None]  # a job with its actual costs known
+_MakePage = Callable[[int, list[_Priced]], _Piece]  # a helper's making of a page
 
 
 _CHUNK = 250  # jobs made into report.csv lines at a time (more cost memory, not time)
@@ -511,10 +516,12 @@ def _write_files(
     # report.csv's lines of the jobs a helper makes, until they are added to it
     their_lines = run_dir / f".report.csv.{os.getpid()}.later"
 
-    def maker(
-        write_rows: Callable[[Iterable[Sequence[str]]], None], tally: Tally, sheet: Sheet
-    ) -> Callable[[list[tuple[JobRow, Decimal | None]]], None]:
-        def make(chunk: list[tuple[JobRow, Decimal | None]]) -> None:
+    def lines_of(
+        write_rows: reportcsv.Rows, tally: Tally
+    ) -> Callable[[list[_Priced]], list[JobRow]]:
+        """The making of a chunk of jobs' report.csv lines and figures; its jobs."""
+
+        def make(chunk: list[_Priced]) -> list[JobRow]:
             rows, costs = [r for r, _ in chunk], [c for _, c in chunk]
             mirrored = (
                 None if mirror_urls is None else [mirror_urls.get(r.job_id, []) for r in rows]
@@ -522,32 +529,40 @@ def _write_files(
             cells, bare = report_lines.lines(rows, costs, inputs, var_names, mirrored)
             write_rows(cells)
             tally.add(rows, costs, bare)
-            sheet.add(rows)
+            return rows
 
         return make
 
-    def make_later(rows: Iterable[tuple[JobRow, Decimal | None]], part: Sheet) -> _Part:
-        their_tally, check = Tally(), None if jobs.check is None else jobs.check.fresh()
+    @contextmanager
+    def later_pages(part: Sheet) -> Iterator[_MakePage]:
         with reportcsv.lines_to(their_lines) as write_rows:
-            make = maker(write_rows, their_tally, part)
-            for chunk in _batched(rows if check is None else check.rows(rows), _CHUNK):
-                make(chunk)
-        return _Part(their_tally, part.handed(), check, 0)
+
+            def make_page(number: int, page: list[_Priced]) -> _Piece:
+                their_tally, check = Tally(), None if jobs.check is None else jobs.check.fresh()
+                make, start = lines_of(write_rows, their_tally), write_rows.offset()
+                for chunk in _batched(page if check is None else check.rows(page), _CHUNK):
+                    make(chunk)
+                at = (start, write_rows.offset() - start)
+                return _Piece(their_tally, at, part.draw(number, [r for r, _ in page]), check)
+
+            yield make_page
 
     try:
         with gc_paused(), reportcsv.writer(run_dir / "report.csv", header) as out:
-            part = _in_halves(
-                jobs.rows, later, sheet, maker(out, tally, sheet), make_later, jobs.money.books
-            )
-            if part is not None:
-                assert later is not None and part.tally is not None
-                out.extend_from(their_lines)
-                tally.take(part.tally)
-                sheet.take(part.sheet)
-                if jobs.check is not None and part.check is not None:
-                    jobs.check.take(part.check)
-                if later.counted is not None:
-                    later.counted.attempts += part.attempts
+            make = lines_of(out, tally)
+            pieces = _in_pages(
+                jobs.rows, later, sheet, lambda chunk: sheet.add(make(chunk)), later_pages,
+                jobs.money.books,
+            )  # fmt: skip
+            if pieces:
+                out.extend_from(their_lines, [piece.lines for piece in pieces])
+            for piece in pieces:
+                assert piece.tally is not None
+                tally.take(piece.tally)
+                if jobs.check is not None and piece.check is not None:
+                    jobs.check.take(piece.check)
+                if later is not None and later.counted is not None:
+                    later.counted.attempts += piece.attempts
             if jobs.check is not None:
                 jobs.check.done()
             sheet.finish()
@@ -556,45 +571,60 @@ def _write_files(
     return tally.summary(jobs.money)
 
 
-def _in_halves(
-    rows: Iterable[tuple[JobRow, Decimal | None]],
+def _in_pages(
+    rows: Iterable[_Priced],
     later: Later | None,
     sheet: Sheet,
-    make: Callable[[list[tuple[JobRow, Decimal | None]]], None],
-    make_later: Callable[[Iterable[tuple[JobRow, Decimal | None]], Sheet], _Part],
+    make: Callable[[list[_Priced]], object],
+    later_pages: Callable[[Sheet], AbstractContextManager[_MakePage]],
     meanwhile: Callable[[], object] = lambda: None,
-) -> _Part | None:
-    """Make the report of ROWS a chunk of jobs at a time (`make`). With `later`, the jobs
-    from its helper's start on are made by the helper (`make_later` of its own read of them
-    and of `sheet` as it goes on there, Sheet.later), forked first: what it hands back, for
-    the report's process to take in; None when this process made every job (no helper, or
-    one that failed). `meanwhile`: what this process can do before the helper is done."""
+) -> list[_Piece]:
+    """Make the report of ROWS a chunk of jobs at a time (`make`). With `later`, its helper
+    is forked first and makes pages from the last back (`later_pages` of its own read of the
+    jobs, and of `sheet` as it goes on there: Sheet.later), while this process makes them
+    from the first on, until none is left (Helper). The pages the helper made, in order, their
+    drawings taken into `sheet`, for this process to take in the rest of; none when this
+    process made every page (no helper, or one that failed). `meanwhile`: what this process
+    can do before the helper is done."""
     rows = iter(rows)
     if later is not None:
         helper = later.helper
 
-        def work() -> _Part:  # in the helper
+        def work() -> list[_Piece]:  # in the helper
             with later.own() as store:
-                laid = sheet.later(helper.first_page, store.iter_rows(in_manifest_only=True))
+                laid = sheet.later(store.iter_rows(in_manifest_only=True))
                 theirs = later.rows(store)
-                part = make_later(theirs, laid)
-                if isinstance(theirs, ReportRows):
-                    part.attempts = theirs.attempts
-            return part
+                read = iter(theirs)
+                pieces = []
+                with later_pages(laid) as make_page:
+                    for number in helper.last_pages():
+                        before = theirs.attempts if isinstance(theirs, ReportRows) else 0
+                        page = list(islice(read, helper.size(number)))[::-1]
+                        piece = make_page(number, page)
+                        if isinstance(theirs, ReportRows):
+                            piece.attempts = theirs.attempts - before
+                        pieces.append(piece)
+            return pieces
 
         helper.fork(work)
+        made = 0
         try:
-            for chunk in _batched(islice(rows, helper.start), _CHUNK):
-                make(chunk)
-            meanwhile()
-            part: _Part | None = helper.join()
+            meanwhile()  # meanwhile, the helper takes more pages
+            for made in helper.first_pages():
+                for chunk in _batched(islice(rows, helper.size(made)), _CHUNK):
+                    make(chunk)
+            pieces: list[_Piece] | None = helper.join()
         finally:
             helper.wait()  # a report given up (made again with other fields): its helper too
-        if part is not None:
-            return part
+        if pieces is not None:
+            pieces.sort(key=lambda piece: piece.drawn.number)
+            if [p.drawn.number for p in pieces] == list(range(made + 1, helper.pages + 1)):
+                for piece in pieces:
+                    sheet.take(piece.drawn)
+                return pieces
     for chunk in _batched(rows, _CHUNK):
         make(chunk)
-    return None
+    return []
 
 
 def _sheet_keys(inputs: list[str], var_names: list[str]) -> list[str]:
@@ -608,7 +638,7 @@ def write_sheet(
     """report.html (and its pages) alone, of the jobs as `store` holds them (read with a
     cursor: call inside one `store.snapshot()`), in the grid chosen, beside report.csv and
     summary.json of the same state (to_write): their input fields and var names are those of
-    that report.csv's columns. `helped`: the later half of a large sheet is drawn by a
+    that report.csv's columns. `helped`: the later pages of a large sheet are drawn by a
     second process (Later.of; call from a process with one thread). A grid that names no
     swept field raises ChoiceError."""
     run_dir = store.run_dir
@@ -619,16 +649,16 @@ def write_sheet(
         run_dir, count, _sheet_keys(inputs, var_names), rows_key=rows_key, cols_key=cols_key
     )
 
-    def make_later(rows: Iterable[tuple[JobRow, Decimal | None]], part: Sheet) -> _Part:
-        for chunk in _batched(rows, _CHUNK):
-            part.add([r for r, _ in chunk])
-        return _Part(None, part.handed(), None, 0)
+    @contextmanager
+    def later_pages(part: Sheet) -> Iterator[_MakePage]:
+        def draw(number: int, page: list[_Priced]) -> _Piece:
+            return _Piece(None, (0, 0), part.draw(number, [r for r, _ in page]), None)
+
+        yield draw
 
     rows = ((r, None) for r in store.iter_rows(in_manifest_only=True))
     with gc_paused():
-        part = _in_halves(rows, later, sheet, lambda c: sheet.add([r for r, _ in c]), make_later)
-        if part is not None:
-            sheet.take(part.sheet)
+        _in_pages(rows, later, sheet, lambda chunk: sheet.add([r for r, _ in chunk]), later_pages)
         sheet.finish()
 
 

@@ -8,7 +8,6 @@ import itertools
 import json
 import operator
 import os
-import shutil
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -135,10 +134,19 @@ class Rows:
     def __call__(self, rows: Iterable[Sequence[str]]) -> None:
         self._write(rows)
 
-    def extend_from(self, path: Path) -> None:
+    def offset(self) -> int:
+        """Where the next line goes, in bytes from the file's start (a file being written:
+        no decoder's state in it)."""
+        return self._text.tell()
+
+    def extend_from(self, path: Path, spans: Iterable[tuple[int, int]]) -> None:
+        """The lines at each of SPANS (offset, size: Rows.offset) of the file at PATH, in
+        that order."""
         self._text.flush()
         with open(path, "rb") as lines:
-            shutil.copyfileobj(lines, self._text.buffer)
+            for offset, size in spans:
+                lines.seek(offset)
+                self._text.buffer.write(lines.read(size))
 
 
 @contextmanager

@@ -61,12 +61,8 @@ _OPEN_ATTEMPT = "answer = 'accepted' AND finished_at IS NULL"
 _NEVER_BILLED = ", ".join(f"'{a}'" for a in sorted(ledger.ANSWERS - ledger.MAYBE_BILLED))
 _KNOWN_COST = f"a.answer NOT IN ({_NEVER_BILLED}) AND a.actual_usd IS NOT NULL"
 _REF = "(SELECT ref FROM names WHERE name = ?)"  # a model id's or origin's ref (schema 6)
-# Of the jobs in the manifest, those from the one OFFSET (the parameter) jobs in on: a range
-# of the position index (LIMIT/OFFSET would make every row it skips).
-_FROM_OFFSET = (
-    "position >= (SELECT position FROM jobs WHERE in_manifest = 1 ORDER BY position LIMIT 1 "
-    "OFFSET ?)"
-)
+# ORDER BY position forward, or backward (the position index serves both)
+_DESC = {False: "", True: " DESC"}
 _ORIGIN_REF = (
     "(SELECT ref FROM names WHERE name = COALESCE((SELECT value FROM meta WHERE key = "
     "'origin'), ''))"
@@ -322,11 +318,11 @@ class StateStore(transitions.RowTransitions):
         in_manifest_only: bool = False,
         statuses: Iterable[str] | None = None,
         cached_only: bool = False,
-        offset: int = 0,
+        backward: bool = False,
     ) -> Iterator[records.JobRow]:
         """The jobs (in the manifest only; in one of `statuses` only; taken from the cache
-        only), in expansion order (from the one `offset` jobs of the manifest in on), read
-        with a cursor: memory holds one page of rows, not the folder's."""
+        only), in expansion order (`backward`: from the last), read with a cursor: memory
+        holds one page of rows, not the folder's."""
         where = ["in_manifest = 1"] if in_manifest_only else []
         params: list[Any] = []
         if cached_only:
@@ -337,11 +333,8 @@ class StateStore(transitions.RowTransitions):
             params += wanted
             if not TERMINAL.intersection(wanted):
                 where.append(ACTIVE)  # the index of unfinished jobs serves the query
-        if offset:
-            where.append(_FROM_OFFSET)
-            params.append(offset)
         clause = f"WHERE {' AND '.join(where)} " if where else ""
-        sql = f"SELECT {self._columns} FROM jobs {clause}ORDER BY position"
+        sql = f"SELECT {self._columns} FROM jobs {clause}ORDER BY position{_DESC[backward]}"
         return (self._decode(r) for r in self._cursor(sql, params))
 
     def _cursor(self, sql: str, params: Iterable[Any] = ()) -> Iterator[tuple[Any, ...]]:
@@ -753,17 +746,17 @@ class StateStore(transitions.RowTransitions):
         amounts = ((ledger.amount(text), n) for text, n in groups)
         return sum((amount * n for amount, n in amounts if amount is not None), Decimal(0))
 
-    def report_rows(self, *, offset: int = 0) -> ReportRows:
-        """The jobs in the manifest, in expansion order (from the one `offset` jobs in on),
-        each with its actual costs known, read with one cursor (ReportRows)."""
+    def report_rows(self, *, backward: bool = False) -> ReportRows:
+        """The jobs in the manifest, in expansion order (`backward`: from the last), each with
+        its actual costs known, read with one cursor (ReportRows)."""
         # A blob is no amount (ledger.amount); JSON cannot hold one.
         sql = (
             f"SELECT {self._columns}, (SELECT json_group_array(CASE WHEN {_KNOWN_COST} AND "
             "typeof(a.actual_usd) = 'text' THEN a.actual_usd END) FROM attempts a WHERE "
-            f"a.job_id = jobs.job_id) FROM jobs WHERE in_manifest = 1 AND {_FROM_OFFSET} "
-            "ORDER BY position"
+            f"a.job_id = jobs.job_id) FROM jobs WHERE in_manifest = 1 ORDER BY position"
+            f"{_DESC[backward]}"
         )
-        return ReportRows(self._cursor(sql, [offset]), self._decode)
+        return ReportRows(self._cursor(sql), self._decode)
 
     def attempt_count(self) -> int:
         """How many attempts the ledger holds."""

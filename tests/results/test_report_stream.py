@@ -9,7 +9,8 @@ import math
 import os
 import sqlite3
 import statistics
-from collections.abc import Iterable
+import time
+from collections.abc import Iterable, Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -662,7 +663,8 @@ def _folder_files(run_dir: Path) -> dict[str, bytes]:
 
 def _helped_small(monkeypatch: pytest.MonkeyPatch) -> None:
     """Pages of 7 jobs laid out from the first 5, a helper from 2 pages on: the mixed
-    folder's 50 jobs are made in two parts, the helper's from the 29th (page 5)."""
+    folder's 50 jobs are made by two processes, page 1 by the report's, pages 2 to 8 by the
+    first of the two to come to each."""
     monkeypatch.setattr(html_pages, "PAGE_CARDS", 7)
     monkeypatch.setattr(html_pages, "SAMPLE", 5)
     monkeypatch.setattr(html_pages, "HELPED_PAGES", 2)
@@ -706,9 +708,9 @@ def test_a_helper_process_makes_the_files_one_process_would(
             every = _folder_files(run_dir)
             # another grid, report.html alone
             report.write_sheet(store, *(grid[::-1] if grid[0] else ("color", "seed")), helped=True)
-        # A helper starts once the layout is chosen, from the first SAMPLE jobs: before the
-        # later half (jobs 28 on, page 5's first), or this process makes every job.
-        assert len(forks) == (2 if helped and sample < 28 else 0)
+        # A helper is forked when pages are left once the first SAMPLE jobs (the layout's)
+        # are read: of the 50 jobs' 8 pages, 7 are, or none.
+        assert len(forks) == (2 if helped and sample <= 7 * 7 else 0)
         made[helped] = every, _folder_files(run_dir)
     assert made[True] == made[False]
     pages = made[True][0]
@@ -730,8 +732,8 @@ def test_the_jobs_a_helper_did_not_make_are_made_by_the_report(
     write_from_state(alone, {}, None, None)  # one process: write_from_state asks no helper
     read = StateStore.report_rows
 
-    def fails_later(store: StateStore, *, offset: int = 0) -> st.ReportRows:
-        if offset:  # the helper's read
+    def fails_later(store: StateStore, *, backward: bool = False) -> st.ReportRows:
+        if backward:  # the helper's read
             raise OSError("disk gone")
         return read(store)
 
@@ -834,3 +836,161 @@ def test_the_report_command_makes_a_large_report_with_a_helper(
         made[helped] = files, _folder_files(run_dir)
     assert made[True] == made[False]
     assert len([n for n in made[True][0] if n.endswith(".html")]) == 20
+
+
+def _helper_pages(monkeypatch: pytest.MonkeyPatch) -> list[list[int]]:
+    """The numbers of the pages the helper of each report from now on made and handed
+    back, in order ([]: the report's process made every page)."""
+    made: list[list[int]] = []
+    in_pages = report._in_pages
+
+    def counted(*args: Any, **kwargs: Any) -> list[report._Piece]:
+        pieces = in_pages(*args, **kwargs)
+        made.append([piece.drawn.number for piece in pieces])
+        return pieces
+
+    monkeypatch.setattr(report, "_in_pages", counted)
+    return made
+
+
+def _slowed(monkeypatch: pytest.MonkeyPatch, *, helper: bool, seconds: float) -> None:
+    """Each page drawn by the report's process (or by its helper) takes SECONDS more."""
+    ours, flush = os.getpid(), html_pages.Sheet._flush
+
+    def slow(self: html_pages.Sheet, jobs: list[JobRow], number: int | None = None) -> None:
+        if (os.getpid() != ours) == helper:
+            time.sleep(seconds)
+        flush(self, jobs, number)
+
+    monkeypatch.setattr(html_pages.Sheet, "_flush", slow)
+
+
+@pytest.mark.parametrize("slow", ["report", "helper"])
+def test_each_page_is_made_once_by_the_process_free_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, slow: str
+) -> None:
+    _helped_small(monkeypatch)
+    alone, helped = tmp_path / "alone" / "mixed", tmp_path / "helped" / "mixed"
+    for run_dir in (alone, helped):
+        _mixed_folder(run_dir)
+    write_from_state(alone, {}, None, None)
+    _slowed(monkeypatch, helper=slow == "helper", seconds=0.3)
+    made, forks = _helper_pages(monkeypatch), _forks(monkeypatch)
+    with StateStore.open(helped, create=False, lock=False) as store, store.snapshot():
+        write_report(helped, ReportJobs.read(store, helped=True))
+    assert len(forks) == 1
+    assert _folder_files(helped) == _folder_files(alone)
+    # Pages 2 to 8 go to whichever process is free: the helper from the last back.
+    [theirs] = made
+    assert theirs == list(range(9 - len(theirs), 9))
+    assert len(theirs) >= 6 if slow == "report" else len(theirs) <= 1
+
+
+def test_pages_a_helper_made_before_it_failed_are_made_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _helped_small(monkeypatch)
+    alone, helped = tmp_path / "alone" / "mixed", tmp_path / "helped" / "mixed"
+    for run_dir in (alone, helped):
+        _mixed_folder(run_dir)
+    write_from_state(alone, {}, None, None)
+    _slowed(monkeypatch, helper=False, seconds=0.3)
+    log, draw = tmp_path / "drawn", html_pages.Sheet.draw
+
+    def fails(self: html_pages.Sheet, number: int, jobs: list[JobRow]) -> html_pages.DrawnPage:
+        drawn = log.read_text().split() if log.exists() else []
+        if len(drawn) == 3:  # the helper's fourth page (it took it): it fails there
+            raise OSError("disk gone")
+        log.write_text(" ".join([*drawn, str(number)]))
+        return draw(self, number, jobs)
+
+    monkeypatch.setattr(html_pages.Sheet, "draw", fails)
+    made, forks = _helper_pages(monkeypatch), _forks(monkeypatch)
+    with StateStore.open(helped, create=False, lock=False) as store, store.snapshot():
+        write_report(helped, ReportJobs.read(store, helped=True))
+    assert len(forks) == 1 and made == [[]]
+    assert log.read_text() == "8 7 6"  # drawn by the helper, then by the report's process
+    assert _folder_files(helped) == _folder_files(alone)
+
+
+def test_pages_a_helper_took_and_did_not_hand_back_are_made_by_the_report(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _helped_small(monkeypatch)
+    alone, helped = tmp_path / "alone" / "mixed", tmp_path / "helped" / "mixed"
+    for run_dir in (alone, helped):
+        _mixed_folder(run_dir)
+    write_from_state(alone, {}, None, None)
+    _slowed(monkeypatch, helper=False, seconds=0.3)
+    last_pages = html_pages.Helper.last_pages
+
+    def skips(self: html_pages.Helper) -> Iterator[int]:
+        pages = last_pages(self)
+        next(pages)  # page 8 taken, never made
+        yield from pages
+
+    monkeypatch.setattr(html_pages.Helper, "last_pages", skips)
+    made = _helper_pages(monkeypatch)
+    with StateStore.open(helped, create=False, lock=False) as store, store.snapshot():
+        write_report(helped, ReportJobs.read(store, helped=True))
+    assert made == [[]]  # pages 7 back to 2 handed back, without page 8: none taken in
+    assert _folder_files(helped) == _folder_files(alone)
+
+
+@pytest.mark.parametrize("late", [None, "report", "helper"])
+def test_a_report_and_its_helper_take_every_page_once(
+    monkeypatch: pytest.MonkeyPatch, late: str | None
+) -> None:
+    monkeypatch.setattr(html_pages, "PAGE_CARDS", 10)
+    monkeypatch.setattr(html_pages, "SAMPLE", 25)  # pages 1 to 3 lay the report out
+    helper = html_pages.Helper(995)
+    assert (helper.pages, helper.size(1), helper.size(100)) == (100, 10, 5)
+
+    def work() -> list[int]:
+        if late == "helper":
+            time.sleep(0.5)
+        return list(helper.last_pages())
+
+    helper.fork(work)
+    ours = []
+    for number in helper.first_pages():
+        ours.append(number)
+        if late == "report" and number == 3:
+            time.sleep(0.5)
+    theirs = helper.join()
+    assert ours == list(range(1, len(ours) + 1)) and len(ours) >= 3
+    assert theirs == list(range(100, len(ours), -1))
+    # One that comes late finds every page taken (the report's process: but its own).
+    assert len(ours) == {None: len(ours), "report": 3, "helper": 100}[late]
+
+
+def test_fields_of_too_many_values_are_left_out_of_the_index_however_pages_are_made(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _helped_small(monkeypatch)
+    monkeypatch.setattr(html_pages, "INDEX_VALUES", 6)
+    # seed: 50 values, seven on page 1; step: 10, the seventh on page 5 (jobs 28-34), though
+    # the helper, from the last page back, sees seven by page 3; kind: 2. The fields left
+    # out are named in the layout's order, whichever was left out first.
+    jobs = [
+        Job(f"j{i:03}", MODELS[0], {"seed": i, "step": i // 5, "kind": i % 2}, {}, 0, i)
+        for i in range(50)
+    ]
+    made = {}
+    for helped in (False, True):
+        run_dir = tmp_path / str(helped) / "run"
+        with StateStore.open(run_dir) as store:
+            store.add_jobs(jobs)
+        monkeypatch.setattr(html_pages, "HELPED_PAGES", 2 if helped else 10**9)
+        _slowed(monkeypatch, helper=False, seconds=0.3 if helped else 0)
+        pages = _helper_pages(monkeypatch)
+        with StateStore.open(run_dir, create=False, lock=False) as store, store.snapshot():
+            write_report(
+                run_dir, ReportJobs.read(store, helped=True), rows_key="step", cols_key="seed"
+            )
+        assert pages[-1] == ([2, 3, 4, 5, 6, 7, 8] if helped else [])
+        made[helped] = _folder_files(run_dir)
+    assert made[True] == made[False]
+    first = made[True]["report.html"].decode()
+    assert "not indexed (over 6 values): input.step, input.seed</p>" in first
+    assert "by input.kind (2 values)" in first
