@@ -358,9 +358,14 @@ class Helper:
         except BlockingIOError:
             taken = 0
         os.close(put)  # once every byte is read, a read gives b"": none left
-        self._own, self._left = self.pages - taken, left
         answer, told = os.pipe()
-        pid = os.fork()
+        try:
+            pid = os.fork()
+        except OSError:  # no process to spare: the report's makes every page
+            for fd in (left, answer, told):
+                os.close(fd)
+            return
+        self._own, self._left = self.pages - taken, left
         if pid == 0:  # the helper: its exit status says whether it did its work
             code = 1
             try:

@@ -303,7 +303,7 @@ class ReportJobs:
     before. Where those were taken for theirs (`check`), reading `rows` raises _OtherFields
     at a job with others (and `check.done` once every job was read, when one was never
     seen), and `exact` reads the jobs again with their fields found in full. `later`: the
-    later half of the jobs made by a second process."""
+    later pages of the jobs made by a second process."""
 
     rows: Iterable[tuple[JobRow, Decimal | None]]
     count: int
@@ -330,8 +330,8 @@ class ReportJobs:
         `store.snapshot()`, every figure is of one moment). Their fields are taken to be the
         columns of the report.csv beside state.db, checked on every job (they seldom change
         from one report to the next, and finding them in every job's JSON with SQL costs a
-        tenth of a report); without one, they are found with SQL. `helped`: the later half
-        of a large report is made by a second process (Later.of; call from a process with
+        tenth of a report); without one, they are found with SQL. `helped`: the later pages
+        of a large report are made by a second process (Later.of; call from a process with
         one thread)."""
         count = store.count(in_manifest_only=True)
 

@@ -20,7 +20,7 @@ from batchrun.store import state as st
 from batchrun.store.state import StateStore
 from testing.cli import run_cli
 
-JOBS = 10_000  # 20 pages: made in two halves (html_pages.HELPED_PAGES)
+JOBS = 10_000  # 20 pages: made by two processes (html_pages.HELPED_PAGES)
 
 
 def _counts(run_dir: Path) -> tuple[dict[str, int], dict[str, int], dict[str, int]]:

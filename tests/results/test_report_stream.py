@@ -994,3 +994,25 @@ def test_fields_of_too_many_values_are_left_out_of_the_index_however_pages_are_m
     first = made[True]["report.html"].decode()
     assert "not indexed (over 6 values): input.step, input.seed</p>" in first
     assert "by input.kind (2 values)" in first
+
+
+def test_a_report_without_a_process_to_spare_makes_every_page(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _helped_small(monkeypatch)
+    alone, helped = tmp_path / "alone" / "mixed", tmp_path / "helped" / "mixed"
+    for run_dir in (alone, helped):
+        _mixed_folder(run_dir)
+    write_from_state(alone, {}, None, None)
+    opened = len(os.listdir("/proc/self/fd"))
+
+    def no_fork() -> int:
+        raise OSError(11, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(os, "fork", no_fork)
+    made = _helper_pages(monkeypatch)
+    with StateStore.open(helped, create=False, lock=False) as store, store.snapshot():
+        write_report(helped, ReportJobs.read(store, helped=True))
+    assert made == [[]]
+    assert _folder_files(helped) == _folder_files(alone)
+    assert len(os.listdir("/proc/self/fd")) == opened  # the pipes closed
