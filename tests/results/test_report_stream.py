@@ -9,6 +9,7 @@ import math
 import os
 import sqlite3
 import statistics
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from decimal import Decimal
@@ -670,8 +671,16 @@ def _helped_small(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(html_pages, "HELPED_PAGES", 2)
 
 
+def _alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """This process taken to run one thread (Helper.gains), as `batchrun report` does: a
+    server an earlier test left running for the whole session (S3's) is a thread of it, and
+    the helper touches nothing of it."""
+    monkeypatch.setattr(threading, "active_count", lambda: 1)
+
+
 def _forks(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """The pids os.fork returns in this process from now on."""
+    """The pids os.fork returns in this process from now on (taken to run one thread)."""
+    _alone(monkeypatch)
     made: list[int] = []
     fork = os.fork
 
@@ -817,6 +826,14 @@ def test_the_report_command_makes_a_large_report_with_a_helper(
         Job(f"{i:012x}", MODELS[i % 2], {"prompt": f"p{i // 96}", "seed": i % 96}, {}, 0, i)
         for i in range(9600)
     ]
+    looked: list[int] = []  # for attempts of jobs gone: none, when every one is counted
+    gone = StateStore.attempts_not_in_manifest
+
+    def looks(store: StateStore) -> list[Attempt]:
+        looked.append(1)
+        return gone(store)
+
+    monkeypatch.setattr(StateStore, "attempts_not_in_manifest", looks)
     made = {}
     for helped in (False, True):
         run_dir = tmp_path / str(helped) / "run"
@@ -829,6 +846,7 @@ def test_the_report_command_makes_a_large_report_with_a_helper(
         monkeypatch.setattr(html_pages, "HELPED_PAGES", 20 if helped else 10**9)
         forks = _forks(monkeypatch)
         every = invoke("report", str(run_dir))
+        assert looked == []
         files = _folder_files(run_dir)
         grid = invoke("report", str(run_dir), "--rows", "seed", "--cols", "prompt")
         assert every.code == grid.code == 0 and "up to date: " in grid.stderr, grid.stderr
@@ -841,6 +859,7 @@ def test_the_report_command_makes_a_large_report_with_a_helper(
 def _helper_pages(monkeypatch: pytest.MonkeyPatch) -> list[list[int]]:
     """The numbers of the pages the helper of each report from now on made and handed
     back, in order ([]: the report's process made every page)."""
+    _alone(monkeypatch)
     made: list[list[int]] = []
     in_pages = report._in_pages
 
