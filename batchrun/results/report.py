@@ -159,7 +159,7 @@ class Money:
 
 class Tally:
     """summary.json's figures of the reported jobs, added up a chunk of jobs at a time
-    (`add`), so a report is made in one pass over them (or in two parts: `take`)."""
+    (`add`), so a report is made in one pass over them (or in pieces, taken in order: `take`)."""
 
     def __init__(self) -> None:
         self.jobs = 0
@@ -585,7 +585,7 @@ def _in_pages(
     from the first on, until none is left (Helper). The pages the helper made, in order, their
     drawings taken into `sheet`, for this process to take in the rest of; none when this
     process made every page (no helper, or one that failed). `meanwhile`: what this process
-    can do before the helper is done."""
+    does first, while the helper takes pages."""
     rows = iter(rows)
     if later is not None:
         helper = later.helper
@@ -594,22 +594,20 @@ def _in_pages(
             with later.own() as store:
                 laid = sheet.later(store.iter_rows(in_manifest_only=True))
                 theirs = later.rows(store)
-                read = iter(theirs)
-                pieces = []
+                counted = theirs if isinstance(theirs, ReportRows) else None
+                read, pieces = iter(theirs), []
                 with later_pages(laid) as make_page:
                     for number in helper.last_pages():
-                        before = theirs.attempts if isinstance(theirs, ReportRows) else 0
-                        page = list(islice(read, helper.size(number)))[::-1]
-                        piece = make_page(number, page)
-                        if isinstance(theirs, ReportRows):
-                            piece.attempts = theirs.attempts - before
+                        before = counted.attempts if counted else 0
+                        piece = make_page(number, list(islice(read, helper.size(number)))[::-1])
+                        piece.attempts = counted.attempts - before if counted else 0
                         pieces.append(piece)
             return pieces
 
         helper.fork(work)
         made = 0
         try:
-            meanwhile()  # meanwhile, the helper takes more pages
+            meanwhile()
             for made in helper.first_pages():
                 for chunk in _batched(islice(rows, helper.size(made)), _CHUNK):
                     make(chunk)
