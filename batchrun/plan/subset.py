@@ -14,10 +14,12 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from batchrun.plan.grid import Job
 from batchrun.store.records import JobLike
+
+if TYPE_CHECKING:  # a plan's jobs are only named here: `approve --only` needs no plan module
+    from batchrun.plan.grid import Job
 
 _KINDS = "model=ID, input.FIELD=VALUE, var.NAME=VALUE or job=ID_PREFIX"
 J = TypeVar("J", bound=JobLike)  # a plan's Job, or a run folder's JobRow
