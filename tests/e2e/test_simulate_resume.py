@@ -18,8 +18,6 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
-import pytest
-
 from batchrun.plan.build import build_plan
 from batchrun.run.engine import RunOptions, run_batch
 from batchrun.simulator import SimSettings, Simulator
@@ -93,7 +91,9 @@ def _rows(run_dir: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(fh))
 
 
-def _assert_complete(run_dir: Path, jobs: int = JOBS) -> None:
+def _assert_complete(run_dir: Path, jobs: int = JOBS, *, twice: int = 0) -> None:
+    """Every job succeeded, its files there, each paid for once: but for at most `twice`
+    jobs submitted again (their first submit's answer was lost: `--resubmit-unknown`)."""
     rows = _rows(run_dir)
     assert len(rows) == jobs
     assert {r["status"] for r in rows} == {"succeeded"}, [r["error"] for r in rows]
@@ -103,10 +103,11 @@ def _assert_complete(run_dir: Path, jobs: int = JOBS) -> None:
         for name, digest in zip(names, digests, strict=True):
             assert hashlib.sha256((run_dir / name).read_bytes()).hexdigest() == digest
     submits = _submits(run_dir)
-    assert len(submits) == jobs and max(submits.values()) == 1, "an identity submitted twice"
+    assert len(submits) == jobs and max(submits.values()) <= 2
+    assert sum(n - 1 for n in submits.values()) <= twice, "an identity submitted twice"
     request_ids = {r["request_id"] for r in rows}
     journaled = {r["request_id"] for r in _journal(run_dir) if r["type"] == "submit"}
-    assert request_ids == journaled
+    assert request_ids <= journaled and len(journaled - request_ids) <= twice
 
 
 def _assert_no_token(run_dir: Path, *texts: str) -> None:
@@ -165,12 +166,9 @@ def test_sigkill_then_rerun_resumes_on_the_simulator(tmp_path: Path) -> None:
             text=True,
             timeout=30,
         )
-        submits = _submits(run_dir)
-        assert sum(n - 1 for n in submits.values()) <= len(unknown)
-        pytest.skip(f"{len(unknown)} submit(s) were in the air at the kill (legitimately unknown)")
     assert again.returncode == 0, again.stderr
     assert "request unknown" not in again.stderr
-    _assert_complete(run_dir)
+    _assert_complete(run_dir, twice=len(unknown))
     _assert_no_token(run_dir, again.stdout, again.stderr)
 
 
