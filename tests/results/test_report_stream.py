@@ -678,6 +678,23 @@ def _alone(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(threading, "active_count", lambda: 1)
 
 
+def _mixed_twice(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path]:
+    """The mixed folder twice, in pages of 7 jobs (_helped_small): `alone` with its report
+    made by one process (write_from_state asks no helper), `helped` with none yet."""
+    _helped_small(monkeypatch)
+    alone, helped = tmp_path / "alone" / "mixed", tmp_path / "helped" / "mixed"
+    for run_dir in (alone, helped):
+        _mixed_folder(run_dir)
+    write_from_state(alone, {}, None, None)
+    return alone, helped
+
+
+def _report_helped(run_dir: Path) -> None:
+    """The report of RUN_DIR as `batchrun report` makes it: with a helper, where it gains."""
+    with StateStore.open(run_dir, create=False, lock=False) as store, store.snapshot():
+        write_report(run_dir, ReportJobs.read(store, helped=True))
+
+
 def _forks(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """The pids os.fork returns in this process from now on (taken to run one thread)."""
     _alone(monkeypatch)
@@ -734,11 +751,7 @@ def test_a_helper_process_makes_the_files_one_process_would(
 def test_the_jobs_a_helper_did_not_make_are_made_by_the_report(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    _helped_small(monkeypatch)
-    alone, helped = tmp_path / "alone" / "mixed", tmp_path / "helped" / "mixed"
-    for run_dir in (alone, helped):
-        _mixed_folder(run_dir)
-    write_from_state(alone, {}, None, None)  # one process: write_from_state asks no helper
+    alone, helped = _mixed_twice(tmp_path, monkeypatch)
     read = StateStore.report_rows
 
     def fails_later(store: StateStore, *, backward: bool = False) -> st.ReportRows:
@@ -748,8 +761,7 @@ def test_the_jobs_a_helper_did_not_make_are_made_by_the_report(
 
     monkeypatch.setattr(StateStore, "report_rows", fails_later)
     forks = _forks(monkeypatch)
-    with StateStore.open(helped, create=False, lock=False) as store, store.snapshot():
-        write_report(helped, ReportJobs.read(store, helped=True))
+    _report_helped(helped)
     assert len(forks) == 1
     assert _folder_files(helped) == _folder_files(alone)
 
@@ -757,17 +769,12 @@ def test_the_jobs_a_helper_did_not_make_are_made_by_the_report(
 def test_a_link_where_the_helper_writes_its_lines_is_not_written_through(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    _helped_small(monkeypatch)
-    alone, helped = tmp_path / "alone" / "mixed", tmp_path / "helped" / "mixed"
-    for run_dir in (alone, helped):
-        _mixed_folder(run_dir)
-    write_from_state(alone, {}, None, None)
+    alone, helped = _mixed_twice(tmp_path, monkeypatch)
     victim = tmp_path / "victim.txt"
     victim.write_text("keep me")
     (helped / f".report.csv.{os.getpid()}.later").symlink_to(victim)
     forks = _forks(monkeypatch)
-    with StateStore.open(helped, create=False, lock=False) as store, store.snapshot():
-        write_report(helped, ReportJobs.read(store, helped=True))
+    _report_helped(helped)
     assert len(forks) == 1  # the helper refused the link; the report made its jobs
     assert victim.read_text() == "keep me"
     assert _folder_files(helped) == _folder_files(alone)
@@ -888,15 +895,10 @@ def _slowed(monkeypatch: pytest.MonkeyPatch, *, helper: bool, seconds: float) ->
 def test_each_page_is_made_once_by_the_process_free_first(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, slow: str
 ) -> None:
-    _helped_small(monkeypatch)
-    alone, helped = tmp_path / "alone" / "mixed", tmp_path / "helped" / "mixed"
-    for run_dir in (alone, helped):
-        _mixed_folder(run_dir)
-    write_from_state(alone, {}, None, None)
+    alone, helped = _mixed_twice(tmp_path, monkeypatch)
     _slowed(monkeypatch, helper=slow == "helper", seconds=0.3)
     made, forks = _helper_pages(monkeypatch), _forks(monkeypatch)
-    with StateStore.open(helped, create=False, lock=False) as store, store.snapshot():
-        write_report(helped, ReportJobs.read(store, helped=True))
+    _report_helped(helped)
     assert len(forks) == 1
     assert _folder_files(helped) == _folder_files(alone)
     # Pages 2 to 8 go to whichever process is free: the helper from the last back.
@@ -908,11 +910,7 @@ def test_each_page_is_made_once_by_the_process_free_first(
 def test_pages_a_helper_made_before_it_failed_are_made_again(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    _helped_small(monkeypatch)
-    alone, helped = tmp_path / "alone" / "mixed", tmp_path / "helped" / "mixed"
-    for run_dir in (alone, helped):
-        _mixed_folder(run_dir)
-    write_from_state(alone, {}, None, None)
+    alone, helped = _mixed_twice(tmp_path, monkeypatch)
     _slowed(monkeypatch, helper=False, seconds=0.3)
     log, draw = tmp_path / "drawn", html_pages.Sheet.draw
 
@@ -925,8 +923,7 @@ def test_pages_a_helper_made_before_it_failed_are_made_again(
 
     monkeypatch.setattr(html_pages.Sheet, "draw", fails)
     made, forks = _helper_pages(monkeypatch), _forks(monkeypatch)
-    with StateStore.open(helped, create=False, lock=False) as store, store.snapshot():
-        write_report(helped, ReportJobs.read(store, helped=True))
+    _report_helped(helped)
     assert len(forks) == 1 and made == [[]]
     assert log.read_text() == "8 7 6"  # drawn by the helper, then by the report's process
     assert _folder_files(helped) == _folder_files(alone)
@@ -935,11 +932,7 @@ def test_pages_a_helper_made_before_it_failed_are_made_again(
 def test_pages_a_helper_took_and_did_not_hand_back_are_made_by_the_report(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    _helped_small(monkeypatch)
-    alone, helped = tmp_path / "alone" / "mixed", tmp_path / "helped" / "mixed"
-    for run_dir in (alone, helped):
-        _mixed_folder(run_dir)
-    write_from_state(alone, {}, None, None)
+    alone, helped = _mixed_twice(tmp_path, monkeypatch)
     _slowed(monkeypatch, helper=False, seconds=0.3)
     last_pages = html_pages.Helper.last_pages
 
@@ -950,8 +943,7 @@ def test_pages_a_helper_took_and_did_not_hand_back_are_made_by_the_report(
 
     monkeypatch.setattr(html_pages.Helper, "last_pages", skips)
     made = _helper_pages(monkeypatch)
-    with StateStore.open(helped, create=False, lock=False) as store, store.snapshot():
-        write_report(helped, ReportJobs.read(store, helped=True))
+    _report_helped(helped)
     assert made == [[]]  # pages 7 back to 2 handed back, without page 8: none taken in
     assert _folder_files(helped) == _folder_files(alone)
 
@@ -1018,11 +1010,7 @@ def test_fields_of_too_many_values_are_left_out_of_the_index_however_pages_are_m
 def test_a_report_without_a_process_to_spare_makes_every_page(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    _helped_small(monkeypatch)
-    alone, helped = tmp_path / "alone" / "mixed", tmp_path / "helped" / "mixed"
-    for run_dir in (alone, helped):
-        _mixed_folder(run_dir)
-    write_from_state(alone, {}, None, None)
+    alone, helped = _mixed_twice(tmp_path, monkeypatch)
     opened = len(os.listdir("/proc/self/fd"))
 
     def no_fork() -> int:
@@ -1030,8 +1018,7 @@ def test_a_report_without_a_process_to_spare_makes_every_page(
 
     monkeypatch.setattr(os, "fork", no_fork)
     made = _helper_pages(monkeypatch)
-    with StateStore.open(helped, create=False, lock=False) as store, store.snapshot():
-        write_report(helped, ReportJobs.read(store, helped=True))
+    _report_helped(helped)
     assert made == [[]]
     assert _folder_files(helped) == _folder_files(alone)
     assert len(os.listdir("/proc/self/fd")) == opened  # the pipes closed
