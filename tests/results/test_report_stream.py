@@ -896,7 +896,7 @@ def test_each_page_is_made_once_by_the_process_free_first(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, slow: str
 ) -> None:
     alone, helped = _mixed_twice(tmp_path, monkeypatch)
-    _slowed(monkeypatch, helper=slow == "helper", seconds=0.3)
+    _slowed(monkeypatch, helper=slow == "helper", seconds=0.5)
     made, forks = _helper_pages(monkeypatch), _forks(monkeypatch)
     _report_helped(helped)
     assert len(forks) == 1
@@ -904,7 +904,7 @@ def test_each_page_is_made_once_by_the_process_free_first(
     # Pages 2 to 8 go to whichever process is free: the helper from the last back.
     [theirs] = made
     assert theirs == list(range(9 - len(theirs), 9))
-    assert len(theirs) >= 6 if slow == "report" else len(theirs) <= 1
+    assert len(theirs) >= 5 if slow == "report" else len(theirs) <= 2
 
 
 def test_pages_a_helper_made_before_it_failed_are_made_again(
@@ -993,7 +993,7 @@ def test_fields_of_too_many_values_are_left_out_of_the_index_however_pages_are_m
         with StateStore.open(run_dir) as store:
             store.add_jobs(jobs)
         monkeypatch.setattr(html_pages, "HELPED_PAGES", 2 if helped else 10**9)
-        _slowed(monkeypatch, helper=False, seconds=0.3 if helped else 0)
+        _slowed(monkeypatch, helper=False, seconds=1.0 if helped else 0)
         pages = _helper_pages(monkeypatch)
         with StateStore.open(run_dir, create=False, lock=False) as store, store.snapshot():
             write_report(
