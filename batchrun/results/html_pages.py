@@ -39,6 +39,7 @@ from batchrun.results.html_report import (
     heading,
     href,
     page,
+    status_counts,
 )
 from batchrun.store.atomic import write_text
 from batchrun.store.records import JobRow, report_status
@@ -235,11 +236,8 @@ class Sheet:
     def draw(self, number: int, jobs: list[JobRow]) -> DrawnPage:
         """Page NUMBER of its JOBS, drawn by a `later` part: what this sheet takes of it."""
         assert isinstance(self.index, PageValues)
-        counts: dict[str, int] = {}
-        for status in [report_status(job.status) for job in jobs]:
-            counts[status] = counts.get(status, 0) + 1
         self._flush(jobs, number)
-        return DrawnPage(number, counts, self.index.found)
+        return DrawnPage(number, status_counts(jobs), self.index.found)
 
     def take(self, drawn: DrawnPage) -> None:
         """A page a `later` part drew (the next one), as if this sheet had: its counts and

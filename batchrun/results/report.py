@@ -120,6 +120,9 @@ class RunFacts(TypedDict, total=False):
     mirror: MirrorFacts  # a run with outputs.mirror
 
 
+_Priced = tuple[JobRow, Decimal | None]  # a job with its actual costs known (None: none)
+
+
 class MirrorFacts(TypedDict):
     to: str  # s3://BUCKET/PREFIX/<run name>
     files: int  # the jobs' files in the bucket (sent this run or before)
@@ -305,7 +308,7 @@ class ReportJobs:
     seen), and `exact` reads the jobs again with their fields found in full. `later`: the
     later pages of the jobs made by a second process."""
 
-    rows: Iterable[tuple[JobRow, Decimal | None]]
+    rows: Iterable[_Priced]
     count: int
     inputs: list[str]
     var_names: list[str]
@@ -363,9 +366,7 @@ class _FieldCheck:
         self.seen_inputs: dict[str, None] = {}
         self.seen_vars: dict[str, None] = {}
 
-    def rows(
-        self, rows: Iterable[tuple[JobRow, Decimal | None]]
-    ) -> Iterator[tuple[JobRow, Decimal | None]]:
+    def rows(self, rows: Iterable[_Priced]) -> Iterator[_Priced]:
         known_inputs, known_vars = set(self.inputs), set(self.var_names)
         seen_inputs, seen_vars = self.seen_inputs, self.seen_vars
         for row, cost in rows:
@@ -426,7 +427,7 @@ class Later:
 
         return cls(Helper(count), own, counted)
 
-    def rows(self, store: StateStore) -> Iterable[tuple[JobRow, Decimal | None]]:
+    def rows(self, store: StateStore) -> Iterable[_Priced]:
         """The jobs from the last back, read from the helper's `store` (`own`)."""
         if self.counted is not None:
             return store.report_rows(backward=True)
@@ -446,7 +447,6 @@ class _Piece:
     attempts: int = 0
 
 
-_Priced = tuple[JobRow, Decimal | None]  # a job with its actual costs known
 _MakePage = Callable[[int, list[_Priced]], _Piece]  # a helper's making of a page
 
 

@@ -323,8 +323,7 @@ class StateStore(transitions.RowTransitions):
         """The jobs (in the manifest only; in one of `statuses` only; taken from the cache
         only), in expansion order (`backward`: from the last), read with a cursor: memory
         holds one page of rows, not the folder's."""
-        where = ["in_manifest = 1"] if in_manifest_only else []
-        params: list[Any] = []
+        where, params = ["in_manifest = 1"] if in_manifest_only else [], []
         if cached_only:
             where.append("cached = 1")
         if statuses is not None:
@@ -753,7 +752,7 @@ class StateStore(transitions.RowTransitions):
         sql = (
             f"SELECT {self._columns}, (SELECT json_group_array(CASE WHEN {_KNOWN_COST} AND "
             "typeof(a.actual_usd) = 'text' THEN a.actual_usd END) FROM attempts a WHERE "
-            f"a.job_id = jobs.job_id) FROM jobs WHERE in_manifest = 1 ORDER BY position"
+            "a.job_id = jobs.job_id) FROM jobs WHERE in_manifest = 1 ORDER BY position"
             f"{_DESC[backward]}"
         )
         return ReportRows(self._cursor(sql), self._decode)
