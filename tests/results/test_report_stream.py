@@ -1022,3 +1022,19 @@ def test_a_report_without_a_process_to_spare_makes_every_page(
     assert made == [[]]
     assert _folder_files(helped) == _folder_files(alone)
     assert len(os.listdir("/proc/self/fd")) == opened  # the pipes closed
+
+
+def test_pages_beyond_what_the_pipe_holds_are_the_reports_own(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # 70,000 pages: more bytes than a pipe holds (64 KiB on Linux). The pages it cannot
+    # hold a byte for go to the report's process, after its own; each page is made once.
+    monkeypatch.setattr(html_pages, "PAGE_CARDS", 1)
+    monkeypatch.setattr(html_pages, "SAMPLE", 3)
+    helper = html_pages.Helper(70_000)
+    helper.fork(lambda: list(helper.last_pages()))
+    ours = list(helper.first_pages())
+    theirs = helper.join()
+    assert ours == list(range(1, len(ours) + 1))
+    assert theirs == list(range(70_000, len(ours), -1))
+    assert len(ours) > 70_000 - 65_536  # the pages the pipe held no byte for
