@@ -162,29 +162,40 @@ def job_cards(
     100,000s of cards a report): each card is its form (_card_form) filled in."""
     keys = [(j.model_id, tuple(j.inputs), tuple(j.vars), anchor) for j in jobs]
     forms = [_CARD_FORMS.get(key) or _card_form(key) for key in keys]
-    ids = [i if _CHANGED.search(i) is None else esc(i) for i in [j.job_id for j in jobs]]
+    ids = _escaped([j.job_id for j in jobs])
     badges = [_BADGES.get(s) or _badge(s) for s in [j.status for j in jobs]]
     files = [media(j.files, href) if j.files else "" for j in jobs]
     errors = [f'<div class="err">{esc(e)}</div>' if e else "" for e in [j.error for j in jobs]]
     shown = [
         [
-            str(v) if type(v) is int
-            else v if type(v) is str and _CHANGED.search(v) is None  # esc(v) is v
-            else esc(v if type(v) is str else show(v))
+            v if type(v) is str else str(v) if type(v) is int else show(v)
             for v in (*j.inputs.values(), *j.vars.values())
         ]
         for j in jobs
     ]  # fmt: skip
+    if _CHANGED.search("".join([v for values in shown for v in values])) is not None:
+        shown = [[esc(v) for v in values] for values in shown]
+    # A card's form names its id (twice when it has an anchor) and its values (twice: its
+    # title and its details) in the order _card_form puts them.
     return [
-        form.format(job_id, badge, media_, error, *values)
+        form % (*([job_id] if anchor else []), *values, badge, media_, error, job_id, *values)
         for form, job_id, badge, media_, error, values in zip(
             forms, ids, badges, files, errors, shown, strict=True
         )
     ]
 
 
-# A card as a str.format form of its job id, badge, files, error and each field's value
-# shown, by model, input and var names, and whether it has an id: a sweep has a few.
+def _escaped(texts: list[str]) -> list[str]:
+    """esc of each of `texts` (a page's job ids): one search of them all when none needs
+    escaping (nearly every page)."""
+    if _CHANGED.search("".join(texts)) is None:
+        return texts
+    return [esc(text) for text in texts]
+
+
+# A card as a %-form of its job id (when it has an anchor), its values, badge, files, error,
+# job id and its values again, by model, input and var names, and whether it has an
+# anchor: a sweep has a few.
 _CARD_FORMS: dict[tuple[str, tuple[str, ...], tuple[str, ...], bool], str] = {}
 
 
@@ -194,17 +205,17 @@ def _card_form(key: tuple[str, tuple[str, ...], tuple[str, ...], bool]) -> str:
     by one)."""
     model_id, inputs, var_names, anchor = key
     names = [esc(k) for k in inputs] + [esc(f"{{{k}}}") for k in var_names]
-    names = [n.replace("{", "{{").replace("}", "}}") for n in names]
-    model = esc(model_id).replace("{", "{{").replace("}", "}}")
-    fields = [("model", model)] + [(n, f"{{{i}}}") for i, n in enumerate(names, start=4)]
+    names = [n.replace("%", "%%") for n in names]
+    model = esc(model_id).replace("%", "%%")
+    fields = [("model", model)] + [(n, "%s") for n in names]
     title = "\n".join([f"{k}: {v}" for k, v in fields])
     details = "".join([f"<dt>{k}</dt><dd>{v}</dd>" for k, v in fields])
-    id_attr = ' id="{0}"' if anchor else ""
+    id_attr = ' id="%s"' if anchor else ""
     if len(_CARD_FORMS) > 1000:
         _CARD_FORMS.clear()
     form = _CARD_FORMS[key] = (
-        f'<div class="job"{id_attr} title="{title}">{{1}}{{2}}{{3}}'
-        f"<details><summary>{{0}}</summary><dl>{details}</dl></details></div>"
+        f'<div class="job"{id_attr} title="{title}">%s%s%s'
+        f"<details><summary>%s</summary><dl>{details}</dl></details></div>"
     )
     return form
 

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 from batchrun.results.reportcsv import FORMULA_START, SEPARATOR, guard, join_cell, value_cell
 from batchrun.store.output_urls import collect_urls
 from batchrun.store.records import REPORT_STATUSES, SUCCEEDED, UNKNOWN, JobRow
-from batchrun.util.safetext import printable
+from batchrun.util.safetext import is_printable, printable
 
 # The error column of a job that succeeded with nothing to fetch: worth a look, not a failure.
 NO_OUTPUT = "succeeded without output: the result holds no output URL, so no file to download"
@@ -96,14 +96,14 @@ def lines(
         Decimal(0) if c is None and r.cached else c for r, c in zip(rows, costs, strict=True)
     ]
     files = [
-        _file_cells(r) if r.files else ("", _urls_cell(f), "") if f else _NO_FILES
-        for r, f in zip(rows, found, strict=True)
+        _file_cells(r) if r.files else ("", urls, "") if urls else _NO_FILES
+        for r, urls in zip(rows, _urls_cells(found), strict=True)
     ]
     columns = [
         [r.job_id for r in rows],
         [_GUARDED.get(m) or _guarded(m) for m in [r.model_id for r in rows]],
         [s if s in _REPORTED else UNKNOWN for s in [r.status for r in rows]],
-        [guard(printable(q)) if q else "" for q in [r.request_id for r in rows]],
+        list(map(guard, _printable_all([r.request_id or "" for r in rows]))),
         [
             _error_cell(r, b) if r.error or r.files or b else ""
             for r, b in zip(rows, bare, strict=True)
@@ -161,6 +161,21 @@ def _file_cells(row: JobRow) -> tuple[str, str, str]:
         _urls_cell([f.url for f in row.files]),
         join_cell(f.sha256 for f in done) if done else "",
     )
+
+
+def _printable_all(texts: list[str]) -> list[str]:
+    """printable of each of `texts` (a chunk's column): one search of them all when none
+    holds a control character (nearly every chunk)."""
+    return texts if is_printable("".join(texts)) else [printable(t) for t in texts]
+
+
+def _urls_cells(found: list[list[str]]) -> list[str]:
+    """_urls_cell of each job's URLs found (a chunk's; '' for none): one search of them all
+    when none holds a control character or SEPARATOR (nearly every chunk)."""
+    every = "".join([u for urls in found for u in urls])
+    if SEPARATOR in every or not is_printable(every):
+        return [_urls_cell(urls) if urls else "" for urls in found]
+    return [guard(join_cell(urls)) if urls else "" for urls in found]
 
 
 def _urls_cell(urls: list[str]) -> str:

@@ -34,6 +34,12 @@ def printable(text: str, *, lines: bool = False) -> str:
     return pattern.sub(_escape, text) if pattern.search(text) else text
 
 
+def is_printable(text: str) -> bool:
+    """Whether `text` holds no control character: printable(text) is `text`. One search of
+    a column's cells joined tells it of them all."""
+    return _CONTROL.search(text) is None
+
+
 # A signed URL's secret parts (S3 SigV4 and V2, GCS): a presigned URL is a credential for its
 # object, whatever text carries it.
 _SIGNED = re.compile(

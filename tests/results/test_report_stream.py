@@ -20,7 +20,7 @@ from urllib.parse import quote
 import pytest
 
 from batchrun.plan.grid import Job
-from batchrun.results import html_pages, report, reportcsv
+from batchrun.results import html_pages, report, report_lines, reportcsv
 from batchrun.results.html_pages import more_pages
 from batchrun.results.html_report import (
     SAMPLE as MAX_CARDS,
@@ -308,7 +308,7 @@ def _mixed_folder(run_dir: Path) -> None:
             if kind == 2:
                 s.mark_unknown(jid, "read timeout")
                 continue
-            s.record_request_id(jid, f"req-{i};x", 1000.0 + i)
+            s.record_request_id(jid, f"req-{i};x" + "\x1b" * (i % 5 == 0), 1000.0 + i)
             if kind == 3:
                 s.record_status(jid, st.QUEUED)
             elif kind == 4:
@@ -331,7 +331,8 @@ def _mixed_folder(run_dir: Path) -> None:
                     files.append(OutputFile("http://h/c.txt", "", "", 0, "HTTP 500"))
                 s.record_files(jid, files)
             elif kind == 9:
-                s.record_result(jid, st.SUCCEEDED, finished_at=1010.0 + i, output="http://h/z")
+                url = f"http://h/z;{i}" + "\x9b" * (i % 24 == 9)  # escaped, its ; too
+                s.record_result(jid, st.SUCCEEDED, finished_at=1010.0 + i, output=url)
             else:
                 s.record_result(jid, st.CANCELLED, finished_at=1010.0 + i, error="cancelled")
                 s.close_attempt(jid, answer="cancelled")
@@ -361,6 +362,19 @@ def test_one_pass_over_a_cursor_says_what_the_list_said(tmp_path: Path) -> None:
     assert "input.duration" in csv and "var.color" in csv and "succeeded without output" in csv
     assert "refused: too large" in csv and "HTTP 500" in csv and "'=take" in csv
     assert '"not_in_manifest": {\n    "jobs": 10' in former["summary.json"]
+
+
+def test_a_job_alone_has_the_line_the_former_way_made(tmp_path: Path) -> None:
+    """A chunk's request ids and URLs are searched at once for what to escape: a job alone (a
+    chunk with some, or none) has the line the former way made."""
+    run_dir = tmp_path / "mixed"
+    _mixed_folder(run_dir)
+    with StateStore.open(run_dir, create=False, lock=False) as store:
+        jobs, attempts = _reported(store.rows()), store.attempts()
+    costs, (inputs, var_names) = job_costs(jobs, attempts), _fields(jobs)
+    for row in jobs:
+        cells, _ = report_lines.lines([row], [costs.get(row.job_id)], inputs, var_names)
+        assert list(cells[0]) == _line(row, inputs, var_names, costs.get(row.job_id))
 
 
 def test_the_mirror_column_too(tmp_path: Path) -> None:
@@ -489,14 +503,17 @@ def _former_grid(jobs: list[JobRow], rk: str | None, ck: str | None) -> str:
 
 
 def _awkward_jobs() -> list[JobRow]:
-    """Jobs whose field names and values need escaping (braces too: a card is a format)."""
-    values: list[object] = ["a<b>&c", "{0}", "}{", 7, -3, True, None, 1.5, [1, "x"], {"k": "{v}"}]
+    """Jobs whose field names and values need escaping (braces and % too: a card is a
+    format)."""
+    values: list[object] = [
+        "a<b>&c", "{0}", "}{", "%s %d%%", 7, -3, True, None, 1.5, [1, "x"], {"k": "{v}"},
+    ]  # fmt: skip
     return [
         JobRow(
             f"aw{i}",
             i,
-            "acme/{odd}<model>",
-            {"in{put}": v, "p": f"'{i}'\x1b"},
+            "acme/{odd}<model>%s",
+            {"in{put}": v, "p": f"'{i}'\x1b", "%(x)s": "%"},
             {"v}": values[-1 - i], "{w": i % 3},
             status=["succeeded", "submitting"][i % 2],
             error="" if i % 3 else "bad & <worse>",
