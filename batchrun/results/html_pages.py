@@ -42,7 +42,7 @@ from batchrun.results.html_report import (
     status_counts,
 )
 from batchrun.store.atomic import write_text
-from batchrun.store.records import JobRow, report_status
+from batchrun.store.records import JobRow
 
 PAGE_CARDS = 500  # jobs a page shows
 INDEX_VALUES = 1000  # a swept field with more values than this is left out of the index
@@ -190,11 +190,9 @@ class Sheet:
         self.first: list[str] = []  # page 1's grids, written by finish
 
     def add(self, jobs: Iterable[JobRow]) -> None:
-        counts = self.counts
-        for job in jobs:
-            status = report_status(job.status)
-            counts[status] = counts.get(status, 0) + 1
-            self.buffer.append(job)
+        jobs = list(jobs)
+        self._count(status_counts(jobs))
+        self.buffer += jobs
         if self.layout is None and len(self.buffer) >= SAMPLE:
             self._choose()
         if self.layout is not None:
@@ -244,10 +242,13 @@ class Sheet:
         index values."""
         assert isinstance(self.index, AxisIndex) and not self.buffer
         assert drawn.number == self.written + 1
-        for status, n in drawn.counts.items():
-            self.counts[status] = self.counts.get(status, 0) + n
+        self._count(drawn.counts)
         self.index.add_values(drawn.found, drawn.number)
         self.written = drawn.number
+
+    def _count(self, counts: dict[str, int]) -> None:
+        for status, n in counts.items():
+            self.counts[status] = self.counts.get(status, 0) + n
 
     def _flush(self, jobs: list[JobRow], number: int | None = None) -> None:
         """Draw the page of JOBS: the next one, or page NUMBER (a `later` part's)."""

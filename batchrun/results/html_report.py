@@ -6,6 +6,7 @@ import html
 import json
 import os
 import re
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +22,7 @@ from batchrun.results.reportcsv import (
     split_cell,
     unguard,
 )
-from batchrun.store.records import JobRow, OutputFile, report_status
+from batchrun.store.records import JobRow, OutputFile, report_status, report_statuses
 from batchrun.util import localref
 from batchrun.util.media import IMAGE_SUFFIXES, VIDEO_SUFFIXES
 from batchrun.util.safetext import printable
@@ -480,11 +481,7 @@ def banner(live: Live | None) -> str:
 
 def status_counts(jobs: list[JobRow]) -> dict[str, int]:
     """Jobs per report status, in first-seen order."""
-    counts: dict[str, int] = {}
-    for job in jobs:
-        status = report_status(job.status)
-        counts[status] = counts.get(status, 0) + 1
-    return counts
+    return dict(Counter(report_statuses([job.status for job in jobs])))
 
 
 def heading(title: str, counts: dict[str, int], total: int) -> list[str]:

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 from batchrun.results.reportcsv import FORMULA_START, SEPARATOR, guard, join_cell, value_cell
 from batchrun.store.output_urls import collect_urls
-from batchrun.store.records import REPORT_STATUSES, SUCCEEDED, UNKNOWN, JobRow
+from batchrun.store.records import SUCCEEDED, JobRow, report_statuses
 from batchrun.util.safetext import is_printable, printable
 
 # The error column of a job that succeeded with nothing to fetch: worth a look, not a failure.
@@ -68,7 +68,6 @@ def _guarded(text: str) -> str:
     return _GUARDED.get(text) or _kept(_GUARDED, text, guard(text), 1000)
 
 
-_REPORTED = frozenset(REPORT_STATUSES)  # the statuses report_status keeps as they are
 _ABSENT = object()
 _NO_FILES = ("", "", "")
 
@@ -102,7 +101,7 @@ def lines(
     columns = [
         [r.job_id for r in rows],
         [_GUARDED.get(m) or _guarded(m) for m in [r.model_id for r in rows]],
-        [s if s in _REPORTED else UNKNOWN for s in [r.status for r in rows]],
+        report_statuses([r.status for r in rows]),
         list(map(guard, _printable_all([r.request_id or "" for r in rows]))),
         [
             _error_cell(r, b) if r.error or r.files or b else ""

@@ -150,6 +150,14 @@ def report_status(status: str) -> str:
     return status if status in REPORT_STATUSES else UNKNOWN
 
 
+_REPORTED = frozenset(REPORT_STATUSES)
+
+
+def report_statuses(statuses: list[str]) -> list[str]:
+    """report_status of each of `statuses` (a column of a report's jobs), inline."""
+    return [s if s in _REPORTED else UNKNOWN for s in statuses]
+
+
 # ---- state.db encoding ------------------------------------------------------------------
 
 
