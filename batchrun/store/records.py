@@ -64,7 +64,7 @@ class Brief(NamedTuple):
     cached: bool
 
 
-@dataclass
+@dataclass(slots=True)  # 100,000s of rows a report: a third faster to read a field of
 class JobRow:
     """A job as the state store holds it."""
 
