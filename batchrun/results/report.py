@@ -179,23 +179,34 @@ class Tally:
         self.files = {"downloaded": 0, "refused": 0, "failed": 0}
 
     def add(
-        self, rows: Sequence[JobRow], costs: Sequence[Decimal | None], bare: Sequence[bool]
+        self,
+        rows: Sequence[JobRow],
+        costs: Sequence[Decimal | None],
+        bare: Sequence[bool],
+        when: report_lines.Times,
     ) -> None:
         """Reported jobs (a chunk, in expansion order); `costs`: each one's actual costs known
         (ledger.per_job; None: none); `bare`: whether it succeeded without output (see
-        without_output). A figure at a time over the chunk (100,000s of jobs a report)."""
+        without_output); `when`: their times. A figure at a time over the chunk (100,000s of
+        jobs a report)."""
         self.jobs += len(rows)
         statuses = self.statuses  # keyed by REPORT_STATUSES: report_status inline
         for status in [r.status for r in rows]:
             statuses[status if status in statuses else UNKNOWN] += 1
         self.bare += sum(bare)
-        self._times(
-            [r.submitted_at for r in rows], [r.started_at for r in rows],
-            [r.finished_at for r in rows],
-        )  # fmt: skip
-        for cost in costs:
-            if cost is not None:
-                self.cost += cost
+        submits = [s for s in when.submitted if s is not None]
+        if submits:
+            first = min(submits)
+            if self.first_submit is None or first < self.first_submit:
+                self.first_submit = first
+        finishes = [e for e in when.finished if e is not None]
+        if finishes:
+            last = max(finishes)
+            if self.last_finish is None or last > self.last_finish:
+                self.last_finish = last
+        self.queue_s.extend([q for q in when.queue_s if q is not None])
+        self.run_s.extend([r for r in when.run_s if r is not None])
+        self.cost = sum([c for c in costs if c is not None], self.cost)
         for row in [r for r in rows if r.cached]:
             self.cached += 1
             self.saved.append(row.saved_usd or 0.0)
@@ -206,38 +217,6 @@ class Tally:
                     self.files["refused" if f.error.startswith("refused") else "failed"] += 1
                 elif f.name:
                     self.files["downloaded"] += 1
-
-    def _times(
-        self,
-        submitted: list[float | None],
-        started: list[float | None],
-        finished: list[float | None],
-    ) -> None:
-        """The makespan's ends, and JobRow.queue_s and run_s (inline)."""
-        submits = [s for s in submitted if s is not None]
-        if submits:
-            first = min(submits)
-            if self.first_submit is None or first < self.first_submit:
-                self.first_submit = first
-        finishes = [e for e in finished if e is not None]
-        if finishes:
-            last = max(finishes)
-            if self.last_finish is None or last > self.last_finish:
-                self.last_finish = last
-        self.queue_s.extend(
-            [
-                max(0.0, t - s)
-                for s, t in zip(submitted, started, strict=True)
-                if s is not None and t is not None
-            ]
-        )
-        self.run_s.extend(
-            [
-                max(0.0, e - a)
-                for a, e in zip(report_lines.starts(submitted, started), finished, strict=True)
-                if e is not None and a is not None
-            ]
-        )
 
     def take(self, later: Tally) -> None:
         """The figures of the jobs after these (a Helper's), as if `add` had added them."""
@@ -290,7 +269,7 @@ def summarise(rows: Iterable[JobRow], attempts: Iterable[Attempt] = ()) -> dict[
     jobs = ReportJobs.of(rows, attempts)
     tally = Tally()
     reported, costs = [r for r, _ in jobs.rows], [c for _, c in jobs.rows]
-    tally.add(reported, costs, [without_output(r) for r in reported])
+    tally.add(reported, costs, [without_output(r) for r in reported], report_lines.times(reported))
     return tally.summary(jobs.money)
 
 
@@ -526,9 +505,9 @@ def _write_files(
             mirrored = (
                 None if mirror_urls is None else [mirror_urls.get(r.job_id, []) for r in rows]
             )
-            cells, bare = report_lines.lines(rows, costs, inputs, var_names, mirrored)
+            cells, bare, when = report_lines.lines(rows, costs, inputs, var_names, mirrored)
             write_rows(cells)
-            tally.add(rows, costs, bare)
+            tally.add(rows, costs, bare, when)
             return rows
 
         return make

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from datetime import datetime, timezone
 from decimal import Decimal
 from itertools import repeat
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from batchrun.results.reportcsv import FORMULA_START, SEPARATOR, guard, join_cell, value_cell
 from batchrun.store.output_urls import collect_urls
@@ -72,24 +72,53 @@ _ABSENT = object()
 _NO_FILES = ("", "", "")
 
 
+class Times(NamedTuple):
+    """A chunk of jobs' times (`times`): when each was sent and when it finished, and its
+    JobRow.queue_s and run_s; None where it has none."""
+
+    submitted: list[float | None]
+    finished: list[float | None]
+    queue_s: list[float | None]
+    run_s: list[float | None]
+
+
+def times(rows: Sequence[JobRow]) -> Times:
+    """The Times of `rows` (JobRow.queue_s and run_s inline, a chunk at once)."""
+    submitted = [r.submitted_at for r in rows]
+    started = [r.started_at for r in rows]
+    finished = [r.finished_at for r in rows]
+    # When each job started running, as JobRow.run_s counts it (else when it was sent).
+    starts = [t or s for s, t in zip(submitted, started, strict=True)]
+    return Times(
+        submitted,
+        finished,
+        [
+            None if s is None or t is None else max(0.0, t - s)
+            for s, t in zip(submitted, started, strict=True)
+        ],
+        [
+            None if e is None or a is None else max(0.0, e - a)
+            for a, e in zip(starts, finished, strict=True)
+        ],
+    )
+
+
 def lines(
     rows: Sequence[JobRow],
     costs: Sequence[Decimal | None],
     inputs: list[str],
     var_names: list[str],
     mirrored: Sequence[list[str]] | None = None,
-) -> tuple[list[tuple[str, ...]], list[bool]]:
+) -> tuple[list[tuple[str, ...]], list[bool], Times]:
     """The cells of `rows` (a chunk of jobs) in report.csv's column order (reportcsv.header;
-    empty where a job has no such field), and which of the jobs succeeded without output.
-    `costs`: each job's actual costs known, from the ledger (None: none); `mirrored`, in a
-    run with a mirror, each job's s3:// URLs there."""
+    empty where a job has no such field), which of the jobs succeeded without output, and
+    their Times. `costs`: each job's actual costs known, from the ledger (None: none);
+    `mirrored`, in a run with a mirror, each job's s3:// URLs there."""
     found = [[] if r.files else collect_urls(r.output) for r in rows]
     bare = [
         r.status == SUCCEEDED and not r.files and not f for r, f in zip(rows, found, strict=True)
     ]
-    submitted = [r.submitted_at for r in rows]
-    started = [r.started_at for r in rows]
-    finished = [r.finished_at for r in rows]
+    when = times(rows)
     # A job taken from the cache cost nothing, whatever its attempts say.
     shown_costs = [
         Decimal(0) if c is None and r.cached else c for r, c in zip(rows, costs, strict=True)
@@ -108,17 +137,10 @@ def lines(
             for r, b in zip(rows, bare, strict=True)
         ],
         list(map(str, [r.attempts for r in rows])),
-        list(map(timestamp, submitted)),
-        list(map(timestamp, finished)),
-        # JobRow.queue_s and run_s, inline
-        [
-            "" if s is None or t is None else f"{max(0.0, t - s):.3f}"
-            for s, t in zip(submitted, started, strict=True)
-        ],
-        [
-            "" if e is None or a is None else f"{max(0.0, e - a):.3f}"
-            for a, e in zip(starts(submitted, started), finished, strict=True)
-        ],
+        list(map(timestamp, when.submitted)),
+        list(map(timestamp, when.finished)),
+        ["" if q is None else f"{q:.3f}" for q in when.queue_s],
+        ["" if r is None else f"{r:.3f}" for r in when.run_s],
         ["" if c is None else cost_text(float(c)) for c in shown_costs],
         *map(list, zip(*files, strict=True)),
         ["true" if c else "false" for c in [r.cached for r in rows]],
@@ -132,12 +154,7 @@ def lines(
     if var_names:
         given = [r.vars for r in rows]
         columns += [_field_column(given, name) for name in var_names]
-    return list(zip(*columns, strict=True)), bare
-
-
-def starts(submitted: list[float | None], started: list[float | None]) -> list[float | None]:
-    """When each job started running, as JobRow.run_s counts it (else when it was sent)."""
-    return [t or s for s, t in zip(submitted, started, strict=True)]
+    return list(zip(*columns, strict=True)), bare, when
 
 
 def _field_column(given: list[dict[str, Any]], name: str) -> list[str]:

@@ -373,7 +373,7 @@ def test_a_job_alone_has_the_line_the_former_way_made(tmp_path: Path) -> None:
         jobs, attempts = _reported(store.rows()), store.attempts()
     costs, (inputs, var_names) = job_costs(jobs, attempts), _fields(jobs)
     for row in jobs:
-        cells, _ = report_lines.lines([row], [costs.get(row.job_id)], inputs, var_names)
+        cells, _, _ = report_lines.lines([row], [costs.get(row.job_id)], inputs, var_names)
         assert list(cells[0]) == _line(row, inputs, var_names, costs.get(row.job_id))
 
 
