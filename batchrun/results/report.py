@@ -205,7 +205,7 @@ class Tally:
             if self.last_finish is None or last > self.last_finish:
                 self.last_finish = last
         self.queue_s.extend([q for q in when.queue_s if q is not None])
-        self.run_s.extend([r for r in when.run_s if r is not None])
+        self.run_s.extend([t for t in when.run_s if t is not None])
         self.cost = sum([c for c in costs if c is not None], self.cost)
         for row in [r for r in rows if r.cached]:
             self.cached += 1

@@ -140,7 +140,7 @@ def lines(
         list(map(timestamp, when.submitted)),
         list(map(timestamp, when.finished)),
         ["" if q is None else f"{q:.3f}" for q in when.queue_s],
-        ["" if r is None else f"{r:.3f}" for r in when.run_s],
+        ["" if t is None else f"{t:.3f}" for t in when.run_s],
         ["" if c is None else cost_text(float(c)) for c in shown_costs],
         *map(list, zip(*files, strict=True)),
         ["true" if c else "false" for c in [r.cached for r in rows]],
