@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import quote
 
 import pytest
+from hypothesis import given, strategies
 
 from batchrun.plan.grid import Job
 from batchrun.results import html_pages, report, report_lines, reportcsv
@@ -362,6 +363,11 @@ def test_one_pass_over_a_cursor_says_what_the_list_said(tmp_path: Path) -> None:
     assert "input.duration" in csv and "var.color" in csv and "succeeded without output" in csv
     assert "refused: too large" in csv and "HTTP 500" in csv and "'=take" in csv
     assert '"not_in_manifest": {\n    "jobs": 10' in former["summary.json"]
+
+
+@given(strategies.lists(strategies.floats(min_value=0, max_value=1e6), min_size=1, max_size=40))
+def test_durations_are_summed_up_as_statistics_does(values: list[float]) -> None:
+    assert report._stats(values) == _stats(values)
 
 
 def test_a_job_alone_has_the_line_the_former_way_made(tmp_path: Path) -> None:
