@@ -128,7 +128,9 @@ def _plan(args: RunArgs, *, resume: bool) -> tuple[Plan, PlanMark, bool]:
         if digest and known is not None and known.digest == digest:
             return Plan(manifest, [], list(known.warnings), schemas), known, True
         # Checked in one pass, its jobs expanded again as they are added: none held.
-        checked = check_sweep(args.manifest, strict=args.strict, schema_dirs=dirs)
+        checked = check_sweep(
+            args.manifest, strict=args.strict, schema_dirs=dirs, read=(manifest, problems)
+        )
         costs = checked.summary.costs.values()
         mark = PlanMark(
             digest=digest,

@@ -141,11 +141,13 @@ def check_sweep(
     schema_dirs: Iterable[Path] = (),
     head: int = 0,
     each: Callable[[JobRow, Decimal | None], object] | None = None,
+    read: tuple[Manifest | None, list[str]] | None = None,
 ) -> StreamedPlan:
     """What build_plan checks and raises, in one pass that keeps no jobs (but the first
     `head`): a million-job sweep in the memory of a few. `each` is given every job and its
-    estimated cost as the pass goes, before the plan is known to be valid."""
-    manifest, problems = check_manifest(path)
+    estimated cost as the pass goes, before the plan is known to be valid; `read`: what
+    check_manifest said of `path`, when the caller asked it already."""
+    manifest, problems = check_manifest(path) if read is None else read
     label = str(path)
     if manifest is None:
         raise ManifestError([*problems, _not_checked(label)])

@@ -213,20 +213,17 @@ def _default_name(path: Path) -> str:
 
 
 def _parse_yaml(text: str, label: str) -> tuple[yaml.Node | None, Any]:
-    """Compose (for line numbers) and construct with safe-load semantics, in one parse."""
-    loader = yaml.SafeLoader(text)
+    """Compose (for line numbers) and construct with safe-load semantics, in one parse: by
+    libyaml where PyYAML has it (ten times faster; a manifest may list thousands of values),
+    and again by PyYAML's own parser when that one refuses the text, so its words (and line)
+    are those users see."""
     try:
-        node = loader.get_single_node()
-        if node is not None:
-            dup = _duplicate_key(node)
-            if dup:
-                raise ManifestError(f"{label}: {dup}")
-            if _expanded_size(node, {}) > _MAX_NODES:
-                raise ManifestError(
-                    f"{label}: $: more than {_MAX_NODES:,} values once YAML aliases are "
-                    "expanded; put long value lists in a {file: ...} instead"
-                )
-        data = loader.construct_document(node) if node is not None else None
+        try:
+            node, data = _compose(text, label, _LOADER)
+        except yaml.YAMLError:
+            if _LOADER is yaml.SafeLoader:
+                raise
+            node, data = _compose(text, label, yaml.SafeLoader)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f" (line {mark.line + 1})" if mark else ""
@@ -238,14 +235,35 @@ def _parse_yaml(text: str, label: str) -> tuple[yaml.Node | None, Any]:
         raise ManifestError(f"{label}: invalid YAML: {exc}") from None
     except RecursionError:
         raise ManifestError(f"{label}: $: the YAML is nested too deeply") from None
-    finally:
-        loader.dispose()
     if not isinstance(data, dict):
         kind = "empty" if data is None else type(data).__name__
         raise ManifestError(
             f"{label}: $: the manifest must be a mapping (version: 1, models: ...), not {kind}"
         )
     return node, data
+
+
+# libyaml's parser with PyYAML's safe constructor, when PyYAML was built with it.
+_Loader = type[yaml.SafeLoader] | type[yaml.CSafeLoader]
+_LOADER: _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def _compose(text: str, label: str, loader_type: _Loader) -> tuple[yaml.Node | None, Any]:
+    loader = loader_type(text)
+    try:
+        node = loader.get_single_node()
+        if node is not None:
+            dup = _duplicate_key(node)
+            if dup:
+                raise ManifestError(f"{label}: {dup}")
+            if _expanded_size(node, {}) > _MAX_NODES:
+                raise ManifestError(
+                    f"{label}: $: more than {_MAX_NODES:,} values once YAML aliases are "
+                    "expanded; put long value lists in a {file: ...} instead"
+                )
+        return node, loader.construct_document(node) if node is not None else None
+    finally:
+        loader.dispose()
 
 
 def _expanded_size(node: yaml.Node, memo: dict[int, int]) -> int:

@@ -8,10 +8,12 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import yaml
 from jsonschema import Draft202012Validator
 
 from batchrun.errors import ManifestError
-from batchrun.plan.manifest import load_manifest, manifest_schema
+from batchrun.plan import manifest
+from batchrun.plan.manifest import check_manifest, load_manifest, manifest_schema
 from batchrun.plan.settings import (
     GIB,
     OutputSettings,
@@ -168,3 +170,37 @@ def test_schema_is_a_valid_2020_12_schema_with_descriptions() -> None:
     walk(schema, "$")
     assert missing == []
     json.dumps(schema)  # serialisable for editors
+
+
+_YAML_CASES = [
+    MINIMAL + "name: [a, b\n",  # unclosed
+    MINIMAL + "run:\n\tpoll_interval: 1s\n",  # a tab
+    MINIMAL + "name: !!python/name:os.system\n",
+    MINIMAL + "version: 1\n",  # duplicate key
+    MINIMAL + "name: " + "[" * 2000 + "]" * 2000 + "\n",  # nested too deeply
+    MINIMAL + "run: {poll_interval: fast, rate_limit: 3}\nreport: {rows: 1}\n",  # problems
+    "- a list\n",
+    "",
+]
+
+
+@pytest.mark.skipif(not hasattr(yaml, "CSafeLoader"), reason="PyYAML without libyaml")
+@pytest.mark.parametrize("text", _YAML_CASES)
+def test_libyaml_reads_a_manifest_as_pyyaml_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: str
+) -> None:
+    """Manifests are parsed by libyaml where PyYAML has it; what users see (a manifest, its
+    problems and their lines, or an error's words) is what PyYAML's own parser makes of it."""
+    path = tmp_path / "m.yaml"
+    path.write_text(text, encoding="utf-8")
+
+    def outcome() -> object:
+        try:
+            found, problems = check_manifest(path)
+        except ManifestError as exc:
+            return str(exc)
+        return problems, None if found is None else found.data
+
+    fast = outcome()
+    monkeypatch.setattr(manifest, "_LOADER", yaml.SafeLoader)
+    assert fast == outcome()
