@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import mimetypes
 import re
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -28,24 +28,25 @@ def _url_like(text: str) -> bool:
     return "://" in text or text.startswith(("/", "\\"))
 
 
-def _walk(value: Any, key: str) -> Iterator[tuple[str, str]]:
+def _walk(value: Any, key: str, found: dict[str, str]) -> None:
+    """Each URL in `value` (under `key`) into `found`, with the key it was first seen under (a
+    call a level, not a generator: a report walks 100,000s of outputs)."""
     if isinstance(value, str):
-        if _url_like(value):
-            yield key, value
-    elif isinstance(value, Mapping):
-        for k, v in value.items():
-            if k not in _SKIP_KEYS:
-                yield from _walk(v, str(k))
+        if _url_like(value) and value not in found:
+            found[value] = key
     elif isinstance(value, (list, tuple)):
         for v in value:
-            yield from _walk(v, key)
+            _walk(v, key, found)
+    elif isinstance(value, (dict, Mapping)):  # a dict without the slower Mapping check
+        for k, v in value.items():
+            if k not in _SKIP_KEYS:
+                _walk(v, str(k), found)
 
 
 def output_keys(output: Any) -> dict[str, str]:
     """Each collected URL -> the `output` key it was found under ("" at the top level)."""
     keys: dict[str, str] = {}
-    for key, url in _walk(output, ""):
-        keys.setdefault(url, key)
+    _walk(output, "", keys)
     return keys
 
 

@@ -83,7 +83,9 @@ def test_collect_urls(output: object, expected: list[str]) -> None:
 
 
 def test_output_keys_name_the_first_key_seen() -> None:
-    keys = output_keys({"image": ["https://h/1"], "video": {"mp4": "https://h/2"}})
+    keys = output_keys(
+        {"image": ["https://h/1"], "video": {"mp4": "https://h/2"}, "again": "https://h/1"}
+    )
     assert keys == {"https://h/1": "image", "https://h/2": "mp4"}
 
 
