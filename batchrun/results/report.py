@@ -33,7 +33,7 @@ from batchrun.store import ledger
 from batchrun.store.atomic import write_text
 from batchrun.store.ledger import Attempt
 from batchrun.store.output_urls import collect_urls
-from batchrun.store.records import REPORT_STATUSES, SUCCEEDED, UNKNOWN, JobRow
+from batchrun.store.records import REPORT_STATUSES, SUCCEEDED, JobRow, report_statuses
 from batchrun.store.state import ReportRows, StateStore
 from batchrun.util.gcpause import gc_paused
 
@@ -122,14 +122,14 @@ class RunFacts(TypedDict, total=False):
     mirror: MirrorFacts  # a run with outputs.mirror
 
 
-_Priced = tuple[JobRow, Decimal | None]  # a job with its actual costs known (None: none)
-
-
 class MirrorFacts(TypedDict):
     to: str  # s3://BUCKET/PREFIX/<run name>
     files: int  # the jobs' files in the bucket (sent this run or before)
     files_sent_this_run: int  # of those, the ones this run uploaded
     not_mirrored: int  # files still to copy: a rerun copies them
+
+
+_Priced = tuple[JobRow, Decimal | None]  # a job with its actual costs known (None: none)
 
 
 @dataclass
@@ -192,9 +192,9 @@ class Tally:
         without_output); `when`: their times. A figure at a time over the chunk (100,000s of
         jobs a report)."""
         self.jobs += len(rows)
-        statuses = self.statuses  # keyed by REPORT_STATUSES: report_status inline
-        for status in [r.status for r in rows]:
-            statuses[status if status in statuses else UNKNOWN] += 1
+        statuses = self.statuses  # keyed by REPORT_STATUSES
+        for status in report_statuses([r.status for r in rows]):
+            statuses[status] += 1
         self.bare += sum(bare)
         submits = [s for s in when.submitted if s is not None]
         if submits:

@@ -68,10 +68,8 @@ class RunTimes:
         runs = self.samples(model)
         if not runs:
             return None
-        if len(runs) == 1:
-            return runs[0]
         # statistics.quantiles(runs, n=100, method="inclusive")[i - 1]: that cut point alone
-        # (all 99 were worked out, for each poll planned)
+        # (all 99 were worked out, for each poll planned); runs holds MIN_SAMPLES or more
         i = min(99, int(q * 100))
         j, delta = divmod(i * (len(runs) - 1), 100)
         return (runs[j] * (100 - delta) + runs[j + 1] * delta) / 100
