@@ -136,7 +136,7 @@ def test_an_attempt_keeps_its_request_id_when_its_job_moves_on(tmp_path):
 
 
 def test_a_finished_run_without_files_takes_at_most_400_bytes_a_job(tmp_path):
-    n = 2000
+    n = 5000
     manifest = tmp_path / "sweep.yaml"
     doc = {
         "version": 1,
@@ -160,7 +160,7 @@ def test_a_finished_run_without_files_takes_at_most_400_bytes_a_job(tmp_path):
     conn.close()
     assert counts == (n, n)
     # A folder's fixed pages (the schema, meta, names, the mirror's table: about 24 KB) are
-    # not a job's: 12 bytes a job at 2,000 jobs, 0.2 at 100,000. They are an empty folder's
+    # not a job's: 5 bytes a job at 5,000 jobs, 0.2 at 100,000. They are an empty folder's
     # pages but the first of the jobs, the attempts and their 3 indexes.
     with StateStore.open(tmp_path / "empty"):
         pass
