@@ -247,13 +247,14 @@ def main(argv: list[str] | None = None) -> int:
     import shutil
     import tempfile
 
-    from harness import Params
+    from harness import Params, compile_bytecode
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="smaller sizes; about 2 minutes")
     ap.add_argument("--only", default="", help="comma list of scenario names")
     ap.add_argument("--out", default=str(HERE / "regimes.json"), help="the JSON results file")
     args = ap.parse_args(argv)
+    compile_bytecode()
     tmp = Path(tempfile.mkdtemp(prefix="batchrun-regimes-"))
     try:
         bench = Bench(Params.make(args.quick), tmp, None)

@@ -35,7 +35,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from harness import HERE, REPO, Bench, Params, has_command, log
+from harness import HERE, REPO, Bench, Params, compile_bytecode, has_command, log
 from overhead import bench_overhead
 from profiling import worker_profile
 from rate import bench_baseline, bench_rate
@@ -113,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     profile_dir = Path(args.profile).resolve() if args.profile else None
     if profile_dir:
         profile_dir.mkdir(parents=True, exist_ok=True)
+    compile_bytecode()
     tmp = Path(tempfile.mkdtemp(prefix="batchrun-bench-"))
     results: dict[str, Any] = {
         "machine": machine(),

@@ -27,7 +27,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from harness import HERE, REPO, batchrun_cmd, log, simulator, token_env, write_manifest
+from harness import (
+    HERE,
+    REPO,
+    batchrun_cmd,
+    compile_bytecode,
+    log,
+    simulator,
+    token_env,
+    write_manifest,
+)
 
 sys.path.insert(0, str(REPO))
 from testing import postgres  # noqa: E402
@@ -109,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     if not postgres.available():
         print("PostgreSQL's initdb and pg_ctl are not installed", file=sys.stderr)
         return 2
+    compile_bytecode()
     jobs = 80 if args.quick else 200
     root = Path(tempfile.mkdtemp(prefix="batchrun-bench-shared-"))
     os.chmod(root, 0o755)
