@@ -258,14 +258,15 @@ def worker_state_build(manifest: str, run_dir: str, api_base: str) -> dict[str, 
         store.add_jobs(plan.jobs)
         t2 = time.perf_counter()
         # A finished run, made in one transaction (100,000 single transitions would measure
-        # the transitions, which bench_transitions does): the columns a real run fills in.
+        # the transitions, which bench_transitions does): the columns a real run fills in,
+        # each job's output as the simulator gives it for this model (an object, its own URL).
         now = time.time()
         with store._tx() as conn:  # noqa: SLF001 - a benchmark fixture, not engine code
             conn.execute(
                 "UPDATE jobs SET status = 'succeeded', request_id = 'req-' || job_id, "
                 "attempts = 1, submitted_at = ?, started_at = ?, finished_at = ?, "
-                "cost_usd = 0.01, output = ?",
-                (now - 3, now - 2, now, json.dumps("http://127.0.0.1/files/x.png")),
+                "cost_usd = 0.01, output = json_object('image', ? || job_id || '/image_0.png')",
+                (now - 3, now - 2, now, f"{api_base}/files/req-"),
             )
             # and each job's attempt in the ledger, as a real run records it
             conn.execute("INSERT OR IGNORE INTO names (name) VALUES ('')")
