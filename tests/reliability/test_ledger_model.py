@@ -166,7 +166,7 @@ class Ledger(RuleBasedStateMachine):
             time.sleep(0.01)
         proc.kill()
         proc.wait(30)
-        time.sleep(0.5)  # a submit in the air is accepted (billed) within the 0.3 s delay
+        self._quiet()
         self.settled[where] = False
         self._account(where, held)
 
@@ -232,6 +232,18 @@ class Ledger(RuleBasedStateMachine):
             if time.monotonic() > deadline:
                 return stats
             time.sleep(0.05)
+
+    def _quiet(self) -> None:
+        """Until the simulator has answered every submit a killed run left in the air (each
+        0.3 s late): what it bills is the killed step's, not the next one's."""
+        deadline = time.monotonic() + 10
+        before = self.sim.stats()
+        while time.monotonic() < deadline:
+            time.sleep(0.5)
+            now = self.sim.stats()
+            if all(now[k] == before[k] for k in ("calls", "submits", "billed")):
+                return
+            before = now
 
     def _account(self, where: str, held: set[str]) -> None:
         """What the simulator billed since the last step is `where`'s; `held`, the inputs the
