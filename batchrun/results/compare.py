@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import operator
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 from batchrun.errors import ChoiceError, CompareError, MissingDependencyError, StateError
-from batchrun.results.reportcsv import INPUT_PREFIX, VAR_PREFIX, read_job_table, split_cell, unguard
+from batchrun.results.reportcsv import INPUT_PREFIX, VAR_PREFIX, read_cells, split_cell, unguard
 from batchrun.store import origin as og
 from batchrun.store.state import STATE_FILE, StateStore
 from batchrun.util.media import RASTER_SUFFIXES
@@ -24,40 +27,97 @@ def _pillow_missing() -> MissingDependencyError:
     return MissingDependencyError("image tolerance needs Pillow", package="Pillow", extra="images")
 
 
+# The cells a comparison and its renderings read of each job (a job's card rebuilt from its
+# row included), at these places in every side's rows; its report's input./var. columns follow.
+COMPARED = (
+    "job_id", "model_id", "status", "error", "run_s", "output_files", "output_urls",
+    "output_sha256",
+)  # fmt: skip
+JOB_ID, MODEL_ID, STATUS, ERROR, RUN_S, FILES, URLS, SHA256 = range(len(COMPARED))
+
+
 @dataclass
 class Run:
-    """One side of a comparison: its report rows by job id, and where its files live."""
+    """One side of a comparison: its jobs' cells by job id, and where its files live."""
 
     label: str  # the path the user gave
     report: Path
     root: Path  # the run folder; output_files paths are relative to it
-    rows: dict[str, dict[str, str]]
+    rows: dict[str, Sequence[str]]  # a job's cells: COMPARED, then `fields`
+    fields: tuple[str, ...] = ()  # its report.csv's input./var. columns, in header order
     origin: str = ""  # where its results came from (summary.json beside the report); "": unknown
-    columns: list[str] | None = None  # the report.csv's header; None: rows made otherwise
+    columns: list[str] = field(default_factory=list)  # the report.csv's header
 
     def file(self, rel: str) -> Path | None:
         """The local path of an output file, or None when it is not at hand."""
         path = self.root / rel
         return path if rel and path.is_file() else None
 
+    @cached_property
+    def places(self) -> dict[str, int]:
+        """Where each column's cell is in a job's cells."""
+        return {name: i for i, name in enumerate((*COMPARED, *self.fields))}
 
-@dataclass
+    @cached_property
+    def _named(self) -> list[tuple[str, int]]:
+        header = set(self.columns)
+        return [(name, i) for name, i in self.places.items() if name in header]
+
+    def row(self, cells: Sequence[str]) -> dict[str, str]:
+        """A job's cells (one of `rows`) by column name, for the columns its report.csv has."""
+        return {name: cells[i] for name, i in self._named}
+
+
+@dataclass(frozen=True)
+class Sides:
+    """Both runs, and the swept values shown: (name, place in a baseline row, in a current
+    row), None where that run has no such column."""
+
+    baseline: Run
+    current: Run
+    swept: list[tuple[str, int | None, int | None]]
+
+
+@dataclass(slots=True)
 class JobDiff:
     """What happened to one job between the baseline and the current run."""
 
     job_id: str
-    model_id: str
     outcome: str  # one of OUTCOMES
     reason: str
-    slower: bool = False
-    baseline: dict[str, str] | None = None
-    current: dict[str, str] | None = None
-    varying: dict[str, str] = field(default_factory=dict)
-    failing: bool = False
+    slower: bool
+    failing: bool
+    sides: Sides
+    base: Sequence[str] | None  # its cells in each run, None where it is absent
+    cur: Sequence[str] | None
 
     @property
     def classes(self) -> list[str]:
         return [self.outcome, "slower"] if self.slower else [self.outcome]
+
+    @property
+    def model_id(self) -> str:
+        return (self.cur or self.base or ("", ""))[MODEL_ID]
+
+    @property
+    def baseline(self) -> dict[str, str] | None:
+        return None if self.base is None else self.sides.baseline.row(self.base)
+
+    @property
+    def current(self) -> dict[str, str] | None:
+        return None if self.cur is None else self.sides.current.row(self.cur)
+
+    @property
+    def varying(self) -> dict[str, str]:
+        """The swept values of the job's current row (else its baseline row), unguarded."""
+        now = self.cur is not None
+        cells = self.cur if now else self.base
+        values = {}
+        for name, then_at, now_at in self.sides.swept:
+            at = now_at if now else then_at
+            value = "" if cells is None or at is None else cells[at]
+            values[name] = unguard(value) if value[:1] == "'" else value
+        return values
 
 
 @dataclass
@@ -99,23 +159,16 @@ def load_run(path_arg: str | os.PathLike[str]) -> Run:
     report = path / "report.csv" if path.is_dir() else path
     if not report.is_file():
         raise CompareError(f"{path}: no report.csv in this folder; is it a batchrun run folder?")
-    columns, rows = read_job_table(report, compared)
+    columns, rows = read_cells(report, lambda header: [*COMPARED[1:], *_fields(header)])
     return Run(
-        label=str(path), report=report, root=report.parent, rows=rows, origin=_origin(report),
-        columns=columns,
+        label=str(path), report=report, root=report.parent, rows=rows,
+        fields=_fields(columns), origin=_origin(report), columns=columns,
     )  # fmt: skip
 
 
-# The columns a comparison and its renderings read (a job's card rebuilt from its row
-# included); a side's rows hold these alone.
-COMPARED = frozenset(
-    {"model_id", "status", "error", "run_s", "output_files", "output_urls", "output_sha256"}
-)
-
-
-def compared(column: str) -> bool:
-    """Whether a comparison reads this report.csv column (COMPARED, input.*, var.*)."""
-    return column in COMPARED or column.startswith((INPUT_PREFIX, VAR_PREFIX))
+def _fields(header: list[str]) -> tuple[str, ...]:
+    """The input./var. columns of a report.csv's header, in its order."""
+    return tuple(dict.fromkeys(c for c in header if c.startswith((INPUT_PREFIX, VAR_PREFIX))))
 
 
 def _origin(report: Path) -> str:
@@ -168,45 +221,22 @@ def empty_run(path_arg: str | os.PathLike[str]) -> Run:
     return Run(label=str(path), report=path / "report.csv", root=path, rows={})
 
 
-def swept_values(rows: list[dict[str, str]]) -> list[str]:
-    """The input./var. columns whose value differs between jobs, in header order."""
-    keys: dict[str, None] = {}
-    last: object = None
-    for row in rows:  # the rows of one report.csv share their columns: look once per report
-        columns = row.keys()
-        if columns != last:
-            keys.update(dict.fromkeys(k for k in row if k.startswith((INPUT_PREFIX, VAR_PREFIX))))
-            last = columns
-    return [key for key in keys if _varies(rows, key)]
-
-
-def _varies(rows: list[dict[str, str]], key: str) -> bool:
-    """Whether the rows that have column `key` hold two values in it."""
-    first: str | None = None
-    for row in rows:
-        value = row.get(key)
-        if value is None:
-            continue
-        if first is None:
-            first = value
-        elif value != first:
-            return True
-    return False
-
-
-def _swept(baseline: Run, current: Run, rows: list[dict[str, str]]) -> list[str]:
-    """swept_values of both runs' rows; the input./var. columns looked for in the headers
-    of runs read from a report.csv (each row holds its header's columns), not row by row."""
-    if baseline.columns is None or current.columns is None:
-        return swept_values(rows)
-    keys = dict.fromkeys(
-        key
-        for run in (baseline, current)
-        if run.rows
-        for key in run.columns or ()
-        if key.startswith((INPUT_PREFIX, VAR_PREFIX))
-    )
-    return [key for key in keys if _varies(rows, key)]
+def _swept(baseline: Run, current: Run) -> list[tuple[str, int | None, int | None]]:
+    """The input./var. columns whose value differs between jobs of either run (the jobs of a
+    run whose header lacks the column not counted), in header order: each with the name
+    shown and its place in each run's rows (None: that run has no such column)."""
+    runs = [run for run in (baseline, current) if run.rows]
+    swept = []
+    for key in dict.fromkeys(key for run in runs for key in run.fields):
+        values = [
+            map(operator.itemgetter(run.places[key]), run.rows.values())
+            for run in runs
+            if key in run.places
+        ]
+        first = next(values[0])
+        if any(any(map(first.__ne__, cells)) for cells in values):
+            swept.append((key.split(".", 1)[1], baseline.places.get(key), current.places.get(key)))
+    return swept
 
 
 def _float(value: str | None) -> float | None:
@@ -262,11 +292,11 @@ def ssim(pa: bytes, pb: bytes, side: int) -> float:
 
 
 def _within_tolerance(
-    base: Run, cur: Run, brow: dict[str, str], crow: dict[str, str], tolerance: float
+    base: Run, cur: Run, then: Sequence[str], now: Sequence[str], tolerance: float
 ) -> tuple[bool, str]:
     """Whether every differing output is an image at hand on both sides within tolerance."""
-    bfiles, cfiles = split_cell(brow.get("output_files")), split_cell(crow.get("output_files"))
-    bsha, csha = split_cell(brow.get("output_sha256")), split_cell(crow.get("output_sha256"))
+    bfiles, cfiles = split_cell(then[FILES]), split_cell(now[FILES])
+    bsha, csha = split_cell(then[SHA256]), split_cell(now[SHA256])
     if len(bfiles) != len(cfiles) or len(bsha) != len(csha) or len(bfiles) != len(bsha):
         return False, ""
     worst = 0.0
@@ -288,9 +318,9 @@ def _within_tolerance(
     return True, f"bytes differ, images within tolerance (distance {worst:.4f})"
 
 
-def _changed_names(brow: dict[str, str], crow: dict[str, str]) -> str:
-    bsha, csha = split_cell(brow.get("output_sha256")), split_cell(crow.get("output_sha256"))
-    names = split_cell(crow.get("output_files")) or split_cell(brow.get("output_files"))
+def _changed_names(then: Sequence[str], now: Sequence[str]) -> str:
+    bsha, csha = split_cell(then[SHA256]), split_cell(now[SHA256])
+    names = split_cell(now[FILES]) or split_cell(then[FILES])
     if len(bsha) != len(csha):
         return f"{len(bsha)} output(s) then, {len(csha)} now"
     diff = [i for i, (b, c) in enumerate(zip(bsha, csha, strict=True)) if b != c]
@@ -299,11 +329,11 @@ def _changed_names(brow: dict[str, str], crow: dict[str, str]) -> str:
 
 
 def _classify(
-    base: Run, cur: Run, brow: dict[str, str], crow: dict[str, str], tolerance: float | None
+    base: Run, cur: Run, then: Sequence[str], now: Sequence[str], tolerance: float | None
 ) -> tuple[str, str]:
-    bstat, cstat = brow.get("status", ""), crow.get("status", "")
+    bstat, cstat = then[STATUS], now[STATUS]
     if bstat == "succeeded" and cstat != "succeeded":
-        error = unguard(crow.get("error", ""))
+        error = unguard(now[ERROR])
         return "regressed", f"succeeded then, {cstat or 'no status'} now" + (
             f": {error}" if error else ""
         )
@@ -311,17 +341,16 @@ def _classify(
         return "fixed", f"{bstat or 'no status'} then, succeeded now"
     if bstat != "succeeded":
         return "unchanged", f"{bstat} then, {cstat} now"
-    btext, ctext = brow.get("output_sha256"), crow.get("output_sha256")
-    bsha = split_cell(btext)
-    if btext == ctext or bsha == split_cell(ctext):
+    btext, ctext = then[SHA256], now[SHA256]
+    if btext == ctext or split_cell(btext) == split_cell(ctext):
         # Without downloads there are no hashes: say so rather than claim the bytes match.
-        return "unchanged", "same outputs" if bsha else "no output hashes to compare"
+        return "unchanged", "same outputs" if split_cell(btext) else "no output hashes to compare"
     detail = ""
     if tolerance is not None:
-        same, detail = _within_tolerance(base, cur, brow, crow, tolerance)
+        same, detail = _within_tolerance(base, cur, then, now, tolerance)
         if same:
             return "unchanged", detail
-    return "changed", f"output sha256 differs: {_changed_names(brow, crow)}{detail}"
+    return "changed", f"output sha256 differs: {_changed_names(then, now)}{detail}"
 
 
 def compare_runs(
@@ -352,33 +381,24 @@ def compare_runs(
             f"({len(current.rows)} jobs) have no job in common: job ids come from the model "
             "and the inputs, so these runs are of different sweeps"
         )
-    all_rows = [*baseline.rows.values(), *current.rows.values()]
-    varying = [(key, key.split(".", 1)[1]) for key in _swept(baseline, current, all_rows)]
+    sides = Sides(baseline, current, _swept(baseline, current))
     base_rows, cur_rows = baseline.rows, current.rows
     order = list(base_rows) + [j for j in cur_rows if j not in base_rows]
     jobs: list[JobDiff] = []
     for job_id in order:
-        brow, crow = base_rows.get(job_id), cur_rows.get(job_id)
-        if brow is None:
+        then, now = base_rows.get(job_id), cur_rows.get(job_id)
+        if then is None:
             outcome, reason = "new", "not in the baseline"
-        elif crow is None:
+        elif now is None:
             outcome, reason = "missing", "in the baseline, not in the current run"
         else:
-            outcome, reason = _classify(baseline, current, brow, crow, image_tolerance)
-        row = crow or brow or {}
+            outcome, reason = _classify(baseline, current, then, now, image_tolerance)
         slower = False
-        if max_slowdown is not None and brow and crow:
-            then, now = _float(brow.get("run_s")), _float(crow.get("run_s"))
-            if then is not None and now is not None and now > then * max_slowdown:
+        if max_slowdown is not None and then and now:
+            was, is_ = _float(then[RUN_S]), _float(now[RUN_S])
+            if was is not None and is_ is not None and is_ > was * max_slowdown:
                 slower = True
-                reason += f"; run {now:.3f} s vs {then:.3f} s (> x{max_slowdown:g})"
-        values = {}
-        for key, name in varying:
-            value = row.get(key, "")
-            values[name] = unguard(value) if value[:1] == "'" else value
+                reason += f"; run {is_:.3f} s vs {was:.3f} s (> x{max_slowdown:g})"
         failing = outcome in fail_on or (slower and "slower" in fail_on)
-        jobs.append(
-            JobDiff(job_id, row.get("model_id", ""), outcome, reason, slower, brow, crow, values,
-                    failing)
-        )  # fmt: skip
+        jobs.append(JobDiff(job_id, outcome, reason, slower, failing, sides, then, now))
     return Comparison(baseline=baseline, current=current, jobs=jobs, fail_on=fail_on)

@@ -217,32 +217,44 @@ def _plain(text: str) -> bool:
     return '"' not in text and "\r" not in text and "\n" not in text
 
 
-def read(
-    path: Path, keep: Callable[[str], bool] | None = None
-) -> tuple[list[str], list[dict[str, str]]]:
-    """The header and the rows (dicts by column name; a short row's missing cells empty);
-    with `keep`, the rows hold only the columns it keeps."""
+def read(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    """The header and the rows (dicts by column name; a short row's missing cells empty)."""
+    columns, table = _cells(path)
+    return columns, [dict(zip(columns, cells, strict=True)) for cells in table]
+
+
+_Names = Callable[[list[str]], Sequence[str]]  # the columns to read, given the header
+
+
+def _cells(path: Path, names: _Names | None = None) -> tuple[list[str], list[Sequence[str]]]:
+    """The header and each row's cells (a short row's missing cells empty, cells past the
+    header dropped); with `names`, the cells of the columns it names alone, in that order, a
+    column the header lacks empty."""
     with open(path, encoding="utf-8", newline="") as fh:
         records = _records(fh)
         columns = next(records, [])
         width = len(columns)
-        kept = [i for i, name in enumerate(columns) if keep is None or keep(name)]
-        names = [columns[i] for i in kept]
-        pick = _picker(kept, width)
-        rows = []
+        pick: Callable[[list[str]], Sequence[str]] = lambda cells: cells  # noqa: E731
+        pad = False
+        if names is not None:
+            at = {name: i for i, name in enumerate(columns)}
+            # A column the header lacks takes an empty cell put after the row's last.
+            kept = [at.get(name, width) for name in names(columns)]
+            pick, pad = _picker(kept), width in kept
+        table = []
         for cells in records:
             if len(cells) != width:
                 if not cells:
                     continue  # a blank line
                 cells = (cells + [""] * width)[:width]  # cells past the header are dropped
-            rows.append(dict(zip(names, pick(cells), strict=True)))
-        return columns, rows
+            if pad:
+                cells.append("")
+            table.append(pick(cells))
+        return columns, table
 
 
-def _picker(kept: list[int], width: int) -> Callable[[list[str]], Sequence[str]]:
-    """The cells at `kept` of a row of `width` cells."""
-    if len(kept) == width:
-        return lambda cells: cells
+def _picker(kept: list[int]) -> Callable[[list[str]], Sequence[str]]:
+    """The cells at `kept` of a row, as a tuple."""
     if len(kept) == 1:
         return lambda cells: (cells[kept[0]],)
     if not kept:
@@ -274,27 +286,44 @@ def read_jobs(report: Path) -> dict[str, dict[str, str]]:
     return read_job_table(report)[1]
 
 
-def read_job_table(
-    report: Path, keep: Callable[[str], bool] | None = None
-) -> tuple[list[str], dict[str, dict[str, str]]]:
-    """A batchrun report.csv's header and rows by job id (with `keep`, the rows hold only
-    the columns it keeps, and job_id); CompareError when it is not one."""
+def read_job_table(report: Path) -> tuple[list[str], dict[str, dict[str, str]]]:
+    """A batchrun report.csv's header and rows by job id; CompareError when it is not one."""
+    columns, ids, table = _job_cells(report, None)
+    rows = (dict(zip(columns, cells, strict=True)) for cells in table)
+    return columns, dict(zip(ids, rows, strict=True))
+
+
+def read_cells(report: Path, names: _Names) -> tuple[list[str], dict[str, Sequence[str]]]:
+    """A batchrun report.csv's header and, by job id, each job's cells: its job id, then
+    those of the columns `names` gives for the header, in that order (a column the header
+    lacks empty); CompareError when it is not one."""
+    columns, ids, table = _job_cells(report, lambda header: ["job_id", *names(header)])
+    return columns, dict(zip(ids, table, strict=True))
+
+
+def _job_cells(
+    report: Path, names: _Names | None
+) -> tuple[list[str], list[str], list[Sequence[str]]]:
+    """The header, the job ids and _cells of a batchrun report.csv (`names`, when given,
+    start with job_id); CompareError when it is not one, or a job id is empty or repeated."""
     try:
-        picked = None if keep is None else lambda name: name == "job_id" or keep(name)
-        columns, table = read(report, picked)
+        columns, table = _cells(report, names)
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise CompareError(f"{report}: not a readable report.csv ({exc})") from exc
     if not columns:
         raise CompareError(f"{report}: empty file, not a batchrun report.csv")
     if "job_id" not in columns:
         raise CompareError(f"{report}: not a batchrun report: no job_id column in the header")
-    rows: dict[str, dict[str, str]] = {}
-    # Numbered as a spreadsheet shows them: the header is row 1.
-    for number, row in enumerate(table, start=2):
-        job_id = row.get("job_id", "")
-        if not job_id:
-            raise CompareError(f"{report}: row {number}: empty job_id")
-        if job_id in rows:
-            raise CompareError(f"{report}: row {number}: job_id {job_id} appears twice")
-        rows[job_id] = row
-    return columns, rows
+    # A column named twice reads as its last, as a row's dict holds it.
+    at = 0 if names is not None else max(i for i, name in enumerate(columns) if name == "job_id")
+    ids = list(map(operator.itemgetter(at), table))
+    if "" in ids or len(set(ids)) != len(ids):
+        seen: set[str] = set()
+        # Numbered as a spreadsheet shows them: the header is row 1.
+        for number, job_id in enumerate(ids, start=2):
+            if not job_id:
+                raise CompareError(f"{report}: row {number}: empty job_id")
+            if job_id in seen:
+                raise CompareError(f"{report}: row {number}: job_id {job_id} appears twice")
+            seen.add(job_id)
+    return columns, ids, table

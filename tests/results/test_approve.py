@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-from batchrun.results.compare import load_run
 from batchrun.results.reportcsv import read_jobs, split_cell
 from batchrun.store import lock as folder_lock
 from batchrun.store.ledger import per_job
@@ -51,8 +50,12 @@ def runs(made: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
+def rows(folder: Path | str) -> dict[str, dict[str, str]]:
+    return read_jobs(Path(folder) / "report.csv")
+
+
 def shas(folder: Path) -> dict[str, list[str]]:
-    return {job: split_cell(row["output_sha256"]) for job, row in load_run(folder).rows.items()}
+    return {job: split_cell(row["output_sha256"]) for job, row in rows(folder).items()}
 
 
 def changed(a: Path, b: Path) -> set[str]:
@@ -85,7 +88,7 @@ def test_some_jobs_then_all(runs: Path) -> None:
     assert f"{len(drifted) - 1} replaced" in every.stderr
     assert shas(runs / "bl") == shas(runs / "drift")
     assert invoke("compare", "bl", "drift").code == 0
-    for job, names in ((j, split_cell(r["output_files"])) for j, r in load_run("bl").rows.items()):
+    for job, names in ((j, split_cell(r["output_files"])) for j, r in rows("bl").items()):
         for name in names:  # the files themselves, not only the rows
             src, dst = runs / "drift" / name, runs / "bl" / name
             assert dst.read_bytes() == src.read_bytes(), job
@@ -95,7 +98,7 @@ def test_only_uses_the_run_filters(runs: Path) -> None:
     assert invoke("approve", "base", "--into", "bl").code == 0
     done = invoke("approve", "drift", "--into", "bl", "--only", "var.color=indigo")
     assert done.code == 0, done.stderr
-    indigo = {j for j, r in load_run("drift").rows.items() if r["var.color"] == "indigo"}
+    indigo = {j for j, r in rows("drift").items() if r["var.color"] == "indigo"}
     assert changed(runs / "bl", runs / "drift") == changed(runs / "base", runs / "drift") - indigo
     typo = invoke("approve", "drift", "--into", "bl", "--only", "var.colour=indigo")
     assert typo.code == 2
@@ -168,7 +171,7 @@ def test_failed_jobs_are_skipped_and_the_baseline_keeps_its_own(runs: Path) -> N
 def test_a_damaged_file_stops_the_approval(runs: Path) -> None:
     assert invoke("approve", "base", "--into", "bl").code == 0
     job = sorted(changed(runs / "base", runs / "drift"))[0]
-    name = split_cell(load_run("drift").rows[job]["output_files"])[0]
+    name = split_cell(rows("drift")[job]["output_files"])[0]
     (runs / "drift" / name).write_bytes(b"not what the run downloaded")
     done = invoke("approve", "drift", "--into", "bl")
     assert done.code == 2

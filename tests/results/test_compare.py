@@ -15,6 +15,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from batchrun.cli import main
 from batchrun.errors import ChoiceError, MissingDependencyError
@@ -632,3 +633,49 @@ def test_a_folders_state_db_says_its_origin(tmp_path: Path) -> None:
         store.set_meta(origin=REAL, api_base=REAL)
     assert compare.load_run(tmp_path / "run").origin == REAL
     assert compare.load_run(tmp_path / "run" / "report.csv").origin == REAL
+
+
+_SIDE = st.tuples(
+    st.lists(st.sampled_from(["var.a", "input.b", "var.c"]), unique=True),
+    st.lists(st.tuples(*[st.sampled_from(["x", "y"])] * 3), min_size=1, max_size=4),
+)
+
+
+@given(_SIDE, _SIDE)
+@settings(max_examples=200, deadline=None)
+def test_a_value_shows_where_its_column_holds_two_values(
+    then: tuple[list[str], list[tuple[str, ...]]], now: tuple[list[str], list[tuple[str, ...]]]
+) -> None:
+    """A job's `varying` names the input./var. columns holding two values among the jobs of
+    the runs that have the column (in header order, the baseline's first), with the value of
+    its current row, else of its baseline row ('' where that run has no such column)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        runs = []
+        for name, (columns, values) in (("base", then), ("cur", now)):
+            path = Path(folder) / name / "report.csv"
+            path.parent.mkdir()
+            with open(path, "w", newline="", encoding="utf-8") as fh:
+                out = csv.writer(fh)
+                out.writerow(["job_id", "model_id", "status", *columns])
+                for i, row in enumerate(values):
+                    out.writerow([f"j{i}", MODEL, "failed", *row[: len(columns)]])
+            runs.append(compare.load_run(path))
+        result = compare.compare_runs(*runs)
+    # Each run's cells by column (the rows' values past its columns unwritten).
+    sides = [
+        {key: [row[i] for row in values] for i, key in enumerate(columns)}
+        for columns, values in (then, now)
+    ]
+    held: dict[str, set[str]] = {}
+    for side in sides:
+        for key, cells in side.items():
+            held.setdefault(key, set()).update(cells)
+    swept = [key for key in held if len(held[key]) > 1]
+    for job in result.jobs:
+        i = int(job.job_id[1:])
+        side = sides[1] if i < len(now[1]) else sides[0]
+        expected = {key.split(".")[1]: side[key][i] if key in side else "" for key in swept}
+        assert job.varying == expected
+        assert list(job.varying) == [key.split(".")[1] for key in swept]

@@ -229,3 +229,39 @@ def test_read_reads_any_file_as_csv_reader_does(
         except csv.Error:
             got = csv.Error
         assert got == expected
+
+
+_NAME = st.sampled_from(["job_id", "status", "input.x", "var.x", "gone"])
+
+
+@given(
+    st.lists(_NAME, min_size=1, max_size=5).filter(lambda header: "job_id" in header),
+    st.lists(st.lists(_CELL, min_size=0, max_size=6), max_size=6),
+    st.lists(_NAME, max_size=6),
+)
+@settings(max_examples=300, deadline=None)
+def test_read_cells_holds_what_the_rows_hold(
+    header: list[str], rows: list[list[str]], names: list[str]
+) -> None:
+    """read_cells gives each job its id, then the cells of `names` in that order: what the
+    job's row (read_jobs) holds in those columns, empty where the header has none; and it
+    refuses the files read_jobs refuses, with the same words."""
+    buffer = io.StringIO(newline="")
+    csv.writer(buffer).writerows([header, *rows])
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "report.csv"
+        path.write_bytes(buffer.getvalue().encode("utf-8"))
+        try:
+            jobs: object = {
+                job_id: (job_id, *(row.get(name, "") for name in names))
+                for job_id, row in reportcsv.read_jobs(path).items()
+            }
+        except CompareError as exc:
+            jobs = str(exc)
+        try:
+            columns, cells = reportcsv.read_cells(path, lambda seen: names)
+            got: object = {job_id: tuple(job) for job_id, job in cells.items()}
+            assert columns == header
+        except CompareError as exc:
+            got = str(exc)
+        assert got == jobs
