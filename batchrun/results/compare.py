@@ -395,10 +395,10 @@ def compare_runs(
             outcome, reason = _classify(baseline, current, then, now, image_tolerance)
         slower = False
         if max_slowdown is not None and then and now:
-            was, is_ = _float(then[RUN_S]), _float(now[RUN_S])
-            if was is not None and is_ is not None and is_ > was * max_slowdown:
+            before, after = _float(then[RUN_S]), _float(now[RUN_S])
+            if before is not None and after is not None and after > before * max_slowdown:
                 slower = True
-                reason += f"; run {is_:.3f} s vs {was:.3f} s (> x{max_slowdown:g})"
+                reason += f"; run {after:.3f} s vs {before:.3f} s (> x{max_slowdown:g})"
         failing = outcome in fail_on or (slower and "slower" in fail_on)
         jobs.append(JobDiff(job_id, outcome, reason, slower, failing, sides, then, now))
     return Comparison(baseline=baseline, current=current, jobs=jobs, fail_on=fail_on)
