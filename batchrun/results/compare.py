@@ -342,9 +342,10 @@ def _classify(
     if bstat != "succeeded":
         return "unchanged", f"{bstat} then, {cstat} now"
     btext, ctext = then[SHA256], now[SHA256]
-    if btext == ctext or split_cell(btext) == split_cell(ctext):
+    bsha = split_cell(btext)
+    if btext == ctext or bsha == split_cell(ctext):
         # Without downloads there are no hashes: say so rather than claim the bytes match.
-        return "unchanged", "same outputs" if split_cell(btext) else "no output hashes to compare"
+        return "unchanged", "same outputs" if bsha else "no output hashes to compare"
     detail = ""
     if tolerance is not None:
         same, detail = _within_tolerance(base, cur, then, now, tolerance)
